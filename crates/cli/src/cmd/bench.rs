@@ -1,0 +1,144 @@
+//! `xenshare bench ...`: micro-benchmarks, each printed next to a baseline
+//! measured in the same run.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use xenshare::{Access, DomId};
+use xenshare_sim::{DomainConfig, Hypervisor};
+
+/// Benchmarks.
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Grant cycle: share → map → unmap → revoke, on the emulator.
+    Grants(GrantArgs),
+}
+
+/// Options of `bench grants`.
+#[derive(Args)]
+pub struct GrantArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Iterations per measurement.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    iters: u64,
+}
+
+/// Runs a benchmark.
+pub fn run(b: Bench) -> Result<(), String> {
+    match b {
+        Bench::Grants(a) => grants(a),
+    }
+}
+
+fn per_iter(iters: u64, f: impl FnMut() -> Result<(), String>) -> Result<f64, String> {
+    let mut f = f;
+    // Warm-up, so page faults and allocator growth are not measured.
+    for _ in 0..(iters / 10).max(1) {
+        f()?;
+    }
+    let t = Instant::now();
+    for _ in 0..iters {
+        f()?;
+    }
+    Ok(t.elapsed().as_nanos() as f64 / iters as f64)
+}
+
+fn grants(a: GrantArgs) -> Result<(), String> {
+    let hv = Hypervisor::new();
+    let dom0 = hv
+        .create_domain_with_id(DomId(0), DomainConfig::default())
+        .map_err(|e| e.to_string())?;
+    let guest = hv
+        .create_domain(DomainConfig::default())
+        .map_err(|e| e.to_string())?;
+    let (exp, imp) = (guest.exporter().clone(), dom0.importer().clone());
+    let e = |x: &dyn std::fmt::Display| x.to_string();
+
+    let cycle = per_iter(a.iters, || {
+        let s = exp
+            .share(dom0.id(), 1, Access::ReadWrite)
+            .map_err(|x| e(&x))?;
+        let m = imp
+            .map(guest.id(), s.refs(), Access::ReadWrite)
+            .map_err(|x| e(&x))?;
+        black_box(m.mem().as_ptr());
+        drop(m);
+        s.try_unshare().map(drop).map_err(|x| e(&x))
+    })?;
+
+    let share_only = per_iter(a.iters, || {
+        let s = exp
+            .share(dom0.id(), 1, Access::ReadWrite)
+            .map_err(|x| e(&x))?;
+        s.try_unshare().map(drop).map_err(|x| e(&x))
+    })?;
+
+    let s = exp
+        .share(dom0.id(), 1, Access::ReadWrite)
+        .map_err(|x| e(&x))?;
+    let map_unmap = per_iter(a.iters, || {
+        let m = imp
+            .map(guest.id(), s.refs(), Access::ReadWrite)
+            .map_err(|x| e(&x))?;
+        black_box(m.mem().as_ptr());
+        Ok(())
+    })?;
+    drop(s);
+
+    // The revoke alone: the entry's compare-and-swap loop plus bookkeeping.
+    let table = guest.exporter().backend().table();
+    let mut revoke_total = 0f64;
+    let rounds = (a.iters / 1000).max(1);
+    for _ in 0..rounds {
+        let shares: Vec<_> = (0..1000)
+            .map(|_| exp.share(dom0.id(), 1, Access::ReadOnly))
+            .collect::<Result<_, _>>()
+            .map_err(|x| e(&x))?;
+        let t = Instant::now();
+        for s in shares {
+            black_box(s.try_unshare().is_ok());
+        }
+        revoke_total += t.elapsed().as_nanos() as f64;
+    }
+    let end_access = revoke_total / (rounds * 1000) as f64;
+    black_box(table.free_count());
+
+    // Baseline: what mapping a page costs when the emulator has to go to the
+    // kernel (memfd mmap + munmap), as a multi-process emulator or gntdev does.
+    let region = xenshare_sim::region::Region::new("bench", 4096).map_err(|x| e(&x))?;
+    let mmap_ns = per_iter((a.iters / 4).max(1), || {
+        let st =
+            xenshare_sim::region::Stitched::new(&[(region.fd(), 0, true)]).map_err(|x| e(&x))?;
+        black_box(st.mem().as_ptr());
+        Ok(())
+    })?;
+
+    if a.json {
+        println!(
+            "{}",
+            crate::json::object(&[
+                ("grant_cycle_ns", cycle),
+                ("end_access_ns", end_access),
+                ("share_revoke_ns", share_only),
+                ("map_unmap_ns", map_unmap),
+                ("mmap_munmap_ns", mmap_ns),
+                ("cycle_vs_mmap", cycle / mmap_ns),
+            ])
+        );
+    } else {
+        println!("grant benchmark (emulator, {} iterations each)", a.iters);
+        println!("  full cycle share→map→unmap→revoke  {cycle:>9.1} ns");
+        println!("  share + revoke (no map)            {share_only:>9.1} ns");
+        println!("  map + unmap                        {map_unmap:>9.1} ns");
+        println!("  revoke alone (end_access)          {end_access:>9.1} ns");
+        println!("  baseline: memfd mmap+munmap 1 page {mmap_ns:>9.1} ns");
+        println!(
+            "  cycle / baseline                   {:>9.2}x",
+            cycle / mmap_ns
+        );
+    }
+    Ok(())
+}

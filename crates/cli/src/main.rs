@@ -1,0 +1,42 @@
+//! `xenshare`: the command-line front door — demo, benchmarks, daemons and
+//! inspection tools. A thin shell over the libraries: every subcommand's
+//! logic lives in a library crate; this binary parses arguments and prints.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod json;
+
+/// Xen's inter-domain shared-memory stack, with a safe grant API.
+#[derive(Parser)]
+#[command(name = "xenshare", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot two emulated domains, share pages, and replay MirageOS MSA02.
+    Demo,
+    /// Run a benchmark.
+    #[command(subcommand)]
+    Bench(cmd::bench::Bench),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo => cmd::demo::run(),
+        Command::Bench(b) => cmd::bench::run(b),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xenshare: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

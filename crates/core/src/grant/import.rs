@@ -1,0 +1,266 @@
+//! The import side: mapping and copying grants of other domains.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use xenshare_abi::PAGE_SIZE;
+
+use super::{GntSt, MapError};
+use crate::mem::SharedMem;
+use crate::platform::{CopyDst, CopyOp, CopySrc, ForeignMapper};
+use crate::types::{Access, DomId, GrantRef, Port};
+
+/// Counters of an [`Importer`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportStats {
+    /// Mappings currently alive.
+    pub mapped: u64,
+    /// Batches refused (and rolled back).
+    pub refused: u64,
+    /// Unmaps the platform reported as failed.
+    pub unmap_errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    mapped: AtomicU64,
+    refused: AtomicU64,
+    unmap_errors: AtomicU64,
+}
+
+struct Inner<M: ForeignMapper> {
+    mapper: M,
+    counters: Counters,
+}
+
+/// Maps and copies other domains' grants.
+pub struct Importer<M: ForeignMapper> {
+    inner: Arc<Inner<M>>,
+}
+
+impl<M: ForeignMapper> Clone for Importer<M> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<M: ForeignMapper> Importer<M> {
+    /// An importer over a platform mapper.
+    pub fn new(mapper: M) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                mapper,
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The platform mapper.
+    pub fn mapper(&self) -> &M {
+        &self.inner.mapper
+    }
+
+    /// The domain doing the mapping.
+    pub fn domid(&self) -> DomId {
+        self.inner.mapper.domid()
+    }
+
+    /// Maps `refs` of `dom` as one contiguous region.
+    ///
+    /// Every element's status is checked; if any failed, the ones that
+    /// succeeded are unmapped again and the first failure is reported.
+    pub fn map(
+        &self,
+        dom: DomId,
+        refs: &[GrantRef],
+        access: Access,
+    ) -> Result<Mapping<M>, MapError> {
+        if refs.is_empty() {
+            return Err(MapError::Empty);
+        }
+        let m = &self.inner.mapper;
+        let mut results = Vec::with_capacity(refs.len());
+        m.map_batch(dom, refs, access, &mut results);
+        let mut handles = Vec::with_capacity(refs.len());
+        let mut failure = None;
+        for (index, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(h) => handles.push(h),
+                Err(status) => {
+                    failure.get_or_insert(MapError::Refused {
+                        dom,
+                        gref: refs.get(index).copied().unwrap_or_default(),
+                        index,
+                        status,
+                    });
+                }
+            }
+        }
+        if failure.is_none() && handles.len() != refs.len() {
+            // A platform that reported fewer results than asked is broken;
+            // treat the missing ones as refused.
+            failure = Some(MapError::Refused {
+                dom,
+                gref: refs[handles.len().min(refs.len() - 1)],
+                index: handles.len(),
+                status: GntSt::GeneralError,
+            });
+        }
+        if let Some(e) = failure {
+            self.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+            self.unmap_all(handles);
+            return Err(e);
+        }
+        let window = match m.window(&handles) {
+            Ok(w) => w,
+            Err(st) => {
+                self.unmap_all(handles);
+                return Err(MapError::Window(st));
+            }
+        };
+        self.inner.counters.mapped.fetch_add(1, Ordering::Relaxed);
+        Ok(Mapping {
+            window: Some(window),
+            handles,
+            owner: self.inner.clone(),
+            dom,
+            refs: refs.to_vec(),
+            access,
+        })
+    }
+
+    fn unmap_all(&self, handles: Vec<M::Handle>) {
+        for h in handles {
+            if self.inner.mapper.unmap(h).is_err() {
+                self.inner
+                    .counters
+                    .unmap_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Runs grant copies. Local buffers shorter than `len` are refused with
+    /// `GNTST_bad_copy_arg` before the platform sees them; every other
+    /// status is the platform's.
+    pub fn copy(&self, ops: &mut [CopyOp<'_>]) {
+        let mut ok = true;
+        for op in ops.iter_mut() {
+            let len = op.len as usize;
+            let short = matches!(&op.src, CopySrc::Local(b) if b.len() < len)
+                || matches!(&op.dst, CopyDst::Local(b) if b.len() < len);
+            if short {
+                op.status = GntSt::BadCopyArg;
+                ok = false;
+            } else {
+                op.status = GntSt::Okay;
+            }
+        }
+        if ok {
+            self.inner.mapper.copy(ops);
+        } else {
+            // Run only the well-formed ones, keeping the refused statuses.
+            for op in ops.iter_mut().filter(|o| o.status.is_ok()) {
+                self.inner.mapper.copy(core::slice::from_mut(op));
+            }
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ImportStats {
+        let c = &self.inner.counters;
+        ImportStats {
+            mapped: c.mapped.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            unmap_errors: c.unmap_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Another domain's pages, mapped. Unmapped on drop.
+pub struct Mapping<M: ForeignMapper> {
+    window: Option<M::Window>,
+    handles: Vec<M::Handle>,
+    owner: Arc<Inner<M>>,
+    dom: DomId,
+    refs: Vec<GrantRef>,
+    access: Access,
+}
+
+impl<M: ForeignMapper> fmt::Debug for Mapping<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mapping")
+            .field("dom", &self.dom)
+            .field("refs", &self.refs)
+            .field("access", &self.access)
+            .finish()
+    }
+}
+
+impl<M: ForeignMapper> Mapping<M> {
+    /// The mapped pages as one window. The granter may change them at any
+    /// time; a read-only mapping must only be read.
+    pub fn mem(&self) -> SharedMem<'_> {
+        match &self.window {
+            Some(w) => M::window_mem(w),
+            None => unreachable!("a Mapping holds its window until drop"),
+        }
+    }
+
+    /// The granting domain.
+    pub fn dom(&self) -> DomId {
+        self.dom
+    }
+
+    /// The mapped references.
+    pub fn refs(&self) -> &[GrantRef] {
+        &self.refs
+    }
+
+    /// How the pages are mapped.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// Asks for the byte at `byte_offset` to be cleared and/or `port`
+    /// notified when this mapping goes away — by drop or by this domain's
+    /// death (how vchan and the split drivers detect a dead peer).
+    pub fn set_unmap_notify(
+        &self,
+        byte_offset: Option<usize>,
+        port: Option<Port>,
+    ) -> Result<(), MapError> {
+        let len = self.refs.len() * PAGE_SIZE;
+        let (page, in_page) = match byte_offset {
+            Some(off) if off >= len => return Err(MapError::BadOffset { offset: off, len }),
+            Some(off) => (off / PAGE_SIZE, Some((off % PAGE_SIZE) as u16)),
+            None => (0, None),
+        };
+        let Some(h) = self.handles.get(page) else {
+            return Err(MapError::BadOffset { offset: 0, len });
+        };
+        self.owner
+            .mapper
+            .set_unmap_notify(h, in_page, port)
+            .map_err(MapError::Notify)
+    }
+}
+
+impl<M: ForeignMapper> Drop for Mapping<M> {
+    fn drop(&mut self) {
+        drop(self.window.take());
+        for h in self.handles.drain(..) {
+            if self.owner.mapper.unmap(h).is_err() {
+                self.owner
+                    .counters
+                    .unmap_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.owner.counters.mapped.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,290 @@
+//! Access to memory that another domain can change under us.
+//!
+//! [`SharedMem`] is the only way the core touches granted or mapped pages. It
+//! never hands out `&`/`&mut` references to plain data in shared memory (the
+//! peer may write it at any time, which would break Rust's aliasing rules);
+//! every access is volatile or atomic. Bulk copies move aligned 64-bit words
+//! with volatile loads and stores, so a copy of peer data is one fetch of each
+//! byte and the compiler can neither re-read nor invent accesses.
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8};
+
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+/// An access fell outside a shared region or was misaligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("shared memory access at offset {offset} of {len} bytes is out of bounds or misaligned (region is {size} bytes)")]
+pub struct OutOfBounds {
+    /// Offset of the access.
+    pub offset: usize,
+    /// Length of the access.
+    pub len: usize,
+    /// Size of the region.
+    pub size: usize,
+}
+
+/// A window onto memory shared with another domain (or the hypervisor).
+///
+/// Cheap to copy; it borrows the owner of the memory (a share, a mapping)
+/// for `'a`, so it cannot outlive it.
+#[derive(Clone, Copy)]
+pub struct SharedMem<'a> {
+    ptr: NonNull<u8>,
+    len: usize,
+    _owner: PhantomData<&'a [AtomicU8]>,
+}
+
+// SAFETY: a SharedMem is a pointer to memory whose every access is volatile or
+// atomic; it is meant to be used concurrently from several threads and domains.
+unsafe impl Send for SharedMem<'_> {}
+// SAFETY: as above; no access through `&SharedMem` is a plain (racy) access.
+unsafe impl Sync for SharedMem<'_> {}
+
+impl core::fmt::Debug for SharedMem<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SharedMem")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<'a> SharedMem<'a> {
+    /// Wraps `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr+len` must be valid for reads and writes (of any bit pattern)
+    /// for all of `'a`, and must only be accessed by others through volatile
+    /// or atomic operations (or by another domain, which Rust cannot see).
+    pub unsafe fn from_raw(ptr: NonNull<u8>, len: usize) -> Self {
+        Self {
+            ptr,
+            len,
+            _owner: PhantomData,
+        }
+    }
+
+    /// The size of the region in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty region.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The base address, for platforms that hand it to the kernel.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    fn check(&self, offset: usize, len: usize, align: usize) -> Result<*mut u8, OutOfBounds> {
+        let err = OutOfBounds {
+            offset,
+            len,
+            size: self.len,
+        };
+        let end = offset.checked_add(len).ok_or(err)?;
+        if end > self.len {
+            return Err(err);
+        }
+        // SAFETY: offset <= len of the region, so the result stays inside it
+        // (or one past its end for a zero-length access).
+        let p = unsafe { self.ptr.as_ptr().add(offset) };
+        if (p as usize) % align != 0 {
+            return Err(err);
+        }
+        Ok(p)
+    }
+
+    /// A sub-window of `len` bytes at `offset`.
+    pub fn slice(&self, offset: usize, len: usize) -> Result<SharedMem<'a>, OutOfBounds> {
+        let p = self.check(offset, len, 1)?;
+        Ok(SharedMem {
+            // SAFETY: `check` derived `p` from a non-null in-bounds pointer.
+            ptr: unsafe { NonNull::new_unchecked(p) },
+            len,
+            _owner: PhantomData,
+        })
+    }
+
+    /// Copies `dst.len()` bytes at `offset` out of shared memory (one fetch per byte).
+    pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
+        let p = self.check(offset, dst.len(), 1)?;
+        // SAFETY: `p..p+dst.len()` is inside the region (checked above), the
+        // region is valid for reads for 'a (from_raw contract), and `dst` is
+        // private memory that does not overlap it.
+        unsafe { volatile_copy(p, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    /// Copies `src` into shared memory at `offset`.
+    pub fn write(&self, offset: usize, src: &[u8]) -> Result<(), OutOfBounds> {
+        let p = self.check(offset, src.len(), 1)?;
+        // SAFETY: as in `read`, with the roles of the buffers swapped.
+        unsafe { volatile_copy(src.as_ptr(), p, src.len()) };
+        Ok(())
+    }
+
+    /// Sets `len` bytes at `offset` to `byte`.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), OutOfBounds> {
+        let p = self.check(offset, len, 1)?;
+        let word = u64::from_ne_bytes([byte; 8]);
+        let mut i = 0;
+        // SAFETY: every address written is inside the checked
+        // range; unaligned heads and tails are written bytewise.
+        unsafe {
+            while i < len && (p.add(i) as usize) % 8 != 0 {
+                p.add(i).write_volatile(byte);
+                i += 1;
+            }
+            while i + 8 <= len {
+                (p.add(i) as *mut u64).write_volatile(word);
+                i += 8;
+            }
+            while i < len {
+                p.add(i).write_volatile(byte);
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a plain-old-data value out of shared memory (copy once, then validate).
+    pub fn read_obj<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, OutOfBounds> {
+        let mut v = T::new_zeroed();
+        self.read(offset, v.as_mut_bytes())?;
+        Ok(v)
+    }
+
+    /// Copies a plain-old-data value into shared memory.
+    pub fn write_obj<T: IntoBytes + Immutable>(
+        &self,
+        offset: usize,
+        v: &T,
+    ) -> Result<(), OutOfBounds> {
+        self.write(offset, v.as_bytes())
+    }
+
+    /// The byte at `offset` as an atomic.
+    pub fn atomic_u8(&self, offset: usize) -> Result<&'a AtomicU8, OutOfBounds> {
+        let p = self.check(offset, 1, 1)?;
+        // SAFETY: in bounds, alignment 1, valid for 'a; AtomicU8 has the
+        // layout of u8 and every bit pattern is valid.
+        Ok(unsafe { AtomicU8::from_ptr(p) })
+    }
+
+    /// The aligned 16-bit word at `offset` as an atomic.
+    pub fn atomic_u16(&self, offset: usize) -> Result<&'a AtomicU16, OutOfBounds> {
+        let p = self.check(offset, 2, 2)?;
+        // SAFETY: in bounds and 2-aligned (checked); valid for 'a.
+        Ok(unsafe { AtomicU16::from_ptr(p.cast()) })
+    }
+
+    /// The aligned 32-bit word at `offset` as an atomic.
+    pub fn atomic_u32(&self, offset: usize) -> Result<&'a AtomicU32, OutOfBounds> {
+        let p = self.check(offset, 4, 4)?;
+        // SAFETY: in bounds and 4-aligned (checked); valid for 'a.
+        Ok(unsafe { AtomicU32::from_ptr(p.cast()) })
+    }
+
+    /// The aligned 64-bit word at `offset` as an atomic.
+    pub fn atomic_u64(&self, offset: usize) -> Result<&'a AtomicU64, OutOfBounds> {
+        let p = self.check(offset, 8, 8)?;
+        // SAFETY: in bounds and 8-aligned (checked); valid for 'a.
+        Ok(unsafe { AtomicU64::from_ptr(p.cast()) })
+    }
+}
+
+/// Copies `n` bytes with volatile accesses, 8 bytes at a time where both
+/// sides are aligned alike.
+///
+/// # Safety
+///
+/// `src..src+n` must be valid for reads and `dst..dst+n` for writes, and the
+/// two ranges must not overlap.
+pub(crate) unsafe fn volatile_copy(src: *const u8, dst: *mut u8, n: usize) {
+    let mut i = 0;
+    // SAFETY: all offsets are < n, inside both ranges by the
+    // caller's contract; u64 accesses are only made at 8-aligned addresses.
+    unsafe {
+        if (src as usize) % 8 == (dst as usize) % 8 {
+            while i < n && (src.add(i) as usize) % 8 != 0 {
+                dst.add(i).write_volatile(src.add(i).read_volatile());
+                i += 1;
+            }
+            while i + 32 <= n {
+                let s = src.add(i) as *const u64;
+                let d = dst.add(i) as *mut u64;
+                let (a, b, c, e) = (
+                    s.read_volatile(),
+                    s.add(1).read_volatile(),
+                    s.add(2).read_volatile(),
+                    s.add(3).read_volatile(),
+                );
+                d.write_volatile(a);
+                d.add(1).write_volatile(b);
+                d.add(2).write_volatile(c);
+                d.add(3).write_volatile(e);
+                i += 32;
+            }
+            while i + 8 <= n {
+                (dst.add(i) as *mut u64).write_volatile((src.add(i) as *const u64).read_volatile());
+                i += 8;
+            }
+        }
+        while i < n {
+            dst.add(i).write_volatile(src.add(i).read_volatile());
+            i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(buf: &mut [u64]) -> SharedMem<'_> {
+        let len = buf.len() * 8;
+        // SAFETY: the test owns `buf` for the region's lifetime and only
+        // reaches it through the SharedMem.
+        unsafe { SharedMem::from_raw(NonNull::new(buf.as_mut_ptr().cast()).unwrap(), len) }
+    }
+
+    #[test]
+    fn copies_round_trip_at_every_alignment() {
+        let mut buf = [0u64; 64];
+        let m = region(&mut buf);
+        for off in 0..9 {
+            for len in [0, 1, 7, 8, 9, 31, 32, 33, 100, 400] {
+                let src: std::vec::Vec<u8> = (0..len).map(|i| (i * 7 + off) as u8).collect();
+                m.write(off, &src).unwrap();
+                let mut dst = std::vec![0u8; len];
+                m.read(off, &mut dst).unwrap();
+                assert_eq!(src, dst, "off {off} len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_bounds_and_misaligned_are_errors() {
+        let mut buf = [0u64; 2];
+        let m = region(&mut buf);
+        assert!(m.write(10, &[0; 7]).is_err());
+        assert!(m.read(usize::MAX, &mut [0; 2]).is_err());
+        assert!(m.atomic_u32(2).is_err());
+        assert!(m.atomic_u64(16).is_err());
+        assert!(m.slice(8, 9).is_err());
+        assert!(m.fill(0, 17, 1).is_err());
+        m.fill(1, 14, 0xAB).unwrap();
+        let mut all = [0u8; 16];
+        m.read(0, &mut all).unwrap();
+        assert_eq!(all[0], 0);
+        assert!(all[1..15].iter().all(|&b| b == 0xAB));
+        assert_eq!(all[15], 0);
+    }
+}

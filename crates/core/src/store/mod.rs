@@ -1,0 +1,29 @@
+//! XenStore: the wire protocol, a client and the XenBus handshake helpers.
+//!
+//! - [`wire`]: the 16-byte `xsd_sockmsg` header, every `XS_*` type, an
+//!   incremental decoder for byte streams and typed [`wire::Request`]s.
+//!   Peer bytes are copied into an owned [`Message`] once and validated.
+//! - [`error`]: the error names servers send ([`XsError`]).
+//! - [`path`] and [`perms`]: the path rules and permission lists, shared by
+//!   the client and the daemon (`xenshare-xenstored`).
+//! - [`client`]: a synchronous client over a small [`Transport`] trait;
+//!   the Unix socket transport needs `std`.
+//! - [`xenbus`]: `state` keys, device paths and waiting for the peer.
+//!
+//! All of it is `no_std` + `alloc` except the socket transport and the
+//! timed wait.
+
+pub mod client;
+pub mod error;
+pub mod path;
+pub mod perms;
+pub mod wire;
+pub mod xenbus;
+
+pub use client::{Client, ClientError, Transport, TransportError, Tx, TxId};
+pub use error::XsError;
+pub use perms::{Perm, PermKind, Perms};
+pub use wire::{Message, MsgType, Request, WatchEvent};
+
+#[cfg(feature = "std")]
+pub use client::UnixTransport;

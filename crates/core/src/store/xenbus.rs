@@ -1,0 +1,191 @@
+//! XenBus: the front-end / back-end handshake carried by `state` keys.
+//!
+//! Each side writes its [`XenbusState`] as decimal ASCII into `<dir>/state`
+//! and watches the peer's. The helpers here name the standard directories,
+//! read and write the key, and wait for the peer through a watch.
+
+use alloc::format;
+use alloc::string::String;
+use core::fmt;
+
+use super::client::{Client, ClientError, Transport};
+use crate::DomId;
+
+/// `enum xenbus_state` (xen-abi.md 8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum XenbusState {
+    /// 0: also what a missing key means.
+    Unknown,
+    /// 1
+    Initialising,
+    /// 2: early init done; waiting for the peer or hotplug.
+    InitWait,
+    /// 3: transport parameters published.
+    Initialised,
+    /// 4
+    Connected,
+    /// 5: tear-down requested.
+    Closing,
+    /// 6
+    Closed,
+    /// 7
+    Reconfiguring,
+    /// 8
+    Reconfigured,
+}
+
+/// A `state` value that is not a number 0..=8.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid xenbus state {0:?}")]
+pub struct BadState(pub String);
+
+impl XenbusState {
+    /// The numeric value.
+    pub const fn as_u32(self) -> u32 {
+        self as u32
+    }
+
+    /// The state for a number.
+    pub const fn from_u32(v: u32) -> Option<XenbusState> {
+        use XenbusState::*;
+        Some(match v {
+            0 => Unknown,
+            1 => Initialising,
+            2 => InitWait,
+            3 => Initialised,
+            4 => Connected,
+            5 => Closing,
+            6 => Closed,
+            7 => Reconfiguring,
+            8 => Reconfigured,
+            _ => return None,
+        })
+    }
+
+    /// Parses a `state` value. Surrounding whitespace and a trailing NUL
+    /// (some writers include one) are tolerated; an empty value is Unknown.
+    pub fn parse(raw: &[u8]) -> Result<XenbusState, BadState> {
+        let bad = || BadState(String::from_utf8_lossy(raw).into_owned());
+        let s = core::str::from_utf8(raw).map_err(|_| bad())?;
+        let s = s.trim_end_matches('\0').trim();
+        if s.is_empty() {
+            return Ok(XenbusState::Unknown);
+        }
+        s.parse::<u32>()
+            .ok()
+            .and_then(XenbusState::from_u32)
+            .ok_or_else(bad)
+    }
+}
+
+impl fmt::Display for XenbusState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.as_u32())
+    }
+}
+
+/// `/local/domain/<domid>/device/<devtype>/<devid>`: a front end's directory.
+pub fn frontend_path(domid: DomId, devtype: &str, devid: u32) -> String {
+    format!("/local/domain/{}/device/{devtype}/{devid}", domid.0)
+}
+
+/// `/local/domain/<backend>/backend/<devtype>/<frontend>/<devid>`: a back
+/// end's directory.
+pub fn backend_path(backend: DomId, devtype: &str, frontend: DomId, devid: u32) -> String {
+    format!(
+        "/local/domain/{}/backend/{devtype}/{}/{devid}",
+        backend.0, frontend.0
+    )
+}
+
+fn state_key(dir: &str) -> String {
+    format!("{dir}/state")
+}
+
+/// Reads `<dir>/state`; a missing key is [`XenbusState::Unknown`].
+pub fn read_state<T: Transport>(c: &mut Client<T>, dir: &str) -> Result<XenbusState, ClientError> {
+    match c.try_read(&state_key(dir))? {
+        None => Ok(XenbusState::Unknown),
+        Some(v) => XenbusState::parse(&v).map_err(|_| ClientError::Protocol("bad xenbus state")),
+    }
+}
+
+/// Writes `<dir>/state`.
+pub fn write_state<T: Transport>(
+    c: &mut Client<T>,
+    dir: &str,
+    state: XenbusState,
+) -> Result<(), ClientError> {
+    c.write(&state_key(dir), format!("{state}").as_bytes())
+}
+
+/// Waits until `accept` holds for the state in `<dir>/state`, using a watch
+/// on the key, for at most `timeout`. Returns the accepted state.
+///
+/// Other watch events that arrive meanwhile are dropped, so use a client
+/// dedicated to the handshake (or one without other watches).
+#[cfg(feature = "std")]
+pub fn wait_for_state<T: Transport>(
+    c: &mut Client<T>,
+    dir: &str,
+    timeout: core::time::Duration,
+    mut accept: impl FnMut(XenbusState) -> bool,
+) -> Result<XenbusState, ClientError> {
+    let key = state_key(dir);
+    let token = format!("xenbus-wait:{key}");
+    let deadline = std::time::Instant::now() + timeout;
+    c.watch(&key, token.as_bytes())?;
+    let result = (|| loop {
+        let s = read_state(c, dir)?;
+        if accept(s) {
+            return Ok(s);
+        }
+        // Wait for a change of the key; the state is re-read, not taken from
+        // the event, since events only say "something changed".
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout);
+            }
+            match c.next_event(Some(left))? {
+                None => return Err(ClientError::Timeout),
+                Some(ev) if ev.token == token.as_bytes() => break,
+                Some(_) => {}
+            }
+        }
+    })();
+    // The wait's outcome matters more than a failed clean-up.
+    let _ = c.unwatch(&key, token.as_bytes());
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_parse_and_format() {
+        for v in 0..=8u32 {
+            let s = XenbusState::from_u32(v).unwrap();
+            assert_eq!(s.as_u32(), v);
+            assert_eq!(XenbusState::parse(format!("{s}").as_bytes()), Ok(s));
+        }
+        assert_eq!(XenbusState::parse(b"4\0"), Ok(XenbusState::Connected));
+        assert_eq!(XenbusState::parse(b""), Ok(XenbusState::Unknown));
+        assert!(XenbusState::parse(b"9").is_err());
+        assert!(XenbusState::parse(b"x").is_err());
+        assert!(XenbusState::parse(b"-1").is_err());
+    }
+
+    #[test]
+    fn standard_paths() {
+        assert_eq!(
+            frontend_path(DomId(5), "vif", 0),
+            "/local/domain/5/device/vif/0"
+        );
+        assert_eq!(
+            backend_path(DomId(0), "vbd", DomId(5), 51712),
+            "/local/domain/0/backend/vbd/5/51712"
+        );
+    }
+}

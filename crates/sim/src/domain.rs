@@ -1,0 +1,253 @@
+//! A domain's view of the emulated hypervisor: the platform objects the core
+//! runs on (grant export and import, event channels).
+
+use std::sync::Arc;
+
+use xenshare::event::EventError;
+use xenshare::grant::{Exporter, GntSt, Importer, TableBackend};
+use xenshare::mem::SharedMem;
+use xenshare::platform::{CopyOp, ForeignMapper, TableMemory};
+use xenshare::{Access, DomId, GrantRef, Port};
+
+use crate::evtchn::SimEvtchn;
+use crate::hv::{ActiveGrant, DomainState, Hypervisor, Notify};
+use crate::memory::{DomainMemory, SimFrames};
+use crate::region::{Region, Stitched};
+
+/// A domain's grant table memory.
+#[derive(Clone)]
+pub struct SimTable(Arc<Region>);
+
+impl TableMemory for SimTable {
+    fn table(&self) -> SharedMem<'_> {
+        self.0.mem()
+    }
+}
+
+/// The export backend of an emulated domain.
+pub type SimGrantBackend = TableBackend<SimTable, SimFrames>;
+/// The exporter of an emulated domain.
+pub type SimExporter = Exporter<SimGrantBackend>;
+/// The importer of an emulated domain.
+pub type SimImporter = Importer<SimMapper>;
+/// A share made by an emulated domain.
+pub type SimShare = xenshare::grant::Share<SimGrantBackend>;
+/// A mapping made by an emulated domain.
+pub type SimMapping = xenshare::grant::Mapping<SimMapper>;
+
+/// An emulated domain. Dropping it does not destroy the domain; call
+/// [`Domain::destroy`] (or [`Hypervisor::destroy_domain`]).
+#[derive(Clone)]
+pub struct Domain {
+    state: Arc<DomainState>,
+    hv: Hypervisor,
+    exporter: SimExporter,
+    importer: SimImporter,
+}
+
+impl std::fmt::Debug for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Domain")
+            .field("id", &self.state.id)
+            .finish()
+    }
+}
+
+impl Domain {
+    pub(crate) fn new(state: Arc<DomainState>, hv: Hypervisor) -> Self {
+        let backend = TableBackend::new(
+            state.id,
+            SimTable(state.table.clone()),
+            SimFrames(state.mem.clone()),
+        );
+        let exporter = Exporter::new(backend);
+        let importer = Importer::new(SimMapper { dom: state.clone() });
+        Self {
+            state,
+            hv,
+            exporter,
+            importer,
+        }
+    }
+
+    /// The domain id.
+    pub fn id(&self) -> DomId {
+        self.state.id
+    }
+
+    /// The hypervisor.
+    pub fn hypervisor(&self) -> &Hypervisor {
+        &self.hv
+    }
+
+    /// Shares this domain's pages (the safe grant API, export side).
+    pub fn exporter(&self) -> &SimExporter {
+        &self.exporter
+    }
+
+    /// Maps and copies other domains' grants (import side).
+    pub fn importer(&self) -> &SimImporter {
+        &self.importer
+    }
+
+    /// Opens an event channel handle.
+    pub fn evtchn(&self) -> Result<Arc<SimEvtchn>, EventError> {
+        SimEvtchn::open(self.state.clone()).map(Arc::new)
+    }
+
+    /// This domain's memory.
+    pub fn memory(&self) -> &DomainMemory {
+        &self.state.mem
+    }
+
+    /// Entries of this domain's table that peers hold pinned, with pin counts.
+    pub fn active_grants(&self) -> Vec<ActiveGrant> {
+        self.state.active_grants()
+    }
+
+    /// Whether a peer holds `gref` of this domain mapped (busy bits set).
+    pub fn grant_busy(&self, gref: GrantRef) -> bool {
+        self.state.entry_busy(gref)
+    }
+
+    /// Grants this domain currently has mapped.
+    pub fn mapped_count(&self) -> usize {
+        self.state.mapped_count()
+    }
+
+    /// Whether the domain is alive.
+    pub fn is_alive(&self) -> bool {
+        self.state.is_alive()
+    }
+
+    /// Destroys the domain (see [`Hypervisor::destroy_domain`]).
+    pub fn destroy(&self) -> Result<(), crate::HvError> {
+        self.hv.destroy_domain(self.state.id)
+    }
+
+    /// Raw hypervisor map of one grant, returning the status as Xen would
+    /// (for tests and adversaries that need the hypercall, not the safe API).
+    pub fn raw_map(&self, dom: DomId, gref: GrantRef, access: Access) -> Result<u32, GntSt> {
+        self.state
+            .map_grant(dom, gref, access.is_readonly())
+            .map(|(h, _, _)| h)
+    }
+
+    /// Raw hypervisor unmap of a handle from [`Domain::raw_map`].
+    pub fn raw_unmap(&self, handle: u32) -> Result<(), GntSt> {
+        self.state.unmap_grant(handle)
+    }
+}
+
+/// One grant mapped by an emulated domain.
+pub struct SimHandle {
+    handle: u32,
+    granter: Arc<DomainState>,
+    frame: u64,
+    writable: bool,
+}
+
+/// A contiguous view of a mapped batch: either straight into the granter's
+/// memory (adjacent frames, the common case) or a stitched mmap.
+pub enum SimWindow {
+    /// Adjacent frames of one granter.
+    Direct {
+        /// Keeps the granter's memory alive.
+        granter: Arc<DomainState>,
+        /// First frame.
+        first: u64,
+        /// Number of frames.
+        count: usize,
+    },
+    /// Pages mapped one by one into a fresh reservation.
+    Stitched(Stitched),
+}
+
+/// The import platform of an emulated domain.
+pub struct SimMapper {
+    dom: Arc<DomainState>,
+}
+
+impl ForeignMapper for SimMapper {
+    type Handle = SimHandle;
+    type Window = SimWindow;
+
+    fn domid(&self) -> DomId {
+        self.dom.id
+    }
+
+    fn map_batch(
+        &self,
+        dom: DomId,
+        refs: &[GrantRef],
+        access: Access,
+        out: &mut Vec<Result<SimHandle, GntSt>>,
+    ) {
+        for r in refs {
+            out.push(self.dom.map_grant(dom, *r, access.is_readonly()).map(
+                |(handle, granter, frame)| SimHandle {
+                    handle,
+                    granter,
+                    frame,
+                    writable: !access.is_readonly(),
+                },
+            ));
+        }
+    }
+
+    fn unmap(&self, h: SimHandle) -> Result<(), GntSt> {
+        self.dom.unmap_grant(h.handle)
+    }
+
+    fn window(&self, hs: &[SimHandle]) -> Result<SimWindow, GntSt> {
+        let Some(first) = hs.first() else {
+            return Err(GntSt::GeneralError);
+        };
+        let adjacent = hs.iter().enumerate().all(|(i, h)| {
+            Arc::ptr_eq(&h.granter, &first.granter) && h.frame == first.frame + i as u64
+        });
+        if adjacent {
+            return Ok(SimWindow::Direct {
+                granter: first.granter.clone(),
+                first: first.frame,
+                count: hs.len(),
+            });
+        }
+        let pages: Vec<_> = hs
+            .iter()
+            .map(|h| (h.granter.mem.region().fd(), h.frame, h.writable))
+            .collect();
+        Stitched::new(&pages)
+            .map(SimWindow::Stitched)
+            .map_err(|_| GntSt::NoSpace)
+    }
+
+    fn window_mem(w: &SimWindow) -> SharedMem<'_> {
+        match w {
+            SimWindow::Direct {
+                granter,
+                first,
+                count,
+            } => match granter.frame_window(*first, *count) {
+                Some(m) => m,
+                None => unreachable!("mapped frames were checked against the granter's memory"),
+            },
+            SimWindow::Stitched(s) => s.mem(),
+        }
+    }
+
+    fn set_unmap_notify(
+        &self,
+        h: &SimHandle,
+        clear_byte: Option<u16>,
+        port: Option<Port>,
+    ) -> Result<(), GntSt> {
+        self.dom.set_notify(h.handle, Notify { clear_byte, port })
+    }
+
+    fn copy(&self, ops: &mut [CopyOp<'_>]) {
+        for op in ops.iter_mut() {
+            op.status = self.dom.copy_one(op);
+        }
+    }
+}

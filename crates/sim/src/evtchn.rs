@@ -1,0 +1,468 @@
+//! 2-level event channels.
+//!
+//! Each domain has a `shared_info` page whose pending and mask bitmaps are
+//! the real ABI layout; the hypervisor sets pending bits with Xen's
+//! test-and-set rules (events coalesce; a masked port latches). Ports are
+//! bound through handles ([`SimEvtchn`], like an open `/dev/xen/evtchn`):
+//! each handle has an eventfd that is signalled when one of its ports becomes
+//! deliverable, so a domain's threads can block waiting for events.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
+use xenshare::event::EventError;
+use xenshare::platform::EventChannels;
+use xenshare::{DomId, Port};
+use xenshare_abi::event::{
+    port_word_bit, EVTCHN_2L_NR_CHANNELS, SHARED_INFO_MASK_OFFSET, SHARED_INFO_PENDING_OFFSET,
+};
+use xenshare_abi::PAGE_SIZE;
+
+use crate::hv::{lock, DomainState};
+use crate::region::{Region, RegionError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PortKind {
+    Free,
+    Unbound { remote: DomId },
+    Interdomain { remote: DomId, rport: Port },
+}
+
+struct Slot {
+    kind: PortKind,
+    owner: Option<Arc<HandleShared>>,
+}
+
+pub(crate) struct EvtState {
+    shared_info: Region,
+    ports: Mutex<Vec<Slot>>,
+    handles: Mutex<Vec<std::sync::Weak<HandleShared>>>,
+}
+
+pub(crate) struct HandleShared {
+    efd: OwnedFd,
+    ports: Mutex<Vec<Port>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl HandleShared {
+    fn wake(&self) {
+        let _ = rustix::io::write(&self.efd, &1u64.to_ne_bytes());
+    }
+}
+
+impl EvtState {
+    pub(crate) fn new(id: DomId) -> Result<Self, RegionError> {
+        Ok(Self {
+            shared_info: Region::new(&format!("xenshare-d{}-shinfo", id.0), PAGE_SIZE)?,
+            ports: Mutex::new(Vec::new()),
+            handles: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn word(&self, base: usize, port: u32) -> Option<(&AtomicU64, u64)> {
+        let (w, b) = port_word_bit(port);
+        let a = self.shared_info.mem().atomic_u64(base + w * 8).ok()?;
+        Some((a, 1u64 << b))
+    }
+
+    fn pending(&self, port: u32) -> Option<(&AtomicU64, u64)> {
+        self.word(SHARED_INFO_PENDING_OFFSET, port)
+    }
+
+    fn mask(&self, port: u32) -> Option<(&AtomicU64, u64)> {
+        self.word(SHARED_INFO_MASK_OFFSET, port)
+    }
+
+    /// Xen's set-pending: test-and-set PENDING; if it was clear and the port
+    /// is unmasked, kick the owner.
+    fn set_pending(&self, port: u32) {
+        let Some((p, bit)) = self.pending(port) else {
+            return;
+        };
+        if p.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+            return;
+        }
+        let masked = self
+            .mask(port)
+            .is_some_and(|(m, b)| m.load(Ordering::Acquire) & b != 0);
+        if !masked {
+            let owner = lock(&self.ports)
+                .get(port as usize)
+                .and_then(|s| s.owner.clone());
+            if let Some(h) = owner {
+                h.wake();
+            }
+        }
+    }
+
+    fn clear_bits(&self, port: u32) {
+        if let Some((p, b)) = self.pending(port) {
+            p.fetch_and(!b, Ordering::AcqRel);
+        }
+        if let Some((m, b)) = self.mask(port) {
+            m.fetch_and(!b, Ordering::AcqRel);
+        }
+    }
+}
+
+fn alloc_slot(
+    ports: &mut Vec<Slot>,
+    kind: PortKind,
+    owner: &Arc<HandleShared>,
+) -> Result<Port, EventError> {
+    // Port 0 is never used, as on Xen.
+    if ports.is_empty() {
+        ports.push(Slot {
+            kind: PortKind::Free,
+            owner: None,
+        });
+    }
+    let idx = match ports.iter().skip(1).position(|s| s.kind == PortKind::Free) {
+        Some(i) => i + 1,
+        None if ports.len() < EVTCHN_2L_NR_CHANNELS => {
+            ports.push(Slot {
+                kind: PortKind::Free,
+                owner: None,
+            });
+            ports.len() - 1
+        }
+        None => return Err(EventError::NoFreePorts),
+    };
+    ports[idx] = Slot {
+        kind,
+        owner: Some(owner.clone()),
+    };
+    Ok(Port(idx as u32))
+}
+
+impl DomainState {
+    /// EVTCHNOP_send on a local port.
+    pub(crate) fn evtchn_send(&self, port: Port) -> Result<(), EventError> {
+        let kind = lock(&self.evt.ports)
+            .get(port.0 as usize)
+            .map(|s| s.kind)
+            .unwrap_or(PortKind::Free);
+        match kind {
+            PortKind::Free => Err(EventError::NotBound(port)),
+            // Sending on an unbound port is silently dropped, as on Xen.
+            PortKind::Unbound { .. } => Ok(()),
+            PortKind::Interdomain { remote, rport } => {
+                if let Some(r) = self.domain(remote) {
+                    r.evt.set_pending(rport.0);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Port state, for tests and the inspector.
+    pub(crate) fn port_kind(&self, port: Port) -> PortKind {
+        lock(&self.evt.ports)
+            .get(port.0 as usize)
+            .map(|s| s.kind)
+            .unwrap_or(PortKind::Free)
+    }
+
+    fn close_port(&self, port: Port) -> Result<(), EventError> {
+        let kind = {
+            let mut ports = lock(&self.evt.ports);
+            let slot = ports
+                .get_mut(port.0 as usize)
+                .ok_or(EventError::NotBound(port))?;
+            if slot.kind == PortKind::Free {
+                return Err(EventError::NotBound(port));
+            }
+            let k = slot.kind;
+            *slot = Slot {
+                kind: PortKind::Free,
+                owner: None,
+            };
+            k
+        };
+        self.evt.clear_bits(port.0);
+        if let PortKind::Interdomain { remote, rport } = kind {
+            // The remote end returns to unbound, waiting for a new bind from us.
+            let back = |ports: &mut Vec<Slot>| {
+                if let Some(s) = ports.get_mut(rport.0 as usize) {
+                    if s.kind
+                        == (PortKind::Interdomain {
+                            remote: self.id,
+                            rport: port,
+                        })
+                    {
+                        s.kind = PortKind::Unbound { remote: self.id };
+                    }
+                }
+            };
+            if remote == self.id {
+                back(&mut lock(&self.evt.ports));
+            } else if let Some(r) = self.domain(remote) {
+                back(&mut lock(&r.evt.ports));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn evt_destroy(&self) {
+        let ports: Vec<Port> = lock(&self.evt.ports)
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.kind != PortKind::Free)
+            .map(|(i, _)| Port(i as u32))
+            .collect();
+        for p in ports {
+            let _ = self.close_port_dead(p);
+        }
+        for h in lock(&self.evt.handles).drain(..) {
+            if let Some(h) = h.upgrade() {
+                h.closed.store(true, Ordering::Release);
+                h.wake();
+            }
+        }
+    }
+
+    /// Closing a dead domain's port: its interdomain peers go back to
+    /// unbound (and get an event so they notice).
+    fn close_port_dead(&self, port: Port) -> Result<(), EventError> {
+        let kind = self.port_kind(port);
+        self.close_port(port)?;
+        if let PortKind::Interdomain { remote, rport } = kind {
+            if let Some(r) = self.domain(remote) {
+                r.evt.set_pending(rport.0);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An event channel handle of one domain (like an open `/dev/xen/evtchn`).
+pub struct SimEvtchn {
+    dom: Arc<DomainState>,
+    shared: Arc<HandleShared>,
+}
+
+impl std::fmt::Debug for SimEvtchn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimEvtchn")
+            .field("dom", &self.dom.id)
+            .finish()
+    }
+}
+
+impl SimEvtchn {
+    pub(crate) fn open(dom: Arc<DomainState>) -> Result<Self, EventError> {
+        let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| EventError::Os(e.raw_os_error()))?;
+        let shared = Arc::new(HandleShared {
+            efd,
+            ports: Mutex::new(Vec::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        lock(&dom.evt.handles).push(Arc::downgrade(&shared));
+        Ok(Self { dom, shared })
+    }
+
+    fn owns(&self, port: Port) -> Result<(), EventError> {
+        if lock(&self.shared.ports).contains(&port) {
+            Ok(())
+        } else {
+            Err(EventError::NotBound(port))
+        }
+    }
+
+    fn live(&self) -> Result<(), EventError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            Err(EventError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The eventfd signalled when a port of this handle becomes deliverable.
+    pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.shared.efd.as_fd()
+    }
+
+    /// The remote end of a port of this handle, if interdomain.
+    pub fn remote_of(&self, port: Port) -> Option<(DomId, Port)> {
+        match self.dom.port_kind(port) {
+            PortKind::Interdomain { remote, rport } => Some((remote, rport)),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for SimEvtchn {
+    fn drop(&mut self) {
+        let ports = std::mem::take(&mut *lock(&self.shared.ports));
+        for p in ports {
+            let _ = self.dom.close_port(p);
+        }
+    }
+}
+
+impl EventChannels for SimEvtchn {
+    fn domid(&self) -> DomId {
+        self.dom.id
+    }
+
+    fn alloc_unbound(&self, remote: DomId) -> Result<Port, EventError> {
+        self.live()?;
+        let remote = if remote == DomId::SELF {
+            self.dom.id
+        } else {
+            remote
+        };
+        let port = alloc_slot(
+            &mut lock(&self.dom.evt.ports),
+            PortKind::Unbound { remote },
+            &self.shared,
+        )?;
+        lock(&self.shared.ports).push(port);
+        Ok(port)
+    }
+
+    fn bind_interdomain(&self, remote: DomId, rport: Port) -> Result<Port, EventError> {
+        self.live()?;
+        let me = self.dom.id;
+        let remote = if remote == DomId::SELF { me } else { remote };
+        let r = self
+            .dom
+            .domain(remote)
+            .ok_or(EventError::NoDomain(remote))?;
+        let not_offered = EventError::NotOffered {
+            dom: remote,
+            port: rport,
+        };
+        let port = if remote == me {
+            let mut ports = lock(&self.dom.evt.ports);
+            match ports.get(rport.0 as usize).map(|s| s.kind) {
+                Some(PortKind::Unbound { remote: allowed }) if allowed == me => {}
+                _ => return Err(not_offered),
+            }
+            let lp = alloc_slot(
+                &mut ports,
+                PortKind::Interdomain { remote, rport },
+                &self.shared,
+            )?;
+            ports[rport.0 as usize].kind = PortKind::Interdomain {
+                remote: me,
+                rport: lp,
+            };
+            lp
+        } else {
+            // Two domains' port tables: lock in domid order.
+            let (mut mine, mut theirs);
+            if me < remote {
+                mine = lock(&self.dom.evt.ports);
+                theirs = lock(&r.evt.ports);
+            } else {
+                theirs = lock(&r.evt.ports);
+                mine = lock(&self.dom.evt.ports);
+            }
+            match theirs.get(rport.0 as usize).map(|s| s.kind) {
+                Some(PortKind::Unbound { remote: allowed }) if allowed == me => {}
+                _ => return Err(not_offered),
+            }
+            let lp = alloc_slot(
+                &mut mine,
+                PortKind::Interdomain { remote, rport },
+                &self.shared,
+            )?;
+            theirs[rport.0 as usize].kind = PortKind::Interdomain {
+                remote: me,
+                rport: lp,
+            };
+            lp
+        };
+        lock(&self.shared.ports).push(port);
+        // Xen marks the new local port pending so the binder re-checks state.
+        self.dom.evt.set_pending(port.0);
+        Ok(port)
+    }
+
+    fn notify(&self, port: Port) -> Result<(), EventError> {
+        self.owns(port)?;
+        self.dom.evtchn_send(port)
+    }
+
+    fn unmask(&self, port: Port) -> Result<(), EventError> {
+        self.owns(port)?;
+        let evt = &self.dom.evt;
+        if let Some((m, b)) = evt.mask(port.0) {
+            let was = m.fetch_and(!b, Ordering::AcqRel);
+            let pending = evt
+                .pending(port.0)
+                .is_some_and(|(p, pb)| p.load(Ordering::Acquire) & pb != 0);
+            if was & b != 0 && pending {
+                self.shared.wake();
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&self, port: Port) -> Result<(), EventError> {
+        {
+            let mut ports = lock(&self.shared.ports);
+            let i = ports
+                .iter()
+                .position(|p| *p == port)
+                .ok_or(EventError::NotBound(port))?;
+            ports.swap_remove(i);
+        }
+        self.dom.close_port(port)
+    }
+
+    fn poll(&self) -> Result<Option<Port>, EventError> {
+        let evt = &self.dom.evt;
+        let ports = lock(&self.shared.ports);
+        for &port in ports.iter() {
+            let (Some((p, b)), Some((m, _))) = (evt.pending(port.0), evt.mask(port.0)) else {
+                continue;
+            };
+            if p.load(Ordering::Acquire) & b != 0 && m.load(Ordering::Acquire) & b == 0 {
+                // Deliver like /dev/xen/evtchn: masked until the user unmasks.
+                m.fetch_or(b, Ordering::AcqRel);
+                p.fetch_and(!b, Ordering::AcqRel);
+                return Ok(Some(port));
+            }
+        }
+        drop(ports);
+        self.live()?;
+        Ok(None)
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Result<Option<Port>, EventError> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            if let Some(p) = self.poll()? {
+                return Ok(Some(p));
+            }
+            let left = match deadline {
+                Some(d) => {
+                    let now = std::time::Instant::now();
+                    if now >= d {
+                        return Ok(None);
+                    }
+                    Some(d - now)
+                }
+                None => None,
+            };
+            let ts = left.map(|d| Timespec {
+                tv_sec: d.as_secs() as _,
+                tv_nsec: d.subsec_nanos() as _,
+            });
+            let mut fds = [PollFd::new(&self.shared.efd, PollFlags::IN)];
+            match poll(&mut fds, ts.as_ref()) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(EventError::Os(e.raw_os_error())),
+            }
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(&self.shared.efd, &mut buf);
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! The hypervisor: domains, and Xen's grant-table rules on map, unmap and
+//! copy.
+//!
+//! Each domain's grant table lives in memory the domain writes directly (as
+//! a guest does on Xen); on every map or copy the hypervisor runs the core's
+//! [`xenshare::grant::entry::pin`] compare-and-swap on the granter's entry,
+//! keeps its own pin counts, and clears `GTF_reading`/`GTF_writing` only
+//! when the last pin of that kind goes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+
+use xenshare::grant::entry::{self, BUSY};
+use xenshare::grant::GntSt;
+use xenshare::mem::SharedMem;
+use xenshare::{DomId, GrantRef, Port};
+use xenshare_abi::grant::{ENTRIES_PER_FRAME_V1, GTF_READING, GTF_WRITING};
+use xenshare_abi::PAGE_SIZE;
+
+use crate::evtchn::EvtState;
+use crate::memory::DomainMemory;
+use crate::region::{Region, RegionError};
+
+/// Locks a mutex, ignoring poisoning: every critical section in the
+/// emulator leaves its data consistent at each step.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Settings of a new domain.
+#[derive(Debug, Clone, Copy)]
+pub struct DomainConfig {
+    /// RAM in 4 KiB pages.
+    pub mem_pages: u64,
+    /// Grant table size in frames (512 entries each).
+    pub grant_frames: u32,
+    /// Most grants this domain may have mapped at once (maptrack size).
+    pub max_maptrack: usize,
+}
+
+impl Default for DomainConfig {
+    fn default() -> Self {
+        Self {
+            mem_pages: 4096,
+            grant_frames: 4,
+            max_maptrack: 65536,
+        }
+    }
+}
+
+/// Errors of domain management.
+#[derive(Debug, thiserror::Error)]
+pub enum HvError {
+    /// Creating memory failed.
+    #[error("cannot create domain memory: {0}")]
+    Memory(#[from] RegionError),
+    /// The id is taken or reserved.
+    #[error("domain id {0} is in use or reserved")]
+    DomIdTaken(DomId),
+    /// No such domain.
+    #[error("no such domain {0}")]
+    NoDomain(DomId),
+    /// A configuration value is out of range.
+    #[error("bad domain configuration: {0}")]
+    BadConfig(&'static str),
+}
+
+/// Hypervisor-private state of an active grant entry.
+struct Pin {
+    frame: u64,
+    mapper: DomId,
+    readers: u32,
+    writers: u32,
+}
+
+/// Unmap-notify request on a mapping.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Notify {
+    pub clear_byte: Option<u16>,
+    pub port: Option<Port>,
+}
+
+struct MapRecord {
+    granter: Arc<DomainState>,
+    gref: GrantRef,
+    writable: bool,
+    frame: u64,
+    notify: Notify,
+}
+
+pub(crate) struct HvInner {
+    domains: RwLock<HashMap<u16, Arc<DomainState>>>,
+    next_domid: AtomicU16,
+}
+
+/// One domain as the hypervisor sees it.
+pub struct DomainState {
+    pub(crate) id: DomId,
+    alive: AtomicBool,
+    pub(crate) mem: Arc<DomainMemory>,
+    pub(crate) table: Arc<Region>,
+    nr_entries: u32,
+    pins: Mutex<HashMap<u32, Pin>>,
+    maptrack: Mutex<HashMap<u32, MapRecord>>,
+    next_handle: AtomicU32,
+    max_maptrack: usize,
+    pub(crate) evt: EvtState,
+    pub(crate) hv: Weak<HvInner>,
+}
+
+/// The emulated hypervisor.
+#[derive(Clone)]
+pub struct Hypervisor {
+    pub(crate) inner: Arc<HvInner>,
+}
+
+impl Default for Hypervisor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hypervisor {
+    /// A hypervisor with no domains.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(HvInner {
+                domains: RwLock::new(HashMap::new()),
+                next_domid: AtomicU16::new(1),
+            }),
+        }
+    }
+
+    /// Creates a domain with a chosen id (0 for the control domain).
+    pub fn create_domain_with_id(
+        &self,
+        id: DomId,
+        cfg: DomainConfig,
+    ) -> Result<crate::Domain, HvError> {
+        if !id.is_real() {
+            return Err(HvError::DomIdTaken(id));
+        }
+        if cfg.mem_pages == 0 || cfg.mem_pages > (1 << 22) {
+            return Err(HvError::BadConfig("mem_pages must be 1..=4194304"));
+        }
+        if cfg.grant_frames == 0 || cfg.grant_frames > 64 {
+            return Err(HvError::BadConfig("grant_frames must be 1..=64"));
+        }
+        let mut doms = self
+            .inner
+            .domains
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if doms.contains_key(&id.0) {
+            return Err(HvError::DomIdTaken(id));
+        }
+        let mem = Arc::new(DomainMemory::new(
+            &format!("xenshare-d{}-ram", id.0),
+            cfg.mem_pages,
+        )?);
+        let table = Arc::new(Region::new(
+            &format!("xenshare-d{}-gnttab", id.0),
+            cfg.grant_frames as usize * PAGE_SIZE,
+        )?);
+        let state = Arc::new(DomainState {
+            id,
+            alive: AtomicBool::new(true),
+            mem,
+            table,
+            nr_entries: cfg.grant_frames * ENTRIES_PER_FRAME_V1 as u32,
+            pins: Mutex::new(HashMap::new()),
+            maptrack: Mutex::new(HashMap::new()),
+            next_handle: AtomicU32::new(0),
+            max_maptrack: cfg.max_maptrack,
+            evt: EvtState::new(id)?,
+            hv: Arc::downgrade(&self.inner),
+        });
+        doms.insert(id.0, state.clone());
+        Ok(crate::Domain::new(state, self.clone()))
+    }
+
+    /// Creates a domain with the next free id.
+    pub fn create_domain(&self, cfg: DomainConfig) -> Result<crate::Domain, HvError> {
+        loop {
+            let id = self.inner.next_domid.fetch_add(1, Ordering::Relaxed);
+            if !DomId(id).is_real() {
+                return Err(HvError::BadConfig("domain ids exhausted"));
+            }
+            match self.create_domain_with_id(DomId(id), cfg) {
+                Err(HvError::DomIdTaken(_)) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The live domain ids.
+    pub fn domains(&self) -> Vec<DomId> {
+        let doms = self.inner.domains.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<DomId> = doms.keys().map(|k| DomId(*k)).collect();
+        v.sort();
+        v
+    }
+
+    /// Destroys a domain: releases every grant it has mapped (running their
+    /// unmap notifies), closes its ports (peers return to unbound) and
+    /// removes it. Memory it granted stays alive while others map it.
+    pub fn destroy_domain(&self, id: DomId) -> Result<(), HvError> {
+        let state = {
+            let mut doms = self
+                .inner
+                .domains
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            doms.remove(&id.0).ok_or(HvError::NoDomain(id))?
+        };
+        state.destroy();
+        Ok(())
+    }
+}
+
+impl HvInner {
+    pub(crate) fn lookup(&self, id: DomId) -> Option<Arc<DomainState>> {
+        let doms = self.domains.read().unwrap_or_else(|e| e.into_inner());
+        doms.get(&id.0).filter(|d| d.is_alive()).cloned()
+    }
+}
+
+/// What the hypervisor reports about an entry it has pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveGrant {
+    /// The reference.
+    pub gref: GrantRef,
+    /// The mapping domain.
+    pub mapper: DomId,
+    /// Read-only pins.
+    pub readers: u32,
+    /// Writable pins.
+    pub writers: u32,
+}
+
+impl DomainState {
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn hv(&self) -> Option<Arc<HvInner>> {
+        self.hv.upgrade()
+    }
+
+    /// Looks up a live domain (itself included).
+    pub(crate) fn domain(&self, id: DomId) -> Option<Arc<DomainState>> {
+        self.hv()?.lookup(id)
+    }
+
+    fn entry_words(&self, gref: GrantRef) -> Option<(&AtomicU32, &AtomicU32)> {
+        if gref.0 >= self.nr_entries {
+            return None;
+        }
+        let t = self.table.mem();
+        let off = gref.0 as usize * 8;
+        Some((t.atomic_u32(off).ok()?, t.atomic_u32(off + 4).ok()?))
+    }
+
+    /// Pins (as granter) `gref` for `mapper`; returns the frame.
+    fn acquire(&self, gref: GrantRef, mapper: DomId, readonly: bool) -> Result<u64, GntSt> {
+        let (word, frame_word) = self.entry_words(gref).ok_or(GntSt::BadGntref)?;
+        let mut pins = lock(&self.pins);
+        if let Some(p) = pins.get_mut(&gref.0) {
+            if p.mapper != mapper {
+                return Err(GntSt::GeneralError);
+            }
+            if !readonly && p.writers == 0 {
+                entry::pin(word, mapper, false)?;
+            }
+            if readonly {
+                p.readers += 1;
+            } else {
+                p.writers += 1;
+            }
+            return Ok(p.frame);
+        }
+        entry::pin(word, mapper, readonly)?;
+        // The frame is read once, after the pin, and cached: a granter that
+        // rewrites it later does not move existing mappings.
+        let frame = u64::from(frame_word.load(Ordering::Acquire));
+        if frame >= self.mem.pages() {
+            entry::unpin(word, BUSY);
+            return Err(GntSt::BadPage);
+        }
+        pins.insert(
+            gref.0,
+            Pin {
+                frame,
+                mapper,
+                readers: u32::from(readonly),
+                writers: u32::from(!readonly),
+            },
+        );
+        Ok(frame)
+    }
+
+    /// Drops one pin (as granter) of `gref`.
+    fn release(&self, gref: GrantRef, writable: bool) {
+        let Some((word, _)) = self.entry_words(gref) else {
+            return;
+        };
+        let mut pins = lock(&self.pins);
+        let Some(p) = pins.get_mut(&gref.0) else {
+            return;
+        };
+        if writable {
+            p.writers = p.writers.saturating_sub(1);
+        } else {
+            p.readers = p.readers.saturating_sub(1);
+        }
+        let mut clear = 0;
+        if p.writers == 0 {
+            clear |= GTF_WRITING;
+        }
+        if p.writers == 0 && p.readers == 0 {
+            clear |= GTF_READING;
+            pins.remove(&gref.0);
+        }
+        if clear != 0 {
+            entry::unpin(word, clear);
+        }
+    }
+
+    /// The entries this domain's peers have pinned.
+    pub fn active_grants(&self) -> Vec<ActiveGrant> {
+        let pins = lock(&self.pins);
+        let mut v: Vec<ActiveGrant> = pins
+            .iter()
+            .map(|(r, p)| ActiveGrant {
+                gref: GrantRef(*r),
+                mapper: p.mapper,
+                readers: p.readers,
+                writers: p.writers,
+            })
+            .collect();
+        v.sort_by_key(|a| a.gref);
+        v
+    }
+
+    /// Number of grants this domain has mapped.
+    pub fn mapped_count(&self) -> usize {
+        lock(&self.maptrack).len()
+    }
+
+    /// GNTTABOP_map_grant_ref, as this domain.
+    pub(crate) fn map_grant(
+        &self,
+        dom: DomId,
+        gref: GrantRef,
+        readonly: bool,
+    ) -> Result<(u32, Arc<DomainState>, u64), GntSt> {
+        if !self.is_alive() {
+            return Err(GntSt::BadDomain);
+        }
+        let granter = self.domain(dom).ok_or(GntSt::BadDomain)?;
+        if lock(&self.maptrack).len() >= self.max_maptrack {
+            return Err(GntSt::NoSpace);
+        }
+        let frame = granter.acquire(gref, self.id, readonly)?;
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        lock(&self.maptrack).insert(
+            handle,
+            MapRecord {
+                granter: granter.clone(),
+                gref,
+                writable: !readonly,
+                frame,
+                notify: Notify::default(),
+            },
+        );
+        Ok((handle, granter, frame))
+    }
+
+    /// GNTTABOP_unmap_grant_ref, as this domain.
+    pub(crate) fn unmap_grant(&self, handle: u32) -> Result<(), GntSt> {
+        let rec = lock(&self.maptrack)
+            .remove(&handle)
+            .ok_or(GntSt::BadHandle)?;
+        self.finish_unmap(rec);
+        Ok(())
+    }
+
+    fn finish_unmap(&self, rec: MapRecord) {
+        if let Some(off) = rec.notify.clear_byte {
+            if rec.writable {
+                if let Some(m) = rec.granter.mem.frame_mem(rec.frame) {
+                    let _ = m.write(off as usize, &[0]);
+                }
+            }
+        }
+        rec.granter.release(rec.gref, rec.writable);
+        if let Some(port) = rec.notify.port {
+            let _ = self.evtchn_send(port);
+        }
+    }
+
+    pub(crate) fn set_notify(&self, handle: u32, notify: Notify) -> Result<(), GntSt> {
+        let mut mt = lock(&self.maptrack);
+        let rec = mt.get_mut(&handle).ok_or(GntSt::BadHandle)?;
+        if notify.clear_byte.is_some() && !rec.writable {
+            // As gntdev: clearing a byte needs a writable mapping.
+            return Err(GntSt::PermissionDenied);
+        }
+        if notify.clear_byte.is_some_and(|o| o as usize >= PAGE_SIZE) {
+            return Err(GntSt::BadVirtAddr);
+        }
+        rec.notify = notify;
+        Ok(())
+    }
+
+    /// GNTTABOP_copy of one segment, as this domain.
+    pub(crate) fn copy_one(&self, op: &mut xenshare::platform::CopyOp<'_>) -> GntSt {
+        use xenshare::platform::{CopyDst, CopySrc};
+        let len = op.len as usize;
+        let check = |offset: u16| {
+            if offset as usize + len > PAGE_SIZE {
+                Err(GntSt::BadCopyArg)
+            } else {
+                Ok(())
+            }
+        };
+        // Pin both sides (transiently), then copy, then unpin.
+        let src = match &op.src {
+            CopySrc::Grant(p) => {
+                match check(p.offset).and_then(|_| self.pin_for_copy(p.dom, p.gref, true)) {
+                    Ok((g, f)) => Some((g, f, p.offset, p.gref)),
+                    Err(e) => return e,
+                }
+            }
+            CopySrc::Local(_) => None,
+        };
+        let dst = match &op.dst {
+            CopyDst::Grant(p) => {
+                match check(p.offset).and_then(|_| self.pin_for_copy(p.dom, p.gref, false)) {
+                    Ok((g, f)) => Some((g, f, p.offset, p.gref)),
+                    Err(e) => {
+                        if let Some((g, _, _, r)) = src {
+                            g.release(r, false);
+                        }
+                        return e;
+                    }
+                }
+            }
+            CopyDst::Local(_) => None,
+        };
+        let mut buf = vec![0u8; len];
+        let mut status = GntSt::Okay;
+        match (&src, &op.src) {
+            (Some((g, f, off, _)), _) => {
+                if g.mem
+                    .frame_mem(*f)
+                    .and_then(|m| m.read(*off as usize, &mut buf).ok())
+                    .is_none()
+                {
+                    status = GntSt::BadPage;
+                }
+            }
+            (None, CopySrc::Local(b)) => buf.copy_from_slice(&b[..len]),
+            (None, CopySrc::Grant(_)) => status = GntSt::GeneralError,
+        }
+        if status.is_ok() {
+            match (&dst, &mut op.dst) {
+                (Some((g, f, off, _)), _) => {
+                    if g.mem
+                        .frame_mem(*f)
+                        .and_then(|m| m.write(*off as usize, &buf).ok())
+                        .is_none()
+                    {
+                        status = GntSt::BadPage;
+                    }
+                }
+                (None, CopyDst::Local(b)) => b[..len].copy_from_slice(&buf),
+                (None, CopyDst::Grant(_)) => status = GntSt::GeneralError,
+            }
+        }
+        if let Some((g, _, _, r)) = src {
+            g.release(r, false);
+        }
+        if let Some((g, _, _, r)) = dst {
+            g.release(r, true);
+        }
+        status
+    }
+
+    fn pin_for_copy(
+        &self,
+        dom: DomId,
+        gref: GrantRef,
+        readonly: bool,
+    ) -> Result<(Arc<DomainState>, u64), GntSt> {
+        let g = self.domain(dom).ok_or(GntSt::BadDomain)?;
+        let f = g.acquire(gref, self.id, readonly)?;
+        Ok((g, f))
+    }
+
+    /// The memory of `frame` of this domain.
+    pub(crate) fn frame_window(&self, first: u64, count: usize) -> Option<SharedMem<'_>> {
+        let off = usize::try_from(first).ok()?.checked_mul(PAGE_SIZE)?;
+        self.mem
+            .region()
+            .mem()
+            .slice(off, count.checked_mul(PAGE_SIZE)?)
+            .ok()
+    }
+
+    fn destroy(&self) {
+        self.alive.store(false, Ordering::Release);
+        let records: Vec<MapRecord> = lock(&self.maptrack).drain().map(|(_, r)| r).collect();
+        // Notifies may send events through our ports: run them before the
+        // ports close.
+        for rec in records {
+            self.finish_unmap(rec);
+        }
+        self.evt_destroy();
+    }
+
+    /// Whether `gref` of this domain currently has `GTF_reading` or
+    /// `GTF_writing` set (for tests and the inspector).
+    pub fn entry_busy(&self, gref: GrantRef) -> bool {
+        self.entry_words(gref)
+            .map(|(w, _)| {
+                entry::flags_of(w.load(Ordering::Acquire)) & (GTF_READING | GTF_WRITING) != 0
+            })
+            .unwrap_or(false)
+    }
+}

@@ -1,0 +1,180 @@
+//! memfd-backed memory regions: guest RAM, grant tables, shared info.
+//!
+//! All of the emulator's `unsafe` mmap work lives here. Memory is a memfd so
+//! that a later multi-process mode can pass it to other processes.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+use rustix::mm::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
+use xenshare::mem::SharedMem;
+use xenshare_abi::PAGE_SIZE;
+
+/// Errors creating regions.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// A system call failed.
+    #[error("{what}: {err}")]
+    Os {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        err: rustix::io::Errno,
+    },
+    /// A size of zero or not a whole number of pages.
+    #[error("bad region size {0}")]
+    BadSize(usize),
+}
+
+/// A shared, writable mapping of a whole memfd.
+pub struct Region {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory reached only through SharedMem's
+// volatile/atomic accessors; the pointer stays valid until drop.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Creates a zero-filled memfd of `len` bytes and maps it.
+    pub fn new(name: &str, len: usize) -> Result<Self, RegionError> {
+        if len == 0 || len % PAGE_SIZE != 0 {
+            return Err(RegionError::BadSize(len));
+        }
+        let fd = memfd_create(name, MemfdFlags::CLOEXEC).map_err(|err| RegionError::Os {
+            what: "memfd_create",
+            err,
+        })?;
+        ftruncate(&fd, len as u64).map_err(|err| RegionError::Os {
+            what: "ftruncate",
+            err,
+        })?;
+        // SAFETY: a fresh shared mapping of our own memfd at an address the
+        // kernel chooses; nothing else is affected.
+        let p = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        }
+        .map_err(|err| RegionError::Os { what: "mmap", err })?;
+        let ptr = NonNull::new(p.cast()).ok_or(RegionError::BadSize(len))?;
+        Ok(Self { fd, ptr, len })
+    }
+
+    /// The whole region.
+    pub fn mem(&self) -> SharedMem<'_> {
+        // SAFETY: the mapping is valid for reads and writes until `self` is
+        // dropped, and is only reached through volatile/atomic accessors.
+        unsafe { SharedMem::from_raw(self.ptr, self.len) }
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if empty (never, by construction).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The memfd.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: we mapped exactly this range in `new` and no SharedMem can
+        // outlive `self` (they borrow it).
+        let _ = unsafe { munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A fresh contiguous virtual window made of pages of memfds, for mapping
+/// a batch of grants whose frames are not adjacent.
+pub struct Stitched {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: as for Region.
+unsafe impl Send for Stitched {}
+// SAFETY: as for Region.
+unsafe impl Sync for Stitched {}
+
+impl Stitched {
+    /// Maps page `frame` of each `(fd, frame, writable)` one after the other.
+    pub fn new(pages: &[(BorrowedFd<'_>, u64, bool)]) -> Result<Self, RegionError> {
+        let len = pages.len() * PAGE_SIZE;
+        if len == 0 {
+            return Err(RegionError::BadSize(0));
+        }
+        // SAFETY: reserving fresh address space the kernel chooses.
+        let base = unsafe {
+            mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE,
+            )
+        }
+        .map_err(|err| RegionError::Os {
+            what: "mmap reserve",
+            err,
+        })?;
+        let Some(ptr) = NonNull::new(base.cast::<u8>()) else {
+            return Err(RegionError::BadSize(len));
+        };
+        let me = Self { ptr, len };
+        for (i, (fd, frame, writable)) in pages.iter().enumerate() {
+            let prot = if *writable {
+                ProtFlags::READ | ProtFlags::WRITE
+            } else {
+                ProtFlags::READ
+            };
+            // SAFETY: MAP_FIXED over a page of the reservation we own (it is
+            // inside `me`, which unmaps the whole range on drop).
+            unsafe {
+                mmap(
+                    me.ptr.as_ptr().add(i * PAGE_SIZE).cast(),
+                    PAGE_SIZE,
+                    prot,
+                    MapFlags::SHARED | MapFlags::FIXED,
+                    fd,
+                    frame * PAGE_SIZE as u64,
+                )
+            }
+            .map_err(|err| RegionError::Os {
+                what: "mmap page",
+                err,
+            })?;
+        }
+        Ok(me)
+    }
+
+    /// The window.
+    pub fn mem(&self) -> SharedMem<'_> {
+        // SAFETY: valid mapping until drop; read-only pages are only written
+        // by callers that mapped writable (enforced by the Mapping's access).
+        unsafe { SharedMem::from_raw(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Stitched {
+    fn drop(&mut self) {
+        // SAFETY: the whole reservation is ours.
+        let _ = unsafe { munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}

@@ -1,0 +1,51 @@
+//! Daemon limits. Quotas apply to unprivileged domains only, as in C
+//! xenstored; the defaults are C xenstored 4.17's.
+
+/// Quotas and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Nodes a domain may own (`-e`, default 1000). Exceeding: `ENOSPC`.
+    pub max_nodes: usize,
+    /// Largest value a domain may store in one node, in bytes (`-S`,
+    /// default 2048). Exceeding: `ENOSPC`.
+    pub max_node_size: usize,
+    /// Watches per domain (`-W`, default 128). Exceeding: `E2BIG`.
+    pub max_watches: usize,
+    /// Open transactions per domain (`-t`, default 10). Exceeding: `ENOSPC`.
+    pub max_transactions: usize,
+    /// Permission entries per node a domain may set (`-A`, default 5).
+    /// Exceeding: `ENOSPC`.
+    pub max_perms: usize,
+    /// Nodes one transaction of a domain may touch (default 1024).
+    /// Exceeding: `ENOSPC`.
+    pub max_tx_nodes: usize,
+    /// Path length after `/local/domain/<N>/` (`-M`, default and maximum
+    /// 2048).
+    pub max_path_len: usize,
+    /// Replies a domain's connection may have queued before the daemon stops
+    /// reading its requests (`-Q outstanding`, default 20). Dom0 sockets use
+    /// [`Config::dom0_outstanding`].
+    pub max_outstanding: usize,
+    /// The same bound for dom0 connections (default 1024).
+    pub dom0_outstanding: usize,
+    /// Messages queued to any connection that does not read them (mostly
+    /// watch events) before it is dropped (default 65536).
+    pub max_queued: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_nodes: 1000,
+            max_node_size: 2048,
+            max_watches: 128,
+            max_transactions: 10,
+            max_perms: 5,
+            max_tx_nodes: 1024,
+            max_path_len: xenshare::store::wire::REL_PATH_MAX,
+            max_outstanding: 20,
+            dom0_outstanding: 1024,
+            max_queued: 65536,
+        }
+    }
+}

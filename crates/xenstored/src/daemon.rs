@@ -1,0 +1,254 @@
+//! The shared daemon: one [`Store`] behind a lock, plus an outgoing queue per
+//! connection. Transports attach with [`Daemon::connect`], hand in whole
+//! messages with [`Daemon::deliver`] and drain the connection's
+//! [`OutQueue`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use xenshare::store::wire::Message;
+use xenshare::DomId;
+
+use crate::config::Config;
+use crate::store::{ConnId, Output, Store};
+
+/// The queue was closed: the connection is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connection closed")]
+pub struct Closed;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take the daemon down with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    q: VecDeque<Message>,
+    closed: bool,
+}
+
+/// Messages waiting to go to one connection, in order.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    state: Mutex<QueueState>,
+    cv: Condvar,
+}
+
+impl OutQueue {
+    fn push(&self, m: Message, cap: usize) -> bool {
+        let mut s = lock(&self.state);
+        if s.closed {
+            return true;
+        }
+        if s.q.len() >= cap {
+            return false;
+        }
+        s.q.push_back(m);
+        self.cv.notify_all();
+        true
+    }
+
+    /// Takes the next message, waiting up to `timeout` (`None`: forever).
+    /// `Ok(None)` on timeout; `Err(Closed)` once closed (queued messages are
+    /// dropped: a closed connection gets nothing more).
+    pub fn pop(&self, timeout: Option<Duration>) -> Result<Option<Message>, Closed> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut s = lock(&self.state);
+        loop {
+            if s.closed {
+                return Err(Closed);
+            }
+            if let Some(m) = s.q.pop_front() {
+                self.cv.notify_all();
+                return Ok(Some(m));
+            }
+            s = match deadline {
+                None => self.cv.wait(s).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    self.cv.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+        }
+    }
+
+    /// Waits until fewer than `limit` messages are queued (the reader's
+    /// back-pressure: a client that does not read its replies is not read
+    /// from). `Err(Closed)` if the queue closes.
+    pub fn wait_below(&self, limit: usize) -> Result<(), Closed> {
+        let mut s = lock(&self.state);
+        loop {
+            if s.closed {
+                return Err(Closed);
+            }
+            if s.q.len() < limit {
+                return Ok(());
+            }
+            s = self
+                .cv
+                .wait_timeout(s, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Closes the queue and wakes every waiter.
+    pub fn close(&self) {
+        let mut s = lock(&self.state);
+        s.closed = true;
+        s.q.clear();
+        self.cv.notify_all();
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+
+    /// Number of queued messages.
+    pub fn len(&self) -> usize {
+        lock(&self.state).q.len()
+    }
+
+    /// True if nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A domain lifecycle event, for transports that serve guests over rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainEvent {
+    /// XS_INTRODUCE: map the domain's page `gfn` and bind `port`.
+    Introduced {
+        /// The domain.
+        domid: DomId,
+        /// Frame of its xenstore page.
+        gfn: i64,
+        /// Its xenstore event channel.
+        port: u32,
+    },
+    /// XS_RELEASE: the domain's connections are closed.
+    Released(DomId),
+}
+
+type Hook = Box<dyn FnMut(DomainEvent) + Send>;
+
+struct Inner {
+    store: Store,
+    queues: HashMap<ConnId, Arc<OutQueue>>,
+    hooks: Vec<Hook>,
+}
+
+/// One attached connection: its id, its domain and its outgoing queue.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Id to pass to [`Daemon::deliver`].
+    pub id: ConnId,
+    /// The domain it speaks for.
+    pub domid: DomId,
+    /// Replies and watch events for it.
+    pub queue: Arc<OutQueue>,
+}
+
+/// A XenStore daemon shared by all transports (cheap to clone).
+#[derive(Clone)]
+pub struct Daemon {
+    inner: Arc<Mutex<Inner>>,
+    config: Arc<Config>,
+}
+
+impl Daemon {
+    /// A daemon with a fresh store.
+    pub fn new(config: Config) -> Daemon {
+        Daemon {
+            inner: Arc::new(Mutex::new(Inner {
+                store: Store::new(config.clone()),
+                queues: HashMap::new(),
+                hooks: Vec::new(),
+            })),
+            config: Arc::new(config),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Attaches a connection for domain `domid` (0 = privileged).
+    pub fn connect(&self, domid: DomId) -> Connection {
+        let mut g = lock(&self.inner);
+        let id = g.store.connect(domid);
+        let queue = Arc::new(OutQueue::default());
+        g.queues.insert(id, queue.clone());
+        Connection { id, domid, queue }
+    }
+
+    /// Handles one whole request from `conn`. Replies and events land in the
+    /// connections' queues in order.
+    pub fn deliver(&self, conn: ConnId, msg: Message) {
+        let mut g = lock(&self.inner);
+        let outputs = g.store.handle(conn, msg);
+        self.route(&mut g, outputs);
+    }
+
+    /// Detaches a connection (idempotent).
+    pub fn disconnect(&self, conn: ConnId) {
+        let mut g = lock(&self.inner);
+        g.store.disconnect(conn);
+        if let Some(q) = g.queues.remove(&conn) {
+            q.close();
+        }
+    }
+
+    /// Calls `hook` for every later introduce / release, under the daemon
+    /// lock (keep it short; it must not call back into the daemon).
+    pub fn on_domain_event(&self, hook: impl FnMut(DomainEvent) + Send + 'static) {
+        lock(&self.inner).hooks.push(Box::new(hook));
+    }
+
+    /// Runs `f` on the store, for inspection.
+    pub fn with_store<R>(&self, f: impl FnOnce(&Store) -> R) -> R {
+        f(&lock(&self.inner).store)
+    }
+
+    fn route(&self, g: &mut Inner, outputs: Vec<Output>) {
+        let mut dead = Vec::new();
+        for o in outputs {
+            match o {
+                Output::Send(c, m) => {
+                    if let Some(q) = g.queues.get(&c) {
+                        // A connection that lets this much pile up is not
+                        // reading: drop it rather than grow without bound.
+                        if !q.push(m, self.config.max_queued) {
+                            dead.push(c);
+                        }
+                    }
+                }
+                Output::Close(c) => dead.push(c),
+                Output::Introduced { domid, gfn, port } => {
+                    for h in &mut g.hooks {
+                        h(DomainEvent::Introduced { domid, gfn, port });
+                    }
+                }
+                Output::Released(d) => {
+                    for h in &mut g.hooks {
+                        h(DomainEvent::Released(d));
+                    }
+                }
+            }
+        }
+        for c in dead {
+            g.store.disconnect(c);
+            if let Some(q) = g.queues.remove(&c) {
+                q.close();
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! xenshare-xenstored: a XenStore daemon.
+//!
+//! The core is a transport-independent state machine, [`Store`]: a node tree
+//! with owners and per-domain permissions, transactions with conflict
+//! detection, watches (including `@introduceDomain` / `@releaseDomain`),
+//! domain bookkeeping and C xenstored's per-domain quotas. [`Store::handle`]
+//! takes one request from a connection (identified by a [`ConnId`] and a
+//! domain id) and returns the messages to send, in order.
+//!
+//! [`Daemon`] shares one store between threads and gives each connection an
+//! ordered [`OutQueue`]. Transports sit on top:
+//! - [`server`]: the Unix socket (every connection is dom0, as with C
+//!   xenstored); [`spawn`] runs it in the background, [`run`] in the
+//!   foreground;
+//! - [`inproc`]: a client in the same process, for any domain;
+//! - a shared-ring transport for emulated guests attaches the same way:
+//!   [`Daemon::connect`] for the guest's domid, feed decoded requests to
+//!   [`Daemon::deliver`], drain the queue into the ring, and follow
+//!   [`Daemon::on_domain_event`] for introduce / release.
+//!
+//! A misbehaving client (garbage, lengths over 4096, half messages, floods)
+//! gets error replies or is disconnected; nobody else notices.
+
+mod config;
+mod daemon;
+pub mod inproc;
+pub mod server;
+mod store;
+
+pub use config::Config;
+pub use daemon::{Closed, Connection, Daemon, DomainEvent, OutQueue};
+pub use inproc::InProcTransport;
+pub use server::{run, serve, spawn, ServerHandle};
+pub use store::{ConnId, Output, Store};

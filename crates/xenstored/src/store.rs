@@ -1,0 +1,955 @@
+//! The daemon's state machine: node tree, connections, watches,
+//! transactions, domains and quotas. No I/O: [`Store::handle`] takes one
+//! request from a connection and returns what to send where, so any
+//! transport (Unix socket, in-process, shared ring) can drive it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use xenshare::store::path::{self, basename, canonicalize, is_child, join, parent};
+use xenshare::store::perms::{Access, PermKind, Perms};
+use xenshare::store::wire::{Message, MsgType, Request, DOMID_SELF, PAYLOAD_MAX, REL_PATH_MAX};
+use xenshare::store::XsError;
+use xenshare::DomId;
+
+use crate::config::Config;
+
+/// Identifies one client connection to the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// Something the transport layer must do after [`Store::handle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Queue `msg` to connection `conn`, in order.
+    Send(ConnId, Message),
+    /// Drop connection `conn` (its state is already gone from the store).
+    Close(ConnId),
+    /// A domain was introduced (or re-introduced): a ring transport would
+    /// map its page and bind the event channel now.
+    Introduced {
+        /// The domain.
+        domid: DomId,
+        /// Frame of its xenstore page.
+        gfn: i64,
+        /// Its xenstore event channel.
+        port: u32,
+    },
+    /// A domain was released: tear its ring transport down.
+    Released(DomId),
+}
+
+const INTRODUCE: &str = "@introduceDomain";
+const RELEASE: &str = "@releaseDomain";
+
+#[derive(Debug, Clone)]
+struct Node {
+    value: Vec<u8>,
+    perms: Perms,
+    children: Vec<String>,
+    /// Bumped on every change; transactions compare it at commit.
+    gen: u64,
+}
+
+#[derive(Debug, Default)]
+struct Tree {
+    nodes: HashMap<String, Node>,
+    gen: u64,
+    /// Nodes owned per domain, for the node quota.
+    owned: HashMap<DomId, i64>,
+}
+
+#[derive(Debug)]
+struct TxEntry {
+    /// The transaction's copy (None = absent / deleted).
+    node: Option<Node>,
+    /// Generation in the tree when first touched (None = was absent).
+    base: Option<u64>,
+    dirty: bool,
+}
+
+/// A pending watch firing: path, whether only exact watches match, and the
+/// permissions that decide who may see it (any of them readable suffices).
+#[derive(Debug, Clone)]
+struct Fire {
+    path: String,
+    exact: bool,
+    perms: Vec<Perms>,
+}
+
+#[derive(Debug, Default)]
+struct Transaction {
+    entries: HashMap<String, TxEntry>,
+    fires: Vec<Fire>,
+    owned_delta: HashMap<DomId, i64>,
+}
+
+#[derive(Debug)]
+struct Watch {
+    /// Canonical path or special `@` name.
+    path: String,
+    token: Vec<u8>,
+    /// For a watch given as a relative path: the prefix stripped from
+    /// event paths.
+    relative_base: Option<String>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    domid: DomId,
+    watches: Vec<Watch>,
+    txs: BTreeMap<u32, Transaction>,
+    next_tx: u32,
+}
+
+#[derive(Debug, Default)]
+struct Domain {
+    introduced: bool,
+    target: Option<DomId>,
+    shutdown: bool,
+}
+
+/// Who is asking, for permission checks.
+#[derive(Debug, Clone, Copy)]
+struct Actor {
+    domid: DomId,
+    target: Option<DomId>,
+}
+
+impl Actor {
+    fn privileged(self) -> bool {
+        self.domid == DomId::DOM0
+    }
+
+    fn access(self, perms: &Perms) -> Access {
+        perms.access_for(self.domid, self.target)
+    }
+}
+
+const READ: Access = Access {
+    read: true,
+    write: false,
+    owner: false,
+};
+const WRITE: Access = Access {
+    read: false,
+    write: true,
+    owner: false,
+};
+const WRITE_OWNER: Access = Access {
+    read: false,
+    write: true,
+    owner: true,
+};
+
+/// The node tree seen directly or through a transaction.
+struct View<'a> {
+    tree: &'a mut Tree,
+    tx: Option<&'a mut Transaction>,
+    /// Limit on nodes a transaction touches (None: unlimited).
+    tx_limit: Option<usize>,
+    /// Firings of a direct (non-transaction) change, in order.
+    fires: Vec<Fire>,
+}
+
+impl View<'_> {
+    fn get(&mut self, p: &str) -> Result<Option<Node>, XsError> {
+        let Some(tx) = self.tx.as_deref_mut() else {
+            return Ok(self.tree.nodes.get(p).cloned());
+        };
+        if let Some(e) = tx.entries.get(p) {
+            return Ok(e.node.clone());
+        }
+        if self.tx_limit.is_some_and(|l| tx.entries.len() >= l) {
+            return Err(XsError::ENOSPC);
+        }
+        let node = self.tree.nodes.get(p).cloned();
+        tx.entries.insert(
+            p.to_owned(),
+            TxEntry {
+                base: node.as_ref().map(|n| n.gen),
+                node: node.clone(),
+                dirty: false,
+            },
+        );
+        Ok(node)
+    }
+
+    fn adjust_owned(&mut self, d: DomId, by: i64) {
+        let map = match self.tx.as_deref_mut() {
+            Some(tx) => &mut tx.owned_delta,
+            None => &mut self.tree.owned,
+        };
+        *map.entry(d).or_insert(0) += by;
+    }
+
+    fn owned(&self, d: DomId) -> i64 {
+        let base = self.tree.owned.get(&d).copied().unwrap_or(0);
+        let delta = self
+            .tx
+            .as_deref()
+            .and_then(|t| t.owned_delta.get(&d).copied())
+            .unwrap_or(0);
+        base + delta
+    }
+
+    fn set(&mut self, p: &str, node: Option<Node>) -> Result<(), XsError> {
+        let old_owner = self.get(p)?.map(|n| n.perms.owner());
+        let new_owner = node.as_ref().map(|n| n.perms.owner());
+        if old_owner != new_owner {
+            if let Some(o) = old_owner {
+                self.adjust_owned(o, -1);
+            }
+            if let Some(n) = new_owner {
+                self.adjust_owned(n, 1);
+            }
+        }
+        match self.tx.as_deref_mut() {
+            Some(tx) => {
+                if let Some(e) = tx.entries.get_mut(p) {
+                    e.node = node;
+                    e.dirty = true;
+                }
+            }
+            None => self.tree.store(p, node),
+        }
+        Ok(())
+    }
+
+    fn fire(&mut self, path: &str, exact: bool, perms: Vec<Perms>) {
+        let f = Fire {
+            path: path.to_owned(),
+            exact,
+            perms,
+        };
+        match self.tx.as_deref_mut() {
+            // Changes inside a transaction fire only when it commits.
+            Some(tx) => tx.fires.push(f),
+            None => self.fires.push(f),
+        }
+    }
+}
+
+impl Tree {
+    fn store(&mut self, p: &str, node: Option<Node>) {
+        match node {
+            Some(mut n) => {
+                self.gen += 1;
+                n.gen = self.gen;
+                self.nodes.insert(p.to_owned(), n);
+            }
+            None => {
+                self.nodes.remove(p);
+            }
+        }
+    }
+
+    fn initial() -> Tree {
+        let mut t = Tree::default();
+        let dom0 = || Perms::owned_by(DomId::DOM0, PermKind::None);
+        let mk = |children: &[&str]| Node {
+            value: Vec::new(),
+            perms: dom0(),
+            children: children.iter().map(|s| (*s).to_owned()).collect(),
+            gen: 0,
+        };
+        // The nodes C xenstored creates at start-up.
+        t.store("/", Some(mk(&["tool"])));
+        t.store("/tool", Some(mk(&["xenstored"])));
+        t.store("/tool/xenstored", Some(mk(&[])));
+        t.owned.insert(DomId::DOM0, 3);
+        t
+    }
+}
+
+/// The daemon state.
+pub struct Store {
+    config: Config,
+    tree: Tree,
+    conns: BTreeMap<ConnId, Conn>,
+    next_conn: u64,
+    domains: HashMap<DomId, Domain>,
+    special: HashMap<&'static str, Perms>,
+}
+
+fn oops(e: XsError) -> Result<Vec<u8>, XsError> {
+    Err(e)
+}
+
+fn nul_terminated(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+impl Store {
+    /// A store holding `/`, `/tool` and `/tool/xenstored`, owned by dom0.
+    pub fn new(config: Config) -> Store {
+        let special = [INTRODUCE, RELEASE]
+            .into_iter()
+            .map(|n| (n, Perms::owned_by(DomId::DOM0, PermKind::None)))
+            .collect();
+        Store {
+            config,
+            tree: Tree::initial(),
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            domains: HashMap::new(),
+            special,
+        }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Registers a connection from domain `domid`.
+    pub fn connect(&mut self, domid: DomId) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.conns.insert(
+            id,
+            Conn {
+                domid,
+                watches: Vec::new(),
+                txs: BTreeMap::new(),
+                next_tx: 1,
+            },
+        );
+        id
+    }
+
+    /// Forgets a connection: its watches and open transactions go.
+    pub fn disconnect(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+    }
+
+    /// The domain of a connection.
+    pub fn conn_domid(&self, conn: ConnId) -> Option<DomId> {
+        self.conns.get(&conn).map(|c| c.domid)
+    }
+
+    /// Number of live connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Number of nodes in the tree.
+    pub fn node_count(&self) -> usize {
+        self.tree.nodes.len()
+    }
+
+    /// Handles one request from `conn` and returns what to send, in order.
+    /// Requests from unknown connections are ignored.
+    pub fn handle(&mut self, conn: ConnId, msg: Message) -> Vec<Output> {
+        let mut out = Vec::new();
+        let Some(domid) = self.conn_domid(conn) else {
+            return out;
+        };
+        if msg.payload.len() > PAYLOAD_MAX {
+            // The framing is not trustworthy any more: drop, as C does.
+            self.disconnect(conn);
+            out.push(Output::Close(conn));
+            return out;
+        }
+        let mut after = Vec::new();
+        let reply = match self.dispatch(conn, domid, &msg, &mut out, &mut after) {
+            Ok(p) if p.len() > PAYLOAD_MAX => Message::error(&msg, XsError::E2BIG),
+            Ok(p) => Message::reply_to(&msg, p),
+            Err(e) => Message::error(&msg, e),
+        };
+        if self.conns.contains_key(&conn) {
+            out.push(Output::Send(conn, reply));
+        }
+        out.extend(after);
+        out
+    }
+
+    fn actor(&self, domid: DomId) -> Actor {
+        Actor {
+            domid,
+            target: self.domains.get(&domid).and_then(|d| d.target),
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        conn: ConnId,
+        domid: DomId,
+        msg: &Message,
+        out: &mut Vec<Output>,
+        after: &mut Vec<Output>,
+    ) -> Result<Vec<u8>, XsError> {
+        use MsgType as T;
+        let supported = !matches!(
+            msg.ty,
+            T::WatchEvent | T::Error | T::Restrict | T::Invalid | T::Other(_)
+        ) && msg.ty.raw() < 23;
+        if !supported {
+            return oops(XsError::ENOSYS);
+        }
+        let privileged_only = matches!(
+            msg.ty,
+            T::Control | T::Introduce | T::Release | T::IsDomainIntroduced | T::Resume | T::SetTarget
+        );
+        if privileged_only && domid != DomId::DOM0 {
+            return oops(XsError::EACCES);
+        }
+        // WATCH and UNWATCH ignore the transaction id.
+        let tx_id = if matches!(msg.ty, T::Watch | T::Unwatch) {
+            0
+        } else {
+            msg.tx_id
+        };
+        if tx_id != 0 && !self.conns.get(&conn).is_some_and(|c| c.txs.contains_key(&tx_id)) {
+            return oops(XsError::ENOENT);
+        }
+        let req = Request::parse(msg).map_err(|e| e.to_xs())?;
+        let actor = self.actor(domid);
+        match req {
+            Request::TransactionStart => self.tx_start(conn, actor, tx_id),
+            Request::TransactionEnd(commit) => self.tx_end(conn, tx_id, commit, out),
+            Request::Watch { path, token } => self.watch(conn, actor, &path, token, after),
+            Request::Unwatch { path, token } => self.unwatch(conn, domid, &path, &token),
+            Request::ResetWatches => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.watches.clear();
+                    c.txs.clear();
+                }
+                Ok(b"OK\0".to_vec())
+            }
+            Request::GetDomainPath(d) => Ok(nul_terminated(&path::domain_path(d))),
+            Request::IsDomainIntroduced(d) => {
+                let yes = d == DOMID_SELF
+                    || u16::try_from(d).is_ok_and(|d| d == 0 || self.domain_known(DomId(d)));
+                Ok(if yes { b"T\0" } else { b"F\0" }.to_vec())
+            }
+            Request::Introduce { domid, gfn, port } => self.introduce(domid, gfn, port, out),
+            Request::Release(d) => self.release(d, out),
+            Request::Resume(d) => {
+                if d == DomId::DOM0 {
+                    return oops(XsError::EINVAL);
+                }
+                if !self.domain_known(d) {
+                    return oops(XsError::ENOENT);
+                }
+                self.domains.entry(d).or_default().shutdown = false;
+                Ok(b"OK\0".to_vec())
+            }
+            Request::SetTarget { domid, target } => {
+                if !self.domain_known(domid) || !self.domain_known(target) {
+                    return oops(XsError::ENOENT);
+                }
+                self.domains.entry(domid).or_default().target = Some(target);
+                Ok(b"OK\0".to_vec())
+            }
+            Request::Control(args) => self.control(&args),
+            Request::SetPerms { path, perms } if path.starts_with('@') => {
+                let name = match path.as_str() {
+                    INTRODUCE => INTRODUCE,
+                    RELEASE => RELEASE,
+                    _ => return oops(XsError::EINVAL),
+                };
+                let cur = self.special.get(name).cloned();
+                if !cur.is_some_and(|p| actor.access(&p).covers(WRITE_OWNER)) {
+                    return oops(XsError::EACCES);
+                }
+                self.special.insert(name, perms);
+                Ok(b"OK\0".to_vec())
+            }
+            other => self.node_op(conn, actor, tx_id, other, out),
+        }
+    }
+
+    fn domain_known(&self, d: DomId) -> bool {
+        self.domains.get(&d).is_some_and(|x| x.introduced)
+            || self.conns.values().any(|c| c.domid == d)
+    }
+
+    /// Operations on the tree, directly or inside transaction `tx_id`.
+    fn node_op(
+        &mut self,
+        conn: ConnId,
+        actor: Actor,
+        tx_id: u32,
+        req: Request,
+        out: &mut Vec<Output>,
+    ) -> Result<Vec<u8>, XsError> {
+        let cfg = self.config.clone();
+        let max_path = cfg.max_path_len.min(REL_PATH_MAX);
+        let canon = |p: &str| -> Result<String, XsError> {
+            let c = canonicalize(actor.domid, p);
+            path::validate_with(&c, max_path)?;
+            Ok(c)
+        };
+        let tx = if tx_id == 0 {
+            None
+        } else {
+            self.conns.get_mut(&conn).and_then(|c| c.txs.get_mut(&tx_id))
+        };
+        let mut view = View {
+            tree: &mut self.tree,
+            tx,
+            tx_limit: (!actor.privileged()).then_some(cfg.max_tx_nodes),
+            fires: Vec::new(),
+        };
+        let result = match req {
+            Request::Read(p) => get_checked(&mut view, actor, &canon(&p)?, READ).map(|n| n.value),
+            Request::GetPerms(p) => {
+                get_checked(&mut view, actor, &canon(&p)?, READ).map(|n| n.perms.to_wire())
+            }
+            Request::Directory(p) => {
+                let n = get_checked(&mut view, actor, &canon(&p)?, READ)?;
+                Ok(children_bytes(&n))
+            }
+            Request::DirectoryPart { path, offset } => {
+                let n = get_checked(&mut view, actor, &canon(&path)?, READ)?;
+                Ok(directory_part(&n, offset as usize))
+            }
+            Request::Write { path, value } => {
+                let p = canon(&path)?;
+                if !actor.privileged() && value.len() > cfg.max_node_size {
+                    return oops(XsError::ENOSPC);
+                }
+                match get_checked(&mut view, actor, &p, WRITE) {
+                    Ok(mut n) => {
+                        n.value = value;
+                        let perms = n.perms.clone();
+                        view.set(&p, Some(n))?;
+                        view.fire(&p, false, vec![perms]);
+                    }
+                    Err(XsError::ENOENT) => {
+                        let perms = create(&mut view, actor, &cfg, &p, value)?;
+                        view.fire(&p, false, vec![perms]);
+                    }
+                    Err(e) => return Err(e),
+                }
+                Ok(b"OK\0".to_vec())
+            }
+            Request::Mkdir(path) => {
+                let p = canon(&path)?;
+                match get_checked(&mut view, actor, &p, WRITE) {
+                    Ok(_) => {}
+                    Err(XsError::ENOENT) => {
+                        let perms = create(&mut view, actor, &cfg, &p, Vec::new())?;
+                        view.fire(&p, false, vec![perms]);
+                    }
+                    Err(e) => return Err(e),
+                }
+                Ok(b"OK\0".to_vec())
+            }
+            Request::Rm(path) => {
+                let p = canon(&path)?;
+                match get_checked(&mut view, actor, &p, WRITE) {
+                    Ok(_) if p == "/" => Err(XsError::EINVAL),
+                    Ok(_) => remove(&mut view, &p).map(|()| b"OK\0".to_vec()),
+                    Err(XsError::ENOENT) => match view.get(parent(&p))? {
+                        Some(_) => Ok(b"OK\0".to_vec()),
+                        None => Err(XsError::ENOENT),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
+            Request::SetPerms { path, perms } => {
+                let p = canon(&path)?;
+                if !actor.privileged() && perms.entries().len() > cfg.max_perms {
+                    return oops(XsError::ENOSPC);
+                }
+                let mut n = get_checked(&mut view, actor, &p, WRITE_OWNER)?;
+                if !actor.privileged() && perms.owner() != n.perms.owner() {
+                    return oops(XsError::EPERM);
+                }
+                let old = core::mem::replace(&mut n.perms, perms.clone());
+                view.set(&p, Some(n))?;
+                view.fire(&p, false, vec![old, perms]);
+                Ok(b"OK\0".to_vec())
+            }
+            _ => Err(XsError::ENOSYS),
+        };
+        let fires = core::mem::take(&mut view.fires);
+        drop(view);
+        if result.is_ok() {
+            self.fire(&fires, out);
+        }
+        result
+    }
+
+    fn tx_start(&mut self, conn: ConnId, actor: Actor, tx_id: u32) -> Result<Vec<u8>, XsError> {
+        if tx_id != 0 {
+            return oops(XsError::EBUSY);
+        }
+        if !actor.privileged() {
+            let open: usize = self
+                .conns
+                .values()
+                .filter(|c| c.domid == actor.domid)
+                .map(|c| c.txs.len())
+                .sum();
+            if open >= self.config.max_transactions {
+                return oops(XsError::ENOSPC);
+            }
+        }
+        let c = self.conns.get_mut(&conn).ok_or(XsError::EINVAL)?;
+        let mut id = c.next_tx;
+        while id == 0 || c.txs.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        c.next_tx = id.wrapping_add(1);
+        c.txs.insert(id, Transaction::default());
+        Ok(nul_terminated(&id.to_string()))
+    }
+
+    fn tx_end(
+        &mut self,
+        conn: ConnId,
+        tx_id: u32,
+        commit: bool,
+        out: &mut Vec<Output>,
+    ) -> Result<Vec<u8>, XsError> {
+        if tx_id == 0 {
+            return oops(XsError::ENOENT);
+        }
+        let tx = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.txs.remove(&tx_id))
+            .ok_or(XsError::ENOENT)?;
+        if !commit {
+            return Ok(b"OK\0".to_vec());
+        }
+        // Anything read or written that changed since: redo from scratch.
+        let conflict = tx
+            .entries
+            .iter()
+            .any(|(p, e)| self.tree.nodes.get(p).map(|n| n.gen) != e.base);
+        if conflict {
+            return oops(XsError::EAGAIN);
+        }
+        let mut dirty: Vec<(String, Option<Node>)> = tx
+            .entries
+            .into_iter()
+            .filter(|(_, e)| e.dirty)
+            .map(|(p, e)| (p, e.node))
+            .collect();
+        dirty.sort_by(|a, b| a.0.cmp(&b.0));
+        for (p, n) in dirty {
+            self.tree.store(&p, n);
+        }
+        for (d, delta) in tx.owned_delta {
+            *self.tree.owned.entry(d).or_insert(0) += delta;
+        }
+        self.fire(&tx.fires, out);
+        Ok(b"OK\0".to_vec())
+    }
+
+    fn watch(
+        &mut self,
+        conn: ConnId,
+        actor: Actor,
+        path: &str,
+        token: Vec<u8>,
+        after: &mut Vec<Output>,
+    ) -> Result<Vec<u8>, XsError> {
+        let (canonical, relative_base) = if path.starts_with('@') {
+            if path.len() > REL_PATH_MAX {
+                return oops(XsError::EINVAL);
+            }
+            (path.to_owned(), None)
+        } else {
+            let c = canonicalize(actor.domid, path);
+            path::validate_with(&c, self.config.max_path_len.min(REL_PATH_MAX))?;
+            let rel = (!path.starts_with('/')).then(|| path::domain_path(actor.domid));
+            (c, rel)
+        };
+        let domain_watches: usize = self
+            .conns
+            .values()
+            .filter(|c| c.domid == actor.domid)
+            .map(|c| c.watches.len())
+            .sum();
+        let c = self.conns.get_mut(&conn).ok_or(XsError::EINVAL)?;
+        if c.watches.iter().any(|w| w.path == canonical && w.token == token) {
+            return oops(XsError::EEXIST);
+        }
+        if !actor.privileged() && domain_watches >= self.config.max_watches {
+            return oops(XsError::E2BIG);
+        }
+        let w = Watch {
+            path: canonical,
+            token,
+            relative_base,
+        };
+        // Fired once up front, after the reply.
+        after.push(Output::Send(
+            conn,
+            Message::watch_event(&event_path(&w, &w.path), &w.token),
+        ));
+        c.watches.push(w);
+        Ok(b"OK\0".to_vec())
+    }
+
+    fn unwatch(&mut self, conn: ConnId, domid: DomId, path: &str, token: &[u8]) -> Result<Vec<u8>, XsError> {
+        let canonical = canonicalize(domid, path);
+        let c = self.conns.get_mut(&conn).ok_or(XsError::EINVAL)?;
+        let i = c
+            .watches
+            .iter()
+            .position(|w| w.path == canonical && w.token == token)
+            .ok_or(XsError::ENOENT)?;
+        c.watches.remove(i);
+        Ok(b"OK\0".to_vec())
+    }
+
+    fn introduce(&mut self, domid: DomId, gfn: i64, port: u32, out: &mut Vec<Output>) -> Result<Vec<u8>, XsError> {
+        if port == 0 {
+            return oops(XsError::EINVAL);
+        }
+        let d = self.domains.entry(domid).or_default();
+        let fresh = !d.introduced;
+        d.introduced = true;
+        if fresh && domid != DomId::DOM0 {
+            self.fire_special(INTRODUCE, out);
+        }
+        out.push(Output::Introduced { domid, gfn, port });
+        Ok(b"OK\0".to_vec())
+    }
+
+    fn release(&mut self, domid: DomId, out: &mut Vec<Output>) -> Result<Vec<u8>, XsError> {
+        if domid == DomId::DOM0 {
+            return oops(XsError::EINVAL);
+        }
+        if !self.domain_known(domid) {
+            return oops(XsError::ENOENT);
+        }
+        self.domains.remove(&domid);
+        let gone: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.domid == domid)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.conns.remove(&id);
+            out.push(Output::Close(id));
+        }
+        out.push(Output::Released(domid));
+        self.fire_special(RELEASE, out);
+        Ok(b"OK\0".to_vec())
+    }
+
+    fn control(&mut self, args: &[Vec<u8>]) -> Result<Vec<u8>, XsError> {
+        let Some(cmd) = args.first() else {
+            return oops(XsError::EINVAL);
+        };
+        let text = |a: &[Vec<u8>]| {
+            a.iter()
+                .map(|x| String::from_utf8_lossy(x).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        match cmd.as_slice() {
+            b"print" => {
+                eprintln!("xenstored: {}", text(&args[1..]));
+                Ok(b"OK\0".to_vec())
+            }
+            // There is no trace log to switch; accepted for compatibility.
+            b"log" => Ok(b"OK\0".to_vec()),
+            b"help" => Ok(nul_terminated("help\nlog [on|off]\nprint <text>\nquota\n")),
+            b"quota" => {
+                let c = &self.config;
+                Ok(nul_terminated(&format!(
+                    "nodes {}\nnode-size {}\nwatches {}\ntransactions {}\npermissions {}\ntransaction-nodes {}\noutstanding {}\npath-max {}\n",
+                    c.max_nodes, c.max_node_size, c.max_watches, c.max_transactions,
+                    c.max_perms, c.max_tx_nodes, c.max_outstanding, c.max_path_len
+                )))
+            }
+            _ => oops(XsError::EINVAL),
+        }
+    }
+
+    fn fire_special(&self, name: &str, out: &mut Vec<Output>) {
+        let Some(perms) = self.special.get(name) else {
+            return;
+        };
+        for (id, c) in &self.conns {
+            if !self.actor(c.domid).access(perms).read {
+                continue;
+            }
+            for w in c.watches.iter().filter(|w| w.path == name) {
+                out.push(Output::Send(*id, Message::watch_event(name, &w.token)));
+            }
+        }
+    }
+
+    /// Delivers firings to every watch that matches and may see them.
+    fn fire(&self, fires: &[Fire], out: &mut Vec<Output>) {
+        for f in fires {
+            for (id, c) in &self.conns {
+                let actor = self.actor(c.domid);
+                let visible = f.perms.iter().any(|p| actor.access(p).read)
+                    || self
+                        .tree
+                        .nodes
+                        .get(parent(&f.path))
+                        .is_some_and(|n| actor.access(&n.perms).read);
+                if !visible {
+                    continue;
+                }
+                for w in &c.watches {
+                    let hit = if f.exact {
+                        w.path == f.path
+                    } else {
+                        !w.path.starts_with('@') && is_child(&f.path, &w.path)
+                    };
+                    if hit {
+                        out.push(Output::Send(*id, Message::watch_event(&event_path(w, &f.path), &w.token)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The path an event reports: relative watches see paths relative to their
+/// domain's home.
+fn event_path(w: &Watch, p: &str) -> String {
+    match &w.relative_base {
+        Some(base) => {
+            let rest = p.strip_prefix(base.as_str()).unwrap_or(p);
+            rest.strip_prefix('/').unwrap_or(rest).to_owned()
+        }
+        None => p.to_owned(),
+    }
+}
+
+/// Looks a node up for `need` access. A missing node is `ENOENT` only if the
+/// nearest existing ancestor grants some of `need`; otherwise `EACCES`, so
+/// the error does not reveal what the caller may not see.
+fn get_checked(view: &mut View<'_>, actor: Actor, p: &str, need: Access) -> Result<Node, XsError> {
+    if let Some(n) = view.get(p)? {
+        return if actor.access(&n.perms).covers(need) {
+            Ok(n)
+        } else {
+            Err(XsError::EACCES)
+        };
+    }
+    let mut cur = p;
+    loop {
+        cur = parent(cur);
+        if let Some(n) = view.get(cur)? {
+            return if actor.access(&n.perms).any_of(need) {
+                Err(XsError::ENOENT)
+            } else {
+                Err(XsError::EACCES)
+            };
+        }
+        if cur == "/" {
+            return Err(XsError::EACCES);
+        }
+    }
+}
+
+/// Creates `p` and any missing parents. New nodes inherit their parent's
+/// permissions; a guest becomes the owner of what it creates. Returns the
+/// new node's permissions.
+fn create(view: &mut View<'_>, actor: Actor, cfg: &Config, p: &str, value: Vec<u8>) -> Result<Perms, XsError> {
+    let mut missing = vec![p.to_owned()];
+    let mut top = parent(p).to_owned();
+    let mut parent_node = loop {
+        if let Some(n) = view.get(&top)? {
+            break n;
+        }
+        if top == "/" {
+            return Err(XsError::EIO);
+        }
+        missing.push(top.clone());
+        top = parent(&top).to_owned();
+    };
+    if !actor.privileged() {
+        let after = view.owned(actor.domid) + missing.len() as i64;
+        if after > cfg.max_nodes as i64 {
+            return Err(XsError::ENOSPC);
+        }
+    }
+    let mut parent_path = top;
+    let mut value = Some(value);
+    for name in missing.iter().rev() {
+        parent_node.children.push(basename(name).to_owned());
+        let mut perms = parent_node.perms.clone();
+        if !actor.privileged() {
+            perms.set_owner(actor.domid);
+        }
+        view.set(&parent_path, Some(parent_node))?;
+        let v = if name == p { value.take().unwrap_or_default() } else { Vec::new() };
+        parent_node = Node {
+            value: v,
+            perms,
+            children: Vec::new(),
+            gen: 0,
+        };
+        parent_path = name.clone();
+    }
+    let perms = parent_node.perms.clone();
+    view.set(p, Some(parent_node))?;
+    Ok(perms)
+}
+
+/// Removes `p` and its subtree, firing watches for every removed node while
+/// their permissions are still known.
+fn remove(view: &mut View<'_>, p: &str) -> Result<(), XsError> {
+    let mut order = Vec::new();
+    let mut stack = vec![p.to_owned()];
+    while let Some(cur) = stack.pop() {
+        if let Some(n) = view.get(&cur)? {
+            for c in &n.children {
+                stack.push(join(&cur, c));
+            }
+            order.push((cur, n.perms));
+        }
+    }
+    for (cur, perms) in order.into_iter().rev() {
+        let exact = cur != p;
+        view.fire(&cur, exact, vec![perms]);
+        view.set(&cur, None)?;
+    }
+    let pp = parent(p).to_owned();
+    if let Some(mut par) = view.get(&pp)? {
+        let name = basename(p);
+        par.children.retain(|c| c != name);
+        view.set(&pp, Some(par))?;
+    }
+    Ok(())
+}
+
+fn children_bytes(n: &Node) -> Vec<u8> {
+    let mut v = Vec::new();
+    for c in &n.children {
+        v.extend_from_slice(c.as_bytes());
+        v.push(0);
+    }
+    v
+}
+
+/// DIRECTORY_PART: `<generation>\0` then as many children from byte
+/// `offset` of the child list as fit; an extra `\0` marks the end.
+fn directory_part(n: &Node, offset: usize) -> Vec<u8> {
+    let all = children_bytes(n);
+    let mut out = nul_terminated(&n.gen.to_string());
+    if offset >= all.len() {
+        out.push(0);
+        return out;
+    }
+    let room = PAYLOAD_MAX - out.len() - 1;
+    let mut end = offset;
+    for piece in all[offset..].split_inclusive(|&b| b == 0) {
+        if end - offset + piece.len() > room {
+            break;
+        }
+        end += piece.len();
+    }
+    out.extend_from_slice(&all[offset..end]);
+    if end == all.len() {
+        out.push(0);
+    }
+    out
+}

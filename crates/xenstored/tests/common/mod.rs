@@ -1,0 +1,63 @@
+//! Helpers shared by the conformance tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use xenshare_xenstored::{spawn, Config, ServerHandle};
+
+/// True if `tool` exists. If not: a loud SKIP, or a failure when `CI=true`
+/// (CI installs the Debian packages, so a missing tool there is a bug).
+pub fn have_tool(tool: &str) -> bool {
+    if Path::new(tool).exists() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{tool} is missing but CI=true: install xenstore-utils, xen-utils-4.17 and python3-pyxs");
+    }
+    eprintln!("SKIP: {tool} not installed (Debian xenstore-utils / xen-utils-4.17 / python3-pyxs)");
+    false
+}
+
+/// A fresh socket path in the temp directory.
+pub fn socket_path(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "xenshare-xs-{}-{}-{}.sock",
+        tag,
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
+}
+
+/// A daemon on a fresh socket.
+pub fn daemon(tag: &str) -> ServerHandle {
+    daemon_with(tag, Config::default())
+}
+
+/// A daemon with `config` on a fresh socket.
+pub fn daemon_with(tag: &str, config: Config) -> ServerHandle {
+    spawn(config, socket_path(tag)).unwrap()
+}
+
+/// Runs a C client tool against `server`.
+pub fn xs(server: &ServerHandle, tool: &str, args: &[&str]) -> Output {
+    Command::new(tool)
+        .args(args)
+        .env("XENSTORED_PATH", server.path())
+        .output()
+        .unwrap()
+}
+
+/// Runs a tool and returns its stdout, asserting success.
+pub fn xs_ok(server: &ServerHandle, tool: &str, args: &[&str]) -> String {
+    let o = xs(server, tool, args);
+    assert!(
+        o.status.success(),
+        "{tool} {args:?} failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
