@@ -77,7 +77,9 @@ pub const XEN_IO_PROTO_ABI_NATIVE: &str = XEN_IO_PROTO_ABI_ARM;
 /// One data segment: a granted frame and an inclusive sector range in it
 /// (`struct blkif_request_segment`, 8 bytes).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct BlkifRequestSegment {
     /// Grant of the 4 KiB data frame.
     pub gref: GrantRef,
@@ -91,7 +93,9 @@ pub struct BlkifRequestSegment {
 
 /// A read / write / barrier / flush request (`struct blkif_request`, 112 bytes).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct BlkifRequest {
     /// `BLKIF_OP_*`.
     pub operation: u8,
@@ -111,7 +115,9 @@ pub struct BlkifRequest {
 
 /// A discard request (`struct blkif_request_discard`, 32 bytes).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct BlkifRequestDiscard {
     /// [`BLKIF_OP_DISCARD`].
     pub operation: u8,
@@ -132,7 +138,9 @@ pub struct BlkifRequestDiscard {
 /// An indirect request (`struct blkif_request_indirect`, 64 bytes): the
 /// segment list lives in granted pages of [`BlkifRequestSegment`]s.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct BlkifRequestIndirect {
     /// [`BLKIF_OP_INDIRECT`].
     pub operation: u8,
@@ -158,7 +166,9 @@ pub struct BlkifRequestIndirect {
 
 /// A response (`struct blkif_response`, 16 bytes).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct BlkifResponse {
     /// The request's `id`.
     pub id: u64,

@@ -15,7 +15,9 @@ pub type GrantHandle = u32;
 /// guest and the hypervisor use atomic accessors on the first 32-bit word
 /// (`flags` | `domid << 16`) and on `frame`. The struct documents the layout.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct GrantEntryV1 {
     /// `GTF_*` bits.
     pub flags: u16,

@@ -7,11 +7,24 @@
 //!
 //! All Xen architectures are little-endian; the layouts are those of x86_64
 //! and arm64. Pages shared between domains are always 4096 bytes.
+//!
+//! Xen's public headers: [`xen`], [`grant`], [`event`], [`ring`], [`vchan`],
+//! [`console`], [`blkif`], [`netif`], [`xs`] (XenStore), [`xenbus`]. Linux's
+//! `/dev/xen/{gntalloc,gntdev,evtchn}` ioctls: [`linux`]. Where Xen 4.17
+//! (Debian 12, what the probe compiles against) and upstream differ, the
+//! 4.17 layout is the one here and upstream-only items say so.
 #![no_std]
 
+pub mod blkif;
+pub mod console;
 pub mod event;
 pub mod grant;
+pub mod linux;
+pub mod netif;
 pub mod ring;
+pub mod vchan;
 pub mod xen;
+pub mod xenbus;
+pub mod xs;
 
 pub use xen::{DomId, PAGE_SHIFT, PAGE_SIZE};

@@ -68,7 +68,9 @@ pub const XEN_NETIF_GSO_TYPE_TCPV6: u8 = 2;
 
 /// A transmit request (`struct netif_tx_request`, 12 bytes).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct NetifTxRequest {
     /// Grant of the data page (read-only to the back end).
     pub gref: GrantRef,
@@ -84,7 +86,9 @@ pub struct NetifTxRequest {
 
 /// A transmit response (`struct netif_tx_response`, 4 bytes).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct NetifTxResponse {
     /// The request's `id`.
     pub id: u16,
@@ -95,7 +99,9 @@ pub struct NetifTxResponse {
 /// A receive request: an empty page for the back end (`struct
 /// netif_rx_request`, 8 bytes).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct NetifRxRequest {
     /// Echoed in the response.
     pub id: u16,
@@ -107,7 +113,9 @@ pub struct NetifRxRequest {
 
 /// A receive response (`struct netif_rx_response`, 8 bytes).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct NetifRxResponse {
     /// The request's `id`.
     pub id: u16,
@@ -125,7 +133,9 @@ pub struct NetifRxResponse {
 /// [`NetifExtraInfo::gso`], [`NetifExtraInfo::mcast`] and
 /// [`NetifExtraInfo::hash`] reinterpret it by `type`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct NetifExtraInfo {
     /// `XEN_NETIF_EXTRA_TYPE_*`.
     pub r#type: u8,
@@ -137,7 +147,9 @@ pub struct NetifExtraInfo {
 
 /// The GSO variant of [`NetifExtraInfo::u`].
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct NetifExtraGso {
     /// Maximum segment size.
     pub size: u16,
@@ -151,7 +163,9 @@ pub struct NetifExtraGso {
 
 /// The multicast variant of [`NetifExtraInfo::u`].
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct NetifExtraMcast {
     /// The Ethernet address.
     pub addr: [u8; 6],
@@ -159,7 +173,9 @@ pub struct NetifExtraMcast {
 
 /// The hash variant of [`NetifExtraInfo::u`].
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct NetifExtraHash {
     /// `XEN_NETIF_CTRL_HASH_TYPE_*` bit number.
     pub r#type: u8,

@@ -14,7 +14,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// The consumer/producer index pair of one vchan ring (`struct ring_shared`).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct RingShared {
     /// Consumer index, free-running; written by the reader.
     pub cons: u32,
@@ -25,7 +27,9 @@ pub struct RingShared {
 /// The header of the vchan control page (`struct vchan_interface`, 24 bytes
 /// before the flexible `grants[]`).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct VchanInterface {
     /// Client → server ring indices.
     pub left: RingShared,

@@ -24,6 +24,8 @@ enum Command {
     /// Run a benchmark.
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
+    /// Run a XenStore daemon on a Unix socket, in the foreground.
+    Xenstored(cmd::xenstored::XenstoredArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo => cmd::demo::run(),
         Command::Bench(b) => cmd::bench::run(b),
+        Command::Xenstored(a) => cmd::xenstored::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

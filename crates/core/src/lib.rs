@@ -24,5 +24,6 @@ pub mod ring;
 pub mod store;
 mod sync;
 pub mod types;
+pub mod vchan;
 
 pub use types::{Access, DomId, GrantRef, Port};

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use xenshare::event::EventError;
-use xenshare::grant::{Exporter, GntSt, Importer, TableBackend};
+use xenshare::grant::{Exporter, GntSt, GrantError, Importer, TableBackend};
 use xenshare::mem::SharedMem;
-use xenshare::platform::{CopyOp, ForeignMapper, TableMemory};
+use xenshare::platform::{CopyOp, ForeignMapper, GrantBackend, TableMemory};
 use xenshare::{Access, DomId, GrantRef, Port};
 
 use crate::evtchn::SimEvtchn;
-use crate::hv::{ActiveGrant, DomainState, Hypervisor, Notify};
-use crate::memory::{DomainMemory, SimFrames};
+use crate::hv::{ActiveGrant, DomainState, ExportNotify, Hypervisor, Notify};
+use crate::memory::{DomainMemory, FrameRun, SimFrames};
 use crate::region::{Region, Stitched};
 
 /// A domain's grant table memory.
@@ -24,8 +24,102 @@ impl TableMemory for SimTable {
     }
 }
 
-/// The export backend of an emulated domain.
-pub type SimGrantBackend = TableBackend<SimTable, SimFrames>;
+/// The export backend of an emulated domain: the core's guest-owned table
+/// backend, plus export-side unmap notifies (as Linux's gntalloc offers),
+/// which fire when the domain lets go of the share or dies.
+pub struct SimGrantBackend {
+    table: TableBackend<SimTable, SimFrames>,
+    dom: Arc<DomainState>,
+}
+
+impl SimGrantBackend {
+    /// The guest-owned grant table.
+    pub fn table(&self) -> &xenshare::grant::GrantTable<SimTable> {
+        self.table.table()
+    }
+}
+
+type TableLive = <TableBackend<SimTable, SimFrames> as GrantBackend>::Live;
+
+impl GrantBackend for SimGrantBackend {
+    type Pages = FrameRun;
+    type Live = TableLive;
+
+    fn domid(&self) -> DomId {
+        self.table.domid()
+    }
+
+    fn share_new(&self, peer: DomId, n: usize, access: Access) -> Result<Self::Live, GrantError> {
+        self.table.share_new(peer, n, access)
+    }
+
+    fn share_pages(
+        &self,
+        peer: DomId,
+        pages: FrameRun,
+        access: Access,
+    ) -> Result<Self::Live, (GrantError, FrameRun)> {
+        self.table.share_pages(peer, pages, access)
+    }
+
+    fn refs(live: &Self::Live) -> &[GrantRef] {
+        <TableBackend<SimTable, SimFrames> as GrantBackend>::refs(live)
+    }
+
+    fn live_mem(live: &Self::Live) -> SharedMem<'_> {
+        <TableBackend<SimTable, SimFrames> as GrantBackend>::live_mem(live)
+    }
+
+    fn try_revoke(&self, live: Self::Live) -> Result<FrameRun, Self::Live> {
+        // Letting go of a share is this side's "last local user going away":
+        // the notify fires once, before the revocation is attempted.
+        if let Some(first) = Self::refs(&live).first() {
+            let n = crate::hv::lock(&self.dom.export_notifies).remove(&first.0);
+            if let Some(n) = n {
+                self.dom.fire_export_notify(n);
+            }
+        }
+        self.table.try_revoke(live)
+    }
+
+    fn leak(&self, live: Self::Live) {
+        self.table.leak(live)
+    }
+
+    fn set_unmap_notify(
+        &self,
+        live: &Self::Live,
+        byte_offset: Option<usize>,
+        port: Option<Port>,
+    ) -> Result<(), GrantError> {
+        let refs = Self::refs(live);
+        let Some(first) = refs.first() else {
+            return Err(GrantError::BadCount(0));
+        };
+        let page = byte_offset
+            .map(|o| o / xenshare_abi::PAGE_SIZE)
+            .unwrap_or(0);
+        if page >= refs.len() {
+            return Err(GrantError::BadCount(page));
+        }
+        let frame = self
+            .table
+            .table()
+            .entry(refs[page])
+            .map(|e| u64::from(e.frame))
+            .ok_or(GrantError::Platform(GntSt::BadGntref))?;
+        let offset = byte_offset.map(|o| (o % xenshare_abi::PAGE_SIZE) as u16);
+        crate::hv::lock(&self.dom.export_notifies).insert(
+            first.0,
+            ExportNotify {
+                frame,
+                offset,
+                port,
+            },
+        );
+        Ok(())
+    }
+}
 /// The exporter of an emulated domain.
 pub type SimExporter = Exporter<SimGrantBackend>;
 /// The importer of an emulated domain.
@@ -55,11 +149,14 @@ impl std::fmt::Debug for Domain {
 
 impl Domain {
     pub(crate) fn new(state: Arc<DomainState>, hv: Hypervisor) -> Self {
-        let backend = TableBackend::new(
-            state.id,
-            SimTable(state.table.clone()),
-            SimFrames(state.mem.clone()),
-        );
+        let backend = SimGrantBackend {
+            table: TableBackend::new(
+                state.id,
+                SimTable(state.table.clone()),
+                SimFrames(state.mem.clone()),
+            ),
+            dom: state.clone(),
+        };
         let exporter = Exporter::new(backend);
         let importer = Importer::new(SimMapper { dom: state.clone() });
         Self {

@@ -107,6 +107,18 @@ pub struct DomainState {
     max_maptrack: usize,
     pub(crate) evt: EvtState,
     pub(crate) hv: Weak<HvInner>,
+    /// Export-side unmap notifies (as gntalloc's): first ref of a share ->
+    /// (frame, byte offset in that frame, port).
+    pub(crate) export_notifies: Mutex<HashMap<u32, ExportNotify>>,
+}
+
+/// An export-side unmap notify: what to do when this domain lets go of a
+/// share, or dies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExportNotify {
+    pub frame: u64,
+    pub offset: Option<u16>,
+    pub port: Option<Port>,
 }
 
 /// The emulated hypervisor.
@@ -175,6 +187,7 @@ impl Hypervisor {
             max_maptrack: cfg.max_maptrack,
             evt: EvtState::new(id)?,
             hv: Arc::downgrade(&self.inner),
+            export_notifies: Mutex::new(HashMap::new()),
         });
         doms.insert(id.0, state.clone());
         Ok(crate::Domain::new(state, self.clone()))
@@ -517,7 +530,24 @@ impl DomainState {
         for rec in records {
             self.finish_unmap(rec);
         }
+        let notes: Vec<ExportNotify> = lock(&self.export_notifies)
+            .drain()
+            .map(|(_, n)| n)
+            .collect();
+        for n in notes {
+            self.fire_export_notify(n);
+        }
         self.evt_destroy();
+    }
+
+    /// Runs an export-side notify: clear the byte, then send the event.
+    pub(crate) fn fire_export_notify(&self, n: ExportNotify) {
+        if let (Some(off), Some(m)) = (n.offset, self.mem.frame_mem(n.frame)) {
+            let _ = m.write(off as usize, &[0]);
+        }
+        if let Some(p) = n.port {
+            let _ = self.evtchn_send(p);
+        }
     }
 
     /// Whether `gref` of this domain currently has `GTF_reading` or

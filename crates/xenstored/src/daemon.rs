@@ -71,7 +71,10 @@ impl OutQueue {
                     if left.is_zero() {
                         return Ok(None);
                     }
-                    self.cv.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0
+                    self.cv
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
                 }
             };
         }

@@ -47,7 +47,10 @@ impl Transport for InProcTransport {
     }
 
     fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, TransportError> {
-        self.conn.queue.pop(timeout).map_err(|_| TransportError::Closed)
+        self.conn
+            .queue
+            .pop(timeout)
+            .map_err(|_| TransportError::Closed)
     }
 }
 

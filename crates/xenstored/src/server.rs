@@ -16,6 +16,9 @@ use xenshare::DomId;
 use crate::config::Config;
 use crate::daemon::{Connection, Daemon};
 
+/// Live connections: a stream handle (to shut it down) and its threads.
+type Streams = Arc<Mutex<Vec<(UnixStream, Vec<JoinHandle<()>>)>>>;
+
 /// A socket server running in the background; it stops (and removes its
 /// socket file) when dropped.
 pub struct ServerHandle {
@@ -23,7 +26,7 @@ pub struct ServerHandle {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
-    streams: Arc<Mutex<Vec<(UnixStream, Vec<JoinHandle<()>>)>>>,
+    streams: Streams,
 }
 
 impl ServerHandle {
@@ -85,7 +88,7 @@ pub fn serve(daemon: Daemon, path: impl AsRef<Path>) -> io::Result<ServerHandle>
     let path = path.as_ref().to_path_buf();
     let listener = bind(&path)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let streams: Arc<Mutex<Vec<(UnixStream, Vec<JoinHandle<()>>)>>> = Arc::default();
+    let streams: Streams = Arc::default();
     let accept = {
         let (daemon, stop, streams) = (daemon.clone(), stop.clone(), streams.clone());
         thread::Builder::new()
@@ -106,8 +109,6 @@ pub fn run(config: Config, path: impl AsRef<Path>) -> io::Result<()> {
     spawn(config, path)?.join();
     Ok(())
 }
-
-type Streams = Arc<Mutex<Vec<(UnixStream, Vec<JoinHandle<()>>)>>>;
 
 fn accept_loop(listener: UnixListener, daemon: Daemon, stop: Arc<AtomicBool>, streams: Streams) {
     for incoming in listener.incoming() {

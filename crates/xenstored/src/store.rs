@@ -390,7 +390,12 @@ impl Store {
         }
         let privileged_only = matches!(
             msg.ty,
-            T::Control | T::Introduce | T::Release | T::IsDomainIntroduced | T::Resume | T::SetTarget
+            T::Control
+                | T::Introduce
+                | T::Release
+                | T::IsDomainIntroduced
+                | T::Resume
+                | T::SetTarget
         );
         if privileged_only && domid != DomId::DOM0 {
             return oops(XsError::EACCES);
@@ -401,7 +406,12 @@ impl Store {
         } else {
             msg.tx_id
         };
-        if tx_id != 0 && !self.conns.get(&conn).is_some_and(|c| c.txs.contains_key(&tx_id)) {
+        if tx_id != 0
+            && !self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| c.txs.contains_key(&tx_id))
+        {
             return oops(XsError::ENOENT);
         }
         let req = Request::parse(msg).map_err(|e| e.to_xs())?;
@@ -485,7 +495,9 @@ impl Store {
         let tx = if tx_id == 0 {
             None
         } else {
-            self.conns.get_mut(&conn).and_then(|c| c.txs.get_mut(&tx_id))
+            self.conns
+                .get_mut(&conn)
+                .and_then(|c| c.txs.get_mut(&tx_id))
         };
         let mut view = View {
             tree: &mut self.tree,
@@ -668,7 +680,10 @@ impl Store {
             .map(|c| c.watches.len())
             .sum();
         let c = self.conns.get_mut(&conn).ok_or(XsError::EINVAL)?;
-        if c.watches.iter().any(|w| w.path == canonical && w.token == token) {
+        if c.watches
+            .iter()
+            .any(|w| w.path == canonical && w.token == token)
+        {
             return oops(XsError::EEXIST);
         }
         if !actor.privileged() && domain_watches >= self.config.max_watches {
@@ -688,7 +703,13 @@ impl Store {
         Ok(b"OK\0".to_vec())
     }
 
-    fn unwatch(&mut self, conn: ConnId, domid: DomId, path: &str, token: &[u8]) -> Result<Vec<u8>, XsError> {
+    fn unwatch(
+        &mut self,
+        conn: ConnId,
+        domid: DomId,
+        path: &str,
+        token: &[u8],
+    ) -> Result<Vec<u8>, XsError> {
         let canonical = canonicalize(domid, path);
         let c = self.conns.get_mut(&conn).ok_or(XsError::EINVAL)?;
         let i = c
@@ -700,7 +721,13 @@ impl Store {
         Ok(b"OK\0".to_vec())
     }
 
-    fn introduce(&mut self, domid: DomId, gfn: i64, port: u32, out: &mut Vec<Output>) -> Result<Vec<u8>, XsError> {
+    fn introduce(
+        &mut self,
+        domid: DomId,
+        gfn: i64,
+        port: u32,
+        out: &mut Vec<Output>,
+    ) -> Result<Vec<u8>, XsError> {
         if port == 0 {
             return oops(XsError::EINVAL);
         }
@@ -802,7 +829,10 @@ impl Store {
                         !w.path.starts_with('@') && is_child(&f.path, &w.path)
                     };
                     if hit {
-                        out.push(Output::Send(*id, Message::watch_event(&event_path(w, &f.path), &w.token)));
+                        out.push(Output::Send(
+                            *id,
+                            Message::watch_event(&event_path(w, &f.path), &w.token),
+                        ));
                     }
                 }
             }
@@ -852,7 +882,13 @@ fn get_checked(view: &mut View<'_>, actor: Actor, p: &str, need: Access) -> Resu
 /// Creates `p` and any missing parents. New nodes inherit their parent's
 /// permissions; a guest becomes the owner of what it creates. Returns the
 /// new node's permissions.
-fn create(view: &mut View<'_>, actor: Actor, cfg: &Config, p: &str, value: Vec<u8>) -> Result<Perms, XsError> {
+fn create(
+    view: &mut View<'_>,
+    actor: Actor,
+    cfg: &Config,
+    p: &str,
+    value: Vec<u8>,
+) -> Result<Perms, XsError> {
     let mut missing = vec![p.to_owned()];
     let mut top = parent(p).to_owned();
     let mut parent_node = loop {
@@ -880,7 +916,11 @@ fn create(view: &mut View<'_>, actor: Actor, cfg: &Config, p: &str, value: Vec<u
             perms.set_owner(actor.domid);
         }
         view.set(&parent_path, Some(parent_node))?;
-        let v = if name == p { value.take().unwrap_or_default() } else { Vec::new() };
+        let v = if name == p {
+            value.take().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         parent_node = Node {
             value: v,
             perms,

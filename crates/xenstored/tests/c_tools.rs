@@ -66,7 +66,10 @@ fn ls_shows_the_tree_with_perms() {
     assert_eq!(full, "/t/x = \"1\"\n/t/y = \"\"\n/t/y/z = \"two\"\n");
     // A fresh store has C xenstored's start-up nodes.
     let root = xs_ok(&d, LS, &["/"]);
-    assert!(root.starts_with("tool = \"\"\n xenstored = \"\"\n"), "{root}");
+    assert!(
+        root.starts_with("tool = \"\"\n xenstored = \"\"\n"),
+        "{root}"
+    );
 }
 
 /// xenstore-ls -p pads with " . . ." up to the terminal width.

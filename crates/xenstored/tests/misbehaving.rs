@@ -58,12 +58,15 @@ fn garbage_gets_errors_or_disconnect() {
     let r = t.recv(Some(Duration::from_secs(5))).unwrap().unwrap();
     assert_eq!((r.req_id, r.as_error()), (5, Some(XsError::ENOSYS)));
     // Malformed payload: EINVAL.
-    t.send(&Message::new(MsgType::Read, 6, 0, b"no-nul".to_vec())).unwrap();
+    t.send(&Message::new(MsgType::Read, 6, 0, b"no-nul".to_vec()))
+        .unwrap();
     let r = t.recv(Some(Duration::from_secs(5))).unwrap().unwrap();
     assert_eq!((r.req_id, r.as_error()), (6, Some(XsError::EINVAL)));
     // Random bytes.
     let mut g = UnixStream::connect(server.path()).unwrap();
-    let junk: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let junk: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let _ = g.write_all(&junk);
     drop(g);
     healthy(&server);
@@ -96,7 +99,10 @@ fn flood_without_reading_does_not_starve_others() {
     let flooder = std::thread::spawn(move || {
         let mut s = UnixStream::connect(&path).unwrap();
         s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
-        let one = Request::Read("/".into()).to_message(1, 0).to_bytes().unwrap();
+        let one = Request::Read("/".into())
+            .to_message(1, 0)
+            .to_bytes()
+            .unwrap();
         let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 1000).collect();
         // Writes until the daemon stops reading (back-pressure) or times out.
         for _ in 0..1000 {

@@ -16,15 +16,30 @@ fn guest_is_confined_dom0_is_not() {
     let mut g = inproc::client(&d, DomId(5));
     dom0.write("/secret", b"s").unwrap();
     assert_eq!(g.read("/secret").unwrap_err().xs(), Some(XsError::EACCES));
-    assert_eq!(g.write("/secret", b"x").unwrap_err().xs(), Some(XsError::EACCES));
-    assert_eq!(g.write("/newtop", b"x").unwrap_err().xs(), Some(XsError::EACCES));
+    assert_eq!(
+        g.write("/secret", b"x").unwrap_err().xs(),
+        Some(XsError::EACCES)
+    );
+    assert_eq!(
+        g.write("/newtop", b"x").unwrap_err().xs(),
+        Some(XsError::EACCES)
+    );
     assert_eq!(g.rm("/secret").unwrap_err().xs(), Some(XsError::EACCES));
     assert_eq!(g.directory("/").unwrap_err().xs(), Some(XsError::EACCES));
     // Missing nodes under unreadable parents do not leak ENOENT.
-    assert_eq!(g.read("/secret/none").unwrap_err().xs(), Some(XsError::EACCES));
+    assert_eq!(
+        g.read("/secret/none").unwrap_err().xs(),
+        Some(XsError::EACCES)
+    );
     // Privileged operations.
-    assert_eq!(g.introduce(DomId(9), 1, 1).unwrap_err().xs(), Some(XsError::EACCES));
-    assert_eq!(g.is_domain_introduced(DomId(0)).unwrap_err().xs(), Some(XsError::EACCES));
+    assert_eq!(
+        g.introduce(DomId(9), 1, 1).unwrap_err().xs(),
+        Some(XsError::EACCES)
+    );
+    assert_eq!(
+        g.is_domain_introduced(DomId(0)).unwrap_err().xs(),
+        Some(XsError::EACCES)
+    );
     // dom0 may do anything.
     dom0.set_perms("/secret", &perms(&["n7"])).unwrap();
     assert_eq!(dom0.read("/secret").unwrap(), b"s");
@@ -34,9 +49,15 @@ fn guest_is_confined_dom0_is_not() {
     dom0.write("/shared", b"v").unwrap();
     dom0.set_perms("/shared", &perms(&["n0", "r5"])).unwrap();
     assert_eq!(g.read("/shared").unwrap(), b"v");
-    assert_eq!(g.write("/shared", b"x").unwrap_err().xs(), Some(XsError::EACCES));
+    assert_eq!(
+        g.write("/shared", b"x").unwrap_err().xs(),
+        Some(XsError::EACCES)
+    );
     // Readable parent: a missing child is ENOENT.
-    assert_eq!(g.read("/shared/none").unwrap_err().xs(), Some(XsError::ENOENT));
+    assert_eq!(
+        g.read("/shared/none").unwrap_err().xs(),
+        Some(XsError::ENOENT)
+    );
     // Not the owner: no permission changes.
     assert_eq!(
         g.set_perms("/shared", &perms(&["b5"])).unwrap_err().xs(),
@@ -50,20 +71,33 @@ fn home_directory_and_inheritance() {
     let mut dom0 = inproc::client(&d, DomId(0));
     let mut g = inproc::client(&d, DomId(5));
     dom0.mkdir("/local/domain/5").unwrap();
-    dom0.set_perms("/local/domain/5", &perms(&["n5", "r0", "r6"])).unwrap();
+    dom0.set_perms("/local/domain/5", &perms(&["n5", "r0", "r6"]))
+        .unwrap();
     // Relative paths land in the guest's home.
     g.write("device/vif/0/state", b"1").unwrap();
-    assert_eq!(dom0.read("/local/domain/5/device/vif/0/state").unwrap(), b"1");
+    assert_eq!(
+        dom0.read("/local/domain/5/device/vif/0/state").unwrap(),
+        b"1"
+    );
     // Implicit parents inherit the parent's ACL, owned by the creator.
-    for p in ["/local/domain/5/device", "/local/domain/5/device/vif/0/state"] {
-        assert_eq!(dom0.get_perms(p).unwrap(), perms(&["n5", "r0", "r6"]), "{p}");
+    for p in [
+        "/local/domain/5/device",
+        "/local/domain/5/device/vif/0/state",
+    ] {
+        assert_eq!(
+            dom0.get_perms(p).unwrap(),
+            perms(&["n5", "r0", "r6"]),
+            "{p}"
+        );
     }
     // Domain 6 can read through the inherited entry, 7 cannot.
     let mut g6 = inproc::client(&d, DomId(6));
     let mut g7 = inproc::client(&d, DomId(7));
     assert_eq!(g6.read("/local/domain/5/device/vif/0/state").unwrap(), b"1");
     assert_eq!(
-        g7.read("/local/domain/5/device/vif/0/state").unwrap_err().xs(),
+        g7.read("/local/domain/5/device/vif/0/state")
+            .unwrap_err()
+            .xs(),
         Some(XsError::EACCES)
     );
     // A guest may not give its node away.
@@ -76,7 +110,9 @@ fn home_directory_and_inheritance() {
     // Dom0 creating under the guest's tree keeps the parent's owner.
     dom0.write("/local/domain/5/device/fromdom0", b"1").unwrap();
     assert_eq!(
-        dom0.get_perms("/local/domain/5/device/fromdom0").unwrap().owner(),
+        dom0.get_perms("/local/domain/5/device/fromdom0")
+            .unwrap()
+            .owner(),
         DomId(5)
     );
 }
@@ -93,6 +129,12 @@ fn watches_only_fire_for_readable_nodes() {
     assert_eq!(g.next_event(t).unwrap().unwrap().path, "/");
     dom0.write("/private", b"x").unwrap();
     dom0.write("/local/domain/5/mine", b"x").unwrap();
-    assert_eq!(g.next_event(t).unwrap().unwrap().path, "/local/domain/5/mine");
-    assert!(g.next_event(Some(std::time::Duration::from_millis(50))).unwrap().is_none());
+    assert_eq!(
+        g.next_event(t).unwrap().unwrap().path,
+        "/local/domain/5/mine"
+    );
+    assert!(g
+        .next_event(Some(std::time::Duration::from_millis(50)))
+        .unwrap()
+        .is_none());
 }

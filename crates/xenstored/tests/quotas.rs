@@ -4,7 +4,12 @@ use xenshare::store::{Perms, XsError};
 use xenshare::DomId;
 use xenshare_xenstored::{inproc, Config, Daemon};
 
-fn setup(config: Config) -> (Daemon, xenshare::store::Client<xenshare_xenstored::InProcTransport>) {
+fn setup(
+    config: Config,
+) -> (
+    Daemon,
+    xenshare::store::Client<xenshare_xenstored::InProcTransport>,
+) {
     let d = Daemon::new(config);
     let mut dom0 = inproc::client(&d, DomId(0));
     dom0.mkdir("/local/domain/3").unwrap();
@@ -27,7 +32,10 @@ fn node_quota_is_enospc() {
     assert_eq!(g.write("n4", b"x").unwrap_err().xs(), Some(XsError::ENOSPC));
     // A write that would create two nodes fails as a whole.
     g.rm("n3").unwrap();
-    assert_eq!(g.write("a/b", b"x").unwrap_err().xs(), Some(XsError::ENOSPC));
+    assert_eq!(
+        g.write("a/b", b"x").unwrap_err().xs(),
+        Some(XsError::ENOSPC)
+    );
     assert_eq!(g.try_read("a").unwrap(), None);
     // Overwriting is fine, dom0 is exempt.
     g.write("n0", b"y").unwrap();
@@ -45,7 +53,10 @@ fn node_size_quota_is_enospc() {
     });
     let mut g = inproc::client(&d, DomId(3));
     g.write("ok", &[b'a'; 100]).unwrap();
-    assert_eq!(g.write("big", &[b'a'; 101]).unwrap_err().xs(), Some(XsError::ENOSPC));
+    assert_eq!(
+        g.write("big", &[b'a'; 101]).unwrap_err().xs(),
+        Some(XsError::ENOSPC)
+    );
     dom0.write("/big", &[b'a'; 4000]).unwrap();
 }
 
@@ -74,7 +85,10 @@ fn transaction_quota_is_enospc() {
     let mut g = inproc::client(&d, DomId(3));
     let t1 = g.transaction_start().unwrap();
     let _t2 = g.transaction_start().unwrap();
-    assert_eq!(g.transaction_start().unwrap_err().xs(), Some(XsError::ENOSPC));
+    assert_eq!(
+        g.transaction_start().unwrap_err().xs(),
+        Some(XsError::ENOSPC)
+    );
     g.transaction_end(t1, false).unwrap();
     g.transaction_start().unwrap();
 }
@@ -89,7 +103,10 @@ fn perms_and_transaction_node_quotas() {
     let mut g = inproc::client(&d, DomId(3));
     g.write("p", b"").unwrap();
     let three = Perms::parse_fields(&[b"n3", b"r1", b"r2"]).unwrap();
-    assert_eq!(g.set_perms("p", &three).unwrap_err().xs(), Some(XsError::ENOSPC));
+    assert_eq!(
+        g.set_perms("p", &three).unwrap_err().xs(),
+        Some(XsError::ENOSPC)
+    );
     let t = g.transaction_start().unwrap();
     let mut hit = None;
     for i in 0..10 {

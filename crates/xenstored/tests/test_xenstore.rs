@@ -40,7 +40,11 @@ fn every_test_passes() {
         );
     }
     // It cleans up after itself, which exercises rm inside a transaction.
-    let left = xs(&d, "/usr/bin/xenstore-exists", &["/local/domain/0/xenstore-test"]);
+    let left = xs(
+        &d,
+        "/usr/bin/xenstore-exists",
+        &["/local/domain/0/xenstore-test"],
+    );
     assert!(!left.status.success());
 }
 

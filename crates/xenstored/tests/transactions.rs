@@ -21,7 +21,10 @@ fn conflicting_commit_gets_eagain_and_changes_nothing() {
     assert_eq!(a.read_in(t, "/c").unwrap(), b"1");
     a.write_in(t, "/c", b"3").unwrap();
     a.write_in(t, "/other", b"x").unwrap();
-    assert_eq!(a.transaction_end(t, true).unwrap_err().xs(), Some(XsError::EAGAIN));
+    assert_eq!(
+        a.transaction_end(t, true).unwrap_err().xs(),
+        Some(XsError::EAGAIN)
+    );
     assert_eq!(a.read("/c").unwrap(), b"2");
     assert_eq!(a.try_read("/other").unwrap(), None);
     // The id is gone after the failed commit.
@@ -46,7 +49,10 @@ fn abort_discards_and_isolation_holds() {
     assert_eq!(nested.unwrap_err().xs(), Some(XsError::EBUSY));
     a.transaction_end(t, true).unwrap();
     let bogus = xenshare::store::TxId(9999);
-    assert_eq!(a.read_in(bogus, "/").unwrap_err().xs(), Some(XsError::ENOENT));
+    assert_eq!(
+        a.read_in(bogus, "/").unwrap_err().xs(),
+        Some(XsError::ENOENT)
+    );
 }
 
 #[test]
@@ -55,12 +61,24 @@ fn commit_fires_watches_only_at_commit() {
     let mut w = inproc::client(&d, DomId(0));
     let mut a = inproc::client(&d, DomId(0));
     w.watch("/tw", b"t").unwrap();
-    assert_eq!(w.next_event(Some(std::time::Duration::from_secs(1))).unwrap().unwrap().path, "/tw");
+    assert_eq!(
+        w.next_event(Some(std::time::Duration::from_secs(1)))
+            .unwrap()
+            .unwrap()
+            .path,
+        "/tw"
+    );
     let t = a.transaction_start().unwrap();
     a.write_in(t, "/tw/k", b"1").unwrap();
-    assert!(w.next_event(Some(std::time::Duration::from_millis(50))).unwrap().is_none());
+    assert!(w
+        .next_event(Some(std::time::Duration::from_millis(50)))
+        .unwrap()
+        .is_none());
     a.transaction_end(t, true).unwrap();
-    let ev = w.next_event(Some(std::time::Duration::from_secs(1))).unwrap().unwrap();
+    let ev = w
+        .next_event(Some(std::time::Duration::from_secs(1)))
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.path, "/tw/k");
 }
 
@@ -89,13 +107,18 @@ fn concurrent_counters_over_the_socket_stay_consistent() {
                 let path = path.clone();
                 s.spawn(move || {
                     let mut c = Client::new(UnixTransport::connect(&path).unwrap());
-                    (0..EACH).map(|_| increment(&mut c, "/counter") - 1).sum::<u32>()
+                    (0..EACH)
+                        .map(|_| increment(&mut c, "/counter") - 1)
+                        .sum::<u32>()
                 })
             })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).sum()
     });
-    assert_eq!(c.read("/counter").unwrap(), (CLIENTS * EACH).to_string().as_bytes());
+    assert_eq!(
+        c.read("/counter").unwrap(),
+        (CLIENTS * EACH).to_string().as_bytes()
+    );
     eprintln!("{retries} transaction retries after EAGAIN");
 }
 
@@ -113,7 +136,10 @@ fn closure_retry_bound_is_enforced() {
         b.write("/r", n.to_string().as_bytes())?;
         tx.write("/r", b"mine")
     });
-    assert_eq!(r.unwrap_err(), xenshare::store::ClientError::TooManyRetries(3));
+    assert_eq!(
+        r.unwrap_err(),
+        xenshare::store::ClientError::TooManyRetries(3)
+    );
     assert_eq!(n, 3);
     assert_eq!(a.read("/r").unwrap(), b"3");
 }

@@ -796,7 +796,7 @@ mod tests {
         assert!(Request::parse(&m(MsgType::Write, b"noterm")).is_err());
         assert!(Request::parse(&m(MsgType::Watch, b"/a\0")).is_err());
         assert!(Request::parse(&m(MsgType::TransactionEnd, b"X\0")).is_err());
-        assert!(Request::parse(&m(MsgType::Introduce, b"1\0x\03\0")).is_err());
+        assert!(Request::parse(&m(MsgType::Introduce, b"1\0x\0\x33\0")).is_err());
         assert!(Request::parse(&m(MsgType::GetDomainPath, b"70000\0")).is_err());
         assert!(Request::parse(&m(MsgType::SetPerms, b"/a\0q1\0")).is_err());
         assert!(Request::parse(&m(MsgType::Read, b"\xff\0")).is_err());

@@ -5,6 +5,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
+
+mod vchan;
 use xenshare::{Access, DomId};
 use xenshare_sim::{DomainConfig, Hypervisor};
 
@@ -13,6 +15,8 @@ use xenshare_sim::{DomainConfig, Hypervisor};
 pub enum Bench {
     /// Grant cycle: share → map → unmap → revoke, on the emulator.
     Grants(GrantArgs),
+    /// vchan throughput and round-trip time vs socketpair, pipe, an ideal ring and memcpy.
+    Vchan(vchan::VchanArgs),
 }
 
 /// Options of `bench grants`.
@@ -30,6 +34,7 @@ pub struct GrantArgs {
 pub fn run(b: Bench) -> Result<(), String> {
     match b {
         Bench::Grants(a) => grants(a),
+        Bench::Vchan(a) => vchan::run(a),
     }
 }
 

@@ -1,0 +1,214 @@
+//! The back end: consumes requests, produces responses.
+
+use core::fmt;
+use core::marker::PhantomData;
+
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use super::index;
+use super::sring::Sring;
+use super::{Latch, RingError};
+use crate::mem::SharedMem;
+
+/// The back end of a shared ring of `Req` requests and `Rsp` responses.
+///
+/// All of its indices are private: `rsp_prod_pvt` (next response slot), the
+/// response index it last published, `req_cons` (next request to consume)
+/// and the last request producer index it validated. The back end never
+/// initialises the header; the front end does.
+///
+/// A back end's loop: drain with [`BackRing::next_request`] (each request is
+/// a private copy, validate it before use), answer each with
+/// [`BackRing::push_response`], publish with
+/// [`BackRing::push_responses_and_check_notify`] (notify if it says so), and
+/// sleep only after [`BackRing::final_check_for_requests`] returned `false`.
+pub struct BackRing<'a, Req, Rsp> {
+    sring: Sring<'a>,
+    rsp_prod_pvt: u32,
+    rsp_published: u32,
+    req_cons: u32,
+    req_prod_seen: u32,
+    latch: Latch,
+    _entries: PhantomData<fn(Rsp) -> Req>,
+}
+
+impl<Req, Rsp> fmt::Debug for BackRing<'_, Req, Rsp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackRing")
+            .field("size", &self.sring.nr_ents())
+            .field("rsp_prod_pvt", &self.rsp_prod_pvt)
+            .field("rsp_published", &self.rsp_published)
+            .field("req_cons", &self.req_cons)
+            .field("req_prod_seen", &self.req_prod_seen)
+            .field("error", &self.latch.cause())
+            .finish()
+    }
+}
+
+impl<'a, Req, Rsp> BackRing<'a, Req, Rsp>
+where
+    Req: FromBytes + IntoBytes + Immutable,
+    Rsp: FromBytes + IntoBytes + Immutable,
+{
+    /// Attaches to a ring the front end initialised (`BACK_RING_INIT`):
+    /// indices start at 0. Shared memory is not touched.
+    pub fn attach(mem: SharedMem<'a>) -> Result<Self, RingError> {
+        Self::attach_at(mem, 0)
+    }
+
+    /// Attaches with all private indices at `start` (`BACK_RING_ATTACH`,
+    /// e.g. to resume a ring already in use).
+    pub fn attach_at(mem: SharedMem<'a>, start: u32) -> Result<Self, RingError> {
+        Ok(Self {
+            sring: Sring::new::<Req, Rsp>(mem)?,
+            rsp_prod_pvt: start,
+            rsp_published: start,
+            req_cons: start,
+            req_prod_seen: start,
+            latch: Latch::default(),
+            _entries: PhantomData,
+        })
+    }
+
+    /// Number of slots (a power of two).
+    pub fn size(&self) -> u32 {
+        self.sring.nr_ents()
+    }
+
+    /// The next response slot to fill (private `rsp_prod_pvt`).
+    pub fn rsp_prod_pvt(&self) -> u32 {
+        self.rsp_prod_pvt
+    }
+
+    /// The next request to consume (private `req_cons`).
+    pub fn req_cons(&self) -> u32 {
+        self.req_cons
+    }
+
+    /// Requests consumed and not yet answered: the responses that may be
+    /// pushed now.
+    pub fn unanswered(&self) -> u32 {
+        self.req_cons.wrapping_sub(self.rsp_prod_pvt)
+    }
+
+    /// Responses pushed but not yet published.
+    pub fn unpublished_responses(&self) -> u32 {
+        self.rsp_prod_pvt.wrapping_sub(self.rsp_published)
+    }
+
+    /// Validates the front end's `req_prod`. The front end can only have
+    /// filled the slots that do not hold requests we consumed but have not
+    /// answered, so `req_prod` may be ahead of `req_cons` by at most
+    /// `size - unanswered` — the same bound as Xen's
+    /// `req_prod - rsp_prod_pvt <= size` — and never behind it.
+    fn refresh(&mut self, prod: u32) -> Result<(), RingError> {
+        let max = index::max_ahead(self.size(), self.unanswered());
+        if !index::producer_ok(prod, self.req_cons, max) {
+            return Err(self.latch.trip(RingError::ProducerOverflow {
+                prod,
+                cons: self.req_cons,
+                max,
+            }));
+        }
+        self.req_prod_seen = prod;
+        Ok(())
+    }
+
+    /// Requests published and not yet consumed
+    /// (`RING_HAS_UNCONSUMED_REQUESTS`, with its clamp), after validating
+    /// `req_prod`.
+    pub fn unconsumed_requests(&mut self) -> Result<u32, RingError> {
+        self.latch.live()?;
+        self.refresh(index::load_producer(self.sring.req_prod))?;
+        Ok(self.pending())
+    }
+
+    fn pending(&self) -> u32 {
+        index::unconsumed_requests(self.size(), self.req_prod_seen, self.req_cons, self.rsp_prod_pvt)
+    }
+
+    /// Consumes the next request, copied once out of shared memory, or
+    /// `None` if none is published. Validate it before acting on it.
+    pub fn next_request(&mut self) -> Result<Option<Req>, RingError> {
+        self.latch.live()?;
+        if self.pending() == 0 {
+            self.refresh(index::load_producer(self.sring.req_prod))?;
+            if self.pending() == 0 {
+                return Ok(None);
+            }
+        }
+        let r = self.sring.read(self.req_cons);
+        let req = self.latch.check(r)?;
+        self.req_cons = self.req_cons.wrapping_add(1);
+        Ok(Some(req))
+    }
+
+    /// Before sleeping: returns whether requests are waiting; if none, first
+    /// asks the front end to notify on the next one
+    /// (`RING_FINAL_CHECK_FOR_REQUESTS`). On `false`, sleep until an event.
+    pub fn final_check_for_requests(&mut self) -> Result<bool, RingError> {
+        self.latch.live()?;
+        if self.pending() != 0 {
+            return Ok(true);
+        }
+        let prod = index::final_check(self.sring.req_prod, self.sring.req_event, self.req_cons);
+        self.refresh(prod)?;
+        Ok(self.pending() != 0)
+    }
+
+    /// Copies `rsp` into the slot of the oldest unanswered request.
+    /// [`RingError::Full`] if every consumed request is already answered.
+    pub fn push_response(&mut self, rsp: &Rsp) -> Result<(), RingError> {
+        self.latch.live()?;
+        if self.unanswered() == 0 {
+            return Err(RingError::Full);
+        }
+        let r = self.sring.write(self.rsp_prod_pvt, rsp);
+        self.latch.check(r)?;
+        self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Publishes pushed responses without checking whether to notify
+    /// (`RING_PUSH_RESPONSES`).
+    pub fn push_responses(&mut self) -> Result<(), RingError> {
+        self.latch.live()?;
+        index::publish(self.sring.rsp_prod, self.rsp_prod_pvt);
+        self.rsp_published = self.rsp_prod_pvt;
+        Ok(())
+    }
+
+    /// Publishes pushed responses and returns whether the front end asked
+    /// to be notified of them (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`).
+    pub fn push_responses_and_check_notify(&mut self) -> Result<bool, RingError> {
+        self.latch.live()?;
+        let (old, new) = (self.rsp_published, self.rsp_prod_pvt);
+        let notify = index::publish_and_check_notify(self.sring.rsp_prod, self.sring.rsp_event, old, new);
+        self.rsp_published = new;
+        Ok(notify)
+    }
+
+    /// The protocol-private bytes of the header (`pvt`).
+    pub fn pvt(&self) -> SharedMem<'a> {
+        self.sring.pvt()
+    }
+}
+
+impl<Req, Rsp> BackRing<'_, Req, Rsp> {
+    /// Whether an error has broken the ring.
+    pub fn is_broken(&self) -> bool {
+        self.latch.cause().is_some()
+    }
+
+    /// The error that broke the ring, if any.
+    pub fn error(&self) -> Option<RingError> {
+        self.latch.cause()
+    }
+
+    /// Breaks the ring with `err` (for violations the driver finds in a
+    /// request). Returns `err`, to be propagated. [`RingError::Full`] does
+    /// not break it.
+    pub fn fail(&mut self, err: RingError) -> RingError {
+        self.latch.trip(err)
+    }
+}

@@ -1,0 +1,529 @@
+//! Reading and writing: libxenvchan's ring algorithm with validated indices.
+
+use alloc::string::String;
+use core::sync::atomic::{fence, AtomicU32, AtomicU8, Ordering};
+use core::time::Duration;
+
+use xenshare_abi::vchan as abi;
+
+use super::VchanError;
+use crate::event::Channel;
+use crate::mem::SharedMem;
+use crate::platform::EventChannels;
+
+/// Where one of our two rings lives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RingLoc {
+    /// Inside the control page.
+    InPage { offset: usize, order: u16 },
+    /// In the separately granted left or right pages.
+    External { left: bool, order: u16 },
+}
+
+impl RingLoc {
+    fn order(self) -> u16 {
+        match self {
+            RingLoc::InPage { order, .. } | RingLoc::External { order, .. } => order,
+        }
+    }
+}
+
+/// The memory of one end of a vchan (server shares or client mappings).
+pub trait VchanSide {
+    /// True for the server end.
+    const SERVER: bool;
+    /// The control page (None once released).
+    fn ctrl(&self) -> Option<SharedMem<'_>>;
+    /// The external left (client → server) or right ring pages.
+    fn external(&self, left: bool) -> Option<SharedMem<'_>>;
+    /// Gives every share back (revoke or quarantine) or unmaps every page.
+    fn release(&mut self);
+}
+
+// Offsets in the control page.
+const LEFT_CONS: usize = 0;
+const LEFT_PROD: usize = 4;
+const RIGHT_CONS: usize = 8;
+const RIGHT_PROD: usize = 12;
+const CLI_LIVE: usize = abi::VCHAN_CLI_LIVE_OFFSET;
+const SRV_LIVE: usize = abi::VCHAN_SRV_LIVE_OFFSET;
+const CLI_NOTIFY: usize = 22;
+const SRV_NOTIFY: usize = 23;
+
+/// How long a blocking call spins re-checking the ring before it sleeps on
+/// the event channel: a peer on another CPU usually answers within this, and
+/// a sleep + wake-up costs tens of microseconds.
+const SPIN_ROUNDS: u32 = 4000;
+
+/// One end of a vchan.
+pub struct Vchan<S: VchanSide, E: EventChannels> {
+    mem: S,
+    chan: Channel<E>,
+    rd: RingLoc,
+    wr: RingLoc,
+    /// Our private copies of the indices we own.
+    rd_cons: u32,
+    wr_prod: u32,
+    blocking: bool,
+    timeout: Option<Duration>,
+    broken: bool,
+    closed: bool,
+    xs_path: Option<String>,
+}
+
+impl<S: VchanSide, E: EventChannels> core::fmt::Debug for Vchan<S, E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Vchan")
+            .field("server", &S::SERVER)
+            .field("read_order", &self.rd.order())
+            .field("write_order", &self.wr.order())
+            .field("port", &self.chan.port())
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
+    pub(crate) fn new(
+        mem: S,
+        chan: Channel<E>,
+        rd: RingLoc,
+        wr: RingLoc,
+        xs_path: Option<String>,
+    ) -> Self {
+        Self {
+            mem,
+            chan,
+            rd,
+            wr,
+            rd_cons: 0,
+            wr_prod: 0,
+            blocking: true,
+            timeout: None,
+            broken: false,
+            closed: false,
+            xs_path,
+        }
+    }
+
+    fn ctrl(&self) -> Result<SharedMem<'_>, VchanError> {
+        self.mem.ctrl().ok_or(VchanError::Closed)
+    }
+
+    fn u32_at(&self, off: usize) -> Result<&AtomicU32, VchanError> {
+        self.ctrl()?.atomic_u32(off).map_err(|_| VchanError::Closed)
+    }
+
+    fn u8_at(&self, off: usize) -> Result<&AtomicU8, VchanError> {
+        self.ctrl()?.atomic_u8(off).map_err(|_| VchanError::Closed)
+    }
+
+    fn ring(&self, loc: RingLoc) -> Result<SharedMem<'_>, VchanError> {
+        let size = 1usize << loc.order();
+        let m = match loc {
+            RingLoc::InPage { offset, .. } => self.ctrl()?.slice(offset, size).ok(),
+            RingLoc::External { left, .. } => {
+                self.mem.external(left).and_then(|m| m.slice(0, size).ok())
+            }
+        };
+        m.ok_or(VchanError::Closed)
+    }
+
+    /// (read ring producer, write ring consumer, our notify byte, peer's notify byte)
+    const fn offsets() -> (usize, usize, usize, usize, usize, usize) {
+        if S::SERVER {
+            // Server reads left, writes right.
+            (
+                LEFT_PROD, LEFT_CONS, RIGHT_PROD, RIGHT_CONS, SRV_NOTIFY, CLI_NOTIFY,
+            )
+        } else {
+            (
+                RIGHT_PROD, RIGHT_CONS, LEFT_PROD, LEFT_CONS, CLI_NOTIFY, SRV_NOTIFY,
+            )
+        }
+    }
+
+    fn check(&self) -> Result<(), VchanError> {
+        if self.closed {
+            Err(VchanError::Closed)
+        } else if self.broken {
+            Err(VchanError::Broken)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn corrupt(&mut self, which: &'static str) -> VchanError {
+        self.broken = true;
+        VchanError::Corrupt(which)
+    }
+
+    /// Size of the ring this end reads.
+    pub fn read_ring_size(&self) -> usize {
+        1 << self.rd.order()
+    }
+
+    /// Size of the ring this end writes.
+    pub fn write_ring_size(&self) -> usize {
+        1 << self.wr.order()
+    }
+
+    /// The local event channel port.
+    pub fn port(&self) -> crate::Port {
+        self.chan.port()
+    }
+
+    /// Chooses blocking (the default) or non-blocking reads and writes.
+    pub fn set_blocking(&mut self, blocking: bool) {
+        self.blocking = blocking;
+    }
+
+    /// Bounds blocking calls (`None`: wait forever).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    /// Bytes waiting to be read.
+    pub fn data_ready(&mut self) -> Result<usize, VchanError> {
+        self.check()?;
+        let (rd_prod, ..) = Self::offsets();
+        let prod = self.u32_at(rd_prod)?.load(Ordering::Acquire);
+        fence(Ordering::SeqCst);
+        let ready = prod.wrapping_sub(self.rd_cons) as usize;
+        if ready > self.read_ring_size() {
+            return Err(self.corrupt("read"));
+        }
+        Ok(ready)
+    }
+
+    /// Bytes that can be written without waiting.
+    pub fn buffer_space(&mut self) -> Result<usize, VchanError> {
+        self.check()?;
+        let (_, _, _, wr_cons, ..) = Self::offsets();
+        let cons = self.u32_at(wr_cons)?.load(Ordering::Acquire);
+        fence(Ordering::SeqCst);
+        let used = self.wr_prod.wrapping_sub(cons) as usize;
+        if used > self.write_ring_size() {
+            return Err(self.corrupt("write"));
+        }
+        Ok(self.write_ring_size() - used)
+    }
+
+    /// Whether the peer is there: the server reports the client's live byte
+    /// (2 = not connected yet counts as open), the client the server's.
+    pub fn is_open(&self) -> bool {
+        if self.closed {
+            return false;
+        }
+        let off = if S::SERVER { CLI_LIVE } else { SRV_LIVE };
+        self.u8_at(off)
+            .map(|b| b.load(Ordering::Acquire) != 0)
+            .unwrap_or(false)
+    }
+
+    /// True once a client has connected (server side) or always (client).
+    pub fn is_connected(&self) -> bool {
+        if !S::SERVER {
+            return self.is_open();
+        }
+        self.u8_at(CLI_LIVE)
+            .map(|b| b.load(Ordering::Acquire) == abi::VCHAN_LIVE_CONNECTED)
+            .unwrap_or(false)
+    }
+
+    fn request_notify(&self, bit: u8) -> Result<(), VchanError> {
+        let (.., peer) = Self::offsets();
+        self.u8_at(peer)?.fetch_or(bit, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn send_notify(&self, bit: u8) -> Result<(), VchanError> {
+        let (_, _, _, _, ours, _) = Self::offsets();
+        fence(Ordering::SeqCst);
+        let old = self.u8_at(ours)?.fetch_and(!bit, Ordering::SeqCst);
+        if old & bit != 0 {
+            self.chan.notify()?;
+        }
+        Ok(())
+    }
+
+    fn do_send(&mut self, data: &[u8]) -> Result<(), VchanError> {
+        let size = self.write_ring_size();
+        let idx = self.wr_prod as usize & (size - 1);
+        fence(Ordering::SeqCst);
+        let first = data.len().min(size - idx);
+        {
+            let ring = self.ring(self.wr)?;
+            ring.write(idx, &data[..first])
+                .map_err(|_| VchanError::Closed)?;
+            ring.write(0, &data[first..])
+                .map_err(|_| VchanError::Closed)?;
+        }
+        fence(Ordering::Release);
+        self.wr_prod = self.wr_prod.wrapping_add(data.len() as u32);
+        let (_, _, wr_prod, ..) = Self::offsets();
+        self.u32_at(wr_prod)?.store(self.wr_prod, Ordering::Release);
+        self.send_notify(abi::VCHAN_NOTIFY_WRITE)
+    }
+
+    fn do_recv(&mut self, out: &mut [u8]) -> Result<(), VchanError> {
+        let size = self.read_ring_size();
+        let idx = self.rd_cons as usize & (size - 1);
+        fence(Ordering::Acquire);
+        let first = out.len().min(size - idx);
+        {
+            let ring = self.ring(self.rd)?;
+            let (a, b) = out.split_at_mut(first);
+            ring.read(idx, a).map_err(|_| VchanError::Closed)?;
+            ring.read(0, b).map_err(|_| VchanError::Closed)?;
+        }
+        fence(Ordering::SeqCst);
+        self.rd_cons = self.rd_cons.wrapping_add(out.len() as u32);
+        let (_, rd_cons, ..) = Self::offsets();
+        self.u32_at(rd_cons)?.store(self.rd_cons, Ordering::Release);
+        self.send_notify(abi::VCHAN_NOTIFY_READ)
+    }
+
+    /// Waits for an event on this vchan's handle (up to `timeout`) and
+    /// re-enables it. Returns false on timeout.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, VchanError> {
+        match self.chan.wait(timeout)? {
+            Some(p) => {
+                self.chan.handle().unmask(p)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Blocks until `check` holds, the peer goes away, or the timeout
+    /// passes. It first spins without asking the peer for a notification
+    /// (so a peer answering quickly needs no event, hence no system call on
+    /// either side), then asks for `bit`, re-checks (no lost wake-up), and
+    /// sleeps on the event channel.
+    fn block_until(
+        &mut self,
+        bit: u8,
+        mut check: impl FnMut(&mut Self) -> Result<bool, VchanError>,
+    ) -> Result<bool, VchanError> {
+        for _ in 0..SPIN_ROUNDS {
+            if check(self)? {
+                return Ok(true);
+            }
+            if !self.is_open() {
+                return check(self);
+            }
+            core::hint::spin_loop();
+        }
+        loop {
+            self.request_notify(bit)?;
+            if check(self)? {
+                return Ok(true);
+            }
+            if !self.is_open() {
+                return check(self);
+            }
+            if !self.wait(self.timeout)? {
+                return if check(self)? {
+                    Ok(true)
+                } else {
+                    Err(VchanError::TimedOut)
+                };
+            }
+        }
+    }
+
+    /// Stream read: copies up to `buf.len()` bytes. Blocking mode waits for at
+    /// least one byte; returns 0 at end of stream (peer closed and drained).
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, VchanError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut ready = self.data_ready()?;
+        if ready == 0 {
+            if self.blocking {
+                self.block_until(abi::VCHAN_NOTIFY_WRITE, |v| v.data_ready().map(|r| r > 0))?;
+            } else {
+                self.request_notify(abi::VCHAN_NOTIFY_WRITE)?;
+            }
+            ready = self.data_ready()?;
+        }
+        let n = ready.min(buf.len());
+        if n > 0 {
+            self.do_recv(&mut buf[..n])?;
+        }
+        Ok(n)
+    }
+
+    /// Stream write: copies as much of `buf` as fits. Blocking mode waits for
+    /// room for at least one byte. Writing to a closed peer is an error.
+    pub fn write(&mut self, buf: &[u8]) -> Result<usize, VchanError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if !self.is_open() {
+            return Err(VchanError::Closed);
+        }
+        let mut space = self.buffer_space()?;
+        if space == 0 {
+            if self.blocking {
+                if !self.block_until(abi::VCHAN_NOTIFY_READ, |v| v.buffer_space().map(|s| s > 0))? {
+                    return Err(VchanError::Closed);
+                }
+            } else {
+                self.request_notify(abi::VCHAN_NOTIFY_READ)?;
+            }
+            space = self.buffer_space()?;
+        }
+        let n = space.min(buf.len());
+        if n > 0 {
+            self.do_send(&buf[..n])?;
+        }
+        Ok(n)
+    }
+
+    /// Packet receive: fills all of `buf` or nothing. Non-blocking mode
+    /// returns 0 if not all bytes are there yet; blocking mode returns 0 only
+    /// when the peer closed before sending them.
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<usize, VchanError> {
+        if buf.len() > self.read_ring_size() {
+            return Err(VchanError::TooBig {
+                len: buf.len(),
+                ring: self.read_ring_size(),
+            });
+        }
+        let want = buf.len();
+        let mut ready = self.data_ready()?;
+        if ready < want {
+            if self.blocking {
+                if !self.block_until(abi::VCHAN_NOTIFY_WRITE, |v| {
+                    v.data_ready().map(|r| r >= want)
+                })? {
+                    return Ok(0);
+                }
+            } else {
+                self.request_notify(abi::VCHAN_NOTIFY_WRITE)?;
+            }
+            ready = self.data_ready()?;
+        }
+        if ready < want {
+            return Ok(0);
+        }
+        self.do_recv(buf)?;
+        Ok(want)
+    }
+
+    /// Packet send: writes all of `buf` or nothing.
+    pub fn send(&mut self, buf: &[u8]) -> Result<usize, VchanError> {
+        if buf.len() > self.write_ring_size() {
+            return Err(VchanError::TooBig {
+                len: buf.len(),
+                ring: self.write_ring_size(),
+            });
+        }
+        if !self.is_open() {
+            return Err(VchanError::Closed);
+        }
+        let want = buf.len();
+        let mut space = self.buffer_space()?;
+        if space < want {
+            if self.blocking {
+                if !self.block_until(abi::VCHAN_NOTIFY_READ, |v| {
+                    v.buffer_space().map(|s| s >= want)
+                })? {
+                    return Err(VchanError::Closed);
+                }
+            } else {
+                self.request_notify(abi::VCHAN_NOTIFY_READ)?;
+            }
+            space = self.buffer_space()?;
+        }
+        if space < want {
+            return Ok(0);
+        }
+        self.do_send(buf)?;
+        Ok(want)
+    }
+
+    pub(crate) fn connect_client(&self) -> Result<(), VchanError> {
+        self.u8_at(CLI_LIVE)?
+            .store(abi::VCHAN_LIVE_CONNECTED, Ordering::Release);
+        self.request_notify(abi::VCHAN_NOTIFY_WRITE)?;
+        self.chan.notify()?;
+        Ok(())
+    }
+
+    /// Closes this end: marks it dead, wakes the peer and gives back every
+    /// grant or mapping (a share the peer still maps goes to quarantine).
+    /// The XenStore keys of a server are left to the caller
+    /// ([`Vchan::xs_path`]), since removing them needs the XenStore client.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        let off = if S::SERVER { SRV_LIVE } else { CLI_LIVE };
+        if let Ok(b) = self.u8_at(off) {
+            b.store(abi::VCHAN_LIVE_CLOSED, Ordering::Release);
+        }
+        fence(Ordering::SeqCst);
+        let _ = self.chan.notify();
+        self.mem.release();
+        self.closed = true;
+    }
+
+    /// The XenStore directory a server published (to remove after close).
+    pub fn xs_path(&self) -> Option<&str> {
+        self.xs_path.as_deref()
+    }
+
+    /// The side's memory (shares or mappings), e.g. for inspection.
+    pub fn side(&self) -> &S {
+        &self.mem
+    }
+}
+
+impl<S: VchanSide, E: EventChannels> Drop for Vchan<S, E> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(feature = "std")]
+mod stdio {
+    use super::*;
+
+    fn to_io(e: VchanError) -> std::io::Error {
+        use std::io::ErrorKind as K;
+        let kind = match e {
+            VchanError::TimedOut => K::TimedOut,
+            VchanError::Closed => K::BrokenPipe,
+            VchanError::Corrupt(_) | VchanError::Broken => K::InvalidData,
+            _ => K::Other,
+        };
+        std::io::Error::new(kind, e)
+    }
+
+    impl<S: VchanSide, E: EventChannels> std::io::Read for Vchan<S, E> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match Vchan::read(self, buf) {
+                Ok(0) if !self.blocking && self.is_open() && !buf.is_empty() => {
+                    Err(std::io::ErrorKind::WouldBlock.into())
+                }
+                r => r.map_err(to_io),
+            }
+        }
+    }
+
+    impl<S: VchanSide, E: EventChannels> std::io::Write for Vchan<S, E> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            match Vchan::write(self, buf) {
+                Ok(0) if !buf.is_empty() => Err(std::io::ErrorKind::WouldBlock.into()),
+                r => r.map_err(to_io),
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}

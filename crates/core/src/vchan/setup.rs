@@ -1,0 +1,394 @@
+//! Connecting: the server's grants and XenStore keys, the client's checks.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use xenshare_abi::vchan as abi;
+
+use super::io::{RingLoc, Vchan, VchanSide};
+use super::VchanError;
+use crate::event::Channel;
+use crate::grant::{Exporter, Importer, Mapping, Share};
+use crate::mem::SharedMem;
+use crate::platform::{EventChannels, ForeignMapper, GrantBackend};
+use crate::store::client::{Client, Transport};
+use crate::store::perms::{Perm, PermKind, Perms};
+use crate::types::{Access, DomId, GrantRef, Port};
+
+/// Ring sizes as log2 of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VchanOrders {
+    /// Client → server ring.
+    pub left: u16,
+    /// Server → client ring.
+    pub right: u16,
+}
+
+impl VchanOrders {
+    /// libxenvchan's choice for a server that reads at least `read_min`
+    /// bytes at a time and writes `write_min`: small rings go inside the
+    /// control page when both fit, otherwise the next power of two (at least
+    /// one page).
+    pub fn for_sizes(read_min: usize, write_min: usize) -> Result<Self, VchanError> {
+        let max = 1usize << abi::VCHAN_MAX_ORDER;
+        for s in [read_min, write_min] {
+            if s > max {
+                return Err(VchanError::BadSize(s));
+            }
+        }
+        let order = |n: usize| -> u16 {
+            let p = n.max(1 << abi::VCHAN_MIN_GRANTED_ORDER).next_power_of_two();
+            p.trailing_zeros() as u16
+        };
+        let (mut left, mut right) = (order(read_min), order(write_min));
+        if read_min <= 1024 && write_min <= 2048 {
+            (left, right) = (10, 11);
+        } else if read_min <= 2048 && write_min <= 1024 {
+            (left, right) = (11, 10);
+        } else if read_min <= 2048 {
+            left = 11;
+        } else if write_min <= 2048 {
+            right = 11;
+        }
+        Ok(Self { left, right })
+    }
+
+    /// The client's checks on orders read from the control page.
+    pub fn validate(self) -> Result<Self, VchanError> {
+        let bad = |why| VchanError::BadOrders {
+            left: self.left,
+            right: self.right,
+            why,
+        };
+        for o in [self.left, self.right] {
+            if !(abi::VCHAN_MIN_ORDER..=abi::VCHAN_MAX_ORDER).contains(&o) {
+                return Err(bad("order outside 10..=20"));
+            }
+        }
+        if self.left == self.right && self.left < abi::VCHAN_MIN_GRANTED_ORDER {
+            return Err(bad("two in-page rings of the same order overlap"));
+        }
+        // grants[] must end before any in-page ring and inside the page.
+        let n = abi::ring_pages(self.left) + abi::ring_pages(self.right);
+        let end = abi::VCHAN_GRANTS_OFFSET + 4 * n;
+        let limit = [self.left, self.right]
+            .into_iter()
+            .filter_map(abi::in_page_ring_offset)
+            .min()
+            .unwrap_or(xenshare_abi::PAGE_SIZE);
+        if end > limit {
+            return Err(bad("grants[] overlaps a ring or runs past the page"));
+        }
+        Ok(self)
+    }
+}
+
+/// The server's memory: the control page and granted ring pages.
+pub struct ServerMem<B: GrantBackend> {
+    pub(super) ctrl: Option<Share<B>>,
+    pub(super) left: Option<Share<B>>,
+    pub(super) right: Option<Share<B>>,
+}
+
+/// The client's memory: the mapped control page and ring pages.
+pub struct ClientMem<M: ForeignMapper> {
+    pub(super) ctrl: Option<Mapping<M>>,
+    pub(super) left: Option<Mapping<M>>,
+    pub(super) right: Option<Mapping<M>>,
+}
+
+impl<B: GrantBackend> VchanSide for ServerMem<B> {
+    const SERVER: bool = true;
+    fn ctrl(&self) -> Option<SharedMem<'_>> {
+        self.ctrl.as_ref().map(|s| s.mem())
+    }
+    fn external(&self, left: bool) -> Option<SharedMem<'_>> {
+        let s = if left { &self.left } else { &self.right };
+        s.as_ref().map(|s| s.mem())
+    }
+    fn release(&mut self) {
+        // Dropping a share revokes it, or quarantines it if the client still
+        // maps it: the memory is never reused while reachable.
+        self.left = None;
+        self.right = None;
+        self.ctrl = None;
+    }
+}
+
+impl<M: ForeignMapper> VchanSide for ClientMem<M> {
+    const SERVER: bool = false;
+    fn ctrl(&self) -> Option<SharedMem<'_>> {
+        self.ctrl.as_ref().map(|m| m.mem())
+    }
+    fn external(&self, left: bool) -> Option<SharedMem<'_>> {
+        let m = if left { &self.left } else { &self.right };
+        m.as_ref().map(|m| m.mem())
+    }
+    fn release(&mut self) {
+        self.left = None;
+        self.right = None;
+        self.ctrl = None;
+    }
+}
+
+fn loc(order: u16, left: bool) -> RingLoc {
+    match abi::in_page_ring_offset(order) {
+        Some(offset) => RingLoc::InPage { offset, order },
+        None => RingLoc::External { left, order },
+    }
+}
+
+/// How many times the XenStore publication is retried on `EAGAIN`.
+const XS_RETRIES: u32 = 16;
+
+/// Creates a vchan server for client domain `client` and publishes it at
+/// `path` (`<path>/ring-ref`, `<path>/event-channel`, readable by the client
+/// only). `read_min`/`write_min` choose the ring sizes as libxenvchan does.
+///
+/// `evt` should be a handle dedicated to this vchan: its events are consumed
+/// by the vchan's waits.
+pub fn server_init<B, E, T>(
+    exporter: &Exporter<B>,
+    evt: &Arc<E>,
+    xs: &mut Client<T>,
+    client: DomId,
+    path: &str,
+    read_min: usize,
+    write_min: usize,
+) -> Result<Vchan<ServerMem<B>, E>, VchanError>
+where
+    B: GrantBackend,
+    E: EventChannels,
+    T: Transport,
+{
+    let orders = VchanOrders::for_sizes(read_min, write_min)?;
+    let chan = Channel::alloc_unbound(evt, client)?;
+    let ctrl = exporter.share(client, 1, Access::ReadWrite)?;
+    // If this side dies, the client sees srv_live drop and gets an event.
+    match ctrl.set_unmap_notify(Some(abi::VCHAN_SRV_LIVE_OFFSET), Some(chan.port())) {
+        Ok(()) | Err(crate::grant::GrantError::Unsupported(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let pages = |o: u16| abi::ring_pages(o);
+    let left = match pages(orders.left) {
+        0 => None,
+        n => Some(exporter.share(client, n, Access::ReadWrite)?),
+    };
+    let right = match pages(orders.right) {
+        0 => None,
+        n => Some(exporter.share(client, n, Access::ReadWrite)?),
+    };
+    let m = ctrl.mem();
+    let hdr = abi::VchanInterface {
+        left_order: orders.left,
+        right_order: orders.right,
+        cli_live: abi::VCHAN_LIVE_WAITING,
+        srv_live: abi::VCHAN_LIVE_CONNECTED,
+        cli_notify: abi::VCHAN_NOTIFY_WRITE,
+        srv_notify: 0,
+        ..Default::default()
+    };
+    let mut grants: Vec<GrantRef> = Vec::new();
+    grants.extend(left.iter().flat_map(|s| s.refs().iter().copied()));
+    grants.extend(right.iter().flat_map(|s| s.refs().iter().copied()));
+    for (i, g) in grants.iter().enumerate() {
+        m.write(abi::VCHAN_GRANTS_OFFSET + 4 * i, &g.0.to_le_bytes())
+            .map_err(|_| VchanError::BadSize(grants.len()))?;
+    }
+    m.write_obj(0, &hdr).map_err(|_| VchanError::BadSize(0))?;
+
+    let me = exporter.domid();
+    let ring_ref = ctrl.refs()[0];
+    let perms = Perms::from_entries(alloc::vec![
+        Perm {
+            domid: me,
+            kind: PermKind::None
+        },
+        Perm {
+            domid: client,
+            kind: PermKind::Read
+        },
+    ])
+    .ok_or(VchanError::BadKey {
+        key: "perms",
+        why: "empty",
+    })?;
+    let (k_ref, k_evt) = (format!("{path}/ring-ref"), format!("{path}/event-channel"));
+    xs.transaction(XS_RETRIES, |tx| {
+        tx.write(&k_ref, format!("{}", ring_ref.0).as_bytes())?;
+        tx.set_perms(&k_ref, &perms)?;
+        tx.write(&k_evt, format!("{}", chan.port().0).as_bytes())?;
+        tx.set_perms(&k_evt, &perms)?;
+        Ok(())
+    })?;
+    Ok(Vchan::new(
+        ServerMem {
+            ctrl: Some(ctrl),
+            left,
+            right,
+        },
+        chan,
+        loc(orders.left, true),
+        loc(orders.right, false),
+        Some(String::from(path)),
+    ))
+}
+
+fn read_number<T: Transport>(
+    xs: &mut Client<T>,
+    key: &'static str,
+    path: &str,
+) -> Result<u32, VchanError> {
+    let raw = xs.read(&format!("{path}/{key}"))?;
+    let s = core::str::from_utf8(&raw).map_err(|_| VchanError::BadKey {
+        key,
+        why: "not text",
+    })?;
+    let v: u32 = s
+        .trim_end_matches('\0')
+        .parse()
+        .map_err(|_| VchanError::BadKey {
+            key,
+            why: "not a decimal number",
+        })?;
+    if v == 0 {
+        return Err(VchanError::BadKey { key, why: "zero" });
+    }
+    Ok(v)
+}
+
+/// Connects to the vchan server of domain `server` published at `path`.
+///
+/// `evt` should be a handle dedicated to this vchan.
+pub fn client_init<M, E, T>(
+    importer: &Importer<M>,
+    evt: &Arc<E>,
+    xs: &mut Client<T>,
+    server: DomId,
+    path: &str,
+) -> Result<Vchan<ClientMem<M>, E>, VchanError>
+where
+    M: ForeignMapper,
+    E: EventChannels,
+    T: Transport,
+{
+    let ring_ref = GrantRef(read_number(xs, "ring-ref", path)?);
+    let port = Port(read_number(xs, "event-channel", path)?);
+    let chan = Channel::bind(evt, server, port)?;
+    let ctrl = importer.map(server, &[ring_ref], Access::ReadWrite)?;
+    // If this side dies, the server sees cli_live drop and gets an event.
+    ctrl.set_unmap_notify(Some(abi::VCHAN_CLI_LIVE_OFFSET), Some(chan.port()))?;
+    let m = ctrl.mem();
+    // The header is copied once; the orders are never read again.
+    let hdr: abi::VchanInterface = m.read_obj(0).map_err(|_| VchanError::BadSize(0))?;
+    let orders = VchanOrders {
+        left: hdr.left_order,
+        right: hdr.right_order,
+    }
+    .validate()?;
+    let (nl, nr) = (abi::ring_pages(orders.left), abi::ring_pages(orders.right));
+    let mut grants = alloc::vec![0u8; 4 * (nl + nr)];
+    m.read(abi::VCHAN_GRANTS_OFFSET, &mut grants)
+        .map_err(|_| VchanError::BadSize(nl + nr))?;
+    let grefs: Vec<GrantRef> = grants
+        .chunks_exact(4)
+        .map(|c| GrantRef(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        .collect();
+    // The client writes the left ring and only reads the right one.
+    let left = match nl {
+        0 => None,
+        _ => Some(importer.map(server, &grefs[..nl], Access::ReadWrite)?),
+    };
+    let right = match nr {
+        0 => None,
+        _ => Some(importer.map(server, &grefs[nl..], Access::ReadOnly)?),
+    };
+    let v = Vchan::new(
+        ClientMem {
+            ctrl: Some(ctrl),
+            left,
+            right,
+        },
+        chan,
+        loc(orders.right, false),
+        loc(orders.left, true),
+        None,
+    );
+    v.connect_client()?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_orders_follow_libxenvchan() {
+        let o = |r, w| VchanOrders::for_sizes(r, w).unwrap();
+        assert_eq!(
+            o(1024, 2048),
+            VchanOrders {
+                left: 10,
+                right: 11
+            }
+        );
+        assert_eq!(
+            o(2048, 1024),
+            VchanOrders {
+                left: 11,
+                right: 10
+            }
+        );
+        assert_eq!(
+            o(2048, 8192),
+            VchanOrders {
+                left: 11,
+                right: 13
+            }
+        );
+        assert_eq!(
+            o(5000, 2048),
+            VchanOrders {
+                left: 13,
+                right: 11
+            }
+        );
+        assert_eq!(
+            o(4096, 4096),
+            VchanOrders {
+                left: 12,
+                right: 12
+            }
+        );
+        assert_eq!(
+            o(1 << 20, 1 << 20),
+            VchanOrders {
+                left: 20,
+                right: 20
+            }
+        );
+        assert!(VchanOrders::for_sizes((1 << 20) + 1, 0).is_err());
+    }
+
+    #[test]
+    fn client_rejects_bad_orders() {
+        let v = |l, r| VchanOrders { left: l, right: r }.validate();
+        assert!(v(10, 11).is_ok() && v(11, 10).is_ok() && v(12, 20).is_ok());
+        assert!(v(9, 12).is_err(), "below 10");
+        assert!(v(12, 21).is_err(), "above 20");
+        assert!(
+            v(10, 10).is_err() && v(11, 11).is_err(),
+            "equal in-page orders"
+        );
+        assert!(v(12, 12).is_ok(), "equal external orders are fine");
+        // A 1 MiB ring needs 256 grants: they end at byte 1048, past an
+        // in-page ring at 1024 but before one at 2048.
+        assert!(
+            v(10, 20).is_err(),
+            "grants[] would overlap the order-10 ring"
+        );
+        assert!(v(11, 20).is_ok());
+    }
+}

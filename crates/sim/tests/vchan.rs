@@ -1,0 +1,495 @@
+//! vchan over the emulator: data integrity for every ring placement, a
+//! model-based test of interleaved I/O, malicious and dying peers, and
+//! reconnection.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use xenshare::store::client::Client;
+use xenshare::store::perms::{Perm, PermKind, Perms};
+use xenshare::vchan::{
+    client_init, server_init, ClientMem, ServerMem, Vchan, VchanError, VchanSide,
+};
+use xenshare::DomId;
+use xenshare_sim::{Domain, DomainConfig, Hypervisor, SimEvtchn, SimGrantBackend, SimMapper};
+use xenshare_xenstored::inproc::{self, InProcTransport};
+use xenshare_xenstored::{Config, Daemon};
+
+type Server = Vchan<ServerMem<SimGrantBackend>, SimEvtchn>;
+type Cli = Vchan<ClientMem<SimMapper>, SimEvtchn>;
+
+struct World {
+    _hv: Hypervisor,
+    srv: Domain,
+    cli: Domain,
+    xs: Daemon,
+}
+
+fn world() -> World {
+    let hv = Hypervisor::new();
+    let cfg = DomainConfig {
+        mem_pages: 2048,
+        ..Default::default()
+    };
+    let _dom0 = hv.create_domain_with_id(DomId(0), cfg).unwrap();
+    let srv = hv.create_domain(cfg).unwrap();
+    let cli = hv.create_domain(cfg).unwrap();
+    let xs = Daemon::new(Config::default());
+    // The toolstack's job: each guest owns its home directory.
+    let mut c0 = inproc::client(&xs, DomId(0));
+    for d in [&srv, &cli] {
+        let home = format!("/local/domain/{}", d.id().0);
+        c0.mkdir(&home).unwrap();
+        c0.set_perms(&home, &Perms::owned_by(d.id(), PermKind::None))
+            .unwrap();
+    }
+    World {
+        _hv: hv,
+        srv,
+        cli,
+        xs,
+    }
+}
+
+impl World {
+    fn path(&self) -> String {
+        format!(
+            "/local/domain/{}/data/vchan/{}/1",
+            self.srv.id().0,
+            self.cli.id().0
+        )
+    }
+    fn xs(&self, d: &Domain) -> Client<InProcTransport> {
+        inproc::client(&self.xs, d.id())
+    }
+    fn server(&self, read_min: usize, write_min: usize) -> Server {
+        let evt = self.srv.evtchn().unwrap();
+        server_init(
+            self.srv.exporter(),
+            &evt,
+            &mut self.xs(&self.srv),
+            self.cli.id(),
+            &self.path(),
+            read_min,
+            write_min,
+        )
+        .unwrap()
+    }
+    fn client(&self) -> Result<Cli, VchanError> {
+        let evt = self.cli.evtchn().unwrap();
+        client_init(
+            self.cli.importer(),
+            &evt,
+            &mut self.xs(&self.cli),
+            self.srv.id(),
+            &self.path(),
+        )
+    }
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn every_ring_placement_carries_data_both_ways() {
+    // (read_min, write_min) of the server -> orders (10,11), (11,10), (11,13), (13,11), (12,20), (16,16)
+    for (r, w) in [
+        (1024, 2048),
+        (2048, 1024),
+        (2048, 8192),
+        (8192, 2048),
+        (4096, 1 << 20),
+        (65536, 65536),
+    ] {
+        let wd = world();
+        let mut s = wd.server(r, w);
+        let mut c = wd.client().unwrap();
+        assert!(s.is_connected() && c.is_open());
+        assert_eq!(s.read_ring_size(), c.write_ring_size());
+        assert_eq!(s.write_ring_size(), c.read_ring_size());
+        s.set_timeout(Some(Duration::from_secs(10)));
+        c.set_timeout(Some(Duration::from_secs(10)));
+        // Several ring-fulls each way, with writes that straddle the wrap.
+        let total = 3 * s.read_ring_size().max(s.write_ring_size()) + 777;
+        let up = pattern(total, 1);
+        let down = pattern(total, 2);
+        let t = std::thread::spawn(move || {
+            let mut got = vec![0u8; total];
+            let mut n = 0;
+            while n < total {
+                n += s.read(&mut got[n..]).unwrap();
+            }
+            let mut sent = 0;
+            while sent < total {
+                sent += s.write(&down[sent..(sent + 1000).min(total)]).unwrap();
+            }
+            (got, s)
+        });
+        let mut sent = 0;
+        while sent < total {
+            sent += c.write(&up[sent..(sent + 999).min(total)]).unwrap();
+        }
+        let mut got = vec![0u8; total];
+        let mut n = 0;
+        while n < total {
+            n += c.read(&mut got[n..]).unwrap();
+        }
+        let (srv_got, _s) = t.join().unwrap();
+        assert_eq!(srv_got, up, "client->server corrupted for ({r},{w})");
+        assert_eq!(
+            got,
+            pattern(total, 2),
+            "server->client corrupted for ({r},{w})"
+        );
+    }
+}
+
+#[test]
+fn xenstore_keys_are_published_with_libxenvchan_permissions() {
+    let wd = world();
+    let _s = wd.server(1024, 2048);
+    let mut x0 = wd.xs(&wd.cli);
+    let p = wd.path();
+    let perms = inproc::client(&wd.xs, DomId(0))
+        .get_perms(&format!("{p}/ring-ref"))
+        .unwrap();
+    assert_eq!(
+        perms,
+        Perms::from_entries(vec![
+            Perm {
+                domid: wd.srv.id(),
+                kind: PermKind::None
+            },
+            Perm {
+                domid: wd.cli.id(),
+                kind: PermKind::Read
+            },
+        ])
+        .unwrap()
+    );
+    assert!(x0.read(&format!("{p}/event-channel")).is_ok());
+    // A third domain may not read them.
+    let other = wd._hv.create_domain(DomainConfig::default()).unwrap();
+    assert!(inproc::client(&wd.xs, other.id())
+        .read(&format!("{p}/ring-ref"))
+        .is_err());
+}
+
+#[derive(Debug, Clone)]
+enum IoOp {
+    CliWrite(usize),
+    CliSend(usize),
+    SrvRead(usize),
+    SrvRecv(usize),
+    SrvWrite(usize),
+    SrvSend(usize),
+    CliRead(usize),
+    CliRecv(usize),
+}
+
+fn io_op() -> impl Strategy<Value = IoOp> {
+    let n = 0..5000usize;
+    prop_oneof![
+        n.clone().prop_map(IoOp::CliWrite),
+        n.clone().prop_map(IoOp::CliSend),
+        n.clone().prop_map(IoOp::SrvRead),
+        n.clone().prop_map(IoOp::SrvRecv),
+        n.clone().prop_map(IoOp::SrvWrite),
+        n.clone().prop_map(IoOp::SrvSend),
+        n.clone().prop_map(IoOp::CliRead),
+        n.prop_map(IoOp::CliRecv),
+    ]
+}
+
+fn model_write(q: &mut VecDeque<u8>, cap: usize, data: &[u8], packet: bool) -> usize {
+    let space = cap - q.len();
+    let n = if packet {
+        if data.len() <= space {
+            data.len()
+        } else {
+            0
+        }
+    } else {
+        data.len().min(space)
+    };
+    q.extend(&data[..n]);
+    n
+}
+
+fn model_read(q: &mut VecDeque<u8>, want: usize, packet: bool) -> Vec<u8> {
+    let n = if packet {
+        if q.len() >= want {
+            want
+        } else {
+            0
+        }
+    } else {
+        want.min(q.len())
+    };
+    q.drain(..n).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn interleaved_io_matches_two_queues(
+        sizes in prop_oneof![Just((1024usize, 2048usize)), Just((2048, 1024)), Just((4096, 1 << 20))],
+        ops in proptest::collection::vec(io_op(), 1..80),
+    ) {
+        let wd = world();
+        let mut s = wd.server(sizes.0, sizes.1);
+        let mut c = wd.client().unwrap();
+        s.set_blocking(false);
+        c.set_blocking(false);
+        let (up_cap, down_cap) = (s.read_ring_size(), s.write_ring_size());
+        let (mut up, mut down) = (VecDeque::new(), VecDeque::new());
+        let mut seed = 0u8;
+        for op in ops {
+            seed = seed.wrapping_add(1);
+            match op {
+                IoOp::CliWrite(n) | IoOp::CliSend(n) => {
+                    let packet = matches!(op, IoOp::CliSend(_));
+                    let data = pattern(n, seed);
+                    let r = if packet { c.send(&data) } else { c.write(&data) };
+                    if packet && n > up_cap {
+                        prop_assert!(matches!(r, Err(VchanError::TooBig { .. })), "oversized packet accepted");
+                        continue;
+                    }
+                    prop_assert_eq!(r.unwrap(), model_write(&mut up, up_cap, &data, packet));
+                }
+                IoOp::SrvWrite(n) | IoOp::SrvSend(n) => {
+                    let packet = matches!(op, IoOp::SrvSend(_));
+                    let data = pattern(n, seed);
+                    let r = if packet { s.send(&data) } else { s.write(&data) };
+                    if packet && n > down_cap {
+                        prop_assert!(matches!(r, Err(VchanError::TooBig { .. })), "oversized packet accepted");
+                        continue;
+                    }
+                    prop_assert_eq!(r.unwrap(), model_write(&mut down, down_cap, &data, packet));
+                }
+                IoOp::SrvRead(n) | IoOp::SrvRecv(n) => {
+                    let packet = matches!(op, IoOp::SrvRecv(_));
+                    let mut buf = vec![0u8; n];
+                    let r = if packet { s.recv(&mut buf) } else { s.read(&mut buf) };
+                    if packet && n > up_cap {
+                        prop_assert!(matches!(r, Err(VchanError::TooBig { .. })), "oversized packet accepted");
+                        continue;
+                    }
+                    let got = r.unwrap();
+                    let want = model_read(&mut up, n, packet);
+                    prop_assert_eq!(&buf[..got], &want[..]);
+                }
+                IoOp::CliRead(n) | IoOp::CliRecv(n) => {
+                    let packet = matches!(op, IoOp::CliRecv(_));
+                    let mut buf = vec![0u8; n];
+                    let r = if packet { c.recv(&mut buf) } else { c.read(&mut buf) };
+                    if packet && n > down_cap {
+                        prop_assert!(matches!(r, Err(VchanError::TooBig { .. })), "oversized packet accepted");
+                        continue;
+                    }
+                    let got = r.unwrap();
+                    let want = model_read(&mut down, n, packet);
+                    prop_assert_eq!(&buf[..got], &want[..]);
+                }
+            }
+            prop_assert_eq!(s.data_ready().unwrap(), up.len());
+            prop_assert_eq!(c.data_ready().unwrap(), down.len());
+            prop_assert_eq!(c.buffer_space().unwrap(), up_cap - up.len());
+            prop_assert_eq!(s.buffer_space().unwrap(), down_cap - down.len());
+        }
+    }
+}
+
+#[test]
+fn corrupted_indices_break_the_vchan_instead_of_overreading() {
+    let wd = world();
+    let mut s = wd.server(4096, 4096);
+    let c = wd.client().unwrap();
+    s.set_blocking(false);
+    // The client (malicious) claims to have produced 1 MiB into a 4 KiB ring.
+    let ctrl = c.side().ctrl().unwrap();
+    ctrl.atomic_u32(4)
+        .unwrap()
+        .store(1 << 20, std::sync::atomic::Ordering::SeqCst);
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf), Err(VchanError::Corrupt("read")));
+    assert_eq!(
+        s.read(&mut buf),
+        Err(VchanError::Broken),
+        "broken stays broken"
+    );
+    assert_eq!(s.write(b"x"), Err(VchanError::Broken));
+    // A consumer index moved backwards past the producer is caught too.
+    let wd = world();
+    let mut s = wd.server(4096, 4096);
+    let c = wd.client().unwrap();
+    s.set_blocking(false);
+    c.side()
+        .ctrl()
+        .unwrap()
+        .atomic_u32(8)
+        .unwrap()
+        .store(0x8000_0000, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(s.write(b"hello"), Err(VchanError::Corrupt("write")));
+}
+
+#[test]
+fn orders_changed_after_connect_are_ignored() {
+    let wd = world();
+    let mut s = wd.server(1024, 2048);
+    let mut c = wd.client().unwrap();
+    // The server (malicious) rewrites the orders to claim 1 MiB rings.
+    let ctrl = s.side().ctrl().unwrap();
+    ctrl.write(16, &20u16.to_le_bytes()).unwrap();
+    ctrl.write(18, &20u16.to_le_bytes()).unwrap();
+    assert_eq!(c.write_ring_size(), 1024);
+    assert_eq!(c.read_ring_size(), 2048);
+    c.set_blocking(false);
+    assert_eq!(
+        c.write(&vec![7u8; 5000]).unwrap(),
+        1024,
+        "still bounded by the real ring"
+    );
+    let mut buf = vec![0u8; 5000];
+    s.set_blocking(false);
+    assert_eq!(s.read(&mut buf).unwrap(), 1024);
+}
+
+#[test]
+fn client_rejects_bad_server_pages() {
+    let wd = world();
+    let s = wd.server(1024, 2048);
+    // Equal in-page orders, then an order out of range: the client refuses.
+    for (l, r) in [(10u16, 10u16), (9, 12), (12, 21)] {
+        let ctrl = s.side().ctrl().unwrap();
+        ctrl.write(16, &l.to_le_bytes()).unwrap();
+        ctrl.write(18, &r.to_le_bytes()).unwrap();
+        assert!(
+            matches!(wd.client(), Err(VchanError::BadOrders { .. })),
+            "({l},{r}) accepted"
+        );
+    }
+    // A zero ring-ref is refused before anything is mapped.
+    let mut x = wd.xs(&wd.srv);
+    x.write(&format!("{}/ring-ref", wd.path()), b"0").unwrap();
+    assert!(matches!(
+        wd.client(),
+        Err(VchanError::BadKey {
+            key: "ring-ref",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn client_that_never_unmaps_sends_server_pages_to_quarantine() {
+    let wd = world();
+    let s = wd.server(4096, 8192);
+    // A malicious client maps the pages itself and never lets go.
+    let ring_ref: u32 = String::from_utf8(
+        wd.xs(&wd.cli)
+            .read(&format!("{}/ring-ref", wd.path()))
+            .unwrap(),
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    let kept = wd
+        .cli
+        .importer()
+        .map(
+            wd.srv.id(),
+            &[xenshare::GrantRef(ring_ref)],
+            xenshare::Access::ReadWrite,
+        )
+        .unwrap();
+    let before = wd.srv.exporter().stats();
+    drop(s); // close: the control page is still mapped -> quarantine
+    let after = wd.srv.exporter().stats();
+    assert_eq!(after.quarantined, before.quarantined + 1);
+    assert_eq!(after.live, 0, "ring pages nobody mapped were revoked");
+    drop(kept);
+    assert_eq!(wd.srv.exporter().reclaim(8).reclaimed, 1);
+}
+
+#[test]
+fn dead_peer_is_seen_and_data_drains_before_eof() {
+    // The client dies: the server sees cli_live cleared by unmap-notify.
+    let wd = world();
+    let mut s = wd.server(4096, 4096);
+    let mut c = wd.client().unwrap();
+    c.write(b"last words").unwrap();
+    std::mem::forget(c); // the process "crashes": no close
+    wd.cli.destroy().unwrap();
+    assert!(!s.is_open());
+    let mut buf = [0u8; 64];
+    assert_eq!(s.read(&mut buf).unwrap(), 10);
+    assert_eq!(&buf[..10], b"last words");
+    assert_eq!(s.read(&mut buf).unwrap(), 0, "EOF after draining");
+    assert_eq!(s.write(b"anyone?"), Err(VchanError::Closed));
+
+    // The server dies: the client sees srv_live cleared by the export-side notify.
+    let wd = world();
+    let mut s = wd.server(4096, 4096);
+    let mut c = wd.client().unwrap();
+    s.write(b"bye").unwrap();
+    std::mem::forget(s);
+    wd.srv.destroy().unwrap();
+    assert!(!c.is_open());
+    assert_eq!(c.read(&mut buf).unwrap(), 3);
+    assert_eq!(c.read(&mut buf).unwrap(), 0);
+}
+
+#[test]
+fn blocking_reader_wakes_on_close_and_on_data() {
+    let wd = world();
+    let mut s = wd.server(4096, 4096);
+    let mut c = wd.client().unwrap();
+    let t = std::thread::spawn(move || {
+        let mut buf = [0u8; 8];
+        let n = s.read(&mut buf).unwrap();
+        let first = buf[..n].to_vec();
+        let eof = s.read(&mut buf).unwrap();
+        (first, eof)
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    c.write(b"ping").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    c.close();
+    let (first, eof) = t.join().unwrap();
+    assert_eq!(first, b"ping");
+    assert_eq!(eof, 0);
+    // A timed-out blocking read reports it.
+    let wd = world();
+    let mut s = wd.server(4096, 4096);
+    let _c = wd.client().unwrap();
+    s.set_timeout(Some(Duration::from_millis(20)));
+    assert_eq!(s.read(&mut [0u8; 4]), Err(VchanError::TimedOut));
+}
+
+#[test]
+fn server_accepts_a_new_client_after_the_old_one_closed() {
+    let wd = world();
+    for round in 0..3u8 {
+        let mut s = wd.server(4096, 4096);
+        let mut c = wd.client().unwrap();
+        c.send(&[round; 100]).unwrap();
+        let mut buf = [0u8; 100];
+        assert_eq!(s.recv(&mut buf).unwrap(), 100);
+        assert_eq!(buf, [round; 100]);
+        c.close();
+        assert!(!s.is_open());
+        drop(s);
+    }
+    let st = wd.srv.exporter().stats();
+    assert_eq!(
+        (st.live, st.quarantined),
+        (0, 0),
+        "every round's grants were revoked"
+    );
+}
