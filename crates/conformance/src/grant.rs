@@ -34,11 +34,18 @@ pub fn share_map_loopback<P: Platform>(p: &P) -> TestResult {
     let m = imp
         .map(exp.domid(), share.refs(), Access::ReadWrite)
         .ctx("map the share")?;
-    check!(m.mem().len() == 3 * PAGE_SIZE, "mapping is {} bytes", m.mem().len());
+    check!(
+        m.mem().len() == 3 * PAGE_SIZE,
+        "mapping is {} bytes",
+        m.mem().len()
+    );
 
     // Granter -> mapper, across the first page boundary.
     let a = pattern(7, 600);
-    share.mem().write(PAGE_SIZE - 300, &a).ctx("granter write")?;
+    share
+        .mem()
+        .write(PAGE_SIZE - 300, &a)
+        .ctx("granter write")?;
     let mut got = vec![0u8; a.len()];
     m.mem().read(PAGE_SIZE - 300, &mut got).ctx("mapper read")?;
     check!(got == a, "mapper does not see the granter's bytes");
@@ -46,12 +53,20 @@ pub fn share_map_loopback<P: Platform>(p: &P) -> TestResult {
     // Mapper -> granter, across the second page boundary, and the last byte.
     let b = pattern(99, 1000);
     m.mem().write(2 * PAGE_SIZE - 500, &b).ctx("mapper write")?;
-    m.mem().write(3 * PAGE_SIZE - 1, &[0xA5]).ctx("mapper write last")?;
+    m.mem()
+        .write(3 * PAGE_SIZE - 1, &[0xA5])
+        .ctx("mapper write last")?;
     let mut got = vec![0u8; b.len()];
-    share.mem().read(2 * PAGE_SIZE - 500, &mut got).ctx("granter read")?;
+    share
+        .mem()
+        .read(2 * PAGE_SIZE - 500, &mut got)
+        .ctx("granter read")?;
     check!(got == b, "granter does not see the mapper's bytes");
     let mut last = [0u8];
-    share.mem().read(3 * PAGE_SIZE - 1, &mut last).ctx("granter read last")?;
+    share
+        .mem()
+        .read(3 * PAGE_SIZE - 1, &mut last)
+        .ctx("granter read last")?;
     check!(last == [0xA5], "last byte reads {:#x}", last[0]);
 
     // Atomics on shared memory work through both views.
@@ -142,7 +157,9 @@ pub fn bad_refs_refused<P: Platform>(p: &P) -> TestResult {
     }
 
     // A batch of two good refs around a bad one: all or nothing.
-    let share = exp.share(imp.domid(), 2, Access::ReadWrite).ctx("share 2")?;
+    let share = exp
+        .share(imp.domid(), 2, Access::ReadWrite)
+        .ctx("share 2")?;
     let batch = [share.refs()[0], GrantRef(0x00FF_FFF1), share.refs()[1]];
     match imp.map(exp.domid(), &batch, Access::ReadWrite) {
         Ok(_) => return Err("a batch with a bad ref mapped".into()),
@@ -311,7 +328,10 @@ pub fn msa02_revoke_while_mapped<P: Platform>(p: &P) -> TestResult {
     }
     let s = exp.stats();
     stats_balance(&s)?;
-    check!(s.quarantined == 0 && s.live == before.live, "leftovers: {s:?}");
+    check!(
+        s.quarantined == 0 && s.live == before.live,
+        "leftovers: {s:?}"
+    );
     Ok(Outcome::Pass(note.into()))
 }
 

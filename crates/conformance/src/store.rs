@@ -56,8 +56,7 @@ pub fn xenstore_watch<T: Transport>(c: &mut Client<T>, base: &str) -> TestResult
         first.path == path && first.token == b"tok",
         "registration event {first:?}"
     );
-    c.write(&format!("{path}/child"), b"x")
-        .ctx("write child")?;
+    c.write(&format!("{path}/child"), b"x").ctx("write child")?;
     let ev = c
         .next_event(Some(Duration::from_secs(3)))
         .ctx("change event")?

@@ -110,18 +110,8 @@ on_sim!(
     event_masked_until_unmask,
     event_close_and_rebind,
     unmap_notify_mapper_side,
+    unmap_notify_granter_side,
 );
-
-/// The granter-side notify is a gntalloc feature: a granter-owned table
-/// (the emulator) reports it unsupported, and the body says so.
-#[test]
-fn unmap_notify_granter_side() {
-    let sim = Sim::two_domains();
-    match xenshare_conformance::unmap_notify_granter_side(&sim) {
-        Ok(Outcome::Skip(_)) => {}
-        other => panic!("expected a skip on the emulator, got {other:?}"),
-    }
-}
 
 /// The whole list, as the lab runs it: nothing fails on either layout.
 #[test]
@@ -129,7 +119,7 @@ fn every_case_passes_or_skips() {
     for sim in [Sim::two_domains(), Sim::loopback()] {
         let (_, failed, skipped) = xenshare_conformance::run_and_report(&sim, "sim: ");
         assert_eq!(failed, 0, "failures on {}", sim.name());
-        assert!(skipped <= 1, "only the granter-side notify may skip");
+        assert_eq!(skipped, 0, "skips on {}", sim.name());
     }
 }
 

@@ -16,9 +16,12 @@
 
 extern crate alloc;
 
+pub mod blk;
+pub mod console;
 pub mod event;
 pub mod grant;
 pub mod mem;
+pub mod net;
 pub mod platform;
 pub mod ring;
 pub mod store;

@@ -104,7 +104,10 @@ impl<const N: usize> Ring<N> {
     /// Consumer: reads every slot from `cons` up to `prod`, checking each
     /// holds what its producer wrote and the producer is at most a ring ahead.
     fn consume(&self, cons: &mut u32, prod: u32, tag: fn(u32) -> u32) {
-        assert!(prod.wrapping_sub(*cons) <= N as u32, "producer {prod:#x} beyond consumer {cons:#x}");
+        assert!(
+            prod.wrapping_sub(*cons) <= N as u32,
+            "producer {prod:#x} beyond consumer {cons:#x}"
+        );
         while *cons != prod {
             let v = self.slot(*cons).load(Ordering::Relaxed);
             assert_eq!(v, tag(*cons), "slot {cons:#x} read before it was written");
@@ -164,7 +167,10 @@ fn no_lost_wakeup_blocking() {
 fn no_lost_wakeup_explicit() {
     builder().check(|| {
         let r = Arc::new(Ring::<4>::new(START));
-        let batches = [(START, START.wrapping_add(1)), (START.wrapping_add(1), START.wrapping_add(3))];
+        let batches = [
+            (START, START.wrapping_add(1)),
+            (START.wrapping_add(1), START.wrapping_add(3)),
+        ];
         let p = {
             let r = r.clone();
             thread::spawn(move || batches.map(|(old, new)| r.produce(&r.req, old, new, request)))
@@ -187,7 +193,10 @@ fn no_lost_wakeup_explicit() {
             let mut any = false;
             for (&(old, new), notify) in passing {
                 any = true;
-                assert!(notify, "consumer asleep at {cons:#x}; push {old:#x}..{new:#x} did not notify");
+                assert!(
+                    notify,
+                    "consumer asleep at {cons:#x}; push {old:#x}..{new:#x} did not notify"
+                );
             }
             assert!(any || cons == START.wrapping_add(3));
         }

@@ -1,1 +1,445 @@
-fn main(){}
+//! The Xen lab's test program, run inside a real Xen domain by
+//! `scripts/xen-lab`.
+//!
+//! * `xenshare-lab-tests [dom0]` — the conformance bodies on the Linux
+//!   platform as a self-grant loopback (this domain shares with itself),
+//!   then the XenStore bodies against the running C xenstored, over its
+//!   Unix socket and over `/dev/xen/xenbus`, cross-checked with the C
+//!   `xenstore-read` / `xenstore-write` tools when they are installed.
+//! * `xenshare-lab-tests offer PEER` — (in a domU) share a page and an
+//!   unbound port with PEER through xenshare, publish them in XenStore
+//!   under this domain's `data/`, and wait for PEER's reply.
+//! * `xenshare-lab-tests accept DOMID` — (in dom0) read DOMID's offer from
+//!   XenStore, map the page, check it, write a reply, bind and notify.
+//!
+//! Prints one line per test (`PASS` / `FAIL` / `SKIP`), then
+//! `N passed, M failed, K skipped`, and exits non-zero on any failure.
+
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xenshare::grant::{Exporter, Importer};
+use xenshare::platform::EventChannels;
+use xenshare::store::{Client, Transport, UnixTransport};
+use xenshare::{Access, DomId, GrantRef, Port};
+use xenshare_conformance::{
+    check, report_line, run_and_report, Context, Outcome, Platform, Revocation, TestResult,
+};
+use xenshare_linux::{
+    EvtchnHandle, GntallocBackend, GntdevMapper, LinuxPlatform, OpenError, XenbusTransport,
+};
+
+const XENSTORED_SOCKET: &str = "/run/xenstored/socket";
+const OFFER: &[u8] = b"hello from the granting domain, via xenshare";
+const REPLY: &[u8] = b"reply from the mapping domain, via xenshare";
+
+/// The Linux platform as a conformance [`Platform`]: this domain shares
+/// with itself.
+struct Linux {
+    plat: LinuxPlatform,
+    exporter: Exporter<GntallocBackend>,
+    importer: Importer<GntdevMapper>,
+}
+
+impl Platform for Linux {
+    type Backend = GntallocBackend;
+    type Mapper = GntdevMapper;
+    type Evtchn = EvtchnHandle;
+
+    fn name(&self) -> String {
+        format!("linux d{}", self.plat.domid().0)
+    }
+
+    fn exporter(&self) -> &Exporter<GntallocBackend> {
+        &self.exporter
+    }
+
+    fn importer(&self) -> &Importer<GntdevMapper> {
+        &self.importer
+    }
+
+    fn exporter_evtchn(&self) -> Result<Arc<EvtchnHandle>, String> {
+        self.plat.evtchn().map(Arc::new).map_err(|e| e.to_string())
+    }
+
+    fn importer_evtchn(&self) -> Result<Arc<EvtchnHandle>, String> {
+        self.plat.evtchn().map(Arc::new).map_err(|e| e.to_string())
+    }
+
+    fn revocation(&self) -> Revocation {
+        Revocation::RevokedAndDeferred
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+impl Tally {
+    fn add(&mut self, (p, f, s): (usize, usize, usize)) {
+        self.passed += p;
+        self.failed += f;
+        self.skipped += s;
+    }
+
+    fn one(&mut self, name: &str, start: Instant, r: TestResult) {
+        let mut t = (0, 0, 0);
+        report_line("", name, &r, start.elapsed().as_millis(), &mut t);
+        self.add(t);
+    }
+
+    fn finish(self) -> ExitCode {
+        println!(
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        );
+        if self.failed == 0 && self.passed > 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn c_tool(tool: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{tool}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+}
+
+/// Our client and Xen's C tools see each other's writes.
+fn xenstore_vs_c_tools<T: Transport>(c: &mut Client<T>, base: &str) -> TestResult {
+    if c_tool("xenstore-read", &["/local/domain/0/domid"]).is_err()
+        && Command::new("xenstore-read")
+            .arg("--help")
+            .output()
+            .is_err()
+    {
+        return Ok(Outcome::Skip("xenstore-read is not installed".into()));
+    }
+    c.write(&format!("{base}/from-rust"), b"written by xenshare")
+        .ctx("write")?;
+    let v = c_tool("xenstore-read", &[&format!("{base}/from-rust")])?;
+    check!(v == "written by xenshare", "xenstore-read gives {v:?}");
+    c_tool(
+        "xenstore-write",
+        &[&format!("{base}/from-c"), "written by xenstore-write"],
+    )?;
+    let v = c.read(&format!("{base}/from-c")).ctx("read")?;
+    check!(v == b"written by xenstore-write", "we read {v:?}");
+    let ls = c_tool("xenstore-ls", &[base])?;
+    check!(
+        ls.contains("from-rust") && ls.contains("from-c"),
+        "xenstore-ls shows {ls:?}"
+    );
+    c.rm(base).ctx("cleanup")?;
+    Ok(Outcome::Pass(String::new()))
+}
+
+/// New kernel log lines since `kmsg` was opened (or last drained).
+fn kmsg_lines(kmsg: &mut std::fs::File) -> Vec<String> {
+    use std::io::Read;
+    let mut lines = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match kmsg.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => lines.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            // EPIPE: records were overwritten; keep reading.
+            Err(e) if e.raw_os_error() == Some(32) => {}
+            Err(_) => break,
+        }
+    }
+    lines
+}
+
+/// Linux only: the kernel's side of "revoked-and-deferred". With
+/// `grant_table.dyndbg=+p` on the kernel command line (the lab sets it),
+/// the kernel logs that it deferred the still-mapped entry when we revoked,
+/// and that it freed it once the peer unmapped.
+fn kernel_defers_then_frees(linux: &Linux) -> TestResult {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let dyndbg = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if !dyndbg.contains("grant_table.dyndbg") {
+        return Ok(Outcome::Skip(
+            "needs grant_table.dyndbg=+p on the kernel command line".into(),
+        ));
+    }
+    let mut kmsg = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open("/dev/kmsg")
+        .ctx("open /dev/kmsg")?;
+    kmsg.seek(SeekFrom::End(0)).ctx("seek /dev/kmsg")?;
+    let exp = &linux.exporter;
+    let share = exp
+        .share(linux.importer.domid(), 1, Access::ReadWrite)
+        .ctx("share")?;
+    let gref = share.refs()[0];
+    let kept = linux
+        .importer
+        .map(exp.domid(), share.refs(), Access::ReadWrite)
+        .ctx("map")?;
+    share
+        .try_unshare()
+        .map_err(|_| "gntalloc reported busy".to_string())?;
+    let deferring = format!("deferring g.e. {:#x}", gref.0);
+    let freeing = format!("freeing g.e. {:#x}", gref.0);
+    let mut log = kmsg_lines(&mut kmsg);
+    check!(
+        log.iter().any(|l| l.contains(&deferring)),
+        "no \"{deferring}\" in the kernel log after revoking a mapped page: {log:?}"
+    );
+    check!(
+        !log.iter().any(|l| l.contains(&freeing)),
+        "the kernel freed {gref} while it was still mapped"
+    );
+    drop(kept);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log.iter().any(|l| l.contains(&freeing)) {
+        check!(
+            Instant::now() < deadline,
+            "the kernel did not free {gref} within 5 s of the unmap"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        log.extend(kmsg_lines(&mut kmsg));
+    }
+    Ok(Outcome::Pass(format!(
+        "kernel deferred {gref}, freed it after unmap"
+    )))
+}
+
+fn xenstore_suite<T: Transport>(t: &mut Tally, label: &str, c: &mut Client<T>, base: &str) {
+    let s = Instant::now();
+    t.one(
+        &format!("xenstore_basics[{label}]"),
+        s,
+        xenshare_conformance::xenstore_basics(c, base),
+    );
+    let s = Instant::now();
+    t.one(
+        &format!("xenstore_watch[{label}]"),
+        s,
+        xenshare_conformance::xenstore_watch(c, base),
+    );
+    let s = Instant::now();
+    t.one(
+        &format!("xenstore_vs_c_tools[{label}]"),
+        s,
+        xenstore_vs_c_tools(c, base),
+    );
+}
+
+fn dom0_tests() -> ExitCode {
+    let mut t = Tally::default();
+    let plat = match LinuxPlatform::open() {
+        Ok(p) => p,
+        Err(e) => {
+            println!("FAIL open_platform: {e}");
+            t.failed += 1;
+            return t.finish();
+        }
+    };
+    println!("platform: domain {}", plat.domid());
+    let linux = match (plat.exporter(), plat.importer()) {
+        (Ok(exporter), Ok(importer)) => Linux {
+            plat,
+            exporter,
+            importer,
+        },
+        (Err(e), _) | (_, Err(e)) => {
+            println!("FAIL open_devices: {e}");
+            t.failed += 1;
+            return t.finish();
+        }
+    };
+    t.add(run_and_report(&linux, ""));
+    let s = Instant::now();
+    t.one(
+        "grant_kernel_defers_then_frees",
+        s,
+        kernel_defers_then_frees(&linux),
+    );
+
+    let base = format!("/local/domain/{}/xenshare-lab", linux.plat.domid().0);
+    if std::path::Path::new(XENSTORED_SOCKET).exists() {
+        match UnixTransport::connect(XENSTORED_SOCKET) {
+            Ok(tr) => xenstore_suite(&mut t, "socket", &mut Client::new(tr), &base),
+            Err(e) => t.one(
+                "xenstore_connect[socket]",
+                Instant::now(),
+                Err(e.to_string()),
+            ),
+        }
+    } else {
+        t.one(
+            "xenstore[socket]",
+            Instant::now(),
+            Ok(Outcome::Skip(format!("{XENSTORED_SOCKET} does not exist"))),
+        );
+    }
+    match XenbusTransport::open() {
+        Ok(tr) => xenstore_suite(&mut t, "xenbus", &mut Client::new(tr), &base),
+        Err(e) => t.one("xenstore_open[xenbus]", Instant::now(), Err(e.to_string())),
+    }
+    t.finish()
+}
+
+fn offer(peer: DomId) -> Result<(), String> {
+    let plat = LinuxPlatform::open().ctx("open")?;
+    let me = plat.domid();
+    let exp = plat.exporter().ctx("exporter")?;
+    let evt = Arc::new(plat.evtchn().ctx("evtchn")?);
+    let mut xs = plat.xenstore().ctx("xenstore")?;
+    let share = exp.share(peer, 1, Access::ReadWrite).ctx("share")?;
+    share.mem().write(0, OFFER).ctx("write offer")?;
+    let port = evt.alloc_unbound(peer).ctx("alloc_unbound")?;
+    let dir = format!("/local/domain/{}/data", me.0);
+    xs.write(
+        &format!("{dir}/gref"),
+        share.refs()[0].0.to_string().as_bytes(),
+    )
+    .ctx("publish gref")?;
+    xs.write(&format!("{dir}/port"), port.0.to_string().as_bytes())
+        .ctx("publish port")?;
+    println!(
+        "offer: d{} shared {} and {} with d{}",
+        me.0,
+        share.refs()[0],
+        port,
+        peer.0
+    );
+    let got = evt
+        .wait(Some(Duration::from_secs(120)))
+        .ctx("wait for the peer")?;
+    check_plain(got == Some(port), format!("event: {got:?}"))?;
+    let mut reply = vec![0u8; REPLY.len()];
+    share.mem().read(2048, &mut reply).ctx("read reply")?;
+    check_plain(
+        reply == REPLY,
+        format!("reply reads {:?}", String::from_utf8_lossy(&reply)),
+    )?;
+    let _ = xs.write(&format!("{dir}/result"), b"pass");
+    Ok(())
+}
+
+fn check_plain(ok: bool, what: String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what)
+    }
+}
+
+fn read_num<T: Transport>(xs: &mut Client<T>, path: &str) -> Result<u32, String> {
+    let v = xs.read(path).ctx(path)?;
+    String::from_utf8_lossy(&v)
+        .trim_end_matches('\0')
+        .trim()
+        .parse::<u32>()
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+fn accept(granter: DomId) -> Result<(), String> {
+    let plat = LinuxPlatform::open().ctx("open")?;
+    let imp = plat.importer().ctx("importer")?;
+    let evt = Arc::new(plat.evtchn().ctx("evtchn")?);
+    let mut xs = plat.xenstore().ctx("xenstore")?;
+    let dir = format!("/local/domain/{}/data", granter.0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (gref, port) = loop {
+        if let (Ok(g), Ok(p)) = (
+            read_num(&mut xs, &format!("{dir}/gref")),
+            read_num(&mut xs, &format!("{dir}/port")),
+        ) {
+            break (GrantRef(g), Port(p));
+        }
+        if Instant::now() > deadline {
+            return Err("no offer from the domU within 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("accept: d{} offers {gref} and {port}", granter.0);
+    let m = imp.map(granter, &[gref], Access::ReadWrite).ctx("map")?;
+    let mut got = vec![0u8; OFFER.len()];
+    m.mem().read(0, &mut got).ctx("read offer")?;
+    check_plain(
+        got == OFFER,
+        format!("offer reads {:?}", String::from_utf8_lossy(&got)),
+    )?;
+    m.mem().write(2048, REPLY).ctx("write reply")?;
+    let local = evt.bind_interdomain(granter, port).ctx("bind")?;
+    evt.notify(local).ctx("notify")?;
+    // Wait for the domU to confirm, then let go.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while xs
+        .try_read(&format!("{dir}/result"))
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        if Instant::now() > deadline {
+            return Err("the domU never confirmed the reply".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(m);
+    Ok(())
+}
+
+fn one_shot(name: &str, f: impl FnOnce() -> Result<(), String>) -> ExitCode {
+    let mut t = Tally::default();
+    let start = Instant::now();
+    let r = f();
+    t.one(name, start, r.map(|()| Outcome::Pass(String::new())));
+    t.finish()
+}
+
+fn parse_dom(s: Option<&String>) -> Result<DomId, String> {
+    s.ok_or("missing domain id")?
+        .parse::<u16>()
+        .map(DomId)
+        .map_err(|e| format!("bad domain id: {e}"))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        None | Some("dom0") => dom0_tests(),
+        Some("offer") => one_shot("cross_domain_offer", || {
+            parse_dom(args.get(2)).and_then(offer)
+        }),
+        Some("accept") => one_shot("cross_domain_accept", || {
+            parse_dom(args.get(2)).and_then(accept)
+        }),
+        Some("check-not-xen") => match LinuxPlatform::open() {
+            Err(e @ OpenError::NotXen { .. }) => {
+                println!("not on Xen, as expected: {e}");
+                ExitCode::SUCCESS
+            }
+            other => {
+                println!("unexpected: {other:?}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(other) => {
+            eprintln!(
+                "usage: xenshare-lab-tests [dom0 | offer PEER | accept DOMID] (got {other:?})"
+            );
+            ExitCode::from(2)
+        }
+    }
+}

@@ -102,12 +102,17 @@ impl EventChannels for EvtchnHandle {
 
     fn alloc_unbound(&self, remote: DomId) -> Result<Port, EventError> {
         let remote = self.real(remote);
-        let p = sys_evtchn(&self.fd, uapi::IOCTL_EVTCHN_BIND_UNBOUND_PORT, remote.0.into(), 0)
-            .map_err(|e| match e {
-                Errno::SRCH => EventError::NoDomain(remote),
-                Errno::NOSPC | Errno::MFILE => EventError::NoFreePorts,
-                e => os(e),
-            })?;
+        let p = sys_evtchn(
+            &self.fd,
+            uapi::IOCTL_EVTCHN_BIND_UNBOUND_PORT,
+            remote.0.into(),
+            0,
+        )
+        .map_err(|e| match e {
+            Errno::SRCH => EventError::NoDomain(remote),
+            Errno::NOSPC | Errno::MFILE => EventError::NoFreePorts,
+            e => os(e),
+        })?;
         Ok(self.bound(p))
     }
 

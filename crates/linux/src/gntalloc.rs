@@ -99,7 +99,12 @@ impl GrantBackend for GntallocBackend {
         self.domid
     }
 
-    fn share_new(&self, peer: DomId, n: usize, access: Access) -> Result<GntallocShare, GrantError> {
+    fn share_new(
+        &self,
+        peer: DomId,
+        n: usize,
+        access: Access,
+    ) -> Result<GntallocShare, GrantError> {
         let count = u32::try_from(n).map_err(|_| GrantError::BadCount(n))?;
         if n == 0 {
             return Err(GrantError::BadCount(n));
@@ -176,7 +181,9 @@ impl GrantBackend for GntallocBackend {
     ) -> Result<(), GrantError> {
         let len = live.refs.len() * PAGE_SIZE;
         let off = match byte_offset {
-            Some(o) if o >= len => return Err(GrantError::Os(rustix::io::Errno::INVAL.raw_os_error())),
+            Some(o) if o >= len => {
+                return Err(GrantError::Os(rustix::io::Errno::INVAL.raw_os_error()))
+            }
             Some(o) => o as u64,
             None => 0,
         };

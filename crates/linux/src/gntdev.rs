@@ -220,9 +220,10 @@ impl ForeignMapper for GntdevMapper {
 
     fn window(&self, handles: &[GntdevHandle]) -> Result<GntdevWindow, GntSt> {
         let first = handles.first().ok_or(GntSt::GeneralError)?;
-        let consecutive = handles.iter().enumerate().all(|(i, h)| {
-            Arc::ptr_eq(&h.batch, &first.batch) && h.page == first.page + i
-        });
+        let consecutive = handles
+            .iter()
+            .enumerate()
+            .all(|(i, h)| Arc::ptr_eq(&h.batch, &first.batch) && h.page == first.page + i);
         if !consecutive || first.batch.map.is_none() {
             return Err(GntSt::GeneralError);
         }

@@ -159,7 +159,10 @@ impl LinuxPlatform {
 
     fn find_domid() -> Result<DomId, OpenError> {
         if let Ok(caps) = std::fs::read_to_string(CAPABILITIES) {
-            if caps.split(|c: char| c == ',' || c.is_whitespace()).any(|c| c == "control_d") {
+            if caps
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .any(|c| c == "control_d")
+            {
                 return Ok(DomId::DOM0);
             }
         }

@@ -118,13 +118,7 @@ pub(crate) fn gntalloc_dealloc(fd: BorrowedFd<'_>, index: u64, count: u32) -> Re
         ..Default::default()
     };
     // SAFETY: the argument is the 16-byte struct the opcode encodes.
-    unsafe {
-        ioctl_raw(
-            fd,
-            uapi::IOCTL_GNTALLOC_DEALLOC_GREF,
-            (&raw mut arg).cast(),
-        )?
-    };
+    unsafe { ioctl_raw(fd, uapi::IOCTL_GNTALLOC_DEALLOC_GREF, (&raw mut arg).cast())? };
     Ok(())
 }
 

@@ -222,6 +222,48 @@ impl Domain {
         self.hv.destroy_domain(self.state.id)
     }
 
+    /// Builds this guest's xenstore page as a toolstack does: a zeroed frame
+    /// pre-granted to `backend` (usually dom0, where xenstored runs) as
+    /// reserved grant ref 1. Returns the frame number (what `XS_INTRODUCE`
+    /// carries). Idempotent.
+    pub fn build_xenstore_page(&self, backend: DomId) -> Result<u64, crate::HvError> {
+        self.state
+            .build_store_page(backend)
+            .ok_or(crate::HvError::BadConfig(
+                "no memory or grant entry for the xenstore page",
+            ))
+    }
+
+    /// The guest's view of its xenstore page (`start_info.store_mfn` on PV,
+    /// `HVM_PARAM_STORE_PFN` on HVM), once built.
+    pub fn xenstore_page(&self) -> Option<SharedMem<'_>> {
+        let frame = crate::hv::lock(&self.state.store_page)
+            .as_ref()
+            .map(|r| r.first())?;
+        self.state.mem.frame_mem(frame)
+    }
+
+    /// Builds this guest's primary console page as a toolstack does: a
+    /// zeroed frame pre-granted to `backend` (the console back end's domain)
+    /// as reserved grant ref 0. Returns the frame number (what the
+    /// toolstack writes as `console/ring-ref`). Idempotent.
+    pub fn build_console_page(&self, backend: DomId) -> Result<u64, crate::HvError> {
+        self.state
+            .build_console_page(backend)
+            .ok_or(crate::HvError::BadConfig(
+                "no memory or grant entry for the console page",
+            ))
+    }
+
+    /// The guest's view of its primary console page (`start_info.console.domU.mfn`
+    /// on PV, `HVM_PARAM_CONSOLE_PFN` on HVM), once built.
+    pub fn console_page(&self) -> Option<SharedMem<'_>> {
+        let frame = crate::hv::lock(&self.state.console_page)
+            .as_ref()
+            .map(|r| r.first())?;
+        self.state.mem.frame_mem(frame)
+    }
+
     /// Raw hypervisor map of one grant, returning the status as Xen would
     /// (for tests and adversaries that need the hypercall, not the safe API).
     pub fn raw_map(&self, dom: DomId, gref: GrantRef, access: Access) -> Result<u32, GntSt> {

@@ -110,6 +110,10 @@ pub struct DomainState {
     /// Export-side unmap notifies (as gntalloc's): first ref of a share ->
     /// (frame, byte offset in that frame, port).
     pub(crate) export_notifies: Mutex<HashMap<u32, ExportNotify>>,
+    /// The page the toolstack built for xenstore (never freed while alive).
+    pub(crate) store_page: Mutex<Option<crate::memory::FrameRun>>,
+    /// The page the toolstack built for the primary console (never freed while alive).
+    pub(crate) console_page: Mutex<Option<crate::memory::FrameRun>>,
 }
 
 /// An export-side unmap notify: what to do when this domain lets go of a
@@ -188,6 +192,8 @@ impl Hypervisor {
             evt: EvtState::new(id)?,
             hv: Arc::downgrade(&self.inner),
             export_notifies: Mutex::new(HashMap::new()),
+            store_page: Mutex::new(None),
+            console_page: Mutex::new(None),
         });
         doms.insert(id.0, state.clone());
         Ok(crate::Domain::new(state, self.clone()))
@@ -538,6 +544,42 @@ impl DomainState {
             self.fire_export_notify(n);
         }
         self.evt_destroy();
+    }
+
+    /// The toolstack's part of a guest's xenstore set-up: a zeroed page,
+    /// pre-granted to `backend` as reserved ref 1 (`GNTTAB_RESERVED_XENSTORE`).
+    /// Returns its frame number.
+    pub(crate) fn build_store_page(&self, backend: DomId) -> Option<u64> {
+        use xenshare::platform::{FrameAllocator, PageSet};
+        let mut slot = lock(&self.store_page);
+        if let Some(run) = slot.as_ref() {
+            return Some(run.first());
+        }
+        let run = crate::memory::SimFrames(self.mem.clone()).alloc(1)?;
+        run.mem().fill(0, PAGE_SIZE, 0).ok()?;
+        let frame = run.first();
+        let (w, f) = self.entry_words(GrantRef(xenshare_abi::grant::GNTTAB_RESERVED_XENSTORE))?;
+        entry::grant_access(w, f, backend, u32::try_from(frame).ok()?, false);
+        *slot = Some(run);
+        Some(frame)
+    }
+
+    /// The toolstack's part of a guest's primary console: a zeroed page,
+    /// pre-granted to `backend` as reserved ref 0 (`GNTTAB_RESERVED_CONSOLE`).
+    /// Returns its frame number.
+    pub(crate) fn build_console_page(&self, backend: DomId) -> Option<u64> {
+        use xenshare::platform::{FrameAllocator, PageSet};
+        let mut slot = lock(&self.console_page);
+        if let Some(run) = slot.as_ref() {
+            return Some(run.first());
+        }
+        let run = crate::memory::SimFrames(self.mem.clone()).alloc(1)?;
+        run.mem().fill(0, PAGE_SIZE, 0).ok()?;
+        let frame = run.first();
+        let (w, f) = self.entry_words(GrantRef(xenshare_abi::grant::GNTTAB_RESERVED_CONSOLE))?;
+        entry::grant_access(w, f, backend, u32::try_from(frame).ok()?, false);
+        *slot = Some(run);
+        Some(frame)
     }
 
     /// Runs an export-side notify: clear the byte, then send the event.

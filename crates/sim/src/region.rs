@@ -43,7 +43,7 @@ unsafe impl Sync for Region {}
 impl Region {
     /// Creates a zero-filled memfd of `len` bytes and maps it.
     pub fn new(name: &str, len: usize) -> Result<Self, RegionError> {
-        if len == 0 || len % PAGE_SIZE != 0 {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
             return Err(RegionError::BadSize(len));
         }
         let fd = memfd_create(name, MemfdFlags::CLOEXEC).map_err(|err| RegionError::Os {

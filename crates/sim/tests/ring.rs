@@ -31,11 +31,18 @@ fn request(id: u64, op: u8, sector: u64, len: u64) -> Req {
 
 /// The response's opcode, status and checksum.
 fn fields(rsp: &Rsp) -> (u8, i16, u32) {
-    (rsp[1] as u8, (rsp[1] >> 8) as u16 as i16, (rsp[1] >> 32) as u32)
+    (
+        rsp[1] as u8,
+        (rsp[1] >> 8) as u16 as i16,
+        (rsp[1] >> 32) as u32,
+    )
 }
 
 fn response(id: u64, op: u8, status: i16, sum: u32) -> Rsp {
-    [id, u64::from(op) | u64::from(status as u16) << 8 | u64::from(sum) << 32]
+    [
+        id,
+        u64::from(op) | u64::from(status as u16) << 8 | u64::from(sum) << 32,
+    ]
 }
 
 const OP_READ: u8 = 0;
@@ -53,7 +60,11 @@ const WAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn wait(chan: &Channel<SimEvtchn>) {
     let got = chan.wait(Some(WAKE_TIMEOUT)).unwrap();
-    assert_eq!(got, Some(chan.port()), "no event within {WAKE_TIMEOUT:?}: lost wake-up");
+    assert_eq!(
+        got,
+        Some(chan.port()),
+        "no event within {WAKE_TIMEOUT:?}: lost wake-up"
+    );
     chan.unmask().unwrap();
 }
 
@@ -70,7 +81,8 @@ fn serve(mut ring: BackRing<'_, Req, Rsp>, chan: &Channel<SimEvtchn>) -> (u64, u
                 _ => (u8::MAX, -1),
             };
             stop |= op == OP_STOP;
-            ring.push_response(&response(id, op, status, digest(sector, len))).unwrap();
+            ring.push_response(&response(id, op, status, digest(sector, len)))
+                .unwrap();
             served += 1;
         }
         if ring.push_responses_and_check_notify().unwrap() {
@@ -218,7 +230,10 @@ fn malicious_back_end_breaks_the_ring_not_the_front_end() {
     send(&mut front, &mut inflight, 4);
     rsp_prod.store(front.size() * 3 / 2, std::sync::atomic::Ordering::Release);
     let err = front.next_response().unwrap_err();
-    assert!(matches!(err, RingError::ProducerOverflow { max: 4, .. }), "{err}");
+    assert!(
+        matches!(err, RingError::ProducerOverflow { max: 4, .. }),
+        "{err}"
+    );
     assert_eq!(front.error(), Some(err));
     assert_eq!(front.final_check_for_responses(), Err(RingError::Broken));
     assert_eq!(front.push_requests(), Err(RingError::Broken));
@@ -236,7 +251,9 @@ fn malicious_back_end_breaks_the_ring_not_the_front_end() {
     back.push_response(&forged).unwrap();
     back.push_responses_and_check_notify().unwrap();
     let r = front.next_response().unwrap().unwrap();
-    front.complete(&mut inflight, r[0], fields(&r).0.into()).unwrap();
+    front
+        .complete(&mut inflight, r[0], fields(&r).0.into())
+        .unwrap();
     let r = front.next_response().unwrap().unwrap();
     assert_eq!(
         front.complete(&mut inflight, r[0], fields(&r).0.into()),
@@ -247,7 +264,6 @@ fn malicious_back_end_breaks_the_ring_not_the_front_end() {
     assert_eq!(inflight.drain().len(), 1);
 
     // Tearing down: the pages stay granted while the back end maps them.
-    drop(front);
     let share = match share.try_unshare() {
         Ok(_) => panic!("revoke must fail while the back end maps the ring"),
         Err(busy) => busy.into_inner(),

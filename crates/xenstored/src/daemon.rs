@@ -27,6 +27,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct QueueState {
     q: VecDeque<Message>,
     closed: bool,
+    /// The connection's reader is handling a request and will send what is
+    /// queued itself: no need to wake a writer for it.
+    busy: bool,
 }
 
 /// Messages waiting to go to one connection, in order.
@@ -46,7 +49,9 @@ impl OutQueue {
             return false;
         }
         s.q.push_back(m);
-        self.cv.notify_all();
+        if !s.busy {
+            self.cv.notify_all();
+        }
         true
     }
 
@@ -77,6 +82,45 @@ impl OutQueue {
                         .0
                 }
             };
+        }
+    }
+
+    /// Takes every queued message at once, without waiting.
+    pub fn take_all(&self) -> Result<Vec<Message>, Closed> {
+        let mut s = lock(&self.state);
+        if s.closed {
+            return Err(Closed);
+        }
+        let v: Vec<Message> = s.q.drain(..).collect();
+        if !v.is_empty() {
+            self.cv.notify_all();
+        }
+        Ok(v)
+    }
+
+    /// Marks the connection's own reader as busy handling a request (it
+    /// sends the replies itself), or idle again; going idle with messages
+    /// queued wakes [`OutQueue::wait_nonempty`].
+    pub fn set_busy(&self, busy: bool) {
+        let mut s = lock(&self.state);
+        s.busy = busy;
+        if !busy && !s.q.is_empty() {
+            self.cv.notify_all();
+        }
+    }
+
+    /// Waits until a message is queued while the reader is idle (without
+    /// taking it).
+    pub fn wait_nonempty(&self) -> Result<(), Closed> {
+        let mut s = lock(&self.state);
+        loop {
+            if s.closed {
+                return Err(Closed);
+            }
+            if !s.q.is_empty() && !s.busy {
+                return Ok(());
+            }
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
         }
     }
 

@@ -13,10 +13,8 @@
 //!   xenstored); [`spawn`] runs it in the background, [`run`] in the
 //!   foreground;
 //! - [`inproc`]: a client in the same process, for any domain;
-//! - a shared-ring transport for emulated guests attaches the same way:
-//!   [`Daemon::connect`] for the guest's domid, feed decoded requests to
-//!   [`Daemon::deliver`], drain the queue into the ring, and follow
-//!   [`Daemon::on_domain_event`] for introduce / release.
+//! - [`ring`]: guests' shared-ring pages (`xenstore_domain_interface` +
+//!   event channel), attached on `XS_INTRODUCE` by [`ring::RingServer`].
 //!
 //! A misbehaving client (garbage, lengths over 4096, half messages, floods)
 //! gets error replies or is disconnected; nobody else notices.
@@ -24,6 +22,7 @@
 mod config;
 mod daemon;
 pub mod inproc;
+pub mod ring;
 pub mod server;
 mod store;
 

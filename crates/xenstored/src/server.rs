@@ -135,12 +135,12 @@ fn accept_loop(listener: UnixListener, daemon: Daemon, stop: Arc<AtomicBool>, st
 
 fn start_connection(daemon: &Daemon, stream: &UnixStream) -> io::Result<Vec<JoinHandle<()>>> {
     let conn = daemon.connect(DomId::DOM0);
-    let (rd, wr) = (stream.try_clone()?, stream.try_clone()?);
-    let d = daemon.clone();
-    let c = conn.clone();
+    let rd = stream.try_clone()?;
+    let wr = Arc::new(Mutex::new(stream.try_clone()?));
+    let (d, c, w) = (daemon.clone(), conn.clone(), wr.clone());
     let reader = thread::Builder::new()
         .name(format!("xenstored-rd-{}", conn.id.0))
-        .spawn(move || reader(d, c, rd));
+        .spawn(move || reader(d, c, rd, w));
     let reader = match reader {
         Ok(h) => h,
         Err(e) => {
@@ -160,7 +160,27 @@ fn start_connection(daemon: &Daemon, stream: &UnixStream) -> io::Result<Vec<Join
     }
 }
 
-fn reader(daemon: Daemon, conn: Connection, mut s: UnixStream) {
+/// Sends everything queued for `conn`, in order. Whoever holds the stream
+/// lock drains the queue, so replies and watch events never interleave out
+/// of order whichever thread sends them.
+fn flush(conn: &Connection, wr: &Mutex<UnixStream>, out: &mut Vec<u8>) -> bool {
+    let mut s = wr.lock().unwrap_or_else(|e| e.into_inner());
+    let Ok(msgs) = conn.queue.take_all() else {
+        return false;
+    };
+    if msgs.is_empty() {
+        return true;
+    }
+    out.clear();
+    for m in msgs {
+        if m.encode_into(out).is_err() {
+            return false;
+        }
+    }
+    s.write_all(out).is_ok()
+}
+
+fn reader(daemon: Daemon, conn: Connection, mut s: UnixStream, wr: Arc<Mutex<UnixStream>>) {
     let limit = if conn.domid == DomId::DOM0 {
         daemon.config().dom0_outstanding
     } else {
@@ -168,6 +188,7 @@ fn reader(daemon: Daemon, conn: Connection, mut s: UnixStream) {
     };
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; 8192];
+    let mut out = Vec::with_capacity(8192);
     'conn: loop {
         if conn.queue.wait_below(limit.max(1)).is_err() {
             break;
@@ -179,6 +200,7 @@ fn reader(daemon: Daemon, conn: Connection, mut s: UnixStream) {
             Err(_) => break,
         };
         dec.push(&buf[..n]);
+        conn.queue.set_busy(true);
         loop {
             match dec.next_message() {
                 Ok(Some(m)) => daemon.deliver(conn.id, m),
@@ -187,33 +209,28 @@ fn reader(daemon: Daemon, conn: Connection, mut s: UnixStream) {
                 Err(_) => break 'conn,
             }
         }
+        // Replies go out from this thread: no hand-off to the writer (two
+        // context switches saved per request).
+        let sent = flush(&conn, &wr, &mut out);
+        conn.queue.set_busy(false);
+        if !sent {
+            break;
+        }
     }
     daemon.disconnect(conn.id);
     let _ = s.shutdown(Shutdown::Both);
 }
 
-fn writer(conn: Connection, mut s: UnixStream) {
+/// Sends what arrives while the reader is idle: watch events caused by
+/// other connections.
+fn writer(conn: Connection, wr: Arc<Mutex<UnixStream>>) {
     let mut out = Vec::with_capacity(8192);
-    while let Ok(Some(m)) = conn.queue.pop(None) {
-        out.clear();
-        if m.encode_into(&mut out).is_err() {
-            break;
-        }
-        // Batch what is already queued into one write.
-        while out.len() < 64 * 1024 {
-            match conn.queue.pop(Some(std::time::Duration::ZERO)) {
-                Ok(Some(m)) => {
-                    if m.encode_into(&mut out).is_err() {
-                        break;
-                    }
-                }
-                _ => break,
-            }
-        }
-        if s.write_all(&out).is_err() {
+    while conn.queue.wait_nonempty().is_ok() {
+        if !flush(&conn, &wr, &mut out) {
             break;
         }
     }
     conn.queue.close();
+    let s = wr.lock().unwrap_or_else(|e| e.into_inner());
     let _ = s.shutdown(Shutdown::Both);
 }

@@ -22,6 +22,33 @@ use crate::mem::SharedMem;
 /// [`BackRing::push_response`], publish with
 /// [`BackRing::push_responses_and_check_notify`] (notify if it says so), and
 /// sleep only after [`BackRing::final_check_for_requests`] returned `false`.
+///
+/// ```no_run
+/// use xenshare::mem::SharedMem;
+/// use xenshare::ring::{BackRing, RingError};
+///
+/// // Requests and responses as plain words: [id, op, sector] and [id, status].
+/// fn serve(
+///     mapped: SharedMem<'_>,
+///     notify: impl Fn(),
+///     sleep: impl Fn(),
+/// ) -> Result<(), RingError> {
+///     let mut ring = BackRing::<[u64; 3], [u64; 2]>::attach(mapped)?;
+///     loop {
+///         while let Some([id, op, _sector]) = ring.next_request()? {
+///             // Validate the private copy; answer even a bad request.
+///             let status = if op <= 2 { 0 } else { u64::MAX };
+///             ring.push_response(&[id, status])?;
+///         }
+///         if ring.push_responses_and_check_notify()? {
+///             notify();
+///         }
+///         if !ring.final_check_for_requests()? {
+///             sleep(); // until the front end's next event
+///         }
+///     }
+/// }
+/// ```
 pub struct BackRing<'a, Req, Rsp> {
     sring: Sring<'a>,
     rsp_prod_pvt: u32,
@@ -124,7 +151,12 @@ where
     }
 
     fn pending(&self) -> u32 {
-        index::unconsumed_requests(self.size(), self.req_prod_seen, self.req_cons, self.rsp_prod_pvt)
+        index::unconsumed_requests(
+            self.size(),
+            self.req_prod_seen,
+            self.req_cons,
+            self.rsp_prod_pvt,
+        )
     }
 
     /// Consumes the next request, copied once out of shared memory, or
@@ -183,7 +215,8 @@ where
     pub fn push_responses_and_check_notify(&mut self) -> Result<bool, RingError> {
         self.latch.live()?;
         let (old, new) = (self.rsp_published, self.rsp_prod_pvt);
-        let notify = index::publish_and_check_notify(self.sring.rsp_prod, self.sring.rsp_event, old, new);
+        let notify =
+            index::publish_and_check_notify(self.sring.rsp_prod, self.sring.rsp_event, old, new);
         self.rsp_published = new;
         Ok(notify)
     }

@@ -169,12 +169,13 @@ where
     pub fn push_requests_and_check_notify(&mut self) -> Result<bool, RingError> {
         self.latch.live()?;
         let (old, new) = (self.req_published, self.req_prod_pvt);
-        let notify = index::publish_and_check_notify(self.sring.req_prod, self.sring.req_event, old, new);
+        let notify =
+            index::publish_and_check_notify(self.sring.req_prod, self.sring.req_event, old, new);
         self.req_published = new;
         Ok(notify)
     }
 
-    /// Reads and validates the back end's `rsp_prod`. It may be ahead of
+    /// Validates a `rsp_prod` just read from the back end. It may be ahead of
     /// `rsp_cons` by at most the published requests still unanswered.
     fn refresh(&mut self, prod: u32) -> Result<(), RingError> {
         let max = self.req_published.wrapping_sub(self.rsp_cons);
@@ -230,7 +231,12 @@ where
     /// Checks a response's `id` and `opcode` against `inflight` and returns
     /// the context its request was started with. A bad id, a duplicate or a
     /// wrong opcode breaks the ring (and the tracker).
-    pub fn complete<T>(&mut self, inflight: &mut Outstanding<T>, id: u64, opcode: u32) -> Result<T, RingError> {
+    pub fn complete<T>(
+        &mut self,
+        inflight: &mut Outstanding<T>,
+        id: u64,
+        opcode: u32,
+    ) -> Result<T, RingError> {
         self.latch.live()?;
         let r = inflight.finish(id, opcode);
         self.latch.check(r)

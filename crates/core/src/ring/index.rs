@@ -130,7 +130,12 @@ pub const fn producer_ok(prod: u32, cons: u32, max: u32) -> bool {
 /// to the slots that can hold unconsumed requests at all, so a front end
 /// lying about its index can never make the back end consume more than a
 /// ring's worth.
-pub const fn unconsumed_requests(nr_ents: u32, req_prod: u32, req_cons: u32, rsp_prod_pvt: u32) -> u32 {
+pub const fn unconsumed_requests(
+    nr_ents: u32,
+    req_prod: u32,
+    req_cons: u32,
+    rsp_prod_pvt: u32,
+) -> u32 {
     let published = req_prod.wrapping_sub(req_cons);
     let room = nr_ents.saturating_sub(req_cons.wrapping_sub(rsp_prod_pvt));
     if published < room {
@@ -177,7 +182,10 @@ mod tests {
         let (cons, rsp) = (3u32, 1u32);
         assert_eq!(unconsumed_requests(32, 10, cons, rsp), 7);
         // A front end claiming far too much is clamped to the room left.
-        assert_eq!(unconsumed_requests(32, cons.wrapping_add(1000), cons, rsp), 30);
+        assert_eq!(
+            unconsumed_requests(32, cons.wrapping_add(1000), cons, rsp),
+            30
+        );
         // An index behind ours is clamped too.
         assert_eq!(unconsumed_requests(32, cons.wrapping_sub(1), cons, rsp), 30);
         assert!(producer_ok(near.wrapping_add(30), near, 30));

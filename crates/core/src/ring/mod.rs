@@ -39,22 +39,8 @@
 //! [`RingError::Full`] (no free slot; local flow control) leaves the ring
 //! usable.
 //!
-//! A front end's life, in short:
-//!
-//! ```ignore
-//! let mut ring = FrontRing::<Req, Rsp>::init(share.mem())?;
-//! let mut inflight = Outstanding::new(ring.size() as usize);
-//! let id = inflight.start(OP_READ, ctx)?;
-//! ring.push_request(&Req { id, op: OP_READ, .. })?;
-//! if ring.push_requests_and_check_notify()? { chan.notify()?; }
-//! // on an event:
-//! loop {
-//!     while let Some(rsp) = ring.next_response()? {
-//!         let ctx = ring.complete(&mut inflight, rsp.id, rsp.op.into())?;
-//!     }
-//!     if !ring.final_check_for_responses()? { break; }
-//! }
-//! ```
+//! [`FrontRing`] shows a front end's send / receive loop and [`BackRing`]
+//! a back end's serve loop.
 
 pub mod index;
 

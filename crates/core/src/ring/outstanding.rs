@@ -81,7 +81,9 @@ impl<T> Outstanding<T> {
                 *slot = Some((opcode, ctx));
                 Ok(u64::from(id))
             }
-            _ => Err(self.latch.trip(RingError::NotOutstanding { id: u64::from(id) })),
+            _ => Err(self
+                .latch
+                .trip(RingError::NotOutstanding { id: u64::from(id) })),
         }
     }
 

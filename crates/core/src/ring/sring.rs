@@ -72,7 +72,9 @@ impl<'a> Sring<'a> {
             req_event: word(offset_of!(SringHeader, req_event))?,
             rsp_prod: word(offset_of!(SringHeader, rsp_prod))?,
             rsp_event: word(offset_of!(SringHeader, rsp_event))?,
-            pvt: mem.slice(offset_of!(SringHeader, pvt), 4).map_err(|_| bad)?,
+            pvt: mem
+                .slice(offset_of!(SringHeader, pvt), 4)
+                .map_err(|_| bad)?,
             mem,
             nr_ents: nr as u32,
             entry_size,

@@ -61,7 +61,10 @@ const RSP_EVENT: usize = core::mem::offset_of!(SringHeader, rsp_event);
 /// A front and back end over `m`, all indices at `start`.
 fn pair(m: SharedMem<'_>, start: u32) -> (Front<'_>, Back<'_>) {
     Sring::new::<Req, Rsp>(m).unwrap().init(start).unwrap();
-    (Front::attach_at(m, start).unwrap(), Back::attach_at(m, start).unwrap())
+    (
+        Front::attach_at(m, start).unwrap(),
+        Back::attach_at(m, start).unwrap(),
+    )
 }
 
 fn req(id: u64, val: u32) -> Req {
@@ -117,7 +120,10 @@ fn sizes() {
         }
     );
     let odd = m.slice(2, 4000).unwrap();
-    assert!(matches!(Back::attach(odd).unwrap_err(), RingError::Region { .. }));
+    assert!(matches!(
+        Back::attach(odd).unwrap_err(),
+        RingError::Region { .. }
+    ));
 }
 
 #[test]
@@ -225,7 +231,10 @@ fn wraps_at_u32_max() {
     assert_eq!(front.rsp_cons(), end);
     assert_eq!(back.req_cons(), end);
     assert_eq!(back.rsp_prod_pvt(), end);
-    assert_eq!(word(m, RSP_EVENT).load(Ordering::Relaxed), end.wrapping_add(1));
+    assert_eq!(
+        word(m, RSP_EVENT).load(Ordering::Relaxed),
+        end.wrapping_add(1)
+    );
 }
 
 #[test]
@@ -249,7 +258,10 @@ fn assert_broken_front(front: &mut Front<'_>, cause: RingError) {
     assert_eq!(front.final_check_for_responses(), Err(RingError::Broken));
     assert_eq!(front.push_request(&req(0, 0)), Err(RingError::Broken));
     assert_eq!(front.push_requests(), Err(RingError::Broken));
-    assert_eq!(front.push_requests_and_check_notify(), Err(RingError::Broken));
+    assert_eq!(
+        front.push_requests_and_check_notify(),
+        Err(RingError::Broken)
+    );
 }
 
 fn assert_broken_back(back: &mut Back<'_>, cause: RingError) {
@@ -258,9 +270,15 @@ fn assert_broken_back(back: &mut Back<'_>, cause: RingError) {
     assert_eq!(back.next_request(), Err(RingError::Broken));
     assert_eq!(back.unconsumed_requests(), Err(RingError::Broken));
     assert_eq!(back.final_check_for_requests(), Err(RingError::Broken));
-    assert_eq!(back.push_response(&rsp_for(&req(0, 0))), Err(RingError::Broken));
+    assert_eq!(
+        back.push_response(&rsp_for(&req(0, 0))),
+        Err(RingError::Broken)
+    );
     assert_eq!(back.push_responses(), Err(RingError::Broken));
-    assert_eq!(back.push_responses_and_check_notify(), Err(RingError::Broken));
+    assert_eq!(
+        back.push_responses_and_check_notify(),
+        Err(RingError::Broken)
+    );
 }
 
 #[test]
@@ -289,13 +307,19 @@ fn back_end_overflowing_rsp_prod_breaks_the_front() {
         front.push_requests().unwrap();
         front.push_request(&req(1, 0)).unwrap();
         word(m, RSP_PROD).store(start.wrapping_add(2), Ordering::Relaxed);
-        assert!(matches!(front.final_check_for_responses(), Err(RingError::ProducerOverflow { max: 1, .. })));
+        assert!(matches!(
+            front.final_check_for_responses(),
+            Err(RingError::ProducerOverflow { max: 1, .. })
+        ));
         assert!(front.is_broken());
 
         // Behind our consumer index.
         let (mut front, _back) = pair(m, start);
         word(m, RSP_PROD).store(start.wrapping_sub(1), Ordering::Relaxed);
-        assert!(matches!(front.unconsumed_responses(), Err(RingError::ProducerOverflow { .. })));
+        assert!(matches!(
+            front.unconsumed_responses(),
+            Err(RingError::ProducerOverflow { .. })
+        ));
         assert!(front.is_broken());
     }
 }
@@ -339,7 +363,10 @@ fn front_end_overflowing_req_prod_breaks_the_back() {
     // Behind our consumer index.
     let (_front, mut back) = pair(m, start);
     word(m, REQ_PROD).store(start.wrapping_sub(1), Ordering::Relaxed);
-    assert!(matches!(back.unconsumed_requests(), Err(RingError::ProducerOverflow { .. })));
+    assert!(matches!(
+        back.unconsumed_requests(),
+        Err(RingError::ProducerOverflow { .. })
+    ));
     assert!(back.is_broken());
 
     // A full ring's worth is fine, and is all the back end ever reads.
@@ -358,7 +385,13 @@ fn sent(front: &mut Front<'_>, n: u32) -> Outstanding<u32> {
     let mut inflight = Outstanding::new(front.size() as usize);
     for i in 0..n {
         let id = inflight.start(1 + i, 100 + i).unwrap();
-        front.push_request(&Req { id, op: 1 + i, val: i }).unwrap();
+        front
+            .push_request(&Req {
+                id,
+                op: 1 + i,
+                val: i,
+            })
+            .unwrap();
     }
     front.push_requests().unwrap();
     inflight
@@ -398,10 +431,20 @@ fn response_ids_are_checked() {
         assert!(!left.is_empty());
         assert_eq!(inflight.in_flight(), 0);
     };
-    let ok0 = Rsp { id: 0, op: 1, status: 0 };
-    check(&[Rsp { id: 4, ..ok0 }], RingError::BadId { id: 4, limit: 4 });
+    let ok0 = Rsp {
+        id: 0,
+        op: 1,
+        status: 0,
+    };
     check(
-        &[Rsp { id: u64::MAX, ..ok0 }],
+        &[Rsp { id: 4, ..ok0 }],
+        RingError::BadId { id: 4, limit: 4 },
+    );
+    check(
+        &[Rsp {
+            id: u64::MAX,
+            ..ok0
+        }],
         RingError::BadId {
             id: u64::MAX,
             limit: 4,
@@ -411,7 +454,11 @@ fn response_ids_are_checked() {
     // Id 3 is in range but was never sent.
     check(&[Rsp { id: 3, ..ok0 }], RingError::NotOutstanding { id: 3 });
     check(
-        &[Rsp { id: 1, op: 1, status: 0 }],
+        &[Rsp {
+            id: 1,
+            op: 1,
+            status: 0,
+        }],
         RingError::WrongOpcode {
             id: 1,
             expected: 2,
@@ -435,7 +482,14 @@ fn outstanding_tracker() {
     assert_eq!(t.in_flight(), 0);
     // The id freed last is reused first.
     assert_eq!(t.start(8, "d"), Ok(0));
-    assert_eq!(t.finish(0, 9), Err(RingError::WrongOpcode { id: 0, expected: 8, got: 9 }));
+    assert_eq!(
+        t.finish(0, 9),
+        Err(RingError::WrongOpcode {
+            id: 0,
+            expected: 8,
+            got: 9
+        })
+    );
     assert_eq!(t.finish(0, 8), Err(RingError::Broken));
     assert!(t.is_outstanding(0));
     assert_eq!(t.drain(), [(0, 8, "d")]);
@@ -452,7 +506,10 @@ fn full_is_not_fatal_but_fail_is() {
     assert_eq!(front.push_request(&req(2, 0)), Err(RingError::Full));
     assert_eq!(front.fail(RingError::Full), RingError::Full);
     assert!(!front.is_broken());
-    assert_eq!(back.push_response(&rsp_for(&req(0, 0))), Err(RingError::Full));
+    assert_eq!(
+        back.push_response(&rsp_for(&req(0, 0))),
+        Err(RingError::Full)
+    );
     assert!(!back.is_broken());
     let bad = RingError::NotOutstanding { id: 9 };
     assert_eq!(back.fail(bad), bad);
@@ -486,7 +543,11 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn start_index() -> impl Strategy<Value = u32> {
-    prop_oneof![any::<u32>(), (0u32..64).prop_map(|d| u32::MAX - d), 0u32..64]
+    prop_oneof![
+        any::<u32>(),
+        (0u32..64).prop_map(|d| u32::MAX - d),
+        0u32..64
+    ]
 }
 
 proptest! {

@@ -8,6 +8,8 @@
 //!   the client and the daemon (`xenshare-xenstored`).
 //! - [`client`]: a synchronous client over a small [`Transport`] trait;
 //!   the Unix socket transport needs `std`.
+//! - [`ring`]: the shared-ring transport of guests (the
+//!   `xenstore_domain_interface` page), both ends.
 //! - [`xenbus`]: `state` keys, device paths and waiting for the peer.
 //!
 //! All of it is `no_std` + `alloc` except the socket transport and the
@@ -17,6 +19,7 @@ pub mod client;
 pub mod error;
 pub mod path;
 pub mod perms;
+pub mod ring;
 pub mod wire;
 pub mod xenbus;
 

@@ -189,3 +189,89 @@ mod tests {
         );
     }
 }
+
+/// A split device as the toolstack declares it: both directories, linked,
+/// with libxl's permissions, each in state Initialising.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSpec<'a> {
+    /// Device type (`vbd`, `vif`, `console`, ...).
+    pub devtype: &'a str,
+    /// Device id under that type.
+    pub devid: u32,
+    /// The guest running the front end.
+    pub frontend: DomId,
+    /// The domain running the back end.
+    pub backend: DomId,
+    /// Extra toolstack keys in the front-end directory (e.g. `mac`).
+    pub front_keys: &'a [(&'a str, &'a str)],
+    /// Extra toolstack keys in the back-end directory (e.g. `params`).
+    pub back_keys: &'a [(&'a str, &'a str)],
+}
+
+/// The directories [`create_device`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePaths {
+    /// The front end's directory.
+    pub front: String,
+    /// The back end's directory.
+    pub back: String,
+}
+
+/// The toolstack's part of a device (what `xl` does): creates both
+/// directories in one transaction with `backend`/`backend-id` and
+/// `frontend`/`frontend-id`/`online` links, owner-only permissions plus read
+/// access for the peer, and `state` = Initialising on both sides. Needs a
+/// privileged (dom0) client.
+pub fn create_device<T: Transport>(
+    c: &mut Client<T>,
+    spec: &DeviceSpec<'_>,
+) -> Result<DevicePaths, ClientError> {
+    use super::perms::{Perm, PermKind, Perms};
+    let front = frontend_path(spec.frontend, spec.devtype, spec.devid);
+    let back = backend_path(spec.backend, spec.devtype, spec.frontend, spec.devid);
+    let perms = |owner: DomId, peer: DomId| {
+        Perms::from_entries(alloc::vec![
+            Perm {
+                domid: owner,
+                kind: PermKind::None
+            },
+            Perm {
+                domid: peer,
+                kind: PermKind::Read
+            },
+        ])
+    };
+    let (Some(fperm), Some(bperm)) = (
+        perms(spec.frontend, spec.backend),
+        perms(spec.backend, spec.frontend),
+    ) else {
+        return Err(ClientError::Protocol("empty permission list"));
+    };
+    c.transaction(16, |tx| {
+        tx.mkdir(&front)?;
+        tx.set_perms(&front, &fperm)?;
+        tx.write(&format!("{front}/backend"), back.as_bytes())?;
+        tx.write(
+            &format!("{front}/backend-id"),
+            format!("{}", spec.backend.0).as_bytes(),
+        )?;
+        tx.write(&format!("{front}/state"), b"1")?;
+        for (k, v) in spec.front_keys {
+            tx.write(&format!("{front}/{k}"), v.as_bytes())?;
+        }
+        tx.mkdir(&back)?;
+        tx.set_perms(&back, &bperm)?;
+        tx.write(&format!("{back}/frontend"), front.as_bytes())?;
+        tx.write(
+            &format!("{back}/frontend-id"),
+            format!("{}", spec.frontend.0).as_bytes(),
+        )?;
+        tx.write(&format!("{back}/online"), b"1")?;
+        tx.write(&format!("{back}/state"), b"1")?;
+        for (k, v) in spec.back_keys {
+            tx.write(&format!("{back}/{k}"), v.as_bytes())?;
+        }
+        Ok(())
+    })?;
+    Ok(DevicePaths { front, back })
+}

@@ -7,6 +7,7 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 
 mod vchan;
+mod xenstore;
 use xenshare::{Access, DomId};
 use xenshare_sim::{DomainConfig, Hypervisor};
 
@@ -17,6 +18,8 @@ pub enum Bench {
     Grants(GrantArgs),
     /// vchan throughput and round-trip time vs socketpair, pipe, an ideal ring and memcpy.
     Vchan(vchan::VchanArgs),
+    /// XenStore read/write ops/s over the Unix socket vs in-process and a bare socket echo.
+    Xenstore(xenstore::XenstoreArgs),
 }
 
 /// Options of `bench grants`.
@@ -35,6 +38,7 @@ pub fn run(b: Bench) -> Result<(), String> {
     match b {
         Bench::Grants(a) => grants(a),
         Bench::Vchan(a) => vchan::run(a),
+        Bench::Xenstore(a) => xenstore::run(a),
     }
 }
 

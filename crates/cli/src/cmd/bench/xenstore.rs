@@ -1,0 +1,185 @@
+//! `xenshare bench xenstore`: read and write operations per second against
+//! the daemon over its Unix socket with several concurrent clients, next to
+//! two baselines measured in the same run: the daemon in-process (no socket,
+//! the store's own cost) and a bare Unix-socket echo of the same message
+//! sizes (the transport's ceiling).
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use xenshare::store::client::Client;
+use xenshare::store::UnixTransport;
+use xenshare::DomId;
+use xenshare_xenstored::{inproc, spawn, Config, Daemon};
+
+type Res<T> = Result<T, String>;
+
+/// Options of `bench xenstore`.
+#[derive(Args)]
+pub struct XenstoreArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    clients: u64,
+    /// Operations per client and kind.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    ops: u64,
+}
+
+struct TempSock(PathBuf);
+
+impl Drop for TempSock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn sock(tag: &str) -> TempSock {
+    TempSock(std::env::temp_dir().join(format!("xenshare-bench-{tag}-{}.sock", std::process::id())))
+}
+
+fn per_sec(ops: u64, f: impl FnOnce() -> Res<()>) -> Res<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(ops as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Runs `ops` writes then `ops` reads on each of `clients` threads made by
+/// `connect`; returns (write ops/s, read ops/s).
+fn run_clients<T, F>(clients: u64, ops: u64, connect: F) -> Res<(f64, f64)>
+where
+    T: xenshare::store::Transport + Send + 'static,
+    F: Fn() -> Res<Client<T>> + Sync,
+{
+    let mut cs: Vec<Client<T>> = (0..clients).map(|_| connect()).collect::<Res<_>>()?;
+    let total = clients * ops;
+    let phase = |cs: Vec<Client<T>>, write: bool| -> Res<(f64, Vec<Client<T>>)> {
+        let t = Instant::now();
+        let handles: Vec<_> = cs
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut c)| {
+                std::thread::spawn(move || -> Result<Client<T>, String> {
+                    let value = [b'v'; 16];
+                    for j in 0..ops {
+                        let key = format!("/bench/c{i}/k{}", j % 64);
+                        if write {
+                            c.write(&key, &value).map_err(|e| e.to_string())?;
+                        } else {
+                            c.read(&key).map_err(|e| e.to_string())?;
+                        }
+                    }
+                    Ok(c)
+                })
+            })
+            .collect();
+        let mut back = Vec::new();
+        for h in handles {
+            back.push(h.join().map_err(|_| "client thread panicked".to_string())??);
+        }
+        Ok((total as f64 / t.elapsed().as_secs_f64(), back))
+    };
+    let (w, back) = phase(std::mem::take(&mut cs), true)?;
+    let (r, _) = phase(back, false)?;
+    Ok((w, r))
+}
+
+/// A bare echo server answering each 16-byte header + payload with a reply
+/// of the same shape: what any socket protocol with one request in flight
+/// per client costs at best.
+fn echo_baseline(clients: u64, ops: u64) -> Res<f64> {
+    let s = sock("echo");
+    let listener = UnixListener::bind(&s.0).map_err(|e| e.to_string())?;
+    let n = clients;
+    let server = std::thread::spawn(move || {
+        let mut hs = Vec::new();
+        for _ in 0..n {
+            let Ok((mut st, _)) = listener.accept() else { break };
+            hs.push(std::thread::spawn(move || {
+                let mut req = [0u8; 16 + 24];
+                while st.read_exact(&mut req).is_ok() {
+                    if st.write_all(&req[..16 + 3]).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        for h in hs {
+            let _ = h.join();
+        }
+    });
+    let streams: Vec<UnixStream> = (0..clients)
+        .map(|_| UnixStream::connect(&s.0).map_err(|e| e.to_string()))
+        .collect::<Res<_>>()?;
+    let rate = per_sec(clients * ops, || {
+        let hs: Vec<_> = streams
+            .into_iter()
+            .map(|mut st| {
+                std::thread::spawn(move || -> std::io::Result<()> {
+                    let req = [7u8; 16 + 24];
+                    let mut rsp = [0u8; 16 + 3];
+                    for _ in 0..ops {
+                        st.write_all(&req)?;
+                        st.read_exact(&mut rsp)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().map_err(|_| "echo client panicked".to_string())?.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })?;
+    let _ = server.join();
+    Ok(rate)
+}
+
+/// Runs the benchmark.
+pub fn run(a: XenstoreArgs) -> Res<()> {
+    let s = sock("xs");
+    let server = spawn(Config::default(), &s.0).map_err(|e| e.to_string())?;
+    let path = s.0.clone();
+    let (xs_write_ops, xs_read_ops) = run_clients(a.clients, a.ops, || {
+        UnixTransport::connect(&path)
+            .map(Client::new)
+            .map_err(|e| e.to_string())
+    })?;
+    drop(server);
+
+    let daemon = Daemon::new(Config::default());
+    let (inproc_write_ops, inproc_read_ops) =
+        run_clients(a.clients, a.ops, || Ok(inproc::client(&daemon, DomId(0))))?;
+    let echo_ops = echo_baseline(a.clients, a.ops)?;
+
+    if a.json {
+        println!(
+            "{}",
+            crate::json::object(&[
+                ("xs_read_ops", xs_read_ops),
+                ("xs_write_ops", xs_write_ops),
+                ("inproc_read_ops", inproc_read_ops),
+                ("inproc_write_ops", inproc_write_ops),
+                ("socket_echo_ops", echo_ops),
+                ("read_vs_echo", xs_read_ops / echo_ops),
+                ("write_vs_echo", xs_write_ops / echo_ops),
+            ])
+        );
+    } else {
+        println!("xenstore benchmark ({} clients x {} ops each)", a.clients, a.ops);
+        println!("  unix socket   write {xs_write_ops:>10.0} ops/s   read {xs_read_ops:>10.0} ops/s");
+        println!("  in-process    write {inproc_write_ops:>10.0} ops/s   read {inproc_read_ops:>10.0} ops/s");
+        println!("  baseline: bare socket echo {echo_ops:>10.0} round trips/s");
+        println!(
+            "  socket daemon / bare echo: write {:.2}x, read {:.2}x",
+            xs_write_ops / echo_ops,
+            xs_read_ops / echo_ops
+        );
+    }
+    Ok(())
+}

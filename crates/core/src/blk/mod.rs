@@ -1,0 +1,430 @@
+//! The block device (blkif): front end, back end and their XenBus handshake.
+//!
+//! One shared ring of 112-byte slots carries requests from the front end
+//! (the guest's disk driver) to the back end (the domain that owns the
+//! storage) and responses back, with one event channel as doorbell. Data
+//! lives in pages the front end grants for each request (or, with
+//! `feature-persistent`, in a pool of pages granted once and reused);
+//! requests with more than 11 segments put their segment list in granted
+//! *indirect* pages.
+//!
+//! The design, in the order a reader needs it:
+//!
+//! * [`wire`] — the requests as the back end sees them: a slot copied once
+//!   out of the ring, then parsed into an owned, validated [`wire::Request`]
+//!   (segment counts, sector ranges inside a page, indirect page counts).
+//!   Nothing is ever re-read from shared memory after validation.
+//! * [`front`] — [`BlkFront`] owns the front end's long-lived resources
+//!   (exporter, event handle, the ring pages, the persistent pool);
+//!   [`BlkFront::connect`] runs the handshake and returns a [`Disk`], which
+//!   borrows the ring and offers `read_at` / `write_at` / `flush` /
+//!   `discard` plus a submit / complete API with many requests in flight.
+//!   Every response is copied once and checked by [`crate::ring::Outstanding`]
+//!   (id in range and outstanding, opcode as sent) after the ring checked the
+//!   producer index. Per-request grants are revoked with
+//!   [`crate::grant::Share::try_unshare`]; a back end that still maps one
+//!   after answering (Linux XSA-396) breaks the disk and the page goes to
+//!   quarantine — it is never reused.
+//! * [`back`] — [`BlkBack`] serves a [`BlockStorage`]: it publishes its
+//!   features, maps the ring, validates every request and answers even bad
+//!   ones with `BLKIF_RSP_ERROR` (a grant the front end did not give it, a
+//!   sector outside the disk, a malformed segment). Only ring-level
+//!   violations (a producer index out of bounds) break it. Data moves by
+//!   grant copy, or through persistently mapped pages when negotiated.
+//!
+//! Both ends keep their ring indices privately ([`crate::ring`]) and turn
+//! every peer violation into a typed [`BlkError`] and a broken state: never
+//! a panic, an endless loop or a reused page.
+//!
+//! Timeouts: with the `std` feature deadlines use the monotonic clock;
+//! without it, every wait slice is charged in full (an event flood makes a
+//! timeout come sooner, never later).
+
+pub mod back;
+pub mod front;
+pub mod wire;
+
+pub use back::{BackConfig, BackExit, BlkBack};
+pub use front::{BlkFront, Completion, Disk, FrontConfig, IoKind, Tag};
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use crate::event::EventError;
+use crate::grant::{GrantError, MapError};
+use crate::ring::RingError;
+use crate::store::client::{Client, ClientError, Transport};
+use crate::store::xenbus::{read_state, XenbusState};
+
+/// The XenBus device type of virtual block devices.
+pub const DEVTYPE: &str = "vbd";
+
+/// Largest ring order either end accepts (16 pages, 512 slots).
+pub const MAX_RING_ORDER: u32 = 4;
+
+/// Bytes in a 512-byte blkif sector.
+pub const SECTOR: u64 = 512;
+
+/// Sectors in one 4 KiB data page.
+pub const SECTORS_PER_PAGE: u8 = (xenshare_abi::PAGE_SIZE / SECTOR as usize) as u8;
+
+/// A failure of the host side of a back end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// An OS error, as errno.
+    #[error("storage i/o error: errno {0}")]
+    Os(i32),
+    /// The operation is not supported by this storage.
+    #[error("storage does not support {0}")]
+    Unsupported(&'static str),
+    /// The access is outside the storage.
+    #[error("access at {offset} of {len} bytes is outside the storage")]
+    OutOfRange {
+        /// Byte offset.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+}
+
+/// The host side of a block back end: where the sectors really live.
+///
+/// Offsets and lengths are in bytes and always multiples of
+/// [`BlockStorage::sector_size`]; the back end checks them against
+/// [`BlockStorage::size`] before calling.
+pub trait BlockStorage: Send {
+    /// Size in bytes (a multiple of the sector size).
+    fn size(&self) -> u64;
+    /// Logical sector size in bytes (512 or 4096).
+    fn sector_size(&self) -> u32 {
+        SECTOR as u32
+    }
+    /// Whether writes must be refused.
+    fn read_only(&self) -> bool {
+        false
+    }
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError>;
+    /// Writes `buf` at `offset`.
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<(), StorageError>;
+    /// Makes every completed write durable.
+    fn flush(&mut self) -> Result<(), StorageError>;
+    /// Forgets `len` bytes at `offset`; later reads return zeroes.
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), StorageError>;
+}
+
+/// What the back end offers, as the front end read it from XenStore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features {
+    /// `feature-flush-cache`.
+    pub flush: bool,
+    /// `feature-barrier`.
+    pub barrier: bool,
+    /// `feature-discard`.
+    pub discard: bool,
+    /// `discard-granularity` in bytes (0 if not given).
+    pub discard_granularity: u64,
+    /// `discard-alignment` in bytes.
+    pub discard_alignment: u64,
+    /// `feature-max-indirect-segments` (0: no indirect requests).
+    pub max_indirect_segments: u32,
+    /// `feature-persistent`.
+    pub persistent: bool,
+    /// `max-ring-page-order`.
+    pub max_ring_order: u32,
+}
+
+/// The disk as the back end describes it at connect time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskInfo {
+    /// Size in 512-byte sectors (`sectors`).
+    pub sectors: u64,
+    /// Logical sector size in bytes (`sector-size`).
+    pub sector_size: u32,
+    /// `VDISK_*` bits (`info`).
+    pub info: u32,
+    /// What the back end offered.
+    pub features: Features,
+    /// Whether both ends agreed on persistent grants.
+    pub persistent: bool,
+    /// The ring order in use.
+    pub ring_order: u32,
+    /// Ring slots.
+    pub ring_size: u32,
+    /// Segments per request the front end uses (11, or the indirect limit).
+    pub max_segments: u32,
+}
+
+impl DiskInfo {
+    /// Size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.sectors.saturating_mul(SECTOR)
+    }
+
+    /// Whether the back end marked the disk read-only.
+    pub fn read_only(&self) -> bool {
+        self.info & xenshare_abi::blkif::VDISK_READONLY != 0
+    }
+}
+
+/// Errors of the block device, both ends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlkError {
+    /// Sharing pages failed.
+    #[error("grant: {0}")]
+    Grant(#[from] GrantError),
+    /// Mapping the peer's pages failed.
+    #[error("map: {0}")]
+    Map(#[from] MapError),
+    /// An event channel operation failed.
+    #[error("event channel: {0}")]
+    Event(#[from] EventError),
+    /// A XenStore operation failed.
+    #[error("xenstore: {0}")]
+    Store(#[from] ClientError),
+    /// The peer broke the ring protocol (bad index, id or opcode).
+    #[error("ring: {0}")]
+    Ring(#[from] RingError),
+    /// The host storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// A XenStore key of the peer is missing or malformed.
+    #[error("bad xenstore key {key}: {why}")]
+    BadKey {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// The peer left the handshake (went to Closing / Closed) or is in a
+    /// state this end cannot work with.
+    #[error("peer is in xenbus state {0:?}")]
+    PeerState(XenbusState),
+    /// The back end answered `BLKIF_RSP_ERROR` (or an unknown status).
+    #[error("the back end failed the request (status {0})")]
+    Io(i16),
+    /// The back end answered `BLKIF_RSP_EOPNOTSUPP`, or did not offer the
+    /// feature at all.
+    #[error("operation not supported: {0}")]
+    NotSupported(&'static str),
+    /// An offset or length is not a multiple of the sector size.
+    #[error("offset {offset} / length {len} not aligned to {align}-byte sectors")]
+    Misaligned {
+        /// Byte offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Required alignment.
+        align: u32,
+    },
+    /// An access beyond the end of the disk.
+    #[error("access at {offset} of {len} bytes is beyond the disk ({size} bytes)")]
+    OutOfRange {
+        /// Byte offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Disk size.
+        size: u64,
+    },
+    /// A single submitted request larger than one ring request can carry.
+    #[error("request of {len} bytes exceeds the {max}-byte limit of one ring request")]
+    TooLarge {
+        /// Asked.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A write to a read-only disk.
+    #[error("disk is read-only")]
+    ReadOnly,
+    /// The back end kept a grant mapped after answering its request (the
+    /// XSA-396 pattern): the page is quarantined and the disk is broken.
+    #[error("back end kept {0} grant(s) mapped after responding; disk is broken")]
+    GrantStillMapped(usize),
+    /// Nothing happened within the configured timeout.
+    #[error("timed out")]
+    Timeout,
+    /// An earlier violation broke the device; see the device's `error()`.
+    #[error("device is broken: {0}")]
+    Broken(String),
+    /// The device was closed, or asked to stop.
+    #[error("device closed")]
+    Closed,
+}
+
+impl BlkError {
+    /// Whether this error means the device can no longer be used.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(
+            self,
+            BlkError::Io(_)
+                | BlkError::NotSupported(_)
+                | BlkError::Misaligned { .. }
+                | BlkError::OutOfRange { .. }
+                | BlkError::TooLarge { .. }
+                | BlkError::ReadOnly
+                | BlkError::Storage(_)
+        )
+    }
+}
+
+/// A wait budget: `std` uses the clock; `no_std` charges each wait slice.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    #[cfg(feature = "std")]
+    end: Option<std::time::Instant>,
+    #[cfg(not(feature = "std"))]
+    left: Option<Duration>,
+}
+
+impl Deadline {
+    pub(crate) fn new(timeout: Option<Duration>) -> Self {
+        #[cfg(feature = "std")]
+        {
+            Self {
+                end: timeout.map(|t| std::time::Instant::now() + t),
+            }
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            Self { left: timeout }
+        }
+    }
+
+    /// Time left (`None`: unbounded); zero once expired.
+    pub(crate) fn remaining(&self) -> Option<Duration> {
+        #[cfg(feature = "std")]
+        {
+            self.end
+                .map(|e| e.saturating_duration_since(std::time::Instant::now()))
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            self.left
+        }
+    }
+
+    /// The next wait slice, at most `slice`; `None` once expired.
+    pub(crate) fn slice(&self, slice: Duration) -> Option<Duration> {
+        match self.remaining() {
+            None => Some(slice),
+            Some(r) if r.is_zero() => None,
+            Some(r) => Some(r.min(slice)),
+        }
+    }
+
+    /// Records that a wait of `d` happened (only counted without a clock).
+    pub(crate) fn charge(&mut self, d: Duration) {
+        #[cfg(not(feature = "std"))]
+        {
+            self.left = self.left.map(|l| l.saturating_sub(d));
+        }
+        #[cfg(feature = "std")]
+        let _ = d;
+    }
+}
+
+/// How many times a XenStore transaction is retried on conflict.
+pub(crate) const XS_RETRIES: u32 = 16;
+
+/// Reads `<dir>/<key>`; `None` if missing.
+pub(crate) fn read_opt<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<Option<String>, BlkError> {
+    match xs.try_read(&format!("{dir}/{key}"))? {
+        None => Ok(None),
+        Some(v) => {
+            let s = core::str::from_utf8(&v).map_err(|_| BlkError::BadKey {
+                key: String::from(key),
+                why: "not UTF-8",
+            })?;
+            Ok(Some(String::from(s.trim_end_matches('\0').trim())))
+        }
+    }
+}
+
+/// Reads a decimal `<dir>/<key>`; `None` if missing.
+pub(crate) fn read_u64<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<Option<u64>, BlkError> {
+    match read_opt(xs, dir, key)? {
+        None => Ok(None),
+        Some(s) => s.parse::<u64>().map(Some).map_err(|_| BlkError::BadKey {
+            key: String::from(key),
+            why: "not a decimal number",
+        }),
+    }
+}
+
+/// Reads a required decimal key.
+pub(crate) fn need_u64<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<u64, BlkError> {
+    read_u64(xs, dir, key)?.ok_or_else(|| BlkError::BadKey {
+        key: String::from(key),
+        why: "missing",
+    })
+}
+
+/// Reads a boolean feature key (missing or 0: false).
+pub(crate) fn read_flag<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<bool, BlkError> {
+    Ok(read_u64(xs, dir, key)?.unwrap_or(0) != 0)
+}
+
+/// Waits (watching `<dir>/state`) until `accept` holds, polling `stop`
+/// between wait slices. Returns the accepted state.
+pub(crate) fn wait_state<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    timeout: Option<Duration>,
+    stop: &dyn Fn() -> bool,
+    mut accept: impl FnMut(XenbusState) -> Result<bool, BlkError>,
+) -> Result<XenbusState, BlkError> {
+    const SLICE: Duration = Duration::from_millis(20);
+    let key = format!("{dir}/state");
+    let token = format!("blk-wait:{key}");
+    xs.watch(&key, token.as_bytes())?;
+    let mut deadline = Deadline::new(timeout);
+    let result = (|| loop {
+        let s = read_state(xs, dir)?;
+        if accept(s)? {
+            return Ok(s);
+        }
+        loop {
+            if stop() {
+                return Err(BlkError::Closed);
+            }
+            let Some(slice) = deadline.slice(SLICE) else {
+                return Err(BlkError::Timeout);
+            };
+            let ev = xs.next_event(Some(slice))?;
+            deadline.charge(slice);
+            if let Some(ev) = ev {
+                if ev.token == token.as_bytes() {
+                    break;
+                }
+            }
+        }
+    })();
+    let _ = xs.unwatch(&key, token.as_bytes());
+    result
+}
+
+/// Decimal text for a XenStore value.
+pub(crate) fn dec(v: impl core::fmt::Display) -> Vec<u8> {
+    format!("{v}").into_bytes()
+}

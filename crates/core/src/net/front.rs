@@ -1,0 +1,669 @@
+//! The front end (netfront): a guest's network interface.
+//!
+//! [`Netfront`] owns its two ring pages and every data page it has granted.
+//! Each page granted to the back end is a [`Share`] recorded in an
+//! [`Outstanding`] tracker under the request's id, so a response can only
+//! retire a page that is really in flight. Retiring is revoking: the share is
+//! [`Share::try_unshare`]d and only a successful revocation returns the page
+//! to the private pool (to be zeroed and re-granted by the grant API). A back
+//! end that still holds the page gets it quarantined and the device broken.
+//!
+//! Sending grants `ceil(len / 4096)` pages read-only and posts one tx chain;
+//! receiving keeps up to [`NetfrontConfig::rx_buffers`] writable pages posted
+//! and reassembles `more_data` chains, reading each fragment from the page
+//! after it was revoked.
+
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use xenshare_abi::netif::{
+    NETIF_RSP_DROPPED, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_CSUM_BLANK, NETRXF_DATA_VALIDATED,
+    NETRXF_MORE_DATA, NETTXF_MORE_DATA,
+};
+use xenshare_abi::PAGE_SIZE;
+
+use super::owned::RingIn;
+use super::xenbus::FrontendKeys;
+use super::{
+    slots_for, Latch, Mac, NetError, NetifRxRequest, NetifRxResponse, NetifTxRequest,
+    NetifTxResponse, MAX_FRAME, MAX_FRAME_NO_SG, MAX_SLOTS,
+};
+use crate::event::Channel;
+use crate::grant::{Exporter, Share};
+use crate::platform::{EventChannels, GrantBackend, PageSet};
+use crate::ring::{FrontRing, Outstanding, RingError};
+use crate::types::{Access, DomId, GrantRef};
+
+type TxRing = FrontRing<'static, NetifTxRequest, NetifTxResponse>;
+type RxRing = FrontRing<'static, NetifRxRequest, NetifRxResponse>;
+
+/// The only "opcode" netif has; [`Outstanding`] checks it trivially.
+const OP: u32 = 0;
+
+/// Front end settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetfrontConfig {
+    /// Receive pages kept posted (`MAX_SLOTS..=256`): enough for the
+    /// largest frame plus headroom for bursts.
+    pub rx_buffers: usize,
+    /// Offer / use scatter-gather (multi-page frames) when the back end does.
+    pub sg: bool,
+}
+
+impl Default for NetfrontConfig {
+    fn default() -> Self {
+        Self {
+            rx_buffers: 64,
+            sg: true,
+        }
+    }
+}
+
+/// Counters of a [`Netfront`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetfrontStats {
+    /// Frames handed to the back end.
+    pub tx_frames: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// tx slots the back end answered with an error or dropped.
+    pub tx_errors: u64,
+    /// Frames received.
+    pub rx_frames: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Received frames dropped because the back end reported an error.
+    pub rx_errors: u64,
+    /// Pages this front end ever granted afresh (not from its pool).
+    pub pages_allocated: u64,
+    /// Shares sent to quarantine because the back end kept them.
+    pub quarantined: u64,
+}
+
+/// What [`Netfront::release`] / [`Netfront::close`] did with the grants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CloseReport {
+    /// Shares revoked (pages back to this domain).
+    pub revoked: usize,
+    /// Shares the back end still held: quarantined, never reused.
+    pub quarantined: usize,
+}
+
+/// A frame being reassembled from an rx chain.
+#[derive(Debug, Default)]
+struct Partial {
+    data: Vec<u8>,
+    slots: usize,
+    failed: bool,
+}
+
+/// Most revoked pages kept for reuse.
+const POOL_MAX: usize = 512;
+
+/// A netif front end.
+pub struct Netfront<B: GrantBackend, E: EventChannels> {
+    tx: RingIn<TxRing, Share<B>>,
+    rx: RingIn<RxRing, Share<B>>,
+    tx_inflight: Outstanding<Share<B>>,
+    rx_inflight: Outstanding<Share<B>>,
+    pool: Vec<B::Pages>,
+    exporter: Exporter<B>,
+    chan: Channel<E>,
+    backend: DomId,
+    mac: Mac,
+    cfg: NetfrontConfig,
+    backend_sg: bool,
+    partial: Partial,
+    ready: VecDeque<Vec<u8>>,
+    latch: Latch,
+    connected: bool,
+    paths: Option<(String, String)>,
+    stats: NetfrontStats,
+}
+
+impl<B: GrantBackend, E: EventChannels> core::fmt::Debug for Netfront<B, E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Netfront")
+            .field("backend", &self.backend)
+            .field("mac", &self.mac)
+            .field("port", &self.chan.port())
+            .field("tx_in_flight", &self.tx_inflight.in_flight())
+            .field("rx_posted", &self.rx_inflight.in_flight())
+            .field("error", &self.latch.cause())
+            .finish()
+    }
+}
+
+impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
+    /// Creates the rings (granted to `backend`), allocates the event channel
+    /// and posts the receive pages. Nothing is published; see
+    /// [`Netfront::keys`] (or use [`Netfront::connect`]). `backend_sg` is
+    /// whether the back end offered `feature-sg`.
+    pub fn new(
+        exporter: &Exporter<B>,
+        evt: &Arc<E>,
+        backend: DomId,
+        mac: Mac,
+        backend_sg: bool,
+        cfg: NetfrontConfig,
+    ) -> Result<Self, NetError> {
+        if !(MAX_SLOTS..=256).contains(&cfg.rx_buffers) {
+            return Err(NetError::Config("rx_buffers must be in 18..=256"));
+        }
+        let tx = RingIn::new(exporter.share(backend, 1, Access::ReadWrite)?, TxRing::init)
+            .map_err(|(e, _)| e)?;
+        let rx = RingIn::new(exporter.share(backend, 1, Access::ReadWrite)?, RxRing::init)
+            .map_err(|(e, _)| e)?;
+        let chan = Channel::alloc_unbound(evt, backend)?;
+        let mut nf = Self {
+            tx_inflight: Outstanding::new(tx.ring_ref().size() as usize),
+            rx_inflight: Outstanding::new(rx.ring_ref().size() as usize),
+            tx,
+            rx,
+            pool: Vec::new(),
+            exporter: exporter.clone(),
+            chan,
+            backend,
+            mac,
+            cfg,
+            backend_sg,
+            partial: Partial::default(),
+            ready: VecDeque::new(),
+            latch: Latch::default(),
+            connected: false,
+            paths: None,
+            stats: NetfrontStats::default(),
+        };
+        nf.refill()?;
+        Ok(nf)
+    }
+
+    /// The keys to publish for the back end.
+    pub fn keys(&self) -> FrontendKeys {
+        let first = |s: &Share<B>| s.refs().first().copied().unwrap_or(GrantRef(0));
+        FrontendKeys {
+            tx_ring_ref: first(self.tx.owner()),
+            rx_ring_ref: first(self.rx.owner()),
+            event_channel: self.chan.port(),
+            request_rx_copy: true,
+            sg: self.cfg.sg,
+            rx_notify: true,
+        }
+    }
+
+    /// The MAC address (from the toolstack's `mac` key).
+    pub fn mac(&self) -> Mac {
+        self.mac
+    }
+
+    /// The back end's domain.
+    pub fn backend(&self) -> DomId {
+        self.backend
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> NetfrontStats {
+        self.stats
+    }
+
+    /// The error that broke the device, if any.
+    pub fn error(&self) -> Option<&NetError> {
+        self.latch.cause()
+    }
+
+    /// Whether an error has broken the device.
+    pub fn is_broken(&self) -> bool {
+        self.latch.cause().is_some()
+    }
+
+    /// Carrier: the back end connected and nothing broke.
+    pub fn carrier(&self) -> bool {
+        self.connected && !self.is_broken()
+    }
+
+    /// Marks the back end connected (done by [`Netfront::connect`]; for
+    /// hand-made handshakes).
+    pub fn set_connected(&mut self, up: bool) {
+        self.connected = up;
+    }
+
+    /// Largest frame [`Netfront::send`] accepts.
+    pub fn max_frame(&self) -> usize {
+        if self.cfg.sg && self.backend_sg {
+            MAX_FRAME
+        } else {
+            MAX_FRAME_NO_SG
+        }
+    }
+
+    /// Frames of [`MAX_FRAME`] size that fit on the tx ring right now.
+    pub fn tx_room(&self) -> usize {
+        let free = self.tx.ring_ref().free_requests() as usize;
+        let ids = self.tx_inflight.capacity() - self.tx_inflight.in_flight();
+        free.min(ids)
+    }
+
+    fn trip(&mut self, e: impl Into<NetError>) -> NetError {
+        self.latch.trip(e.into())
+    }
+
+    /// A zeroed page granted to the back end: from the pool if possible.
+    fn fresh_share(&mut self, access: Access) -> Result<Share<B>, NetError> {
+        match self.pool.pop() {
+            Some(p) => self
+                .exporter
+                .share_pages(self.backend, p, access)
+                .map_err(|(e, p)| {
+                    self.pool.push(p);
+                    NetError::Grant(e)
+                }),
+            None => {
+                let s = self.exporter.share(self.backend, 1, access)?;
+                self.stats.pages_allocated += 1;
+                Ok(s)
+            }
+        }
+    }
+
+    /// Revokes a share whose response arrived. A share the back end still
+    /// holds goes to quarantine and breaks the device.
+    fn revoke(&mut self, share: Share<B>) -> Result<B::Pages, NetError> {
+        let gref = share.refs().first().copied().unwrap_or(GrantRef(0));
+        match share.try_unshare() {
+            Ok(pages) => Ok(pages),
+            Err(busy) => {
+                // Dropping a busy share moves it to quarantine: never reused.
+                drop(busy.into_inner());
+                self.stats.quarantined += 1;
+                Err(self.trip(NetError::GrantStillInUse { gref }))
+            }
+        }
+    }
+
+    fn recycle(&mut self, pages: B::Pages) {
+        if self.pool.len() < POOL_MAX {
+            self.pool.push(pages);
+        }
+    }
+
+    /// Queues one Ethernet frame for the back end. [`NetError::TxFull`] if
+    /// the ring has no room now (wait and retry); [`NetError::FrameSize`]
+    /// for an empty frame or one above [`Netfront::max_frame`].
+    pub fn send(&mut self, frame: &[u8]) -> Result<(), NetError> {
+        self.latch.live()?;
+        let max = self.max_frame();
+        if frame.is_empty() || frame.len() > max {
+            return Err(NetError::FrameSize {
+                len: frame.len(),
+                max,
+            });
+        }
+        self.reap_tx()?;
+        let n = slots_for(frame.len());
+        if self.tx_room() < n {
+            return Err(NetError::TxFull);
+        }
+        // All pages first: a failure here leaves nothing half-posted.
+        let mut shares = Vec::with_capacity(n);
+        for chunk in frame.chunks(PAGE_SIZE) {
+            let s = self.fresh_share(Access::ReadOnly)?;
+            s.mem().write(0, chunk).map_err(RingError::from)?;
+            shares.push((s, chunk.len()));
+        }
+        for (i, (share, chunk_len)) in shares.into_iter().enumerate() {
+            let gref = share.refs().first().copied().unwrap_or(GrantRef(0));
+            let id = match self.tx_inflight.start(OP, share) {
+                Ok(id) => id,
+                Err(e) => return Err(self.trip(e)),
+            };
+            let req = NetifTxRequest {
+                gref,
+                offset: 0,
+                flags: if i + 1 < n { NETTXF_MORE_DATA } else { 0 },
+                id: id as u16,
+                // The first slot carries the whole frame's size.
+                size: if i == 0 { frame.len() } else { chunk_len } as u16,
+            };
+            if let Err(e) = self.tx.ring().push_request(&req) {
+                return Err(self.trip(e));
+            }
+        }
+        match self.tx.ring().push_requests_and_check_notify() {
+            Ok(true) => self.chan.notify()?,
+            Ok(false) => {}
+            Err(e) => return Err(self.trip(e)),
+        }
+        self.stats.tx_frames += 1;
+        self.stats.tx_bytes += frame.len() as u64;
+        Ok(())
+    }
+
+    /// Retires answered tx slots.
+    fn reap_tx(&mut self) -> Result<(), NetError> {
+        loop {
+            let rsp = match self.tx.ring().next_response() {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.trip(e)),
+            };
+            let share = match self
+                .tx
+                .ring()
+                .complete(&mut self.tx_inflight, rsp.id.into(), OP)
+            {
+                Ok(s) => s,
+                Err(e) => return Err(self.trip(e)),
+            };
+            let known = match rsp.status {
+                NETIF_RSP_OKAY => true,
+                NETIF_RSP_ERROR | NETIF_RSP_DROPPED => {
+                    self.stats.tx_errors += 1;
+                    true
+                }
+                // NETIF_RSP_NULL answers extra-info slots, which we never send.
+                _ => false,
+            };
+            let pages = self.revoke(share)?;
+            self.recycle(pages);
+            if !known {
+                return Err(self.trip(NetError::BadTxStatus {
+                    id: rsp.id,
+                    status: rsp.status,
+                }));
+            }
+        }
+    }
+
+    /// Takes answered rx slots, reassembles frames, and re-posts pages.
+    fn reap_rx(&mut self) -> Result<(), NetError> {
+        loop {
+            let rsp = match self.rx.ring().next_response() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => return Err(self.trip(e)),
+            };
+            let share = match self
+                .rx
+                .ring()
+                .complete(&mut self.rx_inflight, rsp.id.into(), OP)
+            {
+                Ok(s) => s,
+                Err(e) => return Err(self.trip(e)),
+            };
+            // Revoke first: from here on the back end cannot change the page.
+            let pages = self.revoke(share)?;
+            let r = self.take_fragment(&rsp, &pages);
+            self.recycle(pages);
+            r?;
+        }
+        self.refill()
+    }
+
+    /// Validates one rx response (a private copy) and appends its data.
+    fn take_fragment(&mut self, rsp: &NetifRxResponse, pages: &B::Pages) -> Result<(), NetError> {
+        let bad = |why| NetError::BadRxResponse {
+            id: rsp.id,
+            offset: rsp.offset,
+            flags: rsp.flags,
+            status: rsp.status,
+            why,
+        };
+        const KNOWN: u16 = NETRXF_DATA_VALIDATED | NETRXF_CSUM_BLANK | NETRXF_MORE_DATA;
+        if rsp.flags & !KNOWN != 0 {
+            return Err(self.trip(bad("flags not negotiated (extra info, gso prefix or unknown)")));
+        }
+        let more = rsp.flags & NETRXF_MORE_DATA != 0;
+        if more && !self.cfg.sg {
+            return Err(self.trip(bad("multi-slot frame without feature-sg")));
+        }
+        self.partial.slots += 1;
+        if self.partial.slots > MAX_SLOTS {
+            return Err(self.trip(bad("frame uses more slots than allowed")));
+        }
+        if rsp.status < 0 {
+            self.partial.failed = true;
+        } else {
+            let (off, size) = (usize::from(rsp.offset), rsp.status as usize);
+            if off + size > PAGE_SIZE {
+                return Err(self.trip(bad("offset + size beyond the page")));
+            }
+            let have = self.partial.data.len();
+            if have + size > MAX_FRAME {
+                return Err(self.trip(bad("frame longer than the largest frame")));
+            }
+            self.partial.data.resize(have + size, 0);
+            let r = pages.mem().read(off, &mut self.partial.data[have..]);
+            if let Err(e) = r {
+                return Err(self.trip(RingError::from(e)));
+            }
+        }
+        if !more {
+            let p = core::mem::take(&mut self.partial);
+            if p.failed || p.data.is_empty() {
+                self.stats.rx_errors += 1;
+            } else {
+                self.stats.rx_frames += 1;
+                self.stats.rx_bytes += p.data.len() as u64;
+                self.ready.push_back(p.data);
+            }
+        }
+        Ok(())
+    }
+
+    /// Posts receive pages up to the configured number.
+    fn refill(&mut self) -> Result<(), NetError> {
+        let mut posted = false;
+        while self.rx_inflight.in_flight() < self.cfg.rx_buffers
+            && self.rx.ring_ref().free_requests() > 0
+        {
+            // Out of grant refs or memory: post fewer, try again later.
+            let Ok(share) = self.fresh_share(Access::ReadWrite) else {
+                break;
+            };
+            let gref = share.refs().first().copied().unwrap_or(GrantRef(0));
+            let id = match self.rx_inflight.start(OP, share) {
+                Ok(id) => id,
+                Err(e) => return Err(self.trip(e)),
+            };
+            let req = NetifRxRequest {
+                id: id as u16,
+                pad: 0,
+                gref,
+            };
+            if let Err(e) = self.rx.ring().push_request(&req) {
+                return Err(self.trip(e));
+            }
+            posted = true;
+        }
+        if posted {
+            match self.rx.ring().push_requests_and_check_notify() {
+                Ok(true) => self.chan.notify()?,
+                Ok(false) => {}
+                Err(e) => return Err(self.trip(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes every response waiting on both rings.
+    pub fn poll(&mut self) -> Result<(), NetError> {
+        self.latch.live()?;
+        self.reap_tx()?;
+        self.reap_rx()
+    }
+
+    /// The next received frame, if any (never blocks).
+    pub fn recv(&mut self) -> Result<Option<Vec<u8>>, NetError> {
+        if let Some(f) = self.ready.pop_front() {
+            return Ok(Some(f));
+        }
+        self.poll()?;
+        Ok(self.ready.pop_front())
+    }
+
+    /// Sleeps until the back end signals (or `timeout`; `None`: forever),
+    /// unless responses are already waiting. Returns whether it was woken.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, NetError> {
+        self.latch.live()?;
+        if !self.ready.is_empty() {
+            return Ok(true);
+        }
+        for r in [
+            self.tx.ring().final_check_for_responses(),
+            self.rx.ring().final_check_for_responses(),
+        ] {
+            match r {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(e) => return Err(self.trip(e)),
+            }
+        }
+        match self.chan.wait(timeout)? {
+            Some(port) => {
+                self.chan.handle().unmask(port)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Gives every grant back: in-flight tx and rx pages and the rings are
+    /// revoked, or quarantined if the back end still holds them. Consumes
+    /// the front end; no XenStore traffic (see [`Netfront::close`]).
+    pub fn release(self) -> CloseReport {
+        let Self {
+            tx,
+            rx,
+            mut tx_inflight,
+            mut rx_inflight,
+            chan,
+            ..
+        } = self;
+        let mut report = CloseReport::default();
+        let mut give_back = |share: Share<B>| match share.try_unshare() {
+            Ok(_) => report.revoked += 1,
+            Err(busy) => {
+                drop(busy.into_inner());
+                report.quarantined += 1;
+            }
+        };
+        for (_, _, s) in tx_inflight.drain() {
+            give_back(s);
+        }
+        for (_, _, s) in rx_inflight.drain() {
+            give_back(s);
+        }
+        give_back(tx.into_owner());
+        give_back(rx.into_owner());
+        drop(chan);
+        report
+    }
+}
+
+#[cfg(feature = "std")]
+mod with_std {
+    use super::*;
+    use crate::net::xenbus::{backend_of, read_mac, BackendFeatures, DEVTYPE};
+    use crate::store::client::{Client, Transport};
+    use crate::store::xenbus::{frontend_path, wait_for_state, write_state, XenbusState};
+    use std::time::Instant;
+
+    impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
+        /// The whole front-end handshake for device `devid` of this domain:
+        /// reads `backend`, `backend-id` and `mac` from its own directory,
+        /// waits (up to `timeout`) for the back end's InitWait, refuses a back
+        /// end without `feature-rx-copy`, creates rings, port and rx pages,
+        /// writes its keys in one transaction, goes Connected, and waits for
+        /// the back end to connect.
+        pub fn connect<T: Transport>(
+            exporter: &Exporter<B>,
+            evt: &Arc<E>,
+            xs: &mut Client<T>,
+            devid: u32,
+            cfg: NetfrontConfig,
+            timeout: Duration,
+        ) -> Result<Self, NetError> {
+            let front_dir = frontend_path(exporter.domid(), DEVTYPE, devid);
+            let (back_dir, backend) = backend_of(xs, &front_dir)?;
+            let mac = read_mac(xs, &front_dir)?;
+            let st = wait_for_state(xs, &back_dir, timeout, |s| {
+                s >= XenbusState::InitWait && s <= XenbusState::Closed
+            })?;
+            if st >= XenbusState::Closing {
+                return Err(NetError::PeerClosed);
+            }
+            let features = BackendFeatures::read(xs, &back_dir)?;
+            if !features.rx_copy {
+                write_state(xs, &front_dir, XenbusState::Closing)?;
+                return Err(NetError::NoRxCopy);
+            }
+            let mut nf = Self::new(exporter, evt, backend, mac, features.sg, cfg)?;
+            nf.keys().publish(xs, &front_dir)?;
+            write_state(xs, &front_dir, XenbusState::Connected)?;
+            nf.paths = Some((front_dir, back_dir.clone()));
+            let st = wait_for_state(xs, &back_dir, timeout, |s| s >= XenbusState::Connected)?;
+            if st != XenbusState::Connected {
+                return Err(NetError::PeerClosed);
+            }
+            nf.connected = true;
+            Ok(nf)
+        }
+
+        /// Closes the device: Closing, waits (up to `timeout`) for the back
+        /// end to let go, revokes every grant (quarantining any still held),
+        /// then Closed.
+        pub fn close<T: Transport>(
+            self,
+            xs: &mut Client<T>,
+            timeout: Duration,
+        ) -> Result<CloseReport, NetError> {
+            let paths = self.paths.clone();
+            if let Some((front, back)) = &paths {
+                write_state(xs, front, XenbusState::Closing)?;
+                // A dead or hostile back end never answers: carry on.
+                let _ = wait_for_state(xs, back, timeout, |s| {
+                    s >= XenbusState::Closing || s == XenbusState::Unknown
+                });
+            }
+            let report = self.release();
+            if let Some((front, _)) = &paths {
+                write_state(xs, front, XenbusState::Closed)?;
+            }
+            Ok(report)
+        }
+
+        /// Like [`Netfront::recv`], waiting up to `timeout` for a frame.
+        pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, NetError> {
+            let deadline = Instant::now() + timeout;
+            loop {
+                if let Some(f) = self.recv()? {
+                    return Ok(Some(f));
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                self.wait(Some(left))?;
+            }
+        }
+
+        /// Like [`Netfront::send`], waiting up to `timeout` for ring room.
+        pub fn send_timeout(&mut self, frame: &[u8], timeout: Duration) -> Result<(), NetError> {
+            let deadline = Instant::now() + timeout;
+            loop {
+                match self.send(frame) {
+                    Err(NetError::TxFull) => {}
+                    r => return r,
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(NetError::Timeout);
+                }
+                self.wait(Some(left))?;
+            }
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! netif: the Xen network device, front end and back end, on the safe grant
+//! API (xen-abi.md section 7).
+//!
+//! Two one-page rings and one event channel connect the ends:
+//!
+//! * **tx** (guest → host): for each frame the front end grants one fresh
+//!   page per 4 KiB fragment, *read-only*, and posts a chain of
+//!   [`NetifTxRequest`]s (`NETTXF_more_data` on all but the last; the first
+//!   carries the total size). The back end copies the data out with grant
+//!   copy (it never maps a guest data page), hands the frame to its
+//!   [`FrameIo`] host, and answers every slot.
+//! * **rx** (host → guest, rx-copy): the front end keeps a pool of empty
+//!   pages granted *writable* posted as [`NetifRxRequest`]s. The back end
+//!   grant-copies a host frame into as many of them as it needs and answers
+//!   each slot in order (`NETRXF_more_data` chains multi-page frames).
+//!
+//! Every page is owned by a [`Share`](crate::grant::Share) that is
+//! revoked when its response arrives. Revocation is the check that the back
+//! end let go: if it still maps the page (MSA02 / XSA-396), the share goes to
+//! quarantine and the front end becomes *broken* — the page is never reused
+//! and no further I/O is attempted. Pages that did come back are kept in a
+//! private pool and re-granted (zeroed by the grant API) for later frames;
+//! received data is read only *after* revocation, when the back end can no
+//! longer change it.
+//!
+//! Defensive rules on both ends: each ring slot is copied once
+//! ([`crate::ring`]); the peer's producer index is validated; response ids
+//! must be in range and outstanding ([`crate::ring::Outstanding`]); a tx
+//! status must be a known one; an rx fragment must lie inside its page, its
+//! flags must be ones this front end negotiated, and a frame may not exceed
+//! [`MAX_FRAME`] bytes or [`MAX_SLOTS`] slots. The back end checks every tx
+//! chain the same way: offset and size inside the page, chain length bounded
+//! by `XEN_NETIF_NR_SLOTS_MIN`, fragment sizes consistent with the total. A
+//! grant reference that was not granted to it makes the grant copy fail and
+//! the packet is answered with `NETIF_RSP_ERROR` — the back end never maps
+//! guest memory, so a bogus reference cannot hurt it. Any protocol violation
+//! is a [`NetError`] that latches the end into a broken state.
+//!
+//! * [`front`] — [`Netfront`]: send / receive frames, carrier, close.
+//! * [`back`] — [`Netback`]: serves both rings against a [`FrameIo`] host;
+//!   a [`Doorbell`] lets the host side wake it.
+//! * [`xenbus`] — the XenStore keys and the handshake (back end: features,
+//!   InitWait; front end: refuses a back end without `feature-rx-copy`,
+//!   writes its keys in one transaction and goes straight to Connected).
+
+pub mod back;
+pub mod front;
+mod owned;
+pub mod xenbus;
+
+pub use back::{Doorbell, NetbackStats, Netback};
+pub use front::{CloseReport, Netfront, NetfrontConfig, NetfrontStats};
+
+use alloc::string::String;
+use core::fmt;
+
+use xenshare_abi::netif::XEN_NETIF_NR_SLOTS_MIN;
+pub use xenshare_abi::netif::{NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse};
+use xenshare_abi::PAGE_SIZE;
+
+use crate::event::EventError;
+use crate::grant::{GrantError, MapError};
+use crate::ring::RingError;
+use crate::store::client::ClientError;
+use crate::types::GrantRef;
+
+/// Largest frame either direction carries (`XEN_NETIF_MAX_TX_SIZE`): a
+/// 64 KiB - 1 scatter-gather frame.
+pub const MAX_FRAME: usize = xenshare_abi::netif::XEN_NETIF_MAX_TX_SIZE;
+
+/// Largest frame without scatter-gather: one page.
+pub const MAX_FRAME_NO_SG: usize = PAGE_SIZE;
+
+/// Most slots one frame may use: `XEN_NETIF_NR_SLOTS_MIN`, which every back
+/// end must accept (a [`MAX_FRAME`] frame needs 16).
+pub const MAX_SLOTS: usize = XEN_NETIF_NR_SLOTS_MIN;
+
+/// Smallest frame the back end forwards: an Ethernet header.
+pub const MIN_FRAME: usize = 14;
+
+/// Slots a frame of `len` bytes needs (one page each).
+pub const fn slots_for(len: usize) -> usize {
+    if len == 0 {
+        1
+    } else {
+        len.div_ceil(PAGE_SIZE)
+    }
+}
+
+/// The host side of a back end: where guest frames go and host frames come
+/// from (a TAP interface, a bridge, an in-memory peer).
+pub trait FrameIo {
+    /// A host-side failure.
+    type Error: fmt::Display;
+
+    /// Delivers one complete Ethernet frame from the guest to the host.
+    fn send(&mut self, frame: &[u8]) -> Result<(), Self::Error>;
+
+    /// Takes the next frame from the host into `buf` (at least
+    /// [`MAX_FRAME`] bytes) and returns its length, or `None` if none is
+    /// ready. Must not block. A host frame longer than `buf` is dropped by
+    /// the implementation.
+    fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Self::Error>;
+}
+
+/// A MAC address (`mac` key, colon hex).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// Parses `aa:bb:cc:dd:ee:ff` (case-insensitive; a trailing NUL or
+    /// whitespace is tolerated).
+    pub fn parse(raw: &[u8]) -> Option<Mac> {
+        let s = core::str::from_utf8(raw).ok()?;
+        let s = s.trim_end_matches('\0').trim();
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in out.iter_mut() {
+            let p = parts.next()?;
+            if p.len() != 2 {
+                return None;
+            }
+            *b = u8::from_str_radix(p, 16).ok()?;
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Mac(out))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// Errors of the network device.
+///
+/// Everything but [`NetError::TxFull`], [`NetError::FrameSize`] and
+/// [`NetError::Timeout`] leaves the end broken (or never connected).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// A ring violation by the peer (producer overflow, bad or duplicate id).
+    #[error("ring: {0}")]
+    Ring(#[from] RingError),
+    /// Sharing a page failed.
+    #[error("grant: {0}")]
+    Grant(#[from] GrantError),
+    /// Mapping the front end's rings failed.
+    #[error("map: {0}")]
+    Map(#[from] MapError),
+    /// An event channel operation failed.
+    #[error("event channel: {0}")]
+    Event(#[from] EventError),
+    /// A XenStore operation failed.
+    #[error("xenstore: {0}")]
+    Store(#[from] ClientError),
+    /// The back end still holds a page after answering for it: the page is
+    /// quarantined (never reused) and the front end is broken.
+    #[error("back end still maps {gref} after responding: page quarantined, device broken")]
+    GrantStillInUse {
+        /// The grant the back end kept.
+        gref: GrantRef,
+    },
+    /// A tx response with a status the protocol does not allow here.
+    #[error("tx response id {id} has invalid status {status}")]
+    BadTxStatus {
+        /// Response id.
+        id: u16,
+        /// The status.
+        status: i16,
+    },
+    /// An rx response that breaks the protocol.
+    #[error("rx response id {id} (offset {offset}, flags {flags:#x}, status {status}): {why}")]
+    BadRxResponse {
+        /// Response id.
+        id: u16,
+        /// Offset field.
+        offset: u16,
+        /// Flags field.
+        flags: u16,
+        /// Status field.
+        status: i16,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A tx request chain that breaks the protocol (back end side).
+    #[error("tx request id {id}: {why}")]
+    BadTxRequest {
+        /// Id of the offending slot.
+        id: u16,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// The back end does not offer `feature-rx-copy`.
+    #[error("back end does not support rx-copy (feature-rx-copy != 1)")]
+    NoRxCopy,
+    /// The front end did not ask for rx-copy.
+    #[error("front end did not request rx-copy (request-rx-copy != 1)")]
+    NoRequestRxCopy,
+    /// A XenStore key was missing or malformed.
+    #[error("bad xenstore key {key}: {why}")]
+    BadKey {
+        /// The key.
+        key: String,
+        /// What was wrong.
+        why: &'static str,
+    },
+    /// A bad configuration value.
+    #[error("bad configuration: {0}")]
+    Config(&'static str),
+    /// A frame too long (or empty) for the negotiated features. Not fatal.
+    #[error("frame of {len} bytes is outside 1..={max}")]
+    FrameSize {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No room for the frame on the tx ring right now. Not fatal.
+    #[error("tx ring full")]
+    TxFull,
+    /// A wait ran out of time. Not fatal.
+    #[error("timed out")]
+    Timeout,
+    /// The peer is closing or closed the device.
+    #[error("peer closed the device")]
+    PeerClosed,
+    /// The device is broken by an earlier error (the first cause is kept).
+    #[error("device is broken: {0}")]
+    Broken(String),
+    /// The device was closed.
+    #[error("device closed")]
+    Closed,
+}
+
+impl NetError {
+    /// Whether the error leaves the device usable.
+    pub const fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            NetError::TxFull | NetError::FrameSize { .. } | NetError::Timeout
+        )
+    }
+}
+
+/// The broken-state latch of one end.
+#[derive(Debug, Default)]
+pub(crate) struct Latch(Option<NetError>);
+
+impl Latch {
+    pub(crate) fn live(&self) -> Result<(), NetError> {
+        match &self.0 {
+            None => Ok(()),
+            Some(e) => Err(NetError::Broken(alloc::format!("{e}"))),
+        }
+    }
+
+    /// Latches `e` (keeping the first cause) unless it is transient; returns it.
+    pub(crate) fn trip(&mut self, e: NetError) -> NetError {
+        if !e.is_transient() && self.0.is_none() {
+            self.0 = Some(e.clone());
+        }
+        e
+    }
+
+    pub(crate) fn cause(&self) -> Option<&NetError> {
+        self.0.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parses_and_prints() {
+        let m = Mac::parse(b"00:16:3E:12:34:5f\0").unwrap();
+        assert_eq!(m.0, [0x00, 0x16, 0x3e, 0x12, 0x34, 0x5f]);
+        assert_eq!(alloc::format!("{m}"), "00:16:3e:12:34:5f");
+        for bad in [&b""[..], b"00:16:3e:12:34", b"00:16:3e:12:34:5f:00", b"0:16:3e:12:34:5f", b"zz:16:3e:12:34:5f"] {
+            assert_eq!(Mac::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn slots() {
+        assert_eq!(slots_for(60), 1);
+        assert_eq!(slots_for(4096), 1);
+        assert_eq!(slots_for(4097), 2);
+        assert_eq!(slots_for(MAX_FRAME), 16);
+        assert!(slots_for(MAX_FRAME) <= MAX_SLOTS);
+    }
+}

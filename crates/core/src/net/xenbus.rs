@@ -1,0 +1,220 @@
+//! netif's XenStore keys (xen-abi.md 7.3) and the pieces of its handshake.
+//!
+//! Back end: publishes [`BackendFeatures`] (`feature-rx-copy` = 1, ...) and
+//! moves to InitWait. Front end: on the back end's InitWait it refuses a
+//! back end without rx-copy, creates its rings and port, publishes
+//! [`FrontendKeys`] in one transaction and goes straight to Connected. The
+//! back end then reads those keys, maps the rings, binds the port and goes
+//! Connected. The full sequences are [`crate::net::Netfront::connect`] and
+//! [`crate::net::Netback::connect`]; the pieces are public so tests can play
+//! a malicious peer with the real key handling.
+//!
+//! Every value read is parsed strictly (decimal, no sign, no junk) before
+//! use; a missing or malformed key is a [`NetError::BadKey`].
+
+use alloc::format;
+use alloc::string::{String, ToString};
+
+use super::{Mac, NetError};
+use crate::store::client::{Client, Transport};
+use crate::types::{DomId, GrantRef, Port};
+
+/// The XenBus device type of network devices.
+pub const DEVTYPE: &str = "vif";
+
+/// How many times a key transaction is retried on conflict.
+const XS_RETRIES: u32 = 16;
+
+fn bad(key: &str, why: &'static str) -> NetError {
+    NetError::BadKey {
+        key: key.to_string(),
+        why,
+    }
+}
+
+/// Parses a decimal `u32` as written in XenStore (a trailing NUL or
+/// whitespace is tolerated, nothing else).
+pub fn parse_u32(raw: &[u8]) -> Option<u32> {
+    let s = core::str::from_utf8(raw).ok()?;
+    let s = s.trim_end_matches('\0').trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 10 {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Reads `<dir>/<key>` as a decimal `u32`; `None` if the key is missing.
+pub fn read_u32<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<Option<u32>, NetError> {
+    let path = format!("{dir}/{key}");
+    match xs.try_read(&path)? {
+        None => Ok(None),
+        Some(v) => parse_u32(&v).map(Some).ok_or_else(|| bad(key, "not a decimal number")),
+    }
+}
+
+/// Reads a boolean feature key: missing or `0` is false, `1` true.
+pub fn read_flag<T: Transport>(xs: &mut Client<T>, dir: &str, key: &str) -> Result<bool, NetError> {
+    match read_u32(xs, dir, key)? {
+        None | Some(0) => Ok(false),
+        Some(1) => Ok(true),
+        Some(_) => Err(bad(key, "not 0 or 1")),
+    }
+}
+
+fn read_required<T: Transport>(xs: &mut Client<T>, dir: &str, key: &str) -> Result<u32, NetError> {
+    read_u32(xs, dir, key)?.ok_or_else(|| bad(key, "missing"))
+}
+
+fn read_string<T: Transport>(xs: &mut Client<T>, dir: &str, key: &str) -> Result<String, NetError> {
+    let v = xs
+        .try_read(&format!("{dir}/{key}"))?
+        .ok_or_else(|| bad(key, "missing"))?;
+    let s = core::str::from_utf8(&v).map_err(|_| bad(key, "not UTF-8"))?;
+    let s = s.trim_end_matches('\0');
+    if s.is_empty() {
+        return Err(bad(key, "empty"));
+    }
+    Ok(s.to_string())
+}
+
+/// The front end's own `mac` key (written by the toolstack).
+pub fn read_mac<T: Transport>(xs: &mut Client<T>, front_dir: &str) -> Result<Mac, NetError> {
+    let v = xs
+        .try_read(&format!("{front_dir}/mac"))?
+        .ok_or_else(|| bad("mac", "missing"))?;
+    Mac::parse(&v).ok_or_else(|| bad("mac", "not colon hex aa:bb:cc:dd:ee:ff"))
+}
+
+/// The front end's links to its back end (`backend`, `backend-id`).
+pub fn backend_of<T: Transport>(
+    xs: &mut Client<T>,
+    front_dir: &str,
+) -> Result<(String, DomId), NetError> {
+    let dir = read_string(xs, front_dir, "backend")?;
+    let id = read_required(xs, front_dir, "backend-id")?;
+    let id = u16::try_from(id)
+        .ok()
+        .map(DomId)
+        .filter(|d| d.is_real())
+        .ok_or_else(|| bad("backend-id", "not a domain id"))?;
+    Ok((dir, id))
+}
+
+/// The back end's link to its front end (`frontend`).
+pub fn frontend_of<T: Transport>(xs: &mut Client<T>, back_dir: &str) -> Result<String, NetError> {
+    read_string(xs, back_dir, "frontend")
+}
+
+/// What a back end offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendFeatures {
+    /// `feature-rx-copy`: required by modern front ends (and by ours).
+    pub rx_copy: bool,
+    /// `feature-sg`: accepts multi-slot tx frames.
+    pub sg: bool,
+}
+
+impl BackendFeatures {
+    /// What [`crate::net::Netback`] offers.
+    pub const OURS: BackendFeatures = BackendFeatures {
+        rx_copy: true,
+        sg: true,
+    };
+
+    /// Writes the feature keys into the back end's directory (one
+    /// transaction; also `feature-rx-flip` = 0 and no GSO / split channels).
+    pub fn publish<T: Transport>(&self, xs: &mut Client<T>, back_dir: &str) -> Result<(), NetError> {
+        let b = |v: bool| if v { &b"1"[..] } else { &b"0"[..] };
+        xs.transaction(XS_RETRIES, |tx| {
+            tx.write(&format!("{back_dir}/feature-rx-copy"), b(self.rx_copy))?;
+            tx.write(&format!("{back_dir}/feature-rx-flip"), b"0")?;
+            tx.write(&format!("{back_dir}/feature-sg"), b(self.sg))?;
+            tx.write(&format!("{back_dir}/feature-gso-tcpv4"), b"0")?;
+            tx.write(&format!("{back_dir}/feature-split-event-channels"), b"0")?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Reads a back end's offer.
+    pub fn read<T: Transport>(xs: &mut Client<T>, back_dir: &str) -> Result<Self, NetError> {
+        Ok(BackendFeatures {
+            rx_copy: read_flag(xs, back_dir, "feature-rx-copy")?,
+            sg: read_flag(xs, back_dir, "feature-sg")?,
+        })
+    }
+}
+
+/// What a front end publishes for its back end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrontendKeys {
+    /// `tx-ring-ref`.
+    pub tx_ring_ref: GrantRef,
+    /// `rx-ring-ref`.
+    pub rx_ring_ref: GrantRef,
+    /// `event-channel` (one channel for both rings).
+    pub event_channel: Port,
+    /// `request-rx-copy`.
+    pub request_rx_copy: bool,
+    /// `feature-sg`: accepts multi-slot rx frames.
+    pub sg: bool,
+    /// `feature-rx-notify`.
+    pub rx_notify: bool,
+}
+
+impl FrontendKeys {
+    /// Writes the keys in one transaction (the state is written after).
+    pub fn publish<T: Transport>(&self, xs: &mut Client<T>, front_dir: &str) -> Result<(), NetError> {
+        let b = |v: bool| if v { &b"1"[..] } else { &b"0"[..] };
+        xs.transaction(XS_RETRIES, |tx| {
+            tx.write(
+                &format!("{front_dir}/tx-ring-ref"),
+                format!("{}", self.tx_ring_ref.0).as_bytes(),
+            )?;
+            tx.write(
+                &format!("{front_dir}/rx-ring-ref"),
+                format!("{}", self.rx_ring_ref.0).as_bytes(),
+            )?;
+            tx.write(
+                &format!("{front_dir}/event-channel"),
+                format!("{}", self.event_channel.0).as_bytes(),
+            )?;
+            tx.write(&format!("{front_dir}/request-rx-copy"), b(self.request_rx_copy))?;
+            tx.write(&format!("{front_dir}/feature-sg"), b(self.sg))?;
+            tx.write(&format!("{front_dir}/feature-rx-notify"), b(self.rx_notify))?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Reads and checks a front end's keys.
+    pub fn read<T: Transport>(xs: &mut Client<T>, front_dir: &str) -> Result<Self, NetError> {
+        Ok(FrontendKeys {
+            tx_ring_ref: GrantRef(read_required(xs, front_dir, "tx-ring-ref")?),
+            rx_ring_ref: GrantRef(read_required(xs, front_dir, "rx-ring-ref")?),
+            event_channel: Port(read_required(xs, front_dir, "event-channel")?),
+            request_rx_copy: read_flag(xs, front_dir, "request-rx-copy")?,
+            sg: read_flag(xs, front_dir, "feature-sg")?,
+            rx_notify: read_flag(xs, front_dir, "feature-rx-notify")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_decimal() {
+        assert_eq!(parse_u32(b"12"), Some(12));
+        assert_eq!(parse_u32(b"12\0"), Some(12));
+        assert_eq!(parse_u32(b"4294967295"), Some(u32::MAX));
+        for bad in [&b""[..], b"-1", b"+1", b"0x10", b"1 2", b"4294967296", b"99999999999"] {
+            assert_eq!(parse_u32(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Guests talking to the daemon over their shared-ring page and event
+//! channel, exactly as on Xen, on the emulator: introduce, requests and
+//! watches, a guest's identity and permissions, release, and a guest that
+//! corrupts its ring.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xenshare::event::Channel;
+use xenshare::store::client::Client;
+use xenshare::store::perms::{PermKind, Perms};
+use xenshare::store::ring::RingTransport;
+use xenshare::DomId;
+use xenshare_abi::xs::XENSTORE_ERROR_RINGIDX;
+use xenshare_sim::{Domain, DomainConfig, Hypervisor};
+use xenshare_xenstored::inproc;
+use xenshare_xenstored::ring::RingServer;
+use xenshare_xenstored::{Config, Daemon};
+
+struct Host {
+    hv: Hypervisor,
+    dom0: Domain,
+    xs: Daemon,
+    _rings: RingServer,
+}
+
+fn host() -> Host {
+    let hv = Hypervisor::new();
+    let dom0 = hv.create_domain_with_id(DomId(0), DomainConfig::default()).unwrap();
+    let xs = Daemon::new(Config::default());
+    let d0 = dom0.clone();
+    let rings = RingServer::start(
+        &xs,
+        dom0.importer().clone(),
+        move || d0.evtchn().ok(),
+        |e| panic!("attach failed: {e}"),
+    );
+    Host { hv, dom0, xs, _rings: rings }
+}
+
+/// Boots a guest the way a toolstack does: builds its xenstore page (ref 1
+/// granted to dom0), gives it an unbound port for dom0, and introduces it.
+fn boot(h: &Host) -> (Domain, Arc<xenshare_sim::SimEvtchn>, Channel<xenshare_sim::SimEvtchn>) {
+    let g = h.hv.create_domain(DomainConfig::default()).unwrap();
+    let gfn = g.build_xenstore_page(h.dom0.id()).unwrap();
+    let evt = g.evtchn().unwrap();
+    let ch = Channel::alloc_unbound(&evt, h.dom0.id()).unwrap();
+    let mut c0 = inproc::client(&h.xs, DomId(0));
+    let home = format!("/local/domain/{}", g.id().0);
+    c0.mkdir(&home).unwrap();
+    c0.set_perms(&home, &Perms::owned_by(g.id(), PermKind::None)).unwrap();
+    c0.introduce(g.id(), gfn as i64, ch.port().0).unwrap();
+    (g, evt, ch)
+}
+
+fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+#[test]
+fn guest_uses_xenstore_over_its_ring() {
+    let h = host();
+    let (g, _evt, ch) = boot(&h);
+    let page = g.xenstore_page().unwrap();
+    let mut c = Client::new(RingTransport::new(page, ch).unwrap());
+    // The daemon knows who is talking: relative paths are the guest's home.
+    let home = c.get_domain_path(g.id()).unwrap();
+    assert_eq!(home, format!("/local/domain/{}", g.id().0));
+    c.write("data/hello", b"from the ring").unwrap();
+    let mut c0 = inproc::client(&h.xs, DomId(0));
+    assert_eq!(c0.read(&format!("{home}/data/hello")).unwrap(), b"from the ring");
+    // Values larger than the 1 KiB ring cross it in pieces; past the
+    // guest node-size quota the daemon answers ENOSPC over the ring.
+    let big: Vec<u8> = (0..2000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    c.write("data/big", &big).unwrap();
+    assert_eq!(c.read("data/big").unwrap(), big);
+    let too_big = vec![b'x'; 4000];
+    assert_eq!(
+        c.write("data/big", &too_big).unwrap_err().xs(),
+        Some(xenshare::store::XsError::ENOSPC)
+    );
+    // The guest may not touch dom0's nodes.
+    c0.write("/secret", b"dom0 only").unwrap();
+    assert!(c.read("/secret").is_err());
+    assert!(c.write("/secret", b"x").is_err());
+    // Watches fire across the ring.
+    c.watch("data/watched", b"tok").unwrap();
+    let first = c.next_event(Some(Duration::from_secs(5))).unwrap().unwrap();
+    assert_eq!(first.token, b"tok");
+    c0.write(&format!("{home}/data/watched"), b"1").unwrap();
+    let ev = c.next_event(Some(Duration::from_secs(5))).unwrap().unwrap();
+    assert_eq!(ev.path, "data/watched");
+    // Transactions.
+    let v = c
+        .transaction(4, |tx| {
+            tx.write("data/t", b"42")?;
+            tx.read("data/t")
+        })
+        .unwrap();
+    assert_eq!(v, b"42");
+}
+
+#[test]
+fn many_guests_and_release() {
+    let h = host();
+    let mut doms = Vec::new();
+    let mut chans = Vec::new();
+    for _ in 0..4 {
+        let (g, evt, ch) = boot(&h);
+        doms.push((g, evt));
+        chans.push(ch);
+    }
+    let mut clients: Vec<_> = doms
+        .iter()
+        .zip(chans)
+        .map(|((g, _), ch)| (g.id(), Client::new(RingTransport::new(g.xenstore_page().unwrap(), ch).unwrap())))
+        .collect();
+    for (id, c) in clients.iter_mut() {
+        c.write("name", format!("guest-{}", id.0).as_bytes()).unwrap();
+    }
+    let mut c0 = inproc::client(&h.xs, DomId(0));
+    for (id, _) in &clients {
+        assert_eq!(
+            c0.read(&format!("/local/domain/{}/name", id.0)).unwrap(),
+            format!("guest-{}", id.0).as_bytes()
+        );
+        assert!(c0.is_domain_introduced(*id).unwrap());
+    }
+    // Releasing one guest stops its link; the others carry on.
+    let (gone, _) = clients.remove(0);
+    c0.release(gone).unwrap();
+    assert!(wait_for(|| !h._rings.attached().contains(&gone)));
+    assert!(!c0.is_domain_introduced(gone).unwrap());
+    for (id, c) in clients.iter_mut() {
+        assert_eq!(c.read("name").unwrap(), format!("guest-{}", id.0).as_bytes());
+    }
+}
+
+#[test]
+fn guest_corrupting_its_ring_is_cut_off_alone() {
+    let h = host();
+    let (bad, _e1, ch_bad) = boot(&h);
+    let (good, _e2, ch_good) = boot(&h);
+    let bad_page = bad.xenstore_page().unwrap();
+    let mut good_c = Client::new(RingTransport::new(good.xenstore_page().unwrap(), ch_good).unwrap());
+    good_c.write("ok", b"1").unwrap();
+    assert!(wait_for(|| h._rings.attached().contains(&bad.id())));
+    // The bad guest claims 64 KiB of requests in a 1 KiB ring.
+    bad_page.atomic_u32(2052).unwrap().store(65536, Ordering::SeqCst);
+    ch_bad.notify().unwrap();
+    assert!(wait_for(|| !h._rings.attached().contains(&bad.id())), "corrupt guest still served");
+    assert_eq!(bad_page.atomic_u32(2072).unwrap().load(Ordering::SeqCst), XENSTORE_ERROR_RINGIDX);
+    // The good guest is unaffected.
+    assert_eq!(good_c.read("ok").unwrap(), b"1");
+}
