@@ -21,6 +21,7 @@
 mod event;
 mod grant;
 mod store;
+mod vchan;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use xenshare::platform::{EventChannels, ForeignMapper, GrantBackend};
 pub use event::*;
 pub use grant::*;
 pub use store::*;
+pub use vchan::*;
 
 /// How a platform answers a revocation while the peer still maps the page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! The conformance bodies on the emulator: between two emulated domains,
 //! and as a self-grant loopback inside one domain (what the Xen lab does in
-//! dom0). XenStore bodies run against the in-process xenshare-xenstored.
+//! dom0). XenStore and vchan bodies run against the in-process
+//! xenshare-xenstored.
 
 use std::sync::Arc;
 
@@ -135,4 +136,19 @@ fn xenstore_bodies_on_the_rust_daemon() {
         "xenstore_watch",
         xenshare_conformance::xenstore_watch(&mut c, "/local/domain/0/xenshare-test"),
     );
+}
+
+/// The vchan body on both layouts: server in the granting domain, client in
+/// the mapping one, XenStore the in-process xenshare-xenstored.
+#[test]
+fn vchan_stream() {
+    for sim in [Sim::two_domains(), Sim::loopback()] {
+        let daemon = xenshare_xenstored::Daemon::new(xenshare_xenstored::Config::default());
+        let mut c = xenshare_xenstored::inproc::client(&daemon, DomId(0));
+        let what = format!("vchan_stream on {}", sim.name());
+        expect_pass(
+            &what,
+            xenshare_conformance::vchan_stream(&sim, &mut c, "/local/domain/0/data/vchan"),
+        );
+    }
 }

@@ -22,6 +22,60 @@ use crate::evtchn::EvtState;
 use crate::memory::DomainMemory;
 use crate::region::{Region, RegionError};
 
+/// A slab: values in reusable numbered slots (Xen's maptrack handles).
+pub(crate) struct Slab<T> {
+    items: Vec<Option<T>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Slab<T> {
+    pub(crate) fn insert(&mut self, v: T) -> u32 {
+        self.len += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.items[i as usize] = Some(v);
+                i
+            }
+            None => {
+                self.items.push(Some(v));
+                (self.items.len() - 1) as u32
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, i: u32) -> Option<T> {
+        let v = self.items.get_mut(i as usize)?.take()?;
+        self.free.push(i);
+        self.len -= 1;
+        Some(v)
+    }
+
+    pub(crate) fn get_mut(&mut self, i: u32) -> Option<&mut T> {
+        self.items.get_mut(i as usize)?.as_mut()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn drain(&mut self) -> Vec<T> {
+        self.free.clear();
+        self.len = 0;
+        self.items.drain(..).flatten().collect()
+    }
+}
+
 /// Locks a mutex, ignoring poisoning: every critical section in the
 /// emulator leaves its data consistent at each step.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -101,9 +155,10 @@ pub struct DomainState {
     pub(crate) mem: Arc<DomainMemory>,
     pub(crate) table: Arc<Region>,
     nr_entries: u32,
-    pins: Mutex<HashMap<u32, Pin>>,
-    maptrack: Mutex<HashMap<u32, MapRecord>>,
-    next_handle: AtomicU32,
+    /// Active entries, indexed by grant ref (Xen's active grant table).
+    pins: Mutex<Vec<Option<Pin>>>,
+    /// This domain's mappings; the handle is the slot index (Xen's maptrack).
+    maptrack: Mutex<Slab<MapRecord>>,
     max_maptrack: usize,
     pub(crate) evt: EvtState,
     pub(crate) hv: Weak<HvInner>,
@@ -185,9 +240,8 @@ impl Hypervisor {
             mem,
             table,
             nr_entries: cfg.grant_frames * ENTRIES_PER_FRAME_V1 as u32,
-            pins: Mutex::new(HashMap::new()),
-            maptrack: Mutex::new(HashMap::new()),
-            next_handle: AtomicU32::new(0),
+            pins: Mutex::new((0..cfg.grant_frames as usize * ENTRIES_PER_FRAME_V1).map(|_| None).collect()),
+            maptrack: Mutex::new(Slab::default()),
             max_maptrack: cfg.max_maptrack,
             evt: EvtState::new(id)?,
             hv: Arc::downgrade(&self.inner),
@@ -285,7 +339,8 @@ impl DomainState {
     fn acquire(&self, gref: GrantRef, mapper: DomId, readonly: bool) -> Result<u64, GntSt> {
         let (word, frame_word) = self.entry_words(gref).ok_or(GntSt::BadGntref)?;
         let mut pins = lock(&self.pins);
-        if let Some(p) = pins.get_mut(&gref.0) {
+        let slot = pins.get_mut(gref.0 as usize).ok_or(GntSt::BadGntref)?;
+        if let Some(p) = slot {
             if p.mapper != mapper {
                 return Err(GntSt::GeneralError);
             }
@@ -307,15 +362,12 @@ impl DomainState {
             entry::unpin(word, BUSY);
             return Err(GntSt::BadPage);
         }
-        pins.insert(
-            gref.0,
-            Pin {
+        *slot = Some(Pin {
                 frame,
                 mapper,
                 readers: u32::from(readonly),
                 writers: u32::from(!readonly),
-            },
-        );
+        });
         Ok(frame)
     }
 
@@ -325,7 +377,10 @@ impl DomainState {
             return;
         };
         let mut pins = lock(&self.pins);
-        let Some(p) = pins.get_mut(&gref.0) else {
+        let Some(slot) = pins.get_mut(gref.0 as usize) else {
+            return;
+        };
+        let Some(p) = slot.as_mut() else {
             return;
         };
         if writable {
@@ -339,7 +394,7 @@ impl DomainState {
         }
         if p.writers == 0 && p.readers == 0 {
             clear |= GTF_READING;
-            pins.remove(&gref.0);
+            *slot = None;
         }
         if clear != 0 {
             entry::unpin(word, clear);
@@ -349,17 +404,17 @@ impl DomainState {
     /// The entries this domain's peers have pinned.
     pub fn active_grants(&self) -> Vec<ActiveGrant> {
         let pins = lock(&self.pins);
-        let mut v: Vec<ActiveGrant> = pins
-            .iter()
-            .map(|(r, p)| ActiveGrant {
-                gref: GrantRef(*r),
-                mapper: p.mapper,
-                readers: p.readers,
-                writers: p.writers,
+        pins.iter()
+            .enumerate()
+            .filter_map(|(r, p)| {
+                p.as_ref().map(|p| ActiveGrant {
+                    gref: GrantRef(r as u32),
+                    mapper: p.mapper,
+                    readers: p.readers,
+                    writers: p.writers,
+                })
             })
-            .collect();
-        v.sort_by_key(|a| a.gref);
-        v
+            .collect()
     }
 
     /// Number of grants this domain has mapped.
@@ -382,24 +437,20 @@ impl DomainState {
             return Err(GntSt::NoSpace);
         }
         let frame = granter.acquire(gref, self.id, readonly)?;
-        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        lock(&self.maptrack).insert(
-            handle,
-            MapRecord {
+        let handle = lock(&self.maptrack).insert(MapRecord {
                 granter: granter.clone(),
                 gref,
                 writable: !readonly,
                 frame,
                 notify: Notify::default(),
-            },
-        );
+        });
         Ok((handle, granter, frame))
     }
 
     /// GNTTABOP_unmap_grant_ref, as this domain.
     pub(crate) fn unmap_grant(&self, handle: u32) -> Result<(), GntSt> {
         let rec = lock(&self.maptrack)
-            .remove(&handle)
+            .remove(handle)
             .ok_or(GntSt::BadHandle)?;
         self.finish_unmap(rec);
         Ok(())
@@ -421,7 +472,7 @@ impl DomainState {
 
     pub(crate) fn set_notify(&self, handle: u32, notify: Notify) -> Result<(), GntSt> {
         let mut mt = lock(&self.maptrack);
-        let rec = mt.get_mut(&handle).ok_or(GntSt::BadHandle)?;
+        let rec = mt.get_mut(handle).ok_or(GntSt::BadHandle)?;
         if notify.clear_byte.is_some() && !rec.writable {
             // As gntdev: clearing a byte needs a writable mapping.
             return Err(GntSt::PermissionDenied);
@@ -530,7 +581,7 @@ impl DomainState {
 
     fn destroy(&self) {
         self.alive.store(false, Ordering::Release);
-        let records: Vec<MapRecord> = lock(&self.maptrack).drain().map(|(_, r)| r).collect();
+        let records: Vec<MapRecord> = lock(&self.maptrack).drain();
         // Notifies may send events through our ports: run them before the
         // ports close.
         for rec in records {

@@ -77,7 +77,7 @@ impl Segment {
             });
         }
         Ok(Segment {
-            gref: raw.gref,
+            gref: GrantRef(raw.gref),
             first_sect: raw.first_sect,
             last_sect: raw.last_sect,
         })
@@ -256,7 +256,7 @@ pub fn parse(raw: &BlkifRequest, limits: &Limits) -> Result<Request, Reject> {
                 op,
                 sector: r.sector_number,
                 nr_segments: n,
-                pages: r.indirect_grefs[..npages].to_vec(),
+                pages: r.indirect_grefs[..npages].iter().map(|&g| GrantRef(g)).collect(),
             })
         }
         other => Err(Reject::Unsupported(other)),
@@ -309,7 +309,7 @@ mod tests {
             ..Default::default()
         };
         for s in r.seg.iter_mut() {
-            s.gref = GrantRef(9);
+            s.gref = 9;
             s.last_sect = 7;
         }
         r

@@ -320,7 +320,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
                 Err(e) => return Err(self.trip(e)),
             };
             let req = NetifTxRequest {
-                gref,
+                gref: gref.0,
                 offset: 0,
                 flags: if i + 1 < n { NETTXF_MORE_DATA } else { 0 },
                 id: id as u16,
@@ -471,7 +471,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             let req = NetifRxRequest {
                 id: id as u16,
                 pad: 0,
-                gref,
+                gref: gref.0,
             };
             if let Err(e) = self.rx.ring().push_request(&req) {
                 return Err(self.trip(e));

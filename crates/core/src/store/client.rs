@@ -512,6 +512,9 @@ mod unix {
     pub struct UnixTransport {
         stream: UnixStream,
         decoder: Decoder,
+        /// The read timeout last set on the socket (saves a system call per
+        /// request when it does not change).
+        timeout: Option<Option<Duration>>,
     }
 
     fn io(e: std::io::Error) -> TransportError {
@@ -531,6 +534,7 @@ mod unix {
             UnixTransport {
                 stream,
                 decoder: Decoder::new(),
+                timeout: None,
             }
         }
     }
@@ -544,7 +548,10 @@ mod unix {
         fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, TransportError> {
             // A zero timeout means "forever" to set_read_timeout.
             let timeout = timeout.map(|t| t.max(Duration::from_micros(1)));
-            self.stream.set_read_timeout(timeout).map_err(io)?;
+            if self.timeout != Some(timeout) {
+                self.stream.set_read_timeout(timeout).map_err(io)?;
+                self.timeout = Some(timeout);
+            }
             let mut buf = [0u8; 8192];
             loop {
                 if let Some(m) = self.decoder.next_message()? {

@@ -292,6 +292,8 @@ fn pipe_pair() -> Res<(std::io::PipeWriter, std::io::PipeReader)> {
     Ok((w, r))
 }
 
+const SWEEP_SIZES: [usize; 5] = [64, 512, 4096, 16384, 65536];
+
 /// Runs the benchmark.
 pub fn run(a: VchanArgs) -> Res<()> {
     let mut lab = Lab::new()?;
@@ -315,19 +317,19 @@ pub fn run(a: VchanArgs) -> Res<()> {
 
     let mut sweep = Vec::new();
     if !a.quick && !a.json {
-        for order in [12u32, 14, 16, 18, 20] {
-            for size in [64usize, 512, 4096, 65536] {
+        for order in 12u32..=20 {
+            for size in SWEEP_SIZES {
                 let (s, c) = lab.pair(1 << order)?;
                 // Small writes move less data so each cell takes similar time.
-                let bytes = (total / (65536 / size.max(4096)).max(1))
-                    .min(total)
-                    .max(8 << 20);
-                let bytes = if size < 4096 { bytes / 8 } else { bytes };
+                let bytes = (total / 4).clamp(1 << 20, 64 << 20) / (65536 / size).clamp(1, 16);
                 sweep.push((order, size, stream(c, s, bytes, size)?));
+                // Give the closed pair's grants back before the next one.
+                lab.srv.exporter().reclaim(usize::MAX);
             }
         }
     }
 
+    lab.srv.exporter().reclaim(usize::MAX);
     let st = lab.srv.exporter().stats();
     if a.json {
         println!(
@@ -373,8 +375,8 @@ pub fn run(a: VchanArgs) -> Res<()> {
         );
         if !sweep.is_empty() {
             println!("vchan stream throughput sweep (GB/s): ring order x write size");
-            println!("  order      64 B     512 B    4 KiB   64 KiB");
-            for order in [12u32, 14, 16, 18, 20] {
+            println!("  order      64 B    512 B    4 KiB   16 KiB   64 KiB");
+            for order in 12u32..=20 {
                 let row: Vec<String> = sweep
                     .iter()
                     .filter(|(o, _, _)| *o == order)

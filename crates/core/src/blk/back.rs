@@ -1,0 +1,677 @@
+//! The back end: serves a [`BlockStorage`] to one front end.
+//!
+//! [`BlkBack::run`] is one whole connection: publish features and go to
+//! InitWait, wait for the front end's Initialised, read and check its keys,
+//! map the ring, bind the event channel, publish the disk (`sectors`,
+//! `sector-size`, `info`) and go to Connected, serve until the front end
+//! closes (or the caller asks to stop, or the front end breaks the ring),
+//! then unmap everything and go to Closing / Closed. Call it again to serve
+//! the next connection.
+//!
+//! Every request is copied once out of the ring, parsed and validated by
+//! [`super::wire`], and answered — a request that names a grant the front
+//! end did not give us, a sector outside the disk or a malformed segment
+//! gets `BLKIF_RSP_ERROR`, never a panic. Data moves by grant copy (the
+//! hypervisor checks every grant on every copy); with persistent grants
+//! negotiated, pages are mapped once and kept, up to a bound, and released
+//! when the connection ends. Only ring-level violations — a producer index
+//! the front end could not legally have written — break the connection.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+use core::time::Duration;
+
+use xenshare_abi::blkif::{
+    BlkifRequest, BlkifResponse, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    BLKIF_SEGS_PER_INDIRECT_FRAME, VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE,
+};
+
+use super::wire::{self, DataOp, Limits, Reject, Request, Segment};
+use super::{
+    dec, need_u64, read_opt, read_u64, wait_state, BlkError, BlockStorage, DEVTYPE,
+    MAX_RING_ORDER, SECTOR, XS_RETRIES,
+};
+use crate::event::Channel;
+use crate::grant::{Importer, Mapping};
+use crate::platform::{CopyDst, CopyOp, CopySrc, EventChannels, ForeignMapper, GrantPtr};
+use crate::ring::BackRing;
+use crate::store::client::{Client, Transport};
+use crate::store::xenbus::{backend_path, write_state, XenbusState};
+use crate::types::{Access, DomId, GrantRef, Port};
+
+/// What a back end offers and how it behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackConfig {
+    /// The front end's domain.
+    pub frontend: DomId,
+    /// The device id (the `virtual-device` number, e.g. 51712 for xvda).
+    pub devid: u32,
+    /// Offer `feature-flush-cache`.
+    pub flush: bool,
+    /// Offer `feature-barrier`.
+    pub barrier: bool,
+    /// Offer `feature-discard`.
+    pub discard: bool,
+    /// `feature-max-indirect-segments` (0: do not offer indirect requests).
+    pub max_indirect_segments: u16,
+    /// Offer `feature-persistent`.
+    pub persistent: bool,
+    /// Most pages kept mapped for persistent grants (beyond that, copy).
+    pub max_persistent_grants: usize,
+    /// `max-ring-page-order` (at most [`MAX_RING_ORDER`]).
+    pub max_ring_order: u32,
+    /// Bound on handshake waits (`None`: wait until stopped).
+    pub timeout: Option<Duration>,
+    /// How often an idle back end checks the stop flag and XenStore.
+    pub poll_interval: Duration,
+    /// Rounds to re-check the ring before sleeping on the event channel.
+    pub spin: u32,
+}
+
+impl BackConfig {
+    /// Everything offered, for `frontend`'s device `devid`.
+    pub fn new(frontend: DomId, devid: u32) -> Self {
+        Self {
+            frontend,
+            devid,
+            flush: true,
+            barrier: true,
+            discard: true,
+            max_indirect_segments: 256,
+            persistent: true,
+            max_persistent_grants: 2048,
+            max_ring_order: MAX_RING_ORDER,
+            timeout: None,
+            poll_interval: Duration::from_millis(20),
+            spin: 2000,
+        }
+    }
+}
+
+/// Why [`BlkBack::run`] returned normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackExit {
+    /// The front end closed the device.
+    FrontendClosed,
+    /// The caller's stop flag was set.
+    Stopped,
+}
+
+/// Counters of a back end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackStats {
+    /// Requests answered OKAY.
+    pub ok: u64,
+    /// Requests answered ERROR or EOPNOTSUPP.
+    pub failed: u64,
+    /// Connections served.
+    pub connections: u64,
+    /// Pages mapped persistently right now.
+    pub persistent_mapped: u64,
+}
+
+/// A block back end for one device of one front end.
+pub struct BlkBack<S: BlockStorage, M: ForeignMapper, E: EventChannels> {
+    importer: Importer<M>,
+    evt: Arc<E>,
+    storage: S,
+    cfg: BackConfig,
+    dir: String,
+    buf: Vec<u8>,
+    stats: BackStats,
+    last_error: Option<BlkError>,
+}
+
+impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> core::fmt::Debug for BlkBack<S, M, E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BlkBack")
+            .field("dir", &self.dir)
+            .field("stats", &self.stats)
+            .field("last_error", &self.last_error)
+            .finish()
+    }
+}
+
+/// What the front end asked for at connect time.
+struct FrontKeys {
+    refs: Vec<GrantRef>,
+    port: Port,
+    persistent: bool,
+}
+
+impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
+    /// A back end serving `storage` through `importer` (this domain's
+    /// import side) and `evt` (an event handle dedicated to this device).
+    pub fn new(importer: Importer<M>, evt: Arc<E>, storage: S, cfg: BackConfig) -> Self {
+        let dir = backend_path(importer.domid(), DEVTYPE, cfg.frontend, cfg.devid);
+        Self {
+            importer,
+            evt,
+            storage,
+            cfg,
+            dir,
+            buf: Vec::new(),
+            stats: BackStats::default(),
+            last_error: None,
+        }
+    }
+
+    /// The back end's XenStore directory.
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The storage, mutably.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// Gives the storage back.
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BackStats {
+        self.stats
+    }
+
+    /// The error that ended the last connection, if any.
+    pub fn last_error(&self) -> Option<&BlkError> {
+        self.last_error.as_ref()
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_indirect_segments: self.cfg.max_indirect_segments,
+            discard: self.cfg.discard,
+            flush: self.cfg.flush,
+            barrier: self.cfg.barrier,
+        }
+    }
+
+    /// Serves one connection, start to end (see the module docs). Returns
+    /// when the front end closes or `stop` is set; a front end that breaks
+    /// the ring ends it with the error (the back end unmaps everything and
+    /// goes to Closing first).
+    pub fn run<T: Transport>(
+        &mut self,
+        xs: &mut Client<T>,
+        stop: &AtomicBool,
+    ) -> Result<BackExit, BlkError> {
+        let r = self.run_inner(xs, stop);
+        if let Err(e) = &r {
+            self.last_error = Some(e.clone());
+        }
+        r
+    }
+
+    fn run_inner<T: Transport>(
+        &mut self,
+        xs: &mut Client<T>,
+        stop: &AtomicBool,
+    ) -> Result<BackExit, BlkError> {
+        let dir = self.dir.clone();
+        let front = read_opt(xs, &dir, "frontend")?.ok_or_else(|| BlkError::BadKey {
+            key: String::from("frontend"),
+            why: "missing (the toolstack did not create the device)",
+        })?;
+        self.publish_features(xs)?;
+        let stopped = || stop.load(Ordering::Relaxed);
+        let waited = wait_state(xs, &front, self.cfg.timeout, &stopped, |s| {
+            Ok(s == XenbusState::Initialised)
+        });
+        match waited {
+            Ok(_) => {}
+            Err(BlkError::Closed) => {
+                self.close_states(xs, &front, false);
+                return Ok(BackExit::Stopped);
+            }
+            Err(e) => return Err(e),
+        }
+        let keys = match self.read_front_keys(xs, &front) {
+            Ok(k) => k,
+            Err(e) => {
+                self.close_states(xs, &front, false);
+                return Err(e);
+            }
+        };
+        let served = self.connect_and_serve(xs, &front, &keys, stop);
+        // Everything the front end granted is unmapped by now.
+        let wait_front = matches!(served, Ok(BackExit::FrontendClosed));
+        self.close_states(xs, &front, wait_front);
+        served
+    }
+
+    fn publish_features<T: Transport>(&self, xs: &mut Client<T>) -> Result<(), BlkError> {
+        let d = &self.dir;
+        let c = &self.cfg;
+        let flag = |b: bool| dec(u8::from(b));
+        let gran = u64::from(self.storage.sector_size());
+        xs.transaction(XS_RETRIES, |tx| {
+            tx.write(&alloc::format!("{d}/feature-flush-cache"), &flag(c.flush))?;
+            tx.write(&alloc::format!("{d}/feature-barrier"), &flag(c.barrier))?;
+            tx.write(&alloc::format!("{d}/feature-discard"), &flag(c.discard))?;
+            if c.discard {
+                tx.write(&alloc::format!("{d}/discard-granularity"), &dec(gran))?;
+                tx.write(&alloc::format!("{d}/discard-alignment"), b"0")?;
+                tx.write(&alloc::format!("{d}/discard-secure"), b"0")?;
+            }
+            if c.max_indirect_segments > 0 {
+                tx.write(
+                    &alloc::format!("{d}/feature-max-indirect-segments"),
+                    &dec(c.max_indirect_segments),
+                )?;
+            }
+            tx.write(&alloc::format!("{d}/feature-persistent"), &flag(c.persistent))?;
+            tx.write(
+                &alloc::format!("{d}/max-ring-page-order"),
+                &dec(c.max_ring_order.min(MAX_RING_ORDER)),
+            )?;
+            tx.write(
+                &alloc::format!("{d}/state"),
+                &dec(XenbusState::InitWait.as_u32()),
+            )?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn read_front_keys<T: Transport>(
+        &self,
+        xs: &mut Client<T>,
+        front: &str,
+    ) -> Result<FrontKeys, BlkError> {
+        let bad = |key: &str, why| BlkError::BadKey {
+            key: String::from(key),
+            why,
+        };
+        let order = match read_u64(xs, front, "ring-page-order")? {
+            None => 0,
+            Some(o) if o <= u64::from(self.cfg.max_ring_order.min(MAX_RING_ORDER)) => o as u32,
+            Some(_) => return Err(bad("ring-page-order", "above max-ring-page-order")),
+        };
+        let mut refs = Vec::new();
+        if read_u64(xs, front, "ring-page-order")?.is_none() {
+            refs.push(need_u64(xs, front, "ring-ref")?);
+        } else {
+            for i in 0..(1u32 << order) {
+                refs.push(need_u64(xs, front, &alloc::format!("ring-ref{i}"))?);
+            }
+        }
+        let refs = refs
+            .into_iter()
+            .map(|r| u32::try_from(r).map(GrantRef))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| bad("ring-ref", "out of range"))?;
+        let port = need_u64(xs, front, "event-channel")?;
+        let port = u32::try_from(port).map_err(|_| bad("event-channel", "out of range"))?;
+        if let Some(p) = read_opt(xs, front, "protocol")? {
+            if p != XEN_IO_PROTO_ABI_NATIVE {
+                return Err(bad("protocol", "unsupported ABI (only the native layout)"));
+            }
+        }
+        let persistent =
+            self.cfg.persistent && read_u64(xs, front, "feature-persistent")?.unwrap_or(0) != 0;
+        Ok(FrontKeys {
+            refs,
+            port: Port(port),
+            persistent,
+        })
+    }
+
+    fn connect_and_serve<T: Transport>(
+        &mut self,
+        xs: &mut Client<T>,
+        front: &str,
+        keys: &FrontKeys,
+        stop: &AtomicBool,
+    ) -> Result<BackExit, BlkError> {
+        let fe = self.cfg.frontend;
+        let map = self.importer.map(fe, &keys.refs, Access::ReadWrite)?;
+        let ring = BackRing::<BlkifRequest, BlkifResponse>::attach(map.mem())?;
+        let chan = Channel::bind(&self.evt, fe, keys.port)?;
+        let d = self.dir.clone();
+        let size = self.storage.size();
+        let ss = self.storage.sector_size();
+        let info = if self.storage.read_only() {
+            VDISK_READONLY
+        } else {
+            0
+        };
+        xs.transaction(XS_RETRIES, |tx| {
+            tx.write(&alloc::format!("{d}/sectors"), &dec(size / SECTOR))?;
+            tx.write(&alloc::format!("{d}/sector-size"), &dec(ss))?;
+            tx.write(&alloc::format!("{d}/physical-sector-size"), &dec(ss))?;
+            tx.write(&alloc::format!("{d}/info"), &dec(info))?;
+            tx.write(
+                &alloc::format!("{d}/state"),
+                &dec(XenbusState::Connected.as_u32()),
+            )?;
+            Ok(())
+        })?;
+        self.stats.connections += 1;
+        let key = alloc::format!("{front}/state");
+        let token = alloc::format!("blkback:{key}");
+        xs.watch(&key, token.as_bytes())?;
+        let mut persistent = BTreeMap::new();
+        let r = self.serve(xs, front, &token, ring, &chan, keys, &mut persistent, stop);
+        let _ = xs.unwatch(&key, token.as_bytes());
+        drop(persistent);
+        self.stats.persistent_mapped = 0;
+        drop(chan);
+        drop(map);
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn serve<T: Transport>(
+        &mut self,
+        xs: &mut Client<T>,
+        front: &str,
+        token: &str,
+        mut ring: BackRing<'_, BlkifRequest, BlkifResponse>,
+        chan: &Channel<E>,
+        keys: &FrontKeys,
+        pmaps: &mut BTreeMap<u32, Mapping<M>>,
+        stop: &AtomicBool,
+    ) -> Result<BackExit, BlkError> {
+        let limits = self.limits();
+        loop {
+            let mut since_publish = 0u32;
+            while let Some(raw) = ring.next_request()? {
+                let status = self.handle(&raw, &limits, keys.persistent, pmaps);
+                if status == BLKIF_RSP_OKAY {
+                    self.stats.ok += 1;
+                } else {
+                    self.stats.failed += 1;
+                }
+                ring.push_response(&BlkifResponse {
+                    id: raw.id,
+                    operation: raw.operation,
+                    status,
+                    ..Default::default()
+                })?;
+                since_publish += 1;
+                if since_publish >= 4 {
+                    since_publish = 0;
+                    if ring.push_responses_and_check_notify()? {
+                        chan.notify()?;
+                    }
+                }
+            }
+            if ring.push_responses_and_check_notify()? {
+                chan.notify()?;
+            }
+            // Give a busy front end a moment before paying for a sleep.
+            let mut spun = 0;
+            while spun < self.cfg.spin && ring.unconsumed_requests()? == 0 {
+                core::hint::spin_loop();
+                spun += 1;
+            }
+            if ring.final_check_for_requests()? {
+                continue;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Ok(BackExit::Stopped);
+            }
+            while let Some(ev) = xs.next_event(Some(Duration::ZERO))? {
+                if ev.token == token.as_bytes() {
+                    let s = crate::store::xenbus::read_state(xs, front)?;
+                    if matches!(
+                        s,
+                        XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown
+                    ) {
+                        return Ok(BackExit::FrontendClosed);
+                    }
+                }
+            }
+            if chan.wait(Some(self.cfg.poll_interval))?.is_some() {
+                chan.unmask()?;
+            }
+        }
+    }
+
+    /// Answers one request; never fails the connection.
+    fn handle(
+        &mut self,
+        raw: &BlkifRequest,
+        limits: &Limits,
+        persistent: bool,
+        pmaps: &mut BTreeMap<u32, Mapping<M>>,
+    ) -> i16 {
+        let r = match wire::parse(raw, limits) {
+            Ok(Request::Data {
+                op, sector, segs, ..
+            }) => self.data(op, sector, &segs, persistent, pmaps),
+            Ok(Request::Indirect {
+                op,
+                sector,
+                nr_segments,
+                pages,
+                ..
+            }) => self
+                .indirect_segments(&pages, usize::from(nr_segments))
+                .and_then(|segs| self.data(op, sector, &segs, persistent, pmaps)),
+            Ok(Request::Discard {
+                sector, nr_sectors, ..
+            }) => self.discard(sector, nr_sectors),
+            Err(e) => Err(e),
+        };
+        self.stats.persistent_mapped = pmaps.len() as u64;
+        match r {
+            Ok(()) => BLKIF_RSP_OKAY,
+            Err(Reject::Unsupported(_)) => BLKIF_RSP_EOPNOTSUPP,
+            Err(_) => BLKIF_RSP_ERROR,
+        }
+    }
+
+    /// The byte range of `sectors` sectors at `sector`, checked against
+    /// the disk and its sector size.
+    fn range(&self, sector: u64, sectors: u64) -> Result<(u64, u64), Reject> {
+        let off = sector.checked_mul(SECTOR).ok_or(Reject::Range)?;
+        let len = sectors.checked_mul(SECTOR).ok_or(Reject::Range)?;
+        let end = off.checked_add(len).ok_or(Reject::Range)?;
+        let ss = u64::from(self.storage.sector_size().max(1));
+        if end > self.storage.size() || off % ss != 0 || len % ss != 0 {
+            return Err(Reject::Range);
+        }
+        Ok((off, len))
+    }
+
+    fn discard(&mut self, sector: u64, nr_sectors: u64) -> Result<(), Reject> {
+        let (off, len) = self.range(sector, nr_sectors)?;
+        if self.storage.read_only() {
+            return Err(Reject::ReadOnly);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        self.storage.discard(off, len).map_err(|_| Reject::Range)
+    }
+
+    /// Copies the indirect pages once, then parses the segment list.
+    fn indirect_segments(&mut self, pages: &[GrantRef], n: usize) -> Result<Vec<Segment>, Reject> {
+        let seg_size = core::mem::size_of::<xenshare_abi::blkif::BlkifRequestSegment>();
+        let mut copy = alloc::vec![0u8; n * seg_size];
+        let fe = self.cfg.frontend;
+        let per_page = BLKIF_SEGS_PER_INDIRECT_FRAME * seg_size;
+        let mut ops: Vec<CopyOp<'_>> = copy
+            .chunks_mut(per_page)
+            .zip(pages)
+            .map(|(chunk, gref)| CopyOp {
+                len: chunk.len() as u16,
+                src: CopySrc::Grant(GrantPtr {
+                    dom: fe,
+                    gref: *gref,
+                    offset: 0,
+                }),
+                dst: CopyDst::Local(chunk),
+                status: crate::grant::GntSt::Okay,
+            })
+            .collect();
+        self.importer.copy(&mut ops);
+        if ops.iter().any(|o| !o.status.is_ok()) {
+            return Err(Reject::Grant);
+        }
+        drop(ops);
+        wire::parse_indirect_segments(&copy, n)
+    }
+
+    /// A persistent mapping of `gref`, made on first use (bounded).
+    fn persistent_map<'m>(
+        importer: &Importer<M>,
+        fe: DomId,
+        max: usize,
+        pmaps: &'m mut BTreeMap<u32, Mapping<M>>,
+        gref: GrantRef,
+    ) -> Option<&'m Mapping<M>> {
+        if !pmaps.contains_key(&gref.0) {
+            if pmaps.len() >= max {
+                return None;
+            }
+            let m = importer.map(fe, &[gref], Access::ReadWrite).ok()?;
+            pmaps.insert(gref.0, m);
+        }
+        pmaps.get(&gref.0)
+    }
+
+    fn data(
+        &mut self,
+        op: DataOp,
+        sector: u64,
+        segs: &[Segment],
+        persistent: bool,
+        pmaps: &mut BTreeMap<u32, Mapping<M>>,
+    ) -> Result<(), Reject> {
+        let (off, len) = self.range(sector, wire::total_sectors(segs))?;
+        if op.writes() && self.storage.read_only() {
+            return Err(Reject::ReadOnly);
+        }
+        if op == DataOp::Barrier {
+            self.storage.flush().map_err(|_| Reject::Range)?;
+        }
+        if !segs.is_empty() {
+            let len = usize::try_from(len).map_err(|_| Reject::Range)?;
+            let mut buf = core::mem::take(&mut self.buf);
+            buf.resize(len, 0);
+            let r = if op.writes() {
+                self.move_segments(segs, &mut buf, false, persistent, pmaps)
+                    .and_then(|()| self.storage.write_at(off, &buf).map_err(|_| Reject::Range))
+            } else {
+                self.storage
+                    .read_at(off, &mut buf)
+                    .map_err(|_| Reject::Range)
+                    .and_then(|()| self.move_segments(segs, &mut buf, true, persistent, pmaps))
+            };
+            self.buf = buf;
+            r?;
+        }
+        if matches!(op, DataOp::Flush | DataOp::Barrier) {
+            self.storage.flush().map_err(|_| Reject::Range)?;
+        }
+        Ok(())
+    }
+
+    /// Moves data between `buf` and the segments' pages: `to_front` for
+    /// reads. Persistently mapped pages are copied directly; the rest by
+    /// grant copy, which checks every grant.
+    fn move_segments(
+        &mut self,
+        segs: &[Segment],
+        buf: &mut [u8],
+        to_front: bool,
+        persistent: bool,
+        pmaps: &mut BTreeMap<u32, Mapping<M>>,
+    ) -> Result<(), Reject> {
+        let fe = self.cfg.frontend;
+        let mut by_copy: Vec<(usize, Segment)> = Vec::new();
+        let mut pos = 0;
+        for s in segs {
+            let chunk = &mut buf[pos..pos + s.len()];
+            let mapped = if persistent {
+                Self::persistent_map(
+                    &self.importer,
+                    fe,
+                    self.cfg.max_persistent_grants,
+                    pmaps,
+                    s.gref,
+                )
+            } else {
+                None
+            };
+            match mapped {
+                Some(m) => {
+                    let mem = m.mem();
+                    let r = if to_front {
+                        mem.write(s.offset(), chunk)
+                    } else {
+                        mem.read(s.offset(), chunk)
+                    };
+                    r.map_err(|_| Reject::Grant)?;
+                }
+                None => by_copy.push((pos, *s)),
+            }
+            pos += s.len();
+        }
+        if by_copy.is_empty() {
+            return Ok(());
+        }
+        // Hand out disjoint slices of `buf` in segment order.
+        let mut ops: Vec<CopyOp<'_>> = Vec::with_capacity(by_copy.len());
+        let mut rest: &mut [u8] = buf;
+        let mut base = 0;
+        for (at, s) in by_copy {
+            let (_, tail) = core::mem::take(&mut rest).split_at_mut(at - base);
+            let (chunk, tail) = tail.split_at_mut(s.len());
+            rest = tail;
+            base = at + s.len();
+            let ptr = GrantPtr {
+                dom: fe,
+                gref: s.gref,
+                offset: s.offset() as u16,
+            };
+            let (src, dst) = if to_front {
+                (CopySrc::Local(chunk), CopyDst::Grant(ptr))
+            } else {
+                (CopySrc::Grant(ptr), CopyDst::Local(chunk))
+            };
+            ops.push(CopyOp {
+                src,
+                dst,
+                len: s.len() as u16,
+                status: crate::grant::GntSt::Okay,
+            });
+        }
+        self.importer.copy(&mut ops);
+        if ops.iter().all(|o| o.status.is_ok()) {
+            Ok(())
+        } else {
+            Err(Reject::Grant)
+        }
+    }
+
+    /// Closing / Closed after a connection (or a failed handshake).
+    fn close_states<T: Transport>(&self, xs: &mut Client<T>, front: &str, wait_front: bool) {
+        let _ = write_state(xs, &self.dir, XenbusState::Closing);
+        if wait_front {
+            let never = || false;
+            let _ = wait_state(
+                xs,
+                front,
+                Some(self.cfg.timeout.unwrap_or(Duration::from_secs(5))),
+                &never,
+                |s| Ok(matches!(s, XenbusState::Closed | XenbusState::Unknown)),
+            );
+        }
+        let _ = write_state(xs, &self.dir, XenbusState::Closed);
+    }
+}

@@ -1,0 +1,1217 @@
+//! The front end: a block device on a blkif ring.
+//!
+//! [`BlkFront`] owns what outlives a connection — the exporter, the event
+//! handle, the granted ring pages and the persistent-grant pool — and
+//! [`BlkFront::connect`] runs the handshake, returning a [`Disk`] that
+//! borrows the ring. (The ring's shared memory belongs to a
+//! [`crate::grant::Share`]; the `Disk` borrowing it is how the type system
+//! makes sure the ring is never used after its pages are revoked.)
+//!
+//! I/O: `read_at` / `write_at` split an access into ring requests of up to
+//! [`Disk::max_request_bytes`] (11 pages, or the indirect limit) and keep as
+//! many in flight as the ring and the grant table allow; `submit_*` /
+//! [`Disk::wait`] expose the same machinery one request at a time with any
+//! number in flight. Each request's pages are either granted for that
+//! request alone (zeroed, read-only for writes) and revoked when it
+//! completes, or — with persistent grants — taken from a pool of pages
+//! granted once, data being copied in and out.
+//!
+//! Hardening: responses are copied once; the ring checks the producer
+//! index and [`Outstanding`] the id (in range, outstanding) and opcode. A
+//! request's grants are revoked *before* its data is used; if the back end
+//! still maps one, the disk breaks ([`BlkError::GrantStillMapped`]) and
+//! the page is dropped into the exporter's quarantine — never reused (the
+//! XSA-396 rule). After any violation or timeout every call returns
+//! [`BlkError::Broken`].
+
+use alloc::collections::VecDeque;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use xenshare_abi::blkif::{
+    BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment, BlkifResponse,
+    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
+    BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
+    BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_OKAY, BLKIF_SEGS_PER_INDIRECT_FRAME,
+    XEN_IO_PROTO_ABI_NATIVE,
+};
+use xenshare_abi::PAGE_SIZE;
+use zerocopy::{FromZeros, IntoBytes};
+
+use super::{
+    dec, need_u64, read_flag, read_opt, read_u64, wait_state, BlkError, Deadline, DiskInfo,
+    Features, DEVTYPE, MAX_RING_ORDER, SECTOR, XS_RETRIES,
+};
+use crate::event::Channel;
+use crate::grant::{Busy, Exporter, GrantError, Share};
+use crate::mem::SharedMem;
+use crate::platform::{EventChannels, GrantBackend, PageSet};
+use crate::ring::{nr_entries, ring_bytes, FrontRing, Outstanding, RingError};
+use crate::store::client::{Client, Transport};
+use crate::store::xenbus::{frontend_path, write_state, XenbusState};
+use crate::types::{Access, DomId, GrantRef};
+
+/// How a front end connects and behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrontConfig {
+    /// The device id (`virtual-device`), e.g. 51712 for xvda.
+    pub devid: u32,
+    /// Ring order wanted (capped by the back end's `max-ring-page-order`).
+    pub ring_order: u32,
+    /// Ask for persistent grants.
+    pub persistent: bool,
+    /// Use indirect requests when the back end offers them.
+    pub indirect: bool,
+    /// Most segments per indirect request.
+    pub max_indirect_segments: u32,
+    /// Pages in the persistent-grant pool at most.
+    pub max_persistent_pages: usize,
+    /// Bound on the handshake and on waiting for any response.
+    pub timeout: Option<Duration>,
+    /// Rounds to re-check the ring before sleeping on the event channel.
+    pub spin: u32,
+}
+
+impl FrontConfig {
+    /// Defaults for device `devid`: two-page ring, persistent grants and
+    /// indirect requests (up to 256 segments) if offered, 30 s timeout.
+    pub fn new(devid: u32) -> Self {
+        Self {
+            devid,
+            ring_order: 1,
+            persistent: true,
+            indirect: true,
+            max_indirect_segments: 256,
+            max_persistent_pages: 1024,
+            timeout: Some(Duration::from_secs(30)),
+            spin: 2000,
+        }
+    }
+}
+
+/// The kind of an I/O request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    /// Read.
+    Read,
+    /// Write.
+    Write,
+    /// Flush the disk cache.
+    Flush,
+    /// Write barrier (no data).
+    Barrier,
+    /// Discard a range.
+    Discard,
+}
+
+/// Identifies a submitted request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tag(pub u64);
+
+/// A finished submitted request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The tag [`Disk`]'s `submit_*` returned.
+    pub tag: Tag,
+    /// What it was.
+    pub kind: IoKind,
+    /// Its outcome.
+    pub result: Result<(), BlkError>,
+    /// The data of a successful read (empty otherwise).
+    pub data: Vec<u8>,
+}
+
+/// Pages of one request.
+enum Pages<B: GrantBackend> {
+    None,
+    /// Granted for this request alone.
+    Share(Share<B>),
+    /// Indices into the persistent pool.
+    Pool(Vec<usize>),
+}
+
+/// Who gets a request's result.
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    /// A chunk of the running `read_at` / `write_at`, at this buffer offset.
+    Call(usize),
+    /// A submitted request.
+    Tag(Tag),
+}
+
+struct Pending<B: GrantBackend> {
+    kind: IoKind,
+    len: usize,
+    data: Pages<B>,
+    indirect: Pages<B>,
+    owner: Owner,
+}
+
+/// The persistent-grant pool: single read-write pages granted once.
+struct Pool<B: GrantBackend> {
+    pages: Vec<Share<B>>,
+    free: Vec<usize>,
+    cap: usize,
+}
+
+impl<B: GrantBackend> Pool<B> {
+    /// `n` free pages, growing the pool up to its cap; `None` if the pool
+    /// cannot hold `n` free pages right now.
+    fn take(
+        &mut self,
+        exporter: &Exporter<B>,
+        peer: DomId,
+        n: usize,
+    ) -> Result<Option<Vec<usize>>, GrantError> {
+        while self.free.len() < n && self.pages.len() < self.cap {
+            let s = exporter.share(peer, 1, Access::ReadWrite)?;
+            self.free.push(self.pages.len());
+            self.pages.push(s);
+        }
+        if self.free.len() < n {
+            return Ok(None);
+        }
+        let at = self.free.len() - n;
+        Ok(Some(self.free.split_off(at)))
+    }
+
+    fn page(&self, idx: usize) -> Option<SharedMem<'_>> {
+        self.pages.get(idx).map(|s| s.mem())
+    }
+
+    fn gref(&self, idx: usize) -> GrantRef {
+        self.pages
+            .get(idx)
+            .and_then(|s| s.refs().first().copied())
+            .unwrap_or_default()
+    }
+}
+
+/// The per-connection state a [`Disk`] works on.
+struct Io<B: GrantBackend, E: EventChannels> {
+    exporter: Exporter<B>,
+    backend: DomId,
+    chan: Channel<E>,
+    info: DiskInfo,
+    cfg: FrontConfig,
+    inflight: Outstanding<Pending<B>>,
+    pool: Pool<B>,
+    completed: VecDeque<Completion>,
+    next_tag: u64,
+    broken: Option<BlkError>,
+    closed: bool,
+    /// Chunks of the running synchronous call still in flight.
+    call_left: usize,
+    /// The first error of the running synchronous call.
+    call_err: Option<BlkError>,
+}
+
+/// A block front end; see the module docs.
+pub struct BlkFront<B: GrantBackend, E: EventChannels> {
+    exporter: Exporter<B>,
+    evt: Arc<E>,
+    cfg: FrontConfig,
+    dir: String,
+    ring: Option<Share<B>>,
+    io: Option<Io<B, E>>,
+}
+
+impl<B: GrantBackend, E: EventChannels> core::fmt::Debug for BlkFront<B, E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BlkFront")
+            .field("dir", &self.dir)
+            .field("connected", &self.io.is_some())
+            .finish()
+    }
+}
+
+/// Outcome of [`BlkFront::release`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReleaseReport {
+    /// Shares revoked.
+    pub revoked: usize,
+    /// Shares the back end still maps, now in quarantine.
+    pub quarantined: usize,
+}
+
+fn release_share<B: GrantBackend>(s: Share<B>, r: &mut ReleaseReport) {
+    match s.try_unshare() {
+        Ok(pages) => {
+            drop(pages);
+            r.revoked += 1;
+        }
+        Err(Busy(s)) => {
+            // Dropping a live share quarantines it: never reused.
+            drop(s);
+            r.quarantined += 1;
+        }
+    }
+}
+
+impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
+    /// A front end for device `cfg.devid` of this domain, granting through
+    /// `exporter` and waiting on `evt` (a handle dedicated to this device).
+    pub fn new(exporter: Exporter<B>, evt: Arc<E>, cfg: FrontConfig) -> Self {
+        let dir = frontend_path(exporter.domid(), DEVTYPE, cfg.devid);
+        Self {
+            exporter,
+            evt,
+            cfg,
+            dir,
+            ring: None,
+            io: None,
+        }
+    }
+
+    /// The front end's XenStore directory.
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+
+    /// Revokes (or quarantines, if the back end still maps them) every
+    /// grant of the last connection: ring, pool and requests in flight.
+    pub fn release(&mut self) -> ReleaseReport {
+        let mut r = ReleaseReport::default();
+        if let Some(mut io) = self.io.take() {
+            for (_, _, p) in io.inflight.drain() {
+                for pages in [p.data, p.indirect] {
+                    match pages {
+                        Pages::Share(s) => release_share(s, &mut r),
+                        Pages::Pool(_) | Pages::None => {}
+                    }
+                }
+            }
+            for s in io.pool.pages.drain(..) {
+                release_share(s, &mut r);
+            }
+            drop(io);
+        }
+        if let Some(s) = self.ring.take() {
+            release_share(s, &mut r);
+        }
+        r
+    }
+
+    /// Connects to the back end named in the front end's directory: waits
+    /// for it to publish its features (InitWait), grants and initialises
+    /// the ring, allocates the event channel, writes ring-ref(s),
+    /// event-channel, protocol and feature-persistent with state
+    /// Initialised in one transaction, waits for Connected, reads the disk
+    /// description and goes Connected. Any previous connection's grants are
+    /// released first.
+    pub fn connect<T: Transport>(&mut self, xs: &mut Client<T>) -> Result<Disk<'_, B, E>, BlkError> {
+        self.release();
+        let cfg = self.cfg;
+        let dir = self.dir.clone();
+        let never = || false;
+        let back = read_opt(xs, &dir, "backend")?.ok_or_else(|| BlkError::BadKey {
+            key: String::from("backend"),
+            why: "missing (the toolstack did not create the device)",
+        })?;
+        let backend_id = need_u64(xs, &dir, "backend-id")?;
+        let backend = u16::try_from(backend_id)
+            .ok()
+            .map(DomId)
+            .filter(|d| d.is_real())
+            .ok_or_else(|| BlkError::BadKey {
+                key: String::from("backend-id"),
+                why: "not a domain id",
+            })?;
+        wait_state(xs, &back, cfg.timeout, &never, |s| {
+            Ok(matches!(s, XenbusState::InitWait | XenbusState::Initialised))
+        })?;
+        let features = Features {
+            flush: read_flag(xs, &back, "feature-flush-cache")?,
+            barrier: read_flag(xs, &back, "feature-barrier")?,
+            discard: read_flag(xs, &back, "feature-discard")?,
+            discard_granularity: read_u64(xs, &back, "discard-granularity")?.unwrap_or(0),
+            discard_alignment: read_u64(xs, &back, "discard-alignment")?.unwrap_or(0),
+            max_indirect_segments: read_u64(xs, &back, "feature-max-indirect-segments")?
+                .unwrap_or(0)
+                .min(u64::from(u16::MAX)) as u32,
+            persistent: read_flag(xs, &back, "feature-persistent")?,
+            max_ring_order: read_u64(xs, &back, "max-ring-page-order")?
+                .unwrap_or(0)
+                .min(u64::from(MAX_RING_ORDER)) as u32,
+        };
+        let order = cfg.ring_order.min(features.max_ring_order);
+        let ring_share = self
+            .exporter
+            .share(backend, 1 << order, Access::ReadWrite)?;
+        FrontRing::<BlkifRequest, BlkifResponse>::init(ring_share.mem())?;
+        let chan = Channel::alloc_unbound(&self.evt, backend)?;
+        let refs: Vec<GrantRef> = ring_share.refs().to_vec();
+        let want_persistent = cfg.persistent;
+        xs.transaction(XS_RETRIES, |tx| {
+            if order == 0 {
+                tx.write(&alloc::format!("{dir}/ring-ref"), &dec(refs[0].0))?;
+            } else {
+                tx.write(&alloc::format!("{dir}/ring-page-order"), &dec(order))?;
+                tx.write(&alloc::format!("{dir}/num-ring-pages"), &dec(1u32 << order))?;
+                for (i, r) in refs.iter().enumerate() {
+                    tx.write(&alloc::format!("{dir}/ring-ref{i}"), &dec(r.0))?;
+                }
+            }
+            tx.write(&alloc::format!("{dir}/event-channel"), &dec(chan.port().0))?;
+            tx.write(
+                &alloc::format!("{dir}/protocol"),
+                XEN_IO_PROTO_ABI_NATIVE.as_bytes(),
+            )?;
+            tx.write(
+                &alloc::format!("{dir}/feature-persistent"),
+                &dec(u8::from(want_persistent)),
+            )?;
+            tx.write(
+                &alloc::format!("{dir}/state"),
+                &dec(XenbusState::Initialised.as_u32()),
+            )?;
+            Ok(())
+        })?;
+        // From here on the ring pages are the back end's to map: keep them
+        // owned by `self` so they are released (or quarantined) properly.
+        self.ring = Some(ring_share);
+        let st = wait_state(xs, &back, cfg.timeout, &never, |s| match s {
+            XenbusState::Connected => Ok(true),
+            XenbusState::Closing | XenbusState::Closed => Err(BlkError::PeerState(s)),
+            _ => Ok(false),
+        })?;
+        debug_assert_eq!(st, XenbusState::Connected);
+        let sectors = need_u64(xs, &back, "sectors")?;
+        let sector_size = need_u64(xs, &back, "sector-size")?;
+        let info = read_u64(xs, &back, "info")?.unwrap_or(0);
+        if !(512..=65536).contains(&sector_size) || !sector_size.is_power_of_two() {
+            return Err(BlkError::BadKey {
+                key: String::from("sector-size"),
+                why: "not a power of two in 512..=65536",
+            });
+        }
+        if sectors.checked_mul(SECTOR).is_none() {
+            return Err(BlkError::BadKey {
+                key: String::from("sectors"),
+                why: "disk size overflows",
+            });
+        }
+        let persistent = want_persistent && features.persistent;
+        let ring_size = nr_entries::<BlkifRequest, BlkifResponse>(ring_bytes(order)) as u32;
+        let pool_cap = cfg.max_persistent_pages.max(2 * BLKIF_MAX_SEGMENTS_PER_REQUEST);
+        let mut max_segments = BLKIF_MAX_SEGMENTS_PER_REQUEST as u32;
+        if cfg.indirect && features.max_indirect_segments > max_segments {
+            let mut m = features
+                .max_indirect_segments
+                .min(cfg.max_indirect_segments)
+                .min((BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST * BLKIF_SEGS_PER_INDIRECT_FRAME) as u32);
+            if persistent {
+                // One request must always fit the pool: data + indirect pages.
+                m = m.min((pool_cap - BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST) as u32);
+            }
+            max_segments = m.max(max_segments);
+        }
+        let info = DiskInfo {
+            sectors,
+            sector_size: sector_size as u32,
+            info: info as u32,
+            features,
+            persistent,
+            ring_order: order,
+            ring_size,
+            max_segments,
+        };
+        write_state(xs, &dir, XenbusState::Connected)?;
+        self.io = Some(Io {
+            exporter: self.exporter.clone(),
+            backend,
+            chan,
+            info,
+            cfg,
+            inflight: Outstanding::new(ring_size as usize),
+            pool: Pool {
+                pages: Vec::new(),
+                free: Vec::new(),
+                cap: pool_cap,
+            },
+            completed: VecDeque::new(),
+            next_tag: 0,
+            broken: None,
+            closed: false,
+            call_left: 0,
+            call_err: None,
+        });
+        self.disk()
+    }
+
+    fn disk(&mut self) -> Result<Disk<'_, B, E>, BlkError> {
+        let (Some(ring), Some(io)) = (self.ring.as_ref(), self.io.as_mut()) else {
+            return Err(BlkError::Closed);
+        };
+        // Nothing was pushed yet, so attaching at 0 equals the state `init`
+        // left (the shared header was initialised before it was published).
+        let ring = FrontRing::attach_at(ring.mem(), 0)?;
+        Ok(Disk { ring, io })
+    }
+}
+
+impl<B: GrantBackend, E: EventChannels> Drop for BlkFront<B, E> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Internal outcome of trying to submit.
+enum Submit {
+    Done,
+    /// No ring slot, id or pages right now; retry after a completion.
+    /// Carries the error to report if nothing is in flight to wait for.
+    Later(BlkError),
+}
+
+/// A connected block device. See the module docs.
+pub struct Disk<'f, B: GrantBackend, E: EventChannels> {
+    ring: FrontRing<'f, BlkifRequest, BlkifResponse>,
+    io: &'f mut Io<B, E>,
+}
+
+impl<B: GrantBackend, E: EventChannels> core::fmt::Debug for Disk<'_, B, E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Disk")
+            .field("info", &self.io.info)
+            .field("in_flight", &self.io.inflight.in_flight())
+            .field("broken", &self.io.broken)
+            .finish()
+    }
+}
+
+impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
+    /// The disk as the back end described it, and what was negotiated.
+    pub fn info(&self) -> &DiskInfo {
+        &self.io.info
+    }
+
+    /// The error that broke the disk, if any.
+    pub fn error(&self) -> Option<&BlkError> {
+        self.io.broken.as_ref()
+    }
+
+    /// Whether a violation, a kept grant or a timeout broke the disk.
+    pub fn is_broken(&self) -> bool {
+        self.io.broken.is_some()
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.io.inflight.in_flight()
+    }
+
+    /// Pages in the persistent-grant pool.
+    pub fn pool_pages(&self) -> usize {
+        self.io.pool.pages.len()
+    }
+
+    /// The most data one ring request carries.
+    pub fn max_request_bytes(&self) -> usize {
+        self.io.info.max_segments as usize * PAGE_SIZE
+    }
+
+    fn live(&self) -> Result<(), BlkError> {
+        if self.io.closed {
+            return Err(BlkError::Closed);
+        }
+        match &self.io.broken {
+            Some(e) => Err(BlkError::Broken(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, e: BlkError) -> BlkError {
+        if self.io.broken.is_none() {
+            self.io.broken = Some(e.clone());
+        }
+        e
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), BlkError> {
+        let align = self.io.info.sector_size;
+        if offset % u64::from(align) != 0 || len % u64::from(align) != 0 {
+            return Err(BlkError::Misaligned { offset, len, align });
+        }
+        let size = self.io.info.size_bytes();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(BlkError::OutOfRange { offset, len, size }),
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` (both multiples of the sector
+    /// size), with as many requests in flight as resources allow.
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlkError> {
+        self.live()?;
+        self.check_range(offset, buf.len() as u64)?;
+        self.sync_call(IoKind::Read, offset, buf.len(), |_| None, Some(buf))
+    }
+
+    /// Writes `buf` at `offset` (both multiples of the sector size).
+    pub fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<(), BlkError> {
+        self.live()?;
+        self.check_range(offset, buf.len() as u64)?;
+        if self.io.info.read_only() {
+            return Err(BlkError::ReadOnly);
+        }
+        self.sync_call(IoKind::Write, offset, buf.len(), |r| Some(&buf[r]), None)
+    }
+
+    /// Makes every completed write durable: `BLKIF_OP_FLUSH_DISKCACHE`, or
+    /// a barrier if that is all the back end offers.
+    pub fn flush(&mut self) -> Result<(), BlkError> {
+        self.live()?;
+        let kind = self.flush_kind()?;
+        self.sync_call(kind, 0, 0, |_| None, None)
+    }
+
+    /// A write barrier (`BLKIF_OP_WRITE_BARRIER`, no data).
+    pub fn barrier(&mut self) -> Result<(), BlkError> {
+        self.live()?;
+        if !self.io.info.features.barrier {
+            return Err(BlkError::NotSupported("barrier"));
+        }
+        self.sync_call(IoKind::Barrier, 0, 0, |_| None, None)
+    }
+
+    /// Discards `len` bytes at `offset`; later reads return zeroes.
+    pub fn discard(&mut self, offset: u64, len: u64) -> Result<(), BlkError> {
+        self.live()?;
+        self.check_discard(offset, len)?;
+        let len = usize::try_from(len).map_err(|_| BlkError::OutOfRange {
+            offset,
+            len,
+            size: self.io.info.size_bytes(),
+        })?;
+        self.sync_call(IoKind::Discard, offset, len, |_| None, None)
+    }
+
+    fn flush_kind(&self) -> Result<IoKind, BlkError> {
+        let f = &self.io.info.features;
+        if f.flush {
+            Ok(IoKind::Flush)
+        } else if f.barrier {
+            Ok(IoKind::Barrier)
+        } else {
+            Err(BlkError::NotSupported("flush"))
+        }
+    }
+
+    fn check_discard(&self, offset: u64, len: u64) -> Result<(), BlkError> {
+        if !self.io.info.features.discard {
+            return Err(BlkError::NotSupported("discard"));
+        }
+        if self.io.info.read_only() {
+            return Err(BlkError::ReadOnly);
+        }
+        self.check_range(offset, len)
+    }
+
+    /// Runs one synchronous call: chunks submitted as resources allow, then
+    /// every chunk waited for (even after an error, so no request still
+    /// targets `buf` when this returns).
+    fn sync_call<'b>(
+        &mut self,
+        kind: IoKind,
+        offset: u64,
+        len: usize,
+        src: impl Fn(core::ops::Range<usize>) -> Option<&'b [u8]>,
+        mut buf: Option<&mut [u8]>,
+    ) -> Result<(), BlkError> {
+        self.io.call_left = 0;
+        self.io.call_err = None;
+        let max = match kind {
+            IoKind::Read | IoKind::Write => self.max_request_bytes(),
+            _ => usize::MAX,
+        };
+        let mut pos = 0;
+        let mut first = true;
+        let mut submit_err = None;
+        while first || pos < len {
+            first = false;
+            let n = (len - pos).min(max);
+            let r = self.submit_blocking(
+                kind,
+                offset + pos as u64,
+                n,
+                src(pos..pos + n),
+                Owner::Call(pos),
+                buf.as_deref_mut(),
+            );
+            if let Err(e) = r {
+                submit_err = Some(e);
+                break;
+            }
+            self.io.call_left += 1;
+            pos += n;
+        }
+        while self.io.call_left > 0 {
+            self.reap(buf.as_deref_mut())?;
+        }
+        if let Some(e) = submit_err {
+            return Err(e);
+        }
+        match self.io.call_err.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn submit_blocking(
+        &mut self,
+        kind: IoKind,
+        offset: u64,
+        len: usize,
+        src: Option<&[u8]>,
+        owner: Owner,
+        mut buf: Option<&mut [u8]>,
+    ) -> Result<(), BlkError> {
+        loop {
+            match self.try_submit(kind, offset, len, src, owner)? {
+                Submit::Done => return Ok(()),
+                Submit::Later(e) => {
+                    if self.io.inflight.in_flight() == 0 {
+                        return Err(e);
+                    }
+                    self.reap(buf.as_deref_mut())?;
+                }
+            }
+        }
+    }
+
+    fn op_of(&self, kind: IoKind, npages: usize) -> u8 {
+        match kind {
+            IoKind::Read | IoKind::Write if npages > BLKIF_MAX_SEGMENTS_PER_REQUEST => {
+                BLKIF_OP_INDIRECT
+            }
+            IoKind::Read => BLKIF_OP_READ,
+            IoKind::Write => BLKIF_OP_WRITE,
+            IoKind::Flush => BLKIF_OP_FLUSH_DISKCACHE,
+            IoKind::Barrier => BLKIF_OP_WRITE_BARRIER,
+            IoKind::Discard => BLKIF_OP_DISCARD,
+        }
+    }
+
+    /// Pages for a request: from the pool, or freshly granted.
+    fn pages(&mut self, n: usize, access: Access) -> Result<Option<Pages<B>>, BlkError> {
+        if n == 0 {
+            return Ok(Some(Pages::None));
+        }
+        let io = &mut *self.io;
+        if io.info.persistent {
+            return match io.pool.take(&io.exporter, io.backend, n) {
+                Ok(Some(v)) => Ok(Some(Pages::Pool(v))),
+                Ok(None) => Ok(None),
+                Err(GrantError::TableFull | GrantError::OutOfMemory { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        }
+        match io.exporter.share(io.backend, n, access) {
+            Ok(s) => Ok(Some(Pages::Share(s))),
+            Err(GrantError::TableFull | GrantError::OutOfMemory { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn page_mem<'p>(pool: &'p Pool<B>, pages: &'p Pages<B>, i: usize) -> Option<SharedMem<'p>> {
+        match pages {
+            Pages::None => None,
+            Pages::Share(s) => s.mem().slice(i * PAGE_SIZE, PAGE_SIZE).ok(),
+            Pages::Pool(v) => v.get(i).and_then(|&idx| pool.page(idx)),
+        }
+    }
+
+    fn page_ref(pool: &Pool<B>, pages: &Pages<B>, i: usize) -> GrantRef {
+        match pages {
+            Pages::None => GrantRef::default(),
+            Pages::Share(s) => s.refs().get(i).copied().unwrap_or_default(),
+            Pages::Pool(v) => v.get(i).map(|&idx| pool.gref(idx)).unwrap_or_default(),
+        }
+    }
+
+    fn give_back(&mut self, pages: Pages<B>) {
+        if let Pages::Pool(v) = pages {
+            self.io.pool.free.extend(v);
+        }
+    }
+
+    fn try_submit(
+        &mut self,
+        kind: IoKind,
+        offset: u64,
+        len: usize,
+        src: Option<&[u8]>,
+        owner: Owner,
+    ) -> Result<Submit, BlkError> {
+        self.live()?;
+        if self.ring.is_full() || self.io.inflight.in_flight() >= self.io.inflight.capacity() {
+            return Ok(Submit::Later(BlkError::Ring(RingError::Full)));
+        }
+        let has_data = matches!(kind, IoKind::Read | IoKind::Write);
+        let npages = if has_data { len.div_ceil(PAGE_SIZE) } else { 0 };
+        let op = self.op_of(kind, npages);
+        let nind = if op == BLKIF_OP_INDIRECT {
+            npages.div_ceil(BLKIF_SEGS_PER_INDIRECT_FRAME)
+        } else {
+            0
+        };
+        let access = if kind == IoKind::Write {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        };
+        let exhausted = || BlkError::Grant(GrantError::TableFull);
+        let Some(data) = self.pages(npages, access)? else {
+            return Ok(Submit::Later(exhausted()));
+        };
+        let Some(indirect) = self.pages(nind, Access::ReadOnly)? else {
+            self.give_back(data);
+            return Ok(Submit::Later(exhausted()));
+        };
+        let sector = offset / SECTOR;
+        let handle = self.io.cfg.devid as u16;
+        let mut req = BlkifRequest::new_zeroed();
+        let built = self.fill(&mut req, kind, op, sector, len, src, &data, &indirect);
+        if let Err(e) = built {
+            self.give_back(data);
+            self.give_back(indirect);
+            return Err(self.fail(e));
+        }
+        req.operation = op;
+        if op != BLKIF_OP_INDIRECT && op != BLKIF_OP_DISCARD {
+            req.handle = handle;
+        }
+        let pending = Pending {
+            kind,
+            len,
+            data,
+            indirect,
+            owner,
+        };
+        let id = match self.io.inflight.start(u32::from(op), pending) {
+            Ok(id) => id,
+            Err(e) => return Err(self.fail(e.into())),
+        };
+        // `id` sits at offset 8 in every request layout.
+        req.id = id;
+        if let Err(e) = self.ring.push_request(&req) {
+            if let Some(p) = self.io.inflight.cancel(id) {
+                self.give_back(p.data);
+                self.give_back(p.indirect);
+            }
+            return Err(self.fail(e.into()));
+        }
+        match self.ring.push_requests_and_check_notify() {
+            Ok(true) => {
+                if let Err(e) = self.io.chan.notify() {
+                    return Err(self.fail(e.into()));
+                }
+            }
+            Ok(false) => {}
+            Err(e) => return Err(self.fail(e.into())),
+        }
+        Ok(Submit::Done)
+    }
+
+    /// Fills `req` (and the granted pages) for one request.
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &self,
+        req: &mut BlkifRequest,
+        kind: IoKind,
+        op: u8,
+        sector: u64,
+        len: usize,
+        src: Option<&[u8]>,
+        data: &Pages<B>,
+        indirect: &Pages<B>,
+    ) -> Result<(), BlkError> {
+        let pool = &self.io.pool;
+        let mem_err = |_| BlkError::Grant(GrantError::BadCount(0));
+        let npages = len.div_ceil(PAGE_SIZE);
+        let seg = |i: usize| {
+            let bytes = (len - i * PAGE_SIZE).min(PAGE_SIZE);
+            BlkifRequestSegment {
+                gref: Self::page_ref(pool, data, i).0,
+                first_sect: 0,
+                last_sect: (bytes / SECTOR as usize) as u8 - 1,
+                _pad: [0; 2],
+            }
+        };
+        if kind == IoKind::Write {
+            let src = src.unwrap_or(&[]);
+            for i in 0..npages {
+                let chunk = &src[i * PAGE_SIZE..((i + 1) * PAGE_SIZE).min(len)];
+                let m = Self::page_mem(pool, data, i).ok_or(BlkError::Closed)?;
+                m.write(0, chunk).map_err(mem_err)?;
+            }
+        }
+        match op {
+            BLKIF_OP_DISCARD => {
+                let d = BlkifRequestDiscard {
+                    operation: BLKIF_OP_DISCARD,
+                    handle: self.io.cfg.devid as u16,
+                    sector_number: sector,
+                    nr_sectors: (len as u64) / SECTOR,
+                    ..Default::default()
+                };
+                req.as_mut_bytes()[..core::mem::size_of::<BlkifRequestDiscard>()]
+                    .copy_from_slice(d.as_bytes());
+            }
+            BLKIF_OP_INDIRECT => {
+                let mut grefs = [0u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+                for (i, g) in grefs
+                    .iter_mut()
+                    .enumerate()
+                    .take(npages.div_ceil(BLKIF_SEGS_PER_INDIRECT_FRAME))
+                {
+                    *g = Self::page_ref(pool, indirect, i).0;
+                }
+                for i in 0..npages {
+                    let page = i / BLKIF_SEGS_PER_INDIRECT_FRAME;
+                    let at = (i % BLKIF_SEGS_PER_INDIRECT_FRAME)
+                        * core::mem::size_of::<BlkifRequestSegment>();
+                    let m = Self::page_mem(pool, indirect, page).ok_or(BlkError::Closed)?;
+                    m.write_obj(at, &seg(i)).map_err(mem_err)?;
+                }
+                let r = BlkifRequestIndirect {
+                    operation: BLKIF_OP_INDIRECT,
+                    indirect_op: if kind == IoKind::Write {
+                        BLKIF_OP_WRITE
+                    } else {
+                        BLKIF_OP_READ
+                    },
+                    nr_segments: npages as u16,
+                    sector_number: sector,
+                    handle: self.io.cfg.devid as u16,
+                    indirect_grefs: grefs,
+                    ..Default::default()
+                };
+                req.as_mut_bytes()[..core::mem::size_of::<BlkifRequestIndirect>()]
+                    .copy_from_slice(r.as_bytes());
+            }
+            _ => {
+                req.nr_segments = npages as u8;
+                req.sector_number = sector;
+                for (i, s) in req.seg.iter_mut().enumerate().take(npages) {
+                    *s = seg(i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for at least one response and processes every one available.
+    fn reap(&mut self, mut buf: Option<&mut [u8]>) -> Result<usize, BlkError> {
+        self.live()?;
+        const SLICE: Duration = Duration::from_millis(50);
+        let mut deadline = Deadline::new(self.io.cfg.timeout);
+        loop {
+            let mut n = 0;
+            loop {
+                let rsp = match self.ring.next_response() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) => return Err(self.fail(e.into())),
+                };
+                self.finish(rsp, buf.as_deref_mut())?;
+                n += 1;
+            }
+            if n > 0 {
+                return Ok(n);
+            }
+            let mut spun = 0;
+            while spun < self.io.cfg.spin {
+                match self.ring.unconsumed_responses() {
+                    Ok(0) => {}
+                    Ok(_) => break,
+                    Err(e) => return Err(self.fail(e.into())),
+                }
+                core::hint::spin_loop();
+                spun += 1;
+            }
+            match self.ring.final_check_for_responses() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => return Err(self.fail(e.into())),
+            }
+            let Some(slice) = deadline.slice(SLICE) else {
+                return Err(self.fail(BlkError::Timeout));
+            };
+            let woke = match self.io.chan.wait(Some(slice)) {
+                Ok(w) => w,
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            deadline.charge(slice);
+            if woke.is_some() {
+                if let Err(e) = self.io.chan.unmask() {
+                    return Err(self.fail(e.into()));
+                }
+            }
+        }
+    }
+
+    /// Revokes a request's own grants; `Err` counts the ones the back end
+    /// still maps (now in quarantine).
+    fn revoke(pages: Pages<B>) -> Result<Option<B::Pages>, usize> {
+        match pages {
+            Pages::Share(s) => match s.try_unshare() {
+                Ok(p) => Ok(Some(p)),
+                Err(Busy(s)) => {
+                    drop(s);
+                    Err(1)
+                }
+            },
+            Pages::Pool(_) | Pages::None => Ok(None),
+        }
+    }
+
+    /// Handles one response: checks it, ends its grants, delivers the result.
+    fn finish(&mut self, rsp: BlkifResponse, buf: Option<&mut [u8]>) -> Result<(), BlkError> {
+        let p = match self
+            .ring
+            .complete(&mut self.io.inflight, rsp.id, u32::from(rsp.operation))
+        {
+            Ok(p) => p,
+            Err(e) => return Err(self.fail(e.into())),
+        };
+        let Pending {
+            kind,
+            len,
+            data,
+            indirect,
+            owner,
+        } = p;
+        let mut kept = 0;
+        match Self::revoke(indirect) {
+            Ok(_) => {}
+            Err(n) => kept += n,
+        }
+        let pool_pages = match &data {
+            Pages::Pool(v) => Some(v.clone()),
+            _ => None,
+        };
+        let own = match Self::revoke(data) {
+            Ok(p) => p,
+            Err(n) => {
+                kept += n;
+                None
+            }
+        };
+        let mut result = match rsp.status {
+            BLKIF_RSP_OKAY => Ok(()),
+            BLKIF_RSP_EOPNOTSUPP => Err(BlkError::NotSupported("operation refused by back end")),
+            s => Err(BlkError::Io(s)),
+        };
+        if kept > 0 {
+            // XSA-396: the back end answered but kept our page. Never use
+            // that data, never reuse the page; the disk is done.
+            let e = self.fail(BlkError::GrantStillMapped(kept));
+            result = Err(e);
+        }
+        let mut data_out = Vec::new();
+        if result.is_ok() && kind == IoKind::Read {
+            let src: Option<SharedMem<'_>> = match (&own, &pool_pages) {
+                (Some(p), _) => Some(p.mem()),
+                _ => None,
+            };
+            let read_page = |i: usize, dst: &mut [u8]| -> bool {
+                let m = match (&src, &pool_pages) {
+                    (Some(m), _) => m.slice(i * PAGE_SIZE, PAGE_SIZE).ok(),
+                    (None, Some(v)) => v.get(i).and_then(|&idx| self.io.pool.page(idx)),
+                    _ => None,
+                };
+                m.is_some_and(|m| m.read(0, dst).is_ok())
+            };
+            let copy_into = |dst: &mut [u8]| -> bool {
+                dst.chunks_mut(PAGE_SIZE)
+                    .enumerate()
+                    .all(|(i, c)| read_page(i, c))
+            };
+            let ok = match owner {
+                Owner::Call(off) => match buf {
+                    Some(b) if off + len <= b.len() => copy_into(&mut b[off..off + len]),
+                    _ => false,
+                },
+                Owner::Tag(_) => {
+                    data_out = alloc::vec![0u8; len];
+                    copy_into(&mut data_out)
+                }
+            };
+            if !ok {
+                result = Err(BlkError::Closed);
+            }
+        }
+        drop(own);
+        if let Some(v) = pool_pages {
+            self.io.pool.free.extend(v);
+        }
+        match owner {
+            Owner::Call(_) => {
+                self.io.call_left = self.io.call_left.saturating_sub(1);
+                if let Err(e) = result {
+                    self.io.call_err.get_or_insert(e);
+                }
+            }
+            Owner::Tag(tag) => self.io.completed.push_back(Completion {
+                tag,
+                kind,
+                result,
+                data: data_out,
+            }),
+        }
+        match &self.io.broken {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn submit(
+        &mut self,
+        kind: IoKind,
+        offset: u64,
+        len: usize,
+        src: Option<&[u8]>,
+    ) -> Result<Tag, BlkError> {
+        self.live()?;
+        let tag = Tag(self.io.next_tag);
+        self.submit_blocking(kind, offset, len, src, Owner::Tag(tag), None)?;
+        self.io.next_tag += 1;
+        Ok(tag)
+    }
+
+    fn check_one(&self, len: usize) -> Result<(), BlkError> {
+        let max = self.max_request_bytes();
+        if len > max {
+            return Err(BlkError::TooLarge { len, max });
+        }
+        if len == 0 {
+            return Err(BlkError::Misaligned {
+                offset: 0,
+                len: 0,
+                align: self.io.info.sector_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Submits one read request of `len` bytes at `offset` (at most
+    /// [`Disk::max_request_bytes`]); its data arrives in the [`Completion`].
+    /// Blocks only while the ring or the grant table is full.
+    pub fn submit_read(&mut self, offset: u64, len: usize) -> Result<Tag, BlkError> {
+        self.check_range(offset, len as u64)?;
+        self.check_one(len)?;
+        self.submit(IoKind::Read, offset, len, None)
+    }
+
+    /// Submits one write request (at most [`Disk::max_request_bytes`]).
+    pub fn submit_write(&mut self, offset: u64, data: &[u8]) -> Result<Tag, BlkError> {
+        self.check_range(offset, data.len() as u64)?;
+        self.check_one(data.len())?;
+        if self.io.info.read_only() {
+            return Err(BlkError::ReadOnly);
+        }
+        self.submit(IoKind::Write, offset, data.len(), Some(data))
+    }
+
+    /// Submits a flush.
+    pub fn submit_flush(&mut self) -> Result<Tag, BlkError> {
+        let kind = self.flush_kind()?;
+        self.submit(kind, 0, 0, None)
+    }
+
+    /// Submits a discard.
+    pub fn submit_discard(&mut self, offset: u64, len: u64) -> Result<Tag, BlkError> {
+        self.check_discard(offset, len)?;
+        let n = usize::try_from(len).map_err(|_| BlkError::TooLarge {
+            len: usize::MAX,
+            max: usize::MAX,
+        })?;
+        self.submit(IoKind::Discard, offset, n, None)
+    }
+
+    /// A finished submitted request, without waiting.
+    pub fn poll(&mut self) -> Result<Option<Completion>, BlkError> {
+        if let Some(c) = self.io.completed.pop_front() {
+            return Ok(Some(c));
+        }
+        self.live()?;
+        loop {
+            let rsp = match self.ring.next_response() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            self.finish(rsp, None)?;
+        }
+        Ok(self.io.completed.pop_front())
+    }
+
+    /// Waits for the next finished submitted request; `None` if none is in
+    /// flight.
+    pub fn wait(&mut self) -> Result<Option<Completion>, BlkError> {
+        loop {
+            if let Some(c) = self.io.completed.pop_front() {
+                return Ok(Some(c));
+            }
+            if self.io.inflight.in_flight() == 0 {
+                return Ok(None);
+            }
+            self.reap(None)?;
+        }
+    }
+
+    /// Closes the device: waits for requests in flight (unless broken),
+    /// goes Closing, waits for the back end to let go (Closing / Closed),
+    /// releases every request and pool grant (revoked, or quarantined if
+    /// the back end still maps it) and goes Closed. The ring pages are
+    /// released by [`BlkFront::release`] (or the next connect, or drop).
+    pub fn close<T: Transport>(mut self, xs: &mut Client<T>) -> Result<(), BlkError> {
+        let mut first_err = None;
+        if self.io.broken.is_none() && !self.io.closed {
+            while self.io.inflight.in_flight() > 0 {
+                if let Err(e) = self.reap(None) {
+                    first_err = Some(e);
+                    break;
+                }
+            }
+        }
+        self.io.closed = true;
+        let dir = frontend_path(self.io.exporter.domid(), DEVTYPE, self.io.cfg.devid);
+        let back = read_opt(xs, &dir, "backend")?;
+        write_state(xs, &dir, XenbusState::Closing)?;
+        if let Some(back) = back {
+            let never = || false;
+            let waited = wait_state(xs, &back, self.io.cfg.timeout, &never, |s| {
+                Ok(!matches!(
+                    s,
+                    XenbusState::Connected | XenbusState::Initialised | XenbusState::Reconfiguring
+                ))
+            });
+            if let Err(e) = waited {
+                first_err.get_or_insert(e);
+            }
+        }
+        let mut r = ReleaseReport::default();
+        for (_, _, p) in self.io.inflight.drain() {
+            for pages in [p.data, p.indirect] {
+                if let Pages::Share(s) = pages {
+                    release_share(s, &mut r);
+                }
+            }
+        }
+        for s in self.io.pool.pages.drain(..) {
+            release_share(s, &mut r);
+        }
+        self.io.pool.free.clear();
+        write_state(xs, &dir, XenbusState::Closed)?;
+        match first_err {
+            Some(e) => Err(e),
+            None if r.quarantined > 0 => Err(BlkError::GrantStillMapped(r.quarantined)),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! The back end (netback): serves a guest's rings against a host.
+//!
+//! [`Netback`] maps only the two ring pages. Guest data pages are never
+//! mapped: tx data is copied out and rx data copied in with grant copy, so
+//! the hypervisor checks every reference against the guest's grant table on
+//! every copy and a reference the guest did not grant to us simply fails —
+//! the packet is answered with `NETIF_RSP_ERROR`.
+//!
+//! Each tx chain is gathered slot by slot (copied once from the ring) and
+//! checked as a whole before any data moves: no extra-info slots (not
+//! negotiated), at most [`MAX_SLOTS`] slots, later fragments not adding up
+//! to more than the first slot's total, every fragment inside its page. A
+//! violation is answered (so the guest gets its pages back) and then breaks
+//! the back end, as Linux netback's fatal tx errors disable the interface.
+//!
+//! Host frames come from a [`FrameIo`]; one that does not fit in the rx
+//! pages the guest has posted waits (the back end asks to be notified once
+//! enough are posted, by setting `req_event` that far ahead). A host thread
+//! wakes a sleeping back end through its [`Doorbell`], a loopback event
+//! channel, so one wait covers both the guest and the host.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{fence, Ordering};
+use core::time::Duration;
+
+use xenshare_abi::netif::{
+    NETIF_RSP_DROPPED, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_MORE_DATA, NETTXF_EXTRA_INFO,
+    NETTXF_MORE_DATA,
+};
+use xenshare_abi::ring::SringHeader;
+use xenshare_abi::PAGE_SIZE;
+
+use super::owned::RingIn;
+use super::xenbus::FrontendKeys;
+use super::{
+    slots_for, FrameIo, Latch, NetError, NetifRxRequest, NetifRxResponse, NetifTxRequest,
+    NetifTxResponse, MAX_FRAME, MAX_SLOTS, MIN_FRAME,
+};
+use crate::event::Channel;
+use crate::grant::{Importer, Mapping};
+use crate::platform::{CopyDst, CopyOp, CopySrc, EventChannels, ForeignMapper, GrantPtr};
+use crate::ring::BackRing;
+use crate::grant::GntSt;
+use crate::types::{Access, DomId, GrantRef};
+
+type TxRing = BackRing<'static, NetifTxRequest, NetifTxResponse>;
+type RxRing = BackRing<'static, NetifRxRequest, NetifRxResponse>;
+
+/// tx slots handled per [`Netback::poll`] (fairness between directions).
+const TX_BUDGET: usize = 256;
+/// Host frames delivered per [`Netback::poll`].
+const RX_BUDGET: usize = 64;
+
+/// Counters of a [`Netback`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetbackStats {
+    /// Guest frames delivered to the host.
+    pub tx_frames: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Guest frames answered with an error (bad grant, runt).
+    pub tx_errors: u64,
+    /// Guest frames the host refused.
+    pub tx_dropped: u64,
+    /// Host frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Host frames dropped (too large for the guest's features, copy failed).
+    pub rx_dropped: u64,
+    /// Host-side errors (the [`FrameIo`] failed).
+    pub host_errors: u64,
+}
+
+/// Wakes a sleeping [`Netback`] from another thread (the host side, when a
+/// frame arrives). A loopback event channel of the back end's own domain.
+pub struct Doorbell<E: EventChannels> {
+    chan: Channel<E>,
+}
+
+impl<E: EventChannels> core::fmt::Debug for Doorbell<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Doorbell").field("port", &self.chan.port()).finish()
+    }
+}
+
+impl<E: EventChannels> Doorbell<E> {
+    /// Wakes the back end (events coalesce: ringing twice is one wake-up).
+    pub fn ring(&self) -> Result<(), NetError> {
+        Ok(self.chan.notify()?)
+    }
+}
+
+/// What is wrong with a tx chain.
+enum ChainFault {
+    /// A protocol violation: answer and break.
+    Fatal(&'static str),
+    /// A bad packet: answer with an error and carry on.
+    Drop,
+}
+
+/// A netif back end.
+pub struct Netback<M: ForeignMapper, E: EventChannels> {
+    tx: RingIn<TxRing, Mapping<M>>,
+    rx: RingIn<RxRing, Mapping<M>>,
+    importer: Importer<M>,
+    chan: Channel<E>,
+    bell_wait: Channel<E>,
+    bell: Arc<Doorbell<E>>,
+    frontend: DomId,
+    front_sg: bool,
+    chain: Vec<NetifTxRequest>,
+    txbuf: Vec<u8>,
+    rxbuf: Vec<u8>,
+    pending: Option<usize>,
+    latch: Latch,
+    stats: NetbackStats,
+    paths: Option<(String, String)>,
+}
+
+impl<M: ForeignMapper, E: EventChannels> core::fmt::Debug for Netback<M, E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Netback")
+            .field("frontend", &self.frontend)
+            .field("port", &self.chan.port())
+            .field("stats", &self.stats)
+            .field("error", &self.latch.cause())
+            .finish()
+    }
+}
+
+impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
+    /// Maps the front end's rings and binds its port, from the keys it
+    /// published. Refuses a front end that did not ask for rx-copy.
+    pub fn attach(
+        importer: &Importer<M>,
+        evt: &Arc<E>,
+        frontend: DomId,
+        keys: &FrontendKeys,
+    ) -> Result<Self, NetError> {
+        if !keys.request_rx_copy {
+            return Err(NetError::NoRequestRxCopy);
+        }
+        let map = |r| importer.map(frontend, &[r], Access::ReadWrite);
+        let tx = RingIn::new(map(keys.tx_ring_ref)?, TxRing::attach).map_err(|(e, _)| e)?;
+        let rx = RingIn::new(map(keys.rx_ring_ref)?, RxRing::attach).map_err(|(e, _)| e)?;
+        let chan = Channel::bind(evt, frontend, keys.event_channel)?;
+        let bell_wait = Channel::alloc_unbound(evt, DomId::SELF)?;
+        let bell = Arc::new(Doorbell {
+            chan: Channel::bind(evt, DomId::SELF, bell_wait.port())?,
+        });
+        Ok(Self {
+            tx,
+            rx,
+            importer: importer.clone(),
+            chan,
+            bell_wait,
+            bell,
+            frontend,
+            front_sg: keys.sg,
+            chain: Vec::with_capacity(MAX_SLOTS),
+            txbuf: vec![0; MAX_FRAME],
+            rxbuf: vec![0; MAX_FRAME],
+            pending: None,
+            latch: Latch::default(),
+            stats: NetbackStats::default(),
+            paths: None,
+        })
+    }
+
+    /// A doorbell for the host side to wake [`Netback::wait`].
+    pub fn doorbell(&self) -> Arc<Doorbell<E>> {
+        self.bell.clone()
+    }
+
+    /// The front end's domain.
+    pub fn frontend(&self) -> DomId {
+        self.frontend
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> NetbackStats {
+        self.stats
+    }
+
+    /// The error that broke the back end, if any.
+    pub fn error(&self) -> Option<&NetError> {
+        self.latch.cause()
+    }
+
+    /// Whether an error has broken the back end.
+    pub fn is_broken(&self) -> bool {
+        self.latch.cause().is_some()
+    }
+
+    fn trip(&mut self, e: impl Into<NetError>) -> NetError {
+        self.latch.trip(e.into())
+    }
+
+    /// Serves both rings once: forwards guest frames to `io` and delivers
+    /// frames from `io` into the guest's posted pages. Returns whether
+    /// anything was done.
+    pub fn poll<F: FrameIo>(&mut self, io: &mut F) -> Result<bool, NetError> {
+        self.latch.live()?;
+        let a = self.serve_tx(io)?;
+        let b = self.serve_rx(io)?;
+        Ok(a || b)
+    }
+
+    fn publish_tx(&mut self) -> Result<(), NetError> {
+        match self.tx.ring().push_responses_and_check_notify() {
+            Ok(true) => Ok(self.chan.notify()?),
+            Ok(false) => Ok(()),
+            Err(e) => Err(self.trip(e)),
+        }
+    }
+
+    fn serve_tx<F: FrameIo>(&mut self, io: &mut F) -> Result<bool, NetError> {
+        let mut work = false;
+        for _ in 0..TX_BUDGET {
+            let req = match self.tx.ring().next_request() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => return Err(self.trip(e)),
+            };
+            work = true;
+            self.chain.push(req);
+            if req.flags & NETTXF_MORE_DATA != 0 {
+                if self.chain.len() >= MAX_SLOTS {
+                    return self.fatal_chain(req.id, "tx chain longer than XEN_NETIF_NR_SLOTS_MIN slots");
+                }
+                // The rest of the chain may not be published yet: it stays
+                // in `chain` until it is.
+                continue;
+            }
+            self.finish_chain(io)?;
+        }
+        if work {
+            self.publish_tx()?;
+        }
+        Ok(work)
+    }
+
+    /// Answers every slot of the current chain with `status`.
+    fn answer_chain(&mut self, status: i16) -> Result<(), NetError> {
+        let chain = core::mem::take(&mut self.chain);
+        for slot in &chain {
+            let rsp = NetifTxResponse {
+                id: slot.id,
+                status,
+            };
+            if let Err(e) = self.tx.ring().push_response(&rsp) {
+                return Err(self.trip(e));
+            }
+        }
+        self.chain = chain;
+        self.chain.clear();
+        Ok(())
+    }
+
+    fn fatal_chain(&mut self, id: u16, why: &'static str) -> Result<bool, NetError> {
+        // Answer first so the guest can take its pages back.
+        self.answer_chain(NETIF_RSP_ERROR)?;
+        self.publish_tx()?;
+        Err(self.trip(NetError::BadTxRequest { id, why }))
+    }
+
+    /// Checks a complete chain (private copies) and returns its fragments'
+    /// sizes.
+    fn check_chain(chain: &[NetifTxRequest]) -> Result<Vec<usize>, ChainFault> {
+        let Some(first) = chain.first() else {
+            return Err(ChainFault::Fatal("empty tx chain"));
+        };
+        if chain.iter().any(|s| s.flags & NETTXF_EXTRA_INFO != 0) {
+            return Err(ChainFault::Fatal("extra info slot not negotiated"));
+        }
+        let total = usize::from(first.size);
+        let rest: usize = chain[1..].iter().map(|s| usize::from(s.size)).sum();
+        if rest >= total && chain.len() > 1 {
+            return Err(ChainFault::Fatal("fragment sizes add up to more than the frame"));
+        }
+        let mut sizes = Vec::with_capacity(chain.len());
+        sizes.push(total - rest.min(total));
+        sizes.extend(chain[1..].iter().map(|s| usize::from(s.size)));
+        for (slot, size) in chain.iter().zip(&sizes) {
+            if usize::from(slot.offset) + size > PAGE_SIZE {
+                return Err(ChainFault::Fatal("offset + size beyond the page"));
+            }
+        }
+        if total < MIN_FRAME {
+            return Err(ChainFault::Drop);
+        }
+        Ok(sizes)
+    }
+
+    fn finish_chain<F: FrameIo>(&mut self, io: &mut F) -> Result<(), NetError> {
+        let first_id = self.chain.first().map(|s| s.id).unwrap_or(0);
+        let sizes = match Self::check_chain(&self.chain) {
+            Ok(s) => s,
+            Err(ChainFault::Fatal(why)) => return self.fatal_chain(first_id, why).map(drop),
+            Err(ChainFault::Drop) => {
+                self.stats.tx_errors += 1;
+                return self.answer_chain(NETIF_RSP_ERROR);
+            }
+        };
+        let total: usize = sizes.iter().sum();
+        let mut ops = Vec::with_capacity(sizes.len());
+        let mut rest = &mut self.txbuf[..total];
+        for (slot, &size) in self.chain.iter().zip(&sizes) {
+            let (head, tail) = rest.split_at_mut(size);
+            rest = tail;
+            ops.push(CopyOp {
+                src: CopySrc::Grant(GrantPtr {
+                    dom: self.frontend,
+                    gref: GrantRef(slot.gref),
+                    offset: slot.offset,
+                }),
+                dst: CopyDst::Local(head),
+                len: size as u16,
+                status: GntSt::Okay,
+            });
+        }
+        self.importer.copy(&mut ops);
+        let copied = ops.iter().all(|o| o.status.is_ok());
+        drop(ops);
+        let status = if !copied {
+            // A reference not granted to us (or not readable): the guest's
+            // problem, answered as such.
+            self.stats.tx_errors += 1;
+            NETIF_RSP_ERROR
+        } else {
+            match io.send(&self.txbuf[..total]) {
+                Ok(()) => {
+                    self.stats.tx_frames += 1;
+                    self.stats.tx_bytes += total as u64;
+                    NETIF_RSP_OKAY
+                }
+                Err(_) => {
+                    self.stats.tx_dropped += 1;
+                    NETIF_RSP_DROPPED
+                }
+            }
+        };
+        self.answer_chain(status)
+    }
+
+    fn serve_rx<F: FrameIo>(&mut self, io: &mut F) -> Result<bool, NetError> {
+        let mut work = false;
+        for _ in 0..RX_BUDGET {
+            let len = match self.pending.take() {
+                Some(l) => l,
+                None => match io.recv(&mut self.rxbuf) {
+                    Ok(Some(l)) => l,
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.stats.host_errors += 1;
+                        break;
+                    }
+                },
+            };
+            if len == 0 || len > MAX_FRAME || (len > PAGE_SIZE && !self.front_sg) {
+                self.stats.rx_dropped += 1;
+                continue;
+            }
+            let need = slots_for(len);
+            let avail = match self.rx.ring().unconsumed_requests() {
+                Ok(n) => n as usize,
+                Err(e) => return Err(self.trip(e)),
+            };
+            if avail < need {
+                self.pending = Some(len);
+                break;
+            }
+            work = true;
+            self.deliver(len, need)?;
+        }
+        if work {
+            match self.rx.ring().push_responses_and_check_notify() {
+                Ok(true) => self.chan.notify()?,
+                Ok(false) => {}
+                Err(e) => return Err(self.trip(e)),
+            }
+        }
+        Ok(work)
+    }
+
+    /// Copies the frame in `rxbuf[..len]` into `need` posted pages.
+    fn deliver(&mut self, len: usize, need: usize) -> Result<(), NetError> {
+        let mut reqs = Vec::with_capacity(need);
+        for _ in 0..need {
+            match self.rx.ring().next_request() {
+                Ok(Some(r)) => reqs.push(r),
+                Ok(None) => break,
+                Err(e) => return Err(self.trip(e)),
+            }
+        }
+        let mut ops: Vec<CopyOp<'_>> = reqs
+            .iter()
+            .zip(self.rxbuf[..len].chunks(PAGE_SIZE))
+            .map(|(r, chunk)| CopyOp {
+                src: CopySrc::Local(chunk),
+                dst: CopyDst::Grant(GrantPtr {
+                    dom: self.frontend,
+                    gref: GrantRef(r.gref),
+                    offset: 0,
+                }),
+                len: chunk.len() as u16,
+                status: GntSt::Okay,
+            })
+            .collect();
+        let ok = reqs.len() == need;
+        if ok {
+            self.importer.copy(&mut ops);
+        }
+        let ok = ok && ops.iter().all(|o| o.status.is_ok());
+        drop(ops);
+        if ok {
+            self.stats.rx_frames += 1;
+            self.stats.rx_bytes += len as u64;
+        } else {
+            self.stats.rx_dropped += 1;
+        }
+        let n = reqs.len();
+        for (i, r) in reqs.iter().enumerate() {
+            let chunk = (len - i * PAGE_SIZE).min(PAGE_SIZE);
+            let rsp = NetifRxResponse {
+                id: r.id,
+                offset: 0,
+                flags: if i + 1 < n { NETRXF_MORE_DATA } else { 0 },
+                status: if ok { chunk as i16 } else { NETIF_RSP_ERROR },
+            };
+            if let Err(e) = self.rx.ring().push_response(&rsp) {
+                return Err(self.trip(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps until the front end or the [`Doorbell`] signals (or `timeout`;
+    /// `None`: forever), unless work is already waiting. Returns whether it
+    /// was woken.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, NetError> {
+        self.latch.live()?;
+        match self.tx.ring().final_check_for_requests() {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(e) => return Err(self.trip(e)),
+        }
+        if let Some(len) = self.pending {
+            // Ask to be woken once enough rx pages are posted for the frame.
+            let need = slots_for(len) as u32;
+            let cons = self.rx.ring_ref().req_cons();
+            let off = core::mem::offset_of!(SringHeader, req_event);
+            if let Ok(ev) = self.rx.owner().mem().atomic_u32(off) {
+                ev.store(cons.wrapping_add(need), Ordering::Relaxed);
+            }
+            fence(Ordering::SeqCst);
+            match self.rx.ring().unconsumed_requests() {
+                Ok(n) if n >= need => return Ok(true),
+                Ok(_) => {}
+                Err(e) => return Err(self.trip(e)),
+            }
+        }
+        match self.chan.wait(timeout)? {
+            Some(port) => {
+                self.chan.handle().unmask(port)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Unmaps the rings and closes the ports.
+    pub fn release(self) {
+        let Self {
+            tx,
+            rx,
+            chan,
+            bell_wait,
+            ..
+        } = self;
+        drop(tx);
+        drop(rx);
+        drop(chan);
+        drop(bell_wait);
+    }
+}
+
+#[cfg(feature = "std")]
+mod with_std {
+    use super::*;
+    use crate::net::xenbus::{frontend_of, BackendFeatures, DEVTYPE};
+    use crate::store::client::{Client, Transport};
+    use crate::store::xenbus::{backend_path, read_state, wait_for_state, write_state, XenbusState};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    /// Why [`Netback::run`] returned.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum RunExit {
+        /// The stop flag was set.
+        Stopped,
+        /// The front end is closing, closed or gone.
+        FrontendClosed,
+    }
+
+    /// How often [`Netback::run`] looks at the front end's state.
+    const STATE_POLL: Duration = Duration::from_millis(100);
+
+    impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
+        /// The whole back-end handshake for device `devid` of `frontend`:
+        /// publishes the features, goes InitWait, waits (up to `timeout`)
+        /// for the front end to connect, reads its keys, maps the rings,
+        /// binds the port and goes Connected.
+        pub fn connect<T: Transport>(
+            importer: &Importer<M>,
+            evt: &Arc<E>,
+            xs: &mut Client<T>,
+            frontend: DomId,
+            devid: u32,
+            timeout: Duration,
+        ) -> Result<Self, NetError> {
+            let back_dir = backend_path(importer.domid(), DEVTYPE, frontend, devid);
+            let front_dir = frontend_of(xs, &back_dir)?;
+            BackendFeatures::OURS.publish(xs, &back_dir)?;
+            write_state(xs, &back_dir, XenbusState::InitWait)?;
+            let st = wait_for_state(xs, &front_dir, timeout, |s| {
+                s == XenbusState::Initialised || s >= XenbusState::Connected
+            })?;
+            if st >= XenbusState::Closing {
+                return Err(NetError::PeerClosed);
+            }
+            let attached = FrontendKeys::read(xs, &front_dir)
+                .and_then(|keys| Self::attach(importer, evt, frontend, &keys));
+            let mut nb = match attached {
+                Ok(nb) => nb,
+                Err(e) => {
+                    let _ = write_state(xs, &back_dir, XenbusState::Closing);
+                    return Err(e);
+                }
+            };
+            write_state(xs, &back_dir, XenbusState::Connected)?;
+            nb.paths = Some((front_dir, back_dir));
+            Ok(nb)
+        }
+
+        /// The front end's and back end's directories (after `connect`).
+        pub fn paths(&self) -> Option<(&str, &str)> {
+            self.paths.as_ref().map(|(f, b)| (f.as_str(), b.as_str()))
+        }
+
+        /// Serves until `stop` is set or the front end closes; checks the
+        /// front end's state every 100 ms. Returns an error if the front end
+        /// broke the protocol (the back end is then broken; call
+        /// [`Netback::disconnect`]).
+        pub fn run<F: FrameIo, T: Transport>(
+            &mut self,
+            io: &mut F,
+            xs: &mut Client<T>,
+            stop: &AtomicBool,
+        ) -> Result<RunExit, NetError> {
+            let mut next_check = Instant::now();
+            loop {
+                if stop.load(Ordering::Acquire) {
+                    return Ok(RunExit::Stopped);
+                }
+                if Instant::now() >= next_check {
+                    next_check = Instant::now() + STATE_POLL;
+                    if let Some((front, _)) = &self.paths {
+                        let s = read_state(xs, front)?;
+                        if s >= XenbusState::Closing || s == XenbusState::Unknown {
+                            return Ok(RunExit::FrontendClosed);
+                        }
+                    }
+                }
+                if !self.poll(io)? {
+                    self.wait(Some(Duration::from_millis(20)))?;
+                }
+            }
+        }
+
+        /// Unmaps everything, then Closing and Closed.
+        pub fn disconnect<T: Transport>(self, xs: &mut Client<T>) -> Result<(), NetError> {
+            let paths = self.paths.clone();
+            self.release();
+            if let Some((_, back)) = paths {
+                write_state(xs, &back, XenbusState::Closing)?;
+                write_state(xs, &back, XenbusState::Closed)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+pub use with_std::RunExit;
