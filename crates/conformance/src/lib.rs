@@ -15,6 +15,12 @@
 //! share" — on the emulator through `Busy` and quarantine, on Linux through
 //! the kernel's deferred revocation.
 //!
+//! The XenStore bodies ([`xenstore_basics`], [`xenstore_watch`]) take a
+//! client of any transport; the vchan body ([`vchan_stream`]) takes the
+//! platform and a XenStore client, and its pieces ([`Pattern`], [`pump`],
+//! [`finish`]) also drive each end of a vchan in its own process in the lab,
+//! paired with Xen's C libxenvchan.
+//!
 //! Bodies return [`TestResult`] instead of panicking, so the lab runner can
 //! go on after a failure and print one line per test.
 

@@ -53,16 +53,13 @@ impl FileStorage {
     /// Opens an existing image. Its size is rounded down to whole 512-byte
     /// sectors.
     pub fn open(path: &Path, read_only: bool) -> std::io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
         Self::from_file(file, read_only)
     }
 
     /// Creates (or truncates) a sparse image of `size` bytes.
     pub fn create(path: &Path, size: u64) -> std::io::Result<Self> {
-        if size % 512 != 0 {
+        if !size.is_multiple_of(512) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!("image size {size} is not a multiple of 512"),
@@ -120,9 +117,7 @@ impl FileStorage {
         let zero = vec![0u8; 64 * 1024];
         while len > 0 {
             let n = len.min(zero.len() as u64) as usize;
-            self.file
-                .write_all_at(&zero[..n], offset)
-                .map_err(os_err)?;
+            self.file.write_all_at(&zero[..n], offset).map_err(os_err)?;
             offset += n as u64;
             len -= n as u64;
         }
@@ -210,6 +205,8 @@ pub enum BlkHostError {
 pub type SimFront = BlkFront<SimGrantBackend, SimEvtchn>;
 /// A back end on the emulator.
 pub type SimBack<S> = BlkBack<S, SimMapper, SimEvtchn>;
+/// A connected disk of a [`SimFront`].
+pub type SimDisk<'f> = xenshare::blk::Disk<'f, SimGrantBackend, SimEvtchn>;
 /// A XenStore client of the in-process daemon.
 pub type SimXs = Client<InProcTransport>;
 
@@ -281,7 +278,10 @@ impl BlkWorld {
                 devid,
                 frontend: self.guest.id(),
                 backend: self.dom0.id(),
-                front_keys: &[("virtual-device", &devid.to_string()), ("device-type", "disk")],
+                front_keys: &[
+                    ("virtual-device", &devid.to_string()),
+                    ("device-type", "disk"),
+                ],
                 back_keys: &[("mode", "w"), ("type", "file")],
             },
         )?)
@@ -306,7 +306,12 @@ impl BlkWorld {
             .dom0
             .evtchn()
             .map_err(|e| BlkHostError::Sim(e.to_string()))?;
-        Ok(BlkBack::new(self.dom0.importer().clone(), evt, storage, cfg))
+        Ok(BlkBack::new(
+            self.dom0.importer().clone(),
+            evt,
+            storage,
+            cfg,
+        ))
     }
 
     /// Runs a back end on its own thread: one connection after another

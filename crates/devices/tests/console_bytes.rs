@@ -156,7 +156,10 @@ fn backend_restart_delivers_buffered_output() {
     expect.extend_from_slice(b"after restart");
     assert!(term2.wait_output(SOON, |o| o.len() >= expect.len()));
     assert_eq!(term2.take_output(), expect);
-    assert!(term1.output() == b"before restart\r\n", "old terminal got new output");
+    assert!(
+        term1.output() == b"before restart\r\n",
+        "old terminal got new output"
+    );
 
     term2.type_input(b"hello again");
     assert_eq!(guest_read_exact(&mut front, 11), b"hello again");
@@ -249,7 +252,10 @@ fn guest_write_times_out_without_a_backend() {
     let w = world();
     let mut front = w.primary_front();
     let t0 = Instant::now();
-    let r = front.write_all(&pattern(0, XENCONS_OUT_SIZE + 10), Some(Duration::from_millis(50)));
+    let r = front.write_all(
+        &pattern(0, XENCONS_OUT_SIZE + 10),
+        Some(Duration::from_millis(50)),
+    );
     assert_eq!(r, Err(ConsoleError::TimedOut));
     assert!(t0.elapsed() < SOON);
     // Not broken: a back end attaching later drains it.

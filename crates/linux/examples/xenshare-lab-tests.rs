@@ -5,15 +5,25 @@
 //!   platform as a self-grant loopback (this domain shares with itself),
 //!   then the XenStore bodies against the running C xenstored, over its
 //!   Unix socket and over `/dev/xen/xenbus`, cross-checked with the C
-//!   `xenstore-read` / `xenstore-write` tools when they are installed.
+//!   `xenstore-read` / `xenstore-write` tools when they are installed; then
+//!   vchan: the conformance body (server and client on two threads), and
+//!   pairs of processes, xenshare with xenshare and xenshare with Xen's C
+//!   libxenvchan in both roles.
 //! * `xenshare-lab-tests offer PEER` — (in a domU) share a page and an
 //!   unbound port with PEER through xenshare, publish them in XenStore
 //!   under this domain's `data/`, and wait for PEER's reply.
 //! * `xenshare-lab-tests accept DOMID` — (in dom0) read DOMID's offer from
 //!   XenStore, map the page, check it, write a reply, bind and notify.
 //!
+//! * `xenshare-lab-tests vchan-server ...` / `vchan-client ...` — one end
+//!   of a vchan, run as a child process by the dom0 tests (see the `vchan`
+//!   module: Rust with Rust, and Rust with Xen's C libxenvchan).
+//!
 //! Prints one line per test (`PASS` / `FAIL` / `SKIP`), then
 //! `N passed, M failed, K skipped`, and exits non-zero on any failure.
+
+#[path = "xenshare-lab-tests/vchan.rs"]
+mod vchan;
 
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
@@ -295,6 +305,21 @@ fn dom0_tests() -> ExitCode {
         Ok(tr) => xenstore_suite(&mut t, "xenbus", &mut Client::new(tr), &base),
         Err(e) => t.one("xenstore_open[xenbus]", Instant::now(), Err(e.to_string())),
     }
+
+    let me = linux.plat.domid();
+    match linux.plat.xenstore() {
+        Ok(mut xs) => {
+            let s = Instant::now();
+            let vbase = format!("/local/domain/{}/data/vchan", me.0);
+            t.one(
+                "vchan_stream",
+                s,
+                xenshare_conformance::vchan_stream(&linux, &mut xs, &vbase),
+            );
+            vchan::pairs(&mut t, &mut xs, me);
+        }
+        Err(e) => t.one("vchan_xenstore_open", Instant::now(), Err(e.to_string())),
+    }
     t.finish()
 }
 
@@ -425,6 +450,8 @@ fn main() -> ExitCode {
         Some("accept") => one_shot("cross_domain_accept", || {
             parse_dom(args.get(2)).and_then(accept)
         }),
+        Some("vchan-server") => vchan::end_main(true, &args[2..]),
+        Some("vchan-client") => vchan::end_main(false, &args[2..]),
         Some("check-not-xen") => match LinuxPlatform::open() {
             Err(e @ OpenError::NotXen { .. }) => {
                 println!("not on Xen, as expected: {e}");
@@ -437,7 +464,8 @@ fn main() -> ExitCode {
         },
         Some(other) => {
             eprintln!(
-                "usage: xenshare-lab-tests [dom0 | offer PEER | accept DOMID] (got {other:?})"
+                "usage: xenshare-lab-tests [dom0 | offer PEER | accept DOMID | \
+                 vchan-server ARGS | vchan-client ARGS] (got {other:?})"
             );
             ExitCode::from(2)
         }

@@ -31,8 +31,8 @@ use xenshare_abi::blkif::{
 
 use super::wire::{self, DataOp, Limits, Reject, Request, Segment};
 use super::{
-    dec, need_u64, read_opt, read_u64, wait_state, BlkError, BlockStorage, DEVTYPE,
-    MAX_RING_ORDER, SECTOR, XS_RETRIES,
+    dec, need_u64, read_opt, read_u64, wait_state, BlkError, BlockStorage, DEVTYPE, MAX_RING_ORDER,
+    SECTOR, XS_RETRIES,
 };
 use crate::event::Channel;
 use crate::grant::{Importer, Mapping};
@@ -86,7 +86,7 @@ impl BackConfig {
             max_ring_order: MAX_RING_ORDER,
             timeout: None,
             poll_interval: Duration::from_millis(20),
-            spin: 2000,
+            spin: 200,
         }
     }
 }
@@ -271,7 +271,10 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
                     &dec(c.max_indirect_segments),
                 )?;
             }
-            tx.write(&alloc::format!("{d}/feature-persistent"), &flag(c.persistent))?;
+            tx.write(
+                &alloc::format!("{d}/feature-persistent"),
+                &flag(c.persistent),
+            )?;
             tx.write(
                 &alloc::format!("{d}/max-ring-page-order"),
                 &dec(c.max_ring_order.min(MAX_RING_ORDER)),
@@ -481,7 +484,7 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         let len = sectors.checked_mul(SECTOR).ok_or(Reject::Range)?;
         let end = off.checked_add(len).ok_or(Reject::Range)?;
         let ss = u64::from(self.storage.sector_size().max(1));
-        if end > self.storage.size() || off % ss != 0 || len % ss != 0 {
+        if end > self.storage.size() || !off.is_multiple_of(ss) || !len.is_multiple_of(ss) {
             return Err(Reject::Range);
         }
         Ok((off, len))

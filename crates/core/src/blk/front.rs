@@ -86,7 +86,7 @@ impl FrontConfig {
             max_indirect_segments: 256,
             max_persistent_pages: 1024,
             timeout: Some(Duration::from_secs(30)),
-            spin: 2000,
+            spin: 200,
         }
     }
 }
@@ -202,6 +202,10 @@ struct Io<B: GrantBackend, E: EventChannels> {
     next_tag: u64,
     broken: Option<BlkError>,
     closed: bool,
+    /// Where a new [`Disk`] may re-attach to the ring: set when a `Disk` is
+    /// dropped with nothing in flight (then every private index equals
+    /// `rsp_cons`, so attaching there restores the ring exactly).
+    resume: Option<u32>,
     /// Chunks of the running synchronous call still in flight.
     call_left: usize,
     /// The first error of the running synchronous call.
@@ -301,7 +305,10 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
     /// Initialised in one transaction, waits for Connected, reads the disk
     /// description and goes Connected. Any previous connection's grants are
     /// released first.
-    pub fn connect<T: Transport>(&mut self, xs: &mut Client<T>) -> Result<Disk<'_, B, E>, BlkError> {
+    pub fn connect<T: Transport>(
+        &mut self,
+        xs: &mut Client<T>,
+    ) -> Result<Disk<'_, B, E>, BlkError> {
         self.release();
         let cfg = self.cfg;
         let dir = self.dir.clone();
@@ -320,7 +327,10 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
                 why: "not a domain id",
             })?;
         wait_state(xs, &back, cfg.timeout, &never, |s| {
-            Ok(matches!(s, XenbusState::InitWait | XenbusState::Initialised))
+            Ok(matches!(
+                s,
+                XenbusState::InitWait | XenbusState::Initialised
+            ))
         })?;
         let features = Features {
             flush: read_flag(xs, &back, "feature-flush-cache")?,
@@ -395,7 +405,9 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
         }
         let persistent = want_persistent && features.persistent;
         let ring_size = nr_entries::<BlkifRequest, BlkifResponse>(ring_bytes(order)) as u32;
-        let pool_cap = cfg.max_persistent_pages.max(2 * BLKIF_MAX_SEGMENTS_PER_REQUEST);
+        let pool_cap = cfg
+            .max_persistent_pages
+            .max(2 * BLKIF_MAX_SEGMENTS_PER_REQUEST);
         let mut max_segments = BLKIF_MAX_SEGMENTS_PER_REQUEST as u32;
         if cfg.indirect && features.max_indirect_segments > max_segments {
             let mut m = features
@@ -435,19 +447,36 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
             next_tag: 0,
             broken: None,
             closed: false,
+            resume: Some(0),
             call_left: 0,
             call_err: None,
         });
         self.disk()
     }
 
-    fn disk(&mut self) -> Result<Disk<'_, B, E>, BlkError> {
+    /// The connected disk again, after an earlier [`Disk`] handle was
+    /// dropped (not closed). Fails if there is no connection, if it was
+    /// closed, or if the last handle was dropped with requests in flight
+    /// (their ring state is gone; the connection is then broken).
+    pub fn disk(&mut self) -> Result<Disk<'_, B, E>, BlkError> {
         let (Some(ring), Some(io)) = (self.ring.as_ref(), self.io.as_mut()) else {
             return Err(BlkError::Closed);
         };
-        // Nothing was pushed yet, so attaching at 0 equals the state `init`
-        // left (the shared header was initialised before it was published).
-        let ring = FrontRing::attach_at(ring.mem(), 0)?;
+        if io.closed {
+            return Err(BlkError::Closed);
+        }
+        if let Some(e) = &io.broken {
+            return Err(BlkError::Broken(e.to_string()));
+        }
+        let Some(at) = io.resume.take() else {
+            return Err(BlkError::Broken(String::from(
+                "a disk handle was dropped with requests in flight",
+            )));
+        };
+        // With nothing in flight every private index of the ring equals
+        // `at` (at connect: 0, the state `init` left before the ring was
+        // published), so attaching there restores it exactly.
+        let ring = FrontRing::attach_at(ring.mem(), at)?;
         Ok(Disk { ring, io })
     }
 }
@@ -467,9 +496,25 @@ enum Submit {
 }
 
 /// A connected block device. See the module docs.
+///
+/// Dropping it without [`Disk::close`] keeps the connection: get it back
+/// with [`BlkFront::disk`] (only if nothing was in flight).
 pub struct Disk<'f, B: GrantBackend, E: EventChannels> {
     ring: FrontRing<'f, BlkifRequest, BlkifResponse>,
     io: &'f mut Io<B, E>,
+}
+
+impl<B: GrantBackend, E: EventChannels> Drop for Disk<'_, B, E> {
+    fn drop(&mut self) {
+        let quiet = self.io.inflight.in_flight() == 0
+            && self.ring.unpublished_requests() == 0
+            && self.ring.req_prod_pvt() == self.ring.rsp_cons();
+        if quiet && !self.ring.is_broken() {
+            self.io.resume = Some(self.ring.rsp_cons());
+        } else {
+            self.io.resume = None;
+        }
+    }
 }
 
 impl<B: GrantBackend, E: EventChannels> core::fmt::Debug for Disk<'_, B, E> {
@@ -532,7 +577,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
 
     fn check_range(&self, offset: u64, len: u64) -> Result<(), BlkError> {
         let align = self.io.info.sector_size;
-        if offset % u64::from(align) != 0 || len % u64::from(align) != 0 {
+        if !offset.is_multiple_of(u64::from(align)) || !len.is_multiple_of(u64::from(align)) {
             return Err(BlkError::Misaligned { offset, len, align });
         }
         let size = self.io.info.size_bytes();
@@ -990,16 +1035,15 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             Ok(_) => {}
             Err(n) => kept += n,
         }
-        let pool_pages = match &data {
-            Pages::Pool(v) => Some(v.clone()),
-            _ => None,
-        };
-        let own = match Self::revoke(data) {
-            Ok(p) => p,
-            Err(n) => {
-                kept += n;
-                None
-            }
+        let (pool_pages, own) = match data {
+            Pages::Pool(v) => (Some(v), None),
+            other => match Self::revoke(other) {
+                Ok(p) => (None, p),
+                Err(n) => {
+                    kept += n;
+                    (None, None)
+                }
+            },
         };
         let mut result = match rsp.status {
             BLKIF_RSP_OKAY => Ok(()),
@@ -1102,6 +1146,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     /// [`Disk::max_request_bytes`]); its data arrives in the [`Completion`].
     /// Blocks only while the ring or the grant table is full.
     pub fn submit_read(&mut self, offset: u64, len: usize) -> Result<Tag, BlkError> {
+        self.live()?;
         self.check_range(offset, len as u64)?;
         self.check_one(len)?;
         self.submit(IoKind::Read, offset, len, None)
@@ -1109,6 +1154,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
 
     /// Submits one write request (at most [`Disk::max_request_bytes`]).
     pub fn submit_write(&mut self, offset: u64, data: &[u8]) -> Result<Tag, BlkError> {
+        self.live()?;
         self.check_range(offset, data.len() as u64)?;
         self.check_one(data.len())?;
         if self.io.info.read_only() {
@@ -1119,12 +1165,14 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
 
     /// Submits a flush.
     pub fn submit_flush(&mut self) -> Result<Tag, BlkError> {
+        self.live()?;
         let kind = self.flush_kind()?;
         self.submit(kind, 0, 0, None)
     }
 
     /// Submits a discard.
     pub fn submit_discard(&mut self, offset: u64, len: u64) -> Result<Tag, BlkError> {
+        self.live()?;
         self.check_discard(offset, len)?;
         let n = usize::try_from(len).map_err(|_| BlkError::TooLarge {
             len: usize::MAX,

@@ -13,8 +13,8 @@ use alloc::vec::Vec;
 use xenshare_abi::blkif::{
     BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
     BLKIF_DISCARD_SECURE, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST,
-    BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ,
-    BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_SEGS_PER_INDIRECT_FRAME,
+    BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
+    BLKIF_OP_WRITE_BARRIER, BLKIF_SEGS_PER_INDIRECT_FRAME,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -129,9 +129,9 @@ impl Request {
     /// The id to echo.
     pub fn id(&self) -> u64 {
         match self {
-            Request::Data { id, .. } | Request::Indirect { id, .. } | Request::Discard { id, .. } => {
-                *id
-            }
+            Request::Data { id, .. }
+            | Request::Indirect { id, .. }
+            | Request::Discard { id, .. } => *id,
         }
     }
 }
@@ -256,7 +256,10 @@ pub fn parse(raw: &BlkifRequest, limits: &Limits) -> Result<Request, Reject> {
                 op,
                 sector: r.sector_number,
                 nr_segments: n,
-                pages: r.indirect_grefs[..npages].iter().map(|&g| GrantRef(g)).collect(),
+                pages: r.indirect_grefs[..npages]
+                    .iter()
+                    .map(|&g| GrantRef(g))
+                    .collect(),
             })
         }
         other => Err(Reject::Unsupported(other)),
@@ -317,8 +320,14 @@ mod tests {
 
     #[test]
     fn segment_counts_and_ranges_are_checked() {
-        assert!(matches!(parse(&rw(BLKIF_OP_READ, 1), &LIM), Ok(Request::Data { .. })));
-        assert!(matches!(parse(&rw(BLKIF_OP_READ, 11), &LIM), Ok(Request::Data { .. })));
+        assert!(matches!(
+            parse(&rw(BLKIF_OP_READ, 1), &LIM),
+            Ok(Request::Data { .. })
+        ));
+        assert!(matches!(
+            parse(&rw(BLKIF_OP_READ, 11), &LIM),
+            Ok(Request::Data { .. })
+        ));
         assert!(matches!(
             parse(&rw(BLKIF_OP_READ, 0), &LIM),
             Err(Reject::SegmentCount { .. })

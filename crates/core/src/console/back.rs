@@ -115,7 +115,9 @@ impl<P: ConsolePage, E: EventChannels> ConsoleBack<P, E> {
     }
 
     fn fail<T>(&mut self, r: Result<T, ConsoleError>) -> Result<T, ConsoleError> {
-        if let Err(ConsoleError::Corrupt(_) | ConsoleError::Broken | ConsoleError::EventFlood(_)) = r {
+        if let Err(ConsoleError::Corrupt(_) | ConsoleError::Broken | ConsoleError::EventFlood(_)) =
+            r
+        {
             self.broken = true;
         }
         r

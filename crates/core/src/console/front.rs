@@ -86,7 +86,9 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
     }
 
     fn fail<T>(&mut self, r: Result<T, ConsoleError>) -> Result<T, ConsoleError> {
-        if let Err(ConsoleError::Corrupt(_) | ConsoleError::Broken | ConsoleError::EventFlood(_)) = r {
+        if let Err(ConsoleError::Corrupt(_) | ConsoleError::Broken | ConsoleError::EventFlood(_)) =
+            r
+        {
             self.broken = true;
         }
         r
@@ -156,7 +158,11 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
     /// Writes all of `data`, waiting for the back end to make room; each
     /// wait is bounded by `timeout`. On [`ConsoleError::TimedOut`] part of
     /// the data may have been written.
-    pub fn write_all(&mut self, mut data: &[u8], timeout: Option<Duration>) -> Result<(), ConsoleError> {
+    pub fn write_all(
+        &mut self,
+        mut data: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<(), ConsoleError> {
         while !data.is_empty() {
             let n = self.write(data)?;
             data = &data[n..];
@@ -169,7 +175,11 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
 
     /// Reads at least one byte, waiting up to `timeout` between events
     /// (`None`: forever). Returns [`ConsoleError::TimedOut`] if nothing came.
-    pub fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<usize, ConsoleError> {
+    pub fn read_timeout(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Option<Duration>,
+    ) -> Result<usize, ConsoleError> {
         if buf.is_empty() {
             return Ok(0);
         }
@@ -180,7 +190,11 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
             }
             if !self.wait(timeout)? {
                 let n = self.read(buf)?;
-                return if n > 0 { Ok(n) } else { Err(ConsoleError::TimedOut) };
+                return if n > 0 {
+                    Ok(n)
+                } else {
+                    Err(ConsoleError::TimedOut)
+                };
             }
         }
     }

@@ -108,7 +108,12 @@ pub fn produce(mem: SharedMem<'_>, d: &Dir, prod: u32, data: &[u8]) -> Result<us
 /// Consumer: copies up to `out.len()` ready bytes after private index
 /// `cons` (each byte fetched once), publishes the new consumer index, and
 /// returns the bytes read.
-pub fn consume(mem: SharedMem<'_>, d: &Dir, cons: u32, out: &mut [u8]) -> Result<usize, ConsoleError> {
+pub fn consume(
+    mem: SharedMem<'_>,
+    d: &Dir,
+    cons: u32,
+    out: &mut [u8],
+) -> Result<usize, ConsoleError> {
     let prod = load(mem, d.prod)?;
     // Index read before the bytes it covers.
     fence(Ordering::Acquire);
@@ -152,7 +157,8 @@ mod tests {
             let mut expect = 0u8;
             for round in 0..200usize {
                 let len = 1 + (round * 37) % (d.size + 5);
-                let data: std::vec::Vec<u8> = (0..len).map(|i| next.wrapping_add(i as u8)).collect();
+                let data: std::vec::Vec<u8> =
+                    (0..len).map(|i| next.wrapping_add(i as u8)).collect();
                 let n = produce(m, &d, p, &data).unwrap();
                 assert!(n <= d.size);
                 next = next.wrapping_add(n as u8);
@@ -174,9 +180,16 @@ mod tests {
         let m = page(&mut buf);
         m.atomic_u32(OUT.cons).unwrap().store(5, Ordering::Relaxed);
         assert_eq!(produce(m, &OUT, 0, b"x"), Err(ConsoleError::Corrupt("out")));
-        m.atomic_u32(IN.prod).unwrap().store(1025, Ordering::Relaxed);
-        assert_eq!(consume(m, &IN, 0, &mut [0; 8]), Err(ConsoleError::Corrupt("in")));
-        m.atomic_u32(IN.prod).unwrap().store(1024, Ordering::Relaxed);
+        m.atomic_u32(IN.prod)
+            .unwrap()
+            .store(1025, Ordering::Relaxed);
+        assert_eq!(
+            consume(m, &IN, 0, &mut [0; 8]),
+            Err(ConsoleError::Corrupt("in"))
+        );
+        m.atomic_u32(IN.prod)
+            .unwrap()
+            .store(1024, Ordering::Relaxed);
         assert_eq!(consume(m, &IN, 0, &mut [0; 8]), Ok(8));
     }
 }

@@ -121,10 +121,17 @@ fn parse_num(raw: &[u8], key: &'static str) -> Result<u64, ConsoleError> {
     })
 }
 
-fn read_num<T: Transport>(xs: &mut Client<T>, dir: &str, key: &'static str) -> Result<u64, ConsoleError> {
+fn read_num<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &'static str,
+) -> Result<u64, ConsoleError> {
     match xs.try_read(&format!("{dir}/{key}"))? {
         Some(v) => parse_num(&v, key),
-        None => Err(ConsoleError::BadKey { key, why: "missing" }),
+        None => Err(ConsoleError::BadKey {
+            key,
+            why: "missing",
+        }),
     }
 }
 
@@ -140,7 +147,10 @@ fn read_port<T: Transport>(xs: &mut Client<T>, dir: &str) -> Result<Port, Consol
 }
 
 /// Reads a primary console's keys (back end side).
-pub fn read_primary<T: Transport>(xs: &mut Client<T>, guest: DomId) -> Result<PrimaryInfo, ConsoleError> {
+pub fn read_primary<T: Transport>(
+    xs: &mut Client<T>,
+    guest: DomId,
+) -> Result<PrimaryInfo, ConsoleError> {
     let dir = primary_path(guest);
     let frame = read_num(xs, &dir, "ring-ref")?;
     let port = read_port(xs, &dir)?;
@@ -219,7 +229,10 @@ mod std_only {
     ) -> Result<String, ConsoleError> {
         let v = xs
             .try_read(&format!("{dir}/{key}"))?
-            .ok_or(ConsoleError::BadKey { key, why: "missing" })?;
+            .ok_or(ConsoleError::BadKey {
+                key,
+                why: "missing",
+            })?;
         let s = core::str::from_utf8(&v).map_err(|_| ConsoleError::BadKey {
             key,
             why: "not text",
@@ -313,9 +326,14 @@ mod std_only {
         /// [`ConsoleError::GrantKept`] and the page goes to quarantine —
         /// neither the page nor its grant ref is reused until it is proven
         /// released.
-        pub fn close<T: Transport>(self, xs: &mut Client<T>, timeout: Duration) -> Result<(), ConsoleError> {
+        pub fn close<T: Transport>(
+            self,
+            xs: &mut Client<T>,
+            timeout: Duration,
+        ) -> Result<(), ConsoleError> {
             let (share, chan) = self.console.into_parts();
-            let mut r = write_state(xs, &self.front_dir, XenbusState::Closing).map_err(ConsoleError::from);
+            let mut r =
+                write_state(xs, &self.front_dir, XenbusState::Closing).map_err(ConsoleError::from);
             if r.is_ok() {
                 // A back end that never answers is handled by the revocation.
                 let _ = wait_for_state(xs, &self.back_dir, timeout, |s| {
@@ -388,10 +406,12 @@ mod std_only {
             return Err(ConsoleError::PeerState(s));
         }
         let gref = read_num(xs, &front_dir, "ring-ref")?;
-        let gref = u32::try_from(gref).map(GrantRef).map_err(|_| ConsoleError::BadKey {
-            key: "ring-ref",
-            why: "out of range",
-        })?;
+        let gref = u32::try_from(gref)
+            .map(GrantRef)
+            .map_err(|_| ConsoleError::BadKey {
+                key: "ring-ref",
+                why: "out of range",
+            })?;
         let port = read_port(xs, &front_dir)?;
         let map = importer.map(frontend, &[gref], Access::ReadWrite)?;
         let chan = Channel::bind(evt, frontend, port)?;
@@ -411,7 +431,10 @@ mod std_only {
         }
 
         /// The front end's current state (poll it to notice a close).
-        pub fn frontend_state<T: Transport>(&self, xs: &mut Client<T>) -> Result<XenbusState, ConsoleError> {
+        pub fn frontend_state<T: Transport>(
+            &self,
+            xs: &mut Client<T>,
+        ) -> Result<XenbusState, ConsoleError> {
             Ok(read_state(xs, &self.front_dir)?)
         }
 

@@ -40,10 +40,10 @@ use super::{
     NetifTxResponse, MAX_FRAME, MAX_SLOTS, MIN_FRAME,
 };
 use crate::event::Channel;
+use crate::grant::GntSt;
 use crate::grant::{Importer, Mapping};
 use crate::platform::{CopyDst, CopyOp, CopySrc, EventChannels, ForeignMapper, GrantPtr};
 use crate::ring::BackRing;
-use crate::grant::GntSt;
 use crate::types::{Access, DomId, GrantRef};
 
 type TxRing = BackRing<'static, NetifTxRequest, NetifTxResponse>;
@@ -83,7 +83,9 @@ pub struct Doorbell<E: EventChannels> {
 
 impl<E: EventChannels> core::fmt::Debug for Doorbell<E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Doorbell").field("port", &self.chan.port()).finish()
+        f.debug_struct("Doorbell")
+            .field("port", &self.chan.port())
+            .finish()
     }
 }
 
@@ -230,7 +232,8 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
             self.chain.push(req);
             if req.flags & NETTXF_MORE_DATA != 0 {
                 if self.chain.len() >= MAX_SLOTS {
-                    return self.fatal_chain(req.id, "tx chain longer than XEN_NETIF_NR_SLOTS_MIN slots");
+                    return self
+                        .fatal_chain(req.id, "tx chain longer than XEN_NETIF_NR_SLOTS_MIN slots");
                 }
                 // The rest of the chain may not be published yet: it stays
                 // in `chain` until it is.
@@ -280,7 +283,9 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         let total = usize::from(first.size);
         let rest: usize = chain[1..].iter().map(|s| usize::from(s.size)).sum();
         if rest >= total && chain.len() > 1 {
-            return Err(ChainFault::Fatal("fragment sizes add up to more than the frame"));
+            return Err(ChainFault::Fatal(
+                "fragment sizes add up to more than the frame",
+            ));
         }
         let mut sizes = Vec::with_capacity(chain.len());
         sizes.push(total - rest.min(total));
@@ -494,7 +499,9 @@ mod with_std {
     use super::*;
     use crate::net::xenbus::{frontend_of, BackendFeatures, DEVTYPE};
     use crate::store::client::{Client, Transport};
-    use crate::store::xenbus::{backend_path, read_state, wait_for_state, write_state, XenbusState};
+    use crate::store::xenbus::{
+        backend_path, read_state, wait_for_state, write_state, XenbusState,
+    };
     use std::sync::atomic::AtomicBool;
     use std::time::Instant;
 

@@ -413,7 +413,9 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         };
         const KNOWN: u16 = NETRXF_DATA_VALIDATED | NETRXF_CSUM_BLANK | NETRXF_MORE_DATA;
         if rsp.flags & !KNOWN != 0 {
-            return Err(self.trip(bad("flags not negotiated (extra info, gso prefix or unknown)")));
+            return Err(self.trip(bad(
+                "flags not negotiated (extra info, gso prefix or unknown)",
+            )));
         }
         let more = rsp.flags & NETRXF_MORE_DATA != 0;
         if more && !self.cfg.sg {

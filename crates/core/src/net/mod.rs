@@ -48,7 +48,7 @@ pub mod front;
 mod owned;
 pub mod xenbus;
 
-pub use back::{Doorbell, NetbackStats, Netback};
+pub use back::{Doorbell, Netback, NetbackStats};
 pub use front::{CloseReport, Netfront, NetfrontConfig, NetfrontStats};
 
 use alloc::string::String;
@@ -285,7 +285,13 @@ mod tests {
         let m = Mac::parse(b"00:16:3E:12:34:5f\0").unwrap();
         assert_eq!(m.0, [0x00, 0x16, 0x3e, 0x12, 0x34, 0x5f]);
         assert_eq!(alloc::format!("{m}"), "00:16:3e:12:34:5f");
-        for bad in [&b""[..], b"00:16:3e:12:34", b"00:16:3e:12:34:5f:00", b"0:16:3e:12:34:5f", b"zz:16:3e:12:34:5f"] {
+        for bad in [
+            &b""[..],
+            b"00:16:3e:12:34",
+            b"00:16:3e:12:34:5f:00",
+            b"0:16:3e:12:34:5f",
+            b"zz:16:3e:12:34:5f",
+        ] {
             assert_eq!(Mac::parse(bad), None, "{bad:?}");
         }
     }

@@ -52,7 +52,9 @@ pub fn read_u32<T: Transport>(
     let path = format!("{dir}/{key}");
     match xs.try_read(&path)? {
         None => Ok(None),
-        Some(v) => parse_u32(&v).map(Some).ok_or_else(|| bad(key, "not a decimal number")),
+        Some(v) => parse_u32(&v)
+            .map(Some)
+            .ok_or_else(|| bad(key, "not a decimal number")),
     }
 }
 
@@ -127,7 +129,11 @@ impl BackendFeatures {
 
     /// Writes the feature keys into the back end's directory (one
     /// transaction; also `feature-rx-flip` = 0 and no GSO / split channels).
-    pub fn publish<T: Transport>(&self, xs: &mut Client<T>, back_dir: &str) -> Result<(), NetError> {
+    pub fn publish<T: Transport>(
+        &self,
+        xs: &mut Client<T>,
+        back_dir: &str,
+    ) -> Result<(), NetError> {
         let b = |v: bool| if v { &b"1"[..] } else { &b"0"[..] };
         xs.transaction(XS_RETRIES, |tx| {
             tx.write(&format!("{back_dir}/feature-rx-copy"), b(self.rx_copy))?;
@@ -168,7 +174,11 @@ pub struct FrontendKeys {
 
 impl FrontendKeys {
     /// Writes the keys in one transaction (the state is written after).
-    pub fn publish<T: Transport>(&self, xs: &mut Client<T>, front_dir: &str) -> Result<(), NetError> {
+    pub fn publish<T: Transport>(
+        &self,
+        xs: &mut Client<T>,
+        front_dir: &str,
+    ) -> Result<(), NetError> {
         let b = |v: bool| if v { &b"1"[..] } else { &b"0"[..] };
         xs.transaction(XS_RETRIES, |tx| {
             tx.write(
@@ -183,7 +193,10 @@ impl FrontendKeys {
                 &format!("{front_dir}/event-channel"),
                 format!("{}", self.event_channel.0).as_bytes(),
             )?;
-            tx.write(&format!("{front_dir}/request-rx-copy"), b(self.request_rx_copy))?;
+            tx.write(
+                &format!("{front_dir}/request-rx-copy"),
+                b(self.request_rx_copy),
+            )?;
             tx.write(&format!("{front_dir}/feature-sg"), b(self.sg))?;
             tx.write(&format!("{front_dir}/feature-rx-notify"), b(self.rx_notify))?;
             Ok(())
@@ -213,7 +226,15 @@ mod tests {
         assert_eq!(parse_u32(b"12"), Some(12));
         assert_eq!(parse_u32(b"12\0"), Some(12));
         assert_eq!(parse_u32(b"4294967295"), Some(u32::MAX));
-        for bad in [&b""[..], b"-1", b"+1", b"0x10", b"1 2", b"4294967296", b"99999999999"] {
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+1",
+            b"0x10",
+            b"1 2",
+            b"4294967296",
+            b"99999999999",
+        ] {
             assert_eq!(parse_u32(bad), None, "{bad:?}");
         }
     }

@@ -162,9 +162,7 @@ pub fn run_demo_guest(
             Err(e) => Err(e),
         };
         stop.store(true, Ordering::Release);
-        let shell = guest
-            .join()
-            .unwrap_or(Err(ConsoleError::Broken));
+        let shell = guest.join().unwrap_or(Err(ConsoleError::Broken));
         match (end, shell) {
             (Err(e), _) => Err(e),
             (Ok(SessionEnd::GuestExited), Err(e)) => Err(e),

@@ -46,7 +46,12 @@ pub fn world() -> World {
     c0.mkdir(&home).unwrap();
     c0.set_perms(&home, &Perms::owned_by(guest.id(), PermKind::None))
         .unwrap();
-    World { hv, dom0, guest, xs }
+    World {
+        hv,
+        dom0,
+        guest,
+        xs,
+    }
 }
 
 impl World {
@@ -94,7 +99,9 @@ impl BackThread {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = std::thread::spawn(move || {
-            let r = back.run(&mut io, Duration::from_millis(5), || s.load(Ordering::Acquire));
+            let r = back.run(&mut io, Duration::from_millis(5), || {
+                s.load(Ordering::Acquire)
+            });
             (back, r)
         });
         Self {
@@ -132,5 +139,7 @@ impl Drop for BackThread {
 
 /// A deterministic byte pattern covering every value.
 pub fn pattern(start: usize, len: usize) -> Vec<u8> {
-    (start..start + len).map(|i| (i * 7 + i / 256) as u8).collect()
+    (start..start + len)
+        .map(|i| (i * 7 + i / 256) as u8)
+        .collect()
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 
+mod blk;
 mod vchan;
 mod xenstore;
 use xenshare::{Access, DomId};
@@ -20,6 +21,8 @@ pub enum Bench {
     Vchan(vchan::VchanArgs),
     /// XenStore read/write ops/s over the Unix socket vs in-process and a bare socket echo.
     Xenstore(xenstore::XenstoreArgs),
+    /// Block device IOPS and throughput vs pread.
+    Blk(blk::BlkArgs),
 }
 
 /// Options of `bench grants`.
@@ -39,6 +42,7 @@ pub fn run(b: Bench) -> Result<(), String> {
         Bench::Grants(a) => grants(a),
         Bench::Vchan(a) => vchan::run(a),
         Bench::Xenstore(a) => xenstore::run(a),
+        Bench::Blk(a) => blk::run(a),
     }
 }
 

@@ -80,7 +80,10 @@ where
             .collect();
         let mut back = Vec::new();
         for h in handles {
-            back.push(h.join().map_err(|_| "client thread panicked".to_string())??);
+            back.push(
+                h.join()
+                    .map_err(|_| "client thread panicked".to_string())??,
+            );
         }
         Ok((total as f64 / t.elapsed().as_secs_f64(), back))
     };
@@ -99,7 +102,9 @@ fn echo_baseline(clients: u64, ops: u64) -> Res<f64> {
     let server = std::thread::spawn(move || {
         let mut hs = Vec::new();
         for _ in 0..n {
-            let Ok((mut st, _)) = listener.accept() else { break };
+            let Ok((mut st, _)) = listener.accept() else {
+                break;
+            };
             hs.push(std::thread::spawn(move || {
                 let mut req = [0u8; 16 + 24];
                 while st.read_exact(&mut req).is_ok() {
@@ -132,7 +137,9 @@ fn echo_baseline(clients: u64, ops: u64) -> Res<f64> {
             })
             .collect();
         for h in hs {
-            h.join().map_err(|_| "echo client panicked".to_string())?.map_err(|e| e.to_string())?;
+            h.join()
+                .map_err(|_| "echo client panicked".to_string())?
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     })?;
@@ -171,8 +178,13 @@ pub fn run(a: XenstoreArgs) -> Res<()> {
             ])
         );
     } else {
-        println!("xenstore benchmark ({} clients x {} ops each)", a.clients, a.ops);
-        println!("  unix socket   write {xs_write_ops:>10.0} ops/s   read {xs_read_ops:>10.0} ops/s");
+        println!(
+            "xenstore benchmark ({} clients x {} ops each)",
+            a.clients, a.ops
+        );
+        println!(
+            "  unix socket   write {xs_write_ops:>10.0} ops/s   read {xs_read_ops:>10.0} ops/s"
+        );
         println!("  in-process    write {inproc_write_ops:>10.0} ops/s   read {inproc_read_ops:>10.0} ops/s");
         println!("  baseline: bare socket echo {echo_ops:>10.0} round trips/s");
         println!(

@@ -1,0 +1,193 @@
+//! Data integrity: thousands of random reads, writes, flushes and discards
+//! of mixed sizes through blkfront -> blkback -> image file, checked
+//! against an in-memory model, in every combination of indirect
+//! descriptors and persistent grants; and the submit / complete API with
+//! many requests in flight.
+
+mod blk_common;
+
+use blk_common::*;
+use xenshare::blk::{BackConfig, FrontConfig, IoKind};
+
+const DISK: u64 = 16 << 20;
+
+/// A size in bytes, sector-aligned, 512 B ..= 1 MiB, mostly small.
+fn size(rng: &mut Rng) -> usize {
+    let sectors = match rng.below(100) {
+        0..=59 => 1 + rng.below(16),    // up to 8 KiB: direct, few segments
+        60..=84 => 1 + rng.below(176),  // up to 88 KiB: direct and indirect
+        85..=96 => 1 + rng.below(1024), // up to 512 KiB
+        _ => 1 + rng.below(2048),       // up to 1 MiB
+    };
+    sectors as usize * 512
+}
+
+fn offset(rng: &mut Rng, len: usize) -> u64 {
+    rng.below((DISK - len as u64) / 512 + 1) * 512
+}
+
+fn integrity(indirect: bool, persistent: bool, seed: u64) {
+    let w = world();
+    let img = TmpImage::new("integrity");
+    let storage = img.create(DISK);
+    let backend = w
+        .spawn_backend(storage, BackConfig::new(w.guest.id(), DEVID))
+        .unwrap();
+    let mut fe = w
+        .frontend(FrontConfig {
+            indirect,
+            persistent,
+            ..FrontConfig::new(DEVID)
+        })
+        .unwrap();
+    let mut xs = w.client(&w.guest);
+    let mut model = vec![0u8; DISK as usize];
+    let mut rng = Rng::new(seed);
+    let (mut reads, mut writes, mut flushes, mut discards) = (0, 0, 0, 0);
+    {
+        let mut disk = fe.connect(&mut xs).unwrap();
+        let info = *disk.info();
+        assert_eq!(info.size_bytes(), DISK);
+        assert_eq!(info.persistent, persistent);
+        assert_eq!(info.max_segments > 11, indirect, "{info:?}");
+        let mut buf = Vec::new();
+        for i in 0..2000 {
+            let len = size(&mut rng);
+            let off = offset(&mut rng, len);
+            let range = off as usize..off as usize + len;
+            match rng.below(100) {
+                0..=44 => {
+                    buf.resize(len, 0);
+                    rng.fill(&mut buf);
+                    disk.write_at(off, &buf).unwrap();
+                    model[range].copy_from_slice(&buf);
+                    writes += 1;
+                }
+                45..=89 => {
+                    buf.resize(len, 0xEE);
+                    disk.read_at(off, &mut buf).unwrap();
+                    assert!(
+                        buf[..] == model[range],
+                        "op {i}: read of {len} bytes at {off} differs from the model"
+                    );
+                    reads += 1;
+                }
+                90..=94 => {
+                    disk.flush().unwrap();
+                    flushes += 1;
+                }
+                _ => {
+                    disk.discard(off, len as u64).unwrap();
+                    model[range].fill(0);
+                    discards += 1;
+                }
+            }
+        }
+        // Whole-disk read back through the device.
+        let mut all = vec![0u8; DISK as usize];
+        disk.read_at(0, &mut all).unwrap();
+        assert!(all == model, "full read-back differs");
+        if persistent {
+            assert!(disk.pool_pages() > 0);
+        }
+        disk.close(&mut xs).unwrap();
+    }
+    assert!(reads > 500 && writes > 500 && flushes > 50 && discards > 50);
+    let rel = fe.release();
+    assert_eq!(rel.quarantined, 0);
+    let (back, runs) = backend.stop().unwrap();
+    assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
+    assert!(back.stats().failed == 0, "{:?}", back.stats());
+    // The data really is in the file.
+    assert!(img.contents() == model, "image file differs from the model");
+    let st = w.guest.exporter().stats();
+    assert_eq!((st.live, st.quarantined), (0, 0), "{st:?}");
+    assert_eq!(w.dom0.importer().stats().mapped, 0);
+}
+
+#[test]
+fn integrity_direct_no_persistent() {
+    integrity(false, false, 1);
+}
+
+#[test]
+fn integrity_indirect_no_persistent() {
+    integrity(true, false, 2);
+}
+
+#[test]
+fn integrity_direct_persistent() {
+    integrity(false, true, 3);
+}
+
+#[test]
+fn integrity_indirect_persistent() {
+    integrity(true, true, 4);
+}
+
+#[test]
+fn many_requests_in_flight() {
+    let w = world();
+    let img = TmpImage::new("qd");
+    let backend = w
+        .spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
+        .unwrap();
+    let mut fe = w.frontend(FrontConfig::new(DEVID)).unwrap();
+    let mut xs = w.client(&w.guest);
+    let mut disk = fe.connect(&mut xs).unwrap();
+    let slots = disk.info().ring_size as usize;
+    // Writes to distinct blocks, all submitted before any is waited for.
+    let n = slots * 3;
+    let mut expect = std::collections::HashMap::new();
+    let mut max_in_flight = 0;
+    for i in 0..n {
+        let data = vec![(i % 251) as u8 + 1; 8192];
+        let tag = disk.submit_write(i as u64 * 8192, &data).unwrap();
+        expect.insert(tag, i);
+        max_in_flight = max_in_flight.max(disk.in_flight());
+    }
+    let mut done = 0;
+    while let Some(c) = disk.wait().unwrap() {
+        assert_eq!(c.kind, IoKind::Write);
+        c.result.unwrap();
+        assert!(expect.remove(&c.tag).is_some());
+        done += 1;
+    }
+    assert_eq!(done, n);
+    assert!(max_in_flight > 1, "queue depth never exceeded 1");
+    // Reads, many in flight, each checked.
+    let mut tags = std::collections::HashMap::new();
+    for i in 0..n {
+        tags.insert(disk.submit_read(i as u64 * 8192, 8192).unwrap(), i);
+    }
+    let fl = disk.submit_flush().unwrap();
+    let mut seen_flush = false;
+    while let Some(c) = disk.wait().unwrap() {
+        if c.tag == fl {
+            seen_flush = true;
+            c.result.unwrap();
+            continue;
+        }
+        let i = tags.remove(&c.tag).unwrap();
+        c.result.unwrap();
+        assert_eq!(c.data, vec![(i % 251) as u8 + 1; 8192], "block {i}");
+    }
+    assert!(seen_flush && tags.is_empty());
+    assert!(matches!(
+        disk.submit_read(0, disk.max_request_bytes() + 4096),
+        Err(xenshare::blk::BlkError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        disk.read_at(DISK, &mut [0u8; 512]),
+        Err(xenshare::blk::BlkError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        disk.read_at(100, &mut [0u8; 512]),
+        Err(xenshare::blk::BlkError::Misaligned { .. })
+    ));
+    disk.close(&mut xs).unwrap();
+    drop(fe);
+    backend.stop().unwrap();
+    let st = w.guest.exporter().stats();
+    assert_eq!((st.live, st.quarantined), (0, 0), "{st:?}");
+}

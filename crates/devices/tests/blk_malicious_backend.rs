@@ -1,0 +1,318 @@
+//! Malicious back ends against the real front end. Each one ends in a typed
+//! error and a broken disk — no panic, no hang, and never a reused page.
+
+mod blk_common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use blk_common::*;
+use xenshare::blk::BlkError;
+use xenshare::ring::{BackRing, RingError};
+use xenshare::{Access, GrantRef};
+use xenshare_abi::blkif::{
+    BlkifRequest, BlkifResponse, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_OKAY,
+};
+use xenshare_devices::blk::{BlkWorld, SimFront};
+
+type Ring<'a> = BackRing<'a, BlkifRequest, BlkifResponse>;
+
+/// Connects the real front end to a hand-made back end.
+fn connect(w: &BlkWorld, extra: &[(&str, &str)]) -> (SimFront, FakeBack) {
+    let mut fe = w.frontend(quick_front()).unwrap();
+    let fb = std::thread::scope(|s| {
+        let t = s.spawn(|| fake_backend(w, extra));
+        let mut xs = w.client(&w.guest);
+        drop(fe.connect(&mut xs).unwrap());
+        t.join().unwrap()
+    });
+    (fe, fb)
+}
+
+fn next_request(ring: &mut Ring<'_>, fb: &FakeBack) -> BlkifRequest {
+    let t = Instant::now();
+    loop {
+        if let Some(r) = ring.next_request().unwrap() {
+            return r;
+        }
+        assert!(t.elapsed() < T, "no request arrived");
+        if fb
+            .chan
+            .wait(Some(Duration::from_millis(50)))
+            .unwrap()
+            .is_some()
+        {
+            fb.chan.unmask().unwrap();
+        }
+    }
+}
+
+fn respond(ring: &mut Ring<'_>, fb: &FakeBack, id: u64, op: u8, status: i16) {
+    ring.push_response(&BlkifResponse {
+        id,
+        operation: op,
+        status,
+        ..Default::default()
+    })
+    .unwrap();
+    ring.push_responses().unwrap();
+    fb.chan.notify().unwrap();
+}
+
+/// Asserts that `r` is the ring violation `want` describes, promptly.
+fn assert_ring_error(r: Result<impl std::fmt::Debug, BlkError>, want: fn(&RingError) -> bool) {
+    match r {
+        Err(BlkError::Ring(e)) if want(&e) => {}
+        other => panic!("expected a ring violation, got {other:?}"),
+    }
+}
+
+/// The XSA-396 pattern: the back end answers a read but keeps the data
+/// page mapped. The front end breaks, the page goes to quarantine, and
+/// neither the grant ref nor the frame is ever handed out again.
+#[test]
+fn keeps_a_grant_after_responding() {
+    let w = world();
+    let (mut fe, fb) = connect(&w, &[]);
+    let exporter = w.guest.exporter().clone();
+    let kept;
+    let gref;
+    {
+        let mut disk = fe.disk().unwrap();
+        assert!(!disk.info().persistent);
+        let tag = disk.submit_read(0, 4096).unwrap();
+        let mut ring = Ring::attach(fb.ring.mem()).unwrap();
+        let req = next_request(&mut ring, &fb);
+        assert_eq!(req.operation, BLKIF_OP_READ);
+        gref = GrantRef(req.seg[0].gref);
+        kept = w
+            .dom0
+            .importer()
+            .map(w.guest.id(), &[gref], Access::ReadWrite)
+            .unwrap();
+        kept.mem().fill(0, 4096, 0xAB).unwrap();
+        respond(&mut ring, &fb, req.id, req.operation, BLKIF_RSP_OKAY);
+        assert_eq!(disk.wait(), Err(BlkError::GrantStillMapped(1)));
+        assert!(disk.is_broken());
+        let _ = tag;
+        // Everything afterwards is refused, promptly.
+        assert!(matches!(
+            disk.read_at(0, &mut [0u8; 512]),
+            Err(BlkError::Broken(_))
+        ));
+        assert!(matches!(disk.submit_flush(), Err(BlkError::Broken(_))));
+    }
+    // The page is in quarantine, with its grant ref.
+    assert!(exporter.quarantined() >= 1);
+    assert!(exporter
+        .quarantine_snapshot()
+        .iter()
+        .any(|(_, refs, _)| refs.contains(&gref)));
+    let frame = exporter.backend().table().entry(gref).unwrap().frame;
+    // Neither the ref nor the frame is handed out again while it is mapped.
+    let mut fresh = Vec::new();
+    for _ in 0..300 {
+        let s = exporter.share(w.dom0.id(), 1, Access::ReadWrite).unwrap();
+        assert_ne!(s.refs()[0], gref, "quarantined grant ref reused");
+        let f = exporter.backend().table().entry(s.refs()[0]).unwrap().frame;
+        assert_ne!(f, frame, "quarantined frame reused");
+        fresh.push(s);
+    }
+    drop(fresh);
+    // The malicious back end's writes land only in the quarantined page.
+    kept.mem().fill(0, 4096, 0xCD).unwrap();
+    let rel = fe.release();
+    assert!(rel.quarantined >= 1, "{rel:?}"); // the ring is still mapped too
+                                              // Once the back end lets go, quarantine drains.
+    drop(kept);
+    drop(fb);
+    exporter.reclaim(usize::MAX);
+    assert_eq!(exporter.quarantined(), 0);
+    assert_eq!(exporter.stats().live, 0);
+}
+
+#[test]
+fn duplicate_response_id() {
+    let w = world();
+    let (mut fe, fb) = connect(&w, &[]);
+    let mut disk = fe.disk().unwrap();
+    disk.submit_read(0, 4096).unwrap();
+    disk.submit_read(4096, 4096).unwrap();
+    let mut ring = Ring::attach(fb.ring.mem()).unwrap();
+    let a = next_request(&mut ring, &fb);
+    let _b = next_request(&mut ring, &fb);
+    respond(&mut ring, &fb, a.id, a.operation, BLKIF_RSP_OKAY);
+    respond(&mut ring, &fb, a.id, a.operation, BLKIF_RSP_OKAY);
+    let mut last = Ok(None);
+    for _ in 0..3 {
+        last = disk.wait();
+        if last.is_err() {
+            break;
+        }
+    }
+    assert_ring_error(last, |e| matches!(e, RingError::NotOutstanding { .. }));
+    assert!(disk.is_broken());
+    // A completion that finished before the violation may still be handed
+    // out; after that, only errors.
+    let mut broken = false;
+    for _ in 0..3 {
+        match disk.wait() {
+            Ok(Some(c)) => assert_eq!(c.result, Ok(())),
+            Ok(None) => panic!("requests in flight vanished"),
+            Err(e) => {
+                assert!(matches!(e, BlkError::Broken(_)), "{e:?}");
+                broken = true;
+                break;
+            }
+        }
+    }
+    assert!(broken);
+}
+
+#[test]
+fn out_of_range_response_id() {
+    let w = world();
+    let (mut fe, fb) = connect(&w, &[]);
+    let mut disk = fe.disk().unwrap();
+    disk.submit_read(0, 4096).unwrap();
+    let mut ring = Ring::attach(fb.ring.mem()).unwrap();
+    let a = next_request(&mut ring, &fb);
+    respond(&mut ring, &fb, a.id + 1000, a.operation, BLKIF_RSP_OKAY);
+    assert_ring_error(
+        disk.wait(),
+        |e| matches!(e, RingError::BadId { id, .. } if *id >= 1000),
+    );
+    assert!(disk.is_broken());
+}
+
+#[test]
+fn wrong_opcode() {
+    let w = world();
+    let (mut fe, fb) = connect(&w, &[]);
+    let mut disk = fe.disk().unwrap();
+    disk.submit_read(0, 4096).unwrap();
+    let mut ring = Ring::attach(fb.ring.mem()).unwrap();
+    let a = next_request(&mut ring, &fb);
+    respond(&mut ring, &fb, a.id, BLKIF_OP_WRITE, BLKIF_RSP_OKAY);
+    assert_ring_error(disk.wait(), |e| matches!(e, RingError::WrongOpcode { .. }));
+    assert!(disk.is_broken());
+}
+
+#[test]
+fn overflowing_producer_index() {
+    let w = world();
+    let (mut fe, fb) = connect(&w, &[]);
+    let mut disk = fe.disk().unwrap();
+    disk.submit_read(0, 4096).unwrap();
+    let mut ring = Ring::attach(fb.ring.mem()).unwrap();
+    let _a = next_request(&mut ring, &fb);
+    // rsp_prod (offset 8 of the header) far past what was requested.
+    fb.ring
+        .mem()
+        .atomic_u32(8)
+        .unwrap()
+        .store(1000, Ordering::Release);
+    fb.chan.notify().unwrap();
+    assert_ring_error(disk.wait(), |e| {
+        matches!(e, RingError::ProducerOverflow { prod: 1000, .. })
+    });
+    assert!(disk.is_broken());
+    // A producer index behind the consumer is as bad: fresh connection.
+    drop(disk);
+    let w = world();
+    let (mut fe, fb) = connect(&w, &[]);
+    let mut disk = fe.disk().unwrap();
+    disk.submit_read(0, 4096).unwrap();
+    fb.ring
+        .mem()
+        .atomic_u32(8)
+        .unwrap()
+        .store(u32::MAX, Ordering::Release);
+    fb.chan.notify().unwrap();
+    assert_ring_error(disk.wait(), |e| {
+        matches!(e, RingError::ProducerOverflow { .. })
+    });
+}
+
+/// A back end that notifies in a tight loop: the front end keeps working
+/// correctly while answers come, and times out (bounded) when they stop.
+#[test]
+fn event_flood() {
+    let w = world();
+    let (mut fe, fb) = connect(&w, &[("feature-flush-cache", "1")]);
+    let stop = AtomicBool::new(false);
+    let answered = AtomicU64::new(0);
+    let notifies = AtomicU64::new(0);
+    let answer = AtomicBool::new(true);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut ring = Ring::attach(fb.ring.mem()).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..64 {
+                    fb.chan.notify().unwrap();
+                }
+                notifies.fetch_add(64, Ordering::Relaxed);
+                if answer.load(Ordering::Relaxed) {
+                    while let Some(r) = ring.next_request().unwrap() {
+                        ring.push_response(&BlkifResponse {
+                            id: r.id,
+                            operation: r.operation,
+                            status: BLKIF_RSP_OKAY,
+                            ..Default::default()
+                        })
+                        .unwrap();
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    ring.push_responses().unwrap();
+                }
+            }
+        });
+        let mut disk = fe.disk().unwrap();
+        for _ in 0..200 {
+            disk.flush().unwrap();
+        }
+        assert_eq!(answered.load(Ordering::Relaxed), 200);
+        // The flood goes on but answers stop: a clear, bounded timeout.
+        answer.store(false, Ordering::Relaxed);
+        let t = Instant::now();
+        assert_eq!(disk.flush(), Err(BlkError::Timeout));
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(disk.is_broken());
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(notifies.load(Ordering::Relaxed) > 1000);
+}
+
+/// A back end that never answers a read: the caller's buffer is never
+/// written after the call returns, and the page is not reused.
+#[test]
+fn silent_backend_times_out_and_page_stays_out_of_reach() {
+    let w = world();
+    let (mut fe, fb) = connect(&w, &[]);
+    let mut buf = vec![0x11u8; 8192];
+    {
+        let mut disk = fe.disk().unwrap();
+        let t = Instant::now();
+        assert_eq!(disk.read_at(0, &mut buf), Err(BlkError::Timeout));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+    assert!(buf.iter().all(|&b| b == 0x11));
+    // The back end maps the request's page now, late.
+    let mut ring = Ring::attach(fb.ring.mem()).unwrap();
+    let req = ring.next_request().unwrap().unwrap();
+    let late = w
+        .dom0
+        .importer()
+        .map(
+            w.guest.id(),
+            &[GrantRef(req.seg[0].gref)],
+            Access::ReadWrite,
+        )
+        .unwrap();
+    let rel = fe.release();
+    assert!(rel.quarantined >= 2, "{rel:?}"); // ring + data page
+    drop(late);
+    drop(fb);
+    w.guest.exporter().reclaim(usize::MAX);
+    assert_eq!(w.guest.exporter().quarantined(), 0);
+}

@@ -1,0 +1,425 @@
+//! Malicious front ends against the real back end over an image file. Bad
+//! requests get BLKIF_RSP_ERROR (or EOPNOTSUPP) and the back end keeps
+//! serving; a corrupted ring index breaks the connection cleanly. The
+//! image is never touched outside what valid requests wrote.
+
+mod blk_common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use blk_common::*;
+use xenshare::blk::{BackConfig, BackExit, BlkError};
+use xenshare::ring::{FrontRing, RingError};
+use xenshare::store::xenbus::{read_state, XenbusState};
+use xenshare::{Access, GrantRef};
+use xenshare_abi::blkif::*;
+use xenshare_devices::blk::{BackendThread, BlkWorld, FileStorage};
+use zerocopy::IntoBytes;
+
+const DISK: u64 = 4 << 20;
+const SECTORS: u64 = DISK / 512;
+
+type Ring<'a> = FrontRing<'a, BlkifRequest, BlkifResponse>;
+
+struct Setup {
+    w: BlkWorld,
+    img: TmpImage,
+    backend: BackendThread<FileStorage>,
+    ff: FakeFront,
+}
+
+fn setup(persistent: bool) -> Setup {
+    let w = world();
+    let img = TmpImage::new("evil-fe");
+    let backend = w
+        .spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
+        .unwrap();
+    let ff = fake_frontend(&w, persistent);
+    Setup {
+        w,
+        img,
+        backend,
+        ff,
+    }
+}
+
+/// Pushes `reqs` (ids are assigned 0..) and returns each id's status.
+fn exchange(ring: &mut Ring<'_>, ff: &FakeFront, reqs: &[BlkifRequest]) -> HashMap<u64, i16> {
+    for (i, r) in reqs.iter().enumerate() {
+        let mut r = *r;
+        r.id = i as u64;
+        ring.push_request(&r).unwrap();
+    }
+    ring.push_requests().unwrap();
+    ff.chan.notify().unwrap();
+    let mut got = HashMap::new();
+    let t = Instant::now();
+    while got.len() < reqs.len() {
+        while let Some(rsp) = ring.next_response().unwrap() {
+            assert_eq!(rsp.operation, reqs[rsp.id as usize].operation);
+            assert!(got.insert(rsp.id, rsp.status).is_none(), "duplicate");
+        }
+        assert!(t.elapsed() < T, "back end stopped answering: {got:?}");
+        if ff
+            .chan
+            .wait(Some(Duration::from_millis(20)))
+            .unwrap()
+            .is_some()
+        {
+            ff.chan.unmask().unwrap();
+        }
+    }
+    got
+}
+
+fn rw(op: u8, sector: u64, segs: &[(GrantRef, u8, u8)]) -> BlkifRequest {
+    let mut r = BlkifRequest {
+        operation: op,
+        nr_segments: segs.len() as u8,
+        sector_number: sector,
+        handle: DEVID as u16,
+        ..Default::default()
+    };
+    for (s, &(g, f, l)) in r.seg.iter_mut().zip(segs) {
+        s.gref = g.0;
+        s.first_sect = f;
+        s.last_sect = l;
+    }
+    r
+}
+
+fn indirect(op: u8, sector: u64, n: u16, pages: &[GrantRef]) -> BlkifRequest {
+    let mut ind = BlkifRequestIndirect {
+        operation: BLKIF_OP_INDIRECT,
+        indirect_op: op,
+        nr_segments: n,
+        sector_number: sector,
+        handle: DEVID as u16,
+        ..Default::default()
+    };
+    for (d, g) in ind.indirect_grefs.iter_mut().zip(pages) {
+        *d = g.0;
+    }
+    let mut r = BlkifRequest::default();
+    r.as_mut_bytes()[..64].copy_from_slice(ind.as_bytes());
+    r
+}
+
+fn finish(s: Setup, expect: &[u8]) {
+    let Setup {
+        w,
+        img,
+        backend,
+        ff,
+    } = s;
+    let (back, runs) = backend.stop().unwrap();
+    assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
+    assert!(back.stats().failed > 0);
+    drop(ff);
+    let data = img.contents();
+    assert_eq!(data.len() as u64, DISK, "image size changed");
+    assert!(data[..expect.len()] == *expect, "image content");
+    assert!(data[expect.len()..].iter().all(|&b| b == 0), "stray writes");
+    assert_eq!(w.dom0.importer().stats().mapped, 0);
+}
+
+#[test]
+fn grant_refs_it_was_not_given() {
+    for persistent in [false, true] {
+        let s = setup(persistent);
+        let w = &s.w;
+        let other = w.hv.create_domain(Default::default()).unwrap();
+        let mine = w
+            .guest
+            .exporter()
+            .share(w.dom0.id(), 1, Access::ReadWrite)
+            .unwrap();
+        mine.mem().fill(0, 4096, 0x5A).unwrap();
+        let elsewhere = w
+            .guest
+            .exporter()
+            .share(other.id(), 1, Access::ReadWrite)
+            .unwrap();
+        elsewhere.mem().fill(0, 4096, 0x77).unwrap();
+        let ro = w
+            .guest
+            .exporter()
+            .share(w.dom0.id(), 1, Access::ReadOnly)
+            .unwrap();
+        let g = |sh: &xenshare_sim::SimShare| sh.refs()[0];
+        let mut ring = s.ff.ring();
+        let st = exchange(
+            &mut ring,
+            &s.ff,
+            &[
+                rw(BLKIF_OP_WRITE, 0, &[(GrantRef(4000), 0, 7)]), // never granted
+                rw(BLKIF_OP_WRITE, 8, &[(g(&elsewhere), 0, 7)]),  // granted to another domain
+                rw(BLKIF_OP_READ, 16, &[(g(&ro), 0, 7)]),         // read into a read-only page
+                rw(BLKIF_OP_WRITE, 24, &[(g(&mine), 0, 7), (GrantRef(1), 0, 7)]), // reserved ref
+                rw(BLKIF_OP_WRITE, 0, &[(g(&mine), 0, 7)]),       // valid
+            ],
+        );
+        assert_eq!(st[&0], BLKIF_RSP_ERROR);
+        assert_eq!(st[&1], BLKIF_RSP_ERROR);
+        assert_eq!(st[&2], BLKIF_RSP_ERROR);
+        assert_eq!(st[&3], BLKIF_RSP_ERROR);
+        assert_eq!(st[&4], BLKIF_RSP_OKAY);
+        finish(s, &[0x5A; 4096]);
+    }
+}
+
+#[test]
+fn sectors_outside_the_disk() {
+    let s = setup(false);
+    let page =
+        s.w.guest
+            .exporter()
+            .share(s.w.dom0.id(), 1, Access::ReadWrite)
+            .unwrap();
+    page.mem().fill(0, 4096, 0xEE).unwrap();
+    let g = page.refs()[0];
+    let mut disc = BlkifRequest::default();
+    let d = BlkifRequestDiscard {
+        operation: BLKIF_OP_DISCARD,
+        sector_number: SECTORS - 4,
+        nr_sectors: 8,
+        ..Default::default()
+    };
+    disc.as_mut_bytes()[..32].copy_from_slice(d.as_bytes());
+    let mut disc_wrap = disc;
+    let d = BlkifRequestDiscard {
+        operation: BLKIF_OP_DISCARD,
+        sector_number: u64::MAX - 2,
+        nr_sectors: 8,
+        ..Default::default()
+    };
+    disc_wrap.as_mut_bytes()[..32].copy_from_slice(d.as_bytes());
+    let mut ring = s.ff.ring();
+    let st = exchange(
+        &mut ring,
+        &s.ff,
+        &[
+            rw(BLKIF_OP_WRITE, SECTORS, &[(g, 0, 0)]), // just past the end
+            rw(BLKIF_OP_WRITE, SECTORS - 1, &[(g, 0, 1)]), // straddles the end
+            rw(BLKIF_OP_WRITE, u64::MAX / 512, &[(g, 0, 7)]), // offset overflows
+            rw(BLKIF_OP_WRITE, u64::MAX, &[(g, 0, 7)]),
+            rw(BLKIF_OP_READ, SECTORS, &[(g, 0, 0)]),
+            disc,
+            disc_wrap,
+            rw(BLKIF_OP_WRITE, SECTORS - 1, &[(g, 7, 7)]), // the last sector: valid
+        ],
+    );
+    for id in 0..7 {
+        assert_eq!(st[&id], BLKIF_RSP_ERROR, "request {id}");
+    }
+    assert_eq!(st[&7], BLKIF_RSP_OKAY);
+    let mut expect = vec![0u8; DISK as usize];
+    expect[DISK as usize - 512..].fill(0xEE);
+    finish(s, &expect);
+}
+
+#[test]
+fn malformed_segments() {
+    let s = setup(false);
+    let page =
+        s.w.guest
+            .exporter()
+            .share(s.w.dom0.id(), 1, Access::ReadWrite)
+            .unwrap();
+    page.mem().fill(0, 4096, 0xFF).unwrap();
+    let g = page.refs()[0];
+    let mut zero = rw(BLKIF_OP_WRITE, 0, &[]);
+    zero.nr_segments = 0;
+    let mut twelve = rw(BLKIF_OP_WRITE, 0, &[(g, 0, 0); 11]);
+    twelve.nr_segments = 12;
+    let mut huge = rw(BLKIF_OP_READ, 0, &[(g, 0, 0); 11]);
+    huge.nr_segments = 255;
+    let mut ring = s.ff.ring();
+    let st = exchange(
+        &mut ring,
+        &s.ff,
+        &[
+            rw(BLKIF_OP_WRITE, 0, &[(g, 5, 4)]),              // first > last
+            rw(BLKIF_OP_WRITE, 0, &[(g, 0, 8)]),              // past the page
+            rw(BLKIF_OP_WRITE, 0, &[(g, 0, 0), (g, 9, 200)]), // second one bad
+            zero,
+            twelve,
+            huge,
+            rw(BLKIF_OP_RESERVED_1, 0, &[(g, 0, 0)]),
+            rw(99, 0, &[(g, 0, 0)]),
+        ],
+    );
+    for id in 0..6 {
+        assert_eq!(st[&id], BLKIF_RSP_ERROR, "request {id}");
+    }
+    assert_eq!(st[&6], BLKIF_RSP_EOPNOTSUPP);
+    assert_eq!(st[&7], BLKIF_RSP_EOPNOTSUPP);
+    finish(s, &[]);
+}
+
+#[test]
+fn indirect_segment_lists() {
+    let s = setup(false);
+    let w = &s.w;
+    let share = |n| {
+        w.guest
+            .exporter()
+            .share(w.dom0.id(), n, Access::ReadWrite)
+            .unwrap()
+    };
+    let data = share(2);
+    data.mem().fill(0, 8192, 0x42).unwrap();
+    // A good list: two full pages.
+    let good = share(1);
+    for i in 0..2 {
+        let seg = BlkifRequestSegment {
+            gref: data.refs()[i].0,
+            first_sect: 0,
+            last_sect: 7,
+            _pad: [0; 2],
+        };
+        good.mem().write_obj(i * 8, &seg).unwrap();
+    }
+    // A bad list: the second segment has first_sect > last_sect.
+    let bad = share(1);
+    bad.mem()
+        .write_obj(
+            0,
+            &BlkifRequestSegment {
+                gref: data.refs()[0].0,
+                first_sect: 0,
+                last_sect: 7,
+                _pad: [0; 2],
+            },
+        )
+        .unwrap();
+    bad.mem()
+        .write_obj(
+            8,
+            &BlkifRequestSegment {
+                gref: data.refs()[1].0,
+                first_sect: 6,
+                last_sect: 2,
+                _pad: [0; 2],
+            },
+        )
+        .unwrap();
+    let mut ring = s.ff.ring();
+    let st = exchange(
+        &mut ring,
+        &s.ff,
+        &[
+            indirect(BLKIF_OP_WRITE, 0, u16::MAX, &[good.refs()[0]; 8]), // huge count
+            indirect(BLKIF_OP_WRITE, 0, 257, &[good.refs()[0]; 8]),      // above the limit
+            indirect(BLKIF_OP_WRITE, 0, 0, &[good.refs()[0]]),
+            indirect(BLKIF_OP_WRITE, 64, 2, &[bad.refs()[0]]),
+            indirect(BLKIF_OP_WRITE, 64, 2, &[GrantRef(3999)]), // list page not granted
+            indirect(BLKIF_OP_WRITE, SECTORS - 8, 2, &[good.refs()[0]]), // runs off the end
+            indirect(BLKIF_OP_DISCARD, 0, 2, &[good.refs()[0]]),
+            indirect(BLKIF_OP_WRITE, 0, 2, &[good.refs()[0]]), // valid
+        ],
+    );
+    for id in 0..6 {
+        assert_eq!(st[&id], BLKIF_RSP_ERROR, "request {id}");
+    }
+    assert_eq!(st[&6], BLKIF_RSP_EOPNOTSUPP);
+    assert_eq!(st[&7], BLKIF_RSP_OKAY);
+    finish(s, &[0x42; 8192]);
+}
+
+#[test]
+fn overflowing_request_producer_breaks_the_connection() {
+    let s = setup(true);
+    let page =
+        s.w.guest
+            .exporter()
+            .share(s.w.dom0.id(), 1, Access::ReadWrite)
+            .unwrap();
+    let mut ring = s.ff.ring();
+    // One honest request, so the back end maps a persistent grant.
+    let st = exchange(
+        &mut ring,
+        &s.ff,
+        &[rw(BLKIF_OP_READ, 0, &[(page.refs()[0], 0, 7)])],
+    );
+    assert_eq!(st[&0], BLKIF_RSP_OKAY);
+    assert!(s.w.dom0.importer().stats().mapped >= 2);
+    // req_prod (offset 0) a thousand requests ahead.
+    s.ff.ring
+        .mem()
+        .atomic_u32(0)
+        .unwrap()
+        .store(1000, Ordering::Release);
+    s.ff.chan.notify().unwrap();
+    let t = Instant::now();
+    while !s.backend.is_finished() {
+        assert!(t.elapsed() < T, "back end did not notice");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let Setup { w, backend, ff, .. } = s;
+    let (back, runs) = backend.stop().unwrap();
+    assert!(
+        matches!(
+            runs.last(),
+            Some(Err(BlkError::Ring(RingError::ProducerOverflow {
+                prod: 1000,
+                ..
+            })))
+        ),
+        "{runs:?}"
+    );
+    assert!(back.last_error().is_some());
+    // It unmapped everything, persistent grants included, and left.
+    assert_eq!(w.dom0.importer().stats().mapped, 0);
+    let mut xs = w.client(&w.dom0);
+    assert_eq!(
+        read_state(&mut xs, &back_dir(&w)).unwrap(),
+        XenbusState::Closed
+    );
+    drop(ff);
+    assert_eq!(back.storage().file().metadata().unwrap().len(), DISK);
+}
+
+#[test]
+fn event_flood_does_not_stop_the_backend() {
+    let s = setup(false);
+    let page =
+        s.w.guest
+            .exporter()
+            .share(s.w.dom0.id(), 1, Access::ReadWrite)
+            .unwrap();
+    page.mem().fill(0, 4096, 0x33).unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                s.ff.chan.notify().unwrap();
+            }
+        });
+        let mut ring = s.ff.ring();
+        for round in 0..50u64 {
+            let st = exchange(
+                &mut ring,
+                &s.ff,
+                &[rw(BLKIF_OP_WRITE, round * 8, &[(page.refs()[0], 0, 7)])],
+            );
+            assert_eq!(st[&0], BLKIF_RSP_OKAY);
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let Setup {
+        img, backend, ff, ..
+    } = s;
+    let (back, runs) = backend.stop().unwrap();
+    assert!(
+        matches!(runs.last(), Some(Ok(BackExit::Stopped))),
+        "{runs:?}"
+    );
+    assert_eq!(back.stats().ok, 50);
+    drop(ff);
+    let data = img.contents();
+    assert!(data[..50 * 4096].iter().all(|&b| b == 0x33));
+    assert!(data[50 * 4096..].iter().all(|&b| b == 0));
+}
