@@ -240,7 +240,11 @@ impl Hypervisor {
             mem,
             table,
             nr_entries: cfg.grant_frames * ENTRIES_PER_FRAME_V1 as u32,
-            pins: Mutex::new((0..cfg.grant_frames as usize * ENTRIES_PER_FRAME_V1).map(|_| None).collect()),
+            pins: Mutex::new(
+                (0..cfg.grant_frames as usize * ENTRIES_PER_FRAME_V1)
+                    .map(|_| None)
+                    .collect(),
+            ),
             maptrack: Mutex::new(Slab::default()),
             max_maptrack: cfg.max_maptrack,
             evt: EvtState::new(id)?,
@@ -363,10 +367,10 @@ impl DomainState {
             return Err(GntSt::BadPage);
         }
         *slot = Some(Pin {
-                frame,
-                mapper,
-                readers: u32::from(readonly),
-                writers: u32::from(!readonly),
+            frame,
+            mapper,
+            readers: u32::from(readonly),
+            writers: u32::from(!readonly),
         });
         Ok(frame)
     }
@@ -438,11 +442,11 @@ impl DomainState {
         }
         let frame = granter.acquire(gref, self.id, readonly)?;
         let handle = lock(&self.maptrack).insert(MapRecord {
-                granter: granter.clone(),
-                gref,
-                writable: !readonly,
-                frame,
-                notify: Notify::default(),
+            granter: granter.clone(),
+            gref,
+            writable: !readonly,
+            frame,
+            notify: Notify::default(),
         });
         Ok((handle, granter, frame))
     }

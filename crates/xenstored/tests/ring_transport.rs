@@ -27,7 +27,9 @@ struct Host {
 
 fn host() -> Host {
     let hv = Hypervisor::new();
-    let dom0 = hv.create_domain_with_id(DomId(0), DomainConfig::default()).unwrap();
+    let dom0 = hv
+        .create_domain_with_id(DomId(0), DomainConfig::default())
+        .unwrap();
     let xs = Daemon::new(Config::default());
     let d0 = dom0.clone();
     let rings = RingServer::start(
@@ -36,12 +38,23 @@ fn host() -> Host {
         move || d0.evtchn().ok(),
         |e| panic!("attach failed: {e}"),
     );
-    Host { hv, dom0, xs, _rings: rings }
+    Host {
+        hv,
+        dom0,
+        xs,
+        _rings: rings,
+    }
 }
 
 /// Boots a guest the way a toolstack does: builds its xenstore page (ref 1
 /// granted to dom0), gives it an unbound port for dom0, and introduces it.
-fn boot(h: &Host) -> (Domain, Arc<xenshare_sim::SimEvtchn>, Channel<xenshare_sim::SimEvtchn>) {
+fn boot(
+    h: &Host,
+) -> (
+    Domain,
+    Arc<xenshare_sim::SimEvtchn>,
+    Channel<xenshare_sim::SimEvtchn>,
+) {
     let g = h.hv.create_domain(DomainConfig::default()).unwrap();
     let gfn = g.build_xenstore_page(h.dom0.id()).unwrap();
     let evt = g.evtchn().unwrap();
@@ -49,7 +62,8 @@ fn boot(h: &Host) -> (Domain, Arc<xenshare_sim::SimEvtchn>, Channel<xenshare_sim
     let mut c0 = inproc::client(&h.xs, DomId(0));
     let home = format!("/local/domain/{}", g.id().0);
     c0.mkdir(&home).unwrap();
-    c0.set_perms(&home, &Perms::owned_by(g.id(), PermKind::None)).unwrap();
+    c0.set_perms(&home, &Perms::owned_by(g.id(), PermKind::None))
+        .unwrap();
     c0.introduce(g.id(), gfn as i64, ch.port().0).unwrap();
     (g, evt, ch)
 }
@@ -76,7 +90,10 @@ fn guest_uses_xenstore_over_its_ring() {
     assert_eq!(home, format!("/local/domain/{}", g.id().0));
     c.write("data/hello", b"from the ring").unwrap();
     let mut c0 = inproc::client(&h.xs, DomId(0));
-    assert_eq!(c0.read(&format!("{home}/data/hello")).unwrap(), b"from the ring");
+    assert_eq!(
+        c0.read(&format!("{home}/data/hello")).unwrap(),
+        b"from the ring"
+    );
     // Values larger than the 1 KiB ring cross it in pieces; past the
     // guest node-size quota the daemon answers ENOSPC over the ring.
     let big: Vec<u8> = (0..2000u32).map(|i| b'a' + (i % 26) as u8).collect();
@@ -121,10 +138,16 @@ fn many_guests_and_release() {
     let mut clients: Vec<_> = doms
         .iter()
         .zip(chans)
-        .map(|((g, _), ch)| (g.id(), Client::new(RingTransport::new(g.xenstore_page().unwrap(), ch).unwrap())))
+        .map(|((g, _), ch)| {
+            (
+                g.id(),
+                Client::new(RingTransport::new(g.xenstore_page().unwrap(), ch).unwrap()),
+            )
+        })
         .collect();
     for (id, c) in clients.iter_mut() {
-        c.write("name", format!("guest-{}", id.0).as_bytes()).unwrap();
+        c.write("name", format!("guest-{}", id.0).as_bytes())
+            .unwrap();
     }
     let mut c0 = inproc::client(&h.xs, DomId(0));
     for (id, _) in &clients {
@@ -140,7 +163,10 @@ fn many_guests_and_release() {
     assert!(wait_for(|| !h._rings.attached().contains(&gone)));
     assert!(!c0.is_domain_introduced(gone).unwrap());
     for (id, c) in clients.iter_mut() {
-        assert_eq!(c.read("name").unwrap(), format!("guest-{}", id.0).as_bytes());
+        assert_eq!(
+            c.read("name").unwrap(),
+            format!("guest-{}", id.0).as_bytes()
+        );
     }
 }
 
@@ -150,14 +176,24 @@ fn guest_corrupting_its_ring_is_cut_off_alone() {
     let (bad, _e1, ch_bad) = boot(&h);
     let (good, _e2, ch_good) = boot(&h);
     let bad_page = bad.xenstore_page().unwrap();
-    let mut good_c = Client::new(RingTransport::new(good.xenstore_page().unwrap(), ch_good).unwrap());
+    let mut good_c =
+        Client::new(RingTransport::new(good.xenstore_page().unwrap(), ch_good).unwrap());
     good_c.write("ok", b"1").unwrap();
     assert!(wait_for(|| h._rings.attached().contains(&bad.id())));
     // The bad guest claims 64 KiB of requests in a 1 KiB ring.
-    bad_page.atomic_u32(2052).unwrap().store(65536, Ordering::SeqCst);
+    bad_page
+        .atomic_u32(2052)
+        .unwrap()
+        .store(65536, Ordering::SeqCst);
     ch_bad.notify().unwrap();
-    assert!(wait_for(|| !h._rings.attached().contains(&bad.id())), "corrupt guest still served");
-    assert_eq!(bad_page.atomic_u32(2072).unwrap().load(Ordering::SeqCst), XENSTORE_ERROR_RINGIDX);
+    assert!(
+        wait_for(|| !h._rings.attached().contains(&bad.id())),
+        "corrupt guest still served"
+    );
+    assert_eq!(
+        bad_page.atomic_u32(2072).unwrap().load(Ordering::SeqCst),
+        XENSTORE_ERROR_RINGIDX
+    );
     // The good guest is unaffected.
     assert_eq!(good_c.read("ok").unwrap(), b"1");
 }
