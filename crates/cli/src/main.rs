@@ -19,8 +19,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot two emulated domains, share pages, and replay MirageOS MSA02.
-    Demo,
+    /// Boot two emulated domains, share pages, and replay MirageOS MSA02
+    /// (`--full`: a guest with console, disk and network up).
+    Demo {
+        /// Also bring up a guest with its PV console, a disk and a network.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Attach to an emulated guest's PV console, the way `xl console` works.
+    Console(cmd::console::ConsoleArgs),
     /// Run a benchmark.
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
@@ -31,7 +38,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo => cmd::demo::run(),
+        Command::Demo { full: false } => cmd::demo::run(),
+        Command::Demo { full: true } => cmd::demo_full::run(),
+        Command::Console(a) => cmd::console::run(a),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Xenstored(a) => cmd::xenstored::run(a),
     };

@@ -10,7 +10,9 @@
 //! * [`PtyIo`] — a fresh pseudo-terminal pair whose slave path a user can
 //!   open with `screen` or `minicom` (as xenconsoled's per-guest ptys);
 //! * [`MemoryTerminal`] / [`MemoryIo`] — an in-memory terminal for tests,
-//!   with optional back-pressure.
+//!   with optional back-pressure;
+//! * [`PrefixedIo`] — output with a prefix on every line and an
+//!   expect-style input script, for demos.
 //!
 //! On the guest side, [`GuestConsole`] wraps a [`ConsoleFront`] with what a
 //! tiny kernel needs: `print` (LF → CRLF), a line editor with echo
@@ -320,6 +322,34 @@ impl PtyIo {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Output written to the pty that no user has read yet, in bytes.
+    pub fn unread(&self) -> io::Result<u64> {
+        Ok(rustix::io::ioctl_fionread(&self._slave)?)
+    }
+
+    /// Waits (at most `timeout`) until a user has read all output, so
+    /// closing the pty does not discard the last lines. Returns whether
+    /// everything was read.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        // Bytes written to the master reach the slave's queue a moment
+        // later (the kernel pushes them asynchronously), so "nothing
+        // unread" must hold on two looks a little apart.
+        const STEP: Duration = Duration::from_millis(20);
+        let deadline = Instant::now() + timeout;
+        let mut empty_before = false;
+        loop {
+            std::thread::sleep(STEP);
+            match self.unread() {
+                Ok(0) if empty_before => return true,
+                Ok(n) => empty_before = n == 0,
+                Err(_) => return false,
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
 }
 
 impl ConsoleIo for PtyIo {
@@ -337,6 +367,128 @@ impl ConsoleIo for PtyIo {
             Err(Errno::AGAIN | Errno::INTR | Errno::IO) => Ok(0),
             Err(e) => Err(os(e)),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// prefixed, scripted terminal (demos)
+// ---------------------------------------------------------------------------
+
+/// A terminal for demos: guest output goes to `out` with `prefix` at the
+/// start of every line (carriage returns dropped), and scripted keyboard
+/// input is typed one line at a time, each when the guest's output ends
+/// with the prompt (an "expect"-style script).
+pub struct PrefixedIo<W: Write> {
+    out: W,
+    prefix: String,
+    at_line_start: bool,
+    script: VecDeque<Vec<u8>>,
+    prompt: Vec<u8>,
+    tail: Vec<u8>,
+    bytes_out: u64,
+    bytes_in: u64,
+}
+
+impl<W: Write> std::fmt::Debug for PrefixedIo<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefixedIo")
+            .field("prefix", &self.prefix)
+            .field("bytes_out", &self.bytes_out)
+            .field("bytes_in", &self.bytes_in)
+            .finish()
+    }
+}
+
+impl<W: Write> PrefixedIo<W> {
+    /// Output to `out`, each line starting with `prefix`; no script.
+    pub fn new(out: W, prefix: &str) -> Self {
+        Self {
+            out,
+            prefix: prefix.to_string(),
+            at_line_start: true,
+            script: VecDeque::new(),
+            prompt: Vec::new(),
+            tail: Vec::new(),
+            bytes_out: 0,
+            bytes_in: 0,
+        }
+    }
+
+    /// Types each of `lines` (a carriage return is appended) once the
+    /// guest's output ends with `prompt`.
+    pub fn with_script(mut self, prompt: &str, lines: &[&str]) -> Self {
+        self.prompt = prompt.as_bytes().to_vec();
+        self.script = lines
+            .iter()
+            .map(|l| {
+                let mut v = l.as_bytes().to_vec();
+                v.push(b'\r');
+                v
+            })
+            .collect();
+        self
+    }
+
+    /// Guest output bytes delivered so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out
+    }
+
+    /// Input bytes typed so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in
+    }
+
+    /// Script lines not typed yet.
+    pub fn script_left(&self) -> usize {
+        self.script.len()
+    }
+}
+
+impl<W: Write> ConsoleIo for PrefixedIo<W> {
+    fn write_output(&mut self, data: &[u8]) -> Result<usize, HostError> {
+        let mut text = Vec::with_capacity(data.len() + 16);
+        for &b in data {
+            if b == b'\r' {
+                continue;
+            }
+            if self.at_line_start {
+                text.extend_from_slice(self.prefix.as_bytes());
+                self.at_line_start = false;
+            }
+            text.push(b);
+            if b == b'\n' {
+                self.at_line_start = true;
+            }
+        }
+        self.out.write_all(&text).map_err(io_err)?;
+        self.out.flush().map_err(io_err)?;
+        self.tail.extend_from_slice(data);
+        let keep = self.prompt.len().max(1);
+        if self.tail.len() > keep {
+            self.tail.drain(..self.tail.len() - keep);
+        }
+        self.bytes_out += data.len() as u64;
+        Ok(data.len())
+    }
+
+    fn read_input(&mut self, buf: &mut [u8]) -> Result<usize, HostError> {
+        if self.prompt.is_empty() || !self.tail.ends_with(&self.prompt) {
+            return Ok(0);
+        }
+        let Some(line) = self.script.front_mut() else {
+            return Ok(0);
+        };
+        let n = buf.len().min(line.len());
+        buf[..n].copy_from_slice(&line[..n]);
+        line.drain(..n);
+        if line.is_empty() {
+            self.script.pop_front();
+            // The next line waits for the next prompt.
+            self.tail.clear();
+        }
+        self.bytes_in += n as u64;
+        Ok(n)
     }
 }
 
@@ -449,10 +601,9 @@ impl<P: ConsolePage, E: EventChannels> GuestConsole<P, E> {
                     self.write_bytes(b"\r\n")?;
                     return Ok(Line::Text(String::from_utf8_lossy(&line).into_owned()));
                 }
-                0x08 | 0x7f => {
-                    if line.pop().is_some() {
-                        self.write_bytes(b"\x08 \x08")?;
-                    }
+                0x08 | 0x7f if !line.is_empty() => {
+                    line.pop();
+                    self.write_bytes(b"\x08 \x08")?;
                 }
                 0x03 => {
                     self.write_bytes(b"^C\r\n")?;
@@ -514,20 +665,38 @@ pub enum ShellExit {
     Stopped,
 }
 
-/// The demo guest's "kernel": prints a boot banner, then runs a tiny shell
-/// over the console — `help`, `echo TEXT`, `uptime`, `exit` — until `exit`,
-/// Ctrl-D, or `stop`.
+/// The demo guest's "kernel": prints a boot banner ([`boot_banner`]), then
+/// runs the tiny shell ([`shell`]).
 pub fn demo_shell<P: ConsolePage, E: EventChannels>(
     con: &mut GuestConsole<P, E>,
     hostname: &str,
     booted: Instant,
     stop: &AtomicBool,
 ) -> Result<ShellExit, ConsoleError> {
+    boot_banner(con, hostname)?;
+    shell(con, hostname, booted, stop)
+}
+
+/// The demo kernel's boot banner.
+pub fn boot_banner<P: ConsolePage, E: EventChannels>(
+    con: &mut GuestConsole<P, E>,
+    hostname: &str,
+) -> Result<(), ConsoleError> {
     con.print(&format!(
         "xenshare demo kernel booting on {hostname}\n\
-         [    0.000] PV console: xencons_interface, in 1024 / out 2048 bytes, grant ref 0\n\
-         [    0.001] Type 'help' for commands.\n"
-    ))?;
+         [    0.000] PV console: xencons_interface, in 1024 / out 2048 bytes, grant ref 0\n"
+    ))
+}
+
+/// A tiny shell over the console — `help`, `echo TEXT`, `uptime`, `exit` —
+/// until `exit`, Ctrl-D, or `stop`.
+pub fn shell<P: ConsolePage, E: EventChannels>(
+    con: &mut GuestConsole<P, E>,
+    hostname: &str,
+    booted: Instant,
+    stop: &AtomicBool,
+) -> Result<ShellExit, ConsoleError> {
+    con.print("Type 'help' for commands.\n")?;
     loop {
         con.print(&format!("{hostname}$ "))?;
         let line = match con.read_line(stop)? {

@@ -27,6 +27,15 @@ use xenshare::{Access, GrantRef};
 use xenshare_devices::console::MemoryTerminal;
 use xenshare_sim::SimMapper;
 
+/// Stops a flooding thread even if the test fails (so it cannot hang).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn set(mem: SharedMem<'_>, off: usize, v: u32) {
     mem.atomic_u32(off).unwrap().store(v, Ordering::SeqCst);
 }
@@ -117,6 +126,7 @@ fn backend_flooding_events_breaks_the_front_end() {
                 std::thread::yield_now();
             }
         });
+        let _stop_flood = StopOnDrop(&stop);
         let t0 = Instant::now();
         let mut buf = [0u8; 16];
         // Blocks for input; the flood must not keep it spinning forever.
@@ -140,11 +150,9 @@ fn guest_sets_out_prod_beyond_the_ring() {
     let page = w.guest.console_page().unwrap();
     let term = MemoryTerminal::new();
     let back = BackThread::spawn(w.primary_back().unwrap(), term.io());
-    // The guest claims 4096 bytes of output in a 2048-byte ring, and kicks
-    // (through another handle of its own; the back end also polls).
+    // The guest claims 4096 bytes of output in a 2048-byte ring, and kicks.
     set(page, OUT.prod, 4096);
-    let evt = w.guest.evtchn().unwrap();
-    xenshare::platform::EventChannels::notify(&*evt, front.port()).unwrap();
+    front.notify().unwrap();
     let (b, r) = back.join_within(SOON);
     assert_eq!(r, Err(ConsoleError::Corrupt("out")));
     assert!(b.is_broken());
@@ -200,17 +208,15 @@ fn guest_flooding_events_breaks_the_backend() {
     std::thread::scope(|s| {
         let st = stop.clone();
         let f = &front;
-        let guest = &w.guest;
         s.spawn(move || {
-            // The guest's own port: notify it in a tight loop, moving nothing.
-            let evt = guest.evtchn().unwrap();
+            // Kick the back end in a tight loop, moving nothing.
             while !st.load(Ordering::Relaxed) {
-                let _ = xenshare::platform::EventChannels::notify(&*evt, f.port());
+                let _ = f.notify();
                 std::thread::yield_now();
             }
         });
+        let _stop_flood = StopOnDrop(&stop);
         let (b, r) = back.join_within(SOON);
-        stop.store(true, Ordering::Relaxed);
         match r {
             Err(ConsoleError::EventFlood(n)) => assert!(n > SPURIOUS_EVENT_LIMIT),
             other => panic!("expected an event flood error, got {other:?}"),

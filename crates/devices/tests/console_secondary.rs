@@ -66,7 +66,12 @@ fn serve(
 ) -> Result<(), ConsoleError> {
     let mut xs = w.xs(&w.dom0);
     let mut io = term.io();
+    // Bounded, so a failing test cannot hang on this thread.
+    let deadline = std::time::Instant::now() + 3 * SOON;
     loop {
+        if std::time::Instant::now() > deadline {
+            return Err(ConsoleError::TimedOut);
+        }
         if !b.console().pump(&mut io)?.any() {
             b.console().wait(Some(Duration::from_millis(5)))?;
         }

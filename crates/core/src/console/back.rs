@@ -100,6 +100,11 @@ impl<P: ConsolePage, E: EventChannels> ConsoleBack<P, E> {
         self.broken
     }
 
+    /// Kicks the guest (it re-reads the indices; events carry no data).
+    pub fn notify(&self) -> Result<(), ConsoleError> {
+        Ok(self.chan.notify()?)
+    }
+
     /// Takes the back end apart; undelivered output in the private buffer
     /// is dropped.
     pub fn into_parts(self) -> (P, Channel<E>) {

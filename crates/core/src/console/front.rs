@@ -72,6 +72,11 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
         self.broken
     }
 
+    /// Kicks the back end (it re-reads the indices; events carry no data).
+    pub fn notify(&self) -> Result<(), ConsoleError> {
+        Ok(self.chan.notify()?)
+    }
+
     /// Takes the console apart (for closing a secondary console).
     pub fn into_parts(self) -> (P, Channel<E>) {
         (self.page, self.chan)

@@ -173,6 +173,12 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         })
     }
 
+    /// The front end's and back end's XenStore directories (after
+    /// `connect`).
+    pub fn paths(&self) -> Option<(&str, &str)> {
+        self.paths.as_ref().map(|(f, b)| (f.as_str(), b.as_str()))
+    }
+
     /// A doorbell for the host side to wake [`Netback::wait`].
     pub fn doorbell(&self) -> Arc<Doorbell<E>> {
         self.bell.clone()
@@ -552,11 +558,6 @@ mod with_std {
             write_state(xs, &back_dir, XenbusState::Connected)?;
             nb.paths = Some((front_dir, back_dir));
             Ok(nb)
-        }
-
-        /// The front end's and back end's directories (after `connect`).
-        pub fn paths(&self) -> Option<(&str, &str)> {
-            self.paths.as_ref().map(|(f, b)| (f.as_str(), b.as_str()))
         }
 
         /// Serves until `stop` is set or the front end closes; checks the

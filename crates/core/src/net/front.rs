@@ -199,6 +199,12 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         self.mac
     }
 
+    /// The front end's and back end's XenStore directories (after
+    /// `connect`).
+    pub fn paths(&self) -> Option<(&str, &str)> {
+        self.paths.as_ref().map(|(f, b)| (f.as_str(), b.as_str()))
+    }
+
     /// The back end's domain.
     pub fn backend(&self) -> DomId {
         self.backend

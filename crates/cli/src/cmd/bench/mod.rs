@@ -7,6 +7,7 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 
 mod blk;
+mod net;
 mod vchan;
 mod xenstore;
 use xenshare::{Access, DomId};
@@ -23,6 +24,8 @@ pub enum Bench {
     Xenstore(xenstore::XenstoreArgs),
     /// Block device IOPS and throughput vs pread.
     Blk(blk::BlkArgs),
+    /// Netfront/netback frames per second and throughput on the emulator.
+    Net(net::NetArgs),
 }
 
 /// Options of `bench grants`.
@@ -43,6 +46,7 @@ pub fn run(b: Bench) -> Result<(), String> {
         Bench::Vchan(a) => vchan::run(a),
         Bench::Xenstore(a) => xenstore::run(a),
         Bench::Blk(a) => blk::run(a),
+        Bench::Net(a) => net::run(a),
     }
 }
 

@@ -1,0 +1,257 @@
+//! netfront ↔ netback on the emulator with an in-memory host (no root):
+//! frames of every size both ways byte-exact, bursts that wrap the rings,
+//! both startup orders, refusal of a back end without rx-copy, close
+//! releasing every grant, and the no-root demo (ping + TCP echo through
+//! smoltcp on both sides).
+
+mod net_common;
+
+use std::thread;
+use std::time::Duration;
+
+use net_common::{frame, world, Front, T};
+use xenshare::net::xenbus::{BackendFeatures, DEVTYPE};
+use xenshare::net::{NetError, Netfront, NetfrontConfig, MAX_FRAME};
+use xenshare::store::xenbus::{read_state, write_state, XenbusState};
+use xenshare_devices::net::demo::{demo_net, emulated_demo, throughput, Side};
+use xenshare_devices::net::host::HostPort;
+
+fn tx_one(nf: &mut Front, host: &HostPort, f: &[u8]) {
+    nf.send_timeout(f, T).unwrap();
+    let got = host.recv_timeout(T).expect("frame never reached the host");
+    assert!(got == f, "tx frame of {} bytes corrupted", f.len());
+}
+
+fn rx_one(nf: &mut Front, host: &HostPort, f: &[u8]) {
+    assert!(host.send(f));
+    let got = nf
+        .recv_timeout(T)
+        .unwrap()
+        .expect("frame never reached the guest");
+    assert!(got == f, "rx frame of {} bytes corrupted", f.len());
+}
+
+/// Sizes above one Ethernet frame (scatter-gather): every size around each
+/// page boundary, and a sweep.
+fn sg_sizes() -> Vec<usize> {
+    let mut v: Vec<usize> = (1515..=MAX_FRAME).step_by(997).collect();
+    for k in 1..=16usize {
+        let b = k * 4096;
+        v.extend((b.saturating_sub(3)..=b + 3).filter(|&s| s > 1514 && s <= MAX_FRAME));
+    }
+    v.extend([MAX_FRAME - 1, MAX_FRAME]);
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[test]
+fn every_frame_size_both_ways_byte_exact() {
+    let w = world();
+    w.create_vif(0);
+    let (bt, host) = w.backend(0);
+    let mut nf = w.netfront(0);
+    assert!(nf.carrier());
+    assert_eq!(nf.mac().to_string(), net_common::MAC);
+    assert_eq!(nf.max_frame(), MAX_FRAME);
+    let sizes: Vec<usize> = (60..=1514).chain(sg_sizes()).collect();
+    for &len in &sizes {
+        tx_one(&mut nf, &host, &frame(len, 1));
+        rx_one(&mut nf, &host, &frame(len, 2));
+    }
+    let s = nf.stats();
+    assert_eq!(s.tx_frames, sizes.len() as u64);
+    assert_eq!(s.rx_frames, sizes.len() as u64);
+    assert_eq!((s.tx_errors, s.rx_errors, s.quarantined), (0, 0, 0));
+    let report = nf.close(&mut w.xs(&w.guest), T).unwrap();
+    assert_eq!(report.quarantined, 0);
+    assert!(report.revoked >= 2 + NetfrontConfig::default().rx_buffers);
+    let gs = w.guest.exporter().stats();
+    assert_eq!((gs.live, gs.quarantined), (0, 0), "{gs:?}");
+    let exit = bt.join().unwrap();
+    assert_eq!(exit.stats.tx_frames, sizes.len() as u64);
+    assert_eq!(exit.stats.rx_frames, sizes.len() as u64);
+}
+
+#[test]
+fn bursts_wrap_the_rings_both_ways() {
+    let w = world();
+    w.create_vif(0);
+    let (bt, host) = w.backend(0);
+    let mut nf = w.netfront(0);
+    const N: usize = 3000;
+    let sizes: Vec<usize> = (0..N).map(|i| 60 + (i * 37) % 9000).collect();
+    // Host drains while the guest sends as fast as the ring allows.
+    let h2 = host.clone();
+    let sz = sizes.clone();
+    let sink = thread::spawn(move || {
+        for (i, &len) in sz.iter().enumerate() {
+            let got = h2.recv_timeout(T).expect("tx frame lost");
+            assert!(got == frame(len, i as u8), "tx frame {i} corrupted");
+        }
+    });
+    for (i, &len) in sizes.iter().enumerate() {
+        nf.send_timeout(&frame(len, i as u8), T).unwrap();
+    }
+    sink.join().unwrap();
+    // Host sends in bursts of 200 (more than the guest keeps posted).
+    let indexed: Vec<(usize, usize)> = sizes.iter().copied().enumerate().collect();
+    for burst in indexed.chunks(200) {
+        for &(i, len) in burst {
+            assert!(host.send(&frame(len, !(i as u8))));
+        }
+        for &(i, len) in burst {
+            let got = nf.recv_timeout(T).unwrap().expect("rx frame lost");
+            assert!(got == frame(len, !(i as u8)), "rx frame {i} corrupted");
+        }
+    }
+    let report = nf.close(&mut w.xs(&w.guest), T).unwrap();
+    assert_eq!(report.quarantined, 0);
+    bt.join().unwrap();
+    assert_eq!(w.guest.exporter().stats().live, 0);
+}
+
+fn exchange_and_close(w: &net_common::World, mut nf: Front, host: &HostPort) {
+    tx_one(&mut nf, host, &frame(1000, 5));
+    rx_one(&mut nf, host, &frame(1000, 6));
+    let report = nf.close(&mut w.xs(&w.guest), T).unwrap();
+    assert_eq!(report.quarantined, 0);
+    let stats = w.guest.exporter().stats();
+    assert_eq!(stats.live, 0, "every grant revoked after close: {stats:?}");
+    assert_eq!(stats.quarantined, 0);
+}
+
+#[test]
+fn backend_first_then_frontend() {
+    let w = world();
+    let paths = w.create_vif(3);
+    let (bt, host) = w.backend(3);
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        read_state(&mut w.xs(&w.dom0), &paths.back).unwrap(),
+        XenbusState::InitWait
+    );
+    let nf = w.netfront(3);
+    assert_eq!(
+        read_state(&mut w.xs(&w.dom0), &paths.back).unwrap(),
+        XenbusState::Connected
+    );
+    exchange_and_close(&w, nf, &host);
+    let exit = bt.join().unwrap();
+    assert_eq!(exit.reason, xenshare::net::back::RunExit::FrontendClosed);
+    let mut c = w.xs(&w.dom0);
+    assert_eq!(
+        read_state(&mut c, &paths.back).unwrap(),
+        XenbusState::Closed
+    );
+    assert_eq!(
+        read_state(&mut c, &paths.front).unwrap(),
+        XenbusState::Closed
+    );
+    assert_eq!(w.dom0.mapped_count(), 0, "back end unmapped the rings");
+}
+
+#[test]
+fn frontend_first_then_backend() {
+    let w = world();
+    let paths = w.create_vif(4);
+    let (exp, evt, mut xs) = (
+        w.guest.exporter().clone(),
+        w.guest.evtchn().unwrap(),
+        w.xs(&w.guest),
+    );
+    let fe = thread::spawn(move || {
+        Netfront::connect(&exp, &evt, &mut xs, 4, NetfrontConfig::default(), T)
+    });
+    thread::sleep(Duration::from_millis(100));
+    // The front end waits for the back end's InitWait without publishing.
+    assert_eq!(
+        read_state(&mut w.xs(&w.dom0), &paths.front).unwrap(),
+        XenbusState::Initialising
+    );
+    let (bt, host) = w.backend(4);
+    let nf = fe.join().unwrap().unwrap();
+    assert!(nf.carrier());
+    exchange_and_close(&w, nf, &host);
+    bt.join().unwrap();
+    assert_eq!(w.dom0.mapped_count(), 0);
+}
+
+#[test]
+fn frontend_refuses_backend_without_rx_copy() {
+    let w = world();
+    let paths = w.create_vif(0);
+    let mut c0 = w.xs(&w.dom0);
+    BackendFeatures {
+        rx_copy: false,
+        sg: true,
+    }
+    .publish(&mut c0, &paths.back)
+    .unwrap();
+    write_state(&mut c0, &paths.back, XenbusState::InitWait).unwrap();
+    let r = Netfront::connect(
+        w.guest.exporter(),
+        &w.guest.evtchn().unwrap(),
+        &mut w.xs(&w.guest),
+        0,
+        NetfrontConfig::default(),
+        T,
+    );
+    assert_eq!(r.err(), Some(NetError::NoRxCopy));
+    assert_eq!(w.guest.exporter().stats().live, 0, "nothing granted");
+    let _ = DEVTYPE;
+}
+
+#[test]
+fn demo_pings_and_echoes_over_the_emulated_netif() {
+    let w = world();
+    let report = emulated_demo(
+        &mut w.xs(&w.dom0),
+        w.guest.id(),
+        Side {
+            grants: w.guest.exporter().clone(),
+            evt: w.guest.evtchn().unwrap(),
+            xs: w.xs(&w.guest),
+        },
+        Side {
+            grants: w.dom0.importer().clone(),
+            evt: w.dom0.evtchn().unwrap(),
+            xs: w.xs(&w.dom0),
+        },
+        0,
+        5,
+    )
+    .unwrap();
+    println!("{}", report.summary());
+    assert_eq!(report.ping.sent, 5);
+    assert_eq!(report.ping.received, 5, "{}", report.summary());
+    assert_eq!(report.tcp_echoed, 20_000, "{}", report.summary());
+    assert_eq!(report.guest.close.quarantined, 0);
+    assert!(report.guest.error.is_none());
+    assert_eq!(w.guest.exporter().stats().live, 0);
+}
+
+/// Frames per second through the emulated path (printed; the floor only
+/// catches a path that degenerated into timeouts).
+#[test]
+fn throughput_of_the_emulated_path() {
+    for (len, n) in [(64usize, 20_000u64), (1514, 20_000), (65535, 2_000)] {
+        let t = throughput(len, n).unwrap();
+        println!(
+            "net throughput {len:>5} B frames: guest->host {:>8.0} frames/s ({:>7.1} MB/s), host->guest {:>8.0} frames/s ({:>7.1} MB/s)",
+            t.tx_fps,
+            t.tx_mbps(),
+            t.rx_fps,
+            t.rx_mbps()
+        );
+        assert!(t.tx_fps > 500.0 && t.rx_fps > 500.0, "{t:?}");
+    }
+}
+
+#[test]
+fn demo_line_for_the_cli() {
+    let line = demo_net(3).unwrap();
+    println!("{line}");
+    assert!(line.contains("ping 3/3"), "{line}");
+    assert!(line.contains("0 quarantined"), "{line}");
+}

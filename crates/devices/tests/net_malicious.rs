@@ -1,0 +1,623 @@
+//! Malicious peers against the real netfront and netback.
+//!
+//! Back ends (played by dom0 with the raw ring and grant APIs) that keep a
+//! grant after responding, repeat or invent response ids, overflow the
+//! producer index, answer rx with data outside the page or with flags never
+//! negotiated, send bogus tx statuses, or flood events. Front ends (played
+//! by the guest) that point at grant refs they never granted, send tx chains
+//! that are too long or whose sizes do not add up or leave the page, and
+//! overflow the request producer. Each ends in a typed error and a broken
+//! device (or, for a bad grant, an error response), with no panic, no hang
+//! and no page reuse.
+
+mod net_common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use net_common::{frame, world, Front, World, T};
+use xenshare::event::Channel;
+use xenshare::net::xenbus::{BackendFeatures, FrontendKeys};
+use xenshare::net::{
+    NetError, Netfront, NetfrontConfig, NetifRxRequest, NetifRxResponse, NetifTxRequest,
+    NetifTxResponse,
+};
+use xenshare::platform::EventChannels;
+use xenshare::ring::{BackRing, FrontRing, RingError};
+use xenshare::store::xenbus::{wait_for_state, write_state, XenbusState};
+use xenshare::{Access, GrantRef};
+use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETTXF_MORE_DATA};
+use xenshare_devices::net::host::HostPort;
+use xenshare_devices::net::run::BackendThread;
+use xenshare_sim::{SimEvtchn, SimMapping, SimShare};
+
+type TxBack<'a> = BackRing<'a, NetifTxRequest, NetifTxResponse>;
+type RxBack<'a> = BackRing<'a, NetifRxRequest, NetifRxResponse>;
+type TxFront<'a> = FrontRing<'a, NetifTxRequest, NetifTxResponse>;
+type RxFront<'a> = FrontRing<'a, NetifRxRequest, NetifRxResponse>;
+
+// ---------------------------------------------------------------- back ends
+
+/// dom0 playing a back end by hand: the real handshake keys, then raw rings.
+struct EvilBack {
+    tx: SimMapping,
+    rx: SimMapping,
+    chan: Channel<SimEvtchn>,
+}
+
+fn evil_back(w: &World) -> (EvilBack, Front) {
+    let paths = w.create_vif(0);
+    let mut c0 = w.xs(&w.dom0);
+    BackendFeatures::OURS.publish(&mut c0, &paths.back).unwrap();
+    write_state(&mut c0, &paths.back, XenbusState::InitWait).unwrap();
+    let (exp, evt, mut xs) = (
+        w.guest.exporter().clone(),
+        w.guest.evtchn().unwrap(),
+        w.xs(&w.guest),
+    );
+    let fe = thread::spawn(move || {
+        Netfront::connect(&exp, &evt, &mut xs, 0, NetfrontConfig::default(), T)
+    });
+    wait_for_state(&mut c0, &paths.front, T, |s| s == XenbusState::Connected).unwrap();
+    let keys = FrontendKeys::read(&mut c0, &paths.front).unwrap();
+    let map = |r| {
+        w.dom0
+            .importer()
+            .map(w.guest.id(), &[r], Access::ReadWrite)
+            .unwrap()
+    };
+    let (tx, rx) = (map(keys.tx_ring_ref), map(keys.rx_ring_ref));
+    let chan = Channel::bind(&w.dom0.evtchn().unwrap(), w.guest.id(), keys.event_channel).unwrap();
+    write_state(&mut c0, &paths.back, XenbusState::Connected).unwrap();
+    let nf = fe.join().unwrap().unwrap();
+    (EvilBack { tx, rx, chan }, nf)
+}
+
+/// The front end's reaction to whatever the evil back end did: it must
+/// surface as an error quickly (no hang) and leave the device broken.
+fn expect_broken(nf: &mut Front) -> NetError {
+    let start = Instant::now();
+    let e = loop {
+        match nf.recv_timeout(Duration::from_millis(200)) {
+            Err(e) => break e,
+            Ok(_) if start.elapsed() > T => panic!("front end never noticed the violation"),
+            Ok(_) => {}
+        }
+    };
+    assert!(nf.is_broken(), "{e}");
+    assert!(!nf.carrier());
+    assert!(matches!(nf.send(&frame(100, 0)), Err(NetError::Broken(_))));
+    assert!(matches!(nf.recv(), Err(NetError::Broken(_))));
+    e
+}
+
+#[test]
+fn backend_keeping_a_tx_grant_breaks_the_frontend_and_the_page_is_never_reused() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let mut tx = TxBack::attach(eb.tx.mem()).unwrap();
+    let secret = frame(300, 7);
+    nf.send(&secret).unwrap();
+    let req = tx.next_request().unwrap().expect("request published");
+    // Map the data page, keep it, and claim to be done.
+    let kept = w
+        .dom0
+        .importer()
+        .map(w.guest.id(), &[GrantRef(req.gref)], Access::ReadOnly)
+        .unwrap();
+    tx.push_response(&NetifTxResponse {
+        id: req.id,
+        status: NETIF_RSP_OKAY,
+    })
+    .unwrap();
+    tx.push_responses().unwrap();
+    eb.chan.notify().unwrap();
+    let e = expect_broken(&mut nf);
+    assert_eq!(
+        e,
+        NetError::GrantStillInUse {
+            gref: GrantRef(req.gref)
+        }
+    );
+    assert_eq!(nf.stats().quarantined, 1);
+    assert_eq!(w.guest.exporter().stats().quarantined, 1);
+    assert!(w.guest.grant_busy(GrantRef(req.gref)));
+    // The guest keeps using memory; the kept page must not be among it.
+    let mut other = Vec::new();
+    for _ in 0..200 {
+        let s = w
+            .guest
+            .exporter()
+            .share(w.dom0.id(), 1, Access::ReadWrite)
+            .unwrap();
+        s.mem().fill(0, 4096, 0x5A).unwrap();
+        other.push(s);
+    }
+    let mut seen = vec![0u8; secret.len()];
+    kept.mem().read(0, &mut seen).unwrap();
+    assert_eq!(seen, secret, "the quarantined page was reused");
+    // Releasing revokes every rx page; the two ring pages, still mapped by
+    // the evil back end, join the kept data page in quarantine.
+    let report = nf.release();
+    assert_eq!(report.quarantined, 2);
+    assert!(report.revoked >= NetfrontConfig::default().rx_buffers);
+    assert_eq!(w.guest.exporter().stats().quarantined, 3);
+    assert_eq!(
+        w.guest.exporter().stats().live,
+        200,
+        "only the test's own shares"
+    );
+    drop(eb);
+    drop(kept);
+    drop(other);
+    w.guest.exporter().reclaim(usize::MAX);
+    assert_eq!(w.guest.exporter().stats().quarantined, 0);
+}
+
+#[test]
+fn backend_keeping_an_rx_grant_breaks_the_frontend() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let mut rx = RxBack::attach(eb.rx.mem()).unwrap();
+    let req = rx.next_request().unwrap().expect("rx pages posted");
+    let kept = w
+        .dom0
+        .importer()
+        .map(w.guest.id(), &[GrantRef(req.gref)], Access::ReadWrite)
+        .unwrap();
+    kept.mem().write(0, &frame(60, 1)).unwrap();
+    rx.push_response(&NetifRxResponse {
+        id: req.id,
+        offset: 0,
+        flags: 0,
+        status: 60,
+    })
+    .unwrap();
+    rx.push_responses().unwrap();
+    eb.chan.notify().unwrap();
+    let e = expect_broken(&mut nf);
+    assert_eq!(
+        e,
+        NetError::GrantStillInUse {
+            gref: GrantRef(req.gref)
+        }
+    );
+    assert_eq!(
+        nf.stats().rx_frames,
+        0,
+        "nothing read from a page the back end still holds"
+    );
+    assert_eq!(w.guest.exporter().stats().quarantined, 1);
+    // The back end scribbling on its kept page reaches no other guest memory.
+    kept.mem().fill(0, 4096, 0xEE).unwrap();
+    let s = w
+        .guest
+        .exporter()
+        .share(w.dom0.id(), 1, Access::ReadWrite)
+        .unwrap();
+    let mut b = [0u8; 4096];
+    s.mem().read(0, &mut b).unwrap();
+    assert!(
+        b.iter().all(|&x| x == 0),
+        "fresh pages are zeroed and not the quarantined one"
+    );
+}
+
+#[test]
+fn duplicate_tx_response_id_breaks_the_frontend() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let mut tx = TxBack::attach(eb.tx.mem()).unwrap();
+    nf.send(&frame(100, 1)).unwrap();
+    nf.send(&frame(100, 2)).unwrap();
+    let a = tx.next_request().unwrap().unwrap();
+    let _b = tx.next_request().unwrap().unwrap();
+    for _ in 0..2 {
+        tx.push_response(&NetifTxResponse {
+            id: a.id,
+            status: NETIF_RSP_OKAY,
+        })
+        .unwrap();
+    }
+    tx.push_responses().unwrap();
+    eb.chan.notify().unwrap();
+    let e = expect_broken(&mut nf);
+    assert_eq!(
+        e,
+        NetError::Ring(RingError::NotOutstanding { id: a.id.into() })
+    );
+}
+
+#[test]
+fn out_of_range_rx_response_id_breaks_the_frontend() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let mut rx = RxBack::attach(eb.rx.mem()).unwrap();
+    rx.next_request().unwrap().unwrap();
+    rx.push_response(&NetifRxResponse {
+        id: 999,
+        offset: 0,
+        flags: 0,
+        status: 60,
+    })
+    .unwrap();
+    rx.push_responses().unwrap();
+    eb.chan.notify().unwrap();
+    let e = expect_broken(&mut nf);
+    assert_eq!(
+        e,
+        NetError::Ring(RingError::BadId {
+            id: 999,
+            limit: 256
+        })
+    );
+}
+
+#[test]
+fn overflowing_response_producer_breaks_the_frontend() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    nf.send(&frame(100, 1)).unwrap();
+    // rsp_prod (offset 8 of the header) far beyond anything requested.
+    eb.tx
+        .mem()
+        .atomic_u32(8)
+        .unwrap()
+        .store(1000, Ordering::Release);
+    eb.chan.notify().unwrap();
+    let e = expect_broken(&mut nf);
+    assert!(
+        matches!(
+            e,
+            NetError::Ring(RingError::ProducerOverflow { prod: 1000, .. })
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn rx_data_outside_the_page_breaks_the_frontend() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let mut rx = RxBack::attach(eb.rx.mem()).unwrap();
+    let req = rx.next_request().unwrap().unwrap();
+    rx.push_response(&NetifRxResponse {
+        id: req.id,
+        offset: 4000,
+        flags: 0,
+        status: 200,
+    })
+    .unwrap();
+    rx.push_responses().unwrap();
+    eb.chan.notify().unwrap();
+    let e = expect_broken(&mut nf);
+    assert!(
+        matches!(
+            e,
+            NetError::BadRxResponse {
+                offset: 4000,
+                status: 200,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(nf.stats().rx_frames, 0);
+}
+
+#[test]
+fn rx_flags_never_negotiated_break_the_frontend() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let mut rx = RxBack::attach(eb.rx.mem()).unwrap();
+    let req = rx.next_request().unwrap().unwrap();
+    rx.push_response(&NetifRxResponse {
+        id: req.id,
+        offset: 0,
+        flags: NETRXF_EXTRA_INFO,
+        status: 60,
+    })
+    .unwrap();
+    rx.push_responses().unwrap();
+    eb.chan.notify().unwrap();
+    let e = expect_broken(&mut nf);
+    assert!(matches!(e, NetError::BadRxResponse { .. }), "{e}");
+}
+
+#[test]
+fn invalid_tx_status_breaks_the_frontend() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let mut tx = TxBack::attach(eb.tx.mem()).unwrap();
+    nf.send(&frame(100, 1)).unwrap();
+    let r = tx.next_request().unwrap().unwrap();
+    tx.push_response(&NetifTxResponse {
+        id: r.id,
+        status: 77,
+    })
+    .unwrap();
+    tx.push_responses().unwrap();
+    eb.chan.notify().unwrap();
+    let e = expect_broken(&mut nf);
+    assert_eq!(
+        e,
+        NetError::BadTxStatus {
+            id: r.id,
+            status: 77
+        }
+    );
+}
+
+#[test]
+fn event_flood_from_backend_neither_hangs_nor_breaks_the_frontend() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let chan = eb.chan;
+    let flooder = thread::spawn(move || {
+        let mut n = 0u64;
+        while !s.load(Ordering::Relaxed) {
+            chan.notify().unwrap();
+            n += 1;
+        }
+        (n, chan)
+    });
+    let start = Instant::now();
+    let got = nf.recv_timeout(Duration::from_millis(500)).unwrap();
+    let took = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (n, _chan) = flooder.join().unwrap();
+    assert!(got.is_none());
+    assert!(
+        took < Duration::from_secs(3),
+        "recv_timeout overran under a flood: {took:?}"
+    );
+    assert!(n > 100, "the flood happened ({n} events)");
+    assert!(!nf.is_broken());
+    // Still a working front end: it can queue a frame.
+    nf.send(&frame(100, 1)).unwrap();
+}
+
+// --------------------------------------------------------------- front ends
+
+/// The guest playing a front end by hand against the real back end.
+struct EvilFront {
+    tx: SimShare,
+    rx: SimShare,
+    chan: Channel<SimEvtchn>,
+}
+
+fn evil_front(w: &World) -> (EvilFront, BackendThread, HostPort) {
+    let paths = w.create_vif(0);
+    let (bt, host) = w.backend(0);
+    let mut c = w.xs(&w.guest);
+    wait_for_state(&mut c, &paths.back, T, |s| s == XenbusState::InitWait).unwrap();
+    let share = || {
+        w.guest
+            .exporter()
+            .share(w.dom0.id(), 1, Access::ReadWrite)
+            .unwrap()
+    };
+    let (tx, rx) = (share(), share());
+    TxFront::init(tx.mem()).unwrap();
+    RxFront::init(rx.mem()).unwrap();
+    let chan = Channel::alloc_unbound(&w.guest.evtchn().unwrap(), w.dom0.id()).unwrap();
+    FrontendKeys {
+        tx_ring_ref: tx.refs()[0],
+        rx_ring_ref: rx.refs()[0],
+        event_channel: chan.port(),
+        request_rx_copy: true,
+        sg: true,
+        rx_notify: true,
+    }
+    .publish(&mut c, &paths.front)
+    .unwrap();
+    write_state(&mut c, &paths.front, XenbusState::Connected).unwrap();
+    wait_for_state(&mut c, &paths.back, T, |s| s == XenbusState::Connected).unwrap();
+    (EvilFront { tx, rx, chan }, bt, host)
+}
+
+fn data_page(w: &World, data: &[u8]) -> SimShare {
+    let s = w
+        .guest
+        .exporter()
+        .share(w.dom0.id(), 1, Access::ReadOnly)
+        .unwrap();
+    s.mem().write(0, data).unwrap();
+    s
+}
+
+/// Waits for the next tx response on an evil front end's ring.
+fn tx_response(ring: &mut TxFront<'_>, chan: &Channel<SimEvtchn>) -> NetifTxResponse {
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(r) = ring.next_response().unwrap() {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "back end never answered");
+        if let Some(p) = chan.wait(Some(Duration::from_millis(50))).unwrap() {
+            chan.handle().unmask(p).unwrap();
+        }
+    }
+}
+
+/// The back end thread must end by itself with a protocol error.
+fn expect_backend_error(bt: BackendThread) -> NetError {
+    let deadline = Instant::now() + T;
+    while !bt.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "back end did not stop on a violation"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    bt.join().expect_err("back end must report the violation")
+}
+
+fn tx_req(gref: GrantRef, offset: u16, flags: u16, id: u16, size: u16) -> NetifTxRequest {
+    NetifTxRequest {
+        gref: gref.0,
+        offset,
+        flags,
+        id,
+        size,
+    }
+}
+
+#[test]
+fn bogus_grant_refs_get_error_responses_and_the_backend_carries_on() {
+    let w = world();
+    let (ef, bt, host) = evil_front(&w);
+    let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
+    // A ref never granted, then a real frame.
+    tx.push_request(&tx_req(GrantRef(1999), 0, 0, 1, 100))
+        .unwrap();
+    let good = frame(120, 3);
+    let page = data_page(&w, &good);
+    tx.push_request(&tx_req(page.refs()[0], 0, 0, 2, 120))
+        .unwrap();
+    tx.push_requests().unwrap();
+    ef.chan.notify().unwrap();
+    let r1 = tx_response(&mut tx, &ef.chan);
+    let r2 = tx_response(&mut tx, &ef.chan);
+    assert_eq!((r1.id, r1.status), (1, NETIF_RSP_ERROR));
+    assert_eq!((r2.id, r2.status), (2, NETIF_RSP_OKAY));
+    assert_eq!(host.recv_timeout(T).unwrap(), good);
+    assert!(
+        host.recv_timeout(Duration::from_millis(100)).is_none(),
+        "only the good frame"
+    );
+    // An rx page that was never granted: the frame is answered with an error.
+    let mut rx = RxFront::attach_at(ef.rx.mem(), 0).unwrap();
+    rx.push_request(&NetifRxRequest {
+        id: 5,
+        pad: 0,
+        gref: 1998,
+    })
+    .unwrap();
+    rx.push_requests().unwrap();
+    ef.chan.notify().unwrap();
+    assert!(host.send(&frame(60, 1)));
+    let deadline = Instant::now() + T;
+    let r = loop {
+        if let Some(r) = rx.next_response().unwrap() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no rx response");
+        if let Some(p) = ef.chan.wait(Some(Duration::from_millis(50))).unwrap() {
+            ef.chan.handle().unmask(p).unwrap();
+        }
+    };
+    assert_eq!((r.id, r.status), (5, NETIF_RSP_ERROR));
+    let exit = bt.stop().unwrap();
+    assert_eq!(exit.stats.tx_errors, 1);
+    assert_eq!(exit.stats.tx_frames, 1);
+    assert_eq!(exit.stats.rx_dropped, 1);
+}
+
+#[test]
+fn tx_chain_longer_than_the_slot_limit_breaks_the_backend() {
+    let w = world();
+    let (ef, bt, host) = evil_front(&w);
+    let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
+    let page = data_page(&w, &frame(4096, 1));
+    for i in 0..19u16 {
+        tx.push_request(&tx_req(page.refs()[0], 0, NETTXF_MORE_DATA, i, 100))
+            .unwrap();
+    }
+    tx.push_requests().unwrap();
+    ef.chan.notify().unwrap();
+    let e = expect_backend_error(bt);
+    assert!(matches!(e, NetError::BadTxRequest { .. }), "{e}");
+    // The consumed slots were answered, so the guest gets its pages back.
+    let r = tx_response(&mut tx, &ef.chan);
+    assert_eq!(r.status, NETIF_RSP_ERROR);
+    assert!(host.try_recv().is_none());
+    assert_eq!(w.dom0.mapped_count(), 0, "the back end unmapped everything");
+}
+
+#[test]
+fn tx_fragment_sizes_larger_than_the_frame_break_the_backend() {
+    let w = world();
+    let (ef, bt, host) = evil_front(&w);
+    let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
+    let page = data_page(&w, &frame(4096, 1));
+    tx.push_request(&tx_req(page.refs()[0], 0, NETTXF_MORE_DATA, 0, 100))
+        .unwrap();
+    tx.push_request(&tx_req(page.refs()[0], 0, 0, 1, 200))
+        .unwrap();
+    tx.push_requests().unwrap();
+    ef.chan.notify().unwrap();
+    let e = expect_backend_error(bt);
+    assert!(matches!(e, NetError::BadTxRequest { id: 0, .. }), "{e}");
+    assert!(host.try_recv().is_none());
+}
+
+#[test]
+fn tx_data_outside_the_page_breaks_the_backend() {
+    let w = world();
+    let (ef, bt, host) = evil_front(&w);
+    let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
+    let page = data_page(&w, &frame(4096, 1));
+    tx.push_request(&tx_req(page.refs()[0], 4000, 0, 0, 200))
+        .unwrap();
+    tx.push_requests().unwrap();
+    ef.chan.notify().unwrap();
+    let e = expect_backend_error(bt);
+    assert!(matches!(e, NetError::BadTxRequest { .. }), "{e}");
+    assert!(host.try_recv().is_none());
+}
+
+#[test]
+fn overflowing_request_producer_breaks_the_backend() {
+    let w = world();
+    let (ef, bt, host) = evil_front(&w);
+    // req_prod (offset 0 of the header) a thousand slots ahead.
+    ef.tx
+        .mem()
+        .atomic_u32(0)
+        .unwrap()
+        .store(1000, Ordering::Release);
+    ef.chan.notify().unwrap();
+    let e = expect_backend_error(bt);
+    assert!(
+        matches!(
+            e,
+            NetError::Ring(RingError::ProducerOverflow { prod: 1000, .. })
+        ),
+        "{e}"
+    );
+    assert!(host.try_recv().is_none());
+}
+
+#[test]
+fn event_flood_from_frontend_does_not_stop_the_backend() {
+    let w = world();
+    let (ef, bt, host) = evil_front(&w);
+    let chan = ef.chan;
+    let start = Instant::now();
+    let mut n = 0u32;
+    while start.elapsed() < Duration::from_millis(300) {
+        chan.notify().unwrap();
+        n += 1;
+    }
+    // The back end still serves a real frame promptly.
+    let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
+    let good = frame(90, 4);
+    let page = data_page(&w, &good);
+    tx.push_request(&tx_req(page.refs()[0], 0, 0, 9, 90))
+        .unwrap();
+    tx.push_requests().unwrap();
+    chan.notify().unwrap();
+    assert_eq!(
+        host.recv_timeout(T).expect("back end starved by the flood"),
+        good
+    );
+    assert_eq!(tx_response(&mut tx, &chan).status, NETIF_RSP_OKAY);
+    assert!(n > 100);
+    let exit = bt.stop().unwrap();
+    assert_eq!(exit.stats.tx_frames, 1);
+}
