@@ -276,6 +276,94 @@ impl Domain {
     pub fn raw_unmap(&self, handle: u32) -> Result<(), GntSt> {
         self.state.unmap_grant(handle)
     }
+
+    /// For a multi-process host: maps one grant as this domain (Xen's
+    /// rules, as [`Domain::raw_map`]) and returns the maptrack handle with
+    /// the memfd page holding the granted frame, to pass to this domain's
+    /// process.
+    pub fn host_map(
+        &self,
+        dom: DomId,
+        gref: GrantRef,
+        access: Access,
+    ) -> Result<(u32, crate::memory::FramePage), GntSt> {
+        let (h, granter, frame) = self.state.map_grant(dom, gref, access.is_readonly())?;
+        match granter.mem.frame_page(frame) {
+            Some(p) => Ok((h, p)),
+            None => {
+                let _ = self.state.unmap_grant(h);
+                Err(GntSt::BadPage)
+            }
+        }
+    }
+
+    /// For a multi-process host: sets the unmap notify of a handle from
+    /// [`Domain::host_map`] (run on unmap or when this domain dies).
+    pub fn host_set_unmap_notify(
+        &self,
+        handle: u32,
+        clear_byte: Option<u16>,
+        port: Option<Port>,
+    ) -> Result<(), GntSt> {
+        self.state.set_notify(handle, Notify { clear_byte, port })
+    }
+
+    /// For a multi-process host: records an export-side notify for the
+    /// share whose first ref is `first_ref` and whose notified page is
+    /// `frame` (run when the domain lets go of the share, or dies).
+    pub fn host_set_export_notify(
+        &self,
+        first_ref: GrantRef,
+        frame: u64,
+        offset: Option<u16>,
+        port: Option<Port>,
+    ) -> Result<(), GntSt> {
+        if offset.is_some_and(|o| o as usize >= xenshare_abi::PAGE_SIZE) {
+            return Err(GntSt::BadVirtAddr);
+        }
+        if !self.state.mem.frame_exists(frame) {
+            return Err(GntSt::BadPage);
+        }
+        crate::hv::lock(&self.state.export_notifies).insert(
+            first_ref.0,
+            ExportNotify {
+                frame,
+                offset,
+                port,
+            },
+        );
+        Ok(())
+    }
+
+    /// For a multi-process host: the domain lets go of the share whose
+    /// first ref is `first_ref`: runs its export notify, if any.
+    pub fn host_fire_export_notify(&self, first_ref: GrantRef) {
+        let n = crate::hv::lock(&self.state.export_notifies).remove(&first_ref.0);
+        if let Some(n) = n {
+            self.state.fire_export_notify(n);
+        }
+    }
+
+    /// For a multi-process host: opens an event channel handle whose wake
+    /// eventfd is `wake` (one received from the domain's process).
+    pub fn evtchn_with_wake_fd(
+        &self,
+        wake: std::os::fd::OwnedFd,
+    ) -> Result<Arc<SimEvtchn>, EventError> {
+        SimEvtchn::open_with_fd(self.state.clone(), wake).map(Arc::new)
+    }
+
+    /// The memfd region of this domain's grant table (to pass to its
+    /// process, which writes the table itself).
+    pub fn grant_table_region(&self) -> &Region {
+        &self.state.table
+    }
+
+    /// The memfd region of this domain's `shared_info` page (event pending
+    /// and mask bitmaps).
+    pub fn shared_info_region(&self) -> &Region {
+        self.state.evt.shared_info()
+    }
 }
 
 /// One grant mapped by an emulated domain.
@@ -297,6 +385,15 @@ pub enum SimWindow {
         first: u64,
         /// Number of frames.
         count: usize,
+    },
+    /// Adjacent frames of one chunk of a chunked granter.
+    Chunk {
+        /// The chunk.
+        region: Arc<Region>,
+        /// Byte offset of the first frame in the chunk.
+        offset: usize,
+        /// Length in bytes.
+        len: usize,
     },
     /// Pages mapped one by one into a fresh reservation.
     Stitched(Stitched),
@@ -345,18 +442,38 @@ impl ForeignMapper for SimMapper {
         let adjacent = hs.iter().enumerate().all(|(i, h)| {
             Arc::ptr_eq(&h.granter, &first.granter) && h.frame == first.frame + i as u64
         });
-        if adjacent {
+        if adjacent && !first.granter.mem.is_chunked() {
             return Ok(SimWindow::Direct {
                 granter: first.granter.clone(),
                 first: first.frame,
                 count: hs.len(),
             });
         }
-        let pages: Vec<_> = hs
+        let mut pages = Vec::with_capacity(hs.len());
+        for h in hs {
+            pages.push((
+                h.granter.mem.frame_page(h.frame).ok_or(GntSt::BadPage)?,
+                h.writable,
+            ));
+        }
+        if adjacent {
+            let (p0, _) = &pages[0];
+            let same = pages.iter().enumerate().all(|(i, (p, _))| {
+                Arc::ptr_eq(&p.region, &p0.region) && p.page == p0.page + i as u64
+            });
+            if same {
+                return Ok(SimWindow::Chunk {
+                    region: p0.region.clone(),
+                    offset: p0.page as usize * xenshare_abi::PAGE_SIZE,
+                    len: hs.len() * xenshare_abi::PAGE_SIZE,
+                });
+            }
+        }
+        let fds: Vec<_> = pages
             .iter()
-            .map(|h| (h.granter.mem.region().fd(), h.frame, h.writable))
+            .map(|(p, w)| (p.region.fd(), p.page, *w))
             .collect();
-        Stitched::new(&pages)
+        Stitched::new(&fds)
             .map(SimWindow::Stitched)
             .map_err(|_| GntSt::NoSpace)
     }
@@ -370,6 +487,14 @@ impl ForeignMapper for SimMapper {
             } => match granter.frame_window(*first, *count) {
                 Some(m) => m,
                 None => unreachable!("mapped frames were checked against the granter's memory"),
+            },
+            SimWindow::Chunk {
+                region,
+                offset,
+                len,
+            } => match region.mem().slice(*offset, *len) {
+                Ok(m) => m,
+                Err(_) => unreachable!("chunk window was checked against the chunk"),
             },
             SimWindow::Stitched(s) => s.mem(),
         }

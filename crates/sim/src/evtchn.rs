@@ -63,6 +63,10 @@ impl EvtState {
         })
     }
 
+    pub(crate) fn shared_info(&self) -> &Region {
+        &self.shared_info
+    }
+
     fn word(&self, base: usize, port: u32) -> Option<(&AtomicU64, u64)> {
         let (w, b) = port_word_bit(port);
         let a = self.shared_info.mem().atomic_u64(base + w * 8).ok()?;
@@ -257,6 +261,12 @@ impl SimEvtchn {
     pub(crate) fn open(dom: Arc<DomainState>) -> Result<Self, EventError> {
         let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| EventError::Os(e.raw_os_error()))?;
+        Self::open_with_fd(dom, efd)
+    }
+
+    /// A handle whose wake-ups go to `efd` (an eventfd, possibly of another
+    /// process).
+    pub(crate) fn open_with_fd(dom: Arc<DomainState>, efd: OwnedFd) -> Result<Self, EventError> {
         let shared = Arc::new(HandleShared {
             efd,
             ports: Mutex::new(Vec::new()),

@@ -209,6 +209,23 @@ impl Hypervisor {
         id: DomId,
         cfg: DomainConfig,
     ) -> Result<crate::Domain, HvError> {
+        self.create(id, cfg, false)
+    }
+
+    /// Creates a domain whose code runs in another process (see the
+    /// `xenshare-host` crate): its RAM is chunked — memfds the process
+    /// registers one per allocation ([`DomainMemory::add_chunk`]) — and
+    /// `cfg.mem_pages` limits their total. The grant and event rules are
+    /// the same as for any domain.
+    pub fn create_remote_domain(
+        &self,
+        id: DomId,
+        cfg: DomainConfig,
+    ) -> Result<crate::Domain, HvError> {
+        self.create(id, cfg, true)
+    }
+
+    fn create(&self, id: DomId, cfg: DomainConfig, chunked: bool) -> Result<crate::Domain, HvError> {
         if !id.is_real() {
             return Err(HvError::DomIdTaken(id));
         }
@@ -226,10 +243,11 @@ impl Hypervisor {
         if doms.contains_key(&id.0) {
             return Err(HvError::DomIdTaken(id));
         }
-        let mem = Arc::new(DomainMemory::new(
-            &format!("xenshare-d{}-ram", id.0),
-            cfg.mem_pages,
-        )?);
+        let mem = Arc::new(if chunked {
+            DomainMemory::new_chunked(cfg.mem_pages)
+        } else {
+            DomainMemory::new(&format!("xenshare-d{}-ram", id.0), cfg.mem_pages)?
+        });
         let table = Arc::new(Region::new(
             &format!("xenshare-d{}-gnttab", id.0),
             cfg.grant_frames as usize * PAGE_SIZE,
@@ -362,7 +380,7 @@ impl DomainState {
         // The frame is read once, after the pin, and cached: a granter that
         // rewrites it later does not move existing mappings.
         let frame = u64::from(frame_word.load(Ordering::Acquire));
-        if frame >= self.mem.pages() {
+        if !self.mem.frame_exists(frame) {
             entry::unpin(word, BUSY);
             return Err(GntSt::BadPage);
         }
@@ -463,8 +481,10 @@ impl DomainState {
     fn finish_unmap(&self, rec: MapRecord) {
         if let Some(off) = rec.notify.clear_byte {
             if rec.writable {
-                if let Some(m) = rec.granter.mem.frame_mem(rec.frame) {
-                    let _ = m.write(off as usize, &[0]);
+                if let Some(p) = rec.granter.mem.frame_page(rec.frame) {
+                    if let Some(m) = p.mem() {
+                        let _ = m.write(off as usize, &[0]);
+                    }
                 }
             }
         }
@@ -527,8 +547,10 @@ impl DomainState {
         let mut status = GntSt::Okay;
         match (&src, &op.src) {
             (Some((g, f, off, _)), _) => {
-                if g.mem
-                    .frame_mem(*f)
+                let page = g.mem.frame_page(*f);
+                if page
+                    .as_ref()
+                    .and_then(|p| p.mem())
                     .and_then(|m| m.read(*off as usize, &mut buf).ok())
                     .is_none()
                 {
@@ -541,8 +563,10 @@ impl DomainState {
         if status.is_ok() {
             match (&dst, &mut op.dst) {
                 (Some((g, f, off, _)), _) => {
-                    if g.mem
-                        .frame_mem(*f)
+                    let page = g.mem.frame_page(*f);
+                    if page
+                        .as_ref()
+                        .and_then(|p| p.mem())
                         .and_then(|m| m.write(*off as usize, &buf).ok())
                         .is_none()
                     {
@@ -577,7 +601,7 @@ impl DomainState {
     pub(crate) fn frame_window(&self, first: u64, count: usize) -> Option<SharedMem<'_>> {
         let off = usize::try_from(first).ok()?.checked_mul(PAGE_SIZE)?;
         self.mem
-            .region()
+            .region()?
             .mem()
             .slice(off, count.checked_mul(PAGE_SIZE)?)
             .ok()
@@ -639,8 +663,10 @@ impl DomainState {
 
     /// Runs an export-side notify: clear the byte, then send the event.
     pub(crate) fn fire_export_notify(&self, n: ExportNotify) {
-        if let (Some(off), Some(m)) = (n.offset, self.mem.frame_mem(n.frame)) {
-            let _ = m.write(off as usize, &[0]);
+        if let (Some(off), Some(p)) = (n.offset, self.mem.frame_page(n.frame)) {
+            if let Some(m) = p.mem() {
+                let _ = m.write(off as usize, &[0]);
+            }
         }
         if let Some(p) = n.port {
             let _ = self.evtchn_send(p);

@@ -1,6 +1,18 @@
-//! A domain's RAM: a memfd of frames with a first-fit allocator of
-//! contiguous runs.
+//! A domain's RAM and its frame allocator.
+//!
+//! Two layouts, one interface:
+//! * **single** — one memfd of `pages` frames with a first-fit allocator of
+//!   contiguous runs. The in-process fast path: a run is a window straight
+//!   into one mapping, no system call per share.
+//! * **chunked** — for a domain living in another process (see the
+//!   `xenshare-host` crate): RAM is a set of memfd chunks, one per
+//!   allocation (a share of n pages is one chunk), each given a fresh,
+//!   never-reused range of frame numbers. A chunk's fd can be passed to a
+//!   mapper that was granted it, so a mapper only ever receives memory it
+//!   was granted; a freed chunk is retired (its frames are never valid
+//!   again) rather than reused.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,34 +22,122 @@ use xenshare_abi::PAGE_SIZE;
 
 use crate::region::{Region, RegionError};
 
+/// Frame numbers handed to chunks start here (frame 0 is never valid, and
+/// they must fit the 32-bit frame field of a v1 grant entry).
+const FIRST_CHUNK_GFN: u64 = 0x100;
+
+/// Errors of chunked memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The memory is not chunked (or not single) for this operation.
+    #[error("operation not supported by this memory layout")]
+    WrongLayout,
+    /// The domain's page limit would be exceeded.
+    #[error("domain memory limit of {limit} pages reached")]
+    Full {
+        /// The limit.
+        limit: u64,
+    },
+    /// The frame number space is exhausted.
+    #[error("frame numbers exhausted")]
+    NoFrames,
+}
+
+enum Layout {
+    Single {
+        region: Arc<Region>,
+        used: Mutex<Vec<bool>>,
+    },
+    Chunked {
+        chunks: Mutex<Chunks>,
+    },
+}
+
+#[derive(Default)]
+struct Chunks {
+    /// First frame -> chunk.
+    map: BTreeMap<u64, Arc<Region>>,
+    next_gfn: u64,
+    pages: u64,
+}
+
+impl Chunks {
+    fn find(&self, frame: u64) -> Option<(u64, &Arc<Region>)> {
+        let (first, r) = self.map.range(..=frame).next_back()?;
+        let pages = (r.len() / PAGE_SIZE) as u64;
+        (frame < first + pages).then_some((*first, r))
+    }
+}
+
+/// One frame located in its backing memfd.
+#[derive(Clone)]
+pub struct FramePage {
+    /// The memfd mapping holding the frame.
+    pub region: Arc<Region>,
+    /// Page index of the frame inside `region`.
+    pub page: u64,
+}
+
+impl FramePage {
+    /// The frame's 4 KiB of memory.
+    pub fn mem(&self) -> Option<SharedMem<'_>> {
+        let off = usize::try_from(self.page).ok()?.checked_mul(PAGE_SIZE)?;
+        self.region.mem().slice(off, PAGE_SIZE).ok()
+    }
+}
+
 /// A domain's memory and its frame allocator.
 pub struct DomainMemory {
-    region: Region,
+    layout: Layout,
     pages: u64,
-    used: Mutex<Vec<bool>>,
     leaked: AtomicU64,
 }
 
 impl DomainMemory {
-    /// `pages` frames of zeroed memory.
+    /// `pages` frames of zeroed memory in one memfd (the in-process layout).
     pub fn new(name: &str, pages: u64) -> Result<Self, RegionError> {
         let region = Region::new(name, pages as usize * PAGE_SIZE)?;
         Ok(Self {
-            region,
+            layout: Layout::Single {
+                region: Arc::new(region),
+                used: Mutex::new(vec![false; pages as usize]),
+            },
             pages,
-            used: Mutex::new(vec![false; pages as usize]),
             leaked: AtomicU64::new(0),
         })
     }
 
-    /// Number of frames.
+    /// Chunked memory of at most `pages` frames in total (the layout of a
+    /// domain living in another process).
+    pub fn new_chunked(pages: u64) -> Self {
+        Self {
+            layout: Layout::Chunked {
+                chunks: Mutex::new(Chunks {
+                    next_gfn: FIRST_CHUNK_GFN,
+                    ..Chunks::default()
+                }),
+            },
+            pages,
+            leaked: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this memory is chunked.
+    pub fn is_chunked(&self) -> bool {
+        matches!(self.layout, Layout::Chunked { .. })
+    }
+
+    /// The page limit (single: the number of frames).
     pub fn pages(&self) -> u64 {
         self.pages
     }
 
     /// Frames currently allocated (leaked ones included).
     pub fn used_pages(&self) -> u64 {
-        self.lock().iter().filter(|u| **u).count() as u64
+        match &self.layout {
+            Layout::Single { used, .. } => lock(used).iter().filter(|u| **u).count() as u64,
+            Layout::Chunked { chunks } => lock(chunks).pages,
+        }
     }
 
     /// Frames abandoned forever because a peer never released them.
@@ -47,32 +147,110 @@ impl DomainMemory {
 
     /// Whether a frame is allocated.
     pub fn is_allocated(&self, frame: u64) -> bool {
-        self.lock().get(frame as usize).copied().unwrap_or(false)
+        match &self.layout {
+            Layout::Single { used, .. } => lock(used).get(frame as usize).copied().unwrap_or(false),
+            Layout::Chunked { chunks } => lock(chunks).find(frame).is_some(),
+        }
     }
 
-    /// The backing memfd region.
-    pub fn region(&self) -> &Region {
-        &self.region
+    /// Whether `frame` names memory of this domain (in range, or in a live
+    /// chunk).
+    pub fn frame_exists(&self, frame: u64) -> bool {
+        match &self.layout {
+            Layout::Single { .. } => frame < self.pages,
+            Layout::Chunked { chunks } => lock(chunks).find(frame).is_some(),
+        }
     }
 
-    /// One frame's memory, if it exists.
+    /// The backing memfd region of single memory (`None` when chunked).
+    pub fn region(&self) -> Option<&Region> {
+        match &self.layout {
+            Layout::Single { region, .. } => Some(region),
+            Layout::Chunked { .. } => None,
+        }
+    }
+
+    /// One frame's memory, if it exists, borrowed from single memory
+    /// (`None` when chunked: use [`DomainMemory::frame_page`]).
     pub fn frame_mem(&self, frame: u64) -> Option<SharedMem<'_>> {
         let off = usize::try_from(frame).ok()?.checked_mul(PAGE_SIZE)?;
-        self.region.mem().slice(off, PAGE_SIZE).ok()
+        self.region()?.mem().slice(off, PAGE_SIZE).ok()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<bool>> {
-        // A panic while holding this lock cannot leave the bitmap half
-        // updated (single assignments), so poisoning is ignored.
-        self.used.lock().unwrap_or_else(|e| e.into_inner())
+    /// Where `frame` lives, in either layout.
+    pub fn frame_page(&self, frame: u64) -> Option<FramePage> {
+        match &self.layout {
+            Layout::Single { region, .. } => (frame < self.pages).then(|| FramePage {
+                region: region.clone(),
+                page: frame,
+            }),
+            Layout::Chunked { chunks } => {
+                let c = lock(chunks);
+                let (first, r) = c.find(frame)?;
+                Some(FramePage {
+                    region: r.clone(),
+                    page: frame - first,
+                })
+            }
+        }
+    }
+
+    /// Adds a chunk (chunked memory only): gives it a fresh frame range,
+    /// never used before, and returns its first frame.
+    pub fn add_chunk(&self, region: Region) -> Result<u64, MemoryError> {
+        let Layout::Chunked { chunks } = &self.layout else {
+            return Err(MemoryError::WrongLayout);
+        };
+        let n = (region.len() / PAGE_SIZE) as u64;
+        let mut c = lock(chunks);
+        if c.pages + n > self.pages {
+            return Err(MemoryError::Full { limit: self.pages });
+        }
+        let first = c.next_gfn;
+        let end = first.checked_add(n).ok_or(MemoryError::NoFrames)?;
+        if end > u64::from(u32::MAX) {
+            return Err(MemoryError::NoFrames);
+        }
+        c.next_gfn = end;
+        c.pages += n;
+        c.map.insert(first, Arc::new(region));
+        Ok(first)
+    }
+
+    /// Retires the chunk starting at `first` (chunked memory only): its
+    /// frames are never valid again. Mappings already made keep their own
+    /// reference to the memory. Returns false if there is no such chunk.
+    pub fn retire_chunk(&self, first: u64) -> bool {
+        let Layout::Chunked { chunks } = &self.layout else {
+            return false;
+        };
+        let mut c = lock(chunks);
+        match c.map.remove(&first) {
+            Some(r) => {
+                c.pages -= (r.len() / PAGE_SIZE) as u64;
+                true
+            }
+            None => false,
+        }
     }
 }
 
-/// An owned run of contiguous frames; freed on drop.
+/// Locks a mutex, ignoring poisoning: every critical section here leaves
+/// its data consistent at each step.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An owned run of contiguous frames; freed (single) or retired (chunked)
+/// on drop.
 pub struct FrameRun {
     mem: Arc<DomainMemory>,
     first: u64,
     count: usize,
+    /// The run's memory: the single region or its own chunk.
+    region: Arc<Region>,
+    /// Page offset of the run in `region`.
+    offset: usize,
 }
 
 impl FrameRun {
@@ -104,10 +282,10 @@ impl PageSet for FrameRun {
     }
 
     fn mem(&self) -> SharedMem<'_> {
-        let whole = self.mem.region.mem();
-        match whole.slice(self.first as usize * PAGE_SIZE, self.count * PAGE_SIZE) {
+        let whole = self.region.mem();
+        match whole.slice(self.offset * PAGE_SIZE, self.count * PAGE_SIZE) {
             Ok(m) => m,
-            // The allocator only hands out runs inside the region.
+            // The allocator only hands out runs inside their region.
             Err(_) => unreachable!("frame run outside its domain's memory"),
         }
     }
@@ -115,10 +293,17 @@ impl PageSet for FrameRun {
 
 impl Drop for FrameRun {
     fn drop(&mut self) {
-        let mut used = self.mem.lock();
-        for f in self.first..self.first + self.count as u64 {
-            if let Some(u) = used.get_mut(f as usize) {
-                *u = false;
+        match &self.mem.layout {
+            Layout::Single { used, .. } => {
+                let mut used = lock(used);
+                for f in self.first..self.first + self.count as u64 {
+                    if let Some(u) = used.get_mut(f as usize) {
+                        *u = false;
+                    }
+                }
+            }
+            Layout::Chunked { .. } => {
+                self.mem.retire_chunk(self.first);
             }
         }
     }
@@ -135,25 +320,43 @@ impl FrameAllocator for SimFrames {
         if n == 0 {
             return None;
         }
-        let mut used = self.0.lock();
-        let mut run = 0;
-        for i in 0..used.len() {
-            if used[i] {
-                run = 0;
-                continue;
+        match &self.0.layout {
+            Layout::Single { region, used } => {
+                let mut used = lock(used);
+                let mut run = 0;
+                for i in 0..used.len() {
+                    if used[i] {
+                        run = 0;
+                        continue;
+                    }
+                    run += 1;
+                    if run == n {
+                        let first = i + 1 - n;
+                        used[first..=i].iter_mut().for_each(|u| *u = true);
+                        return Some(FrameRun {
+                            mem: self.0.clone(),
+                            first: first as u64,
+                            count: n,
+                            region: region.clone(),
+                            offset: first,
+                        });
+                    }
+                }
+                None
             }
-            run += 1;
-            if run == n {
-                let first = i + 1 - n;
-                used[first..=i].iter_mut().for_each(|u| *u = true);
-                return Some(FrameRun {
+            Layout::Chunked { .. } => {
+                let region = Region::new("xenshare-chunk", n.checked_mul(PAGE_SIZE)?).ok()?;
+                let first = self.0.add_chunk(region).ok()?;
+                let page = self.0.frame_page(first)?;
+                Some(FrameRun {
                     mem: self.0.clone(),
-                    first: first as u64,
+                    first,
                     count: n,
-                });
+                    region: page.region,
+                    offset: 0,
+                })
             }
         }
-        None
     }
 
     fn frame(frames: &FrameRun, i: usize) -> u64 {

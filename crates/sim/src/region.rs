@@ -6,7 +6,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
-use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+use rustix::fs::{fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create, MemfdFlags, SealFlags};
 use rustix::mm::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
 use xenshare::mem::SharedMem;
 use xenshare_abi::PAGE_SIZE;
@@ -25,6 +25,9 @@ pub enum RegionError {
     /// A size of zero or not a whole number of pages.
     #[error("bad region size {0}")]
     BadSize(usize),
+    /// An fd from elsewhere is not a memfd sealed against shrinking.
+    #[error("not a sealed memfd")]
+    NotSealed,
 }
 
 /// A shared, writable mapping of a whole memfd.
@@ -32,6 +35,7 @@ pub struct Region {
     fd: OwnedFd,
     ptr: NonNull<u8>,
     len: usize,
+    writable: bool,
 }
 
 // SAFETY: the mapping is plain shared memory reached only through SharedMem's
@@ -41,40 +45,95 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// Creates a zero-filled memfd of `len` bytes and maps it.
+    /// Creates a zero-filled memfd of `len` bytes and maps it. The memfd
+    /// is sealed against shrinking and growing, so another process it is
+    /// passed to cannot make our mapping fault.
     pub fn new(name: &str, len: usize) -> Result<Self, RegionError> {
         if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
             return Err(RegionError::BadSize(len));
         }
-        let fd = memfd_create(name, MemfdFlags::CLOEXEC).map_err(|err| RegionError::Os {
-            what: "memfd_create",
-            err,
-        })?;
+        let fd = memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).map_err(
+            |err| RegionError::Os {
+                what: "memfd_create",
+                err,
+            },
+        )?;
         ftruncate(&fd, len as u64).map_err(|err| RegionError::Os {
             what: "ftruncate",
             err,
         })?;
-        // SAFETY: a fresh shared mapping of our own memfd at an address the
-        // kernel chooses; nothing else is affected.
-        let p = unsafe {
-            mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )
-        }
-        .map_err(|err| RegionError::Os { what: "mmap", err })?;
-        let ptr = NonNull::new(p.cast()).ok_or(RegionError::BadSize(len))?;
-        Ok(Self { fd, ptr, len })
+        fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL).map_err(
+            |err| RegionError::Os {
+                what: "F_ADD_SEALS",
+                err,
+            },
+        )?;
+        Self::map(fd, len, true)
     }
 
-    /// The whole region.
+    /// Maps a memfd received from another process: it must be sealed
+    /// against shrinking (so the mapping can never fault) and a whole,
+    /// non-zero number of pages. `writable: false` maps it read-only (an fd
+    /// opened read-only can only be mapped so).
+    pub fn from_fd(fd: OwnedFd, writable: bool) -> Result<Self, RegionError> {
+        let seals = fcntl_get_seals(&fd).map_err(|_| RegionError::NotSealed)?;
+        if !seals.contains(SealFlags::SHRINK) {
+            return Err(RegionError::NotSealed);
+        }
+        let st = fstat(&fd).map_err(|err| RegionError::Os { what: "fstat", err })?;
+        let len = usize::try_from(st.st_size).map_err(|_| RegionError::BadSize(0))?;
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) || len > (1 << 36) {
+            return Err(RegionError::BadSize(len));
+        }
+        Self::map(fd, len, writable)
+    }
+
+    fn map(fd: OwnedFd, len: usize, writable: bool) -> Result<Self, RegionError> {
+        let prot = if writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        // SAFETY: a fresh shared mapping of a memfd at an address the
+        // kernel chooses; nothing else is affected.
+        let p = unsafe { mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, &fd, 0) }
+            .map_err(|err| RegionError::Os { what: "mmap", err })?;
+        let ptr = NonNull::new(p.cast()).ok_or(RegionError::BadSize(len))?;
+        Ok(Self {
+            fd,
+            ptr,
+            len,
+            writable,
+        })
+    }
+
+    /// Whether the mapping is writable.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// A new fd for the same memory that can only be mapped read-only
+    /// (reopened through `/proc/self/fd`), to give to a read-only mapper.
+    pub fn reopen_readonly(&self) -> Result<OwnedFd, RegionError> {
+        use std::os::fd::AsRawFd;
+        let path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        rustix::fs::open(
+            path.as_str(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|err| RegionError::Os {
+            what: "reopen read-only",
+            err,
+        })
+    }
+
+    /// The whole region. Writing a read-only region faults: read-only
+    /// regions are only handed to read-only users (a read-only mapping).
     pub fn mem(&self) -> SharedMem<'_> {
-        // SAFETY: the mapping is valid for reads and writes until `self` is
-        // dropped, and is only reached through volatile/atomic accessors.
+        // SAFETY: the mapping is valid until `self` is dropped (for writes
+        // too when writable), and is only reached through volatile/atomic
+        // accessors.
         unsafe { SharedMem::from_raw(self.ptr, self.len) }
     }
 
