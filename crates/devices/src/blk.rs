@@ -397,16 +397,30 @@ pub fn demo_disk(image: Option<&Path>, size_mib: u64) -> Result<String, BlkHostE
             &tmp
         }
     };
-    let r = demo_disk_at(path, size_mib.max(2));
+    let world = BlkWorld::new(guest_config())?;
+    let r = demo_disk_at(&world, path, size_mib.max(2));
     if image.is_none() {
         let _ = std::fs::remove_file(path);
     }
     r
 }
 
-fn demo_disk_at(path: &Path, size_mib: u64) -> Result<String, BlkHostError> {
+/// Like [`demo_disk`], on an existing machine's guest (for a demo that brings
+/// up several devices on one guest). The guest needs room for the disk's
+/// grants: see [`guest_config`]. The image is a temporary file.
+pub fn demo_disk_in(world: &BlkWorld, size_mib: u64) -> Result<String, BlkHostError> {
+    let path = std::env::temp_dir().join(format!(
+        "xenshare-demo-{}-d{}.img",
+        std::process::id(),
+        world.guest.id().0
+    ));
+    let r = demo_disk_at(world, &path, size_mib.max(2));
+    let _ = std::fs::remove_file(&path);
+    r
+}
+
+fn demo_disk_at(world: &BlkWorld, path: &Path, size_mib: u64) -> Result<String, BlkHostError> {
     const DEVID: u32 = 51712; // xvda
-    let world = BlkWorld::new(guest_config())?;
     world.create_vbd(DEVID)?;
     let storage = FileStorage::create(path, size_mib << 20)?;
     let backend = world.spawn_backend(storage, BackConfig::new(world.guest.id(), DEVID))?;

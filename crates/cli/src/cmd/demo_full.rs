@@ -3,18 +3,13 @@
 //! Boots the emulated hypervisor with dom0 and a guest, wires the guest's
 //! primary PV console (page pre-granted as ref 0, xenstore keys, dom0 back
 //! end) and shows everything the guest prints on it with a `d1 console |`
-//! prefix. The guest's "kernel" then brings up a disk (the block driver's
-//! `demo_disk` helper: blkfront → blkback → a sparse image file) and a
-//! network interface (the net driver's `demo_net` helper: netfront →
-//! netback → an in-memory host stack that pings it and talks to its TCP
-//! echo port), reports both on its console, and runs a few scripted shell
-//! commands typed by dom0 through the console's input ring. A short summary
-//! follows.
-//!
-//! Note: the two helpers each boot their own emulated machine (hypervisor,
-//! dom0, guest, xenstored); the console guest runs them and reports their
-//! results. Bringing all three devices up on one guest needs the helpers to
-//! accept an existing world.
+//! prefix. The guest's "kernel" then brings up, on the same guest with dom0
+//! as back end, a disk (the block driver's `demo_disk_in`: blkfront →
+//! blkback → a sparse image file) and a network interface (the net driver's
+//! `demo_net_in`: netfront → netback → an in-memory host stack that pings it
+//! and talks to its TCP echo port), reports both on its console, and runs a
+//! few scripted shell commands typed by dom0 through the console's input
+//! ring. A short summary follows.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -49,7 +44,8 @@ pub fn run() -> Result<(), String> {
     let t0 = Instant::now();
 
     step(1, "boot");
-    let world = DemoWorld::boot(512)?;
+    // Room for the disk's persistent grants and indirect pages.
+    let world = DemoWorld::boot_with(xenshare_devices::blk::guest_config())?;
     println!(
         "     hypervisor up with {} (control domain, runs the back ends) and {} (guest)",
         world.dom0.id(),
@@ -93,7 +89,7 @@ pub fn run() -> Result<(), String> {
     let (back_result, shell) = std::thread::scope(|s| {
         let guest = s.spawn(|| {
             let mut con = GuestConsole::new(front, Duration::from_millis(100));
-            let r = guest_kernel(&mut con, &host, booted, &stop, &outcome);
+            let r = guest_kernel(&mut con, &world, &host, booted, &stop, &outcome);
             done.store(true, Ordering::Release);
             r
         });
@@ -138,7 +134,6 @@ pub fn run() -> Result<(), String> {
             }
         }
     }
-    println!("     (disk and network were brought up by their drivers' demo helpers, each on its own emulated machine)");
     println!("     total {:.2} s", t0.elapsed().as_secs_f64());
     drop(back);
     if failed.is_empty() {
@@ -151,6 +146,7 @@ pub fn run() -> Result<(), String> {
 /// The guest's "kernel": boot log, device bring-up, then the shell.
 fn guest_kernel<P, E>(
     con: &mut GuestConsole<P, E>,
+    world: &DemoWorld,
     host: &str,
     booted: Instant,
     stop: &AtomicBool,
@@ -168,7 +164,23 @@ where
     con.print(&format!(
         "xvda: bringing up blkfront ({DISK_MIB} MiB image)...\n"
     ))?;
-    let disk = xenshare_devices::blk::demo_disk(None, DISK_MIB).map_err(|e| e.to_string());
+    // The disk and the network come up on this same guest, backed by dom0.
+    let parts = || {
+        (
+            world.hv.clone(),
+            world.dom0.clone(),
+            world.guest.clone(),
+            world.xs.clone(),
+        )
+    };
+    let (hv, dom0, guest, xs) = parts();
+    let bw = xenshare_devices::blk::BlkWorld {
+        hv,
+        dom0,
+        guest,
+        xs,
+    };
+    let disk = xenshare_devices::blk::demo_disk_in(&bw, DISK_MIB).map_err(|e| e.to_string());
     con.print(&match &disk {
         Ok(line) => format!("xvda: up. {line}\n"),
         Err(e) => format!("xvda: FAILED: {e}\n"),
@@ -176,7 +188,14 @@ where
     con.print(&format!(
         "eth0: bringing up netfront, {PINGS} pings and a TCP echo from the host...\n"
     ))?;
-    let net = xenshare_devices::net::demo::demo_net(PINGS);
+    let (hv, dom0, guest, xs) = parts();
+    let nw = xenshare_devices::net::demo::NetWorld {
+        hv,
+        dom0,
+        guest,
+        xs,
+    };
+    let net = xenshare_devices::net::demo::demo_net_in(&nw, PINGS);
     con.print(&match &net {
         Ok(line) => format!("eth0: up. {line}\n"),
         Err(e) => format!("eth0: FAILED: {e}\n"),

@@ -82,11 +82,15 @@ impl std::fmt::Debug for DemoWorld {
 impl DemoWorld {
     /// Boots the hypervisor, dom0 and a guest of `mem_pages` pages.
     pub fn boot(mem_pages: u64) -> Result<Self, String> {
-        let hv = Hypervisor::new();
-        let cfg = DomainConfig {
+        Self::boot_with(DomainConfig {
             mem_pages,
             ..Default::default()
-        };
+        })
+    }
+
+    /// Boots the hypervisor, dom0 and a guest, both configured as `cfg`.
+    pub fn boot_with(cfg: DomainConfig) -> Result<Self, String> {
+        let hv = Hypervisor::new();
         let dom0 = hv
             .create_domain_with_id(DomId(0), cfg)
             .map_err(|e| format!("creating dom0: {e}"))?;

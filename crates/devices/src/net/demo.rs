@@ -479,7 +479,12 @@ impl NetWorld {
 /// revoked, 0 quarantined`. Needs no root. Fails if a ping or the echo
 /// went missing, or a grant was left behind.
 pub fn demo_net(pings: u32) -> Result<String, String> {
-    let w = NetWorld::new()?;
+    demo_net_in(&NetWorld::new()?, pings)
+}
+
+/// Like [`demo_net`], on an existing machine's guest (for a demo that brings
+/// up several devices on one guest).
+pub fn demo_net_in(w: &NetWorld, pings: u32) -> Result<String, String> {
     let (guest, back) = w.sides()?;
     let r = emulated_demo(&mut w.client(&w.dom0), w.guest.id(), guest, back, 0, pings)?;
     let line = r.summary();
