@@ -525,9 +525,10 @@ mod with_std {
 
     impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         /// The whole back-end handshake for device `devid` of `frontend`:
-        /// publishes the features, goes InitWait, waits (up to `timeout`)
-        /// for the front end to connect, reads its keys, maps the rings,
-        /// binds the port and goes Connected.
+        /// waits (up to `timeout`) for a front end left attached to an
+        /// earlier back end to reset, publishes the features, goes InitWait,
+        /// waits (up to `timeout`) for the front end to connect, reads its
+        /// keys, maps the rings, binds the port and goes Connected.
         pub fn connect<T: Transport>(
             importer: &Importer<M>,
             evt: &Arc<E>,
@@ -538,6 +539,16 @@ mod with_std {
         ) -> Result<Self, NetError> {
             let back_dir = backend_path(importer.domid(), DEVTYPE, frontend, devid);
             let front_dir = frontend_of(xs, &back_dir)?;
+            // A front end still attached to an earlier back end (after a
+            // back-end restart) has stale keys: wait for it to reset
+            // (`Netfront::reconnect` goes Closing, then Initialising) before
+            // offering this back end, so the old rings are never mapped.
+            wait_for_state(xs, &front_dir, timeout, |s| {
+                !matches!(
+                    s,
+                    XenbusState::Initialised | XenbusState::Connected | XenbusState::Closing
+                )
+            })?;
             BackendFeatures::OURS.publish(xs, &back_dir)?;
             write_state(xs, &back_dir, XenbusState::InitWait)?;
             let st = wait_for_state(xs, &front_dir, timeout, |s| {

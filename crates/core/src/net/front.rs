@@ -538,6 +538,88 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         }
     }
 
+    /// Revokes `share`, counting it in `report`; a share the peer still
+    /// holds goes to quarantine (never reused). Returns the pages if they
+    /// came back.
+    fn give_back(share: Share<B>, report: &mut CloseReport) -> Option<B::Pages> {
+        match share.try_unshare() {
+            Ok(pages) => {
+                report.revoked += 1;
+                Some(pages)
+            }
+            Err(busy) => {
+                drop(busy.into_inner());
+                report.quarantined += 1;
+                None
+            }
+        }
+    }
+
+    /// Drops the current connection and prepares a fresh one to `backend`
+    /// (for a back-end restart; see `Netfront::reconnect`): every in-flight
+    /// tx and rx page and both old rings are revoked — or quarantined if
+    /// the old back end still maps them, never reused — and new rings, a
+    /// new event channel and new rx pages are granted to `backend`. Frames
+    /// already received and not yet taken are kept; a half-received frame
+    /// is dropped. The device stays not connected (and, if it was broken,
+    /// broken) until the new handshake completes; nothing is published.
+    ///
+    /// On error the old connection is gone all the same: nothing still
+    /// granted is lost (it is owned by `self` or quarantined), and the
+    /// device is left broken.
+    pub fn rebuild(&mut self, backend: DomId, backend_sg: bool) -> Result<CloseReport, NetError> {
+        self.connected = false;
+        let mut report = CloseReport::default();
+        let mut back = Vec::new();
+        for (_, _, s) in self.tx_inflight.drain() {
+            back.extend(Self::give_back(s, &mut report));
+        }
+        for (_, _, s) in self.rx_inflight.drain() {
+            back.extend(Self::give_back(s, &mut report));
+        }
+        for p in back {
+            self.recycle(p);
+        }
+        self.partial = Partial::default();
+        let fresh = (|| {
+            let tx = RingIn::new(
+                self.exporter.share(backend, 1, Access::ReadWrite)?,
+                TxRing::init,
+            )
+            .map_err(|(e, _)| NetError::from(e))?;
+            let rx = RingIn::new(
+                self.exporter.share(backend, 1, Access::ReadWrite)?,
+                RxRing::init,
+            )
+            .map_err(|(e, _)| NetError::from(e))?;
+            let chan = Channel::alloc_unbound(self.chan.handle(), backend)?;
+            Ok::<_, NetError>((tx, rx, chan))
+        })();
+        let (tx, rx, chan) = match fresh {
+            Ok(f) => f,
+            Err(e) => {
+                // The old rings stay owned (and are revoked on release).
+                self.stats.quarantined += report.quarantined as u64;
+                return Err(self.trip(e));
+            }
+        };
+        let old_tx = core::mem::replace(&mut self.tx, tx);
+        let old_rx = core::mem::replace(&mut self.rx, rx);
+        drop(core::mem::replace(&mut self.chan, chan));
+        for s in [old_tx.into_owner(), old_rx.into_owner()] {
+            if let Some(p) = Self::give_back(s, &mut report) {
+                self.recycle(p);
+            }
+        }
+        self.stats.quarantined += report.quarantined as u64;
+        self.tx_inflight = Outstanding::new(self.tx.ring_ref().size() as usize);
+        self.rx_inflight = Outstanding::new(self.rx.ring_ref().size() as usize);
+        self.backend = backend;
+        self.backend_sg = backend_sg;
+        self.refill()?;
+        Ok(report)
+    }
+
     /// Gives every grant back: in-flight tx and rx pages and the rings are
     /// revoked, or quarantined if the back end still holds them. Consumes
     /// the front end; no XenStore traffic (see [`Netfront::close`]).
@@ -576,7 +658,9 @@ mod with_std {
     use super::*;
     use crate::net::xenbus::{backend_of, read_mac, BackendFeatures, DEVTYPE};
     use crate::store::client::{Client, Transport};
-    use crate::store::xenbus::{frontend_path, wait_for_state, write_state, XenbusState};
+    use crate::store::xenbus::{
+        frontend_path, read_state, wait_for_state, write_state, XenbusState,
+    };
     use std::time::Instant;
 
     impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
@@ -618,6 +702,90 @@ mod with_std {
             }
             nf.connected = true;
             Ok(nf)
+        }
+
+        /// Looks at the back end's XenBus state and notices a back end that
+        /// went away (Closing, Closed, its directory gone, or reset to
+        /// Initialising / InitWait by a restart): the device is then marked
+        /// not connected and broken with [`NetError::PeerClosed`], which is
+        /// returned; call [`Netfront::reconnect`] to attach to the next back
+        /// end. `Ok(())` while the back end is Connected.
+        /// Does nothing for a front end not set up by
+        /// [`Netfront::connect`].
+        pub fn check_backend<T: Transport>(&mut self, xs: &mut Client<T>) -> Result<(), NetError> {
+            let Some((_, back)) = &self.paths else {
+                return Ok(());
+            };
+            let s = read_state(xs, back)?;
+            if s == XenbusState::Connected {
+                return Ok(());
+            }
+            self.connected = false;
+            Err(self.trip(NetError::PeerClosed))
+        }
+
+        /// Whether the device lost its back end ([`NetError::PeerClosed`]
+        /// broke it), so [`Netfront::reconnect`] is the way forward.
+        pub fn backend_gone(&self) -> bool {
+            matches!(self.latch.cause(), Some(NetError::PeerClosed))
+        }
+
+        /// Re-attaches to a restarted back end (the old one stopped, or was
+        /// destroyed and a new one attached to the device).
+        ///
+        /// Goes Closing and waits (up to `timeout`) for the old back end to
+        /// leave Connected, then stops using the old rings: every tx and rx
+        /// page and both rings are revoked; grants the old back end still
+        /// maps are quarantined (never reused) and counted in the returned
+        /// report. It then re-reads `backend` / `backend-id` (the back end
+        /// may live in a new domain), grants new rings, rx pages and a new
+        /// event channel to it, goes Initialising, waits (up to `timeout`)
+        /// for the new back end's InitWait and runs the rest of the
+        /// handshake as [`Netfront::connect`] does. On success the device
+        /// is connected and usable again; frames received before the
+        /// restart and not yet taken are kept, frames in flight are lost
+        /// (as on a real link). On error it stays broken and the call may
+        /// be retried.
+        pub fn reconnect<T: Transport>(
+            &mut self,
+            xs: &mut Client<T>,
+            timeout: Duration,
+        ) -> Result<CloseReport, NetError> {
+            let Some((front_dir, old_back)) = self.paths.clone() else {
+                return Err(NetError::Config(
+                    "reconnect needs a front end set up by Netfront::connect",
+                ));
+            };
+            self.connected = false;
+            if self.latch.cause().is_none() {
+                self.latch.trip(NetError::PeerClosed);
+            }
+            write_state(xs, &front_dir, XenbusState::Closing)?;
+            // A dead back end never answers: carry on after the timeout (its
+            // grants are then quarantined, not reused).
+            let _ = wait_for_state(xs, &old_back, timeout, |s| {
+                s != XenbusState::Connected && s != XenbusState::Initialised
+            });
+            let (back_dir, backend) = backend_of(xs, &front_dir)?;
+            let report = self.rebuild(backend, false)?;
+            self.paths = Some((front_dir.clone(), back_dir.clone()));
+            write_state(xs, &front_dir, XenbusState::Initialising)?;
+            wait_for_state(xs, &back_dir, timeout, |s| s == XenbusState::InitWait)?;
+            let features = BackendFeatures::read(xs, &back_dir)?;
+            if !features.rx_copy {
+                write_state(xs, &front_dir, XenbusState::Closing)?;
+                return Err(NetError::NoRxCopy);
+            }
+            self.backend_sg = features.sg;
+            self.keys().publish(xs, &front_dir)?;
+            write_state(xs, &front_dir, XenbusState::Connected)?;
+            let st = wait_for_state(xs, &back_dir, timeout, |s| s >= XenbusState::Connected)?;
+            if st != XenbusState::Connected {
+                return Err(NetError::PeerClosed);
+            }
+            self.latch = Latch::default();
+            self.connected = true;
+            Ok(report)
         }
 
         /// Closes the device: Closing, waits (up to `timeout`) for the back

@@ -42,6 +42,14 @@
 //! * [`xenbus`] — the XenStore keys and the handshake (back end: features,
 //!   InitWait; front end: refuses a back end without `feature-rx-copy`,
 //!   writes its keys in one transaction and goes straight to Connected).
+//!
+//! Back-end restart: [`Netfront::check_backend`] notices a back end that
+//! left Connected and breaks the device with [`NetError::PeerClosed`];
+//! [`Netfront::reconnect`] then revokes every old grant (quarantining those
+//! the old back end still maps), grants new rings, rx pages and event
+//! channel, and re-runs the handshake with the new back end. A starting
+//! [`Netback`] waits for a front end still attached to an earlier back end
+//! to reset first, so stale ring references are never mapped.
 
 pub mod back;
 pub mod front;
