@@ -33,6 +33,15 @@ enum Command {
     Bench(cmd::bench::Bench),
     /// Run a XenStore daemon on a Unix socket, in the foreground.
     Xenstored(cmd::xenstored::XenstoredArgs),
+    /// Run the multi-process emulator (hypervisor + xenstored) in the foreground.
+    Host(cmd::host::HostArgs),
+    /// Run a program as an emulated domain of a running host daemon.
+    Exec(cmd::host::ExecArgs),
+    /// Pipe stdin/stdout over a vchan between two domain processes.
+    #[command(subcommand)]
+    Vchan(cmd::vchan::VchanCmd),
+    /// Print domains' grant tables, as the host daemon sees them.
+    Grants(cmd::grants::GrantsArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +52,10 @@ fn main() -> ExitCode {
         Command::Console(a) => cmd::console::run(a),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Xenstored(a) => cmd::xenstored::run(a),
+        Command::Host(a) => cmd::host::run(a),
+        Command::Exec(a) => cmd::host::exec(a),
+        Command::Vchan(c) => cmd::vchan::run(c),
+        Command::Grants(a) => cmd::grants::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -111,7 +111,10 @@ pub fn recv(sock: BorrowedFd<'_>) -> Result<Packet, RecvError> {
             fds.extend(it);
         }
     }
-    if msg.flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC) {
+    if msg
+        .flags
+        .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
+    {
         return Err(RecvError::Truncated);
     }
     if msg.bytes == 0 && fds.is_empty() {

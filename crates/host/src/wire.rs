@@ -238,10 +238,7 @@ impl RemoteError {
                 let dom = DomId(u16::try_from(a).map_err(|_| WireError::BadField("domid"))?);
                 RemoteError::Evt(match k {
                     1 => E::NotBound(Port(a)),
-                    2 => E::NotOffered {
-                        dom,
-                        port: Port(b),
-                    },
+                    2 => E::NotOffered { dom, port: Port(b) },
                     3 => E::NoDomain(dom),
                     4 => E::NoFreePorts,
                     5 => E::Closed,

@@ -225,7 +225,12 @@ impl Hypervisor {
         self.create(id, cfg, true)
     }
 
-    fn create(&self, id: DomId, cfg: DomainConfig, chunked: bool) -> Result<crate::Domain, HvError> {
+    fn create(
+        &self,
+        id: DomId,
+        cfg: DomainConfig,
+        chunked: bool,
+    ) -> Result<crate::Domain, HvError> {
         if !id.is_real() {
             return Err(HvError::DomIdTaken(id));
         }

@@ -6,7 +6,9 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
-use rustix::fs::{fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create, MemfdFlags, SealFlags};
+use rustix::fs::{
+    fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create, MemfdFlags, SealFlags,
+};
 use rustix::mm::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
 use xenshare::mem::SharedMem;
 use xenshare_abi::PAGE_SIZE;
@@ -52,12 +54,13 @@ impl Region {
         if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
             return Err(RegionError::BadSize(len));
         }
-        let fd = memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).map_err(
-            |err| RegionError::Os {
-                what: "memfd_create",
-                err,
-            },
-        )?;
+        let fd =
+            memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).map_err(|err| {
+                RegionError::Os {
+                    what: "memfd_create",
+                    err,
+                }
+            })?;
         ftruncate(&fd, len as u64).map_err(|err| RegionError::Os {
             what: "ftruncate",
             err,

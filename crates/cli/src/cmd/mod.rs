@@ -4,4 +4,7 @@ pub mod bench;
 pub mod console;
 pub mod demo;
 pub mod demo_full;
+pub mod grants;
+pub mod host;
+pub mod vchan;
 pub mod xenstored;

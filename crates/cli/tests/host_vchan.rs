@@ -1,0 +1,143 @@
+//! Two `xenshare vchan` processes joined to a `xenshare host` daemon pipe
+//! a file through; the daemon survives garbage RPC messages.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_xenshare");
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_host(dir: &Path) -> (Kill, std::path::PathBuf) {
+    let sock = dir.join("h.sock");
+    let child = Command::new(BIN)
+        .args(["host", "--socket"])
+        .arg(&sock)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() || !dir.join("h.sock.xs").exists() {
+        assert!(Instant::now() < end, "host did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (Kill(child), sock)
+}
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("xenshare-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn two_processes_pipe_a_file_through_a_vchan() {
+    let dir = tmpdir("vchan");
+    let (_host, sock) = start_host(&dir);
+    // 32 MiB of pseudo-random bytes.
+    let mut data = vec![0u8; 32 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let input = dir.join("in");
+    std::fs::write(&input, &data).unwrap();
+    let path = "/local/domain/1/data/vchan";
+    // The listener writes to a file: a pipe nobody reads until the end
+    // would fill and stall the transfer.
+    let output = dir.join("out");
+    let mut listen = Kill(
+        Command::new(BIN)
+            .args([
+                "vchan",
+                "listen",
+                "--my-domid",
+                "1",
+                "--domid",
+                "2",
+                "--path",
+                path,
+                "--host",
+            ])
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&output).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let connect = Command::new(BIN)
+        .args([
+            "vchan",
+            "connect",
+            "--my-domid",
+            "2",
+            "--domid",
+            "1",
+            "--path",
+            path,
+            "--wait",
+            "10",
+            "--host",
+        ])
+        .arg(&sock)
+        .stdin(std::fs::File::open(&input).unwrap())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(connect.success());
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = listen.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "listener did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    let got = std::fs::read(&output).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "received bytes differ");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn wrong_path_and_missing_host_are_clear_errors() {
+    let dir = tmpdir("errs");
+    let out = Command::new(BIN)
+        .args(["vchan", "connect", "--domid", "1", "--path", "/x", "--host"])
+        .arg(dir.join("nope"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("xenshare host"));
+    let (_host, sock) = start_host(&dir);
+    let out = Command::new(BIN)
+        .args([
+            "vchan",
+            "connect",
+            "--my-domid",
+            "5",
+            "--domid",
+            "1",
+            "--path",
+            "/no/such",
+            "--host",
+        ])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

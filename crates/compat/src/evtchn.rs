@@ -1,0 +1,292 @@
+//! `xenevtchn_*` with the semantics of Linux's `/dev/xen/evtchn`: a handle
+//! owns the ports it bound; a delivered port is masked until unmasked;
+//! `xenevtchn_fd` is readable while a port is waiting.
+//!
+//! Like the kernel's per-fd queue, a handle collects every deliverable
+//! port (masking each) into a local queue; the handle's eventfd is kept
+//! readable while that queue is non-empty, so `poll` on the fd followed by
+//! `xenevtchn_pending` never blocks spuriously.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::os::raw::{c_int, c_uint, c_void};
+use std::ptr;
+use std::sync::{Arc, Mutex};
+
+use rustix::event::{poll, PollFd, PollFlags};
+use xenshare::event::EventError;
+use xenshare::platform::EventChannels;
+use xenshare::{DomId, Port};
+use xenshare_host::RemoteEvtchn;
+
+use crate::export::export;
+use crate::rt::{guard, libc_errno as E, lock, runtime, set_errno};
+
+/// A `xenevtchn_handle`.
+pub struct EvtHandle {
+    ev: Arc<RemoteEvtchn>,
+    queue: Mutex<VecDeque<u32>>,
+}
+
+fn evt_errno(e: &EventError) -> i32 {
+    match e {
+        EventError::NotBound(_) => E::ENOTCONN,
+        EventError::NotOffered { .. } | EventError::NoDomain(_) => E::EINVAL,
+        EventError::NoFreePorts => E::ENOSPC,
+        EventError::Closed => E::EBADF,
+        EventError::Os(e) => *e,
+    }
+}
+
+/// # Safety
+/// `h` is `NULL` or a live handle.
+unsafe fn handle<'a>(h: *mut EvtHandle) -> Option<&'a EvtHandle> {
+    // SAFETY: per the caller's contract the pointer is NULL or live.
+    let r = unsafe { h.as_ref() };
+    if r.is_none() {
+        set_errno(E::EBADF);
+    }
+    r
+}
+
+fn port_result(r: Result<Port, EventError>) -> c_int {
+    match r.map(|p| c_int::try_from(p.0)) {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => {
+            set_errno(E::EINVAL);
+            -1
+        }
+        Err(e) => {
+            set_errno(evt_errno(&e));
+            -1
+        }
+    }
+}
+
+fn unit_result(r: Result<(), EventError>) -> c_int {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            set_errno(evt_errno(&e));
+            -1
+        }
+    }
+}
+
+fn domid(d: u32) -> Option<DomId> {
+    u16::try_from(d).ok().map(DomId)
+}
+
+extern "C" fn evtchn_open(_logger: *mut c_void, _flags: c_uint) -> *mut EvtHandle {
+    guard(ptr::null_mut(), || {
+        let Some(rt) = runtime("libxenevtchn") else {
+            return ptr::null_mut();
+        };
+        match rt.dom.evtchn() {
+            Ok(ev) => Box::into_raw(Box::new(EvtHandle {
+                ev,
+                queue: Mutex::new(VecDeque::new()),
+            })),
+            Err(e) => {
+                let _ = std::io::Write::write_fmt(
+                    &mut std::io::stderr(),
+                    format_args!(
+                        "libxenevtchn (xenshare): cannot open an event channel handle: {e}\n"
+                    ),
+                );
+                set_errno(E::EIO);
+                ptr::null_mut()
+            }
+        }
+    })
+}
+export!("xenevtchn_open", "VERS_1.0", evtchn_open);
+
+/// Not supported (there is no device fd to adopt): `NULL`, `ENOSYS`.
+extern "C" fn evtchn_fdopen(_logger: *mut c_void, _fd: c_int, _flags: c_uint) -> *mut EvtHandle {
+    set_errno(E::ENOSYS);
+    ptr::null_mut()
+}
+export!("xenevtchn_fdopen", "VERS_1.2", evtchn_fdopen);
+
+/// Closes the handle and every port it bound.
+///
+/// # Safety
+/// `h` is `NULL` or a handle from `xenevtchn_open`, closed at most once.
+unsafe extern "C" fn evtchn_close(h: *mut EvtHandle) -> c_int {
+    guard(-1, || {
+        if !h.is_null() {
+            // SAFETY: a pointer from Box::into_raw in `evtchn_open`, closed
+            // at most once per the contract.
+            drop(unsafe { Box::from_raw(h) });
+        }
+        0
+    })
+}
+export!("xenevtchn_close", "VERS_1.0", evtchn_close);
+
+/// The fd to poll: readable while a port of this handle is pending. Owned
+/// by the handle; do not close or read it.
+///
+/// # Safety
+/// `h` is a live handle.
+unsafe extern "C" fn evtchn_fd(h: *mut EvtHandle) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarded contract.
+        match unsafe { handle(h) } {
+            Some(h) => h.ev.wake_fd().as_raw_fd(),
+            None => -1,
+        }
+    })
+}
+export!("xenevtchn_fd", "VERS_1.0", evtchn_fd);
+
+/// # Safety
+/// `h` is a live handle.
+unsafe extern "C" fn evtchn_notify(h: *mut EvtHandle, port: u32) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarded contract.
+        let Some(h) = (unsafe { handle(h) }) else {
+            return -1;
+        };
+        unit_result(h.ev.notify(Port(port)))
+    })
+}
+export!("xenevtchn_notify", "VERS_1.0", evtchn_notify);
+
+/// # Safety
+/// `h` is a live handle.
+unsafe extern "C" fn evtchn_bind_unbound_port(h: *mut EvtHandle, dom: u32) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarded contract.
+        let Some(h) = (unsafe { handle(h) }) else {
+            return -1;
+        };
+        let Some(dom) = domid(dom) else {
+            set_errno(E::EINVAL);
+            return -1;
+        };
+        port_result(h.ev.alloc_unbound(dom))
+    })
+}
+export!(
+    "xenevtchn_bind_unbound_port",
+    "VERS_1.0",
+    evtchn_bind_unbound_port
+);
+
+/// # Safety
+/// `h` is a live handle.
+unsafe extern "C" fn evtchn_bind_interdomain(h: *mut EvtHandle, dom: u32, remote: u32) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarded contract.
+        let Some(h) = (unsafe { handle(h) }) else {
+            return -1;
+        };
+        let Some(dom) = domid(dom) else {
+            set_errno(E::EINVAL);
+            return -1;
+        };
+        port_result(h.ev.bind_interdomain(dom, Port(remote)))
+    })
+}
+export!(
+    "xenevtchn_bind_interdomain",
+    "VERS_1.0",
+    evtchn_bind_interdomain
+);
+
+/// Virtual IRQs do not exist in the emulator: -1, `ENOSYS`.
+extern "C" fn evtchn_bind_virq(_h: *mut EvtHandle, _virq: c_uint) -> c_int {
+    set_errno(E::ENOSYS);
+    -1
+}
+export!("xenevtchn_bind_virq", "VERS_1.0", evtchn_bind_virq);
+
+/// Accepted as a no-op (the emulator does not restrict bindings per handle).
+extern "C" fn evtchn_restrict(_h: *mut EvtHandle, _dom: u16) -> c_int {
+    0
+}
+export!("xenevtchn_restrict", "VERS_1.1", evtchn_restrict);
+
+/// # Safety
+/// `h` is a live handle.
+unsafe extern "C" fn evtchn_unbind(h: *mut EvtHandle, port: u32) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarded contract.
+        let Some(h) = (unsafe { handle(h) }) else {
+            return -1;
+        };
+        lock(&h.queue).retain(|p| *p != port);
+        unit_result(h.ev.close(Port(port)))
+    })
+}
+export!("xenevtchn_unbind", "VERS_1.0", evtchn_unbind);
+
+impl EvtHandle {
+    fn drain(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(self.ev.wake_fd(), &mut buf);
+    }
+
+    fn rearm(&self) {
+        let _ = rustix::io::write(self.ev.wake_fd(), &1u64.to_ne_bytes());
+    }
+
+    /// The next pending port, blocking until there is one (as a `read` of
+    /// the blocking device does, which `libxenvchan_wait` relies on).
+    fn pending(&self) -> Result<u32, EventError> {
+        loop {
+            {
+                let mut q = lock(&self.queue);
+                // Drain first, then collect: an event arriving after the
+                // collection signals the eventfd again, so none is lost.
+                self.drain();
+                while let Some(p) = self.ev.poll()? {
+                    q.push_back(p.0);
+                }
+                if let Some(p) = q.pop_front() {
+                    if !q.is_empty() {
+                        self.rearm();
+                    }
+                    return Ok(p);
+                }
+            }
+            let fd = self.ev.wake_fd();
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            match poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(EventError::Os(e.raw_os_error())),
+            }
+        }
+    }
+}
+
+/// The next pending port (masked until `xenevtchn_unmask`); blocks until
+/// one is pending. -1 with errno on failure.
+///
+/// # Safety
+/// `h` is a live handle.
+unsafe extern "C" fn evtchn_pending(h: *mut EvtHandle) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarded contract.
+        let Some(h) = (unsafe { handle(h) }) else {
+            return -1;
+        };
+        port_result(h.pending().map(Port))
+    })
+}
+export!("xenevtchn_pending", "VERS_1.0", evtchn_pending);
+
+/// # Safety
+/// `h` is a live handle.
+unsafe extern "C" fn evtchn_unmask(h: *mut EvtHandle, port: u32) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarded contract.
+        let Some(h) = (unsafe { handle(h) }) else {
+            return -1;
+        };
+        unit_result(h.ev.unmask(Port(port)))
+    })
+}
+export!("xenevtchn_unmask", "VERS_1.0", evtchn_unmask);

@@ -1,0 +1,99 @@
+//! The process-wide runtime: one domain joined lazily on the first
+//! `*_open`, the registries of mapped and shared addresses, errno and the
+//! panic guard.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::raw::c_int;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use xenshare::grant::{Mapping, Share};
+use xenshare_host::client::{RemoteGrantBackend, RemoteMapper};
+use xenshare_host::RemoteDomain;
+
+/// The domain this process is, and what it has mapped and shared, keyed by
+/// start address (`xengnttab_unmap` / `xengntshr_unshare` name them so).
+pub(crate) struct Runtime {
+    /// The joined domain.
+    pub dom: RemoteDomain,
+    /// Foreign grants mapped here, by start address.
+    pub maps: Mutex<HashMap<usize, Mapping<RemoteMapper>>>,
+    /// Pages shared from here, by start address.
+    pub shares: Mutex<HashMap<usize, Share<RemoteGrantBackend>>>,
+}
+
+static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
+
+/// Locks a mutex, ignoring poisoning (the data stays consistent: every
+/// critical section is a single map insert/remove).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The runtime, joining the host daemon (`XENSHARE_HOST`,
+/// `XENSHARE_DOMID`) on first use. On failure prints why on stderr, sets
+/// `errno` and returns `None`; a later call tries again.
+pub(crate) fn runtime(lib: &str) -> Option<Arc<Runtime>> {
+    let mut g = lock(&RUNTIME);
+    if let Some(rt) = g.as_ref() {
+        return Some(rt.clone());
+    }
+    match RemoteDomain::join_from_env() {
+        Ok(dom) => {
+            let rt = Arc::new(Runtime {
+                dom,
+                maps: Mutex::new(HashMap::new()),
+                shares: Mutex::new(HashMap::new()),
+            });
+            *g = Some(rt.clone());
+            Some(rt)
+        }
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{lib} (xenshare): cannot join the emulated hypervisor: {e}"
+            );
+            set_errno(libc_errno::ECONNREFUSED);
+            None
+        }
+    }
+}
+
+/// The errno values used here (Linux).
+pub(crate) mod libc_errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EIO: i32 = 5;
+    pub const EBADF: i32 = 9;
+    pub const EAGAIN: i32 = 11;
+    pub const ENOMEM: i32 = 12;
+    pub const EINVAL: i32 = 22;
+    pub const ENOSPC: i32 = 28;
+    pub const ENOSYS: i32 = 38;
+    pub const ENOTCONN: i32 = 107;
+    pub const ECONNREFUSED: i32 = 111;
+}
+
+extern "C" {
+    fn __errno_location() -> *mut c_int;
+}
+
+/// Sets the calling thread's `errno`.
+pub(crate) fn set_errno(e: i32) {
+    // SAFETY: glibc's `__errno_location` returns a valid pointer to the
+    // calling thread's errno for the life of the thread.
+    unsafe { *__errno_location() = e };
+}
+
+/// Runs `f`; a panic becomes `on_panic` with `errno = EIO` instead of
+/// unwinding into C.
+pub(crate) fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(_) => {
+            set_errno(libc_errno::EIO);
+            on_panic
+        }
+    }
+}

@@ -1,0 +1,644 @@
+//! The host daemon: one emulated [`Hypervisor`] for every domain process,
+//! a xenstored, and the RPC socket domains join through.
+//!
+//! The daemon holds a `Domain` per joined process (created with
+//! [`Hypervisor::create_remote_domain`]) and performs its hypercalls by
+//! calling the same sim code an in-process domain uses. A connection is a
+//! domain: when it closes (the process exited or was killed) the domain is
+//! destroyed — its mappings are released (running their unmap notifies),
+//! its ports closed (peers return to unbound).
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use xenshare::grant::GntSt;
+use xenshare::platform::{CopyDst, CopyOp, CopySrc, GrantPtr};
+use xenshare::{Access, DomId, GrantRef, Port};
+use xenshare_sim::region::Region;
+use xenshare_sim::{Domain, DomainConfig, Hypervisor, SimEvtchn};
+
+use crate::sock;
+use crate::wire::{op, Reader, RemoteError, WireError, Writer, MAX_COPY_OPS, MAX_MAP_REFS};
+
+/// Settings of a host daemon.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The RPC socket domains join through.
+    pub socket: PathBuf,
+    /// The xenstored socket (default: the RPC socket's path plus `.xs`).
+    pub xenstore_socket: Option<PathBuf>,
+    /// Settings of each domain created on join.
+    pub domain: DomainConfig,
+    /// The id given to the first joiner that does not ask for one.
+    pub first_domid: DomId,
+}
+
+impl HostConfig {
+    /// Defaults for a socket path.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            xenstore_socket: None,
+            domain: DomainConfig {
+                mem_pages: 1 << 18,
+                grant_frames: 32,
+                ..DomainConfig::default()
+            },
+            first_domid: DomId(0),
+        }
+    }
+
+    /// The xenstored socket path.
+    pub fn xenstore_path(&self) -> PathBuf {
+        self.xenstore_socket.clone().unwrap_or_else(|| {
+            let mut p = self.socket.clone().into_os_string();
+            p.push(".xs");
+            PathBuf::from(p)
+        })
+    }
+}
+
+/// Errors starting the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The RPC socket could not be created.
+    #[error("cannot listen on {path}: {err}")]
+    Listen {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        err: rustix::io::Errno,
+    },
+    /// xenstored could not start.
+    #[error("cannot start xenstored on {path}: {err}")]
+    Xenstore {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
+}
+
+type Registry = Arc<Mutex<HashMap<u16, Domain>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running host daemon (background threads); stops accepting when
+/// dropped.
+pub struct Host {
+    hv: Hypervisor,
+    domains: Registry,
+    path: PathBuf,
+    xs_path: PathBuf,
+    _xs: xenshare_xenstored::ServerHandle,
+    listener: Arc<OwnedFd>,
+    accept: Option<thread::JoinHandle<()>>,
+}
+
+impl Host {
+    /// Starts a daemon in the background.
+    pub fn spawn(cfg: HostConfig) -> Result<Host, HostError> {
+        let xs_path = cfg.xenstore_path();
+        let xs = xenshare_xenstored::spawn(xenshare_xenstored::Config::default(), &xs_path)
+            .map_err(|err| HostError::Xenstore {
+                path: xs_path.clone(),
+                err,
+            })?;
+        let listener = Arc::new(sock::listen(&cfg.socket).map_err(|err| HostError::Listen {
+            path: cfg.socket.clone(),
+            err,
+        })?);
+        let hv = Hypervisor::new();
+        let domains: Registry = Arc::default();
+        let shared = Arc::new(Shared {
+            hv: hv.clone(),
+            domains: domains.clone(),
+            xs_path: xs_path.to_string_lossy().into_owned(),
+            cfg: cfg.clone(),
+            joined_any: Mutex::new(false),
+        });
+        let l = listener.clone();
+        let accept = thread::Builder::new()
+            .name("xenshare-host-accept".into())
+            .spawn(move || loop {
+                match rustix::net::accept_with(&*l, rustix::net::SocketFlags::CLOEXEC) {
+                    Ok(fd) => {
+                        let s = shared.clone();
+                        let _ = thread::Builder::new()
+                            .name("xenshare-host-conn".into())
+                            .spawn(move || serve_conn(s, fd));
+                    }
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(_) => return,
+                }
+            })
+            .map_err(|err| HostError::Xenstore {
+                path: xs_path.clone(),
+                err,
+            })?;
+        Ok(Host {
+            hv,
+            domains,
+            path: cfg.socket,
+            xs_path,
+            _xs: xs,
+            listener,
+            accept: Some(accept),
+        })
+    }
+
+    /// The hypervisor (for in-process inspection).
+    pub fn hypervisor(&self) -> &Hypervisor {
+        &self.hv
+    }
+
+    /// A joined domain, by id.
+    pub fn domain(&self, id: DomId) -> Option<Domain> {
+        lock(&self.domains).get(&id.0).cloned()
+    }
+
+    /// The RPC socket.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The xenstored socket.
+    pub fn xenstore_path(&self) -> &Path {
+        &self.xs_path
+    }
+
+    /// Blocks until the accept loop ends (in practice: forever).
+    pub fn join(mut self) {
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = rustix::net::shutdown(&*self.listener, rustix::net::Shutdown::Both);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+struct Shared {
+    hv: Hypervisor,
+    domains: Registry,
+    xs_path: String,
+    cfg: HostConfig,
+    joined_any: Mutex<bool>,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    dom: Option<Domain>,
+    evts: HashMap<u32, Arc<SimEvtchn>>,
+    next_evt: u32,
+}
+
+fn serve_conn(shared: Arc<Shared>, fd: OwnedFd) {
+    let mut c = Conn {
+        shared,
+        dom: None,
+        evts: HashMap::new(),
+        next_evt: 1,
+    };
+    loop {
+        let pkt = match sock::recv(fd.as_fd()) {
+            Ok(p) => p,
+            Err(sock::RecvError::Truncated) => {
+                let w = RemoteError::Refused("message too large".into()).encode();
+                if sock::send(fd.as_fd(), &w.0, &[]).is_err() {
+                    break;
+                }
+                continue;
+            }
+            Err(_) => break,
+        };
+        let (w, fds) = match c.handle(&pkt.data, pkt.fds) {
+            Ok(x) => x,
+            Err(e) => (e.encode(), Vec::new()),
+        };
+        if sock::send(fd.as_fd(), &w.0, &sock::borrow_all(&fds)).is_err() {
+            break;
+        }
+    }
+    c.die();
+}
+
+fn bad(e: WireError) -> RemoteError {
+    RemoteError::Refused(format!("malformed request: {e}"))
+}
+
+fn dup(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, RemoteError> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| RemoteError::Refused(format!("dup: {e}")))
+}
+
+fn domid16(v: u32) -> Result<DomId, RemoteError> {
+    u16::try_from(v)
+        .ok()
+        .map(DomId)
+        .filter(|d| d.is_real())
+        .ok_or_else(|| RemoteError::Refused(format!("bad domain id {v}")))
+}
+
+type Reply = (Writer, Vec<OwnedFd>);
+
+impl Conn {
+    fn die(&mut self) {
+        if let Some(d) = self.dom.take() {
+            lock(&self.shared.domains).remove(&d.id().0);
+            let _ = d.destroy();
+        }
+        self.evts.clear();
+    }
+
+    fn dom(&self) -> Result<&Domain, RemoteError> {
+        self.dom
+            .as_ref()
+            .ok_or_else(|| RemoteError::Refused("not joined as a domain".into()))
+    }
+
+    fn evt(&self, h: u32) -> Result<&Arc<SimEvtchn>, RemoteError> {
+        self.evts
+            .get(&h)
+            .ok_or_else(|| RemoteError::Refused(format!("no event channel handle {h}")))
+    }
+
+    fn handle(&mut self, data: &[u8], mut fds: Vec<OwnedFd>) -> Result<Reply, RemoteError> {
+        let mut r = Reader::new(data).map_err(bad)?;
+        let reply = self.dispatch(&mut r, &mut fds)?;
+        Ok(reply)
+    }
+
+    fn dispatch(
+        &mut self,
+        r: &mut Reader<'_>,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<Reply, RemoteError> {
+        let fd_count = |fds: &Vec<OwnedFd>, n: usize| {
+            if fds.len() == n {
+                Ok(())
+            } else {
+                Err(RemoteError::Refused(format!(
+                    "expected {n} fds, got {}",
+                    fds.len()
+                )))
+            }
+        };
+        let ok = || Writer::new(op::OK);
+        match r.op {
+            op::JOIN => {
+                let want = r.u32().map_err(bad)?;
+                r.end().map_err(bad)?;
+                fd_count(fds, 0)?;
+                if self.dom.is_some() {
+                    return Err(RemoteError::Refused("already joined".into()));
+                }
+                let dom = {
+                    let mut first = lock(&self.shared.joined_any);
+                    let hv = &self.shared.hv;
+                    let cfg = self.shared.cfg.domain;
+                    let d = if want == u32::MAX {
+                        let mut made = None;
+                        let mut id = if *first {
+                            1
+                        } else {
+                            self.shared.cfg.first_domid.0
+                        };
+                        while DomId(id).is_real() {
+                            match hv.create_remote_domain(DomId(id), cfg) {
+                                Ok(d) => {
+                                    made = Some(d);
+                                    break;
+                                }
+                                Err(_) => id += 1,
+                            }
+                        }
+                        made.ok_or_else(|| RemoteError::Refused("no free domain id".into()))?
+                    } else {
+                        hv.create_remote_domain(domid16(want)?, cfg)
+                            .map_err(|e| RemoteError::Refused(e.to_string()))?
+                    };
+                    *first = true;
+                    d
+                };
+                lock(&self.shared.domains).insert(dom.id().0, dom.clone());
+                let out = vec![
+                    dup(dom.grant_table_region().fd())?,
+                    dup(dom.shared_info_region().fd())?,
+                ];
+                let mut w = ok();
+                w.u16(dom.id().0).bytes(self.shared.xs_path.as_bytes());
+                self.dom = Some(dom);
+                Ok((w, out))
+            }
+            op::ADD_CHUNK => {
+                r.end().map_err(bad)?;
+                fd_count(fds, 1)?;
+                let dom = self.dom()?;
+                let fd = fds
+                    .pop()
+                    .ok_or_else(|| RemoteError::Refused("no fd".into()))?;
+                let region = Region::from_fd(fd, true)
+                    .map_err(|e| RemoteError::Refused(format!("bad chunk: {e}")))?;
+                let first = dom
+                    .memory()
+                    .add_chunk(region)
+                    .map_err(|e| RemoteError::Refused(e.to_string()))?;
+                let mut w = ok();
+                w.u64(first);
+                Ok((w, Vec::new()))
+            }
+            op::RETIRE_CHUNK => {
+                let first = r.u64().map_err(bad)?;
+                r.end().map_err(bad)?;
+                if !self.dom()?.memory().retire_chunk(first) {
+                    return Err(RemoteError::Refused(format!("no chunk at frame {first}")));
+                }
+                Ok((ok(), Vec::new()))
+            }
+            op::MAP => {
+                let granter = domid16(u32::from(r.u16().map_err(bad)?))?;
+                let ro = r.bool().map_err(bad)?;
+                let n = r.u16().map_err(bad)? as usize;
+                if n == 0 || n > MAX_MAP_REFS {
+                    return Err(bad(WireError::BadField("ref count")));
+                }
+                let mut refs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    refs.push(GrantRef(r.u32().map_err(bad)?));
+                }
+                r.end().map_err(bad)?;
+                fd_count(fds, 0)?;
+                let dom = self.dom()?;
+                let access = if ro {
+                    Access::ReadOnly
+                } else {
+                    Access::ReadWrite
+                };
+                let mut w = ok();
+                w.u16(n as u16);
+                let mut out: Vec<OwnedFd> = Vec::new();
+                let mut regions: Vec<Arc<Region>> = Vec::new();
+                for gref in refs {
+                    match dom.host_map(granter, gref, access) {
+                        Ok((h, page)) => {
+                            let idx = match regions
+                                .iter()
+                                .position(|x| Arc::ptr_eq(x, &page.region))
+                            {
+                                Some(i) => i,
+                                None => {
+                                    let fd = if ro {
+                                        page.region.reopen_readonly()
+                                    } else {
+                                        rustix::io::fcntl_dupfd_cloexec(page.region.fd(), 0)
+                                            .map_err(|err| xenshare_sim::region::RegionError::Os {
+                                                what: "dup",
+                                                err,
+                                            })
+                                    };
+                                    match fd {
+                                        Ok(fd) => {
+                                            out.push(fd);
+                                            regions.push(page.region.clone());
+                                            regions.len() - 1
+                                        }
+                                        Err(_) => {
+                                            let _ = dom.raw_unmap(h);
+                                            w.u16(GntSt::NoSpace.to_raw() as u16)
+                                                .u32(0)
+                                                .u16(0)
+                                                .u64(0);
+                                            continue;
+                                        }
+                                    }
+                                }
+                            };
+                            w.u16(0).u32(h).u16(idx as u16).u64(page.page);
+                        }
+                        Err(st) => {
+                            w.u16(st.to_raw() as u16).u32(0).u16(0).u64(0);
+                        }
+                    }
+                }
+                Ok((w, out))
+            }
+            op::UNMAP => {
+                let h = r.u32().map_err(bad)?;
+                r.end().map_err(bad)?;
+                self.dom()?.raw_unmap(h).map_err(RemoteError::Gnt)?;
+                Ok((ok(), Vec::new()))
+            }
+            op::SET_UNMAP_NOTIFY => {
+                let h = r.u32().map_err(bad)?;
+                let byte = r.opt_u32().map_err(bad)?;
+                let port = r.opt_u32().map_err(bad)?;
+                r.end().map_err(bad)?;
+                let byte = byte
+                    .map(|b| u16::try_from(b).map_err(|_| RemoteError::Gnt(GntSt::BadVirtAddr)))
+                    .transpose()?;
+                self.dom()?
+                    .host_set_unmap_notify(h, byte, port.map(Port))
+                    .map_err(RemoteError::Gnt)?;
+                Ok((ok(), Vec::new()))
+            }
+            op::SET_EXPORT_NOTIFY => {
+                let first = GrantRef(r.u32().map_err(bad)?);
+                let frame = r.u64().map_err(bad)?;
+                let off = r.opt_u32().map_err(bad)?;
+                let port = r.opt_u32().map_err(bad)?;
+                r.end().map_err(bad)?;
+                let off = off
+                    .map(|b| u16::try_from(b).map_err(|_| RemoteError::Gnt(GntSt::BadVirtAddr)))
+                    .transpose()?;
+                self.dom()?
+                    .host_set_export_notify(first, frame, off, port.map(Port))
+                    .map_err(RemoteError::Gnt)?;
+                Ok((ok(), Vec::new()))
+            }
+            op::FIRE_EXPORT_NOTIFY => {
+                let first = GrantRef(r.u32().map_err(bad)?);
+                r.end().map_err(bad)?;
+                self.dom()?.host_fire_export_notify(first);
+                Ok((ok(), Vec::new()))
+            }
+            op::COPY => self.copy(r),
+            op::EVT_OPEN => {
+                r.end().map_err(bad)?;
+                fd_count(fds, 1)?;
+                let fd = fds
+                    .pop()
+                    .ok_or_else(|| RemoteError::Refused("no fd".into()))?;
+                // Never block the daemon on a peer's fd.
+                let fl = rustix::fs::fcntl_getfl(&fd)
+                    .map_err(|e| RemoteError::Refused(e.to_string()))?;
+                rustix::fs::fcntl_setfl(&fd, fl | rustix::fs::OFlags::NONBLOCK)
+                    .map_err(|e| RemoteError::Refused(e.to_string()))?;
+                let h = self.dom()?.evtchn_with_wake_fd(fd)?;
+                let id = self.next_evt;
+                self.next_evt = self.next_evt.wrapping_add(1).max(1);
+                self.evts.insert(id, h);
+                let mut w = ok();
+                w.u32(id);
+                Ok((w, Vec::new()))
+            }
+            op::EVT_CLOSE_HANDLE => {
+                let h = r.u32().map_err(bad)?;
+                r.end().map_err(bad)?;
+                self.evts
+                    .remove(&h)
+                    .ok_or_else(|| RemoteError::Refused(format!("no event channel handle {h}")))?;
+                Ok((ok(), Vec::new()))
+            }
+            op::EVT_ALLOC_UNBOUND | op::EVT_BIND | op::EVT_NOTIFY | op::EVT_CLOSE => {
+                use xenshare::platform::EventChannels;
+                let h = r.u32().map_err(bad)?;
+                let a = r.u32().map_err(bad)?;
+                let b = r.u32().map_err(bad)?;
+                r.end().map_err(bad)?;
+                let e = self.evt(h)?;
+                let mut w = ok();
+                match r.op {
+                    op::EVT_ALLOC_UNBOUND => {
+                        w.u32(e.alloc_unbound(domid_any(a)?)?.0);
+                    }
+                    op::EVT_BIND => {
+                        w.u32(e.bind_interdomain(domid_any(a)?, Port(b))?.0);
+                    }
+                    op::EVT_NOTIFY => e.notify(Port(a))?,
+                    _ => e.close(Port(a))?,
+                }
+                Ok((w, Vec::new()))
+            }
+            op::GRANTS => {
+                let want = r.u32().map_err(bad)?;
+                r.end().map_err(bad)?;
+                let doms: Vec<Domain> = {
+                    let all = lock(&self.shared.domains);
+                    let mut v: Vec<Domain> = all
+                        .values()
+                        .filter(|d| want == u32::MAX || u32::from(d.id().0) == want)
+                        .cloned()
+                        .collect();
+                    v.sort_by_key(|d| d.id());
+                    v
+                };
+                if want != u32::MAX && doms.is_empty() {
+                    return Err(RemoteError::Refused(format!("no domain {want} has joined")));
+                }
+                let mut w = ok();
+                w.u16(doms.len() as u16);
+                for d in doms {
+                    let entries = d.exporter().backend().table().active_entries();
+                    let pins = d.active_grants();
+                    w.u16(d.id().0).u32(entries.len() as u32);
+                    for e in entries {
+                        w.u32(e.gref.0).u16(e.flags).u16(e.domid.0).u32(e.frame);
+                    }
+                    w.u32(pins.len() as u32);
+                    for p in pins {
+                        w.u32(p.gref.0)
+                            .u16(p.mapper.0)
+                            .u32(p.readers)
+                            .u32(p.writers);
+                    }
+                    w.u64(d.memory().used_pages()).u32(d.mapped_count() as u32);
+                }
+                Ok((w, Vec::new()))
+            }
+            other => Err(bad(WireError::BadOp(other))),
+        }
+    }
+
+    fn copy(&mut self, r: &mut Reader<'_>) -> Result<Reply, RemoteError> {
+        let n = r.u16().map_err(bad)? as usize;
+        if n == 0 || n > MAX_COPY_OPS {
+            return Err(bad(WireError::BadField("copy count")));
+        }
+        enum Side<'a> {
+            Grant(GrantPtr),
+            Local(&'a [u8]),
+        }
+        let grant = |r: &mut Reader<'_>| -> Result<GrantPtr, RemoteError> {
+            let dom = domid16(u32::from(r.u16().map_err(bad)?))?;
+            let gref = GrantRef(r.u32().map_err(bad)?);
+            let offset = r.u16().map_err(bad)?;
+            Ok(GrantPtr { dom, gref, offset })
+        };
+        let mut specs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = r.u16().map_err(bad)?;
+            if len as usize > xenshare_abi::PAGE_SIZE {
+                return Err(bad(WireError::BadField("copy length")));
+            }
+            let src = if r.bool().map_err(bad)? {
+                Side::Grant(grant(r)?)
+            } else {
+                let b = r.bytes(xenshare_abi::PAGE_SIZE).map_err(bad)?;
+                if b.len() != len as usize {
+                    return Err(bad(WireError::BadField("copy source length")));
+                }
+                Side::Local(b)
+            };
+            let dst = if r.bool().map_err(bad)? {
+                Some(grant(r)?)
+            } else {
+                None
+            };
+            specs.push((len, src, dst));
+        }
+        r.end().map_err(bad)?;
+        let dom = self.dom()?;
+        let mut bufs: Vec<Vec<u8>> = specs
+            .iter()
+            .map(|(len, _, d)| {
+                if d.is_none() {
+                    vec![0u8; *len as usize]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        let mut ops: Vec<CopyOp<'_>> = specs
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|((len, src, dst), buf)| CopyOp {
+                src: match src {
+                    Side::Grant(p) => CopySrc::Grant(*p),
+                    Side::Local(b) => CopySrc::Local(b),
+                },
+                dst: match dst {
+                    Some(p) => CopyDst::Grant(*p),
+                    None => CopyDst::Local(buf.as_mut_slice()),
+                },
+                len: *len,
+                status: GntSt::Okay,
+            })
+            .collect();
+        dom.importer().copy(&mut ops);
+        let statuses: Vec<GntSt> = ops.iter().map(|o| o.status).collect();
+        drop(ops);
+        let mut w = Writer::new(op::OK);
+        w.u16(n as u16);
+        for (st, buf) in statuses.iter().zip(bufs.iter()) {
+            w.u16(st.to_raw() as u16);
+            w.bytes(if st.is_ok() { buf } else { &[] });
+        }
+        Ok((w, Vec::new()))
+    }
+}
+
+fn domid_any(v: u32) -> Result<DomId, RemoteError> {
+    if v == u32::from(DomId::SELF.0) {
+        return Ok(DomId::SELF);
+    }
+    domid16(v)
+}
