@@ -42,8 +42,8 @@ fn tmpdir(name: &str) -> std::path::PathBuf {
 fn two_processes_pipe_a_file_through_a_vchan() {
     let dir = tmpdir("vchan");
     let (_host, sock) = start_host(&dir);
-    // 32 MiB of pseudo-random bytes.
-    let mut data = vec![0u8; 32 << 20];
+    // 100 MiB of pseudo-random bytes, as the issue asks.
+    let mut data = vec![0u8; 100 << 20];
     let mut x: u64 = 0x9e3779b97f4a7c15;
     for b in data.iter_mut() {
         x ^= x << 13;
