@@ -63,6 +63,13 @@ pub trait GrantBackend: Send + Sync + 'static {
         core::mem::forget(live);
     }
 
+    /// Told when a share enters (`true`) or leaves (`false`) the exporter's
+    /// quarantine, so a platform can show it (the multi-process host's grant
+    /// inspector does). Default: nothing.
+    fn quarantine_changed(&self, refs: &[GrantRef], quarantined: bool) {
+        let _ = (refs, quarantined);
+    }
+
     /// Asks for `byte_offset` (within the share) to be cleared and/or `port`
     /// notified when this side's last use of the share goes away (process
     /// death included). Optional; the default reports it unsupported.

@@ -240,6 +240,16 @@ impl GrantBackend for RemoteGrantBackend {
     fn leak(&self, live: Live) {
         self.table.leak(live)
     }
+    fn quarantine_changed(&self, refs: &[GrantRef], quarantined: bool) {
+        // Only for the inspector: a lost report must not fail the exporter.
+        let mut w = Writer::new(op::QUARANTINE);
+        w.u8(u8::from(quarantined))
+            .u16(refs.len().min(u16::MAX as usize) as u16);
+        for r in refs.iter().take(u16::MAX as usize) {
+            w.u32(r.0);
+        }
+        let _ = self.conn.call(&w, &[]);
+    }
     fn set_unmap_notify(
         &self,
         live: &Live,
@@ -731,6 +741,9 @@ pub struct GrantReport {
     pub used_pages: u64,
     /// Grants this domain has mapped.
     pub mapped: u32,
+    /// References of shares waiting in the domain's quarantine (the peer
+    /// still maps them), as the domain reported them.
+    pub quarantined: Vec<GrantRef>,
 }
 
 /// Asks the daemon at `host` for the grant tables of `domid` (or all
@@ -767,12 +780,18 @@ pub fn grant_reports(host: &Path, domid: Option<DomId>) -> Result<Vec<GrantRepor
         }
         let used_pages = r.u64()?;
         let mapped = r.u32()?;
+        let nq = r.u32()?;
+        let mut quarantined = Vec::new();
+        for _ in 0..nq.min(1 << 20) {
+            quarantined.push(GrantRef(r.u32()?));
+        }
         out.push(GrantReport {
             domid,
             entries,
             pins,
             used_pages,
             mapped,
+            quarantined,
         });
     }
     Ok(out)

@@ -118,6 +118,7 @@ impl Host {
         let shared = Arc::new(Shared {
             hv: hv.clone(),
             domains: domains.clone(),
+            quarantined: Mutex::default(),
             xs_path: xs_path.to_string_lossy().into_owned(),
             cfg: cfg.clone(),
             joined_any: Mutex::new(false),
@@ -190,6 +191,8 @@ impl Drop for Host {
 struct Shared {
     hv: Hypervisor,
     domains: Registry,
+    /// Per domain, the refs its exporter reports quarantined.
+    quarantined: Mutex<HashMap<u16, std::collections::BTreeSet<u32>>>,
     xs_path: String,
     cfg: HostConfig,
     joined_any: Mutex<bool>,
@@ -254,6 +257,7 @@ impl Conn {
     fn die(&mut self) {
         if let Some(d) = self.dom.take() {
             lock(&self.shared.domains).remove(&d.id().0);
+            lock(&self.shared.quarantined).remove(&d.id().0);
             let _ = d.destroy();
         }
         self.evts.clear();
@@ -551,8 +555,36 @@ impl Conn {
                             .u32(p.writers);
                     }
                     w.u64(d.memory().used_pages()).u32(d.mapped_count() as u32);
+                    let q: Vec<u32> = lock(&self.shared.quarantined)
+                        .get(&d.id().0)
+                        .map(|s| s.iter().copied().collect())
+                        .unwrap_or_default();
+                    w.u32(q.len() as u32);
+                    for r in q {
+                        w.u32(r);
+                    }
                 }
                 Ok((w, Vec::new()))
+            }
+            op::QUARANTINE => {
+                let on = r.u8().map_err(bad)? != 0;
+                let n = r.u16().map_err(bad)?;
+                let mut refs = Vec::with_capacity(usize::from(n));
+                for _ in 0..n {
+                    refs.push(r.u32().map_err(bad)?);
+                }
+                r.end().map_err(bad)?;
+                let id = self.dom()?.id().0;
+                let mut all = lock(&self.shared.quarantined);
+                let set = all.entry(id).or_default();
+                for g in refs {
+                    if on {
+                        set.insert(g);
+                    } else {
+                        set.remove(&g);
+                    }
+                }
+                Ok((ok(), Vec::new()))
             }
             other => Err(bad(WireError::BadOp(other))),
         }

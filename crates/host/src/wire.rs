@@ -38,6 +38,7 @@ pub mod op {
     pub const EVT_NOTIFY: u8 = 14;
     pub const EVT_CLOSE: u8 = 15;
     pub const GRANTS: u8 = 16;
+    pub const QUARANTINE: u8 = 17;
     /// Reply: success, body follows.
     pub const OK: u8 = 0x80;
     /// Reply: failure, an encoded [`super::RemoteError`] follows.

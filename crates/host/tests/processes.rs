@@ -122,6 +122,13 @@ fn msa02_across_processes() {
     };
     drop(share);
     assert_eq!(granter.exporter().stats().quarantined, 1);
+    // The inspector (`xenshare grants`) sees it quarantined and mapped by d2.
+    let rep = xenshare_host::grant_reports(&sock, Some(DomId(1))).unwrap();
+    assert_eq!(rep[0].quarantined, vec![gref]);
+    assert!(rep[0]
+        .pins
+        .iter()
+        .any(|p| p.gref == gref && p.mapper == DomId(2)));
     // The granter reuses memory; the mapper writes through its kept mapping.
     let fresh: Vec<_> = (0..16)
         .map(|_| {
@@ -157,6 +164,11 @@ fn msa02_across_processes() {
     });
     assert_eq!(granter.exporter().reclaim(8).reclaimed, 1);
     assert_eq!(granter.exporter().stats().quarantined, 0);
+    let rep = xenshare_host::grant_reports(&sock, Some(DomId(1))).unwrap();
+    assert!(
+        rep[0].quarantined.is_empty(),
+        "reclaim reported to the inspector"
+    );
 }
 
 #[test]

@@ -26,16 +26,17 @@ pub fn run(a: GrantsArgs) -> Result<(), String> {
     }
     for r in reports {
         println!(
-            "domain {}: {} active entries, {} pinned by peers, {} pages in use, {} grants mapped",
+            "domain {}: {} active entries, {} pinned by peers, {} quarantined, {} pages in use, {} grants mapped",
             r.domid.0,
             r.entries.len(),
             r.pins.len(),
+            r.quarantined.len(),
             r.used_pages,
             r.mapped
         );
         println!(
-            "  {:>6}  {:<30} {:>5}  {:>10}  mapped-by",
-            "ref", "flags", "peer", "frame"
+            "  {:>6}  {:<30} {:>5}  {:>10}  {:<11}  mapped-by",
+            "ref", "flags", "peer", "frame", "state"
         );
         for e in &r.entries {
             let pins: Vec<String> = r
@@ -44,12 +45,18 @@ pub fn run(a: GrantsArgs) -> Result<(), String> {
                 .filter(|p| p.gref == e.gref)
                 .map(|p| format!("d{} (r{} w{})", p.mapper.0, p.readers, p.writers))
                 .collect();
+            let state = if r.quarantined.contains(&e.gref) {
+                "quarantined"
+            } else {
+                "live"
+            };
             println!(
-                "  {:>6}  {:<30} {:>5}  {:>#10x}  {}",
+                "  {:>6}  {:<30} {:>5}  {:>#10x}  {:<11}  {}",
                 e.gref.0,
                 FlagsDisplay(e.flags).to_string(),
                 e.domid.0,
                 e.frame,
+                state,
                 if pins.is_empty() {
                     "-".to_string()
                 } else {

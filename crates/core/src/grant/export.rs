@@ -242,8 +242,10 @@ impl<B: GrantBackend> Inner<B> {
             let Some(mut q) = self.quarantine.lock().pop_front() else {
                 break;
             };
+            let refs = B::refs(&q.live).to_vec();
             match self.backend.try_revoke(q.live) {
                 Ok(pages) => {
+                    self.backend.quarantine_changed(&refs, false);
                     drop(pages);
                     self.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
                     report.reclaimed += 1;
@@ -263,6 +265,7 @@ impl<B: GrantBackend> Inner<B> {
 
     fn quarantine(&self, live: B::Live, peer: DomId) {
         self.counters.live.fetch_sub(1, Ordering::Relaxed);
+        self.backend.quarantine_changed(B::refs(&live), true);
         self.quarantine.lock().push_back(Quarantined {
             live,
             peer,
