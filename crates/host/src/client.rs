@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::event::{eventfd, EventfdFlags};
 use xenshare::event::EventError;
 use xenshare::grant::{
     Exporter, GntSt, GrantError, GrantTable, Importer, TableBackend, TableEntry,
@@ -568,18 +568,8 @@ impl EventChannels for RemoteEvtchn {
     }
     fn poll(&self) -> Result<Option<Port>, EventError> {
         let ports = self.ports().clone();
-        for port in ports {
-            let (Some((p, b)), Some((m, _))) = (
-                self.word(SHARED_INFO_PENDING_OFFSET, port.0),
-                self.word(SHARED_INFO_MASK_OFFSET, port.0),
-            ) else {
-                continue;
-            };
-            if p.load(Ordering::Acquire) & b != 0 && m.load(Ordering::Acquire) & b == 0 {
-                m.fetch_or(b, Ordering::AcqRel);
-                p.fetch_and(!b, Ordering::AcqRel);
-                return Ok(Some(port));
-            }
+        if let Some(p) = xenshare_sim::evtchn::deliver_one(self.shinfo.mem(), &ports) {
+            return Ok(Some(p));
         }
         if self.closed.load(Ordering::Acquire) {
             return Err(EventError::Closed);
@@ -587,33 +577,7 @@ impl EventChannels for RemoteEvtchn {
         Ok(None)
     }
     fn wait(&self, timeout: Option<Duration>) -> Result<Option<Port>, EventError> {
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
-        loop {
-            if let Some(p) = self.poll()? {
-                return Ok(Some(p));
-            }
-            let left = match deadline {
-                Some(d) => {
-                    let now = std::time::Instant::now();
-                    if now >= d {
-                        return Ok(None);
-                    }
-                    Some(d - now)
-                }
-                None => None,
-            };
-            let ts = left.map(|d| Timespec {
-                tv_sec: d.as_secs() as _,
-                tv_nsec: d.subsec_nanos() as _,
-            });
-            let mut fds = [PollFd::new(&self.efd, PollFlags::IN)];
-            match poll(&mut fds, ts.as_ref()) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(EventError::Os(e.raw_os_error())),
-            }
-            let mut buf = [0u8; 8];
-            let _ = rustix::io::read(&self.efd, &mut buf);
-        }
+        xenshare_sim::evtchn::wait_on_eventfd(self.efd.as_fd(), timeout, || self.poll())
     }
 }
 

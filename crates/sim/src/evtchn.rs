@@ -428,18 +428,9 @@ impl EventChannels for SimEvtchn {
     }
 
     fn poll(&self) -> Result<Option<Port>, EventError> {
-        let evt = &self.dom.evt;
         let ports = lock(&self.shared.ports);
-        for &port in ports.iter() {
-            let (Some((p, b)), Some((m, _))) = (evt.pending(port.0), evt.mask(port.0)) else {
-                continue;
-            };
-            if p.load(Ordering::Acquire) & b != 0 && m.load(Ordering::Acquire) & b == 0 {
-                // Deliver like /dev/xen/evtchn: masked until the user unmasks.
-                m.fetch_or(b, Ordering::AcqRel);
-                p.fetch_and(!b, Ordering::AcqRel);
-                return Ok(Some(port));
-            }
+        if let Some(p) = deliver_one(self.dom.evt.shared_info.mem(), &ports) {
+            return Ok(Some(p));
         }
         drop(ports);
         self.live()?;
@@ -447,32 +438,70 @@ impl EventChannels for SimEvtchn {
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<Option<Port>, EventError> {
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
-        loop {
-            if let Some(p) = self.poll()? {
-                return Ok(Some(p));
-            }
-            let left = match deadline {
-                Some(d) => {
-                    let now = std::time::Instant::now();
-                    if now >= d {
-                        return Ok(None);
-                    }
-                    Some(d - now)
-                }
-                None => None,
-            };
-            let ts = left.map(|d| Timespec {
-                tv_sec: d.as_secs() as _,
-                tv_nsec: d.subsec_nanos() as _,
-            });
-            let mut fds = [PollFd::new(&self.shared.efd, PollFlags::IN)];
-            match poll(&mut fds, ts.as_ref()) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(EventError::Os(e.raw_os_error())),
-            }
-            let mut buf = [0u8; 8];
-            let _ = rustix::io::read(&self.shared.efd, &mut buf);
+        wait_on_eventfd(self.shared.efd.as_fd(), timeout, || self.poll())
+    }
+}
+
+/// Delivers one pending, unmasked port of `ports` from a `shared_info`
+/// page, as `/dev/xen/evtchn` does: the port is masked (until the user
+/// unmasks it) and its pending bit cleared. Shared by in-process handles
+/// and the multi-process host's remote handles.
+pub fn deliver_one(shared_info: xenshare::mem::SharedMem<'_>, ports: &[Port]) -> Option<Port> {
+    let bit = |base: usize, port: u32| {
+        let (w, b) = port_word_bit(port);
+        shared_info
+            .atomic_u64(base + w * 8)
+            .ok()
+            .map(|a| (a, 1u64 << b))
+    };
+    for &port in ports {
+        let (Some((p, b)), Some((m, _))) = (
+            bit(SHARED_INFO_PENDING_OFFSET, port.0),
+            bit(SHARED_INFO_MASK_OFFSET, port.0),
+        ) else {
+            continue;
+        };
+        if p.load(Ordering::Acquire) & b != 0 && m.load(Ordering::Acquire) & b == 0 {
+            m.fetch_or(b, Ordering::AcqRel);
+            p.fetch_and(!b, Ordering::AcqRel);
+            return Some(port);
         }
+    }
+    None
+}
+
+/// Waits for `poll` to deliver a port, sleeping on the eventfd `efd`
+/// between tries, for at most `timeout` (`None`: forever).
+pub fn wait_on_eventfd(
+    efd: std::os::fd::BorrowedFd<'_>,
+    timeout: Option<Duration>,
+    mut poll_once: impl FnMut() -> Result<Option<Port>, EventError>,
+) -> Result<Option<Port>, EventError> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        if let Some(p) = poll_once()? {
+            return Ok(Some(p));
+        }
+        let left = match deadline {
+            Some(d) => {
+                let now = std::time::Instant::now();
+                if now >= d {
+                    return Ok(None);
+                }
+                Some(d - now)
+            }
+            None => None,
+        };
+        let ts = left.map(|d| Timespec {
+            tv_sec: d.as_secs() as _,
+            tv_nsec: d.subsec_nanos() as _,
+        });
+        let mut fds = [PollFd::new(&efd, PollFlags::IN)];
+        match poll(&mut fds, ts.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(EventError::Os(e.raw_os_error())),
+        }
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(efd, &mut buf);
     }
 }
