@@ -51,9 +51,15 @@ const CLI_NOTIFY: usize = 22;
 const SRV_NOTIFY: usize = 23;
 
 /// How long a blocking call spins re-checking the ring before it sleeps on
-/// the event channel: a peer on another CPU usually answers within this, and
-/// a sleep + wake-up costs tens of microseconds.
-const SPIN_ROUNDS: u32 = 4000;
+/// the event channel, in spin-loop rounds. A sleep and wake-up cost tens of
+/// microseconds, so spinning pays while the peer answers within the window;
+/// the window adapts (like an adaptive mutex): it doubles when a wait
+/// succeeded late in it, and halves when the peer did not answer in time,
+/// so a busy stream keeps both ends awake and an idle vchan soon stops
+/// burning CPU before it sleeps.
+const SPIN_START: u32 = 4096;
+const SPIN_MIN: u32 = 256;
+const SPIN_MAX: u32 = 1 << 18;
 
 /// One end of a vchan.
 pub struct Vchan<S: VchanSide, E: EventChannels> {
@@ -66,6 +72,8 @@ pub struct Vchan<S: VchanSide, E: EventChannels> {
     wr_prod: u32,
     blocking: bool,
     timeout: Option<Duration>,
+    /// The current adaptive spin window (see [`SPIN_START`]).
+    spin: u32,
     broken: bool,
     closed: bool,
     xs_path: Option<String>,
@@ -100,6 +108,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             wr_prod: 0,
             blocking: true,
             timeout: None,
+            spin: SPIN_START,
             broken: false,
             closed: false,
             xs_path,
@@ -307,8 +316,12 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         bit: u8,
         mut check: impl FnMut(&mut Self) -> Result<bool, VchanError>,
     ) -> Result<bool, VchanError> {
-        for _ in 0..SPIN_ROUNDS {
+        let window = self.spin;
+        for i in 0..window {
             if check(self)? {
+                if i > window / 2 {
+                    self.spin = (window * 2).min(SPIN_MAX);
+                }
                 return Ok(true);
             }
             if !self.is_open() {
@@ -316,6 +329,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             }
             core::hint::spin_loop();
         }
+        self.spin = (window / 2).max(SPIN_MIN);
         loop {
             self.request_notify(bit)?;
             if check(self)? {
