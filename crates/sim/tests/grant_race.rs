@@ -46,7 +46,15 @@ fn revoke_never_succeeds_while_mapped() {
                     if let Ok(m) = peer.importer().map(gid, &[gref], Access::ReadWrite) {
                         // The page carries the round it was granted in; while
                         // we hold the mapping, that round cannot be revoked.
+                        // A freed ref can be granted again for the next round
+                        // before the granter stamps the page: a 0 is that
+                        // fresh, not yet offered grant, which is legitimately
+                        // mappable (and revocation of it must wait for us).
                         let round = m.mem().atomic_u32(0).unwrap().load(Ordering::SeqCst);
+                        if round == 0 {
+                            drop(m);
+                            continue;
+                        }
                         assert!(
                             revoked_round.load(Ordering::SeqCst) < round,
                             "round {round} was revoked while mapped"

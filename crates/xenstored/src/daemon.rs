@@ -36,7 +36,12 @@ struct QueueState {
 #[derive(Debug, Default)]
 pub struct OutQueue {
     state: Mutex<QueueState>,
-    cv: Condvar,
+    /// Signalled when a message is queued (for `pop` / `wait_nonempty`).
+    data: Condvar,
+    /// Signalled when messages are taken (for `wait_below`). Separate from
+    /// `data` so a reader draining its own replies does not wake the
+    /// connection's idle writer thread on every request.
+    space: Condvar,
 }
 
 impl OutQueue {
@@ -50,7 +55,7 @@ impl OutQueue {
         }
         s.q.push_back(m);
         if !s.busy {
-            self.cv.notify_all();
+            self.data.notify_all();
         }
         true
     }
@@ -66,17 +71,17 @@ impl OutQueue {
                 return Err(Closed);
             }
             if let Some(m) = s.q.pop_front() {
-                self.cv.notify_all();
+                self.space.notify_all();
                 return Ok(Some(m));
             }
             s = match deadline {
-                None => self.cv.wait(s).unwrap_or_else(|e| e.into_inner()),
+                None => self.data.wait(s).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Ok(None);
                     }
-                    self.cv
+                    self.data
                         .wait_timeout(s, left)
                         .unwrap_or_else(|e| e.into_inner())
                         .0
@@ -93,7 +98,7 @@ impl OutQueue {
         }
         let v: Vec<Message> = s.q.drain(..).collect();
         if !v.is_empty() {
-            self.cv.notify_all();
+            self.space.notify_all();
         }
         Ok(v)
     }
@@ -105,7 +110,7 @@ impl OutQueue {
         let mut s = lock(&self.state);
         s.busy = busy;
         if !busy && !s.q.is_empty() {
-            self.cv.notify_all();
+            self.data.notify_all();
         }
     }
 
@@ -120,7 +125,7 @@ impl OutQueue {
             if !s.q.is_empty() && !s.busy {
                 return Ok(());
             }
-            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = self.data.wait(s).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -137,7 +142,7 @@ impl OutQueue {
                 return Ok(());
             }
             s = self
-                .cv
+                .space
                 .wait_timeout(s, Duration::from_millis(100))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
@@ -149,7 +154,8 @@ impl OutQueue {
         let mut s = lock(&self.state);
         s.closed = true;
         s.q.clear();
-        self.cv.notify_all();
+        self.data.notify_all();
+        self.space.notify_all();
     }
 
     /// True once closed.
