@@ -24,12 +24,9 @@ use std::thread::JoinHandle;
 use xenshare::blk::{BackConfig, BackExit, BlkBack, BlkError, BlkFront, BlockStorage, FrontConfig};
 use xenshare::blk::{StorageError, DEVTYPE};
 use xenshare::store::client::{Client, ClientError};
-use xenshare::store::perms::{PermKind, Perms};
 use xenshare::store::xenbus::{create_device, DevicePaths, DeviceSpec};
-use xenshare::DomId;
-use xenshare_sim::{Domain, DomainConfig, Hypervisor, SimEvtchn, SimGrantBackend, SimMapper};
-use xenshare_xenstored::inproc::{self, InProcTransport};
-use xenshare_xenstored::{Config, Daemon};
+use xenshare_sim::{DomainConfig, SimEvtchn, SimGrantBackend, SimMapper};
+use xenshare_xenstored::inproc::InProcTransport;
 
 /// A raw disk image file.
 #[derive(Debug)]
@@ -210,24 +207,15 @@ pub type SimDisk<'f> = xenshare::blk::Disk<'f, SimGrantBackend, SimEvtchn>;
 /// A XenStore client of the in-process daemon.
 pub type SimXs = Client<InProcTransport>;
 
-/// An emulated machine for one disk: dom0 (back end), one guest, XenStore.
-pub struct BlkWorld {
-    /// The hypervisor.
-    pub hv: Hypervisor,
-    /// Domain 0, running the back end.
-    pub dom0: Domain,
-    /// The guest, running the front end.
-    pub guest: Domain,
-    /// The XenStore daemon.
-    pub xs: Daemon,
-}
+/// The emulated machine the block helpers run on.
+pub type BlkWorld = crate::machine::Machine;
 
-impl std::fmt::Debug for BlkWorld {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlkWorld")
-            .field("dom0", &self.dom0.id())
-            .field("guest", &self.guest.id())
-            .finish()
+impl From<crate::machine::MachineError> for BlkHostError {
+    fn from(e: crate::machine::MachineError) -> Self {
+        match e {
+            crate::machine::MachineError::Sim(e) => BlkHostError::Sim(e.to_string()),
+            crate::machine::MachineError::Store(e) => BlkHostError::Store(e),
+        }
     }
 }
 
@@ -241,33 +229,6 @@ pub fn guest_config() -> DomainConfig {
 }
 
 impl BlkWorld {
-    /// A hypervisor with dom0 and one guest of `guest_cfg` (see
-    /// [`guest_config`]), and a XenStore where the guest owns its home.
-    pub fn new(guest_cfg: DomainConfig) -> Result<Self, BlkHostError> {
-        let hv = Hypervisor::new();
-        let sim = |e: xenshare_sim::HvError| BlkHostError::Sim(e.to_string());
-        let dom0 = hv
-            .create_domain_with_id(DomId(0), DomainConfig::default())
-            .map_err(sim)?;
-        let guest = hv.create_domain(guest_cfg).map_err(sim)?;
-        let xs = Daemon::new(Config::default());
-        let mut c0 = inproc::client(&xs, DomId(0));
-        let home = format!("/local/domain/{}", guest.id().0);
-        c0.mkdir(&home)?;
-        c0.set_perms(&home, &Perms::owned_by(guest.id(), PermKind::None))?;
-        Ok(Self {
-            hv,
-            dom0,
-            guest,
-            xs,
-        })
-    }
-
-    /// A XenStore client speaking for `dom`.
-    pub fn client(&self, dom: &Domain) -> SimXs {
-        inproc::client(&self.xs, dom.id())
-    }
-
     /// The toolstack's part: the `vbd` directories of device `devid`.
     pub fn create_vbd(&self, devid: u32) -> Result<DevicePaths, BlkHostError> {
         let mut c0 = self.client(&self.dom0);

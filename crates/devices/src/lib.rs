@@ -9,4 +9,5 @@
 
 pub mod blk;
 pub mod console;
+pub mod machine;
 pub mod net;

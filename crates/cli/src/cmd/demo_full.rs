@@ -16,7 +16,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use xenshare::console::ConsoleError;
-use xenshare::DomId;
 use xenshare_devices::console::sim::{attach_backend, setup_primary, DemoWorld};
 use xenshare_devices::console::{boot_banner, shell, GuestConsole, PrefixedIo, ShellExit};
 
@@ -56,7 +55,7 @@ pub fn run() -> Result<(), String> {
         2,
         "primary console: page pre-granted as ref 0, keys in xenstore, dom0 attaches",
     );
-    let mut xs0 = world.client(DomId::DOM0);
+    let mut xs0 = world.client(&world.dom0);
     let front =
         setup_primary(&world.guest, &world.dom0, &mut xs0).map_err(|e| format!("console: {e}"))?;
     let port = front.port();
@@ -165,22 +164,7 @@ where
         "xvda: bringing up blkfront ({DISK_MIB} MiB image)...\n"
     ))?;
     // The disk and the network come up on this same guest, backed by dom0.
-    let parts = || {
-        (
-            world.hv.clone(),
-            world.dom0.clone(),
-            world.guest.clone(),
-            world.xs.clone(),
-        )
-    };
-    let (hv, dom0, guest, xs) = parts();
-    let bw = xenshare_devices::blk::BlkWorld {
-        hv,
-        dom0,
-        guest,
-        xs,
-    };
-    let disk = xenshare_devices::blk::demo_disk_in(&bw, DISK_MIB).map_err(|e| e.to_string());
+    let disk = xenshare_devices::blk::demo_disk_in(world, DISK_MIB).map_err(|e| e.to_string());
     con.print(&match &disk {
         Ok(line) => format!("xvda: up. {line}\n"),
         Err(e) => format!("xvda: FAILED: {e}\n"),
@@ -188,14 +172,7 @@ where
     con.print(&format!(
         "eth0: bringing up netfront, {PINGS} pings and a TCP echo from the host...\n"
     ))?;
-    let (hv, dom0, guest, xs) = parts();
-    let nw = xenshare_devices::net::demo::NetWorld {
-        hv,
-        dom0,
-        guest,
-        xs,
-    };
-    let net = xenshare_devices::net::demo::demo_net_in(&nw, PINGS);
+    let net = xenshare_devices::net::demo::demo_net_in(world, PINGS);
     con.print(&match &net {
         Ok(line) => format!("eth0: up. {line}\n"),
         Err(e) => format!("eth0: FAILED: {e}\n"),

@@ -15,11 +15,8 @@ use xenshare::console::{ConsoleBack, ConsoleError, ConsoleFront, ConsoleIo, Host
 use xenshare::grant::Mapping;
 use xenshare::mem::SharedMem;
 use xenshare::store::client::{Client, Transport};
-use xenshare::store::perms::{PermKind, Perms};
 use xenshare::DomId;
-use xenshare_sim::{Domain, DomainConfig, Hypervisor, SimEvtchn, SimMapper};
-use xenshare_xenstored::inproc::{self, InProcTransport};
-use xenshare_xenstored::{Config, Daemon};
+use xenshare_sim::{Domain, DomainConfig, SimEvtchn, SimMapper};
 
 use super::{demo_shell, GuestConsole, ShellExit};
 
@@ -57,27 +54,8 @@ pub fn attach_backend<T: Transport>(
     attach_primary(backend.importer(), &backend.evtchn()?, xs, guest)
 }
 
-/// A hypervisor with dom0 and one guest, and an in-process xenstored where
-/// the guest owns its home directory.
-pub struct DemoWorld {
-    /// The emulated hypervisor.
-    pub hv: Hypervisor,
-    /// The control domain (console back end).
-    pub dom0: Domain,
-    /// The guest.
-    pub guest: Domain,
-    /// The XenStore daemon.
-    pub xs: Daemon,
-}
-
-impl std::fmt::Debug for DemoWorld {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DemoWorld")
-            .field("dom0", &self.dom0.id())
-            .field("guest", &self.guest.id())
-            .finish()
-    }
-}
+/// The emulated machine the console demo runs on.
+pub type DemoWorld = crate::machine::Machine;
 
 impl DemoWorld {
     /// Boots the hypervisor, dom0 and a guest of `mem_pages` pages.
@@ -88,32 +66,9 @@ impl DemoWorld {
         })
     }
 
-    /// Boots the hypervisor, dom0 and a guest, both configured as `cfg`.
+    /// Boots the hypervisor, dom0 and a guest configured as `cfg`.
     pub fn boot_with(cfg: DomainConfig) -> Result<Self, String> {
-        let hv = Hypervisor::new();
-        let dom0 = hv
-            .create_domain_with_id(DomId(0), cfg)
-            .map_err(|e| format!("creating dom0: {e}"))?;
-        let guest = hv
-            .create_domain(cfg)
-            .map_err(|e| format!("creating the guest: {e}"))?;
-        let xs = Daemon::new(Config::default());
-        let mut c0 = inproc::client(&xs, DomId(0));
-        let home = format!("/local/domain/{}", guest.id().0);
-        c0.mkdir(&home)
-            .and_then(|()| c0.set_perms(&home, &Perms::owned_by(guest.id(), PermKind::None)))
-            .map_err(|e| format!("xenstore: {e}"))?;
-        Ok(Self {
-            hv,
-            dom0,
-            guest,
-            xs,
-        })
-    }
-
-    /// A XenStore client acting as `dom`.
-    pub fn client(&self, dom: DomId) -> Client<InProcTransport> {
-        inproc::client(&self.xs, dom)
+        Self::new(cfg).map_err(|e| format!("booting the demo machine: {e}"))
     }
 }
 
@@ -142,7 +97,7 @@ pub fn run_demo_guest(
     hostname: &str,
 ) -> Result<SessionEnd, ConsoleError> {
     let booted = Instant::now();
-    let mut xs0 = world.client(DomId::DOM0);
+    let mut xs0 = world.client(&world.dom0);
     let front = setup_primary(&world.guest, &world.dom0, &mut xs0)?;
     let mut back = attach_backend(&world.dom0, world.guest.id(), &mut xs0)?;
     let stop = AtomicBool::new(false);

@@ -396,64 +396,19 @@ type SimXsTransport = xenshare_xenstored::inproc::InProcTransport;
 type GuestSide = Side<xenshare_sim::SimExporter, xenshare_sim::SimEvtchn, SimXsTransport>;
 type BackSide = Side<xenshare_sim::SimImporter, xenshare_sim::SimEvtchn, SimXsTransport>;
 
-/// An emulated world for the network device: a hypervisor with dom0 (the
-/// back end) and one guest, and an in-process xenstored in which the guest
-/// owns its home directory.
-pub struct NetWorld {
-    /// The hypervisor.
-    pub hv: xenshare_sim::Hypervisor,
-    /// dom0: back end and toolstack.
-    pub dom0: xenshare_sim::Domain,
-    /// The guest: front end.
-    pub guest: xenshare_sim::Domain,
-    /// XenStore.
-    pub xs: xenshare_xenstored::Daemon,
-}
+/// The emulated machine the network demo runs on (a guest of
+/// [`net_guest_config`]).
+pub type NetWorld = crate::machine::Machine;
 
-impl std::fmt::Debug for NetWorld {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetWorld")
-            .field("dom0", &self.dom0)
-            .field("guest", &self.guest)
-            .finish()
+/// Guest memory for the network demo (16 MiB).
+pub fn net_guest_config() -> xenshare_sim::DomainConfig {
+    xenshare_sim::DomainConfig {
+        mem_pages: 4096,
+        ..Default::default()
     }
 }
 
 impl NetWorld {
-    /// Boots the world (guest with 16 MiB of RAM).
-    pub fn new() -> Result<Self, String> {
-        use xenshare::store::perms::{PermKind, Perms};
-        let hv = xenshare_sim::Hypervisor::new();
-        let cfg = xenshare_sim::DomainConfig {
-            mem_pages: 4096,
-            ..Default::default()
-        };
-        let dom0 = hv
-            .create_domain_with_id(DomId(0), cfg)
-            .map_err(|e| e.to_string())?;
-        let guest = hv.create_domain(cfg).map_err(|e| e.to_string())?;
-        let xs = xenshare_xenstored::Daemon::new(xenshare_xenstored::Config::default());
-        let mut c0 = xenshare_xenstored::inproc::client(&xs, dom0.id());
-        let home = format!("/local/domain/{}", guest.id().0);
-        c0.mkdir(&home).map_err(|e| e.to_string())?;
-        c0.set_perms(&home, &Perms::owned_by(guest.id(), PermKind::None))
-            .map_err(|e| e.to_string())?;
-        Ok(Self {
-            hv,
-            dom0,
-            guest,
-            xs,
-        })
-    }
-
-    /// A XenStore client of domain `d`.
-    pub fn client(
-        &self,
-        d: &xenshare_sim::Domain,
-    ) -> Client<xenshare_xenstored::inproc::InProcTransport> {
-        xenshare_xenstored::inproc::client(&self.xs, d.id())
-    }
-
     fn sides(&self) -> Result<(GuestSide, BackSide), String> {
         let evt = |d: &xenshare_sim::Domain| d.evtchn().map_err(|e| e.to_string());
         Ok((
@@ -479,7 +434,10 @@ impl NetWorld {
 /// revoked, 0 quarantined`. Needs no root. Fails if a ping or the echo
 /// went missing, or a grant was left behind.
 pub fn demo_net(pings: u32) -> Result<String, String> {
-    demo_net_in(&NetWorld::new()?, pings)
+    demo_net_in(
+        &NetWorld::new(net_guest_config()).map_err(|e| e.to_string())?,
+        pings,
+    )
 }
 
 /// Like [`demo_net`], on an existing machine's guest (for a demo that brings
@@ -532,7 +490,7 @@ pub fn throughput(frame_size: usize, frames: u64) -> Result<Throughput, String> 
         return Err(format!("frame size must be 14..={MAX_FRAME}"));
     }
     let timeout = Duration::from_secs(10);
-    let w = NetWorld::new()?;
+    let w = NetWorld::new(net_guest_config()).map_err(|e| e.to_string())?;
     create_device(
         &mut w.client(&w.dom0),
         &DeviceSpec {
