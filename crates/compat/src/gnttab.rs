@@ -19,7 +19,7 @@ use xenshare_abi::grant::{GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF};
 use xenshare_abi::PAGE_SIZE;
 
 use crate::export::export;
-use crate::rt::{guard, libc_errno as E, lock, runtime, set_errno, Runtime};
+use crate::rt::{guard, libc_errno as E, lock, runtime, set_errno, AnyMapping, Runtime};
 
 /// `PROT_WRITE` of `mmap`.
 const PROT_WRITE: c_int = 2;
@@ -107,33 +107,46 @@ fn map(
         set_errno(E::EINVAL);
         return ptr::null_mut();
     };
-    let access = if prot & PROT_WRITE != 0 {
-        Access::ReadWrite
-    } else {
-        Access::ReadOnly
-    };
     let refs: Vec<GrantRef> = refs.iter().map(|r| GrantRef(*r)).collect();
-    let m = match h.rt.dom.importer().map(dom, &refs, access) {
+    let imp = h.rt.dom.importer();
+    let mapped = if prot & PROT_WRITE != 0 {
+        imp.map_rw(dom, &refs).map(AnyMapping::Rw)
+    } else {
+        imp.map_ro(dom, &refs).map(AnyMapping::Ro)
+    };
+    let m = match mapped {
         Ok(m) => m,
         Err(e) => {
             set_errno(map_errno(&e));
             return ptr::null_mut();
         }
     };
+    let (notified, addr) = match &m {
+        AnyMapping::Rw(m) => (notify_mapping(m, notify), m.mem().as_ptr()),
+        AnyMapping::Ro(m) => (notify_mapping(m, notify), m.mem().as_ptr()),
+    };
+    if let Err(e) = notified {
+        set_errno(map_errno(&e));
+        return ptr::null_mut();
+    }
+    lock(&h.rt.maps).insert(addr as usize, m);
+    addr.cast_mut().cast()
+}
+
+/// Sets a mapping's unmap notify if the C caller asked for one.
+fn notify_mapping<P: xenshare::mem::Perm>(
+    m: &xenshare::grant::Mapping<xenshare_host::client::RemoteMapper, P>,
+    notify: Option<(u32, u32)>,
+) -> Result<(), xenshare::grant::MapError> {
     if let Some((off, port)) = notify {
         // Xen's convention: an offset past the page or port -1 means "none".
         let off = (off < PAGE_SIZE as u32).then_some(off as usize);
         let port = (port != u32::MAX).then_some(Port(port));
         if off.is_some() || port.is_some() {
-            if let Err(e) = m.set_unmap_notify(off, port) {
-                set_errno(map_errno(&e));
-                return ptr::null_mut();
-            }
+            m.set_unmap_notify(off, port)?;
         }
     }
-    let addr = m.mem().as_ptr();
-    lock(&h.rt.maps).insert(addr as usize, m);
-    addr.cast()
+    Ok(())
 }
 
 extern "C" fn gnttab_open(_logger: *mut c_void, _flags: c_uint) -> *mut GntHandle {
@@ -290,7 +303,7 @@ unsafe extern "C" fn gnttab_unmap(h: *mut GntHandle, start: *mut c_void, count: 
         };
         let mut maps = lock(&h.rt.maps);
         match maps.entry(start as usize) {
-            Entry::Occupied(e) if e.get().refs().len() == count as usize => {
+            Entry::Occupied(e) if e.get().pages() == count as usize => {
                 let m = e.remove();
                 drop(maps);
                 drop(m);
@@ -443,7 +456,7 @@ fn share(
     let refs = s.refs().iter().map(|r| r.0).collect();
     let addr = s.mem().as_ptr();
     lock(&h.rt.shares).insert(addr as usize, s);
-    Some((addr.cast(), refs))
+    Some((addr.cast_mut().cast(), refs))
 }
 
 /// # Safety

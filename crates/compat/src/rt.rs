@@ -9,6 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use xenshare::grant::{Mapping, Share};
+use xenshare::mem::ReadOnly;
 use xenshare_host::client::{RemoteGrantBackend, RemoteMapper};
 use xenshare_host::RemoteDomain;
 
@@ -18,9 +19,28 @@ pub(crate) struct Runtime {
     /// The joined domain.
     pub dom: RemoteDomain,
     /// Foreign grants mapped here, by start address.
-    pub maps: Mutex<HashMap<usize, Mapping<RemoteMapper>>>,
+    pub maps: Mutex<HashMap<usize, AnyMapping>>,
     /// Pages shared from here, by start address.
     pub shares: Mutex<HashMap<usize, Share<RemoteGrantBackend>>>,
+}
+
+/// A mapping of either access (C callers choose with `PROT_WRITE`; the
+/// read-only one is mmapped from a read-only fd, so a C write faults).
+pub(crate) enum AnyMapping {
+    /// Mapped writable.
+    Rw(Mapping<RemoteMapper>),
+    /// Mapped read-only.
+    Ro(Mapping<RemoteMapper, ReadOnly>),
+}
+
+impl AnyMapping {
+    /// Number of pages mapped.
+    pub fn pages(&self) -> usize {
+        match self {
+            Self::Rw(m) => m.refs().len(),
+            Self::Ro(m) => m.refs().len(),
+        }
+    }
 }
 
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);

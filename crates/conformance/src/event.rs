@@ -165,9 +165,7 @@ pub fn unmap_notify_mapper_side<P: Platform>(p: &P) -> TestResult {
     let (h1, p1, h2, p2) = connect(p)?;
     drain(&*h2)?;
     let share = exp.share(imp.domid(), 1, Access::ReadWrite).ctx("share")?;
-    let m = imp
-        .map(exp.domid(), share.refs(), Access::ReadWrite)
-        .ctx("map")?;
+    let m = imp.map_rw(exp.domid(), share.refs()).ctx("map")?;
     m.set_unmap_notify(Some(8), Some(p2))
         .ctx("set_unmap_notify")?;
     share.mem().write(8, &[1]).ctx("set the live byte")?;
@@ -185,7 +183,7 @@ pub fn unmap_notify_mapper_side<P: Platform>(p: &P) -> TestResult {
         "no unmap event on the granter's port (got {got:?})"
     );
     h1.unmask(p1).ctx("unmask")?;
-    share
+    let _revoked = share
         .try_unshare()
         .map_err(|_| "busy after the mapper unmapped".to_string())?;
     h2.close(p2).ctx("close")?;
@@ -207,9 +205,7 @@ pub fn unmap_notify_granter_side<P: Platform>(p: &P) -> TestResult {
         }
         return Err(format!("set_unmap_notify: {e}"));
     }
-    let m = imp
-        .map(exp.domid(), share.refs(), Access::ReadWrite)
-        .ctx("map")?;
+    let m = imp.map_rw(exp.domid(), share.refs()).ctx("map")?;
     share.mem().write(8, &[1]).ctx("set the live byte")?;
     let mut b = [0u8];
     m.mem().read(8, &mut b).ctx("read")?;
@@ -231,7 +227,7 @@ pub fn unmap_notify_granter_side<P: Platform>(p: &P) -> TestResult {
     h2.unmask(p2).ctx("unmask")?;
     drop(m);
     if let Some(share) = kept {
-        share
+        let _revoked = share
             .try_unshare()
             .map_err(|_| "still busy after the mapper unmapped".to_string())?;
     }

@@ -6,12 +6,28 @@
 //! every access is volatile or atomic. Bulk copies move aligned 64-bit words
 //! with volatile loads and stores, so a copy of peer data is one fetch of each
 //! byte and the compiler can neither re-read nor invent accesses.
+//!
+//! Read-only and read-write memory are different types: a window is a
+//! [`SharedMem<'a, ReadOnly>`] or a [`SharedMem<'a, ReadWrite>`] (the
+//! default), and only the latter has `write`, `fill`, `write_obj` and the
+//! atomic accessors. A page mapped read-only from a peer can therefore not be
+//! written by safe code on any platform, whether or not the platform's MMU
+//! would catch it (the in-process emulator's windows point straight into the
+//! granter's memory, so there the type is the only guard).
+//!
+//! ```compile_fail,E0599
+//! # fn f(m: xenshare::mem::SharedMem<'_, xenshare::mem::ReadOnly>) {
+//! m.write(0, b"no"); // a read-only window has no write method
+//! # }
+//! ```
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::types::Access;
 
 /// An access fell outside a shared region or was misaligned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -25,34 +41,72 @@ pub struct OutOfBounds {
     pub size: usize,
 }
 
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::ReadOnly {}
+    impl Sealed for super::ReadWrite {}
+}
+
+/// What this side may do with a [`SharedMem`]: [`ReadOnly`] or [`ReadWrite`].
+/// Sealed: there are exactly these two.
+pub trait Perm: sealed::Sealed + Copy + Send + Sync + 'static {
+    /// The grant access that gives this permission.
+    const ACCESS: Access;
+}
+
+/// Memory this side may only read (a page a peer granted read-only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOnly {}
+
+/// Memory this side may read and write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadWrite {}
+
+impl Perm for ReadOnly {
+    const ACCESS: Access = Access::ReadOnly;
+}
+
+impl Perm for ReadWrite {
+    const ACCESS: Access = Access::ReadWrite;
+}
+
 /// A window onto memory shared with another domain (or the hypervisor).
 ///
 /// Cheap to copy; it borrows the owner of the memory (a share, a mapping)
-/// for `'a`, so it cannot outlive it.
-#[derive(Clone, Copy)]
-pub struct SharedMem<'a> {
+/// for `'a`, so it cannot outlive it. `P` says whether this side may write
+/// it; read-write is the default.
+pub struct SharedMem<'a, P: Perm = ReadWrite> {
     ptr: NonNull<u8>,
     len: usize,
-    _owner: PhantomData<&'a [AtomicU8]>,
+    _owner: PhantomData<(&'a [AtomicU8], P)>,
 }
+
+impl<P: Perm> Clone for SharedMem<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P: Perm> Copy for SharedMem<'_, P> {}
 
 // SAFETY: a SharedMem is a pointer to memory whose every access is volatile or
 // atomic; it is meant to be used concurrently from several threads and domains.
-unsafe impl Send for SharedMem<'_> {}
+unsafe impl<P: Perm> Send for SharedMem<'_, P> {}
 // SAFETY: as above; no access through `&SharedMem` is a plain (racy) access.
-unsafe impl Sync for SharedMem<'_> {}
+unsafe impl<P: Perm> Sync for SharedMem<'_, P> {}
 
-impl core::fmt::Debug for SharedMem<'_> {
+impl<P: Perm> core::fmt::Debug for SharedMem<'_, P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SharedMem")
             .field("ptr", &self.ptr)
             .field("len", &self.len)
+            .field("access", &P::ACCESS)
             .finish()
     }
 }
 
-impl<'a> SharedMem<'a> {
-    /// Wraps `len` bytes at `ptr`.
+impl<'a> SharedMem<'a, ReadWrite> {
+    /// Wraps `len` writable bytes at `ptr`.
     ///
     /// # Safety
     ///
@@ -67,6 +121,34 @@ impl<'a> SharedMem<'a> {
         }
     }
 
+    /// The same window, read-only.
+    pub fn read_only(self) -> SharedMem<'a, ReadOnly> {
+        SharedMem {
+            ptr: self.ptr,
+            len: self.len,
+            _owner: PhantomData,
+        }
+    }
+}
+
+impl<'a> SharedMem<'a, ReadOnly> {
+    /// Wraps `len` readable bytes at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr+len` must be valid for reads (of any bit pattern) for all of
+    /// `'a`; others may write it only through volatile or atomic operations
+    /// (or from another domain).
+    pub unsafe fn from_raw_read_only(ptr: NonNull<u8>, len: usize) -> Self {
+        Self {
+            ptr,
+            len,
+            _owner: PhantomData,
+        }
+    }
+}
+
+impl<'a, P: Perm> SharedMem<'a, P> {
     /// The size of the region in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -78,8 +160,13 @@ impl<'a> SharedMem<'a> {
     }
 
     /// The base address, for platforms that hand it to the kernel.
-    pub fn as_ptr(&self) -> *mut u8 {
+    pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
+    }
+
+    /// What this side may do with the window.
+    pub fn access(&self) -> Access {
+        P::ACCESS
     }
 
     fn check(&self, offset: usize, len: usize, align: usize) -> Result<*mut u8, OutOfBounds> {
@@ -102,7 +189,7 @@ impl<'a> SharedMem<'a> {
     }
 
     /// A sub-window of `len` bytes at `offset`.
-    pub fn slice(&self, offset: usize, len: usize) -> Result<SharedMem<'a>, OutOfBounds> {
+    pub fn slice(&self, offset: usize, len: usize) -> Result<SharedMem<'a, P>, OutOfBounds> {
         let p = self.check(offset, len, 1)?;
         Ok(SharedMem {
             // SAFETY: `check` derived `p` from a non-null in-bounds pointer.
@@ -122,6 +209,39 @@ impl<'a> SharedMem<'a> {
         Ok(())
     }
 
+    /// Copies a plain-old-data value out of shared memory (copy once, then validate).
+    pub fn read_obj<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, OutOfBounds> {
+        let mut v = T::new_zeroed();
+        self.read(offset, v.as_mut_bytes())?;
+        Ok(v)
+    }
+
+    /// Loads the aligned 32-bit word at `offset` atomically.
+    pub fn load_u32(
+        &self,
+        offset: usize,
+        order: core::sync::atomic::Ordering,
+    ) -> Result<u32, OutOfBounds> {
+        let p = self.check(offset, 4, 4)?;
+        // SAFETY: in bounds and 4-aligned (checked); valid for reads for 'a.
+        // A load through the atomic never writes, so this holds for
+        // read-only memory too.
+        Ok(unsafe { AtomicU32::from_ptr(p.cast()) }.load(order))
+    }
+
+    /// Loads the byte at `offset` atomically.
+    pub fn load_u8(
+        &self,
+        offset: usize,
+        order: core::sync::atomic::Ordering,
+    ) -> Result<u8, OutOfBounds> {
+        let p = self.check(offset, 1, 1)?;
+        // SAFETY: as in `load_u32`.
+        Ok(unsafe { AtomicU8::from_ptr(p) }.load(order))
+    }
+}
+
+impl<'a> SharedMem<'a, ReadWrite> {
     /// Copies `src` into shared memory at `offset`.
     pub fn write(&self, offset: usize, src: &[u8]) -> Result<(), OutOfBounds> {
         let p = self.check(offset, src.len(), 1)?;
@@ -161,13 +281,6 @@ impl<'a> SharedMem<'a> {
             }
         }
         Ok(())
-    }
-
-    /// Copies a plain-old-data value out of shared memory (copy once, then validate).
-    pub fn read_obj<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, OutOfBounds> {
-        let mut v = T::new_zeroed();
-        self.read(offset, v.as_mut_bytes())?;
-        Ok(v)
     }
 
     /// Copies a plain-old-data value into shared memory.

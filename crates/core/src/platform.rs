@@ -4,12 +4,38 @@
 //! The traits are deliberately small. Policy — revocation rules, quarantine,
 //! batch rollback, validation of peer data — lives in the core, written once;
 //! a platform only performs the primitive operations.
+//!
+//! The primitives that could reuse memory a peer still maps, or write memory
+//! mapped read-only, are sealed: the traits are `unsafe` to implement (the
+//! implementor promises the contract written on each), and their dangerous
+//! methods are `unsafe` to call. Safe code reaches them only through
+//! [`crate::grant::Exporter`] and [`crate::grant::Importer`], which keep the
+//! contracts; a backend is never handed out, only a read-only
+//! [`crate::grant::TableView`].
+//!
+//! The MSA02 bug in three lines does not compile: there is no way to reach the
+//! backend from an exporter, and its share primitive is `unsafe` anyway.
+//!
+//! ```compile_fail,E0599
+//! # use xenshare::{grant::Exporter, platform::GrantBackend, Access, DomId};
+//! # fn msa02<B: GrantBackend>(ex: &Exporter<B>) {
+//! let live = ex.backend().share_new(DomId(1), 1, Access::ReadWrite).unwrap();
+//! drop(live); // would free pages the peer may still map
+//! # }
+//! ```
+//!
+//! ```compile_fail,E0133
+//! # use xenshare::{platform::GrantBackend, Access, DomId};
+//! # fn msa02<B: GrantBackend>(backend: &B) {
+//! let live = backend.share_new(DomId(1), 1, Access::ReadWrite).unwrap();
+//! # }
+//! ```
 
 use alloc::vec::Vec;
 use core::time::Duration;
 
 use crate::event::EventError;
-use crate::grant::{GntSt, GrantError};
+use crate::grant::{GntSt, GrantError, Revoked, TableView};
 use crate::mem::SharedMem;
 use crate::types::{Access, DomId, GrantRef, Port};
 
@@ -24,28 +50,59 @@ pub trait PageSet: Send + 'static {
 /// The export side: sharing this domain's pages with another domain.
 ///
 /// Implemented by [`crate::grant::TableBackend`] for platforms where the
-/// guest owns its grant table (the emulator, a unikernel), and by the Linux
-/// platform over `/dev/xen/gntalloc`.
-pub trait GrantBackend: Send + Sync + 'static {
+/// guest owns its grant table (the emulator, a unikernel), by the Linux
+/// platform over `/dev/xen/gntalloc` and by the multi-process emulator.
+///
+/// # Safety
+///
+/// Implementors promise:
+/// * dropping a `Live` never frees or reuses its memory or its grant
+///   references (a dropped live share leaks, so a panic that unwinds through
+///   any method leaks too);
+/// * `try_revoke` returns [`Revoked::Pages`] only after proving that no peer
+///   can reach any page of the share any more (every entry revoked by the
+///   compare-and-swap of [`crate::grant::entry::try_end_access`], or the
+///   platform's equivalent), and [`Revoked::Retired`] when access was ended
+///   but the memory cannot be proven unreachable (it must then never be
+///   reused by anyone);
+/// * a grant reference is handed out only while it is not live;
+/// * `live_mem` is the share's own memory, writable by this domain.
+pub unsafe trait GrantBackend: Send + Sync + 'static {
     /// Pages owned by the caller, returned after a successful revocation.
     type Pages: PageSet;
-    /// A granted share the peer may be using.
+    /// A granted share the peer may be using. Dropping it leaks.
     type Live: Send + 'static;
 
     /// The domain this backend grants from.
     fn domid(&self) -> DomId;
 
     /// Allocates `n` zeroed pages and grants them to `peer`.
-    fn share_new(&self, peer: DomId, n: usize, access: Access) -> Result<Self::Live, GrantError>;
+    ///
+    /// # Safety
+    ///
+    /// The returned share may only be given back to this same backend
+    /// ([`GrantBackend::try_revoke`], [`GrantBackend::leak`]).
+    unsafe fn share_new(
+        &self,
+        peer: DomId,
+        n: usize,
+        access: Access,
+    ) -> Result<Self::Live, GrantError>;
 
     /// Grants pages the caller already owns (already zeroed by the core).
-    /// On failure the pages come back with the error.
-    fn share_pages(
+    /// On failure the pages come back with the error, unless a peer may
+    /// already reach them (a grant table written behind the allocator's
+    /// back): then they are retired and `None` comes back.
+    ///
+    /// # Safety
+    ///
+    /// As for [`GrantBackend::share_new`].
+    unsafe fn share_pages(
         &self,
         peer: DomId,
         pages: Self::Pages,
         access: Access,
-    ) -> Result<Self::Live, (GrantError, Self::Pages)>;
+    ) -> Result<Self::Live, (GrantError, Option<Self::Pages>)>;
 
     /// The grant references of a live share, one per page, in page order.
     fn refs(live: &Self::Live) -> &[GrantRef];
@@ -55,12 +112,25 @@ pub trait GrantBackend: Send + Sync + 'static {
 
     /// Tries to end the peer's access to every page of `live`. Succeeds only
     /// if every entry was proven revoked; otherwise the share comes back.
-    fn try_revoke(&self, live: Self::Live) -> Result<Self::Pages, Self::Live>;
+    /// On success the pages come back when they are provably unreachable,
+    /// or are retired for good when the platform cannot prove it.
+    ///
+    /// # Safety
+    ///
+    /// `live` must have come from this backend's `share_new`/`share_pages`.
+    unsafe fn try_revoke(&self, live: Self::Live) -> Result<Revoked<Self::Pages>, Self::Live>;
 
     /// Gives up on a share that can never be revoked (its owner is going
     /// away): its memory and references must never be reused.
     fn leak(&self, live: Self::Live) {
         core::mem::forget(live);
+    }
+
+    /// A read-only view of the grant table this backend shares through, if
+    /// it owns one (the emulator and a unikernel do; Linux's gntalloc keeps
+    /// the table in the kernel).
+    fn table(&self) -> Option<&dyn TableView> {
+        None
     }
 
     /// Told when a share enters (`true`) or leaves (`false`) the exporter's
@@ -85,7 +155,14 @@ pub trait GrantBackend: Send + Sync + 'static {
 }
 
 /// Frames of a domain's own memory, for [`crate::grant::TableBackend`].
-pub trait FrameAllocator: Send + Sync + 'static {
+///
+/// # Safety
+///
+/// Implementors promise that every run handed out is memory of this domain
+/// that nothing else owns until the run is dropped, that `frame` names the
+/// frames the run's `mem` really is (a grant of that frame number shows the
+/// peer exactly this memory), and that a leaked run is never handed out again.
+pub unsafe trait FrameAllocator: Send + Sync + 'static {
     /// An owned run of contiguous frames; dropping it frees them.
     type Frames: PageSet;
     /// Allocates `n` contiguous frames (contents unspecified).
@@ -100,7 +177,14 @@ pub trait FrameAllocator: Send + Sync + 'static {
 }
 
 /// Memory holding a domain's v1 grant table, shared with the hypervisor.
-pub trait TableMemory: Send + Sync + 'static {
+///
+/// # Safety
+///
+/// Implementors promise that `table` is the grant table the hypervisor (or
+/// emulator) consults for this domain, and that it is written by nobody but
+/// the one [`crate::grant::TableBackend`] built over this value and the
+/// hypervisor's pin/unpin protocol.
+pub unsafe trait TableMemory: Send + Sync + 'static {
     /// The table: a whole number of 4 KiB frames of 8-byte entries, 8-aligned.
     fn table(&self) -> SharedMem<'_>;
 }
@@ -175,7 +259,14 @@ pub trait ForeignMapper: Send + Sync + 'static {
     fn window(&self, handles: &[Self::Handle]) -> Result<Self::Window, GntSt>;
 
     /// The memory of a window.
-    fn window_mem(window: &Self::Window) -> SharedMem<'_>;
+    ///
+    /// # Safety
+    ///
+    /// The caller writes through the returned window only if every handle of
+    /// the window was mapped [`Access::ReadWrite`]. ([`crate::grant::Mapping`]
+    /// keeps this by type: a read-only mapping only ever shows a
+    /// [`crate::mem::ReadOnly`] window.)
+    unsafe fn window_mem(window: &Self::Window) -> SharedMem<'_>;
 
     /// Asks for a byte of the mapped page to be cleared and/or `port` to be
     /// notified when the mapping goes away (unmap, or death of this domain).

@@ -128,14 +128,21 @@ fn check_then_revoke<W: EntryWord>(w: &W) -> Result<(), StillMapped> {
 }
 
 /// A grant publication under test.
-type Publish<W> = fn(&W, &W, DomId, u32, bool);
+type Publish<W> = fn(&W, &W, DomId, u32, bool) -> Result<(), entry::NotInvalid>;
 
 /// Mutant: stores the flags word before the frame, each with the ordering
 /// the real code uses.
-fn flags_before_frame<W: EntryWord>(word: &W, frame_word: &W, domid: DomId, frame: u32, ro: bool) {
+fn flags_before_frame<W: EntryWord>(
+    word: &W,
+    frame_word: &W,
+    domid: DomId,
+    frame: u32,
+    ro: bool,
+) -> Result<(), entry::NotInvalid> {
     let flags = GTF_PERMIT_ACCESS | if ro { GTF_READONLY } else { 0 };
     word.store(entry::pack(flags, domid), Ordering::Release);
     frame_word.store(frame, Ordering::Relaxed);
+    Ok(())
 }
 
 /// The hypervisor's per-entry pin counts (Xen's active entry).
@@ -168,7 +175,7 @@ impl<W: ModelWord> Entry<W> {
     /// An entry granted writable to `PEER` with [`NEW_FRAME`].
     fn granted() -> Self {
         let e = Self::revoked();
-        entry::grant_access(&e.word, &e.frame, PEER, NEW_FRAME, false);
+        assert!(entry::grant_access(&e.word, &e.frame, PEER, NEW_FRAME, false).is_ok());
         e
     }
 
@@ -323,7 +330,10 @@ fn publish_vs_pin<W: ModelWord>(publish: Publish<W>) {
             }
         })
     };
-    publish(&e.word, &e.frame, PEER, NEW_FRAME, false);
+    assert!(
+        publish(&e.word, &e.frame, PEER, NEW_FRAME, false).is_ok(),
+        "a revoked entry must be grantable"
+    );
     hv.join().unwrap();
 }
 

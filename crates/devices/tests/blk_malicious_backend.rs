@@ -85,11 +85,7 @@ fn keeps_a_grant_after_responding() {
         let req = next_request(&mut ring, &fb);
         assert_eq!(req.operation, BLKIF_OP_READ);
         gref = GrantRef(req.seg[0].gref);
-        kept = w
-            .dom0
-            .importer()
-            .map(w.guest.id(), &[gref], Access::ReadWrite)
-            .unwrap();
+        kept = w.dom0.importer().map_rw(w.guest.id(), &[gref]).unwrap();
         kept.mem().fill(0, 4096, 0xAB).unwrap();
         respond(&mut ring, &fb, req.id, req.operation, BLKIF_RSP_OKAY);
         assert_eq!(disk.wait(), Err(BlkError::GrantStillMapped(1)));
@@ -108,13 +104,13 @@ fn keeps_a_grant_after_responding() {
         .quarantine_snapshot()
         .iter()
         .any(|(_, refs, _)| refs.contains(&gref)));
-    let frame = exporter.backend().table().entry(gref).unwrap().frame;
+    let frame = exporter.table().unwrap().entry(gref).unwrap().frame;
     // Neither the ref nor the frame is handed out again while it is mapped.
     let mut fresh = Vec::new();
     for _ in 0..300 {
         let s = exporter.share(w.dom0.id(), 1, Access::ReadWrite).unwrap();
         assert_ne!(s.refs()[0], gref, "quarantined grant ref reused");
-        let f = exporter.backend().table().entry(s.refs()[0]).unwrap().frame;
+        let f = exporter.table().unwrap().entry(s.refs()[0]).unwrap().frame;
         assert_ne!(f, frame, "quarantined frame reused");
         fresh.push(s);
     }
@@ -303,11 +299,7 @@ fn silent_backend_times_out_and_page_stays_out_of_reach() {
     let late = w
         .dom0
         .importer()
-        .map(
-            w.guest.id(),
-            &[GrantRef(req.seg[0].gref)],
-            Access::ReadWrite,
-        )
+        .map_rw(w.guest.id(), &[GrantRef(req.seg[0].gref)])
         .unwrap();
     let rel = fe.release();
     assert!(rel.quarantined >= 2, "{rel:?}"); // ring + data page

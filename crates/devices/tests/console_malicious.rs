@@ -23,7 +23,7 @@ use xenshare::console::{ConsoleError, SPURIOUS_EVENT_LIMIT};
 use xenshare::event::Channel;
 use xenshare::grant::Mapping;
 use xenshare::mem::SharedMem;
-use xenshare::{Access, GrantRef};
+use xenshare::GrantRef;
 use xenshare_devices::console::MemoryTerminal;
 use xenshare_sim::SimMapper;
 
@@ -48,7 +48,7 @@ fn get(mem: SharedMem<'_>, off: usize) -> u32 {
 fn evil_map(w: &common::World) -> Mapping<SimMapper> {
     w.dom0
         .importer()
-        .map(w.guest.id(), &[GrantRef(0)], Access::ReadWrite)
+        .map_rw(w.guest.id(), &[GrantRef(0)])
         .unwrap()
 }
 

@@ -62,12 +62,7 @@ fn evil_back(w: &World) -> (EvilBack, Front) {
     });
     wait_for_state(&mut c0, &paths.front, T, |s| s == XenbusState::Connected).unwrap();
     let keys = FrontendKeys::read(&mut c0, &paths.front).unwrap();
-    let map = |r| {
-        w.dom0
-            .importer()
-            .map(w.guest.id(), &[r], Access::ReadWrite)
-            .unwrap()
-    };
+    let map = |r| w.dom0.importer().map_rw(w.guest.id(), &[r]).unwrap();
     let (tx, rx) = (map(keys.tx_ring_ref), map(keys.rx_ring_ref));
     let chan = Channel::bind(&w.dom0.evtchn().unwrap(), w.guest.id(), keys.event_channel).unwrap();
     write_state(&mut c0, &paths.back, XenbusState::Connected).unwrap();
@@ -105,7 +100,7 @@ fn backend_keeping_a_tx_grant_breaks_the_frontend_and_the_page_is_never_reused()
     let kept = w
         .dom0
         .importer()
-        .map(w.guest.id(), &[GrantRef(req.gref)], Access::ReadOnly)
+        .map_ro(w.guest.id(), &[GrantRef(req.gref)])
         .unwrap();
     tx.push_response(&NetifTxResponse {
         id: req.id,
@@ -165,7 +160,7 @@ fn backend_keeping_an_rx_grant_breaks_the_frontend() {
     let kept = w
         .dom0
         .importer()
-        .map(w.guest.id(), &[GrantRef(req.gref)], Access::ReadWrite)
+        .map_rw(w.guest.id(), &[GrantRef(req.gref)])
         .unwrap();
     kept.mem().write(0, &frame(60, 1)).unwrap();
     rx.push_response(&NetifRxResponse {

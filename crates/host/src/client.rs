@@ -10,7 +10,7 @@ use std::time::Duration;
 use rustix::event::{eventfd, EventfdFlags};
 use xenshare::event::EventError;
 use xenshare::grant::{
-    Exporter, GntSt, GrantError, GrantTable, Importer, TableBackend, TableEntry,
+    Exporter, GntSt, GrantError, Importer, Revoked, TableBackend, TableEntry, TableView,
 };
 use xenshare::mem::SharedMem;
 use xenshare::platform::{
@@ -124,7 +124,10 @@ fn evt_err(e: ClientError) -> EventError {
 #[derive(Clone)]
 pub struct RemoteTable(Arc<Region>);
 
-impl TableMemory for RemoteTable {
+// SAFETY: the region is this domain's grant table, shared with the daemon
+// that runs the pin protocol on it; `RemoteDomain::join` builds the one
+// `TableBackend` over it.
+unsafe impl TableMemory for RemoteTable {
     fn table(&self) -> SharedMem<'_> {
         self.0.mem()
     }
@@ -161,7 +164,9 @@ pub struct RemoteFrames {
     conn: Arc<Conn>,
 }
 
-impl FrameAllocator for RemoteFrames {
+// SAFETY: every run is a fresh memfd of its own, registered with the daemon
+// under fresh frame numbers; dropped runs are retired, never reissued.
+unsafe impl FrameAllocator for RemoteFrames {
     type Frames = Chunk;
 
     fn alloc(&self, n: usize) -> Option<Chunk> {
@@ -193,30 +198,30 @@ pub struct RemoteGrantBackend {
 
 type Live = <TableBackend<RemoteTable, RemoteFrames> as GrantBackend>::Live;
 
-impl RemoteGrantBackend {
-    /// The grant table.
-    pub fn table(&self) -> &GrantTable<RemoteTable> {
-        self.table.table()
-    }
-}
-
-impl GrantBackend for RemoteGrantBackend {
+// SAFETY: the primitives are the core's `TableBackend`. On top of it, a
+// revocation never hands memory back: a chunk may have been mapped by another
+// process (the daemon passed it the memfd), which can keep its own mmap after
+// it "unmapped", so a revoked chunk is retired — its memfd closed here and its
+// frames never reissued by the daemon — and `Revoked::Retired` comes back.
+unsafe impl GrantBackend for RemoteGrantBackend {
     type Pages = Chunk;
     type Live = Live;
 
     fn domid(&self) -> DomId {
         self.table.domid()
     }
-    fn share_new(&self, peer: DomId, n: usize, access: Access) -> Result<Live, GrantError> {
-        self.table.share_new(peer, n, access)
+    unsafe fn share_new(&self, peer: DomId, n: usize, access: Access) -> Result<Live, GrantError> {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.table.share_new(peer, n, access) }
     }
-    fn share_pages(
+    unsafe fn share_pages(
         &self,
         peer: DomId,
         pages: Chunk,
         access: Access,
-    ) -> Result<Live, (GrantError, Chunk)> {
-        self.table.share_pages(peer, pages, access)
+    ) -> Result<Live, (GrantError, Option<Chunk>)> {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.table.share_pages(peer, pages, access) }
     }
     fn refs(live: &Live) -> &[GrantRef] {
         <TableBackend<RemoteTable, RemoteFrames> as GrantBackend>::refs(live)
@@ -224,7 +229,7 @@ impl GrantBackend for RemoteGrantBackend {
     fn live_mem(live: &Live) -> SharedMem<'_> {
         <TableBackend<RemoteTable, RemoteFrames> as GrantBackend>::live_mem(live)
     }
-    fn try_revoke(&self, live: Live) -> Result<Chunk, Live> {
+    unsafe fn try_revoke(&self, live: Live) -> Result<Revoked<Chunk>, Live> {
         if let Some(first) = Self::refs(&live).first().copied() {
             let mut n = self.notified.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(i) = n.iter().position(|r| *r == first) {
@@ -235,10 +240,19 @@ impl GrantBackend for RemoteGrantBackend {
                 let _ = self.conn.call(&w, &[]);
             }
         }
-        self.table.try_revoke(live)
+        // SAFETY: `live` came from `self.table` (the caller's contract).
+        match unsafe { self.table.try_revoke(live) }? {
+            // Dropping the chunk retires it (RETIRE_CHUNK to the daemon).
+            Revoked::Pages(chunk) => drop(chunk),
+            Revoked::Retired => {}
+        }
+        Ok(Revoked::Retired)
     }
     fn leak(&self, live: Live) {
         self.table.leak(live)
+    }
+    fn table(&self) -> Option<&dyn TableView> {
+        self.table.table()
     }
     fn quarantine_changed(&self, refs: &[GrantRef], quarantined: bool) {
         // Only for the inspector: a lost report must not fail the exporter.
@@ -263,7 +277,7 @@ impl GrantBackend for RemoteGrantBackend {
         let frame = self
             .table
             .table()
-            .entry(r)
+            .and_then(|t| t.entry(r))
             .map(|e| u64::from(e.frame))
             .ok_or(GrantError::Platform(GntSt::BadGntref))?;
         let mut w = Writer::new(op::SET_EXPORT_NOTIFY);
@@ -372,7 +386,10 @@ impl ForeignMapper for RemoteMapper {
         Stitched::new(&pages).map_err(|_| GntSt::NoSpace)
     }
 
-    fn window_mem(w: &Stitched) -> SharedMem<'_> {
+    unsafe fn window_mem(w: &Stitched) -> SharedMem<'_> {
+        // Read-only handles were mmapped read-only (by the stitching, from
+        // a read-only fd), so even a contract breach faults instead of
+        // writing the granter's page.
         w.mem()
     }
 
@@ -623,7 +640,11 @@ impl RemoteDomain {
         let table = Arc::new(Region::from_fd(table_fd, true)?);
         let shinfo = Arc::new(Region::from_fd(shinfo_fd, true)?);
         let backend = RemoteGrantBackend {
-            table: TableBackend::new(id, RemoteTable(table), RemoteFrames { conn: conn.clone() }),
+            // SAFETY: the table region was just mapped from the daemon's
+            // memfd for this join; this is its only allocator.
+            table: unsafe {
+                TableBackend::new(id, RemoteTable(table), RemoteFrames { conn: conn.clone() })
+            },
             conn: conn.clone(),
             notified: Mutex::new(Vec::new()),
         };

@@ -541,7 +541,11 @@ impl Conn {
                 let mut w = ok();
                 w.u16(doms.len() as u16);
                 for d in doms {
-                    let entries = d.exporter().backend().table().active_entries();
+                    let entries = d
+                        .exporter()
+                        .table()
+                        .map(|t| t.active_entries())
+                        .unwrap_or_default();
                     let pins = d.active_grants();
                     w.u16(d.id().0).u32(entries.len() as u32);
                     for e in entries {

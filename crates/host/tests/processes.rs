@@ -271,10 +271,7 @@ fn child() {
     match role.as_str() {
         "mapper" => {
             let gref = GrantRef(std::env::var("XS_GREF").unwrap().parse().unwrap());
-            let m = me
-                .importer()
-                .map(DomId(1), &[gref], Access::ReadWrite)
-                .unwrap();
+            let m = me.importer().map_rw(DomId(1), &[gref]).unwrap();
             say("mapped");
             let stdin = std::io::stdin();
             for line in stdin.lock().lines() {
@@ -296,20 +293,15 @@ fn child() {
                 Err(e) => format!("{e}"),
             };
             let imp = me.importer();
-            let rw = st(imp.map(DomId(1), &[gref], Access::ReadWrite).map(drop));
+            let rw = st(imp.map_rw(DomId(1), &[gref]).map(drop));
             let other = {
                 let third = RemoteDomain::join(&sock, Some(DomId(3))).unwrap();
-                let r = st(third
-                    .importer()
-                    .map(DomId(1), &[gref], Access::ReadOnly)
-                    .map(drop));
+                let r = st(third.importer().map_ro(DomId(1), &[gref]).map(drop));
                 r
             };
-            let bad = st(imp
-                .map(DomId(1), &[GrantRef(1 << 20)], Access::ReadOnly)
-                .map(drop));
-            let nodom = st(imp.map(DomId(99), &[gref], Access::ReadOnly).map(drop));
-            let ro = st(imp.map(DomId(1), &[gref], Access::ReadOnly).map(drop));
+            let bad = st(imp.map_ro(DomId(1), &[GrantRef(1 << 20)]).map(drop));
+            let nodom = st(imp.map_ro(DomId(99), &[gref]).map(drop));
+            let ro = st(imp.map_ro(DomId(1), &[gref]).map(drop));
             say(&format!(
                 "statuses rw={rw} other={other} bad={bad} nodom={nodom} ro={ro}"
             ));

@@ -201,9 +201,9 @@ fn kernel_defers_then_frees(linux: &Linux) -> TestResult {
     let gref = share.refs()[0];
     let kept = linux
         .importer
-        .map(exp.domid(), share.refs(), Access::ReadWrite)
+        .map_rw(exp.domid(), share.refs())
         .ctx("map")?;
-    share
+    let _retired = share
         .try_unshare()
         .map_err(|_| "gntalloc reported busy".to_string())?;
     let deferring = format!("deferring g.e. {:#x}", gref.0);
@@ -398,7 +398,7 @@ fn accept(granter: DomId) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(200));
     };
     println!("accept: d{} offers {gref} and {port}", granter.0);
-    let m = imp.map(granter, &[gref], Access::ReadWrite).ctx("map")?;
+    let m = imp.map_rw(granter, &[gref]).ctx("map")?;
     let mut got = vec![0u8; OFFER.len()];
     m.mem().read(0, &mut got).ctx("read offer")?;
     check_plain(

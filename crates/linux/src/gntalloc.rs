@@ -27,7 +27,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use xenshare::grant::GrantError;
+use xenshare::grant::{GrantError, Revoked};
 use xenshare::mem::SharedMem;
 use xenshare::platform::{GrantBackend, PageSet};
 use xenshare::{Access, DomId, GrantRef, Port};
@@ -58,10 +58,11 @@ pub struct GntallocShare {
     map: Mmap,
 }
 
-/// What a revoked gntalloc share gives back: only the page count. The pages
-/// themselves went back to the kernel (which holds them until the peer
-/// unmaps), so [`PageSet::mem`] is empty and they cannot be shared again
-/// ([`GrantBackend::share_pages`] is unsupported on gntalloc).
+/// The page type of gntalloc shares. A revoked gntalloc share never gives
+/// pages back: they went to the kernel (which holds them until the peer
+/// unmaps), so revocation reports [`Revoked::Retired`] and no value of this
+/// type is ever handed out ([`GrantBackend::share_pages`] is unsupported on
+/// gntalloc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GntallocPages {
     pages: usize,
@@ -91,7 +92,11 @@ fn os(e: rustix::io::Errno) -> GrantError {
     GrantError::Os(e.raw_os_error())
 }
 
-impl GrantBackend for GntallocBackend {
+// SAFETY: the kernel owns the grant table and the pages. Dropping a live
+// share only unmaps our view; the gntalloc entry stays until dealloc or the
+// fd closes, and the kernel then ends foreign access or defers the free while
+// the peer maps. Revocation never hands memory back (`Revoked::Retired`).
+unsafe impl GrantBackend for GntallocBackend {
     type Pages = GntallocPages;
     type Live = GntallocShare;
 
@@ -99,7 +104,7 @@ impl GrantBackend for GntallocBackend {
         self.domid
     }
 
-    fn share_new(
+    unsafe fn share_new(
         &self,
         peer: DomId,
         n: usize,
@@ -137,15 +142,15 @@ impl GrantBackend for GntallocBackend {
         Ok(GntallocShare { refs, index, map })
     }
 
-    fn share_pages(
+    unsafe fn share_pages(
         &self,
         _peer: DomId,
         pages: GntallocPages,
         _access: Access,
-    ) -> Result<GntallocShare, (GrantError, GntallocPages)> {
+    ) -> Result<GntallocShare, (GrantError, Option<GntallocPages>)> {
         Err((
             GrantError::Unsupported("gntalloc shares only pages it allocates itself"),
-            pages,
+            Some(pages),
         ))
     }
 
@@ -159,9 +164,11 @@ impl GrantBackend for GntallocBackend {
 
     /// Always succeeds unless the kernel refuses the dealloc itself: see the
     /// module docs (revoked-and-deferred).
-    fn try_revoke(&self, live: GntallocShare) -> Result<GntallocPages, GntallocShare> {
-        let pages = live.refs.len();
-        let count = pages as u32;
+    unsafe fn try_revoke(
+        &self,
+        live: GntallocShare,
+    ) -> Result<Revoked<GntallocPages>, GntallocShare> {
+        let count = live.refs.len() as u32;
         if sys::gntalloc_dealloc(self.fd.as_fd(), live.index, count).is_err() {
             // Still on this fd's list: keep the share (and its mapping), the
             // core will retry.
@@ -170,7 +177,7 @@ impl GrantBackend for GntallocBackend {
         // The last local user goes: the unmap notify fires and the kernel
         // ends foreign access, or defers it while the peer still maps.
         drop(live.map);
-        Ok(GntallocPages { pages })
+        Ok(Revoked::Retired)
     }
 
     fn set_unmap_notify(

@@ -234,7 +234,7 @@ impl ForeignMapper for GntdevMapper {
         })
     }
 
-    fn window_mem(w: &GntdevWindow) -> SharedMem<'_> {
+    unsafe fn window_mem(w: &GntdevWindow) -> SharedMem<'_> {
         let Some(map) = &w.batch.map else {
             return sys::empty_mem();
         };

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use xenshare::event::EventError;
-use xenshare::grant::{Exporter, GntSt, GrantError, Importer, TableBackend};
+use xenshare::grant::{Exporter, GntSt, GrantError, Importer, Revoked, TableBackend, TableView};
 use xenshare::mem::SharedMem;
 use xenshare::platform::{CopyOp, ForeignMapper, GrantBackend, TableMemory};
 use xenshare::{Access, DomId, GrantRef, Port};
@@ -18,7 +18,10 @@ use crate::region::{Region, Stitched};
 #[derive(Clone)]
 pub struct SimTable(Arc<Region>);
 
-impl TableMemory for SimTable {
+// SAFETY: the region is the table the emulated hypervisor consults for this
+// domain (`DomainState::table`); `Domain::new` builds the one
+// `TableBackend` over it, and the hypervisor only runs the pin protocol.
+unsafe impl TableMemory for SimTable {
     fn table(&self) -> SharedMem<'_> {
         self.0.mem()
     }
@@ -32,16 +35,11 @@ pub struct SimGrantBackend {
     dom: Arc<DomainState>,
 }
 
-impl SimGrantBackend {
-    /// The guest-owned grant table.
-    pub fn table(&self) -> &xenshare::grant::GrantTable<SimTable> {
-        self.table.table()
-    }
-}
-
 type TableLive = <TableBackend<SimTable, SimFrames> as GrantBackend>::Live;
 
-impl GrantBackend for SimGrantBackend {
+// SAFETY: every primitive is the core's `TableBackend`, which keeps the
+// contract; the extra export notify only clears a byte and sends an event.
+unsafe impl GrantBackend for SimGrantBackend {
     type Pages = FrameRun;
     type Live = TableLive;
 
@@ -49,17 +47,24 @@ impl GrantBackend for SimGrantBackend {
         self.table.domid()
     }
 
-    fn share_new(&self, peer: DomId, n: usize, access: Access) -> Result<Self::Live, GrantError> {
-        self.table.share_new(peer, n, access)
+    unsafe fn share_new(
+        &self,
+        peer: DomId,
+        n: usize,
+        access: Access,
+    ) -> Result<Self::Live, GrantError> {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.table.share_new(peer, n, access) }
     }
 
-    fn share_pages(
+    unsafe fn share_pages(
         &self,
         peer: DomId,
         pages: FrameRun,
         access: Access,
-    ) -> Result<Self::Live, (GrantError, FrameRun)> {
-        self.table.share_pages(peer, pages, access)
+    ) -> Result<Self::Live, (GrantError, Option<FrameRun>)> {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.table.share_pages(peer, pages, access) }
     }
 
     fn refs(live: &Self::Live) -> &[GrantRef] {
@@ -70,7 +75,7 @@ impl GrantBackend for SimGrantBackend {
         <TableBackend<SimTable, SimFrames> as GrantBackend>::live_mem(live)
     }
 
-    fn try_revoke(&self, live: Self::Live) -> Result<FrameRun, Self::Live> {
+    unsafe fn try_revoke(&self, live: Self::Live) -> Result<Revoked<FrameRun>, Self::Live> {
         // Letting go of a share is this side's "last local user going away":
         // the notify fires once, before the revocation is attempted.
         if let Some(first) = Self::refs(&live).first() {
@@ -79,11 +84,16 @@ impl GrantBackend for SimGrantBackend {
                 self.dom.fire_export_notify(n);
             }
         }
-        self.table.try_revoke(live)
+        // SAFETY: `live` came from `self.table` (the caller's contract).
+        unsafe { self.table.try_revoke(live) }
     }
 
     fn leak(&self, live: Self::Live) {
         self.table.leak(live)
+    }
+
+    fn table(&self) -> Option<&dyn TableView> {
+        self.table.table()
     }
 
     fn set_unmap_notify(
@@ -105,7 +115,7 @@ impl GrantBackend for SimGrantBackend {
         let frame = self
             .table
             .table()
-            .entry(refs[page])
+            .and_then(|t| t.entry(refs[page]))
             .map(|e| u64::from(e.frame))
             .ok_or(GrantError::Platform(GntSt::BadGntref))?;
         let offset = byte_offset.map(|o| (o % xenshare_abi::PAGE_SIZE) as u16);
@@ -150,11 +160,16 @@ impl std::fmt::Debug for Domain {
 impl Domain {
     pub(crate) fn new(state: Arc<DomainState>, hv: Hypervisor) -> Self {
         let backend = SimGrantBackend {
-            table: TableBackend::new(
-                state.id,
-                SimTable(state.table.clone()),
-                SimFrames(state.mem.clone()),
-            ),
+            // SAFETY: a domain's table gets exactly one allocator: this one,
+            // built once per `DomainState` (the `Domain` handle is cloned,
+            // never rebuilt).
+            table: unsafe {
+                TableBackend::new(
+                    state.id,
+                    SimTable(state.table.clone()),
+                    SimFrames(state.mem.clone()),
+                )
+            },
             dom: state.clone(),
         };
         let exporter = Exporter::new(backend);
@@ -478,7 +493,7 @@ impl ForeignMapper for SimMapper {
             .map_err(|_| GntSt::NoSpace)
     }
 
-    fn window_mem(w: &SimWindow) -> SharedMem<'_> {
+    unsafe fn window_mem(w: &SimWindow) -> SharedMem<'_> {
         match w {
             SimWindow::Direct {
                 granter,

@@ -643,7 +643,7 @@ impl DomainState {
         run.mem().fill(0, PAGE_SIZE, 0).ok()?;
         let frame = run.first();
         let (w, f) = self.entry_words(GrantRef(xenshare_abi::grant::GNTTAB_RESERVED_XENSTORE))?;
-        entry::grant_access(w, f, backend, u32::try_from(frame).ok()?, false);
+        entry::grant_access(w, f, backend, u32::try_from(frame).ok()?, false).ok()?;
         *slot = Some(run);
         Some(frame)
     }
@@ -661,7 +661,7 @@ impl DomainState {
         run.mem().fill(0, PAGE_SIZE, 0).ok()?;
         let frame = run.first();
         let (w, f) = self.entry_words(GrantRef(xenshare_abi::grant::GNTTAB_RESERVED_CONSOLE))?;
-        entry::grant_access(w, f, backend, u32::try_from(frame).ok()?, false);
+        entry::grant_access(w, f, backend, u32::try_from(frame).ok()?, false).ok()?;
         *slot = Some(run);
         Some(frame)
     }

@@ -313,7 +313,10 @@ impl Drop for FrameRun {
 #[derive(Clone)]
 pub struct SimFrames(pub Arc<DomainMemory>);
 
-impl FrameAllocator for SimFrames {
+// SAFETY: runs are marked used (or are fresh chunks) until dropped, `frame`
+// is the run's own frame number in this domain's memory, and a leaked run is
+// forgotten with its used marks set (chunks: never reissued).
+unsafe impl FrameAllocator for SimFrames {
     type Frames = FrameRun;
 
     fn alloc(&self, n: usize) -> Option<FrameRun> {

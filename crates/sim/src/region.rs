@@ -10,7 +10,7 @@ use rustix::fs::{
     fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create, MemfdFlags, SealFlags,
 };
 use rustix::mm::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
-use xenshare::mem::SharedMem;
+use xenshare::mem::{ReadOnly, SharedMem};
 use xenshare_abi::PAGE_SIZE;
 
 /// Errors creating regions.
@@ -131,13 +131,21 @@ impl Region {
         })
     }
 
-    /// The whole region. Writing a read-only region faults: read-only
-    /// regions are only handed to read-only users (a read-only mapping).
+    /// The whole region, writable. A region mapped read-only has no
+    /// writable window: it gives an empty one (every access is out of
+    /// bounds); use [`Region::mem_ro`].
     pub fn mem(&self) -> SharedMem<'_> {
-        // SAFETY: the mapping is valid until `self` is dropped (for writes
-        // too when writable), and is only reached through volatile/atomic
-        // accessors.
-        unsafe { SharedMem::from_raw(self.ptr, self.len) }
+        let len = if self.writable { self.len } else { 0 };
+        // SAFETY: the mapping is valid until `self` is dropped, writable
+        // for its whole length when `writable` (else the window is empty),
+        // and is only reached through volatile/atomic accessors.
+        unsafe { SharedMem::from_raw(self.ptr, len) }
+    }
+
+    /// The whole region, read-only.
+    pub fn mem_ro(&self) -> SharedMem<'_, ReadOnly> {
+        // SAFETY: the mapping is readable until `self` is dropped.
+        unsafe { SharedMem::from_raw_read_only(self.ptr, self.len) }
     }
 
     /// Size in bytes.
@@ -226,10 +234,12 @@ impl Stitched {
         Ok(me)
     }
 
-    /// The window.
+    /// The window. Pages stitched read-only fault if written: only
+    /// `ForeignMapper::window_mem` hands this out, under its contract that
+    /// read-only windows are never written (a `Mapping<_, ReadOnly>` only
+    /// shows a read-only view).
     pub fn mem(&self) -> SharedMem<'_> {
-        // SAFETY: valid mapping until drop; read-only pages are only written
-        // by callers that mapped writable (enforced by the Mapping's access).
+        // SAFETY: valid mapping until drop; see above for read-only pages.
         unsafe { SharedMem::from_raw(self.ptr, self.len) }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use proptest::prelude::*;
 use xenshare::platform::PageSet;
 use xenshare::{Access, DomId, GrantRef};
-use xenshare_sim::{Domain, DomainConfig, Hypervisor, SimMapping, SimShare};
+use xenshare_sim::{Domain, DomainConfig, Hypervisor, SimShare};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -54,7 +54,7 @@ struct LiveShare {
 }
 
 struct LiveMap {
-    _m: SimMapping,
+    _m: Box<dyn std::any::Any>,
     share_id: u64,
     granter: usize,
     refs: Vec<GrantRef>,
@@ -62,7 +62,7 @@ struct LiveMap {
 
 fn frames_of(d: &Domain, refs: &[GrantRef]) -> Vec<u32> {
     refs.iter()
-        .map(|r| d.exporter().backend().table().entry(*r).unwrap().frame)
+        .map(|r| d.exporter().table().unwrap().entry(*r).unwrap().frame)
         .collect()
 }
 
@@ -108,8 +108,13 @@ proptest! {
                     let s = &shares[share % shares.len()];
                     let peer = s.share.peer();
                     let mapper = doms.iter().position(|d| d.id() == peer).unwrap();
-                    let access = if ro { Access::ReadOnly } else { Access::ReadWrite };
-                    let res = doms[mapper].importer().map(doms[s.from].id(), s.share.refs(), access);
+                    let imp = doms[mapper].importer();
+                    let (granter, refs) = (doms[s.from].id(), s.share.refs());
+                    let res: Result<Box<dyn std::any::Any>, _> = if ro {
+                        imp.map_ro(granter, refs).map(|m| Box::new(m) as Box<dyn std::any::Any>)
+                    } else {
+                        imp.map_rw(granter, refs).map(|m| Box::new(m) as Box<dyn std::any::Any>)
+                    };
                     let granted_ro = model[&s.id].3;
                     prop_assert_eq!(res.is_ok(), ro || !granted_ro, "map rule mismatch");
                     if let Ok(m) = res {
@@ -126,9 +131,11 @@ proptest! {
                     let id = s.id;
                     let mapped = maps.iter().any(|m| m.share_id == id);
                     match s.share.try_unshare() {
-                        Ok(pages) => {
+                        Ok(revoked) => {
                             prop_assert!(!mapped, "pages returned while mapped");
-                            prop_assert_eq!(pages.page_count(), model[&id].1.len());
+                            let pages = revoked.pages();
+                            prop_assert!(pages.is_some(), "the in-process emulator gives pages back");
+                            prop_assert_eq!(pages.map_or(0, |p| p.page_count()), model[&id].1.len());
                             model.remove(&id);
                         }
                         Err(busy) => {

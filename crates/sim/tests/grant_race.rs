@@ -43,7 +43,7 @@ fn revoke_never_succeeds_while_mapped() {
                         continue;
                     }
                     let gref = GrantRef(o as u32);
-                    if let Ok(m) = peer.importer().map(gid, &[gref], Access::ReadWrite) {
+                    if let Ok(m) = peer.importer().map_rw(gid, &[gref]) {
                         // The page carries the round it was granted in; while
                         // we hold the mapping, that round cannot be revoked.
                         // A freed ref can be granted again for the next round

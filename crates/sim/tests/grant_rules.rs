@@ -24,64 +24,41 @@ fn refused_maps_report_xen_statuses() {
     let ro = a.exporter().share(b.id(), 1, Access::ReadOnly).unwrap();
     // Read-only grant mapped writable.
     assert_eq!(
-        status(
-            b.importer()
-                .map(a.id(), ro.refs(), Access::ReadWrite)
-                .unwrap_err()
-        ),
+        status(b.importer().map_rw(a.id(), ro.refs()).unwrap_err()),
         GntSt::GeneralError
     );
     // Right grant, wrong domain.
     assert_eq!(
-        status(
-            c.importer()
-                .map(a.id(), ro.refs(), Access::ReadOnly)
-                .unwrap_err()
-        ),
+        status(c.importer().map_ro(a.id(), ro.refs()).unwrap_err()),
         GntSt::GeneralError
     );
     // A ref past the end of the table.
     assert_eq!(
         status(
             b.importer()
-                .map(a.id(), &[GrantRef(1 << 20)], Access::ReadOnly)
+                .map_ro(a.id(), &[GrantRef(1 << 20)])
                 .unwrap_err()
         ),
         GntSt::BadGntref
     );
     // A ref inside the table that was never granted.
     assert_eq!(
-        status(
-            b.importer()
-                .map(a.id(), &[GrantRef(100)], Access::ReadOnly)
-                .unwrap_err()
-        ),
+        status(b.importer().map_ro(a.id(), &[GrantRef(100)]).unwrap_err()),
         GntSt::GeneralError
     );
     // No such domain.
     assert_eq!(
-        status(
-            b.importer()
-                .map(DomId(999), ro.refs(), Access::ReadOnly)
-                .unwrap_err()
-        ),
+        status(b.importer().map_ro(DomId(999), ro.refs()).unwrap_err()),
         GntSt::BadDomain
     );
     // The legitimate map works, read-only.
-    let m = b
-        .importer()
-        .map(a.id(), ro.refs(), Access::ReadOnly)
-        .unwrap();
+    let m = b.importer().map_ro(a.id(), ro.refs()).unwrap();
     drop(m);
     // Map after revoke.
     let refs = ro.refs().to_vec();
-    ro.try_unshare().unwrap();
+    let _revoked = ro.try_unshare().unwrap();
     assert_eq!(
-        status(
-            b.importer()
-                .map(a.id(), &refs, Access::ReadOnly)
-                .unwrap_err()
-        ),
+        status(b.importer().map_ro(a.id(), &refs).unwrap_err()),
         GntSt::GeneralError
     );
     assert_eq!(
@@ -101,10 +78,7 @@ fn partial_batch_is_rolled_back() {
     let s = a.exporter().share(b.id(), 3, Access::ReadWrite).unwrap();
     let mut refs = s.refs().to_vec();
     refs.insert(2, GrantRef(4000)); // not granted
-    let err = b
-        .importer()
-        .map(a.id(), &refs, Access::ReadWrite)
-        .unwrap_err();
+    let err = b.importer().map_rw(a.id(), &refs).unwrap_err();
     assert!(
         matches!(
             err,
@@ -135,7 +109,7 @@ fn reserved_refs_never_handed_out_and_no_reuse_while_live() {
         })
         .unwrap();
     let b = hv.create_domain(DomainConfig::default()).unwrap();
-    let capacity = a.exporter().backend().table().capacity();
+    let capacity = a.exporter().table().unwrap().capacity();
     assert_eq!(capacity, 512);
     let mut shares = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -157,10 +131,7 @@ fn reserved_refs_never_handed_out_and_no_reuse_while_live() {
     // Hold one mapped, free the rest: the mapped ref must not come back.
     let held = shares.pop().unwrap();
     let held_ref = held.refs()[0];
-    let m = b
-        .importer()
-        .map(a.id(), held.refs(), Access::ReadOnly)
-        .unwrap();
+    let m = b.importer().map_ro(a.id(), held.refs()).unwrap();
     drop(held); // quarantined
     shares.clear(); // all revoked
     let mut again = Vec::new();
@@ -180,7 +151,7 @@ fn reserved_refs_never_handed_out_and_no_reuse_while_live() {
     drop(again);
     assert_eq!(a.exporter().reclaim(usize::MAX).reclaimed, 1);
     assert_eq!(
-        a.exporter().backend().table().free_count() as u32,
+        a.exporter().table().unwrap().free_count() as u32,
         capacity - GNTTAB_NR_RESERVED_ENTRIES
     );
 }
@@ -226,10 +197,7 @@ fn granted_pages_never_carry_stale_data() {
     let b = hv.create_domain(DomainConfig::default()).unwrap();
     for round in 0..8u8 {
         let s = a.exporter().share(b.id(), 4, Access::ReadWrite).unwrap();
-        let m = b
-            .importer()
-            .map(a.id(), s.refs(), Access::ReadOnly)
-            .unwrap();
+        let m = b.importer().map_ro(a.id(), s.refs()).unwrap();
         let mut page = vec![0xFFu8; 4 * 4096];
         m.mem().read(0, &mut page).unwrap();
         assert!(
@@ -239,16 +207,13 @@ fn granted_pages_never_carry_stale_data() {
         s.mem().fill(0, 4 * 4096, 0xA0 | round).unwrap();
         drop(m);
         // The same frames come back from revocation; re-sharing them zeroes them too.
-        let pages = s.try_unshare().unwrap();
+        let pages = s.try_unshare().unwrap().pages().unwrap();
         let s = a
             .exporter()
             .share_pages(b.id(), pages, Access::ReadOnly)
             .map_err(|(e, _)| e)
             .unwrap();
-        let m = b
-            .importer()
-            .map(a.id(), s.refs(), Access::ReadOnly)
-            .unwrap();
+        let m = b.importer().map_ro(a.id(), s.refs()).unwrap();
         m.mem().read(0, &mut page).unwrap();
         assert!(
             page.iter().all(|x| *x == 0),
@@ -347,10 +312,7 @@ fn unmap_notify_clears_byte_and_sends_event_on_unmap_and_death() {
         .share(client.id(), 1, Access::ReadWrite)
         .unwrap();
     share.mem().write(20, &[1]).unwrap();
-    let m = client
-        .importer()
-        .map(server.id(), share.refs(), Access::ReadWrite)
-        .unwrap();
+    let m = client.importer().map_rw(server.id(), share.refs()).unwrap();
     m.set_unmap_notify(Some(20), Some(cport)).unwrap();
     while sev.poll().unwrap().is_some() {}
     drop(m);
@@ -365,10 +327,7 @@ fn unmap_notify_clears_byte_and_sends_event_on_unmap_and_death() {
 
     // Again, but the client domain dies instead of unmapping.
     share.mem().write(20, &[1]).unwrap();
-    let m = client
-        .importer()
-        .map(server.id(), share.refs(), Access::ReadWrite)
-        .unwrap();
+    let m = client.importer().map_rw(server.id(), share.refs()).unwrap();
     m.set_unmap_notify(Some(20), Some(cport)).unwrap();
     assert!(share.try_unshare().is_err_and(|busy| {
         let s = busy.into_inner();
@@ -391,10 +350,7 @@ fn unmap_notify_clears_byte_and_sends_event_on_unmap_and_death() {
         .exporter()
         .share(c2.id(), 1, Access::ReadOnly)
         .unwrap();
-    let m2 = c2
-        .importer()
-        .map(server.id(), s2.refs(), Access::ReadOnly)
-        .unwrap();
+    let m2 = c2.importer().map_ro(server.id(), s2.refs()).unwrap();
     assert!(m2.set_unmap_notify(Some(0), None).is_err());
     assert!(m2.set_unmap_notify(Some(5000), None).is_err());
 }
@@ -410,11 +366,7 @@ fn domain_death_releases_mappings_and_quarantine_drains() {
             .exporter()
             .share(peer.id(), 2, Access::ReadWrite)
             .unwrap();
-        maps.push(
-            peer.importer()
-                .map(guest.id(), s.refs(), Access::ReadWrite)
-                .unwrap(),
-        );
+        maps.push(peer.importer().map_rw(guest.id(), s.refs()).unwrap());
         drop(s); // busy: quarantined
     }
     assert_eq!(guest.exporter().stats().quarantined, 10);
@@ -433,10 +385,7 @@ fn domain_death_releases_mappings_and_quarantine_drains() {
     assert_eq!((r.reclaimed, r.remaining), (6, 0));
     // The dead domain's mapping handles are inert.
     drop(maps);
-    assert!(peer
-        .importer()
-        .map(guest.id(), &[GrantRef(8)], Access::ReadOnly)
-        .is_err());
+    assert!(peer.importer().map_ro(guest.id(), &[GrantRef(8)]).is_err());
 }
 
 #[test]

@@ -26,16 +26,17 @@ fn peer_keeping_its_mapping_never_sees_reused_memory() {
         .exporter()
         .share(dom0.id(), 1, Access::ReadWrite)
         .unwrap();
-    let m = dom0
-        .importer()
-        .map(guest.id(), share.refs(), Access::ReadWrite)
-        .unwrap();
+    let m = dom0.importer().map_rw(guest.id(), share.refs()).unwrap();
     m.mem().write(0, b"hello from dom0").unwrap();
     let mut buf = [0u8; 15];
     share.mem().read(0, &mut buf).unwrap();
     assert_eq!(&buf, b"hello from dom0");
     drop(m);
-    let pages = share.try_unshare().expect("unmapped share must revoke");
+    let pages = share
+        .try_unshare()
+        .expect("unmapped share must revoke")
+        .pages()
+        .expect("the in-process emulator proves the unmap and gives pages back");
     assert_eq!(pages.page_count(), 1);
     drop(pages);
 
@@ -45,17 +46,8 @@ fn peer_keeping_its_mapping_never_sees_reused_memory() {
         .share(dom0.id(), 1, Access::ReadWrite)
         .unwrap();
     let gref = share.refs()[0];
-    let kept = dom0
-        .importer()
-        .map(guest.id(), share.refs(), Access::ReadWrite)
-        .unwrap();
-    let frame_of_share = guest
-        .exporter()
-        .backend()
-        .table()
-        .entry(gref)
-        .unwrap()
-        .frame;
+    let kept = dom0.importer().map_rw(guest.id(), share.refs()).unwrap();
+    let frame_of_share = guest.exporter().table().unwrap().entry(gref).unwrap().frame;
     let share = match share.try_unshare() {
         Ok(_) => panic!("revoke must fail while the peer maps the page"),
         Err(busy) => busy.into_inner(),
@@ -79,8 +71,8 @@ fn peer_keeping_its_mapping_never_sees_reused_memory() {
     for s in &reused {
         let f = guest
             .exporter()
-            .backend()
             .table()
+            .unwrap()
             .entry(s.refs()[0])
             .unwrap()
             .frame;
@@ -123,16 +115,10 @@ fn partially_released_multi_page_share_revokes_what_it_can() {
     let b = hv.create_domain(DomainConfig::default()).unwrap();
     let share = a.exporter().share(b.id(), 3, Access::ReadWrite).unwrap();
     let refs = share.refs().to_vec();
-    let keep = b
-        .importer()
-        .map(a.id(), &refs[1..2], Access::ReadOnly)
-        .unwrap();
+    let keep = b.importer().map_ro(a.id(), &refs[1..2]).unwrap();
     let share = share.try_unshare().unwrap_err().into_inner();
     // Pages the peer did not hold are revoked already: they cannot be mapped.
-    let err = b
-        .importer()
-        .map(a.id(), &refs[0..1], Access::ReadOnly)
-        .unwrap_err();
+    let err = b.importer().map_ro(a.id(), &refs[0..1]).unwrap_err();
     assert!(
         matches!(err, xenshare::grant::MapError::Refused { .. }),
         "{err}"

@@ -120,7 +120,7 @@ fn round_trip(order: u32, ops: u64) {
     // Back: map the ring, bind to the port.
     let mapping = back_dom
         .importer()
-        .map(front_dom.id(), share.refs(), Access::ReadWrite)
+        .map_rw(front_dom.id(), share.refs())
         .unwrap();
     let back = BackRing::<Req, Rsp>::attach(mapping.mem()).unwrap();
     assert_eq!(back.size(), front.size());
@@ -211,7 +211,7 @@ fn malicious_back_end_breaks_the_ring_not_the_front_end() {
         .unwrap();
     let mapping = back_dom
         .importer()
-        .map(front_dom.id(), share.refs(), Access::ReadWrite)
+        .map_rw(front_dom.id(), share.refs())
         .unwrap();
     let peer = mapping.mem();
     let rsp_prod = peer.atomic_u32(8).unwrap();

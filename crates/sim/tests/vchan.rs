@@ -402,11 +402,7 @@ fn client_that_never_unmaps_sends_server_pages_to_quarantine() {
     let kept = wd
         .cli
         .importer()
-        .map(
-            wd.srv.id(),
-            &[xenshare::GrantRef(ring_ref)],
-            xenshare::Access::ReadWrite,
-        )
+        .map_rw(wd.srv.id(), &[xenshare::GrantRef(ring_ref)])
         .unwrap();
     let before = wd.srv.exporter().stats();
     drop(s); // close: the control page is still mapped -> quarantine

@@ -23,7 +23,7 @@ use xenshare::grant::Importer;
 use xenshare::platform::{EventChannels, ForeignMapper};
 use xenshare::store::ring::{Backlog, End, XsRing};
 use xenshare::store::wire::Decoder;
-use xenshare::{Access, DomId, GrantRef, Port};
+use xenshare::{DomId, GrantRef, Port};
 use xenshare_abi::grant::GNTTAB_RESERVED_XENSTORE;
 use xenshare_abi::xs::{
     XENSTORE_ERROR_PROTO, XENSTORE_ERROR_RINGIDX, XENSTORE_SERVER_FEATURE_ERROR,
@@ -66,11 +66,7 @@ impl GuestLink {
         port: Port,
     ) -> Result<GuestLink, AttachError> {
         let mapping = importer
-            .map(
-                domid,
-                &[GrantRef(GNTTAB_RESERVED_XENSTORE)],
-                Access::ReadWrite,
-            )
+            .map_rw(domid, &[GrantRef(GNTTAB_RESERVED_XENSTORE)])
             .map_err(|e| AttachError::Map(domid, e))?;
         let chan = Channel::bind(evt, domid, port).map_err(|e| AttachError::Event(domid, e))?;
         // Check the page before the thread owns it.

@@ -1,7 +1,7 @@
 //! `xenshare demo`: two emulated domains, a page shared the honest way, then
 //! MirageOS MSA02 replayed against the safe grant API.
 
-use xenshare::grant::MapError;
+use xenshare::grant::{MapError, Revoked};
 use xenshare::platform::PageSet;
 use xenshare::{Access, DomId};
 use xenshare_sim::{Domain, DomainConfig, Hypervisor};
@@ -13,7 +13,11 @@ fn step(n: u32, title: &str) {
 }
 
 fn table(dom: &Domain) {
-    let entries = dom.exporter().backend().table().active_entries();
+    let entries = dom
+        .exporter()
+        .table()
+        .map(|t| t.active_entries())
+        .unwrap_or_default();
     if entries.is_empty() {
         println!("     {} grant table: (no active entries)", dom.id());
         return;
@@ -77,7 +81,7 @@ pub fn run() -> Result<()> {
     step(3, "dom0 maps the grants and writes a message");
     let m = dom0
         .importer()
-        .map(guest.id(), share.refs(), Access::ReadWrite)
+        .map_rw(guest.id(), share.refs())
         .map_err(|e| e.to_string())?;
     m.mem()
         .write(0, b"hello guest, from dom0")
@@ -99,7 +103,10 @@ pub fn run() -> Result<()> {
     let pages = share
         .try_unshare()
         .map_err(|_| "revoke unexpectedly busy".to_string())?;
-    println!("     try_unshare: Ok({} pages back)", pages.page_count());
+    match &pages {
+        Revoked::Pages(p) => println!("     try_unshare: Ok({} pages back)", p.page_count()),
+        Revoked::Retired => println!("     try_unshare: Ok(retired)"),
+    }
     drop(pages);
     table(&guest);
 
@@ -111,14 +118,13 @@ pub fn run() -> Result<()> {
     let gref = share.refs()[0];
     let frame = guest
         .exporter()
-        .backend()
         .table()
-        .entry(gref)
+        .and_then(|t| t.entry(gref))
         .map(|e| e.frame)
         .unwrap_or_default();
     let kept = dom0
         .importer()
-        .map(guest.id(), share.refs(), Access::ReadWrite)
+        .map_rw(guest.id(), share.refs())
         .map_err(|e| e.to_string())?;
     println!("     dom0 → guest: \"I'm done with {gref}\"   (it lies: the mapping is still there)");
     let share = match share.try_unshare() {
@@ -144,9 +150,8 @@ pub fn run() -> Result<()> {
         .filter_map(|s| {
             guest
                 .exporter()
-                .backend()
                 .table()
-                .entry(s.refs()[0])
+                .and_then(|t| t.entry(s.refs()[0]))
                 .map(|e| e.frame)
         })
         .collect();
@@ -191,7 +196,7 @@ pub fn run() -> Result<()> {
     stats(&guest);
 
     step(9, "and the peer cannot map a revoked grant");
-    match dom0.importer().map(guest.id(), &[gref], Access::ReadOnly) {
+    match dom0.importer().map_ro(guest.id(), &[gref]) {
         Err(MapError::Refused { status, .. }) => println!("     dom0 maps {gref} again → {status}"),
         Err(e) => println!("     dom0 maps {gref} again → {e}"),
         Ok(_) => return Err("a revoked grant was mappable".into()),

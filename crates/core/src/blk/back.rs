@@ -40,7 +40,7 @@ use crate::platform::{CopyDst, CopyOp, CopySrc, EventChannels, ForeignMapper, Gr
 use crate::ring::BackRing;
 use crate::store::client::{Client, Transport};
 use crate::store::xenbus::{backend_path, write_state, XenbusState};
-use crate::types::{Access, DomId, GrantRef, Port};
+use crate::types::{DomId, GrantRef, Port};
 
 /// What a back end offers and how it behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,7 +339,7 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         stop: &AtomicBool,
     ) -> Result<BackExit, BlkError> {
         let fe = self.cfg.frontend;
-        let map = self.importer.map(fe, &keys.refs, Access::ReadWrite)?;
+        let map = self.importer.map_rw(fe, &keys.refs)?;
         let ring = BackRing::<BlkifRequest, BlkifResponse>::attach(map.mem())?;
         let chan = Channel::bind(&self.evt, fe, keys.port)?;
         let d = self.dir.clone();
@@ -541,7 +541,7 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             if pmaps.len() >= max {
                 return None;
             }
-            let m = importer.map(fe, &[gref], Access::ReadWrite).ok()?;
+            let m = importer.map_rw(fe, &[gref]).ok()?;
             pmaps.insert(gref.0, m);
         }
         pmaps.get(&gref.0)

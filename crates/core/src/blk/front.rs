@@ -47,7 +47,7 @@ use super::{
 use crate::event::Channel;
 use crate::grant::{Busy, Exporter, GrantError, Share};
 use crate::mem::SharedMem;
-use crate::platform::{EventChannels, GrantBackend, PageSet};
+use crate::platform::{EventChannels, GrantBackend};
 use crate::ring::{nr_entries, ring_bytes, FrontRing, Outstanding, RingError};
 use crate::store::client::{Client, Transport};
 use crate::store::xenbus::{frontend_path, write_state, XenbusState};
@@ -1004,7 +1004,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     fn revoke(pages: Pages<B>) -> Result<Option<B::Pages>, usize> {
         match pages {
             Pages::Share(s) => match s.try_unshare() {
-                Ok(p) => Ok(Some(p)),
+                Ok(revoked) => Ok(revoked.pages()),
                 Err(Busy(s)) => {
                     drop(s);
                     Err(1)
@@ -1030,43 +1030,22 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             indirect,
             owner,
         } = p;
-        let mut kept = 0;
-        match Self::revoke(indirect) {
-            Ok(_) => {}
-            Err(n) => kept += n,
-        }
-        let (pool_pages, own) = match data {
-            Pages::Pool(v) => (Some(v), None),
-            other => match Self::revoke(other) {
-                Ok(p) => (None, p),
-                Err(n) => {
-                    kept += n;
-                    (None, None)
-                }
-            },
-        };
         let mut result = match rsp.status {
             BLKIF_RSP_OKAY => Ok(()),
             BLKIF_RSP_EOPNOTSUPP => Err(BlkError::NotSupported("operation refused by back end")),
             s => Err(BlkError::Io(s)),
         };
-        if kept > 0 {
-            // XSA-396: the back end answered but kept our page. Never use
-            // that data, never reuse the page; the disk is done.
-            let e = self.fail(BlkError::GrantStillMapped(kept));
-            result = Err(e);
-        }
+        // Read data is copied out once while the grant is still ours to
+        // read (platforms that retire revoked memory give nothing back to
+        // read from afterwards); it is only delivered if revocation then
+        // proves the back end let go.
         let mut data_out = Vec::new();
         if result.is_ok() && kind == IoKind::Read {
-            let src: Option<SharedMem<'_>> = match (&own, &pool_pages) {
-                (Some(p), _) => Some(p.mem()),
-                _ => None,
-            };
             let read_page = |i: usize, dst: &mut [u8]| -> bool {
-                let m = match (&src, &pool_pages) {
-                    (Some(m), _) => m.slice(i * PAGE_SIZE, PAGE_SIZE).ok(),
-                    (None, Some(v)) => v.get(i).and_then(|&idx| self.io.pool.page(idx)),
-                    _ => None,
+                let m = match &data {
+                    Pages::Share(s) => s.mem().slice(i * PAGE_SIZE, PAGE_SIZE).ok(),
+                    Pages::Pool(v) => v.get(i).and_then(|&idx| self.io.pool.page(idx)),
+                    Pages::None => None,
                 };
                 m.is_some_and(|m| m.read(0, dst).is_ok())
             };
@@ -1088,6 +1067,28 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             if !ok {
                 result = Err(BlkError::Closed);
             }
+        }
+        let mut kept = 0;
+        match Self::revoke(indirect) {
+            Ok(_) => {}
+            Err(n) => kept += n,
+        }
+        let (pool_pages, own) = match data {
+            Pages::Pool(v) => (Some(v), None),
+            other => match Self::revoke(other) {
+                Ok(p) => (None, p),
+                Err(n) => {
+                    kept += n;
+                    (None, None)
+                }
+            },
+        };
+        if kept > 0 {
+            // XSA-396: the back end answered but kept our page. Never use
+            // that data, never reuse the page; the disk is done.
+            let e = self.fail(BlkError::GrantStillMapped(kept));
+            result = Err(e);
+            data_out.clear();
         }
         drop(own);
         if let Some(v) = pool_pages {

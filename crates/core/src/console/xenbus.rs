@@ -187,7 +187,7 @@ where
 {
     let info = read_primary(xs, guest)?;
     let gref = GrantRef(xenshare_abi::grant::GNTTAB_RESERVED_CONSOLE);
-    let map = importer.map(guest, &[gref], Access::ReadWrite)?;
+    let map = importer.map_rw(guest, &[gref])?;
     let chan = Channel::bind(evt, guest, info.port)?;
     ConsoleBack::attach(map, chan)
 }
@@ -413,7 +413,7 @@ mod std_only {
                 why: "out of range",
             })?;
         let port = read_port(xs, &front_dir)?;
-        let map = importer.map(frontend, &[gref], Access::ReadWrite)?;
+        let map = importer.map_rw(frontend, &[gref])?;
         let chan = Channel::bind(evt, frontend, port)?;
         let console = ConsoleBack::attach(map, chan)?;
         write_state(xs, &back_dir, XenbusState::Connected)?;

@@ -5,7 +5,8 @@
 //! atomically:
 //!
 //! * the guest publishes a grant by writing `frame`, then (release) the word
-//!   with the new type and domid in one store, and revokes it with one
+//!   with the new type and domid in one compare-and-swap from an invalid
+//!   entry (a live entry is never overwritten), and revokes it with one
 //!   compare-and-swap loop that fails while `GTF_reading`/`GTF_writing` are set;
 //! * the hypervisor pins an entry for a map or copy with its own
 //!   compare-and-swap (checking type, domid and read-only), giving up after a
@@ -80,21 +81,49 @@ pub const fn domid_of(word: u32) -> DomId {
     DomId((word >> 16) as u16)
 }
 
+/// The entry was not invalid, so nothing was published: re-granting a live
+/// entry would silently clear the busy bits a mapper holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotInvalid {
+    /// The flags observed.
+    pub flags: u16,
+}
+
 /// Guest: publishes a permit-access grant of `frame` to `domid`.
 ///
-/// The entry must be invalid (the caller owns the ref). `frame` is written
-/// first; the release store of the header word then makes type and domid
-/// visible together, never with a stale frame.
+/// Only an invalid entry (no type, no busy bits) is ever written: the header
+/// word is checked first, `frame` is written, and the header is then
+/// published with a compare-and-swap from the value checked, with release
+/// ordering, so type and domid become visible together and never with a
+/// stale frame. If the entry is live (or changes under us) nothing is
+/// published and [`NotInvalid`] is returned.
 pub fn grant_access<W: EntryWord>(
     word: &W,
     frame_word: &W,
     domid: DomId,
     frame: u32,
     readonly: bool,
-) {
+) -> Result<(), NotInvalid> {
+    let cur = word.load(Ordering::Acquire);
+    if flags_of(cur) != 0 {
+        return Err(NotInvalid {
+            flags: flags_of(cur),
+        });
+    }
+    // The frame of an invalid entry is never read by the hypervisor, so
+    // writing it before the header is harmless even if the swap then fails.
     frame_word.store(frame, Ordering::Relaxed);
     let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
-    word.store(pack(flags, domid), Ordering::Release);
+    word.compare_exchange(
+        cur,
+        pack(flags, domid),
+        Ordering::Release,
+        Ordering::Relaxed,
+    )
+    .map(drop)
+    .map_err(|seen| NotInvalid {
+        flags: flags_of(seen),
+    })
 }
 
 /// The grantee still has the entry pinned (mapped, or mid-copy).
@@ -173,7 +202,7 @@ mod tests {
     #[test]
     fn revoke_fails_while_pinned_and_succeeds_after() {
         let (w, f) = entry();
-        grant_access(&w, &f, DomId(3), 77, false);
+        grant_access(&w, &f, DomId(3), 77, false).unwrap();
         assert_eq!(f.load(Ordering::Relaxed), 77);
         pin(&w, DomId(3), false).unwrap();
         assert_eq!(
@@ -191,11 +220,39 @@ mod tests {
     #[test]
     fn pin_checks_domid_and_readonly() {
         let (w, f) = entry();
-        grant_access(&w, &f, DomId(3), 1, true);
+        grant_access(&w, &f, DomId(3), 1, true).unwrap();
         assert_eq!(pin(&w, DomId(4), true), Err(GntSt::GeneralError));
         assert_eq!(pin(&w, DomId(3), false), Err(GntSt::GeneralError));
         assert_eq!(pin(&w, DomId(3), true), Ok(()));
         assert_eq!(flags_of(w.load(Ordering::Relaxed)) & GTF_WRITING, 0);
+    }
+
+    #[test]
+    fn granting_over_a_live_entry_fails_and_keeps_the_pin() {
+        let (w, f) = entry();
+        grant_access(&w, &f, DomId(3), 10, false).unwrap();
+        pin(&w, DomId(3), false).unwrap();
+        // A second publication (a stray second allocator, a double grant)
+        // must neither clear the busy bits nor move the frame.
+        assert_eq!(
+            grant_access(&w, &f, DomId(4), 99, true),
+            Err(NotInvalid {
+                flags: GTF_PERMIT_ACCESS | BUSY
+            })
+        );
+        assert_eq!(f.load(Ordering::Relaxed), 10);
+        assert_eq!(
+            flags_of(w.load(Ordering::Relaxed)),
+            GTF_PERMIT_ACCESS | BUSY
+        );
+        assert_eq!(domid_of(w.load(Ordering::Relaxed)), DomId(3));
+        // Even an idle live entry is not re-granted.
+        unpin(&w, BUSY);
+        assert!(grant_access(&w, &f, DomId(4), 99, true).is_err());
+        // Once revoked it can be granted again (the domid half may be stale).
+        try_end_access(&w).unwrap();
+        grant_access(&w, &f, DomId(4), 99, true).unwrap();
+        assert_eq!(domid_of(w.load(Ordering::Relaxed)), DomId(4));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use alloc::sync::Arc;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::GrantError;
+use super::{GrantError, Revoked, TableView};
 use crate::mem::SharedMem;
 use crate::platform::{GrantBackend, PageSet};
 use crate::sync::Mutex;
@@ -41,6 +41,9 @@ impl<T> core::error::Error for Busy<T> {}
 /// Counters of an [`Exporter`].
 ///
 /// Invariant: `granted == live + revoked + quarantined + reclaimed + leaked`.
+/// `retired` counts the revocations (of `revoked` and `reclaimed`) whose
+/// memory the platform could not prove unreachable and so retired instead
+/// of handing it back: the cost of a platform that cannot take access away.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GrantStats {
     /// Shares ever granted.
@@ -58,6 +61,8 @@ pub struct GrantStats {
     pub leaked: u64,
     /// Failed revocation attempts (busy results), all causes.
     pub busy_results: u64,
+    /// Revocations whose memory was retired rather than handed back.
+    pub retired: u64,
 }
 
 /// What one [`Exporter::reclaim`] pass did.
@@ -85,6 +90,7 @@ struct Counters {
     reclaimed: AtomicU64,
     leaked: AtomicU64,
     busy: AtomicU64,
+    retired: AtomicU64,
 }
 
 struct Inner<B: GrantBackend> {
@@ -124,9 +130,11 @@ impl<B: GrantBackend> Exporter<B> {
         }
     }
 
-    /// The platform backend.
-    pub fn backend(&self) -> &B {
-        &self.inner.backend
+    /// A read-only view of the grant table, where the platform owns one.
+    /// (The backend itself is never handed out: its primitives could
+    /// reuse memory a peer still maps.)
+    pub fn table(&self) -> Option<&dyn TableView> {
+        self.inner.backend.table()
     }
 
     /// The domain sharing.
@@ -146,13 +154,17 @@ impl<B: GrantBackend> Exporter<B> {
             return Err(GrantError::BadPeer(peer));
         }
         self.reclaim(OPPORTUNISTIC_RECLAIM);
-        let live = match self.inner.backend.share_new(peer, n, access) {
+        let backend = &self.inner.backend;
+        // SAFETY: the live share goes straight into a `Share`, which gives
+        // it back only to this backend.
+        let live = match unsafe { backend.share_new(peer, n, access) } {
             Ok(l) => l,
             Err(GrantError::TableFull | GrantError::OutOfMemory { .. })
                 if self.quarantined() > 0 =>
             {
                 self.reclaim(usize::MAX);
-                self.inner.backend.share_new(peer, n, access)?
+                // SAFETY: as above.
+                unsafe { backend.share_new(peer, n, access) }?
             }
             Err(e) => return Err(e),
         };
@@ -162,20 +174,24 @@ impl<B: GrantBackend> Exporter<B> {
     /// Shares pages the caller owns (for example pages that came back from
     /// [`Share::try_unshare`]). They are zeroed first: whatever they held is
     /// never shown to the new peer.
+    ///
+    /// On failure the pages come back with the error, unless the platform
+    /// had to retire them (`None`).
     pub fn share_pages(
         &self,
         peer: DomId,
         pages: B::Pages,
         access: Access,
-    ) -> Result<Share<B>, (GrantError, B::Pages)> {
+    ) -> Result<Share<B>, (GrantError, Option<B::Pages>)> {
         if !peer.is_real() {
-            return Err((GrantError::BadPeer(peer), pages));
+            return Err((GrantError::BadPeer(peer), Some(pages)));
         }
         let mem = pages.mem();
         if mem.fill(0, mem.len(), 0).is_err() {
-            return Err((GrantError::BadCount(pages.page_count()), pages));
+            return Err((GrantError::BadCount(pages.page_count()), Some(pages)));
         }
-        let live = self.inner.backend.share_pages(peer, pages, access)?;
+        // SAFETY: the live share goes straight into a `Share`.
+        let live = unsafe { self.inner.backend.share_pages(peer, pages, access) }?;
         Ok(self.wrap(live, peer, access))
     }
 
@@ -229,7 +245,19 @@ impl<B: GrantBackend> Inner<B> {
             reclaimed: c.reclaimed.load(Ordering::Relaxed),
             leaked: c.leaked.load(Ordering::Relaxed),
             busy_results: c.busy.load(Ordering::Relaxed),
+            retired: c.retired.load(Ordering::Relaxed),
         }
+    }
+
+    /// Revokes a live share of this exporter. A panic inside the backend
+    /// drops `live` while unwinding, which leaks it (the backend contract).
+    fn revoke(&self, live: B::Live) -> Result<Revoked<B::Pages>, B::Live> {
+        // SAFETY: every `B::Live` this exporter holds came from its backend.
+        let r = unsafe { self.backend.try_revoke(live) };
+        if let Ok(Revoked::Retired) = r {
+            self.counters.retired.fetch_add(1, Ordering::Relaxed);
+        }
+        r
     }
 
     fn reclaim(&self, budget: usize) -> ReclaimReport {
@@ -243,7 +271,7 @@ impl<B: GrantBackend> Inner<B> {
                 break;
             };
             let refs = B::refs(&q.live).to_vec();
-            match self.backend.try_revoke(q.live) {
+            match self.revoke(q.live) {
                 Ok(pages) => {
                     self.backend.quarantine_changed(&refs, false);
                     drop(pages);
@@ -279,7 +307,7 @@ impl<B: GrantBackend> Drop for Inner<B> {
         // Last chance: whatever the peers still hold is leaked, never freed.
         let pending = core::mem::take(&mut *self.quarantine.lock());
         for q in pending {
-            match self.backend.try_revoke(q.live) {
+            match self.revoke(q.live) {
                 Ok(pages) => drop(pages),
                 Err(live) => {
                     self.counters.leaked.fetch_add(1, Ordering::Relaxed);
@@ -352,14 +380,16 @@ impl<B: GrantBackend> Share<B> {
             .set_unmap_notify(self.live(), byte_offset, port)
     }
 
-    /// Ends the peer's access. On success the pages are the caller's again;
-    /// while the peer still maps any page, the share comes back unchanged in
-    /// [`Busy`] (every page the peer already released is revoked anyway).
-    pub fn try_unshare(mut self) -> Result<B::Pages, Busy<Self>> {
+    /// Ends the peer's access. On success the pages are the caller's again
+    /// ([`Revoked::Pages`]) or, on a platform that cannot prove the peer lost
+    /// the memory, retired for good ([`Revoked::Retired`]); while the peer
+    /// still maps any page, the share comes back unchanged in [`Busy`]
+    /// (every page the peer already released is revoked anyway).
+    pub fn try_unshare(mut self) -> Result<Revoked<B::Pages>, Busy<Self>> {
         let Some(live) = self.live.take() else {
             unreachable!("a Share always holds its live grant")
         };
-        match self.owner.backend.try_revoke(live) {
+        match self.owner.revoke(live) {
             Ok(pages) => {
                 let c = &self.owner.counters;
                 c.live.fetch_sub(1, Ordering::Relaxed);
@@ -381,7 +411,7 @@ impl<B: GrantBackend> Drop for Share<B> {
     /// is freed only after a proven revocation.
     fn drop(&mut self) {
         if let Some(live) = self.live.take() {
-            match self.owner.backend.try_revoke(live) {
+            match self.owner.revoke(live) {
                 Ok(pages) => {
                     let c = &self.owner.counters;
                     c.live.fetch_sub(1, Ordering::Relaxed);

@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use xenshare_abi::PAGE_SIZE;
 
 use super::{GntSt, MapError};
-use crate::mem::SharedMem;
+use crate::mem::{Perm, ReadOnly, ReadWrite, SharedMem};
 use crate::platform::{CopyDst, CopyOp, CopySrc, ForeignMapper};
 use crate::types::{Access, DomId, GrantRef, Port};
 
@@ -59,26 +59,42 @@ impl<M: ForeignMapper> Importer<M> {
         }
     }
 
-    /// The platform mapper.
-    pub fn mapper(&self) -> &M {
-        &self.inner.mapper
-    }
-
     /// The domain doing the mapping.
     pub fn domid(&self) -> DomId {
         self.inner.mapper.domid()
     }
 
-    /// Maps `refs` of `dom` as one contiguous region.
+    /// Maps `refs` of `dom` writable, as one contiguous region.
+    pub fn map_rw(&self, dom: DomId, refs: &[GrantRef]) -> Result<Mapping<M>, MapError> {
+        self.map_as(dom, refs)
+    }
+
+    /// Maps `refs` of `dom` read-only, as one contiguous region. The
+    /// mapping's memory is a [`ReadOnly`] window: writing it does not
+    /// compile.
+    ///
+    /// ```compile_fail,E0599
+    /// # use xenshare::{grant::Importer, platform::ForeignMapper, DomId, GrantRef};
+    /// # fn f<M: ForeignMapper>(imp: &Importer<M>) {
+    /// let m = imp.map_ro(DomId(1), &[GrantRef(8)]).unwrap();
+    /// m.mem().write(0, b"x"); // no write on a read-only window
+    /// # }
+    /// ```
+    pub fn map_ro(&self, dom: DomId, refs: &[GrantRef]) -> Result<Mapping<M, ReadOnly>, MapError> {
+        self.map_as(dom, refs)
+    }
+
+    /// Maps `refs` of `dom` as one contiguous region, with the access `P`
+    /// ([`ReadWrite`] or [`ReadOnly`]).
     ///
     /// Every element's status is checked; if any failed, the ones that
     /// succeeded are unmapped again and the first failure is reported.
-    pub fn map(
+    pub fn map_as<P: Perm>(
         &self,
         dom: DomId,
         refs: &[GrantRef],
-        access: Access,
-    ) -> Result<Mapping<M>, MapError> {
+    ) -> Result<Mapping<M, P>, MapError> {
+        let access = P::ACCESS;
         if refs.is_empty() {
             return Err(MapError::Empty);
         }
@@ -129,7 +145,7 @@ impl<M: ForeignMapper> Importer<M> {
             owner: self.inner.clone(),
             dom,
             refs: refs.to_vec(),
-            access,
+            _perm: core::marker::PhantomData,
         })
     }
 
@@ -181,32 +197,50 @@ impl<M: ForeignMapper> Importer<M> {
     }
 }
 
-/// Another domain's pages, mapped. Unmapped on drop.
-pub struct Mapping<M: ForeignMapper> {
+/// Another domain's pages, mapped with access `P` ([`ReadWrite`] by
+/// default, or [`ReadOnly`]). Unmapped on drop.
+pub struct Mapping<M: ForeignMapper, P: Perm = ReadWrite> {
     window: Option<M::Window>,
     handles: Vec<M::Handle>,
     owner: Arc<Inner<M>>,
     dom: DomId,
     refs: Vec<GrantRef>,
-    access: Access,
+    _perm: core::marker::PhantomData<P>,
 }
 
-impl<M: ForeignMapper> fmt::Debug for Mapping<M> {
+impl<M: ForeignMapper, P: Perm> fmt::Debug for Mapping<M, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mapping")
             .field("dom", &self.dom)
             .field("refs", &self.refs)
-            .field("access", &self.access)
+            .field("access", &P::ACCESS)
             .finish()
     }
 }
 
-impl<M: ForeignMapper> Mapping<M> {
-    /// The mapped pages as one window. The granter may change them at any
-    /// time; a read-only mapping must only be read.
+impl<M: ForeignMapper> Mapping<M, ReadWrite> {
+    /// The mapped pages as one writable window. The granter may change them
+    /// at any time.
     pub fn mem(&self) -> SharedMem<'_> {
+        self.raw_mem()
+    }
+}
+
+impl<M: ForeignMapper> Mapping<M, ReadOnly> {
+    /// The mapped pages as one read-only window. The granter may change
+    /// them at any time.
+    pub fn mem(&self) -> SharedMem<'_, ReadOnly> {
+        self.raw_mem().read_only()
+    }
+}
+
+impl<M: ForeignMapper, P: Perm> Mapping<M, P> {
+    fn raw_mem(&self) -> SharedMem<'_> {
         match &self.window {
-            Some(w) => M::window_mem(w),
+            // SAFETY: the window is written through only by
+            // `Mapping<_, ReadWrite>::mem`, whose handles were all mapped
+            // with `ReadWrite::ACCESS`; a read-only mapping downgrades it.
+            Some(w) => unsafe { M::window_mem(w) },
             None => unreachable!("a Mapping holds its window until drop"),
         }
     }
@@ -223,7 +257,7 @@ impl<M: ForeignMapper> Mapping<M> {
 
     /// How the pages are mapped.
     pub fn access(&self) -> Access {
-        self.access
+        P::ACCESS
     }
 
     /// Asks for the byte at `byte_offset` to be cleared and/or `port`
@@ -250,7 +284,7 @@ impl<M: ForeignMapper> Mapping<M> {
     }
 }
 
-impl<M: ForeignMapper> Drop for Mapping<M> {
+impl<M: ForeignMapper, P: Perm> Drop for Mapping<M, P> {
     fn drop(&mut self) {
         drop(self.window.take());
         for h in self.handles.drain(..) {

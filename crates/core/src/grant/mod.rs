@@ -25,7 +25,41 @@ pub mod table;
 
 pub use export::{Busy, Exporter, GrantStats, ReclaimReport, Share};
 pub use import::{ImportStats, Importer, Mapping};
-pub use table::{FlagsDisplay, GrantTable, TableBackend, TableEntry};
+pub use table::{FlagsDisplay, GrantTable, TableBackend, TableEntry, TableView};
+
+/// A successful revocation: no peer can start a new access to the pages.
+///
+/// Whether the memory can be used again depends on the platform. Where the
+/// end of every mapping is proven (a guest-owned grant table: the emulator
+/// in one process, a unikernel) the pages come back. Where a peer may still
+/// hold the memory by other means the platform cannot take away (Linux's
+/// gntalloc defers the free to the kernel; a process of the multi-process
+/// emulator that was given the page's fd may keep its own mmap), the memory
+/// is retired: never handed back, never reused. Code that pools pages must
+/// handle both.
+#[must_use = "revoked pages must be kept, freed or re-shared; a retired share must not be counted as pages"]
+#[derive(Debug)]
+pub enum Revoked<P> {
+    /// The pages are the caller's again.
+    Pages(P),
+    /// Access ended, but the memory is retired for good.
+    Retired,
+}
+
+impl<P> Revoked<P> {
+    /// The pages, if they came back.
+    pub fn pages(self) -> Option<P> {
+        match self {
+            Self::Pages(p) => Some(p),
+            Self::Retired => None,
+        }
+    }
+
+    /// True if the memory was retired.
+    pub fn is_retired(&self) -> bool {
+        matches!(self, Self::Retired)
+    }
+}
 
 use core::fmt;
 
@@ -168,6 +202,10 @@ pub enum GrantError {
     /// The platform does not support this operation.
     #[error("not supported on this platform: {0}")]
     Unsupported(&'static str),
+    /// The grant table was written behind the allocator's back (an entry it
+    /// owned was not invalid); the affected refs are never handed out again.
+    #[error("grant table corrupt: an entry owned by the allocator was live")]
+    TableCorrupt,
     /// An OS-level failure (Linux platform), as errno.
     #[error("system error: errno {0}")]
     Os(i32),

@@ -4,14 +4,28 @@
 //! One allocator owns the references. The reserved refs (0 console,
 //! 1 xenstore, up to [`GNTTAB_NR_RESERVED_ENTRIES`]) are never in it; a ref
 //! goes back into it only from a successful revocation, so a live ref can
-//! never be granted twice.
+//! never be granted twice. Even so, an entry is only ever published over an
+//! invalid one ([`entry::grant_access`] swaps from invalid and fails
+//! otherwise), so a broken invariant is detected instead of clearing a
+//! mapper's busy bits.
+//!
+//! A [`TableShare`] (a live share) owns its frames in a way that leaks on
+//! drop: only a proven revocation turns them back into pages. The table and
+//! its backend are reachable from outside only as a read-only [`TableView`].
+//!
+//! ```compile_fail,E0616
+//! # fn steal<F>(live: xenshare::grant::table::TableShare<F>) -> F {
+//! live.frames // the frames of a live share cannot be taken out
+//! # }
+//! ```
 
 use alloc::vec::Vec;
+use core::mem::ManuallyDrop;
 
 use xenshare_abi::grant::{GrantEntryV1, GNTTAB_NR_RESERVED_ENTRIES};
 
 use super::entry::{self, StillMapped};
-use super::{GntSt, GrantError};
+use super::{GntSt, GrantError, Revoked};
 use crate::mem::SharedMem;
 use crate::platform::{FrameAllocator, GrantBackend, PageSet, TableMemory};
 use crate::sync::Mutex;
@@ -75,6 +89,23 @@ impl core::fmt::Display for FlagsDisplay {
     }
 }
 
+/// Read-only queries on a grant table, for inspectors, tools and tests.
+pub trait TableView: Send + Sync {
+    /// Number of entries, reserved ones included.
+    fn capacity(&self) -> u32;
+    /// References currently free.
+    fn free_count(&self) -> usize;
+    /// A snapshot of entry `r`, or `None` past the end of the table.
+    fn entry(&self, r: GrantRef) -> Option<TableEntry>;
+    /// Snapshots of every entry that is not invalid (reserved ones included).
+    fn active_entries(&self) -> Vec<TableEntry> {
+        (0..self.capacity())
+            .filter_map(|r| self.entry(GrantRef(r)))
+            .filter(|e| e.flags != 0)
+            .collect()
+    }
+}
+
 /// A domain's grant table, in memory shared with the hypervisor.
 pub struct GrantTable<T: TableMemory> {
     mem: T,
@@ -83,8 +114,9 @@ pub struct GrantTable<T: TableMemory> {
 }
 
 impl<T: TableMemory> GrantTable<T> {
-    /// Takes over a table. Every entry past the reserved ones must be invalid.
-    pub fn new(mem: T) -> Self {
+    /// Takes over a table. Entries past the reserved ones are expected to be
+    /// invalid; one that is not is never handed out.
+    pub(crate) fn new(mem: T) -> Self {
         let nr_entries = (mem.table().len() / ENTRY_SIZE) as u32;
         // Popped from the back: lowest refs are handed out first.
         let free = (GNTTAB_NR_RESERVED_ENTRIES..nr_entries)
@@ -96,21 +128,6 @@ impl<T: TableMemory> GrantTable<T> {
             nr_entries,
             free: Mutex::new(free),
         }
-    }
-
-    /// Number of entries, reserved ones included.
-    pub fn capacity(&self) -> u32 {
-        self.nr_entries
-    }
-
-    /// References currently free.
-    pub fn free_count(&self) -> usize {
-        self.free.lock().len()
-    }
-
-    /// The table's memory.
-    pub fn memory(&self) -> &T {
-        &self.mem
     }
 
     fn words(
@@ -128,43 +145,61 @@ impl<T: TableMemory> GrantTable<T> {
         Some((table.atomic_u32(off).ok()?, table.atomic_u32(off + 4).ok()?))
     }
 
-    /// A snapshot of entry `r`, or `None` past the end of the table.
-    pub fn entry(&self, r: GrantRef) -> Option<TableEntry> {
-        let (w, f) = self.words(r)?;
-        let word = w.load(core::sync::atomic::Ordering::Acquire);
-        Some(TableEntry {
-            gref: r,
-            flags: entry::flags_of(word),
-            domid: entry::domid_of(word),
-            frame: f.load(core::sync::atomic::Ordering::Relaxed),
-        })
-    }
-
-    /// Snapshots of every entry that is not invalid (reserved ones included).
-    pub fn active_entries(&self) -> Vec<TableEntry> {
-        (0..self.nr_entries)
-            .filter_map(|r| self.entry(GrantRef(r)))
-            .filter(|e| e.flags != 0)
-            .collect()
-    }
-
-    /// Takes `n` free references, all or none.
-    pub(crate) fn alloc_refs(&self, n: usize) -> Result<Vec<GrantRef>, GrantError> {
+    /// Takes `gfns.len()` free references and publishes a grant of each
+    /// frame on one, all or none.
+    ///
+    /// The allocator lock is held throughout, so no other share of this
+    /// table publishes meanwhile. A free ref whose entry is not invalid
+    /// (something else wrote the table) is dropped from the allocator for
+    /// good and another one taken. If a publication still fails, the refs
+    /// already published are revoked; should the peer already hold one of
+    /// them, those refs are returned in the error, and the caller must not
+    /// reuse the frames.
+    pub(crate) fn grant_all(
+        &self,
+        peer: DomId,
+        gfns: &[u32],
+        readonly: bool,
+    ) -> Result<Vec<GrantRef>, GrantAllError> {
         let mut free = self.free.lock();
-        if free.len() < n {
-            return Err(GrantError::TableFull);
+        let mut refs = Vec::with_capacity(gfns.len());
+        while refs.len() < gfns.len() {
+            let Some(r) = free.pop() else {
+                free.extend(refs.into_iter().rev());
+                return Err(GrantAllError::Full);
+            };
+            match self.words(r) {
+                Some((w, _))
+                    if entry::flags_of(w.load(core::sync::atomic::Ordering::Acquire)) == 0 =>
+                {
+                    refs.push(r)
+                }
+                // Not ours to hand out any more: never put back.
+                _ => {}
+            }
         }
-        let at = free.len() - n;
-        let mut refs = free.split_off(at);
-        refs.reverse();
+        for (i, (&r, &gfn)) in refs.iter().zip(gfns).enumerate() {
+            let published = match self.words(r) {
+                Some((w, f)) => entry::grant_access(w, f, peer, gfn, readonly).is_ok(),
+                None => false,
+            };
+            if !published {
+                // Only a writer outside this allocator can get here (the
+                // `TableMemory` contract forbids one). Take back what was
+                // published; `r` itself stays out of the allocator.
+                let mut stuck = Vec::new();
+                for &done in &refs[..i] {
+                    if self.try_end(done).is_ok() {
+                        free.push(done);
+                    } else {
+                        stuck.push(done);
+                    }
+                }
+                free.extend(refs[i + 1..].iter().rev().copied());
+                return Err(GrantAllError::Corrupt { stuck });
+            }
+        }
         Ok(refs)
-    }
-
-    /// Publishes a grant on a ref this table handed out and that is not live.
-    pub(crate) fn grant(&self, r: GrantRef, peer: DomId, frame: u32, readonly: bool) {
-        if let Some((w, f)) = self.words(r) {
-            entry::grant_access(w, f, peer, frame, readonly);
-        }
     }
 
     /// Tries to end access on `r`.
@@ -182,10 +217,43 @@ impl<T: TableMemory> GrantTable<T> {
     }
 }
 
+/// Why [`GrantTable::grant_all`] failed.
+pub(crate) enum GrantAllError {
+    /// Not enough free references.
+    Full,
+    /// An entry was written behind the allocator's back; `stuck` are refs
+    /// of this batch a peer already holds.
+    Corrupt { stuck: Vec<GrantRef> },
+}
+
+impl<T: TableMemory> TableView for GrantTable<T> {
+    fn capacity(&self) -> u32 {
+        self.nr_entries
+    }
+
+    fn free_count(&self) -> usize {
+        self.free.lock().len()
+    }
+
+    fn entry(&self, r: GrantRef) -> Option<TableEntry> {
+        let (w, f) = self.words(r)?;
+        let word = w.load(core::sync::atomic::Ordering::Acquire);
+        Some(TableEntry {
+            gref: r,
+            flags: entry::flags_of(word),
+            domid: entry::domid_of(word),
+            frame: f.load(core::sync::atomic::Ordering::Relaxed),
+        })
+    }
+}
+
 /// A live share of a [`TableBackend`]: its refs and the frames they grant.
+///
+/// Dropping it leaks both (the frames stay allocated, the refs never go
+/// back to the allocator): only [`GrantBackend::try_revoke`] gives them back.
 pub struct TableShare<F> {
     refs: Vec<GrantRef>,
-    frames: F,
+    frames: ManuallyDrop<F>,
 }
 
 /// The export backend for platforms where the guest owns its grant table.
@@ -197,17 +265,18 @@ pub struct TableBackend<T: TableMemory, A: FrameAllocator> {
 
 impl<T: TableMemory, A: FrameAllocator> TableBackend<T, A> {
     /// A backend for domain `domid` over its table and its frame allocator.
-    pub fn new(domid: DomId, table: T, frames: A) -> Self {
+    ///
+    /// # Safety
+    ///
+    /// This must be the only allocator over that table for as long as it
+    /// lives (no second `TableBackend` over the same grant table): two
+    /// allocators could hand out the same ref twice.
+    pub unsafe fn new(domid: DomId, table: T, frames: A) -> Self {
         Self {
             domid,
             table: GrantTable::new(table),
             frames,
         }
-    }
-
-    /// The grant table.
-    pub fn table(&self) -> &GrantTable<T> {
-        &self.table
     }
 
     /// The frame allocator.
@@ -216,7 +285,11 @@ impl<T: TableMemory, A: FrameAllocator> TableBackend<T, A> {
     }
 }
 
-impl<T: TableMemory, A: FrameAllocator> GrantBackend for TableBackend<T, A> {
+// SAFETY: a `TableShare` leaks on drop (`ManuallyDrop` frames, refs never
+// freed); `try_revoke` gives frames back only after every entry was ended by
+// `try_end_access`'s compare-and-swap, and refs return to the one allocator
+// only then; `grant_all` publishes only over invalid entries.
+unsafe impl<T: TableMemory, A: FrameAllocator> GrantBackend for TableBackend<T, A> {
     type Pages = A::Frames;
     type Live = TableShare<A::Frames>;
 
@@ -224,7 +297,12 @@ impl<T: TableMemory, A: FrameAllocator> GrantBackend for TableBackend<T, A> {
         self.domid
     }
 
-    fn share_new(&self, peer: DomId, n: usize, access: Access) -> Result<Self::Live, GrantError> {
+    unsafe fn share_new(
+        &self,
+        peer: DomId,
+        n: usize,
+        access: Access,
+    ) -> Result<Self::Live, GrantError> {
         let frames = self
             .frames
             .alloc(n)
@@ -235,31 +313,39 @@ impl<T: TableMemory, A: FrameAllocator> GrantBackend for TableBackend<T, A> {
             .mem()
             .fill(0, frames.mem().len(), 0)
             .map_err(|_| GrantError::Platform(GntSt::BadPage))?;
-        self.share_pages(peer, frames, access).map_err(|(e, _)| e)
+        // SAFETY: our own primitive, same backend; the live share is returned.
+        unsafe { self.share_pages(peer, frames, access) }.map_err(|(e, _)| e)
     }
 
-    fn share_pages(
+    unsafe fn share_pages(
         &self,
         peer: DomId,
         frames: Self::Pages,
         access: Access,
-    ) -> Result<Self::Live, (GrantError, Self::Pages)> {
+    ) -> Result<Self::Live, (GrantError, Option<Self::Pages>)> {
         let n = frames.page_count();
         let mut gfns = Vec::with_capacity(n);
         for i in 0..n {
             match u32::try_from(A::frame(&frames, i)) {
                 Ok(f) => gfns.push(f),
-                Err(_) => return Err((GrantError::Platform(GntSt::AddressTooBig), frames)),
+                Err(_) => return Err((GrantError::Platform(GntSt::AddressTooBig), Some(frames))),
             }
         }
-        let refs = match self.table.alloc_refs(n) {
-            Ok(r) => r,
-            Err(e) => return Err((e, frames)),
-        };
-        for (r, f) in refs.iter().zip(gfns) {
-            self.table.grant(*r, peer, f, access.is_readonly());
+        match self.table.grant_all(peer, &gfns, access.is_readonly()) {
+            Ok(refs) => Ok(TableShare {
+                refs,
+                frames: ManuallyDrop::new(frames),
+            }),
+            Err(GrantAllError::Full) => Err((GrantError::TableFull, Some(frames))),
+            Err(GrantAllError::Corrupt { stuck }) if stuck.is_empty() => {
+                Err((GrantError::TableCorrupt, Some(frames)))
+            }
+            Err(GrantAllError::Corrupt { .. }) => {
+                // A peer holds part of the batch: the frames are never reused.
+                self.frames.leak(frames);
+                Err((GrantError::TableCorrupt, None))
+            }
         }
-        Ok(TableShare { refs, frames })
     }
 
     fn refs(live: &Self::Live) -> &[GrantRef] {
@@ -270,7 +356,7 @@ impl<T: TableMemory, A: FrameAllocator> GrantBackend for TableBackend<T, A> {
         live.frames.mem()
     }
 
-    fn try_revoke(&self, live: Self::Live) -> Result<Self::Pages, Self::Live> {
+    unsafe fn try_revoke(&self, live: Self::Live) -> Result<Revoked<Self::Pages>, Self::Live> {
         // Every entry is tried even after a busy one, so the peer loses
         // access to all pages it has already let go of.
         let mut all = true;
@@ -284,11 +370,15 @@ impl<T: TableMemory, A: FrameAllocator> GrantBackend for TableBackend<T, A> {
         }
         let TableShare { refs, frames } = live;
         self.table.free_refs(refs);
-        Ok(frames)
+        Ok(Revoked::Pages(ManuallyDrop::into_inner(frames)))
     }
 
     fn leak(&self, live: Self::Live) {
         // The refs are simply never returned to the allocator.
-        self.frames.leak(live.frames);
+        self.frames.leak(ManuallyDrop::into_inner(live.frames));
+    }
+
+    fn table(&self) -> Option<&dyn TableView> {
+        Some(&self.table)
     }
 }

@@ -44,7 +44,7 @@ use crate::grant::GntSt;
 use crate::grant::{Importer, Mapping};
 use crate::platform::{CopyDst, CopyOp, CopySrc, EventChannels, ForeignMapper, GrantPtr};
 use crate::ring::BackRing;
-use crate::types::{Access, DomId, GrantRef};
+use crate::types::{DomId, GrantRef};
 
 type TxRing = BackRing<'static, NetifTxRequest, NetifTxResponse>;
 type RxRing = BackRing<'static, NetifRxRequest, NetifRxResponse>;
@@ -146,7 +146,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         if !keys.request_rx_copy {
             return Err(NetError::NoRequestRxCopy);
         }
-        let map = |r| importer.map(frontend, &[r], Access::ReadWrite);
+        let map = |r| importer.map_rw(frontend, &[r]);
         let tx = RingIn::new(map(keys.tx_ring_ref)?, TxRing::attach).map_err(|(e, _)| e)?;
         let rx = RingIn::new(map(keys.rx_ring_ref)?, RxRing::attach).map_err(|(e, _)| e)?;
         let chan = Channel::bind(evt, frontend, keys.event_channel)?;

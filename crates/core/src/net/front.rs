@@ -13,6 +13,7 @@
 //! and reassembles `more_data` chains, reading each fragment from the page
 //! after it was revoked.
 
+use crate::mem::SharedMem;
 use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -33,7 +34,7 @@ use super::{
 };
 use crate::event::Channel;
 use crate::grant::{Exporter, Share};
-use crate::platform::{EventChannels, GrantBackend, PageSet};
+use crate::platform::{EventChannels, GrantBackend};
 use crate::ring::{FrontRing, Outstanding, RingError};
 use crate::types::{Access, DomId, GrantRef};
 
@@ -263,7 +264,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
                 .exporter
                 .share_pages(self.backend, p, access)
                 .map_err(|(e, p)| {
-                    self.pool.push(p);
+                    self.pool.extend(p);
                     NetError::Grant(e)
                 }),
             None => {
@@ -274,12 +275,13 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         }
     }
 
-    /// Revokes a share whose response arrived. A share the back end still
-    /// holds goes to quarantine and breaks the device.
-    fn revoke(&mut self, share: Share<B>) -> Result<B::Pages, NetError> {
+    /// Revokes a share whose response arrived: its pages if they came back
+    /// (`None` where the platform retires revoked memory). A share the back
+    /// end still holds goes to quarantine and breaks the device.
+    fn revoke(&mut self, share: Share<B>) -> Result<Option<B::Pages>, NetError> {
         let gref = share.refs().first().copied().unwrap_or(GrantRef(0));
         match share.try_unshare() {
-            Ok(pages) => Ok(pages),
+            Ok(revoked) => Ok(revoked.pages()),
             Err(busy) => {
                 // Dropping a busy share moves it to quarantine: never reused.
                 drop(busy.into_inner());
@@ -289,9 +291,9 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         }
     }
 
-    fn recycle(&mut self, pages: B::Pages) {
+    fn recycle(&mut self, pages: Option<B::Pages>) {
         if self.pool.len() < POOL_MAX {
-            self.pool.push(pages);
+            self.pool.extend(pages);
         }
     }
 
@@ -399,17 +401,37 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
                 Ok(s) => s,
                 Err(e) => return Err(self.trip(e)),
             };
-            // Revoke first: from here on the back end cannot change the page.
-            let pages = self.revoke(share)?;
-            let r = self.take_fragment(&rsp, &pages);
+            // Copy once, then revoke: the data is read while the grant is
+            // still ours to read, which works on platforms that retire
+            // revoked memory too; only the private copy is looked at after.
+            let r = self.take_fragment(&rsp, share.mem());
+            let pages = match self.revoke(share) {
+                Ok(p) => p,
+                Err(e) => {
+                    // The back end kept the page: nothing read from it is
+                    // delivered.
+                    self.partial = Partial::default();
+                    return Err(e);
+                }
+            };
             self.recycle(pages);
-            r?;
+            if let Some(data) = r? {
+                self.stats.rx_frames += 1;
+                self.stats.rx_bytes += data.len() as u64;
+                self.ready.push_back(data);
+            }
         }
         self.refill()
     }
 
-    /// Validates one rx response (a private copy) and appends its data.
-    fn take_fragment(&mut self, rsp: &NetifRxResponse, pages: &B::Pages) -> Result<(), NetError> {
+    /// Validates one rx response (a private copy) and appends its data;
+    /// returns the frame it completed, if any (delivered by the caller once
+    /// the page is proven revoked).
+    fn take_fragment(
+        &mut self,
+        rsp: &NetifRxResponse,
+        mem: SharedMem<'_>,
+    ) -> Result<Option<Vec<u8>>, NetError> {
         let bad = |why| NetError::BadRxResponse {
             id: rsp.id,
             offset: rsp.offset,
@@ -443,7 +465,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
                 return Err(self.trip(bad("frame longer than the largest frame")));
             }
             self.partial.data.resize(have + size, 0);
-            let r = pages.mem().read(off, &mut self.partial.data[have..]);
+            let r = mem.read(off, &mut self.partial.data[have..]);
             if let Err(e) = r {
                 return Err(self.trip(RingError::from(e)));
             }
@@ -453,12 +475,10 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             if p.failed || p.data.is_empty() {
                 self.stats.rx_errors += 1;
             } else {
-                self.stats.rx_frames += 1;
-                self.stats.rx_bytes += p.data.len() as u64;
-                self.ready.push_back(p.data);
+                return Ok(Some(p.data));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Posts receive pages up to the configured number.
@@ -543,9 +563,9 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
     /// came back.
     fn give_back(share: Share<B>, report: &mut CloseReport) -> Option<B::Pages> {
         match share.try_unshare() {
-            Ok(pages) => {
+            Ok(revoked) => {
                 report.revoked += 1;
-                Some(pages)
+                revoked.pages()
             }
             Err(busy) => {
                 drop(busy.into_inner());
@@ -578,7 +598,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             back.extend(Self::give_back(s, &mut report));
         }
         for p in back {
-            self.recycle(p);
+            self.recycle(Some(p));
         }
         self.partial = Partial::default();
         let fresh = (|| {
@@ -607,9 +627,8 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         let old_rx = core::mem::replace(&mut self.rx, rx);
         drop(core::mem::replace(&mut self.chan, chan));
         for s in [old_tx.into_owner(), old_rx.into_owner()] {
-            if let Some(p) = Self::give_back(s, &mut report) {
-                self.recycle(p);
-            }
+            let p = Self::give_back(s, &mut report);
+            self.recycle(p);
         }
         self.stats.quarantined += report.quarantined as u64;
         self.tx_inflight = Outstanding::new(self.tx.ring_ref().size() as usize);

@@ -48,7 +48,7 @@ impl<R, O: MemOwner> RingIn<R, O> {
         let owner = Box::new(owner);
         let mem = owner.owned_mem();
         let (ptr, len) = (mem.as_ptr(), mem.len());
-        let Some(ptr) = core::ptr::NonNull::new(ptr) else {
+        let Some(ptr) = core::ptr::NonNull::new(ptr.cast_mut()) else {
             unreachable!("shared memory windows are never null")
         };
         // SAFETY: the window is the memory of `*owner`, valid for reads and

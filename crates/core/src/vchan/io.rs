@@ -8,7 +8,7 @@ use xenshare_abi::vchan as abi;
 
 use super::VchanError;
 use crate::event::Channel;
-use crate::mem::SharedMem;
+use crate::mem::{ReadOnly, SharedMem};
 use crate::platform::EventChannels;
 
 /// Where one of our two rings lives.
@@ -34,8 +34,11 @@ pub trait VchanSide {
     const SERVER: bool;
     /// The control page (None once released).
     fn ctrl(&self) -> Option<SharedMem<'_>>;
-    /// The external left (client → server) or right ring pages.
-    fn external(&self, left: bool) -> Option<SharedMem<'_>>;
+    /// The external left (client → server) or right ring pages, if this
+    /// end may write them.
+    fn external_rw(&self, left: bool) -> Option<SharedMem<'_>>;
+    /// The external left or right ring pages, to read.
+    fn external_ro(&self, left: bool) -> Option<SharedMem<'_, ReadOnly>>;
     /// Gives every share back (revoke or quarantine) or unmaps every page.
     fn release(&mut self);
 }
@@ -127,13 +130,32 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         self.ctrl()?.atomic_u8(off).map_err(|_| VchanError::Closed)
     }
 
-    fn ring(&self, loc: RingLoc) -> Result<SharedMem<'_>, VchanError> {
+    /// The ring this end writes.
+    fn write_ring(&self, loc: RingLoc) -> Result<SharedMem<'_>, VchanError> {
         let size = 1usize << loc.order();
         let m = match loc {
             RingLoc::InPage { offset, .. } => self.ctrl()?.slice(offset, size).ok(),
-            RingLoc::External { left, .. } => {
-                self.mem.external(left).and_then(|m| m.slice(0, size).ok())
-            }
+            RingLoc::External { left, .. } => self
+                .mem
+                .external_rw(left)
+                .and_then(|m| m.slice(0, size).ok()),
+        };
+        m.ok_or(VchanError::Closed)
+    }
+
+    /// The ring this end reads (the client maps it read-only).
+    fn read_ring(&self, loc: RingLoc) -> Result<SharedMem<'_, ReadOnly>, VchanError> {
+        let size = 1usize << loc.order();
+        let m = match loc {
+            RingLoc::InPage { offset, .. } => self
+                .ctrl()?
+                .slice(offset, size)
+                .ok()
+                .map(SharedMem::read_only),
+            RingLoc::External { left, .. } => self
+                .mem
+                .external_ro(left)
+                .and_then(|m| m.slice(0, size).ok()),
         };
         m.ok_or(VchanError::Closed)
     }
@@ -263,7 +285,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         fence(Ordering::SeqCst);
         let first = data.len().min(size - idx);
         {
-            let ring = self.ring(self.wr)?;
+            let ring = self.write_ring(self.wr)?;
             ring.write(idx, &data[..first])
                 .map_err(|_| VchanError::Closed)?;
             ring.write(0, &data[first..])
@@ -282,7 +304,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         fence(Ordering::Acquire);
         let first = out.len().min(size - idx);
         {
-            let ring = self.ring(self.rd)?;
+            let ring = self.read_ring(self.rd)?;
             let (a, b) = out.split_at_mut(first);
             ring.read(idx, a).map_err(|_| VchanError::Closed)?;
             ring.read(0, b).map_err(|_| VchanError::Closed)?;

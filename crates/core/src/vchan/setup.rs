@@ -11,7 +11,7 @@ use super::io::{RingLoc, Vchan, VchanSide};
 use super::VchanError;
 use crate::event::Channel;
 use crate::grant::{Exporter, Importer, Mapping, Share};
-use crate::mem::SharedMem;
+use crate::mem::{ReadOnly, SharedMem};
 use crate::platform::{EventChannels, ForeignMapper, GrantBackend};
 use crate::store::client::{Client, Transport};
 use crate::store::perms::{Perm, PermKind, Perms};
@@ -96,7 +96,8 @@ pub struct ServerMem<B: GrantBackend> {
 pub struct ClientMem<M: ForeignMapper> {
     pub(super) ctrl: Option<Mapping<M>>,
     pub(super) left: Option<Mapping<M>>,
-    pub(super) right: Option<Mapping<M>>,
+    /// Written by the server only: mapped read-only.
+    pub(super) right: Option<Mapping<M, ReadOnly>>,
 }
 
 impl<B: GrantBackend> VchanSide for ServerMem<B> {
@@ -104,9 +105,12 @@ impl<B: GrantBackend> VchanSide for ServerMem<B> {
     fn ctrl(&self) -> Option<SharedMem<'_>> {
         self.ctrl.as_ref().map(|s| s.mem())
     }
-    fn external(&self, left: bool) -> Option<SharedMem<'_>> {
+    fn external_rw(&self, left: bool) -> Option<SharedMem<'_>> {
         let s = if left { &self.left } else { &self.right };
         s.as_ref().map(|s| s.mem())
+    }
+    fn external_ro(&self, left: bool) -> Option<SharedMem<'_, ReadOnly>> {
+        self.external_rw(left).map(SharedMem::read_only)
     }
     fn release(&mut self) {
         // Dropping a share revokes it, or quarantines it if the client still
@@ -122,9 +126,18 @@ impl<M: ForeignMapper> VchanSide for ClientMem<M> {
     fn ctrl(&self) -> Option<SharedMem<'_>> {
         self.ctrl.as_ref().map(|m| m.mem())
     }
-    fn external(&self, left: bool) -> Option<SharedMem<'_>> {
-        let m = if left { &self.left } else { &self.right };
-        m.as_ref().map(|m| m.mem())
+    fn external_rw(&self, left: bool) -> Option<SharedMem<'_>> {
+        // The client writes only the left ring.
+        match left {
+            true => self.left.as_ref().map(|m| m.mem()),
+            false => None,
+        }
+    }
+    fn external_ro(&self, left: bool) -> Option<SharedMem<'_, ReadOnly>> {
+        match left {
+            true => self.left.as_ref().map(|m| m.mem().read_only()),
+            false => self.right.as_ref().map(|m| m.mem()),
+        }
     }
     fn release(&mut self) {
         self.left = None;
@@ -277,7 +290,7 @@ where
     let ring_ref = GrantRef(read_number(xs, "ring-ref", path)?);
     let port = Port(read_number(xs, "event-channel", path)?);
     let chan = Channel::bind(evt, server, port)?;
-    let ctrl = importer.map(server, &[ring_ref], Access::ReadWrite)?;
+    let ctrl = importer.map_rw(server, &[ring_ref])?;
     // If this side dies, the server sees cli_live drop and gets an event.
     ctrl.set_unmap_notify(Some(abi::VCHAN_CLI_LIVE_OFFSET), Some(chan.port()))?;
     let m = ctrl.mem();
@@ -299,11 +312,11 @@ where
     // The client writes the left ring and only reads the right one.
     let left = match nl {
         0 => None,
-        _ => Some(importer.map(server, &grefs[..nl], Access::ReadWrite)?),
+        _ => Some(importer.map_rw(server, &grefs[..nl])?),
     };
     let right = match nr {
         0 => None,
-        _ => Some(importer.map(server, &grefs[nl..], Access::ReadOnly)?),
+        _ => Some(importer.map_ro(server, &grefs[nl..])?),
     };
     let v = Vchan::new(
         ClientMem {

@@ -133,11 +133,7 @@ pub fn fake_backend(w: &BlkWorld, extra: &[(&str, &str)]) -> FakeBack {
         }
     };
     let port = Port(read_num(&mut xs, &format!("{fdir}/event-channel")) as u32);
-    let ring = w
-        .dom0
-        .importer()
-        .map(w.guest.id(), &refs, Access::ReadWrite)
-        .unwrap();
+    let ring = w.dom0.importer().map_rw(w.guest.id(), &refs).unwrap();
     let evt = w.dom0.evtchn().unwrap();
     let chan = Channel::bind(&evt, w.guest.id(), port).unwrap();
     xs.write(&format!("{dir}/sectors"), b"8192").unwrap();

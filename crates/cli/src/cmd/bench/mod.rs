@@ -78,9 +78,7 @@ fn grants(a: GrantArgs) -> Result<(), String> {
         let s = exp
             .share(dom0.id(), 1, Access::ReadWrite)
             .map_err(|x| e(&x))?;
-        let m = imp
-            .map(guest.id(), s.refs(), Access::ReadWrite)
-            .map_err(|x| e(&x))?;
+        let m = imp.map_rw(guest.id(), s.refs()).map_err(|x| e(&x))?;
         black_box(m.mem().as_ptr());
         drop(m);
         s.try_unshare().map(drop).map_err(|x| e(&x))
@@ -97,16 +95,17 @@ fn grants(a: GrantArgs) -> Result<(), String> {
         .share(dom0.id(), 1, Access::ReadWrite)
         .map_err(|x| e(&x))?;
     let map_unmap = per_iter(a.iters, || {
-        let m = imp
-            .map(guest.id(), s.refs(), Access::ReadWrite)
-            .map_err(|x| e(&x))?;
+        let m = imp.map_rw(guest.id(), s.refs()).map_err(|x| e(&x))?;
         black_box(m.mem().as_ptr());
         Ok(())
     })?;
     drop(s);
 
     // The revoke alone: the entry's compare-and-swap loop plus bookkeeping.
-    let table = guest.exporter().backend().table();
+    let table = guest
+        .exporter()
+        .table()
+        .ok_or("the emulator has a grant table")?;
     let mut revoke_total = 0f64;
     let rounds = (a.iters / 1000).max(1);
     for _ in 0..rounds {
