@@ -20,6 +20,8 @@
 
 pub mod client;
 pub mod daemon;
+pub mod inspect;
+pub mod limits;
 pub mod sock;
 pub mod wire;
 
