@@ -18,7 +18,7 @@ use xenshare::platform::{
 use xenshare::{Access, DomId, GrantRef, Port};
 use xenshare_abi::event::{port_word_bit, SHARED_INFO_MASK_OFFSET, SHARED_INFO_PENDING_OFFSET};
 use xenshare_abi::PAGE_SIZE;
-use xenshare_sim::region::{Mapping, Region, Stitched};
+use xenshare_sim::region::{Mapping, PageMap, Region, Stitched};
 
 use crate::sock;
 use crate::wire::{op, Reader, RemoteError, WireError, Writer, MAX_COPY_OPS, MAX_MAP_REFS};
@@ -285,12 +285,12 @@ impl GrantBackend for RemoteGrantBackend {
     }
 }
 
-/// One grant mapped by a remote domain.
+/// One grant mapped by a remote domain: the page is mapped here as it
+/// arrives and its memfd closed, so mapping many single-page shares (a
+/// block front end's persistent pool) holds no fd per share.
 pub struct RemoteHandle {
     handle: u32,
-    fd: Arc<OwnedFd>,
-    page: u64,
-    writable: bool,
+    page: PageMap,
 }
 
 /// The import platform of a remote domain: map, unmap and copy are RPCs;
@@ -329,7 +329,7 @@ impl ForeignMapper for RemoteMapper {
                 w.u32(r.0);
             }
             let res = self.conn.call(&w, &[]).and_then(|p| {
-                let fds: Vec<Arc<OwnedFd>> = p.fds.into_iter().map(Arc::new).collect();
+                let fds = p.fds;
                 let mut r = Reader::new(&p.data)?;
                 let n = r.u16()? as usize;
                 if n == 0 || n > batch.len() {
@@ -340,14 +340,17 @@ impl ForeignMapper for RemoteMapper {
                     let st = GntSt::from_raw(r.u16()? as i16);
                     let (h, idx, page) = (r.u32()?, r.u16()? as usize, r.u64()?);
                     v.push(if st.is_ok() {
-                        match fds.get(idx) {
-                            Some(fd) => Ok(RemoteHandle {
-                                handle: h,
-                                fd: fd.clone(),
-                                page,
-                                writable: !access.is_readonly(),
-                            }),
-                            None => Err(GntSt::GeneralError),
+                        let mapped = fds
+                            .get(idx)
+                            .map(|fd| PageMap::new(fd.as_fd(), page, !access.is_readonly()));
+                        match mapped {
+                            Some(Ok(page)) => Ok(RemoteHandle { handle: h, page }),
+                            Some(Err(_)) | None => {
+                                let mut w = Writer::new(op::UNMAP);
+                                w.u32(h);
+                                let _ = self.conn.call(&w, &[]);
+                                Err(GntSt::GeneralError)
+                            }
                         }
                     } else {
                         Err(st)
@@ -377,11 +380,8 @@ impl ForeignMapper for RemoteMapper {
     }
 
     fn window(&self, hs: &[RemoteHandle]) -> Result<Stitched, GntSt> {
-        let pages: Vec<_> = hs
-            .iter()
-            .map(|h| (h.fd.as_fd(), h.page, h.writable))
-            .collect();
-        Stitched::new(&pages).map_err(|_| GntSt::NoSpace)
+        let pages: Vec<&PageMap> = hs.iter().map(|h| &h.page).collect();
+        Stitched::from_page_maps(&pages).map_err(|_| GntSt::NoSpace)
     }
 
     fn window_mem(w: &Stitched) -> SharedMem<'_> {

@@ -102,6 +102,7 @@ pub struct Host {
     listener: Arc<OwnedFd>,
     accept: Option<thread::JoinHandle<()>>,
     stats: Arc<Stats>,
+    fds: Arc<FdBudget>,
 }
 
 /// Counters of the daemon's accept loop.
@@ -173,6 +174,7 @@ impl Host {
         let hv = Hypervisor::new();
         let domains: Registry = Arc::default();
         let stats = Arc::new(Stats::default());
+        let fds = FdBudget::from_rlimit();
         let shared = Arc::new(Shared {
             hv: hv.clone(),
             domains: domains.clone(),
@@ -180,7 +182,7 @@ impl Host {
             xs_path: xs_path.to_string_lossy().into_owned(),
             cfg: cfg.clone(),
             joined_any: Mutex::new(false),
-            fds: FdBudget::from_rlimit(),
+            fds: fds.clone(),
             stats: stats.clone(),
         });
         let l = listener.clone();
@@ -200,7 +202,14 @@ impl Host {
             listener,
             accept: Some(accept),
             stats,
+            fds,
         })
+    }
+
+    /// File descriptors held for domains now (chunk memfds, wake-up
+    /// sockets), out of a budget set by `RLIMIT_NOFILE`.
+    pub fn fds_held(&self) -> usize {
+        self.fds.used()
     }
 
     /// Counters of the accept loop (for tests and monitoring).

@@ -304,6 +304,59 @@ impl Drop for Mapping {
     }
 }
 
+/// One page of a memfd mapped on its own, so the fd can be closed at once:
+/// a process mapping many single-page shares then holds no fd per share.
+/// [`Stitched::from_page_maps`] makes windows of such pages.
+pub struct PageMap {
+    ptr: NonNull<u8>,
+    writable: bool,
+}
+
+// SAFETY: as for Region.
+unsafe impl Send for PageMap {}
+// SAFETY: as for Region.
+unsafe impl Sync for PageMap {}
+
+impl PageMap {
+    /// Maps page `page` of `fd` (read-only unless `writable`).
+    pub fn new(fd: BorrowedFd<'_>, page: u64, writable: bool) -> Result<Self, RegionError> {
+        let prot = if writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        let off = page
+            .checked_mul(PAGE_SIZE as u64)
+            .ok_or(RegionError::BadSize(0))?;
+        // SAFETY: a fresh shared mapping at an address the kernel chooses.
+        let p = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                PAGE_SIZE,
+                prot,
+                MapFlags::SHARED,
+                fd,
+                off,
+            )
+        }
+        .map_err(|err| RegionError::Os { what: "mmap", err })?;
+        let ptr = NonNull::new(p.cast()).ok_or(RegionError::BadSize(PAGE_SIZE))?;
+        Ok(Self { ptr, writable })
+    }
+
+    /// Whether the page is mapped writable.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+}
+
+impl Drop for PageMap {
+    fn drop(&mut self) {
+        // SAFETY: the page mapping is ours.
+        let _ = unsafe { munmap(self.ptr.as_ptr().cast(), PAGE_SIZE) };
+    }
+}
+
 /// A fresh contiguous virtual window made of pages of memfds, for mapping
 /// a batch of grants whose frames are not adjacent.
 pub struct Stitched {
@@ -360,6 +413,54 @@ impl Stitched {
             }
             .map_err(|err| RegionError::Os {
                 what: "mmap page",
+                err,
+            })?;
+        }
+        Ok(me)
+    }
+
+    /// A window of the pages of `pages`, one after the other: each page is
+    /// mapped again (`mremap` of a shared mapping with an old size of 0
+    /// makes a second mapping of the same memory, with the same
+    /// protection), so no fd is needed.
+    pub fn from_page_maps(pages: &[&PageMap]) -> Result<Self, RegionError> {
+        let len = pages.len() * PAGE_SIZE;
+        if len == 0 {
+            return Err(RegionError::BadSize(0));
+        }
+        // SAFETY: reserving fresh address space the kernel chooses.
+        let base = unsafe {
+            mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE,
+            )
+        }
+        .map_err(|err| RegionError::Os {
+            what: "mmap reserve",
+            err,
+        })?;
+        let Some(ptr) = NonNull::new(base.cast::<u8>()) else {
+            return Err(RegionError::BadSize(len));
+        };
+        let me = Self { ptr, len };
+        for (i, p) in pages.iter().enumerate() {
+            // SAFETY: the source is a live shared one-page mapping (old
+            // size 0 duplicates it, leaving it in place); the destination is
+            // a page of the reservation we own (inside `me`, which unmaps
+            // the whole range on drop).
+            unsafe {
+                rustix::mm::mremap_fixed(
+                    p.ptr.as_ptr().cast(),
+                    0,
+                    PAGE_SIZE,
+                    rustix::mm::MremapFlags::MAYMOVE,
+                    me.ptr.as_ptr().add(i * PAGE_SIZE).cast(),
+                )
+            }
+            .map_err(|err| RegionError::Os {
+                what: "mremap page",
                 err,
             })?;
         }
