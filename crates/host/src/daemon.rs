@@ -270,6 +270,9 @@ struct Conn {
     evts: HashMap<u32, Arc<SimEvtchn>>,
     next_evt: u32,
     budget: DomainBudget,
+    /// Retired chunks of this domain that peers still map (their memfds
+    /// are still open, counted in `budget`).
+    retired: Vec<std::sync::Weak<Region>>,
 }
 
 fn serve_conn(shared: Arc<Shared>, fd: OwnedFd, _slot: ConnSlot) {
@@ -280,6 +283,7 @@ fn serve_conn(shared: Arc<Shared>, fd: OwnedFd, _slot: ConnSlot) {
         evts: HashMap::new(),
         next_evt: 1,
         budget,
+        retired: Vec::new(),
     };
     loop {
         let pkt = match sock::recv(fd.as_fd()) {
@@ -424,10 +428,22 @@ impl Conn {
             op::RETIRE_CHUNK => {
                 let first = r.u64().map_err(bad)?;
                 r.end().map_err(bad)?;
-                if !self.dom()?.memory().retire_chunk(first) {
-                    return Err(RemoteError::Refused(format!("no chunk at frame {first}")));
+                let region =
+                    self.dom()?.memory().take_chunk(first).ok_or_else(|| {
+                        RemoteError::Refused(format!("no chunk at frame {first}"))
+                    })?;
+                // Peers' mappings live in their own processes (their own
+                // mmaps); the daemon's mappings hold no memory. Whatever
+                // still holds the region here (a copy or map in flight)
+                // keeps its memfd open: it stays on this domain's budget
+                // until it goes.
+                let weak = Arc::downgrade(&region);
+                drop(region);
+                if weak.strong_count() == 0 {
+                    self.budget.give(Kind::Chunk);
+                } else {
+                    self.retired.push(weak);
                 }
-                self.budget.give(Kind::Chunk);
                 Ok((ok(), Vec::new()))
             }
             op::MAP => {
@@ -591,7 +607,15 @@ impl Conn {
             .filter(|l| *l > 0 && *l <= xenshare_sim::region::MAX_FOREIGN_REGION)
             .ok_or_else(|| RemoteError::Refused(format!("bad chunk size of {pages} pages")))?;
         self.dom()?;
-        self.budget.take(Kind::Chunk)?;
+        if self.budget.take(Kind::Chunk).is_err() {
+            // Retired chunks whose last mapping went give their place back.
+            let before = self.retired.len();
+            self.retired.retain(|w| w.strong_count() > 0);
+            for _ in self.retired.len()..before {
+                self.budget.give(Kind::Chunk);
+            }
+            self.budget.take(Kind::Chunk)?;
+        }
         let added = Region::from_fd_sized(fd, true, Some(len))
             .map_err(|e| RemoteError::Refused(format!("bad chunk: {e}")))
             .and_then(|region| {

@@ -53,8 +53,15 @@ fn accept_loop_survives_fd_exhaustion() {
         assert!(Instant::now() < end, "the daemon never tried to accept");
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Fds come back: the queued connection is served.
+    // Fds come back: the queued connection is served (a loop that gave
+    // up would leave this recv to time out).
     drop(hog);
+    rustix::net::sockopt::set_socket_timeout(
+        &pending,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(Duration::from_secs(60)),
+    )
+    .unwrap();
     let mut w = Writer::new(op::JOIN);
     w.u32(2);
     sock::send(pending.as_fd(), &w.0, &[]).unwrap();

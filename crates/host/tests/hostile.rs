@@ -70,6 +70,10 @@ fn gnt_refused(r: Result<Packet, ClientError>) -> GntSt {
     }
 }
 
+fn u64_of(p: &Packet) -> u64 {
+    Reader::new(&p.data).unwrap().u64().unwrap()
+}
+
 fn u32_of(p: &Packet) -> u32 {
     Reader::new(&p.data).unwrap().u32().unwrap()
 }
@@ -260,6 +264,53 @@ fn per_domain_limits_refuse_clearly_and_others_keep_working() {
     });
 }
 
+/// Item 2: retiring a chunk that a peer process still maps closes the
+/// daemon's memfd (the peer's mapping is its own) and gives the place
+/// back, while the peer's mapping and the granter's memory stay the same
+/// pages: retire-and-re-add cannot grow the daemon's fds.
+#[test]
+fn retiring_a_mapped_chunk_closes_the_daemon_fd() {
+    let (h, sock) = host("retired");
+    let (a, j) = raw_join(&sock, 1);
+    let table = Region::from_fd(j.fds.into_iter().next().unwrap(), true).unwrap();
+    let chunk = Region::new_share("c", PAGE_SIZE).unwrap();
+    chunk.mem().fill(0, PAGE_SIZE, 0x42).unwrap();
+    let mut w = Writer::new(op::ADD_CHUNK);
+    w.u64(1);
+    let frame = u64_of(&a.call(&w, &[chunk.fd()]).unwrap());
+    // A raw v1 grant entry at ref 8: flags, domid, frame.
+    let gref = 8usize;
+    table
+        .mem()
+        .write(gref * 8 + 2, &2u16.to_le_bytes())
+        .unwrap();
+    table
+        .mem()
+        .write(gref * 8 + 4, &(frame as u32).to_le_bytes())
+        .unwrap();
+    table
+        .mem()
+        .atomic_u16(gref * 8)
+        .unwrap()
+        .store(xenshare_abi::grant::GTF_PERMIT_ACCESS, Ordering::Release);
+    let peer = RemoteDomain::join(&sock, Some(DomId(2))).unwrap();
+    let map = peer
+        .importer()
+        .map(DomId(1), &[GrantRef(gref as u32)], Access::ReadWrite)
+        .unwrap();
+    assert_eq!(h.fds_held(), 1);
+    let mut w = Writer::new(op::RETIRE_CHUNK);
+    w.u64(frame);
+    a.call(&w, &[]).unwrap();
+    assert_eq!(h.fds_held(), 0, "the retired chunk is still on the budget");
+    let mut page = vec![0u8; PAGE_SIZE];
+    map.mem().read(0, &mut page).unwrap();
+    assert!(page.iter().all(|b| *b == 0x42));
+    map.mem().fill(0, 16, 0x43).unwrap();
+    chunk.mem().read(0, &mut page[..16]).unwrap();
+    assert!(page[..16].iter().all(|b| *b == 0x43));
+}
+
 /// Item 3: a map of more separate chunks than one message can carry fds
 /// for works (several replies), and every page is the right one.
 #[test]
@@ -311,7 +362,7 @@ fn map_of_more_chunks_than_one_message_carries() {
 fn quarantine_and_export_notify_input_is_checked() {
     let (_h, sock) = host("quar");
     let (a, _j) = raw_join(&sock, 1);
-    let entries = HostConfig::new("x").domain.grant_frames as u32 * (PAGE_SIZE as u32 / 8);
+    let entries = HostConfig::new("x").domain.grant_frames * (PAGE_SIZE as u32 / 8);
     let quarantine = |refs: &[u32]| {
         let mut w = Writer::new(op::QUARANTINE);
         w.u8(1).u16(refs.len() as u16);

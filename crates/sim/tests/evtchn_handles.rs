@@ -9,8 +9,12 @@ use xenshare_sim::{DomainConfig, Hypervisor};
 #[test]
 fn handle_bookkeeping_stays_bounded() {
     let hv = Hypervisor::new();
-    let d = hv.create_domain_with_id(DomId(1), DomainConfig::default()).unwrap();
-    let peer = hv.create_domain_with_id(DomId(2), DomainConfig::default()).unwrap();
+    let d = hv
+        .create_domain_with_id(DomId(1), DomainConfig::default())
+        .unwrap();
+    let peer = hv
+        .create_domain_with_id(DomId(2), DomainConfig::default())
+        .unwrap();
     // Some handles stay open throughout, and keep working.
     let keep: Vec<_> = (0..40).map(|_| d.evtchn().unwrap()).collect();
     for i in 0..100_000 {
@@ -33,7 +37,9 @@ fn handle_bookkeeping_stays_bounded() {
     let q = pe.bind_interdomain(DomId(1), p).unwrap();
     pe.notify(q).unwrap();
     assert_eq!(
-        keep[7].wait(Some(std::time::Duration::from_secs(30))).unwrap(),
+        keep[7]
+            .wait(Some(std::time::Duration::from_secs(30)))
+            .unwrap(),
         Some(p)
     );
     // Destroying the domain still closes every live handle.
