@@ -311,6 +311,33 @@ fn retiring_a_mapped_chunk_closes_the_daemon_fd() {
     assert!(page[..16].iter().all(|b| *b == 0x43));
 }
 
+/// Item 2: connections are bounded too (each is a thread and an fd):
+/// past the limit the daemon closes new ones at once, and serves again
+/// when one goes.
+#[test]
+fn connections_are_bounded() {
+    use xenshare_host::limits::MAX_CONNS;
+    let (h, sock) = host("conns");
+    let live = || h.stats().live_conns.load(Ordering::Relaxed);
+    let mut conns: Vec<_> = (0..MAX_CONNS)
+        .map(|_| Conn::connect(&sock).unwrap())
+        .collect();
+    wait_for("every connection to be served", || live() == MAX_CONNS);
+    let extra = Conn::connect(&sock).unwrap();
+    let mut w = Writer::new(op::JOIN);
+    w.u32(1);
+    match extra.call(&w, &[]) {
+        Err(ClientError::Io(_)) => {}
+        Err(e) => panic!("expected the connection closed, got {e}"),
+        Ok(_) => panic!("a connection past the limit was served"),
+    }
+    assert!(h.stats().conns_refused.load(Ordering::Relaxed) >= 1);
+    conns.pop();
+    wait_for("a place to come free", || live() < MAX_CONNS);
+    let d = RemoteDomain::join(&sock, Some(DomId(1))).unwrap();
+    d.exporter().share(DomId(2), 1, Access::ReadWrite).unwrap();
+}
+
 /// Item 3: a map of more separate chunks than one message can carry fds
 /// for works (several replies), and every page is the right one.
 #[test]
