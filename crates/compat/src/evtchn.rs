@@ -3,7 +3,7 @@
 //! `xenevtchn_fd` is readable while a port is waiting.
 //!
 //! Like the kernel's per-fd queue, a handle collects every deliverable
-//! port (masking each) into a local queue; the handle's eventfd is kept
+//! port (masking each) into a local queue; the handle's wake-up fd is kept
 //! readable while that queue is non-empty, so `poll` on the fd followed by
 //! `xenevtchn_pending` never blocks spuriously.
 
@@ -225,12 +225,11 @@ export!("xenevtchn_unbind", "VERS_1.0", evtchn_unbind);
 
 impl EvtHandle {
     fn drain(&self) {
-        let mut buf = [0u8; 8];
-        let _ = rustix::io::read(self.ev.wake_fd(), &mut buf);
+        self.ev.drain_wakes();
     }
 
     fn rearm(&self) {
-        let _ = rustix::io::write(self.ev.wake_fd(), &1u64.to_ne_bytes());
+        self.ev.rearm();
     }
 
     /// The next pending port, blocking until there is one (as a `read` of
@@ -240,7 +239,7 @@ impl EvtHandle {
             {
                 let mut q = lock(&self.queue);
                 // Drain first, then collect: an event arriving after the
-                // collection signals the eventfd again, so none is lost.
+                // collection signals the wake-up fd again, so none is lost.
                 self.drain();
                 while let Some(p) = self.ev.poll()? {
                     q.push_back(p.0);

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use rustix::event::{eventfd, EventfdFlags};
 use xenshare::event::EventError;
-use xenshare::grant::{
-    Exporter, GntSt, GrantError, Importer, Revoked, TableBackend, TableEntry, TableView,
-};
+use xenshare::grant::{Exporter, GntSt, GrantError, Importer, Revoked, TableBackend, TableView};
 use xenshare::mem::SharedMem;
 use xenshare::platform::{
     CopyDst, CopyOp, CopySrc, EventChannels, ForeignMapper, FrameAllocator, GrantBackend, PageSet,
@@ -20,8 +18,7 @@ use xenshare::platform::{
 use xenshare::{Access, DomId, GrantRef, Port};
 use xenshare_abi::event::{port_word_bit, SHARED_INFO_MASK_OFFSET, SHARED_INFO_PENDING_OFFSET};
 use xenshare_abi::PAGE_SIZE;
-use xenshare_sim::region::{Region, Stitched};
-use xenshare_sim::ActiveGrant;
+use xenshare_sim::region::{Mapping, PageMap, Region, Stitched};
 
 use crate::sock;
 use crate::wire::{op, Reader, RemoteError, WireError, Writer, MAX_COPY_OPS, MAX_MAP_REFS};
@@ -134,9 +131,11 @@ unsafe impl TableMemory for RemoteTable {
 }
 
 /// A chunk of this domain's RAM: a memfd of its own, registered with the
-/// daemon. Retired (never reused) when dropped.
+/// daemon. Retired (never reused) when dropped. Once registered, this
+/// process keeps only the mapping, not the fd (the daemon holds the memfd),
+/// so a pool of many small shares costs no fds here.
 pub struct Chunk {
-    region: Region,
+    region: Mapping,
     first: u64,
     conn: Arc<Conn>,
 }
@@ -170,13 +169,16 @@ unsafe impl FrameAllocator for RemoteFrames {
     type Frames = Chunk;
 
     fn alloc(&self, n: usize) -> Option<Chunk> {
-        let region = Region::new("xenshare-share", n.checked_mul(PAGE_SIZE)?).ok()?;
-        let w = Writer::new(op::ADD_CHUNK);
+        // Seals left open: the daemon seals against new writers before
+        // handing the memory to a read-only mapper.
+        let region = Region::new_share("xenshare-share", n.checked_mul(PAGE_SIZE)?).ok()?;
+        let mut w = Writer::new(op::ADD_CHUNK);
+        w.u64(n as u64);
         let p = self.conn.call(&w, &[region.fd()]).ok()?;
         let mut r = body(&p).ok()?;
         let first = r.u64().ok()?;
         Some(Chunk {
-            region,
+            region: region.into_mapping(),
             first,
             conn: self.conn.clone(),
         })
@@ -256,13 +258,14 @@ unsafe impl GrantBackend for RemoteGrantBackend {
     }
     fn quarantine_changed(&self, refs: &[GrantRef], quarantined: bool) {
         // Only for the inspector: a lost report must not fail the exporter.
-        let mut w = Writer::new(op::QUARANTINE);
-        w.u8(u8::from(quarantined))
-            .u16(refs.len().min(u16::MAX as usize) as u16);
-        for r in refs.iter().take(u16::MAX as usize) {
-            w.u32(r.0);
+        for batch in refs.chunks(MAX_MAP_REFS) {
+            let mut w = Writer::new(op::QUARANTINE);
+            w.u8(u8::from(quarantined)).u16(batch.len() as u16);
+            for r in batch {
+                w.u32(r.0);
+            }
+            let _ = self.conn.call(&w, &[]);
         }
-        let _ = self.conn.call(&w, &[]);
     }
     fn set_unmap_notify(
         &self,
@@ -296,12 +299,12 @@ unsafe impl GrantBackend for RemoteGrantBackend {
     }
 }
 
-/// One grant mapped by a remote domain.
+/// One grant mapped by a remote domain: the page is mapped here as it
+/// arrives and its memfd closed, so mapping many single-page shares (a
+/// block front end's persistent pool) holds no fd per share.
 pub struct RemoteHandle {
     handle: u32,
-    fd: Arc<OwnedFd>,
-    page: u64,
-    writable: bool,
+    page: PageMap,
 }
 
 /// The import platform of a remote domain: map, unmap and copy are RPCs;
@@ -327,7 +330,11 @@ impl ForeignMapper for RemoteMapper {
         access: Access,
         out: &mut Vec<Result<RemoteHandle, GntSt>>,
     ) {
-        for batch in refs.chunks(MAX_MAP_REFS) {
+        // A reply carries at most MAX_FDS memfds: the daemon answers for a
+        // prefix of the refs when they need more, and we ask for the rest.
+        let mut rest = refs;
+        while !rest.is_empty() {
+            let batch = &rest[..rest.len().min(MAX_MAP_REFS)];
             let mut w = Writer::new(op::MAP);
             w.u16(dom.0)
                 .u8(u8::from(access.is_readonly()))
@@ -336,10 +343,10 @@ impl ForeignMapper for RemoteMapper {
                 w.u32(r.0);
             }
             let res = self.conn.call(&w, &[]).and_then(|p| {
-                let fds: Vec<Arc<OwnedFd>> = p.fds.into_iter().map(Arc::new).collect();
+                let fds = p.fds;
                 let mut r = Reader::new(&p.data)?;
                 let n = r.u16()? as usize;
-                if n != batch.len() {
+                if n == 0 || n > batch.len() {
                     return Err(WireError::BadField("map count").into());
                 }
                 let mut v = Vec::with_capacity(n);
@@ -347,26 +354,34 @@ impl ForeignMapper for RemoteMapper {
                     let st = GntSt::from_raw(r.u16()? as i16);
                     let (h, idx, page) = (r.u32()?, r.u16()? as usize, r.u64()?);
                     v.push(if st.is_ok() {
-                        match fds.get(idx) {
-                            Some(fd) => Ok(RemoteHandle {
-                                handle: h,
-                                fd: fd.clone(),
-                                page,
-                                writable: !access.is_readonly(),
-                            }),
-                            None => Err(GntSt::GeneralError),
+                        let mapped = fds
+                            .get(idx)
+                            .map(|fd| PageMap::new(fd.as_fd(), page, !access.is_readonly()));
+                        match mapped {
+                            Some(Ok(page)) => Ok(RemoteHandle { handle: h, page }),
+                            Some(Err(_)) | None => {
+                                let mut w = Writer::new(op::UNMAP);
+                                w.u32(h);
+                                let _ = self.conn.call(&w, &[]);
+                                Err(GntSt::GeneralError)
+                            }
                         }
                     } else {
                         Err(st)
                     });
                 }
+                r.end()?;
                 Ok(v)
             });
             match res {
-                Ok(v) => out.extend(v),
+                Ok(v) => {
+                    rest = &rest[v.len()..];
+                    out.extend(v);
+                }
                 Err(e) => {
                     let st = gnt(e);
                     out.extend(batch.iter().map(|_| Err(st)));
+                    rest = &rest[batch.len()..];
                 }
             }
         }
@@ -379,11 +394,8 @@ impl ForeignMapper for RemoteMapper {
     }
 
     fn window(&self, hs: &[RemoteHandle]) -> Result<Stitched, GntSt> {
-        let pages: Vec<_> = hs
-            .iter()
-            .map(|h| (h.fd.as_fd(), h.page, h.writable))
-            .collect();
-        Stitched::new(&pages).map_err(|_| GntSt::NoSpace)
+        let pages: Vec<&PageMap> = hs.iter().map(|h| &h.page).collect();
+        Stitched::from_page_maps(&pages).map_err(|_| GntSt::NoSpace)
     }
 
     unsafe fn window_mem(w: &Stitched) -> SharedMem<'_> {
@@ -471,13 +483,21 @@ impl ForeignMapper for RemoteMapper {
 
 /// An event channel handle of a remote domain. Ports are bound by RPC; the
 /// pending and mask bitmaps are read here, in the `shared_info` memfd the
-/// daemon shares with this process, and the daemon signals this handle's
-/// eventfd when one of its ports becomes deliverable.
+/// daemon shares with this process.
+///
+/// Wake-ups: the daemon made a datagram socket pair for the handle and
+/// sends a byte on its end (never blocking) when a port becomes
+/// deliverable; this process holds the other end. Wake-ups from this
+/// process itself (an unmask finding the port pending) go to a local
+/// eventfd. One epoll fd watches both: [`RemoteEvtchn::wake_fd`] is
+/// readable while either has a wake-up queued.
 pub struct RemoteEvtchn {
     conn: Arc<Conn>,
     domid: DomId,
     id: u32,
-    efd: OwnedFd,
+    sock: OwnedFd,
+    local: OwnedFd,
+    epoll: OwnedFd,
     shinfo: Arc<Region>,
     ports: Mutex<Vec<Port>>,
     closed: AtomicBool,
@@ -520,12 +540,45 @@ impl RemoteEvtchn {
     }
 
     fn wake(&self) {
-        let _ = rustix::io::write(&self.efd, &1u64.to_ne_bytes());
+        let _ = rustix::io::write(&self.local, &1u64.to_ne_bytes());
     }
 
-    /// The eventfd signalled when a port of this handle becomes deliverable.
+    /// An fd readable while a wake-up is queued (an epoll fd over the
+    /// daemon's wake-up socket and a local eventfd): poll it, then
+    /// [`RemoteEvtchn::drain_wakes`] and poll the ports.
     pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.efd.as_fd()
+        self.epoll.as_fd()
+    }
+
+    /// Consumes every queued wake-up (never blocks).
+    pub fn drain_wakes(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.local, &mut buf);
+        // Bounded: the daemon's end queues only a few datagrams.
+        for _ in 0..1024 {
+            if rustix::net::recv(&self.sock, &mut buf, rustix::net::RecvFlags::DONTWAIT).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Queues a wake-up from this process, so [`RemoteEvtchn::wake_fd`]
+    /// stays readable.
+    pub fn rearm(&self) {
+        self.wake();
+    }
+
+    fn wait_wake(&self, left: Option<Duration>) -> Result<(), EventError> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let ts = left.map(|d| Timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as _,
+            tv_nsec: d.subsec_nanos() as _,
+        });
+        let mut fds = [PollFd::new(&self.epoll, PollFlags::IN)];
+        match poll(&mut fds, ts.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(EventError::Os(e.raw_os_error())),
+        }
     }
 }
 
@@ -594,7 +647,22 @@ impl EventChannels for RemoteEvtchn {
         Ok(None)
     }
     fn wait(&self, timeout: Option<Duration>) -> Result<Option<Port>, EventError> {
-        xenshare_sim::evtchn::wait_on_eventfd(self.efd.as_fd(), timeout, || self.poll())
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            // Drain before looking: a wake-up after the look is not lost.
+            self.drain_wakes();
+            if let Some(p) = self.poll()? {
+                return Ok(Some(p));
+            }
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    Some(l) if !l.is_zero() => Some(l),
+                    _ => return Ok(None),
+                },
+                None => None,
+            };
+            self.wait_wake(left)?;
+        }
     }
 }
 
@@ -697,15 +765,36 @@ impl RemoteDomain {
 
     /// Opens an event channel handle.
     pub fn evtchn(&self) -> Result<Arc<RemoteEvtchn>, ClientError> {
-        let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| ClientError::Io(e.to_string()))?;
-        let p = self.conn.call(&Writer::new(op::EVT_OPEN), &[efd.as_fd()])?;
+        use rustix::event::epoll;
+        let io = |e: rustix::io::Errno| ClientError::Io(e.to_string());
+        let local = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(io)?;
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io)?;
+        let p = self.conn.call(&Writer::new(op::EVT_OPEN), &[])?;
         let id = body(&p)?.u32()?;
+        let mut fds = p.fds.into_iter();
+        let (Some(sock), None) = (fds.next(), fds.next()) else {
+            // The daemon opened the handle: give it back.
+            let mut w = Writer::new(op::EVT_CLOSE_HANDLE);
+            w.u32(id);
+            let _ = self.conn.call(&w, &[]);
+            return Err(WireError::BadField("event channel fds").into());
+        };
+        for (fd, key) in [(sock.as_fd(), 0u64), (local.as_fd(), 1)] {
+            epoll::add(
+                &ep,
+                fd,
+                epoll::EventData::new_u64(key),
+                epoll::EventFlags::IN,
+            )
+            .map_err(io)?;
+        }
         Ok(Arc::new(RemoteEvtchn {
             conn: self.conn.clone(),
             domid: self.id,
             id,
-            efd,
+            sock,
+            local,
+            epoll: ep,
             shinfo: self.shinfo.clone(),
             ports: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
@@ -713,71 +802,24 @@ impl RemoteDomain {
     }
 }
 
-/// One domain's grant table as the daemon sees it.
-#[derive(Debug, Clone)]
-pub struct GrantReport {
-    /// The domain.
-    pub domid: DomId,
-    /// Entries in use (not invalid).
-    pub entries: Vec<TableEntry>,
-    /// Entries peers hold pinned, with pin counts.
-    pub pins: Vec<ActiveGrant>,
-    /// Pages of RAM in live chunks.
-    pub used_pages: u64,
-    /// Grants this domain has mapped.
-    pub mapped: u32,
-    /// References of shares waiting in the domain's quarantine (the peer
-    /// still maps them), as the domain reported them.
-    pub quarantined: Vec<GrantRef>,
-}
+pub use crate::inspect::GrantReport;
 
 /// Asks the daemon at `host` for the grant tables of `domid` (or all
-/// joined domains).
+/// joined domains), page by page.
 pub fn grant_reports(host: &Path, domid: Option<DomId>) -> Result<Vec<GrantReport>, ClientError> {
     let conn = Conn::connect(host)?;
-    let mut w = Writer::new(op::GRANTS);
-    w.u32(domid.map(|d| u32::from(d.0)).unwrap_or(u32::MAX));
-    let p = conn.call(&w, &[])?;
-    let mut r = body(&p)?;
-    let n = r.u16()?;
     let mut out = Vec::new();
-    for _ in 0..n {
-        let domid = DomId(r.u16()?);
-        let ne = r.u32()?;
-        let mut entries = Vec::new();
-        for _ in 0..ne.min(1 << 20) {
-            entries.push(TableEntry {
-                gref: GrantRef(r.u32()?),
-                flags: r.u16()?,
-                domid: DomId(r.u16()?),
-                frame: r.u32()?,
-            });
+    let mut at = crate::inspect::Cursor::default();
+    for _ in 0..crate::inspect::MAX_PAGES {
+        let mut w = Writer::new(op::GRANTS);
+        w.u32(domid.map(|d| u32::from(d.0)).unwrap_or(u32::MAX));
+        at.encode(&mut w);
+        let p = conn.call(&w, &[])?;
+        let mut r = body(&p)?;
+        match crate::inspect::read_page(&mut r, &mut out)? {
+            Some(next) => at = next,
+            None => return Ok(out),
         }
-        let np = r.u32()?;
-        let mut pins = Vec::new();
-        for _ in 0..np.min(1 << 20) {
-            pins.push(ActiveGrant {
-                gref: GrantRef(r.u32()?),
-                mapper: DomId(r.u16()?),
-                readers: r.u32()?,
-                writers: r.u32()?,
-            });
-        }
-        let used_pages = r.u64()?;
-        let mapped = r.u32()?;
-        let nq = r.u32()?;
-        let mut quarantined = Vec::new();
-        for _ in 0..nq.min(1 << 20) {
-            quarantined.push(GrantRef(r.u32()?));
-        }
-        out.push(GrantReport {
-            domid,
-            entries,
-            pins,
-            used_pages,
-            mapped,
-            quarantined,
-        });
     }
-    Ok(out)
+    Err(WireError::BadField("grant report never ends").into())
 }

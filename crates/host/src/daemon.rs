@@ -20,8 +20,11 @@ use xenshare::{Access, DomId, GrantRef, Port};
 use xenshare_sim::region::Region;
 use xenshare_sim::{Domain, DomainConfig, Hypervisor, SimEvtchn};
 
+use crate::limits::{self, ConnSlot, DomainBudget, FdBudget, Kind};
 use crate::sock;
-use crate::wire::{op, Reader, RemoteError, WireError, Writer, MAX_COPY_OPS, MAX_MAP_REFS};
+use crate::wire::{
+    op, Reader, RemoteError, WireError, Writer, MAX_COPY_OPS, MAX_FDS, MAX_MAP_REFS,
+};
 
 /// Settings of a host daemon.
 #[derive(Debug, Clone)]
@@ -98,6 +101,59 @@ pub struct Host {
     _xs: xenshare_xenstored::ServerHandle,
     listener: Arc<OwnedFd>,
     accept: Option<thread::JoinHandle<()>>,
+    stats: Arc<Stats>,
+    fds: Arc<FdBudget>,
+}
+
+/// Counters of the daemon's accept loop.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Transient accept failures survived (out of fds, aborted
+    /// connections...).
+    pub accept_errors: std::sync::atomic::AtomicU64,
+    /// Connections closed at once because [`limits::MAX_CONNS`] were live.
+    pub conns_refused: std::sync::atomic::AtomicU64,
+    /// Connections being served now.
+    pub live_conns: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Accepts connections until the listener is shut down. Running out of
+/// fds (ours or the system's), an aborted connection, or a failed thread
+/// spawn are transient: the loop backs off briefly and goes on, so a
+/// domain that exhausted the fds and died does not stop later joins.
+fn accept_loop(l: &OwnedFd, shared: &Arc<Shared>) {
+    use rustix::io::Errno;
+    use std::sync::atomic::Ordering;
+    let mut backoff = std::time::Duration::from_millis(1);
+    loop {
+        match rustix::net::accept_with(l, rustix::net::SocketFlags::CLOEXEC) {
+            Ok(fd) => {
+                backoff = std::time::Duration::from_millis(1);
+                let Some(slot) = ConnSlot::take(&shared.stats.live_conns, limits::MAX_CONNS) else {
+                    shared.stats.conns_refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let s = shared.clone();
+                if thread::Builder::new()
+                    .name("xenshare-host-conn".into())
+                    .spawn(move || serve_conn(s, fd, slot))
+                    .is_err()
+                {
+                    shared.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(Errno::INTR) => {}
+            // The listener was shut down (the Host was dropped) or is gone.
+            Err(Errno::INVAL | Errno::BADF | Errno::NOTSOCK) => return,
+            Err(_) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED, EPROTO,
+                // EPERM...: retry after a short, growing pause.
+                shared.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                thread::sleep(backoff);
+                backoff = (backoff * 2).min(std::time::Duration::from_millis(100));
+            }
+        }
+    }
 }
 
 impl Host {
@@ -113,8 +169,12 @@ impl Host {
             path: cfg.socket.clone(),
             err,
         })?);
+        // One memfd per shared chunk: use all the fds we are allowed.
+        limits::raise_nofile();
         let hv = Hypervisor::new();
         let domains: Registry = Arc::default();
+        let stats = Arc::new(Stats::default());
+        let fds = FdBudget::from_rlimit();
         let shared = Arc::new(Shared {
             hv: hv.clone(),
             domains: domains.clone(),
@@ -122,22 +182,13 @@ impl Host {
             xs_path: xs_path.to_string_lossy().into_owned(),
             cfg: cfg.clone(),
             joined_any: Mutex::new(false),
+            fds: fds.clone(),
+            stats: stats.clone(),
         });
         let l = listener.clone();
         let accept = thread::Builder::new()
             .name("xenshare-host-accept".into())
-            .spawn(move || loop {
-                match rustix::net::accept_with(&*l, rustix::net::SocketFlags::CLOEXEC) {
-                    Ok(fd) => {
-                        let s = shared.clone();
-                        let _ = thread::Builder::new()
-                            .name("xenshare-host-conn".into())
-                            .spawn(move || serve_conn(s, fd));
-                    }
-                    Err(rustix::io::Errno::INTR) => {}
-                    Err(_) => return,
-                }
-            })
+            .spawn(move || accept_loop(&l, &shared))
             .map_err(|err| HostError::Xenstore {
                 path: xs_path.clone(),
                 err,
@@ -150,7 +201,20 @@ impl Host {
             _xs: xs,
             listener,
             accept: Some(accept),
+            stats,
+            fds,
         })
+    }
+
+    /// File descriptors held for domains now (chunk memfds, wake-up
+    /// sockets), out of a budget set by `RLIMIT_NOFILE`.
+    pub fn fds_held(&self) -> usize {
+        self.fds.used()
+    }
+
+    /// Counters of the accept loop (for tests and monitoring).
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// The hypervisor (for in-process inspection).
@@ -196,6 +260,8 @@ struct Shared {
     xs_path: String,
     cfg: HostConfig,
     joined_any: Mutex<bool>,
+    fds: Arc<FdBudget>,
+    stats: Arc<Stats>,
 }
 
 struct Conn {
@@ -203,14 +269,21 @@ struct Conn {
     dom: Option<Domain>,
     evts: HashMap<u32, Arc<SimEvtchn>>,
     next_evt: u32,
+    budget: DomainBudget,
+    /// Retired chunks of this domain that peers still map (their memfds
+    /// are still open, counted in `budget`).
+    retired: Vec<std::sync::Weak<Region>>,
 }
 
-fn serve_conn(shared: Arc<Shared>, fd: OwnedFd) {
+fn serve_conn(shared: Arc<Shared>, fd: OwnedFd, _slot: ConnSlot) {
+    let budget = DomainBudget::new(shared.fds.clone());
     let mut c = Conn {
         shared,
         dom: None,
         evts: HashMap::new(),
         next_evt: 1,
+        budget,
+        retired: Vec::new(),
     };
     loop {
         let pkt = match sock::recv(fd.as_fd()) {
@@ -344,27 +417,32 @@ impl Conn {
                 Ok((w, out))
             }
             op::ADD_CHUNK => {
+                let pages = r.u64().map_err(bad)?;
                 r.end().map_err(bad)?;
                 fd_count(fds, 1)?;
-                let dom = self.dom()?;
                 let fd = fds
                     .pop()
                     .ok_or_else(|| RemoteError::Refused("no fd".into()))?;
-                let region = Region::from_fd(fd, true)
-                    .map_err(|e| RemoteError::Refused(format!("bad chunk: {e}")))?;
-                let first = dom
-                    .memory()
-                    .add_chunk(region)
-                    .map_err(|e| RemoteError::Refused(e.to_string()))?;
-                let mut w = ok();
-                w.u64(first);
-                Ok((w, Vec::new()))
+                self.add_chunk(fd, pages)
             }
             op::RETIRE_CHUNK => {
                 let first = r.u64().map_err(bad)?;
                 r.end().map_err(bad)?;
-                if !self.dom()?.memory().retire_chunk(first) {
-                    return Err(RemoteError::Refused(format!("no chunk at frame {first}")));
+                let region =
+                    self.dom()?.memory().take_chunk(first).ok_or_else(|| {
+                        RemoteError::Refused(format!("no chunk at frame {first}"))
+                    })?;
+                // Peers' mappings live in their own processes (their own
+                // mmaps); the daemon's mappings hold no memory. Whatever
+                // still holds the region here (a copy or map in flight)
+                // keeps its memfd open: it stays on this domain's budget
+                // until it goes.
+                let weak = Arc::downgrade(&region);
+                drop(region);
+                if weak.strong_count() == 0 {
+                    self.budget.give(Kind::Chunk);
+                } else {
+                    self.retired.push(weak);
                 }
                 Ok((ok(), Vec::new()))
             }
@@ -381,59 +459,7 @@ impl Conn {
                 }
                 r.end().map_err(bad)?;
                 fd_count(fds, 0)?;
-                let dom = self.dom()?;
-                let access = if ro {
-                    Access::ReadOnly
-                } else {
-                    Access::ReadWrite
-                };
-                let mut w = ok();
-                w.u16(n as u16);
-                let mut out: Vec<OwnedFd> = Vec::new();
-                let mut regions: Vec<Arc<Region>> = Vec::new();
-                for gref in refs {
-                    match dom.host_map(granter, gref, access) {
-                        Ok((h, page)) => {
-                            let idx = match regions
-                                .iter()
-                                .position(|x| Arc::ptr_eq(x, &page.region))
-                            {
-                                Some(i) => i,
-                                None => {
-                                    let fd = if ro {
-                                        page.region.reopen_readonly()
-                                    } else {
-                                        rustix::io::fcntl_dupfd_cloexec(page.region.fd(), 0)
-                                            .map_err(|err| xenshare_sim::region::RegionError::Os {
-                                                what: "dup",
-                                                err,
-                                            })
-                                    };
-                                    match fd {
-                                        Ok(fd) => {
-                                            out.push(fd);
-                                            regions.push(page.region.clone());
-                                            regions.len() - 1
-                                        }
-                                        Err(_) => {
-                                            let _ = dom.raw_unmap(h);
-                                            w.u16(GntSt::NoSpace.to_raw() as u16)
-                                                .u32(0)
-                                                .u16(0)
-                                                .u64(0);
-                                            continue;
-                                        }
-                                    }
-                                }
-                            };
-                            w.u16(0).u32(h).u16(idx as u16).u64(page.page);
-                        }
-                        Err(st) => {
-                            w.u16(st.to_raw() as u16).u32(0).u16(0).u64(0);
-                        }
-                    }
-                }
-                Ok((w, out))
+                self.map(granter, ro, &refs)
             }
             op::UNMAP => {
                 let h = r.u32().map_err(bad)?;
@@ -456,6 +482,7 @@ impl Conn {
             }
             op::SET_EXPORT_NOTIFY => {
                 let first = GrantRef(r.u32().map_err(bad)?);
+                self.check_ref(first.0)?;
                 let frame = r.u64().map_err(bad)?;
                 let off = r.opt_u32().map_err(bad)?;
                 let port = r.opt_u32().map_err(bad)?;
@@ -477,22 +504,8 @@ impl Conn {
             op::COPY => self.copy(r),
             op::EVT_OPEN => {
                 r.end().map_err(bad)?;
-                fd_count(fds, 1)?;
-                let fd = fds
-                    .pop()
-                    .ok_or_else(|| RemoteError::Refused("no fd".into()))?;
-                // Never block the daemon on a peer's fd.
-                let fl = rustix::fs::fcntl_getfl(&fd)
-                    .map_err(|e| RemoteError::Refused(e.to_string()))?;
-                rustix::fs::fcntl_setfl(&fd, fl | rustix::fs::OFlags::NONBLOCK)
-                    .map_err(|e| RemoteError::Refused(e.to_string()))?;
-                let h = self.dom()?.evtchn_with_wake_fd(fd)?;
-                let id = self.next_evt;
-                self.next_evt = self.next_evt.wrapping_add(1).max(1);
-                self.evts.insert(id, h);
-                let mut w = ok();
-                w.u32(id);
-                Ok((w, Vec::new()))
+                fd_count(fds, 0)?;
+                self.evt_open()
             }
             op::EVT_CLOSE_HANDLE => {
                 let h = r.u32().map_err(bad)?;
@@ -500,6 +513,7 @@ impl Conn {
                 self.evts
                     .remove(&h)
                     .ok_or_else(|| RemoteError::Refused(format!("no event channel handle {h}")))?;
+                self.budget.give(Kind::EvtHandle);
                 Ok((ok(), Vec::new()))
             }
             op::EVT_ALLOC_UNBOUND | op::EVT_BIND | op::EVT_NOTIFY | op::EVT_CLOSE => {
@@ -524,6 +538,7 @@ impl Conn {
             }
             op::GRANTS => {
                 let want = r.u32().map_err(bad)?;
+                let at = crate::inspect::Cursor::decode(r).map_err(bad)?;
                 r.end().map_err(bad)?;
                 let doms: Vec<Domain> = {
                     let all = lock(&self.shared.domains);
@@ -539,43 +554,21 @@ impl Conn {
                     return Err(RemoteError::Refused(format!("no domain {want} has joined")));
                 }
                 let mut w = ok();
-                w.u16(doms.len() as u16);
-                for d in doms {
-                    let entries = d
-                        .exporter()
-                        .table()
-                        .map(|t| t.active_entries())
-                        .unwrap_or_default();
-                    let pins = d.active_grants();
-                    w.u16(d.id().0).u32(entries.len() as u32);
-                    for e in entries {
-                        w.u32(e.gref.0).u16(e.flags).u16(e.domid.0).u32(e.frame);
-                    }
-                    w.u32(pins.len() as u32);
-                    for p in pins {
-                        w.u32(p.gref.0)
-                            .u16(p.mapper.0)
-                            .u32(p.readers)
-                            .u32(p.writers);
-                    }
-                    w.u64(d.memory().used_pages()).u32(d.mapped_count() as u32);
-                    let q: Vec<u32> = lock(&self.shared.quarantined)
-                        .get(&d.id().0)
-                        .map(|s| s.iter().copied().collect())
-                        .unwrap_or_default();
-                    w.u32(q.len() as u32);
-                    for r in q {
-                        w.u32(r);
-                    }
-                }
+                let q = lock(&self.shared.quarantined).clone();
+                crate::inspect::write_page(&mut w, &doms, &q, at);
                 Ok((w, Vec::new()))
             }
             op::QUARANTINE => {
-                let on = r.u8().map_err(bad)? != 0;
+                let on = r.bool().map_err(bad)?;
                 let n = r.u16().map_err(bad)?;
+                if usize::from(n) > MAX_MAP_REFS {
+                    return Err(bad(WireError::BadField("quarantine count")));
+                }
                 let mut refs = Vec::with_capacity(usize::from(n));
                 for _ in 0..n {
-                    refs.push(r.u32().map_err(bad)?);
+                    let g = r.u32().map_err(bad)?;
+                    self.check_ref(g)?;
+                    refs.push(g);
                 }
                 r.end().map_err(bad)?;
                 let id = self.dom()?.id().0;
@@ -592,6 +585,172 @@ impl Conn {
             }
             other => Err(bad(WireError::BadOp(other))),
         }
+    }
+
+    /// Refuses a grant ref outside this domain's table (what the domain
+    /// can make us record per ref is then bounded by the table size).
+    fn check_ref(&self, gref: u32) -> Result<(), RemoteError> {
+        let entries = self.dom()?.grant_table_region().len() / 8;
+        if (gref as usize) < entries {
+            Ok(())
+        } else {
+            Err(RemoteError::Gnt(GntSt::BadGntref))
+        }
+    }
+
+    /// Registers a chunk of the domain's memory: `fd` must be a sealed
+    /// memfd of exactly `pages` pages (see [`Region::from_fd_sized`]).
+    fn add_chunk(&mut self, fd: OwnedFd, pages: u64) -> Result<Reply, RemoteError> {
+        let len = usize::try_from(pages)
+            .ok()
+            .and_then(|p| p.checked_mul(xenshare_abi::PAGE_SIZE))
+            .filter(|l| *l > 0 && *l <= xenshare_sim::region::MAX_FOREIGN_REGION)
+            .ok_or_else(|| RemoteError::Refused(format!("bad chunk size of {pages} pages")))?;
+        self.dom()?;
+        if self.budget.take(Kind::Chunk).is_err() {
+            // Retired chunks whose last mapping went give their place back.
+            let before = self.retired.len();
+            self.retired.retain(|w| w.strong_count() > 0);
+            for _ in self.retired.len()..before {
+                self.budget.give(Kind::Chunk);
+            }
+            self.budget.take(Kind::Chunk)?;
+        }
+        let added = Region::from_fd_sized(fd, true, Some(len))
+            .map_err(|e| RemoteError::Refused(format!("bad chunk: {e}")))
+            .and_then(|region| {
+                self.dom()?
+                    .memory()
+                    .add_chunk(region)
+                    .map_err(|e| RemoteError::Refused(e.to_string()))
+            });
+        match added {
+            Ok(first) => {
+                let mut w = Writer::new(op::OK);
+                w.u64(first);
+                Ok((w, Vec::new()))
+            }
+            Err(e) => {
+                self.budget.give(Kind::Chunk);
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens an event channel handle. The daemon makes the wake-up channel:
+    /// a datagram socket pair, one end kept (sent on with `MSG_DONTWAIT`,
+    /// so it never blocks whatever the domain does with its end, whose file
+    /// description is a different one), the other passed to the domain.
+    fn evt_open(&mut self) -> Result<Reply, RemoteError> {
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        self.dom()?;
+        self.budget.take(Kind::EvtHandle)?;
+        let made = socketpair(
+            AddressFamily::UNIX,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .map_err(|e| RemoteError::Refused(format!("wake-up socket: {e}")));
+        let (mine, theirs) = match made {
+            Ok(p) => p,
+            Err(e) => {
+                self.budget.give(Kind::EvtHandle);
+                return Err(e);
+            }
+        };
+        // A few queued wake-ups are plenty; the rest are dropped (one
+        // pending wake-up means "look at the bitmaps").
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&mine, 4096);
+        let _ = rustix::net::shutdown(&mine, rustix::net::Shutdown::Read);
+        let _ = rustix::net::shutdown(&theirs, rustix::net::Shutdown::Write);
+        let h = match self.dom() {
+            Ok(d) => d.evtchn_with_wake_socket(mine),
+            Err(e) => {
+                self.budget.give(Kind::EvtHandle);
+                return Err(e);
+            }
+        };
+        let id = self.next_evt;
+        self.next_evt = self.next_evt.wrapping_add(1).max(1);
+        self.evts.insert(id, h);
+        let mut w = Writer::new(op::OK);
+        w.u32(id);
+        Ok((w, vec![theirs]))
+    }
+
+    /// Maps grants for the domain. One reply carries at most [`MAX_FDS`]
+    /// memfds: when the refs need more, the reply covers a prefix of them
+    /// (its count says how many) and the client asks again for the rest.
+    ///
+    /// A read-only map seals the granter's memfd against new writers
+    /// (`F_SEAL_FUTURE_WRITE`) before any fd of it leaves the daemon: an
+    /// fd, even reopened read-write through `/proc/self/fd`, then gives no
+    /// way to write the granter's memory (no writable shared mmap, no
+    /// `write`, no `mprotect` to writable, no hole punching). The granter's
+    /// and the daemon's existing mappings stay writable. A chunk so sealed
+    /// cannot be mapped writable by another process any more.
+    fn map(&mut self, granter: DomId, ro: bool, refs: &[GrantRef]) -> Result<Reply, RemoteError> {
+        let dom = self.dom()?;
+        let access = if ro {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        };
+        let mut body = Writer(Vec::new());
+        let mut out: Vec<OwnedFd> = Vec::new();
+        let mut regions: Vec<Arc<Region>> = Vec::new();
+        let mut done = 0usize;
+        let fail = |body: &mut Writer, st: GntSt| {
+            body.u16(st.to_raw() as u16).u32(0).u16(0).u64(0);
+        };
+        for gref in refs {
+            match dom.host_map(granter, *gref, access) {
+                Ok((h, page)) => {
+                    let idx = match regions.iter().position(|x| Arc::ptr_eq(x, &page.region)) {
+                        Some(i) => i,
+                        None if regions.len() == MAX_FDS => {
+                            // Full: this ref and the rest go in the next reply.
+                            let _ = dom.raw_unmap(h);
+                            break;
+                        }
+                        None => {
+                            let fd = if ro {
+                                page.region
+                                    .seal_future_write()
+                                    .and_then(|()| page.region.reopen_readonly())
+                                    .map_err(|_| GntSt::NoSpace)
+                            } else if page.region.is_write_sealed() {
+                                Err(GntSt::PermissionDenied)
+                            } else {
+                                rustix::io::fcntl_dupfd_cloexec(page.region.fd(), 0)
+                                    .map_err(|_| GntSt::NoSpace)
+                            };
+                            match fd {
+                                Ok(fd) => {
+                                    out.push(fd);
+                                    regions.push(page.region.clone());
+                                    regions.len() - 1
+                                }
+                                Err(st) => {
+                                    let _ = dom.raw_unmap(h);
+                                    fail(&mut body, st);
+                                    done += 1;
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    body.u16(0).u32(h).u16(idx as u16).u64(page.page);
+                }
+                Err(st) => fail(&mut body, st),
+            }
+            done += 1;
+        }
+        let mut w = Writer::new(op::OK);
+        w.u16(done as u16);
+        w.0.extend_from_slice(&body.0);
+        Ok((w, out))
     }
 
     fn copy(&mut self, r: &mut Reader<'_>) -> Result<Reply, RemoteError> {

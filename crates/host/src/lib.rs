@@ -9,8 +9,13 @@
 //!   grant table (a memfd mapped here and in the daemon, which does Xen's
 //!   compare-and-swap on it), an `Importer` (map / unmap / copy are RPCs;
 //!   mapped memory arrives as memfds), and event channel handles (the
-//!   `shared_info` bitmaps are shared memory, wake-ups are eventfds the
-//!   daemon signals).
+//!   `shared_info` bitmaps are shared memory; wake-ups are datagrams on a
+//!   socket pair the daemon makes per handle and sends on without ever
+//!   blocking).
+//! * [`limits`]: what one domain can make the daemon hold (event channel
+//!   handles, memory chunks, fds, connections), each refused clearly past
+//!   its bound.
+//! * [`inspect`]: the grant inspector's paged reply.
 //!
 //! Memory is one memfd per share: the process's frame allocator creates a
 //! chunk per allocation and registers it with the daemon, which gives it a
@@ -20,6 +25,8 @@
 
 pub mod client;
 pub mod daemon;
+pub mod inspect;
+pub mod limits;
 pub mod sock;
 pub mod wire;
 

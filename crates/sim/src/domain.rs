@@ -359,13 +359,17 @@ impl Domain {
         }
     }
 
-    /// For a multi-process host: opens an event channel handle whose wake
-    /// eventfd is `wake` (one received from the domain's process).
-    pub fn evtchn_with_wake_fd(
-        &self,
-        wake: std::os::fd::OwnedFd,
-    ) -> Result<Arc<SimEvtchn>, EventError> {
-        SimEvtchn::open_with_fd(self.state.clone(), wake).map(Arc::new)
+    /// For a multi-process host: opens an event channel handle whose
+    /// wake-ups are one-byte datagrams sent, never blocking, on `sock` (the
+    /// host's end of a socket pair; the domain's process holds the other).
+    pub fn evtchn_with_wake_socket(&self, sock: std::os::fd::OwnedFd) -> Arc<SimEvtchn> {
+        Arc::new(SimEvtchn::open_with_socket(self.state.clone(), sock))
+    }
+
+    /// Entries in this domain's event channel handle list: live handles
+    /// plus dead ones not yet pruned (bounded by about twice the live ones).
+    pub fn evtchn_handle_slots(&self) -> usize {
+        self.state.evt.handle_slots()
     }
 
     /// The memfd region of this domain's grant table (to pass to its

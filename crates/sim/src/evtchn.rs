@@ -39,18 +39,66 @@ struct Slot {
 pub(crate) struct EvtState {
     shared_info: Region,
     ports: Mutex<Vec<Slot>>,
-    handles: Mutex<Vec<std::sync::Weak<HandleShared>>>,
+    handles: Mutex<HandleList>,
+}
+
+/// The handles of a domain (weakly: a handle lives as long as its user
+/// keeps it), pruned of dead ones as it grows so opening and closing
+/// handles forever keeps the list as long as the live handles (amortised).
+#[derive(Default)]
+struct HandleList {
+    list: Vec<std::sync::Weak<HandleShared>>,
+    prune_at: usize,
+}
+
+impl HandleList {
+    fn push(&mut self, h: std::sync::Weak<HandleShared>) {
+        if self.list.len() >= self.prune_at {
+            self.list.retain(|w| w.strong_count() > 0);
+            self.prune_at = (self.list.len() * 2).max(64);
+        }
+        self.list.push(h);
+    }
+}
+
+/// How a handle's owner is woken.
+enum Wake {
+    /// An eventfd of this process (in-process handles).
+    EventFd(OwnedFd),
+    /// The host's end of a datagram socket pair whose other end a domain
+    /// process holds. A send that cannot complete now (the peer does not
+    /// drain) is dropped: a wake-up is already queued. `MSG_DONTWAIT` is per
+    /// call, so nothing the peer does to its own end (or its file status
+    /// flags) can make it block.
+    Socket(OwnedFd),
 }
 
 pub(crate) struct HandleShared {
-    efd: OwnedFd,
+    wake: Wake,
     ports: Mutex<Vec<Port>>,
     closed: std::sync::atomic::AtomicBool,
 }
 
 impl HandleShared {
     fn wake(&self) {
-        let _ = rustix::io::write(&self.efd, &1u64.to_ne_bytes());
+        match &self.wake {
+            Wake::EventFd(fd) => {
+                let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+            }
+            Wake::Socket(fd) => {
+                let _ = rustix::net::send(
+                    fd,
+                    &[1],
+                    rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+                );
+            }
+        }
+    }
+
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match &self.wake {
+            Wake::EventFd(fd) | Wake::Socket(fd) => fd.as_fd(),
+        }
     }
 }
 
@@ -59,12 +107,18 @@ impl EvtState {
         Ok(Self {
             shared_info: Region::new(&format!("xenshare-d{}-shinfo", id.0), PAGE_SIZE)?,
             ports: Mutex::new(Vec::new()),
-            handles: Mutex::new(Vec::new()),
+            handles: Mutex::default(),
         })
     }
 
     pub(crate) fn shared_info(&self) -> &Region {
         &self.shared_info
+    }
+
+    /// Entries in the handle list (live handles plus dead ones not yet
+    /// pruned).
+    pub(crate) fn handle_slots(&self) -> usize {
+        lock(&self.handles).list.len()
     }
 
     fn word(&self, base: usize, port: u32) -> Option<(&AtomicU64, u64)> {
@@ -221,7 +275,7 @@ impl DomainState {
         for p in ports {
             let _ = self.close_port_dead(p);
         }
-        for h in lock(&self.evt.handles).drain(..) {
+        for h in lock(&self.evt.handles).list.drain(..) {
             if let Some(h) = h.upgrade() {
                 h.closed.store(true, Ordering::Release);
                 h.wake();
@@ -261,19 +315,23 @@ impl SimEvtchn {
     pub(crate) fn open(dom: Arc<DomainState>) -> Result<Self, EventError> {
         let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| EventError::Os(e.raw_os_error()))?;
-        Self::open_with_fd(dom, efd)
+        Ok(Self::open_with(dom, Wake::EventFd(efd)))
     }
 
-    /// A handle whose wake-ups go to `efd` (an eventfd, possibly of another
-    /// process).
-    pub(crate) fn open_with_fd(dom: Arc<DomainState>, efd: OwnedFd) -> Result<Self, EventError> {
+    /// A handle whose wake-ups are datagrams sent (never blocking) on
+    /// `sock`, the host's end of a socket pair shared with a domain process.
+    pub(crate) fn open_with_socket(dom: Arc<DomainState>, sock: OwnedFd) -> Self {
+        Self::open_with(dom, Wake::Socket(sock))
+    }
+
+    fn open_with(dom: Arc<DomainState>, wake: Wake) -> Self {
         let shared = Arc::new(HandleShared {
-            efd,
+            wake,
             ports: Mutex::new(Vec::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
         });
         lock(&dom.evt.handles).push(Arc::downgrade(&shared));
-        Ok(Self { dom, shared })
+        Self { dom, shared }
     }
 
     fn owns(&self, port: Port) -> Result<(), EventError> {
@@ -292,9 +350,11 @@ impl SimEvtchn {
         }
     }
 
-    /// The eventfd signalled when a port of this handle becomes deliverable.
+    /// The fd signalled when a port of this handle becomes deliverable (an
+    /// eventfd; for a handle of a domain process, the host's end of its
+    /// wake-up socket pair).
     pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.shared.efd.as_fd()
+        self.shared.fd()
     }
 
     /// The remote end of a port of this handle, if interdomain.
@@ -438,7 +498,7 @@ impl EventChannels for SimEvtchn {
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<Option<Port>, EventError> {
-        wait_on_eventfd(self.shared.efd.as_fd(), timeout, || self.poll())
+        wait_on_eventfd(self.shared.fd(), timeout, || self.poll())
     }
 }
 

@@ -221,17 +221,20 @@ impl DomainMemory {
     /// frames are never valid again. Mappings already made keep their own
     /// reference to the memory. Returns false if there is no such chunk.
     pub fn retire_chunk(&self, first: u64) -> bool {
+        self.take_chunk(first).is_some()
+    }
+
+    /// As [`DomainMemory::retire_chunk`], handing back the chunk's memory
+    /// (still alive while mappings hold it), so a host can tell when its
+    /// memfd is finally closed.
+    pub fn take_chunk(&self, first: u64) -> Option<Arc<Region>> {
         let Layout::Chunked { chunks } = &self.layout else {
-            return false;
+            return None;
         };
         let mut c = lock(chunks);
-        match c.map.remove(&first) {
-            Some(r) => {
-                c.pages -= (r.len() / PAGE_SIZE) as u64;
-                true
-            }
-            None => false,
-        }
+        let r = c.map.remove(&first)?;
+        c.pages -= (r.len() / PAGE_SIZE) as u64;
+        Some(r)
     }
 }
 
