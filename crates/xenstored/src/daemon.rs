@@ -307,6 +307,24 @@ impl Daemon {
         }
     }
 
+    /// Introduces `domid` without a shared ring (its connections come over
+    /// a socket bound to it): `@introduceDomain` fires.
+    pub fn introduce_domain(&self, domid: DomId) -> Result<(), xenshare::store::XsError> {
+        let mut g = lock(&self.inner);
+        let out = g.store.introduce_domain(domid)?;
+        self.route(&mut g, out);
+        Ok(())
+    }
+
+    /// Releases `domid`: its connections are closed, `@releaseDomain`
+    /// fires.
+    pub fn release_domain(&self, domid: DomId) -> Result<(), xenshare::store::XsError> {
+        let mut g = lock(&self.inner);
+        let out = g.store.release_domain(domid)?;
+        self.route(&mut g, out);
+        Ok(())
+    }
+
     /// Calls `hook` for every later introduce / release, under the daemon
     /// lock (keep it short; it must not call back into the daemon).
     pub fn on_domain_event(&self, hook: impl FnMut(DomainEvent) + Send + 'static) {

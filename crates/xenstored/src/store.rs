@@ -830,6 +830,30 @@ impl Store {
         Ok(b"OK\0".to_vec())
     }
 
+    /// Introduces `domid` for a transport that has no shared ring (a
+    /// domain that reaches the daemon over its own socket): it becomes
+    /// known and `@introduceDomain` fires, as on `XS_INTRODUCE`.
+    pub fn introduce_domain(&mut self, domid: DomId) -> Result<Vec<Output>, XsError> {
+        if domid == DomId::DOM0 {
+            return Err(XsError::EINVAL);
+        }
+        let mut out = Vec::new();
+        let d = self.domains.entry(domid).or_default();
+        if !d.introduced {
+            d.introduced = true;
+            self.fire_special(INTRODUCE, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Releases `domid` as `XS_RELEASE` does: its connections are closed
+    /// and `@releaseDomain` fires.
+    pub fn release_domain(&mut self, domid: DomId) -> Result<Vec<Output>, XsError> {
+        let mut out = Vec::new();
+        self.release(domid, &mut out)?;
+        Ok(out)
+    }
+
     fn release(&mut self, domid: DomId, out: &mut Vec<Output>) -> Result<Vec<u8>, XsError> {
         if domid == DomId::DOM0 {
             return oops(XsError::EINVAL);
