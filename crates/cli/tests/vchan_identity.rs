@@ -150,6 +150,7 @@ fn unmodified_libxenvchan_server_dom1_client_dom2_every_geometry_stream_and_pack
     let n = (256 << 10).to_string();
     let path = "/local/domain/1/data/geom";
     let mut runs = 0;
+    let mut seen = std::collections::BTreeSet::new();
     for mode in ["stream", "packet"] {
         for &rmin in &sizes {
             for &wmin in &sizes {
@@ -168,6 +169,7 @@ fn unmodified_libxenvchan_server_dom1_client_dom2_every_geometry_stream_and_pack
                         &n,
                     ],
                 )
+                .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("server");
@@ -178,23 +180,37 @@ fn unmodified_libxenvchan_server_dom1_client_dom2_every_geometry_stream_and_pack
                     &helper,
                     &["client", "1", path, &maxpkt, mode, &n],
                 )
+                .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("client");
-                ok(
+                let c = orders(&ok(
                     client.wait_with_output().unwrap(),
                     &format!("client ({what})"),
-                );
-                ok(
+                ));
+                let s = orders(&ok(
                     server.wait_with_output().unwrap(),
                     &format!("server ({what})"),
+                ));
+                // The server's rings are at least what it asked for, and
+                // the client sees the same rings the other way round.
+                assert!(
+                    1usize << s.0 >= rmin && 1usize << s.1 >= wmin,
+                    "{what}: {s:?}"
                 );
+                assert_eq!((c.0, c.1), (s.1, s.0), "{what}");
+                seen.insert(s.0);
+                seen.insert(s.1);
                 wait_gone(&sock, &[1, 2]);
                 runs += 1;
             }
         }
     }
     assert_eq!(runs, 2 * sizes.len() * sizes.len());
+    // In-page rings (1 KiB, 2 KiB) and one- and many-page rings all ran.
+    for order in [10, 11, 12, 14, 16] {
+        assert!(seen.contains(&order), "no ring of order {order}: {seen:?}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -219,6 +235,19 @@ fn build_xs_probe(dir: &Path) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// The "orders READ WRITE" line the helper prints.
+fn orders(out: &str) -> (u32, u32) {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("orders "))
+        .unwrap_or_else(|| panic!("no ring orders in {out:?}"));
+    let mut it = line.split(' ').map(|x| x.parse::<u32>().expect("order"));
+    (
+        it.next().expect("read order"),
+        it.next().expect("write order"),
+    )
 }
 
 fn xs_tools() -> bool {

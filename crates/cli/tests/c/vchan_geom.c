@@ -11,6 +11,7 @@
  * use libxenvchan_send / libxenvchan_recv (all or nothing), one packet in
  * flight; in stream mode the server writes and reads without blocking and
  * waits for events when neither makes progress.
+ * Each side prints "orders READ WRITE": the log2 sizes of its rings.
  * Exit status 0 on success. Written for xenshare's tests. */
 #include <errno.h>
 #include <stdio.h>
@@ -178,6 +179,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "vchan_geom: %s init failed: %s\n", argv[1], strerror(errno));
         return 1;
     }
+    /* The ring sizes libxenvchan chose (log2 bytes), for the test. */
+    printf("orders %d %d\n", v->read.order, v->write.order);
+    fflush(stdout);
     if (server) {
         /* Wait for the client before sending anything. */
         v->blocking = 1;
