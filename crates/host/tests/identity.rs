@@ -225,3 +225,53 @@ fn a_domain_socket_speaks_only_for_its_domain() {
         Some(XsError::EACCES)
     );
 }
+
+/// Other users reach nothing: dom0's and the domains' xenstored sockets are
+/// mode 0600, and even if someone loosened the mode, the daemon checks the
+/// peer's user (`SO_PEERCRED`) and drops the connection. Needs root (to
+/// act as another user) and Debian's xenstore-utils; SKIPs otherwise.
+#[test]
+fn other_users_cannot_reach_dom0_or_domain_xenstored_sockets() {
+    let read = std::path::Path::new("/usr/bin/xenstore-read");
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    if !rustix::process::getuid().is_root() || !read.exists() || !setpriv.exists() {
+        eprintln!(
+            "\n*** SKIP other_users_cannot_reach_...: needs root, setpriv and xenstore-utils ***\n"
+        );
+        return;
+    }
+    let h = host("users");
+    let d = RemoteDomain::join(h.path(), None).unwrap();
+    let dir = h.path().parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let key = format!("/local/domain/{}/domid", d.id().0);
+    let run = |sock: &std::path::Path, as_nobody: bool| {
+        let mut c = if as_nobody {
+            let mut c = std::process::Command::new(setpriv);
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(read);
+            c
+        } else {
+            std::process::Command::new(read)
+        };
+        c.arg(&key).env("XENSTORED_PATH", sock).output().unwrap()
+    };
+    let id = d.id().0.to_string();
+    for sock in [h.xenstore_path(), d.xenstore_path()] {
+        // Positive control: the owner reads the key through this socket.
+        let own = run(sock, false);
+        assert!(
+            own.status.success(),
+            "{}",
+            String::from_utf8_lossy(&own.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&own.stdout).trim(), id);
+        assert!(!run(sock, true).status.success(), "mode 0600 let nobody in");
+        std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(
+            !run(sock, true).status.success(),
+            "the peer check let nobody in at {}",
+            sock.display()
+        );
+    }
+}
