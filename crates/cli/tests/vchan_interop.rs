@@ -19,8 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use xenshare::store::{Client, UnixTransport};
-
 const BIN: &str = env!("CARGO_BIN_EXE_xenshare");
 const BYTES: usize = 4 << 20;
 
@@ -104,10 +102,8 @@ fn start_host(dir: &Path) -> (Kill, PathBuf) {
         assert!(Instant::now() < end, "host did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // libxenvchan reads its own domid from the relative key `domid`, which
-    // a toolstack writes; a socket connection to xenstored is dom0's.
-    let mut c = Client::new(UnixTransport::connect(&xs).expect("xenstored"));
-    c.write("/local/domain/0/domid", b"0").expect("write domid");
+    // No XenStore set-up here: the host's toolstack creates each domain's
+    // home (with the `domid` key libxenvchan reads) when it joins.
     (Kill(child), sock)
 }
 

@@ -51,9 +51,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The runtime, joining the host daemon (`XENSHARE_HOST`,
-/// `XENSHARE_DOMID`) on first use. On failure prints why on stderr, sets
-/// `errno` and returns `None`; a later call tries again.
+/// The runtime, on first use: the domain `xenshare exec` created for this
+/// process (`XENSHARE_HOST_FD`), else a new one joined through
+/// `XENSHARE_HOST` (see `RemoteDomain::join_from_env`). On failure prints
+/// why on stderr, sets `errno` and returns `None`; a later call tries
+/// again.
 pub(crate) fn runtime(lib: &str) -> Option<Arc<Runtime>> {
     let mut g = lock(&RUNTIME);
     if let Some(rt) = g.as_ref() {

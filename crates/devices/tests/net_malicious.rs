@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use net_common::{frame, world, Front, World, T};
+use net_common::{frame, world, world_with, Front, World, T};
 use xenshare::event::Channel;
 use xenshare::net::xenbus::{BackendFeatures, FrontendKeys};
 use xenshare::net::{
@@ -31,7 +31,7 @@ use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETTXF_MORE_DATA};
 use xenshare_devices::net::host::HostPort;
 use xenshare_devices::net::run::BackendThread;
-use xenshare_sim::{SimEvtchn, SimMapping, SimShare};
+use xenshare_sim::{DomainConfig, RevocationModel, SimEvtchn, SimMapping, SimShare};
 
 type TxBack<'a> = BackRing<'a, NetifTxRequest, NetifTxResponse>;
 type RxBack<'a> = BackRing<'a, NetifRxRequest, NetifRxResponse>;
@@ -86,6 +86,92 @@ fn expect_broken(nf: &mut Front) -> NetError {
     assert!(matches!(nf.send(&frame(100, 0)), Err(NetError::Broken(_))));
     assert!(matches!(nf.recv(), Err(NetError::Broken(_))));
     e
+}
+
+/// On a platform that cannot see "busy" (Linux gntalloc: the kernel defers
+/// the free), netfront cannot tell that the back end kept a tx page. It must
+/// still never reuse that page: its pool only takes memory that came back
+/// from a revocation, and such a platform hands none back.
+#[test]
+fn backend_keeping_a_tx_grant_on_a_deferring_platform_never_sees_reused_memory() {
+    let w = world_with(DomainConfig {
+        mem_pages: 4096,
+        revocation: RevocationModel::KernelDefers,
+        ..Default::default()
+    });
+    let (eb, mut nf) = evil_back(&w);
+    let mut tx = TxBack::attach(eb.tx.mem()).unwrap();
+    let first = frame(300, 7);
+    nf.send(&first).unwrap();
+    let req = tx.next_request().unwrap().expect("request published");
+    let kept = w
+        .dom0
+        .importer()
+        .map_ro(w.guest.id(), &[GrantRef(req.gref)])
+        .unwrap();
+    let first_at = usize::from(req.offset);
+    let answer = |tx: &mut TxBack<'_>, id| {
+        tx.push_response(&NetifTxResponse {
+            id,
+            status: NETIF_RSP_OKAY,
+        })
+        .unwrap();
+        tx.push_responses().unwrap();
+        eb.chan.notify().unwrap();
+    };
+    answer(&mut tx, req.id);
+    // Netfront reaps the response; the revocation "succeeds" (deferred).
+    let deadline = Instant::now() + T;
+    while w.guest.deferred_revocations() == 0 {
+        assert!(Instant::now() < deadline, "the tx page was never revoked");
+        let _ = nf.recv_timeout(Duration::from_millis(20));
+    }
+    assert!(
+        !nf.is_broken(),
+        "a deferring platform cannot see the kept page"
+    );
+    assert!(w.guest.exporter().stats().retired >= 1);
+    // 64 more frames of a secret, each through a fresh (or pooled) page the
+    // back end maps, reads and lets go of properly.
+    let secret = vec![0x5Eu8; 1000];
+    for _ in 0..64 {
+        nf.send(&secret).unwrap();
+        let req = loop {
+            if let Some(r) = tx.next_request().unwrap() {
+                break r;
+            }
+            assert!(Instant::now() < deadline + T, "tx request never came");
+            thread::yield_now();
+        };
+        let m = w
+            .dom0
+            .importer()
+            .map_ro(w.guest.id(), &[GrantRef(req.gref)])
+            .unwrap();
+        let mut got = vec![0u8; secret.len()];
+        m.mem().read(usize::from(req.offset), &mut got).unwrap();
+        assert_eq!(got, secret);
+        drop(m);
+        answer(&mut tx, req.id);
+        let _ = nf.recv_timeout(Duration::from_millis(1));
+        // The page the back end kept still shows only what it was given.
+        let mut seen = vec![0u8; first.len()];
+        kept.mem().read(first_at, &mut seen).unwrap();
+        assert_eq!(seen, first, "the kept page was reused for a later frame");
+    }
+    assert_eq!(w.guest.deferred_revocations(), 1);
+    // Once the back end lets go, the emulated kernel frees the page.
+    drop(kept);
+    nf.send(&secret).unwrap();
+    let req = tx.next_request().unwrap().expect("request published");
+    answer(&mut tx, req.id);
+    while w.guest.deferred_revocations() != 0 {
+        assert!(
+            Instant::now() < deadline + 2 * T,
+            "the deferred page was never freed"
+        );
+        let _ = nf.recv_timeout(Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -27,6 +27,9 @@ use crate::wire::{op, Reader, RemoteError, WireError, Writer, MAX_COPY_OPS, MAX_
 pub const ENV_HOST: &str = "XENSHARE_HOST";
 /// The environment variable naming this process's domain id.
 pub const ENV_DOMID: &str = "XENSHARE_DOMID";
+/// The environment variable naming an inherited, already joined host
+/// connection (a file descriptor number), as `xenshare exec` hands it down.
+pub const ENV_HOST_FD: &str = "XENSHARE_HOST_FD";
 
 /// Errors of the client library.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,21 @@ impl Conn {
             err,
         })?;
         Ok(Arc::new(Conn { fd: Mutex::new(fd) }))
+    }
+
+    /// Presents the host's privilege token (read from the file next to
+    /// the host socket `host`), making this connection privileged.
+    pub fn authenticate(&self, host: &Path) -> Result<(), ClientError> {
+        let path = crate::toolstack::token_path(host);
+        let token = crate::toolstack::Token::read(&path).map_err(|e| {
+            ClientError::Env(format!(
+                "this needs the host's privilege and {} cannot be read ({e}); only the host's owner may choose domain ids or inspect grants",
+                path.display()
+            ))
+        })?;
+        let mut w = Writer::new(op::AUTH);
+        w.bytes(&token);
+        self.call(&w, &[]).map(|_| ())
     }
 
     /// Sends a request and waits for its reply (body after the status
@@ -691,13 +709,22 @@ impl std::fmt::Debug for RemoteDomain {
 }
 
 impl RemoteDomain {
-    /// Joins the host daemon at `host` as domain `domid` (`None`: let the
-    /// daemon choose). The domain lives until this process exits.
+    /// Joins the host daemon at `host` as a new domain: `None` lets the
+    /// daemon assign the id; a chosen id needs the host's privilege (the
+    /// token file next to the socket). The domain lives until this process
+    /// exits.
     pub fn join(host: impl AsRef<Path>, domid: Option<DomId>) -> Result<RemoteDomain, ClientError> {
         let conn = Conn::connect(host.as_ref())?;
+        if domid.is_some() {
+            conn.authenticate(host.as_ref())?;
+        }
         let mut w = Writer::new(op::JOIN);
         w.u32(domid.map(|d| u32::from(d.0)).unwrap_or(u32::MAX));
-        let p = conn.call(&w, &[])?;
+        Self::from_reply(conn, &w)
+    }
+
+    fn from_reply(conn: Arc<Conn>, w: &Writer) -> Result<RemoteDomain, ClientError> {
+        let p = conn.call(w, &[])?;
         let mut r = body(&p)?;
         let id = DomId(r.u16()?);
         let xs = String::from_utf8_lossy(r.bytes(4096)?).into_owned();
@@ -729,8 +756,53 @@ impl RemoteDomain {
         })
     }
 
-    /// Joins using `XENSHARE_HOST` and `XENSHARE_DOMID` (optional).
+    /// Takes over the joined host connection `xenshare exec` handed down
+    /// (`XENSHARE_HOST_FD`), at most once per process. `Ok(None)` if there
+    /// is none.
+    pub fn attach_inherited() -> Result<Option<RemoteDomain>, ClientError> {
+        static TAKEN: AtomicBool = AtomicBool::new(false);
+        let Ok(v) = std::env::var(ENV_HOST_FD) else {
+            return Ok(None);
+        };
+        let raw: i32 =
+            v.trim().parse().ok().filter(|n| *n > 2).ok_or_else(|| {
+                ClientError::Env(format!("{ENV_HOST_FD}={v} is not a descriptor"))
+            })?;
+        if TAKEN.swap(true, Ordering::AcqRel) {
+            return Err(ClientError::Env(format!(
+                "the host connection in {ENV_HOST_FD} is already in use by this process"
+            )));
+        }
+        // Check it is a Unix socket before owning it.
+        // SAFETY: `raw` is only borrowed for this fstat; if it is not open
+        // fstat fails with EBADF.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+        let st = rustix::fs::fstat(borrowed)
+            .map_err(|e| ClientError::Env(format!("{ENV_HOST_FD}={raw}: {e}")))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+            return Err(ClientError::Env(format!(
+                "{ENV_HOST_FD}={raw} is not a socket"
+            )));
+        }
+        // SAFETY: the descriptor is open (fstat succeeded), was handed to
+        // this process for this purpose by `xenshare exec`, and TAKEN
+        // ensures it is owned once.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        // Not inherited any further.
+        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
+            .map_err(|e| ClientError::Io(e.to_string()))?;
+        let conn = Arc::new(Conn { fd: Mutex::new(fd) });
+        Self::from_reply(conn, &Writer::new(op::ATTACH)).map(Some)
+    }
+
+    /// The domain this process runs as: the connection `xenshare exec`
+    /// handed down if there is one, else a new domain joined through
+    /// `XENSHARE_HOST` (with the id in `XENSHARE_DOMID` if set, which needs
+    /// the host's privilege).
     pub fn join_from_env() -> Result<RemoteDomain, ClientError> {
+        if let Some(d) = Self::attach_inherited()? {
+            return Ok(d);
+        }
         let host = std::env::var_os(ENV_HOST).ok_or_else(|| {
             ClientError::Env(format!("{ENV_HOST} is not set: run under `xenshare exec` or set it to the host daemon's socket"))
         })?;
@@ -758,7 +830,8 @@ impl RemoteDomain {
         &self.importer
     }
 
-    /// The xenstored socket of the host.
+    /// This domain's own xenstored socket (its connections are this
+    /// domain).
     pub fn xenstore_path(&self) -> &Path {
         &self.xs_path
     }
@@ -808,6 +881,7 @@ pub use crate::inspect::GrantReport;
 /// joined domains), page by page.
 pub fn grant_reports(host: &Path, domid: Option<DomId>) -> Result<Vec<GrantReport>, ClientError> {
     let conn = Conn::connect(host)?;
+    conn.authenticate(host)?;
     let mut out = Vec::new();
     let mut at = crate::inspect::Cursor::default();
     for _ in 0..crate::inspect::MAX_PAGES {
@@ -822,4 +896,60 @@ pub fn grant_reports(host: &Path, domid: Option<DomId>) -> Result<Vec<GrantRepor
         }
     }
     Err(WireError::BadField("grant report never ends").into())
+}
+
+/// A domain held by a launcher (`xenshare exec`): the joined host
+/// connection, to be handed to the program that runs as the domain. The
+/// domain lives while any process holds the connection.
+#[derive(Debug)]
+pub struct Lease {
+    fd: OwnedFd,
+    id: DomId,
+    xs_path: PathBuf,
+}
+
+impl Lease {
+    /// Joins `host` as a new domain (see [`RemoteDomain::join`]) without
+    /// mapping anything in this process.
+    pub fn join(host: &Path, domid: Option<DomId>) -> Result<Lease, ClientError> {
+        let conn = Conn::connect(host)?;
+        if domid.is_some() {
+            conn.authenticate(host)?;
+        }
+        let mut w = Writer::new(op::JOIN);
+        w.u32(domid.map(|d| u32::from(d.0)).unwrap_or(u32::MAX));
+        let p = conn.call(&w, &[])?;
+        let mut r = body(&p)?;
+        let id = DomId(r.u16()?);
+        let xs = String::from_utf8_lossy(r.bytes(4096)?).into_owned();
+        drop(p.fds);
+        let fd = Arc::try_unwrap(conn)
+            .map_err(|_| ClientError::Io("connection still shared".into()))?
+            .fd
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(Lease {
+            fd,
+            id,
+            xs_path: PathBuf::from(xs),
+        })
+    }
+
+    /// The domain id the host assigned.
+    pub fn id(&self) -> DomId {
+        self.id
+    }
+
+    /// The domain's own xenstored socket.
+    pub fn xenstore_path(&self) -> &Path {
+        &self.xs_path
+    }
+
+    /// The connection's descriptor, made inheritable by programs this
+    /// process starts (to pass as `XENSHARE_HOST_FD`).
+    pub fn inheritable_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>, ClientError> {
+        rustix::io::fcntl_setfd(&self.fd, rustix::io::FdFlags::empty())
+            .map_err(|e| ClientError::Io(e.to_string()))?;
+        Ok(self.fd.as_fd())
+    }
 }

@@ -22,6 +22,7 @@ use xenshare_sim::{Domain, DomainConfig, Hypervisor, SimEvtchn};
 
 use crate::limits::{self, ConnSlot, DomainBudget, FdBudget, Kind};
 use crate::sock;
+use crate::toolstack::{token_path, Token, Toolstack};
 use crate::wire::{
     op, Reader, RemoteError, WireError, Writer, MAX_COPY_OPS, MAX_FDS, MAX_MAP_REFS,
 };
@@ -35,7 +36,8 @@ pub struct HostConfig {
     pub xenstore_socket: Option<PathBuf>,
     /// Settings of each domain created on join.
     pub domain: DomainConfig,
-    /// The id given to the first joiner that does not ask for one.
+    /// The smallest id given to a joiner that does not ask for one (at
+    /// least 1: dom0 is the host itself).
     pub first_domid: DomId,
 }
 
@@ -50,7 +52,7 @@ impl HostConfig {
                 grant_frames: 32,
                 ..DomainConfig::default()
             },
-            first_domid: DomId(0),
+            first_domid: DomId(1),
         }
     }
 
@@ -75,6 +77,14 @@ pub enum HostError {
         /// The error.
         err: rustix::io::Errno,
     },
+    /// The privilege token could not be written.
+    #[error("cannot write the host token {path}: {err}")]
+    Token {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
     /// xenstored could not start.
     #[error("cannot start xenstored on {path}: {err}")]
     Xenstore {
@@ -97,6 +107,7 @@ pub struct Host {
     hv: Hypervisor,
     domains: Registry,
     path: PathBuf,
+    token_path: PathBuf,
     xs_path: PathBuf,
     _xs: xenshare_xenstored::ServerHandle,
     listener: Arc<OwnedFd>,
@@ -160,17 +171,42 @@ impl Host {
     /// Starts a daemon in the background.
     pub fn spawn(cfg: HostConfig) -> Result<Host, HostError> {
         let xs_path = cfg.xenstore_path();
-        let xs = xenshare_xenstored::spawn(xenshare_xenstored::Config::default(), &xs_path)
-            .map_err(|err| HostError::Xenstore {
-                path: xs_path.clone(),
-                err,
-            })?;
+        let uid = rustix::process::getuid().as_raw();
+        // Dom0's socket: the host's user only.
+        let xs = xenshare_xenstored::serve_as(
+            xenshare_xenstored::Daemon::new(xenshare_xenstored::Config::default()),
+            &xs_path,
+            xenshare_xenstored::SocketAccess {
+                domid: DomId::DOM0,
+                mode: 0o600,
+                uid: Some(uid),
+            },
+        )
+        .map_err(|err| HostError::Xenstore {
+            path: xs_path.clone(),
+            err,
+        })?;
+        let tpath = token_path(&cfg.socket);
+        let token = Token::create(&tpath).map_err(|err| HostError::Token {
+            path: tpath.clone(),
+            err,
+        })?;
         let listener = Arc::new(sock::listen(&cfg.socket).map_err(|err| HostError::Listen {
             path: cfg.socket.clone(),
             err,
         })?);
         // One memfd per shared chunk: use all the fds we are allowed.
         limits::raise_nofile();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600)).map_err(
+                |err| HostError::Listen {
+                    path: cfg.socket.clone(),
+                    err: rustix::io::Errno::from_io_error(&err).unwrap_or(rustix::io::Errno::PERM),
+                },
+            )?;
+        }
+        let toolstack = Toolstack::new(xs.daemon().clone(), &cfg.socket);
         let hv = Hypervisor::new();
         let domains: Registry = Arc::default();
         let stats = Arc::new(Stats::default());
@@ -179,11 +215,12 @@ impl Host {
             hv: hv.clone(),
             domains: domains.clone(),
             quarantined: Mutex::default(),
-            xs_path: xs_path.to_string_lossy().into_owned(),
             cfg: cfg.clone(),
-            joined_any: Mutex::new(false),
             fds: fds.clone(),
             stats: stats.clone(),
+            uid,
+            token,
+            toolstack,
         });
         let l = listener.clone();
         let accept = thread::Builder::new()
@@ -196,6 +233,7 @@ impl Host {
         Ok(Host {
             hv,
             domains,
+            token_path: tpath,
             path: cfg.socket,
             xs_path,
             _xs: xs,
@@ -232,7 +270,12 @@ impl Host {
         &self.path
     }
 
-    /// The xenstored socket.
+    /// The file holding the host's privilege token.
+    pub fn token_path(&self) -> &Path {
+        &self.token_path
+    }
+
+    /// The xenstored socket (dom0's).
     pub fn xenstore_path(&self) -> &Path {
         &self.xs_path
     }
@@ -249,6 +292,7 @@ impl Drop for Host {
     fn drop(&mut self) {
         let _ = rustix::net::shutdown(&*self.listener, rustix::net::Shutdown::Both);
         let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.token_path);
     }
 }
 
@@ -257,16 +301,24 @@ struct Shared {
     domains: Registry,
     /// Per domain, the refs its exporter reports quarantined.
     quarantined: Mutex<HashMap<u16, std::collections::BTreeSet<u32>>>,
-    xs_path: String,
     cfg: HostConfig,
-    joined_any: Mutex<bool>,
     fds: Arc<FdBudget>,
     stats: Arc<Stats>,
+    /// The host's user.
+    uid: u32,
+    token: Token,
+    toolstack: Toolstack,
 }
 
 struct Conn {
     shared: Arc<Shared>,
     dom: Option<Domain>,
+    /// The joined domain's own xenstored socket.
+    xs_path: String,
+    /// The peer's user (`SO_PEERCRED`), if known.
+    peer_uid: Option<u32>,
+    /// Presented the host's token, as the host's user (or root).
+    privileged: bool,
     evts: HashMap<u32, Arc<SimEvtchn>>,
     next_evt: u32,
     budget: DomainBudget,
@@ -277,9 +329,15 @@ struct Conn {
 
 fn serve_conn(shared: Arc<Shared>, fd: OwnedFd, _slot: ConnSlot) {
     let budget = DomainBudget::new(shared.fds.clone());
+    let peer_uid = rustix::net::sockopt::socket_peercred(&fd)
+        .ok()
+        .map(|c| c.uid.as_raw());
     let mut c = Conn {
         shared,
         dom: None,
+        xs_path: String::new(),
+        peer_uid,
+        privileged: false,
         evts: HashMap::new(),
         next_evt: 1,
         budget,
@@ -332,8 +390,78 @@ impl Conn {
             lock(&self.shared.domains).remove(&d.id().0);
             lock(&self.shared.quarantined).remove(&d.id().0);
             let _ = d.destroy();
+            self.shared.toolstack.destroy(d.id());
         }
         self.evts.clear();
+    }
+
+    fn need_privilege(&self, what: &str) -> Result<(), RemoteError> {
+        if self.privileged {
+            Ok(())
+        } else {
+            Err(RemoteError::Refused(format!(
+                "{what} is for the host's owner (present the host token first)"
+            )))
+        }
+    }
+
+    /// JOIN: a new domain for this connection. `want` is `u32::MAX` (any
+    /// id, assigned here) or a chosen id (privileged callers only; never
+    /// 0, which is the host).
+    fn join(&mut self, want: u32) -> Result<Reply, RemoteError> {
+        if self.dom.is_some() {
+            return Err(RemoteError::Refused("already joined".into()));
+        }
+        let hv = &self.shared.hv;
+        let cfg = self.shared.cfg.domain;
+        let dom = if want == u32::MAX {
+            let mut id = self.shared.cfg.first_domid.0.max(1);
+            loop {
+                if !DomId(id).is_real() {
+                    return Err(RemoteError::Refused("no free domain id".into()));
+                }
+                if let Ok(d) = hv.create_remote_domain(DomId(id), cfg) {
+                    break d;
+                }
+                id += 1;
+            }
+        } else {
+            self.need_privilege("choosing a domain id")?;
+            let id = domid16(want)?;
+            if id == DomId::DOM0 {
+                return Err(RemoteError::Refused(
+                    "domain 0 is the host itself; nobody joins as dom0".into(),
+                ));
+            }
+            hv.create_remote_domain(id, cfg)
+                .map_err(|e| RemoteError::Refused(format!("domain {}: {e}", id.0)))?
+        };
+        let uid = self.peer_uid.unwrap_or(self.shared.uid);
+        let xs = match self.shared.toolstack.create(dom.id(), uid) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = dom.destroy();
+                self.shared.toolstack.destroy(dom.id());
+                return Err(RemoteError::Refused(e.to_string()));
+            }
+        };
+        self.xs_path = xs.to_string_lossy().into_owned();
+        lock(&self.shared.domains).insert(dom.id().0, dom.clone());
+        self.dom = Some(dom);
+        self.join_reply()
+    }
+
+    /// The JOIN reply: domain id, its xenstored socket, and the grant
+    /// table and shared-info memfds.
+    fn join_reply(&self) -> Result<Reply, RemoteError> {
+        let dom = self.dom()?;
+        let out = vec![
+            dup(dom.grant_table_region().fd())?,
+            dup(dom.shared_info_region().fd())?,
+        ];
+        let mut w = Writer::new(op::OK);
+        w.u16(dom.id().0).bytes(self.xs_path.as_bytes());
+        Ok((w, out))
     }
 
     fn dom(&self) -> Result<&Domain, RemoteError> {
@@ -375,46 +503,25 @@ impl Conn {
                 let want = r.u32().map_err(bad)?;
                 r.end().map_err(bad)?;
                 fd_count(fds, 0)?;
-                if self.dom.is_some() {
-                    return Err(RemoteError::Refused("already joined".into()));
+                self.join(want)
+            }
+            op::ATTACH => {
+                r.end().map_err(bad)?;
+                fd_count(fds, 0)?;
+                self.join_reply()
+            }
+            op::AUTH => {
+                let token = r.bytes(crate::toolstack::TOKEN_LEN + 1).map_err(bad)?;
+                r.end().map_err(bad)?;
+                fd_count(fds, 0)?;
+                let ours = self
+                    .peer_uid
+                    .is_some_and(|u| u == self.shared.uid || u == 0);
+                if !ours || !self.shared.token.matches(token) {
+                    return Err(RemoteError::Refused("not the host's token".into()));
                 }
-                let dom = {
-                    let mut first = lock(&self.shared.joined_any);
-                    let hv = &self.shared.hv;
-                    let cfg = self.shared.cfg.domain;
-                    let d = if want == u32::MAX {
-                        let mut made = None;
-                        let mut id = if *first {
-                            1
-                        } else {
-                            self.shared.cfg.first_domid.0
-                        };
-                        while DomId(id).is_real() {
-                            match hv.create_remote_domain(DomId(id), cfg) {
-                                Ok(d) => {
-                                    made = Some(d);
-                                    break;
-                                }
-                                Err(_) => id += 1,
-                            }
-                        }
-                        made.ok_or_else(|| RemoteError::Refused("no free domain id".into()))?
-                    } else {
-                        hv.create_remote_domain(domid16(want)?, cfg)
-                            .map_err(|e| RemoteError::Refused(e.to_string()))?
-                    };
-                    *first = true;
-                    d
-                };
-                lock(&self.shared.domains).insert(dom.id().0, dom.clone());
-                let out = vec![
-                    dup(dom.grant_table_region().fd())?,
-                    dup(dom.shared_info_region().fd())?,
-                ];
-                let mut w = ok();
-                w.u16(dom.id().0).bytes(self.shared.xs_path.as_bytes());
-                self.dom = Some(dom);
-                Ok((w, out))
+                self.privileged = true;
+                Ok((ok(), Vec::new()))
             }
             op::ADD_CHUNK => {
                 let pages = r.u64().map_err(bad)?;
@@ -537,6 +644,7 @@ impl Conn {
                 Ok((w, Vec::new()))
             }
             op::GRANTS => {
+                self.need_privilege("the grant inspector")?;
                 let want = r.u32().map_err(bad)?;
                 let at = crate::inspect::Cursor::decode(r).map_err(bad)?;
                 r.end().map_err(bad)?;

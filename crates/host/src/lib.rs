@@ -22,12 +22,18 @@
 //! fresh, never-reused frame range. A mapper receives only the chunks it
 //! was granted; a retired chunk is never reused. When a domain process
 //! dies its connection closes and the daemon destroys the domain.
+//!
+//! * [`toolstack`]: domain ids are assigned by the host, each domain
+//!   reaches xenstored as itself over its own socket, and its
+//!   `/local/domain/<N>` is created and removed as `xl` does; privileged
+//!   requests need the host's token.
 
 pub mod client;
 pub mod daemon;
 pub mod inspect;
 pub mod limits;
 pub mod sock;
+pub mod toolstack;
 pub mod wire;
 
 pub use client::{grant_reports, ClientError, GrantReport, RemoteDomain, RemoteEvtchn};

@@ -7,7 +7,7 @@
 //! malformed message is a [`WireError`], never a panic.
 
 /// Protocol version; a mismatch is refused.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// First byte of every message.
 pub const MAGIC: u8 = b'X';
 /// Largest message, in bytes (requests and replies).
@@ -39,6 +39,11 @@ pub mod op {
     pub const EVT_CLOSE: u8 = 15;
     pub const GRANTS: u8 = 16;
     pub const QUARANTINE: u8 = 17;
+    /// Presents the host's privilege token for this connection.
+    pub const AUTH: u8 = 18;
+    /// On a connection that has joined (handed down by `xenshare exec`):
+    /// the JOIN reply again, for the process that now holds it.
+    pub const ATTACH: u8 = 19;
     /// Reply: success, body follows.
     pub const OK: u8 = 0x80;
     /// Reply: failure, an encoded [`super::RemoteError`] follows.

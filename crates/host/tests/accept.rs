@@ -63,7 +63,7 @@ fn accept_loop_survives_fd_exhaustion() {
     )
     .unwrap();
     let mut w = Writer::new(op::JOIN);
-    w.u32(2);
+    w.u32(u32::MAX); // any id: choosing one needs the host token
     sock::send(pending.as_fd(), &w.0, &[]).unwrap();
     let reply = sock::recv(pending.as_fd()).unwrap();
     assert_eq!(Reader::new(&reply.data).unwrap().op, op::OK, "join refused");

@@ -2,7 +2,7 @@
 
 use xenshare::DomId;
 use xenshare_host::client::Conn;
-use xenshare_host::wire::{op, Reader};
+use xenshare_host::wire::{op, Reader, VERSION};
 use xenshare_host::{Host, HostConfig, RemoteDomain};
 
 #[test]
@@ -15,13 +15,13 @@ fn garbage_messages_do_not_crash_the_daemon() {
     let msgs: Vec<Vec<u8>> = vec![
         vec![1, 2, 3],
         vec![b'X', 9, op::JOIN, 0],
-        vec![b'X', 1, 200, 0],
-        vec![b'X', 1, op::MAP, 0, 1, 0],
-        vec![b'X', 1, op::MAP, 0, 1, 0, 0, 0, 0xff, 0xff],
-        vec![b'X', 1, op::JOIN, 0, 1, 0, 0, 0, 7],
-        vec![b'X', 1, op::COPY, 0, 0xff, 0xff],
-        vec![b'X', 1, op::EVT_NOTIFY, 0, 1, 0, 0, 0],
-        vec![b'X', 1, op::RETIRE_CHUNK, 0],
+        vec![b'X', VERSION, 200, 0],
+        vec![b'X', VERSION, op::MAP, 0, 1, 0],
+        vec![b'X', VERSION, op::MAP, 0, 1, 0, 0, 0, 0xff, 0xff],
+        vec![b'X', VERSION, op::JOIN, 0, 1, 0, 0, 0, 7],
+        vec![b'X', VERSION, op::COPY, 0, 0xff, 0xff],
+        vec![b'X', VERSION, op::EVT_NOTIFY, 0, 1, 0, 0, 0],
+        vec![b'X', VERSION, op::RETIRE_CHUNK, 0],
     ];
     for m in msgs {
         let reply = c.call_raw(&m).unwrap();

@@ -48,6 +48,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 /// (grant table and shared_info memfds).
 fn raw_join(sock: &std::path::Path, dom: u16) -> (Arc<Conn>, Packet) {
     let c = Conn::connect(sock).unwrap();
+    c.authenticate(sock).unwrap();
     let mut w = Writer::new(op::JOIN);
     w.u32(u32::from(dom));
     let p = c.call(&w, &[]).unwrap();

@@ -40,6 +40,7 @@ fn a_mapper_that_unmaps_but_keeps_its_mmap_never_sees_reused_memory() {
     let host = Host::spawn(HostConfig::new(dir.join("h.sock"))).unwrap();
     let granter = RemoteDomain::join(host.path(), Some(DomId(1))).unwrap();
     let watcher = Conn::connect(host.path()).unwrap();
+    watcher.authenticate(host.path()).unwrap();
     let mut w = Writer::new(op::JOIN);
     w.u32(2);
     watcher.call(&w, &[]).expect("watcher joins as domain 2");

@@ -10,7 +10,7 @@ use xenshare::platform::{CopyOp, ForeignMapper, GrantBackend, TableMemory};
 use xenshare::{Access, DomId, GrantRef, Port};
 
 use crate::evtchn::SimEvtchn;
-use crate::hv::{ActiveGrant, DomainState, ExportNotify, Hypervisor, Notify};
+use crate::hv::{ActiveGrant, DomainState, ExportNotify, Hypervisor, Notify, RevocationModel};
 use crate::memory::{DomainMemory, FrameRun, SimFrames};
 use crate::region::{Region, Stitched};
 
@@ -33,6 +33,32 @@ unsafe impl TableMemory for SimTable {
 pub struct SimGrantBackend {
     table: TableBackend<SimTable, SimFrames>,
     dom: Arc<DomainState>,
+    /// Revoked-while-mapped shares held back, as Linux's gntalloc keeps
+    /// them on its deferred list ([`RevocationModel::KernelDefers`] only).
+    deferred: Deferred,
+}
+
+type Deferred = Arc<std::sync::Mutex<Vec<TableLive>>>;
+
+/// How many deferred shares one revocation retries on its way (the kernel
+/// retries its deferred list from a timer; bounded work per call here).
+const DEFERRED_RETRY: usize = 4;
+
+impl SimGrantBackend {
+    /// Retries up to `budget` deferred shares, freeing the ones the peer
+    /// has let go of.
+    fn retry_deferred(&self, budget: usize) {
+        let mut list = crate::hv::lock(&self.deferred);
+        let n = budget.min(list.len());
+        for _ in 0..n {
+            let live = list.remove(0);
+            // SAFETY: every deferred share came from `self.table`.
+            match unsafe { self.table.try_revoke(live) } {
+                Ok(revoked) => drop(revoked), // back to the allocator, unreachable
+                Err(live) => list.push(live),
+            }
+        }
+    }
 }
 
 type TableLive = <TableBackend<SimTable, SimFrames> as GrantBackend>::Live;
@@ -84,8 +110,20 @@ unsafe impl GrantBackend for SimGrantBackend {
                 self.dom.fire_export_notify(n);
             }
         }
-        // SAFETY: `live` came from `self.table` (the caller's contract).
-        unsafe { self.table.try_revoke(live) }
+        match self.dom.revocation {
+            // SAFETY: `live` came from `self.table` (the caller's contract).
+            RevocationModel::Proven => unsafe { self.table.try_revoke(live) },
+            RevocationModel::KernelDefers => {
+                self.retry_deferred(DEFERRED_RETRY);
+                // SAFETY: as above.
+                match unsafe { self.table.try_revoke(live) } {
+                    // Freed to the "kernel": the caller never sees it again.
+                    Ok(revoked) => drop(revoked),
+                    Err(live) => crate::hv::lock(&self.deferred).push(live),
+                }
+                Ok(Revoked::Retired)
+            }
+        }
     }
 
     fn leak(&self, live: Self::Live) {
@@ -147,6 +185,7 @@ pub struct Domain {
     hv: Hypervisor,
     exporter: SimExporter,
     importer: SimImporter,
+    deferred: Deferred,
 }
 
 impl std::fmt::Debug for Domain {
@@ -159,6 +198,7 @@ impl std::fmt::Debug for Domain {
 
 impl Domain {
     pub(crate) fn new(state: Arc<DomainState>, hv: Hypervisor) -> Self {
+        let deferred = Deferred::default();
         let backend = SimGrantBackend {
             // SAFETY: a domain's table gets exactly one allocator: this one,
             // built once per `DomainState` (the `Domain` handle is cloned,
@@ -171,6 +211,7 @@ impl Domain {
                 )
             },
             dom: state.clone(),
+            deferred: deferred.clone(),
         };
         let exporter = Exporter::new(backend);
         let importer = Importer::new(SimMapper { dom: state.clone() });
@@ -179,7 +220,14 @@ impl Domain {
             hv,
             exporter,
             importer,
+            deferred,
         }
+    }
+
+    /// Revocations the emulated kernel holds back because the peer still
+    /// maps the page ([`RevocationModel::KernelDefers`]; always 0 otherwise).
+    pub fn deferred_revocations(&self) -> usize {
+        crate::hv::lock(&self.deferred).len()
     }
 
     /// The domain id.

@@ -91,6 +91,24 @@ pub struct DomainConfig {
     pub grant_frames: u32,
     /// Most grants this domain may have mapped at once (maptrack size).
     pub max_maptrack: usize,
+    /// How revocation behaves while a peer maps (what kind of platform the
+    /// domain models).
+    pub revocation: RevocationModel,
+}
+
+/// What a revocation of a still-mapped share does, per platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RevocationModel {
+    /// A guest that owns its grant table (the emulator's default, a
+    /// unikernel): the busy bits are visible, `try_unshare` reports busy,
+    /// and proven revocations give the pages back.
+    #[default]
+    Proven,
+    /// Linux's gntalloc after XSA-396: the kernel owns the table, so a
+    /// revocation always "succeeds" for the caller; a page the peer still
+    /// maps goes on a deferred list and is freed only after the peer
+    /// unmaps. The caller never gets memory back (`Revoked::Retired`).
+    KernelDefers,
 }
 
 impl Default for DomainConfig {
@@ -99,6 +117,7 @@ impl Default for DomainConfig {
             mem_pages: 4096,
             grant_frames: 4,
             max_maptrack: 65536,
+            revocation: RevocationModel::Proven,
         }
     }
 }
@@ -161,6 +180,7 @@ pub struct DomainState {
     maptrack: Mutex<Slab<MapRecord>>,
     max_maptrack: usize,
     pub(crate) evt: EvtState,
+    pub(crate) revocation: RevocationModel,
     pub(crate) hv: Weak<HvInner>,
     /// Export-side unmap notifies (as gntalloc's): first ref of a share ->
     /// (frame, byte offset in that frame, port).
@@ -259,6 +279,7 @@ impl Hypervisor {
         )?);
         let state = Arc::new(DomainState {
             id,
+            revocation: cfg.revocation,
             alive: AtomicBool::new(true),
             mem,
             table,

@@ -26,5 +26,5 @@ pub use domain::{
     Domain, SimExporter, SimGrantBackend, SimImporter, SimMapper, SimMapping, SimShare, SimWindow,
 };
 pub use evtchn::SimEvtchn;
-pub use hv::{ActiveGrant, DomainConfig, HvError, Hypervisor};
+pub use hv::{ActiveGrant, DomainConfig, HvError, Hypervisor, RevocationModel};
 pub use memory::{DomainMemory, FramePage, MemoryError};

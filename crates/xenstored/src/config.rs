@@ -28,9 +28,20 @@ pub struct Config {
     pub max_outstanding: usize,
     /// The same bound for dom0 connections (default 1024).
     pub dom0_outstanding: usize,
-    /// Messages queued to any connection that does not read them (mostly
-    /// watch events) before it is dropped (default 65536).
-    pub max_queued: usize,
+    /// Bytes of memory the nodes owned by one domain may take: their path
+    /// names, values and permission entries (C xenstored's hard memory
+    /// quota, `-Q memory`, default 2.5 MiB). Exceeding: `ENOMEM`.
+    pub max_memory: usize,
+    /// Bytes of output queued to one connection that does not read it, on
+    /// every transport. Past it, watch events for that connection are
+    /// dropped (and counted); replies are still queued, up to
+    /// [`Config::reply_headroom`] more, past which the connection is
+    /// closed (default 1 MiB).
+    pub max_queued_bytes: usize,
+    /// Extra bytes of replies (only) a connection may have queued above
+    /// [`Config::max_queued_bytes`] before it is closed (default: room for
+    /// `dom0_outstanding` replies of the largest size).
+    pub reply_headroom: usize,
 }
 
 impl Default for Config {
@@ -45,7 +56,10 @@ impl Default for Config {
             max_path_len: xenshare::store::wire::REL_PATH_MAX,
             max_outstanding: 20,
             dom0_outstanding: 1024,
-            max_queued: 65536,
+            max_memory: 2 * 1024 * 1024 + 512 * 1024,
+            max_queued_bytes: 1024 * 1024,
+            reply_headroom: 1024
+                * (xenshare::store::wire::HEADER_LEN + xenshare::store::wire::PAYLOAD_MAX),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use xenshare::store::wire::Message;
+use xenshare::store::wire::{Message, MsgType, HEADER_LEN};
 use xenshare::DomId;
 
 use crate::config::Config;
@@ -26,6 +26,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Default)]
 struct QueueState {
     q: VecDeque<Message>,
+    /// Encoded size of everything in `q`.
+    bytes: usize,
+    /// Watch events dropped because the queue was over its byte cap.
+    dropped: u64,
     closed: bool,
     /// The connection's reader is handling a request and will send what is
     /// queued itself: no need to wake a writer for it.
@@ -44,20 +48,46 @@ pub struct OutQueue {
     space: Condvar,
 }
 
+/// What became of a message offered to an [`OutQueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    /// Queued (or the queue is closed and nothing more is sent).
+    Queued,
+    /// A watch event past the byte cap: dropped and counted, as C xenstored
+    /// drops events for a connection that does not read them.
+    Dropped,
+    /// A reply past the cap and its headroom: the connection must go.
+    Overflow,
+}
+
+fn encoded_len(m: &Message) -> usize {
+    HEADER_LEN + m.payload.len()
+}
+
 impl OutQueue {
-    fn push(&self, m: Message, cap: usize) -> bool {
+    /// Queues `m` unless the queue holds `cap` bytes or more (watch events)
+    /// or `cap + headroom` bytes (replies, which are never dropped silently).
+    fn push(&self, m: Message, cap: usize, headroom: usize) -> Pushed {
         let mut s = lock(&self.state);
         if s.closed {
-            return true;
+            return Pushed::Queued;
         }
-        if s.q.len() >= cap {
-            return false;
+        let len = encoded_len(&m);
+        let after = s.bytes.saturating_add(len);
+        if m.ty == MsgType::WatchEvent {
+            if after > cap {
+                s.dropped += 1;
+                return Pushed::Dropped;
+            }
+        } else if after > cap.saturating_add(headroom) {
+            return Pushed::Overflow;
         }
+        s.bytes = after;
         s.q.push_back(m);
         if !s.busy {
             self.data.notify_all();
         }
-        true
+        Pushed::Queued
     }
 
     /// Takes the next message, waiting up to `timeout` (`None`: forever).
@@ -71,6 +101,7 @@ impl OutQueue {
                 return Err(Closed);
             }
             if let Some(m) = s.q.pop_front() {
+                s.bytes = s.bytes.saturating_sub(encoded_len(&m));
                 self.space.notify_all();
                 return Ok(Some(m));
             }
@@ -97,6 +128,7 @@ impl OutQueue {
             return Err(Closed);
         }
         let v: Vec<Message> = s.q.drain(..).collect();
+        s.bytes = 0;
         if !v.is_empty() {
             self.space.notify_all();
         }
@@ -154,6 +186,7 @@ impl OutQueue {
         let mut s = lock(&self.state);
         s.closed = true;
         s.q.clear();
+        s.bytes = 0;
         self.data.notify_all();
         self.space.notify_all();
     }
@@ -171,6 +204,17 @@ impl OutQueue {
     /// True if nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Encoded bytes of the queued messages.
+    pub fn queued_bytes(&self) -> usize {
+        lock(&self.state).bytes
+    }
+
+    /// Watch events dropped so far because this connection did not read
+    /// its output.
+    pub fn dropped_events(&self) -> u64 {
+        lock(&self.state).dropped
     }
 }
 
@@ -196,6 +240,8 @@ struct Inner {
     store: Store,
     queues: HashMap<ConnId, Arc<OutQueue>>,
     hooks: Vec<Hook>,
+    /// Watch events dropped for connections over their output cap, in total.
+    dropped_events: u64,
 }
 
 /// One attached connection: its id, its domain and its outgoing queue.
@@ -224,6 +270,7 @@ impl Daemon {
                 store: Store::new(config.clone()),
                 queues: HashMap::new(),
                 hooks: Vec::new(),
+                dropped_events: 0,
             })),
             config: Arc::new(config),
         }
@@ -260,10 +307,50 @@ impl Daemon {
         }
     }
 
+    /// Introduces `domid` without a shared ring (its connections come over
+    /// a socket bound to it): `@introduceDomain` fires.
+    pub fn introduce_domain(&self, domid: DomId) -> Result<(), xenshare::store::XsError> {
+        let mut g = lock(&self.inner);
+        let out = g.store.introduce_domain(domid)?;
+        self.route(&mut g, out);
+        Ok(())
+    }
+
+    /// Releases `domid`: its connections are closed, `@releaseDomain`
+    /// fires.
+    pub fn release_domain(&self, domid: DomId) -> Result<(), xenshare::store::XsError> {
+        let mut g = lock(&self.inner);
+        let out = g.store.release_domain(domid)?;
+        self.route(&mut g, out);
+        Ok(())
+    }
+
     /// Calls `hook` for every later introduce / release, under the daemon
     /// lock (keep it short; it must not call back into the daemon).
     pub fn on_domain_event(&self, hook: impl FnMut(DomainEvent) + Send + 'static) {
         lock(&self.inner).hooks.push(Box::new(hook));
+    }
+
+    /// Watch events dropped so far, over all connections, because their
+    /// connection did not read its output (XSA-349).
+    pub fn dropped_events(&self) -> u64 {
+        lock(&self.inner).dropped_events
+    }
+
+    /// The live connections of `domid`, with their outgoing queues.
+    pub fn connections_of(&self, domid: DomId) -> Vec<Connection> {
+        let g = lock(&self.inner);
+        g.queues
+            .iter()
+            .filter_map(|(id, q)| {
+                let d = g.store.conn_domid(*id)?;
+                (d == domid).then(|| Connection {
+                    id: *id,
+                    domid: d,
+                    queue: q.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Runs `f` on the store, for inspection.
@@ -278,9 +365,12 @@ impl Daemon {
                 Output::Send(c, m) => {
                     if let Some(q) = g.queues.get(&c) {
                         // A connection that lets this much pile up is not
-                        // reading: drop it rather than grow without bound.
-                        if !q.push(m, self.config.max_queued) {
-                            dead.push(c);
+                        // reading: its watch events go; if even its replies
+                        // do not fit, it goes.
+                        match q.push(m, self.config.max_queued_bytes, self.config.reply_headroom) {
+                            Pushed::Queued => {}
+                            Pushed::Dropped => g.dropped_events += 1,
+                            Pushed::Overflow => dead.push(c),
                         }
                     }
                 }

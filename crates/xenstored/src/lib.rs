@@ -10,8 +10,8 @@
 //! [`Daemon`] shares one store between threads and gives each connection an
 //! ordered [`OutQueue`]. Transports sit on top:
 //! - [`server`]: the Unix socket (every connection is dom0, as with C
-//!   xenstored); [`spawn`] runs it in the background, [`run`] in the
-//!   foreground;
+//!   xenstored, or a socket bound to one domain with [`serve_as`]);
+//!   [`spawn`] runs it in the background, [`run`] in the foreground;
 //! - [`inproc`]: a client in the same process, for any domain;
 //! - [`ring`]: guests' shared-ring pages (`xenstore_domain_interface` +
 //!   event channel), attached on `XS_INTRODUCE` by [`ring::RingServer`].
@@ -29,5 +29,5 @@ mod store;
 pub use config::Config;
 pub use daemon::{Closed, Connection, Daemon, DomainEvent, OutQueue};
 pub use inproc::InProcTransport;
-pub use server::{run, serve, spawn, ServerHandle};
+pub use server::{run, serve, serve_as, spawn, ServerHandle, SocketAccess};
 pub use store::{ConnId, Output, Store};

@@ -158,25 +158,34 @@ fn serve<E: EventChannels>(
                 }
             }
         }
+        // At most one message is staged outside the connection's queue: the
+        // queue holds the backlog, where the daemon's byte cap applies (a
+        // guest that never reads its ring loses watch events, the daemon
+        // does not grow).
         loop {
-            match conn.queue.pop(Some(Duration::ZERO)) {
-                Ok(Some(m)) => {
-                    if out.push(&m).is_err() {
-                        return;
+            if out.is_empty() {
+                match conn.queue.pop(Some(Duration::ZERO)) {
+                    Ok(Some(m)) => {
+                        if out.push(&m).is_err() {
+                            return;
+                        }
                     }
+                    Ok(None) => break,
+                    // Released or disconnected by the daemon.
+                    Err(_) => return,
                 }
-                Ok(None) => break,
-                // Released or disconnected by the daemon.
-                Err(_) => return,
             }
-        }
-        match out.flush(ring) {
-            Ok(true) => progress = true,
-            Ok(false) => {}
-            Err(_) => {
-                ring.set_error(XENSTORE_ERROR_RINGIDX);
-                let _ = chan.notify();
-                return;
+            match out.flush(ring) {
+                Ok(true) => progress = true,
+                Ok(false) => break,
+                Err(_) => {
+                    ring.set_error(XENSTORE_ERROR_RINGIDX);
+                    let _ = chan.notify();
+                    return;
+                }
+            }
+            if !out.is_empty() {
+                break;
             }
         }
         if progress {

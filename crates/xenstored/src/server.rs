@@ -1,9 +1,12 @@
-//! The Unix socket transport. Every connection on it is dom0, as with C
-//! xenstored. One reader and one writer thread per connection.
+//! The Unix socket transport. One reader and one writer thread per
+//! connection. By default every connection is dom0, as with C xenstored;
+//! [`serve_as`] binds a socket to another domain instead (a domain's own
+//! socket in the multi-process emulator, standing in for its shared ring)
+//! and can restrict who may connect.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +18,28 @@ use xenshare::DomId;
 
 use crate::config::Config;
 use crate::daemon::{Connection, Daemon};
+
+/// Who a socket speaks for and who may connect to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// Every connection on the socket is this domain.
+    pub domid: DomId,
+    /// File mode of the socket (e.g. `0o600`: only the owner may connect).
+    pub mode: u32,
+    /// If set, connections from other users (by `SO_PEERCRED`) are closed
+    /// at once; root is always allowed.
+    pub uid: Option<u32>,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        SocketAccess {
+            domid: DomId::DOM0,
+            mode: 0o600,
+            uid: None,
+        }
+    }
+}
 
 /// Live connections: a stream handle (to shut it down) and its threads.
 type Streams = Arc<Mutex<Vec<(UnixStream, Vec<JoinHandle<()>>)>>>;
@@ -83,17 +108,44 @@ pub fn spawn(config: Config, path: impl AsRef<Path>) -> io::Result<ServerHandle>
     serve(Daemon::new(config), path)
 }
 
-/// Serves an existing daemon on `path` in the background.
+/// Serves an existing daemon on `path` in the background (dom0, the
+/// socket's mode left to the umask).
 pub fn serve(daemon: Daemon, path: impl AsRef<Path>) -> io::Result<ServerHandle> {
-    let path = path.as_ref().to_path_buf();
+    serve_inner(daemon, path.as_ref(), None)
+}
+
+/// Serves `daemon` on `path` for the domain and users in `access`.
+pub fn serve_as(
+    daemon: Daemon,
+    path: impl AsRef<Path>,
+    access: SocketAccess,
+) -> io::Result<ServerHandle> {
+    serve_inner(daemon, path.as_ref(), Some(access))
+}
+
+fn serve_inner(
+    daemon: Daemon,
+    path: &Path,
+    access: Option<SocketAccess>,
+) -> io::Result<ServerHandle> {
+    let path = path.to_path_buf();
     let listener = bind(&path)?;
+    if let Some(a) = access {
+        // Connections are checked by uid too, so the moment between bind
+        // and chmod grants nothing.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(a.mode))?;
+    }
+    let access = access.unwrap_or(SocketAccess {
+        mode: 0,
+        ..SocketAccess::default()
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let streams: Streams = Arc::default();
     let accept = {
         let (daemon, stop, streams) = (daemon.clone(), stop.clone(), streams.clone());
         thread::Builder::new()
             .name("xenstored-accept".into())
-            .spawn(move || accept_loop(listener, daemon, stop, streams))?
+            .spawn(move || accept_loop(listener, daemon, access, stop, streams))?
     };
     Ok(ServerHandle {
         daemon,
@@ -110,7 +162,23 @@ pub fn run(config: Config, path: impl AsRef<Path>) -> io::Result<()> {
     Ok(())
 }
 
-fn accept_loop(listener: UnixListener, daemon: Daemon, stop: Arc<AtomicBool>, streams: Streams) {
+/// True if the peer of `s` is `uid` or root.
+fn peer_allowed(s: &UnixStream, uid: u32) -> bool {
+    rustix::net::sockopt::socket_peercred(s)
+        .map(|c| {
+            let peer = c.uid.as_raw();
+            peer == uid || peer == 0
+        })
+        .unwrap_or(false)
+}
+
+fn accept_loop(
+    listener: UnixListener,
+    daemon: Daemon,
+    access: SocketAccess,
+    stop: Arc<AtomicBool>,
+    streams: Streams,
+) {
     for incoming in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
@@ -124,7 +192,11 @@ fn accept_loop(listener: UnixListener, daemon: Daemon, stop: Arc<AtomicBool>, st
                 continue;
             }
         };
-        if let Ok(threads) = start_connection(&daemon, &stream) {
+        if access.uid.is_some_and(|u| !peer_allowed(&stream, u)) {
+            let _ = stream.shutdown(Shutdown::Both);
+            continue;
+        }
+        if let Ok(threads) = start_connection(&daemon, &stream, access.domid) {
             let mut all = streams.lock().unwrap_or_else(|e| e.into_inner());
             // Forget connections that have finished.
             all.retain(|(_, t)| t.iter().any(|h| !h.is_finished()));
@@ -133,8 +205,12 @@ fn accept_loop(listener: UnixListener, daemon: Daemon, stop: Arc<AtomicBool>, st
     }
 }
 
-fn start_connection(daemon: &Daemon, stream: &UnixStream) -> io::Result<Vec<JoinHandle<()>>> {
-    let conn = daemon.connect(DomId::DOM0);
+fn start_connection(
+    daemon: &Daemon,
+    stream: &UnixStream,
+    domid: DomId,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let conn = daemon.connect(domid);
     let rd = stream.try_clone()?;
     let wr = Arc::new(Mutex::new(stream.try_clone()?));
     let (d, c, w) = (daemon.clone(), conn.clone(), wr.clone());

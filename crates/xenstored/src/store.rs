@@ -50,12 +50,29 @@ struct Node {
     gen: u64,
 }
 
+/// What a domain's nodes take: how many, and how many bytes (names, values,
+/// permission entries), for the node and memory quotas.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Acc {
+    nodes: i64,
+    mem: i64,
+}
+
+/// Bytes one permission entry is charged for (a domid and a mode, as in C
+/// xenstored's node layout).
+const PERM_COST: usize = 8;
+
+/// Bytes node `n` at `path` is charged to its owner.
+fn cost(path: &str, n: &Node) -> i64 {
+    (path.len() + n.value.len() + PERM_COST * n.perms.entries().len()) as i64
+}
+
 #[derive(Debug, Default)]
 struct Tree {
     nodes: HashMap<String, Node>,
     gen: u64,
-    /// Nodes owned per domain, for the node quota.
-    owned: HashMap<DomId, i64>,
+    /// What each domain owns, for the node and memory quotas.
+    acc: HashMap<DomId, Acc>,
 }
 
 #[derive(Debug)]
@@ -80,7 +97,7 @@ struct Fire {
 struct Transaction {
     entries: HashMap<String, TxEntry>,
     fires: Vec<Fire>,
-    owned_delta: HashMap<DomId, i64>,
+    acc_delta: HashMap<DomId, Acc>,
 }
 
 #[derive(Debug)]
@@ -147,6 +164,9 @@ struct View<'a> {
     tx: Option<&'a mut Transaction>,
     /// Limit on nodes a transaction touches (None: unlimited).
     tx_limit: Option<usize>,
+    /// Node and memory quotas of unprivileged owners, when the actor is
+    /// unprivileged (None: unchecked).
+    quota: Option<Acc>,
     /// Firings of a direct (non-transaction) change, in order.
     fires: Vec<Fire>,
 }
@@ -174,34 +194,75 @@ impl View<'_> {
         Ok(node)
     }
 
-    fn adjust_owned(&mut self, d: DomId, by: i64) {
+    fn adjust(&mut self, d: DomId, by: Acc) {
         let map = match self.tx.as_deref_mut() {
-            Some(tx) => &mut tx.owned_delta,
-            None => &mut self.tree.owned,
+            Some(tx) => &mut tx.acc_delta,
+            None => &mut self.tree.acc,
         };
-        *map.entry(d).or_insert(0) += by;
+        let a = map.entry(d).or_default();
+        a.nodes += by.nodes;
+        a.mem += by.mem;
     }
 
-    fn owned(&self, d: DomId) -> i64 {
-        let base = self.tree.owned.get(&d).copied().unwrap_or(0);
+    /// What `d` owns as this view sees it.
+    fn owned(&self, d: DomId) -> Acc {
+        let base = self.tree.acc.get(&d).copied().unwrap_or_default();
         let delta = self
             .tx
             .as_deref()
-            .and_then(|t| t.owned_delta.get(&d).copied())
-            .unwrap_or(0);
-        base + delta
+            .and_then(|t| t.acc_delta.get(&d).copied())
+            .unwrap_or_default();
+        Acc {
+            nodes: base.nodes + delta.nodes,
+            mem: base.mem + delta.mem,
+        }
+    }
+
+    /// Refuses a change that grows what `d` owns by `by` past the quota.
+    fn check_quota(&self, d: DomId, by: Acc) -> Result<(), XsError> {
+        let Some(q) = self.quota else {
+            return Ok(());
+        };
+        if d == DomId::DOM0 {
+            return Ok(());
+        }
+        let now = self.owned(d);
+        if by.nodes > 0 && now.nodes + by.nodes > q.nodes {
+            return Err(XsError::ENOSPC);
+        }
+        if by.mem > 0 && now.mem + by.mem > q.mem {
+            return Err(XsError::ENOMEM);
+        }
+        Ok(())
     }
 
     fn set(&mut self, p: &str, node: Option<Node>) -> Result<(), XsError> {
-        let old_owner = self.get(p)?.map(|n| n.perms.owner());
-        let new_owner = node.as_ref().map(|n| n.perms.owner());
-        if old_owner != new_owner {
-            if let Some(o) = old_owner {
-                self.adjust_owned(o, -1);
+        let old = self.get(p)?.map(|n| (n.perms.owner(), cost(p, &n)));
+        let new = node.as_ref().map(|n| (n.perms.owner(), cost(p, n)));
+        // What the new owner gains (net of what it had there already).
+        if let Some((owner, c)) = new {
+            let mut gain = Acc { nodes: 1, mem: c };
+            if let Some((o, oc)) = old {
+                if o == owner {
+                    gain = Acc {
+                        nodes: 0,
+                        mem: c - oc,
+                    };
+                }
             }
-            if let Some(n) = new_owner {
-                self.adjust_owned(n, 1);
-            }
+            self.check_quota(owner, gain)?;
+        }
+        if let Some((o, oc)) = old {
+            self.adjust(
+                o,
+                Acc {
+                    nodes: -1,
+                    mem: -oc,
+                },
+            );
+        }
+        if let Some((n, c)) = new {
+            self.adjust(n, Acc { nodes: 1, mem: c });
         }
         match self.tx.as_deref_mut() {
             Some(tx) => {
@@ -256,7 +317,11 @@ impl Tree {
         t.store("/", Some(mk(&["tool"])));
         t.store("/tool", Some(mk(&["xenstored"])));
         t.store("/tool/xenstored", Some(mk(&[])));
-        t.owned.insert(DomId::DOM0, 3);
+        let mem = ["/", "/tool", "/tool/xenstored"]
+            .iter()
+            .filter_map(|p| t.nodes.get(*p).map(|n| cost(p, n)))
+            .sum();
+        t.acc.insert(DomId::DOM0, Acc { nodes: 3, mem });
         t
     }
 }
@@ -503,6 +568,10 @@ impl Store {
             tree: &mut self.tree,
             tx,
             tx_limit: (!actor.privileged()).then_some(cfg.max_tx_nodes),
+            quota: (!actor.privileged()).then_some(Acc {
+                nodes: cfg.max_nodes as i64,
+                mem: cfg.max_memory as i64,
+            }),
             fires: Vec::new(),
         };
         let result = match req {
@@ -531,7 +600,7 @@ impl Store {
                         view.fire(&p, false, vec![perms]);
                     }
                     Err(XsError::ENOENT) => {
-                        let perms = create(&mut view, actor, &cfg, &p, value)?;
+                        let perms = create(&mut view, actor, &p, value)?;
                         view.fire(&p, false, vec![perms]);
                     }
                     Err(e) => return Err(e),
@@ -543,7 +612,7 @@ impl Store {
                 match get_checked(&mut view, actor, &p, WRITE) {
                     Ok(_) => {}
                     Err(XsError::ENOENT) => {
-                        let perms = create(&mut view, actor, &cfg, &p, Vec::new())?;
+                        let perms = create(&mut view, actor, &p, Vec::new())?;
                         view.fire(&p, false, vec![perms]);
                     }
                     Err(e) => return Err(e),
@@ -637,6 +706,24 @@ impl Store {
         if conflict {
             return oops(XsError::EAGAIN);
         }
+        // The quotas were checked against the tree as it was during the
+        // transaction; other commits may have filled them since (XSA-421
+        // class). Check again against the tree as it is now.
+        let privileged = self.conn_domid(conn) == Some(DomId::DOM0);
+        if !privileged {
+            for (d, delta) in &tx.acc_delta {
+                if *d == DomId::DOM0 {
+                    continue;
+                }
+                let now = self.tree.acc.get(d).copied().unwrap_or_default();
+                if delta.nodes > 0 && now.nodes + delta.nodes > self.config.max_nodes as i64 {
+                    return oops(XsError::ENOSPC);
+                }
+                if delta.mem > 0 && now.mem + delta.mem > self.config.max_memory as i64 {
+                    return oops(XsError::ENOMEM);
+                }
+            }
+        }
         let mut dirty: Vec<(String, Option<Node>)> = tx
             .entries
             .into_iter()
@@ -647,8 +734,10 @@ impl Store {
         for (p, n) in dirty {
             self.tree.store(&p, n);
         }
-        for (d, delta) in tx.owned_delta {
-            *self.tree.owned.entry(d).or_insert(0) += delta;
+        for (d, delta) in tx.acc_delta {
+            let a = self.tree.acc.entry(d).or_default();
+            a.nodes += delta.nodes;
+            a.mem += delta.mem;
         }
         self.fire(&tx.fires, out);
         Ok(b"OK\0".to_vec())
@@ -741,6 +830,30 @@ impl Store {
         Ok(b"OK\0".to_vec())
     }
 
+    /// Introduces `domid` for a transport that has no shared ring (a
+    /// domain that reaches the daemon over its own socket): it becomes
+    /// known and `@introduceDomain` fires, as on `XS_INTRODUCE`.
+    pub fn introduce_domain(&mut self, domid: DomId) -> Result<Vec<Output>, XsError> {
+        if domid == DomId::DOM0 {
+            return Err(XsError::EINVAL);
+        }
+        let mut out = Vec::new();
+        let d = self.domains.entry(domid).or_default();
+        if !d.introduced {
+            d.introduced = true;
+            self.fire_special(INTRODUCE, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Releases `domid` as `XS_RELEASE` does: its connections are closed
+    /// and `@releaseDomain` fires.
+    pub fn release_domain(&mut self, domid: DomId) -> Result<Vec<Output>, XsError> {
+        let mut out = Vec::new();
+        self.release(domid, &mut out)?;
+        Ok(out)
+    }
+
     fn release(&mut self, domid: DomId, out: &mut Vec<Output>) -> Result<Vec<u8>, XsError> {
         if domid == DomId::DOM0 {
             return oops(XsError::EINVAL);
@@ -785,9 +898,10 @@ impl Store {
             b"quota" => {
                 let c = &self.config;
                 Ok(nul_terminated(&format!(
-                    "nodes {}\nnode-size {}\nwatches {}\ntransactions {}\npermissions {}\ntransaction-nodes {}\noutstanding {}\npath-max {}\n",
+                    "nodes {}\nnode-size {}\nwatches {}\ntransactions {}\npermissions {}\ntransaction-nodes {}\noutstanding {}\npath-max {}\nmemory {}\n",
                     c.max_nodes, c.max_node_size, c.max_watches, c.max_transactions,
-                    c.max_perms, c.max_tx_nodes, c.max_outstanding, c.max_path_len
+                    c.max_perms, c.max_tx_nodes, c.max_outstanding, c.max_path_len,
+                    c.max_memory
                 )))
             }
             _ => oops(XsError::EINVAL),
@@ -882,13 +996,7 @@ fn get_checked(view: &mut View<'_>, actor: Actor, p: &str, need: Access) -> Resu
 /// Creates `p` and any missing parents. New nodes inherit their parent's
 /// permissions; a guest becomes the owner of what it creates. Returns the
 /// new node's permissions.
-fn create(
-    view: &mut View<'_>,
-    actor: Actor,
-    cfg: &Config,
-    p: &str,
-    value: Vec<u8>,
-) -> Result<Perms, XsError> {
+fn create(view: &mut View<'_>, actor: Actor, p: &str, value: Vec<u8>) -> Result<Perms, XsError> {
     let mut missing = vec![p.to_owned()];
     let mut top = parent(p).to_owned();
     let mut parent_node = loop {
@@ -902,10 +1010,21 @@ fn create(
         top = parent(&top).to_owned();
     };
     if !actor.privileged() {
-        let after = view.owned(actor.domid) + missing.len() as i64;
-        if after > cfg.max_nodes as i64 {
-            return Err(XsError::ENOSPC);
-        }
+        // Checked up front for all the new nodes together, so a refused
+        // create changes nothing.
+        let perms = parent_node.perms.entries().len().max(1);
+        let mem: usize = missing
+            .iter()
+            .map(|m| m.len() + PERM_COST * perms)
+            .sum::<usize>()
+            + value.len();
+        view.check_quota(
+            actor.domid,
+            Acc {
+                nodes: missing.len() as i64,
+                mem: mem as i64,
+            },
+        )?;
     }
     let mut parent_path = top;
     let mut value = Some(value);

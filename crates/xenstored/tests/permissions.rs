@@ -138,3 +138,77 @@ fn watches_only_fire_for_readable_nodes() {
         .unwrap()
         .is_none());
 }
+
+/// XSA-481 class: under `/local/domain/` a guest cannot create, change,
+/// remove or re-permission another domain's nodes, nor create a home for a
+/// domain that has none; its relative paths always resolve inside its own
+/// home.
+#[test]
+fn guest_cannot_touch_another_domains_home_and_relative_paths_stay_home() {
+    let d = Daemon::new(Config::default());
+    let mut dom0 = inproc::client(&d, DomId(0));
+    for id in [3u16, 4] {
+        let home = format!("/local/domain/{id}");
+        dom0.mkdir(&home).unwrap();
+        dom0.set_perms(&home, &perms(&[&format!("n{id}"), "r0"]))
+            .unwrap();
+    }
+    dom0.write("/local/domain/4/name", b"four").unwrap();
+    let mut g = inproc::client(&d, DomId(3));
+    let other = "/local/domain/4";
+    for p in [
+        format!("{other}/name"),
+        format!("{other}/new"),
+        format!("{other}/a/b"),
+    ] {
+        assert_eq!(
+            g.write(&p, b"x").unwrap_err().xs(),
+            Some(XsError::EACCES),
+            "{p}"
+        );
+        assert_eq!(g.mkdir(&p).unwrap_err().xs(), Some(XsError::EACCES), "{p}");
+    }
+    assert_eq!(
+        g.rm(&format!("{other}/name")).unwrap_err().xs(),
+        Some(XsError::EACCES)
+    );
+    assert_eq!(g.rm(other).unwrap_err().xs(), Some(XsError::EACCES));
+    assert_eq!(
+        g.set_perms(other, &perms(&["n3"])).unwrap_err().xs(),
+        Some(XsError::EACCES)
+    );
+    assert_eq!(
+        g.read(&format!("{other}/name")).unwrap_err().xs(),
+        Some(XsError::EACCES)
+    );
+    // No home for a domain that has none, nor anything else in /local/domain.
+    for p in ["/local/domain/5", "/local/domain/5/x", "/local/domain/x"] {
+        assert_eq!(
+            g.write(p, b"x").unwrap_err().xs(),
+            Some(XsError::EACCES),
+            "{p}"
+        );
+    }
+    // Inside a transaction too.
+    let t = g.transaction_start().unwrap();
+    assert_eq!(
+        g.write_in(t, &format!("{other}/name"), b"x")
+            .unwrap_err()
+            .xs(),
+        Some(XsError::EACCES)
+    );
+    g.transaction_end(t, false).unwrap();
+    assert_eq!(dom0.read("/local/domain/4/name").unwrap(), b"four");
+    assert_eq!(dom0.try_read("/local/domain/5").unwrap(), None);
+    // Relative paths are the guest's own home, however they are spelled.
+    g.write("name", b"three").unwrap();
+    assert_eq!(dom0.read("/local/domain/3/name").unwrap(), b"three");
+    assert_eq!(g.get_perms("name").unwrap().owner(), DomId(3));
+    for p in ["../4/name", "./x", "name/../y"] {
+        // Dots are not path components: these are odd names or invalid,
+        // never another domain's node.
+        let _ = g.write(p, b"x");
+    }
+    assert_eq!(dom0.read("/local/domain/4/name").unwrap(), b"four");
+    assert_eq!(dom0.directory(other).unwrap(), vec!["name".to_string()]);
+}

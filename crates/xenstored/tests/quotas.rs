@@ -145,3 +145,99 @@ fn daemon_stays_healthy_after_quota_errors() {
     s.write("/still/alive", b"yes").unwrap();
     assert_eq!(s.read("/still/alive").unwrap(), b"yes");
 }
+
+/// XSA-421 class: two transactions that each stay under the node quota on
+/// their own cannot together push the domain over it. The second commit is
+/// refused with ENOSPC and changes nothing.
+#[test]
+fn transaction_commit_rechecks_node_quota() {
+    let (d, _dom0) = setup(Config {
+        max_nodes: 6,
+        ..Config::default()
+    });
+    let mut g = inproc::client(&d, DomId(3));
+    // Home + a + b: 3 of 6.
+    g.mkdir("a").unwrap();
+    g.mkdir("b").unwrap();
+    let t1 = g.transaction_start().unwrap();
+    let t2 = g.transaction_start().unwrap();
+    // Each adds two nodes under a different parent: no conflict, and each
+    // alone would end at 5 of 6.
+    g.write_in(t1, "a/1", b"x").unwrap();
+    g.write_in(t1, "a/2", b"x").unwrap();
+    g.write_in(t2, "b/1", b"x").unwrap();
+    g.write_in(t2, "b/2", b"x").unwrap();
+    g.transaction_end(t1, true).unwrap();
+    assert_eq!(
+        g.transaction_end(t2, true).unwrap_err().xs(),
+        Some(XsError::ENOSPC)
+    );
+    assert_eq!(g.try_read("b/1").unwrap(), None);
+    assert_eq!(g.try_read("b/2").unwrap(), None);
+    assert_eq!(g.directory("a").unwrap().len(), 2);
+    // Within the quota the same pattern commits.
+    g.rm("a").unwrap();
+    let t3 = g.transaction_start().unwrap();
+    g.write_in(t3, "b/1", b"x").unwrap();
+    g.transaction_end(t3, true).unwrap();
+    assert_eq!(g.read("b/1").unwrap(), b"x");
+}
+
+/// XSA-326 style: the bytes a domain's nodes take (names, values,
+/// permissions) are bounded; past the quota writes fail with ENOMEM as in C
+/// xenstored, freeing space lets writes succeed again, dom0 is exempt, and
+/// a transaction cannot slip past the quota at commit.
+#[test]
+fn per_domain_memory_quota_refuses_writes() {
+    let (d, mut dom0) = setup(Config {
+        max_memory: 4096,
+        ..Config::default()
+    });
+    let mut g = inproc::client(&d, DomId(3));
+    let v = vec![b'v'; 1000];
+    let mut stored = 0;
+    let err = loop {
+        match g.write(&format!("n{stored}"), &v) {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 10, "quota never hit");
+    };
+    assert_eq!(err.xs(), Some(XsError::ENOMEM));
+    assert_eq!(
+        stored, 3,
+        "4096 bytes hold three 1000-byte values and names"
+    );
+    // The refused node does not exist; growing an existing one is refused
+    // too, shrinking is fine.
+    assert_eq!(g.try_read(&format!("n{stored}")).unwrap(), None);
+    assert_eq!(
+        g.write("n0", &vec![b'w'; 2000]).unwrap_err().xs(),
+        Some(XsError::ENOMEM)
+    );
+    g.write("n0", b"small").unwrap();
+    g.write("n3", &v).unwrap();
+    // Freeing makes room again.
+    g.rm("n1").unwrap();
+    g.write("n4", &v).unwrap();
+    // Two transactions, each fine alone, cannot commit together.
+    // (Under different parents, so they do not conflict.)
+    g.rm("n4").unwrap();
+    g.mkdir("p").unwrap();
+    g.mkdir("q").unwrap();
+    let t1 = g.transaction_start().unwrap();
+    let t2 = g.transaction_start().unwrap();
+    g.write_in(t1, "p/x", &v).unwrap();
+    g.write_in(t2, "q/y", &v).unwrap();
+    g.transaction_end(t1, true).unwrap();
+    assert_eq!(
+        g.transaction_end(t2, true).unwrap_err().xs(),
+        Some(XsError::ENOMEM)
+    );
+    assert_eq!(g.try_read("q/y").unwrap(), None);
+    // Dom0 is not limited, and can still write into the guest's home.
+    for i in 0..10 {
+        dom0.write(&format!("/d0/{i}"), &v).unwrap();
+    }
+    dom0.write("/local/domain/3/from-dom0", &v).unwrap();
+}

@@ -26,11 +26,15 @@ struct Host {
 }
 
 fn host() -> Host {
+    host_with(Config::default())
+}
+
+fn host_with(config: Config) -> Host {
     let hv = Hypervisor::new();
     let dom0 = hv
         .create_domain_with_id(DomId(0), DomainConfig::default())
         .unwrap();
-    let xs = Daemon::new(Config::default());
+    let xs = Daemon::new(config);
     let d0 = dom0.clone();
     let rings = RingServer::start(
         &xs,
@@ -196,4 +200,54 @@ fn guest_corrupting_its_ring_is_cut_off_alone() {
     );
     // The good guest is unaffected.
     assert_eq!(good_c.read("ok").unwrap(), b"1");
+}
+
+/// A guest that never reads its ring while a peer writes a node it
+/// watches: the daemon keeps at most its byte cap queued for it (plus one
+/// message staged for the ring), drops and counts the rest of the events,
+/// and the guest's next request still gets its reply.
+#[test]
+fn guest_ring_that_never_reads_is_capped_and_drops_watch_events() {
+    let cap = 8 * 1024;
+    let h = host_with(Config {
+        max_queued_bytes: cap,
+        ..Config::default()
+    });
+    let (g, _evt, ch) = boot(&h);
+    let mut c = Client::new(RingTransport::new(g.xenstore_page().unwrap(), ch).unwrap());
+    c.watch("data/w", b"tok").unwrap();
+    assert!(c
+        .next_event(Some(Duration::from_secs(5)))
+        .unwrap()
+        .is_some());
+    let mut c0 = inproc::client(&h.xs, DomId(0));
+    let node = format!("/local/domain/{}/data/w", g.id().0);
+    let writes = 3000;
+    for i in 0..writes {
+        c0.write(&node, i.to_string().as_bytes()).unwrap();
+        if i % 500 == 0 {
+            for conn in h.xs.connections_of(g.id()) {
+                assert!(conn.queue.queued_bytes() <= cap);
+            }
+        }
+    }
+    let conns = h.xs.connections_of(g.id());
+    assert_eq!(conns.len(), 1);
+    assert!(conns[0].queue.queued_bytes() <= cap);
+    let dropped = conns[0].queue.dropped_events();
+    assert!(dropped > 0, "nothing dropped");
+    // Other guests and dom0 are served meanwhile.
+    let (g2, _e2, ch2) = boot(&h);
+    let mut c2 = Client::new(RingTransport::new(g2.xenstore_page().unwrap(), ch2).unwrap());
+    c2.write("x", b"y").unwrap();
+    // The stalled guest's reply is not dropped.
+    assert_eq!(
+        c.read("data/w").unwrap(),
+        (writes - 1).to_string().as_bytes()
+    );
+    let mut kept = 0;
+    while c.pending_event().is_some() {
+        kept += 1;
+    }
+    assert_eq!(kept + dropped, writes as u64);
 }

@@ -15,8 +15,9 @@ pub struct HostArgs {
     /// The xenstored socket (default: PATH.xs).
     #[arg(long, value_name = "PATH")]
     pub xenstore_socket: Option<PathBuf>,
-    /// The id given to the first joiner that does not ask for one.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// The smallest id the host assigns to a joining domain (at least 1:
+    /// dom0 is the host itself).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..0x7ff0))]
     pub first_domid: u16,
 }
 
@@ -27,9 +28,10 @@ pub fn run(a: HostArgs) -> Result<(), String> {
     cfg.first_domid = DomId(a.first_domid);
     let host = Host::spawn(cfg).map_err(|e| e.to_string())?;
     eprintln!(
-        "xenshare host: listening on {} (xenstored on {})",
+        "xenshare host: listening on {} (dom0's xenstored on {}, privilege token in {})",
         host.path().display(),
-        host.xenstore_path().display()
+        host.xenstore_path().display(),
+        host.token_path().display()
     );
     host.join();
     Ok(())
@@ -38,9 +40,10 @@ pub fn run(a: HostArgs) -> Result<(), String> {
 /// Options of `xenshare exec`.
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
-    /// The domain id the program runs as.
+    /// The domain id the program runs as (default: the host assigns one;
+    /// choosing one needs the host's privilege, i.e. its owner).
     #[arg(long, value_name = "N")]
-    pub domid: u16,
+    pub domid: Option<u16>,
     /// The host daemon's socket (default: $XENSHARE_HOST).
     #[arg(long, value_name = "PATH")]
     pub host: Option<PathBuf>,
@@ -55,19 +58,23 @@ pub fn host_path(opt: Option<PathBuf>) -> Result<PathBuf, String> {
         .ok_or_else(|| "no host daemon given: pass --host PATH or set XENSHARE_HOST".to_string())
 }
 
-/// Runs a program as domain N of the host.
+/// Runs a program as a new domain of the host. This process joins (the
+/// host assigns the id, or creates the chosen one for its owner) and hands
+/// the joined connection down to the program (`XENSHARE_HOST_FD`), with
+/// the domain's own xenstored socket in `XENSTORED_PATH`. The domain dies
+/// when the program and this process have both exited.
 pub fn exec(a: ExecArgs) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
     let host = host_path(a.host)?;
-    // Check the daemon is there before starting the program.
-    drop(xenshare_host::sock::connect(&host).map_err(|e| {
-        format!(
-            "cannot reach the xenshare host daemon at {} ({e}); start it with `xenshare host --socket {}`",
-            host.display(),
-            host.display()
-        )
-    })?);
-    let mut xs = host.clone().into_os_string();
-    xs.push(".xs");
+    let lease =
+        xenshare_host::client::Lease::join(&host, a.domid.map(DomId)).map_err(|e| match e {
+            xenshare_host::ClientError::NoHost { .. } => format!(
+                "{e} (start it with `xenshare host --socket {}`)",
+                host.display()
+            ),
+            e => format!("cannot create the domain: {e}"),
+        })?;
+    let fd = lease.inheritable_fd().map_err(|e| e.to_string())?;
     let (prog, args) = a.cmd.split_first().ok_or("no command given")?;
     let mut cmd = std::process::Command::new(prog);
     match compat_lib_dir() {
@@ -85,10 +92,15 @@ pub fn exec(a: ExecArgs) -> Result<(), String> {
     let status = cmd
         .args(args)
         .env(xenshare_host::client::ENV_HOST, &host)
-        .env(xenshare_host::client::ENV_DOMID, a.domid.to_string())
-        .env("XENSTORED_PATH", xs)
+        .env(xenshare_host::client::ENV_DOMID, lease.id().0.to_string())
+        .env(
+            xenshare_host::client::ENV_HOST_FD,
+            fd.as_raw_fd().to_string(),
+        )
+        .env("XENSTORED_PATH", lease.xenstore_path())
         .status()
         .map_err(|e| format!("cannot run {prog}: {e}"))?;
+    drop(lease);
     if status.success() {
         Ok(())
     } else {

@@ -30,7 +30,8 @@ pub struct VchanArgs {
     /// The xenstore path of the vchan.
     #[arg(long, value_name = "P")]
     pub path: String,
-    /// This process's domain id (default: $XENSHARE_DOMID, else the host chooses).
+    /// This process's domain id, chosen (needs the host's privilege; default:
+    /// the domain `xenshare exec` created, else one the host assigns).
     #[arg(long, value_name = "N")]
     pub my_domid: Option<u16>,
     /// The host daemon's socket (default: $XENSHARE_HOST).
@@ -51,18 +52,17 @@ pub fn run(c: VchanCmd) -> Result<(), String> {
         VchanCmd::Connect(a) => (false, a),
     };
     let host = super::host::host_path(a.host.clone())?;
-    let me = match a.my_domid {
-        Some(d) => Some(DomId(d)),
-        None => match std::env::var(xenshare_host::client::ENV_DOMID) {
-            Ok(s) => Some(DomId(
-                s.trim()
-                    .parse()
-                    .map_err(|_| format!("bad XENSHARE_DOMID {s}"))?,
-            )),
-            Err(_) => None,
+    // A chosen id (needs the host's privilege), else the domain
+    // `xenshare exec` created for us, else a new one the host assigns.
+    let dom = match a.my_domid {
+        Some(d) => RemoteDomain::join(&host, Some(DomId(d))),
+        None => match RemoteDomain::attach_inherited() {
+            Ok(Some(d)) => Ok(d),
+            Ok(None) => RemoteDomain::join(&host, None),
+            Err(e) => Err(e),
         },
-    };
-    let dom = RemoteDomain::join(&host, me).map_err(|e| e.to_string())?;
+    }
+    .map_err(|e| e.to_string())?;
     let xs_path = dom.xenstore_path().to_path_buf();
     let mut xs = Client::new(
         UnixTransport::connect(&xs_path)

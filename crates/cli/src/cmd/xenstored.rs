@@ -31,6 +31,14 @@ pub struct XenstoredArgs {
     /// Replies a guest may leave unread before its requests are not read.
     #[arg(long, value_name = "N", default_value_t = Config::default().max_outstanding)]
     pub quota_outstanding: usize,
+    /// Bytes of node names, values and permissions a guest domain may own
+    /// (writes past it fail with ENOMEM).
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_memory)]
+    pub quota_memory: usize,
+    /// Bytes of output queued to one connection that does not read it;
+    /// past it its watch events are dropped (and counted).
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_queued_bytes)]
+    pub max_queued_bytes: usize,
     /// Path length allowed after /local/domain/<N>/ (at most 2048).
     #[arg(long, value_name = "N", default_value_t = Config::default().max_path_len)]
     pub path_max: usize,
@@ -46,6 +54,8 @@ impl XenstoredArgs {
             ("--quota-nodes", self.quota_nodes),
             ("--quota-watches", self.quota_watches),
             ("--quota-outstanding", self.quota_outstanding),
+            ("--quota-memory", self.quota_memory),
+            ("--max-queued-bytes", self.max_queued_bytes),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be at least 1"));
@@ -59,6 +69,8 @@ impl XenstoredArgs {
             max_tx_nodes: self.quota_transaction_nodes,
             max_path_len: self.path_max,
             max_outstanding: self.quota_outstanding,
+            max_memory: self.quota_memory,
+            max_queued_bytes: self.max_queued_bytes,
             ..Config::default()
         })
     }

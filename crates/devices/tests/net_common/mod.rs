@@ -35,13 +35,22 @@ pub struct World {
 }
 
 pub fn world() -> World {
+    world_with(DomainConfig {
+        mem_pages: 4096,
+        ..Default::default()
+    })
+}
+
+/// A world whose guest is configured by `guest_cfg` (dom0 gets the default).
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn world_with(guest_cfg: DomainConfig) -> World {
     let hv = Hypervisor::new();
     let cfg = DomainConfig {
         mem_pages: 4096,
         ..Default::default()
     };
     let dom0 = hv.create_domain_with_id(DomId(0), cfg).unwrap();
-    let guest = hv.create_domain(cfg).unwrap();
+    let guest = hv.create_domain(guest_cfg).unwrap();
     let xs = Daemon::new(Config::default());
     let mut c0 = inproc::client(&xs, DomId(0));
     let home = format!("/local/domain/{}", guest.id().0);
