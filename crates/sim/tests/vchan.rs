@@ -493,3 +493,85 @@ fn server_accepts_a_new_client_after_the_old_one_closed() {
         "every round's grants were revoked"
     );
 }
+
+/// A peer that rings the doorbell every 2 ms without writing a byte (or
+/// without reading one) must not keep a timed blocking call blocked: the
+/// timeout is one overall deadline, not restarted on every wake-up. Checks
+/// a 300 ms read and a 300 ms write (ring full) while the storm goes on:
+/// each returns `TimedOut`, not before 300 ms, and well before the storm
+/// ends (it only ends when both calls are done, or after 30 s).
+#[test]
+fn doorbell_storm_without_data_does_not_extend_a_timeout() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Instant;
+    use xenshare::platform::EventChannels;
+
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    const BOUND: Duration = Duration::from_secs(3);
+    let wd = world();
+    let mut s = wd.server(4096, 4096);
+    let evt = wd.cli.evtchn().unwrap();
+    let c = client_init(
+        wd.cli.importer(),
+        &evt,
+        &mut wd.xs(&wd.cli),
+        wd.srv.id(),
+        &wd.path(),
+    )
+    .unwrap();
+    let port = c.port();
+    let done = AtomicBool::new(false);
+    let rings = AtomicU64::new(0);
+    std::thread::scope(|sc| {
+        let storm = sc.spawn(|| {
+            let t = Instant::now();
+            while !done.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(30) {
+                evt.notify(port).unwrap();
+                rings.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let victim = sc.spawn(|| {
+            s.set_timeout(Some(TIMEOUT));
+            // Read: nothing is ever written.
+            let t = Instant::now();
+            let read = s.read(&mut [0u8; 16]);
+            let read_took = t.elapsed();
+            // Write: fill the ring (the client never reads), then block.
+            s.set_blocking(false);
+            let fill = vec![0xA5u8; s.write_ring_size()];
+            let mut n = 0;
+            while n < fill.len() {
+                n += s.write(&fill[n..]).unwrap();
+            }
+            s.set_blocking(true);
+            let t = Instant::now();
+            let write = s.write(b"x");
+            let write_took = t.elapsed();
+            (read, read_took, write, write_took)
+        });
+        let t = Instant::now();
+        while !victim.is_finished() && t.elapsed() < 2 * BOUND {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let finished = victim.is_finished();
+        let storming = !storm.is_finished();
+        done.store(true, Ordering::Relaxed);
+        assert!(
+            finished,
+            "blocked for {:?} under a doorbell storm",
+            t.elapsed()
+        );
+        assert!(storming, "the storm ended before the victim returned");
+        let (read, read_took, write, write_took) = victim.join().unwrap();
+        assert_eq!(read, Err(VchanError::TimedOut));
+        assert_eq!(write, Err(VchanError::TimedOut));
+        for took in [read_took, write_took] {
+            assert!(took >= TIMEOUT, "returned early: {took:?}");
+            assert!(took < BOUND, "took {took:?}");
+        }
+        // The storm really did ring during the calls.
+        assert!(rings.load(Ordering::Relaxed) > 20, "{rings:?}");
+    });
+    drop(c);
+}

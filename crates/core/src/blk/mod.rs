@@ -52,6 +52,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+pub(crate) use crate::deadline::Deadline;
 use crate::event::EventError;
 use crate::grant::{GrantError, MapError};
 use crate::ring::RingError;
@@ -269,62 +270,6 @@ impl BlkError {
                 | BlkError::ReadOnly
                 | BlkError::Storage(_)
         )
-    }
-}
-
-/// A wait budget: `std` uses the clock; `no_std` charges each wait slice.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deadline {
-    #[cfg(feature = "std")]
-    end: Option<std::time::Instant>,
-    #[cfg(not(feature = "std"))]
-    left: Option<Duration>,
-}
-
-impl Deadline {
-    pub(crate) fn new(timeout: Option<Duration>) -> Self {
-        #[cfg(feature = "std")]
-        {
-            Self {
-                end: timeout.map(|t| std::time::Instant::now() + t),
-            }
-        }
-        #[cfg(not(feature = "std"))]
-        {
-            Self { left: timeout }
-        }
-    }
-
-    /// Time left (`None`: unbounded); zero once expired.
-    pub(crate) fn remaining(&self) -> Option<Duration> {
-        #[cfg(feature = "std")]
-        {
-            self.end
-                .map(|e| e.saturating_duration_since(std::time::Instant::now()))
-        }
-        #[cfg(not(feature = "std"))]
-        {
-            self.left
-        }
-    }
-
-    /// The next wait slice, at most `slice`; `None` once expired.
-    pub(crate) fn slice(&self, slice: Duration) -> Option<Duration> {
-        match self.remaining() {
-            None => Some(slice),
-            Some(r) if r.is_zero() => None,
-            Some(r) => Some(r.min(slice)),
-        }
-    }
-
-    /// Records that a wait of `d` happened (only counted without a clock).
-    pub(crate) fn charge(&mut self, d: Duration) {
-        #[cfg(not(feature = "std"))]
-        {
-            self.left = self.left.map(|l| l.saturating_sub(d));
-        }
-        #[cfg(feature = "std")]
-        let _ = d;
     }
 }
 
