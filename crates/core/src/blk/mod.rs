@@ -302,10 +302,12 @@ pub(crate) fn read_u64<T: Transport>(
 ) -> Result<Option<u64>, BlkError> {
     match read_opt(xs, dir, key)? {
         None => Ok(None),
-        Some(s) => s.parse::<u64>().map(Some).map_err(|_| BlkError::BadKey {
-            key: String::from(key),
-            why: "not a decimal number",
-        }),
+        Some(s) => crate::store::xenbus::parse_decimal(s.as_bytes())
+            .map(Some)
+            .ok_or_else(|| BlkError::BadKey {
+                key: String::from(key),
+                why: "not a decimal number",
+            }),
     }
 }
 
