@@ -238,7 +238,8 @@ fn backend_closing_during_handshake_is_a_peer_state_error() {
 
 #[test]
 fn frontend_with_bad_keys_is_refused_by_the_backend() {
-    // A guest publishing garbage instead of a grant ref / port.
+    // A guest publishing garbage instead of a grant ref / port: signs, hex,
+    // inner spaces, empty, and values past u32 / u64.
     let w = world();
     let (fdir, _bdir) = make_device(&w);
     let mut xg = w.xs(&w.guest);
@@ -246,6 +247,12 @@ fn frontend_with_bad_keys_is_refused_by_the_backend() {
         ("12abc", "3", "ring-ref"),
         ("5", "-1", "port"),
         ("99999999999", "3", "ring-ref"),
+        ("+5", "3", "ring-ref"),
+        ("0x5", "3", "ring-ref"),
+        ("5", "1 2", "port"),
+        ("5", "", "port"),
+        ("5", "4294967299", "port"),
+        ("18446744073709551621", "3", "ring-ref"),
     ] {
         xg.write(&format!("{fdir}/ring-ref"), ring_ref.as_bytes())
             .unwrap();

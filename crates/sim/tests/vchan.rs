@@ -575,3 +575,31 @@ fn doorbell_storm_without_data_does_not_extend_a_timeout() {
     });
     drop(c);
 }
+
+/// A server (or anyone who can write its XenStore directory) publishing
+/// hostile numbers: signs, hex, inner spaces, empty, past `u32`. The client
+/// refuses each with a typed `BadKey` before mapping anything.
+#[test]
+fn client_refuses_hostile_xenstore_keys() {
+    let wd = world();
+    let _s = wd.server(1024, 1024);
+    let mut x = wd.xs(&wd.srv);
+    let dir = wd.path();
+    let good_ref = x.read(&format!("{dir}/ring-ref")).unwrap();
+    let good_port = x.read(&format!("{dir}/event-channel")).unwrap();
+    for key in ["ring-ref", "event-channel"] {
+        for bad in ["-1", "+5", "0x5", "1 2", "", "4294967296", "abc", "\u{663}"] {
+            x.write(&format!("{dir}/{key}"), bad.as_bytes()).unwrap();
+            match wd.client() {
+                Err(VchanError::BadKey { key: k, .. }) => assert_eq!(k, key, "{bad:?}"),
+                other => panic!("{key}={bad:?}: {other:?}"),
+            }
+            assert_eq!(wd.cli.importer().stats().mapped, 0, "{key}={bad:?}");
+        }
+        x.write(&format!("{dir}/ring-ref"), &good_ref).unwrap();
+        x.write(&format!("{dir}/event-channel"), &good_port)
+            .unwrap();
+    }
+    // The honest keys still work.
+    assert!(wd.client().is_ok());
+}
