@@ -376,3 +376,160 @@ fn blkfront_grants_pages_holding_only_the_request_data() {
     fb.chan.notify().unwrap();
     assert!(disk.wait().unwrap().is_some());
 }
+
+/// XSA-391: a guest flooding one disk's event channel neither stops that
+/// disk's back end nor starves another disk served from the same back-end
+/// domain: the second disk writes and reads back 100 x 4 KiB while the
+/// flood goes on, and the flooded disk still answers afterwards. (Event
+/// channels are a pending bitmap: a flood sets one bit, so nothing grows.)
+#[test]
+fn event_flood_on_one_disk_does_not_starve_another() {
+    const OTHER: u32 = 51728; // xvdb
+    let w = world();
+    w.create_vbd(OTHER).unwrap();
+    let img1 = TmpImage::new("flood1");
+    let img2 = TmpImage::new("flood2");
+    let bt1 = backend(&w, &img1);
+    let bt2 = w
+        .spawn_backend(img2.create(DISK), BackConfig::new(w.guest.id(), OTHER))
+        .unwrap();
+    let ff = fake_frontend(&w, false);
+    let mut fe = w
+        .frontend(xenshare::blk::FrontConfig {
+            timeout: Some(T),
+            ..xenshare::blk::FrontConfig::new(OTHER)
+        })
+        .unwrap();
+    let mut xs = w.client(&w.guest);
+    let stop = AtomicBool::new(false);
+    let flooded = std::thread::scope(|sc| {
+        let flooder = sc.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                ff.chan.notify().unwrap();
+                n += 1;
+            }
+            n
+        });
+        let mut disk = fe.connect(&mut xs).unwrap();
+        let t = Instant::now();
+        for i in 0..100u64 {
+            let data = vec![i as u8 ^ 0x3C; 4096];
+            disk.write_at(i * 4096, &data).unwrap();
+            let mut back = vec![0u8; 4096];
+            disk.read_at(i * 4096, &mut back).unwrap();
+            assert_eq!(back, data, "block {i}");
+        }
+        assert!(t.elapsed() < 3 * T, "starved: {:?}", t.elapsed());
+        disk.close(&mut xs).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        flooder.join().unwrap()
+    });
+    assert!(flooded > 1000, "{flooded} events");
+    // The flooded disk's back end still serves.
+    let page = w
+        .guest
+        .exporter()
+        .share(w.dom0.id(), 1, Access::ReadWrite)
+        .unwrap();
+    let mut ring = ff.ring();
+    ring.push_request(&write_req(7, 0, &[(page.refs()[0], 0, 7)]))
+        .unwrap();
+    ring.push_requests().unwrap();
+    ff.chan.notify().unwrap();
+    assert_eq!(response(&mut ring, &ff).status, BLKIF_RSP_OKAY);
+    let (_, runs) = bt1.stop().unwrap();
+    assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
+    fe.release();
+    let (_, runs) = bt2.stop().unwrap();
+    assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
+    drop(ff);
+}
+
+/// A front end that closes and then reconnects publishing its old ring
+/// ref, revoked since: the back end's map is refused, the connection ends
+/// in a typed error with nothing mapped and the back end Closed — it never
+/// touches whatever that ref or page is now.
+#[test]
+fn blkback_refuses_a_reconnect_with_stale_ring_refs() {
+    let w = world();
+    let img = TmpImage::new("stale");
+    let bt = backend(&w, &img);
+    let FakeFront { mut xs, ring, chan } = fake_frontend(&w, false);
+    let fdir = front_dir(&w);
+    let bdir = back_dir(&w);
+    let old_ref = ring.refs()[0];
+    // Close: the back end leaves the connection and waits for the next one.
+    write_state(&mut xs, &fdir, XenbusState::Closing).unwrap();
+    wait_for_state(&mut xs, &bdir, T, |s| s >= XenbusState::Closing).unwrap();
+    write_state(&mut xs, &fdir, XenbusState::Closed).unwrap();
+    wait_for_state(&mut xs, &bdir, T, |s| s == XenbusState::InitWait).unwrap();
+    assert_eq!(w.dom0.importer().stats().mapped, 0);
+    // Revoke the ring, then come back with the same keys.
+    assert!(ring.try_unshare().is_ok());
+    assert_eq!(
+        xs.read(&format!("{fdir}/ring-ref")).unwrap(),
+        old_ref.0.to_string().as_bytes()
+    );
+    write_state(&mut xs, &fdir, XenbusState::Initialised).unwrap();
+    let t = Instant::now();
+    while !bt.is_finished() {
+        assert!(t.elapsed() < T, "the back end hangs on a stale ref");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (_, runs) = bt.stop().unwrap();
+    assert!(matches!(runs.first(), Some(Ok(_))), "{runs:?}");
+    assert!(
+        matches!(runs.last(), Some(Err(BlkError::Map(_)))),
+        "{runs:?}"
+    );
+    assert_eq!(w.dom0.importer().stats().mapped, 0);
+    assert_eq!(read_state(&mut xs, &bdir).unwrap(), XenbusState::Closed);
+    drop(chan);
+}
+
+/// A guest that dies with its ring full of requests: the back end keeps
+/// answering (grant copies now fail: ERROR), does not panic, and once the
+/// toolstack removes the dead guest's directory it leaves the connection,
+/// unmapping everything, within a deadline.
+#[test]
+fn blkback_survives_the_guest_dying_mid_transfer() {
+    let w = world();
+    let img = TmpImage::new("dying");
+    let bt = backend(&w, &img);
+    let ff = fake_frontend(&w, false);
+    let page = w
+        .guest
+        .exporter()
+        .share(w.dom0.id(), 1, Access::ReadWrite)
+        .unwrap();
+    let mut ring = ff.ring();
+    for id in 0..u64::from(ring.size()) {
+        ring.push_request(&write_req(id, id * 8, &[(page.refs()[0], 0, 7); 11]))
+            .unwrap();
+    }
+    ring.push_requests().unwrap();
+    ff.chan.notify().unwrap();
+    w.hv.destroy_domain(w.guest.id()).unwrap();
+    // The toolstack cleans up after the dead guest.
+    let mut c0 = w.client(&w.dom0);
+    c0.rm(&front_dir(&w)).unwrap();
+    let t = Instant::now();
+    while w.dom0.importer().stats().mapped != 0 {
+        assert!(
+            t.elapsed() < T,
+            "the back end still maps the dead guest's ring"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (_, runs) = bt.stop().unwrap();
+    assert!(
+        matches!(
+            runs.first(),
+            Some(Ok(xenshare::blk::BackExit::FrontendClosed))
+        ),
+        "{runs:?}"
+    );
+    assert_eq!(img.contents().len() as u64, DISK);
+    drop(ff);
+}

@@ -435,3 +435,36 @@ fn netfront_grants_pages_holding_only_the_frame() {
         "the tx page holds more than the frame"
     );
 }
+
+/// A guest that dies with tx requests in flight and a frame waiting for
+/// rx buffers: once the toolstack removes its directory, netback leaves
+/// within a deadline, unmapping both rings — no panic, no hang.
+#[test]
+fn netback_survives_the_guest_dying_mid_transfer() {
+    let w = world();
+    let (ef, bt, host) = evil_front(&w);
+    let page = data_page(&w, &frame(4096, 2));
+    let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
+    for id in 0..16u16 {
+        tx.push_request(&tx_req(page.refs()[0], 0, 0, id, 1000))
+            .unwrap();
+    }
+    tx.push_requests().unwrap();
+    assert!(host.send(&frame(500, 1)));
+    ef.chan.notify().unwrap();
+    w.hv.destroy_domain(w.guest.id()).unwrap();
+    let front = xenshare::store::xenbus::frontend_path(w.guest.id(), "vif", 0);
+    w.xs(&w.dom0).rm(&front).unwrap();
+    let t = Instant::now();
+    while !bt.is_finished() {
+        assert!(t.elapsed() < T, "netback hangs on a dead guest");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let exit = bt.join();
+    assert!(
+        !matches!(&exit, Err(NetError::Broken(why)) if why.contains("panicked")),
+        "{exit:?}"
+    );
+    assert_eq!(w.dom0.mapped_count(), 0);
+    drop(ef);
+}
