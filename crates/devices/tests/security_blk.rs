@@ -533,3 +533,46 @@ fn blkback_survives_the_guest_dying_mid_transfer() {
     assert_eq!(img.contents().len() as u64, DISK);
     drop(ff);
 }
+
+/// Request ids are the front end's business: blkback echoes whatever it
+/// gets — duplicates, zero, `u64::MAX` — one response per request, keeps
+/// no state keyed by them, and carries on.
+#[test]
+fn blkback_answers_duplicate_and_arbitrary_request_ids() {
+    let w = world();
+    let img = TmpImage::new("ids");
+    let bt = backend(&w, &img);
+    let ff = fake_frontend(&w, false);
+    let page = w
+        .guest
+        .exporter()
+        .share(w.dom0.id(), 1, Access::ReadWrite)
+        .unwrap();
+    page.mem().fill(0, 4096, 0x11).unwrap();
+    let ids = [5u64, 5, 5, 0, u64::MAX, 5];
+    let mut ring = ff.ring();
+    for (i, &id) in ids.iter().enumerate() {
+        ring.push_request(&write_req(id, i as u64 * 8, &[(page.refs()[0], 0, 7)]))
+            .unwrap();
+    }
+    ring.push_requests().unwrap();
+    ff.chan.notify().unwrap();
+    let mut got: Vec<u64> = (0..ids.len())
+        .map(|_| {
+            let r = response(&mut ring, &ff);
+            assert_eq!(r.status, BLKIF_RSP_OKAY);
+            r.id
+        })
+        .collect();
+    got.sort_unstable();
+    let mut want = ids.to_vec();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    let (back, runs) = bt.stop().unwrap();
+    assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
+    assert_eq!(back.stats().ok, ids.len() as u64);
+    drop(ff);
+    assert!(img.contents()[..ids.len() * 4096]
+        .iter()
+        .all(|&b| b == 0x11));
+}

@@ -468,3 +468,39 @@ fn netback_survives_the_guest_dying_mid_transfer() {
     assert_eq!(w.dom0.mapped_count(), 0);
     drop(ef);
 }
+
+/// Tx request ids are the front end's business: netback echoes whatever
+/// it gets — duplicates included — one response per slot, forwards each
+/// frame, and carries on.
+#[test]
+fn netback_answers_duplicate_tx_ids() {
+    let w = world();
+    let (ef, bt, host) = evil_front(&w);
+    let content = frame(4096, 6);
+    let page = data_page(&w, &content);
+    let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
+    let ids = [3u16, 3, 3, 0, u16::MAX, 3];
+    for &id in &ids {
+        tx.push_request(&tx_req(page.refs()[0], 0, 0, id, 100))
+            .unwrap();
+    }
+    tx.push_requests().unwrap();
+    ef.chan.notify().unwrap();
+    let mut got: Vec<u16> = ids
+        .iter()
+        .map(|_| {
+            let r = tx_response(&mut tx, &ef.chan);
+            assert_eq!(r.status, NETIF_RSP_OKAY);
+            r.id
+        })
+        .collect();
+    got.sort_unstable();
+    let mut want = ids.to_vec();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    for _ in ids {
+        assert_eq!(host.recv_timeout(T).unwrap(), content[..100]);
+    }
+    let exit = bt.stop().unwrap();
+    assert_eq!(exit.stats.tx_frames, ids.len() as u64);
+}

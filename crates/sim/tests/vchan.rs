@@ -603,3 +603,44 @@ fn client_refuses_hostile_xenstore_keys() {
     // The honest keys still work.
     assert!(wd.client().is_ok());
 }
+
+/// XSA-403: the pages a vchan server grants (control page and both rings,
+/// in-page and external) carry nothing but the vchan: after the server's
+/// memory was full of other data, every byte the client can see before the
+/// first write is zero, except the control page's own fields.
+#[test]
+fn server_pages_carry_no_stale_data() {
+    use xenshare::Access;
+    let wd = world();
+    let dirty: Vec<_> = (0..256)
+        .map(|_| {
+            let s = wd
+                .srv
+                .exporter()
+                .share(wd.cli.id(), 4, Access::ReadWrite)
+                .unwrap();
+            s.mem().fill(0, 4 * 4096, 0xEE).unwrap();
+            s
+        })
+        .collect();
+    for s in dirty {
+        assert!(s.try_unshare().is_ok());
+    }
+    for (rd, wr) in [(1024, 1024), (8192, 16384)] {
+        let s = wd.server(rd, wr);
+        let c = wd.client().unwrap();
+        let side = c.side();
+        let mut pages = vec![side.ctrl().unwrap()];
+        pages.extend(side.external(true));
+        pages.extend(side.external(false));
+        for (i, m) in pages.iter().enumerate() {
+            let mut b = vec![0u8; m.len()];
+            m.read(0, &mut b).unwrap();
+            assert!(
+                !b.contains(&0xEE),
+                "({rd},{wr}) page set {i} carries old server data"
+            );
+        }
+        drop((c, s));
+    }
+}
