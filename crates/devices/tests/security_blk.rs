@@ -576,3 +576,88 @@ fn blkback_answers_duplicate_and_arbitrary_request_ids() {
         .iter()
         .all(|&b| b == 0x11));
 }
+
+/// Hostile values for the keys blkfront reads from a back end: features
+/// (ring order, indirect segments, flags) and the disk's geometry (sectors,
+/// sector size). Non-numbers, signs, spaces and overflow are refused with a
+/// typed `BadKey`; numbers beyond what the front end supports are clamped
+/// or refused, never trusted; nothing is left granted.
+#[test]
+fn blkfront_refuses_hostile_backend_keys() {
+    // Features, read before the front end grants anything.
+    for (k, v) in [
+        ("max-ring-page-order", "-1"),
+        ("max-ring-page-order", "1 2"),
+        ("feature-max-indirect-segments", "0x100"),
+        ("feature-max-indirect-segments", "18446744073709551616"),
+        ("feature-persistent", "+1"),
+        ("discard-granularity", "lots"),
+    ] {
+        let w = world();
+        let mut c0 = w.client(&w.dom0);
+        c0.write(&format!("{}/{k}", back_dir(&w)), v.as_bytes())
+            .unwrap();
+        write_state(&mut c0, &back_dir(&w), XenbusState::InitWait).unwrap();
+        let mut fe = w.frontend(quick_front()).unwrap();
+        let r = fe.connect(&mut w.client(&w.guest)).map(drop);
+        assert!(
+            matches!(r, Err(BlkError::BadKey { ref key, .. }) if key == k),
+            "{k}={v}: {r:?}"
+        );
+        fe.release();
+        assert_eq!(w.guest.exporter().stats().live, 0, "{k}={v}");
+    }
+    // Too large to use: clamped to what the front end supports.
+    {
+        let w = world();
+        let mut fe = w.frontend(quick_front()).unwrap();
+        let fb = std::thread::scope(|s| {
+            let t = s.spawn(|| {
+                fake_backend(
+                    &w,
+                    &[
+                        ("max-ring-page-order", "4294967295"),
+                        ("feature-max-indirect-segments", "4294967295"),
+                    ],
+                )
+            });
+            let info = *fe.connect(&mut w.client(&w.guest)).unwrap().info();
+            assert!(info.ring_order <= xenshare::blk::MAX_RING_ORDER);
+            assert!(info.max_segments <= 256 * 8, "{info:?}");
+            t.join().unwrap()
+        });
+        drop(fb);
+    }
+    // The disk's geometry, read at connect time.
+    for (k, v) in [
+        ("sectors", "-1"),
+        ("sectors", "abc"),
+        ("sectors", "18446744073709551615"),
+        ("sector-size", "0"),
+        ("sector-size", "3"),
+        ("sector-size", "+512"),
+        ("sector-size", "4294967808"),
+        ("info", "0x4"),
+    ] {
+        let w = world();
+        let mut disk = vec![("sectors", "8192"), ("sector-size", "512"), ("info", "0")];
+        for d in disk.iter_mut() {
+            if d.0 == k {
+                d.1 = v;
+            }
+        }
+        let mut fe = w.frontend(quick_front()).unwrap();
+        let r = std::thread::scope(|s| {
+            let t = s.spawn(|| fake_backend_with_disk(&w, &[], &disk));
+            let r = fe.connect(&mut w.client(&w.guest)).map(drop);
+            drop(t.join().unwrap());
+            r
+        });
+        assert!(
+            matches!(r, Err(BlkError::BadKey { ref key, .. }) if key == k),
+            "{k}={v}: {r:?}"
+        );
+        fe.release();
+        assert_eq!(w.guest.exporter().stats().live, 0, "{k}={v}");
+    }
+}
