@@ -504,3 +504,40 @@ fn netback_answers_duplicate_tx_ids() {
     let exit = bt.stop().unwrap();
     assert_eq!(exit.stats.tx_frames, ids.len() as u64);
 }
+
+/// Hostile values for the feature keys netfront reads from a back end:
+/// signs, spaces, empty, out of range, not 0 or 1. The front end refuses
+/// each with a typed `BadKey` and leaves nothing granted.
+#[test]
+fn netfront_refuses_hostile_backend_keys() {
+    for (k, v) in [
+        ("feature-rx-copy", "+1"),
+        ("feature-rx-copy", "2"),
+        ("feature-rx-copy", "1 1"),
+        ("feature-sg", "-1"),
+        ("feature-sg", "4294967297"),
+        ("feature-sg", "yes"),
+    ] {
+        let w = world();
+        let paths = w.create_vif(0);
+        let mut c0 = w.xs(&w.dom0);
+        BackendFeatures::OURS.publish(&mut c0, &paths.back).unwrap();
+        c0.write(&format!("{}/{k}", paths.back), v.as_bytes())
+            .unwrap();
+        write_state(&mut c0, &paths.back, XenbusState::InitWait).unwrap();
+        let r = Netfront::connect(
+            w.guest.exporter(),
+            &w.guest.evtchn().unwrap(),
+            &mut w.xs(&w.guest),
+            0,
+            NetfrontConfig::default(),
+            Duration::from_secs(2),
+        );
+        assert!(
+            matches!(r, Err(NetError::BadKey { ref key, .. }) if key == k),
+            "{k}={v}: {:?}",
+            r.err()
+        );
+        assert_eq!(w.guest.exporter().stats().live, 0, "{k}={v}");
+    }
+}
