@@ -269,3 +269,48 @@ fn frontend_with_bad_keys_is_refused_by_the_backend() {
     assert!(matches!(back(&w), Err(ConsoleError::Map(_))));
     assert_eq!(w.dom0.mapped_count(), 0);
 }
+
+/// XSA-403: the page a secondary console front end grants carries nothing
+/// but the console ring, even after the guest's memory was full of other
+/// data.
+#[test]
+fn secondary_console_page_carries_no_stale_data() {
+    let w = world();
+    let dirty: Vec<_> = (0..64)
+        .map(|_| {
+            let s = w
+                .guest
+                .exporter()
+                .share(w.dom0.id(), 4, Access::ReadWrite)
+                .unwrap();
+            s.mem().fill(0, 4 * 4096, 0xEE).unwrap();
+            s
+        })
+        .collect();
+    for s in dirty {
+        assert!(s.try_unshare().is_ok());
+    }
+    let (fdir, _bdir) = make_device(&w);
+    std::thread::scope(|s| {
+        let f = s.spawn(|| front(&w));
+        let mut x0 = w.xs(&w.dom0);
+        wait_for_state(&mut x0, &fdir, SOON, |s| s == XenbusState::Initialised).unwrap();
+        let r = x0.read(&format!("{fdir}/ring-ref")).unwrap();
+        let gref = GrantRef(std::str::from_utf8(&r).unwrap().trim().parse().unwrap());
+        let m = w
+            .dom0
+            .importer()
+            .map(w.guest.id(), &[gref], Access::ReadOnly)
+            .unwrap();
+        let mut page = vec![0u8; 4096];
+        m.mem().read(0, &mut page).unwrap();
+        assert!(
+            page.iter().all(|&b| b == 0),
+            "the console page carries old guest data"
+        );
+        drop(m);
+        let b = back(&w).unwrap();
+        let f = f.join().unwrap().unwrap();
+        drop((f, b));
+    });
+}
