@@ -661,3 +661,109 @@ fn blkfront_refuses_hostile_backend_keys() {
         assert_eq!(w.guest.exporter().stats().live, 0, "{k}={v}");
     }
 }
+
+/// XSA-155 from the other side: a back end that keeps rewriting a
+/// response slot — id between the real one and one never issued, status
+/// between OKAY and ERROR — while blkfront reads it. The front end copies
+/// the response once: each request completes with one outcome (and a
+/// successful read returns exactly the data in its page), or the disk
+/// breaks with a typed error; never a panic or a hang.
+#[test]
+fn blkfront_acts_on_one_copy_of_a_response_slot_changing_under_it() {
+    const ROUNDS: usize = 200;
+    let w = world();
+    let mut fe = w.frontend(quick_front()).unwrap();
+    let fb = std::thread::scope(|s| {
+        let t = s.spawn(|| fake_backend(&w, &[]));
+        drop(fe.connect(&mut w.client(&w.guest)).unwrap());
+        t.join().unwrap()
+    });
+    let mut disk = fe.disk().unwrap();
+    let mut ring = BackRing::<BlkifRequest, BlkifResponse>::attach(fb.ring.mem()).unwrap();
+    let size = ring.size() as usize;
+    let (mut ok, mut failed, mut broke) = (0, 0, None);
+    for round in 0..ROUNDS {
+        disk.submit_read(0, 512).unwrap();
+        let t = Instant::now();
+        let req = loop {
+            if let Some(r) = ring.next_request().unwrap() {
+                break r;
+            }
+            assert!(t.elapsed() < T, "no request");
+            if fb
+                .chan
+                .wait(Some(Duration::from_millis(5)))
+                .unwrap()
+                .is_some()
+            {
+                fb.chan.unmask().unwrap();
+            }
+        };
+        // The data the back end "read" for this request.
+        let page = w
+            .dom0
+            .importer()
+            .map(
+                w.guest.id(),
+                &[GrantRef(req.seg[0].gref)],
+                Access::ReadWrite,
+            )
+            .unwrap();
+        page.mem().fill(0, 4096, round as u8).unwrap();
+        drop(page);
+        let good = BlkifResponse {
+            id: req.id,
+            operation: req.operation,
+            status: BLKIF_RSP_OKAY,
+            ..Default::default()
+        };
+        let evil = BlkifResponse {
+            id: req.id ^ 0xFFFF_0000_0000_0000,
+            status: BLKIF_RSP_ERROR,
+            ..good
+        };
+        ring.push_response(&good).unwrap();
+        let slot = HEADER + (round % size) * SLOT;
+        let stop = AtomicBool::new(false);
+        let outcome = std::thread::scope(|s| {
+            let flipper = s.spawn(|| {
+                let mem = fb.ring.mem();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = if n.is_multiple_of(2) { evil } else { good };
+                    mem.write(slot, r.as_bytes()).unwrap();
+                    n += 1;
+                }
+            });
+            ring.push_responses().unwrap();
+            fb.chan.notify().unwrap();
+            let outcome = disk.wait();
+            stop.store(true, Ordering::Relaxed);
+            flipper.join().unwrap();
+            outcome
+        });
+        match outcome {
+            Ok(Some(c)) => match c.result {
+                Ok(()) => {
+                    ok += 1;
+                    assert!(c.data.iter().all(|&b| b == round as u8), "round {round}");
+                }
+                Err(e) => {
+                    failed += 1;
+                    assert!(!e.is_fatal(), "{e:?}");
+                }
+            },
+            Ok(None) => panic!("round {round}: nothing completed"),
+            Err(e) => {
+                assert!(e.is_fatal(), "{e:?}");
+                assert!(disk.is_broken());
+                broke = Some(e);
+                break;
+            }
+        }
+    }
+    eprintln!("{ok} ok, {failed} failed, broke: {broke:?}");
+    assert!(ok + failed > 0 || broke.is_some());
+    drop(disk);
+    fe.release();
+}
