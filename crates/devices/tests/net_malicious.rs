@@ -18,61 +18,21 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use net_common::{
-    data_page, evil_front, expect_backend_error, frame, tx_req, tx_response, world, Front, RxFront,
-    TxFront, World, T,
+    data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
+    Front, RxFront, TxFront, T,
 };
-use xenshare::event::Channel;
-use xenshare::net::xenbus::{BackendFeatures, FrontendKeys};
 use xenshare::net::{
-    NetError, Netfront, NetfrontConfig, NetifRxRequest, NetifRxResponse, NetifTxRequest,
-    NetifTxResponse,
+    NetError, NetfrontConfig, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse,
 };
 use xenshare::platform::EventChannels;
 use xenshare::ring::{BackRing, RingError};
-use xenshare::store::xenbus::{wait_for_state, write_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETTXF_MORE_DATA};
-use xenshare_sim::{SimEvtchn, SimMapping};
 
 type TxBack<'a> = BackRing<'a, NetifTxRequest, NetifTxResponse>;
 type RxBack<'a> = BackRing<'a, NetifRxRequest, NetifRxResponse>;
 
 // ---------------------------------------------------------------- back ends
-
-/// dom0 playing a back end by hand: the real handshake keys, then raw rings.
-struct EvilBack {
-    tx: SimMapping,
-    rx: SimMapping,
-    chan: Channel<SimEvtchn>,
-}
-
-fn evil_back(w: &World) -> (EvilBack, Front) {
-    let paths = w.create_vif(0);
-    let mut c0 = w.xs(&w.dom0);
-    BackendFeatures::OURS.publish(&mut c0, &paths.back).unwrap();
-    write_state(&mut c0, &paths.back, XenbusState::InitWait).unwrap();
-    let (exp, evt, mut xs) = (
-        w.guest.exporter().clone(),
-        w.guest.evtchn().unwrap(),
-        w.xs(&w.guest),
-    );
-    let fe = thread::spawn(move || {
-        Netfront::connect(&exp, &evt, &mut xs, 0, NetfrontConfig::default(), T)
-    });
-    wait_for_state(&mut c0, &paths.front, T, |s| s == XenbusState::Connected).unwrap();
-    let keys = FrontendKeys::read(&mut c0, &paths.front).unwrap();
-    let map = |r| {
-        w.dom0
-            .importer()
-            .map(w.guest.id(), &[r], Access::ReadWrite)
-            .unwrap()
-    };
-    let (tx, rx) = (map(keys.tx_ring_ref), map(keys.rx_ring_ref));
-    let chan = Channel::bind(&w.dom0.evtchn().unwrap(), w.guest.id(), keys.event_channel).unwrap();
-    write_state(&mut c0, &paths.back, XenbusState::Connected).unwrap();
-    let nf = fe.join().unwrap().unwrap();
-    (EvilBack { tx, rx, chan }, nf)
-}
 
 /// The front end's reaction to whatever the evil back end did: it must
 /// surface as an error quickly (no hang) and leave the device broken.

@@ -725,6 +725,7 @@ fn blkfront_acts_on_one_copy_of_a_response_slot_changing_under_it() {
         ring.push_response(&good).unwrap();
         let slot = HEADER + (round % size) * SLOT;
         let stop = AtomicBool::new(false);
+        let flips = std::sync::atomic::AtomicU64::new(0);
         let outcome = std::thread::scope(|s| {
             let flipper = s.spawn(|| {
                 let mem = fb.ring.mem();
@@ -733,8 +734,13 @@ fn blkfront_acts_on_one_copy_of_a_response_slot_changing_under_it() {
                     let r = if n.is_multiple_of(2) { evil } else { good };
                     mem.write(slot, r.as_bytes()).unwrap();
                     n += 1;
+                    flips.store(n, Ordering::Relaxed);
                 }
             });
+            // Publish only once the flipper is running.
+            while flips.load(Ordering::Relaxed) < 2 {
+                std::hint::spin_loop();
+            }
             ring.push_responses().unwrap();
             fb.chan.notify().unwrap();
             let outcome = disk.wait();

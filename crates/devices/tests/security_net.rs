@@ -13,8 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use net_common::{
-    data_page, evil_front, expect_backend_error, frame, tx_req, tx_response, world, RxFront,
-    TxFront, World, T,
+    data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
+    RxFront, TxFront, World, T,
 };
 use xenshare::event::Channel;
 use xenshare::net::xenbus::{BackendFeatures, FrontendKeys};
@@ -24,6 +24,7 @@ use xenshare::ring::BackRing;
 use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETTXF_MORE_DATA};
+use zerocopy::IntoBytes;
 
 /// The shared ring header before the first slot.
 const HEADER: usize = 64;
@@ -540,4 +541,91 @@ fn netfront_refuses_hostile_backend_keys() {
         );
         assert_eq!(w.guest.exporter().stats().live, 0, "{k}={v}");
     }
+}
+
+/// XSA-155 from the other side: a back end that keeps rewriting an rx
+/// response slot between an honest answer (100 bytes at offset 0) and a
+/// hostile one (200 bytes at offset 4000, leaving the page) while netfront
+/// reads it. netfront copies the response once: it delivers exactly the
+/// 100 bytes the back end put in the page, or breaks with a typed error —
+/// never a read outside the page, a panic or a hang.
+#[test]
+fn netfront_acts_on_one_copy_of_an_rx_response_changing_under_it() {
+    const ROUNDS: usize = 200;
+    const RX_SLOT: usize = core::mem::size_of::<NetifRxResponse>();
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let mut rx = BackRing::<NetifRxRequest, NetifRxResponse>::attach(eb.rx.mem()).unwrap();
+    let size = rx.size() as usize;
+    let (mut delivered, mut broke) = (0, None);
+    for round in 0..ROUNDS {
+        let t = Instant::now();
+        let req = loop {
+            if let Some(r) = rx.next_request().unwrap() {
+                break r;
+            }
+            assert!(t.elapsed() < T, "no rx buffer posted");
+            thread::sleep(Duration::from_millis(1));
+        };
+        let data = frame(100, round as u8);
+        let page = w
+            .dom0
+            .importer()
+            .map(w.guest.id(), &[GrantRef(req.gref)], Access::ReadWrite)
+            .unwrap();
+        page.mem().write(0, &data).unwrap();
+        drop(page);
+        let good = NetifRxResponse {
+            id: req.id,
+            offset: 0,
+            flags: 0,
+            status: 100,
+        };
+        let evil = NetifRxResponse {
+            offset: 4000,
+            status: 200,
+            ..good
+        };
+        let slot = HEADER + (rx.rsp_prod_pvt() as usize % size) * RX_SLOT;
+        rx.push_response(&good).unwrap();
+        let stop = AtomicBool::new(false);
+        let flips = std::sync::atomic::AtomicU64::new(0);
+        let got = thread::scope(|s| {
+            let flipper = s.spawn(|| {
+                let mem = eb.rx.mem();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = if n.is_multiple_of(2) { evil } else { good };
+                    mem.write(slot, r.as_bytes()).unwrap();
+                    n += 1;
+                    flips.store(n, Ordering::Relaxed);
+                }
+            });
+            // Publish only once the flipper is running.
+            while flips.load(Ordering::Relaxed) < 2 {
+                std::hint::spin_loop();
+            }
+            rx.push_responses().unwrap();
+            eb.chan.notify().unwrap();
+            let got = nf.recv_timeout(T);
+            stop.store(true, Ordering::Relaxed);
+            flipper.join().unwrap();
+            got
+        });
+        match got {
+            Ok(Some(f)) => {
+                assert_eq!(f, data, "round {round}");
+                delivered += 1;
+            }
+            Ok(None) => panic!("round {round}: nothing delivered"),
+            Err(e) => {
+                assert!(nf.is_broken(), "{e}");
+                assert!(matches!(e, NetError::BadRxResponse { .. }), "{e}");
+                broke = Some(e);
+                break;
+            }
+        }
+    }
+    eprintln!("{delivered} frames delivered, broke: {broke:?}");
+    assert!(delivered > 0 || broke.is_some());
 }

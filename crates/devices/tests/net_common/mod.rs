@@ -8,8 +8,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use xenshare::event::Channel;
-use xenshare::net::xenbus::FrontendKeys;
 use xenshare::net::xenbus::DEVTYPE;
+use xenshare::net::xenbus::{BackendFeatures, FrontendKeys};
 use xenshare::net::{NetError, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse};
 use xenshare::net::{Netfront, NetfrontConfig};
 use xenshare::platform::EventChannels;
@@ -21,7 +21,9 @@ use xenshare::store::xenbus::{wait_for_state, write_state, XenbusState};
 use xenshare::{Access, DomId, GrantRef};
 use xenshare_devices::net::host::{mem_link, HostPort};
 use xenshare_devices::net::run::{spawn_backend, BackendThread};
-use xenshare_sim::{Domain, DomainConfig, Hypervisor, SimEvtchn, SimGrantBackend, SimShare};
+use xenshare_sim::{
+    Domain, DomainConfig, Hypervisor, SimEvtchn, SimGrantBackend, SimMapping, SimShare,
+};
 use xenshare_xenstored::inproc::{self, InProcTransport};
 use xenshare_xenstored::{Config, Daemon};
 
@@ -214,4 +216,41 @@ pub fn tx_req(gref: GrantRef, offset: u16, flags: u16, id: u16, size: u16) -> Ne
         id,
         size,
     }
+}
+
+// -------------------------------------------------- a back end played by hand
+
+/// dom0 playing a back end by hand: the real handshake keys, then raw rings.
+pub struct EvilBack {
+    pub tx: SimMapping,
+    pub rx: SimMapping,
+    pub chan: Channel<SimEvtchn>,
+}
+
+pub fn evil_back(w: &World) -> (EvilBack, Front) {
+    let paths = w.create_vif(0);
+    let mut c0 = w.xs(&w.dom0);
+    BackendFeatures::OURS.publish(&mut c0, &paths.back).unwrap();
+    write_state(&mut c0, &paths.back, XenbusState::InitWait).unwrap();
+    let (exp, evt, mut xs) = (
+        w.guest.exporter().clone(),
+        w.guest.evtchn().unwrap(),
+        w.xs(&w.guest),
+    );
+    let fe = thread::spawn(move || {
+        Netfront::connect(&exp, &evt, &mut xs, 0, NetfrontConfig::default(), T)
+    });
+    wait_for_state(&mut c0, &paths.front, T, |s| s == XenbusState::Connected).unwrap();
+    let keys = FrontendKeys::read(&mut c0, &paths.front).unwrap();
+    let map = |r| {
+        w.dom0
+            .importer()
+            .map(w.guest.id(), &[r], Access::ReadWrite)
+            .unwrap()
+    };
+    let (tx, rx) = (map(keys.tx_ring_ref), map(keys.rx_ring_ref));
+    let chan = Channel::bind(&w.dom0.evtchn().unwrap(), w.guest.id(), keys.event_channel).unwrap();
+    write_state(&mut c0, &paths.back, XenbusState::Connected).unwrap();
+    let nf = fe.join().unwrap().unwrap();
+    (EvilBack { tx, rx, chan }, nf)
 }
