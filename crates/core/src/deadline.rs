@@ -56,6 +56,23 @@ impl Deadline {
         }
     }
 
+    /// The next wait: `Some(None)` to wait without a bound (no timeout was
+    /// given), `Some(Some(d))` to wait at most `d` (no more than `max`),
+    /// `None` once expired.
+    pub(crate) fn next_wait(&self, max: Duration) -> Option<Option<Duration>> {
+        match self.remaining() {
+            None => Some(None),
+            Some(_) => self.slice(max).map(Some),
+        }
+    }
+
+    /// Records a wait made with a [`Deadline::next_wait`] result.
+    pub(crate) fn charge_wait(&mut self, wait: Option<Duration>) {
+        if let Some(d) = wait {
+            self.charge(d);
+        }
+    }
+
     /// Records that a wait of `d` happened (only counted without a clock).
     pub(crate) fn charge(&mut self, d: Duration) {
         #[cfg(not(feature = "std"))]
