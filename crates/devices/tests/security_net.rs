@@ -8,7 +8,7 @@
 
 mod net_common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -48,21 +48,28 @@ fn netback_acts_on_one_copy_of_a_tx_slot_changing_under_it() {
     let g = page.refs()[0];
     let size = 32usize;
     let stop = AtomicBool::new(false);
+    // The slot being flipped (none: usize::MAX) and how often it was.
+    let target = AtomicUsize::new(usize::MAX);
+    let flips = AtomicU64::new(0);
     let outcome = thread::scope(|sc| {
-        // Rewrites bytes 4..8 (offset, flags) of every slot; the response
+        // Rewrites bytes 4..6 (offset) of the slot in flight; the response
         // only covers bytes 0..4.
         let flipper = sc.spawn(|| {
             let mem = ef.tx.mem();
-            let mut flips = 0u64;
+            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let off: u16 = if flips.is_multiple_of(2) { 4000 } else { 0 };
-                for i in 0..size {
-                    mem.write(HEADER + i * TX_SLOT + 4, &off.to_le_bytes())
-                        .unwrap();
+                let i = target.load(Ordering::Acquire);
+                if i == usize::MAX {
+                    std::hint::spin_loop();
+                    continue;
                 }
-                flips += 1;
+                let off: u16 = if n.is_multiple_of(2) { 4000 } else { 0 };
+                mem.write(HEADER + i * TX_SLOT + 4, &off.to_le_bytes())
+                    .unwrap();
+                n += 1;
+                flips.store(n, Ordering::Release);
             }
-            flips
+            n
         });
         let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
         let mut answered = 0u16;
@@ -70,7 +77,14 @@ fn netback_acts_on_one_copy_of_a_tx_slot_changing_under_it() {
             if bt.is_finished() {
                 break;
             }
+            let slot = tx.req_prod_pvt() as usize % size;
             tx.push_request(&tx_req(g, 0, 0, id, 200)).unwrap();
+            // Publish only once the flipper is at work on this slot.
+            let before = flips.load(Ordering::Acquire);
+            target.store(slot, Ordering::Release);
+            while flips.load(Ordering::Acquire) < before + 2 {
+                std::hint::spin_loop();
+            }
             tx.push_requests().unwrap();
             ef.chan.notify().unwrap();
             // A broken back end answers the slot (ERROR) before leaving.
@@ -80,6 +94,7 @@ fn netback_acts_on_one_copy_of_a_tx_slot_changing_under_it() {
                 r.status == NETIF_RSP_OKAY || r.status == NETIF_RSP_ERROR,
                 "{r:?}"
             );
+            target.store(usize::MAX, Ordering::Release);
             answered += 1;
             if r.status == NETIF_RSP_ERROR {
                 break;
