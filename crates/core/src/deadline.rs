@@ -57,12 +57,20 @@ impl Deadline {
     }
 
     /// The next wait: `Some(None)` to wait without a bound (no timeout was
-    /// given), `Some(Some(d))` to wait at most `d` (no more than `max`),
-    /// `None` once expired.
+    /// given), `Some(Some(d))` to wait at most `d`, `None` once expired.
+    /// With a clock `d` is all the time left; without one it is at most
+    /// `max`, since each wait is charged in full.
     pub(crate) fn next_wait(&self, max: Duration) -> Option<Option<Duration>> {
         match self.remaining() {
             None => Some(None),
-            Some(_) => self.slice(max).map(Some),
+            Some(r) if r.is_zero() => None,
+            #[cfg(feature = "std")]
+            Some(r) => {
+                let _ = max;
+                Some(Some(r))
+            }
+            #[cfg(not(feature = "std"))]
+            Some(r) => Some(Some(r.min(max))),
         }
     }
 

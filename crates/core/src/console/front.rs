@@ -9,8 +9,8 @@ use crate::event::Channel;
 use crate::platform::EventChannels;
 use crate::types::Port;
 
-/// The longest single sleep of a timed wait (what is charged per wake-up
-/// without a clock).
+/// The longest single sleep of a timed wait without a clock (`no_std`),
+/// where each sleep is charged in full.
 const WAIT_SLICE: Duration = Duration::from_millis(10);
 
 /// The guest end of a console page.

@@ -217,8 +217,8 @@ fn ring_err(e: XsRingError) -> TransportError {
     TransportError::Io(alloc::format!("{e}"))
 }
 
-/// The longest single sleep of a timed wait (what is charged per wake-up
-/// without a clock).
+/// The longest single sleep of a timed wait without a clock (`no_std`),
+/// where each sleep is charged in full.
 const WAIT_SLICE: Duration = Duration::from_millis(10);
 
 /// How long a full request ring is waited on before the transport gives up.

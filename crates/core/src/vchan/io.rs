@@ -62,9 +62,9 @@ const SPIN_START: u32 = 4096;
 const SPIN_MIN: u32 = 256;
 const SPIN_MAX: u32 = 1 << 18;
 
-/// The longest single sleep of a blocking call with a timeout. With a clock
-/// (`std`) only the overall deadline matters; without one, each slice is
-/// charged in full whether or not a wake-up cut it short.
+/// The longest single sleep of a blocking call with a timeout without a
+/// clock (`no_std`), where each sleep is charged in full whether or not a
+/// wake-up cut it short; with a clock only the overall deadline matters.
 const WAIT_SLICE: Duration = Duration::from_millis(10);
 
 /// One end of a vchan.
@@ -349,15 +349,11 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             if !self.is_open() {
                 return check(self);
             }
-            if self.timeout.is_none() {
-                self.wait(None)?;
-                continue;
-            }
-            let Some(slice) = deadline.slice(WAIT_SLICE) else {
+            let Some(w) = deadline.next_wait(WAIT_SLICE) else {
                 return Err(VchanError::TimedOut);
             };
-            self.wait(Some(slice))?;
-            deadline.charge(slice);
+            self.wait(w)?;
+            deadline.charge_wait(w);
         }
     }
 
