@@ -18,6 +18,7 @@ extern crate alloc;
 
 pub mod blk;
 pub mod console;
+mod deadline;
 pub mod event;
 pub mod grant;
 pub mod mem;

@@ -331,6 +331,24 @@ impl<S: BlockStorage + 'static> BackendThread<S> {
         self.handle.is_finished()
     }
 
+    /// Stops the back end like [`BackendThread::stop`], but waits at most
+    /// `timeout` for it: a back end still running then is handed back
+    /// (its stop flag stays set).
+    pub fn stop_within(
+        self,
+        timeout: std::time::Duration,
+    ) -> Result<Result<(SimBack<S>, BackendRuns), BlkHostError>, Self> {
+        self.stop.store(true, Ordering::Relaxed);
+        let t = std::time::Instant::now();
+        while !self.handle.is_finished() {
+            if t.elapsed() >= timeout {
+                return Err(self);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(self.stop())
+    }
+
     /// Stops the back end (it unmaps everything and goes Closed) and
     /// returns it with the outcome of each connection.
     pub fn stop(self) -> Result<(SimBack<S>, BackendRuns), BlkHostError> {

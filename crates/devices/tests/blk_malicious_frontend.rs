@@ -6,7 +6,7 @@
 mod blk_common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blk_common::*;
@@ -422,4 +422,185 @@ fn event_flood_does_not_stop_the_backend() {
     let data = img.contents();
     assert!(data[..50 * 4096].iter().all(|&b| b == 0x33));
     assert!(data[50 * 4096..].iter().all(|&b| b == 0));
+}
+
+/// A front end that keeps the ring full: it fills it, then answers every
+/// response with a new request (spinning, never sleeping), until `done`.
+/// Counts the responses in `answered`; returns how many requests it pushed.
+fn flood(ff: &FakeFront, gref: GrantRef, done: &AtomicBool, answered: &AtomicU64) -> u64 {
+    let mut ring = ff.ring();
+    let mut pushed = 0u64;
+    let t = Instant::now();
+    while !done.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(60) {
+        while ring.next_response().is_ok_and(|r| r.is_some()) {
+            answered.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut more = false;
+        while !ring.is_full() {
+            // Eleven full pages: each request keeps the back end busy
+            // far longer than refilling its slot takes us.
+            let mut r = rw(BLKIF_OP_READ, pushed % 64 * 88, &[(gref, 0, 7); 11]);
+            r.id = pushed;
+            if ring.push_request(&r).is_err() {
+                return pushed;
+            }
+            pushed += 1;
+            more = true;
+        }
+        if more {
+            if ring.push_requests().is_err() {
+                return pushed;
+            }
+            let _ = ff.chan.notify();
+        }
+        std::hint::spin_loop();
+    }
+    pushed
+}
+
+/// A disk that takes a while per read, as a real one does: a front end
+/// that refills its slots as soon as they are answered then keeps the ring
+/// full however the threads are scheduled.
+struct SlowDisk(FileStorage);
+
+impl xenshare::blk::BlockStorage for SlowDisk {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_at(&mut self, off: u64, buf: &mut [u8]) -> Result<(), xenshare::blk::StorageError> {
+        std::thread::sleep(Duration::from_millis(3));
+        self.0.read_at(off, buf)
+    }
+    fn write_at(&mut self, off: u64, buf: &[u8]) -> Result<(), xenshare::blk::StorageError> {
+        self.0.write_at(off, buf)
+    }
+    fn flush(&mut self) -> Result<(), xenshare::blk::StorageError> {
+        self.0.flush()
+    }
+    fn discard(&mut self, off: u64, len: u64) -> Result<(), xenshare::blk::StorageError> {
+        self.0.discard(off, len)
+    }
+}
+
+/// A real back end over a [`SlowDisk`] and a hand-made front end.
+fn slow_setup() -> (BlkWorld, TmpImage, BackendThread<SlowDisk>, FakeFront) {
+    let w = world();
+    let img = TmpImage::new("flood-fe");
+    let backend = w
+        .spawn_backend(
+            SlowDisk(img.create(DISK)),
+            BackConfig::new(w.guest.id(), DEVID),
+        )
+        .unwrap();
+    let ff = fake_frontend(&w, false);
+    (w, img, backend, ff)
+}
+
+/// Waits until the flood is going: several ringfuls answered.
+fn wait_for_flood(ff: &FakeFront, answered: &AtomicU64) {
+    let t = Instant::now();
+    let ring_size = u64::from(ff.ring().size());
+    while answered.load(Ordering::Relaxed) < 4 * ring_size {
+        assert!(t.elapsed() < T, "the back end does not answer the flood");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `stop()` ends the back end within a deadline even though the front end
+/// never lets the ring go idle (it used to check the flag only when idle).
+#[test]
+fn stop_works_while_the_frontend_keeps_the_ring_full() {
+    let (w, _img, backend, ff) = slow_setup();
+    let page = w
+        .guest
+        .exporter()
+        .share(w.dom0.id(), 1, Access::ReadWrite)
+        .unwrap();
+    let done = AtomicBool::new(false);
+    let answered = AtomicU64::new(0);
+    let (stopped, pushed) = std::thread::scope(|sc| {
+        let flooder = sc.spawn(|| flood(&ff, page.refs()[0], &done, &answered));
+        wait_for_flood(&ff, &answered);
+        let stopped = backend.stop_within(T);
+        done.store(true, Ordering::Relaxed);
+        (stopped, flooder.join().unwrap())
+    });
+    let (back, runs) = match stopped {
+        Ok(r) => r.unwrap(),
+        Err(b) => {
+            // The flood is over now; let it end before failing.
+            let _ = b.stop();
+            panic!("the back end ignored stop() under a full ring");
+        }
+    };
+    assert!(
+        matches!(runs.last(), Some(Ok(BackExit::Stopped))),
+        "{runs:?}"
+    );
+    // It stopped with requests still outstanding (the ring was never idle).
+    assert!(
+        back.stats().ok > 0 && pushed > back.stats().ok,
+        "pushed {pushed}, {:?}",
+        back.stats()
+    );
+    // It unmapped the ring and left.
+    assert_eq!(w.dom0.importer().stats().mapped, 0);
+    let mut xs = w.client(&w.dom0);
+    assert_eq!(
+        read_state(&mut xs, &back_dir(&w)).unwrap(),
+        XenbusState::Closed
+    );
+    drop(ff);
+}
+
+/// A front end that switches to Closing while keeping the ring full is
+/// seen: the back end leaves the connection (unmaps the ring, goes
+/// Closing) within a deadline.
+#[test]
+fn frontend_closing_is_seen_while_it_keeps_the_ring_full() {
+    let (w, _img, backend, mut ff) = slow_setup();
+    let page = w
+        .guest
+        .exporter()
+        .share(w.dom0.id(), 1, Access::ReadWrite)
+        .unwrap();
+    let done = AtomicBool::new(false);
+    let answered = AtomicU64::new(0);
+    let fdir = front_dir(&w);
+    let bdir = back_dir(&w);
+    let mut xs0 = w.client(&w.dom0);
+    let left = std::thread::scope(|sc| {
+        let ffr = &ff;
+        let flooder = sc.spawn(|| flood(ffr, page.refs()[0], &done, &answered));
+        wait_for_flood(ffr, &answered);
+        let mut xs = w.client(&w.guest);
+        xenshare::store::xenbus::write_state(&mut xs, &fdir, XenbusState::Closing).unwrap();
+        // The back end must leave the connection while the flood goes on.
+        let t = Instant::now();
+        let left = loop {
+            let st = read_state(&mut xs0, &bdir).unwrap();
+            if st != XenbusState::Connected && w.dom0.importer().stats().mapped == 0 {
+                break Some(t.elapsed());
+            }
+            if t.elapsed() > T {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        done.store(true, Ordering::Relaxed);
+        flooder.join().unwrap();
+        left
+    });
+    assert!(
+        left.is_some(),
+        "the back end ignored Closing under a full ring"
+    );
+    let mut xs = std::mem::replace(&mut ff.xs, w.client(&w.guest));
+    xenshare::store::xenbus::write_state(&mut xs, &fdir, XenbusState::Closed).unwrap();
+    let (_, runs) = backend.stop().unwrap();
+    assert!(
+        matches!(runs.first(), Some(Ok(BackExit::FrontendClosed))),
+        "{runs:?}"
+    );
+    drop(ff);
 }

@@ -141,6 +141,56 @@ fn backend_flooding_events_breaks_the_front_end() {
     });
 }
 
+/// A back end ringing the doorbell every 2 ms without moving a byte must
+/// not stretch a timed read or write: the timeout is one overall deadline
+/// (for `write_all`: no room for that long), not restarted on every
+/// wake-up. Each call returns `TimedOut` — not before 300 ms and well
+/// before the storm ends — and the storm is slow enough not to count as a
+/// flood.
+#[test]
+fn backend_doorbell_storm_does_not_extend_a_timeout() {
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
+    const BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+    let w = world();
+    let mut front = w.primary_front();
+    let port = front.port();
+    let stop = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let st = stop.clone();
+        let dom0 = &w.dom0;
+        let guest = w.guest.id();
+        let storm = s.spawn(move || {
+            let chan = Channel::bind(&dom0.evtchn().unwrap(), guest, port).unwrap();
+            let t = Instant::now();
+            let mut n = 0u64;
+            while !st.load(Ordering::Relaxed) && t.elapsed() < 10 * BOUND {
+                let _ = chan.notify();
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            n
+        });
+        let _stop_storm = StopOnDrop(&stop);
+        let t = Instant::now();
+        let r = front.read_timeout(&mut [0u8; 16], Some(TIMEOUT));
+        let read_took = t.elapsed();
+        assert!(matches!(r, Err(ConsoleError::TimedOut)), "{r:?}");
+        // No back end drains the output ring: write more than it holds.
+        let t = Instant::now();
+        let r = front.write_all(&vec![b'x'; 2 * OUT.size], Some(TIMEOUT));
+        let write_took = t.elapsed();
+        assert!(matches!(r, Err(ConsoleError::TimedOut)), "{r:?}");
+        assert!(!storm.is_finished(), "the storm ended first");
+        stop.store(true, Ordering::Relaxed);
+        assert!(storm.join().unwrap() > 20);
+        for took in [read_took, write_took] {
+            assert!(took >= TIMEOUT, "returned early: {took:?}");
+            assert!(took < BOUND, "took {took:?}");
+        }
+        assert!(!front.is_broken());
+    });
+}
+
 // ----------------------------------------------------------------- guests
 
 #[test]

@@ -238,7 +238,8 @@ fn backend_closing_during_handshake_is_a_peer_state_error() {
 
 #[test]
 fn frontend_with_bad_keys_is_refused_by_the_backend() {
-    // A guest publishing garbage instead of a grant ref / port.
+    // A guest publishing garbage instead of a grant ref / port: signs, hex,
+    // inner spaces, empty, and values past u32 / u64.
     let w = world();
     let (fdir, _bdir) = make_device(&w);
     let mut xg = w.xs(&w.guest);
@@ -246,6 +247,12 @@ fn frontend_with_bad_keys_is_refused_by_the_backend() {
         ("12abc", "3", "ring-ref"),
         ("5", "-1", "port"),
         ("99999999999", "3", "ring-ref"),
+        ("+5", "3", "ring-ref"),
+        ("0x5", "3", "ring-ref"),
+        ("5", "1 2", "port"),
+        ("5", "", "port"),
+        ("5", "4294967299", "port"),
+        ("18446744073709551621", "3", "ring-ref"),
     ] {
         xg.write(&format!("{fdir}/ring-ref"), ring_ref.as_bytes())
             .unwrap();
@@ -261,4 +268,45 @@ fn frontend_with_bad_keys_is_refused_by_the_backend() {
     xg.write(&format!("{fdir}/port"), b"3").unwrap();
     assert!(matches!(back(&w), Err(ConsoleError::Map(_))));
     assert_eq!(w.dom0.mapped_count(), 0);
+}
+
+/// XSA-403: the page a secondary console front end grants carries nothing
+/// but the console ring, even after the guest's memory was full of other
+/// data.
+#[test]
+fn secondary_console_page_carries_no_stale_data() {
+    let w = world();
+    let dirty: Vec<_> = (0..64)
+        .map(|_| {
+            let s = w
+                .guest
+                .exporter()
+                .share(w.dom0.id(), 4, Access::ReadWrite)
+                .unwrap();
+            s.mem().fill(0, 4 * 4096, 0xEE).unwrap();
+            s
+        })
+        .collect();
+    for s in dirty {
+        assert!(s.try_unshare().is_ok());
+    }
+    let (fdir, _bdir) = make_device(&w);
+    std::thread::scope(|s| {
+        let f = s.spawn(|| front(&w));
+        let mut x0 = w.xs(&w.dom0);
+        wait_for_state(&mut x0, &fdir, SOON, |s| s == XenbusState::Initialised).unwrap();
+        let r = x0.read(&format!("{fdir}/ring-ref")).unwrap();
+        let gref = GrantRef(std::str::from_utf8(&r).unwrap().trim().parse().unwrap());
+        let m = w.dom0.importer().map_ro(w.guest.id(), &[gref]).unwrap();
+        let mut page = vec![0u8; 4096];
+        m.mem().read(0, &mut page).unwrap();
+        assert!(
+            page.iter().all(|&b| b == 0),
+            "the console page carries old guest data"
+        );
+        drop(m);
+        let b = back(&w).unwrap();
+        let f = f.join().unwrap().unwrap();
+        drop((f, b));
+    });
 }

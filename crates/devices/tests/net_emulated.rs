@@ -244,7 +244,10 @@ fn throughput_of_the_emulated_path() {
             t.rx_fps,
             t.rx_mbps()
         );
-        assert!(t.tx_fps > 500.0 && t.rx_fps > 500.0, "{t:?}");
+        // A path stuck in its 20 ms wait slices would manage 50 frames/s;
+        // a loaded 2-core box running a debug build does several hundred
+        // 64 KiB frames/s.
+        assert!(t.tx_fps > 100.0 && t.rx_fps > 100.0, "{t:?}");
     }
 }
 

@@ -17,58 +17,23 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use net_common::{frame, world, world_with, Front, World, T};
-use xenshare::event::Channel;
-use xenshare::net::xenbus::{BackendFeatures, FrontendKeys};
+use net_common::{
+    data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
+    world_with, Front, RxFront, TxFront, T,
+};
 use xenshare::net::{
-    NetError, Netfront, NetfrontConfig, NetifRxRequest, NetifRxResponse, NetifTxRequest,
-    NetifTxResponse,
+    NetError, NetfrontConfig, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse,
 };
 use xenshare::platform::EventChannels;
-use xenshare::ring::{BackRing, FrontRing, RingError};
-use xenshare::store::xenbus::{wait_for_state, write_state, XenbusState};
+use xenshare::ring::{BackRing, RingError};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETTXF_MORE_DATA};
-use xenshare_devices::net::host::HostPort;
-use xenshare_devices::net::run::BackendThread;
-use xenshare_sim::{DomainConfig, RevocationModel, SimEvtchn, SimMapping, SimShare};
+use xenshare_sim::{DomainConfig, RevocationModel};
 
 type TxBack<'a> = BackRing<'a, NetifTxRequest, NetifTxResponse>;
 type RxBack<'a> = BackRing<'a, NetifRxRequest, NetifRxResponse>;
-type TxFront<'a> = FrontRing<'a, NetifTxRequest, NetifTxResponse>;
-type RxFront<'a> = FrontRing<'a, NetifRxRequest, NetifRxResponse>;
 
 // ---------------------------------------------------------------- back ends
-
-/// dom0 playing a back end by hand: the real handshake keys, then raw rings.
-struct EvilBack {
-    tx: SimMapping,
-    rx: SimMapping,
-    chan: Channel<SimEvtchn>,
-}
-
-fn evil_back(w: &World) -> (EvilBack, Front) {
-    let paths = w.create_vif(0);
-    let mut c0 = w.xs(&w.dom0);
-    BackendFeatures::OURS.publish(&mut c0, &paths.back).unwrap();
-    write_state(&mut c0, &paths.back, XenbusState::InitWait).unwrap();
-    let (exp, evt, mut xs) = (
-        w.guest.exporter().clone(),
-        w.guest.evtchn().unwrap(),
-        w.xs(&w.guest),
-    );
-    let fe = thread::spawn(move || {
-        Netfront::connect(&exp, &evt, &mut xs, 0, NetfrontConfig::default(), T)
-    });
-    wait_for_state(&mut c0, &paths.front, T, |s| s == XenbusState::Connected).unwrap();
-    let keys = FrontendKeys::read(&mut c0, &paths.front).unwrap();
-    let map = |r| w.dom0.importer().map_rw(w.guest.id(), &[r]).unwrap();
-    let (tx, rx) = (map(keys.tx_ring_ref), map(keys.rx_ring_ref));
-    let chan = Channel::bind(&w.dom0.evtchn().unwrap(), w.guest.id(), keys.event_channel).unwrap();
-    write_state(&mut c0, &paths.back, XenbusState::Connected).unwrap();
-    let nf = fe.join().unwrap().unwrap();
-    (EvilBack { tx, rx, chan }, nf)
-}
 
 /// The front end's reaction to whatever the evil back end did: it must
 /// surface as an error quickly (no hang) and leave the device broken.
@@ -463,90 +428,6 @@ fn event_flood_from_backend_neither_hangs_nor_breaks_the_frontend() {
 }
 
 // --------------------------------------------------------------- front ends
-
-/// The guest playing a front end by hand against the real back end.
-struct EvilFront {
-    tx: SimShare,
-    rx: SimShare,
-    chan: Channel<SimEvtchn>,
-}
-
-fn evil_front(w: &World) -> (EvilFront, BackendThread, HostPort) {
-    let paths = w.create_vif(0);
-    let (bt, host) = w.backend(0);
-    let mut c = w.xs(&w.guest);
-    wait_for_state(&mut c, &paths.back, T, |s| s == XenbusState::InitWait).unwrap();
-    let share = || {
-        w.guest
-            .exporter()
-            .share(w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap()
-    };
-    let (tx, rx) = (share(), share());
-    TxFront::init(tx.mem()).unwrap();
-    RxFront::init(rx.mem()).unwrap();
-    let chan = Channel::alloc_unbound(&w.guest.evtchn().unwrap(), w.dom0.id()).unwrap();
-    FrontendKeys {
-        tx_ring_ref: tx.refs()[0],
-        rx_ring_ref: rx.refs()[0],
-        event_channel: chan.port(),
-        request_rx_copy: true,
-        sg: true,
-        rx_notify: true,
-    }
-    .publish(&mut c, &paths.front)
-    .unwrap();
-    write_state(&mut c, &paths.front, XenbusState::Connected).unwrap();
-    wait_for_state(&mut c, &paths.back, T, |s| s == XenbusState::Connected).unwrap();
-    (EvilFront { tx, rx, chan }, bt, host)
-}
-
-fn data_page(w: &World, data: &[u8]) -> SimShare {
-    let s = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadOnly)
-        .unwrap();
-    s.mem().write(0, data).unwrap();
-    s
-}
-
-/// Waits for the next tx response on an evil front end's ring.
-fn tx_response(ring: &mut TxFront<'_>, chan: &Channel<SimEvtchn>) -> NetifTxResponse {
-    let deadline = Instant::now() + T;
-    loop {
-        if let Some(r) = ring.next_response().unwrap() {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "back end never answered");
-        if let Some(p) = chan.wait(Some(Duration::from_millis(50))).unwrap() {
-            chan.handle().unmask(p).unwrap();
-        }
-    }
-}
-
-/// The back end thread must end by itself with a protocol error.
-fn expect_backend_error(bt: BackendThread) -> NetError {
-    let deadline = Instant::now() + T;
-    while !bt.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "back end did not stop on a violation"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
-    bt.join().expect_err("back end must report the violation")
-}
-
-fn tx_req(gref: GrantRef, offset: u16, flags: u16, id: u16, size: u16) -> NetifTxRequest {
-    NetifTxRequest {
-        gref: gref.0,
-        offset,
-        flags,
-        id,
-        size,
-    }
-}
 
 #[test]
 fn bogus_grant_refs_get_error_responses_and_the_backend_carries_on() {

@@ -2,7 +2,8 @@
 //! keeps its mapping after "done"; the granter's revoke reports busy and
 //! nothing is reused), and a domain process killed mid-transfer (the peer
 //! sees the vchan closed, the daemon releases the dead domain's mappings and
-//! the survivor's grants become reclaimable).
+//! the survivor's grants become reclaimable), and a vchan doorbell storm from
+//! another process (a timed read still times out on time).
 //!
 //! The other process is this test binary re-executed in a child role (the
 //! ignored `child` test), so no extra binary is needed.
@@ -255,6 +256,41 @@ fn killed_domain_process_mid_transfer() {
     assert_eq!((st.live, st.quarantined, st.leaked), (0, 0, 0), "{st:?}");
 }
 
+/// The vchan doorbell storm across processes: a client process rings the
+/// server's event channel every 2 ms without writing a byte; the server's
+/// 300 ms blocking read still times out — not before 300 ms, and long
+/// before the storm ends (the timeout is one overall deadline).
+#[test]
+fn doorbell_storm_from_another_process_does_not_extend_a_timeout() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    let (_h, sock) = host("storm");
+    let server = RemoteDomain::join(&sock, Some(DomId(1))).unwrap();
+    let mut xs = Client::new(UnixTransport::connect(server.xenstore_path()).unwrap());
+    let path = "/local/domain/1/data/vchan/storm";
+    let evt = server.evtchn().unwrap();
+    let mut v = server_init(server.exporter(), &evt, &mut xs, DomId(2), path, 4096, 4096).unwrap();
+    let mut client = Proc::spawn(
+        "stormer",
+        &[
+            ("XS_SOCK", sock.display().to_string()),
+            ("XS_PATH", path.to_string()),
+        ],
+    );
+    client.expect("storming");
+    v.set_timeout(Some(TIMEOUT));
+    let t = Instant::now();
+    let r = v.read(&mut [0u8; 16]);
+    let took = t.elapsed();
+    // The storm is still going: the child stops only when told.
+    client.say("stop");
+    let rings = client.expect("stopped");
+    assert_eq!(r, Err(xenshare::vchan::VchanError::TimedOut));
+    assert!(took >= TIMEOUT, "returned early: {took:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let n: u64 = rings.trim_start_matches("stopped ").parse().unwrap_or(0);
+    assert!(n > 20, "{rings}");
+}
+
 /// Child roles for the tests above; run only when re-executed by them.
 #[test]
 #[ignore = "child role of the multi-process tests"]
@@ -320,6 +356,36 @@ fn child() {
                     std::process::exit(1);
                 }
             }
+        }
+        "stormer" => {
+            use xenshare::platform::EventChannels;
+            let path = std::env::var("XS_PATH").unwrap();
+            let evt = me.evtchn().unwrap();
+            let mut xs = Client::new(UnixTransport::connect(me.xenstore_path()).unwrap());
+            let v = xenshare::vchan::client_init(me.importer(), &evt, &mut xs, DomId(1), &path)
+                .unwrap();
+            // Ring until told to stop (or for 30 s at most).
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let st = stop.clone();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                st.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            say("storming");
+            let t = Instant::now();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && t.elapsed() < Duration::from_secs(30)
+            {
+                // Only rings that went out count.
+                if evt.notify(v.port()).is_ok() {
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            say(&format!("stopped {n}"));
+            std::process::exit(0);
         }
         other => panic!("unknown role {other}"),
     }

@@ -489,3 +489,154 @@ fn server_accepts_a_new_client_after_the_old_one_closed() {
         "every round's grants were revoked"
     );
 }
+
+/// A peer that rings the doorbell every 2 ms without writing a byte (or
+/// without reading one) must not keep a timed blocking call blocked: the
+/// timeout is one overall deadline, not restarted on every wake-up. Checks
+/// a 300 ms read and a 300 ms write (ring full) while the storm goes on:
+/// each returns `TimedOut`, not before 300 ms, and well before the storm
+/// ends (it only ends when both calls are done, or after 30 s).
+#[test]
+fn doorbell_storm_without_data_does_not_extend_a_timeout() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Instant;
+    use xenshare::platform::EventChannels;
+
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    const BOUND: Duration = Duration::from_secs(3);
+    let wd = world();
+    let mut s = wd.server(4096, 4096);
+    let evt = wd.cli.evtchn().unwrap();
+    let c = client_init(
+        wd.cli.importer(),
+        &evt,
+        &mut wd.xs(&wd.cli),
+        wd.srv.id(),
+        &wd.path(),
+    )
+    .unwrap();
+    let port = c.port();
+    let done = AtomicBool::new(false);
+    let rings = AtomicU64::new(0);
+    std::thread::scope(|sc| {
+        let storm = sc.spawn(|| {
+            let t = Instant::now();
+            while !done.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(30) {
+                evt.notify(port).unwrap();
+                rings.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let victim = sc.spawn(|| {
+            s.set_timeout(Some(TIMEOUT));
+            // Read: nothing is ever written.
+            let t = Instant::now();
+            let read = s.read(&mut [0u8; 16]);
+            let read_took = t.elapsed();
+            // Write: fill the ring (the client never reads), then block.
+            s.set_blocking(false);
+            let fill = vec![0xA5u8; s.write_ring_size()];
+            let mut n = 0;
+            while n < fill.len() {
+                n += s.write(&fill[n..]).unwrap();
+            }
+            s.set_blocking(true);
+            let t = Instant::now();
+            let write = s.write(b"x");
+            let write_took = t.elapsed();
+            (read, read_took, write, write_took)
+        });
+        let t = Instant::now();
+        while !victim.is_finished() && t.elapsed() < 2 * BOUND {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let finished = victim.is_finished();
+        let storming = !storm.is_finished();
+        done.store(true, Ordering::Relaxed);
+        assert!(
+            finished,
+            "blocked for {:?} under a doorbell storm",
+            t.elapsed()
+        );
+        assert!(storming, "the storm ended before the victim returned");
+        let (read, read_took, write, write_took) = victim.join().unwrap();
+        assert_eq!(read, Err(VchanError::TimedOut));
+        assert_eq!(write, Err(VchanError::TimedOut));
+        for took in [read_took, write_took] {
+            assert!(took >= TIMEOUT, "returned early: {took:?}");
+            assert!(took < BOUND, "took {took:?}");
+        }
+        // The storm really did ring during the calls.
+        assert!(rings.load(Ordering::Relaxed) > 20, "{rings:?}");
+    });
+    drop(c);
+}
+
+/// A server (or anyone who can write its XenStore directory) publishing
+/// hostile numbers: signs, hex, inner spaces, empty, past `u32`. The client
+/// refuses each with a typed `BadKey` before mapping anything.
+#[test]
+fn client_refuses_hostile_xenstore_keys() {
+    let wd = world();
+    let _s = wd.server(1024, 1024);
+    let mut x = wd.xs(&wd.srv);
+    let dir = wd.path();
+    let good_ref = x.read(&format!("{dir}/ring-ref")).unwrap();
+    let good_port = x.read(&format!("{dir}/event-channel")).unwrap();
+    for key in ["ring-ref", "event-channel"] {
+        for bad in ["-1", "+5", "0x5", "1 2", "", "4294967296", "abc", "\u{663}"] {
+            x.write(&format!("{dir}/{key}"), bad.as_bytes()).unwrap();
+            match wd.client() {
+                Err(VchanError::BadKey { key: k, .. }) => assert_eq!(k, key, "{bad:?}"),
+                other => panic!("{key}={bad:?}: {other:?}"),
+            }
+            assert_eq!(wd.cli.importer().stats().mapped, 0, "{key}={bad:?}");
+        }
+        x.write(&format!("{dir}/ring-ref"), &good_ref).unwrap();
+        x.write(&format!("{dir}/event-channel"), &good_port)
+            .unwrap();
+    }
+    // The honest keys still work.
+    assert!(wd.client().is_ok());
+}
+
+/// XSA-403: the pages a vchan server grants (control page and both rings,
+/// in-page and external) carry nothing but the vchan: after the server's
+/// memory was full of other data, every byte the client can see before the
+/// first write is zero, except the control page's own fields.
+#[test]
+fn server_pages_carry_no_stale_data() {
+    use xenshare::Access;
+    let wd = world();
+    let dirty: Vec<_> = (0..256)
+        .map(|_| {
+            let s = wd
+                .srv
+                .exporter()
+                .share(wd.cli.id(), 4, Access::ReadWrite)
+                .unwrap();
+            s.mem().fill(0, 4 * 4096, 0xEE).unwrap();
+            s
+        })
+        .collect();
+    for s in dirty {
+        assert!(s.try_unshare().is_ok());
+    }
+    for (rd, wr) in [(1024, 1024), (8192, 16384)] {
+        let s = wd.server(rd, wr);
+        let c = wd.client().unwrap();
+        let side = c.side();
+        let mut pages = vec![side.ctrl().unwrap().read_only()];
+        pages.extend(side.external_ro(true));
+        pages.extend(side.external_ro(false));
+        for (i, m) in pages.iter().enumerate() {
+            let mut b = vec![0u8; m.len()];
+            m.read(0, &mut b).unwrap();
+            assert!(
+                !b.contains(&0xEE),
+                "({rd},{wr}) page set {i} carries old server data"
+            );
+        }
+        drop((c, s));
+    }
+}

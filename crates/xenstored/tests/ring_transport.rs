@@ -251,3 +251,48 @@ fn guest_ring_that_never_reads_is_capped_and_drops_watch_events() {
     }
     assert_eq!(kept + dropped, writes as u64);
 }
+
+/// A peer ringing the guest's XenStore event channel every 2 ms without
+/// writing a byte must not stretch a timed wait for a reply or a watch
+/// event: `recv` with a 300 ms timeout returns nothing, not before 300 ms
+/// and well before the storm ends.
+#[test]
+fn doorbell_storm_does_not_extend_a_ring_transport_timeout() {
+    use std::sync::atomic::AtomicBool;
+    use xenshare::store::client::Transport;
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    const BOUND: Duration = Duration::from_secs(3);
+    let hv = Hypervisor::new();
+    let dom0 = hv
+        .create_domain_with_id(DomId(0), DomainConfig::default())
+        .unwrap();
+    let g = hv.create_domain(DomainConfig::default()).unwrap();
+    g.build_xenstore_page(dom0.id()).unwrap();
+    let ch = Channel::alloc_unbound(&g.evtchn().unwrap(), dom0.id()).unwrap();
+    let port = ch.port();
+    let mut tr = RingTransport::new(g.xenstore_page().unwrap(), ch).unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let storm = s.spawn(|| {
+            let chan = Channel::bind(&dom0.evtchn().unwrap(), g.id(), port).unwrap();
+            let t = Instant::now();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && t.elapsed() < 10 * BOUND {
+                chan.notify().unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            n
+        });
+        let t = Instant::now();
+        let r = tr.recv(Some(TIMEOUT));
+        let took = t.elapsed();
+        let storming = !storm.is_finished();
+        stop.store(true, Ordering::Relaxed);
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        assert!(storming, "the storm ended first");
+        assert!(storm.join().unwrap() > 20);
+        assert!(took >= TIMEOUT, "returned early: {took:?}");
+        assert!(took < BOUND, "took {took:?}");
+    });
+}

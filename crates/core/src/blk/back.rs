@@ -42,6 +42,10 @@ use crate::store::client::{Client, Transport};
 use crate::store::xenbus::{backend_path, write_state, XenbusState};
 use crate::types::{DomId, GrantRef, Port};
 
+/// Requests served between two looks at the stop flag and the front end's
+/// state, so teardown works however busy the front end keeps the ring.
+const BATCH: u32 = 64;
+
 /// What a back end offers and how it behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackConfig {
@@ -389,8 +393,13 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
     ) -> Result<BackExit, BlkError> {
         let limits = self.limits();
         loop {
-            let mut since_publish = 0u32;
-            while let Some(raw) = ring.next_request()? {
+            // A bounded batch: a front end that keeps the ring full must not
+            // keep us from seeing a stop request or its own state change.
+            let mut handled = 0u32;
+            while handled < BATCH {
+                let Some(raw) = ring.next_request()? else {
+                    break;
+                };
                 let status = self.handle(&raw, &limits, keys.persistent, pmaps);
                 if status == BLKIF_RSP_OKAY {
                     self.stats.ok += 1;
@@ -403,16 +412,20 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
                     status,
                     ..Default::default()
                 })?;
-                since_publish += 1;
-                if since_publish >= 4 {
-                    since_publish = 0;
-                    if ring.push_responses_and_check_notify()? {
-                        chan.notify()?;
-                    }
+                handled += 1;
+                if handled.is_multiple_of(4) && ring.push_responses_and_check_notify()? {
+                    chan.notify()?;
                 }
             }
             if ring.push_responses_and_check_notify()? {
                 chan.notify()?;
+            }
+            if let Some(exit) = self.control(xs, front, token, stop)? {
+                return Ok(exit);
+            }
+            if handled == BATCH {
+                // The batch ran out, the ring may not have.
+                continue;
             }
             // Give a busy front end a moment before paying for a sleep.
             let mut spun = 0;
@@ -423,24 +436,40 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             if ring.final_check_for_requests()? {
                 continue;
             }
-            if stop.load(Ordering::Relaxed) {
-                return Ok(BackExit::Stopped);
-            }
-            while let Some(ev) = xs.next_event(Some(Duration::ZERO))? {
-                if ev.token == token.as_bytes() {
-                    let s = crate::store::xenbus::read_state(xs, front)?;
-                    if matches!(
-                        s,
-                        XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown
-                    ) {
-                        return Ok(BackExit::FrontendClosed);
-                    }
-                }
-            }
             if chan.wait(Some(self.cfg.poll_interval))?.is_some() {
                 chan.unmask()?;
             }
         }
+    }
+
+    /// The checks between batches: the caller's stop flag, then the front
+    /// end's state (a watch event on it, read without waiting).
+    fn control<T: Transport>(
+        &self,
+        xs: &mut Client<T>,
+        front: &str,
+        token: &str,
+        stop: &AtomicBool,
+    ) -> Result<Option<BackExit>, BlkError> {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(Some(BackExit::Stopped));
+        }
+        // Bounded too: a front end rewriting its state key cannot hold us here.
+        for _ in 0..BATCH {
+            let Some(ev) = xs.next_event(Some(Duration::ZERO))? else {
+                break;
+            };
+            if ev.token == token.as_bytes() {
+                let s = crate::store::xenbus::read_state(xs, front)?;
+                if matches!(
+                    s,
+                    XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown
+                ) {
+                    return Ok(Some(BackExit::FrontendClosed));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Answers one request; never fails the connection.

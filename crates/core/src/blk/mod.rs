@@ -52,6 +52,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+pub(crate) use crate::deadline::Deadline;
 use crate::event::EventError;
 use crate::grant::{GrantError, MapError};
 use crate::ring::RingError;
@@ -272,62 +273,6 @@ impl BlkError {
     }
 }
 
-/// A wait budget: `std` uses the clock; `no_std` charges each wait slice.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deadline {
-    #[cfg(feature = "std")]
-    end: Option<std::time::Instant>,
-    #[cfg(not(feature = "std"))]
-    left: Option<Duration>,
-}
-
-impl Deadline {
-    pub(crate) fn new(timeout: Option<Duration>) -> Self {
-        #[cfg(feature = "std")]
-        {
-            Self {
-                end: timeout.map(|t| std::time::Instant::now() + t),
-            }
-        }
-        #[cfg(not(feature = "std"))]
-        {
-            Self { left: timeout }
-        }
-    }
-
-    /// Time left (`None`: unbounded); zero once expired.
-    pub(crate) fn remaining(&self) -> Option<Duration> {
-        #[cfg(feature = "std")]
-        {
-            self.end
-                .map(|e| e.saturating_duration_since(std::time::Instant::now()))
-        }
-        #[cfg(not(feature = "std"))]
-        {
-            self.left
-        }
-    }
-
-    /// The next wait slice, at most `slice`; `None` once expired.
-    pub(crate) fn slice(&self, slice: Duration) -> Option<Duration> {
-        match self.remaining() {
-            None => Some(slice),
-            Some(r) if r.is_zero() => None,
-            Some(r) => Some(r.min(slice)),
-        }
-    }
-
-    /// Records that a wait of `d` happened (only counted without a clock).
-    pub(crate) fn charge(&mut self, d: Duration) {
-        #[cfg(not(feature = "std"))]
-        {
-            self.left = self.left.map(|l| l.saturating_sub(d));
-        }
-        #[cfg(feature = "std")]
-        let _ = d;
-    }
-}
-
 /// How many times a XenStore transaction is retried on conflict.
 pub(crate) const XS_RETRIES: u32 = 16;
 
@@ -357,10 +302,12 @@ pub(crate) fn read_u64<T: Transport>(
 ) -> Result<Option<u64>, BlkError> {
     match read_opt(xs, dir, key)? {
         None => Ok(None),
-        Some(s) => s.parse::<u64>().map(Some).map_err(|_| BlkError::BadKey {
-            key: String::from(key),
-            why: "not a decimal number",
-        }),
+        Some(s) => crate::store::xenbus::parse_decimal(s.as_bytes())
+            .map(Some)
+            .ok_or_else(|| BlkError::BadKey {
+                key: String::from(key),
+                why: "not a decimal number",
+            }),
     }
 }
 

@@ -4,9 +4,14 @@ use core::time::Duration;
 
 use super::ring::{self, IN, OUT};
 use super::{check_page, ConsoleError, ConsolePage, SPURIOUS_EVENT_LIMIT};
+use crate::deadline::Deadline;
 use crate::event::Channel;
 use crate::platform::EventChannels;
 use crate::types::Port;
+
+/// The longest single sleep of a timed wait without a clock (`no_std`),
+/// where each sleep is charged in full.
+const WAIT_SLICE: Duration = Duration::from_millis(10);
 
 /// The guest end of a console page.
 ///
@@ -160,26 +165,35 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
         }
     }
 
-    /// Writes all of `data`, waiting for the back end to make room; each
-    /// wait is bounded by `timeout`. On [`ConsoleError::TimedOut`] part of
-    /// the data may have been written.
+    /// Writes all of `data`, waiting for the back end to make room; gives
+    /// up when the back end makes no room for `timeout` (the clock restarts
+    /// only when bytes go out, never on an event that brought no room). On
+    /// [`ConsoleError::TimedOut`] part of the data may have been written.
     pub fn write_all(
         &mut self,
         mut data: &[u8],
         timeout: Option<Duration>,
     ) -> Result<(), ConsoleError> {
+        let mut deadline = Deadline::new(timeout);
         while !data.is_empty() {
             let n = self.write(data)?;
             data = &data[n..];
-            if n == 0 && !self.wait(timeout)? && self.output_pending()? == OUT.size {
-                return Err(ConsoleError::TimedOut);
+            if n > 0 {
+                deadline = Deadline::new(timeout);
+                continue;
             }
+            let Some(w) = deadline.next_wait(WAIT_SLICE) else {
+                return Err(ConsoleError::TimedOut);
+            };
+            self.wait(w)?;
+            deadline.charge_wait(w);
         }
         Ok(())
     }
 
-    /// Reads at least one byte, waiting up to `timeout` between events
-    /// (`None`: forever). Returns [`ConsoleError::TimedOut`] if nothing came.
+    /// Reads at least one byte, waiting up to `timeout` in all (`None`:
+    /// forever): events that bring no data do not extend it. Returns
+    /// [`ConsoleError::TimedOut`] if nothing came.
     pub fn read_timeout(
         &mut self,
         buf: &mut [u8],
@@ -188,19 +202,17 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
         if buf.is_empty() {
             return Ok(0);
         }
+        let mut deadline = Deadline::new(timeout);
         loop {
             let n = self.read(buf)?;
             if n > 0 {
                 return Ok(n);
             }
-            if !self.wait(timeout)? {
-                let n = self.read(buf)?;
-                return if n > 0 {
-                    Ok(n)
-                } else {
-                    Err(ConsoleError::TimedOut)
-                };
-            }
+            let Some(w) = deadline.next_wait(WAIT_SLICE) else {
+                return Err(ConsoleError::TimedOut);
+            };
+            self.wait(w)?;
+            deadline.charge_wait(w);
         }
     }
 }

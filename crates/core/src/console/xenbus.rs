@@ -115,7 +115,7 @@ fn parse_num(raw: &[u8], key: &'static str) -> Result<u64, ConsoleError> {
             why: "not a decimal number",
         });
     }
-    s.parse().map_err(|_| ConsoleError::BadKey {
+    crate::store::xenbus::parse_decimal(s.as_bytes()).ok_or(ConsoleError::BadKey {
         key,
         why: "out of range",
     })

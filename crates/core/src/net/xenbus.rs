@@ -35,12 +35,7 @@ fn bad(key: &str, why: &'static str) -> NetError {
 /// Parses a decimal `u32` as written in XenStore (a trailing NUL or
 /// whitespace is tolerated, nothing else).
 pub fn parse_u32(raw: &[u8]) -> Option<u32> {
-    let s = core::str::from_utf8(raw).ok()?;
-    let s = s.trim_end_matches('\0').trim();
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 10 {
-        return None;
-    }
-    s.parse().ok()
+    crate::store::xenbus::parse_decimal(raw).and_then(|v| u32::try_from(v).ok())
 }
 
 /// Reads `<dir>/<key>` as a decimal `u32`; `None` if the key is missing.

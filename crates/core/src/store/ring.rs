@@ -17,6 +17,7 @@ use xenshare_abi::xs::{XenstoreDomainInterface as Iface, XENSTORE_RING_SIZE as S
 
 use super::client::{Transport, TransportError};
 use super::wire::{Decoder, Message};
+use crate::deadline::Deadline;
 use crate::event::Channel;
 use crate::mem::SharedMem;
 use crate::platform::EventChannels;
@@ -216,6 +217,10 @@ fn ring_err(e: XsRingError) -> TransportError {
     TransportError::Io(alloc::format!("{e}"))
 }
 
+/// The longest single sleep of a timed wait without a clock (`no_std`),
+/// where each sleep is charged in full.
+const WAIT_SLICE: Duration = Duration::from_millis(10);
+
 /// How long a full request ring is waited on before the transport gives up.
 const SEND_STALL: Duration = Duration::from_secs(30);
 
@@ -223,22 +228,32 @@ impl<E: EventChannels> Transport for RingTransport<'_, E> {
     fn send(&mut self, msg: &Message) -> Result<(), TransportError> {
         let bytes = msg.to_bytes()?;
         let mut done = 0;
+        // The stall clock restarts when bytes go in, never on an event
+        // that brought no room.
+        let mut stall = Deadline::new(Some(SEND_STALL));
         while done < bytes.len() {
             let n = self.ring.write_some(&bytes[done..]).map_err(ring_err)?;
             done += n;
             let _ = self.chan.notify();
-            if n == 0 && !self.wait(Some(SEND_STALL))? {
+            if n > 0 {
+                stall = Deadline::new(Some(SEND_STALL));
+                continue;
+            }
+            let Some(w) = stall.next_wait(WAIT_SLICE) else {
                 return Err(TransportError::Io(
                     "xenstore request ring stayed full".into(),
                 ));
-            }
+            };
+            self.wait(w)?;
+            stall.charge_wait(w);
         }
         Ok(())
     }
 
     fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, TransportError> {
         let mut buf = [0u8; SIZE];
-        let mut waited = false;
+        // One overall deadline: wake-ups that bring no bytes do not extend it.
+        let mut deadline = Deadline::new(timeout);
         loop {
             if let Some(m) = self.decoder.next_message()? {
                 return Ok(Some(m));
@@ -249,11 +264,11 @@ impl<E: EventChannels> Transport for RingTransport<'_, E> {
                 let _ = self.chan.notify();
                 continue;
             }
-            if waited && timeout.is_some() {
+            let Some(w) = deadline.next_wait(WAIT_SLICE) else {
                 return Ok(None);
-            }
-            // One wait of the whole timeout; spurious wake-ups re-check.
-            waited = !self.wait(timeout)? || waited;
+            };
+            self.wait(w)?;
+            deadline.charge_wait(w);
         }
     }
 }

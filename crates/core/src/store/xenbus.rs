@@ -98,6 +98,20 @@ pub fn backend_path(backend: DomId, devtype: &str, frontend: DomId, devid: u32) 
     )
 }
 
+/// Parses a decimal number as a peer writes it in XenStore: ASCII digits
+/// only (no sign, no `0x`, no inner spaces), surrounding whitespace and
+/// trailing NULs tolerated, at most 20 digits and no overflow. Every driver
+/// reads a peer's numeric keys (ring refs, ports, orders, queue counts)
+/// through this one function, so all of them refuse the same hostile forms.
+pub fn parse_decimal(raw: &[u8]) -> Option<u64> {
+    let s = core::str::from_utf8(raw).ok()?;
+    let s = s.trim_end_matches('\0').trim();
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
 fn state_key(dir: &str) -> String {
     format!("{dir}/state")
 }
@@ -162,6 +176,33 @@ pub fn wait_for_state<T: Transport>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_strict() {
+        assert_eq!(parse_decimal(b"0"), Some(0));
+        assert_eq!(parse_decimal(b"42"), Some(42));
+        assert_eq!(parse_decimal(b" 42\n"), Some(42));
+        assert_eq!(parse_decimal(b"42\0"), Some(42));
+        assert_eq!(parse_decimal(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_decimal(b"007"), Some(7));
+        for bad in [
+            &b""[..],
+            b" ",
+            b"\0",
+            b"+1",
+            b"-1",
+            b"0x10",
+            b"1 2",
+            b"1e3",
+            b"4294967296a",
+            b"18446744073709551616",
+            b"000000000000000000001",
+            b"\xff",
+            b"\xd9\xa3",
+        ] {
+            assert_eq!(parse_decimal(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn states_parse_and_format() {

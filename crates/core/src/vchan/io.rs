@@ -7,6 +7,7 @@ use core::time::Duration;
 use xenshare_abi::vchan as abi;
 
 use super::VchanError;
+use crate::deadline::Deadline;
 use crate::event::Channel;
 use crate::mem::{ReadOnly, SharedMem};
 use crate::platform::EventChannels;
@@ -63,6 +64,11 @@ const SRV_NOTIFY: usize = 23;
 const SPIN_START: u32 = 4096;
 const SPIN_MIN: u32 = 256;
 const SPIN_MAX: u32 = 1 << 18;
+
+/// The longest single sleep of a blocking call with a timeout without a
+/// clock (`no_std`), where each sleep is charged in full whether or not a
+/// wake-up cut it short; with a clock only the overall deadline matters.
+const WAIT_SLICE: Duration = Duration::from_millis(10);
 
 /// One end of a vchan.
 pub struct Vchan<S: VchanSide, E: EventChannels> {
@@ -333,11 +339,16 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     /// (so a peer answering quickly needs no event, hence no system call on
     /// either side), then asks for `bit`, re-checks (no lost wake-up), and
     /// sleeps on the event channel.
+    ///
+    /// The timeout is one overall deadline taken when the call starts: a
+    /// wake-up that brings nothing (a peer ringing the doorbell without
+    /// writing) only costs what it took, it never restarts the wait.
     fn block_until(
         &mut self,
         bit: u8,
         mut check: impl FnMut(&mut Self) -> Result<bool, VchanError>,
     ) -> Result<bool, VchanError> {
+        let mut deadline = Deadline::new(self.timeout);
         let window = self.spin;
         for i in 0..window {
             if check(self)? {
@@ -360,13 +371,11 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             if !self.is_open() {
                 return check(self);
             }
-            if !self.wait(self.timeout)? {
-                return if check(self)? {
-                    Ok(true)
-                } else {
-                    Err(VchanError::TimedOut)
-                };
-            }
+            let Some(w) = deadline.next_wait(WAIT_SLICE) else {
+                return Err(VchanError::TimedOut);
+            };
+            self.wait(w)?;
+            deadline.charge_wait(w);
         }
     }
 

@@ -255,16 +255,16 @@ fn read_number<T: Transport>(
     path: &str,
 ) -> Result<u32, VchanError> {
     let raw = xs.read(&format!("{path}/{key}"))?;
-    let s = core::str::from_utf8(&raw).map_err(|_| VchanError::BadKey {
-        key,
-        why: "not text",
-    })?;
-    let v: u32 = s
-        .trim_end_matches('\0')
-        .parse()
-        .map_err(|_| VchanError::BadKey {
+    let v = crate::store::xenbus::parse_decimal(&raw)
+        .ok_or(VchanError::BadKey {
             key,
             why: "not a decimal number",
+        })
+        .and_then(|v| {
+            u32::try_from(v).map_err(|_| VchanError::BadKey {
+                key,
+                why: "out of range",
+            })
         })?;
     if v == 0 {
         return Err(VchanError::BadKey { key, why: "zero" });

@@ -113,6 +113,20 @@ pub struct FakeBack {
 /// Publishes a back end's features (`extra` on top of a 4 MiB disk's
 /// basics), waits for the front end and connects like a real back end.
 pub fn fake_backend(w: &BlkWorld, extra: &[(&str, &str)]) -> FakeBack {
+    fake_backend_with_disk(
+        w,
+        extra,
+        &[("sectors", "8192"), ("sector-size", "512"), ("info", "0")],
+    )
+}
+
+/// Like [`fake_backend`], publishing `disk` (`sectors`, `sector-size`,
+/// `info`, possibly hostile) at connect time.
+pub fn fake_backend_with_disk(
+    w: &BlkWorld,
+    extra: &[(&str, &str)],
+    disk: &[(&str, &str)],
+) -> FakeBack {
     let mut xs = w.client(&w.dom0);
     let dir = back_dir(w);
     for (k, v) in extra {
@@ -136,9 +150,9 @@ pub fn fake_backend(w: &BlkWorld, extra: &[(&str, &str)]) -> FakeBack {
     let ring = w.dom0.importer().map_rw(w.guest.id(), &refs).unwrap();
     let evt = w.dom0.evtchn().unwrap();
     let chan = Channel::bind(&evt, w.guest.id(), port).unwrap();
-    xs.write(&format!("{dir}/sectors"), b"8192").unwrap();
-    xs.write(&format!("{dir}/sector-size"), b"512").unwrap();
-    xs.write(&format!("{dir}/info"), b"0").unwrap();
+    for (k, v) in disk {
+        xs.write(&format!("{dir}/{k}"), v.as_bytes()).unwrap();
+    }
     write_state(&mut xs, &dir, XenbusState::Connected).unwrap();
     FakeBack {
         xs,
