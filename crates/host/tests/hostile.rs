@@ -8,10 +8,11 @@
 //! processes (this binary re-executed in a child role, the ignored `child`
 //! test).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+mod common;
+use common::Proc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -668,66 +669,6 @@ fn grant_inspector_pages_large_tables() {
 
 // ---- Item 6: a block front end's pool of 1024 single-page persistent
 // grants, with a 1024 soft fd limit in both domain processes.
-
-struct Proc {
-    child: Child,
-    out: BufReader<ChildStdout>,
-    inp: ChildStdin,
-}
-
-impl Proc {
-    fn spawn(role: &str, envs: &[(&str, String)]) -> Proc {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "--exact",
-            "child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("XENSHARE_TEST_ROLE", role)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let inp = child.stdin.take().unwrap();
-        Proc { child, out, inp }
-    }
-
-    fn expect(&mut self, want: &str) -> String {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                self.out.read_line(&mut line).unwrap() > 0,
-                "child ended before {want}"
-            );
-            if let Some(rest) = line.trim_end().split_once("CHILD ").map(|(_, r)| r) {
-                assert!(
-                    rest.starts_with(want),
-                    "child said {rest:?}, expected {want}"
-                );
-                return rest.to_string();
-            }
-        }
-    }
-
-    fn say(&mut self, what: &str) {
-        writeln!(self.inp, "{what}").unwrap();
-        self.inp.flush().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const POOL: usize = 1024;
 const SOFT_NOFILE: u64 = 1024;

@@ -8,9 +8,10 @@
 //! The other process is this test binary re-executed in a child role (the
 //! ignored `child` test), so no extra binary is needed.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+mod common;
+use common::Proc;
 use std::time::{Duration, Instant};
 
 use xenshare::store::client::Client;
@@ -19,68 +20,6 @@ use xenshare::vchan::server_init;
 use xenshare::{Access, DomId, GrantRef};
 use xenshare_host::client::RemoteDomain;
 use xenshare_host::daemon::{Host, HostConfig};
-
-struct Proc {
-    child: Child,
-    out: BufReader<ChildStdout>,
-    inp: ChildStdin,
-}
-
-impl Proc {
-    fn spawn(role: &str, envs: &[(&str, String)]) -> Proc {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "--exact",
-            "child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("XENSHARE_TEST_ROLE", role)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let inp = child.stdin.take().unwrap();
-        Proc { child, out, inp }
-    }
-
-    /// The next line the child prints that carries `CHILD `.
-    fn expect(&mut self, want: &str) -> String {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                self.out.read_line(&mut line).unwrap() > 0,
-                "child ended before {want}"
-            );
-            // libtest prints "test child ... " before the child's own output.
-            if let Some(rest) = line.trim_end().split_once("CHILD ").map(|(_, r)| r) {
-                assert!(
-                    rest.starts_with(want),
-                    "child said {rest:?}, expected {want}"
-                );
-                return rest.to_string();
-            }
-        }
-    }
-
-    fn say(&mut self, what: &str) {
-        writeln!(self.inp, "{what}").unwrap();
-        self.inp.flush().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn host(name: &str) -> (Host, PathBuf) {
     let dir = std::env::temp_dir().join(format!("xenshare-proc-{name}-{}", std::process::id()));

@@ -378,9 +378,11 @@ unsafe impl Send for Stitched {}
 unsafe impl Sync for Stitched {}
 
 impl Stitched {
-    /// Maps page `frame` of each `(fd, frame, writable)` one after the other.
-    pub fn new(pages: &[(BorrowedFd<'_>, u64, bool)]) -> Result<Self, RegionError> {
-        let len = pages.len() * PAGE_SIZE;
+    /// Reserves `pages` pages of fresh, inaccessible address space, to be
+    /// filled page by page with `MAP_FIXED`/`MREMAP_FIXED` (unmapped whole
+    /// on drop, filled or not).
+    fn reserve(pages: usize) -> Result<Self, RegionError> {
+        let len = pages * PAGE_SIZE;
         if len == 0 {
             return Err(RegionError::BadSize(0));
         }
@@ -400,7 +402,12 @@ impl Stitched {
         let Some(ptr) = NonNull::new(base.cast::<u8>()) else {
             return Err(RegionError::BadSize(len));
         };
-        let me = Self { ptr, len };
+        Ok(Self { ptr, len })
+    }
+
+    /// Maps page `frame` of each `(fd, frame, writable)` one after the other.
+    pub fn new(pages: &[(BorrowedFd<'_>, u64, bool)]) -> Result<Self, RegionError> {
+        let me = Self::reserve(pages.len())?;
         for (i, (fd, frame, writable)) in pages.iter().enumerate() {
             let prot = if *writable {
                 ProtFlags::READ | ProtFlags::WRITE
@@ -432,27 +439,7 @@ impl Stitched {
     /// makes a second mapping of the same memory, with the same
     /// protection), so no fd is needed.
     pub fn from_page_maps(pages: &[&PageMap]) -> Result<Self, RegionError> {
-        let len = pages.len() * PAGE_SIZE;
-        if len == 0 {
-            return Err(RegionError::BadSize(0));
-        }
-        // SAFETY: reserving fresh address space the kernel chooses.
-        let base = unsafe {
-            mmap_anonymous(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE,
-            )
-        }
-        .map_err(|err| RegionError::Os {
-            what: "mmap reserve",
-            err,
-        })?;
-        let Some(ptr) = NonNull::new(base.cast::<u8>()) else {
-            return Err(RegionError::BadSize(len));
-        };
-        let me = Self { ptr, len };
+        let me = Self::reserve(pages.len())?;
         for (i, p) in pages.iter().enumerate() {
             // SAFETY: the source is a live shared one-page mapping (old
             // size 0 duplicates it, leaving it in place); the destination is
