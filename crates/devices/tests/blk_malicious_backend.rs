@@ -308,3 +308,46 @@ fn silent_backend_times_out_and_page_stays_out_of_reach() {
     w.guest.exporter().reclaim(usize::MAX);
     assert_eq!(w.guest.exporter().quarantined(), 0);
 }
+
+/// Linux's blkback answers an indirect request with its inner operation
+/// (READ/WRITE), not BLKIF_OP_INDIRECT; the front end must accept that (and,
+/// for back ends that echo INDIRECT, that too), and break on anything else.
+#[test]
+fn indirect_responses_name_the_inner_operation_as_linux_blkback_does() {
+    use xenshare_abi::blkif::{BlkifRequestIndirect, BLKIF_OP_INDIRECT};
+    use zerocopy::FromBytes;
+    let w = world();
+    let (mut fe, fb) = connect(&w, &[("feature-max-indirect-segments", "32")]);
+    let mut disk = fe.disk().unwrap();
+    let len = 16 * 4096; // more than 11 segments: an indirect request
+    let mut ring = Ring::attach(fb.ring.mem()).unwrap();
+    for (answer, ok) in [
+        (Some(BLKIF_OP_READ), true),
+        (None, true),
+        (Some(BLKIF_OP_WRITE), false),
+    ] {
+        let tag = disk.submit_read(0, len).unwrap();
+        let req = next_request(&mut ring, &fb);
+        assert_eq!(
+            req.operation, BLKIF_OP_INDIRECT,
+            "a 16-page read goes indirect"
+        );
+        let ind = BlkifRequestIndirect::read_from_prefix(zerocopy::IntoBytes::as_bytes(&req))
+            .unwrap()
+            .0;
+        assert_eq!(ind.indirect_op, BLKIF_OP_READ);
+        let op = answer.unwrap_or(BLKIF_OP_INDIRECT);
+        respond(&mut ring, &fb, ind.id, op, BLKIF_RSP_OKAY);
+        let done = disk.wait();
+        if ok {
+            let c = done
+                .unwrap_or_else(|e| panic!("answer {op} refused: {e}"))
+                .expect("a completion");
+            assert_eq!(c.tag, tag);
+            assert!(c.result.is_ok(), "{:?}", c.result);
+        } else {
+            assert_ring_error(done, |e| matches!(e, RingError::WrongOpcode { .. }));
+            assert!(disk.is_broken());
+        }
+    }
+}

@@ -408,7 +408,7 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
                 }
                 ring.push_response(&BlkifResponse {
                     id: raw.id,
-                    operation: raw.operation,
+                    operation: wire::response_operation(&raw),
                     status,
                     ..Default::default()
                 })?;

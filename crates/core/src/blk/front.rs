@@ -836,7 +836,14 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             indirect,
             owner,
         };
-        let id = match self.io.inflight.start(u32::from(op), pending) {
+        // The operation the response must name: for an indirect request
+        // the inner one (what Linux's blkback answers; see `finish`).
+        let expect = match (op, kind) {
+            (BLKIF_OP_INDIRECT, IoKind::Write) => BLKIF_OP_WRITE,
+            (BLKIF_OP_INDIRECT, _) => BLKIF_OP_READ,
+            _ => op,
+        };
+        let id = match self.io.inflight.start(u32::from(expect), pending) {
             Ok(id) => id,
             Err(e) => return Err(self.fail(e.into())),
         };
@@ -1016,10 +1023,18 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
 
     /// Handles one response: checks it, ends its grants, delivers the result.
     fn finish(&mut self, rsp: BlkifResponse, buf: Option<&mut [u8]>) -> Result<(), BlkError> {
-        let p = match self
-            .ring
-            .complete(&mut self.io.inflight, rsp.id, u32::from(rsp.operation))
-        {
+        // Back ends that echo BLKIF_OP_INDIRECT (rather than the inner
+        // operation, as Linux's blkback does) are accepted for requests that
+        // really were indirect.
+        let op = match self.io.inflight.get(rsp.id) {
+            Some((inner, p))
+                if rsp.operation == BLKIF_OP_INDIRECT && !matches!(p.indirect, Pages::None) =>
+            {
+                inner
+            }
+            _ => u32::from(rsp.operation),
+        };
+        let p = match self.ring.complete(&mut self.io.inflight, rsp.id, op) {
             Ok(p) => p,
             Err(e) => return Err(self.fail(e.into())),
         };

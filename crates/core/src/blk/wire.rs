@@ -192,6 +192,18 @@ fn reinterpret<T: FromBytes>(raw: &BlkifRequest) -> T {
     }
 }
 
+/// The operation a response to `raw` names. For an indirect request that is
+/// the inner `indirect_op`, not `BLKIF_OP_INDIRECT`: Linux's blkback answers
+/// so, and hardened Linux blkfront disables the disk on any other value.
+pub fn response_operation(raw: &BlkifRequest) -> u8 {
+    if raw.operation == BLKIF_OP_INDIRECT {
+        let r: BlkifRequestIndirect = reinterpret(raw);
+        r.indirect_op
+    } else {
+        raw.operation
+    }
+}
+
 /// Parses the private copy of a slot. On `Err`, answer `(id, operation)`
 /// with `BLKIF_RSP_ERROR` (or `EOPNOTSUPP` for [`Reject::Unsupported`]).
 pub fn parse(raw: &BlkifRequest, limits: &Limits) -> Result<Request, Reject> {
