@@ -27,8 +27,8 @@ use core::sync::atomic::{fence, Ordering};
 use core::time::Duration;
 
 use xenshare_abi::netif::{
-    NETIF_RSP_DROPPED, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_MORE_DATA, NETTXF_EXTRA_INFO,
-    NETTXF_MORE_DATA,
+    NETIF_RSP_DROPPED, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_MORE_DATA, NETTXF_CSUM_BLANK,
+    NETTXF_EXTRA_INFO, NETTXF_MORE_DATA,
 };
 use xenshare_abi::ring::SringHeader;
 use xenshare_abi::PAGE_SIZE;
@@ -337,9 +337,19 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         self.importer.copy(&mut ops);
         let copied = ops.iter().all(|o| o.status.is_ok());
         drop(ops);
+        // Linux's netfront leaves IPv4 TCP/UDP checksums to "the hardware"
+        // (NETTXF_csum_blank); nothing after us would fill them in.
+        let blank = self
+            .chain
+            .first()
+            .is_some_and(|s| s.flags & NETTXF_CSUM_BLANK != 0);
         let status = if !copied {
             // A reference not granted to us (or not readable): the guest's
             // problem, answered as such.
+            self.stats.tx_errors += 1;
+            NETIF_RSP_ERROR
+        } else if blank && super::csum::complete(&mut self.txbuf[..total]).is_err() {
+            // Headers that cannot be parsed: dropped, as Linux's netback does.
             self.stats.tx_errors += 1;
             NETIF_RSP_ERROR
         } else {

@@ -99,6 +99,8 @@ struct Partial {
     data: Vec<u8>,
     slots: usize,
     failed: bool,
+    /// The first slot said the checksum is left to us (NETRXF_csum_blank).
+    csum_blank: bool,
 }
 
 /// Most revoked pages kept for reuse.
@@ -449,6 +451,9 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         if more && !self.cfg.sg {
             return Err(self.trip(bad("multi-slot frame without feature-sg")));
         }
+        if self.partial.slots == 0 {
+            self.partial.csum_blank = rsp.flags & NETRXF_CSUM_BLANK != 0;
+        }
         self.partial.slots += 1;
         if self.partial.slots > MAX_SLOTS {
             return Err(self.trip(bad("frame uses more slots than allowed")));
@@ -472,10 +477,14 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         }
         if !more {
             let p = core::mem::take(&mut self.partial);
-            if p.failed || p.data.is_empty() {
+            let mut data = p.data;
+            if p.failed
+                || data.is_empty()
+                || (p.csum_blank && super::csum::complete(&mut data).is_err())
+            {
                 self.stats.rx_errors += 1;
             } else {
-                return Ok(Some(p.data));
+                return Ok(Some(data));
             }
         }
         Ok(None)

@@ -52,6 +52,7 @@
 //! to reset first, so stale ring references are never mapped.
 
 pub mod back;
+pub mod csum;
 pub mod front;
 mod owned;
 pub mod xenbus;

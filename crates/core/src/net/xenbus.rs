@@ -194,6 +194,11 @@ impl FrontendKeys {
             )?;
             tx.write(&format!("{front_dir}/feature-sg"), b(self.sg))?;
             tx.write(&format!("{front_dir}/feature-rx-notify"), b(self.rx_notify))?;
+            // Ask for complete checksums: Linux's netback would otherwise
+            // hand over partial ones (NETRXF_csum_blank) for locally
+            // generated traffic. (Partial ones are still completed if a back
+            // end ignores this.)
+            tx.write(&format!("{front_dir}/feature-no-csum-offload"), b"1")?;
             Ok(())
         })?;
         Ok(())
