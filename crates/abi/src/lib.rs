@@ -13,6 +13,21 @@
 //! `/dev/xen/{gntalloc,gntdev,evtchn}` ioctls: [`linux`]. Where Xen 4.17
 //! (Debian 12, what the probe compiles against) and upstream differ, the
 //! 4.17 layout is the one here and upstream-only items say so.
+//!
+//! # Example
+//!
+//! Decode a XenStore message header from bytes a peer sent (copy it out once,
+//! then look at the owned value):
+//!
+//! ```
+//! use xenshare_abi::xs::{XsdSockmsg, XSD_SOCKMSG_SIZE, XS_READ};
+//! use zerocopy::FromBytes;
+//!
+//! let wire: [u8; XSD_SOCKMSG_SIZE] = [2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0];
+//! let hdr = XsdSockmsg::read_from_bytes(&wire).expect("16 bytes");
+//! assert_eq!((hdr.r#type, hdr.req_id, hdr.len), (XS_READ, 7, 5));
+//! assert_eq!(xenshare_abi::grant::ENTRIES_PER_FRAME_V1, 512);
+//! ```
 #![no_std]
 
 pub mod blkif;

@@ -44,8 +44,26 @@ enum Command {
     Grants(cmd::grants::GrantsArgs),
 }
 
+/// Diagnostics of the libraries (`tracing` events) go to stderr, filtered
+/// by `RUST_LOG` (e.g. `RUST_LOG=debug`, `RUST_LOG=xenstored=info,warn`);
+/// by default warnings and errors plus `info` of the daemons. Colours only
+/// on a terminal. User output (results, the vchan byte stream) never goes
+/// through it.
+fn init_logging() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,xenstored=info,xenshare_host=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match cli.command {
         Command::Demo { full: false } => cmd::demo::run(),
         Command::Demo { full: true } => cmd::demo_full::run(),

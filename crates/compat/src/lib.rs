@@ -7,7 +7,7 @@
 //! The daemon accepts one `JOIN` per connection and one connection per
 //! domain, and an event channel port bound through `libxenevtchn` must be a
 //! port of the same domain that `libxengntshr`'s unmap notify fires on. So
-//! a process needs exactly one [`RemoteDomain`], shared by both libraries.
+//! a process needs exactly one [`RemoteDomain`](xenshare_host::RemoteDomain), shared by both libraries.
 //! This crate builds one shared object (soname `libxengnttab.so.1`) that
 //! exports all three families; `xenshare exec` puts two *symlinks* to it,
 //! `libxengnttab.so.1` and `libxenevtchn.so.1`, first in
@@ -27,7 +27,7 @@
 //! would make `#[no_mangle]` symbols unversioned; so each C function is a
 //! plain `extern "C"` Rust function and the exported, versioned name is a
 //! one-instruction assembler trampoline (`.symver name@@VERS_x`) that
-//! tail-jumps to it (see [`export`]). `xen.map` defines the version nodes
+//! tail-jumps to it (see the `export` module). `xen.map` defines the version nodes
 //! and makes everything else local.
 //!
 //! # The unsafe boundary

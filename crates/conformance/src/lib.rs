@@ -23,6 +23,20 @@
 //!
 //! Bodies return [`TestResult`] instead of panicking, so the lab runner can
 //! go on after a failure and print one line per test.
+//!
+//! # Example
+//!
+//! A XenStore body against the in-process daemon (the Xen lab runs the same
+//! body against `/dev/xen/xenbus`):
+//!
+//! ```
+//! use xenshare::DomId;
+//! use xenshare_xenstored::{inproc, Config, Daemon};
+//!
+//! let daemon = Daemon::new(Config::default());
+//! let mut xs = inproc::client(&daemon, DomId(0));
+//! xenshare_conformance::xenstore_basics(&mut xs, "/conformance/doc").unwrap();
+//! ```
 
 mod event;
 mod grant;

@@ -12,6 +12,31 @@
 //! Memory another domain can change is never behind a Rust reference: it is
 //! reached only through [`mem::SharedMem`], whose accessors are volatile or
 //! atomic. Data from a peer is copied out once, then validated.
+//!
+//! # Example
+//!
+//! The rule at the bottom of the grant API, on one grant entry word: a grant
+//! cannot be revoked while the peer has it mapped (the busy bits are set), and
+//! the revocation says so instead of pretending. Applications use the safe
+//! [`grant::Exporter`] / [`grant::Share`] on top of it (see `xenshare-sim`'s
+//! example, and `cargo run -p xenshare-examples --example share_map`).
+//!
+//! ```
+//! use core::sync::atomic::AtomicU32;
+//! use xenshare::grant::entry::{grant_access, pin, try_end_access, unpin, BUSY};
+//! use xenshare::DomId;
+//!
+//! let (word, frame) = (AtomicU32::new(0), AtomicU32::new(0));
+//! // The guest grants frame 42 to domain 0, read-write.
+//! grant_access(&word, &frame, DomId(0), 42, false).unwrap();
+//! // The hypervisor pins it for dom0's mapping: GTF_reading | GTF_writing.
+//! pin(&word, DomId(0), false).unwrap();
+//! // Revocation fails while mapped: the caller must keep the page.
+//! assert!(try_end_access(&word).is_err());
+//! // dom0 unmaps; now the entry can be revoked, atomically.
+//! unpin(&word, BUSY);
+//! assert!(try_end_access(&word).is_ok());
+//! ```
 #![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;

@@ -27,6 +27,38 @@
 //!   reaches xenstored as itself over its own socket, and its
 //!   `/local/domain/<N>` is created and removed as `xl` does; privileged
 //!   requests need the host's token.
+//!
+//! # Example
+//!
+//! A host daemon (here on a thread of this process; usually `xenshare host`)
+//! and two domains joining it. The host assigns the domain ids. Because the
+//! mapper received the page as an fd it could keep, a revoked share's memory
+//! is retired, never reused.
+//!
+//! ```
+//! use xenshare::grant::Revoked;
+//! use xenshare::Access;
+//! use xenshare_host::{Host, HostConfig, RemoteDomain};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = std::env::temp_dir().join(format!("xenshare-doc-host-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let host = Host::spawn(HostConfig::new(dir.join("host.sock")))?;
+//! let a = RemoteDomain::join(host.path(), None)?;
+//! let b = RemoteDomain::join(host.path(), None)?;
+//! assert_ne!(a.id(), b.id());
+//!
+//! let share = a.exporter().share(b.id(), 1, Access::ReadWrite)?;
+//! let mapping = b.importer().map_rw(a.id(), share.refs())?;
+//! mapping.mem().write(0, b"across processes")?;
+//! drop(mapping);
+//! let revoked = share.try_unshare().map_err(|_| "b unmapped")?;
+//! assert!(matches!(revoked, Revoked::Retired));
+//! # drop((a, b, host)); // the daemon first: it removes its sockets
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod client;
 pub mod daemon;

@@ -21,6 +21,30 @@
 //! them until the peer unmaps and never reuses them before.
 //!
 //! All `unsafe` (ioctl, mmap, munmap) is in one private module, `sys`.
+//!
+//! # Example
+//!
+//! Needs a Xen domain with the drivers loaded, so it is only compiled here:
+//!
+//! ```no_run
+//! use xenshare::{Access, DomId};
+//! use xenshare_linux::LinuxPlatform;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let plat = LinuxPlatform::open()?; // a clear error when this is not Xen
+//! let exporter = plat.exporter()?;
+//! let share = exporter.share(DomId(0), 1, Access::ReadWrite)?;
+//! let mut xs = plat.xenstore()?;
+//! let key = format!("/local/domain/{}/data/page-ref", plat.domid().0);
+//! xs.write(&key, share.refs()[0].0.to_string().as_bytes())?;
+//! // ... dom0 maps it; later:
+//! match share.try_unshare() {
+//!     Ok(_revoked) => {}               // on Linux: Revoked::Retired (the kernel defers)
+//!     Err(busy) => drop(busy.into_inner()), // never on gntalloc; quarantine otherwise
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod evtchn;
 pub mod gntalloc;

@@ -15,6 +15,37 @@
 //! * [`Domain`] hands the core's platform objects to a domain's code:
 //!   the safe grant [`xenshare::grant::Exporter`] and
 //!   [`xenshare::grant::Importer`], and event channel handles.
+//!
+//! # Example
+//!
+//! Two domains of the emulated hypervisor: a guest shares a page, dom0 maps
+//! it; while it is mapped the guest's revocation reports busy and hands the
+//! share back.
+//!
+//! ```
+//! use xenshare::grant::Revoked;
+//! use xenshare::{Access, DomId};
+//! use xenshare_sim::{DomainConfig, Hypervisor};
+//!
+//! let hv = Hypervisor::new();
+//! let dom0 = hv.create_domain_with_id(DomId(0), DomainConfig::default()).unwrap();
+//! let guest = hv.create_domain(DomainConfig::default()).unwrap();
+//!
+//! let share = guest.exporter().share(dom0.id(), 1, Access::ReadWrite).unwrap();
+//! let mapping = dom0.importer().map_rw(guest.id(), share.refs()).unwrap();
+//! mapping.mem().write(0, b"hi").unwrap();
+//!
+//! let share = match share.try_unshare() {
+//!     Ok(_) => unreachable!("dom0 still maps the page"),
+//!     Err(busy) => busy.into_inner(), // keep it (or drop it: quarantine)
+//! };
+//! drop(mapping);
+//! match share.try_unshare() {
+//!     Ok(Revoked::Pages(pages)) => drop(pages), // ours again: free or re-share
+//!     Ok(Revoked::Retired) => {}                // never reused
+//!     Err(_busy) => unreachable!("dom0 unmapped"),
+//! }
+//! ```
 
 pub mod domain;
 pub mod evtchn;

@@ -18,6 +18,24 @@
 //!
 //! A misbehaving client (garbage, lengths over 4096, half messages, floods)
 //! gets error replies or is disconnected; nobody else notices.
+//!
+//! # Example
+//!
+//! A daemon in this process and two clients: dom0 (privileged) and a guest,
+//! which may not read dom0's nodes.
+//!
+//! ```
+//! use xenshare::DomId;
+//! use xenshare_xenstored::{inproc, Config, Daemon};
+//!
+//! let daemon = Daemon::new(Config::default());
+//! let mut dom0 = inproc::client(&daemon, DomId(0));
+//! dom0.write("/tool/xenshare/greeting", b"hello").unwrap();
+//! assert_eq!(dom0.read("/tool/xenshare/greeting").unwrap(), b"hello");
+//!
+//! let mut guest = inproc::client(&daemon, DomId(5));
+//! assert!(guest.read("/tool/xenshare/greeting").is_err()); // EACCES
+//! ```
 
 mod config;
 mod daemon;

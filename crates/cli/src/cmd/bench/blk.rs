@@ -145,7 +145,9 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
     blk_iops(&mut disk, (a.ops / 10).max(1), 1)?;
     let (mut best_pread, mut best_blk, mut best_pread_seq, mut best_blk_seq) =
         (0f64, 0f64, 0f64, 0f64);
+    let mut progress = super::Progress::new("bench blk", a.rounds as usize);
     for round in 0..a.rounds {
+        progress.phase("random and sequential reads, blkfront and pread");
         let seed = 0x9E37_79B9_7F4A_7C15 ^ round;
         best_pread = best_pread.max(pread_iops(a.ops, seed)?);
         best_blk = best_blk.max(blk_iops(&mut disk, a.ops, seed)?);
@@ -173,6 +175,7 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
         return Err(format!("back end failed: {x}"));
     }
 
+    drop(progress);
     if a.json {
         println!(
             "{}",

@@ -8,8 +8,10 @@ use clap::{Args, Subcommand};
 
 mod blk;
 mod net;
+mod progress;
 mod vchan;
 mod xenstore;
+pub(crate) use progress::Progress;
 use xenshare::{Access, DomId};
 use xenshare_sim::{DomainConfig, Hypervisor};
 
@@ -73,7 +75,9 @@ fn grants(a: GrantArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let (exp, imp) = (guest.exporter().clone(), dom0.importer().clone());
     let e = |x: &dyn std::fmt::Display| x.to_string();
+    let mut progress = Progress::new("bench grants", 5);
 
+    progress.phase("share, map, unmap, revoke");
     let cycle = per_iter(a.iters, || {
         let s = exp
             .share(dom0.id(), 1, Access::ReadWrite)
@@ -84,6 +88,7 @@ fn grants(a: GrantArgs) -> Result<(), String> {
         s.try_unshare().map(drop).map_err(|x| e(&x))
     })?;
 
+    progress.phase("share + revoke");
     let share_only = per_iter(a.iters, || {
         let s = exp
             .share(dom0.id(), 1, Access::ReadWrite)
@@ -94,6 +99,7 @@ fn grants(a: GrantArgs) -> Result<(), String> {
     let s = exp
         .share(dom0.id(), 1, Access::ReadWrite)
         .map_err(|x| e(&x))?;
+    progress.phase("map + unmap");
     let map_unmap = per_iter(a.iters, || {
         let m = imp.map_rw(guest.id(), s.refs()).map_err(|x| e(&x))?;
         black_box(m.mem().as_ptr());
@@ -106,6 +112,7 @@ fn grants(a: GrantArgs) -> Result<(), String> {
         .exporter()
         .table()
         .ok_or("the emulator has a grant table")?;
+    progress.phase("revoke alone");
     let mut revoke_total = 0f64;
     let rounds = (a.iters / 1000).max(1);
     for _ in 0..rounds {
@@ -125,6 +132,7 @@ fn grants(a: GrantArgs) -> Result<(), String> {
     // Baseline: what mapping a page costs when the emulator has to go to the
     // kernel (memfd mmap + munmap), as a multi-process emulator or gntdev does.
     let region = xenshare_sim::region::Region::new("bench", 4096).map_err(|x| e(&x))?;
+    progress.phase("baseline: memfd mmap");
     let mmap_ns = per_iter((a.iters / 4).max(1), || {
         let st =
             xenshare_sim::region::Stitched::new(&[(region.fd(), 0, true)]).map_err(|x| e(&x))?;
@@ -132,6 +140,7 @@ fn grants(a: GrantArgs) -> Result<(), String> {
         Ok(())
     })?;
 
+    drop(progress);
     if a.json {
         println!(
             "{}",

@@ -301,6 +301,9 @@ pub fn run(a: VchanArgs) -> Res<()> {
     let big = 1 << 20;
     let chunk = 64 * 1024;
 
+    let sweeping = !a.quick && !a.json;
+    let mut progress = super::Progress::new("bench vchan", if sweeping { 3 } else { 2 });
+    progress.phase("throughput");
     let (s, c) = lab.pair(big)?;
     let vchan_gbps = stream(c, s, total, chunk)?;
     let (x, y) = UnixStream::pair().map_err(|e| e.to_string())?;
@@ -310,13 +313,15 @@ pub fn run(a: VchanArgs) -> Res<()> {
     let spsc_gbps = spsc(big, total, chunk)?;
     let memcpy_gbps = memcpy(big, total.max(1 << 30), chunk);
 
+    progress.phase("round trips");
     let (s, c) = lab.pair(4096)?;
     let vchan_rtt_us = rtt(c, s, 64, a.round_trips)?;
     let (x, y) = UnixStream::pair().map_err(|e| e.to_string())?;
     let socketpair_rtt_us = rtt(x, y, 64, a.round_trips.min(200_000))?;
 
     let mut sweep = Vec::new();
-    if !a.quick && !a.json {
+    if sweeping {
+        progress.phase("ring size x write size sweep");
         for order in 12u32..=20 {
             for size in SWEEP_SIZES {
                 let (s, c) = lab.pair(1 << order)?;
@@ -331,6 +336,7 @@ pub fn run(a: VchanArgs) -> Res<()> {
 
     lab.srv.exporter().reclaim(usize::MAX);
     let st = lab.srv.exporter().stats();
+    drop(progress);
     if a.json {
         println!(
             "{}",

@@ -149,6 +149,8 @@ fn echo_baseline(clients: u64, ops: u64) -> Res<f64> {
 
 /// Runs the benchmark.
 pub fn run(a: XenstoreArgs) -> Res<()> {
+    let mut progress = super::Progress::new("bench xenstore", 3);
+    progress.phase("over the Unix socket");
     let s = sock("xs");
     let server = spawn(Config::default(), &s.0).map_err(|e| e.to_string())?;
     let path = s.0.clone();
@@ -159,10 +161,13 @@ pub fn run(a: XenstoreArgs) -> Res<()> {
     })?;
     drop(server);
 
+    progress.phase("in-process");
     let daemon = Daemon::new(Config::default());
     let (inproc_write_ops, inproc_read_ops) =
         run_clients(a.clients, a.ops, || Ok(inproc::client(&daemon, DomId(0))))?;
+    progress.phase("socket echo baseline");
     let echo_ops = echo_baseline(a.clients, a.ops)?;
+    drop(progress);
 
     if a.json {
         println!(
