@@ -51,6 +51,9 @@ pub struct ServerHandle {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
+    /// The listening socket, to wake the accept loop by shutting it down
+    /// (connecting to the path would hang if the file was removed).
+    listener: Option<std::os::fd::OwnedFd>,
     streams: Streams,
 }
 
@@ -77,8 +80,10 @@ impl ServerHandle {
 impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept().
-        let _ = UnixStream::connect(&self.path);
+        // Wake the blocking accept(): a shut-down listener fails it at once.
+        if let Some(l) = &self.listener {
+            let _ = rustix::net::shutdown(l, rustix::net::Shutdown::Both);
+        }
         if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
@@ -141,6 +146,7 @@ fn serve_inner(
     });
     let stop = Arc::new(AtomicBool::new(false));
     let streams: Streams = Arc::default();
+    let wake = std::os::fd::OwnedFd::from(listener.try_clone()?);
     let accept = {
         let (daemon, stop, streams) = (daemon.clone(), stop.clone(), streams.clone());
         thread::Builder::new()
@@ -152,6 +158,7 @@ fn serve_inner(
         path,
         stop,
         accept: Some(accept),
+        listener: Some(wake),
         streams,
     })
 }

@@ -176,3 +176,24 @@ proptest! {
         healthy(&server);
     }
 }
+
+/// Stopping a server whose socket file someone removed must not hang (the
+/// accept loop used to be woken by connecting to that path).
+#[test]
+fn stopping_a_server_whose_socket_file_was_removed_does_not_hang() {
+    let dir = std::env::temp_dir().join(format!("xenshare-xs-rm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("xs.sock");
+    let h = xenshare_xenstored::server::spawn(Default::default(), &path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(h);
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok(),
+        "dropping the server hung"
+    );
+}
