@@ -184,14 +184,30 @@ impl Dom {
     }
 
     /// Serves a vchan at `path` for `peer` and waits (event-driven, no
-    /// deadline: a server waits for its client) until a client connects.
+    /// deadline: a server waits for its client) until a client connects;
+    /// `Ok(None)` if it closed again before we saw it connected.
+    ///
+    /// The XenStore keys are removed as soon as the client is there: they
+    /// are only needed to connect, and a later client must never find
+    /// (and map) a server that is already in use or closed.
     fn serve(
         &mut self,
         peer: DomId,
         path: &str,
         ring: usize,
+    ) -> Result<Option<Vchan<impl VchanSide, RemoteEvtchn>>, String> {
+        let v = self.publish(peer, path, ring)?;
+        self.wait_client(v)
+    }
+
+    /// Creates a vchan server at `path` for `peer` (does not wait).
+    fn publish(
+        &mut self,
+        peer: DomId,
+        path: &str,
+        ring: usize,
     ) -> Result<Vchan<impl VchanSide, RemoteEvtchn>, String> {
-        let v = server_init(
+        server_init(
             self.dom.exporter(),
             &self.evt,
             &mut self.xs,
@@ -200,16 +216,29 @@ impl Dom {
             ring,
             ring,
         )
-        .map_err(|e| format!("cannot serve a vchan at {path}: {e}"))?;
-        while !v.is_connected() {
+        .map_err(|e| format!("cannot serve a vchan at {path}: {e}"))
+    }
+
+    /// The waiting half of [`Dom::serve`].
+    fn wait_client<S: VchanSide>(
+        &mut self,
+        v: Vchan<S, RemoteEvtchn>,
+    ) -> Result<Option<Vchan<S, RemoteEvtchn>>, String> {
+        let connected = loop {
+            if v.is_connected() {
+                break true;
+            }
             if !v.is_open() {
-                return Err("the client went away".into());
+                break false;
             }
             wait_readable(self.evt.wake_fd(), None)?;
             v.wait(Some(Duration::ZERO))
                 .map_err(|e| format!("vchan: {e}"))?;
+        };
+        if let Some(p) = v.xs_path() {
+            let _ = self.xs.rm(p);
         }
-        Ok(v)
+        Ok(connected.then_some(v))
     }
 
     /// Connects to `peer`'s vchan at `path`, waiting for it to appear up to
@@ -256,8 +285,8 @@ impl Dom {
         res
     }
 
-    /// Closes a served vchan and removes its XenStore keys, so the next
-    /// client does not find a stale server.
+    /// Closes a served vchan and removes its XenStore keys (if still
+    /// there), so no later client finds a stale server.
     fn close_served<S: VchanSide>(&mut self, mut v: Vchan<S, RemoteEvtchn>) {
         let path = v.xs_path().map(str::to_owned);
         v.close();
@@ -280,7 +309,9 @@ pub fn run(c: VchanCmd) -> Result<(), String> {
     let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
     let io = Io::new(stdin.as_fd(), stdout.as_fd());
     if listen {
-        let mut v = d.serve(peer, &a.path, a.ring)?;
+        let mut v = d
+            .serve(peer, &a.path, a.ring)?
+            .ok_or("the client went away")?;
         let r = pump(&mut v, d.evt.wake_fd(), &io, linger);
         d.close_served(v);
         r.map(drop)
@@ -387,11 +418,9 @@ fn proxy(a: ProxyArgs) -> Result<(), String> {
                     Endpoint::Fd(fd) => Some(fd),
                     _ => None,
                 };
-                let mut v = {
-                    let v = d.serve(peer, &a.nodepath, a.ring);
-                    state(&mut d)?;
-                    v?
-                };
+                let v = d.publish(peer, &a.nodepath, a.ring)?;
+                state(&mut d)?;
+                let mut v = d.wait_client(v)?.ok_or("the client went away")?;
                 log("vchan client connected");
                 let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
                 let io = match &owned {
@@ -406,11 +435,14 @@ fn proxy(a: ProxyArgs) -> Result<(), String> {
             Endpoint::Path(p) => {
                 let mut first = true;
                 loop {
-                    let v = d.serve(peer, &a.nodepath, a.ring);
+                    let v = d.publish(peer, &a.nodepath, a.ring)?;
                     if std::mem::take(&mut first) {
                         state(&mut d)?;
                     }
-                    let mut v = v?;
+                    let Some(mut v) = d.wait_client(v)? else {
+                        log("the vchan client went away before it was seen");
+                        continue;
+                    };
                     log("vchan client connected");
                     match UnixStream::connect(&p) {
                         Ok(conn) => {
