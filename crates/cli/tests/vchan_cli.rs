@@ -261,6 +261,9 @@ fn proxy_stdio_modes_carry_data_both_ways() {
     assert!(st.success(), "proxy client failed: {st}");
 }
 
+/// The server proxy's `--state-path` (in its own home).
+const STATE: &str = "/local/domain/1/data/proxy-state";
+
 /// An echo service on a UNIX socket: each connection is echoed until EOF.
 fn socket_echo(path: &Path) {
     let l = UnixListener::bind(path).expect("bind echo socket");
@@ -300,7 +303,8 @@ fn connect_when_there(path: &Path) -> UnixStream {
 /// per accepted connection; a server-mode proxy connects to an echo socket
 /// per vchan client and serves again after each. Three connections, one
 /// after the other, each echo every byte; each ends when the socket user
-/// closes its connection.
+/// closes its connection. The server writes "running" to its
+/// `--state-path` once it is set up.
 #[test]
 fn proxy_socket_modes_serve_subsequent_connections() {
     let dir = TmpDir::new("vchan-proxy-sock");
@@ -310,10 +314,14 @@ fn proxy_socket_modes_serve_subsequent_connections() {
     socket_echo(&echo);
     let front = dir.0.join("front.sock");
     let _server = Kill(
-        vchan(&sock, 1, &["proxy", "--mode", "server", "2", path])
-            .arg(&echo)
-            .spawn()
-            .expect("proxy server"),
+        vchan(
+            &sock,
+            1,
+            &["proxy", "--mode", "server", "-s", STATE, "2", path],
+        )
+        .arg(&echo)
+        .spawn()
+        .expect("proxy server"),
     );
     let _client = Kill(
         vchan(&sock, 2, &["proxy", "1", path])
@@ -321,6 +329,17 @@ fn proxy_socket_modes_serve_subsequent_connections() {
             .spawn()
             .expect("proxy client"),
     );
+    let mut xs = xenshare::store::Client::new(
+        xenshare::store::UnixTransport::connect(dir.0.join("h.sock.xs")).expect("dom0 xenstored"),
+    );
+    let end = Instant::now() + STEP;
+    while xs.try_read(STATE).expect("read state").as_deref() != Some(&b"running"[..]) {
+        assert!(
+            Instant::now() < end,
+            "the proxy server did not write its state"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for round in 0..3u64 {
         let conn = connect_when_there(&front);
         let data = random(300_000, 0x5eed_0100 + round);
