@@ -45,7 +45,9 @@ use xenshare_host::{RemoteDomain, RemoteEvtchn};
 const ENDING: &str = "\
 When stdin ends, what was read is written into the vchan, then the vchan is
 still read (a vchan has no half-close): by default until the peer closes it,
-with --linger SECS for at most SECS more seconds (as socat's -t). The command
+with --linger SECS for at most SECS more seconds (as socat's -t). For a
+one-way transfer use --linger 0 on the sending side: it closes once stdin is
+in the ring, and the peer still drains the ring after the close. The command
 also ends when the peer closes the vchan (after writing out what it sent) or
 when stdout's reader goes away.";
 
