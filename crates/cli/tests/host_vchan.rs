@@ -88,6 +88,10 @@ fn two_processes_pipe_a_file_through_a_vchan() {
             path,
             "--wait",
             "10",
+            // One-way: close once the file is in the ring (the listener
+            // still drains it), instead of waiting for the listener.
+            "--linger",
+            "0",
             "--host",
         ])
         .arg(&sock)

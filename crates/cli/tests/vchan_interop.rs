@@ -184,6 +184,8 @@ fn xen_libxenvchan_interoperates_with_xenshare_vchan() {
         bin,
         &[
             "vchan", "connect", "--domid", "1", "--path", path, "--wait", "10",
+            // Close as soon as stdin ends (all echoes are read by then).
+            "--linger", "0",
         ],
     )
     .stdin(Stdio::piped())

@@ -129,8 +129,42 @@ fn map(
         set_errno(map_errno(&e));
         return ptr::null_mut();
     }
-    lock(&h.rt.maps).insert(addr as usize, m);
+    let len = m.pages() * PAGE_SIZE;
+    let mut maps = lock(&h.rt.maps);
+    forget_unmapped(&mut maps, addr as usize, len, |m| m.pages() * PAGE_SIZE);
+    maps.insert(addr as usize, m);
     addr.cast_mut().cast()
+}
+
+/// Drops from a registry every entry overlapping `[addr, addr + len)`, a
+/// range the kernel just gave to a new mapping, *without* unmapping it.
+///
+/// C callers may unmap memory with a plain `munmap` instead of
+/// `xengnttab_unmap` / `xengntshr_unshare` (libxenvchan does so for its
+/// ring buffers). The kernel can then hand the same addresses to the next
+/// mapping, and dropping the stale entry would unmap the new one under its
+/// user's feet. Such an entry's range is provably gone (the kernel reused
+/// it), so it is forgotten: its grant mappings (or shares) stay held in
+/// the host until this process exits, like gntdev / gntalloc keep a grant
+/// that was only `munmap`ped until the device is closed. Never freed, so
+/// never reused while a peer may hold it.
+pub(crate) fn forget_unmapped<V>(
+    reg: &mut std::collections::HashMap<usize, V>,
+    addr: usize,
+    len: usize,
+    len_of: impl Fn(&V) -> usize,
+) {
+    let end = addr.saturating_add(len);
+    let stale: Vec<usize> = reg
+        .iter()
+        .filter(|(&a, v)| a < end && addr < a.saturating_add(len_of(v)))
+        .map(|(&a, _)| a)
+        .collect();
+    for a in stale {
+        if let Some(v) = reg.remove(&a) {
+            std::mem::forget(v);
+        }
+    }
 }
 
 /// Sets a mapping's unmap notify if the C caller asked for one.
@@ -455,7 +489,12 @@ fn share(
     }
     let refs = s.refs().iter().map(|r| r.0).collect();
     let addr = s.mem().as_ptr();
-    lock(&h.rt.shares).insert(addr as usize, s);
+    let len = s.refs().len() * PAGE_SIZE;
+    let mut shares = lock(&h.rt.shares);
+    forget_unmapped(&mut shares, addr as usize, len, |s| {
+        s.refs().len() * PAGE_SIZE
+    });
+    shares.insert(addr as usize, s);
     Some((addr.cast_mut().cast(), refs))
 }
 

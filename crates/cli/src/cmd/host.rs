@@ -111,8 +111,8 @@ pub fn exec(a: ExecArgs) -> Result<(), String> {
 /// The compat cdylib, as cargo names it, next to the `xenshare` binary.
 const COMPAT_LIB: &str = "libxenshare_compat.so";
 
-/// A directory holding `libxengnttab.so.1` and `libxenevtchn.so.1`: both
-/// are symlinks to the one compat library (crate `xenshare-compat`) built
+/// A directory holding `libxengnttab.so.1`, `libxenevtchn.so.1` and
+/// `libxenctrl.so.4.17`: all are symlinks to the one compat library (crate `xenshare-compat`) built
 /// next to this binary, so the loader maps it once under both names.
 fn compat_lib_dir() -> Result<PathBuf, String> {
     let exe =
@@ -138,7 +138,11 @@ fn compat_lib_dir() -> Result<PathBuf, String> {
         .ok_or("library without a directory")?
         .join("xenshare-compat-libs");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    for name in ["libxengnttab.so.1", "libxenevtchn.so.1"] {
+    for name in [
+        "libxengnttab.so.1",
+        "libxenevtchn.so.1",
+        "libxenctrl.so.4.17",
+    ] {
         let link = dir.join(name);
         if std::fs::read_link(&link).ok().as_deref() == Some(lib.as_path()) {
             continue;
