@@ -176,9 +176,23 @@ impl ConsoleIo for MemoryIo {
 /// In raw mode (only applied when stdin is a terminal) keys go to the guest
 /// as typed and the guest does the echoing; the previous terminal settings
 /// are restored on drop. Ctrl-] ([`DETACH_BYTE`]) returns
-/// [`HostError::Detached`]; end of input returns [`HostError::Closed`].
+/// [`HostError::Detached`].
+///
+/// End of input is what a terminal session fed from a pipe expects: the
+/// guest keeps running and its output keeps coming; once it has been quiet
+/// for the linger time ([`StdioIo::with_linger`], default
+/// [`StdioIo::LINGER`]) after the end of input — or at the latest
+/// [`StdioIo::EOF_DEADLINE`] after it, for a guest that never stops
+/// talking — `read_input` returns [`HostError::Closed`] and the session
+/// ends. [`StdioIo::input_ended`] tells the two endings apart.
 pub struct StdioIo {
     saved: Option<rustix::termios::Termios>,
+    /// When stdin reached end of file (a pipe or file that ran out).
+    eof_at: Option<Instant>,
+    /// When guest output was last written.
+    last_output: Instant,
+    linger: Duration,
+    eof_deadline: Duration,
 }
 
 impl std::fmt::Debug for StdioIo {
@@ -201,7 +215,32 @@ impl StdioIo {
             rustix::termios::tcsetattr(stdin.as_fd(), rustix::termios::OptionalActions::Now, &t)?;
             saved = Some(old);
         }
-        Ok(Self { saved })
+        Ok(Self {
+            saved,
+            eof_at: None,
+            last_output: Instant::now(),
+            linger: Self::LINGER,
+            eof_deadline: Self::EOF_DEADLINE,
+        })
+    }
+
+    /// How long the guest must be quiet after the end of input before the
+    /// session ends, by default.
+    pub const LINGER: Duration = Duration::from_secs(1);
+    /// The longest a session goes on after the end of input, by default.
+    pub const EOF_DEADLINE: Duration = Duration::from_secs(10);
+
+    /// Sets the quiet time after the end of input (`linger`) and the
+    /// overall limit after it (`deadline`, at least `linger`).
+    pub fn with_linger(mut self, linger: Duration, deadline: Duration) -> Self {
+        self.linger = linger;
+        self.eof_deadline = deadline.max(linger);
+        self
+    }
+
+    /// True once stdin reached end of file.
+    pub fn input_ended(&self) -> bool {
+        self.eof_at.is_some()
     }
 
     /// Whether the terminal was put in raw mode.
@@ -228,10 +267,22 @@ impl ConsoleIo for StdioIo {
         let mut out = io::stdout().lock();
         out.write_all(data).map_err(io_err)?;
         out.flush().map_err(io_err)?;
+        if !data.is_empty() {
+            self.last_output = Instant::now();
+        }
         Ok(data.len())
     }
 
     fn read_input(&mut self, buf: &mut [u8]) -> Result<usize, HostError> {
+        if let Some(eof) = self.eof_at {
+            // Input is over; output still flows until the guest is quiet.
+            let now = Instant::now();
+            let quiet = now.duration_since(self.last_output.max(eof)) >= self.linger;
+            if quiet || now.duration_since(eof) >= self.eof_deadline {
+                return Err(HostError::Closed);
+            }
+            return Ok(0);
+        }
         if buf.is_empty() {
             return Ok(0);
         }
@@ -257,7 +308,10 @@ impl ConsoleIo for StdioIo {
         // poll said readable: one read does not block. stdin is not made
         // non-blocking since the shell shares its file description.
         let n = match rustix::io::read(stdin.as_fd(), &mut *buf) {
-            Ok(0) => return Err(HostError::Closed),
+            Ok(0) => {
+                self.eof_at = Some(Instant::now());
+                return Ok(0);
+            }
             Ok(n) => n,
             Err(Errno::INTR | Errno::AGAIN) => return Ok(0),
             Err(e) => return Err(os(e)),

@@ -81,8 +81,15 @@ pub fn run_with(a: ConsoleArgs, on_pty: &mut dyn FnMut(&str)) -> Result<(), Stri
         let mut io =
             StdioIo::new(!a.no_raw).map_err(|e| format!("cannot set up this terminal: {e}"))?;
         let r = run_demo_guest(&world, &mut io, &host);
+        let input_ended = io.input_ended();
         drop(io); // restores the terminal before we print
-        r.map_err(|e| format!("console: {e}"))?
+        match r.map_err(|e| format!("console: {e}"))? {
+            SessionEnd::TerminalClosed if input_ended => {
+                eprintln!("\n[end of input; guest {} stopped]", world.guest.id());
+                return Ok(());
+            }
+            end => end,
+        }
     };
     match end {
         SessionEnd::GuestExited => eprintln!("\n[guest {} exited]", world.guest.id()),
