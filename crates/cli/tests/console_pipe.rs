@@ -59,12 +59,16 @@ fn piped_lines_get_boot_text_then_answers_and_a_clean_exit_at_eof() {
     assert!(ok, "exit status; stderr: {err}");
     let boot = out
         .find("booting")
-        .expect(&format!("no boot text in {out:?}"));
-    let help = out.find("commands:").expect(&format!("no help in {out:?}"));
+        .unwrap_or_else(|| panic!("no boot text in {out:?}"));
+    let help = out
+        .find("commands:")
+        .unwrap_or_else(|| panic!("no help in {out:?}"));
     let echo = out
         .find("piped hello\r\n")
-        .expect(&format!("no echo answer in {out:?}"));
-    let up = out.find("up ").expect(&format!("no uptime in {out:?}"));
+        .unwrap_or_else(|| panic!("no echo answer in {out:?}"));
+    let up = out
+        .find("up ")
+        .unwrap_or_else(|| panic!("no uptime in {out:?}"));
     assert!(boot < help && help < echo && echo < up, "order: {out:?}");
     assert!(err.contains("[end of input;"), "stderr: {err}");
 }

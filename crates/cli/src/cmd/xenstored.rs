@@ -76,14 +76,21 @@ impl XenstoredArgs {
     }
 }
 
-/// Runs the daemon on `args.socket` until the process is killed.
+/// Runs the daemon on `args.socket` until SIGTERM, SIGINT or SIGHUP; then
+/// removes the socket and exits.
 pub fn run(args: XenstoredArgs) -> Result<(), String> {
     let config = args.config()?;
+    let term = super::shutdown::Termination::install()?;
+    let server = xenshare_xenstored::spawn(config, &args.socket)
+        .map_err(|e| format!("cannot serve on {}: {e}", args.socket.display()))?;
     eprintln!(
         "xenshare xenstored: listening on {} (export XENSTORED_PATH={})",
-        args.socket.display(),
-        args.socket.display()
+        server.path().display(),
+        server.path().display()
     );
-    xenshare_xenstored::run(config, &args.socket)
-        .map_err(|e| format!("cannot serve on {}: {e}", args.socket.display()))
+    let sig = term.wait();
+    // Exit without waiting for clients to go: remove the socket by path.
+    super::shutdown::remove_socket(server.path());
+    eprintln!("xenshare xenstored: {sig}: socket removed");
+    std::process::exit(0)
 }
