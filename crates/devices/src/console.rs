@@ -21,6 +21,7 @@
 //! and a four-command shell over the PV console. [`sim`] boots such a guest
 //! on the emulator, with the primary console wired as a toolstack does.
 
+use std::borrow::BorrowMut;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -36,6 +37,7 @@ use xenshare::platform::EventChannels;
 
 pub use xenshare::console::{ConsoleIo, HostError};
 
+pub mod session;
 pub mod sim;
 
 /// The byte that detaches an attached terminal (Ctrl-], as `xl console`).
@@ -564,28 +566,34 @@ pub enum Line {
     Stopped,
 }
 
-/// The guest's console, as a tiny kernel uses it.
-pub struct GuestConsole<P: ConsolePage, E: EventChannels> {
-    front: ConsoleFront<P, E>,
+/// The guest's console, as a tiny kernel uses it. It owns its front end
+/// (`F` = [`ConsoleFront`]) or borrows one that something else owns (`F` =
+/// `&mut ConsoleFront`, e.g. a secondary console's).
+pub struct GuestConsole<P: ConsolePage, E: EventChannels, F = ConsoleFront<P, E>> {
+    front: F,
+    _front: std::marker::PhantomData<fn() -> ConsoleFront<P, E>>,
     timeout: Duration,
     rx: VecDeque<u8>,
     last_cr: bool,
 }
 
-impl<P: ConsolePage, E: EventChannels> std::fmt::Debug for GuestConsole<P, E> {
+impl<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>> std::fmt::Debug
+    for GuestConsole<P, E, F>
+{
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestConsole")
-            .field("front", &self.front)
+            .field("front", self.front.borrow())
             .finish()
     }
 }
 
-impl<P: ConsolePage, E: EventChannels> GuestConsole<P, E> {
+impl<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>> GuestConsole<P, E, F> {
     /// Wraps a front end. `timeout` bounds each wait for the back end (for
     /// room to write, or between checks of a stop flag while reading).
-    pub fn new(front: ConsoleFront<P, E>, timeout: Duration) -> Self {
+    pub fn new(front: F, timeout: Duration) -> Self {
         Self {
             front,
+            _front: std::marker::PhantomData,
             timeout,
             rx: VecDeque::new(),
             last_cr: false,
@@ -594,17 +602,17 @@ impl<P: ConsolePage, E: EventChannels> GuestConsole<P, E> {
 
     /// The front end.
     pub fn front(&mut self) -> &mut ConsoleFront<P, E> {
-        &mut self.front
+        self.front.borrow_mut()
     }
 
     /// Unwraps the front end.
-    pub fn into_front(self) -> ConsoleFront<P, E> {
+    pub fn into_front(self) -> F {
         self.front
     }
 
     /// Writes raw bytes, waiting for room (each wait bounded by the timeout).
     pub fn write_bytes(&mut self, data: &[u8]) -> Result<(), ConsoleError> {
-        self.front.write_all(data, Some(self.timeout))
+        self.front.borrow_mut().write_all(data, Some(self.timeout))
     }
 
     /// Prints text, turning `\n` into `\r\n` as a terminal expects.
@@ -629,7 +637,11 @@ impl<P: ConsolePage, E: EventChannels> GuestConsole<P, E> {
                 return Ok(None);
             }
             let mut buf = [0u8; 256];
-            match self.front.read_timeout(&mut buf, Some(self.timeout)) {
+            match self
+                .front
+                .borrow_mut()
+                .read_timeout(&mut buf, Some(self.timeout))
+            {
                 Ok(n) => self.rx.extend(&buf[..n]),
                 Err(ConsoleError::TimedOut) => {}
                 Err(e) => return Err(e),
@@ -683,7 +695,9 @@ fn to_io(e: ConsoleError) -> io::Error {
     io::Error::new(kind, e)
 }
 
-impl<P: ConsolePage, E: EventChannels> Write for GuestConsole<P, E> {
+impl<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>> Write
+    for GuestConsole<P, E, F>
+{
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_bytes(buf).map_err(to_io)?;
         Ok(buf.len())
@@ -694,7 +708,9 @@ impl<P: ConsolePage, E: EventChannels> Write for GuestConsole<P, E> {
     }
 }
 
-impl<P: ConsolePage, E: EventChannels> Read for GuestConsole<P, E> {
+impl<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>> Read
+    for GuestConsole<P, E, F>
+{
     /// Reads at least one byte, waiting at most the timeout.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if !self.rx.is_empty() {
@@ -705,6 +721,7 @@ impl<P: ConsolePage, E: EventChannels> Read for GuestConsole<P, E> {
             return Ok(n);
         }
         self.front
+            .borrow_mut()
             .read_timeout(buf, Some(self.timeout))
             .map_err(to_io)
     }
@@ -721,8 +738,8 @@ pub enum ShellExit {
 
 /// The demo guest's "kernel": prints a boot banner ([`boot_banner`]), then
 /// runs the tiny shell ([`shell`]).
-pub fn demo_shell<P: ConsolePage, E: EventChannels>(
-    con: &mut GuestConsole<P, E>,
+pub fn demo_shell<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>>(
+    con: &mut GuestConsole<P, E, F>,
     hostname: &str,
     booted: Instant,
     stop: &AtomicBool,
@@ -732,8 +749,8 @@ pub fn demo_shell<P: ConsolePage, E: EventChannels>(
 }
 
 /// The demo kernel's boot banner.
-pub fn boot_banner<P: ConsolePage, E: EventChannels>(
-    con: &mut GuestConsole<P, E>,
+pub fn boot_banner<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>>(
+    con: &mut GuestConsole<P, E, F>,
     hostname: &str,
 ) -> Result<(), ConsoleError> {
     con.print(&format!(
@@ -744,8 +761,8 @@ pub fn boot_banner<P: ConsolePage, E: EventChannels>(
 
 /// A tiny shell over the console — `help`, `echo TEXT`, `uptime`, `exit` —
 /// until `exit`, Ctrl-D, or `stop`.
-pub fn shell<P: ConsolePage, E: EventChannels>(
-    con: &mut GuestConsole<P, E>,
+pub fn shell<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>>(
+    con: &mut GuestConsole<P, E, F>,
     hostname: &str,
     booted: Instant,
     stop: &AtomicBool,
