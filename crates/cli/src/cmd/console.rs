@@ -159,7 +159,13 @@ fn attach(domid: u16, a: &ConsoleArgs) -> Result<(), String> {
     // The toolstack's part needs dom0's xenstored: only the host's user
     // reaches that socket.
     let xs0_path = xenshare_host::HostConfig::new(&host).xenstore_path();
-    let mut xs0 = xs_client(&xs0_path, "dom0's")?;
+    let mut xs0 = xs_client(&xs0_path, "dom0's").map_err(|e| {
+        format!(
+            "{e}: is the host running? (start it with `xenshare host --socket {}`; \
+             attaching needs the host's user)",
+            host.display()
+        )
+    })?;
     // The back end runs in a console domain of its own.
     let me = RemoteDomain::join(&host, None).map_err(|e| no_host(&host, e))?;
     let mut xs = xs_client(me.xenstore_path(), "the console domain's")?;

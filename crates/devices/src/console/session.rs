@@ -62,10 +62,10 @@ const GUEST_TICK: Duration = Duration::from_millis(50);
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     /// No such domain (its `/local/domain/<id>` does not exist).
-    #[error("no domain {0} (not joined to this host)")]
+    #[error("no domain {} (not joined to this host)", .0 .0)]
     NoDomain(DomId),
     /// Another back end is attached right now.
-    #[error("the console of domain {guest} is already attached (by domain {by})")]
+    #[error("the console of domain {} is already attached (by domain {})", guest.0, by.0)]
     AlreadyAttached {
         /// The guest.
         guest: DomId,
@@ -74,8 +74,9 @@ pub enum AttachError {
     },
     /// The guest did not connect a front end in time.
     #[error(
-        "domain {0} did not connect its console within {HANDSHAKE_TIMEOUT:?} \
-         (is it running a console front end, e.g. `xenshare console --demo-guest --host`?)"
+        "domain {} did not connect its console within {HANDSHAKE_TIMEOUT:?} \
+         (is it running a console front end, e.g. `xenshare console --demo-guest --host`?)",
+        .0 .0
     )]
     NoFrontEnd(DomId),
     /// A XenStore request failed.
@@ -102,6 +103,37 @@ fn domid_of(raw: &[u8]) -> Option<DomId> {
     xenshare::store::xenbus::parse_decimal(s.as_bytes())
         .and_then(|v| u16::try_from(v).ok())
         .map(DomId)
+}
+
+/// How long [`attach`] waits for the domain of an earlier back end to go
+/// before it refuses with [`AttachError::AlreadyAttached`].
+const GONE_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits at most `grace` for `/local/domain/<dom>` to disappear (a watch on
+/// it, re-read on every event); returns whether it did.
+fn domain_gone_within<T: Transport>(
+    xs: &mut Client<T>,
+    dom: DomId,
+    grace: Duration,
+) -> Result<bool, ClientError> {
+    let path = format!("/local/domain/{}", dom.0);
+    let token = format!("console-attach-gone:{}", dom.0);
+    let deadline = Instant::now() + grace;
+    xs.watch(&path, token.as_bytes())?;
+    let r = (|| loop {
+        if xs.try_read(&path)?.is_none() {
+            return Ok(true);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        if xs.next_event(Some(left))?.is_none() {
+            return Ok(xs.try_read(&path)?.is_none());
+        }
+    })();
+    let _ = xs.unwatch(&path, token.as_bytes());
+    r
 }
 
 /// Attaches `io` to `guest`'s console: creates device `console/0` with
@@ -135,12 +167,21 @@ where
         .try_read(&format!("{front}/backend-id"))?
         .and_then(|v| domid_of(&v))
     {
-        let alive = xs0.try_read(&format!("/local/domain/{}", by.0))?.is_some();
         let state = read_state(xs0, &front)?;
-        if alive && by != me && state < XenbusState::Closing && state != XenbusState::Unknown {
+        // A back end whose process just died is gone a moment later (its
+        // domain is destroyed when its connection closes): give it that
+        // moment before calling the console taken.
+        let open = state < XenbusState::Closing && state != XenbusState::Unknown;
+        if open && by != me && !domain_gone_within(xs0, by, GONE_GRACE)? {
             return Err(AttachError::AlreadyAttached { guest, by });
         }
-        // A stale device from a back end that died: replace it.
+        // A stale device from a back end that died: let the guest finish
+        // closing its end (it revokes its page), then replace it.
+        if open {
+            let _ = wait_for_state(xs0, &front, HANDSHAKE_TIMEOUT, |s| {
+                s == XenbusState::Closed || s == XenbusState::Unknown
+            });
+        }
         xs0.rm(&front)?;
     }
     let back_dir = backend_path(me, DEVTYPE, guest, DEVID);
