@@ -39,7 +39,7 @@ pub struct XenstoredArgs {
     /// past it its watch events are dropped (and counted).
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_queued_bytes)]
     pub max_queued_bytes: usize,
-    /// Path length allowed after /local/domain/<N>/ (at most 2048).
+    /// Path length allowed after `/local/domain/<N>/` (at most 2048).
     #[arg(long, value_name = "N", default_value_t = Config::default().max_path_len)]
     pub path_max: usize,
 }
