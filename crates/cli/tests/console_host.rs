@@ -122,6 +122,32 @@ fn one_back_end_at_a_time_and_a_killed_console_does_not_block_the_next() {
     let stdin = again.0.stdin.as_mut().expect("stdin");
     stdin.write_all(b"echo after the kill\r").expect("type");
     read_until(&rx, "after the kill\r\n");
+
+    // Fed from a pipe: the answers, then a clean exit once the guest is
+    // quiet after the end of input (the guest goes on).
+    drop(again);
+    let mut c = Command::new(BIN)
+        .args(["console", "1", "--host"])
+        .arg(&sock)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn piped console");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"echo piped\n")
+        .expect("write");
+    let out = c.wait_with_output().expect("piped console");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("piped\r\n"), "{text:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[end of input; detached from domain 1]"),
+        "{err}"
+    );
 }
 
 #[test]
