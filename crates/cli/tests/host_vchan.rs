@@ -5,6 +5,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../conformance/src/support.rs"]
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_xenshare");
 
 struct Kill(Child);
@@ -31,11 +34,9 @@ fn start_host(dir: &Path) -> (Kill, std::path::PathBuf) {
     (Kill(child), sock)
 }
 
-fn tmpdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("xenshare-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh directory, removed (with the sockets in it) when dropped.
+fn tmpdir(name: &str) -> support::TempDir {
+    support::TempDir::new(name)
 }
 
 #[test]

@@ -26,11 +26,11 @@ impl Drop for Kill {
     }
 }
 
+#[path = "../../conformance/src/support.rs"]
+mod support;
+
 fn skip_or_fail(why: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("prerequisites missing under CI: {why}");
-    }
-    eprintln!("\n*** SKIP vchan_identity: {why} (install gcc, libxen-dev, xenstore-utils) ***\n");
+    support::skip_or_fail("vchan_identity", why, "gcc, libxen-dev and xenstore-utils");
 }
 
 fn build_helper(dir: &Path) -> Option<PathBuf> {
@@ -75,11 +75,9 @@ fn build_compat() {
     assert!(st.success(), "cargo build -p xenshare-compat failed");
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xenshare-id-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
+/// A fresh directory, removed (with the sockets in it) when dropped.
+fn tmpdir(name: &str) -> support::TempDir {
+    support::TempDir::new(&format!("id-{name}"))
 }
 
 fn start_host(dir: &Path) -> (Kill, PathBuf) {

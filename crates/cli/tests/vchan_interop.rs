@@ -30,11 +30,11 @@ impl Drop for Kill {
     }
 }
 
+#[path = "../../conformance/src/support.rs"]
+mod support;
+
 fn skip_or_fail(why: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("vchan interop prerequisites missing under CI: {why}");
-    }
-    eprintln!("\n*** SKIP vchan_interop: {why} (install gcc and libxen-dev) ***\n");
+    support::skip_or_fail("vchan_interop", why, "gcc and libxen-dev");
 }
 
 /// Builds the C helper; `None` (after a SKIP/FAIL) if it cannot be built.
@@ -81,11 +81,9 @@ fn build_compat() {
     assert!(profile_dir.join("libxenshare_compat.so").is_file());
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xenshare-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
+/// A fresh directory, removed (with the sockets in it) when dropped.
+fn tmpdir(name: &str) -> support::TempDir {
+    support::TempDir::new(name)
 }
 
 fn start_host(dir: &Path) -> (Kill, PathBuf) {

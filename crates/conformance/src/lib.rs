@@ -41,6 +41,7 @@
 mod event;
 mod grant;
 mod store;
+pub mod support;
 mod vchan;
 
 use std::sync::Arc;

@@ -21,6 +21,7 @@
 //! and a four-command shell over the PV console. [`sim`] boots such a guest
 //! on the emulator, with the primary console wired as a toolstack does.
 
+use std::borrow::BorrowMut;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -36,6 +37,7 @@ use xenshare::platform::EventChannels;
 
 pub use xenshare::console::{ConsoleIo, HostError};
 
+pub mod session;
 pub mod sim;
 
 /// The byte that detaches an attached terminal (Ctrl-], as `xl console`).
@@ -176,9 +178,23 @@ impl ConsoleIo for MemoryIo {
 /// In raw mode (only applied when stdin is a terminal) keys go to the guest
 /// as typed and the guest does the echoing; the previous terminal settings
 /// are restored on drop. Ctrl-] ([`DETACH_BYTE`]) returns
-/// [`HostError::Detached`]; end of input returns [`HostError::Closed`].
+/// [`HostError::Detached`].
+///
+/// End of input is what a terminal session fed from a pipe expects: the
+/// guest keeps running and its output keeps coming; once it has been quiet
+/// for the linger time ([`StdioIo::with_linger`], default
+/// [`StdioIo::LINGER`]) after the end of input — or at the latest
+/// [`StdioIo::EOF_DEADLINE`] after it, for a guest that never stops
+/// talking — `read_input` returns [`HostError::Closed`] and the session
+/// ends. [`StdioIo::input_ended`] tells the two endings apart.
 pub struct StdioIo {
     saved: Option<rustix::termios::Termios>,
+    /// When stdin reached end of file (a pipe or file that ran out).
+    eof_at: Option<Instant>,
+    /// When guest output was last written.
+    last_output: Instant,
+    linger: Duration,
+    eof_deadline: Duration,
 }
 
 impl std::fmt::Debug for StdioIo {
@@ -201,7 +217,32 @@ impl StdioIo {
             rustix::termios::tcsetattr(stdin.as_fd(), rustix::termios::OptionalActions::Now, &t)?;
             saved = Some(old);
         }
-        Ok(Self { saved })
+        Ok(Self {
+            saved,
+            eof_at: None,
+            last_output: Instant::now(),
+            linger: Self::LINGER,
+            eof_deadline: Self::EOF_DEADLINE,
+        })
+    }
+
+    /// How long the guest must be quiet after the end of input before the
+    /// session ends, by default.
+    pub const LINGER: Duration = Duration::from_secs(1);
+    /// The longest a session goes on after the end of input, by default.
+    pub const EOF_DEADLINE: Duration = Duration::from_secs(10);
+
+    /// Sets the quiet time after the end of input (`linger`) and the
+    /// overall limit after it (`deadline`, at least `linger`).
+    pub fn with_linger(mut self, linger: Duration, deadline: Duration) -> Self {
+        self.linger = linger;
+        self.eof_deadline = deadline.max(linger);
+        self
+    }
+
+    /// True once stdin reached end of file.
+    pub fn input_ended(&self) -> bool {
+        self.eof_at.is_some()
     }
 
     /// Whether the terminal was put in raw mode.
@@ -228,10 +269,22 @@ impl ConsoleIo for StdioIo {
         let mut out = io::stdout().lock();
         out.write_all(data).map_err(io_err)?;
         out.flush().map_err(io_err)?;
+        if !data.is_empty() {
+            self.last_output = Instant::now();
+        }
         Ok(data.len())
     }
 
     fn read_input(&mut self, buf: &mut [u8]) -> Result<usize, HostError> {
+        if let Some(eof) = self.eof_at {
+            // Input is over; output still flows until the guest is quiet.
+            let now = Instant::now();
+            let quiet = now.duration_since(self.last_output.max(eof)) >= self.linger;
+            if quiet || now.duration_since(eof) >= self.eof_deadline {
+                return Err(HostError::Closed);
+            }
+            return Ok(0);
+        }
         if buf.is_empty() {
             return Ok(0);
         }
@@ -257,7 +310,10 @@ impl ConsoleIo for StdioIo {
         // poll said readable: one read does not block. stdin is not made
         // non-blocking since the shell shares its file description.
         let n = match rustix::io::read(stdin.as_fd(), &mut *buf) {
-            Ok(0) => return Err(HostError::Closed),
+            Ok(0) => {
+                self.eof_at = Some(Instant::now());
+                return Ok(0);
+            }
             Ok(n) => n,
             Err(Errno::INTR | Errno::AGAIN) => return Ok(0),
             Err(e) => return Err(os(e)),
@@ -510,28 +566,34 @@ pub enum Line {
     Stopped,
 }
 
-/// The guest's console, as a tiny kernel uses it.
-pub struct GuestConsole<P: ConsolePage, E: EventChannels> {
-    front: ConsoleFront<P, E>,
+/// The guest's console, as a tiny kernel uses it. It owns its front end
+/// (`F` = [`ConsoleFront`]) or borrows one that something else owns (`F` =
+/// `&mut ConsoleFront`, e.g. a secondary console's).
+pub struct GuestConsole<P: ConsolePage, E: EventChannels, F = ConsoleFront<P, E>> {
+    front: F,
+    _front: std::marker::PhantomData<fn() -> ConsoleFront<P, E>>,
     timeout: Duration,
     rx: VecDeque<u8>,
     last_cr: bool,
 }
 
-impl<P: ConsolePage, E: EventChannels> std::fmt::Debug for GuestConsole<P, E> {
+impl<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>> std::fmt::Debug
+    for GuestConsole<P, E, F>
+{
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestConsole")
-            .field("front", &self.front)
+            .field("front", self.front.borrow())
             .finish()
     }
 }
 
-impl<P: ConsolePage, E: EventChannels> GuestConsole<P, E> {
+impl<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>> GuestConsole<P, E, F> {
     /// Wraps a front end. `timeout` bounds each wait for the back end (for
     /// room to write, or between checks of a stop flag while reading).
-    pub fn new(front: ConsoleFront<P, E>, timeout: Duration) -> Self {
+    pub fn new(front: F, timeout: Duration) -> Self {
         Self {
             front,
+            _front: std::marker::PhantomData,
             timeout,
             rx: VecDeque::new(),
             last_cr: false,
@@ -540,17 +602,17 @@ impl<P: ConsolePage, E: EventChannels> GuestConsole<P, E> {
 
     /// The front end.
     pub fn front(&mut self) -> &mut ConsoleFront<P, E> {
-        &mut self.front
+        self.front.borrow_mut()
     }
 
     /// Unwraps the front end.
-    pub fn into_front(self) -> ConsoleFront<P, E> {
+    pub fn into_front(self) -> F {
         self.front
     }
 
     /// Writes raw bytes, waiting for room (each wait bounded by the timeout).
     pub fn write_bytes(&mut self, data: &[u8]) -> Result<(), ConsoleError> {
-        self.front.write_all(data, Some(self.timeout))
+        self.front.borrow_mut().write_all(data, Some(self.timeout))
     }
 
     /// Prints text, turning `\n` into `\r\n` as a terminal expects.
@@ -575,7 +637,11 @@ impl<P: ConsolePage, E: EventChannels> GuestConsole<P, E> {
                 return Ok(None);
             }
             let mut buf = [0u8; 256];
-            match self.front.read_timeout(&mut buf, Some(self.timeout)) {
+            match self
+                .front
+                .borrow_mut()
+                .read_timeout(&mut buf, Some(self.timeout))
+            {
                 Ok(n) => self.rx.extend(&buf[..n]),
                 Err(ConsoleError::TimedOut) => {}
                 Err(e) => return Err(e),
@@ -629,7 +695,9 @@ fn to_io(e: ConsoleError) -> io::Error {
     io::Error::new(kind, e)
 }
 
-impl<P: ConsolePage, E: EventChannels> Write for GuestConsole<P, E> {
+impl<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>> Write
+    for GuestConsole<P, E, F>
+{
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_bytes(buf).map_err(to_io)?;
         Ok(buf.len())
@@ -640,7 +708,9 @@ impl<P: ConsolePage, E: EventChannels> Write for GuestConsole<P, E> {
     }
 }
 
-impl<P: ConsolePage, E: EventChannels> Read for GuestConsole<P, E> {
+impl<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>> Read
+    for GuestConsole<P, E, F>
+{
     /// Reads at least one byte, waiting at most the timeout.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if !self.rx.is_empty() {
@@ -651,6 +721,7 @@ impl<P: ConsolePage, E: EventChannels> Read for GuestConsole<P, E> {
             return Ok(n);
         }
         self.front
+            .borrow_mut()
             .read_timeout(buf, Some(self.timeout))
             .map_err(to_io)
     }
@@ -667,8 +738,8 @@ pub enum ShellExit {
 
 /// The demo guest's "kernel": prints a boot banner ([`boot_banner`]), then
 /// runs the tiny shell ([`shell`]).
-pub fn demo_shell<P: ConsolePage, E: EventChannels>(
-    con: &mut GuestConsole<P, E>,
+pub fn demo_shell<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>>(
+    con: &mut GuestConsole<P, E, F>,
     hostname: &str,
     booted: Instant,
     stop: &AtomicBool,
@@ -678,8 +749,8 @@ pub fn demo_shell<P: ConsolePage, E: EventChannels>(
 }
 
 /// The demo kernel's boot banner.
-pub fn boot_banner<P: ConsolePage, E: EventChannels>(
-    con: &mut GuestConsole<P, E>,
+pub fn boot_banner<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>>(
+    con: &mut GuestConsole<P, E, F>,
     hostname: &str,
 ) -> Result<(), ConsoleError> {
     con.print(&format!(
@@ -690,8 +761,8 @@ pub fn boot_banner<P: ConsolePage, E: EventChannels>(
 
 /// A tiny shell over the console — `help`, `echo TEXT`, `uptime`, `exit` —
 /// until `exit`, Ctrl-D, or `stop`.
-pub fn shell<P: ConsolePage, E: EventChannels>(
-    con: &mut GuestConsole<P, E>,
+pub fn shell<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>>(
+    con: &mut GuestConsole<P, E, F>,
     hostname: &str,
     booted: Instant,
     stop: &AtomicBool,

@@ -13,11 +13,12 @@ use xenshare_host::sock;
 use xenshare_host::wire::{op, Reader, Writer};
 use xenshare_host::{Host, HostConfig, RemoteDomain};
 
+#[path = "../../conformance/src/support.rs"]
+mod support;
+
 #[test]
 fn accept_loop_survives_fd_exhaustion() {
-    let dir = std::env::temp_dir().join(format!("xenshare-accept-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = support::TempDir::new("accept");
     let host = Host::spawn(HostConfig::new(dir.join("h.sock"))).unwrap();
     // Warm up (threads, xenstored) before the fd table is full.
     let early = RemoteDomain::join(host.path(), Some(DomId(1))).unwrap();

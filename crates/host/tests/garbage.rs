@@ -5,11 +5,12 @@ use xenshare_host::client::Conn;
 use xenshare_host::wire::{op, Reader, VERSION};
 use xenshare_host::{Host, HostConfig, RemoteDomain};
 
+#[path = "../../conformance/src/support.rs"]
+mod support;
+
 #[test]
 fn garbage_messages_do_not_crash_the_daemon() {
-    let dir = std::env::temp_dir().join(format!("xenshare-garbage-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = support::TempDir::new("garbage");
     let host = Host::spawn(HostConfig::new(dir.join("h.sock"))).unwrap();
     let c = Conn::connect(host.path()).unwrap();
     let msgs: Vec<Vec<u8>> = vec![

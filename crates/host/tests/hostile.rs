@@ -29,12 +29,17 @@ use xenshare_host::wire::{op, Reader, RemoteError, Writer, MAX_FDS, MAX_MAP_REFS
 use xenshare_host::{Host, HostConfig, RemoteDomain};
 use xenshare_sim::region::Region;
 
-fn host(name: &str) -> (Host, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("xenshare-hostile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+#[path = "../../conformance/src/support.rs"]
+mod support;
+
+/// A host in its own directory, removed (after the host) when dropped.
+fn host(name: &str) -> (support::Scoped<Host>, PathBuf) {
+    let dir = support::TempDir::new(&format!("hostile-{name}"));
     let sock = dir.join("h.sock");
-    (Host::spawn(HostConfig::new(&sock)).unwrap(), sock)
+    (
+        support::Scoped::new(Host::spawn(HostConfig::new(&sock)).unwrap(), dir),
+        sock,
+    )
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -464,7 +469,8 @@ fn chunk_fds_are_checked() {
     )
     .unwrap();
     assert!(refused(add(s1.as_fd(), 1)).contains("not a shared-memory file"));
-    let path = std::env::temp_dir().join(format!("xenshare-hostile-file-{}", std::process::id()));
+    let tmp = support::TempDir::new("hostile-file");
+    let path = tmp.join("f");
     let file = std::fs::File::create(&path).unwrap();
     file.set_len(PAGE_SIZE as u64).unwrap();
     let m = refused(add(file.as_fd(), 1));

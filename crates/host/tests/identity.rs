@@ -15,11 +15,14 @@ use xenshare_host::toolstack::{domain_xenstore_path, Token};
 use xenshare_host::wire::{op, RemoteError, Writer};
 use xenshare_host::{Host, HostConfig, RemoteDomain};
 
-fn host(name: &str) -> Host {
-    let dir = std::env::temp_dir().join(format!("xenshare-ident-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Host::spawn(HostConfig::new(dir.join("h.sock"))).unwrap()
+#[path = "../../conformance/src/support.rs"]
+mod support;
+
+/// A host in its own directory, removed (after the host) when dropped.
+fn host(name: &str) -> support::Scoped<Host> {
+    let dir = support::TempDir::new(&format!("ident-{name}"));
+    let h = Host::spawn(HostConfig::new(dir.join("h.sock"))).unwrap();
+    support::Scoped::new(h, dir)
 }
 
 fn join_raw(c: &Conn, want: u32) -> Result<u16, ClientError> {
@@ -235,8 +238,10 @@ fn other_users_cannot_reach_dom0_or_domain_xenstored_sockets() {
     let read = std::path::Path::new("/usr/bin/xenstore-read");
     let setpriv = std::path::Path::new("/usr/bin/setpriv");
     if !rustix::process::getuid().is_root() || !read.exists() || !setpriv.exists() {
-        eprintln!(
-            "\n*** SKIP other_users_cannot_reach_...: needs root, setpriv and xenstore-utils ***\n"
+        support::skip_or_fail(
+            "other_users_cannot_reach_dom0_or_domain_xenstored_sockets",
+            "needs root, setpriv and xenstore-read",
+            "util-linux and xenstore-utils, and run as root",
         );
         return;
     }

@@ -21,12 +21,17 @@ use xenshare::{Access, DomId, GrantRef};
 use xenshare_host::client::RemoteDomain;
 use xenshare_host::daemon::{Host, HostConfig};
 
-fn host(name: &str) -> (Host, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("xenshare-proc-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+#[path = "../../conformance/src/support.rs"]
+mod support;
+
+/// A host in its own directory, removed (after the host) when dropped.
+fn host(name: &str) -> (support::Scoped<Host>, PathBuf) {
+    let dir = support::TempDir::new(&format!("proc-{name}"));
     let sock = dir.join("h.sock");
-    (Host::spawn(HostConfig::new(&sock)).unwrap(), sock)
+    (
+        support::Scoped::new(Host::spawn(HostConfig::new(&sock)).unwrap(), dir),
+        sock,
+    )
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {

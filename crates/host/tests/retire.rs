@@ -10,6 +10,9 @@ use xenshare_host::wire::{op, Reader, Writer};
 use xenshare_host::{Host, HostConfig, RemoteDomain};
 use xenshare_sim::region::Region;
 
+#[path = "../../conformance/src/support.rs"]
+mod support;
+
 const PAGE: usize = 4096;
 const SECRET: u8 = 0x5E;
 
@@ -34,9 +37,7 @@ fn map_then_lie(c: &Conn, granter: DomId, gref: GrantRef) -> (Region, usize) {
 
 #[test]
 fn a_mapper_that_unmaps_but_keeps_its_mmap_never_sees_reused_memory() {
-    let dir = std::env::temp_dir().join(format!("xenshare-retire-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = support::TempDir::new("retire");
     let host = Host::spawn(HostConfig::new(dir.join("h.sock"))).unwrap();
     let granter = RemoteDomain::join(host.path(), Some(DomId(1))).unwrap();
     let watcher = Conn::connect(host.path()).unwrap();

@@ -21,8 +21,11 @@ pub struct HostArgs {
     pub first_domid: u16,
 }
 
-/// Runs the daemon in the foreground.
+/// Runs the daemon in the foreground until SIGTERM, SIGINT or SIGHUP; then
+/// removes its sockets (RPC, dom0's and every domain's xenstored) and its
+/// token file, and exits.
 pub fn run(a: HostArgs) -> Result<(), String> {
+    let term = super::shutdown::Termination::install()?;
     let mut cfg = HostConfig::new(&a.socket);
     cfg.xenstore_socket = a.xenstore_socket;
     cfg.first_domid = DomId(a.first_domid);
@@ -33,8 +36,17 @@ pub fn run(a: HostArgs) -> Result<(), String> {
         host.xenstore_path().display(),
         host.token_path().display()
     );
-    host.join();
-    Ok(())
+    let sig = term.wait();
+    // Exit without running the daemon's destructors (they wait for the
+    // domains' connections): remove what it created on disk, by path.
+    super::shutdown::remove_socket(host.path());
+    super::shutdown::remove_socket(host.xenstore_path());
+    for p in super::shutdown::domain_sockets(host.path()) {
+        super::shutdown::remove_socket(&p);
+    }
+    let _ = std::fs::remove_file(host.token_path());
+    eprintln!("xenshare host: {sig}: sockets and token removed");
+    std::process::exit(0)
 }
 
 /// Options of `xenshare exec`.

@@ -6,5 +6,6 @@ pub mod demo;
 pub mod demo_full;
 pub mod grants;
 pub mod host;
+pub mod shutdown;
 pub mod vchan;
 pub mod xenstored;

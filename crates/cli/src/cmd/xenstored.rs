@@ -39,7 +39,7 @@ pub struct XenstoredArgs {
     /// past it its watch events are dropped (and counted).
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_queued_bytes)]
     pub max_queued_bytes: usize,
-    /// Path length allowed after /local/domain/<N>/ (at most 2048).
+    /// Path length allowed after `/local/domain/<N>/` (at most 2048).
     #[arg(long, value_name = "N", default_value_t = Config::default().max_path_len)]
     pub path_max: usize,
 }
@@ -76,14 +76,21 @@ impl XenstoredArgs {
     }
 }
 
-/// Runs the daemon on `args.socket` until the process is killed.
+/// Runs the daemon on `args.socket` until SIGTERM, SIGINT or SIGHUP; then
+/// removes the socket and exits.
 pub fn run(args: XenstoredArgs) -> Result<(), String> {
     let config = args.config()?;
+    let term = super::shutdown::Termination::install()?;
+    let server = xenshare_xenstored::spawn(config, &args.socket)
+        .map_err(|e| format!("cannot serve on {}: {e}", args.socket.display()))?;
     eprintln!(
         "xenshare xenstored: listening on {} (export XENSTORED_PATH={})",
-        args.socket.display(),
-        args.socket.display()
+        server.path().display(),
+        server.path().display()
     );
-    xenshare_xenstored::run(config, &args.socket)
-        .map_err(|e| format!("cannot serve on {}: {e}", args.socket.display()))
+    let sig = term.wait();
+    // Exit without waiting for clients to go: remove the socket by path.
+    super::shutdown::remove_socket(server.path());
+    eprintln!("xenshare xenstored: {sig}: socket removed");
+    std::process::exit(0)
 }

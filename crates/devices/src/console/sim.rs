@@ -2,10 +2,12 @@
 //! xenconsoled do for a guest's primary console, and the demo guest that
 //! `xenshare console --demo-guest` and `xenshare demo --full` boot.
 //!
-//! Domains are threads of this process (a multi-process host is a later
-//! step): the guest "kernel" is a thread running [`demo_shell`] on the
-//! guest's side of the page, and the back end pumps the page to a host
-//! terminal in the calling thread.
+//! Here domains are threads of this process: the guest "kernel" is a
+//! thread running [`demo_shell`] on the guest's side of the page, and the
+//! back end pumps the page to a host terminal in the calling thread. For
+//! consoles of domains that are processes of a multi-process host
+//! (`xenshare host`), attached and detached at will, see
+//! [`session`](super::session).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

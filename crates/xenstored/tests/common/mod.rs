@@ -1,23 +1,24 @@
 //! Helpers shared by the conformance tests.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use xenshare_xenstored::{spawn, Config, ServerHandle};
 
-/// True if `tool` exists. If not: a loud SKIP, or a failure when `CI=true`
-/// (CI installs the Debian packages, so a missing tool there is a bug).
+#[path = "../../../conformance/src/support.rs"]
+pub mod support;
+
+/// True if `tool` exists. If not: a visible SKIP line, or a failure when
+/// `CI=true` (CI installs the Debian packages, so a missing tool there is a
+/// bug).
 pub fn have_tool(tool: &str) -> bool {
-    if Path::new(tool).exists() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{tool} is missing but CI=true: install xenstore-utils, xen-utils-4.17 and python3-pyxs");
-    }
-    eprintln!("SKIP: {tool} not installed (Debian xenstore-utils / xen-utils-4.17 / python3-pyxs)");
-    false
+    support::require_path(
+        "xenstored conformance",
+        tool,
+        "xenstore-utils, xen-utils-4.17 and python3-pyxs",
+    )
 }
 
 /// A fresh socket path in the temp directory.

@@ -1,0 +1,143 @@
+//! Attachable consoles (`xenshare_devices::console::session`) on the
+//! in-process emulator: a guest serves its console, a back end in a domain
+//! of its own attaches, talks, detaches, and another attach gets a fresh
+//! console on the same running guest; the guest's page is revoked after
+//! each session and its directories are removed.
+
+#[path = "console_common/mod.rs"]
+mod common;
+
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use common::{world, SOON};
+use xenshare::store::perms::{PermKind, Perms};
+use xenshare::store::xenbus::frontend_path;
+use xenshare_devices::console::session::{attach, serve, AttachEnd, AttachError, DEVID};
+use xenshare_devices::console::{shell, MemoryTerminal};
+use xenshare_sim::DomainConfig;
+
+fn wait_output(t: &MemoryTerminal, want: &str) {
+    assert!(
+        t.wait_output(SOON, |o| String::from_utf8_lossy(o).contains(want)),
+        "no {want:?}; got {:?}",
+        String::from_utf8_lossy(&t.output())
+    );
+}
+
+#[test]
+fn attach_detach_and_attach_again_to_a_running_guest() {
+    let w = world();
+    // The console back end's own domain, with its home as the toolstack
+    // makes it.
+    let back =
+        w.hv.create_domain(DomainConfig {
+            mem_pages: 64,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut xs0 = w.xs(&w.dom0);
+    let home = format!("/local/domain/{}", back.id().0);
+    xs0.mkdir(&home).unwrap();
+    xs0.set_perms(&home, &Perms::owned_by(back.id(), PermKind::None))
+        .unwrap();
+    let front_dir = frontend_path(w.guest.id(), "console", DEVID);
+
+    std::thread::scope(|s| {
+        let guest = s.spawn(|| {
+            let evt = w.guest.evtchn().unwrap();
+            let (mut xs, mut xs_watch) = (w.xs(&w.guest), w.xs(&w.guest));
+            let booted = Instant::now();
+            serve(
+                w.guest.exporter(),
+                &evt,
+                &mut xs,
+                &mut xs_watch,
+                |con, stop: &AtomicBool, n| {
+                    con.print(&format!("session {n}\n"))?;
+                    shell(con, "g", booted, stop)
+                },
+                |e| panic!("guest: {e}"),
+            )
+        });
+
+        let session = |t: &MemoryTerminal| {
+            let evt = back.evtchn().unwrap();
+            let (mut xs0, mut xs) = (w.xs(&w.dom0), w.xs(&back));
+            let mut io = t.io();
+            attach(
+                back.importer(),
+                &evt,
+                &mut xs0,
+                &mut xs,
+                w.guest.id(),
+                &mut io,
+            )
+        };
+
+        // First attach: a command and its answer, then the terminal goes.
+        let t1 = MemoryTerminal::new();
+        t1.type_input(b"echo one\r");
+        let t = t1.clone();
+        let a1 = s.spawn(move || session(&t));
+        wait_output(&t1, "session 1");
+        wait_output(&t1, "one\r\ng$ ");
+        t1.close();
+        assert_eq!(a1.join().unwrap().unwrap(), AttachEnd::TerminalClosed);
+        // Detached: the device is gone and the guest took its page back.
+        let mut xs0 = w.xs(&w.dom0);
+        assert_eq!(xs0.try_read(&front_dir).unwrap(), None);
+        let end = Instant::now() + SOON;
+        while !w.guest.active_grants().is_empty() {
+            assert!(Instant::now() < end, "page still mapped after detach");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+
+        // Second attach to the same, still running guest: new output.
+        let t2 = MemoryTerminal::new();
+        t2.type_input(b"echo two\r");
+        let t = t2.clone();
+        let a2 = s.spawn(move || session(&t));
+        wait_output(&t2, "session 2");
+        wait_output(&t2, "two\r\n");
+        assert!(!String::from_utf8_lossy(&t2.output()).contains("one"));
+        // `exit` in the guest closes its console: the attach ends with it.
+        t2.type_input(b"exit\r");
+        assert_eq!(a2.join().unwrap().unwrap(), AttachEnd::GuestClosed);
+        assert!(String::from_utf8_lossy(&t2.output()).contains("bye"));
+        guest.join().unwrap().unwrap();
+    });
+}
+
+#[test]
+fn attaching_to_a_guest_that_serves_no_console_times_out_clearly() {
+    let w = world();
+    let back = w.hv.create_domain(DomainConfig::default()).unwrap();
+    let evt = back.evtchn().unwrap();
+    let (mut xs0, mut xs) = (w.xs(&w.dom0), w.xs(&back));
+    let t = MemoryTerminal::new();
+    let mut io = t.io();
+    let e = attach(
+        back.importer(),
+        &evt,
+        &mut xs0,
+        &mut xs,
+        w.guest.id(),
+        &mut io,
+    )
+    .unwrap_err();
+    assert!(matches!(e, AttachError::NoFrontEnd(_)), "{e}");
+    // It cleaned up after itself.
+    let front_dir = frontend_path(w.guest.id(), "console", DEVID);
+    assert_eq!(xs0.try_read(&front_dir).unwrap(), None);
+    let e = attach(
+        back.importer(),
+        &evt,
+        &mut xs0,
+        &mut xs,
+        xenshare::DomId(999),
+        &mut io,
+    )
+    .unwrap_err();
+    assert!(matches!(e, AttachError::NoDomain(_)), "{e}");
+}
