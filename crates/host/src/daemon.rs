@@ -389,8 +389,11 @@ impl Conn {
         if let Some(d) = self.dom.take() {
             lock(&self.shared.domains).remove(&d.id().0);
             lock(&self.shared.quarantined).remove(&d.id().0);
-            let _ = d.destroy();
+            // The toolstack first: until the domain itself is destroyed its
+            // id stays taken, so a new domain with the same id cannot have
+            // its socket or home removed by this clean-up.
             self.shared.toolstack.destroy(d.id());
+            let _ = d.destroy();
         }
         self.evts.clear();
     }
@@ -433,8 +436,21 @@ impl Conn {
                     "domain 0 is the host itself; nobody joins as dom0".into(),
                 ));
             }
-            hv.create_remote_domain(id, cfg)
-                .map_err(|e| RemoteError::Refused(format!("domain {}: {e}", id.0)))?
+            // A domain that just exited may still be being torn down by its
+            // connection's thread: give it a moment (bounded) before
+            // refusing an id that is really taken.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            loop {
+                match hv.create_remote_domain(id, cfg) {
+                    Ok(d) => break d,
+                    Err(xenshare_sim::HvError::DomIdTaken(_))
+                        if std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(RemoteError::Refused(format!("domain {}: {e}", id.0))),
+                }
+            }
         };
         let uid = self.peer_uid.unwrap_or(self.shared.uid);
         let xs = match self.shared.toolstack.create(dom.id(), uid) {
