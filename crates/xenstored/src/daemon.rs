@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use xenshare::store::wire::Message;
+use xenshare::store::wire::{Decoder, Message, WireError};
 use xenshare::DomId;
 
 use crate::config::Config;
@@ -249,6 +249,26 @@ impl Daemon {
         let mut g = lock(&self.inner);
         let outputs = g.store.handle(conn, msg);
         self.route(&mut g, outputs);
+    }
+
+    /// Handles raw bytes received from `conn`'s byte stream: appends them
+    /// to the connection's `dec` and delivers every whole message in order.
+    /// Returns how many were delivered. `Err` means the stream lost its
+    /// framing (a length over 4096): the transport must drop the connection
+    /// (messages before the bad header have been delivered).
+    pub fn deliver_bytes(
+        &self,
+        conn: ConnId,
+        dec: &mut Decoder,
+        bytes: &[u8],
+    ) -> Result<usize, WireError> {
+        dec.push(bytes);
+        let mut n = 0;
+        while let Some(m) = dec.next_message()? {
+            self.deliver(conn, m);
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Detaches a connection (idempotent).
