@@ -127,6 +127,11 @@ fn run_in(w: &World, data: &[u8]) {
             .zip(&pages_before)
             .map(|(s, b)| (s.refs()[0].0, b.clone()))
             .collect(),
+        other: [&tx_page, &rx_page]
+            .into_iter()
+            .chain(&rx_bufs)
+            .map(|s| s.refs()[0].0)
+            .collect(),
         ..TxModel::default()
     };
     let (mut rx_written, mut rx_published, mut rx_seen) = (0u32, 0u32, 0u32);
@@ -268,6 +273,8 @@ struct TxModel {
     chain: Vec<u32>,
     /// Contents of the granted data pages, by grant ref.
     pages: BTreeMap<u32, Vec<u8>>,
+    /// Refs of the other pages the guest granted (rings, rx buffers).
+    other: Vec<u32>,
 }
 
 impl TxModel {
@@ -324,21 +331,34 @@ impl TxModel {
             let last = req.flags & NETTXF_MORE_DATA == 0 || self.chain.len() >= MAX_SLOTS;
             if last {
                 let chain: Vec<NetifTxRequest> = self.chain.iter().map(|i| self.reqs[i]).collect();
-                let (verdict, frame) = verdict(&chain);
+                let granted: Vec<u32> = self.pages.keys().copied().collect();
+                let (mut verdict, frame) = verdict(&chain, &granted);
+                let got = &statuses[statuses.len() - chain.len()..];
+                // A ref to another page the guest granted (a ring, an rx
+                // buffer) is legal, but its bytes are not the model's.
+                let foreign = chain.iter().any(|s| self.other.contains(&s.gref));
+                if verdict == Verdict::Error && foreign && got[0] == NETIF_RSP_OKAY {
+                    verdict = Verdict::Foreign;
+                }
                 let want = match verdict {
                     Verdict::Fatal => {
                         fatal = true;
                         NETIF_RSP_ERROR
                     }
                     Verdict::Error => NETIF_RSP_ERROR,
-                    Verdict::Okay => NETIF_RSP_OKAY,
+                    Verdict::Okay | Verdict::Foreign => NETIF_RSP_OKAY,
                 };
-                let got = &statuses[statuses.len() - chain.len()..];
                 assert!(
                     got.iter().all(|&s| s == want),
                     "chain {chain:?} answered {got:?}, expected {want}"
                 );
-                if verdict == Verdict::Okay {
+                if verdict == Verdict::Foreign {
+                    let sent = host
+                        .sent
+                        .pop_front()
+                        .expect("an OKAY chain reached the host");
+                    assert!(sent.len() >= MIN_FRAME);
+                } else if verdict == Verdict::Okay {
                     let sent = host
                         .sent
                         .pop_front()
@@ -357,12 +377,14 @@ impl TxModel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
     Okay,
+    /// Well-formed, but using pages the model does not track.
+    Foreign,
     Error,
     Fatal,
 }
 
 /// The tx protocol's verdict on a complete chain, and each slot's size.
-fn verdict(chain: &[NetifTxRequest]) -> (Verdict, Vec<usize>) {
+fn verdict(chain: &[NetifTxRequest], granted: &[u32]) -> (Verdict, Vec<usize>) {
     if chain.len() >= MAX_SLOTS && chain[chain.len() - 1].flags & NETTXF_MORE_DATA != 0 {
         return (Verdict::Fatal, vec![]);
     }
@@ -383,7 +405,7 @@ fn verdict(chain: &[NetifTxRequest]) -> (Verdict, Vec<usize>) {
     {
         return (Verdict::Fatal, vec![]);
     }
-    if total < MIN_FRAME || chain.iter().any(|s| s.gref == NEVER_GRANTED) {
+    if total < MIN_FRAME || chain.iter().any(|s| !granted.contains(&s.gref)) {
         return (Verdict::Error, vec![]);
     }
     (Verdict::Okay, sizes)

@@ -204,15 +204,15 @@ fn drive<S: VchanSide>(
 ) {
     let (rd_size, wr_size) = (v.read_ring_size(), v.write_ring_size());
     let left_len = v.side().external(true).map_or(0, |m| m.len());
-    // Our read ring is the left one for the server.
+    // The server reads the left ring and writes the right one.
     let rd_base = ring_base(
         if server { orders.left } else { orders.right },
-        !server,
+        server,
         left_len,
     );
     let wr_base = ring_base(
         if server { orders.right } else { orders.left },
-        server,
+        !server,
         left_len,
     );
     let (rd_prod, rd_cons, wr_prod, wr_cons) = if server {
@@ -249,8 +249,8 @@ fn drive<S: VchanSide>(
                 let n = data.len().min(rd_size - at);
                 let target = match (abi::in_page_ring_offset(order_of(rd_size)), peer_ring) {
                     (Some(off), _) => ctrl.slice(off, rd_size).ok(),
-                    (None, Some(f)) => f(!server),
-                    (None, None) => v.side().external(!server),
+                    (None, Some(f)) => f(server),
+                    (None, None) => v.side().external(server),
                 };
                 if let Some(m) = target {
                     let _ = m.write(at, &data[..n]);
