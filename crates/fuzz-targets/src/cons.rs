@@ -35,9 +35,9 @@ pub(crate) fn run(data: &[u8]) {
         let d = [IN, OUT][which];
         match op & 0x7 {
             // Peer moves its consumer index (for our production).
-            0 => store(&page, d.cons, input.index_near(prod[which])),
+            0 => store(&page, d.cons, input.index_near(prod[which], d.size as u32)),
             // Peer moves its producer index (for our consumption).
-            1 => store(&page, d.prod, input.index_near(cons[which])),
+            1 => store(&page, d.prod, input.index_near(cons[which], d.size as u32)),
             // Peer writes ring bytes.
             2 => {
                 let at = usize::from(input.u16()) % d.size;

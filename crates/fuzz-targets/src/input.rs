@@ -71,12 +71,18 @@ impl<'a> Input<'a> {
         self.bytes(n)
     }
 
-    /// A peer index near `base`: mostly small offsets either side, sometimes
-    /// an arbitrary 32-bit value, so both legal and hostile values are common.
-    pub fn index_near(&mut self, base: u32) -> u32 {
+    /// A peer index relative to `base` in a ring of `size` entries: a small
+    /// step ahead, a step around the full-ring boundary (`base + size`,
+    /// where off-by-ones live), a step behind, or any 32-bit value, so both
+    /// legal and hostile values are common.
+    pub fn index_near(&mut self, base: u32, size: u32) -> u32 {
         match self.u8() {
-            0..=199 => base.wrapping_add(u32::from(self.u8())),
-            200..=239 => base.wrapping_sub(u32::from(self.u8())),
+            0..=119 => base.wrapping_add(u32::from(self.u8())),
+            120..=179 => base
+                .wrapping_add(size)
+                .wrapping_add(u32::from(self.u8() % 16))
+                .wrapping_sub(8),
+            180..=229 => base.wrapping_sub(u32::from(self.u8())),
             _ => self.u32(),
         }
     }
@@ -94,5 +100,8 @@ mod tests {
         assert!(i.is_empty());
         assert_eq!(i.u64(), 0);
         assert_eq!(i.short_slice(), &[] as &[u8]);
+        // Around the full-ring boundary: base + size - 8 + 10.
+        let mut i = Input::new(&[150, 10]);
+        assert_eq!(i.index_near(u32::MAX, 32), 33);
     }
 }

@@ -168,7 +168,7 @@ fn run_in(w: &World, data: &[u8]) {
                 let p = if input.u8() < 200 {
                     model.written
                 } else {
-                    input.index_near(model.published)
+                    input.index_near(model.published, TX_SIZE)
                 };
                 model.publish(tx, p);
                 tx.atomic_u32(REQ_PROD).unwrap().store(p, Ordering::Release);

@@ -161,7 +161,7 @@ fn run_in(w: &World, data: &[u8]) {
                 let p = if input.u8() < 220 {
                     rsp_written
                 } else {
-                    input.index_near(m.cons)
+                    input.index_near(m.cons, m.req_seen.wrapping_sub(m.cons))
                 };
                 ring.atomic_u32(RSP_PROD)
                     .unwrap()

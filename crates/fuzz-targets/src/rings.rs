@@ -98,7 +98,7 @@ fn peer_write(
     };
     match op {
         // The peer publishes its producer index (usually near our consumer).
-        0..=2 => store(prod, input.index_near(base)),
+        0..=2 => store(prod, input.index_near(base, size)),
         // The peer fills a slot.
         3..=4 => {
             let idx = base.wrapping_add(u32::from(input.u8()));

@@ -237,11 +237,11 @@ fn drive<S: VchanSide>(
             0 => ctrl
                 .atomic_u32(rd_prod)
                 .unwrap()
-                .store(input.index_near(cons), Ordering::Relaxed),
+                .store(input.index_near(cons, rd_size as u32), Ordering::Relaxed),
             1 => ctrl
                 .atomic_u32(wr_cons)
                 .unwrap()
-                .store(input.index_near(prod), Ordering::Relaxed),
+                .store(input.index_near(prod, wr_size as u32), Ordering::Relaxed),
             // Peer writes its ring bytes.
             2 => {
                 let at = usize::from(input.u16()) % rd_size;
