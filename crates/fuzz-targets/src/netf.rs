@@ -65,6 +65,9 @@ struct Model {
     partial: Partial,
     frames: VecDeque<Vec<u8>>,
     broken: bool,
+    /// What each posted buffer holds (by grant ref): zero when posted (a
+    /// granted page is zeroed first), then what the back end wrote.
+    contents: BTreeMap<u32, Vec<u8>>,
 }
 
 fn run_in(w: &World, data: &[u8]) {
@@ -97,9 +100,8 @@ fn run_in(w: &World, data: &[u8]) {
         partial: Partial::default(),
         frames: VecDeque::new(),
         broken: false,
+        contents: BTreeMap::new(),
     };
-    // What each buffer holds, as the back end wrote it (by grant ref).
-    let mut contents: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
     let mut rsp_written = 0u32;
     let mut steps = 0;
     while !input.is_empty() && steps < 160 {
@@ -151,7 +153,7 @@ fn run_in(w: &World, data: &[u8]) {
                             .map(|i| (i as u8).wrapping_mul(b) ^ (rsp_written as u8))
                             .collect();
                         buf.mem().write(0, &bytes).unwrap();
-                        contents.insert(gref, bytes);
+                        m.contents.insert(gref, bytes);
                     }
                 }
                 let _ = ring.write_obj(slot(rsp_written), &rsp);
@@ -169,7 +171,7 @@ fn run_in(w: &World, data: &[u8]) {
             }
             _ => {
                 let prod = ring.atomic_u32(RSP_PROD).unwrap().load(Ordering::Acquire);
-                m.consume(ring, prod, &contents);
+                m.consume(ring, prod);
                 let r = nf.poll();
                 assert_eq!(
                     r.is_err(),
@@ -181,7 +183,13 @@ fn run_in(w: &World, data: &[u8]) {
                 assert_eq!(nf.is_broken(), m.broken);
                 while let Some(frame) = m.frames.pop_front() {
                     match nf.recv() {
-                        Ok(Some(got)) => assert!(got == frame, "frame differs from its fragments"),
+                        Ok(Some(got)) => assert!(
+                            got == frame,
+                            "frame of {} bytes differs from its fragments ({} bytes) at {:?}",
+                            got.len(),
+                            frame.len(),
+                            got.iter().zip(&frame).position(|(a, b)| a != b)
+                        ),
                         other => panic!("expected a frame of {} bytes, got {other:?}", frame.len()),
                     }
                 }
@@ -215,6 +223,7 @@ impl Model {
                 "front end posted id {} twice",
                 req.id
             );
+            self.contents.insert(req.gref, vec![0; PAGE_SIZE]);
             self.req_seen = self.req_seen.wrapping_add(1);
             assert!(
                 self.req_seen.wrapping_sub(self.cons) <= RING,
@@ -224,12 +233,7 @@ impl Model {
     }
 
     /// Consumes responses up to `prod` as the protocol requires.
-    fn consume(
-        &mut self,
-        ring: xenshare::mem::SharedMem<'_>,
-        prod: u32,
-        contents: &BTreeMap<u32, Vec<u8>>,
-    ) {
+    fn consume(&mut self, ring: xenshare::mem::SharedMem<'_>, prod: u32) {
         if self.broken {
             return;
         }
@@ -266,10 +270,7 @@ impl Model {
                     self.broken = true;
                     return;
                 }
-                let page = contents
-                    .get(&gref)
-                    .cloned()
-                    .unwrap_or_else(|| vec![0; PAGE_SIZE]);
+                let page = &self.contents[&gref];
                 self.partial.data.extend_from_slice(&page[off..off + size]);
             }
             if !more {
