@@ -275,6 +275,8 @@ struct TxModel {
     pages: BTreeMap<u32, Vec<u8>>,
     /// Refs of the other pages the guest granted (rings, rx buffers).
     other: Vec<u32>,
+    /// The guest published past the ring: slot contents are no longer known.
+    lost: bool,
 }
 
 impl TxModel {
@@ -292,6 +294,12 @@ impl TxModel {
         if ahead > TX_SIZE {
             // Behind (or absurdly ahead): nothing new is legal to consume.
             return;
+        }
+        if p.wrapping_sub(self.answered) > TX_SIZE {
+            // More requests claimed than the ring holds beside the
+            // unanswered ones: the back end may read slots its own
+            // responses overwrite. Only the generic invariants hold now.
+            self.lost = true;
         }
         for i in 0..ahead {
             let idx = self.published.wrapping_add(i);
@@ -315,6 +323,11 @@ impl TxModel {
             "{new} responses to {} requests",
             self.published.wrapping_sub(self.answered)
         );
+        if self.lost {
+            self.answered = prod;
+            host.sent.clear();
+            return false;
+        }
         let mut fatal = false;
         let mut statuses = Vec::new();
         for _ in 0..new {
