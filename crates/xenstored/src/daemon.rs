@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use xenshare::store::wire::{Message, MsgType, HEADER_LEN};
+use xenshare::store::wire::{Decoder, Message, MsgType, WireError, HEADER_LEN};
 use xenshare::DomId;
 
 use crate::config::Config;
@@ -298,6 +298,26 @@ impl Daemon {
         self.route(&mut g, outputs);
     }
 
+    /// Handles raw bytes received from `conn`'s byte stream: appends them
+    /// to the connection's `dec` and delivers every whole message in order.
+    /// Returns how many were delivered. `Err` means the stream lost its
+    /// framing (a length over 4096): the transport must drop the connection
+    /// (messages before the bad header have been delivered).
+    pub fn deliver_bytes(
+        &self,
+        conn: ConnId,
+        dec: &mut Decoder,
+        bytes: &[u8],
+    ) -> Result<usize, WireError> {
+        dec.push(bytes);
+        let mut n = 0;
+        while let Some(m) = dec.next_message()? {
+            self.deliver(conn, m);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Detaches a connection (idempotent).
     pub fn disconnect(&self, conn: ConnId) {
         let mut g = lock(&self.inner);
@@ -393,5 +413,43 @@ impl Daemon {
                 q.close();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xenshare::store::wire::{MsgType, Request};
+
+    #[test]
+    fn deliver_bytes_reassembles_pieces_and_stops_at_a_bad_length() {
+        let d = Daemon::new(Config::default());
+        let c = d.connect(DomId::DOM0);
+        let mut dec = Decoder::new();
+        let mut bytes = Request::Mkdir("/a".into())
+            .to_message(7, 0)
+            .to_bytes()
+            .unwrap();
+        bytes.extend(
+            Request::Read("/a".into())
+                .to_message(8, 0)
+                .to_bytes()
+                .unwrap(),
+        );
+        // One byte short of both messages, then the rest.
+        let cut = bytes.len() - 1;
+        assert_eq!(d.deliver_bytes(c.id, &mut dec, &bytes[..cut]), Ok(1));
+        assert_eq!(d.deliver_bytes(c.id, &mut dec, &bytes[cut..]), Ok(1));
+        let replies = c.queue.take_all().unwrap();
+        let ids: Vec<(u32, MsgType)> = replies.iter().map(|m| (m.req_id, m.ty)).collect();
+        assert_eq!(ids, [(7, MsgType::Mkdir), (8, MsgType::Read)]);
+        // A header announcing more than 4096 bytes: framing is lost.
+        let mut bad = [0u8; 16];
+        bad[12..16].copy_from_slice(&4097u32.to_ne_bytes());
+        assert_eq!(
+            d.deliver_bytes(c.id, &mut dec, &bad),
+            Err(WireError::PayloadTooLong(4097))
+        );
+        assert!(c.queue.take_all().unwrap().is_empty());
     }
 }

@@ -272,7 +272,7 @@ fn reader(daemon: Daemon, conn: Connection, mut s: UnixStream, wr: Arc<Mutex<Uni
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; 8192];
     let mut out = Vec::with_capacity(8192);
-    'conn: loop {
+    loop {
         if conn.queue.wait_below(limit.max(1)).is_err() {
             break;
         }
@@ -282,15 +282,10 @@ fn reader(daemon: Daemon, conn: Connection, mut s: UnixStream, wr: Arc<Mutex<Uni
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        dec.push(&buf[..n]);
         conn.queue.set_busy(true);
-        loop {
-            match dec.next_message() {
-                Ok(Some(m)) => daemon.deliver(conn.id, m),
-                Ok(None) => break,
-                // Lost framing (length over 4096): drop the client.
-                Err(_) => break 'conn,
-            }
+        // Lost framing (length over 4096): drop the client.
+        if daemon.deliver_bytes(conn.id, &mut dec, &buf[..n]).is_err() {
+            break;
         }
         // Replies go out from this thread: no hand-off to the writer (two
         // context switches saved per request).

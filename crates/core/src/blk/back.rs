@@ -472,6 +472,18 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         Ok(None)
     }
 
+    /// Answers one request as the serve loop does — parse, validate, move
+    /// the data by grant copy (or, with `persistent`, through mappings made
+    /// for this call and dropped at its end) — outside any connection, and
+    /// returns the `BLKIF_RSP_*` status. For fuzzing and tests of the
+    /// request path without a ring and a handshake.
+    #[doc(hidden)]
+    pub fn answer(&mut self, raw: &BlkifRequest, persistent: bool) -> i16 {
+        let limits = self.limits();
+        let mut pmaps = BTreeMap::new();
+        self.handle(raw, &limits, persistent, &mut pmaps)
+    }
+
     /// Answers one request; never fails the connection.
     fn handle(
         &mut self,

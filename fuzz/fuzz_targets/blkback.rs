@@ -1,0 +1,4 @@
+#![no_main]
+//! See `xenshare_fuzz_targets::blkback` for what this target checks.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| xenshare_fuzz_targets::blkback(data));
