@@ -15,6 +15,9 @@
 //! * `xenshare-lab-tests accept DOMID` — (in dom0) read DOMID's offer from
 //!   XenStore, map the page, check it, write a reply, bind and notify.
 //!
+//! * `xenshare-lab-tests blkback DOMID MIB` (dom0) / `blk-domu MIB` (domU)
+//!   — the domU's Linux `xen-blkfront` on xenshare's blkback (the `blk`
+//!   module).
 //! * `xenshare-lab-tests vchan-server ...` / `vchan-client ...` — one end
 //!   of a vchan, run as a child process by the dom0 tests (see the `vchan`
 //!   module: Rust with Rust, and Rust with Xen's C libxenvchan).
@@ -22,6 +25,8 @@
 //! Prints one line per test (`PASS` / `FAIL` / `SKIP`), then
 //! `N passed, M failed, K skipped`, and exits non-zero on any failure.
 
+#[path = "xenshare-lab-tests/blk.rs"]
+mod blk;
 #[path = "xenshare-lab-tests/vchan.rs"]
 mod vchan;
 
@@ -433,6 +438,15 @@ fn one_shot(name: &str, f: impl FnOnce() -> Result<(), String>) -> ExitCode {
     t.finish()
 }
 
+/// Like [`one_shot`], with the test's numbers on its PASS line.
+fn one_shot_noted(name: &str, f: impl FnOnce() -> Result<String, String>) -> ExitCode {
+    let mut t = Tally::default();
+    let start = Instant::now();
+    let r = f();
+    t.one(name, start, r.map(Outcome::Pass));
+    t.finish()
+}
+
 fn parse_dom(s: Option<&String>) -> Result<DomId, String> {
     s.ok_or("missing domain id")?
         .parse::<u16>()
@@ -450,6 +464,10 @@ fn main() -> ExitCode {
         Some("accept") => one_shot("cross_domain_accept", || {
             parse_dom(args.get(2)).and_then(accept)
         }),
+        Some("blkback") => one_shot_noted("linux_blkfront_on_xenshare_blkback", || {
+            blk::dom0(&args[2..])
+        }),
+        Some("blk-domu") => one_shot_noted("linux_blkfront_domu_io", || blk::domu(&args[2..])),
         Some("vchan-server") => vchan::end_main(true, &args[2..]),
         Some("vchan-client") => vchan::end_main(false, &args[2..]),
         Some("check-not-xen") => match LinuxPlatform::open() {
@@ -465,7 +483,8 @@ fn main() -> ExitCode {
         Some(other) => {
             eprintln!(
                 "usage: xenshare-lab-tests [dom0 | offer PEER | accept DOMID | \
-                 vchan-server ARGS | vchan-client ARGS] (got {other:?})"
+                 blkback DOMID MIB | blk-domu MIB | vchan-server ARGS | vchan-client ARGS] \
+                 (got {other:?})"
             );
             ExitCode::from(2)
         }
