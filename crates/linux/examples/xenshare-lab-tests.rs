@@ -18,6 +18,8 @@
 //! * `xenshare-lab-tests blkback DOMID MIB` (dom0) / `blk-domu MIB` (domU)
 //!   — the domU's Linux `xen-blkfront` on xenshare's blkback (the `blk`
 //!   module).
+//! * `xenshare-lab-tests hvc DOMID` (dom0) / `hvc-domu` (domU) — the domU's
+//!   `hvc_xen` secondary console on xenshare's console back end (`hvc`).
 //! * `xenshare-lab-tests vchan-server ...` / `vchan-client ...` — one end
 //!   of a vchan, run as a child process by the dom0 tests (see the `vchan`
 //!   module: Rust with Rust, and Rust with Xen's C libxenvchan).
@@ -27,6 +29,8 @@
 
 #[path = "xenshare-lab-tests/blk.rs"]
 mod blk;
+#[path = "xenshare-lab-tests/hvc.rs"]
+mod hvc;
 #[path = "xenshare-lab-tests/vchan.rs"]
 mod vchan;
 
@@ -468,6 +472,8 @@ fn main() -> ExitCode {
             blk::dom0(&args[2..])
         }),
         Some("blk-domu") => one_shot_noted("linux_blkfront_domu_io", || blk::domu(&args[2..])),
+        Some("hvc") => one_shot_noted("linux_hvc_on_xenshare_console", || hvc::dom0(&args[2..])),
+        Some("hvc-domu") => one_shot_noted("linux_hvc_domu", hvc::domu),
         Some("vchan-server") => vchan::end_main(true, &args[2..]),
         Some("vchan-client") => vchan::end_main(false, &args[2..]),
         Some("check-not-xen") => match LinuxPlatform::open() {
@@ -483,7 +489,7 @@ fn main() -> ExitCode {
         Some(other) => {
             eprintln!(
                 "usage: xenshare-lab-tests [dom0 | offer PEER | accept DOMID | \
-                 blkback DOMID MIB | blk-domu MIB | vchan-server ARGS | vchan-client ARGS] \
+                 blkback DOMID MIB | blk-domu MIB | hvc DOMID | hvc-domu | vchan-server ARGS | vchan-client ARGS] \
                  (got {other:?})"
             );
             ExitCode::from(2)
