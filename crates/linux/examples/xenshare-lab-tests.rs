@@ -20,6 +20,8 @@
 //!   module).
 //! * `xenshare-lab-tests hvc DOMID` (dom0) / `hvc-domu` (domU) — the domU's
 //!   `hvc_xen` secondary console on xenshare's console back end (`hvc`).
+//! * `xenshare-lab-tests netback DOMID KIB` (dom0) / `net-domu KIB` (domU)
+//!   — the domU's `xen-netfront` on xenshare's netback and a TAP (`net`).
 //! * `xenshare-lab-tests vchan-server ...` / `vchan-client ...` — one end
 //!   of a vchan, run as a child process by the dom0 tests (see the `vchan`
 //!   module: Rust with Rust, and Rust with Xen's C libxenvchan).
@@ -31,6 +33,8 @@
 mod blk;
 #[path = "xenshare-lab-tests/hvc.rs"]
 mod hvc;
+#[path = "xenshare-lab-tests/net.rs"]
+mod net;
 #[path = "xenshare-lab-tests/vchan.rs"]
 mod vchan;
 
@@ -474,6 +478,10 @@ fn main() -> ExitCode {
         Some("blk-domu") => one_shot_noted("linux_blkfront_domu_io", || blk::domu(&args[2..])),
         Some("hvc") => one_shot_noted("linux_hvc_on_xenshare_console", || hvc::dom0(&args[2..])),
         Some("hvc-domu") => one_shot_noted("linux_hvc_domu", hvc::domu),
+        Some("netback") => one_shot_noted("linux_netfront_on_xenshare_netback", || {
+            net::dom0(&args[2..])
+        }),
+        Some("net-domu") => one_shot_noted("linux_netfront_domu", || net::domu(&args[2..])),
         Some("vchan-server") => vchan::end_main(true, &args[2..]),
         Some("vchan-client") => vchan::end_main(false, &args[2..]),
         Some("check-not-xen") => match LinuxPlatform::open() {
@@ -489,7 +497,7 @@ fn main() -> ExitCode {
         Some(other) => {
             eprintln!(
                 "usage: xenshare-lab-tests [dom0 | offer PEER | accept DOMID | \
-                 blkback DOMID MIB | blk-domu MIB | hvc DOMID | hvc-domu | vchan-server ARGS | vchan-client ARGS] \
+                 blkback DOMID MIB | blk-domu MIB | hvc DOMID | hvc-domu | netback DOMID KIB | net-domu KIB | vchan-server ARGS | vchan-client ARGS] \
                  (got {other:?})"
             );
             ExitCode::from(2)

@@ -166,12 +166,23 @@ fn domu_io(dev: &str, sys: &str, size: u64) -> Result<String, String> {
     if sectors * 512 < size {
         return Err(format!("{dev} has {sectors} sectors, want {size} bytes"));
     }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(dev)
-        .ctx(&format!("open {dev} O_DIRECT"))?;
+    // The node can show up before the disk opens (seen under load: ENXIO
+    // while blkfront was still adding the disk): retry until the deadline.
+    let f = loop {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(dev)
+        {
+            Ok(f) => break f,
+            Err(e) if matches!(e.raw_os_error(), Some(6 | 19)) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(format!("open {dev} O_DIRECT: {e}")),
+        }
+    };
+    let opened_ms = t0.elapsed().as_millis();
     let mut buf = Aligned::new(CHUNK);
     let mut scratch = vec![0u8; CHUNK];
     let t = Instant::now();
@@ -198,7 +209,7 @@ fn domu_io(dev: &str, sys: &str, size: u64) -> Result<String, String> {
     let read = t.elapsed();
     drop(f);
     Ok(format!(
-        "disk after {appeared_ms} ms, {} MiB O_DIRECT: write+fsync {:.2} MB/s, read {:.2} MB/s; \
+        "disk after {appeared_ms} ms, opened after {opened_ms} ms, {} MiB O_DIRECT: write+fsync {:.2} MB/s, read {:.2} MB/s; \
          queue max_segments={} max_hw_sectors_kb={}; kernel: {}",
         size / MIB,
         mbs(size, write),

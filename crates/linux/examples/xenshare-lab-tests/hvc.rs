@@ -170,7 +170,7 @@ fn serve(
     let importer = plat.importer().ctx("importer")?;
     let evt = Arc::new(plat.evtchn().ctx("evtchn")?);
     let t0 = Instant::now();
-    let mut back = connect_back(&importer, &evt, xs, fe, DEVID, Duration::from_secs(120))
+    let mut back = connect_back(&importer, &evt, xs, fe, DEVID, Duration::from_secs(60))
         .ctx("connect_back")?;
     let connect_ms = t0.elapsed().as_millis();
     let deadline = Instant::now() + Duration::from_secs(120);
