@@ -42,6 +42,9 @@ enum Command {
     Vchan(cmd::vchan::VchanCmd),
     /// Print domains' grant tables, as the host daemon sees them.
     Grants(cmd::grants::GrantsArgs),
+    /// On a real Xen dom0: serve a raw image to a guest's Linux blkfront
+    /// from userspace (instead of the kernel's xen-blkback).
+    Blkback(cmd::blkback::BlkbackArgs),
 }
 
 /// Diagnostics of the libraries (`tracing` events) go to stderr, filtered
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Exec(a) => cmd::host::exec(a),
         Command::Vchan(c) => cmd::vchan::run(c),
         Command::Grants(a) => cmd::grants::run(a),
+        Command::Blkback(a) => cmd::blkback::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

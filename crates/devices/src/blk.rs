@@ -25,6 +25,7 @@ use xenshare::blk::{BackConfig, BackExit, BlkBack, BlkError, BlkFront, BlockStor
 use xenshare::blk::{StorageError, DEVTYPE};
 use xenshare::store::client::{Client, ClientError};
 use xenshare::store::xenbus::{create_device, DevicePaths, DeviceSpec};
+use xenshare::DomId;
 use xenshare_sim::{DomainConfig, SimEvtchn, SimGrantBackend, SimMapper};
 use xenshare_xenstored::inproc::InProcTransport;
 
@@ -453,4 +454,155 @@ fn demo_disk_at(world: &BlkWorld, path: &Path, size_mib: u64) -> Result<String, 
         )));
     }
     Ok(format!("{summary}; all {} grants revoked", st.revoked))
+}
+
+/// The back-end type directory `xenshare blkback` uses by default: a
+/// private name, so that Linux's `xen-blkback` (which binds `backend/vbd`)
+/// leaves the device to us, as QEMU's `qdisk` does.
+pub const USERSPACE_BACKEND_TYPE: &str = "xenshare-vbd";
+
+/// A disk to attach to a guest, as `xl block-attach` would declare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VbdAttach<'a> {
+    /// The guest running the front end (Linux `xen-blkfront`).
+    pub frontend: DomId,
+    /// The domain running the back end (normally dom0).
+    pub backend: DomId,
+    /// The guest's device name (`xvdb`); its number is the device id.
+    pub vdev: &'a str,
+    /// The back end's type directory ([`USERSPACE_BACKEND_TYPE`], or
+    /// [`DEVTYPE`] where no kernel back end runs).
+    pub backend_type: &'static str,
+    /// What the disk is, for people reading XenStore (the image path).
+    pub params: &'a str,
+    /// Offer the disk read-only (`mode` = `r`).
+    pub read_only: bool,
+}
+
+/// The device id of an `xvd` name, as `xen-vbd-interface(7)` numbers them:
+/// `202 << 8 | disk << 4 | partition` for disks `xvda`..`xvdp`, and
+/// `1 << 28 | disk << 8 | partition` beyond (`xvdq`, `xvdaa`, ...).
+/// Partitions are not accepted: a back end serves whole disks.
+pub fn xvd_devid(name: &str) -> Option<u32> {
+    let letters = name.strip_prefix("xvd")?;
+    if letters.is_empty() || letters.len() > 3 || !letters.bytes().all(|b| b.is_ascii_lowercase()) {
+        return None;
+    }
+    // Bijective base 26: a = 0, z = 25, aa = 26, ...
+    let disk = letters
+        .bytes()
+        .fold(0u32, |n, b| n * 26 + u32::from(b - b'a') + 1)
+        - 1;
+    if disk < 16 {
+        Some(202 << 8 | disk << 4)
+    } else if disk < (1 << 20) {
+        Some(1 << 28 | disk << 8)
+    } else {
+        None
+    }
+}
+
+/// The toolstack's part of attaching a disk, written so that Linux's
+/// front end accepts it: one transaction that creates the back-end
+/// directory (owned by the back end, readable by the guest) with its keys
+/// and `state` = Initialising, then the front-end directory (owned by the
+/// guest, readable by the back end) with `backend`, `backend-id`,
+/// `virtual-device` and `device-type`, and the front end's `state` =
+/// Initialising last. Linux probes a new front-end device only when its
+/// `state` reads 1 and its back-end directory is already readable; with
+/// everything in one commit both hold when its watch fires. Needs a
+/// privileged (dom0) client. Returns both paths.
+pub fn attach_vbd<T: xenshare::store::Transport>(
+    xs: &mut Client<T>,
+    a: &VbdAttach<'_>,
+) -> Result<DevicePaths, BlkHostError> {
+    use xenshare::store::xenbus::{backend_path, frontend_path};
+    use xenshare::store::{Perm, PermKind, Perms};
+    let devid = xvd_devid(a.vdev).ok_or_else(|| {
+        BlkHostError::Verify(format!(
+            "{:?} is not a whole-disk xvd name (xvda, xvdb, ...)",
+            a.vdev
+        ))
+    })?;
+    let front = frontend_path(a.frontend, DEVTYPE, devid);
+    let back = backend_path(a.backend, a.backend_type, a.frontend, devid);
+    let device_dir = format!("/local/domain/{}/device", a.frontend.0);
+    let perms = |owner: DomId, reader: DomId| {
+        Perms::from_entries(vec![
+            Perm {
+                domid: owner,
+                kind: PermKind::None,
+            },
+            Perm {
+                domid: reader,
+                kind: PermKind::Read,
+            },
+        ])
+        .ok_or(ClientError::Protocol("empty permission list"))
+    };
+    let (fperm, bperm, dperm) = (
+        perms(a.frontend, a.backend)?,
+        perms(a.backend, a.frontend)?,
+        perms(DomId::DOM0, a.frontend)?,
+    );
+    let fe = a.frontend.0.to_string();
+    let be = a.backend.0.to_string();
+    let id = devid.to_string();
+    let mode = if a.read_only { "r" } else { "w" };
+    xs.transaction(16, |tx| {
+        if tx.try_read(&device_dir)?.is_none() {
+            tx.mkdir(&device_dir)?;
+            tx.set_perms(&device_dir, &dperm)?;
+        }
+        if tx.try_read(&front)?.is_some() || tx.try_read(&back)?.is_some() {
+            return Err(ClientError::Protocol(
+                "the device already exists (detach it first)",
+            ));
+        }
+        tx.mkdir(&back)?;
+        tx.set_perms(&back, &bperm)?;
+        for (k, v) in [
+            ("frontend", front.as_str()),
+            ("frontend-id", &fe),
+            ("online", "1"),
+            ("removable", "0"),
+            ("dev", a.vdev),
+            ("type", "xenshare"),
+            ("mode", mode),
+            ("params", a.params),
+            ("device-type", "disk"),
+            ("state", "1"),
+        ] {
+            tx.write(&format!("{back}/{k}"), v.as_bytes())?;
+        }
+        tx.mkdir(&front)?;
+        tx.set_perms(&front, &fperm)?;
+        for (k, v) in [
+            ("backend", back.as_str()),
+            ("backend-id", &be),
+            ("virtual-device", &id),
+            ("device-type", "disk"),
+            ("state", "1"),
+        ] {
+            tx.write(&format!("{front}/{k}"), v.as_bytes())?;
+        }
+        Ok(())
+    })?;
+    Ok(DevicePaths { front, back })
+}
+
+/// Removes both directories of a device made by [`attach_vbd`] (what the
+/// toolstack does after a detach). Missing nodes are not an error.
+pub fn detach_vbd<T: xenshare::store::Transport>(
+    xs: &mut Client<T>,
+    paths: &DevicePaths,
+) -> Result<(), BlkHostError> {
+    for p in [&paths.front, &paths.back] {
+        match xs.rm(p) {
+            Ok(()) => {}
+            Err(ClientError::Xs(xenshare::store::XsError::ENOENT)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }

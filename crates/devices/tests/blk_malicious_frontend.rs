@@ -228,6 +228,40 @@ fn sectors_outside_the_disk() {
     finish(s, &expect);
 }
 
+/// Linux's blkfront sends FLUSH_DISKCACHE with no segments and whatever
+/// position the block layer gave the flush, which can lie past the end of
+/// the disk. In the Xen lab xenshare's blkback refused such a flush, and
+/// blkfront logged "empty flush op failed" and turned flushing off for the
+/// disk. Linux's blkback checks the range only when a request carries
+/// data; so does ours now.
+#[test]
+fn empty_flush_names_no_range() {
+    let s = setup(false);
+    let page =
+        s.w.guest
+            .exporter()
+            .share(s.w.dom0.id(), 1, Access::ReadWrite)
+            .unwrap();
+    let g = page.refs()[0];
+    let mut ring = s.ff.ring();
+    let st = exchange(
+        &mut ring,
+        &s.ff,
+        &[
+            rw(BLKIF_OP_FLUSH_DISKCACHE, 0, &[]),
+            rw(BLKIF_OP_FLUSH_DISKCACHE, SECTORS + 1000, &[]),
+            rw(BLKIF_OP_FLUSH_DISKCACHE, u64::MAX, &[]),
+            // With data the range still counts.
+            rw(BLKIF_OP_FLUSH_DISKCACHE, SECTORS, &[(g, 0, 7)]),
+        ],
+    );
+    for id in 0..3 {
+        assert_eq!(st[&id], BLKIF_RSP_OKAY, "empty flush {id}");
+    }
+    assert_eq!(st[&3], BLKIF_RSP_ERROR);
+    finish(s, &[]);
+}
+
 #[test]
 fn malformed_segments() {
     let s = setup(false);

@@ -15,6 +15,13 @@
 //! * `xenshare-lab-tests accept DOMID` — (in dom0) read DOMID's offer from
 //!   XenStore, map the page, check it, write a reply, bind and notify.
 //!
+//! * `xenshare-lab-tests blkback DOMID MIB` (dom0) / `blk-domu MIB` (domU)
+//!   — the domU's Linux `xen-blkfront` on xenshare's blkback (the `blk`
+//!   module).
+//! * `xenshare-lab-tests hvc DOMID` (dom0) / `hvc-domu` (domU) — the domU's
+//!   `hvc_xen` secondary console on xenshare's console back end (`hvc`).
+//! * `xenshare-lab-tests netback DOMID KIB` (dom0) / `net-domu KIB` (domU)
+//!   — the domU's `xen-netfront` on xenshare's netback and a TAP (`net`).
 //! * `xenshare-lab-tests vchan-server ...` / `vchan-client ...` — one end
 //!   of a vchan, run as a child process by the dom0 tests (see the `vchan`
 //!   module: Rust with Rust, and Rust with Xen's C libxenvchan).
@@ -22,6 +29,12 @@
 //! Prints one line per test (`PASS` / `FAIL` / `SKIP`), then
 //! `N passed, M failed, K skipped`, and exits non-zero on any failure.
 
+#[path = "xenshare-lab-tests/blk.rs"]
+mod blk;
+#[path = "xenshare-lab-tests/hvc.rs"]
+mod hvc;
+#[path = "xenshare-lab-tests/net.rs"]
+mod net;
 #[path = "xenshare-lab-tests/vchan.rs"]
 mod vchan;
 
@@ -433,6 +446,15 @@ fn one_shot(name: &str, f: impl FnOnce() -> Result<(), String>) -> ExitCode {
     t.finish()
 }
 
+/// Like [`one_shot`], with the test's numbers on its PASS line.
+fn one_shot_noted(name: &str, f: impl FnOnce() -> Result<String, String>) -> ExitCode {
+    let mut t = Tally::default();
+    let start = Instant::now();
+    let r = f();
+    t.one(name, start, r.map(Outcome::Pass));
+    t.finish()
+}
+
 fn parse_dom(s: Option<&String>) -> Result<DomId, String> {
     s.ok_or("missing domain id")?
         .parse::<u16>()
@@ -450,6 +472,16 @@ fn main() -> ExitCode {
         Some("accept") => one_shot("cross_domain_accept", || {
             parse_dom(args.get(2)).and_then(accept)
         }),
+        Some("blkback") => one_shot_noted("linux_blkfront_on_xenshare_blkback", || {
+            blk::dom0(&args[2..])
+        }),
+        Some("blk-domu") => one_shot_noted("linux_blkfront_domu_io", || blk::domu(&args[2..])),
+        Some("hvc") => one_shot_noted("linux_hvc_on_xenshare_console", || hvc::dom0(&args[2..])),
+        Some("hvc-domu") => one_shot_noted("linux_hvc_domu", hvc::domu),
+        Some("netback") => one_shot_noted("linux_netfront_on_xenshare_netback", || {
+            net::dom0(&args[2..])
+        }),
+        Some("net-domu") => one_shot_noted("linux_netfront_domu", || net::domu(&args[2..])),
         Some("vchan-server") => vchan::end_main(true, &args[2..]),
         Some("vchan-client") => vchan::end_main(false, &args[2..]),
         Some("check-not-xen") => match LinuxPlatform::open() {
@@ -465,7 +497,8 @@ fn main() -> ExitCode {
         Some(other) => {
             eprintln!(
                 "usage: xenshare-lab-tests [dom0 | offer PEER | accept DOMID | \
-                 vchan-server ARGS | vchan-client ARGS] (got {other:?})"
+                 blkback DOMID MIB | blk-domu MIB | hvc DOMID | hvc-domu | netback DOMID KIB | net-domu KIB | vchan-server ARGS | vchan-client ARGS] \
+                 (got {other:?})"
             );
             ExitCode::from(2)
         }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod blkback;
 pub mod console;
 pub mod demo;
 pub mod demo_full;

@@ -53,6 +53,13 @@ pub struct BackConfig {
     pub frontend: DomId,
     /// The device id (the `virtual-device` number, e.g. 51712 for xvda).
     pub devid: u32,
+    /// The type directory of the back end's XenStore path
+    /// (`backend/<type>/<fe>/<devid>`). [`DEVTYPE`] (`vbd`) by default; a
+    /// userspace back end on a dom0 that also runs Linux's `xen-blkback`
+    /// uses a private name (QEMU uses `qdisk`), or the kernel claims the
+    /// device. The front end only follows its `backend` key, so any name
+    /// works for it.
+    pub backend_type: &'static str,
     /// Offer `feature-flush-cache`.
     pub flush: bool,
     /// Offer `feature-barrier`.
@@ -81,6 +88,7 @@ impl BackConfig {
         Self {
             frontend,
             devid,
+            backend_type: DEVTYPE,
             flush: true,
             barrier: true,
             discard: true,
@@ -115,6 +123,16 @@ pub struct BackStats {
     pub connections: u64,
     /// Pages mapped persistently right now.
     pub persistent_mapped: u64,
+    /// Requests that came as `BLKIF_OP_INDIRECT`.
+    pub indirect: u64,
+    /// Flush and barrier requests.
+    pub flushes: u64,
+    /// Most segments seen in one request.
+    pub max_segments: u64,
+    /// Ring pages of the last connection.
+    pub ring_pages: u64,
+    /// Whether the last connection negotiated persistent grants.
+    pub persistent: bool,
 }
 
 /// A block back end for one device of one front end.
@@ -150,7 +168,7 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
     /// A back end serving `storage` through `importer` (this domain's
     /// import side) and `evt` (an event handle dedicated to this device).
     pub fn new(importer: Importer<M>, evt: Arc<E>, storage: S, cfg: BackConfig) -> Self {
-        let dir = backend_path(importer.domid(), DEVTYPE, cfg.frontend, cfg.devid);
+        let dir = backend_path(importer.domid(), cfg.backend_type, cfg.frontend, cfg.devid);
         Self {
             importer,
             evt,
@@ -366,6 +384,8 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             Ok(())
         })?;
         self.stats.connections += 1;
+        self.stats.ring_pages = keys.refs.len() as u64;
+        self.stats.persistent = keys.persistent;
         let key = alloc::format!("{front}/state");
         let token = alloc::format!("blkback:{key}");
         xs.watch(&key, token.as_bytes())?;
@@ -495,16 +515,22 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         let r = match wire::parse(raw, limits) {
             Ok(Request::Data {
                 op, sector, segs, ..
-            }) => self.data(op, sector, &segs, persistent, pmaps),
+            }) => {
+                self.count(op, segs.len());
+                self.data(op, sector, &segs, persistent, pmaps)
+            }
             Ok(Request::Indirect {
                 op,
                 sector,
                 nr_segments,
                 pages,
                 ..
-            }) => self
-                .indirect_segments(&pages, usize::from(nr_segments))
-                .and_then(|segs| self.data(op, sector, &segs, persistent, pmaps)),
+            }) => {
+                self.stats.indirect += 1;
+                self.count(op, usize::from(nr_segments));
+                self.indirect_segments(&pages, usize::from(nr_segments))
+                    .and_then(|segs| self.data(op, sector, &segs, persistent, pmaps))
+            }
             Ok(Request::Discard {
                 sector, nr_sectors, ..
             }) => self.discard(sector, nr_sectors),
@@ -516,6 +542,13 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             Err(Reject::Unsupported(_)) => BLKIF_RSP_EOPNOTSUPP,
             Err(_) => BLKIF_RSP_ERROR,
         }
+    }
+
+    fn count(&mut self, op: DataOp, segments: usize) {
+        if matches!(op, DataOp::Flush | DataOp::Barrier) {
+            self.stats.flushes += 1;
+        }
+        self.stats.max_segments = self.stats.max_segments.max(segments as u64);
     }
 
     /// The byte range of `sectors` sectors at `sector`, checked against
@@ -596,7 +629,15 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         persistent: bool,
         pmaps: &mut BTreeMap<u32, Mapping<M>>,
     ) -> Result<(), Reject> {
-        let (off, len) = self.range(sector, wire::total_sectors(segs))?;
+        // A request without data (Linux's empty FLUSH_DISKCACHE) names no
+        // range: Linux's blkback checks the sector only when there are
+        // sectors, and Linux's blkfront fills in whatever position the
+        // block layer gave the flush, which can lie past the end of the disk.
+        let (off, len) = if segs.is_empty() {
+            (0, 0)
+        } else {
+            self.range(sector, wire::total_sectors(segs))?
+        };
         if op.writes() && self.storage.read_only() {
             return Err(Reject::ReadOnly);
         }

@@ -1,0 +1,311 @@
+//! `linux_netfront_on_xenshare_netback`: the domU kernel's `xen-netfront`
+//! on a vif served by xenshare's netback in dom0 userspace, bridged to a TAP
+//! interface (`xsvif0`, 10.0.0.1) in dom0.
+//!
+//! * dom0 (`netback DOMID KIB`): the toolstack's part (`device/vif/0` with
+//!   `mac` and `handle`, `backend/vif/DOMID/0`), the TAP, the back end on a
+//!   thread; once the domU says it is up: `ping` the domU (busybox), then
+//!   one TCP connection through the kernel stacks: KIB KiB of a pattern
+//!   dom0 → domU, then KIB KiB of another pattern back, both checked.
+//! * domU (`net-domu KIB`, `xen-netfront` loaded at boot): waits for
+//!   `eth0`, configures 10.0.0.2/24, pings dom0, listens on port 5001,
+//!   checks what it receives and answers with its own pattern.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xenshare::net::xenbus::DEVTYPE;
+use xenshare::store::xenbus::{create_device, DeviceSpec};
+use xenshare_conformance::Context;
+use xenshare_devices::net::run::spawn_backend;
+use xenshare_devices::net::tap::{Tap, TapIo};
+use xenshare_linux::LinuxPlatform;
+
+const MAC: &str = "00:16:3e:00:00:0c";
+const TAP: &str = "xsvif0";
+const DOM0_IP: &str = "10.0.0.1";
+const DOMU_IP: &str = "10.0.0.2";
+const PORT: u16 = 5001;
+
+fn fill(buf: &mut [u8], base: u64, seed: u64) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        let x = (base + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
+        *b = (x >> 29) as u8;
+    }
+}
+
+fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{cmd} {args:?}: {}", text.trim()))
+    }
+}
+
+/// busybox ping's summary line (`round-trip min/avg/max = ...`).
+fn ping(dst: &str) -> Result<String, String> {
+    let out = sh("ping", &["-c", "3", "-W", "10", dst])?;
+    Ok(out
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .unwrap_or("no summary")
+        .trim()
+        .to_string())
+}
+
+fn send_pattern(s: &mut TcpStream, len: u64, seed: u64) -> Result<(), String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        fill(&mut buf[..n], off, seed);
+        s.write_all(&buf[..n]).ctx("send")?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+fn recv_pattern(s: &mut TcpStream, len: u64, seed: u64) -> Result<(), String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut want = vec![0u8; 64 * 1024];
+    let mut off = 0;
+    loop {
+        let n = s.read(&mut buf).ctx("receive")?;
+        if n == 0 {
+            break;
+        }
+        fill(&mut want[..n], off, seed);
+        if buf[..n] != want[..n] {
+            return Err(format!("stream differs near byte {off}"));
+        }
+        off += n as u64;
+        if off > len {
+            return Err(format!("more than {len} bytes"));
+        }
+    }
+    if off != len {
+        return Err(format!("stream ended after {off} of {len} bytes"));
+    }
+    Ok(())
+}
+
+fn mbs(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64().max(1e-6)
+}
+
+fn parse_kib(s: Option<&String>) -> Result<u64, String> {
+    s.and_then(|s| s.parse::<u64>().ok())
+        .filter(|k| (1..=1 << 20).contains(k))
+        .map(|k| k * 1024)
+        .ok_or_else(|| "size in KiB required".to_string())
+}
+
+/// The domU side; publishes its verdict in `data/net-result` for dom0.
+pub fn domu(args: &[String]) -> Result<String, String> {
+    let len = parse_kib(args.first())?;
+    let plat = LinuxPlatform::open().ctx("open")?;
+    let mut xs = plat.xenstore().ctx("xenstore")?;
+    let result = format!("/local/domain/{}/data/net-result", plat.domid().0);
+    let r = domu_test(&plat, &mut xs, len);
+    let line = match &r {
+        Ok(s) => format!("ok {s}"),
+        Err(e) => format!("fail {e}"),
+    };
+    xs.write(&result, line.as_bytes()).ctx("publish result")?;
+    r
+}
+
+fn domu_test(
+    plat: &LinuxPlatform,
+    xs: &mut xenshare::store::Client<xenshare_linux::XenbusTransport>,
+    len: u64,
+) -> Result<String, String> {
+    let ready = format!("/local/domain/{}/data/net-ready", plat.domid().0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let t0 = Instant::now();
+    // The sysfs directory shows up while netfront is still registering the
+    // interface (its address then reads empty): wait for the MAC.
+    loop {
+        let mac = std::fs::read_to_string("/sys/class/net/eth0/address").unwrap_or_default();
+        if mac.trim() == MAC {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no eth0 with MAC {MAC} within 120 s (eth0 address {:?})",
+                mac.trim()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let eth_ms = t0.elapsed().as_millis();
+    sh(
+        "ip",
+        &["addr", "add", &format!("{DOMU_IP}/24"), "dev", "eth0"],
+    )?;
+    sh("ip", &["link", "set", "eth0", "up"])?;
+    // dom0's end (the TAP) is up before the back end connects.
+    let rtt = ping(DOM0_IP)?;
+    let listener = TcpListener::bind((DOMU_IP, PORT)).ctx("listen")?;
+    listener.set_nonblocking(true).ctx("nonblocking")?;
+    xs.write(&ready, b"1").ctx("publish net-ready")?;
+    let (mut s, _) = loop {
+        match listener.accept() {
+            Ok(c) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    return Err("dom0 never connected".into());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    };
+    s.set_nonblocking(false).ctx("blocking")?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .ctx("timeout")?;
+    s.set_write_timeout(Some(Duration::from_secs(60)))
+        .ctx("timeout")?;
+    let t = Instant::now();
+    recv_pattern(&mut s, len, 1)?;
+    let rx = t.elapsed();
+    let t = Instant::now();
+    send_pattern(&mut s, len, 2)?;
+    s.shutdown(Shutdown::Write).ctx("shutdown")?;
+    // Wait for dom0 to close: everything was delivered.
+    let mut rest = [0u8; 16];
+    let _ = s.read(&mut rest);
+    let tx = t.elapsed();
+    Ok(format!(
+        "eth0 after {eth_ms} ms; ping dom0: {rtt}; TCP in {:.2} MB/s, out {:.2} MB/s",
+        mbs(len, rx),
+        mbs(len, tx)
+    ))
+}
+
+/// The dom0 side.
+pub fn dom0(args: &[String]) -> Result<String, String> {
+    let fe = crate::parse_dom(args.first())?;
+    let len = parse_kib(args.get(1))?;
+    let plat = LinuxPlatform::open().ctx("open")?;
+    let mut xs = plat.xenstore().ctx("xenstore")?;
+    let paths = create_device(
+        &mut xs,
+        &DeviceSpec {
+            devtype: DEVTYPE,
+            devid: 0,
+            frontend: fe,
+            backend: plat.domid(),
+            front_keys: &[("handle", "0"), ("mac", MAC)],
+            back_keys: &[("handle", "0"), ("mac", MAC), ("type", "vif")],
+        },
+    )
+    .ctx("create the vif")?;
+    let r = serve(&plat, fe, len);
+    let _ = xs.rm(&paths.front);
+    let _ = xs.rm(&paths.back);
+    r
+}
+
+fn serve(plat: &LinuxPlatform, fe: xenshare::DomId, len: u64) -> Result<String, String> {
+    let tap = Tap::open(TAP).ctx("open the TAP")?;
+    let io = TapIo::new(tap, 1024).ctx("TapIo")?;
+    sh("ip", &["addr", "add", &format!("{DOM0_IP}/24"), "dev", TAP])?;
+    sh("ip", &["link", "set", TAP, "up"])?;
+    let back = spawn_backend(
+        plat.importer().ctx("importer")?,
+        Arc::new(plat.evtchn().ctx("evtchn")?),
+        plat.xenstore().ctx("xenstore")?,
+        fe,
+        0,
+        io,
+        Duration::from_secs(120),
+    );
+    let mut xs = plat.xenstore().ctx("xenstore")?;
+    let ready = format!("/local/domain/{}/data/net-ready", fe.0);
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while xs.try_read(&ready).ctx("net-ready")?.is_none() {
+        if back.is_finished() {
+            return Err(format!("back end ended: {:?}", back.join()));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the domU never came up; back end: {:?}",
+                back.stop()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let data = (|| {
+        let rtt = ping(DOMU_IP)?;
+        let addr = (DOMU_IP, PORT);
+        let mut s = TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((DOMU_IP.parse::<std::net::Ipv4Addr>().ctx("ip")?, PORT)),
+            Duration::from_secs(30),
+        )
+        .ctx(&format!("connect {addr:?}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .ctx("timeout")?;
+        s.set_write_timeout(Some(Duration::from_secs(60)))
+            .ctx("timeout")?;
+        let t = Instant::now();
+        send_pattern(&mut s, len, 1)?;
+        // The domU reads to the end of the stream before it answers.
+        s.shutdown(Shutdown::Write).ctx("shutdown")?;
+        let t_tx = t.elapsed();
+        let t = Instant::now();
+        recv_pattern(&mut s, len, 2)?;
+        let t_rx = t.elapsed();
+        drop(s);
+        Ok::<_, String>((rtt, t_tx, t_rx))
+    })();
+    // The domU's verdict (its ping of dom0 and its side of the stream),
+    // while the back end still serves.
+    let result = format!("/local/domain/{}/data/net-result", fe.0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let verdict = loop {
+        if let Some(v) = xs.try_read(&result).ctx("net-result")? {
+            break String::from_utf8_lossy(&v).into_owned();
+        }
+        if Instant::now() > deadline || data.is_err() {
+            break "fail no verdict from the domU".into();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let exit = back.stop().map_err(|e| format!("back end: {e}"))?;
+    let (rtt, t_tx, t_rx) = data?;
+    let domu = verdict
+        .strip_prefix("ok ")
+        .ok_or_else(|| format!("domU: {verdict}"))?;
+    let st = exit.stats;
+    if st.tx_errors != 0 {
+        return Err(format!("netback answered frames with errors: {st:?}"));
+    }
+    Ok(format!(
+        "ping domU: {rtt}; {} KiB each way over TCP, checked: dom0->domU {:.2} MB/s, \
+         domU->dom0 {:.2} MB/s; netback frames guest->tap {} ({} B), tap->guest {} ({} B), \
+         dropped {}/{}; features offered: rx-copy, sg, no GSO, no split channels, \
+         checksums completed in netback; domU: {domu}",
+        len / 1024,
+        mbs(len, t_tx),
+        mbs(len, t_rx),
+        st.tx_frames,
+        st.tx_bytes,
+        st.rx_frames,
+        st.rx_bytes,
+        st.tx_dropped,
+        st.rx_dropped,
+    ))
+}
