@@ -4,34 +4,15 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "../../conformance/src/support.rs"]
 mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_xenshare");
+mod common;
+use common::*;
 const DEADLINE: Duration = Duration::from_secs(60);
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_path(p: &Path) {
-    let end = Instant::now() + DEADLINE;
-    while !p.exists() {
-        assert!(
-            Instant::now() < end,
-            "timed out waiting for {}",
-            p.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// An attached console whose stdin stays open; its stdout is collected.
 fn attached(sock: &Path) -> (Kill, std::sync::mpsc::Receiver<Vec<u8>>) {
@@ -75,27 +56,8 @@ fn read_until(rx: &std::sync::mpsc::Receiver<Vec<u8>>, want: &str) -> String {
 #[test]
 fn one_back_end_at_a_time_and_a_killed_console_does_not_block_the_next() {
     let dir = support::TempDir::new("console-host");
-    let sock = dir.join("h.sock");
-    let _host = Kill(
-        Command::new(BIN)
-            .args(["host", "--socket"])
-            .arg(&sock)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn host"),
-    );
-    // The RPC socket is bound last.
-    wait_path(&dir.join("h.sock.xs"));
-    wait_path(&sock);
-    let _guest = Kill(
-        Command::new(BIN)
-            .args(["console", "--demo-guest", "--host"])
-            .arg(&sock)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn demo guest"),
-    );
-    wait_path(&dir.join("h.sock.d1.xs"));
+    let (_host, sock) = console_host(&dir, DEADLINE);
+    let _guest = demo_guest(&dir, DEADLINE);
 
     let (mut first, rx) = attached(&sock);
     read_until(&rx, "guest1$ ");
@@ -153,18 +115,7 @@ fn one_back_end_at_a_time_and_a_killed_console_does_not_block_the_next() {
 #[test]
 fn attaching_to_a_domain_that_does_not_exist_is_a_clear_error() {
     let dir = support::TempDir::new("console-nodom");
-    let sock = dir.join("h.sock");
-    let _host = Kill(
-        Command::new(BIN)
-            .args(["host", "--socket"])
-            .arg(&sock)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn host"),
-    );
-    // The RPC socket is bound last.
-    wait_path(&dir.join("h.sock.xs"));
-    wait_path(&sock);
+    let (_host, sock) = console_host(&dir, DEADLINE);
     let out = Command::new(BIN)
         .args(["console", "7", "--host"])
         .arg(&sock)

@@ -4,23 +4,16 @@
 //! detaches on Ctrl-] leaving the guest running, attaches again and sees
 //! new output, and ends when the guest's shell exits.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "../../conformance/src/support.rs"]
 mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_xenshare");
+mod common;
+use common::*;
 const DEADLINE: Duration = Duration::from_secs(60);
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A private tmux server (its own socket), killed when dropped.
 struct Tmux {
@@ -98,18 +91,6 @@ fn has_line(screen: &str, line: &str) -> bool {
     screen.lines().any(|l| l.trim_end() == line)
 }
 
-fn wait_path(p: &Path) {
-    let end = Instant::now() + DEADLINE;
-    while !p.exists() {
-        assert!(
-            Instant::now() < end,
-            "timed out waiting for {}",
-            p.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn attach_type_detach_reattach_and_exit_in_a_terminal() {
     if Command::new("tmux").arg("-V").output().is_err() {
@@ -117,28 +98,8 @@ fn attach_type_detach_reattach_and_exit_in_a_terminal() {
         return;
     }
     let dir = support::TempDir::new("console-tmux");
-    let sock = dir.join("h.sock");
-    let _host = Kill(
-        Command::new(BIN)
-            .args(["host", "--socket"])
-            .arg(&sock)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn host"),
-    );
-    // The RPC socket is bound last.
-    wait_path(&dir.join("h.sock.xs"));
-    wait_path(&sock);
-    let mut guest = Kill(
-        Command::new(BIN)
-            .args(["console", "--demo-guest", "--host"])
-            .arg(&sock)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn demo guest"),
-    );
-    // The host assigns the first id, 1.
-    wait_path(&dir.join("h.sock.d1.xs"));
+    let (_host, sock) = console_host(&dir, DEADLINE);
+    let mut guest = demo_guest(&dir, DEADLINE);
 
     let tmux = Tmux {
         sock: dir.join("tmux.sock"),

@@ -11,22 +11,15 @@ use rustix::process::{kill_process, Pid, Signal};
 #[path = "../../conformance/src/support.rs"]
 mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_xenshare");
+mod common;
+use common::*;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("timed out waiting for {what}"),
+        f,
+    );
 }
 
 fn signal(c: &Child, sig: Signal) {
@@ -53,14 +46,7 @@ fn gone(p: &Path) -> bool {
 fn xenstored_cleans_up_on(sig: Signal) {
     let dir = support::TempDir::new("sig-xenstored");
     let sock = dir.join("xs.sock");
-    let mut d = Kill(
-        Command::new(BIN)
-            .args(["xenstored", "--socket"])
-            .arg(&sock)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn xenstored"),
-    );
+    let mut d = Kill(daemon("xenstored", &sock).spawn().expect("spawn xenstored"));
     wait_for("the xenstored socket", || sock.exists());
     // A connected client does not keep the daemon (or its socket) alive.
     let _client = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
@@ -85,14 +71,7 @@ fn host_cleans_up_on(sig: Signal) {
     let sock = dir.join("h.sock");
     let xs = dir.join("h.sock.xs");
     let token = dir.join("h.sock.token");
-    let mut h = Kill(
-        Command::new(BIN)
-            .args(["host", "--socket"])
-            .arg(&sock)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn host"),
-    );
+    let mut h = Kill(daemon("host", &sock).spawn().expect("spawn host"));
     wait_for("the host's sockets", || {
         sock.exists() && xs.exists() && token.exists()
     });

@@ -1,38 +1,14 @@
 //! Two `xenshare vchan` processes joined to a `xenshare host` daemon pipe
 //! a file through; the daemon survives garbage RPC messages.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "../../conformance/src/support.rs"]
 mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_xenshare");
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_host(dir: &Path) -> (Kill, std::path::PathBuf) {
-    let sock = dir.join("h.sock");
-    let child = Command::new(BIN)
-        .args(["host", "--socket"])
-        .arg(&sock)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() || !dir.join("h.sock.xs").exists() {
-        assert!(Instant::now() < end, "host did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (Kill(child), sock)
-}
+mod common;
+use common::*;
 
 /// A fresh directory, removed (with the sockets in it) when dropped.
 fn tmpdir(name: &str) -> support::TempDir {

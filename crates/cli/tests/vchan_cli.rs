@@ -4,67 +4,19 @@
 //! stdin/stdout and UNIX socket modes with subsequent connections.
 
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_xenshare");
+mod common;
+use common::*;
+
+#[path = "../../conformance/src/support.rs"]
+mod support;
+
 /// Overall deadline of any one step (generous: a loaded 2-core machine).
 const STEP: Duration = Duration::from_secs(120);
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A temporary directory, removed on drop (panics included).
-struct TmpDir(PathBuf);
-impl TmpDir {
-    fn new(name: &str) -> TmpDir {
-        let d = std::env::temp_dir().join(format!("xenshare-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("temp dir");
-        TmpDir(d)
-    }
-}
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn start_host(dir: &Path) -> (Kill, PathBuf) {
-    let sock = dir.join("h.sock");
-    let child = Command::new(BIN)
-        .args(["host", "--socket"])
-        .arg(&sock)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start host");
-    let end = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() || !dir.join("h.sock.xs").exists() {
-        assert!(Instant::now() < end, "host did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (Kill(child), sock)
-}
-
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// `xenshare vchan ARGS --my-domid ME --host SOCK`.
 fn vchan(sock: &Path, me: u16, args: &[&str]) -> Command {
@@ -74,36 +26,6 @@ fn vchan(sock: &Path, me: u16, args: &[&str]) -> Command {
         .args(["--my-domid", &me.to_string(), "--host"])
         .arg(sock);
     c
-}
-
-/// Reads exactly `n` bytes from `out` in a thread; panics (naming `what`)
-/// if they do not all arrive within [`STEP`]. Gives `out` back (still
-/// open: closing it tells the writer its output is gone).
-fn read_n<R: Read + Send + 'static>(out: R, n: usize, what: &str) -> (Vec<u8>, R) {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = out;
-        let mut got = vec![0u8; n];
-        let r = out.read_exact(&mut got).map(|()| (got, out));
-        let _ = tx.send(r);
-    });
-    match rx.recv_timeout(STEP) {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => panic!("{what}: reading the output failed: {e}"),
-        Err(_) => panic!("{what}: the output did not arrive (deadlock?)"),
-    }
-}
-
-/// Waits for `c` to exit within [`STEP`].
-fn wait_exit(c: &mut Child, what: &str) -> ExitStatus {
-    let end = Instant::now() + STEP;
-    loop {
-        if let Some(s) = c.try_wait().expect("try_wait") {
-            return s;
-        }
-        assert!(Instant::now() < end, "{what} did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// An echo server: a `vchan listen` whose stdout is piped into its stdin.
@@ -156,8 +78,8 @@ fn take_stdout(c: &mut Child) -> ChildStdout {
 /// (successfully) when the echo server dies.
 #[test]
 fn echo_returns_every_byte_after_stdin_ends_without_deadlock() {
-    let dir = TmpDir::new("vchan-echo");
-    let (_host, sock) = start_host(&dir.0);
+    let dir = support::TempDir::new("vchan-echo");
+    let (_host, sock) = start_host(dir.path());
     let path = "/local/domain/1/data/echo";
     let mut server = echo_server(&sock, 1, 2, path);
     let mut c = Kill(client(&sock, 2, 1, path, &[]));
@@ -166,7 +88,7 @@ fn echo_returns_every_byte_after_stdin_ends_without_deadlock() {
     let send = data.clone();
     // Writes everything, then closes stdin at once.
     let writer = std::thread::spawn(move || stdin.write_all(&send));
-    let (got, _out) = read_n(take_stdout(&mut c.0), data.len(), "echo");
+    let (got, _out) = read_n(STEP, take_stdout(&mut c.0), data.len(), "echo");
     writer.join().expect("writer").expect("write stdin");
     let first_bad = got.iter().zip(&data).position(|(a, b)| a != b);
     assert_eq!(first_bad, None, "echoed data differs");
@@ -179,7 +101,7 @@ fn echo_returns_every_byte_after_stdin_ends_without_deadlock() {
     // The peer dies: the client sees the vchan close and ends cleanly.
     let _ = server.0.kill();
     let _ = server.0.wait();
-    let st = wait_exit(&mut c.0, "client after the peer died");
+    let st = wait_exit(STEP, &mut c.0, "client after the peer died");
     assert!(st.success(), "client failed: {st}");
 }
 
@@ -188,8 +110,8 @@ fn echo_returns_every_byte_after_stdin_ends_without_deadlock() {
 /// close and ends too.
 #[test]
 fn linger_closes_after_stdin_ends_while_the_peer_stays() {
-    let dir = TmpDir::new("vchan-linger");
-    let (_host, sock) = start_host(&dir.0);
+    let dir = support::TempDir::new("vchan-linger");
+    let (_host, sock) = start_host(dir.path());
     let path = "/local/domain/1/data/linger";
     let mut server = echo_server(&sock, 1, 2, path);
     let mut c = Kill(client(&sock, 2, 1, path, &["--linger", "1"]));
@@ -200,14 +122,14 @@ fn linger_closes_after_stdin_ends_while_the_peer_stays() {
         let r = stdin.write_all(&send);
         (r, stdin)
     });
-    let (got, _out) = read_n(take_stdout(&mut c.0), data.len(), "echo");
+    let (got, _out) = read_n(STEP, take_stdout(&mut c.0), data.len(), "echo");
     assert!(got == data, "echoed data differs");
     let (r, stdin) = writer.join().expect("writer");
     r.expect("write stdin");
     drop(stdin);
-    let st = wait_exit(&mut c.0, "client with --linger 1");
+    let st = wait_exit(STEP, &mut c.0, "client with --linger 1");
     assert!(st.success(), "client failed: {st}");
-    let st = wait_exit(&mut server.0, "echo server after the client closed");
+    let st = wait_exit(STEP, &mut server.0, "echo server after the client closed");
     assert!(st.success(), "echo server failed: {st}");
 }
 
@@ -215,8 +137,8 @@ fn linger_closes_after_stdin_ends_while_the_peer_stays() {
 /// way, the same arguments as vchan-socket-proxy.
 #[test]
 fn proxy_stdio_modes_carry_data_both_ways() {
-    let dir = TmpDir::new("vchan-proxy-stdio");
-    let (_host, sock) = start_host(&dir.0);
+    let dir = support::TempDir::new("vchan-proxy-stdio");
+    let (_host, sock) = start_host(dir.path());
     let path = "/local/domain/1/data/pstdio";
     let a = random(1 << 20, 0x5eed_0003);
     let b = random(1 << 20, 0x5eed_0004);
@@ -244,8 +166,18 @@ fn proxy_stdio_modes_carry_data_both_ways() {
     };
     let ws = writer(&mut server.0, &a);
     let wc = writer(&mut client.0, &b);
-    let (at_client, _out_c) = read_n(take_stdout(&mut client.0), a.len(), "server to client");
-    let (at_server, _out_s) = read_n(take_stdout(&mut server.0), b.len(), "client to server");
+    let (at_client, _out_c) = read_n(
+        STEP,
+        take_stdout(&mut client.0),
+        a.len(),
+        "server to client",
+    );
+    let (at_server, _out_s) = read_n(
+        STEP,
+        take_stdout(&mut server.0),
+        b.len(),
+        "client to server",
+    );
     assert!(at_client == a, "server-to-client data differs");
     assert!(at_server == b, "client-to-server data differs");
     // Both stdins end; without --linger each side waits for the other to
@@ -257,7 +189,7 @@ fn proxy_stdio_modes_carry_data_both_ways() {
     }
     let _ = server.0.kill();
     let _ = server.0.wait();
-    let st = wait_exit(&mut client.0, "proxy client after the server died");
+    let st = wait_exit(STEP, &mut client.0, "proxy client after the server died");
     assert!(st.success(), "proxy client failed: {st}");
 }
 
@@ -287,17 +219,6 @@ fn socket_echo(path: &Path) {
     });
 }
 
-fn connect_when_there(path: &Path) -> UnixStream {
-    let end = Instant::now() + STEP;
-    loop {
-        match UnixStream::connect(path) {
-            Ok(s) => return s,
-            Err(e) => assert!(Instant::now() < end, "cannot connect to {path:?}: {e}"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `vchan proxy` with UNIX sockets in both roles, as vchan-socket-proxy
 /// runs for QMP: a client-mode proxy listens on a socket and opens a vchan
 /// per accepted connection; a server-mode proxy connects to an echo socket
@@ -307,12 +228,12 @@ fn connect_when_there(path: &Path) -> UnixStream {
 /// `--state-path` once it is set up.
 #[test]
 fn proxy_socket_modes_serve_subsequent_connections() {
-    let dir = TmpDir::new("vchan-proxy-sock");
-    let (_host, sock) = start_host(&dir.0);
+    let dir = support::TempDir::new("vchan-proxy-sock");
+    let (_host, sock) = start_host(dir.path());
     let path = "/local/domain/1/data/psock";
-    let echo = dir.0.join("echo.sock");
+    let echo = dir.join("echo.sock");
     socket_echo(&echo);
-    let front = dir.0.join("front.sock");
+    let front = dir.join("front.sock");
     let _server = Kill(
         vchan(
             &sock,
@@ -330,7 +251,7 @@ fn proxy_socket_modes_serve_subsequent_connections() {
             .expect("proxy client"),
     );
     let mut xs = xenshare::store::Client::new(
-        xenshare::store::UnixTransport::connect(dir.0.join("h.sock.xs")).expect("dom0 xenstored"),
+        xenshare::store::UnixTransport::connect(dir.join("h.sock.xs")).expect("dom0 xenstored"),
     );
     let end = Instant::now() + STEP;
     while xs.try_read(STATE).expect("read state").as_deref() != Some(&b"running"[..]) {
@@ -341,12 +262,13 @@ fn proxy_socket_modes_serve_subsequent_connections() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for round in 0..3u64 {
-        let conn = connect_when_there(&front);
+        let conn = connect_when_there(STEP, &front);
         let data = random(300_000, 0x5eed_0100 + round);
         let mut w = conn.try_clone().expect("clone socket");
         let send = data.clone();
         let writer = std::thread::spawn(move || w.write_all(&send));
         let (got, _) = read_n(
+            STEP,
             conn.try_clone().expect("clone socket"),
             data.len(),
             "socket echo",

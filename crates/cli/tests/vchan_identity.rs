@@ -13,18 +13,11 @@
 //! loudly, or FAIL when `CI=true`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_xenshare");
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::*;
 
 #[path = "../../conformance/src/support.rs"]
 mod support;
@@ -33,67 +26,20 @@ fn skip_or_fail(why: &str) {
     support::skip_or_fail("vchan_identity", why, "gcc, libxen-dev and xenstore-utils");
 }
 
+/// Builds the C helper; `None` (after a SKIP/FAIL) if it cannot be built.
 fn build_helper(dir: &Path) -> Option<PathBuf> {
-    if !Path::new("/usr/include/libxenvchan.h").exists() {
-        skip_or_fail("/usr/include/libxenvchan.h not found");
-        return None;
-    }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/vchan_geom.c");
-    let out = dir.join("vchan_geom");
-    match Command::new("gcc")
-        .args(["-O2", "-Wall", "-Werror", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .arg("-lxenvchan")
-        .status()
-    {
-        Ok(s) if s.success() => Some(out),
-        Ok(s) => {
-            skip_or_fail(&format!("gcc failed ({s})"));
-            None
-        }
-        Err(e) => {
-            skip_or_fail(&format!("cannot run gcc: {e}"));
-            None
-        }
-    }
+    build_vchan_c(dir, "vchan_geom", &["-Werror"], skip_or_fail)
 }
 
-/// Builds the compat cdylib next to the `xenshare` binary (see
-/// `vchan_interop.rs`).
-fn build_compat() {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "-q", "-p", "xenshare-compat"]);
-    let profile_dir = Path::new(BIN).parent().expect("binary directory");
-    if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-        cmd.arg("--release");
-    }
-    if let Some(target) = profile_dir.parent() {
-        cmd.arg("--target-dir").arg(target);
-    }
-    let st = cmd.status().expect("run cargo");
-    assert!(st.success(), "cargo build -p xenshare-compat failed");
+/// The host, ready once its sockets and token file exist.
+fn start_host(dir: &Path) -> (Kill, PathBuf) {
+    let (child, sock) = spawn_host(dir, &[".xs", ".token"], |_| {});
+    (Kill(child), sock)
 }
 
 /// A fresh directory, removed (with the sockets in it) when dropped.
 fn tmpdir(name: &str) -> support::TempDir {
     support::TempDir::new(&format!("id-{name}"))
-}
-
-fn start_host(dir: &Path) -> (Kill, PathBuf) {
-    let sock = dir.join("h.sock");
-    let child = Command::new(BIN)
-        .args(["host", "--socket"])
-        .arg(&sock)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start host");
-    let end = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() || !dir.join("h.sock.xs").exists() || !dir.join("h.sock.token").exists() {
-        assert!(Instant::now() < end, "host did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (Kill(child), sock)
 }
 
 fn domain_socket(sock: &Path, domid: u16) -> PathBuf {
@@ -114,16 +60,6 @@ fn wait_gone(sock: &Path, domids: &[u16]) {
     }
 }
 
-fn exec(sock: &Path, domid: Option<u16>, prog: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.arg("exec");
-    if let Some(d) = domid {
-        c.args(["--domid", &d.to_string()]);
-    }
-    c.arg("--host").arg(sock).arg("--").arg(prog).args(args);
-    c
-}
-
 fn ok(out: Output, what: &str) -> String {
     assert!(
         out.status.success(),
@@ -140,7 +76,7 @@ fn unmodified_libxenvchan_server_dom1_client_dom2_every_geometry_stream_and_pack
     let Some(helper) = build_helper(&dir) else {
         return;
     };
-    build_compat();
+    let _ = build_compat();
     let (_host, sock) = start_host(&dir);
     // In-page rings (1024 and 2048 bytes in the shared page) and rings of
     // one or more separate pages, for each direction.

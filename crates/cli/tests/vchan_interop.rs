@@ -16,19 +16,12 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_xenshare");
+mod common;
+use common::*;
+
 const BYTES: usize = 4 << 20;
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[path = "../../conformance/src/support.rs"]
 mod support;
@@ -39,92 +32,12 @@ fn skip_or_fail(why: &str) {
 
 /// Builds the C helper; `None` (after a SKIP/FAIL) if it cannot be built.
 fn build_helper(dir: &Path) -> Option<PathBuf> {
-    if !Path::new("/usr/include/libxenvchan.h").exists() {
-        skip_or_fail("/usr/include/libxenvchan.h not found");
-        return None;
-    }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/vchan_xor.c");
-    let out = dir.join("vchan_xor");
-    match Command::new("gcc")
-        .args(["-O2", "-Wall", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .arg("-lxenvchan")
-        .status()
-    {
-        Ok(s) if s.success() => Some(out),
-        Ok(s) => {
-            skip_or_fail(&format!("gcc failed ({s})"));
-            None
-        }
-        Err(e) => {
-            skip_or_fail(&format!("cannot run gcc: {e}"));
-            None
-        }
-    }
-}
-
-/// Builds the compat cdylib next to the `xenshare` binary.
-fn build_compat() {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "-q", "-p", "xenshare-compat"]);
-    // target/<profile>/xenshare: build the library with the same profile.
-    let profile_dir = Path::new(BIN).parent().expect("binary directory");
-    if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-        cmd.arg("--release");
-    }
-    if let Some(target) = profile_dir.parent() {
-        cmd.arg("--target-dir").arg(target);
-    }
-    let st = cmd.status().expect("run cargo");
-    assert!(st.success(), "cargo build -p xenshare-compat failed");
-    assert!(profile_dir.join("libxenshare_compat.so").is_file());
+    build_vchan_c(dir, "vchan_xor", &[], skip_or_fail)
 }
 
 /// A fresh directory, removed (with the sockets in it) when dropped.
 fn tmpdir(name: &str) -> support::TempDir {
     support::TempDir::new(name)
-}
-
-fn start_host(dir: &Path) -> (Kill, PathBuf) {
-    let sock = dir.join("h.sock");
-    let child = Command::new(BIN)
-        .args(["host", "--socket"])
-        .arg(&sock)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start host");
-    let xs = dir.join("h.sock.xs");
-    let end = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() || !xs.exists() {
-        assert!(Instant::now() < end, "host did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // No XenStore set-up here: the host's toolstack creates each domain's
-    // home (with the `domid` key libxenvchan reads) when it joins.
-    (Kill(child), sock)
-}
-
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn exec(sock: &Path, domid: u16, prog: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(["exec", "--domid", &domid.to_string(), "--host"])
-        .arg(sock)
-        .arg("--")
-        .arg(prog)
-        .args(args);
-    c
 }
 
 /// Feeds `data` to the Rust side's stdin, reads exactly `data.len()`
@@ -166,19 +79,21 @@ fn xen_libxenvchan_interoperates_with_xenshare_vchan() {
     let Some(helper) = build_helper(&dir) else {
         return;
     };
-    build_compat();
+    assert!(build_compat().join("libxenshare_compat.so").is_file());
+    // No XenStore set-up here: the host's toolstack creates each domain's
+    // home (with the `domid` key libxenvchan reads) when it joins.
     let (_host, sock) = start_host(&dir);
     let bin = Path::new(BIN);
 
     // C server (domain 1) <- Rust client (domain 2); the Rust side closes.
     let path = "/local/domain/1/data/vchan";
-    let c_server = exec(&sock, 1, &helper, &["server", "2", path])
+    let c_server = exec(&sock, Some(1), &helper, &["server", "2", path])
         .stderr(Stdio::piped())
         .spawn()
         .expect("C server");
     let rust = exec(
         &sock,
-        2,
+        Some(2),
         bin,
         &[
             "vchan", "connect", "--domid", "1", "--path", path, "--wait", "10",
@@ -197,7 +112,7 @@ fn xen_libxenvchan_interoperates_with_xenshare_vchan() {
     let path = "/local/domain/3/data/vchan";
     let rust = exec(
         &sock,
-        3,
+        Some(3),
         bin,
         &["vchan", "listen", "--domid", "4", "--path", path],
     )
@@ -207,7 +122,7 @@ fn xen_libxenvchan_interoperates_with_xenshare_vchan() {
     .expect("rust server");
     let c_client = exec(
         &sock,
-        4,
+        Some(4),
         &helper,
         &["client", "3", path, &BYTES.to_string()],
     )

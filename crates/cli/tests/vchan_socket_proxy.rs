@@ -8,46 +8,23 @@
 //!   `xenshare vchan listen` the server.
 //!
 //! Without xen-utils-4.17 the test SKIPs loudly, or FAILs when `CI=true`.
-//! The compat library is built here (see `vchan_interop.rs`).
+//! The compat library is built here (see `common::build_compat`).
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Child, ChildStdout, Stdio};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_xenshare");
+mod common;
+use common::*;
+
+#[path = "../../conformance/src/support.rs"]
+mod support;
+
 const PROXY: &str = "/usr/lib/xen-4.17/bin/vchan-socket-proxy";
 const BYTES: usize = 16 << 20;
 const STEP: Duration = Duration::from_secs(180);
-
-/// A child in its own process group, killed as a group on drop (`xenshare
-/// exec` runs the program as its child).
-struct Group(Child);
-impl Drop for Group {
-    fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        }
-        let _ = self.0.wait();
-    }
-}
-
-struct TmpDir(PathBuf);
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tmpdir(name: &str) -> TmpDir {
-    let d = std::env::temp_dir().join(format!("xenshare-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    TmpDir(d)
-}
 
 fn skip_or_fail(why: &str) {
     if std::env::var("CI").as_deref() == Ok("true") {
@@ -56,92 +33,28 @@ fn skip_or_fail(why: &str) {
     eprintln!("\n*** SKIP vchan_socket_proxy: {why} (install xen-utils-4.17) ***\n");
 }
 
-/// Builds the compat cdylib next to the `xenshare` binary.
-fn build_compat() {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "-q", "-p", "xenshare-compat"]);
-    let profile_dir = Path::new(BIN).parent().expect("binary directory");
-    if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-        cmd.arg("--release");
-    }
-    if let Some(target) = profile_dir.parent() {
-        cmd.arg("--target-dir").arg(target);
-    }
-    let st = cmd.status().expect("run cargo");
-    assert!(st.success(), "cargo build -p xenshare-compat failed");
-}
-
 fn start_host(dir: &Path) -> (Group, PathBuf) {
-    let sock = dir.join("h.sock");
-    let child = Command::new(BIN)
-        .args(["host", "--socket"])
-        .arg(&sock)
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("start host");
-    let end = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() || !dir.join("h.sock.xs").exists() {
-        assert!(Instant::now() < end, "host did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (Group(child), sock)
-}
-
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// `xenshare exec --domid D --host SOCK -- PROG ARGS`, in its own group.
-fn exec(sock: &Path, domid: u16, prog: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(["exec", "--domid", &domid.to_string(), "--host"])
-        .arg(sock)
-        .arg("--")
-        .arg(prog)
-        .args(args)
-        .process_group(0);
-    c
-}
-
-fn read_n<R: Read + Send + 'static>(out: R, n: usize, what: &str) -> (Vec<u8>, R) {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = out;
-        let mut got = vec![0u8; n];
-        let r = out.read_exact(&mut got).map(|()| (got, out));
-        let _ = tx.send(r);
+    let (child, sock) = spawn_host(dir, &[".xs"], |c| {
+        c.process_group(0);
     });
-    match rx.recv_timeout(STEP) {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => panic!("{what}: reading failed: {e}"),
-        Err(_) => panic!("{what}: the data did not arrive in time"),
-    }
-}
-
-fn wait_exit(c: &mut Child, what: &str) -> ExitStatus {
-    let end = Instant::now() + STEP;
-    loop {
-        if let Some(s) = c.try_wait().expect("try_wait") {
-            return s;
-        }
-        assert!(Instant::now() < end, "{what} did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    (Group(child), sock)
 }
 
 fn check(got: &[u8], want: &[u8], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let first_bad = got.iter().zip(want).position(|(a, b)| a != b);
     assert_eq!(first_bad, None, "{what}: data differs");
+}
+
+/// Reads `want.len()` bytes from `c`'s stdout while its stdin stays open,
+/// checks them against `want`, then closes its stdin. Gives the stdout
+/// back (still open).
+fn receive_then_close_stdin(c: &mut Child, want: &[u8], reading: &str, what: &str) -> ChildStdout {
+    let stdin = c.stdin.take().expect("stdin");
+    let (got, out) = read_n(STEP, c.stdout.take().expect("stdout"), want.len(), reading);
+    check(&got, want, what);
+    drop(stdin);
+    out
 }
 
 fn write_file(dir: &Path, name: &str, data: &[u8]) -> std::fs::File {
@@ -168,8 +81,8 @@ fn debian_vchan_socket_proxy_runs_unmodified_both_modes_both_ways() {
         return;
     }
     build_compat();
-    let dir = tmpdir("vsp");
-    let d = &dir.0;
+    let dir = support::TempDir::new("vsp");
+    let d = dir.path();
     let (_host, sock) = start_host(d);
 
     // 1. vchan-socket-proxy server with `-` (domain 1) sends its stdin to
@@ -179,14 +92,14 @@ fn debian_vchan_socket_proxy_runs_unmodified_both_modes_both_ways() {
     let path = "/local/domain/1/data/vsp";
     let data = random(BYTES, 0xc0de_0001);
     let mut c_server = Group(
-        exec(&sock, 1, PROXY, &["-m", "server", "2", path, "-"])
+        exec_group(&sock, 1, PROXY, &["-m", "server", "2", path, "-"])
             .stdin(write_file(d, "in1", &data))
             .stdout(Stdio::null())
             .spawn()
             .expect("vchan-socket-proxy server"),
     );
     let mut rust = Group(
-        exec(
+        exec_group(
             &sock,
             2,
             BIN,
@@ -197,22 +110,14 @@ fn debian_vchan_socket_proxy_runs_unmodified_both_modes_both_ways() {
         .spawn()
         .expect("xenshare vchan connect"),
     );
-    let rust_in = rust.0.stdin.take().expect("stdin");
-    let (got, _out) = read_n(
-        rust.0.stdout.take().expect("stdout"),
-        BYTES,
-        "C server to Rust",
-    );
-    check(
-        &got,
+    let _out = receive_then_close_stdin(
+        &mut rust.0,
         &data,
+        "C server to Rust",
         "vchan-socket-proxy server -> xenshare vchan connect",
     );
-    drop(rust_in);
-    let st = wait_exit(&mut rust.0, "xenshare vchan connect");
-    assert!(st.success(), "xenshare vchan connect failed: {st}");
-    let st = wait_exit(&mut c_server.0, "vchan-socket-proxy server");
-    assert!(st.success(), "vchan-socket-proxy server failed: {st}");
+    wait_success(STEP, &mut rust.0, "xenshare vchan connect");
+    wait_success(STEP, &mut c_server.0, "vchan-socket-proxy server");
 
     // 2. The other way: `xenshare vchan connect` (domain 4) sends a file to
     //    the server's stdout (domain 3); closing the server's stdin ends it,
@@ -220,14 +125,14 @@ fn debian_vchan_socket_proxy_runs_unmodified_both_modes_both_ways() {
     let path = "/local/domain/3/data/vsp";
     let data = random(BYTES, 0xc0de_0002);
     let mut c_server = Group(
-        exec(&sock, 3, PROXY, &["-m", "server", "4", path, "-"])
+        exec_group(&sock, 3, PROXY, &["-m", "server", "4", path, "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("vchan-socket-proxy server"),
     );
     let mut rust = Group(
-        exec(
+        exec_group(
             &sock,
             4,
             BIN,
@@ -238,22 +143,14 @@ fn debian_vchan_socket_proxy_runs_unmodified_both_modes_both_ways() {
         .spawn()
         .expect("xenshare vchan connect"),
     );
-    let c_in = c_server.0.stdin.take().expect("stdin");
-    let (got, _out) = read_n(
-        c_server.0.stdout.take().expect("stdout"),
-        BYTES,
-        "Rust to C server",
-    );
-    check(
-        &got,
+    let _out = receive_then_close_stdin(
+        &mut c_server.0,
         &data,
+        "Rust to C server",
         "xenshare vchan connect -> vchan-socket-proxy server",
     );
-    drop(c_in);
-    let st = wait_exit(&mut c_server.0, "vchan-socket-proxy server");
-    assert!(st.success(), "vchan-socket-proxy server failed: {st}");
-    let st = wait_exit(&mut rust.0, "xenshare vchan connect");
-    assert!(st.success(), "xenshare vchan connect failed: {st}");
+    wait_success(STEP, &mut c_server.0, "vchan-socket-proxy server");
+    wait_success(STEP, &mut rust.0, "xenshare vchan connect");
 
     // 3. vchan-socket-proxy client (domain 5) listening on a UNIX socket,
     //    `xenshare vchan listen` (domain 6) the server. First connection:
@@ -262,13 +159,13 @@ fn debian_vchan_socket_proxy_runs_unmodified_both_modes_both_ways() {
     let front = d.join("front.sock");
     let front_s = front.to_str().expect("utf-8 path");
     let _c_client = Group(
-        exec(&sock, 5, PROXY, &["6", path, front_s])
+        exec_group(&sock, 5, PROXY, &["6", path, front_s])
             .spawn()
             .expect("vchan-socket-proxy client"),
     );
     let data = random(BYTES, 0xc0de_0003);
     let mut rust = Group(
-        exec(
+        exec_group(
             &sock,
             6,
             BIN,
@@ -279,12 +176,13 @@ fn debian_vchan_socket_proxy_runs_unmodified_both_modes_both_ways() {
         .spawn()
         .expect("xenshare vchan listen"),
     );
-    let conn = connect_when_there(&front);
+    let conn = connect_when_there(STEP, &front);
     let mut w = conn.try_clone().expect("clone socket");
     let send = data.clone();
     let writer = std::thread::spawn(move || w.write_all(&send));
     let rust_in = rust.0.stdin.take().expect("stdin");
     let (got, _out) = read_n(
+        STEP,
         rust.0.stdout.take().expect("stdout"),
         BYTES,
         "socket to Rust",
@@ -296,8 +194,7 @@ fn debian_vchan_socket_proxy_runs_unmodified_both_modes_both_ways() {
         "socket -> vchan-socket-proxy client -> xenshare vchan listen",
     );
     drop(rust_in);
-    let st = wait_exit(&mut rust.0, "xenshare vchan listen");
-    assert!(st.success(), "xenshare vchan listen failed: {st}");
+    wait_success(STEP, &mut rust.0, "xenshare vchan listen");
     drop(conn);
 
     // 4. Second, subsequent connection to the same proxy, the other way:
@@ -305,31 +202,19 @@ fn debian_vchan_socket_proxy_runs_unmodified_both_modes_both_ways() {
     //    the vchan; the listener sees it close and ends by itself.
     let data = random(BYTES, 0xc0de_0004);
     let mut rust = Group(
-        exec(&sock, 6, BIN, &xenshare_args("listen", "5", path, &[])[..])
+        exec_group(&sock, 6, BIN, &xenshare_args("listen", "5", path, &[])[..])
             .stdin(write_file(d, "in4", &data))
             .stdout(Stdio::null())
             .spawn()
             .expect("xenshare vchan listen"),
     );
-    let conn = connect_when_there(&front);
-    let (got, conn) = read_n(conn, BYTES, "Rust to socket");
+    let conn = connect_when_there(STEP, &front);
+    let (got, conn) = read_n(STEP, conn, BYTES, "Rust to socket");
     check(
         &got,
         &data,
         "xenshare vchan listen -> vchan-socket-proxy client -> socket",
     );
     drop(conn);
-    let st = wait_exit(&mut rust.0, "xenshare vchan listen");
-    assert!(st.success(), "xenshare vchan listen failed: {st}");
-}
-
-fn connect_when_there(path: &Path) -> UnixStream {
-    let end = Instant::now() + STEP;
-    loop {
-        match UnixStream::connect(path) {
-            Ok(s) => return s,
-            Err(e) => assert!(Instant::now() < end, "cannot connect to {path:?}: {e}"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_success(STEP, &mut rust.0, "xenshare vchan listen");
 }
