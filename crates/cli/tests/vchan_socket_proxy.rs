@@ -13,7 +13,7 @@
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 mod common;
@@ -63,15 +63,19 @@ fn write_file(dir: &Path, name: &str, data: &[u8]) -> std::fs::File {
     std::fs::File::open(&p).expect("open input file")
 }
 
-fn xenshare_args<'a>(
-    role: &'a str,
-    peer: &'a str,
-    path: &'a str,
-    extra: &[&'a str],
-) -> Vec<&'a str> {
-    let mut v = vec!["vchan", role, "--domid", peer, "--path", path];
-    v.extend_from_slice(extra);
-    v
+/// `xenshare vchan ROLE --domid PEER --path PATH EXTRA` run as domain
+/// `domid` under `xenshare exec`, in its own process group.
+fn xenshare_vchan(
+    sock: &Path,
+    domid: u16,
+    role: &str,
+    peer: &str,
+    path: &str,
+    extra: &[&str],
+) -> Command {
+    let mut args = vec!["vchan", role, "--domid", peer, "--path", path];
+    args.extend_from_slice(extra);
+    exec_group(sock, domid, BIN, &args)
 }
 
 #[test]
@@ -99,11 +103,13 @@ fn debian_vchan_socket_proxy_runs_unmodified_both_modes_both_ways() {
             .expect("vchan-socket-proxy server"),
     );
     let mut rust = Group(
-        exec_group(
+        xenshare_vchan(
             &sock,
             2,
-            BIN,
-            &xenshare_args("connect", "1", path, &["--wait", "60", "--linger", "0"])[..],
+            "connect",
+            "1",
+            path,
+            &["--wait", "60", "--linger", "0"],
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -132,16 +138,11 @@ fn debian_vchan_socket_proxy_runs_unmodified_both_modes_both_ways() {
             .expect("vchan-socket-proxy server"),
     );
     let mut rust = Group(
-        exec_group(
-            &sock,
-            4,
-            BIN,
-            &xenshare_args("connect", "3", path, &["--wait", "60"])[..],
-        )
-        .stdin(write_file(d, "in2", &data))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("xenshare vchan connect"),
+        xenshare_vchan(&sock, 4, "connect", "3", path, &["--wait", "60"])
+            .stdin(write_file(d, "in2", &data))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("xenshare vchan connect"),
     );
     let _out = receive_then_close_stdin(
         &mut c_server.0,
@@ -165,16 +166,11 @@ fn debian_vchan_socket_proxy_runs_unmodified_both_modes_both_ways() {
     );
     let data = random(BYTES, 0xc0de_0003);
     let mut rust = Group(
-        exec_group(
-            &sock,
-            6,
-            BIN,
-            &xenshare_args("listen", "5", path, &["--linger", "0"])[..],
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("xenshare vchan listen"),
+        xenshare_vchan(&sock, 6, "listen", "5", path, &["--linger", "0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("xenshare vchan listen"),
     );
     let conn = connect_when_there(STEP, &front);
     let mut w = conn.try_clone().expect("clone socket");
@@ -202,7 +198,7 @@ fn debian_vchan_socket_proxy_runs_unmodified_both_modes_both_ways() {
     //    the vchan; the listener sees it close and ends by itself.
     let data = random(BYTES, 0xc0de_0004);
     let mut rust = Group(
-        exec_group(&sock, 6, BIN, &xenshare_args("listen", "5", path, &[])[..])
+        xenshare_vchan(&sock, 6, "listen", "5", path, &[])
             .stdin(write_file(d, "in4", &data))
             .stdout(Stdio::null())
             .spawn()
