@@ -16,7 +16,6 @@ use net_common::{
     data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
     RxFront, TxFront, World, T,
 };
-use xenshare::event::Channel;
 use xenshare::net::xenbus::{BackendFeatures, FrontendKeys};
 use xenshare::net::{NetError, Netfront, NetfrontConfig, NetifRxRequest, NetifTxRequest};
 use xenshare::net::{NetifRxResponse, NetifTxResponse};
@@ -288,45 +287,12 @@ fn netback_handles_split_headers_zero_length_and_maximum_fragment_packets() {
 
 /// A hand-made front end that publishes its keys with `over` replacing
 /// (or adding to) the honest ones, then goes Connected.
-fn publish_hostile_keys(
-    w: &World,
-    over: &[(&str, &str)],
-) -> (
-    Vec<xenshare_sim::SimShare>,
-    Channel<xenshare_sim::SimEvtchn>,
-) {
+fn publish_hostile_keys(w: &World, over: &[(&str, &str)]) -> net_common::EvilFront {
     let paths = xenshare::store::xenbus::DevicePaths {
         front: xenshare::store::xenbus::frontend_path(w.guest.id(), "vif", 0),
         back: xenshare::store::xenbus::backend_path(w.dom0.id(), "vif", w.guest.id(), 0),
     };
-    let mut c = w.xs(&w.guest);
-    wait_for_state(&mut c, &paths.back, T, |s| s == XenbusState::InitWait).unwrap();
-    let share = || {
-        w.guest
-            .exporter()
-            .share(w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap()
-    };
-    let (tx, rx) = (share(), share());
-    TxFront::init(tx.mem()).unwrap();
-    RxFront::init(rx.mem()).unwrap();
-    let chan = Channel::alloc_unbound(&w.guest.evtchn().unwrap(), w.dom0.id()).unwrap();
-    FrontendKeys {
-        tx_ring_ref: tx.refs()[0],
-        rx_ring_ref: rx.refs()[0],
-        event_channel: chan.port(),
-        request_rx_copy: true,
-        sg: true,
-        rx_notify: true,
-    }
-    .publish(&mut c, &paths.front)
-    .unwrap();
-    for (k, v) in over {
-        c.write(&format!("{}/{k}", paths.front), v.as_bytes())
-            .unwrap();
-    }
-    write_state(&mut c, &paths.front, XenbusState::Connected).unwrap();
-    (vec![tx, rx], chan)
+    net_common::evil_front_keys(w, &paths, over)
 }
 
 /// Hostile values for the keys netback reads: out-of-range, signed, hex,
@@ -382,22 +348,7 @@ fn netback_refuses_hostile_xenbus_keys() {
 #[test]
 fn netfront_grants_pages_holding_only_the_frame() {
     let w = world();
-    {
-        let dirty: Vec<_> = (0..64)
-            .map(|_| {
-                let s = w
-                    .guest
-                    .exporter()
-                    .share(w.dom0.id(), 4, Access::ReadWrite)
-                    .unwrap();
-                s.mem().fill(0, 4 * 4096, 0xEE).unwrap();
-                s
-            })
-            .collect();
-        for s in dirty {
-            assert!(s.try_unshare().is_ok());
-        }
-    }
+    assert_eq!(w.guest.dirty_free_memory(64, 0xEE), 64);
     let paths = w.create_vif(0);
     let mut c0 = w.xs(&w.dom0);
     BackendFeatures::OURS.publish(&mut c0, &paths.back).unwrap();

@@ -224,6 +224,25 @@ impl Domain {
         }
     }
 
+    /// Adversary set-up for stale-data tests (XSA-403): shares `runs` runs of
+    /// four pages, fills them with `byte` and revokes them again, so the
+    /// domain's free memory holds old data that later shares must not show.
+    /// Returns how many of the runs came back as pages.
+    pub fn dirty_free_memory(&self, runs: usize, byte: u8) -> usize {
+        let dirty: Vec<_> = (0..runs)
+            .filter_map(|_| self.exporter.share(self.id(), 4, Access::ReadWrite).ok())
+            .collect();
+        let mut back = 0;
+        for s in dirty {
+            let _ = s.mem().fill(0, s.mem().len(), byte);
+            if let Ok(Revoked::Pages(p)) = s.try_unshare() {
+                drop(p);
+                back += 1;
+            }
+        }
+        back
+    }
+
     /// Revocations the emulated kernel holds back because the peer still
     /// maps the page ([`RevocationModel::KernelDefers`]; always 0 otherwise).
     pub fn deferred_revocations(&self) -> usize {

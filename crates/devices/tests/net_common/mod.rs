@@ -153,6 +153,16 @@ pub struct EvilFront {
 pub fn evil_front(w: &World) -> (EvilFront, BackendThread, HostPort) {
     let paths = w.create_vif(0);
     let (bt, host) = w.backend(0);
+    let ef = evil_front_keys(w, &paths, &[]);
+    let mut c = w.xs(&w.guest);
+    wait_for_state(&mut c, &paths.back, T, |s| s == XenbusState::Connected).unwrap();
+    (ef, bt, host)
+}
+
+/// The hand-made front end's half of the handshake: waits for the back
+/// end's InitWait, grants and initialises both rings, publishes the honest
+/// keys with `over` replacing (or adding to) them, and goes Connected.
+pub fn evil_front_keys(w: &World, paths: &DevicePaths, over: &[(&str, &str)]) -> EvilFront {
     let mut c = w.xs(&w.guest);
     wait_for_state(&mut c, &paths.back, T, |s| s == XenbusState::InitWait).unwrap();
     let share = || {
@@ -175,9 +185,12 @@ pub fn evil_front(w: &World) -> (EvilFront, BackendThread, HostPort) {
     }
     .publish(&mut c, &paths.front)
     .unwrap();
+    for (k, v) in over {
+        c.write(&format!("{}/{k}", paths.front), v.as_bytes())
+            .unwrap();
+    }
     write_state(&mut c, &paths.front, XenbusState::Connected).unwrap();
-    wait_for_state(&mut c, &paths.back, T, |s| s == XenbusState::Connected).unwrap();
-    (EvilFront { tx, rx, chan }, bt, host)
+    EvilFront { tx, rx, chan }
 }
 
 pub fn data_page(w: &World, data: &[u8]) -> SimShare {
