@@ -517,7 +517,7 @@ pub fn attach_vbd<T: xenshare::store::Transport>(
     a: &VbdAttach<'_>,
 ) -> Result<DevicePaths, BlkHostError> {
     use xenshare::store::xenbus::{backend_path, frontend_path};
-    use xenshare::store::{Perm, PermKind, Perms};
+    use xenshare::store::Perms;
     let devid = xvd_devid(a.vdev).ok_or_else(|| {
         BlkHostError::Verify(format!(
             "{:?} is not a whole-disk xvd name (xvda, xvdb, ...)",
@@ -527,23 +527,10 @@ pub fn attach_vbd<T: xenshare::store::Transport>(
     let front = frontend_path(a.frontend, DEVTYPE, devid);
     let back = backend_path(a.backend, a.backend_type, a.frontend, devid);
     let device_dir = format!("/local/domain/{}/device", a.frontend.0);
-    let perms = |owner: DomId, reader: DomId| {
-        Perms::from_entries(vec![
-            Perm {
-                domid: owner,
-                kind: PermKind::None,
-            },
-            Perm {
-                domid: reader,
-                kind: PermKind::Read,
-            },
-        ])
-        .ok_or(ClientError::Protocol("empty permission list"))
-    };
     let (fperm, bperm, dperm) = (
-        perms(a.frontend, a.backend)?,
-        perms(a.backend, a.frontend)?,
-        perms(DomId::DOM0, a.frontend)?,
+        Perms::owned_by_readable_by(a.frontend, a.backend),
+        Perms::owned_by_readable_by(a.backend, a.frontend),
+        Perms::owned_by_readable_by(DomId::DOM0, a.frontend),
     );
     let fe = a.frontend.0.to_string();
     let be = a.backend.0.to_string();

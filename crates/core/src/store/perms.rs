@@ -132,6 +132,22 @@ impl Perms {
         }])
     }
 
+    /// Owned by `owner` (no access for others), readable by `reader`: what
+    /// a toolstack gives a split device's directories (front end owned by
+    /// the guest and readable by the back end, and vice versa).
+    pub fn owned_by_readable_by(owner: DomId, reader: DomId) -> Perms {
+        Perms(alloc::vec![
+            Perm {
+                domid: owner,
+                kind: PermKind::None,
+            },
+            Perm {
+                domid: reader,
+                kind: PermKind::Read,
+            },
+        ])
+    }
+
     /// From entries; `None` if empty.
     pub fn from_entries(entries: Vec<Perm>) -> Option<Perms> {
         (!entries.is_empty()).then_some(Perms(entries))
