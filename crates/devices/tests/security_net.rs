@@ -508,9 +508,9 @@ fn netfront_refuses_hostile_backend_keys() {
 /// XSA-155 from the other side: a back end that keeps rewriting an rx
 /// response slot between an honest answer (100 bytes at offset 0) and a
 /// hostile one (200 bytes at offset 4000, leaving the page) while netfront
-/// reads it. netfront copies the response once: it delivers exactly the
-/// 100 bytes the back end put in the page, or breaks with a typed error —
-/// never a read outside the page, a panic or a hang.
+/// reads it. netfront copies the response once: it delivers the page's bytes
+/// for one in-page (offset, size) the copy holds, or breaks with a typed
+/// error — never a read outside the page, a panic or a hang.
 #[test]
 fn netfront_acts_on_one_copy_of_an_rx_response_changing_under_it() {
     const ROUNDS: usize = 200;
@@ -576,7 +576,21 @@ fn netfront_acts_on_one_copy_of_an_rx_response_changing_under_it() {
         });
         match got {
             Ok(Some(f)) => {
-                assert_eq!(f, data, "round {round}");
+                // One copy of the slot may mix the two writes' fields (the
+                // flipper's store is not one atomic access): any in-page
+                // (offset, size) built from them is a response the back end
+                // could have sent outright. What is delivered must be
+                // exactly the page's bytes for one such pair.
+                let mut image = vec![0u8; 4096];
+                image[..data.len()].copy_from_slice(&data);
+                let one_copy = [(0usize, 100usize), (0, 200), (4000, 100)]
+                    .iter()
+                    .any(|&(off, len)| f[..] == image[off..off + len]);
+                assert!(
+                    one_copy,
+                    "round {round}: {} bytes not from one copy",
+                    f.len()
+                );
                 delivered += 1;
             }
             Ok(None) => panic!("round {round}: nothing delivered"),
