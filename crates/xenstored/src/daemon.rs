@@ -4,7 +4,7 @@
 //! [`OutQueue`].
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use xenshare::store::wire::{Decoder, Message, MsgType, WireError, HEADER_LEN};
@@ -34,18 +34,40 @@ struct QueueState {
     /// The connection's reader is handling a request and will send what is
     /// queued itself: no need to wake a writer for it.
     busy: bool,
+    /// Threads blocked on `data` / `space`: the condition variables are
+    /// only signalled when someone waits (signalling costs a system call).
+    data_waiters: usize,
+    space_waiters: usize,
 }
 
+/// Called (under the daemon lock: keep it short, no calls back into the
+/// daemon) when an idle queue gets its first message or is closed: the
+/// event loop that owns the connection learns it has work.
+pub(crate) type Notify = Box<dyn Fn() + Send + Sync>;
+
 /// Messages waiting to go to one connection, in order.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct OutQueue {
     state: Mutex<QueueState>,
+    notify: Option<Notify>,
     /// Signalled when a message is queued (for `pop` / `wait_nonempty`).
     data: Condvar,
     /// Signalled when messages are taken (for `wait_below`). Separate from
     /// `data` so a reader draining its own replies does not wake the
     /// connection's idle writer thread on every request.
     space: Condvar,
+}
+
+impl std::fmt::Debug for OutQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = lock(&self.state);
+        f.debug_struct("OutQueue")
+            .field("len", &s.q.len())
+            .field("bytes", &s.bytes)
+            .field("dropped", &s.dropped)
+            .field("closed", &s.closed)
+            .finish()
+    }
 }
 
 /// What became of a message offered to an [`OutQueue`].
@@ -83,11 +105,44 @@ impl OutQueue {
             return Pushed::Overflow;
         }
         s.bytes = after;
+        let was_empty = s.q.is_empty();
         s.q.push_back(m);
         if !s.busy {
-            self.data.notify_all();
+            if s.data_waiters > 0 {
+                self.data.notify_all();
+            }
+            if was_empty {
+                if let Some(n) = &self.notify {
+                    n();
+                }
+            }
         }
         Pushed::Queued
+    }
+
+    fn wait_data<'a>(
+        &self,
+        mut s: MutexGuard<'a, QueueState>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, QueueState> {
+        s.data_waiters += 1;
+        let mut s = match timeout {
+            None => self.data.wait(s).unwrap_or_else(|e| e.into_inner()),
+            Some(t) => {
+                self.data
+                    .wait_timeout(s, t)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        };
+        s.data_waiters -= 1;
+        s
+    }
+
+    fn taken(&self, s: &QueueState) {
+        if s.space_waiters > 0 {
+            self.space.notify_all();
+        }
     }
 
     /// Takes the next message, waiting up to `timeout` (`None`: forever).
@@ -102,20 +157,17 @@ impl OutQueue {
             }
             if let Some(m) = s.q.pop_front() {
                 s.bytes = s.bytes.saturating_sub(encoded_len(&m));
-                self.space.notify_all();
+                self.taken(&s);
                 return Ok(Some(m));
             }
             s = match deadline {
-                None => self.data.wait(s).unwrap_or_else(|e| e.into_inner()),
+                None => self.wait_data(s, None),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Ok(None);
                     }
-                    self.data
-                        .wait_timeout(s, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
+                    self.wait_data(s, Some(left))
                 }
             };
         }
@@ -130,9 +182,31 @@ impl OutQueue {
         let v: Vec<Message> = s.q.drain(..).collect();
         s.bytes = 0;
         if !v.is_empty() {
-            self.space.notify_all();
+            self.taken(&s);
         }
         Ok(v)
+    }
+
+    /// Encodes every queued message onto the end of `out` and empties the
+    /// queue, without waiting. Returns how many there were; `Err` if the
+    /// queue is closed or a message cannot be encoded (the connection must
+    /// go, as nothing after it could be sent in order).
+    pub fn drain_encoded(&self, out: &mut Vec<u8>) -> Result<usize, Closed> {
+        let mut s = lock(&self.state);
+        if s.closed {
+            return Err(Closed);
+        }
+        let n = s.q.len();
+        let ok = s.q.drain(..).all(|m| m.encode_into(out).is_ok());
+        s.bytes = 0;
+        if n > 0 {
+            self.taken(&s);
+        }
+        if ok {
+            Ok(n)
+        } else {
+            Err(Closed)
+        }
     }
 
     /// Marks the connection's own reader as busy handling a request (it
@@ -141,7 +215,7 @@ impl OutQueue {
     pub fn set_busy(&self, busy: bool) {
         let mut s = lock(&self.state);
         s.busy = busy;
-        if !busy && !s.q.is_empty() {
+        if !busy && !s.q.is_empty() && s.data_waiters > 0 {
             self.data.notify_all();
         }
     }
@@ -157,7 +231,7 @@ impl OutQueue {
             if !s.q.is_empty() && !s.busy {
                 return Ok(());
             }
-            s = self.data.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = self.wait_data(s, None);
         }
     }
 
@@ -173,22 +247,30 @@ impl OutQueue {
             if s.q.len() < limit {
                 return Ok(());
             }
+            s.space_waiters += 1;
             s = self
                 .space
                 .wait_timeout(s, Duration::from_millis(100))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            s.space_waiters -= 1;
         }
     }
 
     /// Closes the queue and wakes every waiter.
     pub fn close(&self) {
         let mut s = lock(&self.state);
+        let was_closed = s.closed;
         s.closed = true;
         s.q.clear();
         s.bytes = 0;
         self.data.notify_all();
         self.space.notify_all();
+        if !was_closed {
+            if let Some(n) = &self.notify {
+                n();
+            }
+        }
     }
 
     /// True once closed.
@@ -260,6 +342,9 @@ pub struct Connection {
 pub struct Daemon {
     inner: Arc<Mutex<Inner>>,
     config: Arc<Config>,
+    /// The socket event loop serving this daemon, while any of its
+    /// sockets is open (one loop for all of them).
+    pub(crate) event_loop: Arc<Mutex<Weak<crate::server::EventLoop>>>,
 }
 
 impl Daemon {
@@ -273,6 +358,7 @@ impl Daemon {
                 dropped_events: 0,
             })),
             config: Arc::new(config),
+            event_loop: Arc::default(),
         }
     }
 
@@ -283,11 +369,42 @@ impl Daemon {
 
     /// Attaches a connection for domain `domid` (0 = privileged).
     pub fn connect(&self, domid: DomId) -> Connection {
+        self.connect_with(domid, |_| None)
+    }
+
+    /// Attaches a connection whose queue calls the notifier `make` returns
+    /// (given the new id) when it gets work while idle.
+    pub(crate) fn connect_with(
+        &self,
+        domid: DomId,
+        make: impl FnOnce(ConnId) -> Option<Notify>,
+    ) -> Connection {
         let mut g = lock(&self.inner);
         let id = g.store.connect(domid);
-        let queue = Arc::new(OutQueue::default());
+        let queue = Arc::new(OutQueue {
+            notify: make(id),
+            ..OutQueue::default()
+        });
         g.queues.insert(id, queue.clone());
         Connection { id, domid, queue }
+    }
+
+    /// Delivers every whole message buffered in `dec` for `conn`, under
+    /// one hold of the daemon lock. Returns how many; `Err` as for
+    /// [`Daemon::deliver_bytes`].
+    pub(crate) fn deliver_decoded(
+        &self,
+        conn: ConnId,
+        dec: &mut Decoder,
+    ) -> Result<usize, WireError> {
+        let mut g = lock(&self.inner);
+        let mut n = 0;
+        while let Some(m) = dec.next_message()? {
+            let outputs = g.store.handle(conn, m);
+            self.route(&mut g, outputs);
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Handles one whole request from `conn`. Replies and events land in the

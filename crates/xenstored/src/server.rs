@@ -1,23 +1,56 @@
-//! The Unix socket transport. One reader and one writer thread per
-//! connection. By default every connection is dom0, as with C xenstored;
-//! [`serve_as`] binds a socket to another domain instead (a domain's own
-//! socket in the multi-process emulator, standing in for its shared ring)
-//! and can restrict who may connect.
+//! The Unix socket transport. One event loop per daemon (a single thread
+//! waiting in `epoll`) serves every socket of that daemon and all their
+//! connections, with non-blocking sockets, as C xenstored and oxenstored
+//! do: no thread per connection. By default every connection is dom0, as
+//! with C xenstored; [`serve_as`] binds a socket to another domain instead
+//! (a domain's own socket in the multi-process emulator, standing in for
+//! its shared ring) and can restrict who may connect.
+//!
+//! Fairness: each turn of the loop reads at most [`READ_CHUNK`] bytes from
+//! a connection, so a client that floods requests gets no more than its
+//! turn. A connection with [`Config::max_outstanding`] replies queued (or
+//! [`Config::dom0_outstanding`] for dom0) is not read from until it takes
+//! them, and output that the socket cannot take stays in the connection's
+//! [`OutQueue`](crate::OutQueue), where the byte cap applies: a client that
+//! never reads loses watch events and, past the reply headroom, its
+//! connection, while everyone else is served.
+//!
+//! [`Config::max_outstanding`]: crate::Config::max_outstanding
+//! [`Config::dom0_outstanding`]: crate::Config::dom0_outstanding
 
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::Shutdown;
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use rustix::event::{epoll, eventfd, EventfdFlags};
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags};
 use xenshare::store::wire::Decoder;
 use xenshare::DomId;
 
 use crate::config::Config;
 use crate::daemon::{Connection, Daemon};
+
+/// Bytes read from one connection per turn of the loop.
+pub const READ_CHUNK: usize = 16 * 1024;
+/// Connections accepted from one listener per turn of the loop.
+const ACCEPT_BATCH: usize = 64;
+/// How long a listener rests after an accept error other than "nothing
+/// pending" (out of descriptors is temporary: keep serving the others).
+const ACCEPT_REST: Duration = Duration::from_millis(10);
+/// Epoll key of the wake-up eventfd.
+const WAKE: u64 = u64::MAX;
+/// Epoll keys of listeners have this bit set (connection ids never do).
+const LISTENER: u64 = 1 << 63;
+/// Nothing is being handled (connection ids start at 1).
+const NONE: u64 = 0;
 
 /// Who a socket speaks for and who may connect to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,20 +74,153 @@ impl Default for SocketAccess {
     }
 }
 
-/// Live connections: a stream handle (to shut it down) and its threads.
-type Streams = Arc<Mutex<Vec<(UnixStream, Vec<JoinHandle<()>>)>>>;
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
-/// A socket server running in the background; it stops (and removes its
-/// socket file) when dropped.
+/// Requests from socket handles to the loop.
+enum Cmd {
+    Listen {
+        key: u64,
+        listener: UnixListener,
+        access: SocketAccess,
+        /// Dropped when the listener is gone (wakes [`ServerHandle::join`]).
+        gone: mpsc::Sender<()>,
+    },
+    Unlisten(u64),
+}
+
+#[derive(Default)]
+struct Cmds {
+    list: Vec<Cmd>,
+    /// The loop has ended: nothing more is taken.
+    dead: bool,
+    /// Asked to end.
+    stop: bool,
+}
+
+/// What the loop shares with other threads.
+struct Shared {
+    epoll: OwnedFd,
+    /// Written to wake the loop from `epoll_wait`.
+    wake: OwnedFd,
+    /// The loop is in (or about to enter) `epoll_wait`: whoever gives it
+    /// work must write `wake`.
+    asleep: AtomicBool,
+    /// Connections whose queue got output while idle (watch events
+    /// caused by other connections, or the daemon closing them).
+    ready: Mutex<Vec<u64>>,
+    cmds: Mutex<Cmds>,
+    /// The connection whose requests the loop is handling now: its replies
+    /// are sent right after, no need to list it as ready.
+    current: AtomicU64,
+}
+
+impl Shared {
+    fn kick(&self) {
+        if self.asleep.swap(false, Ordering::SeqCst) {
+            // A full counter (never, in practice) still wakes the loop.
+            let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        }
+    }
+
+    fn mark_ready(&self, id: u64) {
+        if self.current.load(Ordering::SeqCst) == id {
+            return;
+        }
+        lock(&self.ready).push(id);
+        self.kick();
+    }
+
+    /// Hands `c` to the loop; false if the loop has ended.
+    fn command(&self, c: Cmd) -> bool {
+        let mut g = lock(&self.cmds);
+        if g.dead {
+            return false;
+        }
+        g.list.push(c);
+        drop(g);
+        self.kick();
+        true
+    }
+}
+
+/// The event loop thread of one daemon; it ends when the last socket
+/// handle using it is dropped.
+pub(crate) struct EventLoop {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    next_key: AtomicU64,
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        lock(&self.shared.cmds).stop = true;
+        self.shared.asleep.store(true, Ordering::SeqCst);
+        self.shared.kick();
+        if let Some(t) = lock(&self.thread).take() {
+            // The last handle may be dropped by the loop thread itself only
+            // if a hook dropped it there; never join oneself.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl EventLoop {
+    /// The loop of `daemon`, started if it has none.
+    fn of(daemon: &Daemon) -> io::Result<Arc<EventLoop>> {
+        let mut slot = lock(&daemon.event_loop);
+        if let Some(l) = slot.upgrade() {
+            return Ok(l);
+        }
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        epoll::add(
+            &epoll,
+            &wake,
+            epoll::EventData::new_u64(WAKE),
+            epoll::EventFlags::IN,
+        )?;
+        let shared = Arc::new(Shared {
+            epoll,
+            wake,
+            asleep: AtomicBool::new(false),
+            ready: Mutex::new(Vec::new()),
+            cmds: Mutex::new(Cmds::default()),
+            current: AtomicU64::new(NONE),
+        });
+        let state = Loop {
+            shared: shared.clone(),
+            daemon: daemon.clone(),
+            listeners: HashMap::new(),
+            clients: HashMap::new(),
+            buf: vec![0; READ_CHUNK],
+            ready: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("xenstored-loop".into())
+            .spawn(move || state.run())?;
+        let l = Arc::new(EventLoop {
+            shared,
+            thread: Mutex::new(Some(thread)),
+            next_key: AtomicU64::new(1),
+        });
+        *slot = Arc::downgrade(&l);
+        Ok(l)
+    }
+}
+
+/// A socket served in the background; it stops (closing its connections
+/// and removing its socket file) when dropped.
 pub struct ServerHandle {
     daemon: Daemon,
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
-    /// The listening socket, to wake the accept loop by shutting it down
-    /// (connecting to the path would hang if the file was removed).
-    listener: Option<std::os::fd::OwnedFd>,
-    streams: Streams,
+    event_loop: Arc<EventLoop>,
+    key: u64,
+    /// Disconnected once the loop has let the listener go.
+    gone: mpsc::Receiver<()>,
 }
 
 impl ServerHandle {
@@ -68,31 +234,19 @@ impl ServerHandle {
         &self.path
     }
 
-    /// Blocks until the server stops (it only stops when dropped or on an
-    /// accept error).
-    pub fn join(mut self) {
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
+    /// Blocks until the server stops (it only stops when dropped or when
+    /// its event loop ends).
+    pub fn join(self) {
+        let _ = self.gone.recv();
     }
 }
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept(): a shut-down listener fails it at once.
-        if let Some(l) = &self.listener {
-            let _ = rustix::net::shutdown(l, rustix::net::Shutdown::Both);
-        }
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-        let conns = std::mem::take(&mut *self.streams.lock().unwrap_or_else(|e| e.into_inner()));
-        for (s, threads) in conns {
-            let _ = s.shutdown(Shutdown::Both);
-            for t in threads {
-                let _ = t.join();
-            }
+        if self.event_loop.shared.command(Cmd::Unlisten(self.key)) {
+            // The loop closes the listener and its connections, then lets
+            // go of the sender (or ends, which drops it too).
+            let _ = self.gone.recv();
         }
         let _ = std::fs::remove_file(&self.path);
     }
@@ -140,26 +294,29 @@ fn serve_inner(
         // and chmod grants nothing.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(a.mode))?;
     }
+    listener.set_nonblocking(true)?;
     let access = access.unwrap_or(SocketAccess {
         mode: 0,
         ..SocketAccess::default()
     });
-    let stop = Arc::new(AtomicBool::new(false));
-    let streams: Streams = Arc::default();
-    let wake = std::os::fd::OwnedFd::from(listener.try_clone()?);
-    let accept = {
-        let (daemon, stop, streams) = (daemon.clone(), stop.clone(), streams.clone());
-        thread::Builder::new()
-            .name("xenstored-accept".into())
-            .spawn(move || accept_loop(listener, daemon, access, stop, streams))?
+    let event_loop = EventLoop::of(&daemon)?;
+    let key = LISTENER | event_loop.next_key.fetch_add(1, Ordering::Relaxed);
+    let (tx, gone) = mpsc::channel();
+    let cmd = Cmd::Listen {
+        key,
+        listener,
+        access,
+        gone: tx,
     };
+    if !event_loop.shared.command(cmd) {
+        return Err(io::Error::other("the xenstored event loop has ended"));
+    }
     Ok(ServerHandle {
         daemon,
         path,
-        stop,
-        accept: Some(accept),
-        listener: Some(wake),
-        streams,
+        event_loop,
+        key,
+        gone,
     })
 }
 
@@ -179,136 +336,390 @@ fn peer_allowed(s: &UnixStream, uid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn accept_loop(
-    listener: UnixListener,
-    daemon: Daemon,
+struct Listener {
+    sock: UnixListener,
     access: SocketAccess,
-    stop: Arc<AtomicBool>,
-    streams: Streams,
-) {
-    for incoming in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            return;
+    _gone: mpsc::Sender<()>,
+    /// Resting after an accept error, until then (not polled meanwhile).
+    rest_until: Option<Instant>,
+}
+
+/// One socket connection.
+struct Client {
+    sock: UnixStream,
+    /// The listener it came from.
+    listener: u64,
+    conn: Connection,
+    dec: Decoder,
+    /// Encoded output taken from the queue, from `sent` on not yet sent.
+    out: Vec<u8>,
+    sent: usize,
+    /// Replies it may have queued before it is not read from.
+    limit: usize,
+    /// The events it is registered for.
+    flags: epoll::EventFlags,
+}
+
+impl Client {
+    fn pending(&self) -> bool {
+        self.sent < self.out.len()
+    }
+}
+
+/// Why a connection goes.
+struct Gone;
+
+/// The loop thread's state.
+struct Loop {
+    shared: Arc<Shared>,
+    daemon: Daemon,
+    listeners: HashMap<u64, Listener>,
+    clients: HashMap<u64, Client>,
+    buf: Vec<u8>,
+    /// Spare list swapped with the shared ready list.
+    ready: Vec<u64>,
+}
+
+/// Ends the loop's bookkeeping even if it panics: later commands are
+/// refused and queued ones dropped (so no handle waits for them).
+struct DeadOnExit(Arc<Shared>);
+
+impl Drop for DeadOnExit {
+    fn drop(&mut self) {
+        let mut g = lock(&self.0.cmds);
+        g.dead = true;
+        g.list.clear();
+    }
+}
+
+impl Loop {
+    fn run(mut self) {
+        let _dead = DeadOnExit(self.shared.clone());
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
+        loop {
+            if !self.commands() {
+                break;
+            }
+            self.serve_ready();
+            let rest = self.wake_rested();
+            // Sleep unless work came in since the checks above; whoever
+            // gives work after `asleep` is set writes the eventfd.
+            self.shared.asleep.store(true, Ordering::SeqCst);
+            let busy = !lock(&self.shared.ready).is_empty() || {
+                let c = lock(&self.shared.cmds);
+                c.stop || !c.list.is_empty()
+            };
+            let timeout = if busy { Some(Duration::ZERO) } else { rest };
+            let ts = timeout.and_then(|t| rustix::event::Timespec::try_from(t).ok());
+            events.clear();
+            let r = epoll::wait(
+                &self.shared.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                ts.as_ref(),
+            );
+            self.shared.asleep.store(false, Ordering::SeqCst);
+            match r {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                // Cannot happen with valid arguments; do not spin on it.
+                Err(_) => std::thread::sleep(ACCEPT_REST),
+            }
+            for ev in &events {
+                let (key, flags) = (ev.data.u64(), ev.flags);
+                if key == WAKE {
+                    let mut b = [0u8; 8];
+                    let _ = rustix::io::read(&self.shared.wake, &mut b);
+                } else if key & LISTENER != 0 {
+                    self.accept(key);
+                } else {
+                    self.serve_client(key, flags);
+                }
+            }
         }
-        let stream = match incoming {
-            Ok(s) => s,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            // Running out of descriptors is temporary; keep serving.
-            Err(_) => {
-                thread::sleep(std::time::Duration::from_millis(10));
+        let clients: Vec<u64> = self.clients.keys().copied().collect();
+        for id in clients {
+            self.close(id);
+        }
+        self.listeners.clear();
+    }
+
+    /// Takes the pending commands; false when asked to stop.
+    fn commands(&mut self) -> bool {
+        let (list, stop) = {
+            let mut g = lock(&self.shared.cmds);
+            (std::mem::take(&mut g.list), g.stop)
+        };
+        for c in list {
+            match c {
+                Cmd::Listen {
+                    key,
+                    listener,
+                    access,
+                    gone,
+                } => {
+                    let added = epoll::add(
+                        &self.shared.epoll,
+                        &listener,
+                        epoll::EventData::new_u64(key),
+                        epoll::EventFlags::IN,
+                    );
+                    if added.is_ok() {
+                        self.listeners.insert(
+                            key,
+                            Listener {
+                                sock: listener,
+                                access,
+                                _gone: gone,
+                                rest_until: None,
+                            },
+                        );
+                    }
+                }
+                Cmd::Unlisten(key) => {
+                    if let Some(l) = self.listeners.remove(&key) {
+                        let _ = epoll::delete(&self.shared.epoll, &l.sock);
+                    }
+                    let mine: Vec<u64> = self
+                        .clients
+                        .iter()
+                        .filter(|(_, c)| c.listener == key)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in mine {
+                        self.close(id);
+                    }
+                }
+            }
+        }
+        !stop
+    }
+
+    /// Sends what other threads (or other connections' requests) queued.
+    fn serve_ready(&mut self) {
+        std::mem::swap(&mut self.ready, &mut *lock(&self.shared.ready));
+        let mut ready = std::mem::take(&mut self.ready);
+        for id in ready.drain(..) {
+            self.serve_client(id, epoll::EventFlags::empty());
+        }
+        self.ready = ready;
+    }
+
+    /// Puts rested listeners back; returns how long until the next one is
+    /// due (`None`: none resting).
+    fn wake_rested(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut next: Option<Duration> = None;
+        for (key, l) in &mut self.listeners {
+            let Some(t) = l.rest_until else { continue };
+            if t <= now {
+                l.rest_until = None;
+                let _ = epoll::add(
+                    &self.shared.epoll,
+                    &l.sock,
+                    epoll::EventData::new_u64(*key),
+                    epoll::EventFlags::IN,
+                );
+            } else {
+                let left = t - now;
+                next = Some(next.map_or(left, |n| n.min(left)));
+            }
+        }
+        next
+    }
+
+    fn accept(&mut self, key: u64) {
+        for _ in 0..ACCEPT_BATCH {
+            let Some(l) = self.listeners.get_mut(&key) else {
+                return;
+            };
+            let stream = match l.sock.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
+                Err(_) => {
+                    // Out of descriptors or memory: rest a little rather
+                    // than spin on a listener that stays readable.
+                    let _ = epoll::delete(&self.shared.epoll, &l.sock);
+                    l.rest_until = Some(Instant::now() + ACCEPT_REST);
+                    return;
+                }
+            };
+            let access = l.access;
+            if access.uid.is_some_and(|u| !peer_allowed(&stream, u)) {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
                 continue;
             }
+            self.add_client(key, stream, access.domid);
+        }
+    }
+
+    fn add_client(&mut self, listener: u64, sock: UnixStream, domid: DomId) {
+        if sock.set_nonblocking(true).is_err() {
+            return;
+        }
+        let shared = Arc::downgrade(&self.shared);
+        let conn = self.daemon.connect_with(domid, move |id| {
+            let key = id.0;
+            Some(Box::new(move || {
+                if let Some(s) = shared.upgrade() {
+                    s.mark_ready(key);
+                }
+            }))
+        });
+        let key = conn.id.0;
+        let flags = epoll::EventFlags::IN;
+        if epoll::add(
+            &self.shared.epoll,
+            &sock,
+            epoll::EventData::new_u64(key),
+            flags,
+        )
+        .is_err()
+        {
+            self.daemon.disconnect(conn.id);
+            return;
+        }
+        let config = self.daemon.config();
+        let limit = if domid == DomId::DOM0 {
+            config.dom0_outstanding
+        } else {
+            config.max_outstanding
+        }
+        .max(1);
+        self.clients.insert(
+            key,
+            Client {
+                sock,
+                listener,
+                conn,
+                dec: Decoder::new(),
+                out: Vec::new(),
+                sent: 0,
+                limit,
+                flags,
+            },
+        );
+    }
+
+    /// One turn for connection `id`: read once if it may send requests,
+    /// handle them, send what is queued, and register for what it waits
+    /// for next.
+    fn serve_client(&mut self, id: u64, flags: epoll::EventFlags) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
         };
-        if access.uid.is_some_and(|u| !peer_allowed(&stream, u)) {
-            let _ = stream.shutdown(Shutdown::Both);
-            continue;
+        let mut ok = Self::turn(&self.shared, &self.daemon, c, &mut self.buf, flags);
+        if ok.is_ok() {
+            ok = Self::rearm(&self.shared, c);
         }
-        if let Ok(threads) = start_connection(&daemon, &stream, access.domid) {
-            let mut all = streams.lock().unwrap_or_else(|e| e.into_inner());
-            // Forget connections that have finished.
-            all.retain(|(_, t)| t.iter().any(|h| !h.is_finished()));
-            all.push((stream, threads));
+        if ok.is_err() {
+            self.close(id);
+        }
+    }
+
+    fn turn(
+        shared: &Shared,
+        daemon: &Daemon,
+        c: &mut Client,
+        buf: &mut [u8],
+        flags: epoll::EventFlags,
+    ) -> Result<(), Gone> {
+        use epoll::EventFlags as F;
+        if flags.intersects(F::IN | F::HUP | F::ERR) && c.conn.queue.len() < c.limit {
+            match rustix::net::recv(&c.sock, &mut *buf, RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return Err(Gone),
+                Ok((n, _)) => {
+                    c.dec.push(&buf[..n]);
+                    shared.current.store(c.conn.id.0, Ordering::SeqCst);
+                    let r = daemon.deliver_decoded(c.conn.id, &mut c.dec);
+                    shared.current.store(NONE, Ordering::SeqCst);
+                    // Lost framing (a length over 4096): drop the client.
+                    if r.is_err() {
+                        return Err(Gone);
+                    }
+                }
+                Err(Errno::AGAIN | Errno::INTR) => {}
+                Err(_) => return Err(Gone),
+            }
+        } else if flags.intersects(F::HUP | F::ERR) && !flags.contains(F::IN) {
+            // Hung up while not read from (it was not taking its replies).
+            return Err(Gone);
+        }
+        Self::flush(c)
+    }
+
+    /// Sends queued output until the socket is full or nothing is left.
+    /// Output is taken from the queue only once the previous batch is out,
+    /// so a client that does not read leaves its backlog in the queue,
+    /// where the daemon's byte cap applies.
+    fn flush(c: &mut Client) -> Result<(), Gone> {
+        loop {
+            if !c.pending() {
+                if c.out.capacity() > 4 * READ_CHUNK {
+                    // A big backlog went out: give its memory back.
+                    c.out = Vec::new();
+                }
+                c.out.clear();
+                c.sent = 0;
+                if c.conn.queue.drain_encoded(&mut c.out).map_err(|_| Gone)? == 0 {
+                    return Ok(());
+                }
+            }
+            match rustix::net::send(
+                &c.sock,
+                &c.out[c.sent..],
+                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => c.sent += n,
+                Err(Errno::AGAIN) => return Ok(()),
+                Err(Errno::INTR) => {}
+                Err(_) => return Err(Gone),
+            }
+        }
+    }
+
+    /// Registers `c` for reading while it may send requests and for
+    /// writing while output waits.
+    fn rearm(shared: &Shared, c: &mut Client) -> Result<(), Gone> {
+        use epoll::EventFlags as F;
+        let mut want = F::empty();
+        if c.conn.queue.len() < c.limit {
+            want |= F::IN;
+        }
+        if c.pending() {
+            want |= F::OUT;
+        }
+        if want != c.flags {
+            epoll::modify(
+                &shared.epoll,
+                &c.sock,
+                epoll::EventData::new_u64(c.conn.id.0),
+                want,
+            )
+            .map_err(|_| Gone)?;
+            c.flags = want;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, id: u64) {
+        if let Some(c) = self.clients.remove(&id) {
+            let _ = epoll::delete(&self.shared.epoll, &c.sock);
+            self.daemon.disconnect(c.conn.id);
+            let _ = c.sock.shutdown(std::net::Shutdown::Both);
         }
     }
 }
 
-fn start_connection(
-    daemon: &Daemon,
-    stream: &UnixStream,
-    domid: DomId,
-) -> io::Result<Vec<JoinHandle<()>>> {
-    let conn = daemon.connect(domid);
-    let rd = stream.try_clone()?;
-    let wr = Arc::new(Mutex::new(stream.try_clone()?));
-    let (d, c, w) = (daemon.clone(), conn.clone(), wr.clone());
-    let reader = thread::Builder::new()
-        .name(format!("xenstored-rd-{}", conn.id.0))
-        .spawn(move || reader(d, c, rd, w));
-    let reader = match reader {
-        Ok(h) => h,
-        Err(e) => {
-            daemon.disconnect(conn.id);
-            return Err(e);
-        }
-    };
-    let writer = thread::Builder::new()
-        .name(format!("xenstored-wr-{}", conn.id.0))
-        .spawn(move || writer(conn, wr));
-    match writer {
-        Ok(w) => Ok(vec![reader, w]),
-        Err(e) => {
-            let _ = stream.shutdown(Shutdown::Both);
-            Err(e)
-        }
+impl AsFd for Listener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
     }
-}
-
-/// Sends everything queued for `conn`, in order. Whoever holds the stream
-/// lock drains the queue, so replies and watch events never interleave out
-/// of order whichever thread sends them.
-fn flush(conn: &Connection, wr: &Mutex<UnixStream>, out: &mut Vec<u8>) -> bool {
-    let mut s = wr.lock().unwrap_or_else(|e| e.into_inner());
-    let Ok(msgs) = conn.queue.take_all() else {
-        return false;
-    };
-    if msgs.is_empty() {
-        return true;
-    }
-    out.clear();
-    for m in msgs {
-        if m.encode_into(out).is_err() {
-            return false;
-        }
-    }
-    s.write_all(out).is_ok()
-}
-
-fn reader(daemon: Daemon, conn: Connection, mut s: UnixStream, wr: Arc<Mutex<UnixStream>>) {
-    let limit = if conn.domid == DomId::DOM0 {
-        daemon.config().dom0_outstanding
-    } else {
-        daemon.config().max_outstanding
-    };
-    let mut dec = Decoder::new();
-    let mut buf = vec![0u8; 8192];
-    let mut out = Vec::with_capacity(8192);
-    loop {
-        if conn.queue.wait_below(limit.max(1)).is_err() {
-            break;
-        }
-        let n = match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        conn.queue.set_busy(true);
-        // Lost framing (length over 4096): drop the client.
-        if daemon.deliver_bytes(conn.id, &mut dec, &buf[..n]).is_err() {
-            break;
-        }
-        // Replies go out from this thread: no hand-off to the writer (two
-        // context switches saved per request).
-        let sent = flush(&conn, &wr, &mut out);
-        conn.queue.set_busy(false);
-        if !sent {
-            break;
-        }
-    }
-    daemon.disconnect(conn.id);
-    let _ = s.shutdown(Shutdown::Both);
-}
-
-/// Sends what arrives while the reader is idle: watch events caused by
-/// other connections.
-fn writer(conn: Connection, wr: Arc<Mutex<UnixStream>>) {
-    let mut out = Vec::with_capacity(8192);
-    while conn.queue.wait_nonempty().is_ok() {
-        if !flush(&conn, &wr, &mut out) {
-            break;
-        }
-    }
-    conn.queue.close();
-    let s = wr.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = s.shutdown(Shutdown::Both);
 }
