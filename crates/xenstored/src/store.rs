@@ -334,6 +334,10 @@ pub struct Store {
     next_conn: u64,
     domains: HashMap<DomId, Domain>,
     special: HashMap<&'static str, Perms>,
+    /// Every watch's path, with the connection holding it (once per
+    /// watch): a firing looks up its path and its ancestors here instead
+    /// of going through every connection's watches.
+    watch_index: HashMap<String, Vec<ConnId>>,
 }
 
 fn oops(e: XsError) -> Result<Vec<u8>, XsError> {
@@ -360,6 +364,7 @@ impl Store {
             next_conn: 1,
             domains: HashMap::new(),
             special,
+            watch_index: HashMap::new(),
         }
     }
 
@@ -386,7 +391,40 @@ impl Store {
 
     /// Forgets a connection: its watches and open transactions go.
     pub fn disconnect(&mut self, conn: ConnId) {
-        self.conns.remove(&conn);
+        if let Some(c) = self.conns.remove(&conn) {
+            for w in &c.watches {
+                self.unindex(&w.path, conn);
+            }
+        }
+    }
+
+    fn unindex(&mut self, path: &str, conn: ConnId) {
+        if let Some(v) = self.watch_index.get_mut(path) {
+            if let Some(i) = v.iter().position(|c| *c == conn) {
+                v.swap_remove(i);
+            }
+            if v.is_empty() {
+                self.watch_index.remove(path);
+            }
+        }
+    }
+
+    /// Connections with a watch on `path` or, unless `exact`, on one of
+    /// its ancestors: sorted, each once.
+    fn watchers(&self, path: &str, exact: bool, into: &mut Vec<ConnId>) {
+        into.clear();
+        let mut p = path;
+        loop {
+            if let Some(v) = self.watch_index.get(p) {
+                into.extend_from_slice(v);
+            }
+            if exact || p == "/" || p.is_empty() {
+                break;
+            }
+            p = parent(p);
+        }
+        into.sort_unstable();
+        into.dedup();
     }
 
     /// The domain of a connection.
@@ -488,8 +526,11 @@ impl Store {
             Request::Unwatch { path, token } => self.unwatch(conn, domid, &path, &token),
             Request::ResetWatches => {
                 if let Some(c) = self.conns.get_mut(&conn) {
-                    c.watches.clear();
+                    let gone = std::mem::take(&mut c.watches);
                     c.txs.clear();
+                    for w in gone {
+                        self.unindex(&w.path, conn);
+                    }
                 }
                 Ok(b"OK\0".to_vec())
             }
@@ -788,6 +829,10 @@ impl Store {
             conn,
             Message::watch_event(&event_path(&w, &w.path), &w.token),
         ));
+        self.watch_index
+            .entry(w.path.clone())
+            .or_default()
+            .push(conn);
         c.watches.push(w);
         Ok(b"OK\0".to_vec())
     }
@@ -807,6 +852,7 @@ impl Store {
             .position(|w| w.path == canonical && w.token == token)
             .ok_or(XsError::ENOENT)?;
         c.watches.remove(i);
+        self.unindex(&canonical, conn);
         Ok(b"OK\0".to_vec())
     }
 
@@ -869,7 +915,7 @@ impl Store {
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            self.conns.remove(&id);
+            self.disconnect(id);
             out.push(Output::Close(id));
         }
         out.push(Output::Released(domid));
@@ -913,7 +959,12 @@ impl Store {
         let Some(perms) = self.special.get(name) else {
             return;
         };
-        for (id, c) in &self.conns {
+        let mut ids = Vec::new();
+        self.watchers(name, true, &mut ids);
+        for id in &ids {
+            let Some(c) = self.conns.get(id) else {
+                continue;
+            };
             if !self.actor(c.domid).access(perms).read {
                 continue;
             }
@@ -925,8 +976,14 @@ impl Store {
 
     /// Delivers firings to every watch that matches and may see them.
     fn fire(&self, fires: &[Fire], out: &mut Vec<Output>) {
+        let mut ids = Vec::new();
         for f in fires {
-            for (id, c) in &self.conns {
+            // In connection order, as if every connection were looked at.
+            self.watchers(&f.path, f.exact, &mut ids);
+            for id in &ids {
+                let Some(c) = self.conns.get(id) else {
+                    continue;
+                };
                 let actor = self.actor(c.domid);
                 let visible = f.perms.iter().any(|p| actor.access(p).read)
                     || self
@@ -1112,4 +1169,116 @@ fn directory_part(n: &Node, offset: usize) -> Vec<u8> {
         out.push(0);
     }
     out
+}
+
+#[cfg(test)]
+mod watch_index_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PATHS: [&str; 8] = [
+        "/",
+        "/a",
+        "/a/b",
+        "/a/b/c",
+        "/ab",
+        "@introduceDomain",
+        "data/k",
+        "/local/domain/5/data/k",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Watch(usize, usize, u8),
+        Unwatch(usize, usize, u8),
+        Reset(usize),
+        Reconnect(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3usize, 0..PATHS.len(), 0..2u8).prop_map(|(c, p, t)| Op::Watch(c, p, t)),
+            2 => (0..3usize, 0..PATHS.len(), 0..2u8).prop_map(|(c, p, t)| Op::Unwatch(c, p, t)),
+            1 => (0..3usize).prop_map(Op::Reset),
+            1 => (0..3usize).prop_map(Op::Reconnect),
+        ]
+    }
+
+    /// The index holds exactly the connections' watches, and the
+    /// connections it names for a path are exactly those a scan of every
+    /// connection's watches finds.
+    fn check(s: &Store) {
+        let mut rebuilt: HashMap<String, Vec<ConnId>> = HashMap::new();
+        for (id, c) in &s.conns {
+            for w in &c.watches {
+                rebuilt.entry(w.path.clone()).or_default().push(*id);
+            }
+        }
+        let mut index = s.watch_index.clone();
+        for v in rebuilt.values_mut().chain(index.values_mut()) {
+            v.sort();
+        }
+        assert_eq!(index, rebuilt);
+        let probes = ["/", "/a", "/a/b", "/a/b/c", "/a/b/c/d", "/ab", "/x"];
+        for p in probes.iter().copied().chain(["/local/domain/5/data/k/z"]) {
+            for exact in [false, true] {
+                let mut got = Vec::new();
+                s.watchers(p, exact, &mut got);
+                let want: Vec<ConnId> = s
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| {
+                        c.watches.iter().any(|w| {
+                            if exact {
+                                w.path == p
+                            } else {
+                                !w.path.starts_with('@') && is_child(p, &w.path)
+                            }
+                        })
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                assert_eq!(got, want, "{p} exact={exact}");
+            }
+        }
+        let mut got = Vec::new();
+        s.watchers(INTRODUCE, true, &mut got);
+        let want: Vec<ConnId> = s
+            .conns
+            .iter()
+            .filter(|(_, c)| c.watches.iter().any(|w| w.path == INTRODUCE))
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    proptest! {
+        #[test]
+        fn watch_index_matches_a_scan_of_every_watch(ops in proptest::collection::vec(op(), 0..60)) {
+            let mut s = Store::new(Config::default());
+            let doms = [DomId(0), DomId(0), DomId(5)];
+            let mut conns: Vec<ConnId> = doms.iter().map(|d| s.connect(*d)).collect();
+            for (i, o) in ops.into_iter().enumerate() {
+                let id = i as u32 + 1;
+                match o {
+                    Op::Watch(c, p, t) => {
+                        let m = Request::Watch { path: PATHS[p].into(), token: vec![t] }.to_message(id, 0);
+                        s.handle(conns[c], m);
+                    }
+                    Op::Unwatch(c, p, t) => {
+                        let m = Request::Unwatch { path: PATHS[p].into(), token: vec![t] }.to_message(id, 0);
+                        s.handle(conns[c], m);
+                    }
+                    Op::Reset(c) => {
+                        s.handle(conns[c], Request::ResetWatches.to_message(id, 0));
+                    }
+                    Op::Reconnect(c) => {
+                        s.disconnect(conns[c]);
+                        conns[c] = s.connect(doms[c]);
+                    }
+                }
+                check(&s);
+            }
+        }
+    }
 }

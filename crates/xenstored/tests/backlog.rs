@@ -178,3 +178,85 @@ fn socket_client_that_never_reads_is_capped_and_drops_watch_events() {
     );
     assert_eq!(dom0.read("/nope").unwrap_err().xs(), Some(XsError::ENOENT));
 }
+
+/// One event loop serves every socket connection: a client that floods
+/// requests and never reads its replies or its watch events does not
+/// stall another socket client, which keeps getting every answer, while
+/// what is queued for the silent one stays within its caps.
+#[test]
+fn socket_client_that_floods_and_never_reads_does_not_stall_another() {
+    let cap = 64 * 1024;
+    let config = Config {
+        max_queued_bytes: cap,
+        ..Config::default()
+    };
+    let limit = cap + config.reply_headroom;
+    let server = common::daemon_with("stall", config);
+    let d = server.daemon().clone();
+    let mut dom0 = inproc::client(&d, DomId(0));
+    dom0.write("/big", &[b'b'; 4000]).unwrap();
+
+    // The silent client: a watch on /s, then a flood of reads of /big
+    // (4 KiB replies each), and it never reads anything.
+    let mut silent = UnixStream::connect(server.path()).unwrap();
+    let watch = Request::Watch {
+        path: "/s".into(),
+        token: b"t".to_vec(),
+    }
+    .to_message(1, 0);
+    silent.write_all(&watch.to_bytes().unwrap()).unwrap();
+    let one = Request::Read("/big".into())
+        .to_message(2, 0)
+        .to_bytes()
+        .unwrap();
+    let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 256).collect();
+    silent
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let flooder = std::thread::spawn(move || {
+        // Until the daemon stops reading it (its write times out).
+        for _ in 0..64 {
+            if silent.write_all(&batch).is_err() {
+                break;
+            }
+        }
+        silent
+    });
+
+    // The other client writes under /s (every write fires the silent
+    // client's watch) and must get each answer.
+    let path = server.path().to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let active = std::thread::spawn(move || {
+        let mut c = xenshare::store::Client::new(xenshare::store::UnixTransport::connect(&path)?);
+        for i in 0..2000 {
+            c.write(&format!("/s/k{}", i % 16), i.to_string().as_bytes())?;
+            let _ = tx.send(i);
+        }
+        c.read("/s/k15")
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut answered = 0;
+    while answered < 2000 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(_) => answered += 1,
+            Err(_) => break,
+        }
+    }
+    assert_eq!(answered, 2000, "the active client stalled");
+    assert_eq!(active.join().unwrap().unwrap(), b"1999");
+
+    // The silent client's backlog stayed within its caps (or it was
+    // closed for not taking its replies): the daemon did not grow.
+    let silent = flooder.join().unwrap();
+    for c in d.connections_of(DomId(0)) {
+        assert!(
+            c.queue.queued_bytes() <= limit,
+            "{}",
+            c.queue.queued_bytes()
+        );
+    }
+    drop(silent);
+    assert_eq!(dom0.read("/s/k0").unwrap(), b"1984");
+}

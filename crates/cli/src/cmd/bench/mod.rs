@@ -11,6 +11,7 @@ mod net;
 mod progress;
 mod vchan;
 mod xenstore;
+pub(crate) mod xenstore_scale;
 pub(crate) use progress::Progress;
 use xenshare::{Access, DomId};
 use xenshare_sim::{DomainConfig, Hypervisor};

@@ -29,6 +29,10 @@ pub struct XenstoreArgs {
     /// Operations per client and kind.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     ops: u64,
+    /// Run the scale measurement instead (1,000 domains, 10,000 watches,
+    /// a write storm; the xenstored part of `bench scale`).
+    #[arg(long)]
+    scale: bool,
 }
 
 struct TempSock(PathBuf);
@@ -149,6 +153,18 @@ fn echo_baseline(clients: u64, ops: u64) -> Res<f64> {
 
 /// Runs the benchmark.
 pub fn run(a: XenstoreArgs) -> Res<()> {
+    if a.scale {
+        let figures = super::xenstore_scale::measure()?;
+        if a.json {
+            println!("{}", crate::json::object(&figures));
+        } else {
+            println!("xenstored at scale");
+            for (k, v) in figures {
+                println!("  {k:<28} {v:>12.1}");
+            }
+        }
+        return Ok(());
+    }
     let mut progress = super::Progress::new("bench xenstore", 3);
     progress.phase("over the Unix socket");
     let s = sock("xs");
