@@ -11,10 +11,12 @@
 //! ordered [`OutQueue`]. Transports sit on top:
 //! - [`server`]: the Unix socket (every connection is dom0, as with C
 //!   xenstored, or a socket bound to one domain with [`serve_as`]);
-//!   [`spawn`] runs it in the background, [`run`] in the foreground;
+//!   [`spawn`] runs it in the background, [`run`] in the foreground. One
+//!   `epoll` event loop per daemon serves all its sockets and connections;
 //! - [`inproc`]: a client in the same process, for any domain;
 //! - [`ring`]: guests' shared-ring pages (`xenstore_domain_interface` +
-//!   event channel), attached on `XS_INTRODUCE` by [`ring::RingServer`].
+//!   event channel), attached on `XS_INTRODUCE` by [`ring::RingServer`],
+//!   one thread for all guests.
 //!
 //! A misbehaving client (garbage, lengths over 4096, half messages, floods)
 //! gets error replies or is disconnected; nobody else notices.

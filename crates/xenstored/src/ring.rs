@@ -3,37 +3,50 @@
 //!
 //! On `XS_INTRODUCE` the daemon reports the domain; [`RingServer`] then maps
 //! the domain's page through reserved grant ref 1
-//! (`GNTTAB_RESERVED_XENSTORE`, which the toolstack fills), binds the
-//! domain's event channel port, and runs one thread per guest moving bytes
-//! between the ring and the daemon. A guest that corrupts its ring indices
-//! or sends a malformed message has `error` set in its page (the server
-//! advertises `XENSTORE_SERVER_FEATURE_ERROR`) and is disconnected; nobody
-//! else notices. `XS_RELEASE` (or dropping the server) stops the thread and
+//! (`GNTTAB_RESERVED_XENSTORE`, which the toolstack fills) and binds the
+//! domain's event channel port. One thread serves every guest: it waits on
+//! a single event channel handle, on which all guests' ports are bound,
+//! and serves the guest whose port fired, or whose connection got output
+//! (a watch event caused by someone else), in turns. No thread per guest.
+//! Other threads wake it through a loopback port on the same handle; where
+//! the platform cannot bind one, it looks at guests with output every
+//! [`IDLE_WAIT`].
+//!
+//! A guest that corrupts its ring indices or sends a malformed message has
+//! `error` set in its page (the server advertises
+//! `XENSTORE_SERVER_FEATURE_ERROR`) and is disconnected; nobody else
+//! notices. `XS_RELEASE` (or dropping the server) unbinds its port and
 //! unmaps the page.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::mem::offset_of;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use xenshare::event::Channel;
-use xenshare::grant::Importer;
+use xenshare::grant::{Importer, Mapping};
 use xenshare::platform::{EventChannels, ForeignMapper};
 use xenshare::store::ring::{Backlog, End, XsRing};
 use xenshare::store::wire::Decoder;
 use xenshare::{DomId, GrantRef, Port};
 use xenshare_abi::grant::GNTTAB_RESERVED_XENSTORE;
 use xenshare_abi::xs::{
-    XENSTORE_ERROR_PROTO, XENSTORE_ERROR_RINGIDX, XENSTORE_SERVER_FEATURE_ERROR,
+    XenstoreDomainInterface as Iface, XENSTORE_ERROR_PROTO, XENSTORE_ERROR_RINGIDX,
+    XENSTORE_SERVER_FEATURE_ERROR,
 };
 
-use crate::daemon::{Daemon, DomainEvent};
+use crate::daemon::{Connection, Daemon, DomainEvent};
 
-/// How long an idle guest thread sleeps between looks at its outgoing
-/// queue (replies are sent at once; this bounds watch-event latency).
-const IDLE_WAIT: Duration = Duration::from_millis(2);
+/// Without a loopback port to be woken through, how often the ring thread
+/// looks at guests with output waiting (this bounds watch-event latency
+/// then; with the loopback port, output is sent at once).
+pub const IDLE_WAIT: Duration = Duration::from_millis(2);
+
+/// Turns in a row one guest gets while it keeps making progress, before
+/// the others are looked at again.
+const TURNS: usize = 8;
 
 /// Why a guest could not be attached.
 #[derive(Debug, thiserror::Error)]
@@ -49,172 +62,398 @@ pub enum AttachError {
     Ring(DomId, xenshare::store::ring::XsRingError),
 }
 
-/// One guest's connection thread.
-pub struct GuestLink {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    domid: DomId,
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl GuestLink {
-    /// Maps `domid`'s xenstore page, binds `port` and starts serving.
-    pub fn attach<M: ForeignMapper, E: EventChannels>(
+/// What the ring thread shares with the daemon's hooks and the handle.
+#[derive(Default)]
+struct Shared {
+    /// Introduce / release events not yet handled.
+    events: Mutex<Vec<DomainEvent>>,
+    stop: AtomicBool,
+    /// Guests whose connection got output (or was closed) while idle.
+    ready: Mutex<Vec<u16>>,
+    /// Guests attached now.
+    attached: Mutex<BTreeSet<u16>>,
+    /// The thread waits (or is about to): whoever gives it work rings.
+    asleep: AtomicBool,
+    /// Rings the loopback port, once the thread has one.
+    bell: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl Shared {
+    fn kick(&self) {
+        if self.asleep.swap(false, Ordering::SeqCst) {
+            if let Some(ring) = self.bell.get() {
+                ring();
+            }
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+            || !lock(&self.events).is_empty()
+            || !lock(&self.ready).is_empty()
+    }
+}
+
+/// One attached guest.
+struct Guest<M: ForeignMapper, E: EventChannels> {
+    mapping: Mapping<M>,
+    chan: Channel<E>,
+    conn: Connection,
+    dec: Decoder,
+    /// At most one message staged outside the connection's queue: the
+    /// queue holds the backlog, where the daemon's byte cap applies (a
+    /// guest that never reads its ring loses watch events, the daemon
+    /// does not grow).
+    out: Backlog,
+    /// Our own indices as we last left them (`req_cons`, `rsp_prod`): a
+    /// guest that rewrites them has corrupted its ring.
+    req_cons: u32,
+    rsp_prod: u32,
+}
+
+/// How a guest's turn ended.
+enum Turn {
+    /// Bytes moved (the guest was notified).
+    Progress,
+    Idle,
+    /// The guest goes; with an error code for its page, if it broke the
+    /// protocol.
+    Gone(Option<u32>),
+}
+
+fn index(mem: &xenshare::mem::SharedMem<'_>, off: usize) -> Option<u32> {
+    mem.atomic_u32(off).ok().map(|a| a.load(Ordering::Acquire))
+}
+
+impl<M: ForeignMapper, E: EventChannels> Guest<M, E> {
+    fn attach(
         daemon: &Daemon,
         importer: &Importer<M>,
         evt: &Arc<E>,
+        shared: &Arc<Shared>,
         domid: DomId,
         port: Port,
-    ) -> Result<GuestLink, AttachError> {
+    ) -> Result<Self, AttachError> {
         let mapping = importer
             .map_rw(domid, &[GrantRef(GNTTAB_RESERVED_XENSTORE)])
             .map_err(|e| AttachError::Map(domid, e))?;
+        XsRing::new(mapping.mem(), End::Server)
+            .map_err(|e| AttachError::Ring(domid, e))?
+            .set_server_features(XENSTORE_SERVER_FEATURE_ERROR);
+        let mem = mapping.mem();
+        let (Some(req_cons), Some(rsp_prod)) = (
+            index(&mem, offset_of!(Iface, req_cons)),
+            index(&mem, offset_of!(Iface, rsp_prod)),
+        ) else {
+            return Err(AttachError::Ring(
+                domid,
+                xenshare::store::ring::XsRingError::BadPage,
+            ));
+        };
         let chan = Channel::bind(evt, domid, port).map_err(|e| AttachError::Event(domid, e))?;
-        // Check the page before the thread owns it.
-        XsRing::new(mapping.mem(), End::Server).map_err(|e| AttachError::Ring(domid, e))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let conn = daemon.connect(domid);
-        let (d, s) = (daemon.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("xenstored-d{}", domid.0))
-            .spawn(move || {
-                let Ok(mut ring) = XsRing::new(mapping.mem(), End::Server) else {
-                    d.disconnect(conn.id);
-                    return;
-                };
-                ring.set_server_features(XENSTORE_SERVER_FEATURE_ERROR);
-                serve(&d, &conn, &mut ring, &chan, &s);
-                d.disconnect(conn.id);
-                drop(mapping);
-            })
-            .map_err(|e| {
-                AttachError::Event(
-                    domid,
-                    xenshare::event::EventError::Os(e.raw_os_error().unwrap_or(0)),
-                )
-            })?;
-        Ok(GuestLink {
-            stop,
-            thread: Some(thread),
-            domid,
+        let weak = Arc::downgrade(shared);
+        let conn = daemon.connect_with(domid, move |_| {
+            Some(Box::new(move || {
+                if let Some(s) = weak.upgrade() {
+                    lock(&s.ready).push(domid.0);
+                    s.kick();
+                }
+            }))
+        });
+        Ok(Guest {
+            mapping,
+            chan,
+            conn,
+            dec: Decoder::new(),
+            out: Backlog::default(),
+            req_cons,
+            rsp_prod,
         })
     }
 
-    /// The guest.
-    pub fn domid(&self) -> DomId {
-        self.domid
-    }
-
-    /// True while the guest's thread runs.
-    pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
-    }
-}
-
-impl Drop for GuestLink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// Moves bytes both ways once: takes requests while no replies wait
+    /// for ring space, then sends what is queued until the ring is full.
+    fn turn(&mut self, daemon: &Daemon, buf: &mut [u8]) -> Turn {
+        let Guest {
+            mapping,
+            chan,
+            conn,
+            dec,
+            out,
+            req_cons,
+            rsp_prod,
+            ..
+        } = self;
+        let mem = mapping.mem();
+        if index(&mem, offset_of!(Iface, req_cons)) != Some(*req_cons)
+            || index(&mem, offset_of!(Iface, rsp_prod)) != Some(*rsp_prod)
+        {
+            return Turn::Gone(Some(XENSTORE_ERROR_RINGIDX));
+        }
+        let Ok(mut ring) = XsRing::new(mapping.mem(), End::Server) else {
+            return Turn::Gone(Some(XENSTORE_ERROR_RINGIDX));
+        };
+        let r = move_bytes(daemon, conn, dec, out, &mut ring, buf);
+        *req_cons = index(&mem, offset_of!(Iface, req_cons)).unwrap_or(*req_cons);
+        *rsp_prod = index(&mem, offset_of!(Iface, rsp_prod)).unwrap_or(*rsp_prod);
+        match r {
+            Turn::Gone(Some(code)) => {
+                ring.set_error(code);
+                let _ = chan.notify();
+                Turn::Gone(Some(code))
+            }
+            Turn::Progress => {
+                let _ = chan.notify();
+                Turn::Progress
+            }
+            other => other,
         }
     }
 }
 
-fn serve<E: EventChannels>(
-    d: &Daemon,
-    conn: &crate::daemon::Connection,
+fn move_bytes(
+    daemon: &Daemon,
+    conn: &Connection,
+    dec: &mut Decoder,
+    out: &mut Backlog,
     ring: &mut XsRing<'_>,
-    chan: &Channel<E>,
-    stop: &AtomicBool,
-) {
-    let mut dec = Decoder::new();
-    let mut out = Backlog::default();
-    let mut buf = [0u8; 1024];
-    while !stop.load(Ordering::Acquire) {
-        let mut progress = false;
-        // Requests are only taken while no replies are pending: a guest that
-        // does not read its replies stops being served, not the daemon.
-        if out.is_empty() {
-            match ring.read_some(&mut buf) {
-                Ok(0) => {}
-                Ok(n) => {
-                    dec.push(&buf[..n]);
-                    progress = true;
-                }
-                Err(_) => {
-                    ring.set_error(XENSTORE_ERROR_RINGIDX);
-                    let _ = chan.notify();
-                    return;
-                }
+    buf: &mut [u8],
+) -> Turn {
+    let mut progress = false;
+    // Requests are only taken while no replies are pending: a guest that
+    // does not read its replies stops being served, not the daemon.
+    if out.is_empty() {
+        match ring.read_some(buf) {
+            Ok(0) => {}
+            Ok(n) => {
+                dec.push(&buf[..n]);
+                progress = true;
             }
-            loop {
-                match dec.next_message() {
-                    Ok(Some(m)) => d.deliver(conn.id, m),
-                    Ok(None) => break,
-                    Err(_) => {
-                        ring.set_error(XENSTORE_ERROR_PROTO);
-                        let _ = chan.notify();
-                        return;
+            Err(_) => return Turn::Gone(Some(XENSTORE_ERROR_RINGIDX)),
+        }
+        if daemon.deliver_decoded(conn.id, dec).is_err() {
+            return Turn::Gone(Some(XENSTORE_ERROR_PROTO));
+        }
+    }
+    loop {
+        if out.is_empty() {
+            match conn.queue.pop(Some(Duration::ZERO)) {
+                Ok(Some(m)) => {
+                    if out.push(&m).is_err() {
+                        return Turn::Gone(None);
                     }
+                }
+                Ok(None) => break,
+                // Released or disconnected by the daemon.
+                Err(_) => return Turn::Gone(None),
+            }
+        }
+        match out.flush(ring) {
+            Ok(true) => progress = true,
+            Ok(false) => break,
+            Err(_) => return Turn::Gone(Some(XENSTORE_ERROR_RINGIDX)),
+        }
+        if !out.is_empty() {
+            break;
+        }
+    }
+    if progress {
+        Turn::Progress
+    } else {
+        Turn::Idle
+    }
+}
+
+/// The ring thread's state.
+struct Loop<M: ForeignMapper, E: EventChannels> {
+    shared: Arc<Shared>,
+    daemon: Daemon,
+    importer: Importer<M>,
+    evt: Option<Arc<E>>,
+    /// The loopback port pair ringing this thread, if the platform has it.
+    bell: Option<(Arc<Channel<E>>, Channel<E>)>,
+    guests: HashMap<u16, Guest<M, E>>,
+    /// Local port -> guest.
+    ports: HashMap<u32, u16>,
+    buf: [u8; 1024],
+}
+
+impl<M: ForeignMapper, E: EventChannels> Loop<M, E> {
+    /// Opens the event channel handle (and the loopback port on it) if
+    /// not yet open.
+    fn open(&mut self, open_evt: &dyn Fn() -> Option<Arc<E>>) -> Option<Arc<E>> {
+        if self.evt.is_none() {
+            let evt = open_evt()?;
+            // The receiving end, then a port bound to it from this same
+            // domain: notifying the second raises the first on our handle.
+            let rx = Channel::alloc_unbound(&evt, DomId::SELF).ok();
+            let tx = rx
+                .as_ref()
+                .and_then(|rx| Channel::bind(&evt, DomId::SELF, rx.port()).ok());
+            if let (Some(rx), Some(tx)) = (rx, tx) {
+                let tx = Arc::new(tx);
+                let ring = tx.clone();
+                let _ = self.shared.bell.set(Box::new(move || {
+                    let _ = ring.notify();
+                }));
+                self.bell = Some((tx, rx));
+            }
+            self.evt = Some(evt);
+        }
+        self.evt.clone()
+    }
+
+    fn remove(&mut self, domid: u16) {
+        if let Some(g) = self.guests.remove(&domid) {
+            self.ports.remove(&g.chan.port().0);
+            self.daemon.disconnect(g.conn.id);
+            lock(&self.shared.attached).remove(&domid);
+        }
+    }
+
+    fn domain_events(
+        &mut self,
+        open_evt: &dyn Fn() -> Option<Arc<E>>,
+        on_error: &dyn Fn(AttachError),
+    ) {
+        let events = std::mem::take(&mut *lock(&self.shared.events));
+        for ev in events {
+            match ev {
+                DomainEvent::Introduced { domid, port, .. } => {
+                    // A re-introduced guest starts over.
+                    self.remove(domid.0);
+                    let Some(evt) = self.open(open_evt) else {
+                        continue;
+                    };
+                    match Guest::attach(
+                        &self.daemon,
+                        &self.importer,
+                        &evt,
+                        &self.shared,
+                        domid,
+                        Port(port),
+                    ) {
+                        Ok(g) => {
+                            self.ports.insert(g.chan.port().0, domid.0);
+                            self.guests.insert(domid.0, g);
+                            lock(&self.shared.attached).insert(domid.0);
+                            // Requests may be waiting already.
+                            lock(&self.shared.ready).push(domid.0);
+                        }
+                        Err(e) => on_error(e),
+                    }
+                }
+                DomainEvent::Released(domid) => self.remove(domid.0),
+            }
+        }
+    }
+
+    /// Turns for `domid` while it makes progress (up to [`TURNS`]); true
+    /// if it may have more to do.
+    fn serve(&mut self, domid: u16) -> bool {
+        let Some(g) = self.guests.get_mut(&domid) else {
+            return false;
+        };
+        for _ in 0..TURNS {
+            match g.turn(&self.daemon, &mut self.buf) {
+                Turn::Progress => continue,
+                Turn::Idle => return false,
+                Turn::Gone(_) => {
+                    // The turn has set the page's error already.
+                    self.remove(domid);
+                    return false;
                 }
             }
         }
-        // At most one message is staged outside the connection's queue: the
-        // queue holds the backlog, where the daemon's byte cap applies (a
-        // guest that never reads its ring loses watch events, the daemon
-        // does not grow).
+        true
+    }
+
+    fn run(mut self, open_evt: &dyn Fn() -> Option<Arc<E>>, on_error: &dyn Fn(AttachError)) {
+        let mut again: Vec<u16> = Vec::new();
         loop {
-            if out.is_empty() {
-                match conn.queue.pop(Some(Duration::ZERO)) {
-                    Ok(Some(m)) => {
-                        if out.push(&m).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
-                    // Released or disconnected by the daemon.
-                    Err(_) => return,
-                }
-            }
-            match out.flush(ring) {
-                Ok(true) => progress = true,
-                Ok(false) => break,
-                Err(_) => {
-                    ring.set_error(XENSTORE_ERROR_RINGIDX);
-                    let _ = chan.notify();
-                    return;
-                }
-            }
-            if !out.is_empty() {
+            if self.shared.stop.load(Ordering::SeqCst) {
                 break;
             }
-        }
-        if progress {
-            let _ = chan.notify();
-            continue;
-        }
-        match chan.wait(Some(IDLE_WAIT)) {
-            Ok(Some(p)) => {
-                let _ = chan.handle().unmask(p);
+            self.domain_events(open_evt, on_error);
+            let mut ready = std::mem::take(&mut *lock(&self.shared.ready));
+            ready.append(&mut again);
+            ready.sort_unstable();
+            ready.dedup();
+            for d in ready {
+                if self.serve(d) {
+                    again.push(d);
+                }
             }
-            Ok(None) => {}
-            Err(_) => return,
+            let Some(evt) = self.evt.clone() else {
+                // No handle yet: only domain events can bring work.
+                self.shared.asleep.store(true, Ordering::SeqCst);
+                if !self.shared.has_work() {
+                    std::thread::sleep(IDLE_WAIT);
+                }
+                self.shared.asleep.store(false, Ordering::SeqCst);
+                continue;
+            };
+            // Without a bell, guests with output waiting are looked at
+            // every IDLE_WAIT; with one, whoever queues output rings it.
+            let timeout = if !again.is_empty() {
+                Some(Duration::ZERO)
+            } else if self.bell.is_some() {
+                None
+            } else {
+                again.extend(
+                    self.guests
+                        .iter()
+                        .filter(|(_, g)| !g.out.is_empty() || !g.conn.queue.is_empty())
+                        .map(|(d, _)| *d),
+                );
+                Some(IDLE_WAIT)
+            };
+            self.shared.asleep.store(true, Ordering::SeqCst);
+            let timeout = if self.shared.has_work() {
+                Some(Duration::ZERO)
+            } else {
+                timeout
+            };
+            let first = evt.wait(timeout);
+            self.shared.asleep.store(false, Ordering::SeqCst);
+            let mut port = match first {
+                Ok(p) => p,
+                Err(_) => {
+                    std::thread::sleep(IDLE_WAIT);
+                    continue;
+                }
+            };
+            while let Some(p) = port {
+                if let Some(d) = self.ports.get(&p.0) {
+                    again.push(*d);
+                }
+                let _ = evt.unmask(p);
+                port = evt.poll().ok().flatten();
+            }
+        }
+        let all: Vec<u16> = self.guests.keys().copied().collect();
+        for d in all {
+            self.remove(d);
         }
     }
 }
 
 /// Serves every introduced guest over its shared ring, using this
-/// (privileged) domain's importer and event channels.
+/// (privileged) domain's importer and event channels, from one thread.
 pub struct RingServer {
-    links: Arc<Mutex<HashMap<u16, GuestLink>>>,
-    manager: Option<JoinHandle<()>>,
-    tx: Option<mpsc::Sender<DomainEvent>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl RingServer {
     /// Starts following `daemon`'s introduce / release events. `open_evt`
-    /// opens an event channel handle for each guest (one handle per guest,
-    /// so each guest thread waits on its own events only). Failures to
-    /// attach are reported through `on_error`.
+    /// opens the event channel handle the thread waits on (once; again
+    /// at the next introduction if it failed). Failures to attach are
+    /// reported through `on_error`.
     pub fn start<M, E>(
         daemon: &Daemon,
         importer: Importer<M>,
@@ -225,68 +464,48 @@ impl RingServer {
         M: ForeignMapper,
         E: EventChannels,
     {
-        let (tx, rx) = mpsc::channel::<DomainEvent>();
-        let hook_tx = Mutex::new(tx.clone());
-        // The hook runs under the daemon lock: it only forwards.
+        let shared = Arc::new(Shared::default());
+        let weak: Weak<Shared> = Arc::downgrade(&shared);
+        // The hook runs under the daemon lock: it only hands over.
         daemon.on_domain_event(move |ev| {
-            if let Ok(t) = hook_tx.lock() {
-                let _ = t.send(ev);
+            if let Some(s) = weak.upgrade() {
+                lock(&s.events).push(ev);
+                s.kick();
             }
         });
-        let links: Arc<Mutex<HashMap<u16, GuestLink>>> = Arc::default();
-        let (l, d) = (links.clone(), daemon.clone());
-        let manager = std::thread::Builder::new()
+        let state = Loop {
+            shared: shared.clone(),
+            daemon: daemon.clone(),
+            importer,
+            evt: None,
+            bell: None,
+            guests: HashMap::new(),
+            ports: HashMap::new(),
+            buf: [0; 1024],
+        };
+        let thread = std::thread::Builder::new()
             .name("xenstored-rings".into())
-            .spawn(move || {
-                for ev in rx {
-                    match ev {
-                        DomainEvent::Introduced { domid, port, .. } => {
-                            let Some(evt) = open_evt() else {
-                                continue;
-                            };
-                            match GuestLink::attach(&d, &importer, &evt, domid, Port(port)) {
-                                Ok(link) => {
-                                    l.lock()
-                                        .unwrap_or_else(|e| e.into_inner())
-                                        .insert(domid.0, link);
-                                }
-                                Err(e) => on_error(e),
-                            }
-                        }
-                        DomainEvent::Released(domid) => {
-                            let link = l.lock().unwrap_or_else(|e| e.into_inner()).remove(&domid.0);
-                            drop(link);
-                        }
-                    }
-                }
-            })
+            .spawn(move || state.run(&open_evt, &on_error))
             .ok();
-        RingServer {
-            links,
-            manager,
-            tx: Some(tx),
-        }
+        RingServer { shared, thread }
     }
 
-    /// Guests currently attached and running.
+    /// Guests currently attached.
     pub fn attached(&self) -> Vec<DomId> {
-        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<DomId> = links
-            .values()
-            .filter(|l| l.is_running())
-            .map(|l| l.domid())
-            .collect();
-        v.sort();
-        v
+        lock(&self.shared.attached)
+            .iter()
+            .map(|d| DomId(*d))
+            .collect()
     }
 }
 
 impl Drop for RingServer {
     fn drop(&mut self) {
-        drop(self.tx.take());
-        self.links.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        // The manager ends when every sender (ours and the daemon hook's) is
-        // gone; the hook lives as long as the daemon, so do not wait for it.
-        drop(self.manager.take());
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.asleep.store(true, Ordering::SeqCst);
+        self.shared.kick();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

@@ -296,3 +296,74 @@ fn doorbell_storm_does_not_extend_a_ring_transport_timeout() {
         assert!(took < BOUND, "took {took:?}");
     });
 }
+
+/// Names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect()
+}
+
+/// One thread serves every guest: sixteen guests, each on its own thread,
+/// make requests at the same time and each gets a watch event caused by
+/// dom0, while no server thread per guest exists.
+#[test]
+fn one_thread_serves_many_guests_at_once() {
+    const GUESTS: usize = 16;
+    let h = host();
+    let (doms, chans): (Vec<_>, Vec<_>) = (0..GUESTS)
+        .map(|_| {
+            let (g, evt, ch) = boot(&h);
+            ((g, evt), ch)
+        })
+        .unzip();
+    let mut c0 = inproc::client(&h.xs, DomId(0));
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let workers: Vec<_> = doms
+            .iter()
+            .zip(chans)
+            .map(|((g, _), ch)| {
+                let page = g.xenstore_page().unwrap();
+                let tx = tx.clone();
+                s.spawn(move || {
+                    let mut c = Client::new(RingTransport::new(page, ch).unwrap());
+                    let t = Some(Duration::from_secs(10));
+                    c.watch("data/ping", b"p").unwrap();
+                    assert_eq!(c.next_event(t).unwrap().unwrap().path, "data/ping");
+                    tx.send(()).unwrap();
+                    for i in 0..100u32 {
+                        c.write("data/x", i.to_string().as_bytes()).unwrap();
+                        assert_eq!(c.read("data/x").unwrap(), i.to_string().as_bytes());
+                    }
+                    let ev = c.next_event(t).unwrap().expect("no event from dom0");
+                    assert_eq!(ev.path, "data/ping");
+                })
+            })
+            .collect();
+        drop(tx);
+        for _ in 0..GUESTS {
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("a guest could not set its watch");
+        }
+        // Every guest is attached and talking; none has a thread of its
+        // own in the daemon (they were named xenstored-d<domid>).
+        for (g, _) in &doms {
+            assert!(h._rings.attached().contains(&g.id()));
+        }
+        let per_guest: Vec<String> = thread_names()
+            .into_iter()
+            .filter(|n| n.starts_with("xenstored-d"))
+            .collect();
+        assert!(per_guest.is_empty(), "{per_guest:?}");
+        for (g, _) in &doms {
+            c0.write(&format!("/local/domain/{}/data/ping", g.id().0), b"!")
+                .unwrap();
+        }
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+}
