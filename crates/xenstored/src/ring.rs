@@ -189,20 +189,19 @@ impl<M: ForeignMapper, E: EventChannels> Guest<M, E> {
             ..
         } = self;
         let mem = mapping.mem();
-        if index(&mem, offset_of!(Iface, req_cons)) != Some(*req_cons)
-            || index(&mem, offset_of!(Iface, rsp_prod)) != Some(*rsp_prod)
-        {
-            return Turn::Gone(Some(XENSTORE_ERROR_RINGIDX));
-        }
-        let Ok(mut ring) = XsRing::new(mapping.mem(), End::Server) else {
-            return Turn::Gone(Some(XENSTORE_ERROR_RINGIDX));
+        let tampered = index(&mem, offset_of!(Iface, req_cons)) != Some(*req_cons)
+            || index(&mem, offset_of!(Iface, rsp_prod)) != Some(*rsp_prod);
+        let r = match XsRing::new(mapping.mem(), End::Server) {
+            Ok(mut ring) if !tampered => move_bytes(daemon, conn, dec, out, &mut ring, buf),
+            _ => Turn::Gone(Some(XENSTORE_ERROR_RINGIDX)),
         };
-        let r = move_bytes(daemon, conn, dec, out, &mut ring, buf);
         *req_cons = index(&mem, offset_of!(Iface, req_cons)).unwrap_or(*req_cons);
         *rsp_prod = index(&mem, offset_of!(Iface, rsp_prod)).unwrap_or(*rsp_prod);
         match r {
             Turn::Gone(Some(code)) => {
-                ring.set_error(code);
+                if let Ok(e) = mem.atomic_u32(offset_of!(Iface, error)) {
+                    e.store(code, Ordering::Release);
+                }
                 let _ = chan.notify();
                 Turn::Gone(Some(code))
             }

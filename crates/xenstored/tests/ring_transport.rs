@@ -367,3 +367,34 @@ fn one_thread_serves_many_guests_at_once() {
         }
     });
 }
+
+/// A guest that rewrites the daemon's own index of its ring (`rsp_prod`,
+/// which only the daemon writes) is cut off with `XENSTORE_ERROR_RINGIDX`
+/// at its next turn; another guest is unaffected.
+#[test]
+fn guest_rewriting_the_daemons_index_is_cut_off() {
+    let h = host();
+    let (bad, _e1, ch_bad) = boot(&h);
+    let (good, _e2, ch_good) = boot(&h);
+    let bad_page = bad.xenstore_page().unwrap();
+    let mut good_c =
+        Client::new(RingTransport::new(good.xenstore_page().unwrap(), ch_good).unwrap());
+    assert!(wait_for(|| h._rings.attached().contains(&bad.id())));
+    // rsp_prod: 2048 bytes of rings, then req_cons, req_prod, rsp_cons.
+    let rsp_prod = bad_page.atomic_u32(2060).unwrap();
+    rsp_prod.store(
+        rsp_prod.load(Ordering::SeqCst).wrapping_add(7),
+        Ordering::SeqCst,
+    );
+    ch_bad.notify().unwrap();
+    assert!(
+        wait_for(|| !h._rings.attached().contains(&bad.id())),
+        "guest still served"
+    );
+    assert_eq!(
+        bad_page.atomic_u32(2072).unwrap().load(Ordering::SeqCst),
+        XENSTORE_ERROR_RINGIDX
+    );
+    good_c.write("ok", b"1").unwrap();
+    assert_eq!(good_c.read("ok").unwrap(), b"1");
+}
