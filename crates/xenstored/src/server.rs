@@ -396,6 +396,7 @@ impl Loop {
     fn run(mut self) {
         let _dead = DeadOnExit(self.shared.clone());
         let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
+        let mut flush: Vec<u64> = Vec::with_capacity(256);
         loop {
             if !self.commands() {
                 break;
@@ -424,6 +425,9 @@ impl Loop {
                 // Cannot happen with valid arguments; do not spin on it.
                 Err(_) => std::thread::sleep(ACCEPT_REST),
             }
+            // Requests of every ready connection first, then the replies
+            // in one burst: each reply wakes its client, which would
+            // otherwise pre-empt the loop between connections.
             for ev in &events {
                 let (key, flags) = (ev.data.u64(), ev.flags);
                 if key == WAKE {
@@ -431,9 +435,12 @@ impl Loop {
                     let _ = rustix::io::read(&self.shared.wake, &mut b);
                 } else if key & LISTENER != 0 {
                     self.accept(key);
-                } else {
-                    self.serve_client(key, flags);
+                } else if self.take_requests(key, flags) {
+                    flush.push(key);
                 }
+            }
+            for key in flush.drain(..) {
+                self.serve_client(key, epoll::EventFlags::empty());
             }
         }
         let clients: Vec<u64> = self.clients.keys().copied().collect();
@@ -624,7 +631,31 @@ impl Loop {
         }
     }
 
+    /// Reads and handles what connection `id` sent, if it may send
+    /// requests now; false if it is gone.
+    fn take_requests(&mut self, id: u64, flags: epoll::EventFlags) -> bool {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return false;
+        };
+        if Self::requests(&self.shared, &self.daemon, c, &mut self.buf, flags).is_err() {
+            self.close(id);
+            return false;
+        }
+        true
+    }
+
     fn turn(
+        shared: &Shared,
+        daemon: &Daemon,
+        c: &mut Client,
+        buf: &mut [u8],
+        flags: epoll::EventFlags,
+    ) -> Result<(), Gone> {
+        Self::requests(shared, daemon, c, buf, flags)?;
+        Self::flush(c)
+    }
+
+    fn requests(
         shared: &Shared,
         daemon: &Daemon,
         c: &mut Client,
@@ -652,7 +683,7 @@ impl Loop {
             // Hung up while not read from (it was not taking its replies).
             return Err(Gone);
         }
-        Self::flush(c)
+        Ok(())
     }
 
     /// Sends queued output until the socket is full or nothing is left.
