@@ -134,6 +134,17 @@ impl<M: ForeignMapper, E: EventChannels> core::fmt::Debug for Netback<M, E> {
     }
 }
 
+/// A placeholder for the unused tail of a grant-copy batch on the stack
+/// (never handed to the platform).
+fn unused_op<'a>() -> CopyOp<'a> {
+    CopyOp {
+        src: CopySrc::Local(&[]),
+        dst: CopyDst::Local(&mut []),
+        len: 0,
+        status: GntSt::Okay,
+    }
+}
+
 impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
     /// Maps the front end's rings and binds its port, from the keys it
     /// published. Refuses a front end that did not ask for rx-copy.
@@ -278,11 +289,16 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
     }
 
     /// Checks a complete chain (private copies) and returns its fragments'
-    /// sizes.
-    fn check_chain(chain: &[NetifTxRequest]) -> Result<Vec<usize>, ChainFault> {
+    /// sizes (the first `chain.len()` entries; no allocation per frame).
+    fn check_chain(chain: &[NetifTxRequest]) -> Result<[usize; MAX_SLOTS], ChainFault> {
         let Some(first) = chain.first() else {
             return Err(ChainFault::Fatal("empty tx chain"));
         };
+        if chain.len() > MAX_SLOTS {
+            return Err(ChainFault::Fatal(
+                "tx chain longer than XEN_NETIF_NR_SLOTS_MIN slots",
+            ));
+        }
         if chain.iter().any(|s| s.flags & NETTXF_EXTRA_INFO != 0) {
             return Err(ChainFault::Fatal("extra info slot not negotiated"));
         }
@@ -293,9 +309,11 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
                 "fragment sizes add up to more than the frame",
             ));
         }
-        let mut sizes = Vec::with_capacity(chain.len());
-        sizes.push(total - rest.min(total));
-        sizes.extend(chain[1..].iter().map(|s| usize::from(s.size)));
+        let mut sizes = [0usize; MAX_SLOTS];
+        sizes[0] = total - rest.min(total);
+        for (size, s) in sizes[1..].iter_mut().zip(&chain[1..]) {
+            *size = usize::from(s.size);
+        }
         for (slot, size) in chain.iter().zip(&sizes) {
             if usize::from(slot.offset) + size > PAGE_SIZE {
                 return Err(ChainFault::Fatal("offset + size beyond the page"));
@@ -317,13 +335,16 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
                 return self.answer_chain(NETIF_RSP_ERROR);
             }
         };
-        let total: usize = sizes.iter().sum();
-        let mut ops = Vec::with_capacity(sizes.len());
+        let n = self.chain.len();
+        let total: usize = sizes[..n].iter().sum();
+        // One grant-copy batch for the frame, from a stack array: no
+        // allocation per frame.
+        let mut ops: [CopyOp<'_>; MAX_SLOTS] = core::array::from_fn(|_| unused_op());
         let mut rest = &mut self.txbuf[..total];
-        for (slot, &size) in self.chain.iter().zip(&sizes) {
-            let (head, tail) = rest.split_at_mut(size);
+        for ((op, slot), &size) in ops.iter_mut().zip(&self.chain).zip(&sizes) {
+            let (head, tail) = core::mem::take(&mut rest).split_at_mut(size);
             rest = tail;
-            ops.push(CopyOp {
+            *op = CopyOp {
                 src: CopySrc::Grant(GrantPtr {
                     dom: self.frontend,
                     gref: GrantRef(slot.gref),
@@ -332,11 +353,10 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
                 dst: CopyDst::Local(head),
                 len: size as u16,
                 status: GntSt::Okay,
-            });
+            };
         }
-        self.importer.copy(&mut ops);
-        let copied = ops.iter().all(|o| o.status.is_ok());
-        drop(ops);
+        self.importer.copy(&mut ops[..n]);
+        let copied = ops[..n].iter().all(|o| o.status.is_ok());
         // Linux's netfront leaves IPv4 TCP/UDP checksums to "the hardware"
         // (NETTXF_csum_blank); nothing after us would fill them in.
         let blank = self
@@ -408,20 +428,27 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         Ok(work)
     }
 
-    /// Copies the frame in `rxbuf[..len]` into `need` posted pages.
+    /// Copies the frame in `rxbuf[..len]` into `need` posted pages, as one
+    /// grant-copy batch built on the stack (no allocation per frame).
     fn deliver(&mut self, len: usize, need: usize) -> Result<(), NetError> {
-        let mut reqs = Vec::with_capacity(need);
-        for _ in 0..need {
+        let mut all = [NetifRxRequest::default(); MAX_SLOTS];
+        let mut got = 0;
+        for slot in all.iter_mut().take(need) {
             match self.rx.ring().next_request() {
-                Ok(Some(r)) => reqs.push(r),
+                Ok(Some(r)) => *slot = r,
                 Ok(None) => break,
                 Err(e) => return Err(self.trip(e)),
             }
+            got += 1;
         }
-        let mut ops: Vec<CopyOp<'_>> = reqs
-            .iter()
+        let reqs = &all[..got];
+        let mut ops: [CopyOp<'_>; MAX_SLOTS] = core::array::from_fn(|_| unused_op());
+        for ((op, r), chunk) in ops
+            .iter_mut()
+            .zip(reqs)
             .zip(self.rxbuf[..len].chunks(PAGE_SIZE))
-            .map(|(r, chunk)| CopyOp {
+        {
+            *op = CopyOp {
                 src: CopySrc::Local(chunk),
                 dst: CopyDst::Grant(GrantPtr {
                     dom: self.frontend,
@@ -430,14 +457,14 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
                 }),
                 len: chunk.len() as u16,
                 status: GntSt::Okay,
-            })
-            .collect();
-        let ok = reqs.len() == need;
-        if ok {
-            self.importer.copy(&mut ops);
+            };
         }
-        let ok = ok && ops.iter().all(|o| o.status.is_ok());
-        drop(ops);
+        let n = got.min(len.div_ceil(PAGE_SIZE));
+        let ok = got == need;
+        if ok {
+            self.importer.copy(&mut ops[..n]);
+        }
+        let ok = ok && ops[..n].iter().all(|o| o.status.is_ok());
         if ok {
             self.stats.rx_frames += 1;
             self.stats.rx_bytes += len as u64;
