@@ -338,6 +338,17 @@ pub struct Store {
     /// watch): a firing looks up its path and its ancestors here instead
     /// of going through every connection's watches.
     watch_index: HashMap<String, Vec<ConnId>>,
+    /// Per domain: its connections, watches and open transactions, for the
+    /// quotas without going through every connection.
+    per_dom: HashMap<DomId, DomCount>,
+}
+
+/// What one domain holds over all its connections.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct DomCount {
+    conns: usize,
+    watches: usize,
+    txs: usize,
 }
 
 fn oops(e: XsError) -> Result<Vec<u8>, XsError> {
@@ -365,6 +376,17 @@ impl Store {
             domains: HashMap::new(),
             special,
             watch_index: HashMap::new(),
+            per_dom: HashMap::new(),
+        }
+    }
+
+    fn count(&mut self, d: DomId) -> &mut DomCount {
+        self.per_dom.entry(d).or_default()
+    }
+
+    fn forget_if_empty(&mut self, d: DomId) {
+        if self.per_dom.get(&d) == Some(&DomCount::default()) {
+            self.per_dom.remove(&d);
         }
     }
 
@@ -386,6 +408,7 @@ impl Store {
                 next_tx: 1,
             },
         );
+        self.count(domid).conns += 1;
         id
     }
 
@@ -395,6 +418,11 @@ impl Store {
             for w in &c.watches {
                 self.unindex(&w.path, conn);
             }
+            let n = self.count(c.domid);
+            n.conns -= 1;
+            n.watches -= c.watches.len();
+            n.txs -= c.txs.len();
+            self.forget_if_empty(c.domid);
         }
     }
 
@@ -527,7 +555,10 @@ impl Store {
             Request::ResetWatches => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     let gone = std::mem::take(&mut c.watches);
-                    c.txs.clear();
+                    let txs = std::mem::take(&mut c.txs).len();
+                    let n = self.count(domid);
+                    n.watches -= gone.len();
+                    n.txs -= txs;
                     for w in gone {
                         self.unindex(&w.path, conn);
                     }
@@ -579,7 +610,7 @@ impl Store {
 
     fn domain_known(&self, d: DomId) -> bool {
         self.domains.get(&d).is_some_and(|x| x.introduced)
-            || self.conns.values().any(|c| c.domid == d)
+            || self.per_dom.get(&d).is_some_and(|n| n.conns > 0)
     }
 
     /// Operations on the tree, directly or inside transaction `tx_id`.
@@ -701,12 +732,7 @@ impl Store {
             return oops(XsError::EBUSY);
         }
         if !actor.privileged() {
-            let open: usize = self
-                .conns
-                .values()
-                .filter(|c| c.domid == actor.domid)
-                .map(|c| c.txs.len())
-                .sum();
+            let open = self.per_dom.get(&actor.domid).map_or(0, |n| n.txs);
             if open >= self.config.max_transactions {
                 return oops(XsError::ENOSPC);
             }
@@ -718,6 +744,8 @@ impl Store {
         }
         c.next_tx = id.wrapping_add(1);
         c.txs.insert(id, Transaction::default());
+        let d = c.domid;
+        self.count(d).txs += 1;
         Ok(nul_terminated(&id.to_string()))
     }
 
@@ -731,11 +759,12 @@ impl Store {
         if tx_id == 0 {
             return oops(XsError::ENOENT);
         }
-        let tx = self
+        let (d, tx) = self
             .conns
             .get_mut(&conn)
-            .and_then(|c| c.txs.remove(&tx_id))
+            .and_then(|c| Some((c.domid, c.txs.remove(&tx_id)?)))
             .ok_or(XsError::ENOENT)?;
+        self.count(d).txs -= 1;
         if !commit {
             return Ok(b"OK\0".to_vec());
         }
@@ -803,12 +832,7 @@ impl Store {
             let rel = (!path.starts_with('/')).then(|| path::domain_path(actor.domid));
             (c, rel)
         };
-        let domain_watches: usize = self
-            .conns
-            .values()
-            .filter(|c| c.domid == actor.domid)
-            .map(|c| c.watches.len())
-            .sum();
+        let domain_watches = self.per_dom.get(&actor.domid).map_or(0, |n| n.watches);
         let c = self.conns.get_mut(&conn).ok_or(XsError::EINVAL)?;
         if c.watches
             .iter()
@@ -829,11 +853,10 @@ impl Store {
             conn,
             Message::watch_event(&event_path(&w, &w.path), &w.token),
         ));
-        self.watch_index
-            .entry(w.path.clone())
-            .or_default()
-            .push(conn);
+        let (d, path) = (c.domid, w.path.clone());
         c.watches.push(w);
+        self.watch_index.entry(path).or_default().push(conn);
+        self.count(d).watches += 1;
         Ok(b"OK\0".to_vec())
     }
 
@@ -852,6 +875,8 @@ impl Store {
             .position(|w| w.path == canonical && w.token == token)
             .ok_or(XsError::ENOENT)?;
         c.watches.remove(i);
+        let d = c.domid;
+        self.count(d).watches -= 1;
         self.unindex(&canonical, conn);
         Ok(b"OK\0".to_vec())
     }
@@ -1193,6 +1218,8 @@ mod watch_index_tests {
         Unwatch(usize, usize, u8),
         Reset(usize),
         Reconnect(usize),
+        TxStart(usize),
+        TxEnd(usize, u32),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1201,10 +1228,13 @@ mod watch_index_tests {
             2 => (0..3usize, 0..PATHS.len(), 0..2u8).prop_map(|(c, p, t)| Op::Unwatch(c, p, t)),
             1 => (0..3usize).prop_map(Op::Reset),
             1 => (0..3usize).prop_map(Op::Reconnect),
+            2 => (0..3usize).prop_map(Op::TxStart),
+            2 => (0..3usize, 1..4u32).prop_map(|(c, t)| Op::TxEnd(c, t)),
         ]
     }
 
-    /// The index holds exactly the connections' watches, and the
+    /// The per-domain counts are those of the connections, the index
+    /// holds exactly the connections' watches, and the
     /// connections it names for a path are exactly those a scan of every
     /// connection's watches finds.
     fn check(s: &Store) {
@@ -1219,6 +1249,14 @@ mod watch_index_tests {
             v.sort();
         }
         assert_eq!(index, rebuilt);
+        let mut counts: HashMap<DomId, DomCount> = HashMap::new();
+        for c in s.conns.values() {
+            let n = counts.entry(c.domid).or_default();
+            n.conns += 1;
+            n.watches += c.watches.len();
+            n.txs += c.txs.len();
+        }
+        assert_eq!(s.per_dom, counts);
         let probes = ["/", "/a", "/a/b", "/a/b/c", "/a/b/c/d", "/ab", "/x"];
         for p in probes.iter().copied().chain(["/local/domain/5/data/k/z"]) {
             for exact in [false, true] {
@@ -1254,7 +1292,7 @@ mod watch_index_tests {
 
     proptest! {
         #[test]
-        fn watch_index_matches_a_scan_of_every_watch(ops in proptest::collection::vec(op(), 0..60)) {
+        fn watch_index_and_counts_match_a_scan_of_every_connection(ops in proptest::collection::vec(op(), 0..60)) {
             let mut s = Store::new(Config::default());
             let doms = [DomId(0), DomId(0), DomId(5)];
             let mut conns: Vec<ConnId> = doms.iter().map(|d| s.connect(*d)).collect();
@@ -1275,6 +1313,12 @@ mod watch_index_tests {
                     Op::Reconnect(c) => {
                         s.disconnect(conns[c]);
                         conns[c] = s.connect(doms[c]);
+                    }
+                    Op::TxStart(c) => {
+                        s.handle(conns[c], Request::TransactionStart.to_message(id, 0));
+                    }
+                    Op::TxEnd(c, t) => {
+                        s.handle(conns[c], Request::TransactionEnd(false).to_message(id, t));
                     }
                 }
                 check(&s);
