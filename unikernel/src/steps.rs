@@ -1,0 +1,332 @@
+//! What the unikernel does, step by step, each step reporting one
+//! `UK PASS <name> ...` / `UK FAIL <name>: ...` line on the console.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use xenshare::grant::{Exporter, Revoked, TableBackend};
+use xenshare::platform::{FrameAllocator, PageSet};
+use xenshare::vchan::server_init;
+use xenshare::{Access, DomId};
+use xenshare_pv::console::{init_xenstore, XenStore};
+use xenshare_pv::events::{self, PvEvents};
+use xenshare_pv::frames::{FramePool, PoolAlloc, PoolFrames};
+use xenshare_pv::grant::{setup_table, GrantFrames};
+use xenshare_pv::layout::StartInfo;
+use xenshare_pv::{hypercall, println, shared};
+
+use crate::rt;
+
+type Backend = TableBackend<GrantFrames, PoolAlloc>;
+
+/// Ring size of each direction of the vchans served (order 16: 16 granted
+/// pages per ring).
+const RING: usize = 64 * 1024;
+/// How long any one wait on dom0 may take.
+const PEER_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn ms_since(t0: u64) -> u64 {
+    shared::now_ns().saturating_sub(t0) / 1_000_000
+}
+
+fn fail(name: &str, why: impl core::fmt::Display) -> bool {
+    println!("UK FAIL {name}: {why}");
+    false
+}
+
+/// FNV-1a 64 over `data`, continuing from `h`.
+fn fnv(mut h: u64, data: &[u8]) -> u64 {
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+const FNV_INIT: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// `x.yz` MB/s for `bytes` in `ms`.
+fn mbps(bytes: usize, ms: u64) -> String {
+    let centi = bytes as u64 * 100 / ms.max(1) / 1000;
+    format!("{}.{:02}", centi / 100, centi % 100)
+}
+
+fn read_str(xs: &mut XenStore, path: &str) -> Result<String, String> {
+    let v = xs.read(path).map_err(|e| format!("read {path}: {e}"))?;
+    let v = v.strip_suffix(&[0]).unwrap_or(&v);
+    String::from_utf8(v.to_vec()).map_err(|_| format!("{path} is not UTF-8"))
+}
+
+/// Waits until `path` reads `want` (dom0 moves the MSA02 steps along).
+fn wait_for(xs: &mut XenStore, path: &str, want: &str) -> Result<(), String> {
+    let start = shared::now_ns();
+    loop {
+        if let Ok(Some(v)) = xs.try_read(path) {
+            if v.strip_suffix(&[0]).unwrap_or(&v) == want.as_bytes() {
+                return Ok(());
+            }
+        }
+        if ms_since(start) > PEER_TIMEOUT.as_millis() as u64 {
+            return Err(format!(
+                "dom0 did not set {path} = {want} within {PEER_TIMEOUT:?}"
+            ));
+        }
+        events::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs every step; true if all passed.
+pub fn run(si: &StartInfo, t0: u64, guard_ok: bool) -> bool {
+    let ver = hypercall::xen_version();
+    println!(
+        "UK xenshare unikernel 0.1: Rust PV guest kernel on Xen {}.{}, upcalls masked {} (poll mode)",
+        ver >> 16,
+        ver & 0xffff,
+        shared::upcalls_masked()
+    );
+    println!(
+        "UK PASS unikernel_boot banner {} ms after entry; {} pages ({} MiB), cmdline '{}', heap {} KiB, grant pool {} pages, stack guard {}",
+        ms_since(t0),
+        si.nr_pages,
+        si.nr_pages / 256,
+        si.cmd_line(),
+        rt::HEAP_SIZE / 1024,
+        rt::POOL_PAGES,
+        if guard_ok { "unmapped" } else { "NOT unmapped" }
+    );
+
+    // SAFETY: once, with this domain's start_info, after init.
+    let mut xs = match unsafe { init_xenstore(si) } {
+        Ok(x) => x,
+        Err(e) => return fail("unikernel_xenstore", e),
+    };
+    let (domid, name) = match (read_str(&mut xs, "domid"), read_str(&mut xs, "name")) {
+        (Ok(d), Ok(n)) => (d, n),
+        (Err(e), _) | (_, Err(e)) => return fail("unikernel_xenstore", e),
+    };
+    let Ok(domid) = domid.parse::<u16>() else {
+        return fail(
+            "unikernel_xenstore",
+            format!("domid {domid:?} is not a number"),
+        );
+    };
+    events::set_domid(DomId(domid));
+    let home = format!("/local/domain/{domid}");
+    let ready_ms = ms_since(t0);
+    let wrote = xs
+        .write(
+            &format!("{home}/data/ready-ms"),
+            format!("{ready_ms}").as_bytes(),
+        )
+        .and_then(|()| xs.write(&format!("{home}/data/status"), b"ready"));
+    if let Err(e) = wrote {
+        return fail("unikernel_xenstore", format!("write data/status: {e}"));
+    }
+    println!(
+        "UK PASS unikernel_xenstore domid {domid}, name {name}; data/status = ready {ready_ms} ms after entry"
+    );
+
+    let frames = match setup_table() {
+        Ok(f) => f,
+        Err(e) => return fail("unikernel_grant_table", e),
+    };
+    let (nframes, maxf) = (frames.frames(), frames.max_frames());
+    // SAFETY: the pool's pages are the image's, used for nothing else.
+    let pool: &'static FramePool = Box::leak(Box::new(unsafe {
+        FramePool::new(rt::POOL[0].va(), rt::POOL_PAGES)
+    }));
+    // SAFETY: the only backend over this table.
+    let exporter = Exporter::new(unsafe { Backend::new(DomId(domid), frames, PoolAlloc(pool)) });
+    println!(
+        "UK grant table: {nframes} frame(s) mapped (Xen allows {maxf}), {} free refs",
+        exporter.table().map_or(0, |t| t.free_count())
+    );
+
+    let c = vchan_round(&mut xs, &exporter, &home, 1, "unikernel_vchan_c_client");
+    let r = vchan_round(&mut xs, &exporter, &home, 2, "unikernel_vchan_rust_client");
+    let m = match msa02(&mut xs, &exporter, pool, &home) {
+        Ok(()) => true,
+        Err(e) => fail("unikernel_msa02_real_busy", e),
+    };
+    let _ = xs.write(&format!("{home}/data/status"), b"done");
+    c && r && m
+}
+
+/// Serves one vchan at `<home>/data/vchan` to dom0 and echoes everything
+/// until the client closes.
+fn vchan_round(
+    xs: &mut XenStore,
+    exporter: &Exporter<Backend>,
+    home: &str,
+    round: u32,
+    name: &str,
+) -> bool {
+    let path = format!("{home}/data/vchan");
+    let evt = PvEvents::new();
+    let mut v = match server_init(exporter, &evt, xs, DomId::DOM0, &path, RING, RING) {
+        Ok(v) => v,
+        Err(e) => return fail(name, format!("server_init: {e}")),
+    };
+    if let Err(e) = xs.write(
+        &format!("{home}/data/vchan-round"),
+        format!("{round}").as_bytes(),
+    ) {
+        return fail(name, format!("write vchan-round: {e}"));
+    }
+    v.set_timeout(Some(PEER_TIMEOUT));
+    let mut buf = vec![0u8; RING];
+    let (mut total, mut h, mut start) = (0usize, FNV_INIT, None);
+    loop {
+        let n = match v.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => return fail(name, format!("read after {total} bytes: {e}")),
+        };
+        start.get_or_insert_with(shared::now_ns);
+        h = fnv(h, &buf[..n]);
+        total += n;
+        let mut off = 0;
+        while off < n {
+            match v.write(&buf[off..n]) {
+                Ok(k) => off += k,
+                Err(e) => return fail(name, format!("write after {total} bytes: {e}")),
+            }
+        }
+    }
+    let ms = start.map_or(0, ms_since);
+    v.close();
+    drop(v);
+    let _ = xs.rm(&path);
+    // The client may unmap a moment after it closed: what it still held
+    // sat in quarantine until now.
+    let rep = exporter.reclaim(usize::MAX);
+    let st = exporter.stats();
+    println!("UK VCHAN round={round} echoed={total} fnv={h:016x} ms={ms}");
+    println!(
+        "UK PASS {name} echoed {total} bytes in {ms} ms ({} MB/s each way), fnv {h:016x}, rings {RING}/{RING} B; after close: {} reclaimed, {} quarantined, granted {} revoked {}",
+        mbps(total, ms),
+        rep.reclaimed,
+        st.quarantined,
+        st.granted,
+        st.revoked + st.reclaimed
+    );
+    true
+}
+
+const MARK: &[u8] = b"MSA02 page shared by the xenshare unikernel";
+const SECRET: &[u8] = b"UK-SECRET!";
+
+fn secret_byte(page: usize, j: usize) -> u8 {
+    SECRET[(j + page) % SECRET.len()]
+}
+
+/// MSA02 with dom0 as the malicious mapper (see the module docs).
+fn msa02(
+    xs: &mut XenStore,
+    exporter: &Exporter<Backend>,
+    pool: &'static FramePool,
+    home: &str,
+) -> Result<(), String> {
+    let dir = format!("{home}/data/msa02");
+    let state = format!("{dir}/state");
+    let e = |what: &str| {
+        let what = String::from(what);
+        move |err: xenshare::store::ClientError| format!("{what}: {err}")
+    };
+
+    // 1. Share one page with dom0 and tell it where.
+    let share = exporter
+        .share(DomId::DOM0, 1, Access::ReadWrite)
+        .map_err(|err| format!("share: {err}"))?;
+    share.mem().write(0, MARK).map_err(|_| "mark the page")?;
+    let gref = share.refs()[0];
+    xs.write(&format!("{dir}/gref"), format!("{}", gref.0).as_bytes())
+        .map_err(e("write gref"))?;
+    xs.write(&state, b"shared").map_err(e("write state"))?;
+
+    // 2. dom0 maps it through gntdev and keeps it.
+    wait_for(xs, &state, "mapped")?;
+    let table = exporter.table().ok_or("no table view")?;
+    let flags = table.entry(gref).map_or(0, |en| en.flags);
+    let busy_bits = xenshare_abi::grant::GTF_READING | xenshare_abi::grant::GTF_WRITING;
+    if flags & busy_bits != busy_bits {
+        return Err(format!(
+            "dom0 says it maps {gref} but Xen's entry flags are {}",
+            xenshare::grant::FlagsDisplay(flags)
+        ));
+    }
+
+    // 3. Revocation must fail: the real hypervisor's busy bits say so.
+    let share = match share.try_unshare() {
+        Ok(Revoked::Pages(_) | Revoked::Retired) => {
+            return Err(format!("{gref} was revoked while dom0 maps it"))
+        }
+        Err(busy) => busy.into_inner(),
+    };
+    drop(share); // into quarantine: its page is never reused while mapped
+    let q = exporter.stats();
+    if q.quarantined != 1 {
+        return Err(format!("expected 1 quarantined share, stats {q:?}"));
+    }
+
+    // 4. Reuse every free page of the pool for a secret.
+    let alloc = PoolAlloc(pool);
+    let mut reused: Vec<PoolFrames> = Vec::new();
+    while let Some(f) = alloc.alloc(1) {
+        let page = reused.len();
+        let bytes: Vec<u8> = (0..4096).map(|j| secret_byte(page, j)).collect();
+        f.mem().write(0, &bytes).map_err(|_| "fill a page")?;
+        reused.push(f);
+    }
+    let (used, total) = pool.usage();
+    xs.write(&state, b"filled").map_err(e("write state"))?;
+
+    // 5. dom0 writes through its kept mapping and looks for the secret.
+    wait_for(xs, &state, "written")?;
+    let saw =
+        read_str(xs, &format!("{dir}/dom0-saw")).map_err(|err| format!("dom0's verdict: {err}"))?;
+    if saw != "no-secret" {
+        return Err(format!("dom0 reports '{saw}' through its kept mapping"));
+    }
+
+    // 6. None of the reused pages changed.
+    let mut page_buf = vec![0u8; 4096];
+    for (page, f) in reused.iter().enumerate() {
+        f.mem().read(0, &mut page_buf).map_err(|_| "read a page")?;
+        if let Some(j) = (0..4096).find(|&j| page_buf[j] != secret_byte(page, j)) {
+            return Err(format!("reused page {page} changed at byte {j}"));
+        }
+    }
+    let n_reused = reused.len();
+    drop(reused);
+    xs.write(&state, b"checked").map_err(e("write state"))?;
+
+    // 7. dom0 unmaps; reclaim frees the page.
+    wait_for(xs, &state, "unmapped")?;
+    let after = table.entry(gref).map_or(0, |en| en.flags);
+    let rep = exporter.reclaim(usize::MAX);
+    let st = exporter.stats();
+    if rep.reclaimed != 1 || exporter.quarantined() != 0 {
+        return Err(format!(
+            "reclaim after dom0 unmapped: {rep:?}, stats {st:?}"
+        ));
+    }
+    xs.write(&state, b"done").map_err(e("write state"))?;
+    println!(
+        "UK PASS unikernel_msa02_real_busy {gref} flags while dom0 mapped it: {}; try_unshare -> Busy, share quarantined; {n_reused} free pages ({used}/{total} of the pool) reused for a secret, dom0 saw none of it through its mapping, none of them changed; after dom0 unmapped: flags {}, reclaim freed {}; counters granted {} live {} revoked {} quarantined {} reclaimed {} leaked {} busy {}",
+        xenshare::grant::FlagsDisplay(flags),
+        xenshare::grant::FlagsDisplay(after),
+        rep.reclaimed,
+        st.granted,
+        st.live,
+        st.revoked,
+        st.quarantined,
+        st.reclaimed,
+        st.leaked,
+        st.busy_results
+    );
+    Ok(())
+}
