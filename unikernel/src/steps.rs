@@ -8,14 +8,14 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use xenshare::grant::{Exporter, Revoked, TableBackend};
+use xenshare::grant::{Exporter, Importer, Revoked, TableBackend};
 use xenshare::platform::{FrameAllocator, PageSet};
 use xenshare::vchan::server_init;
 use xenshare::{Access, DomId};
 use xenshare_pv::console::{init_xenstore, XenStore};
 use xenshare_pv::events::{self, PvEvents};
 use xenshare_pv::frames::{FramePool, PoolAlloc, PoolFrames};
-use xenshare_pv::grant::{setup_table, GrantFrames};
+use xenshare_pv::grant::{setup_table, GrantFrames, PvMapper};
 use xenshare_pv::layout::StartInfo;
 use xenshare_pv::{hypercall, println, shared};
 
@@ -145,6 +145,10 @@ pub fn run(si: &StartInfo, t0: u64, guard_ok: bool) -> bool {
         exporter.table().map_or(0, |t| t.free_count())
     );
 
+    let l = match loopback(&exporter, DomId(domid)) {
+        Ok(()) => true,
+        Err(e) => fail("unikernel_grant_loopback", e),
+    };
     let c = vchan_round(&mut xs, &exporter, &home, 1, "unikernel_vchan_c_client");
     let r = vchan_round(&mut xs, &exporter, &home, 2, "unikernel_vchan_rust_client");
     let m = match msa02(&mut xs, &exporter, pool, &home) {
@@ -152,7 +156,7 @@ pub fn run(si: &StartInfo, t0: u64, guard_ok: bool) -> bool {
         Err(e) => fail("unikernel_msa02_real_busy", e),
     };
     let _ = xs.write(&format!("{home}/data/status"), b"done");
-    c && r && m
+    l && c && r && m
 }
 
 /// Serves one vchan at `<home>/data/vchan` to dom0 and echoes everything
@@ -176,24 +180,51 @@ fn vchan_round(
     ) {
         return fail(name, format!("write vchan-round: {e}"));
     }
-    v.set_timeout(Some(PEER_TIMEOUT));
+    // Non-blocking I/O, sleeping on the event channel when neither
+    // direction can move: no spinning, so this vCPU never takes CPU time
+    // that dom0's client needs (the vchan's blocking calls spin first).
+    v.set_blocking(false);
     let mut buf = vec![0u8; RING];
     let (mut total, mut h, mut start) = (0usize, FNV_INIT, None);
+    let (mut pend, mut off) = (0usize, 0usize);
+    let mut last_progress = shared::now_ns();
     loop {
-        let n = match v.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => return fail(name, format!("read after {total} bytes: {e}")),
-        };
-        start.get_or_insert_with(shared::now_ns);
-        h = fnv(h, &buf[..n]);
-        total += n;
-        let mut off = 0;
-        while off < n {
-            match v.write(&buf[off..n]) {
-                Ok(k) => off += k,
+        let mut moved = false;
+        if off < pend {
+            match v.write(&buf[off..pend]) {
+                Ok(k) => {
+                    off += k;
+                    moved |= k > 0;
+                }
                 Err(e) => return fail(name, format!("write after {total} bytes: {e}")),
             }
+        }
+        if off == pend {
+            match v.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    start.get_or_insert_with(shared::now_ns);
+                    h = fnv(h, &buf[..n]);
+                    total += n;
+                    (pend, off) = (n, 0);
+                    moved = true;
+                }
+                Ok(_) => {}
+                Err(e) => return fail(name, format!("read after {total} bytes: {e}")),
+            }
+        }
+        if moved {
+            last_progress = shared::now_ns();
+            continue;
+        }
+        if off == pend && !v.is_open() && v.data_ready().unwrap_or(0) == 0 {
+            break;
+        }
+        if ms_since(last_progress) > PEER_TIMEOUT.as_millis() as u64 {
+            return fail(name, format!("no progress for {PEER_TIMEOUT:?} after {total} bytes"));
+        }
+        // The read or write above asked the client for a notification.
+        if let Err(e) = v.wait(Some(Duration::from_millis(100))) {
+            return fail(name, format!("wait: {e}"));
         }
     }
     let ms = start.map_or(0, ms_since);
@@ -214,6 +245,56 @@ fn vchan_round(
         st.revoked + st.reclaimed
     );
     true
+}
+
+/// The import side on ourselves: share 4 pages with this very domain, map
+/// them with `GNTTABOP_map_grant_ref` (`PvMapper`), check bytes cross both
+/// ways, check the hypervisor's busy bits refuse the revocation while the
+/// mapping lives, unmap, then revoke. Also checks a bad reference is
+/// refused with a status instead of mapping anything.
+fn loopback(exporter: &Exporter<Backend>, me: DomId) -> Result<(), String> {
+    // SAFETY: the only mapper of this image.
+    let importer = Importer::new(unsafe { PvMapper::new() });
+    let share = exporter
+        .share(me, 4, Access::ReadWrite)
+        .map_err(|e| format!("share: {e}"))?;
+    share.mem().write(4096 * 3 + 7, b"to the mapping").map_err(|_| "write")?;
+    let t = shared::now_ns();
+    let m = importer
+        .map_rw(me, share.refs())
+        .map_err(|e| format!("map {:?}: {e}", share.refs()))?;
+    let map_us = shared::now_ns().saturating_sub(t) / 1000;
+    let mut got = [0u8; 14];
+    m.mem().read(4096 * 3 + 7, &mut got).map_err(|_| "read")?;
+    if &got != b"to the mapping" {
+        return Err(format!("the mapping reads {got:?}"));
+    }
+    m.mem().write(100, b"from the mapping").map_err(|_| "write")?;
+    let mut back = [0u8; 16];
+    share.mem().read(100, &mut back).map_err(|_| "read")?;
+    if &back != b"from the mapping" {
+        return Err(format!("the share reads {back:?}"));
+    }
+    let share = match share.try_unshare() {
+        Ok(_) => return Err("revoked while mapped".into()),
+        Err(busy) => busy.into_inner(),
+    };
+    drop(m);
+    let pages = share
+        .try_unshare()
+        .map_err(|_| "still busy after the unmap")?;
+    drop(pages);
+    let bad = importer.map_rw(me, &[xenshare::GrantRef(2047)]);
+    let refused = match bad {
+        Ok(_) => return Err("an unused ref was mapped".into()),
+        Err(e) => e,
+    };
+    let st = importer.stats();
+    println!(
+        "UK PASS unikernel_grant_loopback 4 pages shared with d{} and mapped back by GNTTABOP_map_grant_ref in {map_us} us; bytes cross both ways; revoke refused while mapped, done after unmap; unused ref refused: {refused}; importer {st:?}",
+        me.0
+    );
+    Ok(())
 }
 
 const MARK: &[u8] = b"MSA02 page shared by the xenshare unikernel";

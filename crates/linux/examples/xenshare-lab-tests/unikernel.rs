@@ -9,6 +9,9 @@
 //! * `unikernel_boot` — the banner is on its console;
 //! * `unikernel_xenstore` — it wrote `data/status = ready` (and read its
 //!   domid and name);
+//! * `unikernel_grant_loopback` — (in the guest) it maps its own grants
+//!   back with `GNTTABOP_map_grant_ref`, and Xen's busy bits refuse the
+//!   revocation until it unmaps;
 //! * `unikernel_vchan_c_client` / `unikernel_vchan_rust_client` — it serves
 //!   a vchan at `/local/domain/<U>/data/vchan` that echoes; dom0's client
 //!   (Xen's C libxenvchan through the lab's C peer, then xenshare's Rust
@@ -55,7 +58,9 @@ fn wait_line(name: &str) -> Result<String, String> {
     let (pass, fail) = (format!("UK PASS {name} "), format!("UK FAIL {name}"));
     loop {
         let text = log_text();
-        for line in text.lines() {
+        // Only whole lines: xenconsoled may have logged part of the last.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        for line in whole.lines() {
             if let Some(rest) = line.strip_prefix(&pass) {
                 return Ok(rest.to_string());
             }
@@ -318,6 +323,13 @@ pub fn dom0(args: &[String]) -> ExitCode {
         "unikernel_xenstore",
         s,
         xenstore(&mut xs, d, t0, create_ms).map(Outcome::Pass),
+    );
+
+    let s = Instant::now();
+    t.one(
+        "unikernel_grant_loopback",
+        s,
+        wait_line("unikernel_grant_loopback").map(|g| Outcome::Pass(format!("guest: {g}"))),
     );
 
     let path = format!("/local/domain/{}/data/vchan", d.0);
