@@ -297,11 +297,47 @@ fn loopback(exporter: &Exporter<Backend>, me: DomId) -> Result<(), String> {
         Err(e) => e,
     };
     let st = importer.stats();
+    let ev = event_loopback(me)?;
     println!(
-        "UK PASS unikernel_grant_loopback 4 pages shared with d{} and mapped back by GNTTABOP_map_grant_ref in {map_us} us; bytes cross both ways; revoke refused while mapped, done after unmap; unused ref refused: {refused}; importer {st:?}",
+        "UK PASS unikernel_grant_loopback 4 pages shared with d{} and mapped back by GNTTABOP_map_grant_ref in {map_us} us; bytes cross both ways; revoke refused while mapped, done after unmap; unused ref refused: {refused}; importer {st:?}; {ev}",
         me.0
     );
     Ok(())
+}
+
+/// Event channels on ourselves: alloc_unbound, bind_interdomain (the new
+/// port starts pending), send, and SCHEDOP_poll waking on the other end.
+fn event_loopback(me: DomId) -> Result<String, String> {
+    use xenshare::platform::EventChannels;
+    let (a, b) = (PvEvents::new(), PvEvents::new());
+    let pa = a.alloc_unbound(me).map_err(|e| format!("alloc_unbound: {e}"))?;
+    let pb = b
+        .bind_interdomain(me, pa)
+        .map_err(|e| format!("bind_interdomain: {e}"))?;
+    let first = b.poll().map_err(|e| format!("poll: {e}"))?;
+    if first != Some(pb) {
+        return Err(format!("a fresh binding is not pending: {first:?}"));
+    }
+    let t = shared::now_ns();
+    b.notify(pb).map_err(|e| format!("send: {e}"))?;
+    let got = a
+        .wait(Some(Duration::from_secs(5)))
+        .map_err(|e| format!("wait: {e}"))?;
+    let us = shared::now_ns().saturating_sub(t) / 1000;
+    if got != Some(pa) {
+        return Err(format!("{pa} did not get the event: {got:?}"));
+    }
+    let quiet = a
+        .wait(Some(Duration::from_millis(50)))
+        .map_err(|e| format!("wait: {e}"))?;
+    if quiet.is_some() {
+        return Err(format!("a second event appeared on {pa}: {quiet:?}"));
+    }
+    a.close(pa).map_err(|e| format!("close: {e}"))?;
+    b.close(pb).map_err(|e| format!("close: {e}"))?;
+    Ok(format!(
+        "event loopback {pa} <-> {pb}: bound port pending, send -> poll woke in {us} us, one event only, closed"
+    ))
 }
 
 const MARK: &[u8] = b"MSA02 page shared by the xenshare unikernel";

@@ -4,7 +4,7 @@
 //! checked against the p2m list) and both ports are already bound: they are
 //! adopted into their own event handles. The console is the core's
 //! [`ConsoleFront`]; XenStore is the core's [`RingTransport`] under its
-//! [`Client`]. A global console behind a spin lock serves [`print!`] and
+//! [`Client`]. A global console behind a spin lock serves [`print!`](crate::print) and
 //! [`println!`](crate::println) and the panic handler.
 
 use core::fmt;
