@@ -185,6 +185,18 @@ impl PvMapper {
     }
 }
 
+/// A status value Xen never writes (they are 0 or negative): an element
+/// that still holds it after the hypercall was not handled.
+const NOT_DONE: i16 = 1;
+
+/// An element's status after the hypercall.
+fn status(raw: i16) -> GntSt {
+    match raw {
+        NOT_DONE => GntSt::GeneralError,
+        s => GntSt::from_raw(s),
+    }
+}
+
 fn slot_va(i: usize) -> u64 {
     MAP_SLOT_PAGES[i].va() as u64
 }
@@ -221,19 +233,19 @@ impl ForeignMapper for PvMapper {
                 flags,
                 r#ref: r.0,
                 dom: dom.0,
+                status: NOT_DONE,
                 ..Default::default()
             })
             .collect();
         // SAFETY: the struct GNTTABOP_map_grant_ref takes; every host_addr
         // is a map slot reserved for this batch, never used through Rust
         // references.
-        let rc = unsafe { hypercall::grant_table_op(GNTTABOP_MAP_GRANT_REF, &mut ops) };
+        // The return value only reports a batch-level error, which stops
+        // Xen part-way: the elements it handled carry their status, the
+        // rest still read NOT_DONE. So the statuses alone decide.
+        unsafe { hypercall::grant_table_op(GNTTABOP_MAP_GRANT_REF, &mut ops) };
         for (i, op) in ops.iter().enumerate() {
-            let st = if rc != 0 {
-                GntSt::GeneralError
-            } else {
-                GntSt::from_raw(op.status)
-            };
+            let st = status(op.status);
             if st.is_ok() {
                 out.push(Ok(PvHandle {
                     slot: first + i,
@@ -251,16 +263,14 @@ impl ForeignMapper for PvMapper {
         let mut op = [GnttabUnmapGrantRef {
             host_addr: slot_va(handle.slot),
             handle: handle.handle,
+            status: NOT_DONE,
             ..Default::default()
         }];
         // SAFETY: the struct GNTTABOP_unmap_grant_ref takes; the slot is this
         // handle's, and the core drops every window over it first.
-        let rc = unsafe { hypercall::grant_table_op(GNTTABOP_UNMAP_GRANT_REF, &mut op) };
-        let st = if rc != 0 {
-            GntSt::GeneralError
-        } else {
-            GntSt::from_raw(op[0].status)
-        };
+        // As for the map: the status decides (NOT_DONE if never handled).
+        unsafe { hypercall::grant_table_op(GNTTABOP_UNMAP_GRANT_REF, &mut op) };
+        let st = status(op[0].status);
         if st.is_ok() {
             self.slots.lock().free(handle.slot, 1);
             Ok(())
@@ -309,5 +319,29 @@ impl ForeignMapper for PvMapper {
         for op in ops {
             op.status = GntSt::GeneralError;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_element_xen_never_handled_is_an_error_not_okay() {
+        assert_eq!(status(NOT_DONE), GntSt::GeneralError);
+        assert_eq!(status(0), GntSt::Okay);
+        assert_eq!(status(-3), GntSt::BadGntref);
+        assert_eq!(GnttabMapGrantRef::default().status, 0, "why the sentinel is needed");
+    }
+
+    #[test]
+    fn windows_need_consecutive_slots() {
+        // SAFETY: host test; nothing is mapped.
+        let m = unsafe { PvMapper::new() };
+        let h = |slot| PvHandle { slot, handle: 0 };
+        let w = m.window(&[h(3), h(4), h(5)]).unwrap();
+        assert_eq!((w.first, w.n), (3, 3));
+        assert!(m.window(&[h(3), h(5)]).is_err());
+        assert!(m.window(&[]).is_err());
     }
 }
