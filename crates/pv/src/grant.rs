@@ -331,7 +331,11 @@ mod tests {
         assert_eq!(status(NOT_DONE), GntSt::GeneralError);
         assert_eq!(status(0), GntSt::Okay);
         assert_eq!(status(-3), GntSt::BadGntref);
-        assert_eq!(GnttabMapGrantRef::default().status, 0, "why the sentinel is needed");
+        assert_eq!(
+            GnttabMapGrantRef::default().status,
+            0,
+            "why the sentinel is needed"
+        );
     }
 
     #[test]
