@@ -155,8 +155,109 @@ pub fn run(si: &StartInfo, t0: u64, guard_ok: bool) -> bool {
         Ok(()) => true,
         Err(e) => fail("unikernel_msa02_real_busy", e),
     };
+    let b = match blk(&mut xs, &exporter, &home) {
+        Ok(()) => true,
+        Err(e) => fail("unikernel_blkfront", e),
+    };
     let _ = xs.write(&format!("{home}/data/status"), b"done");
-    l && c && r && m
+    l && c && r && m && b
+}
+
+/// The disk dom0 attaches (xvdb).
+const BLK_DEVID: u32 = 202 << 8 | 1 << 4;
+/// MiB written and read back.
+const BLK_MIB: usize = 4;
+/// Bytes per `write_at` / `read_at` (two such buffers fit the heap).
+const BLK_CHUNK: usize = 128 * 1024;
+
+/// The lab's disk pattern (as `xenshare-lab-tests blk`): every 8-byte word
+/// is a hash of its byte offset, so a misplaced or stale sector shows.
+fn blk_fill(buf: &mut [u8], base: u64) {
+    for (i, w) in buf.chunks_exact_mut(8).enumerate() {
+        let mut z = (base + 8 * i as u64) ^ 0x5853_4841_5245_424c;
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        w.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+}
+
+/// The core's blkfront on a disk dom0 serves: write the pattern, flush,
+/// read it back and compare, publish the verdict in `data/blk-result`
+/// (dom0 then checks its image byte for byte), close, and stay until dom0
+/// wrote `data/blk-done`.
+fn blk(xs: &mut XenStore, exporter: &Exporter<Backend>, home: &str) -> Result<(), String> {
+    use xenshare::blk::{BlkFront, FrontConfig};
+    let dir = format!("{home}/device/vbd/{BLK_DEVID}");
+    let start = shared::now_ns();
+    while xs
+        .try_read(&format!("{dir}/backend"))
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        if ms_since(start) > PEER_TIMEOUT.as_millis() as u64 {
+            return Err(format!("dom0 did not create {dir} within {PEER_TIMEOUT:?}"));
+        }
+        events::sleep(Duration::from_millis(50));
+    }
+    let cfg = FrontConfig {
+        max_persistent_pages: 128,
+        max_indirect_segments: 64,
+        timeout: Some(PEER_TIMEOUT),
+        ..FrontConfig::new(BLK_DEVID)
+    };
+    let mut front = BlkFront::new(exporter.clone(), PvEvents::new(), cfg);
+    let t = shared::now_ns();
+    let mut disk = front.connect(xs).map_err(|e| format!("connect: {e}"))?;
+    let connect_ms = ms_since(t);
+    let info = *disk.info();
+    let size = BLK_MIB << 20;
+    if info.size_bytes() < size as u64 {
+        return Err(format!(
+            "the disk has {} bytes, want {size}",
+            info.size_bytes()
+        ));
+    }
+    let mut buf = vec![0u8; BLK_CHUNK];
+    let t = shared::now_ns();
+    for base in (0..size).step_by(BLK_CHUNK).map(|b| b as u64) {
+        blk_fill(&mut buf, base);
+        disk.write_at(base, &buf)
+            .map_err(|e| format!("write at {base}: {e}"))?;
+    }
+    disk.flush().map_err(|e| format!("flush: {e}"))?;
+    let write_ms = ms_since(t).max(1);
+    let mut want = vec![0u8; BLK_CHUNK];
+    let t = shared::now_ns();
+    for base in (0..size).step_by(BLK_CHUNK).map(|b| b as u64) {
+        disk.read_at(base, &mut buf)
+            .map_err(|e| format!("read at {base}: {e}"))?;
+        blk_fill(&mut want, base);
+        if let Some(i) = (0..buf.len()).find(|&i| buf[i] != want[i]) {
+            return Err(format!("byte {} read back differs", base + i as u64));
+        }
+    }
+    let read_ms = ms_since(t).max(1);
+    let detail = format!(
+        "unikernel blkfront: connected in {connect_ms} ms ({} sectors, ring order {}, persistent {}, {} segments per request); {BLK_MIB} MiB written+flushed in {write_ms} ms ({} MB/s), read back and checked in {read_ms} ms ({} MB/s)",
+        info.sectors,
+        info.ring_order,
+        info.persistent,
+        info.max_segments,
+        mbps(size, write_ms),
+        mbps(size, read_ms)
+    );
+    xs.write(
+        &format!("{home}/data/blk-result"),
+        format!("ok {detail}").as_bytes(),
+    )
+    .map_err(|e| format!("publish: {e}"))?;
+    disk.close(xs).map_err(|e| format!("close: {e}"))?;
+    let rel = front.release();
+    wait_for(xs, &format!("{home}/data/blk-done"), "1")?;
+    println!("UK PASS unikernel_blkfront {detail}; closed, release {rel:?}");
+    Ok(())
 }
 
 /// Serves one vchan at `<home>/data/vchan` to dom0 and echoes everything
@@ -220,7 +321,10 @@ fn vchan_round(
             break;
         }
         if ms_since(last_progress) > PEER_TIMEOUT.as_millis() as u64 {
-            return fail(name, format!("no progress for {PEER_TIMEOUT:?} after {total} bytes"));
+            return fail(
+                name,
+                format!("no progress for {PEER_TIMEOUT:?} after {total} bytes"),
+            );
         }
         // The read or write above asked the client for a notification.
         if let Err(e) = v.wait(Some(Duration::from_millis(100))) {
@@ -265,7 +369,10 @@ fn loopback(exporter: &Exporter<Backend>, me: DomId) -> Result<(), String> {
     let share = exporter
         .share(me, 4, Access::ReadWrite)
         .map_err(|e| format!("share: {e}"))?;
-    share.mem().write(4096 * 3 + 7, b"to the mapping").map_err(|_| "write")?;
+    share
+        .mem()
+        .write(4096 * 3 + 7, b"to the mapping")
+        .map_err(|_| "write")?;
     let t = shared::now_ns();
     let m = importer
         .map_rw(me, share.refs())
@@ -276,7 +383,9 @@ fn loopback(exporter: &Exporter<Backend>, me: DomId) -> Result<(), String> {
     if &got != b"to the mapping" {
         return Err(format!("the mapping reads {got:?}"));
     }
-    m.mem().write(100, b"from the mapping").map_err(|_| "write")?;
+    m.mem()
+        .write(100, b"from the mapping")
+        .map_err(|_| "write")?;
     let mut back = [0u8; 16];
     share.mem().read(100, &mut back).map_err(|_| "read")?;
     if &back != b"from the mapping" {
@@ -310,7 +419,9 @@ fn loopback(exporter: &Exporter<Backend>, me: DomId) -> Result<(), String> {
 fn event_loopback(me: DomId) -> Result<String, String> {
     use xenshare::platform::EventChannels;
     let (a, b) = (PvEvents::new(), PvEvents::new());
-    let pa = a.alloc_unbound(me).map_err(|e| format!("alloc_unbound: {e}"))?;
+    let pa = a
+        .alloc_unbound(me)
+        .map_err(|e| format!("alloc_unbound: {e}"))?;
     let pb = b
         .bind_interdomain(me, pa)
         .map_err(|e| format!("bind_interdomain: {e}"))?;
@@ -393,7 +504,10 @@ fn msa02(
     let before = exporter.quarantined();
     drop(share); // into quarantine: its page is never reused while mapped
     if exporter.quarantined() != before + 1 {
-        return Err(format!("the busy share is not in quarantine: {:?}", exporter.stats()));
+        return Err(format!(
+            "the busy share is not in quarantine: {:?}",
+            exporter.stats()
+        ));
     }
 
     // 4. Reuse every free page of the pool for a secret.
