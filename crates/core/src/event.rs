@@ -75,6 +75,19 @@ impl<E: EventChannels> Channel<E> {
         })
     }
 
+    /// Takes ownership of `port`, already bound on `evt` by other means.
+    /// On Xen the domain builder binds a guest's XenStore and console ports
+    /// before the guest starts, and the guest finds them in `start_info`;
+    /// a PV guest adopts them here. Like any other, the port is closed on
+    /// drop.
+    pub fn adopt(evt: &Arc<E>, port: Port, remote: DomId) -> Self {
+        Self {
+            evt: evt.clone(),
+            port,
+            remote,
+        }
+    }
+
     /// The local port.
     pub fn port(&self) -> Port {
         self.port

@@ -22,6 +22,9 @@
 //!   `hvc_xen` secondary console on xenshare's console back end (`hvc`).
 //! * `xenshare-lab-tests netback DOMID KIB` (dom0) / `net-domu KIB` (domU)
 //!   — the domU's `xen-netfront` on xenshare's netback and a TAP (`net`).
+//! * `xenshare-lab-tests unikernel IMAGE BYTES` (dom0) — boots the
+//!   xenshare PV unikernel (`unikernel/`) with `xl create` and checks its
+//!   console, XenStore, vchan and MSA02 steps from dom0 (`unikernel`).
 //! * `xenshare-lab-tests vchan-server ...` / `vchan-client ...` — one end
 //!   of a vchan, run as a child process by the dom0 tests (see the `vchan`
 //!   module: Rust with Rust, and Rust with Xen's C libxenvchan).
@@ -35,6 +38,8 @@ mod blk;
 mod hvc;
 #[path = "xenshare-lab-tests/net.rs"]
 mod net;
+#[path = "xenshare-lab-tests/unikernel.rs"]
+mod unikernel;
 #[path = "xenshare-lab-tests/vchan.rs"]
 mod vchan;
 
@@ -482,6 +487,7 @@ fn main() -> ExitCode {
             net::dom0(&args[2..])
         }),
         Some("net-domu") => one_shot_noted("linux_netfront_domu", || net::domu(&args[2..])),
+        Some("unikernel") => unikernel::dom0(&args[2..]),
         Some("vchan-server") => vchan::end_main(true, &args[2..]),
         Some("vchan-client") => vchan::end_main(false, &args[2..]),
         Some("check-not-xen") => match LinuxPlatform::open() {
@@ -497,7 +503,7 @@ fn main() -> ExitCode {
         Some(other) => {
             eprintln!(
                 "usage: xenshare-lab-tests [dom0 | offer PEER | accept DOMID | \
-                 blkback DOMID MIB | blk-domu MIB | hvc DOMID | hvc-domu | netback DOMID KIB | net-domu KIB | vchan-server ARGS | vchan-client ARGS] \
+                 blkback DOMID MIB | blk-domu MIB | hvc DOMID | hvc-domu | unikernel IMAGE BYTES | netback DOMID KIB | net-domu KIB | vchan-server ARGS | vchan-client ARGS] \
                  (got {other:?})"
             );
             ExitCode::from(2)

@@ -32,7 +32,7 @@ use crate::grant::{Importer, Mapping};
 use crate::platform::{EventChannels, ForeignMapper};
 use crate::store::client::{Client, Transport};
 use crate::store::perms::{Perm, PermKind, Perms};
-use crate::types::{Access, DomId, GrantRef, Port};
+use crate::types::{DomId, GrantRef, Port};
 
 /// XenStore retries of the small transactions here.
 const XS_RETRIES: u32 = 16;
@@ -205,6 +205,7 @@ mod std_only {
     use crate::store::xenbus::{
         backend_path, frontend_path, read_state, wait_for_state, write_state, XenbusState,
     };
+    use crate::types::Access;
 
     /// The guest end of a connected secondary console.
     pub struct SecondaryFront<B: GrantBackend, E: EventChannels> {
