@@ -223,10 +223,9 @@ impl<B: GrantBackend, E: EventChannels> Guest<B, E> {
                     tcp::SocketBuffer::new(vec![0; TCP_BUF]),
                     tcp::SocketBuffer::new(vec![0; TCP_BUF]),
                 );
-                // An echo sends back whatever chunk it got: with Nagle a
-                // partial segment waits for the peer's (delayed) ACK, which
-                // stalled a stream from Linux (delayed ACKs up to 40 ms)
-                // at ~30 KB/s in the Xen lab.
+                // An echo sends back whatever chunk it got at once: with
+                // Nagle a partial segment would wait for the peer's ACK,
+                // which Linux may delay by up to 40 ms.
                 s.set_nagle_enabled(false);
                 sockets.add(s)
             })
