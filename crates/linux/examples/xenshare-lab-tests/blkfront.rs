@@ -42,6 +42,9 @@ const SECTOR: u64 = 512;
 const RANDOM_OPS: u32 = 200;
 /// Wall-clock budget of the random phase (TCG is slow; the lab is bounded).
 const RANDOM_BUDGET: Duration = Duration::from_secs(20);
+/// Requests of the queue-depth-8 phase, and its budget.
+const BURST_OPS: u32 = 160;
+const BURST_BUDGET: Duration = Duration::from_secs(10);
 
 /// A 64-bit hash of `data` (8-byte words, tail zero-padded): the same
 /// function on both sides compares the domU's model with dom0's image.
@@ -257,6 +260,58 @@ fn domu_run(
         flushes += 1;
     }
     let random = t.elapsed();
+
+    // Queue depth 8: bursts of reads and writes submitted together, one per
+    // eighth of the disk (so none overlaps another in flight), completed in
+    // whatever order blkback answers; reads checked against the model.
+    let stripe = size / 8;
+    let (mut burst_ops, mut burst_bytes, mut reordered) = (0u32, 0u64, 0u32);
+    let t = Instant::now();
+    while t.elapsed() < BURST_BUDGET && burst_ops < BURST_OPS {
+        let mut pending = std::collections::BTreeMap::new();
+        for k in 0..8u64 {
+            let len = (1 + rng.below(256)) * SECTOR; // up to 128 KiB
+            let off = k * stripe + rng.below((stripe - len) / SECTOR + 1) * SECTOR;
+            let range = off as usize..(off + len) as usize;
+            let tag = if rng.below(2) == 0 {
+                rng.fill(&mut model[range.clone()]);
+                disk.submit_write(off, &model[range.clone()])
+                    .ctx(&format!("submit write {off}+{len}"))?
+            } else {
+                disk.submit_read(off, len as usize)
+                    .ctx(&format!("submit read {off}+{len}"))?
+            };
+            pending.insert(tag, range);
+            burst_bytes += len;
+        }
+        let first = pending.keys().next().copied();
+        let mut n = 0;
+        while let Some(c) = disk.wait().ctx("wait")? {
+            if n == 0 && Some(c.tag) != first {
+                reordered += 1;
+            }
+            n += 1;
+            let range = pending
+                .remove(&c.tag)
+                .ok_or("a completion for no request")?;
+            c.result.ctx(&format!("burst request at {}", range.start))?;
+            if !c.data.is_empty() && c.data[..] != model[range.clone()] {
+                return Err(format!(
+                    "burst read at {} differs from the model",
+                    range.start
+                ));
+            }
+        }
+        if !pending.is_empty() {
+            return Err(format!("{} burst requests never completed", pending.len()));
+        }
+        burst_ops += 8;
+    }
+    let burst = t.elapsed();
+    if info.features.flush || info.features.barrier {
+        disk.flush().ctx("flush after the bursts")?;
+        flushes += 1;
+    }
     let pool = disk.pool_pages();
     let tc = Instant::now();
     disk.close(xs).ctx("close")?;
@@ -280,7 +335,9 @@ fn domu_run(
          flush-cache {}, barrier {}, discard {} (granularity {}); disk {} MiB, sector {}; \
          connect {connect_ms} ms; sequential {} MiB write+flush {:.2} MB/s, read {:.2} MB/s; \
          random {ops} ops ({reads} reads, {writes} writes, {flushes} flushes, {discards} discards) \
-         {:.1} IOPS, {:.2} MB/s, all reads matched the model; close {close_ms} ms; \
+         {:.1} IOPS, {:.2} MB/s, all reads matched the model; queue depth 8: {burst_ops} \
+         requests {:.1} IOPS, {:.2} MB/s ({reordered} bursts answered out of order); \
+         close {close_ms} ms; \
          grants: {} granted, {} revoked, {} retired, 0 quarantined, 0 live hash={hash:016x}",
         1u32 << info.ring_order,
         info.ring_size,
@@ -299,6 +356,8 @@ fn domu_run(
         mbs(size, seq_read),
         f64::from(ops) / random.as_secs_f64().max(1e-6),
         mbs(bytes, random),
+        f64::from(burst_ops) / burst.as_secs_f64().max(1e-6),
+        mbs(burst_bytes, burst),
         st.granted,
         st.revoked,
         st.retired,
