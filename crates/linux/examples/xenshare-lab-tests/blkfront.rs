@@ -125,6 +125,17 @@ pub fn domu() -> Result<String, String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // And for the domU's xenbus to drop the device (it follows the removal
+    // through a watch), so that the kernel driver never meets it.
+    let sys = format!("/sys/bus/xen/devices/vbd-{devid}");
+    while std::path::Path::new(&sys).exists() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{sys} still exists after the nodes went (after: {line})"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     r.map(|s| s.split(" hash=").next().unwrap_or_default().to_string())
 }
 
