@@ -219,14 +219,10 @@ impl<B: GrantBackend, E: EventChannels> Guest<B, E> {
         let mut sockets = SocketSet::new(Vec::new());
         let echo = (0..cfg.echo_sockets.max(1))
             .map(|_| {
-                let mut s = tcp::Socket::new(
+                let s = tcp::Socket::new(
                     tcp::SocketBuffer::new(vec![0; TCP_BUF]),
                     tcp::SocketBuffer::new(vec![0; TCP_BUF]),
                 );
-                // An echo sends back whatever chunk it got at once: with
-                // Nagle a partial segment would wait for the peer's ACK,
-                // which Linux may delay by up to 40 ms.
-                s.set_nagle_enabled(false);
                 sockets.add(s)
             })
             .collect();

@@ -173,8 +173,9 @@ fn domu_run(
     let connect_ms = tc.elapsed().as_millis();
     let info = *disk.info();
     let size = info.size_bytes();
-    if !(4 * MIB..=1024 * MIB).contains(&size) {
-        return Err(format!("disk of {size} bytes: want 4 MiB ..= 1 GiB"));
+    // The model lives in the domU's 256 MiB.
+    if !(4 * MIB..=128 * MIB).contains(&size) {
+        return Err(format!("disk of {size} bytes: want 4 ..= 128 MiB"));
     }
     let mut model = vec![0u8; size as usize];
     let mut rng = Rng(0x5853_4841_5245_0b1c ^ size);
@@ -411,8 +412,8 @@ pub fn dom0(args: &[String]) -> Result<String, String> {
     let mib: u64 = args
         .get(1)
         .and_then(|s| s.parse().ok())
-        .filter(|m| (4..=256).contains(m))
-        .ok_or("size must be 4..=256 MiB")?;
+        .filter(|m| (4..=128).contains(m))
+        .ok_or("size must be 4..=128 MiB")?;
     let plat = LinuxPlatform::open().ctx("open")?;
     let mut xs = plat.xenstore().ctx("xenstore")?;
     let file = std::fs::File::create(IMAGE).ctx("create the image")?;
