@@ -39,12 +39,12 @@ const LOOP: &str = "/dev/loop0";
 const MIB: u64 = 1 << 20;
 const SECTOR: u64 = 512;
 /// Random operations after the sequential pass (fewer if time runs out).
-const RANDOM_OPS: u32 = 200;
+const RANDOM_OPS: u32 = 150;
 /// Wall-clock budget of the random phase (TCG is slow; the lab is bounded).
-const RANDOM_BUDGET: Duration = Duration::from_secs(20);
+const RANDOM_BUDGET: Duration = Duration::from_secs(12);
 /// Requests of the queue-depth-8 phase, and its budget.
 const BURST_OPS: u32 = 160;
-const BURST_BUDGET: Duration = Duration::from_secs(10);
+const BURST_BUDGET: Duration = Duration::from_secs(6);
 
 /// A 64-bit hash of `data` (8-byte words, tail zero-padded): the same
 /// function on both sides compares the domU's model with dom0's image.
