@@ -25,6 +25,12 @@
 //! * `xenshare-lab-tests unikernel IMAGE BYTES` (dom0) — boots the
 //!   xenshare PV unikernel (`unikernel/`) with `xl create` and checks its
 //!   console, XenStore, vchan and MSA02 steps from dom0 (`unikernel`).
+//! * `xenshare-lab-tests xsblk DOMID MIB` (dom0) / `xsblk-domu` (domU) —
+//!   xenshare's blkfront in the domU on dom0's kernel `xen-blkback`
+//!   (`blkfront`).
+//! * `xenshare-lab-tests xsnet DOMID KIB` (dom0) / `xsnet-domu` (domU) —
+//!   xenshare's netfront + smoltcp in the domU on dom0's kernel
+//!   `xen-netback` (`netfront`).
 //! * `xenshare-lab-tests vchan-server ...` / `vchan-client ...` — one end
 //!   of a vchan, run as a child process by the dom0 tests (see the `vchan`
 //!   module: Rust with Rust, and Rust with Xen's C libxenvchan).
@@ -34,12 +40,16 @@
 
 #[path = "xenshare-lab-tests/blk.rs"]
 mod blk;
+#[path = "xenshare-lab-tests/blkfront.rs"]
+mod blkfront;
 #[path = "xenshare-lab-tests/hvc.rs"]
 mod hvc;
 #[path = "xenshare-lab-tests/net.rs"]
 mod net;
 #[path = "xenshare-lab-tests/unikernel.rs"]
 mod unikernel;
+#[path = "xenshare-lab-tests/netfront.rs"]
+mod netfront;
 #[path = "xenshare-lab-tests/vchan.rs"]
 mod vchan;
 
@@ -481,6 +491,14 @@ fn main() -> ExitCode {
             blk::dom0(&args[2..])
         }),
         Some("blk-domu") => one_shot_noted("linux_blkfront_domu_io", || blk::domu(&args[2..])),
+        Some("xsblk") => one_shot_noted("xenshare_blkfront_on_linux_blkback", || {
+            blkfront::dom0(&args[2..])
+        }),
+        Some("xsblk-domu") => one_shot_noted("xenshare_blkfront_domu", blkfront::domu),
+        Some("xsnet") => one_shot_noted("xenshare_netfront_on_linux_netback", || {
+            netfront::dom0(&args[2..])
+        }),
+        Some("xsnet-domu") => one_shot_noted("xenshare_netfront_domu", netfront::domu),
         Some("hvc") => one_shot_noted("linux_hvc_on_xenshare_console", || hvc::dom0(&args[2..])),
         Some("hvc-domu") => one_shot_noted("linux_hvc_domu", hvc::domu),
         Some("netback") => one_shot_noted("linux_netfront_on_xenshare_netback", || {
@@ -503,7 +521,7 @@ fn main() -> ExitCode {
         Some(other) => {
             eprintln!(
                 "usage: xenshare-lab-tests [dom0 | offer PEER | accept DOMID | \
-                 blkback DOMID MIB | blk-domu MIB | hvc DOMID | hvc-domu | unikernel IMAGE BYTES | netback DOMID KIB | net-domu KIB | vchan-server ARGS | vchan-client ARGS] \
+                 blkback DOMID MIB | blk-domu MIB | xsblk DOMID MIB | xsblk-domu | xsnet DOMID KIB | xsnet-domu | hvc DOMID | hvc-domu | unikernel IMAGE BYTES | netback DOMID KIB | net-domu KIB | vchan-server ARGS | vchan-client ARGS] \
                  (got {other:?})"
             );
             ExitCode::from(2)

@@ -254,6 +254,24 @@ fn release_share<B: GrantBackend>(s: Share<B>, r: &mut ReleaseReport) {
     }
 }
 
+/// The back end's feature keys as they read now.
+fn read_features<T: Transport>(xs: &mut Client<T>, back: &str) -> Result<Features, BlkError> {
+    Ok(Features {
+        flush: read_flag(xs, back, "feature-flush-cache")?,
+        barrier: read_flag(xs, back, "feature-barrier")?,
+        discard: read_flag(xs, back, "feature-discard")?,
+        discard_granularity: read_u64(xs, back, "discard-granularity")?.unwrap_or(0),
+        discard_alignment: read_u64(xs, back, "discard-alignment")?.unwrap_or(0),
+        max_indirect_segments: read_u64(xs, back, "feature-max-indirect-segments")?
+            .unwrap_or(0)
+            .min(u64::from(u16::MAX)) as u32,
+        persistent: read_flag(xs, back, "feature-persistent")?,
+        max_ring_order: read_u64(xs, back, "max-ring-page-order")?
+            .unwrap_or(0)
+            .min(u64::from(MAX_RING_ORDER)) as u32,
+    })
+}
+
 impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
     /// A front end for device `cfg.devid` of this domain, granting through
     /// `exporter` and waiting on `evt` (a handle dedicated to this device).
@@ -303,7 +321,9 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
     /// the ring, allocates the event channel, writes ring-ref(s),
     /// event-channel, protocol and feature-persistent with state
     /// Initialised in one transaction, waits for Connected, reads the disk
-    /// description and goes Connected. Any previous connection's grants are
+    /// description and the features (again: Linux's blkback offers flush,
+    /// discard and persistent grants only when it connects) and goes
+    /// Connected. Any previous connection's grants are
     /// released first.
     pub fn connect<T: Transport>(
         &mut self,
@@ -332,21 +352,13 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
                 XenbusState::InitWait | XenbusState::Initialised
             ))
         })?;
-        let features = Features {
-            flush: read_flag(xs, &back, "feature-flush-cache")?,
-            barrier: read_flag(xs, &back, "feature-barrier")?,
-            discard: read_flag(xs, &back, "feature-discard")?,
-            discard_granularity: read_u64(xs, &back, "discard-granularity")?.unwrap_or(0),
-            discard_alignment: read_u64(xs, &back, "discard-alignment")?.unwrap_or(0),
-            max_indirect_segments: read_u64(xs, &back, "feature-max-indirect-segments")?
-                .unwrap_or(0)
-                .min(u64::from(u16::MAX)) as u32,
-            persistent: read_flag(xs, &back, "feature-persistent")?,
-            max_ring_order: read_u64(xs, &back, "max-ring-page-order")?
-                .unwrap_or(0)
-                .min(u64::from(MAX_RING_ORDER)) as u32,
-        };
-        let order = cfg.ring_order.min(features.max_ring_order);
+        // Only the ring order matters before Connected: Linux's blkback
+        // publishes `max-ring-page-order` (and the indirect limit) at
+        // InitWait but flush, barrier, discard and persistent grants only in
+        // its `connect()`, together with `sectors`; every feature is read
+        // again below once the back end is Connected.
+        let early = read_features(xs, &back)?;
+        let order = cfg.ring_order.min(early.max_ring_order);
         let ring_share = self
             .exporter
             .share(backend, 1 << order, Access::ReadWrite)?;
@@ -388,6 +400,10 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
             _ => Ok(false),
         })?;
         debug_assert_eq!(st, XenbusState::Connected);
+        let features = Features {
+            max_ring_order: early.max_ring_order,
+            ..read_features(xs, &back)?
+        };
         let sectors = need_u64(xs, &back, "sectors")?;
         let sector_size = need_u64(xs, &back, "sector-size")?;
         let info = read_u64(xs, &back, "info")?.unwrap_or(0);
@@ -1229,9 +1245,10 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     }
 
     /// Closes the device: waits for requests in flight (unless broken),
-    /// goes Closing, waits for the back end to let go (Closing / Closed),
-    /// releases every request and pool grant (revoked, or quarantined if
-    /// the back end still maps it) and goes Closed. The ring pages are
+    /// goes Closing, waits for the back end to leave Connected, goes
+    /// Closed, waits for the back end to be Closed (Linux's blkback unmaps
+    /// only then), and releases every request and pool grant (revoked, or
+    /// quarantined if the back end still maps it). The ring pages are
     /// released by [`BlkFront::release`] (or the next connect, or drop).
     pub fn close<T: Transport>(mut self, xs: &mut Client<T>) -> Result<(), BlkError> {
         let mut first_err = None;
@@ -1247,12 +1264,36 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         let dir = frontend_path(self.io.exporter.domid(), DEVTYPE, self.io.cfg.devid);
         let back = read_opt(xs, &dir, "backend")?;
         write_state(xs, &dir, XenbusState::Closing)?;
-        if let Some(back) = back {
+        if let Some(back) = &back {
             let never = || false;
-            let waited = wait_state(xs, &back, self.io.cfg.timeout, &never, |s| {
+            let waited = wait_state(xs, back, self.io.cfg.timeout, &never, |s| {
                 Ok(!matches!(
                     s,
                     XenbusState::Connected | XenbusState::Initialised | XenbusState::Reconfiguring
+                ))
+            });
+            if let Err(e) = waited {
+                first_err.get_or_insert(e);
+            }
+        }
+        // Linux's blkback unmaps the ring and the persistent grants only
+        // when the front end goes Closed (its Closing merely echoes), so
+        // go Closed first and revoke once the back end is Closed too (or
+        // gone): revoking earlier would find every pool page still mapped.
+        // Our grants stay owned (never reused) until then.
+        write_state(xs, &dir, XenbusState::Closed)?;
+        if let (Some(back), None) = (back.as_deref(), first_err.as_ref()) {
+            let never = || false;
+            // Closed; or already waiting for the next front end (a back
+            // end that serves connection after connection goes Closed and
+            // straight on to InitWait), or gone: unmapped in every case.
+            let waited = wait_state(xs, back, self.io.cfg.timeout, &never, |s| {
+                Ok(matches!(
+                    s,
+                    XenbusState::Closed
+                        | XenbusState::Unknown
+                        | XenbusState::Initialising
+                        | XenbusState::InitWait
                 ))
             });
             if let Err(e) = waited {
@@ -1271,7 +1312,6 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             release_share(s, &mut r);
         }
         self.io.pool.free.clear();
-        write_state(xs, &dir, XenbusState::Closed)?;
         match first_err {
             Some(e) => Err(e),
             None if r.quarantined > 0 => Err(BlkError::GrantStillMapped(r.quarantined)),
