@@ -46,10 +46,10 @@ mod blkfront;
 mod hvc;
 #[path = "xenshare-lab-tests/net.rs"]
 mod net;
-#[path = "xenshare-lab-tests/unikernel.rs"]
-mod unikernel;
 #[path = "xenshare-lab-tests/netfront.rs"]
 mod netfront;
+#[path = "xenshare-lab-tests/unikernel.rs"]
+mod unikernel;
 #[path = "xenshare-lab-tests/vchan.rs"]
 mod vchan;
 
