@@ -22,6 +22,9 @@
 //!   `hvc_xen` secondary console on xenshare's console back end (`hvc`).
 //! * `xenshare-lab-tests netback DOMID KIB` (dom0) / `net-domu KIB` (domU)
 //!   — the domU's `xen-netfront` on xenshare's netback and a TAP (`net`).
+//! * `xenshare-lab-tests vchan-xdom DOMID` (dom0) / `vchan-domu` (domU) —
+//!   vchan across domains against Xen's C libxenvchan, each side serving
+//!   in the domU once (`vchan_xdom`).
 //! * `xenshare-lab-tests vchan-server ...` / `vchan-client ...` — one end
 //!   of a vchan, run as a child process by the dom0 tests (see the `vchan`
 //!   module: Rust with Rust, and Rust with Xen's C libxenvchan).
@@ -37,6 +40,8 @@ mod hvc;
 mod net;
 #[path = "xenshare-lab-tests/vchan.rs"]
 mod vchan;
+#[path = "xenshare-lab-tests/vchan_xdom.rs"]
+mod vchan_xdom;
 
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
@@ -482,6 +487,8 @@ fn main() -> ExitCode {
             net::dom0(&args[2..])
         }),
         Some("net-domu") => one_shot_noted("linux_netfront_domu", || net::domu(&args[2..])),
+        Some("vchan-xdom") => vchan_xdom::dom0(&args[2..]),
+        Some("vchan-domu") => one_shot_noted("vchan_xdom_domu_servers", vchan_xdom::domu),
         Some("vchan-server") => vchan::end_main(true, &args[2..]),
         Some("vchan-client") => vchan::end_main(false, &args[2..]),
         Some("check-not-xen") => match LinuxPlatform::open() {
@@ -497,7 +504,7 @@ fn main() -> ExitCode {
         Some(other) => {
             eprintln!(
                 "usage: xenshare-lab-tests [dom0 | offer PEER | accept DOMID | \
-                 blkback DOMID MIB | blk-domu MIB | hvc DOMID | hvc-domu | netback DOMID KIB | net-domu KIB | vchan-server ARGS | vchan-client ARGS] \
+                 blkback DOMID MIB | blk-domu MIB | hvc DOMID | hvc-domu | netback DOMID KIB | net-domu KIB | vchan-xdom DOMID | vchan-domu | vchan-server ARGS | vchan-client ARGS] \
                  (got {other:?})"
             );
             ExitCode::from(2)
