@@ -73,6 +73,14 @@ pub struct NetbackStats {
     pub rx_dropped: u64,
     /// Host-side errors (the [`FrameIo`] failed).
     pub host_errors: u64,
+    /// Events sent to the front end.
+    pub notifies: u64,
+    /// Sleeps ended by the front end's event.
+    pub guest_wakeups: u64,
+    /// Sleeps ended by the [`Doorbell`] (a host frame).
+    pub host_wakeups: u64,
+    /// Sleeps that ran out their timeout.
+    pub idle_timeouts: u64,
 }
 
 /// Wakes a sleeping [`Netback`] from another thread (the host side, when a
@@ -220,7 +228,10 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
 
     fn publish_tx(&mut self) -> Result<(), NetError> {
         match self.tx.ring().push_responses_and_check_notify() {
-            Ok(true) => Ok(self.chan.notify()?),
+            Ok(true) => {
+                self.stats.notifies += 1;
+                Ok(self.chan.notify()?)
+            }
             Ok(false) => Ok(()),
             Err(e) => Err(self.trip(e)),
         }
@@ -400,7 +411,10 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         }
         if work {
             match self.rx.ring().push_responses_and_check_notify() {
-                Ok(true) => self.chan.notify()?,
+                Ok(true) => {
+                    self.stats.notifies += 1;
+                    self.chan.notify()?
+                }
                 Ok(false) => {}
                 Err(e) => return Err(self.trip(e)),
             }
@@ -487,10 +501,18 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         }
         match self.chan.wait(timeout)? {
             Some(port) => {
+                if port == self.chan.port() {
+                    self.stats.guest_wakeups += 1;
+                } else if port == self.bell_wait.port() {
+                    self.stats.host_wakeups += 1;
+                }
                 self.chan.handle().unmask(port)?;
                 Ok(true)
             }
-            None => Ok(false),
+            None => {
+                self.stats.idle_timeouts += 1;
+                Ok(false)
+            }
         }
     }
 
@@ -548,6 +570,22 @@ mod with_std {
             timeout: Duration,
         ) -> Result<Self, NetError> {
             let back_dir = backend_path(importer.domid(), DEVTYPE, frontend, devid);
+            Self::connect_at(importer, evt, xs, &back_dir, frontend, timeout)
+        }
+
+        /// [`Netback::connect`] for a back-end directory of any type (a
+        /// userspace back end on real Xen uses a private type, as QEMU's
+        /// does, so that the kernel's netback leaves the device alone; the
+        /// front end only follows its `backend` key).
+        pub fn connect_at<T: Transport>(
+            importer: &Importer<M>,
+            evt: &Arc<E>,
+            xs: &mut Client<T>,
+            back_dir: &str,
+            frontend: DomId,
+            timeout: Duration,
+        ) -> Result<Self, NetError> {
+            let back_dir = String::from(back_dir);
             let front_dir = frontend_of(xs, &back_dir)?;
             // A front end still attached to an earlier back end (after a
             // back-end restart) has stale keys: wait for it to reset
