@@ -17,11 +17,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xenshare::net::xenbus::DEVTYPE;
-use xenshare::store::xenbus::{create_device, DeviceSpec};
+use xenshare::net::Mac;
+use xenshare::store::xenbus::DevicePaths;
 use xenshare_conformance::Context;
-use xenshare_devices::net::run::spawn_backend;
+use xenshare_devices::net::run::spawn_backend_at;
 use xenshare_devices::net::tap::{Tap, TapIo};
+use xenshare_devices::net::vif::{attach_vif, detach_vif, VifAttach, USERSPACE_VIF_TYPE};
 use xenshare_linux::LinuxPlatform;
 
 const MAC: &str = "00:16:3e:00:00:0c";
@@ -52,6 +53,58 @@ fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
     } else {
         Err(format!("{cmd} {args:?}: {}", text.trim()))
     }
+}
+
+/// A TCP counter of this domain (`/proc/net/snmp`).
+fn tcp_stat(name: &str) -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// This domain's TCP retransmissions so far: segments lost on the way, or
+/// acknowledged too late.
+fn tcp_retrans() -> u64 {
+    tcp_stat("RetransSegs")
+}
+
+/// What dom0's stack says about the stream, for a failure report.
+fn dom0_tcp_report() -> String {
+    format!(
+        "dom0 TCP: retransmitted {}, bad checksums in {}, errors in {}; TAP drops tx {} rx {}",
+        tcp_retrans(),
+        tcp_stat("InCsumErrors"),
+        tcp_stat("InErrs"),
+        tap_stat("tx_dropped"),
+        tap_stat("rx_dropped")
+    )
+}
+
+/// The domU's interrupt lines of its vif (`/proc/interrupts`).
+fn vif_interrupts() -> String {
+    std::fs::read_to_string("/proc/interrupts")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("eth0") || l.contains("vif"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// A counter of the TAP in dom0's kernel (`/sys/class/net/TAP/statistics`).
+fn tap_stat(name: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/class/net/{TAP}/statistics/{name}"))
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// busybox ping's summary line (`round-trip min/avg/max = ...`).
@@ -121,7 +174,11 @@ pub fn domu(args: &[String]) -> Result<String, String> {
     let r = domu_test(&plat, &mut xs, len);
     let line = match &r {
         Ok(s) => format!("ok {s}"),
-        Err(e) => format!("fail {e}"),
+        Err(e) => format!(
+            "fail {e}; TCP retransmissions {}; interrupts: {}",
+            tcp_retrans(),
+            vif_interrupts()
+        ),
     };
     xs.write(&result, line.as_bytes()).ctx("publish result")?;
     r
@@ -178,20 +235,28 @@ fn domu_test(
         .ctx("timeout")?;
     s.set_write_timeout(Some(Duration::from_secs(60)))
         .ctx("timeout")?;
+    let retrans0 = tcp_retrans();
     let t = Instant::now();
     recv_pattern(&mut s, len, 1)?;
     let rx = t.elapsed();
-    let t = Instant::now();
     send_pattern(&mut s, len, 2)?;
     s.shutdown(Shutdown::Write).ctx("shutdown")?;
-    // Wait for dom0 to close: everything was delivered.
-    let mut rest = [0u8; 16];
-    let _ = s.read(&mut rest);
-    let tx = t.elapsed();
+    // The socket may still hold unsent data: stay up until dom0 says it
+    // has read (or given up on) the whole stream.
+    let done = format!("/local/domain/{}/data/net-done", plat.domid().0);
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while xs.try_read(&done).ctx("net-done")?.is_none() {
+        if Instant::now() > deadline {
+            return Err("dom0 never finished reading".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     Ok(format!(
-        "eth0 after {eth_ms} ms; ping dom0: {rtt}; TCP in {:.2} MB/s, out {:.2} MB/s",
+        "eth0 after {eth_ms} ms; ping dom0: {rtt}; TCP in {:.2} MB/s; \
+         TCP retransmissions {}; interrupts: {}",
         mbs(len, rx),
-        mbs(len, tx)
+        tcp_retrans() - retrans0,
+        vif_interrupts()
     ))
 }
 
@@ -201,35 +266,41 @@ pub fn dom0(args: &[String]) -> Result<String, String> {
     let len = parse_kib(args.get(1))?;
     let plat = LinuxPlatform::open().ctx("open")?;
     let mut xs = plat.xenstore().ctx("xenstore")?;
-    let paths = create_device(
+    let mac = Mac::parse(MAC.as_bytes()).ok_or("bad MAC")?;
+    // What `xenshare netback` does: the toolstack's part under a private
+    // back-end type, then the back end on that directory.
+    let paths = attach_vif(
         &mut xs,
-        &DeviceSpec {
-            devtype: DEVTYPE,
-            devid: 0,
+        &VifAttach {
             frontend: fe,
             backend: plat.domid(),
-            front_keys: &[("handle", "0"), ("mac", MAC)],
-            back_keys: &[("handle", "0"), ("mac", MAC), ("type", "vif")],
+            devid: 0,
+            mac,
+            backend_type: USERSPACE_VIF_TYPE,
         },
     )
-    .ctx("create the vif")?;
-    let r = serve(&plat, fe, len);
-    let _ = xs.rm(&paths.front);
-    let _ = xs.rm(&paths.back);
+    .ctx("attach the vif")?;
+    let r = serve(&plat, fe, &paths, len);
+    let _ = detach_vif(&mut xs, &paths);
     r
 }
 
-fn serve(plat: &LinuxPlatform, fe: xenshare::DomId, len: u64) -> Result<String, String> {
+fn serve(
+    plat: &LinuxPlatform,
+    fe: xenshare::DomId,
+    paths: &DevicePaths,
+    len: u64,
+) -> Result<String, String> {
     let tap = Tap::open(TAP).ctx("open the TAP")?;
     let io = TapIo::new(tap, 1024).ctx("TapIo")?;
     sh("ip", &["addr", "add", &format!("{DOM0_IP}/24"), "dev", TAP])?;
     sh("ip", &["link", "set", TAP, "up"])?;
-    let back = spawn_backend(
+    let back = spawn_backend_at(
         plat.importer().ctx("importer")?,
         Arc::new(plat.evtchn().ctx("evtchn")?),
         plat.xenstore().ctx("xenstore")?,
+        paths.back.clone(),
         fe,
-        0,
         io,
         Duration::from_secs(120),
     );
@@ -260,6 +331,7 @@ fn serve(plat: &LinuxPlatform, fe: xenshare::DomId, len: u64) -> Result<String, 
             .ctx("timeout")?;
         s.set_write_timeout(Some(Duration::from_secs(60)))
             .ctx("timeout")?;
+        let retrans0 = tcp_retrans();
         let t = Instant::now();
         send_pattern(&mut s, len, 1)?;
         // The domU reads to the end of the stream before it answers.
@@ -269,34 +341,46 @@ fn serve(plat: &LinuxPlatform, fe: xenshare::DomId, len: u64) -> Result<String, 
         recv_pattern(&mut s, len, 2)?;
         let t_rx = t.elapsed();
         drop(s);
-        Ok::<_, String>((rtt, t_tx, t_rx))
+        let retrans = tcp_retrans() - retrans0;
+        Ok::<_, String>((rtt, t_tx, t_rx, retrans))
     })();
+    // Lets the domU close its socket (it keeps it open until then).
+    let _ = xs.write(&format!("/local/domain/{}/data/net-done", fe.0), b"1");
     // The domU's verdict (its ping of dom0 and its side of the stream),
     // while the back end still serves.
     let result = format!("/local/domain/{}/data/net-result", fe.0);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // (A shorter wait after a failure here: the domU's report is only
+    // for the record then.)
+    let wait = if data.is_err() { 20 } else { 60 };
+    let deadline = Instant::now() + Duration::from_secs(wait);
     let verdict = loop {
         if let Some(v) = xs.try_read(&result).ctx("net-result")? {
             break String::from_utf8_lossy(&v).into_owned();
         }
-        if Instant::now() > deadline || data.is_err() {
+        if Instant::now() > deadline {
             break "fail no verdict from the domU".into();
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     let exit = back.stop().map_err(|e| format!("back end: {e}"))?;
-    let (rtt, t_tx, t_rx) = data?;
+    let st = exit.stats;
+    let (rtt, t_tx, t_rx, retrans) = data.map_err(|e| {
+        format!(
+            "{e}; back end {st:?}; {}; domU: {verdict}",
+            dom0_tcp_report()
+        )
+    })?;
     let domu = verdict
         .strip_prefix("ok ")
         .ok_or_else(|| format!("domU: {verdict}"))?;
-    let st = exit.stats;
     if st.tx_errors != 0 {
         return Err(format!("netback answered frames with errors: {st:?}"));
     }
     Ok(format!(
         "ping domU: {rtt}; {} KiB each way over TCP, checked: dom0->domU {:.2} MB/s, \
          domU->dom0 {:.2} MB/s; netback frames guest->tap {} ({} B), tap->guest {} ({} B), \
-         dropped {}/{}; features offered: rx-copy, sg, no GSO, no split channels, \
+         dropped {}/{}; events sent {}, wake-ups guest {} host {} timeouts {}; \
+         dom0 TCP retransmissions {retrans}, TAP drops {}/{}; features offered: rx-copy, sg, no GSO, no split channels, \
          checksums completed in netback; domU: {domu}",
         len / 1024,
         mbs(len, t_tx),
@@ -307,5 +391,11 @@ fn serve(plat: &LinuxPlatform, fe: xenshare::DomId, len: u64) -> Result<String, 
         st.rx_bytes,
         st.tx_dropped,
         st.rx_dropped,
+        st.notifies,
+        st.guest_wakeups,
+        st.host_wakeups,
+        st.idle_timeouts,
+        tap_stat("tx_dropped"),
+        tap_stat("rx_dropped"),
     ))
 }
