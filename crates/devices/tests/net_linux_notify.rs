@@ -167,3 +167,68 @@ fn a_host_frame_waiting_for_rx_buffers_is_delivered_when_linux_posts_them() {
     drop(ef);
     let _ = bt.stop();
 }
+
+#[test]
+fn a_round_with_tx_and_rx_work_sends_one_event_on_the_shared_channel() {
+    use xenshare::net::xenbus::FrontendKeys;
+    use xenshare::net::Netback;
+    use xenshare::Access;
+    use xenshare_devices::net::host::mem_link;
+
+    let w = net_common::world();
+    let share = || {
+        w.guest
+            .exporter()
+            .share(w.dom0.id(), 1, Access::ReadWrite)
+            .unwrap()
+    };
+    let (txs, rxs, buf) = (share(), share(), share());
+    let mut tx = TxFront::init(txs.mem()).unwrap();
+    let mut rx = RxFront::init(rxs.mem()).unwrap();
+    let chan = Channel::alloc_unbound(&w.guest.evtchn().unwrap(), w.dom0.id()).unwrap();
+    let keys = FrontendKeys {
+        tx_ring_ref: txs.refs()[0],
+        rx_ring_ref: rxs.refs()[0],
+        event_channel: chan.port(),
+        request_rx_copy: true,
+        sg: true,
+        rx_notify: true,
+    };
+    let mut nb = Netback::attach(
+        w.dom0.importer(),
+        &w.dom0.evtchn().unwrap(),
+        w.guest.id(),
+        &keys,
+    )
+    .unwrap();
+    let (mut io, host) = mem_link(16);
+    // Work on both rings at once: a guest frame to send, a buffer posted
+    // for the host frame waiting.
+    let page = data_page(&w, &frame(800, 1));
+    tx.push_request(&tx_req(page.refs()[0], 0, 0, 7, 800))
+        .unwrap();
+    tx.push_requests().unwrap();
+    rx.push_request(&NetifRxRequest {
+        id: 3,
+        gref: buf.refs()[0].0,
+        ..Default::default()
+    })
+    .unwrap();
+    rx.push_requests().unwrap();
+    assert!(host.send(&frame(700, 2)));
+    // Both rings start with rsp_event = 1: the front end asked to hear of
+    // the first response on each.
+    assert!(nb.poll(&mut io).unwrap());
+    let st = nb.stats();
+    assert_eq!((st.tx_frames, st.rx_frames), (1, 1), "{st:?}");
+    assert_eq!(st.notifies, 1, "one event for both rings: {st:?}");
+    assert_eq!(host.recv_timeout(T), Some(frame(800, 1)));
+    let got = chan.wait(Some(T)).unwrap();
+    assert_eq!(got, Some(chan.port()));
+    assert_eq!(tx.next_response().unwrap().map(|r| r.id), Some(7));
+    assert_eq!(
+        rx.next_response().unwrap().map(|r| (r.id, r.status)),
+        Some((3, 700))
+    );
+    nb.release();
+}

@@ -126,6 +126,7 @@ pub struct Netback<M: ForeignMapper, E: EventChannels> {
     txbuf: Vec<u8>,
     rxbuf: Vec<u8>,
     pending: Option<usize>,
+    notify_due: bool,
     latch: Latch,
     stats: NetbackStats,
     paths: Option<(String, String)>,
@@ -175,6 +176,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
             txbuf: vec![0; MAX_FRAME],
             rxbuf: vec![0; MAX_FRAME],
             pending: None,
+            notify_due: false,
             latch: Latch::default(),
             stats: NetbackStats::default(),
             paths: None,
@@ -219,20 +221,42 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
     /// Serves both rings once: forwards guest frames to `io` and delivers
     /// frames from `io` into the guest's posted pages. Returns whether
     /// anything was done.
+    ///
+    /// Both rings share one event channel, so a round that answers tx
+    /// requests and delivers rx frames sends one event, not one per ring:
+    /// Linux's netfront counts an event that finds no new work as spurious
+    /// and, after a few in a row, delays the next ones (its "late EOI",
+    /// up to a second), rx and tx alike on a shared channel. A second event
+    /// right behind the first is exactly such an event: the first one's
+    /// handler has already taken both rings' responses.
     pub fn poll<F: FrameIo>(&mut self, io: &mut F) -> Result<bool, NetError> {
         self.latch.live()?;
-        let a = self.serve_tx(io)?;
-        let b = self.serve_rx(io)?;
-        Ok(a || b)
+        let r = match self.serve_tx(io) {
+            Ok(a) => self.serve_rx(io).map(|b| a || b),
+            Err(e) => Err(e),
+        };
+        // Even after an error: the guest gets what was answered.
+        let sent = self.flush_notify();
+        let work = r?;
+        sent?;
+        Ok(work)
+    }
+
+    /// Sends the event a publish asked for, if any.
+    fn flush_notify(&mut self) -> Result<(), NetError> {
+        if core::mem::take(&mut self.notify_due) {
+            self.stats.notifies += 1;
+            self.chan.notify()?;
+        }
+        Ok(())
     }
 
     fn publish_tx(&mut self) -> Result<(), NetError> {
         match self.tx.ring().push_responses_and_check_notify() {
-            Ok(true) => {
-                self.stats.notifies += 1;
-                Ok(self.chan.notify()?)
+            Ok(notify) => {
+                self.notify_due |= notify;
+                Ok(())
             }
-            Ok(false) => Ok(()),
             Err(e) => Err(self.trip(e)),
         }
     }
@@ -285,6 +309,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         // Answer first so the guest can take its pages back.
         self.answer_chain(NETIF_RSP_ERROR)?;
         self.publish_tx()?;
+        self.flush_notify()?;
         Err(self.trip(NetError::BadTxRequest { id, why }))
     }
 
@@ -411,11 +436,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         }
         if work {
             match self.rx.ring().push_responses_and_check_notify() {
-                Ok(true) => {
-                    self.stats.notifies += 1;
-                    self.chan.notify()?
-                }
-                Ok(false) => {}
+                Ok(notify) => self.notify_due |= notify,
                 Err(e) => return Err(self.trip(e)),
             }
         }
