@@ -231,9 +231,9 @@ fn domu_test(
         }
     };
     s.set_nonblocking(false).ctx("blocking")?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
+    s.set_read_timeout(Some(Duration::from_secs(120)))
         .ctx("timeout")?;
-    s.set_write_timeout(Some(Duration::from_secs(60)))
+    s.set_write_timeout(Some(Duration::from_secs(120)))
         .ctx("timeout")?;
     let retrans0 = tcp_retrans();
     let t = Instant::now();
@@ -327,9 +327,9 @@ fn serve(
             Duration::from_secs(30),
         )
         .ctx(&format!("connect {addr:?}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))
+        s.set_read_timeout(Some(Duration::from_secs(120)))
             .ctx("timeout")?;
-        s.set_write_timeout(Some(Duration::from_secs(60)))
+        s.set_write_timeout(Some(Duration::from_secs(120)))
             .ctx("timeout")?;
         let retrans0 = tcp_retrans();
         let t = Instant::now();
