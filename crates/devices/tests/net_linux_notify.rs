@@ -190,6 +190,7 @@ fn a_round_with_tx_and_rx_work_sends_one_event_on_the_shared_channel() {
         tx_ring_ref: txs.refs()[0],
         rx_ring_ref: rxs.refs()[0],
         event_channel: chan.port(),
+        event_channel_rx: None,
         request_rx_copy: true,
         sg: true,
         rx_notify: true,
@@ -231,4 +232,103 @@ fn a_round_with_tx_and_rx_work_sends_one_event_on_the_shared_channel() {
         Some((3, 700))
     );
     nb.release();
+}
+
+#[test]
+fn split_channels_carry_each_ring_its_own_event() {
+    use xenshare::net::xenbus::{BackendFeatures, FrontendKeys};
+    use xenshare::net::Netback;
+    use xenshare::Access;
+    use xenshare_devices::net::host::mem_link;
+
+    let w = net_common::world();
+    // The keys Linux's netfront writes when the back end offers split
+    // channels (which ours does).
+    let paths = w.create_vif(0);
+    let mut c0 = w.xs(&w.dom0);
+    BackendFeatures::OURS.publish(&mut c0, &paths.back).unwrap();
+    assert_eq!(
+        c0.read(&format!("{}/feature-split-event-channels", paths.back))
+            .unwrap(),
+        b"1"
+    );
+    let share = || {
+        w.guest
+            .exporter()
+            .share(w.dom0.id(), 1, Access::ReadWrite)
+            .unwrap()
+    };
+    let (txs, rxs, buf) = (share(), share(), share());
+    let mut tx = TxFront::init(txs.mem()).unwrap();
+    let mut rx = RxFront::init(rxs.mem()).unwrap();
+    // One handle per channel, so each wait sees only its own port.
+    let tx_chan = Channel::alloc_unbound(&w.guest.evtchn().unwrap(), w.dom0.id()).unwrap();
+    let rx_chan = Channel::alloc_unbound(&w.guest.evtchn().unwrap(), w.dom0.id()).unwrap();
+    let mut cg = w.xs(&w.guest);
+    FrontendKeys {
+        tx_ring_ref: txs.refs()[0],
+        rx_ring_ref: rxs.refs()[0],
+        event_channel: tx_chan.port(),
+        event_channel_rx: Some(rx_chan.port()),
+        request_rx_copy: true,
+        sg: true,
+        rx_notify: true,
+    }
+    .publish(&mut cg, &paths.front)
+    .unwrap();
+    for (k, want) in [
+        ("event-channel-tx", Some(tx_chan.port().0)),
+        ("event-channel-rx", Some(rx_chan.port().0)),
+        ("event-channel", None),
+    ] {
+        let v = cg.try_read(&format!("{}/{k}", paths.front)).unwrap();
+        assert_eq!(v, want.map(|p| p.to_string().into_bytes()), "{k}");
+    }
+    let keys = FrontendKeys::read(&mut c0, &paths.front).unwrap();
+    assert_eq!(keys.event_channel, tx_chan.port());
+    assert_eq!(keys.event_channel_rx, Some(rx_chan.port()));
+    let mut nb = Netback::attach(
+        w.dom0.importer(),
+        &w.dom0.evtchn().unwrap(),
+        w.guest.id(),
+        &keys,
+    )
+    .unwrap();
+    let (mut io, host) = mem_link(16);
+    let none = Some(Duration::ZERO);
+
+    // A tx response: an event on the tx channel only.
+    let page = data_page(&w, &frame(600, 1));
+    tx.push_request(&tx_req(page.refs()[0], 0, 0, 4, 600))
+        .unwrap();
+    tx.push_requests().unwrap();
+    assert!(nb.poll(&mut io).unwrap());
+    assert_eq!(tx_chan.wait(Some(T)).unwrap(), Some(tx_chan.port()));
+    tx_chan.handle().unmask(tx_chan.port()).unwrap();
+    assert_eq!(rx_chan.wait(none).unwrap(), None, "rx channel woken by tx");
+    assert_eq!(tx.next_response().unwrap().map(|r| r.id), Some(4));
+    assert_eq!(host.recv_timeout(T), Some(frame(600, 1)));
+
+    // A delivered frame: an event on the rx channel only.
+    rx.push_request(&NetifRxRequest {
+        id: 9,
+        gref: buf.refs()[0].0,
+        ..Default::default()
+    })
+    .unwrap();
+    rx.push_requests().unwrap();
+    assert!(host.send(&frame(500, 2)));
+    assert!(nb.poll(&mut io).unwrap());
+    assert_eq!(rx_chan.wait(Some(T)).unwrap(), Some(rx_chan.port()));
+    assert_eq!(tx_chan.wait(none).unwrap(), None, "tx channel woken by rx");
+    assert_eq!(
+        rx.next_response().unwrap().map(|r| (r.id, r.status)),
+        Some((9, 500))
+    );
+    assert_eq!(nb.stats().notifies, 2);
+    nb.release();
+
+    // Half a split is refused: event-channel-tx without -rx.
+    cg.rm(&format!("{}/event-channel-rx", paths.front)).unwrap();
+    assert!(FrontendKeys::read(&mut c0, &paths.front).is_err());
 }

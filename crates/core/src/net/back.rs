@@ -118,6 +118,7 @@ pub struct Netback<M: ForeignMapper, E: EventChannels> {
     rx: RingIn<RxRing, Mapping<M>>,
     importer: Importer<M>,
     chan: Channel<E>,
+    rx_chan: Option<Channel<E>>,
     bell_wait: Channel<E>,
     bell: Arc<Doorbell<E>>,
     frontend: DomId,
@@ -126,7 +127,8 @@ pub struct Netback<M: ForeignMapper, E: EventChannels> {
     txbuf: Vec<u8>,
     rxbuf: Vec<u8>,
     pending: Option<usize>,
-    notify_due: bool,
+    /// Events a publish asked for: (tx ring, rx ring).
+    notify_due: (bool, bool),
     latch: Latch,
     stats: NetbackStats,
     paths: Option<(String, String)>,
@@ -159,6 +161,10 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         let tx = RingIn::new(map(keys.tx_ring_ref)?, TxRing::attach).map_err(|(e, _)| e)?;
         let rx = RingIn::new(map(keys.rx_ring_ref)?, RxRing::attach).map_err(|(e, _)| e)?;
         let chan = Channel::bind(evt, frontend, keys.event_channel)?;
+        let rx_chan = match keys.event_channel_rx {
+            Some(p) => Some(Channel::bind(evt, frontend, p)?),
+            None => None,
+        };
         let bell_wait = Channel::alloc_unbound(evt, DomId::SELF)?;
         let bell = Arc::new(Doorbell {
             chan: Channel::bind(evt, DomId::SELF, bell_wait.port())?,
@@ -168,6 +174,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
             rx,
             importer: importer.clone(),
             chan,
+            rx_chan,
             bell_wait,
             bell,
             frontend,
@@ -176,7 +183,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
             txbuf: vec![0; MAX_FRAME],
             rxbuf: vec![0; MAX_FRAME],
             pending: None,
-            notify_due: false,
+            notify_due: (false, false),
             latch: Latch::default(),
             stats: NetbackStats::default(),
             paths: None,
@@ -222,8 +229,9 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
     /// frames from `io` into the guest's posted pages. Returns whether
     /// anything was done.
     ///
-    /// Both rings share one event channel, so a round that answers tx
-    /// requests and delivers rx frames sends one event, not one per ring:
+    /// Unless the front end split its channels, both rings share one, so
+    /// a round that answers tx requests and delivers rx frames sends one
+    /// event, not one per ring:
     /// Linux's netfront counts an event that finds no new work as spurious
     /// and, after a few in a row, delays the next ones (its "late EOI",
     /// up to a second), rx and tx alike on a shared channel. A second event
@@ -242,11 +250,25 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         Ok(work)
     }
 
-    /// Sends the event a publish asked for, if any.
+    /// Sends the events publishes asked for, if any.
     fn flush_notify(&mut self) -> Result<(), NetError> {
-        if core::mem::take(&mut self.notify_due) {
-            self.stats.notifies += 1;
-            self.chan.notify()?;
+        let (tx, rx) = core::mem::take(&mut self.notify_due);
+        match &self.rx_chan {
+            Some(rc) => {
+                if rx {
+                    self.stats.notifies += 1;
+                    rc.notify()?;
+                }
+                if tx {
+                    self.stats.notifies += 1;
+                    self.chan.notify()?;
+                }
+            }
+            None if tx || rx => {
+                self.stats.notifies += 1;
+                self.chan.notify()?;
+            }
+            None => {}
         }
         Ok(())
     }
@@ -254,7 +276,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
     fn publish_tx(&mut self) -> Result<(), NetError> {
         match self.tx.ring().push_responses_and_check_notify() {
             Ok(notify) => {
-                self.notify_due |= notify;
+                self.notify_due.0 |= notify;
                 Ok(())
             }
             Err(e) => Err(self.trip(e)),
@@ -436,7 +458,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         }
         if work {
             match self.rx.ring().push_responses_and_check_notify() {
-                Ok(notify) => self.notify_due |= notify,
+                Ok(notify) => self.notify_due.1 |= notify,
                 Err(e) => return Err(self.trip(e)),
             }
         }
@@ -522,7 +544,8 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         }
         match self.chan.wait(timeout)? {
             Some(port) => {
-                if port == self.chan.port() {
+                let rx_port = self.rx_chan.as_ref().map(|c| c.port());
+                if port == self.chan.port() || Some(port) == rx_port {
                     self.stats.guest_wakeups += 1;
                 } else if port == self.bell_wait.port() {
                     self.stats.host_wakeups += 1;
@@ -543,12 +566,14 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
             tx,
             rx,
             chan,
+            rx_chan,
             bell_wait,
             ..
         } = self;
         drop(tx);
         drop(rx);
         drop(chan);
+        drop(rx_chan);
         drop(bell_wait);
     }
 }

@@ -107,6 +107,60 @@ fn tap_stat(name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// What the back end offered and the domU's netfront took, from both
+/// directories (once the front end is connected).
+fn negotiated(
+    xs: &mut xenshare::store::Client<xenshare_linux::XenbusTransport>,
+    paths: &DevicePaths,
+) -> Result<String, String> {
+    let mut key = |dir: &str, k: &str| -> Result<Option<String>, String> {
+        Ok(xs.try_read(&format!("{dir}/{k}")).ctx(k)?.map(|v| {
+            String::from_utf8_lossy(&v)
+                .trim_end_matches('\0')
+                .to_string()
+        }))
+    };
+    let on = |v: &Option<String>| v.as_deref() == Some("1");
+    let (f, b) = (paths.front.as_str(), paths.back.as_str());
+    let mut out = Vec::new();
+    for (name, bk, fk) in [
+        ("rx-copy", "feature-rx-copy", "request-rx-copy"),
+        ("sg", "feature-sg", "feature-sg"),
+        ("gso-tcpv4", "feature-gso-tcpv4", "feature-gso-tcpv4"),
+    ] {
+        let (offered, taken) = (on(&key(b, bk)?), on(&key(f, fk)?));
+        out.push(format!(
+            "{name} {}",
+            match (offered, taken) {
+                (true, true) => "on",
+                (true, false) => "offered, not taken",
+                (false, true) => "off (not offered; the front end writes it anyway)",
+                (false, false) => "off",
+            }
+        ));
+    }
+    let split = key(f, "event-channel-tx")?.is_some();
+    out.push(format!(
+        "event channels {} (offered {})",
+        if split { "split" } else { "shared" },
+        key(b, "feature-split-event-channels")?.unwrap_or_default()
+    ));
+    out.push(format!(
+        "rx-notify {}",
+        if on(&key(f, "feature-rx-notify")?) {
+            "on"
+        } else {
+            "off"
+        }
+    ));
+    out.push(format!(
+        "checksums: the guest's blank tx checksums completed in netback, rx frames complete \
+         (feature-no-csum-offload {})",
+        key(f, "feature-no-csum-offload")?.unwrap_or_else(|| "absent".into())
+    ));
+    Ok(out.join(", "))
+}
+
 /// busybox ping's summary line (`round-trip min/avg/max = ...`).
 fn ping(dst: &str) -> Result<String, String> {
     let out = sh("ping", &["-c", "3", "-W", "10", dst])?;
@@ -319,6 +373,7 @@ fn serve(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let negotiated = negotiated(&mut xs, paths)?;
     let data = (|| {
         let rtt = ping(DOMU_IP)?;
         let addr = (DOMU_IP, PORT);
@@ -380,8 +435,8 @@ fn serve(
         "ping domU: {rtt}; {} KiB each way over TCP, checked: dom0->domU {:.2} MB/s, \
          domU->dom0 {:.2} MB/s; netback frames guest->tap {} ({} B), tap->guest {} ({} B), \
          dropped {}/{}; events sent {}, wake-ups guest {} host {} timeouts {}; \
-         dom0 TCP retransmissions {retrans}, TAP drops {}/{}; features offered: rx-copy, sg, no GSO, no split channels, \
-         checksums completed in netback; domU: {domu}",
+         dom0 TCP retransmissions {retrans}, TAP drops {}/{}; negotiated: {negotiated}; \
+         domU: {domu}",
         len / 1024,
         mbs(len, t_tx),
         mbs(len, t_rx),
