@@ -483,9 +483,11 @@ fn main() -> ExitCode {
         Some("blk-domu") => one_shot_noted("linux_blkfront_domu_io", || blk::domu(&args[2..])),
         Some("hvc") => one_shot_noted("linux_hvc_on_xenshare_console", || hvc::dom0(&args[2..])),
         Some("hvc-domu") => one_shot_noted("linux_hvc_domu", hvc::domu),
-        Some("netback") => one_shot_noted("linux_netfront_on_xenshare_netback", || {
-            net::dom0(&args[2..])
-        }),
+        Some("netback") => {
+            let mut t = Tally::default();
+            net::dom0(&mut t, &args[2..]);
+            t.finish()
+        }
         Some("net-domu") => one_shot_noted("linux_netfront_domu", || net::domu(&args[2..])),
         Some("vchan-xdom") => vchan_xdom::dom0(&args[2..]),
         Some("vchan-domu") => one_shot_noted("vchan_xdom_domu_servers", vchan_xdom::domu),

@@ -315,7 +315,61 @@ fn domu_test(
 }
 
 /// The dom0 side.
-pub fn dom0(args: &[String]) -> Result<String, String> {
+pub fn dom0(t: &mut crate::Tally, args: &[String]) {
+    let start = Instant::now();
+    let mut closed = Err("the vif was never attached".to_string());
+    let r = dom0_run(args, &mut closed);
+    t.one(
+        "linux_netfront_on_xenshare_netback",
+        start,
+        r.map(xenshare_conformance::Outcome::Pass),
+    );
+    t.one(
+        "linux_netfront_closes_with_xenshare_netback",
+        Instant::now(),
+        closed.map(xenshare_conformance::Outcome::Pass),
+    );
+}
+
+/// After the back end stopped (Closing, then Closed): Linux's netfront
+/// must follow to Closed, and detaching (removing both directories, as a
+/// toolstack does) must leave nothing behind.
+fn check_close<T: xenshare::store::Transport>(
+    xs: &mut xenshare::store::Client<T>,
+    paths: &DevicePaths,
+) -> Result<String, String> {
+    use xenshare::store::xenbus::{read_state, XenbusState};
+    let t0 = Instant::now();
+    let back = read_state(xs, &paths.back).ctx("backend state")?;
+    if back != XenbusState::Closed {
+        return Err(format!("the back end left its state at {back:?}"));
+    }
+    loop {
+        let front = read_state(xs, &paths.front).ctx("frontend state")?;
+        if front == XenbusState::Closed {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err(format!(
+                "netfront still {front:?} 30 s after the back end closed"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ms = t0.elapsed().as_millis();
+    detach_vif(xs, paths).ctx("detach")?;
+    for p in [&paths.front, &paths.back] {
+        if xs.try_read(p).ctx("read")?.is_some() {
+            return Err(format!("{p} is still there after detaching"));
+        }
+    }
+    Ok(format!(
+        "back end Closing -> Closed, the domU's netfront Closed {ms} ms later; both \
+         directories removed"
+    ))
+}
+
+fn dom0_run(args: &[String], closed: &mut Result<String, String>) -> Result<String, String> {
     let fe = crate::parse_dom(args.first())?;
     let len = parse_kib(args.get(1))?;
     let plat = LinuxPlatform::open().ctx("open")?;
@@ -335,6 +389,7 @@ pub fn dom0(args: &[String]) -> Result<String, String> {
     )
     .ctx("attach the vif")?;
     let r = serve(&plat, fe, &paths, len);
+    *closed = check_close(&mut xs, &paths);
     let _ = detach_vif(&mut xs, &paths);
     r
 }
