@@ -317,7 +317,7 @@ fn domu_test(
 /// The dom0 side.
 pub fn dom0(t: &mut crate::Tally, args: &[String]) {
     let start = Instant::now();
-    let mut closed = Err("the vif was never attached".to_string());
+    let mut closed = (start, Err("the vif was never attached".to_string()));
     let r = dom0_run(args, &mut closed);
     t.one(
         "linux_netfront_on_xenshare_netback",
@@ -326,8 +326,8 @@ pub fn dom0(t: &mut crate::Tally, args: &[String]) {
     );
     t.one(
         "linux_netfront_closes_with_xenshare_netback",
-        Instant::now(),
-        closed.map(xenshare_conformance::Outcome::Pass),
+        closed.0,
+        closed.1.map(xenshare_conformance::Outcome::Pass),
     );
 }
 
@@ -369,7 +369,11 @@ fn check_close<T: xenshare::store::Transport>(
     ))
 }
 
-fn dom0_run(args: &[String], closed: &mut Result<String, String>) -> Result<String, String> {
+/// The stream test; `closed` gets the close check (its start, its result).
+fn dom0_run(
+    args: &[String],
+    closed: &mut (Instant, Result<String, String>),
+) -> Result<String, String> {
     let fe = crate::parse_dom(args.first())?;
     let len = parse_kib(args.get(1))?;
     let plat = LinuxPlatform::open().ctx("open")?;
@@ -389,7 +393,8 @@ fn dom0_run(args: &[String], closed: &mut Result<String, String>) -> Result<Stri
     )
     .ctx("attach the vif")?;
     let r = serve(&plat, fe, &paths, len);
-    *closed = check_close(&mut xs, &paths);
+    let t = Instant::now();
+    *closed = (t, check_close(&mut xs, &paths));
     let _ = detach_vif(&mut xs, &paths);
     r
 }
