@@ -235,6 +235,13 @@ pub fn domu(args: &[String]) -> Result<String, String> {
         ),
     };
     xs.write(&result, line.as_bytes()).ctx("publish result")?;
+    // Stay up (this domain's nodes with it) while dom0 checks that the
+    // netfront follows its back end to Closed.
+    let closed = format!("/local/domain/{}/data/net-closed", plat.domid().0);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while xs.try_read(&closed).ctx("net-closed")?.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     r
 }
 
@@ -395,6 +402,8 @@ fn dom0_run(
     let r = serve(&plat, fe, &paths, len);
     let t = Instant::now();
     *closed = (t, check_close(&mut xs, &paths));
+    // The domU may power off now.
+    let _ = xs.write(&format!("/local/domain/{}/data/net-closed", fe.0), b"1");
     let _ = detach_vif(&mut xs, &paths);
     r
 }
