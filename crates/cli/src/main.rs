@@ -45,6 +45,9 @@ enum Command {
     /// On a real Xen dom0: serve a raw image to a guest's Linux blkfront
     /// from userspace (instead of the kernel's xen-blkback).
     Blkback(cmd::blkback::BlkbackArgs),
+    /// On a real Xen dom0: serve a guest's Linux netfront from a TAP
+    /// interface in userspace (instead of the kernel's xen-netback).
+    Netback(cmd::netback::NetbackArgs),
 }
 
 /// Diagnostics of the libraries (`tracing` events) go to stderr, filtered
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Vchan(c) => cmd::vchan::run(c),
         Command::Grants(a) => cmd::grants::run(a),
         Command::Blkback(a) => cmd::blkback::run(a),
+        Command::Netback(a) => cmd::netback::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

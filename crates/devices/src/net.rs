@@ -16,6 +16,8 @@
 //! * [`run`] — threads: a back end bridged to any `HostFrames`, a complete
 //!   guest (netfront + smoltcp + echo server), both doing their own XenBus
 //!   handshake so they can be started in either order.
+//! * [`vif`] — the toolstack's part of a vif served from dom0 userspace on
+//!   real Xen (both XenStore directories, a private back-end type).
 //! * [`demo`] — an emulated guest pinged by an in-memory host stack; a
 //!   one-line summary for `xenshare demo --full`, and a frame-throughput loop.
 //!
@@ -26,3 +28,4 @@ pub mod guest;
 pub mod host;
 pub mod run;
 pub mod tap;
+pub mod vif;

@@ -185,6 +185,7 @@ fn frontend_refuses_backend_without_rx_copy() {
     BackendFeatures {
         rx_copy: false,
         sg: true,
+        split_event_channels: true,
     }
     .publish(&mut c0, &paths.back)
     .unwrap();

@@ -112,6 +112,7 @@ fn run_in(w: &World, data: &[u8]) {
         tx_ring_ref: tx_page.refs()[0],
         rx_ring_ref: rx_page.refs()[0],
         event_channel: chan.port(),
+        event_channel_rx: None,
         request_rx_copy: true,
         sg: flags & 1 != 0,
         rx_notify: true,

@@ -31,6 +31,9 @@
 //! * `xenshare-lab-tests xsnet DOMID KIB` (dom0) / `xsnet-domu` (domU) —
 //!   xenshare's netfront + smoltcp in the domU on dom0's kernel
 //!   `xen-netback` (`netfront`).
+//! * `xenshare-lab-tests vchan-xdom DOMID` (dom0) / `vchan-domu` (domU) —
+//!   vchan across domains against Xen's C libxenvchan, each side serving
+//!   in the domU once (`vchan_xdom`).
 //! * `xenshare-lab-tests vchan-server ...` / `vchan-client ...` — one end
 //!   of a vchan, run as a child process by the dom0 tests (see the `vchan`
 //!   module: Rust with Rust, and Rust with Xen's C libxenvchan).
@@ -52,6 +55,8 @@ mod netfront;
 mod unikernel;
 #[path = "xenshare-lab-tests/vchan.rs"]
 mod vchan;
+#[path = "xenshare-lab-tests/vchan_xdom.rs"]
+mod vchan_xdom;
 
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
@@ -501,11 +506,15 @@ fn main() -> ExitCode {
         Some("xsnet-domu") => one_shot_noted("xenshare_netfront_domu", netfront::domu),
         Some("hvc") => one_shot_noted("linux_hvc_on_xenshare_console", || hvc::dom0(&args[2..])),
         Some("hvc-domu") => one_shot_noted("linux_hvc_domu", hvc::domu),
-        Some("netback") => one_shot_noted("linux_netfront_on_xenshare_netback", || {
-            net::dom0(&args[2..])
-        }),
+        Some("netback") => {
+            let mut t = Tally::default();
+            net::dom0(&mut t, &args[2..]);
+            t.finish()
+        }
         Some("net-domu") => one_shot_noted("linux_netfront_domu", || net::domu(&args[2..])),
         Some("unikernel") => unikernel::dom0(&args[2..]),
+        Some("vchan-xdom") => vchan_xdom::dom0(&args[2..]),
+        Some("vchan-domu") => one_shot_noted("vchan_xdom_domu_servers", vchan_xdom::domu),
         Some("vchan-server") => vchan::end_main(true, &args[2..]),
         Some("vchan-client") => vchan::end_main(false, &args[2..]),
         Some("check-not-xen") => match LinuxPlatform::open() {
@@ -521,7 +530,7 @@ fn main() -> ExitCode {
         Some(other) => {
             eprintln!(
                 "usage: xenshare-lab-tests [dom0 | offer PEER | accept DOMID | \
-                 blkback DOMID MIB | blk-domu MIB | xsblk DOMID MIB | xsblk-domu | xsnet DOMID KIB | xsnet-domu | hvc DOMID | hvc-domu | unikernel IMAGE BYTES | netback DOMID KIB | net-domu KIB | vchan-server ARGS | vchan-client ARGS] \
+                 blkback DOMID MIB | blk-domu MIB | xsblk DOMID MIB | xsblk-domu | xsnet DOMID KIB | xsnet-domu | hvc DOMID | hvc-domu | unikernel IMAGE BYTES | netback DOMID KIB | net-domu KIB | vchan-xdom DOMID | vchan-domu | vchan-server ARGS | vchan-client ARGS] \
                  (got {other:?})"
             );
             ExitCode::from(2)

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod demo_full;
 pub mod grants;
 pub mod host;
+pub mod netback;
 pub mod shutdown;
 pub mod vchan;
 pub mod xenstored;

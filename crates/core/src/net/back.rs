@@ -73,6 +73,14 @@ pub struct NetbackStats {
     pub rx_dropped: u64,
     /// Host-side errors (the [`FrameIo`] failed).
     pub host_errors: u64,
+    /// Events sent to the front end.
+    pub notifies: u64,
+    /// Sleeps ended by the front end's event.
+    pub guest_wakeups: u64,
+    /// Sleeps ended by the [`Doorbell`] (a host frame).
+    pub host_wakeups: u64,
+    /// Sleeps that ran out their timeout.
+    pub idle_timeouts: u64,
 }
 
 /// Wakes a sleeping [`Netback`] from another thread (the host side, when a
@@ -110,6 +118,7 @@ pub struct Netback<M: ForeignMapper, E: EventChannels> {
     rx: RingIn<RxRing, Mapping<M>>,
     importer: Importer<M>,
     chan: Channel<E>,
+    rx_chan: Option<Channel<E>>,
     bell_wait: Channel<E>,
     bell: Arc<Doorbell<E>>,
     frontend: DomId,
@@ -118,6 +127,8 @@ pub struct Netback<M: ForeignMapper, E: EventChannels> {
     txbuf: Vec<u8>,
     rxbuf: Vec<u8>,
     pending: Option<usize>,
+    /// Events a publish asked for: (tx ring, rx ring).
+    notify_due: (bool, bool),
     latch: Latch,
     stats: NetbackStats,
     paths: Option<(String, String)>,
@@ -161,6 +172,10 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         let tx = RingIn::new(map(keys.tx_ring_ref)?, TxRing::attach).map_err(|(e, _)| e)?;
         let rx = RingIn::new(map(keys.rx_ring_ref)?, RxRing::attach).map_err(|(e, _)| e)?;
         let chan = Channel::bind(evt, frontend, keys.event_channel)?;
+        let rx_chan = match keys.event_channel_rx {
+            Some(p) => Some(Channel::bind(evt, frontend, p)?),
+            None => None,
+        };
         let bell_wait = Channel::alloc_unbound(evt, DomId::SELF)?;
         let bell = Arc::new(Doorbell {
             chan: Channel::bind(evt, DomId::SELF, bell_wait.port())?,
@@ -170,6 +185,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
             rx,
             importer: importer.clone(),
             chan,
+            rx_chan,
             bell_wait,
             bell,
             frontend,
@@ -178,6 +194,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
             txbuf: vec![0; MAX_FRAME],
             rxbuf: vec![0; MAX_FRAME],
             pending: None,
+            notify_due: (false, false),
             latch: Latch::default(),
             stats: NetbackStats::default(),
             paths: None,
@@ -222,17 +239,57 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
     /// Serves both rings once: forwards guest frames to `io` and delivers
     /// frames from `io` into the guest's posted pages. Returns whether
     /// anything was done.
+    ///
+    /// Unless the front end split its channels, both rings share one, so
+    /// a round that answers tx requests and delivers rx frames sends one
+    /// event, not one per ring:
+    /// Linux's netfront counts an event that finds no new work as spurious
+    /// and, after a few in a row, delays the next ones (its "late EOI",
+    /// up to a second), rx and tx alike on a shared channel. A second event
+    /// right behind the first is exactly such an event: the first one's
+    /// handler has already taken both rings' responses.
     pub fn poll<F: FrameIo>(&mut self, io: &mut F) -> Result<bool, NetError> {
         self.latch.live()?;
-        let a = self.serve_tx(io)?;
-        let b = self.serve_rx(io)?;
-        Ok(a || b)
+        let r = match self.serve_tx(io) {
+            Ok(a) => self.serve_rx(io).map(|b| a || b),
+            Err(e) => Err(e),
+        };
+        // Even after an error: the guest gets what was answered.
+        let sent = self.flush_notify();
+        let work = r?;
+        sent?;
+        Ok(work)
+    }
+
+    /// Sends the events publishes asked for, if any.
+    fn flush_notify(&mut self) -> Result<(), NetError> {
+        let (tx, rx) = core::mem::take(&mut self.notify_due);
+        match &self.rx_chan {
+            Some(rc) => {
+                if rx {
+                    self.stats.notifies += 1;
+                    rc.notify()?;
+                }
+                if tx {
+                    self.stats.notifies += 1;
+                    self.chan.notify()?;
+                }
+            }
+            None if tx || rx => {
+                self.stats.notifies += 1;
+                self.chan.notify()?;
+            }
+            None => {}
+        }
+        Ok(())
     }
 
     fn publish_tx(&mut self) -> Result<(), NetError> {
         match self.tx.ring().push_responses_and_check_notify() {
-            Ok(true) => Ok(self.chan.notify()?),
-            Ok(false) => Ok(()),
+            Ok(notify) => {
+                self.notify_due.0 |= notify;
+                Ok(())
+            }
             Err(e) => Err(self.trip(e)),
         }
     }
@@ -285,6 +342,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         // Answer first so the guest can take its pages back.
         self.answer_chain(NETIF_RSP_ERROR)?;
         self.publish_tx()?;
+        self.flush_notify()?;
         Err(self.trip(NetError::BadTxRequest { id, why }))
     }
 
@@ -420,8 +478,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         }
         if work {
             match self.rx.ring().push_responses_and_check_notify() {
-                Ok(true) => self.chan.notify()?,
-                Ok(false) => {}
+                Ok(notify) => self.notify_due.1 |= notify,
                 Err(e) => return Err(self.trip(e)),
             }
         }
@@ -514,10 +571,19 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         }
         match self.chan.wait(timeout)? {
             Some(port) => {
+                let rx_port = self.rx_chan.as_ref().map(|c| c.port());
+                if port == self.chan.port() || Some(port) == rx_port {
+                    self.stats.guest_wakeups += 1;
+                } else if port == self.bell_wait.port() {
+                    self.stats.host_wakeups += 1;
+                }
                 self.chan.handle().unmask(port)?;
                 Ok(true)
             }
-            None => Ok(false),
+            None => {
+                self.stats.idle_timeouts += 1;
+                Ok(false)
+            }
         }
     }
 
@@ -527,12 +593,14 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
             tx,
             rx,
             chan,
+            rx_chan,
             bell_wait,
             ..
         } = self;
         drop(tx);
         drop(rx);
         drop(chan);
+        drop(rx_chan);
         drop(bell_wait);
     }
 }
@@ -575,6 +643,22 @@ mod with_std {
             timeout: Duration,
         ) -> Result<Self, NetError> {
             let back_dir = backend_path(importer.domid(), DEVTYPE, frontend, devid);
+            Self::connect_at(importer, evt, xs, &back_dir, frontend, timeout)
+        }
+
+        /// [`Netback::connect`] for a back-end directory of any type (a
+        /// userspace back end on real Xen uses a private type, as QEMU's
+        /// does, so that the kernel's netback leaves the device alone; the
+        /// front end only follows its `backend` key).
+        pub fn connect_at<T: Transport>(
+            importer: &Importer<M>,
+            evt: &Arc<E>,
+            xs: &mut Client<T>,
+            back_dir: &str,
+            frontend: DomId,
+            timeout: Duration,
+        ) -> Result<Self, NetError> {
+            let back_dir = String::from(back_dir);
             let front_dir = frontend_of(xs, &back_dir)?;
             // A front end still attached to an earlier back end (after a
             // back-end restart) has stale keys: wait for it to reset

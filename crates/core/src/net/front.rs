@@ -191,6 +191,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             tx_ring_ref: first(self.tx.owner()),
             rx_ring_ref: first(self.rx.owner()),
             event_channel: self.chan.port(),
+            event_channel_rx: None,
             request_rx_copy: true,
             sg: self.cfg.sg,
             rx_notify: true,

@@ -113,6 +113,9 @@ pub struct BackendFeatures {
     pub rx_copy: bool,
     /// `feature-sg`: accepts multi-slot tx frames.
     pub sg: bool,
+    /// `feature-split-event-channels`: a front end may give one event
+    /// channel per ring (`event-channel-tx`, `event-channel-rx`).
+    pub split_event_channels: bool,
 }
 
 impl BackendFeatures {
@@ -120,10 +123,11 @@ impl BackendFeatures {
     pub const OURS: BackendFeatures = BackendFeatures {
         rx_copy: true,
         sg: true,
+        split_event_channels: true,
     };
 
     /// Writes the feature keys into the back end's directory (one
-    /// transaction; also `feature-rx-flip` = 0 and no GSO / split channels).
+    /// transaction; also `feature-rx-flip` = 0 and no GSO).
     pub fn publish<T: Transport>(
         &self,
         xs: &mut Client<T>,
@@ -135,7 +139,10 @@ impl BackendFeatures {
             tx.write(&format!("{back_dir}/feature-rx-flip"), b"0")?;
             tx.write(&format!("{back_dir}/feature-sg"), b(self.sg))?;
             tx.write(&format!("{back_dir}/feature-gso-tcpv4"), b"0")?;
-            tx.write(&format!("{back_dir}/feature-split-event-channels"), b"0")?;
+            tx.write(
+                &format!("{back_dir}/feature-split-event-channels"),
+                b(self.split_event_channels),
+            )?;
             Ok(())
         })?;
         Ok(())
@@ -146,6 +153,7 @@ impl BackendFeatures {
         Ok(BackendFeatures {
             rx_copy: read_flag(xs, back_dir, "feature-rx-copy")?,
             sg: read_flag(xs, back_dir, "feature-sg")?,
+            split_event_channels: read_flag(xs, back_dir, "feature-split-event-channels")?,
         })
     }
 }
@@ -157,8 +165,12 @@ pub struct FrontendKeys {
     pub tx_ring_ref: GrantRef,
     /// `rx-ring-ref`.
     pub rx_ring_ref: GrantRef,
-    /// `event-channel` (one channel for both rings).
+    /// `event-channel` (one channel for both rings), or with split
+    /// channels `event-channel-tx` (the tx ring's).
     pub event_channel: Port,
+    /// With split channels: `event-channel-rx` (the rx ring's). Linux's
+    /// netfront splits whenever the back end offers it.
+    pub event_channel_rx: Option<Port>,
     /// `request-rx-copy`.
     pub request_rx_copy: bool,
     /// `feature-sg`: accepts multi-slot rx frames.
@@ -184,10 +196,22 @@ impl FrontendKeys {
                 &format!("{front_dir}/rx-ring-ref"),
                 format!("{}", self.rx_ring_ref.0).as_bytes(),
             )?;
-            tx.write(
-                &format!("{front_dir}/event-channel"),
-                format!("{}", self.event_channel.0).as_bytes(),
-            )?;
+            match self.event_channel_rx {
+                None => tx.write(
+                    &format!("{front_dir}/event-channel"),
+                    format!("{}", self.event_channel.0).as_bytes(),
+                )?,
+                Some(rx) => {
+                    tx.write(
+                        &format!("{front_dir}/event-channel-tx"),
+                        format!("{}", self.event_channel.0).as_bytes(),
+                    )?;
+                    tx.write(
+                        &format!("{front_dir}/event-channel-rx"),
+                        format!("{}", rx.0).as_bytes(),
+                    )?;
+                }
+            }
             tx.write(
                 &format!("{front_dir}/request-rx-copy"),
                 b(self.request_rx_copy),
@@ -204,12 +228,22 @@ impl FrontendKeys {
         Ok(())
     }
 
-    /// Reads and checks a front end's keys.
+    /// Reads and checks a front end's keys: `event-channel-tx` and
+    /// `event-channel-rx` (split, both required once one is there) or
+    /// `event-channel`.
     pub fn read<T: Transport>(xs: &mut Client<T>, front_dir: &str) -> Result<Self, NetError> {
+        let (event_channel, event_channel_rx) = match read_u32(xs, front_dir, "event-channel-tx")? {
+            Some(tx) => (
+                Port(tx),
+                Some(Port(read_required(xs, front_dir, "event-channel-rx")?)),
+            ),
+            None => (Port(read_required(xs, front_dir, "event-channel")?), None),
+        };
         Ok(FrontendKeys {
             tx_ring_ref: GrantRef(read_required(xs, front_dir, "tx-ring-ref")?),
             rx_ring_ref: GrantRef(read_required(xs, front_dir, "rx-ring-ref")?),
-            event_channel: Port(read_required(xs, front_dir, "event-channel")?),
+            event_channel,
+            event_channel_rx,
             request_rx_copy: read_flag(xs, front_dir, "request-rx-copy")?,
             sg: read_flag(xs, front_dir, "feature-sg")?,
             rx_notify: read_flag(xs, front_dir, "feature-rx-notify")?,

@@ -14,11 +14,13 @@ use std::time::Duration;
 
 use xenshare::grant::{Exporter, Importer};
 use xenshare::net::back::RunExit;
+use xenshare::net::xenbus::DEVTYPE;
 use xenshare::net::{
     CloseReport, Mac, NetError, Netback, NetbackStats, Netfront, NetfrontConfig, NetfrontStats,
 };
 use xenshare::platform::{EventChannels, ForeignMapper, GrantBackend};
 use xenshare::store::client::{Client, Transport};
+use xenshare::store::xenbus::backend_path;
 use xenshare::DomId;
 
 use super::guest::{Guest, GuestConfig};
@@ -49,6 +51,13 @@ impl BackendThread {
         self.handle.is_finished()
     }
 
+    /// Asks the thread to stop without waiting for it (it notices within
+    /// a poll interval once serving; a handshake still waiting for the
+    /// front end runs to its timeout first).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
     /// Stops the thread (if still serving) and returns how it ended.
     pub fn stop(self) -> Result<BackendExit, NetError> {
         self.stop.store(true, Ordering::Release);
@@ -71,9 +80,30 @@ impl BackendThread {
 pub fn spawn_backend<M, E, F, T>(
     importer: Importer<M>,
     evt: Arc<E>,
-    mut xs: Client<T>,
+    xs: Client<T>,
     frontend: DomId,
     devid: u32,
+    io: F,
+    timeout: Duration,
+) -> BackendThread
+where
+    M: ForeignMapper,
+    E: EventChannels,
+    F: HostFrames,
+    T: Transport + Send + 'static,
+{
+    let back_dir = backend_path(importer.domid(), DEVTYPE, frontend, devid);
+    spawn_backend_at(importer, evt, xs, back_dir, frontend, io, timeout)
+}
+
+/// [`spawn_backend`] for the back-end directory `back_dir` (of any type,
+/// such as the private one of [`super::vif::attach_vif`]).
+pub fn spawn_backend_at<M, E, F, T>(
+    importer: Importer<M>,
+    evt: Arc<E>,
+    mut xs: Client<T>,
+    back_dir: String,
+    frontend: DomId,
     mut io: F,
     timeout: Duration,
 ) -> BackendThread
@@ -86,7 +116,7 @@ where
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let handle = std::thread::spawn(move || {
-        let mut nb = Netback::connect(&importer, &evt, &mut xs, frontend, devid, timeout)?;
+        let mut nb = Netback::connect_at(&importer, &evt, &mut xs, &back_dir, frontend, timeout)?;
         let bell = nb.doorbell();
         io.set_waker(Arc::new(move || {
             // Ringing fails only once the back end is gone.

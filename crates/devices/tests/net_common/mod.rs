@@ -179,6 +179,7 @@ pub fn evil_front_keys(w: &World, paths: &DevicePaths, over: &[(&str, &str)]) ->
         tx_ring_ref: tx.refs()[0],
         rx_ring_ref: rx.refs()[0],
         event_channel: chan.port(),
+        event_channel_rx: None,
         request_rx_copy: true,
         sg: true,
         rx_notify: true,

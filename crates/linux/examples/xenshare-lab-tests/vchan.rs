@@ -45,7 +45,7 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Which vchan implementation runs an end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Impl {
+pub(crate) enum Impl {
     /// xenshare (this program, in a child process).
     Rust,
     /// Xen's libxenvchan ([`C_PEER`]).
@@ -53,7 +53,7 @@ enum Impl {
 }
 
 impl Impl {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Impl::Rust => "rust",
             Impl::C => "c",
@@ -236,7 +236,7 @@ pub fn end_main(server: bool, args: &[String]) -> ExitCode {
 // ------------------------------------------------------------ the runner
 
 /// One end's process and its log file.
-struct End {
+pub(crate) struct End {
     what: String,
     child: Child,
     log: String,
@@ -244,7 +244,12 @@ struct End {
 }
 
 impl End {
-    fn spawn(what: String, imp: Impl, args: &[String], log: String) -> Result<End, String> {
+    pub(crate) fn spawn(
+        what: String,
+        imp: Impl,
+        args: &[String],
+        log: String,
+    ) -> Result<End, String> {
         let program = match imp {
             Impl::Rust => std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?,
             Impl::C => C_PEER.into(),
@@ -273,7 +278,7 @@ impl End {
     }
 
     /// True once the process has exited.
-    fn poll(&mut self) -> bool {
+    pub(crate) fn poll(&mut self) -> bool {
         if self.status.is_none() {
             if let Ok(Some(s)) = self.child.try_wait() {
                 self.status = Some(s);
@@ -282,14 +287,14 @@ impl End {
         self.status.is_some()
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if !self.poll() {
             let _ = self.child.kill();
             self.status = self.child.wait().ok();
         }
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .trim()
@@ -297,7 +302,7 @@ impl End {
     }
 
     /// The end's `VCHAN-END` line, split into its fields, if it succeeded.
-    fn result(&self) -> Result<Vec<(String, String)>, String> {
+    pub(crate) fn result(&self) -> Result<Vec<(String, String)>, String> {
         let out = std::fs::read_to_string(&self.log).unwrap_or_default();
         let ok = self.status.map(|s| s.success()).unwrap_or(false);
         let line = out.lines().find(|l| l.starts_with("VCHAN-END "));
@@ -326,7 +331,7 @@ impl Drop for End {
     }
 }
 
-fn field<'a>(kv: &'a [(String, String)], k: &str) -> &'a str {
+pub(crate) fn field<'a>(kv: &'a [(String, String)], k: &str) -> &'a str {
     kv.iter()
         .find(|(key, _)| key == k)
         .map(|(_, v)| v.as_str())
