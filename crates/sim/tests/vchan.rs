@@ -626,3 +626,125 @@ fn server_pages_carry_no_stale_data() {
         drop((c, s));
     }
 }
+
+#[derive(Debug, Clone)]
+enum BatchOp {
+    Write(usize),
+    Send(usize),
+    Flush,
+    Read(usize),
+    Recv(usize),
+}
+
+fn batch_op() -> impl Strategy<Value = BatchOp> {
+    let n = 0..3000usize;
+    prop_oneof![
+        n.clone().prop_map(BatchOp::Write),
+        n.clone().prop_map(BatchOp::Send),
+        Just(BatchOp::Flush),
+        n.clone().prop_map(BatchOp::Read),
+        n.prop_map(BatchOp::Recv),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Write batching against a model: the bytes a batching client wrote
+    /// reach the server in order and complete, but only once published —
+    /// when `batch` of them are pending, on flush, or when the ring is full
+    /// and the writer would wait — and the ring's space accounts for
+    /// unpublished bytes too.
+    #[test]
+    fn batched_writes_are_published_by_threshold_flush_or_full_ring(
+        batch in prop_oneof![Just(1usize), Just(64), Just(700), Just(4096)],
+        ops in proptest::collection::vec(batch_op(), 1..80),
+    ) {
+        let wd = world();
+        let mut s = wd.server(4096, 1024);
+        let mut c = wd.client().unwrap();
+        s.set_blocking(false);
+        c.set_blocking(false);
+        c.set_write_batch(batch);
+        let cap = s.read_ring_size();
+        let mut up = VecDeque::new();
+        let mut visible = 0usize;
+        let mut seed = 0u8;
+        for op in ops {
+            seed = seed.wrapping_add(1);
+            match op {
+                BatchOp::Write(n) | BatchOp::Send(n) => {
+                    let packet = matches!(op, BatchOp::Send(_));
+                    let data = pattern(n, seed);
+                    let r = if packet { c.send(&data) } else { c.write(&data) };
+                    if packet && n > cap {
+                        prop_assert!(matches!(r, Err(VchanError::TooBig { .. })), "oversized packet accepted");
+                        continue;
+                    }
+                    let space = cap - up.len();
+                    let full = n > 0 && if packet { space < n } else { space == 0 };
+                    let got = model_write(&mut up, cap, &data, packet);
+                    prop_assert_eq!(r.unwrap(), got);
+                    if full || (got > 0 && up.len() - visible >= batch.min(c.write_ring_size())) {
+                        visible = up.len();
+                    }
+                }
+                BatchOp::Flush => {
+                    c.flush().unwrap();
+                    visible = up.len();
+                }
+                BatchOp::Read(n) | BatchOp::Recv(n) => {
+                    let packet = matches!(op, BatchOp::Recv(_));
+                    let mut buf = vec![0u8; n];
+                    let r = if packet { s.recv(&mut buf) } else { s.read(&mut buf) };
+                    if packet && n > cap {
+                        prop_assert!(matches!(r, Err(VchanError::TooBig { .. })), "oversized packet accepted");
+                        continue;
+                    }
+                    let take = if packet { if visible >= n { n } else { 0 } } else { n.min(visible) };
+                    let want: Vec<u8> = up.drain(..take).collect();
+                    visible -= take;
+                    prop_assert_eq!(&buf[..r.unwrap()], &want[..]);
+                }
+            }
+            prop_assert_eq!(s.data_ready().unwrap(), visible);
+            prop_assert_eq!(c.buffer_space().unwrap(), cap - up.len());
+        }
+        // Closing publishes what is still pending: nothing is lost.
+        c.close();
+        let mut rest = vec![0u8; cap];
+        let n = s.read(&mut rest).unwrap();
+        prop_assert_eq!(n, up.len());
+        prop_assert!(rest[..n].iter().eq(up.iter()));
+    }
+}
+
+#[test]
+fn a_batching_writer_publishes_before_it_waits_for_a_reply() {
+    let wd = world();
+    let mut s = wd.server(4096, 4096);
+    let mut c = wd.client().unwrap();
+    c.set_write_batch(1 << 20);
+    c.set_timeout(Some(Duration::from_secs(60)));
+    s.set_timeout(Some(Duration::from_secs(60)));
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 5];
+        let mut got = 0;
+        while got < 5 {
+            got += s.read(&mut buf[got..]).unwrap();
+        }
+        s.write(&buf).unwrap();
+        s
+    });
+    // The request sits unpublished in the ring until the blocking read
+    // below publishes it; without that both sides would wait for ever (the
+    // timeouts turn that into a failure).
+    assert_eq!(c.write(b"hello").unwrap(), 5);
+    let mut reply = [0u8; 5];
+    let mut got = 0;
+    while got < 5 {
+        got += c.read(&mut reply[got..]).unwrap();
+    }
+    assert_eq!(&reply, b"hello");
+    drop(echo.join().unwrap());
+}
