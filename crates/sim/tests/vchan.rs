@@ -748,3 +748,99 @@ fn a_batching_writer_publishes_before_it_waits_for_a_reply() {
     assert_eq!(&reply, b"hello");
     drop(echo.join().unwrap());
 }
+
+/// 256 vchans set up at once between two domains, with the server domain's
+/// whole transaction quota (10, the default of C xenstored and ours) held
+/// by other connections the whole time: set-up must need no transaction,
+/// and every pair must then carry data both ways.
+#[test]
+fn vchan_setup_needs_no_transaction_256_concurrent_pairs_succeed_with_default_quotas() {
+    const PAIRS: usize = 256;
+    let wd = world();
+    let quota = Config::default().max_transactions;
+    let mut holders: Vec<_> = (0..quota).map(|_| wd.xs(&wd.srv)).collect();
+    for h in &mut holders {
+        h.transaction_start().unwrap();
+    }
+    let refused = wd.xs(&wd.srv).transaction_start().unwrap_err();
+    assert_eq!(
+        refused.xs(),
+        Some(xenshare::store::XsError::ENOSPC),
+        "the server domain's transaction quota is full"
+    );
+    let barrier = std::sync::Barrier::new(PAIRS);
+    let wd = &wd;
+    let barrier = &barrier;
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..PAIRS)
+            .map(|i| {
+                sc.spawn(move || -> Result<(), String> {
+                    let path = format!("/local/domain/{}/data/vchan/many/{i}", wd.srv.id().0);
+                    let (sev, cev) = (wd.srv.evtchn().unwrap(), wd.cli.evtchn().unwrap());
+                    let (mut sxs, mut cxs) = (wd.xs(&wd.srv), wd.xs(&wd.cli));
+                    barrier.wait();
+                    let mut s = server_init(
+                        wd.srv.exporter(),
+                        &sev,
+                        &mut sxs,
+                        wd.cli.id(),
+                        &path,
+                        1024,
+                        2048,
+                    )
+                    .map_err(|e| format!("server {i}: {e}"))?;
+                    let mut c = client_init(wd.cli.importer(), &cev, &mut cxs, wd.srv.id(), &path)
+                        .map_err(|e| format!("client {i}: {e}"))?;
+                    for v in [&mut s as &mut dyn std::io::Write, &mut c] {
+                        v.write_all(&[i as u8]).map_err(|e| e.to_string())?;
+                    }
+                    let (mut a, mut b) = ([0u8], [0u8]);
+                    std::io::Read::read_exact(&mut s, &mut a).map_err(|e| e.to_string())?;
+                    std::io::Read::read_exact(&mut c, &mut b).map_err(|e| e.to_string())?;
+                    if (a[0], b[0]) != (i as u8, i as u8) {
+                        return Err(format!("pair {i} carried {a:?} {b:?}"));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap().unwrap();
+        }
+    });
+    drop(holders);
+}
+
+/// A XenStore quota really hit during set-up is a typed error, not a
+/// generic store failure.
+#[test]
+fn vchan_setup_reports_a_xenstore_quota_as_a_typed_error() {
+    let hv = Hypervisor::new();
+    let _dom0 = hv
+        .create_domain_with_id(DomId(0), DomainConfig::default())
+        .unwrap();
+    let srv = hv.create_domain(DomainConfig::default()).unwrap();
+    let cli = hv.create_domain(DomainConfig::default()).unwrap();
+    let xs = Daemon::new(Config {
+        max_nodes: 3,
+        ..Config::default()
+    });
+    let mut c0 = inproc::client(&xs, DomId(0));
+    let home = format!("/local/domain/{}", srv.id().0);
+    c0.mkdir(&home).unwrap();
+    c0.set_perms(&home, &Perms::owned_by(srv.id(), PermKind::None))
+        .unwrap();
+    let r = server_init(
+        srv.exporter(),
+        &srv.evtchn().unwrap(),
+        &mut inproc::client(&xs, srv.id()),
+        cli.id(),
+        &format!("{home}/data/vchan/q/1"),
+        1024,
+        2048,
+    );
+    assert_eq!(
+        r.err(),
+        Some(VchanError::StoreQuota(xenshare::store::XsError::ENOSPC))
+    );
+}
