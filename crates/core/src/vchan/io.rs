@@ -6,7 +6,7 @@ use core::time::Duration;
 
 use xenshare_abi::vchan as abi;
 
-use super::VchanError;
+use super::{notify, VchanError};
 use crate::deadline::Deadline;
 use crate::event::Channel;
 use crate::mem::{ReadOnly, SharedMem};
@@ -242,7 +242,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         self.check()?;
         let (rd_prod, ..) = Self::offsets();
         // Acquire: the ring bytes below `prod` are read after this load.
-        let prod = self.u32_at(rd_prod)?.load(Ordering::Acquire);
+        let prod = notify::load_peer(self.u32_at(rd_prod)?);
         let ready = prod.wrapping_sub(self.rd_cons) as usize;
         if ready > self.read_ring_size() {
             return Err(self.corrupt("read"));
@@ -257,7 +257,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         let (_, _, _, wr_cons, ..) = Self::offsets();
         // Acquire: our ring writes below `cons + size` come after this load,
         // so they cannot overwrite bytes the peer is still reading.
-        let cons = self.u32_at(wr_cons)?.load(Ordering::Acquire);
+        let cons = notify::load_peer(self.u32_at(wr_cons)?);
         let used = self.wr_prod.wrapping_sub(cons) as usize;
         if used > self.write_ring_size() {
             return Err(self.corrupt("write"));
@@ -303,10 +303,8 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             return Err(VchanError::Closed);
         }
         let (_, _, wr_prod, ..) = Self::offsets();
-        // Release: the ring bytes are visible before the index that covers them.
-        self.u32_at(wr_prod)?.store(self.wr_prod, Ordering::Release);
         self.wr_published = self.wr_prod;
-        self.send_notify(abi::VCHAN_NOTIFY_WRITE)
+        self.publish_index(wr_prod, self.wr_prod, abi::VCHAN_NOTIFY_WRITE)
     }
 
     /// Whether the peer is there: the server reports the client's live byte
@@ -333,26 +331,15 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
 
     fn request_notify(&self, bit: u8) -> Result<(), VchanError> {
         let (.., peer) = Self::offsets();
-        self.u8_at(peer)?.fetch_or(bit, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        notify::request::<AtomicU32, _>(self.u8_at(peer)?, bit);
         Ok(())
     }
 
-    /// After moving one of our indices: wakes the peer if it asked for
-    /// `bit`. The full fence orders the index store before the load of the
-    /// notify byte; the peer sets that byte and then re-reads our index with
-    /// a full fence between, so at least one of the two sees the other (no
-    /// lost wake-up). The byte is only read until the peer asks, so the
-    /// common case is a fence and a load, no locked read-modify-write.
-    fn send_notify(&self, bit: u8) -> Result<(), VchanError> {
+    /// Moves one of our indices (at `off`) to `new` and wakes the peer if it
+    /// asked for `bit` (see [`notify::publish_and_check`]).
+    fn publish_index(&self, off: usize, new: u32, bit: u8) -> Result<(), VchanError> {
         let (_, _, _, _, ours, _) = Self::offsets();
-        fence(Ordering::SeqCst);
-        let flags = self.u8_at(ours)?;
-        if flags.load(Ordering::Relaxed) & bit == 0 {
-            return Ok(());
-        }
-        let old = flags.fetch_and(!bit, Ordering::SeqCst);
-        if old & bit != 0 {
+        if notify::publish_and_check(self.u32_at(off)?, new, self.u8_at(ours)?, bit) {
             self.chan.notify()?;
         }
         Ok(())
@@ -388,9 +375,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         }
         self.rd_cons = self.rd_cons.wrapping_add(out.len() as u32);
         let (_, rd_cons, ..) = Self::offsets();
-        // Release: our reads of the ring finish before the peer may reuse it.
-        self.u32_at(rd_cons)?.store(self.rd_cons, Ordering::Release);
-        self.send_notify(abi::VCHAN_NOTIFY_READ)
+        self.publish_index(rd_cons, self.rd_cons, abi::VCHAN_NOTIFY_READ)
     }
 
     /// Waits for an event on this vchan's handle (up to `timeout`) and

@@ -20,6 +20,7 @@
 //! [`VchanInterface`]: xenshare_abi::vchan::VchanInterface
 
 mod io;
+pub mod notify;
 mod setup;
 
 pub use io::{Vchan, VchanSide};
