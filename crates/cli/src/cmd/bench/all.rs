@@ -159,8 +159,9 @@ fn parse_flat(s: &str) -> Res<Vec<(String, f64)>> {
     Ok(out)
 }
 
-/// The combined object from each benchmark's raw JSON output.
-fn combine(outputs: &[(&str, String)]) -> Res<String> {
+/// The combined object from each benchmark's raw JSON output, and the
+/// errors of those that failed (their figures are null and not met).
+fn combine(outputs: &[(&str, String)], errors: &[(&str, String)]) -> Res<String> {
     let mut figures = Vec::new();
     let mut goals = Vec::new();
     let mut met = Vec::new();
@@ -192,8 +193,29 @@ fn combine(outputs: &[(&str, String)]) -> Res<String> {
         parse_flat(raw)?;
         s.push_str(&format!(", \"{bench}\": {}", raw.trim()));
     }
+    if !errors.is_empty() {
+        let list: Vec<String> = errors
+            .iter()
+            .map(|(b, e)| format!("\"{b}\": \"{}\"", json_string(e)))
+            .collect();
+        s.push_str(&format!(", \"errors\": {{{}}}", list.join(", ")));
+    }
     s.push('}');
     Ok(s)
+}
+
+/// `e` with JSON's special characters escaped (no quotes added).
+fn json_string(e: &str) -> String {
+    let mut out = String::new();
+    for c in e.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Runs the benchmark.
@@ -203,6 +225,7 @@ pub fn run(a: AllArgs) -> Res<()> {
     let repeats = a.repeats.to_string();
     let mut progress = super::Progress::new("bench all", BENCHES.len());
     let mut outputs = Vec::new();
+    let mut errors = Vec::new();
     for (bench, full, quick) in BENCHES {
         progress.phase(bench);
         let out = Command::new(&exe)
@@ -212,18 +235,23 @@ pub fn run(a: AllArgs) -> Res<()> {
             .args(["--json", "--repeats", &repeats])
             .output()
             .map_err(|e| format!("bench {bench}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "bench {bench} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+        let raw = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || parse_flat(&raw).is_err() {
+            // One failing benchmark does not hide the others' figures.
+            errors.push((
+                *bench,
+                format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             ));
+            continue;
         }
-        let raw = String::from_utf8(out.stdout).map_err(|_| format!("bench {bench}: not UTF-8"))?;
-        outputs.push((*bench, raw.trim().to_string()));
+        outputs.push((*bench, raw));
     }
     drop(progress);
-    println!("{}", combine(&outputs)?);
+    println!("{}", combine(&outputs, &errors)?);
     Ok(())
 }
 
@@ -255,7 +283,7 @@ mod tests {
                 r#"{"vchan_vs_socketpair": 3.5, "rtt_vs_socketpair": 0.01}"#.to_string(),
             ),
         ];
-        let s = combine(&outputs).unwrap();
+        let s = combine(&outputs, &[("blk", "exit 1: \"full\"\n".to_string())]).unwrap();
         assert!(s.starts_with("{\"figures\": {\"vchan_vs_socketpair\": 3.5, "));
         assert!(s.contains("\"grant_cycle_ns\": 350}"), "{s}");
         assert!(s.contains("\"vchan_vs_ideal_ring\": null"), "{s}");
@@ -267,6 +295,9 @@ mod tests {
         assert!(met.contains("\"vchan_rtt_vs_socketpair\": 1"), "{met}");
         assert!(met.contains("\"grant_cycle_ns\": 1}"), "{met}");
         assert!(s.contains(", \"grants\": {\"grant_cycle_ns\": 350, \"repeats\": 5}"));
-        assert!(s.ends_with("\"repeats\": 5}, \"vchan\": {\"vchan_vs_socketpair\": 3.5, \"rtt_vs_socketpair\": 0.01}}"));
+        assert!(s.ends_with(
+            "\"rtt_vs_socketpair\": 0.01}, \"errors\": {\"blk\": \"exit 1: \\\"full\\\"\\u000a\"}}"
+        ), "{s}");
+        assert!(s.contains("\"blk_4k_iops_vs_pread\": null"), "{s}");
     }
 }
