@@ -47,6 +47,12 @@ enum Layout {
     Single {
         region: Arc<Region>,
         used: Mutex<Vec<bool>>,
+        /// No frame below this one is free (changed only under `used`'s
+        /// lock): first-fit allocation starts its scan here instead of at
+        /// frame 0, so with many frames held (10^5 granted pages) an
+        /// allocation costs O(1), not a scan of every held frame, and
+        /// still returns exactly the frames a scan from 0 would.
+        first_free: AtomicU64,
     },
     Chunked {
         chunks: Mutex<Chunks>,
@@ -101,6 +107,7 @@ impl DomainMemory {
             layout: Layout::Single {
                 region: Arc::new(region),
                 used: Mutex::new(vec![false; pages as usize]),
+                first_free: AtomicU64::new(0),
             },
             pages,
             leaked: AtomicU64::new(0),
@@ -297,13 +304,16 @@ impl PageSet for FrameRun {
 impl Drop for FrameRun {
     fn drop(&mut self) {
         match &self.mem.layout {
-            Layout::Single { used, .. } => {
+            Layout::Single {
+                used, first_free, ..
+            } => {
                 let mut used = lock(used);
                 for f in self.first..self.first + self.count as u64 {
                     if let Some(u) = used.get_mut(f as usize) {
                         *u = false;
                     }
                 }
+                first_free.fetch_min(self.first, Ordering::Relaxed);
             }
             Layout::Chunked { .. } => {
                 self.mem.retire_chunk(self.first);
@@ -327,10 +337,15 @@ unsafe impl FrameAllocator for SimFrames {
             return None;
         }
         match &self.0.layout {
-            Layout::Single { region, used } => {
+            Layout::Single {
+                region,
+                used,
+                first_free,
+            } => {
                 let mut used = lock(used);
+                let start = first_free.load(Ordering::Relaxed) as usize;
                 let mut run = 0;
-                for i in 0..used.len() {
+                for i in start..used.len() {
                     if used[i] {
                         run = 0;
                         continue;
@@ -339,6 +354,9 @@ unsafe impl FrameAllocator for SimFrames {
                     if run == n {
                         let first = i + 1 - n;
                         used[first..=i].iter_mut().for_each(|u| *u = true);
+                        if first == start {
+                            first_free.store((i + 1) as u64, Ordering::Relaxed);
+                        }
                         return Some(FrameRun {
                             mem: self.0.clone(),
                             first: first as u64,

@@ -626,3 +626,221 @@ fn server_pages_carry_no_stale_data() {
         drop((c, s));
     }
 }
+
+#[derive(Debug, Clone)]
+enum BatchOp {
+    Write(usize),
+    Send(usize),
+    Flush,
+    Read(usize),
+    Recv(usize),
+}
+
+fn batch_op() -> impl Strategy<Value = BatchOp> {
+    let n = 0..3000usize;
+    prop_oneof![
+        n.clone().prop_map(BatchOp::Write),
+        n.clone().prop_map(BatchOp::Send),
+        Just(BatchOp::Flush),
+        n.clone().prop_map(BatchOp::Read),
+        n.prop_map(BatchOp::Recv),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Write batching against a model: the bytes a batching client wrote
+    /// reach the server in order and complete, but only once published —
+    /// when `batch` of them are pending, on flush, or when the ring is full
+    /// and the writer would wait — and the ring's space accounts for
+    /// unpublished bytes too.
+    #[test]
+    fn batched_writes_are_published_by_threshold_flush_or_full_ring(
+        batch in prop_oneof![Just(1usize), Just(64), Just(700), Just(4096)],
+        ops in proptest::collection::vec(batch_op(), 1..80),
+    ) {
+        let wd = world();
+        let mut s = wd.server(4096, 1024);
+        let mut c = wd.client().unwrap();
+        s.set_blocking(false);
+        c.set_blocking(false);
+        c.set_write_batch(batch);
+        let cap = s.read_ring_size();
+        let mut up = VecDeque::new();
+        let mut visible = 0usize;
+        let mut seed = 0u8;
+        for op in ops {
+            seed = seed.wrapping_add(1);
+            match op {
+                BatchOp::Write(n) | BatchOp::Send(n) => {
+                    let packet = matches!(op, BatchOp::Send(_));
+                    let data = pattern(n, seed);
+                    let r = if packet { c.send(&data) } else { c.write(&data) };
+                    if packet && n > cap {
+                        prop_assert!(matches!(r, Err(VchanError::TooBig { .. })), "oversized packet accepted");
+                        continue;
+                    }
+                    let space = cap - up.len();
+                    let full = n > 0 && if packet { space < n } else { space == 0 };
+                    let got = model_write(&mut up, cap, &data, packet);
+                    prop_assert_eq!(r.unwrap(), got);
+                    if full || (got > 0 && up.len() - visible >= batch.min(c.write_ring_size())) {
+                        visible = up.len();
+                    }
+                }
+                BatchOp::Flush => {
+                    c.flush().unwrap();
+                    visible = up.len();
+                }
+                BatchOp::Read(n) | BatchOp::Recv(n) => {
+                    let packet = matches!(op, BatchOp::Recv(_));
+                    let mut buf = vec![0u8; n];
+                    let r = if packet { s.recv(&mut buf) } else { s.read(&mut buf) };
+                    if packet && n > cap {
+                        prop_assert!(matches!(r, Err(VchanError::TooBig { .. })), "oversized packet accepted");
+                        continue;
+                    }
+                    let take = if packet { if visible >= n { n } else { 0 } } else { n.min(visible) };
+                    let want: Vec<u8> = up.drain(..take).collect();
+                    visible -= take;
+                    prop_assert_eq!(&buf[..r.unwrap()], &want[..]);
+                }
+            }
+            prop_assert_eq!(s.data_ready().unwrap(), visible);
+            prop_assert_eq!(c.buffer_space().unwrap(), cap - up.len());
+        }
+        // Closing publishes what is still pending: nothing is lost.
+        c.close();
+        let mut rest = vec![0u8; cap];
+        let n = s.read(&mut rest).unwrap();
+        prop_assert_eq!(n, up.len());
+        prop_assert!(rest[..n].iter().eq(up.iter()));
+    }
+}
+
+#[test]
+fn a_batching_writer_publishes_before_it_waits_for_a_reply() {
+    let wd = world();
+    let mut s = wd.server(4096, 4096);
+    let mut c = wd.client().unwrap();
+    c.set_write_batch(1 << 20);
+    c.set_timeout(Some(Duration::from_secs(60)));
+    s.set_timeout(Some(Duration::from_secs(60)));
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 5];
+        let mut got = 0;
+        while got < 5 {
+            got += s.read(&mut buf[got..]).unwrap();
+        }
+        s.write(&buf).unwrap();
+        s
+    });
+    // The request sits unpublished in the ring until the blocking read
+    // below publishes it; without that both sides would wait for ever (the
+    // timeouts turn that into a failure).
+    assert_eq!(c.write(b"hello").unwrap(), 5);
+    let mut reply = [0u8; 5];
+    let mut got = 0;
+    while got < 5 {
+        got += c.read(&mut reply[got..]).unwrap();
+    }
+    assert_eq!(&reply, b"hello");
+    drop(echo.join().unwrap());
+}
+
+/// 256 vchans set up at once between two domains, with the server domain's
+/// whole transaction quota (10, the default of C xenstored and ours) held
+/// by other connections the whole time: set-up must need no transaction,
+/// and every pair must then carry data both ways.
+#[test]
+fn vchan_setup_needs_no_transaction_256_concurrent_pairs_succeed_with_default_quotas() {
+    const PAIRS: usize = 256;
+    let wd = world();
+    let quota = Config::default().max_transactions;
+    let mut holders: Vec<_> = (0..quota).map(|_| wd.xs(&wd.srv)).collect();
+    for h in &mut holders {
+        h.transaction_start().unwrap();
+    }
+    let refused = wd.xs(&wd.srv).transaction_start().unwrap_err();
+    assert_eq!(
+        refused.xs(),
+        Some(xenshare::store::XsError::ENOSPC),
+        "the server domain's transaction quota is full"
+    );
+    let barrier = std::sync::Barrier::new(PAIRS);
+    let wd = &wd;
+    let barrier = &barrier;
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..PAIRS)
+            .map(|i| {
+                sc.spawn(move || -> Result<(), String> {
+                    let path = format!("/local/domain/{}/data/vchan/many/{i}", wd.srv.id().0);
+                    let (sev, cev) = (wd.srv.evtchn().unwrap(), wd.cli.evtchn().unwrap());
+                    let (mut sxs, mut cxs) = (wd.xs(&wd.srv), wd.xs(&wd.cli));
+                    barrier.wait();
+                    let mut s = server_init(
+                        wd.srv.exporter(),
+                        &sev,
+                        &mut sxs,
+                        wd.cli.id(),
+                        &path,
+                        1024,
+                        2048,
+                    )
+                    .map_err(|e| format!("server {i}: {e}"))?;
+                    let mut c = client_init(wd.cli.importer(), &cev, &mut cxs, wd.srv.id(), &path)
+                        .map_err(|e| format!("client {i}: {e}"))?;
+                    for v in [&mut s as &mut dyn std::io::Write, &mut c] {
+                        v.write_all(&[i as u8]).map_err(|e| e.to_string())?;
+                    }
+                    let (mut a, mut b) = ([0u8], [0u8]);
+                    std::io::Read::read_exact(&mut s, &mut a).map_err(|e| e.to_string())?;
+                    std::io::Read::read_exact(&mut c, &mut b).map_err(|e| e.to_string())?;
+                    if (a[0], b[0]) != (i as u8, i as u8) {
+                        return Err(format!("pair {i} carried {a:?} {b:?}"));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap().unwrap();
+        }
+    });
+    drop(holders);
+}
+
+/// A XenStore quota really hit during set-up is a typed error, not a
+/// generic store failure.
+#[test]
+fn vchan_setup_reports_a_xenstore_quota_as_a_typed_error() {
+    let hv = Hypervisor::new();
+    let _dom0 = hv
+        .create_domain_with_id(DomId(0), DomainConfig::default())
+        .unwrap();
+    let srv = hv.create_domain(DomainConfig::default()).unwrap();
+    let cli = hv.create_domain(DomainConfig::default()).unwrap();
+    let xs = Daemon::new(Config {
+        max_nodes: 3,
+        ..Config::default()
+    });
+    let mut c0 = inproc::client(&xs, DomId(0));
+    let home = format!("/local/domain/{}", srv.id().0);
+    c0.mkdir(&home).unwrap();
+    c0.set_perms(&home, &Perms::owned_by(srv.id(), PermKind::None))
+        .unwrap();
+    let r = server_init(
+        srv.exporter(),
+        &srv.evtchn().unwrap(),
+        &mut inproc::client(&xs, srv.id()),
+        cli.id(),
+        &format!("{home}/data/vchan/q/1"),
+        1024,
+        2048,
+    );
+    assert_eq!(
+        r.err(),
+        Some(VchanError::StoreQuota(xenshare::store::XsError::ENOSPC))
+    );
+}

@@ -6,7 +6,7 @@ use core::time::Duration;
 
 use xenshare_abi::vchan as abi;
 
-use super::VchanError;
+use super::{notify, VchanError};
 use crate::deadline::Deadline;
 use crate::event::Channel;
 use crate::mem::{ReadOnly, SharedMem};
@@ -79,6 +79,19 @@ pub struct Vchan<S: VchanSide, E: EventChannels> {
     /// Our private copies of the indices we own.
     rd_cons: u32,
     wr_prod: u32,
+    /// The write index last published to the peer (`wr_prod` runs ahead of
+    /// it while a batch of small writes is being gathered).
+    wr_published: u32,
+    /// The peer's indices as last read (and validated): the read ring's
+    /// producer and the write ring's consumer. Reading the shared header
+    /// line costs a cache miss while the peer is writing it, so a write
+    /// that the known free space already takes, or a read that the known
+    /// data already fills, does not read it again.
+    seen_prod: u32,
+    seen_cons: u32,
+    /// Unpublished bytes at which a batch is published (0: publish every
+    /// write), see [`Vchan::set_write_batch`].
+    batch: usize,
     blocking: bool,
     timeout: Option<Duration>,
     /// The current adaptive spin window (see [`SPIN_START`]).
@@ -115,6 +128,10 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             wr,
             rd_cons: 0,
             wr_prod: 0,
+            wr_published: 0,
+            seen_prod: 0,
+            seen_cons: 0,
+            batch: 0,
             blocking: true,
             timeout: None,
             spin: SPIN_START,
@@ -224,12 +241,13 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     pub fn data_ready(&mut self) -> Result<usize, VchanError> {
         self.check()?;
         let (rd_prod, ..) = Self::offsets();
-        let prod = self.u32_at(rd_prod)?.load(Ordering::Acquire);
-        fence(Ordering::SeqCst);
+        // Acquire: the ring bytes below `prod` are read after this load.
+        let prod = notify::load_peer(self.u32_at(rd_prod)?);
         let ready = prod.wrapping_sub(self.rd_cons) as usize;
         if ready > self.read_ring_size() {
             return Err(self.corrupt("read"));
         }
+        self.seen_prod = prod;
         Ok(ready)
     }
 
@@ -237,13 +255,56 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     pub fn buffer_space(&mut self) -> Result<usize, VchanError> {
         self.check()?;
         let (_, _, _, wr_cons, ..) = Self::offsets();
-        let cons = self.u32_at(wr_cons)?.load(Ordering::Acquire);
-        fence(Ordering::SeqCst);
+        // Acquire: our ring writes below `cons + size` come after this load,
+        // so they cannot overwrite bytes the peer is still reading.
+        let cons = notify::load_peer(self.u32_at(wr_cons)?);
         let used = self.wr_prod.wrapping_sub(cons) as usize;
         if used > self.write_ring_size() {
             return Err(self.corrupt("write"));
         }
+        self.seen_cons = cons;
         Ok(self.write_ring_size() - used)
+    }
+
+    /// Data known to be ready from the producer index last read: no access
+    /// to the shared header.
+    fn known_ready(&self) -> usize {
+        self.seen_prod.wrapping_sub(self.rd_cons) as usize
+    }
+
+    /// Free space known from the consumer index last read.
+    fn known_space(&self) -> usize {
+        self.write_ring_size() - self.wr_prod.wrapping_sub(self.seen_cons) as usize
+    }
+
+    /// Gathers small writes: bytes written are published to the peer (its
+    /// producer index moved, and the peer woken if it asked) only once
+    /// `bytes` of them are unpublished, on [`Vchan::flush`], before this end
+    /// waits for anything, and on close. A burst of small writes then costs
+    /// one index update and at most one notification instead of one each.
+    /// 0 (the default) publishes every write at once, as libxenvchan does.
+    /// With batching on, the caller must flush when it wants the peer to
+    /// see the data (as with a buffered writer).
+    pub fn set_write_batch(&mut self, bytes: usize) {
+        self.batch = bytes.min(self.write_ring_size());
+    }
+
+    /// Publishes every byte written so far and wakes the peer if it asked.
+    pub fn flush(&mut self) -> Result<(), VchanError> {
+        self.check()?;
+        self.publish()
+    }
+
+    fn publish(&mut self) -> Result<(), VchanError> {
+        if self.wr_published == self.wr_prod {
+            return Ok(());
+        }
+        if self.batch != 0 && !self.is_open() {
+            return Err(VchanError::Closed);
+        }
+        let (_, _, wr_prod, ..) = Self::offsets();
+        self.wr_published = self.wr_prod;
+        self.publish_index(wr_prod, self.wr_prod, abi::VCHAN_NOTIFY_WRITE)
     }
 
     /// Whether the peer is there: the server reports the client's live byte
@@ -270,16 +331,15 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
 
     fn request_notify(&self, bit: u8) -> Result<(), VchanError> {
         let (.., peer) = Self::offsets();
-        self.u8_at(peer)?.fetch_or(bit, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        notify::request::<AtomicU32, _>(self.u8_at(peer)?, bit);
         Ok(())
     }
 
-    fn send_notify(&self, bit: u8) -> Result<(), VchanError> {
+    /// Moves one of our indices (at `off`) to `new` and wakes the peer if it
+    /// asked for `bit` (see [`notify::publish_and_check`]).
+    fn publish_index(&self, off: usize, new: u32, bit: u8) -> Result<(), VchanError> {
         let (_, _, _, _, ours, _) = Self::offsets();
-        fence(Ordering::SeqCst);
-        let old = self.u8_at(ours)?.fetch_and(!bit, Ordering::SeqCst);
-        if old & bit != 0 {
+        if notify::publish_and_check(self.u32_at(off)?, new, self.u8_at(ours)?, bit) {
             self.chan.notify()?;
         }
         Ok(())
@@ -288,7 +348,6 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     fn do_send(&mut self, data: &[u8]) -> Result<(), VchanError> {
         let size = self.write_ring_size();
         let idx = self.wr_prod as usize & (size - 1);
-        fence(Ordering::SeqCst);
         let first = data.len().min(size - idx);
         {
             let ring = self.write_ring(self.wr)?;
@@ -297,17 +356,16 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             ring.write(0, &data[first..])
                 .map_err(|_| VchanError::Closed)?;
         }
-        fence(Ordering::Release);
         self.wr_prod = self.wr_prod.wrapping_add(data.len() as u32);
-        let (_, _, wr_prod, ..) = Self::offsets();
-        self.u32_at(wr_prod)?.store(self.wr_prod, Ordering::Release);
-        self.send_notify(abi::VCHAN_NOTIFY_WRITE)
+        if self.wr_prod.wrapping_sub(self.wr_published) as usize >= self.batch {
+            self.publish()?;
+        }
+        Ok(())
     }
 
     fn do_recv(&mut self, out: &mut [u8]) -> Result<(), VchanError> {
         let size = self.read_ring_size();
         let idx = self.rd_cons as usize & (size - 1);
-        fence(Ordering::Acquire);
         let first = out.len().min(size - idx);
         {
             let ring = self.read_ring(self.rd)?;
@@ -315,11 +373,9 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             ring.read(idx, a).map_err(|_| VchanError::Closed)?;
             ring.read(0, b).map_err(|_| VchanError::Closed)?;
         }
-        fence(Ordering::SeqCst);
         self.rd_cons = self.rd_cons.wrapping_add(out.len() as u32);
         let (_, rd_cons, ..) = Self::offsets();
-        self.u32_at(rd_cons)?.store(self.rd_cons, Ordering::Release);
-        self.send_notify(abi::VCHAN_NOTIFY_READ)
+        self.publish_index(rd_cons, self.rd_cons, abi::VCHAN_NOTIFY_READ)
     }
 
     /// Waits for an event on this vchan's handle (up to `timeout`) and
@@ -382,11 +438,16 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     /// Stream read: copies up to `buf.len()` bytes. Blocking mode waits for at
     /// least one byte; returns 0 at end of stream (peer closed and drained).
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, VchanError> {
+        self.check()?;
         if buf.is_empty() {
             return Ok(0);
         }
-        let mut ready = self.data_ready()?;
+        let mut ready = self.known_ready();
+        if ready < buf.len() {
+            ready = self.data_ready()?;
+        }
         if ready == 0 {
+            self.publish()?;
             if self.blocking {
                 self.block_until(abi::VCHAN_NOTIFY_WRITE, |v| v.data_ready().map(|r| r > 0))?;
             } else {
@@ -404,14 +465,29 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     /// Stream write: copies as much of `buf` as fits. Blocking mode waits for
     /// room for at least one byte. Writing to a closed peer is an error.
     pub fn write(&mut self, buf: &[u8]) -> Result<usize, VchanError> {
+        self.check()?;
         if buf.is_empty() {
             return Ok(0);
         }
-        if !self.is_open() {
+        // A batching writer learns of a closed peer when it publishes; the
+        // live byte shares the header's cache line with the peer's index,
+        // so reading it on every small write would cost a miss each.
+        if self.batch == 0 && !self.is_open() {
             return Err(VchanError::Closed);
         }
-        let mut space = self.buffer_space()?;
+        // Without batching every write re-reads the peer's index (it pays
+        // for the header line in `is_open` anyway), so a corrupt index is
+        // reported by the very next write, as libxenvchan would see it.
+        let mut space = if self.batch == 0 {
+            0
+        } else {
+            self.known_space()
+        };
+        if space < buf.len() {
+            space = self.buffer_space()?;
+        }
         if space == 0 {
+            self.publish()?;
             if self.blocking {
                 if !self.block_until(abi::VCHAN_NOTIFY_READ, |v| v.buffer_space().map(|s| s > 0))? {
                     return Err(VchanError::Closed);
@@ -432,6 +508,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     /// returns 0 if not all bytes are there yet; blocking mode returns 0 only
     /// when the peer closed before sending them.
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<usize, VchanError> {
+        self.check()?;
         if buf.len() > self.read_ring_size() {
             return Err(VchanError::TooBig {
                 len: buf.len(),
@@ -439,8 +516,12 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             });
         }
         let want = buf.len();
-        let mut ready = self.data_ready()?;
+        let mut ready = self.known_ready();
         if ready < want {
+            ready = self.data_ready()?;
+        }
+        if ready < want {
+            self.publish()?;
             if self.blocking {
                 if !self.block_until(abi::VCHAN_NOTIFY_WRITE, |v| {
                     v.data_ready().map(|r| r >= want)
@@ -461,6 +542,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
 
     /// Packet send: writes all of `buf` or nothing.
     pub fn send(&mut self, buf: &[u8]) -> Result<usize, VchanError> {
+        self.check()?;
         if buf.len() > self.write_ring_size() {
             return Err(VchanError::TooBig {
                 len: buf.len(),
@@ -471,8 +553,16 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             return Err(VchanError::Closed);
         }
         let want = buf.len();
-        let mut space = self.buffer_space()?;
+        let mut space = if self.batch == 0 {
+            0
+        } else {
+            self.known_space()
+        };
         if space < want {
+            space = self.buffer_space()?;
+        }
+        if space < want {
+            self.publish()?;
             if self.blocking {
                 if !self.block_until(abi::VCHAN_NOTIFY_READ, |v| {
                     v.buffer_space().map(|s| s >= want)
@@ -506,6 +596,10 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     pub fn close(&mut self) {
         if self.closed {
             return;
+        }
+        // Bytes gathered by write batching still reach the peer.
+        if !self.broken {
+            let _ = self.publish();
         }
         let off = if S::SERVER { SRV_LIVE } else { CLI_LIVE };
         if let Ok(b) = self.u8_at(off) {
@@ -568,7 +662,7 @@ mod stdio {
             }
         }
         fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
+            Vchan::flush(self).map_err(to_io)
         }
     }
 }

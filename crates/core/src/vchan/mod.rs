@@ -20,6 +20,7 @@
 //! [`VchanInterface`]: xenshare_abi::vchan::VchanInterface
 
 mod io;
+pub mod notify;
 mod setup;
 
 pub use io::{Vchan, VchanSide};
@@ -28,6 +29,7 @@ pub use setup::{client_init, server_init, ClientMem, ServerMem, VchanOrders};
 use crate::event::EventError;
 use crate::grant::{GrantError, MapError};
 use crate::store::client::ClientError;
+use crate::store::error::XsError;
 
 /// Errors of vchan set-up and I/O.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +46,12 @@ pub enum VchanError {
     /// A XenStore operation failed.
     #[error("xenstore: {0}")]
     Store(#[from] ClientError),
+    /// XenStore refused a write for a quota of this domain (the error it
+    /// sent: `ENOSPC` for nodes, memory or entries, `E2BIG` for watches,
+    /// `ENOMEM` for memory). Set-up itself needs no transaction, so the
+    /// transaction quota is never the cause.
+    #[error("xenstore quota exceeded ({0:?}): the domain owns too much in XenStore")]
+    StoreQuota(XsError),
     /// A XenStore key was missing, zero or not a decimal number.
     #[error("bad xenstore key {key}: {why}")]
     BadKey {

@@ -13,7 +13,8 @@ use crate::event::Channel;
 use crate::grant::{Exporter, Importer, Mapping, Share};
 use crate::mem::{ReadOnly, SharedMem};
 use crate::platform::{EventChannels, ForeignMapper, GrantBackend};
-use crate::store::client::{Client, Transport};
+use crate::store::client::{Client, ClientError, Transport};
+use crate::store::error::XsError;
 use crate::store::perms::{Perm, PermKind, Perms};
 use crate::types::{Access, DomId, GrantRef, Port};
 
@@ -153,8 +154,51 @@ fn loc(order: u16, left: bool) -> RingLoc {
     }
 }
 
-/// How many times the XenStore publication is retried on `EAGAIN`.
-const XS_RETRIES: u32 = 16;
+/// Publishes a server's keys without a transaction, so that any number of
+/// set-ups can run at once whatever the per-domain transaction quota (C
+/// xenstored and ours allow 10 open transactions per domain; a set-up that
+/// held one per connection is what makes many concurrent qrexec calls fail
+/// in Qubes).
+///
+/// A client reads `ring-ref` first, then `event-channel`, and must never
+/// see one without the other or a key it may not read. So: the directory is
+/// created and given the final permissions first (new nodes inherit their
+/// parent's), a stale `ring-ref` from an earlier server is removed, then
+/// `event-channel` is written, then `ring-ref` last: once `ring-ref` exists,
+/// both keys are complete and readable by the client. The keys' own
+/// permissions are then set explicitly (a no-op for new nodes), in case a
+/// stale node had other ones.
+fn publish<T: Transport>(
+    xs: &mut Client<T>,
+    path: &str,
+    ring_ref: GrantRef,
+    port: Port,
+    perms: &Perms,
+) -> Result<(), ClientError> {
+    let (k_ref, k_evt) = (format!("{path}/ring-ref"), format!("{path}/event-channel"));
+    xs.mkdir(path)?;
+    xs.set_perms(path, perms)?;
+    match xs.rm(&k_ref) {
+        Ok(()) => {}
+        Err(e) if e.xs() == Some(XsError::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
+    xs.write(&k_evt, format!("{}", port.0).as_bytes())?;
+    xs.set_perms(&k_evt, perms)?;
+    xs.write(&k_ref, format!("{}", ring_ref.0).as_bytes())?;
+    xs.set_perms(&k_ref, perms)?;
+    Ok(())
+}
+
+/// A XenStore refusal that is a quota (nodes, memory, node size, entries:
+/// `ENOSPC`; watches: `E2BIG`; memory: `ENOMEM`) becomes
+/// [`VchanError::StoreQuota`]; anything else stays a store error.
+fn quota_or_store(e: ClientError) -> VchanError {
+    match e.xs() {
+        Some(x @ (XsError::ENOSPC | XsError::E2BIG | XsError::ENOMEM)) => VchanError::StoreQuota(x),
+        _ => VchanError::Store(e),
+    }
+}
 
 /// Creates a vchan server for client domain `client` and publishes it at
 /// `path` (`<path>/ring-ref`, `<path>/event-channel`, readable by the client
@@ -228,14 +272,7 @@ where
         key: "perms",
         why: "empty",
     })?;
-    let (k_ref, k_evt) = (format!("{path}/ring-ref"), format!("{path}/event-channel"));
-    xs.transaction(XS_RETRIES, |tx| {
-        tx.write(&k_ref, format!("{}", ring_ref.0).as_bytes())?;
-        tx.set_perms(&k_ref, &perms)?;
-        tx.write(&k_evt, format!("{}", chan.port().0).as_bytes())?;
-        tx.set_perms(&k_evt, &perms)?;
-        Ok(())
-    })?;
+    publish(xs, path, ring_ref, chan.port(), &perms).map_err(quota_or_store)?;
     Ok(Vchan::new(
         ServerMem {
             ctrl: Some(ctrl),

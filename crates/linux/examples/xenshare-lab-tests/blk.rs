@@ -183,6 +183,16 @@ fn domu_io(dev: &str, sys: &str, size: u64) -> Result<String, String> {
         }
     };
     let opened_ms = t0.elapsed().as_millis();
+    // A filesystem on the disk first (the pattern below overwrites it, and
+    // dom0 checks the pattern).
+    drop(f);
+    let fs = filesystem_round_trip(dev)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(dev)
+        .ctx(&format!("reopen {dev} O_DIRECT"))?;
     let mut buf = Aligned::new(CHUNK);
     let mut scratch = vec![0u8; CHUNK];
     let t = Instant::now();
@@ -209,7 +219,7 @@ fn domu_io(dev: &str, sys: &str, size: u64) -> Result<String, String> {
     let read = t.elapsed();
     drop(f);
     Ok(format!(
-        "disk after {appeared_ms} ms, opened after {opened_ms} ms, {} MiB O_DIRECT: write+fsync {:.2} MB/s, read {:.2} MB/s; \
+        "disk after {appeared_ms} ms, opened after {opened_ms} ms, {fs}; {} MiB O_DIRECT: write+fsync {:.2} MB/s, read {:.2} MB/s; \
          queue max_segments={} max_hw_sectors_kb={}; kernel: {}",
         size / MIB,
         mbs(size, write),
@@ -217,6 +227,64 @@ fn domu_io(dev: &str, sys: &str, size: u64) -> Result<String, String> {
         sysfs(&format!("{sys}/queue/max_segments")),
         sysfs(&format!("{sys}/queue/max_hw_sectors_kb")),
         blkfront_log(),
+    ))
+}
+
+/// Bytes of the file written through the filesystem.
+const FS_FILE: usize = 4 << 20;
+
+/// Makes an ext2 filesystem on `dev` with busybox `mke2fs`, mounts it,
+/// writes a file, remounts and reads it back. The kernel's ext4 driver
+/// mounts ext2; the lab loads it from `/etc/xenlab-fs-modules`.
+fn filesystem_round_trip(dev: &str) -> Result<String, String> {
+    let run = |prog: &str, args: &[&str]| -> Result<(), String> {
+        let out = std::process::Command::new(prog)
+            .args(args)
+            .output()
+            .ctx(&format!("run {prog}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{prog} {}: {} {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    };
+    let mnt = "/mnt/xenshare-blk";
+    std::fs::create_dir_all(mnt).ctx("mkdir mount point")?;
+    let t = Instant::now();
+    // 16 MiB of the disk is plenty for the round trip and keeps mke2fs
+    // short under TCG.
+    run("mke2fs", &["-q", "-F", dev, "16384"])?;
+    let mkfs = t.elapsed();
+    run("mount", &["-t", "ext2", dev, mnt])?;
+    let file = format!("{mnt}/pattern");
+    let mut data = vec![0u8; FS_FILE];
+    fill(&mut data, 0x5eed);
+    let t = Instant::now();
+    std::fs::write(&file, &data).ctx("write the file")?;
+    run("sync", &[])?;
+    let write = t.elapsed();
+    run("umount", &[mnt])?;
+    run("mount", &["-t", "ext2", "-o", "ro", dev, mnt])?;
+    let back = std::fs::read(&file).ctx("read the file back");
+    let _ = run("umount", &[mnt]);
+    let back = back?;
+    if back != data {
+        return Err(format!(
+            "the file read back through ext2 differs ({} bytes, first difference at {:?})",
+            back.len(),
+            back.iter().zip(&data).position(|(a, b)| a != b)
+        ));
+    }
+    Ok(format!(
+        "ext2: mke2fs {} ms, {} MiB file written+synced {:.2} MB/s, remounted read-only and checked",
+        mkfs.as_millis(),
+        FS_FILE >> 20,
+        mbs(FS_FILE as u64, write)
     ))
 }
 

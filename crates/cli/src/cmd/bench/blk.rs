@@ -35,9 +35,10 @@ pub struct BlkArgs {
     /// Passes over the image for the sequential measurement.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
     passes: u64,
-    /// Measurement rounds, interleaved; the best of each side is reported.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
-    rounds: u64,
+    /// Measurement rounds, each side back to back in a round; medians and
+    /// [min–max] are reported.
+    #[arg(long, default_value_t = super::stats::DEFAULT_REPEATS, value_parser = clap::value_parser!(u64).range(1..=100))]
+    repeats: u64,
     /// Use per-request grants instead of persistent grants.
     #[arg(long)]
     no_persistent: bool,
@@ -139,18 +140,16 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
     };
     let mbps = |t: Instant| (a.passes * size) as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64();
 
-    // Warm-up, then interleaved rounds (the best of each kept), so a busy
-    // machine penalises both sides alike.
+    // Warm-up, then rounds with both sides back to back, so a busy
+    // machine penalises both alike; the medians are reported.
     pread_iops((a.ops / 10).max(1), 1)?;
     blk_iops(&mut disk, (a.ops / 10).max(1), 1)?;
-    let (mut best_pread, mut best_blk, mut best_pread_seq, mut best_blk_seq) =
-        (0f64, 0f64, 0f64, 0f64);
-    let mut progress = super::Progress::new("bench blk", a.rounds as usize);
-    for round in 0..a.rounds {
+    let mut progress = super::Progress::new("bench blk", a.repeats as usize);
+    let samples = super::stats::repeat(a.repeats, |round, st| {
         progress.phase("random and sequential reads, blkfront and pread");
         let seed = 0x9E37_79B9_7F4A_7C15 ^ round;
-        best_pread = best_pread.max(pread_iops(a.ops, seed)?);
-        best_blk = best_blk.max(blk_iops(&mut disk, a.ops, seed)?);
+        let pread = pread_iops(a.ops, seed)?;
+        let blk = blk_iops(&mut disk, a.ops, seed)?;
         let t = Instant::now();
         for _ in 0..a.passes {
             for off in (0..size).step_by(1 << 20) {
@@ -158,7 +157,7 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
                 black_box(&big);
             }
         }
-        best_pread_seq = best_pread_seq.max(mbps(t));
+        let pread_seq = mbps(t);
         let t = Instant::now();
         for _ in 0..a.passes {
             for off in (0..size).step_by(1 << 20) {
@@ -166,8 +165,15 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
                 black_box(&big);
             }
         }
-        best_blk_seq = best_blk_seq.max(mbps(t));
-    }
+        let blk_seq = mbps(t);
+        st.add("blk_iops", blk);
+        st.add("pread_iops", pread);
+        st.add("iops_ratio", blk / pread);
+        st.add("blk_seq_mbps", blk_seq);
+        st.add("pread_seq_mbps", pread_seq);
+        st.add("seq_ratio", blk_seq / pread_seq);
+        Ok(())
+    })?;
     disk.close(&mut xs).map_err(|x| e(&x))?;
     drop(fe);
     let (_, runs) = backend.stop().map_err(|x| e(&x))?;
@@ -179,13 +185,7 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
     if a.json {
         println!(
             "{}",
-            crate::json::object(&[
-                ("blk_iops", best_blk),
-                ("pread_iops", best_pread),
-                ("iops_ratio", best_blk / best_pread),
-                ("blk_seq_mbps", best_blk_seq),
-                ("pread_seq_mbps", best_pread_seq),
-                ("seq_ratio", best_blk_seq / best_pread_seq),
+            samples.json(&[
                 ("qd", qd as f64),
                 ("ring_slots", f64::from(info.ring_size)),
                 ("persistent", if info.persistent { 1.0 } else { 0.0 }),
@@ -193,27 +193,35 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
             ])
         );
     } else {
+        let g = |k: &str, w| samples.get(k).show(w, 0);
+        let r = |k: &str| samples.get(k).show(5, 2);
         println!(
             "block benchmark ({} MiB image, emulator, {}-slot ring, {} segments/request, \
-             persistent grants {}; best of {} rounds)",
+             persistent grants {}; median [min–max] of {} rounds)",
             a.mib,
             info.ring_size,
             info.max_segments,
             if info.persistent { "on" } else { "off" },
-            a.rounds
+            samples.rounds()
         );
-        println!("  4 KiB random read, blkfront qd {qd:<4} {best_blk:>12.0} IOPS");
-        println!("  4 KiB random read, direct pread     {best_pread:>12.0} IOPS");
         println!(
-            "  ratio                               {:>12.2}x",
-            best_blk / best_pread
+            "  4 KiB random read, blkfront qd {qd:<4} {} IOPS",
+            g("blk_iops", 10)
         );
-        println!("  1 MiB sequential read, blkfront     {best_blk_seq:>12.0} MiB/s");
-        println!("  1 MiB sequential read, direct pread {best_pread_seq:>12.0} MiB/s");
         println!(
-            "  ratio                               {:>12.2}x",
-            best_blk_seq / best_pread_seq
+            "  4 KiB random read, direct pread     {} IOPS",
+            g("pread_iops", 10)
         );
+        println!("  ratio                               {}x", r("iops_ratio"));
+        println!(
+            "  1 MiB sequential read, blkfront     {} MiB/s",
+            g("blk_seq_mbps", 10)
+        );
+        println!(
+            "  1 MiB sequential read, direct pread {} MiB/s",
+            g("pread_seq_mbps", 10)
+        );
+        println!("  ratio                               {}x", r("seq_ratio"));
     }
     Ok(())
 }

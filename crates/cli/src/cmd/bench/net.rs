@@ -20,6 +20,9 @@ pub struct NetArgs {
     /// Frames per direction and size (large frames use a tenth of this).
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
     frames: u64,
+    /// Rounds of every measurement; medians and [min–max] are reported.
+    #[arg(long, default_value_t = super::stats::DEFAULT_REPEATS, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    repeats: u64,
 }
 
 /// Frames per second of `size`-byte datagrams from one thread to another.
@@ -44,46 +47,60 @@ fn socket_fps(size: usize, n: u64) -> Result<f64, String> {
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
+/// The frame sizes measured.
+const SIZES: [usize; 4] = [64, 1514, 9000, 65535];
+
 /// Runs the benchmark.
 pub fn run(a: NetArgs) -> Result<(), String> {
-    let mut fields = Vec::new();
-    if !a.json {
-        println!("netif on the emulator: frames/s and MB/s per direction");
-        println!(
-            "{:>8}  {:>14} {:>10}  {:>14} {:>10}  {:>14} {:>8}",
-            "frame", "guest->host/s", "MB/s", "host->guest/s", "MB/s", "socketpair/s", "tx/sock"
-        );
-    }
-    for size in [64usize, 1514, 9000, 65535] {
-        let n = if size > 1514 {
-            (a.frames / 10).max(10)
-        } else {
-            a.frames
-        };
-        let t = throughput(size, n)?;
-        let sock = socket_fps(size, n)?;
-        if a.json {
-            fields.push((format!("socketpair_fps_{size}"), sock));
-            fields.push((format!("tx_vs_socketpair_{size}"), t.tx_fps / sock));
-            fields.push((format!("net_tx_fps_{size}"), t.tx_fps));
-            fields.push((format!("net_rx_fps_{size}"), t.rx_fps));
-            fields.push((format!("net_tx_mbps_{size}"), t.tx_mbps()));
-            fields.push((format!("net_rx_mbps_{size}"), t.rx_mbps()));
-        } else {
-            println!(
-                "{size:>7}B  {:>14.0} {:>10.1}  {:>14.0} {:>10.1}  {:>14.0} {:>7.2}x",
-                t.tx_fps,
-                t.tx_mbps(),
-                t.rx_fps,
-                t.rx_mbps(),
-                sock,
-                t.tx_fps / sock
-            );
+    let mut progress = super::Progress::new("bench net", a.repeats as usize);
+    let samples = super::stats::repeat(a.repeats, |i, st| {
+        progress.phase(&format!("round {} of {}", i + 1, a.repeats));
+        for size in SIZES {
+            let n = if size > 1514 {
+                (a.frames / 10).max(10)
+            } else {
+                a.frames
+            };
+            let t = throughput(size, n)?;
+            let sock = socket_fps(size, n)?;
+            st.add(format!("socketpair_fps_{size}"), sock);
+            st.add(format!("tx_vs_socketpair_{size}"), t.tx_fps / sock);
+            st.add(format!("rx_vs_tx_{size}"), t.rx_fps / t.tx_fps);
+            st.add(format!("net_tx_fps_{size}"), t.tx_fps);
+            st.add(format!("net_rx_fps_{size}"), t.rx_fps);
+            st.add(format!("net_tx_mbps_{size}"), t.tx_mbps());
+            st.add(format!("net_rx_mbps_{size}"), t.rx_mbps());
         }
-    }
+        Ok(())
+    })?;
+    drop(progress);
     if a.json {
-        let f: Vec<(&str, f64)> = fields.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        println!("{}", crate::json::object(&f));
+        println!("{}", samples.json(&[]));
+        return Ok(());
+    }
+    println!(
+        "netif on the emulator: frames/s and MB/s per direction (median [min–max] of {} rounds)",
+        samples.rounds()
+    );
+    for size in SIZES {
+        let g = |k: &str| samples.get(&format!("{k}_{size}"));
+        println!("{size:>7} B frames");
+        println!(
+            "  guest->host (tx) {} frames/s {} MB/s",
+            g("net_tx_fps").show(10, 0),
+            g("net_tx_mbps").show(8, 1)
+        );
+        println!(
+            "  host->guest (rx) {} frames/s {} MB/s   rx/tx {}",
+            g("net_rx_fps").show(10, 0),
+            g("net_rx_mbps").show(8, 1),
+            g("rx_vs_tx").show(4, 2)
+        );
+        println!(
+            "  socketpair       {} frames/s              tx/socketpair {}",
+            g("socketpair_fps").show(10, 0),
+            g("tx_vs_socketpair").show(4, 2)
+        );
     }
     Ok(())
 }

@@ -18,6 +18,8 @@ use xenshare::DomId;
 use xenshare_sim::{Domain, DomainConfig, Hypervisor};
 use xenshare_xenstored::{inproc, Config, Daemon};
 
+use super::AlignedBuf;
+
 type Res<T> = Result<T, String>;
 
 /// Options of `bench vchan`.
@@ -27,14 +29,17 @@ pub struct VchanArgs {
     #[arg(long)]
     json: bool,
     /// Bytes moved per throughput measurement (MiB).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65536))]
     mib: u64,
     /// Round trips per latency measurement.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     round_trips: u64,
-    /// Only the headline configuration (1 MiB rings, 64 KiB writes), no sweep.
+    /// Only the headline figures, no ring size x write size sweep.
     #[arg(long)]
     quick: bool,
+    /// Rounds of every measurement; medians and [min–max] are reported.
+    #[arg(long, default_value_t = super::stats::DEFAULT_REPEATS, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    repeats: u64,
 }
 
 struct Lab {
@@ -73,10 +78,13 @@ impl Lab {
         })
     }
 
-    /// A connected pair with both rings of `ring` bytes.
+    /// A connected pair with both rings of `ring` bytes, each end gathering
+    /// up to `batch` bytes of small writes (0: none; see
+    /// `Vchan::set_write_batch`).
     fn pair(
         &mut self,
         ring: usize,
+        batch: usize,
     ) -> Res<(
         impl Read + Write + Send + 'static,
         impl Read + Write + Send + 'static,
@@ -85,7 +93,7 @@ impl Lab {
         let path = format!("/local/domain/{}/data/vchan/{}", self.srv.id().0, self.n);
         let sev = self.srv.evtchn().map_err(|e| e.to_string())?;
         let cev = self.cli.evtchn().map_err(|e| e.to_string())?;
-        let s = server_init(
+        let mut s = server_init(
             self.srv.exporter(),
             &sev,
             &mut inproc::client(&self.xs, self.srv.id()),
@@ -95,7 +103,7 @@ impl Lab {
             ring,
         )
         .map_err(|e| e.to_string())?;
-        let c = client_init(
+        let mut c = client_init(
             self.cli.importer(),
             &cev,
             &mut inproc::client(&self.xs, self.cli.id()),
@@ -103,19 +111,23 @@ impl Lab {
             &path,
         )
         .map_err(|e| e.to_string())?;
+        s.set_write_batch(batch);
+        c.set_write_batch(batch);
         Ok((s, c))
     }
 }
 
 /// Streams `total` bytes from `w` to `r` in `chunk`-byte writes on two
-/// threads; returns GB/s.
+/// threads; returns GB/s. Both buffers are page-aligned (see
+/// [`AlignedBuf`]); the writer flushes at the end (a batching vchan
+/// publishes its last bytes there).
 fn stream<W, R>(mut w: W, mut r: R, total: usize, chunk: usize) -> Res<f64>
 where
     W: Write + Send + 'static,
     R: Read + Send + 'static,
 {
     let reader = std::thread::spawn(move || -> std::io::Result<usize> {
-        let mut buf = vec![0u8; 256 * 1024];
+        let mut buf = AlignedBuf::new(READ_BUF, 0);
         let mut got = 0;
         while got < total {
             let n = r.read(&mut buf)?;
@@ -126,7 +138,7 @@ where
         }
         Ok(got)
     });
-    let data = vec![0xA5u8; chunk];
+    let data = AlignedBuf::new(chunk, 0xA5);
     let t = Instant::now();
     let mut sent = 0;
     while sent < total {
@@ -134,6 +146,7 @@ where
         w.write_all(&data[..n]).map_err(|e| e.to_string())?;
         sent += n;
     }
+    w.flush().map_err(|e| e.to_string())?;
     let got = reader
         .join()
         .map_err(|_| "reader thread panicked".to_string())?
@@ -145,6 +158,9 @@ where
     drop(w);
     Ok(total as f64 / secs / 1e9)
 }
+
+/// Bytes a stream reader asks for per read call.
+const READ_BUF: usize = 256 * 1024;
 
 /// Ping-pong of `size`-byte messages; returns µs per round trip.
 fn rtt<A, B>(mut a: A, mut b: B, size: usize, trips: u64) -> Res<f64>
@@ -173,96 +189,174 @@ where
     Ok(us)
 }
 
-/// The ideal ring: one producer, one consumer, plain memory, the same
-/// index protocol as a vchan ring but no grants, no notifications (both
-/// sides spin) and `memcpy` for the data.
+/// An index on a cache line pair of its own: the producer's and the
+/// consumer's index never share a line (nor an adjacent one, which the
+/// spatial prefetcher pulls in pairs), so a store to one does not evict
+/// the other from the peer's cache.
+#[repr(align(128))]
+struct Padded(AtomicUsize);
+
+/// The ideal ring: one producer, one consumer, plain page-aligned memory,
+/// the same stream semantics as a vchan ring (free-running indices, copy in,
+/// publish, copy out, publish), but no grants and no notifications (both
+/// sides spin), and what an expert adds: indices on separate cache lines,
+/// each side caching the peer's index and re-reading it only when the
+/// cached value does not cover the request, one publish per call
+/// (batching), and `memcpy` between aligned buffers for the data.
 struct Spsc {
-    buf: Box<[UnsafeCell<u8>]>,
-    prod: AtomicUsize,
-    cons: AtomicUsize,
+    pages: Box<[Page]>,
+    prod: Padded,
+    cons: Padded,
 }
 
-// SAFETY: the producer only writes bytes in [cons+size .. prod) free space and
-// the consumer only reads [cons .. prod); the acquire/release index updates
-// order the copies, so no byte is accessed by both at once.
-unsafe impl Sync for Spsc {}
+/// One page of ring memory, page-aligned.
+#[repr(C, align(4096))]
+struct Page(UnsafeCell<[u8; 4096]>);
 
 impl Spsc {
     fn new(size: usize) -> Arc<Self> {
         Arc::new(Self {
-            buf: (0..size).map(|_| UnsafeCell::new(0)).collect(),
-            prod: AtomicUsize::new(0),
-            cons: AtomicUsize::new(0),
+            pages: (0..size.div_ceil(4096))
+                .map(|_| Page(UnsafeCell::new([0; 4096])))
+                .collect(),
+            prod: Padded(AtomicUsize::new(0)),
+            cons: Padded(AtomicUsize::new(0)),
         })
     }
 
+    fn len(&self) -> usize {
+        self.pages.len() * 4096
+    }
+
     fn base(&self) -> *mut u8 {
-        UnsafeCell::raw_get(self.buf.as_ptr())
+        // `Page` is repr(C) around the cell, so the slice's pointer is the
+        // first cell's; the pages are contiguous (size == alignment).
+        UnsafeCell::raw_get(self.pages.as_ptr().cast::<UnsafeCell<[u8; 4096]>>()).cast()
     }
+}
 
-    fn copy(src: *const u8, dst: *mut u8, n: usize) {
-        // SAFETY: callers pass ranges inside the ring and inside their own
-        // buffer, owned by them per the index protocol (see `Sync` above).
-        unsafe { std::ptr::copy_nonoverlapping(src, dst, n) }
-    }
+/// The producer's end, with its private index and cached consumer index.
+struct SpscTx {
+    q: Arc<Spsc>,
+    prod: usize,
+    seen_cons: usize,
+}
 
-    fn write(&self, data: &[u8]) {
-        let size = self.buf.len();
+/// The consumer's end, with its private index and cached producer index.
+struct SpscRx {
+    q: Arc<Spsc>,
+    cons: usize,
+    seen_prod: usize,
+}
+
+impl SpscTx {
+    fn write(&mut self, data: &[u8]) {
+        let size = self.q.len();
+        let mut spins = 0;
         let mut done = 0;
         while done < data.len() {
-            let prod = self.prod.load(Ordering::Relaxed);
-            let space = size - (prod - self.cons.load(Ordering::Acquire));
+            let mut space = size - (self.prod - self.seen_cons);
+            if space < data.len() - done {
+                self.seen_cons = self.q.cons.0.load(Ordering::Acquire);
+                space = size - (self.prod - self.seen_cons);
+            }
             if space == 0 {
-                std::hint::spin_loop();
+                backoff(&mut spins);
                 continue;
             }
-            let idx = prod % size;
+            spins = 0;
+            let idx = self.prod & (size - 1);
             let n = (data.len() - done).min(space).min(size - idx);
-            // SAFETY: idx + n <= size.
-            let dst = unsafe { self.base().add(idx) };
-            Self::copy(data[done..].as_ptr(), dst, n);
-            self.prod.store(prod + n, Ordering::Release);
+            // SAFETY: idx + n <= size, and [prod, prod + n) is free space
+            // that only the producer touches until it publishes it below
+            // (the consumer published it free with a release store, read
+            // above with acquire).
+            unsafe {
+                std::ptr::copy_nonoverlapping(data[done..].as_ptr(), self.q.base().add(idx), n)
+            };
+            self.prod += n;
             done += n;
+            if done < data.len() {
+                // Wrapped: publish the first part before waiting for room.
+                self.q.prod.0.store(self.prod, Ordering::Release);
+            }
         }
+        self.q.prod.0.store(self.prod, Ordering::Release);
     }
+}
 
-    fn read(&self, out: &mut [u8]) -> usize {
-        let size = self.buf.len();
+impl SpscRx {
+    fn read(&mut self, out: &mut [u8]) -> usize {
+        let size = self.q.len();
+        let mut spins = 0;
         loop {
-            let cons = self.cons.load(Ordering::Relaxed);
-            let ready = self.prod.load(Ordering::Acquire) - cons;
+            let mut ready = self.seen_prod - self.cons;
+            if ready < out.len() {
+                self.seen_prod = self.q.prod.0.load(Ordering::Acquire);
+                ready = self.seen_prod - self.cons;
+            }
             if ready == 0 {
-                std::hint::spin_loop();
+                backoff(&mut spins);
                 continue;
             }
-            let idx = cons % size;
+            let idx = self.cons & (size - 1);
             let n = ready.min(out.len()).min(size - idx);
-            // SAFETY: idx + n <= size.
-            let src = unsafe { self.base().add(idx) };
-            Self::copy(src, out.as_mut_ptr(), n);
-            self.cons.store(cons + n, Ordering::Release);
+            // SAFETY: idx + n <= size, and [cons, cons + n) was published by
+            // the producer (release store, read above with acquire) and is
+            // not written again until the consumer publishes it free below.
+            unsafe { std::ptr::copy_nonoverlapping(self.q.base().add(idx), out.as_mut_ptr(), n) };
+            self.cons += n;
+            self.q.cons.0.store(self.cons, Ordering::Release);
             return n;
         }
     }
 }
 
+/// Waiting for the peer: spin a while (it is normally running on the other
+/// core), then yield the core, so that on a machine with more runnable
+/// threads than cores a spinning side does not hold the core its peer
+/// needs for a whole time slice.
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 2048 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+// SAFETY: the ring bytes are only reached through SpscTx (free space) and
+// SpscRx (published data), whose ranges never overlap per the index
+// protocol; the indices are atomics.
+unsafe impl Sync for Spsc {}
+
 fn spsc(ring: usize, total: usize, chunk: usize) -> Res<f64> {
+    assert!(ring.is_power_of_two());
     let q = Spsc::new(ring);
-    let q2 = q.clone();
+    let mut tx = SpscTx {
+        q: q.clone(),
+        prod: 0,
+        seen_cons: 0,
+    };
+    let mut rx = SpscRx {
+        q,
+        cons: 0,
+        seen_prod: 0,
+    };
     let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 256 * 1024];
+        let mut buf = AlignedBuf::new(READ_BUF, 0);
         let mut got = 0;
         while got < total {
-            got += q2.read(&mut buf);
+            got += rx.read(&mut buf);
         }
-        black_box(&buf);
+        black_box(&buf[..]);
     });
-    let data = vec![0xA5u8; chunk];
+    let data = AlignedBuf::new(chunk, 0xA5);
     let t = Instant::now();
     let mut sent = 0;
     while sent < total {
         let n = (total - sent).min(chunk);
-        q.write(&data[..n]);
+        tx.write(&data[..n]);
         sent += n;
     }
     reader
@@ -271,16 +365,18 @@ fn spsc(ring: usize, total: usize, chunk: usize) -> Res<f64> {
     Ok(total as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 
+/// One thread copying `chunk`-byte pieces from an aligned buffer round an
+/// aligned ring-sized buffer: what a single copy costs at best.
 fn memcpy(ring: usize, total: usize, chunk: usize) -> f64 {
-    let src = vec![0xA5u8; chunk];
-    let mut dst = vec![0u8; ring];
+    let src = AlignedBuf::new(chunk, 0xA5);
+    let mut dst = AlignedBuf::new(ring, 0);
     let t = Instant::now();
     let mut done = 0;
     let mut at = 0;
     while done < total {
         let n = chunk.min(ring - at);
         dst[at..at + n].copy_from_slice(&src[..n]);
-        black_box(&mut dst);
+        black_box(&mut dst[..]);
         at = (at + n) % ring;
         done += n;
     }
@@ -294,37 +390,70 @@ fn pipe_pair() -> Res<(std::io::PipeWriter, std::io::PipeReader)> {
 
 const SWEEP_SIZES: [usize; 5] = [64, 512, 4096, 16384, 65536];
 
+/// Bytes a batching vchan gathers before it publishes (see
+/// `Vchan::set_write_batch`).
+const BATCH: usize = 16 * 1024;
+
 /// Runs the benchmark.
 pub fn run(a: VchanArgs) -> Res<()> {
     let mut lab = Lab::new()?;
     let total = (a.mib as usize) << 20;
+    let small_total = (total / 8).max(1 << 20);
     let big = 1 << 20;
     let chunk = 64 * 1024;
 
     let sweeping = !a.quick && !a.json;
-    let mut progress = super::Progress::new("bench vchan", if sweeping { 3 } else { 2 });
-    progress.phase("throughput");
-    let (s, c) = lab.pair(big)?;
-    let vchan_gbps = stream(c, s, total, chunk)?;
-    let (x, y) = UnixStream::pair().map_err(|e| e.to_string())?;
-    let socketpair_gbps = stream(x, y, total, chunk)?;
-    let (w, r) = pipe_pair()?;
-    let pipe_gbps = stream(w, r, total, chunk)?;
-    let spsc_gbps = spsc(big, total, chunk)?;
-    let memcpy_gbps = memcpy(big, total.max(1 << 30), chunk);
+    let mut progress =
+        super::Progress::new("bench vchan", a.repeats as usize + usize::from(sweeping));
+    let samples = super::stats::repeat(a.repeats, |i, st| {
+        progress.phase(&format!("round {} of {}", i + 1, a.repeats));
+        // Baselines and vchan back to back in each round, so the ratios
+        // compare runs under the same load.
+        let (s, c) = lab.pair(big, 0)?;
+        let vchan = stream(c, s, total, chunk)?;
+        let (x, y) = UnixStream::pair().map_err(|e| e.to_string())?;
+        let socketpair = stream(x, y, total, chunk)?;
+        let (w, r) = pipe_pair()?;
+        let pipe = stream(w, r, total, chunk)?;
+        let ideal = spsc(big, total, chunk)?;
+        let mc = memcpy(big, total.max(1 << 30), chunk);
+        st.add("vchan_gbps", vchan);
+        st.add("socketpair_gbps", socketpair);
+        st.add("pipe_gbps", pipe);
+        st.add("spsc_gbps", ideal);
+        st.add("memcpy_gbps", mc);
+        st.add("vchan_vs_socketpair", vchan / socketpair);
+        st.add("vchan_vs_spsc", vchan / ideal);
 
-    progress.phase("round trips");
-    let (s, c) = lab.pair(4096)?;
-    let vchan_rtt_us = rtt(c, s, 64, a.round_trips)?;
-    let (x, y) = UnixStream::pair().map_err(|e| e.to_string())?;
-    let socketpair_rtt_us = rtt(x, y, 64, a.round_trips.min(200_000))?;
+        let (s, c) = lab.pair(big, 0)?;
+        st.add("vchan_64b_gbps", stream(c, s, small_total, 64)?);
+        let (s, c) = lab.pair(big, BATCH)?;
+        let v64 = stream(c, s, small_total, 64)?;
+        st.add("vchan_64b_batched_gbps", v64);
+        let (x, y) = UnixStream::pair().map_err(|e| e.to_string())?;
+        let sp64 = stream(x, y, small_total / 8, 64)?;
+        st.add("socketpair_64b_gbps", sp64);
+        st.add("vchan_64b_batched_vs_socketpair", v64 / sp64);
+
+        let (s, c) = lab.pair(4096, 0)?;
+        let vrtt = rtt(c, s, 64, a.round_trips)?;
+        let (x, y) = UnixStream::pair().map_err(|e| e.to_string())?;
+        let srtt = rtt(x, y, 64, a.round_trips.min(200_000))?;
+        st.add("vchan_rtt_us", vrtt);
+        st.add("socketpair_rtt_us", srtt);
+        st.add("rtt_vs_socketpair", vrtt / srtt);
+        // Give the closed pairs' grants back before the next round.
+        lab.srv.exporter().reclaim(usize::MAX);
+        lab.cli.exporter().reclaim(usize::MAX);
+        Ok(())
+    })?;
 
     let mut sweep = Vec::new();
     if sweeping {
         progress.phase("ring size x write size sweep");
         for order in 12u32..=20 {
             for size in SWEEP_SIZES {
-                let (s, c) = lab.pair(1 << order)?;
+                let (s, c) = lab.pair(1 << order, 0)?;
                 // Small writes move less data so each cell takes similar time.
                 let bytes = (total / 4).clamp(1 << 20, 64 << 20) / (65536 / size).clamp(1, 16);
                 sweep.push((order, size, stream(c, s, bytes, size)?));
@@ -338,63 +467,63 @@ pub fn run(a: VchanArgs) -> Res<()> {
     let st = lab.srv.exporter().stats();
     drop(progress);
     if a.json {
-        println!(
-            "{}",
-            crate::json::object(&[
-                ("vchan_gbps", vchan_gbps),
-                ("socketpair_gbps", socketpair_gbps),
-                ("pipe_gbps", pipe_gbps),
-                ("spsc_gbps", spsc_gbps),
-                ("memcpy_gbps", memcpy_gbps),
-                ("vchan_vs_socketpair", vchan_gbps / socketpair_gbps),
-                ("vchan_vs_spsc", vchan_gbps / spsc_gbps),
-                ("vchan_rtt_us", vchan_rtt_us),
-                ("socketpair_rtt_us", socketpair_rtt_us),
-                ("rtt_vs_socketpair", vchan_rtt_us / socketpair_rtt_us),
-            ])
-        );
-    } else {
-        println!(
-            "vchan benchmark (emulator; two threads; {} MiB per stream)",
-            a.mib
-        );
-        println!("throughput, 1 MiB rings, 64 KiB writes:");
-        println!("  vchan            {vchan_gbps:>7.2} GB/s");
-        println!(
-            "  socketpair       {socketpair_gbps:>7.2} GB/s   vchan/socketpair {:>5.2}x",
-            vchan_gbps / socketpair_gbps
-        );
-        println!(
-            "  pipe             {pipe_gbps:>7.2} GB/s   vchan/pipe       {:>5.2}x",
-            vchan_gbps / pipe_gbps
-        );
-        println!(
-            "  ideal SPSC ring  {spsc_gbps:>7.2} GB/s   vchan/ideal      {:>5.2}x",
-            vchan_gbps / spsc_gbps
-        );
-        println!("  memcpy           {memcpy_gbps:>7.2} GB/s");
-        println!("round trip, 64-byte messages:");
-        println!("  vchan            {vchan_rtt_us:>7.2} µs");
-        println!(
-            "  socketpair       {socketpair_rtt_us:>7.2} µs   vchan/socketpair {:>5.3}x",
-            vchan_rtt_us / socketpair_rtt_us
-        );
-        if !sweep.is_empty() {
-            println!("vchan stream throughput sweep (GB/s): ring order x write size");
-            println!("  order      64 B    512 B    4 KiB   16 KiB   64 KiB");
-            for order in 12u32..=20 {
-                let row: Vec<String> = sweep
-                    .iter()
-                    .filter(|(o, _, _)| *o == order)
-                    .map(|(_, _, g)| format!("{g:>8.2}"))
-                    .collect();
-                println!("  {order:>5} {}", row.join(" "));
-            }
-        }
-        println!(
-            "grants after the run: live {} quarantined {} leaked {}",
-            st.live, st.quarantined, st.leaked
-        );
+        println!("{}", samples.json(&[]));
+        return Ok(());
     }
+    let g = |k: &str| samples.get(k);
+    println!(
+        "vchan benchmark (emulator; two threads; {} MiB per stream; median [min–max] of {} rounds)",
+        a.mib,
+        samples.rounds()
+    );
+    println!("throughput, 1 MiB rings, 64 KiB writes (GB/s):");
+    println!("  vchan            {}", g("vchan_gbps").show(7, 2));
+    println!(
+        "  socketpair       {}   vchan/socketpair {}",
+        g("socketpair_gbps").show(7, 2),
+        g("vchan_vs_socketpair").show(5, 2)
+    );
+    println!("  pipe             {}", g("pipe_gbps").show(7, 2));
+    println!(
+        "  ideal SPSC ring  {}   vchan/ideal      {}",
+        g("spsc_gbps").show(7, 2),
+        g("vchan_vs_spsc").show(5, 2)
+    );
+    println!("  memcpy           {}", g("memcpy_gbps").show(7, 2));
+    println!("64-byte writes, 1 MiB rings (GB/s):");
+    println!("  vchan            {}", g("vchan_64b_gbps").show(7, 2));
+    println!(
+        "  vchan, batched   {}   ({} KiB batches)",
+        g("vchan_64b_batched_gbps").show(7, 2),
+        BATCH / 1024
+    );
+    println!(
+        "  socketpair       {}   batched/socketpair {}",
+        g("socketpair_64b_gbps").show(7, 2),
+        g("vchan_64b_batched_vs_socketpair").show(5, 1)
+    );
+    println!("round trip, 64-byte messages (µs):");
+    println!("  vchan            {}", g("vchan_rtt_us").show(7, 2));
+    println!(
+        "  socketpair       {}   vchan/socketpair {}",
+        g("socketpair_rtt_us").show(7, 2),
+        g("rtt_vs_socketpair").show(5, 3)
+    );
+    if !sweep.is_empty() {
+        println!("vchan stream throughput sweep (GB/s, one run): ring order x write size");
+        println!("  order      64 B    512 B    4 KiB   16 KiB   64 KiB");
+        for order in 12u32..=20 {
+            let row: Vec<String> = sweep
+                .iter()
+                .filter(|(o, _, _)| *o == order)
+                .map(|(_, _, g)| format!("{g:>8.2}"))
+                .collect();
+            println!("  {order:>5} {}", row.join(" "));
+        }
+    }
+    println!(
+        "grants after the run: live {} quarantined {} leaked {}",
+        st.live, st.quarantined, st.leaked
+    );
     Ok(())
 }

@@ -29,10 +29,9 @@ pub struct XenstoreArgs {
     /// Operations per client and kind.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     ops: u64,
-    /// Run the scale measurement instead (1,000 domains, 10,000 watches,
-    /// a write storm; the xenstored part of `bench scale`).
-    #[arg(long)]
-    scale: bool,
+    /// Rounds of every measurement; medians and [min–max] are reported.
+    #[arg(long, default_value_t = super::stats::DEFAULT_REPEATS, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    repeats: u64,
 }
 
 struct TempSock(PathBuf);
@@ -153,65 +152,61 @@ fn echo_baseline(clients: u64, ops: u64) -> Res<f64> {
 
 /// Runs the benchmark.
 pub fn run(a: XenstoreArgs) -> Res<()> {
-    if a.scale {
-        let figures = super::xenstore_scale::measure()?;
-        if a.json {
-            println!("{}", crate::json::object(&figures));
-        } else {
-            println!("xenstored at scale");
-            for (k, v) in figures {
-                println!("  {k:<28} {v:>12.1}");
-            }
-        }
-        return Ok(());
-    }
-    let mut progress = super::Progress::new("bench xenstore", 3);
-    progress.phase("over the Unix socket");
-    let s = sock("xs");
-    let server = spawn(Config::default(), &s.0).map_err(|e| e.to_string())?;
-    let path = s.0.clone();
-    let (xs_write_ops, xs_read_ops) = run_clients(a.clients, a.ops, || {
-        UnixTransport::connect(&path)
-            .map(Client::new)
-            .map_err(|e| e.to_string())
+    let mut progress = super::Progress::new("bench xenstore", a.repeats as usize);
+    let samples = super::stats::repeat(a.repeats, |i, st| {
+        progress.phase(&format!("round {} of {}", i + 1, a.repeats));
+        let s = sock("xs");
+        let server = spawn(Config::default(), &s.0).map_err(|e| e.to_string())?;
+        let path = s.0.clone();
+        let (xs_write_ops, xs_read_ops) = run_clients(a.clients, a.ops, || {
+            UnixTransport::connect(&path)
+                .map(Client::new)
+                .map_err(|e| e.to_string())
+        })?;
+        drop(server);
+        let daemon = Daemon::new(Config::default());
+        let (inproc_write_ops, inproc_read_ops) =
+            run_clients(a.clients, a.ops, || Ok(inproc::client(&daemon, DomId(0))))?;
+        let echo_ops = echo_baseline(a.clients, a.ops)?;
+        st.add("xs_read_ops", xs_read_ops);
+        st.add("xs_write_ops", xs_write_ops);
+        st.add("inproc_read_ops", inproc_read_ops);
+        st.add("inproc_write_ops", inproc_write_ops);
+        st.add("socket_echo_ops", echo_ops);
+        st.add("read_vs_echo", xs_read_ops / echo_ops);
+        st.add("write_vs_echo", xs_write_ops / echo_ops);
+        Ok(())
     })?;
-    drop(server);
-
-    progress.phase("in-process");
-    let daemon = Daemon::new(Config::default());
-    let (inproc_write_ops, inproc_read_ops) =
-        run_clients(a.clients, a.ops, || Ok(inproc::client(&daemon, DomId(0))))?;
-    progress.phase("socket echo baseline");
-    let echo_ops = echo_baseline(a.clients, a.ops)?;
     drop(progress);
 
     if a.json {
-        println!(
-            "{}",
-            crate::json::object(&[
-                ("xs_read_ops", xs_read_ops),
-                ("xs_write_ops", xs_write_ops),
-                ("inproc_read_ops", inproc_read_ops),
-                ("inproc_write_ops", inproc_write_ops),
-                ("socket_echo_ops", echo_ops),
-                ("read_vs_echo", xs_read_ops / echo_ops),
-                ("write_vs_echo", xs_write_ops / echo_ops),
-            ])
-        );
+        println!("{}", samples.json(&[("clients", a.clients as f64)]));
     } else {
+        let g = |k: &str| samples.get(k).show(10, 0);
         println!(
-            "xenstore benchmark ({} clients x {} ops each)",
-            a.clients, a.ops
+            "xenstore benchmark ({} clients x {} ops each; median [min–max] of {} rounds)",
+            a.clients,
+            a.ops,
+            samples.rounds()
         );
         println!(
-            "  unix socket   write {xs_write_ops:>10.0} ops/s   read {xs_read_ops:>10.0} ops/s"
+            "  unix socket   write {} ops/s   read {} ops/s",
+            g("xs_write_ops"),
+            g("xs_read_ops")
         );
-        println!("  in-process    write {inproc_write_ops:>10.0} ops/s   read {inproc_read_ops:>10.0} ops/s");
-        println!("  baseline: bare socket echo {echo_ops:>10.0} round trips/s");
         println!(
-            "  socket daemon / bare echo: write {:.2}x, read {:.2}x",
-            xs_write_ops / echo_ops,
-            xs_read_ops / echo_ops
+            "  in-process    write {} ops/s   read {} ops/s",
+            g("inproc_write_ops"),
+            g("inproc_read_ops")
+        );
+        println!(
+            "  baseline: bare socket echo {} round trips/s",
+            g("socket_echo_ops")
+        );
+        println!(
+            "  socket daemon / bare echo: write {}x, read {}x",
+            samples.get("write_vs_echo").show(4, 2),
+            samples.get("read_vs_echo").show(4, 2)
         );
     }
     Ok(())
