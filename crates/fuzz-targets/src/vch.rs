@@ -343,7 +343,9 @@ fn drive<S: VchanSide>(
                         broken = true;
                         0
                     }
-                    (got, want) => panic!("got {got:?}, expected {want:?} (used {used} of {size})"),
+                    (got, want) => panic!(
+                        "got {got:?}, expected {want:?} (used {used} of {size}; reading {reading}, packet {packet}, len {len})"
+                    ),
                 };
                 if alias {
                     continue;

@@ -82,12 +82,10 @@ pub struct Vchan<S: VchanSide, E: EventChannels> {
     /// The write index last published to the peer (`wr_prod` runs ahead of
     /// it while a batch of small writes is being gathered).
     wr_published: u32,
-    /// The peer's indices as last read (and validated): the read ring's
-    /// producer and the write ring's consumer. Reading the shared header
-    /// line costs a cache miss while the peer is writing it, so a write
-    /// that the known free space already takes, or a read that the known
-    /// data already fills, does not read it again.
-    seen_prod: u32,
+    /// The write ring's consumer index as last read (and validated).
+    /// Reading the shared header line costs a cache miss while the peer is
+    /// writing it, so a batching write that the known free space already
+    /// takes does not read it again. (Reads always re-read the producer.)
     seen_cons: u32,
     /// Unpublished bytes at which a batch is published (0: publish every
     /// write), see [`Vchan::set_write_batch`].
@@ -129,7 +127,6 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             rd_cons: 0,
             wr_prod: 0,
             wr_published: 0,
-            seen_prod: 0,
             seen_cons: 0,
             batch: 0,
             blocking: true,
@@ -247,7 +244,6 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         if ready > self.read_ring_size() {
             return Err(self.corrupt("read"));
         }
-        self.seen_prod = prod;
         Ok(ready)
     }
 
@@ -264,12 +260,6 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         }
         self.seen_cons = cons;
         Ok(self.write_ring_size() - used)
-    }
-
-    /// Data known to be ready from the producer index last read: no access
-    /// to the shared header.
-    fn known_ready(&self) -> usize {
-        self.seen_prod.wrapping_sub(self.rd_cons) as usize
     }
 
     /// Free space known from the consumer index last read.
@@ -442,10 +432,10 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let mut ready = self.known_ready();
-        if ready < buf.len() {
-            ready = self.data_ready()?;
-        }
+        // Every read re-reads the peer's producer index (one load of a line
+        // the reader needs anyway for the data), so a corrupt index is
+        // reported by the very next read, as libxenvchan would see it.
+        let mut ready = self.data_ready()?;
         if ready == 0 {
             self.publish()?;
             if self.blocking {
@@ -516,10 +506,8 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             });
         }
         let want = buf.len();
-        let mut ready = self.known_ready();
-        if ready < want {
-            ready = self.data_ready()?;
-        }
+        // Re-read on every call, as in `read`.
+        let mut ready = self.data_ready()?;
         if ready < want {
             self.publish()?;
             if self.blocking {
@@ -553,8 +541,10 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             return Err(VchanError::Closed);
         }
         let want = buf.len();
+        // Without batching every send re-reads the peer's index (even an
+        // empty one), as `write` does and libxenvchan would.
         let mut space = if self.batch == 0 {
-            0
+            self.buffer_space()?
         } else {
             self.known_space()
         };
