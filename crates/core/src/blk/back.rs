@@ -11,10 +11,14 @@
 //! Every request is copied once out of the ring, parsed and validated by
 //! [`super::wire`], and answered — a request that names a grant the front
 //! end did not give us, a sector outside the disk or a malformed segment
-//! gets `BLKIF_RSP_ERROR`, never a panic. Data moves by grant copy (the
-//! hypervisor checks every grant on every copy); with persistent grants
+//! gets `BLKIF_RSP_ERROR`, never a panic. With persistent grants
 //! negotiated, pages are mapped once and kept, up to a bound, and released
-//! when the connection ends. Only ring-level violations — a producer index
+//! when the connection ends; the storage then reads and writes those pages
+//! themselves ([`BlockStorage::read_to_shared`] /
+//! [`BlockStorage::write_from_shared`]: `preadv` / `pwritev` for a file),
+//! with no bounce buffer and no allocation per request. Otherwise (or when
+//! the pool is full) data moves by grant copy through one reused buffer, and
+//! the hypervisor checks every grant on every copy. Only ring-level violations — a producer index
 //! the front end could not legally have written — break the connection.
 
 use alloc::collections::BTreeMap;
@@ -25,8 +29,9 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 
 use xenshare_abi::blkif::{
-    BlkifRequest, BlkifResponse, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
-    BLKIF_SEGS_PER_INDIRECT_FRAME, VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE,
+    BlkifRequest, BlkifResponse, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_RSP_EOPNOTSUPP,
+    BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, BLKIF_SEGS_PER_INDIRECT_FRAME, VDISK_READONLY,
+    XEN_IO_PROTO_ABI_NATIVE,
 };
 
 use super::wire::{self, DataOp, Limits, Reject, Request, Segment};
@@ -36,6 +41,7 @@ use super::{
 };
 use crate::event::Channel;
 use crate::grant::{Importer, Mapping};
+use crate::mem::SharedMem;
 use crate::platform::{CopyDst, CopyOp, CopySrc, EventChannels, ForeignMapper, GrantPtr};
 use crate::ring::BackRing;
 use crate::store::client::{Client, Transport};
@@ -143,6 +149,10 @@ pub struct BlkBack<S: BlockStorage, M: ForeignMapper, E: EventChannels> {
     cfg: BackConfig,
     dir: String,
     buf: Vec<u8>,
+    /// The indirect pages of the request being served, copied once.
+    ind_copy: Vec<u8>,
+    /// Its segment list, parsed from `ind_copy`.
+    ind_segs: Vec<Segment>,
     stats: BackStats,
     last_error: Option<BlkError>,
 }
@@ -176,6 +186,8 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             cfg,
             dir,
             buf: Vec::new(),
+            ind_copy: Vec::new(),
+            ind_segs: Vec::new(),
             stats: BackStats::default(),
             last_error: None,
         }
@@ -528,8 +540,13 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             }) => {
                 self.stats.indirect += 1;
                 self.count(op, usize::from(nr_segments));
-                self.indirect_segments(&pages, usize::from(nr_segments))
-                    .and_then(|segs| self.data(op, sector, &segs, persistent, pmaps))
+                // The segment list lives in a vector kept across requests.
+                let mut segs = core::mem::take(&mut self.ind_segs);
+                let r = self
+                    .indirect_segments(&pages, usize::from(nr_segments), &mut segs)
+                    .and_then(|()| self.data(op, sector, &segs, persistent, pmaps));
+                self.ind_segs = segs;
+                r
             }
             Ok(Request::Discard {
                 sector, nr_sectors, ..
@@ -575,16 +592,30 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         self.storage.discard(off, len).map_err(|_| Reject::Range)
     }
 
-    /// Copies the indirect pages once, then parses the segment list.
-    fn indirect_segments(&mut self, pages: &[GrantRef], n: usize) -> Result<Vec<Segment>, Reject> {
+    /// Copies the indirect pages once (into a buffer kept across
+    /// requests, with one grant-copy batch built on the stack), then parses
+    /// the segment list into `segs`.
+    fn indirect_segments(
+        &mut self,
+        pages: &[GrantRef],
+        n: usize,
+        segs: &mut Vec<Segment>,
+    ) -> Result<(), Reject> {
         let seg_size = core::mem::size_of::<xenshare_abi::blkif::BlkifRequestSegment>();
-        let mut copy = alloc::vec![0u8; n * seg_size];
+        let mut copy = core::mem::take(&mut self.ind_copy);
+        copy.resize(n * seg_size, 0);
         let fe = self.cfg.frontend;
         let per_page = BLKIF_SEGS_PER_INDIRECT_FRAME * seg_size;
-        let mut ops: Vec<CopyOp<'_>> = copy
-            .chunks_mut(per_page)
-            .zip(pages)
-            .map(|(chunk, gref)| CopyOp {
+        let mut ops: [CopyOp<'_>; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST] =
+            core::array::from_fn(|_| CopyOp {
+                src: CopySrc::Local(&[]),
+                dst: CopyDst::Local(&mut []),
+                len: 0,
+                status: crate::grant::GntSt::Okay,
+            });
+        let mut used = 0;
+        for ((op, chunk), gref) in ops.iter_mut().zip(copy.chunks_mut(per_page)).zip(pages) {
+            *op = CopyOp {
                 len: chunk.len() as u16,
                 src: CopySrc::Grant(GrantPtr {
                     dom: fe,
@@ -593,14 +624,18 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
                 }),
                 dst: CopyDst::Local(chunk),
                 status: crate::grant::GntSt::Okay,
-            })
-            .collect();
-        self.importer.copy(&mut ops);
-        if ops.iter().any(|o| !o.status.is_ok()) {
-            return Err(Reject::Grant);
+            };
+            used += 1;
         }
-        drop(ops);
-        wire::parse_indirect_segments(&copy, n)
+        self.importer.copy(&mut ops[..used]);
+        let copied = ops[..used].iter().all(|o| o.status.is_ok());
+        let r = if copied {
+            wire::parse_indirect_segments_into(&copy, n, segs)
+        } else {
+            Err(Reject::Grant)
+        };
+        self.ind_copy = copy;
+        r
     }
 
     /// A persistent mapping of `gref`, made on first use (bounded).
@@ -644,7 +679,21 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         if op == DataOp::Barrier {
             self.storage.flush().map_err(|_| Reject::Range)?;
         }
-        if !segs.is_empty() {
+        if !segs.is_empty() && persistent && self.map_persistently(segs, pmaps) {
+            // Zero copy: the storage reads into or writes from the front
+            // end's pages themselves.
+            let windows = segs.iter().map_while(|s| {
+                let m = pmaps.get(&s.gref.0)?;
+                m.mem().slice(s.offset(), s.len()).ok()
+            });
+            let r = if op.writes() {
+                self.storage
+                    .write_from_shared(off, len, &mut windows.map(SharedMem::read_only))
+            } else {
+                self.storage.read_to_shared(off, len, &mut { windows })
+            };
+            r.map_err(|_| Reject::Range)?;
+        } else if !segs.is_empty() {
             let len = usize::try_from(len).map_err(|_| Reject::Range)?;
             let mut buf = core::mem::take(&mut self.buf);
             buf.resize(len, 0);
@@ -664,6 +713,19 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             self.storage.flush().map_err(|_| Reject::Range)?;
         }
         Ok(())
+    }
+
+    /// Maps every segment's page persistently (those not mapped yet) and
+    /// checks each segment lies inside its page. False if the pool is full
+    /// or a grant cannot be mapped: the request then goes by grant copy,
+    /// which reports a bad grant.
+    fn map_persistently(&self, segs: &[Segment], pmaps: &mut BTreeMap<u32, Mapping<M>>) -> bool {
+        let fe = self.cfg.frontend;
+        let max = self.cfg.max_persistent_grants;
+        segs.iter().all(|s| {
+            Self::persistent_map(&self.importer, fe, max, pmaps, s.gref)
+                .is_some_and(|m| m.mem().slice(s.offset(), s.len()).is_ok())
+        })
     }
 
     /// Moves data between `buf` and the segments' pages: `to_front` for
