@@ -274,11 +274,15 @@ impl FileStorage {
                 // call; every iovec names a window the caller vouched for
                 // (inside a live `SharedMem`, writable for reads), and the
                 // kernel only reads (pwritev) or writes (preadv) those
-                // bytes; no Rust reference to them exists.
+                // bytes; no Rust reference to them exists. One window (a
+                // 4 KiB request) goes by plain pread / pwrite, which spares
+                // the kernel importing an iovec array.
                 let r = unsafe {
-                    match dir {
-                        Dir::Read => libc::preadv(fd, p, cnt, pos),
-                        Dir::Write => libc::pwritev(fd, p, cnt, pos),
+                    match (dir, cnt) {
+                        (Dir::Read, 1) => libc::pread(fd, (*p).iov_base, (*p).iov_len, pos),
+                        (Dir::Write, 1) => libc::pwrite(fd, (*p).iov_base, (*p).iov_len, pos),
+                        (Dir::Read, _) => libc::preadv(fd, p, cnt, pos),
+                        (Dir::Write, _) => libc::pwritev(fd, p, cnt, pos),
                     }
                 };
                 let done = match r {
@@ -878,6 +882,15 @@ mod tests {
                 .is_err());
             assert!(s.read_to_shared(end, 4096, &mut [a].into_iter()).is_ok());
         }
+        // One window (the pread / pwrite path) moves the right bytes.
+        a.write(0, &pattern(3, 4096)).expect("fill");
+        st.write_from_shared(8192, 4096, &mut [a.read_only()].into_iter())
+            .expect("pwrite");
+        st.read_to_shared(8192, 4096, &mut [b].into_iter())
+            .expect("pread");
+        let mut got = vec![0u8; 4096];
+        b.read(0, &mut got).expect("read window");
+        assert_eq!(got, pattern(3, 4096));
         drop(st);
         let mut ro = FileStorage::open(&tmp.0, true).expect("read-only");
         assert_eq!(
