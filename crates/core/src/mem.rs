@@ -121,6 +121,14 @@ impl<'a> SharedMem<'a, ReadWrite> {
         }
     }
 
+    /// The base address, writable, for platforms that hand it to the kernel
+    /// (`preadv` straight into a mapped page). Only a read-write window has
+    /// it. Whoever writes through it must stay inside [`SharedMem::len`]
+    /// bytes and must not turn it into a Rust reference.
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
     /// The same window, read-only.
     pub fn read_only(self) -> SharedMem<'a, ReadOnly> {
         SharedMem {

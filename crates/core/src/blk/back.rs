@@ -11,12 +11,17 @@
 //! Every request is copied once out of the ring, parsed and validated by
 //! [`super::wire`], and answered — a request that names a grant the front
 //! end did not give us, a sector outside the disk or a malformed segment
-//! gets `BLKIF_RSP_ERROR`, never a panic. Data moves by grant copy (the
-//! hypervisor checks every grant on every copy); with persistent grants
+//! gets `BLKIF_RSP_ERROR`, never a panic. With persistent grants
 //! negotiated, pages are mapped once and kept, up to a bound, and released
-//! when the connection ends. Only ring-level violations — a producer index
+//! when the connection ends; the storage then reads and writes those pages
+//! themselves ([`BlockStorage::read_to_shared`] /
+//! [`BlockStorage::write_from_shared`]: `preadv` / `pwritev` for a file),
+//! with no bounce buffer and no allocation per request. Otherwise (or when
+//! the pool is full) data moves by grant copy through one reused buffer, and
+//! the hypervisor checks every grant on every copy. Only ring-level violations — a producer index
 //! the front end could not legally have written — break the connection.
 
+use alloc::collections::btree_map::Entry;
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -25,8 +30,9 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 
 use xenshare_abi::blkif::{
-    BlkifRequest, BlkifResponse, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
-    BLKIF_SEGS_PER_INDIRECT_FRAME, VDISK_READONLY, XEN_IO_PROTO_ABI_NATIVE,
+    BlkifRequest, BlkifResponse, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_RSP_EOPNOTSUPP,
+    BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, BLKIF_SEGS_PER_INDIRECT_FRAME, VDISK_READONLY,
+    XEN_IO_PROTO_ABI_NATIVE,
 };
 
 use super::wire::{self, DataOp, Limits, Reject, Request, Segment};
@@ -36,6 +42,7 @@ use super::{
 };
 use crate::event::Channel;
 use crate::grant::{Importer, Mapping};
+use crate::mem::SharedMem;
 use crate::platform::{CopyDst, CopyOp, CopySrc, EventChannels, ForeignMapper, GrantPtr};
 use crate::ring::BackRing;
 use crate::store::client::{Client, Transport};
@@ -45,6 +52,10 @@ use crate::types::{DomId, GrantRef, Port};
 /// Requests served between two looks at the stop flag and the front end's
 /// state, so teardown works however busy the front end keeps the ring.
 const BATCH: u32 = 64;
+
+/// Grant copies handed to the hypervisor at once on the copy path (a
+/// request without persistent grants; 1 MiB is 256 segments, 8 batches).
+const COPY_BATCH: usize = 64;
 
 /// What a back end offers and how it behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +154,10 @@ pub struct BlkBack<S: BlockStorage, M: ForeignMapper, E: EventChannels> {
     cfg: BackConfig,
     dir: String,
     buf: Vec<u8>,
+    /// The indirect pages of the request being served, copied once.
+    ind_copy: Vec<u8>,
+    /// Its segment list, parsed from `ind_copy`.
+    ind_segs: Vec<Segment>,
     stats: BackStats,
     last_error: Option<BlkError>,
 }
@@ -176,6 +191,8 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             cfg,
             dir,
             buf: Vec::new(),
+            ind_copy: Vec::new(),
+            ind_segs: Vec::new(),
             stats: BackStats::default(),
             last_error: None,
         }
@@ -528,8 +545,13 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             }) => {
                 self.stats.indirect += 1;
                 self.count(op, usize::from(nr_segments));
-                self.indirect_segments(&pages, usize::from(nr_segments))
-                    .and_then(|segs| self.data(op, sector, &segs, persistent, pmaps))
+                // The segment list lives in a vector kept across requests.
+                let mut segs = core::mem::take(&mut self.ind_segs);
+                let r = self
+                    .indirect_segments(&pages, usize::from(nr_segments), &mut segs)
+                    .and_then(|()| self.data(op, sector, &segs, persistent, pmaps));
+                self.ind_segs = segs;
+                r
             }
             Ok(Request::Discard {
                 sector, nr_sectors, ..
@@ -575,16 +597,30 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         self.storage.discard(off, len).map_err(|_| Reject::Range)
     }
 
-    /// Copies the indirect pages once, then parses the segment list.
-    fn indirect_segments(&mut self, pages: &[GrantRef], n: usize) -> Result<Vec<Segment>, Reject> {
+    /// Copies the indirect pages once (into a buffer kept across
+    /// requests, with one grant-copy batch built on the stack), then parses
+    /// the segment list into `segs`.
+    fn indirect_segments(
+        &mut self,
+        pages: &[GrantRef],
+        n: usize,
+        segs: &mut Vec<Segment>,
+    ) -> Result<(), Reject> {
         let seg_size = core::mem::size_of::<xenshare_abi::blkif::BlkifRequestSegment>();
-        let mut copy = alloc::vec![0u8; n * seg_size];
+        let mut copy = core::mem::take(&mut self.ind_copy);
+        copy.resize(n * seg_size, 0);
         let fe = self.cfg.frontend;
         let per_page = BLKIF_SEGS_PER_INDIRECT_FRAME * seg_size;
-        let mut ops: Vec<CopyOp<'_>> = copy
-            .chunks_mut(per_page)
-            .zip(pages)
-            .map(|(chunk, gref)| CopyOp {
+        let mut ops: [CopyOp<'_>; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST] =
+            core::array::from_fn(|_| CopyOp {
+                src: CopySrc::Local(&[]),
+                dst: CopyDst::Local(&mut []),
+                len: 0,
+                status: crate::grant::GntSt::Okay,
+            });
+        let mut used = 0;
+        for ((op, chunk), gref) in ops.iter_mut().zip(copy.chunks_mut(per_page)).zip(pages) {
+            *op = CopyOp {
                 len: chunk.len() as u16,
                 src: CopySrc::Grant(GrantPtr {
                     dom: fe,
@@ -593,14 +629,18 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
                 }),
                 dst: CopyDst::Local(chunk),
                 status: crate::grant::GntSt::Okay,
-            })
-            .collect();
-        self.importer.copy(&mut ops);
-        if ops.iter().any(|o| !o.status.is_ok()) {
-            return Err(Reject::Grant);
+            };
+            used += 1;
         }
-        drop(ops);
-        wire::parse_indirect_segments(&copy, n)
+        self.importer.copy(&mut ops[..used]);
+        let copied = ops[..used].iter().all(|o| o.status.is_ok());
+        let r = if copied {
+            wire::parse_indirect_segments_into(&copy, n, segs)
+        } else {
+            Err(Reject::Grant)
+        };
+        self.ind_copy = copy;
+        r
     }
 
     /// A persistent mapping of `gref`, made on first use (bounded).
@@ -611,14 +651,13 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         pmaps: &'m mut BTreeMap<u32, Mapping<M>>,
         gref: GrantRef,
     ) -> Option<&'m Mapping<M>> {
-        if !pmaps.contains_key(&gref.0) {
-            if pmaps.len() >= max {
-                return None;
-            }
-            let m = importer.map_rw(fe, &[gref]).ok()?;
-            pmaps.insert(gref.0, m);
+        // One tree walk: a 1 MiB request looks up 256 pages.
+        let full = pmaps.len() >= max;
+        match pmaps.entry(gref.0) {
+            Entry::Occupied(e) => Some(e.into_mut()),
+            Entry::Vacant(_) if full => None,
+            Entry::Vacant(e) => Some(e.insert(importer.map_rw(fe, &[gref]).ok()?)),
         }
-        pmaps.get(&gref.0)
     }
 
     fn data(
@@ -644,7 +683,21 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         if op == DataOp::Barrier {
             self.storage.flush().map_err(|_| Reject::Range)?;
         }
-        if !segs.is_empty() {
+        if !segs.is_empty() && persistent && self.map_persistently(segs, pmaps) {
+            // Zero copy: the storage reads into or writes from the front
+            // end's pages themselves.
+            let windows = segs.iter().map_while(|s| {
+                let m = pmaps.get(&s.gref.0)?;
+                m.mem().slice(s.offset(), s.len()).ok()
+            });
+            let r = if op.writes() {
+                self.storage
+                    .write_from_shared(off, len, &mut windows.map(SharedMem::read_only))
+            } else {
+                self.storage.read_to_shared(off, len, &mut { windows })
+            };
+            r.map_err(|_| Reject::Range)?;
+        } else if !segs.is_empty() {
             let len = usize::try_from(len).map_err(|_| Reject::Range)?;
             let mut buf = core::mem::take(&mut self.buf);
             buf.resize(len, 0);
@@ -666,6 +719,19 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         Ok(())
     }
 
+    /// Maps every segment's page persistently (those not mapped yet).
+    /// False if the pool is full or a grant cannot be mapped: the request
+    /// then goes by grant copy, which reports a bad grant. (Each segment
+    /// lies inside its page, [`wire`] checked; a window that still failed
+    /// to slice would end the window list early, and the storage refuses a
+    /// list shorter than the request.)
+    fn map_persistently(&self, segs: &[Segment], pmaps: &mut BTreeMap<u32, Mapping<M>>) -> bool {
+        let fe = self.cfg.frontend;
+        let max = self.cfg.max_persistent_grants;
+        segs.iter()
+            .all(|s| Self::persistent_map(&self.importer, fe, max, pmaps, s.gref).is_some())
+    }
+
     /// Moves data between `buf` and the segments' pages: `to_front` for
     /// reads. Persistently mapped pages are copied directly; the rest by
     /// grant copy, which checks every grant.
@@ -678,10 +744,27 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         pmaps: &mut BTreeMap<u32, Mapping<M>>,
     ) -> Result<(), Reject> {
         let fe = self.cfg.frontend;
-        let mut by_copy: Vec<(usize, Segment)> = Vec::new();
-        let mut pos = 0;
+        // Grant copies go in batches built on the stack (no allocation per
+        // request); `buf` is handed out in disjoint slices, segment order.
+        let mut ops: [CopyOp<'_>; COPY_BATCH] = core::array::from_fn(|_| CopyOp {
+            src: CopySrc::Local(&[]),
+            dst: CopyDst::Local(&mut []),
+            len: 0,
+            status: crate::grant::GntSt::Okay,
+        });
+        let mut queued = 0;
+        let flush = |ops: &mut [CopyOp<'_>]| {
+            self.importer.copy(ops);
+            if ops.iter().all(|o| o.status.is_ok()) {
+                Ok(())
+            } else {
+                Err(Reject::Grant)
+            }
+        };
+        let mut rest: &mut [u8] = buf;
         for s in segs {
-            let chunk = &mut buf[pos..pos + s.len()];
+            let (chunk, tail) = core::mem::take(&mut rest).split_at_mut(s.len());
+            rest = tail;
             let mapped = if persistent {
                 Self::persistent_map(
                     &self.importer,
@@ -693,32 +776,16 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             } else {
                 None
             };
-            match mapped {
-                Some(m) => {
-                    let mem = m.mem();
-                    let r = if to_front {
-                        mem.write(s.offset(), chunk)
-                    } else {
-                        mem.read(s.offset(), chunk)
-                    };
-                    r.map_err(|_| Reject::Grant)?;
-                }
-                None => by_copy.push((pos, *s)),
+            if let Some(m) = mapped {
+                let mem = m.mem();
+                let r = if to_front {
+                    mem.write(s.offset(), chunk)
+                } else {
+                    mem.read(s.offset(), chunk)
+                };
+                r.map_err(|_| Reject::Grant)?;
+                continue;
             }
-            pos += s.len();
-        }
-        if by_copy.is_empty() {
-            return Ok(());
-        }
-        // Hand out disjoint slices of `buf` in segment order.
-        let mut ops: Vec<CopyOp<'_>> = Vec::with_capacity(by_copy.len());
-        let mut rest: &mut [u8] = buf;
-        let mut base = 0;
-        for (at, s) in by_copy {
-            let (_, tail) = core::mem::take(&mut rest).split_at_mut(at - base);
-            let (chunk, tail) = tail.split_at_mut(s.len());
-            rest = tail;
-            base = at + s.len();
             let ptr = GrantPtr {
                 dom: fe,
                 gref: s.gref,
@@ -729,19 +796,19 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             } else {
                 (CopySrc::Grant(ptr), CopyDst::Local(chunk))
             };
-            ops.push(CopyOp {
+            ops[queued] = CopyOp {
                 src,
                 dst,
                 len: s.len() as u16,
                 status: crate::grant::GntSt::Okay,
-            });
+            };
+            queued += 1;
+            if queued == COPY_BATCH {
+                flush(&mut ops[..])?;
+                queued = 0;
+            }
         }
-        self.importer.copy(&mut ops);
-        if ops.iter().all(|o| o.status.is_ok()) {
-            Ok(())
-        } else {
-            Err(Reject::Grant)
-        }
+        flush(&mut ops[..queued])
     }
 
     /// Closing / Closed after a connection (or a failed handshake).

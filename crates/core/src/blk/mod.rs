@@ -30,7 +30,8 @@
 //!   ones with `BLKIF_RSP_ERROR` (a grant the front end did not give it, a
 //!   sector outside the disk, a malformed segment). Only ring-level
 //!   violations (a producer index out of bounds) break it. Data moves by
-//!   grant copy, or through persistently mapped pages when negotiated.
+//!   grant copy, or — with persistent grants — straight between the storage
+//!   and the mapped pages (`preadv` / `pwritev` for an image file).
 //!
 //! Both ends keep their ring indices privately ([`crate::ring`]) and turn
 //! every peer violation into a typed [`BlkError`] and a broken state: never
@@ -55,6 +56,7 @@ use core::time::Duration;
 pub(crate) use crate::deadline::Deadline;
 use crate::event::EventError;
 use crate::grant::{GrantError, MapError};
+use crate::mem::{ReadOnly, SharedMem};
 use crate::ring::RingError;
 use crate::store::client::{Client, ClientError, Transport};
 use crate::store::xenbus::{read_state, XenbusState};
@@ -114,6 +116,75 @@ pub trait BlockStorage: Send {
     fn flush(&mut self) -> Result<(), StorageError>;
     /// Forgets `len` bytes at `offset`; later reads return zeroes.
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), StorageError>;
+
+    /// Reads `len` bytes at `offset` straight into shared memory: into the
+    /// windows `dst` yields, filled one after another. The windows must
+    /// add up to exactly `len` bytes (otherwise nothing is promised about
+    /// what was read, and the result is an error).
+    ///
+    /// The back end calls this for pages the front end mapped for it. The
+    /// default goes through a page-sized buffer on the stack (one copy, no
+    /// allocation); a storage with vectored I/O (`preadv`) overrides it to
+    /// read with no copy at all.
+    fn read_to_shared<'m>(
+        &mut self,
+        offset: u64,
+        len: u64,
+        dst: &mut dyn Iterator<Item = SharedMem<'m>>,
+    ) -> Result<(), StorageError> {
+        let mut buf = [0u8; xenshare_abi::PAGE_SIZE];
+        let mut at = 0u64;
+        for w in dst {
+            let mut done = 0;
+            while done < w.len() {
+                let n = (w.len() - done).min(buf.len());
+                let end = at.checked_add(n as u64).filter(|&e| e <= len);
+                let end = end.ok_or(StorageError::OutOfRange { offset, len })?;
+                self.read_at(offset + at, &mut buf[..n])?;
+                w.write(done, &buf[..n])
+                    .map_err(|_| StorageError::OutOfRange { offset, len })?;
+                done += n;
+                at = end;
+            }
+        }
+        if at != len {
+            return Err(StorageError::OutOfRange { offset, len });
+        }
+        Ok(())
+    }
+
+    /// Writes `len` bytes at `offset` straight from shared memory: from the
+    /// windows `src` yields, one after another, which must add up to
+    /// exactly `len` bytes (otherwise part may be written, and the result
+    /// is an error). The peer may change the windows while they are
+    /// written; that is its own data. The default goes through a page-sized
+    /// stack buffer; a storage with vectored I/O (`pwritev`) overrides it.
+    fn write_from_shared<'m>(
+        &mut self,
+        offset: u64,
+        len: u64,
+        src: &mut dyn Iterator<Item = SharedMem<'m, ReadOnly>>,
+    ) -> Result<(), StorageError> {
+        let mut buf = [0u8; xenshare_abi::PAGE_SIZE];
+        let mut at = 0u64;
+        for w in src {
+            let mut done = 0;
+            while done < w.len() {
+                let n = (w.len() - done).min(buf.len());
+                let end = at.checked_add(n as u64).filter(|&e| e <= len);
+                let end = end.ok_or(StorageError::OutOfRange { offset, len })?;
+                w.read(done, &mut buf[..n])
+                    .map_err(|_| StorageError::OutOfRange { offset, len })?;
+                self.write_at(offset + at, &buf[..n])?;
+                done += n;
+                at = end;
+            }
+        }
+        if at != len {
+            return Err(StorageError::OutOfRange { offset, len });
+        }
+        Ok(())
+    }
 }
 
 /// What the back end offers, as the front end read it from XenStore.

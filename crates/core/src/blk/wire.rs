@@ -42,7 +42,8 @@ impl DataOp {
 }
 
 /// One validated segment: `last_sect - first_sect + 1` sectors of a page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// (The default, one sector of grant 0, only fills unused [`Inline`] slots.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Segment {
     /// The page's grant.
     pub gref: GrantRef,
@@ -84,6 +85,61 @@ impl Segment {
     }
 }
 
+/// Up to `N` items of a request held inline, with no allocation (the
+/// segments of a slot, the indirect pages of a request). Dereferences to
+/// the slice of the items present.
+#[derive(Clone, Copy)]
+pub struct Inline<T: Copy + Default, const N: usize> {
+    items: [T; N],
+    len: usize,
+}
+
+impl<T: Copy + Default, const N: usize> Inline<T, N> {
+    /// The first `N` items of `iter` (the callers check counts first).
+    pub fn collect(iter: impl IntoIterator<Item = T>) -> Self {
+        let mut v = Self {
+            items: [T::default(); N],
+            len: 0,
+        };
+        for (slot, item) in v.items.iter_mut().zip(iter) {
+            *slot = item;
+            v.len += 1;
+        }
+        v
+    }
+
+    /// Like [`Inline::collect`], stopping at the first error.
+    pub fn try_collect<E>(iter: impl IntoIterator<Item = Result<T, E>>) -> Result<Self, E> {
+        let mut v = Self::collect(core::iter::empty());
+        for (slot, item) in v.items.iter_mut().zip(iter) {
+            *slot = item?;
+            v.len += 1;
+        }
+        Ok(v)
+    }
+}
+
+impl<T: Copy + Default, const N: usize> core::ops::Deref for Inline<T, N> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.items[..self.len]
+    }
+}
+
+impl<T: Copy + Default + PartialEq, const N: usize> PartialEq for Inline<T, N> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: Copy + Default + Eq, const N: usize> Eq for Inline<T, N> {}
+
+impl<T: Copy + Default + core::fmt::Debug, const N: usize> core::fmt::Debug for Inline<T, N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// A request, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -96,7 +152,7 @@ pub enum Request {
         /// First 512-byte sector.
         sector: u64,
         /// The segments (empty only for flush / barrier).
-        segs: Vec<Segment>,
+        segs: Inline<Segment, BLKIF_MAX_SEGMENTS_PER_REQUEST>,
     },
     /// An indirect read or write; its segments are in granted pages still
     /// to be copied and checked with [`parse_indirect_segments`].
@@ -110,7 +166,7 @@ pub enum Request {
         /// Segments in the indirect pages.
         nr_segments: u16,
         /// The indirect pages (exactly as many as `nr_segments` needs).
-        pages: Vec<GrantRef>,
+        pages: Inline<GrantRef, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST>,
     },
     /// Discard a range.
     Discard {
@@ -214,10 +270,7 @@ pub fn parse(raw: &BlkifRequest, limits: &Limits) -> Result<Request, Reject> {
         if n < min || n > max {
             return Err(Reject::SegmentCount { got: n, min, max });
         }
-        let segs = raw.seg[..n as usize]
-            .iter()
-            .map(Segment::parse)
-            .collect::<Result<Vec<_>, _>>()?;
+        let segs = Inline::try_collect(raw.seg[..n as usize].iter().map(Segment::parse))?;
         Ok(Request::Data {
             id,
             op,
@@ -268,10 +321,7 @@ pub fn parse(raw: &BlkifRequest, limits: &Limits) -> Result<Request, Reject> {
                 op,
                 sector: r.sector_number,
                 nr_segments: n,
-                pages: r.indirect_grefs[..npages]
-                    .iter()
-                    .map(|&g| GrantRef(g))
-                    .collect(),
+                pages: Inline::collect(r.indirect_grefs[..npages].iter().map(|&g| GrantRef(g))),
             })
         }
         other => Err(Reject::Unsupported(other)),
@@ -280,6 +330,19 @@ pub fn parse(raw: &BlkifRequest, limits: &Limits) -> Result<Request, Reject> {
 
 /// Parses `n` segment descriptors from a private copy of the indirect pages.
 pub fn parse_indirect_segments(copy: &[u8], n: usize) -> Result<Vec<Segment>, Reject> {
+    let mut segs = Vec::new();
+    parse_indirect_segments_into(copy, n, &mut segs)?;
+    Ok(segs)
+}
+
+/// Like [`parse_indirect_segments`], into `segs` (cleared first; a back
+/// end reuses one vector for every request).
+pub fn parse_indirect_segments_into(
+    copy: &[u8],
+    n: usize,
+    segs: &mut Vec<Segment>,
+) -> Result<(), Reject> {
+    segs.clear();
     let size = core::mem::size_of::<BlkifRequestSegment>();
     if copy.len() < n * size {
         return Err(Reject::SegmentCount {
@@ -288,13 +351,14 @@ pub fn parse_indirect_segments(copy: &[u8], n: usize) -> Result<Vec<Segment>, Re
             max: (copy.len() / size) as u32,
         });
     }
-    copy[..n * size]
-        .chunks_exact(size)
-        .map(|c| match BlkifRequestSegment::read_from_bytes(c) {
-            Ok(raw) => Segment::parse(&raw),
-            Err(_) => Err(Reject::BadSegment { first: 0, last: 0 }),
-        })
-        .collect()
+    for c in copy[..n * size].chunks_exact(size) {
+        let seg = match BlkifRequestSegment::read_from_bytes(c) {
+            Ok(raw) => Segment::parse(&raw)?,
+            Err(_) => return Err(Reject::BadSegment { first: 0, last: 0 }),
+        };
+        segs.push(seg);
+    }
+    Ok(())
 }
 
 /// Total 512-byte sectors of `segs`.
