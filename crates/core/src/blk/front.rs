@@ -564,6 +564,12 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         self.io.inflight.in_flight()
     }
 
+    /// The counters of the exporter this disk grants through (live shares,
+    /// quarantine, busy results...).
+    pub fn grant_stats(&self) -> crate::grant::GrantStats {
+        self.io.exporter.stats()
+    }
+
     /// Pages in the persistent-grant pool.
     pub fn pool_pages(&self) -> usize {
         self.io.pool.pages.len()
@@ -1100,9 +1106,16 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             }
         }
         let mut kept = 0;
-        match Self::revoke(indirect) {
-            Ok(_) => {}
-            Err(n) => kept += n,
+        match indirect {
+            // Indirect pages taken from the pool go back to it like data
+            // pages (they were once dropped here, so every indirect request
+            // leaked a pool page until the pool hit its cap).
+            Pages::Pool(v) => self.io.pool.free.extend(v),
+            other => {
+                if let Err(n) = Self::revoke(other) {
+                    kept += n;
+                }
+            }
         }
         let (pool_pages, own) = match data {
             Pages::Pool(v) => (Some(v), None),
