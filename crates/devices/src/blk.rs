@@ -26,7 +26,9 @@ use xenshare::blk::{BackConfig, BackExit, BlkBack, BlkError, BlkFront, BlockStor
 use xenshare::blk::{StorageError, DEVTYPE};
 use xenshare::mem::{ReadOnly, SharedMem};
 use xenshare::store::client::{Client, ClientError};
-use xenshare::store::xenbus::{create_device, DevicePaths, DeviceSpec};
+use xenshare::store::xenbus::{
+    attach_device, create_device, remove_device, DevicePaths, DeviceSpec,
+};
 use xenshare::DomId;
 use xenshare_sim::{DomainConfig, SimEvtchn, SimGrantBackend, SimMapper};
 use xenshare_xenstored::inproc::InProcTransport;
@@ -646,79 +648,46 @@ pub fn xvd_devid(name: &str) -> Option<u32> {
 }
 
 /// The toolstack's part of attaching a disk, written so that Linux's
-/// front end accepts it: one transaction that creates the back-end
-/// directory (owned by the back end, readable by the guest) with its keys
-/// and `state` = Initialising, then the front-end directory (owned by the
-/// guest, readable by the back end) with `backend`, `backend-id`,
-/// `virtual-device` and `device-type`, and the front end's `state` =
-/// Initialising last. Linux probes a new front-end device only when its
-/// `state` reads 1 and its back-end directory is already readable; with
-/// everything in one commit both hold when its watch fires. Needs a
-/// privileged (dom0) client. Returns both paths.
+/// front end accepts it: one transaction ([`attach_device`]) that creates
+/// the back-end directory (owned by the back end, readable by the guest)
+/// with its keys and `state` = Initialising, and the front-end directory
+/// (owned by the guest, readable by the back end) with `backend`,
+/// `backend-id`, `virtual-device` and `device-type` and `state` =
+/// Initialising. Linux probes a new front-end device only when its `state`
+/// reads 1 and its back-end directory is already readable; with everything
+/// in one commit both hold when its watch fires. Needs a privileged (dom0)
+/// client. Returns both paths.
 pub fn attach_vbd<T: xenshare::store::Transport>(
     xs: &mut Client<T>,
     a: &VbdAttach<'_>,
 ) -> Result<DevicePaths, BlkHostError> {
-    use xenshare::store::xenbus::{backend_path, frontend_path};
-    use xenshare::store::Perms;
     let devid = xvd_devid(a.vdev).ok_or_else(|| {
         BlkHostError::Verify(format!(
             "{:?} is not a whole-disk xvd name (xvda, xvdb, ...)",
             a.vdev
         ))
     })?;
-    let front = frontend_path(a.frontend, DEVTYPE, devid);
-    let back = backend_path(a.backend, a.backend_type, a.frontend, devid);
-    let device_dir = format!("/local/domain/{}/device", a.frontend.0);
-    let (fperm, bperm, dperm) = (
-        Perms::owned_by_readable_by(a.frontend, a.backend),
-        Perms::owned_by_readable_by(a.backend, a.frontend),
-        Perms::owned_by_readable_by(DomId::DOM0, a.frontend),
-    );
-    let fe = a.frontend.0.to_string();
-    let be = a.backend.0.to_string();
     let id = devid.to_string();
     let mode = if a.read_only { "r" } else { "w" };
-    xs.transaction(16, |tx| {
-        if tx.try_read(&device_dir)?.is_none() {
-            tx.mkdir(&device_dir)?;
-            tx.set_perms(&device_dir, &dperm)?;
-        }
-        if tx.try_read(&front)?.is_some() || tx.try_read(&back)?.is_some() {
-            return Err(ClientError::Protocol(
-                "the device already exists (detach it first)",
-            ));
-        }
-        tx.mkdir(&back)?;
-        tx.set_perms(&back, &bperm)?;
-        for (k, v) in [
-            ("frontend", front.as_str()),
-            ("frontend-id", &fe),
-            ("online", "1"),
-            ("removable", "0"),
-            ("dev", a.vdev),
-            ("type", "xenshare"),
-            ("mode", mode),
-            ("params", a.params),
-            ("device-type", "disk"),
-            ("state", "1"),
-        ] {
-            tx.write(&format!("{back}/{k}"), v.as_bytes())?;
-        }
-        tx.mkdir(&front)?;
-        tx.set_perms(&front, &fperm)?;
-        for (k, v) in [
-            ("backend", back.as_str()),
-            ("backend-id", &be),
-            ("virtual-device", &id),
-            ("device-type", "disk"),
-            ("state", "1"),
-        ] {
-            tx.write(&format!("{front}/{k}"), v.as_bytes())?;
-        }
-        Ok(())
-    })?;
-    Ok(DevicePaths { front, back })
+    Ok(attach_device(
+        xs,
+        &DeviceSpec {
+            devtype: DEVTYPE,
+            devid,
+            frontend: a.frontend,
+            backend: a.backend,
+            front_keys: &[("virtual-device", &id), ("device-type", "disk")],
+            back_keys: &[
+                ("removable", "0"),
+                ("dev", a.vdev),
+                ("type", "xenshare"),
+                ("mode", mode),
+                ("params", a.params),
+                ("device-type", "disk"),
+            ],
+        },
+        a.backend_type,
+    )?)
 }
 
 /// Removes both directories of a device made by [`attach_vbd`] (what the
@@ -727,14 +696,7 @@ pub fn detach_vbd<T: xenshare::store::Transport>(
     xs: &mut Client<T>,
     paths: &DevicePaths,
 ) -> Result<(), BlkHostError> {
-    for p in [&paths.front, &paths.back] {
-        match xs.rm(p) {
-            Ok(()) => {}
-            Err(ClientError::Xs(xenshare::store::XsError::ENOENT)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
+    Ok(remove_device(xs, paths)?)
 }
 
 #[cfg(test)]

@@ -475,6 +475,39 @@ fn one_shot_noted(name: &str, f: impl FnOnce() -> Result<String, String>) -> Exi
     t.finish()
 }
 
+/// domU side, after a test of xenshare's own front end: waits (bounded)
+/// for dom0 to remove the device's directory `dir`, then for the domU's
+/// xenbus to drop `sys` (it follows the removal through a watch), so that
+/// a kernel front-end driver loaded next never meets the device. `after`
+/// is the test's result line, for the error.
+fn wait_device_gone<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    sys: &str,
+    after: &str,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while xs
+        .try_read(dir)
+        .map_err(|e| format!("read {dir}: {e}"))?
+        .is_some()
+    {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("dom0 never removed {dir} (after: {after})"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    while std::path::Path::new(sys).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "{sys} still exists after the nodes went (after: {after})"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 fn parse_dom(s: Option<&String>) -> Result<DomId, String> {
     s.ok_or("missing domain id")?
         .parse::<u16>()

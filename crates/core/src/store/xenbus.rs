@@ -267,28 +267,66 @@ pub fn create_device<T: Transport>(
     c: &mut Client<T>,
     spec: &DeviceSpec<'_>,
 ) -> Result<DevicePaths, ClientError> {
-    use super::perms::{Perm, PermKind, Perms};
+    make_device(c, spec, spec.devtype, false)
+}
+
+/// [`create_device`] as a toolstack attaching a device to a running guest
+/// does it: the back-end directory lives under `backend_type` (a private
+/// type such as `xenshare-vbd` keeps a loaded kernel back end from claiming
+/// the device), the guest's `device` directory is created (owned by dom0,
+/// readable by the guest) if it is missing, and a device whose front- or
+/// back-end directory already exists is refused. Everything is one
+/// transaction, so a front end's watch sees the device complete.
+pub fn attach_device<T: Transport>(
+    c: &mut Client<T>,
+    spec: &DeviceSpec<'_>,
+    backend_type: &str,
+) -> Result<DevicePaths, ClientError> {
+    make_device(c, spec, backend_type, true)
+}
+
+/// Removes both directories of a device (what the toolstack does after a
+/// detach). Missing nodes are not an error.
+pub fn remove_device<T: Transport>(
+    c: &mut Client<T>,
+    paths: &DevicePaths,
+) -> Result<(), ClientError> {
+    for p in [&paths.front, &paths.back] {
+        match c.rm(p) {
+            Ok(()) | Err(ClientError::Xs(super::XsError::ENOENT)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn make_device<T: Transport>(
+    c: &mut Client<T>,
+    spec: &DeviceSpec<'_>,
+    backend_type: &str,
+    attach: bool,
+) -> Result<DevicePaths, ClientError> {
+    use super::perms::Perms;
     let front = frontend_path(spec.frontend, spec.devtype, spec.devid);
-    let back = backend_path(spec.backend, spec.devtype, spec.frontend, spec.devid);
-    let perms = |owner: DomId, peer: DomId| {
-        Perms::from_entries(alloc::vec![
-            Perm {
-                domid: owner,
-                kind: PermKind::None
-            },
-            Perm {
-                domid: peer,
-                kind: PermKind::Read
-            },
-        ])
-    };
-    let (Some(fperm), Some(bperm)) = (
-        perms(spec.frontend, spec.backend),
-        perms(spec.backend, spec.frontend),
-    ) else {
-        return Err(ClientError::Protocol("empty permission list"));
-    };
+    let back = backend_path(spec.backend, backend_type, spec.frontend, spec.devid);
+    let device_dir = format!("/local/domain/{}/device", spec.frontend.0);
+    let (fperm, bperm, dperm) = (
+        Perms::owned_by_readable_by(spec.frontend, spec.backend),
+        Perms::owned_by_readable_by(spec.backend, spec.frontend),
+        Perms::owned_by_readable_by(DomId::DOM0, spec.frontend),
+    );
     c.transaction(16, |tx| {
+        if attach {
+            if tx.try_read(&device_dir)?.is_none() {
+                tx.mkdir(&device_dir)?;
+                tx.set_perms(&device_dir, &dperm)?;
+            }
+            if tx.try_read(&front)?.is_some() || tx.try_read(&back)?.is_some() {
+                return Err(ClientError::Protocol(
+                    "the device already exists (detach it first)",
+                ));
+            }
+        }
         tx.mkdir(&front)?;
         tx.set_perms(&front, &fperm)?;
         tx.write(&format!("{front}/backend"), back.as_bytes())?;

@@ -18,7 +18,9 @@
 use xenshare::net::xenbus::DEVTYPE;
 use xenshare::net::Mac;
 use xenshare::store::client::{Client, ClientError, Transport};
-use xenshare::store::xenbus::{backend_path, frontend_path, DevicePaths};
+use xenshare::store::xenbus::{
+    attach_device, backend_path, frontend_path, remove_device, DevicePaths, DeviceSpec,
+};
 use xenshare::store::{Perms, XsError};
 use xenshare::DomId;
 
@@ -58,56 +60,19 @@ pub fn attach_vif<T: Transport>(
     xs: &mut Client<T>,
     a: &VifAttach<'_>,
 ) -> Result<DevicePaths, ClientError> {
-    let DevicePaths { front, back } = vif_paths(a);
-    let device_dir = format!("/local/domain/{}/device", a.frontend.0);
-    let (fperm, bperm, dperm) = (
-        Perms::owned_by_readable_by(a.frontend, a.backend),
-        Perms::owned_by_readable_by(a.backend, a.frontend),
-        Perms::owned_by_readable_by(DomId::DOM0, a.frontend),
-    );
-    let (fe, be, id, mac) = (
-        a.frontend.0.to_string(),
-        a.backend.0.to_string(),
-        a.devid.to_string(),
-        a.mac.to_string(),
-    );
-    xs.transaction(16, |tx| {
-        if tx.try_read(&device_dir)?.is_none() {
-            tx.mkdir(&device_dir)?;
-            tx.set_perms(&device_dir, &dperm)?;
-        }
-        if tx.try_read(&front)?.is_some() || tx.try_read(&back)?.is_some() {
-            return Err(ClientError::Protocol(
-                "the device already exists (detach it first)",
-            ));
-        }
-        tx.mkdir(&back)?;
-        tx.set_perms(&back, &bperm)?;
-        for (k, v) in [
-            ("frontend", front.as_str()),
-            ("frontend-id", &fe),
-            ("online", "1"),
-            ("handle", &id),
-            ("mac", &mac),
-            ("type", "xenshare"),
-            ("state", "1"),
-        ] {
-            tx.write(&format!("{back}/{k}"), v.as_bytes())?;
-        }
-        tx.mkdir(&front)?;
-        tx.set_perms(&front, &fperm)?;
-        for (k, v) in [
-            ("backend", back.as_str()),
-            ("backend-id", &be),
-            ("handle", &id),
-            ("mac", &mac),
-            ("state", "1"),
-        ] {
-            tx.write(&format!("{front}/{k}"), v.as_bytes())?;
-        }
-        Ok(())
-    })?;
-    Ok(DevicePaths { front, back })
+    let (id, mac) = (a.devid.to_string(), a.mac.to_string());
+    attach_device(
+        xs,
+        &DeviceSpec {
+            devtype: DEVTYPE,
+            devid: a.devid,
+            frontend: a.frontend,
+            backend: a.backend,
+            front_keys: &[("handle", &id), ("mac", &mac)],
+            back_keys: &[("handle", &id), ("mac", &mac), ("type", "xenshare")],
+        },
+        a.backend_type,
+    )
 }
 
 /// Removes both directories of a vif made by [`attach_vif`] (what the
@@ -116,13 +81,7 @@ pub fn detach_vif<T: Transport>(
     xs: &mut Client<T>,
     paths: &DevicePaths,
 ) -> Result<(), ClientError> {
-    for p in [&paths.front, &paths.back] {
-        match xs.rm(p) {
-            Ok(()) | Err(ClientError::Xs(XsError::ENOENT)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    remove_device(xs, paths)
 }
 
 #[cfg(test)]

@@ -116,26 +116,9 @@ pub fn domu() -> Result<String, String> {
     };
     xs.write(&result_key(plat.domid()), line.as_bytes())
         .ctx("publish result")?;
-    // Wait (bounded) for dom0 to remove the device: the lab loads the
-    // kernel's xen-blkfront next, which must not find it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while xs.try_read(&dir).ctx("read device dir")?.is_some() {
-        if Instant::now() > deadline {
-            return Err(format!("dom0 never removed {dir} (after: {line})"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // And for the domU's xenbus to drop the device (it follows the removal
-    // through a watch), so that the kernel driver never meets it.
+    // The lab loads the kernel's xen-blkfront next, which must not find it.
     let sys = format!("/sys/bus/xen/devices/vbd-{devid}");
-    while std::path::Path::new(&sys).exists() {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{sys} still exists after the nodes went (after: {line})"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    crate::wait_device_gone(&mut xs, &dir, &sys, &line)?;
     r.map(|s| s.split(" hash=").next().unwrap_or_default().to_string())
 }
 

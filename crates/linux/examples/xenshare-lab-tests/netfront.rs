@@ -76,26 +76,9 @@ pub fn domu() -> Result<String, String> {
     };
     xs.write(&key(me, "xsnet-result"), line.as_bytes())
         .ctx("publish result")?;
-    // The lab may load the kernel's xen-netfront next: wait (bounded) for
-    // dom0 to remove the device first.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while xs.try_read(&dir).ctx("read device dir")?.is_some() {
-        if Instant::now() > deadline {
-            return Err(format!("dom0 never removed {dir} (after: {line})"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // And for the domU's xenbus to drop the device (it follows the removal
-    // through a watch), so that the kernel driver never meets it.
+    // The lab may load the kernel's xen-netfront next, which must not find it.
     let sys = format!("/sys/bus/xen/devices/vif-{DEVID}");
-    while std::path::Path::new(&sys).exists() {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{sys} still exists after the nodes went (after: {line})"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    crate::wait_device_gone(&mut xs, &dir, &sys, &line)?;
     r
 }
 

@@ -68,21 +68,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn raise_nofile() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let cur = getrlimit(Resource::Nofile);
-    if let (Some(soft), Some(hard)) = (cur.current, cur.maximum) {
-        if soft < hard {
-            let _ = setrlimit(
-                Resource::Nofile,
-                Rlimit {
-                    current: Some(hard),
-                    maximum: Some(hard),
-                },
-            );
-        }
-    }
-}
 
 /// Sends `msgs` on `s` and reads until every one has its reply; watch
 /// events read on the way are counted and dropped. Returns the events.
@@ -260,7 +245,8 @@ fn storm(s: &mut UnixStream, pending: &Pending, total: usize, window: usize) -> 
 /// Runs the xenstored scale measurement; returns named figures (times in
 /// microseconds, rates per second).
 pub fn measure() -> Res<Vec<(&'static str, f64)>> {
-    raise_nofile();
+    // 1,000 sockets and as many connections.
+    xenshare_host::limits::raise_nofile();
     let dir = TempDir(std::env::temp_dir().join(format!("xenshare-scale-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).map_err(e)?;
     let daemon = Daemon::new(Config::default());
