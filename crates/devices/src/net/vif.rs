@@ -21,7 +21,6 @@ use xenshare::store::client::{Client, ClientError, Transport};
 use xenshare::store::xenbus::{
     attach_device, backend_path, frontend_path, remove_device, DevicePaths, DeviceSpec,
 };
-use xenshare::store::{Perms, XsError};
 use xenshare::DomId;
 
 /// The back-end type directory of a userspace vif

@@ -68,7 +68,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-
 /// Sends `msgs` on `s` and reads until every one has its reply; watch
 /// events read on the way are counted and dropped. Returns the events.
 fn call_all(s: &mut UnixStream, dec: &mut Decoder, msgs: &[Message]) -> Res<usize> {
