@@ -475,6 +475,47 @@ fn one_shot_noted(name: &str, f: impl FnOnce() -> Result<String, String>) -> Exi
     t.finish()
 }
 
+/// Runs a program; its stdout and stderr on success, an error naming the
+/// command and its output otherwise.
+fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{cmd} {args:?}: {}", text.trim()))
+    }
+}
+
+/// domU side of a front-end test: waits (bounded, `secs`) until dom0 has
+/// created the device, i.e. until `dir/backend` exists.
+fn wait_device_created<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    secs: u64,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let key = format!("{dir}/backend");
+    while xs
+        .try_read(&key)
+        .map_err(|e| format!("read {key}: {e}"))?
+        .is_none()
+    {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{dir} did not appear within {secs} s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// domU side, after a test of xenshare's own front end: waits (bounded)
 /// for dom0 to remove the device's directory `dir`, then for the domU's
 /// xenbus to drop `sys` (it follows the removal through a watch), so that

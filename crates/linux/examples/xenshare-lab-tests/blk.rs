@@ -237,22 +237,7 @@ const FS_FILE: usize = 4 << 20;
 /// writes a file, remounts and reads it back. The kernel's ext4 driver
 /// mounts ext2; the lab loads it from `/etc/xenlab-fs-modules`.
 fn filesystem_round_trip(dev: &str) -> Result<String, String> {
-    let run = |prog: &str, args: &[&str]| -> Result<(), String> {
-        let out = std::process::Command::new(prog)
-            .args(args)
-            .output()
-            .ctx(&format!("run {prog}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{prog} {}: {} {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    };
+    let run = |prog: &str, args: &[&str]| crate::sh(prog, args).map(drop);
     let mnt = "/mnt/xenshare-blk";
     std::fs::create_dir_all(mnt).ctx("mkdir mount point")?;
     let t = Instant::now();

@@ -129,18 +129,7 @@ fn domu_run(
     dir: &str,
 ) -> Result<String, String> {
     // dom0 creates the device when its turn comes.
-    let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs(150);
-    while xs
-        .try_read(&format!("{dir}/backend"))
-        .ctx("read backend")?
-        .is_none()
-    {
-        if Instant::now() > deadline {
-            return Err(format!("{dir} did not appear within 150 s"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    crate::wait_device_created(xs, dir, 150)?;
     let exporter = plat.exporter().ctx("exporter")?;
     let evt = Arc::new(plat.evtchn().ctx("evtchn")?);
     let cfg = FrontConfig {

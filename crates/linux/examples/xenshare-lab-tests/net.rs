@@ -13,7 +13,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,23 +34,6 @@ fn fill(buf: &mut [u8], base: u64, seed: u64) {
     for (i, b) in buf.iter_mut().enumerate() {
         let x = (base + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
         *b = (x >> 29) as u8;
-    }
-}
-
-fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!("{cmd} {args:?}: {}", text.trim()))
     }
 }
 
@@ -163,7 +145,7 @@ fn negotiated(
 
 /// busybox ping's summary line (`round-trip min/avg/max = ...`).
 fn ping(dst: &str) -> Result<String, String> {
-    let out = sh("ping", &["-c", "3", "-W", "10", dst])?;
+    let out = crate::sh("ping", &["-c", "3", "-W", "10", dst])?;
     Ok(out
         .lines()
         .find(|l| l.contains("min/avg/max"))
@@ -269,11 +251,11 @@ fn domu_test(
         std::thread::sleep(Duration::from_millis(100));
     }
     let eth_ms = t0.elapsed().as_millis();
-    sh(
+    crate::sh(
         "ip",
         &["addr", "add", &format!("{DOMU_IP}/24"), "dev", "eth0"],
     )?;
-    sh("ip", &["link", "set", "eth0", "up"])?;
+    crate::sh("ip", &["link", "set", "eth0", "up"])?;
     // dom0's end (the TAP) is up before the back end connects.
     let rtt = ping(DOM0_IP)?;
     let listener = TcpListener::bind((DOMU_IP, PORT)).ctx("listen")?;
@@ -416,8 +398,8 @@ fn serve(
 ) -> Result<String, String> {
     let tap = Tap::open(TAP).ctx("open the TAP")?;
     let io = TapIo::new(tap, 1024).ctx("TapIo")?;
-    sh("ip", &["addr", "add", &format!("{DOM0_IP}/24"), "dev", TAP])?;
-    sh("ip", &["link", "set", TAP, "up"])?;
+    crate::sh("ip", &["addr", "add", &format!("{DOM0_IP}/24"), "dev", TAP])?;
+    crate::sh("ip", &["link", "set", TAP, "up"])?;
     let back = spawn_backend_at(
         plat.importer().ctx("importer")?,
         Arc::new(plat.evtchn().ctx("evtchn")?),

@@ -88,17 +88,7 @@ fn domu_run(
     dir: &str,
 ) -> Result<String, String> {
     let me = plat.domid();
-    let deadline = Instant::now() + Duration::from_secs(150);
-    while xs
-        .try_read(&format!("{dir}/backend"))
-        .ctx("read backend")?
-        .is_none()
-    {
-        if Instant::now() > deadline {
-            return Err(format!("{dir} did not appear within 150 s"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    crate::wait_device_created(xs, dir, 150)?;
     let exporter = plat.exporter().ctx("exporter")?;
     let evt = Arc::new(plat.evtchn().ctx("evtchn")?);
     // What one frame's page costs on gntalloc: grant, map, zero, revoke.
@@ -208,23 +198,6 @@ fn domu_run(
     ))
 }
 
-fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!("{cmd} {args:?}: {}", text.trim()))
-    }
-}
-
 /// The dom0 side.
 pub fn dom0(args: &[String]) -> Result<String, String> {
     let fe = crate::parse_dom(args.first())?;
@@ -319,8 +292,8 @@ fn dom0_run(
         std::thread::sleep(Duration::from_millis(50));
     }
     // The vif hotplug script's part.
-    sh("ip", &["link", "set", &vif, "up"])?;
-    sh(
+    crate::sh("ip", &["link", "set", &vif, "up"])?;
+    crate::sh(
         "ip",
         &["addr", "add", &format!("{DOM0_IP}/24"), "dev", &vif],
     )?;
@@ -347,7 +320,7 @@ fn dom0_run(
     }
     let domu_ip = DOMU_IP.to_string();
     let t = Instant::now();
-    let out = sh("ping", &["-c", "5", "-W", "10", &domu_ip])?;
+    let out = crate::sh("ping", &["-c", "5", "-W", "10", &domu_ip])?;
     let ping_s = t.elapsed().as_secs_f64();
     let rtt = out
         .lines()
