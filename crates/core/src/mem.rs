@@ -383,9 +383,7 @@ unsafe fn copy_shared(src: *const u8, dst: *mut u8, n: usize, shared: Shared) {
     // (sp + head is 16-aligned and blocks are multiples of 16); the private
     // side's are unaligned reads or writes of private memory.
     unsafe {
-        for i in 0..head {
-            dst.add(i).write_volatile(src.add(i).read_volatile());
-        }
+        copy_narrow(src, dst, 0, head, sp, shared);
         let mut i = head;
         while i + 64 <= n {
             let (s, d) = (src.add(i) as *const W, dst.add(i) as *mut W);
@@ -417,9 +415,45 @@ unsafe fn copy_shared(src: *const u8, dst: *mut u8, n: usize, shared: Shared) {
             }
             i += 64;
         }
-        while i < n {
-            dst.add(i).write_volatile(src.add(i).read_volatile());
-            i += 1;
+        copy_narrow(src, dst, i, n, sp, shared);
+    }
+}
+
+/// Copies bytes `from..to` of a [`copy_shared`] outside its 64-byte
+/// blocks: 8 bytes at a time wherever the shared side is 8-aligned (so a
+/// ring slot or an index-sized field is read or written in as few accesses
+/// as before the wide path existed, not byte by byte), single bytes
+/// elsewhere. `sp` is the shared side's base address.
+///
+/// # Safety
+///
+/// As for [`copy_shared`], with `from <= to <= n`.
+#[inline]
+unsafe fn copy_narrow(
+    src: *const u8,
+    dst: *mut u8,
+    from: usize,
+    to: usize,
+    sp: usize,
+    shared: Shared,
+) {
+    let mut i = from;
+    // SAFETY: every offset is below `to <= n`, inside both ranges by the
+    // caller's contract; 8-byte accesses to the shared side are at 8-aligned
+    // addresses, the private side's are unaligned accesses to private memory.
+    unsafe {
+        while i < to {
+            if to - i >= 8 && (sp + i).is_multiple_of(8) {
+                let (s, d) = (src.add(i) as *const u64, dst.add(i) as *mut u64);
+                match shared {
+                    Shared::Src => d.write_unaligned(s.read_volatile()),
+                    Shared::Dst => d.write_volatile(s.read_unaligned()),
+                }
+                i += 8;
+            } else {
+                dst.add(i).write_volatile(src.add(i).read_volatile());
+                i += 1;
+            }
         }
     }
 }
