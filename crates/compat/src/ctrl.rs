@@ -18,7 +18,7 @@ use std::os::raw::{c_int, c_uint, c_void};
 use std::ptr;
 
 use crate::export::export;
-use crate::rt::{guard, libc_errno as E, set_errno};
+use crate::rt::{close_boxed, guard, into_handle, libc_errno as E, set_errno};
 
 /// An `xc_interface`: nothing to hold.
 pub struct CtrlHandle {
@@ -32,7 +32,7 @@ extern "C" fn interface_open(
     flags: c_uint,
 ) -> *mut CtrlHandle {
     guard(ptr::null_mut(), || {
-        Box::into_raw(Box::new(CtrlHandle { _flags: flags }))
+        into_handle(CtrlHandle { _flags: flags })
     })
 }
 export!("xc_interface_open", "VERS_4.17.0", interface_open);
@@ -42,14 +42,8 @@ export!("xc_interface_open", "VERS_4.17.0", interface_open);
 /// # Safety
 /// `h` is `NULL` or a handle from `xc_interface_open`, closed at most once.
 unsafe extern "C" fn interface_close(h: *mut CtrlHandle) -> c_int {
-    guard(-1, || {
-        if !h.is_null() {
-            // SAFETY: a pointer from Box::into_raw in `interface_open`,
-            // closed at most once per the contract.
-            drop(unsafe { Box::from_raw(h) });
-        }
-        0
-    })
+    // SAFETY: forwarded contract (a handle from `into_handle`).
+    guard(-1, || unsafe { close_boxed(h) })
 }
 export!("xc_interface_close", "VERS_4.17.0", interface_close);
 

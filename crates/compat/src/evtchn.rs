@@ -16,11 +16,13 @@ use std::sync::{Arc, Mutex};
 use rustix::event::{poll, PollFd, PollFlags};
 use xenshare::event::EventError;
 use xenshare::platform::EventChannels;
-use xenshare::{DomId, Port};
+use xenshare::Port;
 use xenshare_host::RemoteEvtchn;
 
 use crate::export::export;
-use crate::rt::{guard, libc_errno as E, lock, runtime, set_errno};
+use crate::rt::{
+    close_boxed, domid, fail, guard, into_handle, libc_errno as E, lock, runtime, CHandle,
+};
 
 /// A `xenevtchn_handle`.
 pub struct EvtHandle {
@@ -38,43 +40,19 @@ fn evt_errno(e: &EventError) -> i32 {
     }
 }
 
-/// # Safety
-/// `h` is `NULL` or a live handle.
-unsafe fn handle<'a>(h: *mut EvtHandle) -> Option<&'a EvtHandle> {
-    // SAFETY: per the caller's contract the pointer is NULL or live.
-    let r = unsafe { h.as_ref() };
-    if r.is_none() {
-        set_errno(E::EBADF);
-    }
-    r
-}
-
 fn port_result(r: Result<Port, EventError>) -> c_int {
     match r.map(|p| c_int::try_from(p.0)) {
         Ok(Ok(p)) => p,
-        Ok(Err(_)) => {
-            set_errno(E::EINVAL);
-            -1
-        }
-        Err(e) => {
-            set_errno(evt_errno(&e));
-            -1
-        }
+        Ok(Err(_)) => fail(E::EINVAL, -1),
+        Err(e) => fail(evt_errno(&e), -1),
     }
 }
 
 fn unit_result(r: Result<(), EventError>) -> c_int {
     match r {
         Ok(()) => 0,
-        Err(e) => {
-            set_errno(evt_errno(&e));
-            -1
-        }
+        Err(e) => fail(evt_errno(&e), -1),
     }
-}
-
-fn domid(d: u32) -> Option<DomId> {
-    u16::try_from(d).ok().map(DomId)
 }
 
 extern "C" fn evtchn_open(_logger: *mut c_void, _flags: c_uint) -> *mut EvtHandle {
@@ -83,10 +61,10 @@ extern "C" fn evtchn_open(_logger: *mut c_void, _flags: c_uint) -> *mut EvtHandl
             return ptr::null_mut();
         };
         match rt.dom.evtchn() {
-            Ok(ev) => Box::into_raw(Box::new(EvtHandle {
+            Ok(ev) => into_handle(EvtHandle {
                 ev,
                 queue: Mutex::new(VecDeque::new()),
-            })),
+            }),
             Err(e) => {
                 let _ = std::io::Write::write_fmt(
                     &mut std::io::stderr(),
@@ -94,8 +72,7 @@ extern "C" fn evtchn_open(_logger: *mut c_void, _flags: c_uint) -> *mut EvtHandl
                         "libxenevtchn (xenshare): cannot open an event channel handle: {e}\n"
                     ),
                 );
-                set_errno(E::EIO);
-                ptr::null_mut()
+                fail(E::EIO, ptr::null_mut())
             }
         }
     })
@@ -104,8 +81,7 @@ export!("xenevtchn_open", "VERS_1.0", evtchn_open);
 
 /// Not supported (there is no device fd to adopt): `NULL`, `ENOSYS`.
 extern "C" fn evtchn_fdopen(_logger: *mut c_void, _fd: c_int, _flags: c_uint) -> *mut EvtHandle {
-    set_errno(E::ENOSYS);
-    ptr::null_mut()
+    fail(E::ENOSYS, ptr::null_mut())
 }
 export!("xenevtchn_fdopen", "VERS_1.2", evtchn_fdopen);
 
@@ -114,14 +90,8 @@ export!("xenevtchn_fdopen", "VERS_1.2", evtchn_fdopen);
 /// # Safety
 /// `h` is `NULL` or a handle from `xenevtchn_open`, closed at most once.
 unsafe extern "C" fn evtchn_close(h: *mut EvtHandle) -> c_int {
-    guard(-1, || {
-        if !h.is_null() {
-            // SAFETY: a pointer from Box::into_raw in `evtchn_open`, closed
-            // at most once per the contract.
-            drop(unsafe { Box::from_raw(h) });
-        }
-        0
-    })
+    // SAFETY: forwarded contract (a handle from `into_handle`).
+    guard(-1, || unsafe { close_boxed(h) })
 }
 export!("xenevtchn_close", "VERS_1.0", evtchn_close);
 
@@ -131,40 +101,26 @@ export!("xenevtchn_close", "VERS_1.0", evtchn_close);
 /// # Safety
 /// `h` is a live handle.
 unsafe extern "C" fn evtchn_fd(h: *mut EvtHandle) -> c_int {
-    guard(-1, || {
-        // SAFETY: forwarded contract.
-        match unsafe { handle(h) } {
-            Some(h) => h.ev.wake_fd().as_raw_fd(),
-            None => -1,
-        }
-    })
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(-1, |h| h.ev.wake_fd().as_raw_fd())
 }
 export!("xenevtchn_fd", "VERS_1.0", evtchn_fd);
 
 /// # Safety
 /// `h` is a live handle.
 unsafe extern "C" fn evtchn_notify(h: *mut EvtHandle, port: u32) -> c_int {
-    guard(-1, || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return -1;
-        };
-        unit_result(h.ev.notify(Port(port)))
-    })
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(-1, |h| unit_result(h.ev.notify(Port(port))))
 }
 export!("xenevtchn_notify", "VERS_1.0", evtchn_notify);
 
 /// # Safety
 /// `h` is a live handle.
 unsafe extern "C" fn evtchn_bind_unbound_port(h: *mut EvtHandle, dom: u32) -> c_int {
-    guard(-1, || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return -1;
-        };
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(-1, |h| {
         let Some(dom) = domid(dom) else {
-            set_errno(E::EINVAL);
-            return -1;
+            return fail(E::EINVAL, -1);
         };
         port_result(h.ev.alloc_unbound(dom))
     })
@@ -178,14 +134,10 @@ export!(
 /// # Safety
 /// `h` is a live handle.
 unsafe extern "C" fn evtchn_bind_interdomain(h: *mut EvtHandle, dom: u32, remote: u32) -> c_int {
-    guard(-1, || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return -1;
-        };
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(-1, |h| {
         let Some(dom) = domid(dom) else {
-            set_errno(E::EINVAL);
-            return -1;
+            return fail(E::EINVAL, -1);
         };
         port_result(h.ev.bind_interdomain(dom, Port(remote)))
     })
@@ -198,8 +150,7 @@ export!(
 
 /// Virtual IRQs do not exist in the emulator: -1, `ENOSYS`.
 extern "C" fn evtchn_bind_virq(_h: *mut EvtHandle, _virq: c_uint) -> c_int {
-    set_errno(E::ENOSYS);
-    -1
+    fail(E::ENOSYS, -1)
 }
 export!("xenevtchn_bind_virq", "VERS_1.0", evtchn_bind_virq);
 
@@ -212,11 +163,8 @@ export!("xenevtchn_restrict", "VERS_1.1", evtchn_restrict);
 /// # Safety
 /// `h` is a live handle.
 unsafe extern "C" fn evtchn_unbind(h: *mut EvtHandle, port: u32) -> c_int {
-    guard(-1, || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return -1;
-        };
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(-1, |h| {
         lock(&h.queue).retain(|p| *p != port);
         unit_result(h.ev.close(Port(port)))
     })
@@ -267,25 +215,15 @@ impl EvtHandle {
 /// # Safety
 /// `h` is a live handle.
 unsafe extern "C" fn evtchn_pending(h: *mut EvtHandle) -> c_int {
-    guard(-1, || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return -1;
-        };
-        port_result(h.pending().map(Port))
-    })
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(-1, |h| port_result(h.pending().map(Port)))
 }
 export!("xenevtchn_pending", "VERS_1.0", evtchn_pending);
 
 /// # Safety
 /// `h` is a live handle.
 unsafe extern "C" fn evtchn_unmask(h: *mut EvtHandle, port: u32) -> c_int {
-    guard(-1, || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return -1;
-        };
-        unit_result(h.ev.unmask(Port(port)))
-    })
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(-1, |h| unit_result(h.ev.unmask(Port(port))))
 }
 export!("xenevtchn_unmask", "VERS_1.0", evtchn_unmask);

@@ -8,9 +8,10 @@
 //! unmapped / unshared.
 
 use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::os::raw::{c_int, c_uint, c_void};
 use std::ptr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use xenshare::grant::{GntSt, GrantError, MapError};
 use xenshare::platform::{CopyDst, CopyOp, CopySrc, GrantPtr};
@@ -19,7 +20,10 @@ use xenshare_abi::grant::{GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF};
 use xenshare_abi::PAGE_SIZE;
 
 use crate::export::export;
-use crate::rt::{guard, libc_errno as E, lock, runtime, set_errno, AnyMapping, Runtime};
+use crate::rt::{
+    close_boxed, domid, fail, guard, into_handle, libc_errno as E, lock, runtime, AnyMapping,
+    CHandle, Runtime,
+};
 
 /// `PROT_WRITE` of `mmap`.
 const PROT_WRITE: c_int = 2;
@@ -29,10 +33,6 @@ const RECLAIM_BUDGET: usize = 16;
 /// A `xengnttab_handle` / `xengntshr_handle` (C: `struct xengntdev_handle`).
 pub struct GntHandle {
     rt: Arc<Runtime>,
-}
-
-fn domid(d: u32) -> Option<DomId> {
-    u16::try_from(d).ok().map(DomId)
 }
 
 fn map_errno(e: &MapError) -> i32 {
@@ -66,32 +66,75 @@ fn grant_errno(e: &GrantError) -> i32 {
 
 fn open(lib: &str) -> *mut GntHandle {
     match runtime(lib) {
-        Some(rt) => Box::into_raw(Box::new(GntHandle { rt })),
+        Some(rt) => into_handle(GntHandle { rt }),
         None => ptr::null_mut(),
     }
 }
 
-/// # Safety
-/// `h` is a handle from the matching `*_open`, not closed before; it is
-/// invalid afterwards. `NULL` is accepted (returns 0).
-unsafe fn close(h: *mut GntHandle) -> c_int {
-    if !h.is_null() {
-        // SAFETY: the caller passes a pointer from Box::into_raw in `open`,
-        // closed at most once.
-        drop(unsafe { Box::from_raw(h) });
-    }
-    0
+/// Defines and exports the `*_open`, `*_close` and `*_fd` of one of the
+/// two libraries (`xengnttab_*`, `xengntshr_*`): both open a
+/// [`GntHandle`] on the one runtime, and neither has a device fd.
+macro_rules! handle_functions {
+    (
+        $lib:literal,
+        $open:ident = $open_sym:literal,
+        $close:ident = $close_sym:literal,
+        $fd:ident = $fd_sym:literal $(,)?
+    ) => {
+        extern "C" fn $open(_logger: *mut c_void, _flags: c_uint) -> *mut GntHandle {
+            guard(ptr::null_mut(), || open($lib))
+        }
+        export!($open_sym, "VERS_1.0", $open);
+
+        /// # Safety
+        /// `h` is `NULL` (returns 0) or a handle from the matching
+        /// `*_open`, not closed before; it is invalid afterwards.
+        unsafe extern "C" fn $close(h: *mut GntHandle) -> c_int {
+            // SAFETY: forwarded contract.
+            guard(-1, || unsafe { close_boxed(h) })
+        }
+        export!($close_sym, "VERS_1.0", $close);
+
+        /// There is no device: always -1, `ENOSYS` (Xen documents the fd as
+        /// optional).
+        extern "C" fn $fd(_h: *mut GntHandle) -> c_int {
+            fail(E::ENOSYS, -1)
+        }
+        export!($fd_sym, "VERS_1.2", $fd);
+    };
 }
 
-/// # Safety
-/// `h` is `NULL` or a live handle.
-unsafe fn handle<'a>(h: *mut GntHandle) -> Option<&'a GntHandle> {
-    // SAFETY: per the caller's contract the pointer is NULL or live.
-    let r = unsafe { h.as_ref() };
-    if r.is_none() {
-        set_errno(E::EBADF);
+/// Xen's convention for a C caller's unmap notify `(offset, port)`: an
+/// offset past the page or port -1 means "none". `None` when nothing is
+/// asked for.
+fn notify_request(notify: Option<(u32, u32)>) -> Option<(Option<usize>, Option<Port>)> {
+    let (off, port) = notify?;
+    let off = (off < PAGE_SIZE as u32).then_some(off as usize);
+    let port = (port != u32::MAX).then_some(Port(port));
+    (off.is_some() || port.is_some()).then_some((off, port))
+}
+
+/// Registers `v` (mapped or shared at `addr`) in `reg`, first forgetting
+/// the stale entries its range replaces (see [`forget_unmapped`]).
+fn register<V>(reg: &Mutex<HashMap<usize, V>>, addr: usize, v: V, len_of: impl Fn(&V) -> usize) {
+    let len = len_of(&v);
+    let mut reg = lock(reg);
+    forget_unmapped(&mut reg, addr, len, len_of);
+    reg.insert(addr, v);
+}
+
+/// Takes the entry at `start` out of `reg` if it spans `count` pages;
+/// otherwise `EINVAL`.
+fn take<V>(
+    reg: &Mutex<HashMap<usize, V>>,
+    start: *mut c_void,
+    count: u32,
+    pages_of: impl Fn(&V) -> usize,
+) -> Option<V> {
+    match lock(reg).entry(start as usize) {
+        Entry::Occupied(e) if pages_of(e.get()) == count as usize => Some(e.remove()),
+        _ => fail(E::EINVAL, None),
     }
-    r
 }
 
 /// Maps `refs` of `dom` contiguously and registers the mapping; sets the
@@ -104,8 +147,7 @@ fn map(
     notify: Option<(u32, u32)>,
 ) -> *mut c_void {
     let Some(dom) = domid(dom) else {
-        set_errno(E::EINVAL);
-        return ptr::null_mut();
+        return fail(E::EINVAL, ptr::null_mut());
     };
     let refs: Vec<GrantRef> = refs.iter().map(|r| GrantRef(*r)).collect();
     let imp = h.rt.dom.importer();
@@ -116,23 +158,16 @@ fn map(
     };
     let m = match mapped {
         Ok(m) => m,
-        Err(e) => {
-            set_errno(map_errno(&e));
-            return ptr::null_mut();
-        }
+        Err(e) => return fail(map_errno(&e), ptr::null_mut()),
     };
     let (notified, addr) = match &m {
         AnyMapping::Rw(m) => (notify_mapping(m, notify), m.mem().as_ptr()),
         AnyMapping::Ro(m) => (notify_mapping(m, notify), m.mem().as_ptr()),
     };
     if let Err(e) = notified {
-        set_errno(map_errno(&e));
-        return ptr::null_mut();
+        return fail(map_errno(&e), ptr::null_mut());
     }
-    let len = m.pages() * PAGE_SIZE;
-    let mut maps = lock(&h.rt.maps);
-    forget_unmapped(&mut maps, addr as usize, len, |m| m.pages() * PAGE_SIZE);
-    maps.insert(addr as usize, m);
+    register(&h.rt.maps, addr as usize, m, |m| m.pages() * PAGE_SIZE);
     addr.cast_mut().cast()
 }
 
@@ -172,36 +207,18 @@ fn notify_mapping<P: xenshare::mem::Perm>(
     m: &xenshare::grant::Mapping<xenshare_host::client::RemoteMapper, P>,
     notify: Option<(u32, u32)>,
 ) -> Result<(), xenshare::grant::MapError> {
-    if let Some((off, port)) = notify {
-        // Xen's convention: an offset past the page or port -1 means "none".
-        let off = (off < PAGE_SIZE as u32).then_some(off as usize);
-        let port = (port != u32::MAX).then_some(Port(port));
-        if off.is_some() || port.is_some() {
-            m.set_unmap_notify(off, port)?;
-        }
+    if let Some((off, port)) = notify_request(notify) {
+        m.set_unmap_notify(off, port)?;
     }
     Ok(())
 }
 
-extern "C" fn gnttab_open(_logger: *mut c_void, _flags: c_uint) -> *mut GntHandle {
-    guard(ptr::null_mut(), || open("libxengnttab"))
-}
-export!("xengnttab_open", "VERS_1.0", gnttab_open);
-
-/// # Safety
-/// See [`close`].
-unsafe extern "C" fn gnttab_close(h: *mut GntHandle) -> c_int {
-    // SAFETY: forwarded contract.
-    guard(-1, || unsafe { close(h) })
-}
-export!("xengnttab_close", "VERS_1.0", gnttab_close);
-
-/// There is no device: always -1 (Xen documents the fd as optional).
-extern "C" fn gnttab_fd(_h: *mut GntHandle) -> c_int {
-    set_errno(E::ENOSYS);
-    -1
-}
-export!("xengnttab_fd", "VERS_1.2", gnttab_fd);
+handle_functions!(
+    "libxengnttab",
+    gnttab_open = "xengnttab_open",
+    gnttab_close = "xengnttab_close",
+    gnttab_fd = "xengnttab_fd",
+);
 
 /// Accepted and ignored (current Linux kernels do not implement it either).
 extern "C" fn gnttab_set_max_grants(_h: *mut GntHandle, _n: u32) -> c_int {
@@ -221,13 +238,8 @@ unsafe extern "C" fn gnttab_map_grant_ref(
     gref: u32,
     prot: c_int,
 ) -> *mut c_void {
-    guard(ptr::null_mut(), || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return ptr::null_mut();
-        };
-        map(h, dom, &[gref], prot, None)
-    })
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(ptr::null_mut(), |h| map(h, dom, &[gref], prot, None))
 }
 export!("xengnttab_map_grant_ref", "VERS_1.0", gnttab_map_grant_ref);
 
@@ -242,14 +254,10 @@ unsafe extern "C" fn gnttab_map_grant_refs(
     refs: *const u32,
     prot: c_int,
 ) -> *mut c_void {
-    guard(ptr::null_mut(), || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return ptr::null_mut();
-        };
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(ptr::null_mut(), |h| {
         if count == 0 || domids.is_null() || refs.is_null() {
-            set_errno(E::EINVAL);
-            return ptr::null_mut();
+            return fail(E::EINVAL, ptr::null_mut());
         }
         // SAFETY: the caller promises `count` readable elements in each.
         let (doms, refs) = unsafe {
@@ -259,8 +267,7 @@ unsafe extern "C" fn gnttab_map_grant_refs(
             )
         };
         if doms.iter().any(|d| *d != doms[0]) {
-            set_errno(E::EINVAL);
-            return ptr::null_mut();
+            return fail(E::EINVAL, ptr::null_mut());
         }
         map(h, doms[0], refs, prot, None)
     })
@@ -280,14 +287,10 @@ unsafe extern "C" fn gnttab_map_domain_grant_refs(
     refs: *const u32,
     prot: c_int,
 ) -> *mut c_void {
-    guard(ptr::null_mut(), || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return ptr::null_mut();
-        };
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(ptr::null_mut(), |h| {
         if count == 0 || refs.is_null() {
-            set_errno(E::EINVAL);
-            return ptr::null_mut();
+            return fail(E::EINVAL, ptr::null_mut());
         }
         // SAFETY: the caller promises `count` readable elements.
         let refs = unsafe { std::slice::from_raw_parts(refs, count as usize) };
@@ -310,11 +313,8 @@ unsafe extern "C" fn gnttab_map_grant_ref_notify(
     notify_offset: u32,
     notify_port: u32,
 ) -> *mut c_void {
-    guard(ptr::null_mut(), || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return ptr::null_mut();
-        };
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(ptr::null_mut(), |h| {
         map(h, dom, &[gref], prot, Some((notify_offset, notify_port)))
     })
 }
@@ -330,23 +330,14 @@ export!(
 /// `h` is a live handle. The C program must not touch the memory at
 /// `start` afterwards.
 unsafe extern "C" fn gnttab_unmap(h: *mut GntHandle, start: *mut c_void, count: u32) -> c_int {
-    guard(-1, || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return -1;
-        };
-        let mut maps = lock(&h.rt.maps);
-        match maps.entry(start as usize) {
-            Entry::Occupied(e) if e.get().pages() == count as usize => {
-                let m = e.remove();
-                drop(maps);
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(-1, |h| {
+        match take(&h.rt.maps, start, count, AnyMapping::pages) {
+            Some(m) => {
                 drop(m);
                 0
             }
-            _ => {
-                set_errno(E::EINVAL);
-                -1
-            }
+            None => -1,
         }
     })
 }
@@ -378,17 +369,13 @@ fn foreign(v: u64) -> GrantPtr {
 /// local (`virt`) side points to `len` readable (source) or writable (dest)
 /// bytes not otherwise accessed during the call.
 unsafe extern "C" fn gnttab_grant_copy(h: *mut GntHandle, count: u32, segs: *mut CopySeg) -> c_int {
-    guard(-1, || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return -1;
-        };
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(-1, |h| {
         if count == 0 {
             return 0;
         }
         if segs.is_null() {
-            set_errno(E::EINVAL);
-            return -1;
+            return fail(E::EINVAL, -1);
         }
         // SAFETY: the caller promises `count` writable segments.
         let segs = unsafe { std::slice::from_raw_parts_mut(segs, count as usize) };
@@ -399,8 +386,7 @@ unsafe extern "C" fn gnttab_grant_copy(h: *mut GntHandle, count: u32, segs: *mut
             let dst_g = s.flags & GNTCOPY_DEST_GREF != 0;
             let no_grant = !src_g && !dst_g;
             if no_grant || (!src_g && s.source == 0) || (!dst_g && s.dest == 0) {
-                set_errno(E::EINVAL);
-                return -1;
+                return fail(E::EINVAL, -1);
             }
             let src = if src_g {
                 CopySrc::Grant(foreign(s.source))
@@ -433,25 +419,12 @@ unsafe extern "C" fn gnttab_grant_copy(h: *mut GntHandle, count: u32, segs: *mut
 }
 export!("xengnttab_grant_copy", "VERS_1.1", gnttab_grant_copy);
 
-extern "C" fn gntshr_open(_logger: *mut c_void, _flags: c_uint) -> *mut GntHandle {
-    guard(ptr::null_mut(), || open("libxengntshr"))
-}
-export!("xengntshr_open", "VERS_1.0", gntshr_open);
-
-/// # Safety
-/// See [`close`].
-unsafe extern "C" fn gntshr_close(h: *mut GntHandle) -> c_int {
-    // SAFETY: forwarded contract.
-    guard(-1, || unsafe { close(h) })
-}
-export!("xengntshr_close", "VERS_1.0", gntshr_close);
-
-/// There is no device: always -1.
-extern "C" fn gntshr_fd(_h: *mut GntHandle) -> c_int {
-    set_errno(E::ENOSYS);
-    -1
-}
-export!("xengntshr_fd", "VERS_1.2", gntshr_fd);
+handle_functions!(
+    "libxengntshr",
+    gntshr_open = "xengntshr_open",
+    gntshr_close = "xengntshr_close",
+    gntshr_fd = "xengntshr_fd",
+);
 
 /// Shares `count` fresh zeroed pages and registers the share.
 fn share(
@@ -462,8 +435,7 @@ fn share(
     notify: Option<(u32, u32)>,
 ) -> Option<(*mut c_void, Vec<u32>)> {
     let (Some(dom), Ok(n)) = (domid(dom), usize::try_from(count)) else {
-        set_errno(E::EINVAL);
-        return None;
+        return fail(E::EINVAL, None);
     };
     let access = if writable != 0 {
         Access::ReadWrite
@@ -472,29 +444,18 @@ fn share(
     };
     let s = match h.rt.dom.exporter().share(dom, n, access) {
         Ok(s) => s,
-        Err(e) => {
-            set_errno(grant_errno(&e));
-            return None;
-        }
+        Err(e) => return fail(grant_errno(&e), None),
     };
-    if let Some((off, port)) = notify {
-        let off = (off < PAGE_SIZE as u32).then_some(off as usize);
-        let port = (port != u32::MAX).then_some(Port(port));
-        if off.is_some() || port.is_some() {
-            if let Err(e) = s.set_unmap_notify(off, port) {
-                set_errno(grant_errno(&e));
-                return None; // `s` drops: revoked (never mapped yet)
-            }
+    if let Some((off, port)) = notify_request(notify) {
+        if let Err(e) = s.set_unmap_notify(off, port) {
+            return fail(grant_errno(&e), None); // `s` drops: revoked (never mapped yet)
         }
     }
     let refs = s.refs().iter().map(|r| r.0).collect();
     let addr = s.mem().as_ptr();
-    let len = s.refs().len() * PAGE_SIZE;
-    let mut shares = lock(&h.rt.shares);
-    forget_unmapped(&mut shares, addr as usize, len, |s| {
+    register(&h.rt.shares, addr as usize, s, |s| {
         s.refs().len() * PAGE_SIZE
     });
-    shares.insert(addr as usize, s);
     Some((addr.cast_mut().cast(), refs))
 }
 
@@ -507,14 +468,10 @@ unsafe extern "C" fn gntshr_share_pages(
     refs: *mut u32,
     writable: c_int,
 ) -> *mut c_void {
-    guard(ptr::null_mut(), || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return ptr::null_mut();
-        };
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(ptr::null_mut(), |h| {
         if refs.is_null() || count <= 0 {
-            set_errno(E::EINVAL);
-            return ptr::null_mut();
+            return fail(E::EINVAL, ptr::null_mut());
         }
         let Some((addr, got)) = share(h, dom, count, writable, None) else {
             return ptr::null_mut();
@@ -537,14 +494,10 @@ unsafe extern "C" fn gntshr_share_page_notify(
     notify_offset: u32,
     notify_port: u32,
 ) -> *mut c_void {
-    guard(ptr::null_mut(), || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
-            return ptr::null_mut();
-        };
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(ptr::null_mut(), |h| {
         if gref.is_null() {
-            set_errno(E::EINVAL);
-            return ptr::null_mut();
+            return fail(E::EINVAL, ptr::null_mut());
         }
         let Some((addr, got)) = share(h, dom, 1, writable, Some((notify_offset, notify_port)))
         else {
@@ -571,20 +524,11 @@ export!(
 /// `h` is a live handle. The C program must not touch the memory at
 /// `start` afterwards.
 unsafe extern "C" fn gntshr_unshare(h: *mut GntHandle, start: *mut c_void, count: u32) -> c_int {
-    guard(-1, || {
-        // SAFETY: forwarded contract.
-        let Some(h) = (unsafe { handle(h) }) else {
+    // SAFETY: forwarded contract.
+    unsafe { CHandle::new(h) }.run(-1, |h| {
+        let Some(s) = take(&h.rt.shares, start, count, |s| s.refs().len()) else {
             return -1;
         };
-        let mut shares = lock(&h.rt.shares);
-        let s = match shares.entry(start as usize) {
-            Entry::Occupied(e) if e.get().refs().len() == count as usize => e.remove(),
-            _ => {
-                set_errno(E::EINVAL);
-                return -1;
-            }
-        };
-        drop(shares);
         match s.try_unshare() {
             Ok(pages) => drop(pages),
             Err(busy) => drop(busy.into_inner()),

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use xenshare::grant::{Mapping, Share};
 use xenshare::mem::ReadOnly;
+use xenshare::DomId;
 use xenshare_host::client::{RemoteGrantBackend, RemoteMapper};
 use xenshare_host::RemoteDomain;
 
@@ -117,5 +118,59 @@ pub(crate) fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
             set_errno(libc_errno::EIO);
             on_panic
         }
+    }
+}
+
+/// Sets `errno` to `e` and returns `v` (the C failure value).
+pub(crate) fn fail<T>(e: i32, v: T) -> T {
+    set_errno(e);
+    v
+}
+
+/// A C `domid` argument as a domain id (`None` above 16 bits).
+pub(crate) fn domid(d: u32) -> Option<DomId> {
+    u16::try_from(d).ok().map(DomId)
+}
+
+/// Moves a new handle to the heap for C; `*_close` takes it back with
+/// [`close_boxed`].
+pub(crate) fn into_handle<H>(h: H) -> *mut H {
+    Box::into_raw(Box::new(h))
+}
+
+/// Frees a handle from [`into_handle`]; `NULL` is accepted. Always 0.
+///
+/// # Safety
+/// `h` is `NULL` or a pointer from [`into_handle`] of the same type, not
+/// freed before; it is invalid afterwards.
+pub(crate) unsafe fn close_boxed<H>(h: *mut H) -> c_int {
+    if !h.is_null() {
+        // SAFETY: per the caller's contract, a pointer from Box::into_raw
+        // in `into_handle`, freed at most once.
+        drop(unsafe { Box::from_raw(h) });
+    }
+    0
+}
+
+/// A handle argument from C, checked for `NULL` when it is used.
+pub(crate) struct CHandle<'a, H>(Option<&'a H>);
+
+impl<'a, H> CHandle<'a, H> {
+    /// Wraps the raw handle `h`.
+    ///
+    /// # Safety
+    /// `h` is `NULL` or a live handle that stays valid for `'a`.
+    pub unsafe fn new(h: *mut H) -> Self {
+        // SAFETY: per the caller's contract the pointer is NULL or live.
+        Self(unsafe { h.as_ref() })
+    }
+
+    /// Runs `f` on the handle under [`guard`]: a `NULL` handle gives
+    /// `on_err` with `errno = EBADF`, a panic `on_err` with `EIO`.
+    pub fn run<T: Copy>(self, on_err: T, f: impl FnOnce(&'a H) -> T) -> T {
+        guard(on_err, || match self.0 {
+            Some(h) => f(h),
+            None => fail(libc_errno::EBADF, on_err),
+        })
     }
 }
