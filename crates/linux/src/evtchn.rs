@@ -22,14 +22,13 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use xenshare::event::EventError;
 use xenshare::platform::EventChannels;
 use xenshare::{DomId, Port};
 use xenshare_abi::linux as uapi;
 
-use crate::{open_dev, OpenError};
+use crate::{open_dev, wait_readable, OpenError};
 
 #[derive(Default)]
 struct State {
@@ -204,24 +203,8 @@ impl EventChannels for EvtchnHandle {
             if let Some(p) = self.poll()? {
                 return Ok(Some(p));
             }
-            let left = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Ok(None);
-                    }
-                    Some(d - now)
-                }
-                None => None,
-            };
-            let ts = left.map(|d| Timespec {
-                tv_sec: d.as_secs() as _,
-                tv_nsec: d.subsec_nanos() as _,
-            });
-            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-            match rustix::event::poll(&mut fds, ts.as_ref()) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => return Err(os(e)),
+            if !wait_readable(&self.fd, deadline).map_err(os)? {
+                return Ok(None);
             }
         }
     }

@@ -173,8 +173,11 @@ fn foreign(p: &GrantPtr) -> u64 {
     u64::read_from_bytes(f.as_bytes()).unwrap_or(0)
 }
 
-fn grant_fits(p: &GrantPtr, len: usize) -> bool {
-    p.offset as usize + len <= PAGE_SIZE
+/// A grant side of a copy segment: its `GNTCOPY_*_GREF` flag, its
+/// encoded reference, and whether `len` bytes fit in the page from its
+/// offset. (A local side is `(0, address, buffer holds len)`.)
+fn grant_side(p: &GrantPtr, flag: u16, len: usize) -> (u16, u64, bool) {
+    (flag, foreign(p), p.offset as usize + len <= PAGE_SIZE)
 }
 
 impl ForeignMapper for GntdevMapper {
@@ -274,33 +277,22 @@ impl ForeignMapper for GntdevMapper {
         let mut which = Vec::with_capacity(ops.len());
         for (i, op) in ops.iter_mut().enumerate() {
             let len = op.len as usize;
-            let mut seg = GntdevGrantCopySegment {
+            let (src_flag, source, src_ok) = match &op.src {
+                CopySrc::Grant(p) => grant_side(p, GNTCOPY_SOURCE_GREF, len),
+                CopySrc::Local(b) => (0, b.as_ptr() as u64, b.len() >= len),
+            };
+            let (dst_flag, dest, dst_ok) = match &mut op.dst {
+                CopyDst::Grant(p) => grant_side(p, GNTCOPY_DEST_GREF, len),
+                CopyDst::Local(b) => (0, b.as_mut_ptr() as u64, b.len() >= len),
+            };
+            let ok = src_ok && dst_ok;
+            let seg = GntdevGrantCopySegment {
+                source,
+                dest,
                 len: op.len,
+                flags: src_flag | dst_flag,
                 ..Default::default()
             };
-            let ok = match &op.src {
-                CopySrc::Grant(p) => {
-                    seg.flags |= GNTCOPY_SOURCE_GREF;
-                    seg.source = foreign(p);
-                    grant_fits(p, len)
-                }
-                CopySrc::Local(b) => {
-                    seg.source = b.as_ptr() as u64;
-                    b.len() >= len
-                }
-            };
-            let ok = ok
-                && match &mut op.dst {
-                    CopyDst::Grant(p) => {
-                        seg.flags |= GNTCOPY_DEST_GREF;
-                        seg.dest = foreign(p);
-                        grant_fits(p, len)
-                    }
-                    CopyDst::Local(b) => {
-                        seg.dest = b.as_mut_ptr() as u64;
-                        b.len() >= len
-                    }
-                };
             if !ok {
                 op.status = GntSt::BadCopyArg;
             } else if seg.flags == 0 {

@@ -52,8 +52,10 @@ pub mod gntdev;
 mod sys;
 pub mod xenbus;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
 
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use xenshare::event::EventError;
@@ -145,6 +147,31 @@ pub(crate) fn open_dev(path: &'static str) -> Result<OwnedFd, OpenError> {
         Errno::NOENT | Errno::NODEV | Errno::NXIO => OpenError::NotXen { path },
         errno => OpenError::Os { path, errno },
     })
+}
+
+/// Sleeps until `fd` is readable, a signal arrives or `deadline` passes
+/// (`None`: no deadline). `Ok(false)` when the deadline had passed already
+/// (nothing was polled); `Ok(true)` otherwise: the caller looks again.
+pub(crate) fn wait_readable(fd: impl AsFd, deadline: Option<Instant>) -> Result<bool, Errno> {
+    let left = match deadline {
+        Some(d) => {
+            let now = Instant::now();
+            if now >= d {
+                return Ok(false);
+            }
+            Some(d - now)
+        }
+        None => None,
+    };
+    let ts = left.map(|d| Timespec {
+        tv_sec: d.as_secs() as _,
+        tv_nsec: d.subsec_nanos() as _,
+    });
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    match rustix::event::poll(&mut fds, ts.as_ref()) {
+        Ok(_) | Err(Errno::INTR) => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// This Linux domain as a xenshare platform.

@@ -11,12 +11,12 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use xenshare::store::client::{Transport, TransportError};
 use xenshare::store::wire::{Decoder, Message};
 
-use crate::{open_dev, OpenError};
+use crate::{open_dev, wait_readable, OpenError};
 
 /// An open `/dev/xen/xenbus`.
 pub struct XenbusTransport {
@@ -41,29 +41,6 @@ impl XenbusTransport {
             fd: open_dev(crate::XENBUS)?,
             decoder: Decoder::new(),
         })
-    }
-
-    fn wait_readable(&self, deadline: Option<Instant>) -> Result<bool, TransportError> {
-        let left = match deadline {
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    return Ok(false);
-                }
-                Some(d - now)
-            }
-            None => None,
-        };
-        let ts = left.map(|d| Timespec {
-            tv_sec: d.as_secs() as _,
-            tv_nsec: d.subsec_nanos() as _,
-        });
-        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        match rustix::event::poll(&mut fds, ts.as_ref()) {
-            Ok(n) => Ok(n > 0),
-            Err(Errno::INTR) => Ok(true),
-            Err(e) => Err(io(e)),
-        }
     }
 }
 
@@ -98,7 +75,7 @@ impl Transport for XenbusTransport {
                 Ok(n) => self.decoder.push(&buf[..n]),
                 Err(Errno::INTR) => {}
                 Err(Errno::AGAIN) => {
-                    if !self.wait_readable(deadline)? {
+                    if !wait_readable(&self.fd, deadline).map_err(io)? {
                         return Ok(None);
                     }
                 }
