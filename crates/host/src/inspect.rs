@@ -71,11 +71,10 @@ pub(crate) fn write_page(
     quarantined: &HashMap<u16, BTreeSet<u32>>,
     at: Cursor,
 ) {
-    let limit = MAX_MSG - TRAILER;
-    let full = |w: &Writer| w.0.len() + MAX_RECORD > limit;
+    let no_refs = BTreeSet::new();
     for d in doms.iter().filter(|d| d.id().0 >= at.dom) {
         let id = d.id().0;
-        let start = if id == at.dom {
+        let mut here = if id == at.dom {
             at
         } else {
             Cursor {
@@ -84,83 +83,79 @@ pub(crate) fn write_page(
                 index: 0,
             }
         };
-        let mut here = Cursor {
-            dom: id,
-            section: start.section,
-            index: start.index,
-        };
-        let stop = |w: &mut Writer, c: Cursor| {
-            w.u8(T_END).u8(1);
-            c.encode(w);
-        };
-        if here.section == 0 {
-            if full(w) {
-                return stop(w, here);
-            }
-            w.u8(T_DOMAIN)
-                .u16(id)
-                .u64(d.memory().used_pages())
-                .u32(u32::try_from(d.mapped_count()).unwrap_or(u32::MAX));
-            here = Cursor {
-                dom: id,
-                section: 1,
-                index: 0,
-            };
-        }
-        if here.section == 1 {
-            let entries = d
-                .exporter()
-                .table()
-                .map(|t| t.active_entries())
-                .unwrap_or_default();
-            for e in entries.iter().skip(here.index as usize) {
-                if full(w) {
-                    return stop(w, here);
+        while here.section <= 3 {
+            let fitted = match here.section {
+                0 => {
+                    // One record: an index in this section means nothing.
+                    here.index = 0;
+                    write_records(w, &mut here, [d], |w, d| {
+                        w.u8(T_DOMAIN)
+                            .u16(id)
+                            .u64(d.memory().used_pages())
+                            .u32(u32::try_from(d.mapped_count()).unwrap_or(u32::MAX));
+                    })
                 }
-                w.u8(T_ENTRY)
-                    .u32(e.gref.0)
-                    .u16(e.flags)
-                    .u16(e.domid.0)
-                    .u32(e.frame);
-                here.index += 1;
-            }
-            here = Cursor {
-                dom: id,
-                section: 2,
-                index: 0,
-            };
-        }
-        if here.section == 2 {
-            let pins = d.active_grants();
-            for p in pins.iter().skip(here.index as usize) {
-                if full(w) {
-                    return stop(w, here);
+                1 => {
+                    let entries = d
+                        .exporter()
+                        .table()
+                        .map(|t| t.active_entries())
+                        .unwrap_or_default();
+                    write_records(w, &mut here, &entries, |w, e| {
+                        w.u8(T_ENTRY)
+                            .u32(e.gref.0)
+                            .u16(e.flags)
+                            .u16(e.domid.0)
+                            .u32(e.frame);
+                    })
                 }
-                w.u8(T_PIN)
-                    .u32(p.gref.0)
-                    .u16(p.mapper.0)
-                    .u32(p.readers)
-                    .u32(p.writers);
-                here.index += 1;
+                2 => write_records(w, &mut here, &d.active_grants(), |w, p| {
+                    w.u8(T_PIN)
+                        .u32(p.gref.0)
+                        .u16(p.mapper.0)
+                        .u32(p.readers)
+                        .u32(p.writers);
+                }),
+                _ => {
+                    let q = quarantined.get(&id).unwrap_or(&no_refs);
+                    write_records(w, &mut here, q, |w, r| {
+                        w.u8(T_QUARANTINED).u32(*r);
+                    })
+                }
+            };
+            if !fitted {
+                w.u8(T_END).u8(1);
+                here.encode(w);
+                return;
             }
             here = Cursor {
                 dom: id,
-                section: 3,
+                section: here.section + 1,
                 index: 0,
             };
-        }
-        if let Some(q) = quarantined.get(&id) {
-            for r in q.iter().skip(here.index as usize) {
-                if full(w) {
-                    return stop(w, here);
-                }
-                w.u8(T_QUARANTINED).u32(*r);
-                here.index += 1;
-            }
         }
     }
     w.u8(T_END).u8(0);
     Cursor::default().encode(w);
+}
+
+/// Writes the records of one section from `here.index` on with `put`,
+/// counting them in `here.index`; false (page full) where the next one
+/// might not fit before the trailer.
+fn write_records<T>(
+    w: &mut Writer,
+    here: &mut Cursor,
+    records: impl IntoIterator<Item = T>,
+    put: impl Fn(&mut Writer, T),
+) -> bool {
+    for r in records.into_iter().skip(here.index as usize) {
+        if w.0.len() + MAX_RECORD > MAX_MSG - TRAILER {
+            return false;
+        }
+        put(w, r);
+        here.index += 1;
+    }
+    true
 }
 
 /// One domain's grant table as the daemon sees it.
