@@ -17,7 +17,7 @@ mod xenstore;
 pub(crate) mod xenstore_scale;
 pub(crate) use progress::Progress;
 use xenshare::{Access, DomId};
-use xenshare_sim::{DomainConfig, Hypervisor};
+use xenshare_sim::{DomainConfig, Hypervisor, SimExporter, SimImporter};
 
 /// Benchmarks.
 #[derive(Subcommand)]
@@ -99,6 +99,44 @@ fn per_iter_cpu(iters: u64, f: impl FnMut() -> Result<(), String>) -> Result<(f6
     ))
 }
 
+/// One grant cycle, what `bench grants` and `bench scale` time: `exp`
+/// (domain `granter`) shares a page with `mapper`, whose `imp` maps and
+/// unmaps it; then the share is revoked.
+fn grant_cycle(
+    exp: &SimExporter,
+    imp: &SimImporter,
+    granter: DomId,
+    mapper: DomId,
+) -> Result<(), String> {
+    let s = exp
+        .share(mapper, 1, Access::ReadWrite)
+        .map_err(|x| x.to_string())?;
+    let m = imp.map_rw(granter, s.refs()).map_err(|x| x.to_string())?;
+    black_box(m.mem().as_ptr());
+    drop(m);
+    s.try_unshare().map(drop).map_err(|x| x.to_string())
+}
+
+/// Shares a page with `peer` and revokes it (never mapped).
+fn share_revoke(exp: &SimExporter, peer: DomId) -> Result<(), String> {
+    let s = exp
+        .share(peer, 1, Access::ReadWrite)
+        .map_err(|x| x.to_string())?;
+    s.try_unshare().map(drop).map_err(|x| x.to_string())
+}
+
+/// Prints `samples` as one JSON object if `json`; else the table's title
+/// line, `head` (which opens a parenthesis) followed by how many rounds
+/// the figures are medians of. True when the caller prints its table next.
+fn json_or_title(samples: &stats::Samples, json: bool, head: &str) -> bool {
+    if json {
+        println!("{}", samples.json(&[]));
+        return false;
+    }
+    println!("{head}median [min–max] of {} rounds)", samples.rounds());
+    true
+}
+
 fn grants(a: GrantArgs) -> Result<(), String> {
     let hv = Hypervisor::new();
     let dom0 = hv
@@ -118,22 +156,9 @@ fn grants(a: GrantArgs) -> Result<(), String> {
 
     let samples = stats::repeat(a.repeats, |i, st| {
         progress.phase(&format!("round {} of {}", i + 1, a.repeats));
-        let (cycle, cycle_cpu) = per_iter_cpu(a.iters, || {
-            let s = exp
-                .share(dom0.id(), 1, Access::ReadWrite)
-                .map_err(|x| e(&x))?;
-            let m = imp.map_rw(guest.id(), s.refs()).map_err(|x| e(&x))?;
-            black_box(m.mem().as_ptr());
-            drop(m);
-            s.try_unshare().map(drop).map_err(|x| e(&x))
-        })?;
-
-        let share_only = per_iter(a.iters, || {
-            let s = exp
-                .share(dom0.id(), 1, Access::ReadWrite)
-                .map_err(|x| e(&x))?;
-            s.try_unshare().map(drop).map_err(|x| e(&x))
-        })?;
+        let (cycle, cycle_cpu) =
+            per_iter_cpu(a.iters, || grant_cycle(&exp, &imp, guest.id(), dom0.id()))?;
+        let share_only = per_iter(a.iters, || share_revoke(&exp, dom0.id()))?;
 
         let s = exp
             .share(dom0.id(), 1, Access::ReadWrite)
@@ -182,15 +207,9 @@ fn grants(a: GrantArgs) -> Result<(), String> {
     })?;
 
     drop(progress);
-    if a.json {
-        println!("{}", samples.json(&[]));
-    } else {
+    let head = format!("grant benchmark (emulator, {} iterations each; ", a.iters);
+    if json_or_title(&samples, a.json, &head) {
         let g = |k: &str| samples.get(k).show(9, 1);
-        println!(
-            "grant benchmark (emulator, {} iterations each; median [min–max] of {} rounds)",
-            a.iters,
-            samples.rounds()
-        );
         println!(
             "  full cycle share→map→unmap→revoke  {} ns",
             g("grant_cycle_ns")

@@ -74,14 +74,10 @@ pub fn run(a: NetArgs) -> Result<(), String> {
         Ok(())
     })?;
     drop(progress);
-    if a.json {
-        println!("{}", samples.json(&[]));
+    let head = "netif on the emulator: frames/s and MB/s per direction (";
+    if !super::json_or_title(&samples, a.json, head) {
         return Ok(());
     }
-    println!(
-        "netif on the emulator: frames/s and MB/s per direction (median [min–max] of {} rounds)",
-        samples.rounds()
-    );
     for size in SIZES {
         let g = |k: &str| samples.get(&format!("{k}_{size}"));
         println!("{size:>7} B frames");

@@ -13,7 +13,6 @@
 //!
 //! Every figure is the median of `--repeats` rounds, with its spread.
 
-use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::Instant;
 
@@ -92,20 +91,9 @@ fn grant_scale(a: &ScaleArgs, st: &mut Samples) -> Res<()> {
             );
         }
         let cycle = super::per_iter(a.iters, || {
-            let s = exp
-                .share(dom0.id(), 1, Access::ReadWrite)
-                .map_err(|x| e(&x))?;
-            let m = imp.map_rw(guest.id(), s.refs()).map_err(|x| e(&x))?;
-            black_box(m.mem().as_ptr());
-            drop(m);
-            s.try_unshare().map(drop).map_err(|x| e(&x))
+            super::grant_cycle(exp, imp, guest.id(), dom0.id())
         })?;
-        let share_revoke = super::per_iter(a.iters, || {
-            let s = exp
-                .share(dom0.id(), 1, Access::ReadWrite)
-                .map_err(|x| e(&x))?;
-            s.try_unshare().map(drop).map_err(|x| e(&x))
-        })?;
+        let share_revoke = super::per_iter(a.iters, || super::share_revoke(exp, dom0.id()))?;
         st.add(format!("grant_cycle_ns_live_{level}"), cycle);
         st.add(format!("share_revoke_ns_live_{level}"), share_revoke);
     }
@@ -207,14 +195,9 @@ pub fn run(a: ScaleArgs) -> Res<()> {
         Ok(())
     })?;
     drop(progress);
-    if a.json {
-        println!("{}", samples.json(&[]));
+    if !super::json_or_title(&samples, a.json, "scale benchmark (emulator; ") {
         return Ok(());
     }
-    println!(
-        "scale benchmark (emulator; median [min–max] of {} rounds)",
-        samples.rounds()
-    );
     println!("grant table, {} cycles per level (ns):", a.iters);
     println!("  live entries   share→map→unmap→revoke      share + revoke");
     for level in LIVE {

@@ -466,16 +466,14 @@ pub fn run(a: VchanArgs) -> Res<()> {
     lab.srv.exporter().reclaim(usize::MAX);
     let st = lab.srv.exporter().stats();
     drop(progress);
-    if a.json {
-        println!("{}", samples.json(&[]));
+    let head = format!(
+        "vchan benchmark (emulator; two threads; {} MiB per stream; ",
+        a.mib
+    );
+    if !super::json_or_title(&samples, a.json, &head) {
         return Ok(());
     }
     let g = |k: &str| samples.get(k);
-    println!(
-        "vchan benchmark (emulator; two threads; {} MiB per stream; median [min–max] of {} rounds)",
-        a.mib,
-        samples.rounds()
-    );
     println!("throughput, 1 MiB rings, 64 KiB writes (GB/s):");
     println!("  vchan            {}", g("vchan_gbps").show(7, 2));
     println!(
