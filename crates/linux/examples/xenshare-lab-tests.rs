@@ -58,6 +58,7 @@ mod vchan;
 #[path = "xenshare-lab-tests/vchan_xdom.rs"]
 mod vchan_xdom;
 
+use std::ops::RangeInclusive;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -148,6 +149,8 @@ impl Tally {
     }
 }
 
+/// Runs a program (one of Xen's C tools, `losetup`...); its stdout on
+/// success, an error naming the command and its stderr otherwise.
 fn c_tool(tool: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(tool)
         .args(args)
@@ -554,6 +557,24 @@ fn parse_dom(s: Option<&String>) -> Result<DomId, String> {
         .parse::<u16>()
         .map(DomId)
         .map_err(|e| format!("bad domain id: {e}"))
+}
+
+/// A size argument, a number in `range` of `unit`s.
+fn parse_size(s: Option<&String>, range: RangeInclusive<u64>, unit: &str) -> Result<u64, String> {
+    s.ok_or_else(|| format!("missing size in {unit}"))?
+        .parse::<u64>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| format!("size must be {}..={} {unit}", range.start(), range.end()))
+}
+
+/// How a dom0 side starts: the front end's domain (the first argument),
+/// this platform and a XenStore client.
+fn dom0_open(args: &[String]) -> Result<(DomId, LinuxPlatform, Client<XenbusTransport>), String> {
+    let fe = parse_dom(args.first())?;
+    let plat = LinuxPlatform::open().ctx("open")?;
+    let xs = plat.xenstore().ctx("xenstore")?;
+    Ok((fe, plat, xs))
 }
 
 fn main() -> ExitCode {

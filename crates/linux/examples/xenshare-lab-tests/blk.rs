@@ -66,11 +66,7 @@ fn mbs(bytes: u64, d: Duration) -> f64 {
 }
 
 fn parse_mib(s: Option<&String>) -> Result<u64, String> {
-    s.ok_or("missing size in MiB")?
-        .parse::<u64>()
-        .ok()
-        .filter(|m| (1..=1024).contains(m))
-        .ok_or_else(|| "size must be 1..=1024 MiB".to_string())
+    crate::parse_size(s, 1..=1024, "MiB")
 }
 
 /// A page-aligned buffer of `len` bytes for `O_DIRECT`.
@@ -275,10 +271,8 @@ fn filesystem_round_trip(dev: &str) -> Result<String, String> {
 
 /// The dom0 side.
 pub fn dom0(args: &[String]) -> Result<String, String> {
-    let fe = crate::parse_dom(args.first())?;
+    let (fe, plat, mut xs) = crate::dom0_open(args)?;
     let mib = parse_mib(args.get(1))?;
-    let plat = LinuxPlatform::open().ctx("open")?;
-    let mut xs = plat.xenstore().ctx("xenstore")?;
     let r = dom0_test(&plat, &mut xs, fe, mib * MIB);
     // Whatever happened, the domU may power off now.
     let _ = xs.write(&format!("/local/domain/{}/data/blk-done", fe.0), b"1");

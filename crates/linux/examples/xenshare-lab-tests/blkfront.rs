@@ -19,7 +19,6 @@
 //!   to the kernel (gntalloc: `Revoked::Retired`, none quarantined).
 
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -356,20 +355,6 @@ fn on(b: bool) -> &'static str {
     }
 }
 
-fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 /// The error text Linux's xenbus left for a device, if any.
 fn xenbus_error<T: Transport>(xs: &mut Client<T>, path: &str) -> String {
     match xs.try_read(&format!("/local/domain/0/error/{path}/error")) {
@@ -380,20 +365,14 @@ fn xenbus_error<T: Transport>(xs: &mut Client<T>, path: &str) -> String {
 
 /// The dom0 side.
 pub fn dom0(args: &[String]) -> Result<String, String> {
-    let fe = crate::parse_dom(args.first())?;
-    let mib: u64 = args
-        .get(1)
-        .and_then(|s| s.parse().ok())
-        .filter(|m| (4..=128).contains(m))
-        .ok_or("size must be 4..=128 MiB")?;
-    let plat = LinuxPlatform::open().ctx("open")?;
-    let mut xs = plat.xenstore().ctx("xenstore")?;
+    let (fe, plat, mut xs) = crate::dom0_open(args)?;
+    let mib = crate::parse_size(args.get(1), 4..=128, "MiB")?;
     let file = std::fs::File::create(IMAGE).ctx("create the image")?;
     file.set_len(mib * MIB).ctx("size the image")?;
     drop(file);
-    run("losetup", &[LOOP, IMAGE])?;
+    crate::c_tool("losetup", &[LOOP, IMAGE])?;
     let r = dom0_test(&plat, &mut xs, fe, mib);
-    let _ = run("losetup", &["-d", LOOP]);
+    let _ = crate::c_tool("losetup", &["-d", LOOP]);
     let _ = std::fs::remove_file(IMAGE);
     r
 }

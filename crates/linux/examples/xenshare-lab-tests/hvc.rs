@@ -141,9 +141,7 @@ where
 
 /// The dom0 side.
 pub fn dom0(args: &[String]) -> Result<String, String> {
-    let fe = crate::parse_dom(args.first())?;
-    let plat = LinuxPlatform::open().ctx("open")?;
-    let mut xs = plat.xenstore().ctx("xenstore")?;
+    let (fe, plat, mut xs) = crate::dom0_open(args)?;
     let paths = create_device(
         &mut xs,
         &DeviceSpec {

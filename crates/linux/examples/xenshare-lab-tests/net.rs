@@ -194,11 +194,15 @@ fn mbs(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64().max(1e-6)
 }
 
+/// Bounds every read and write on the test's TCP stream (120 s each).
+fn stream_timeouts(s: &TcpStream) -> Result<(), String> {
+    let t = Some(Duration::from_secs(120));
+    s.set_read_timeout(t).ctx("timeout")?;
+    s.set_write_timeout(t).ctx("timeout")
+}
+
 fn parse_kib(s: Option<&String>) -> Result<u64, String> {
-    s.and_then(|s| s.parse::<u64>().ok())
-        .filter(|k| (1..=1 << 20).contains(k))
-        .map(|k| k * 1024)
-        .ok_or_else(|| "size in KiB required".to_string())
+    crate::parse_size(s, 1..=1 << 20, "KiB").map(|k| k * 1024)
 }
 
 /// The domU side; publishes its verdict in `data/net-result` for dom0.
@@ -274,10 +278,7 @@ fn domu_test(
         }
     };
     s.set_nonblocking(false).ctx("blocking")?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))
-        .ctx("timeout")?;
-    s.set_write_timeout(Some(Duration::from_secs(120)))
-        .ctx("timeout")?;
+    stream_timeouts(&s)?;
     let retrans0 = tcp_retrans();
     let t = Instant::now();
     recv_pattern(&mut s, len, 1)?;
@@ -363,10 +364,8 @@ fn dom0_run(
     args: &[String],
     closed: &mut (Instant, Result<String, String>),
 ) -> Result<String, String> {
-    let fe = crate::parse_dom(args.first())?;
+    let (fe, plat, mut xs) = crate::dom0_open(args)?;
     let len = parse_kib(args.get(1))?;
-    let plat = LinuxPlatform::open().ctx("open")?;
-    let mut xs = plat.xenstore().ctx("xenstore")?;
     let mac = Mac::parse(MAC.as_bytes()).ok_or("bad MAC")?;
     // What `xenshare netback` does: the toolstack's part under a private
     // back-end type, then the back end on that directory.
@@ -433,10 +432,7 @@ fn serve(
             Duration::from_secs(30),
         )
         .ctx(&format!("connect {addr:?}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(120)))
-            .ctx("timeout")?;
-        s.set_write_timeout(Some(Duration::from_secs(120)))
-            .ctx("timeout")?;
+        stream_timeouts(&s)?;
         let retrans0 = tcp_retrans();
         let t = Instant::now();
         send_pattern(&mut s, len, 1)?;

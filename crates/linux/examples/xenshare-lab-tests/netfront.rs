@@ -200,14 +200,8 @@ fn domu_run(
 
 /// The dom0 side.
 pub fn dom0(args: &[String]) -> Result<String, String> {
-    let fe = crate::parse_dom(args.first())?;
-    let kib: u64 = args
-        .get(1)
-        .and_then(|s| s.parse().ok())
-        .filter(|k| (1..=65536).contains(k))
-        .ok_or("size must be 1..=65536 KiB")?;
-    let plat = LinuxPlatform::open().ctx("open")?;
-    let mut xs = plat.xenstore().ctx("xenstore")?;
+    let (fe, plat, mut xs) = crate::dom0_open(args)?;
+    let kib = crate::parse_size(args.get(1), 1..=65536, "KiB")?;
     let devid = DEVID.to_string();
     let paths = create_device(
         &mut xs,
