@@ -622,7 +622,8 @@ impl Loop {
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
-        let mut ok = Self::turn(&self.shared, &self.daemon, c, &mut self.buf, flags);
+        let mut ok = Self::requests(&self.shared, &self.daemon, c, &mut self.buf, flags)
+            .and_then(|()| Self::flush(c));
         if ok.is_ok() {
             ok = Self::rearm(&self.shared, c);
         }
@@ -642,17 +643,6 @@ impl Loop {
             return false;
         }
         true
-    }
-
-    fn turn(
-        shared: &Shared,
-        daemon: &Daemon,
-        c: &mut Client,
-        buf: &mut [u8],
-        flags: epoll::EventFlags,
-    ) -> Result<(), Gone> {
-        Self::requests(shared, daemon, c, buf, flags)?;
-        Self::flush(c)
     }
 
     fn requests(
