@@ -179,11 +179,7 @@ impl<T: Transport> Client<T> {
 
     /// Reads a node, `None` if it does not exist.
     pub fn try_read(&mut self, path: &str) -> Result<Option<Vec<u8>>, ClientError> {
-        match self.read(path) {
-            Ok(v) => Ok(Some(v)),
-            Err(ClientError::Xs(XsError::ENOENT)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        none_if_absent(self.read(path))
     }
 
     /// Writes a node, creating missing parents.
@@ -436,6 +432,15 @@ pub struct Tx<'a, T: Transport> {
     id: TxId,
 }
 
+/// A read's result with "no such node" (`ENOENT`) as `None`.
+fn none_if_absent(r: Result<Vec<u8>, ClientError>) -> Result<Option<Vec<u8>>, ClientError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(ClientError::Xs(XsError::ENOENT)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl<T: Transport> Tx<'_, T> {
     /// The transaction id.
     pub fn id(&self) -> TxId {
@@ -449,11 +454,7 @@ impl<T: Transport> Tx<'_, T> {
 
     /// Reads a node, `None` if absent.
     pub fn try_read(&mut self, path: &str) -> Result<Option<Vec<u8>>, ClientError> {
-        match self.read(path) {
-            Ok(v) => Ok(Some(v)),
-            Err(ClientError::Xs(XsError::ENOENT)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        none_if_absent(self.read(path))
     }
 
     /// Writes a node.
