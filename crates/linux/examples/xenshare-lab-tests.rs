@@ -65,6 +65,7 @@ use std::time::{Duration, Instant};
 
 use xenshare::grant::{Exporter, Importer};
 use xenshare::platform::EventChannels;
+use xenshare::store::xenbus::{read_state, XenbusState};
 use xenshare::store::{Client, Transport, UnixTransport};
 use xenshare::{Access, DomId, GrantRef, Port};
 use xenshare_conformance::{
@@ -557,6 +558,28 @@ fn parse_dom(s: Option<&String>) -> Result<DomId, String> {
         .parse::<u16>()
         .map(DomId)
         .map_err(|e| format!("bad domain id: {e}"))
+}
+
+/// Reads `dir`'s XenBus state every 50 ms until `done` holds or `within`
+/// has passed: `Ok(state)` when it holds, `Err(last state read)` on
+/// time-out (the caller says what that means).
+fn poll_state<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    within: Duration,
+    done: impl Fn(XenbusState) -> bool,
+) -> Result<Result<XenbusState, XenbusState>, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = read_state(xs, dir).ctx("backend state")?;
+        if done(s) {
+            return Ok(Ok(s));
+        }
+        if Instant::now() > deadline {
+            return Ok(Err(s));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A size argument, a number in `range` of `unit`s.

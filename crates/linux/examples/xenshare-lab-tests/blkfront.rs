@@ -447,19 +447,14 @@ fn dom0_serve(
 ) -> Result<(String, u128), String> {
     let errpath = back.trim_start_matches("/local/domain/0/");
     // blkback's probe: InitWait.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = read_state(xs, back).ctx("backend state")?;
-        if s >= XenbusState::InitWait {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "xen-blkback did not claim {back} within 30 s (state {s:?}, error {})",
-                xenbus_error(xs, errpath)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let claimed = crate::poll_state(xs, back, Duration::from_secs(30), |s| {
+        s >= XenbusState::InitWait
+    })?;
+    if let Err(s) = claimed {
+        return Err(format!(
+            "xen-blkback did not claim {back} within 30 s (state {s:?}, error {})",
+            xenbus_error(xs, errpath)
+        ));
     }
     let initwait_ms = t0.elapsed().as_millis();
     // The hotplug script's part: blkback opens the device and connects
@@ -497,18 +492,13 @@ fn dom0_serve(
         )
     })?;
     // The front end closed before its verdict; blkback must be Closed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = read_state(xs, back).ctx("backend state")?;
-        if s == XenbusState::Closed {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "blkback is {s:?}, not Closed, 20 s after the front end closed"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let closed = crate::poll_state(xs, back, Duration::from_secs(20), |s| {
+        s == XenbusState::Closed
+    })?;
+    if let Err(s) = closed {
+        return Err(format!(
+            "blkback is {s:?}, not Closed, 20 s after the front end closed"
+        ));
     }
     Ok((
         format!("blkback InitWait after {initwait_ms} ms; {detail}"),

@@ -242,18 +242,13 @@ pub fn dom0(args: &[String]) -> Result<String, String> {
             .strip_prefix("ok ")
             .ok_or_else(|| format!("domU: {verdict}; dom0: {ours}"))?;
         // netback follows a closed front end to Closed.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let s = read_state(&mut xs, &paths.back).ctx("backend state")?;
-            if s == XenbusState::Closed {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "netback is {s:?}, not Closed, 20 s after the front end closed"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let closed = crate::poll_state(&mut xs, &paths.back, Duration::from_secs(20), |s| {
+            s == XenbusState::Closed
+        })?;
+        if let Err(s) = closed {
+            return Err(format!(
+                "netback is {s:?}, not Closed, 20 s after the front end closed"
+            ));
         }
         Ok(format!(
             "{ours}; netback Closed after the front end; domU: {detail}"
@@ -272,18 +267,13 @@ fn dom0_run(
 ) -> Result<String, String> {
     let vif = format!("vif{}.{DEVID}", fe.0);
     let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs(30);
-    loop {
-        let s = read_state(xs, back).ctx("backend state")?;
-        if s >= XenbusState::InitWait {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "xen-netback did not claim {back} within 30 s (state {s:?})"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let claimed = crate::poll_state(xs, back, Duration::from_secs(30), |s| {
+        s >= XenbusState::InitWait
+    })?;
+    if let Err(s) = claimed {
+        return Err(format!(
+            "xen-netback did not claim {back} within 30 s (state {s:?})"
+        ));
     }
     // The vif hotplug script's part.
     crate::sh("ip", &["link", "set", &vif, "up"])?;
