@@ -4,29 +4,16 @@
 //! A tail jump leaves every argument register and the stack untouched, so
 //! the trampoline has exactly the C signature of its target.
 
-/// Exports `$f` (an `extern "C"` function) as the versioned symbol
-/// `$name@@$ver`.
-macro_rules! export {
-    ($name:literal, $ver:literal, $f:path) => {
-        #[cfg(target_arch = "x86_64")]
+/// The trampoline `$name_xenshare_v`, versioned `$name@@$ver`, whose one
+/// instruction `$jump` (the architecture's plain branch) goes to `$f`.
+macro_rules! trampoline {
+    ($name:literal, $ver:literal, $f:path, $jump:literal) => {
         std::arch::global_asm!(
             concat!(
                 ".text\n.globl ", $name, "_xenshare_v\n",
                 ".type ", $name, "_xenshare_v, %function\n",
                 $name, "_xenshare_v:\n",
-                "    jmp {f}\n",
-                ".size ", $name, "_xenshare_v, . - ", $name, "_xenshare_v\n",
-                ".symver ", $name, "_xenshare_v, ", $name, "@@", $ver, "\n"
-            ),
-            f = sym $f
-        );
-        #[cfg(target_arch = "aarch64")]
-        std::arch::global_asm!(
-            concat!(
-                ".text\n.globl ", $name, "_xenshare_v\n",
-                ".type ", $name, "_xenshare_v, %function\n",
-                $name, "_xenshare_v:\n",
-                "    b {f}\n",
+                "    ", $jump, " {f}\n",
                 ".size ", $name, "_xenshare_v, . - ", $name, "_xenshare_v\n",
                 ".symver ", $name, "_xenshare_v, ", $name, "@@", $ver, "\n"
             ),
@@ -35,4 +22,16 @@ macro_rules! export {
     };
 }
 
+/// Exports `$f` (an `extern "C"` function) as the versioned symbol
+/// `$name@@$ver`.
+macro_rules! export {
+    ($name:literal, $ver:literal, $f:path) => {
+        #[cfg(target_arch = "x86_64")]
+        $crate::export::trampoline!($name, $ver, $f, "jmp");
+        #[cfg(target_arch = "aarch64")]
+        $crate::export::trampoline!($name, $ver, $f, "b");
+    };
+}
+
 pub(crate) use export;
+pub(crate) use trampoline;
