@@ -587,16 +587,8 @@ impl RemoteEvtchn {
     }
 
     fn wait_wake(&self, left: Option<Duration>) -> Result<(), EventError> {
-        use rustix::event::{poll, PollFd, PollFlags, Timespec};
-        let ts = left.map(|d| Timespec {
-            tv_sec: d.as_secs().min(i64::MAX as u64) as _,
-            tv_nsec: d.subsec_nanos() as _,
-        });
-        let mut fds = [PollFd::new(&self.epoll, PollFlags::IN)];
-        match poll(&mut fds, ts.as_ref()) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
-            Err(e) => Err(EventError::Os(e.raw_os_error())),
-        }
+        xenshare_sim::evtchn::poll_readable(self.epoll.as_fd(), left)
+            .map_err(|e| EventError::Os(e.raw_os_error()))
     }
 }
 

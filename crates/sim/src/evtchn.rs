@@ -530,6 +530,24 @@ pub fn deliver_one(shared_info: xenshare::mem::SharedMem<'_>, ports: &[Port]) ->
     None
 }
 
+/// Sleeps until `fd` is readable, a signal arrives or `left` has passed
+/// (`None`: no limit): one `poll`, after which the caller looks again and
+/// keeps its own overall deadline.
+pub fn poll_readable(
+    fd: std::os::fd::BorrowedFd<'_>,
+    left: Option<Duration>,
+) -> Result<(), rustix::io::Errno> {
+    let ts = left.map(|d| Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as _,
+        tv_nsec: d.subsec_nanos() as _,
+    });
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    match poll(&mut fds, ts.as_ref()) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Waits for `poll` to deliver a port, sleeping on the eventfd `efd`
 /// between tries, for at most `timeout` (`None`: forever).
 pub fn wait_on_eventfd(
@@ -552,15 +570,7 @@ pub fn wait_on_eventfd(
             }
             None => None,
         };
-        let ts = left.map(|d| Timespec {
-            tv_sec: d.as_secs() as _,
-            tv_nsec: d.subsec_nanos() as _,
-        });
-        let mut fds = [PollFd::new(&efd, PollFlags::IN)];
-        match poll(&mut fds, ts.as_ref()) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(EventError::Os(e.raw_os_error())),
-        }
+        poll_readable(efd, left).map_err(|e| EventError::Os(e.raw_os_error()))?;
         let mut buf = [0u8; 8];
         let _ = rustix::io::read(efd, &mut buf);
     }

@@ -233,7 +233,8 @@ impl Dom {
             if !v.is_open() {
                 break false;
             }
-            wait_readable(self.evt.wake_fd(), None)?;
+            xenshare_sim::evtchn::poll_readable(self.evt.wake_fd(), None)
+                .map_err(|e| format!("poll: {e}"))?;
             v.wait(Some(Duration::ZERO))
                 .map_err(|e| format!("vchan: {e}"))?;
         };
@@ -573,16 +574,6 @@ pub enum End {
 
 /// Per-buffer size: bounds what the pump holds in each direction.
 const BUF: usize = 1 << 16;
-
-/// Waits until `fd` is readable or `timeout` passes.
-fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<(), String> {
-    let ts = timeout.map(timespec);
-    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-    match rustix::event::poll(&mut fds, ts.as_ref()) {
-        Ok(_) | Err(Errno::INTR) => Ok(()),
-        Err(e) => Err(format!("poll: {e}")),
-    }
-}
 
 fn timespec(d: Duration) -> Timespec {
     Timespec {
