@@ -1,13 +1,11 @@
 //! The XenBus handshake: both start-up orders, every ring size, what each
 //! side publishes, back-end restart, and a clean close releasing every grant.
 
-mod blk_common;
-
 use std::time::Duration;
 
-use blk_common::*;
 use xenshare::blk::{BackConfig, BlkError, FrontConfig};
 use xenshare::store::xenbus::{read_state, XenbusState};
+use xenshare_testkit::blk::*;
 
 const DISK: u64 = 4 << 20;
 

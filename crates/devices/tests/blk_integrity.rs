@@ -4,10 +4,8 @@
 //! descriptors and persistent grants; and the submit / complete API with
 //! many requests in flight.
 
-mod blk_common;
-
-use blk_common::*;
 use xenshare::blk::{BackConfig, FrontConfig, IoKind};
+use xenshare_testkit::blk::*;
 
 const DISK: u64 = 16 << 20;
 

@@ -3,19 +3,17 @@
 //! serving; a corrupted ring index breaks the connection cleanly. The
 //! image is never touched outside what valid requests wrote.
 
-mod blk_common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use blk_common::*;
 use xenshare::blk::{BackConfig, BackExit, BlkError};
 use xenshare::ring::{FrontRing, RingError};
 use xenshare::store::xenbus::{read_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::blkif::*;
 use xenshare_devices::blk::{BackendThread, BlkWorld, FileStorage};
+use xenshare_testkit::blk::*;
 use zerocopy::IntoBytes;
 
 const DISK: u64 = 4 << 20;

@@ -10,14 +10,10 @@
 //! in_cons moved past in_prod, a page corrupt before the back end attaches,
 //! event flood; plus (in console_secondary.rs) garbage XenStore keys.
 
-#[path = "console_common/mod.rs"]
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{world, BackThread, SOON};
 use xenshare::console::ring::{IN, OUT};
 use xenshare::console::{ConsoleError, SPURIOUS_EVENT_LIMIT};
 use xenshare::event::Channel;
@@ -26,6 +22,7 @@ use xenshare::mem::SharedMem;
 use xenshare::GrantRef;
 use xenshare_devices::console::MemoryTerminal;
 use xenshare_sim::SimMapper;
+use xenshare_testkit::console::{world, BackThread, SOON};
 
 /// Stops a flooding thread even if the test fails (so it cannot hang).
 struct StopOnDrop<'a>(&'a AtomicBool);
@@ -45,7 +42,7 @@ fn get(mem: SharedMem<'_>, off: usize) -> u32 {
 }
 
 /// The evil back end's own mapping of the guest's console page (ref 0).
-fn evil_map(w: &common::World) -> Mapping<SimMapper> {
+fn evil_map(w: &xenshare_testkit::console::World) -> Mapping<SimMapper> {
     w.dom0
         .importer()
         .map_rw(w.guest.id(), &[GrantRef(0)])

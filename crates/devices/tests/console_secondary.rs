@@ -3,12 +3,8 @@
 //! revokes the page, and a back end that keeps the page mapped after close
 //! (the page is quarantined, never reused).
 
-#[path = "console_common/mod.rs"]
-mod common;
-
 use std::time::Duration;
 
-use common::{pattern, world, World, SOON};
 use xenshare::console::xenbus::{connect_back, connect_front, SecondaryBack, SecondaryFront};
 use xenshare::console::ConsoleError;
 use xenshare::store::xenbus::{
@@ -17,6 +13,7 @@ use xenshare::store::xenbus::{
 use xenshare::{Access, GrantRef};
 use xenshare_devices::console::MemoryTerminal;
 use xenshare_sim::{SimEvtchn, SimGrantBackend, SimMapper};
+use xenshare_testkit::console::{pattern, world, World, SOON};
 
 const DEVID: u32 = 1;
 

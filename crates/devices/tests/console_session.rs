@@ -4,18 +4,15 @@
 //! console on the same running guest; the guest's page is revoked after
 //! each session and its directories are removed.
 
-#[path = "console_common/mod.rs"]
-mod common;
-
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use common::{world, SOON};
 use xenshare::store::perms::{PermKind, Perms};
 use xenshare::store::xenbus::frontend_path;
 use xenshare_devices::console::session::{attach, serve, AttachEnd, AttachError, DEVID};
 use xenshare_devices::console::{shell, MemoryTerminal};
 use xenshare_sim::DomainConfig;
+use xenshare_testkit::console::{world, SOON};
 
 fn wait_output(t: &MemoryTerminal, want: &str) {
     assert!(

@@ -10,19 +10,17 @@
 //! slowness; these tests wait on events only, under an overall deadline,
 //! and read the event indices the back end wrote.)
 
-mod net_common;
-
 use std::mem::offset_of;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use net_common::{data_page, evil_front, frame, tx_req, RxFront, TxFront, T};
 use xenshare::event::Channel;
 use xenshare::net::NetifRxRequest;
 use xenshare::platform::EventChannels;
 use xenshare_abi::netif::NETIF_RSP_OKAY;
 use xenshare_abi::ring::SringHeader;
 use xenshare_sim::{SimEvtchn, SimShare};
+use xenshare_testkit::net::{data_page, evil_front, frame, tx_req, RxFront, TxFront, T};
 
 /// The value the back end last wrote into a ring's `req_event`.
 fn req_event(ring: &SimShare) -> u32 {
@@ -68,7 +66,7 @@ fn wait_armed(ring: &SimShare, want: u32, what: &str) {
 
 #[test]
 fn tx_frames_sent_with_linux_notification_discipline_all_get_through() {
-    let w = net_common::world();
+    let w = xenshare_testkit::net::world();
     let (ef, bt, host) = evil_front(&w);
     let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
     // More frames than the ring holds, one at a time: each needs the back
@@ -117,7 +115,7 @@ fn tx_frames_sent_with_linux_notification_discipline_all_get_through() {
 
 #[test]
 fn a_host_frame_waiting_for_rx_buffers_is_delivered_when_linux_posts_them() {
-    let w = net_common::world();
+    let w = xenshare_testkit::net::world();
     let (ef, bt, host) = evil_front(&w);
     let mut rx = RxFront::attach_at(ef.rx.mem(), 0).unwrap();
     let pages: Vec<_> = (0..8)
@@ -175,7 +173,7 @@ fn a_round_with_tx_and_rx_work_sends_one_event_on_the_shared_channel() {
     use xenshare::Access;
     use xenshare_devices::net::host::mem_link;
 
-    let w = net_common::world();
+    let w = xenshare_testkit::net::world();
     let share = || {
         w.guest
             .exporter()
@@ -241,7 +239,7 @@ fn split_channels_carry_each_ring_its_own_event() {
     use xenshare::Access;
     use xenshare_devices::net::host::mem_link;
 
-    let w = net_common::world();
+    let w = xenshare_testkit::net::world();
     // The keys Linux's netfront writes when the back end offers split
     // channels (which ours does).
     let paths = w.create_vif(0);

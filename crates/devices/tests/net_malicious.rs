@@ -10,17 +10,11 @@
 //! device (or, for a bad grant, an error response), with no panic, no hang
 //! and no page reuse.
 
-mod net_common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use net_common::{
-    data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
-    world_with, Front, RxFront, TxFront, T,
-};
 use xenshare::net::{
     NetError, NetfrontConfig, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse,
 };
@@ -29,6 +23,10 @@ use xenshare::ring::{BackRing, RingError};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETTXF_MORE_DATA};
 use xenshare_sim::{DomainConfig, RevocationModel};
+use xenshare_testkit::net::{
+    data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
+    world_with, Front, RxFront, TxFront, T,
+};
 
 type TxBack<'a> = BackRing<'a, NetifTxRequest, NetifTxResponse>;
 type RxBack<'a> = BackRing<'a, NetifRxRequest, NetifRxResponse>;

@@ -3,9 +3,6 @@
 //! guest's netfront needs, a back end serving the private back-end type,
 //! and detaching.
 
-mod net_common;
-
-use net_common::{frame, world, T};
 use xenshare::net::back::RunExit;
 use xenshare::net::{Mac, Netfront, NetfrontConfig};
 use xenshare::store::client::ClientError;
@@ -14,10 +11,11 @@ use xenshare::store::Perms;
 use xenshare_devices::net::host::mem_link;
 use xenshare_devices::net::run::spawn_backend_at;
 use xenshare_devices::net::vif::{attach_vif, detach_vif, VifAttach, USERSPACE_VIF_TYPE};
+use xenshare_testkit::net::{frame, world, T};
 
 const MAC: Mac = Mac([0x00, 0x16, 0x3e, 0x12, 0x34, 0x56]);
 
-fn spec(w: &net_common::World, devid: u32) -> VifAttach<'static> {
+fn spec(w: &xenshare_testkit::net::World, devid: u32) -> VifAttach<'static> {
     VifAttach {
         frontend: w.guest.id(),
         backend: w.dom0.id(),

@@ -4,19 +4,17 @@
 //! that carry more than the data they are for (XSA-403). The victim keeps
 //! working — or refuses the peer — with no panic, no hang, no leak.
 
-mod blk_common;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use blk_common::*;
 use xenshare::blk::{BackConfig, BlkError};
 use xenshare::ring::{BackRing, FrontRing};
 use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::blkif::*;
 use xenshare_devices::blk::{BackendThread, BlkWorld, FileStorage};
+use xenshare_testkit::blk::*;
 use zerocopy::IntoBytes;
 
 const DISK: u64 = 4 << 20;

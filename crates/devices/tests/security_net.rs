@@ -6,16 +6,10 @@
 //! victim keeps working — or refuses the peer with a typed error — with no
 //! panic, no hang and nothing unbounded.
 
-mod net_common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use net_common::{
-    data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
-    RxFront, TxFront, World, T,
-};
 use xenshare::net::xenbus::{BackendFeatures, FrontendKeys};
 use xenshare::net::{NetError, Netfront, NetfrontConfig, NetifRxRequest, NetifTxRequest};
 use xenshare::net::{NetifRxResponse, NetifTxResponse};
@@ -23,6 +17,10 @@ use xenshare::ring::BackRing;
 use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETTXF_MORE_DATA};
+use xenshare_testkit::net::{
+    data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
+    RxFront, TxFront, World, T,
+};
 use zerocopy::IntoBytes;
 
 /// The shared ring header before the first slot.
@@ -287,12 +285,12 @@ fn netback_handles_split_headers_zero_length_and_maximum_fragment_packets() {
 
 /// A hand-made front end that publishes its keys with `over` replacing
 /// (or adding to) the honest ones, then goes Connected.
-fn publish_hostile_keys(w: &World, over: &[(&str, &str)]) -> net_common::EvilFront {
+fn publish_hostile_keys(w: &World, over: &[(&str, &str)]) -> xenshare_testkit::net::EvilFront {
     let paths = xenshare::store::xenbus::DevicePaths {
         front: xenshare::store::xenbus::frontend_path(w.guest.id(), "vif", 0),
         back: xenshare::store::xenbus::backend_path(w.dom0.id(), "vif", w.guest.id(), 0),
     };
-    net_common::evil_front_keys(w, &paths, over)
+    xenshare_testkit::net::evil_front_keys(w, &paths, over)
 }
 
 /// Hostile values for the keys netback reads: out-of-range, signed, hex,
@@ -316,7 +314,7 @@ fn netback_refuses_hostile_xenbus_keys() {
     for over in cases {
         let w = world();
         w.create_vif(0);
-        let (bt, _host) = w.backend(0);
+        let (bt, _host) = w.vif_backend(0);
         let _pages = publish_hostile_keys(&w, over);
         let e = expect_backend_error(bt);
         assert!(matches!(e, NetError::BadKey { .. }), "{over:?}: {e}");
@@ -331,7 +329,7 @@ fn netback_refuses_hostile_xenbus_keys() {
     for n in ["0", "4294967295", "-1", "many"] {
         let w = world();
         w.create_vif(0);
-        let (bt, host) = w.backend(0);
+        let (bt, host) = w.vif_backend(0);
         let pages = publish_hostile_keys(&w, &[("multi-queue-num-queues", n)]);
         let paths = format!("/local/domain/0/backend/vif/{}/0", w.guest.id().0);
         let mut c0 = w.xs(&w.dom0);

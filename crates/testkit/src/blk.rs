@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use xenshare::blk::{FrontConfig, DEVTYPE};
 use xenshare::event::Channel;
-use xenshare::ring::FrontRing;
+use xenshare::ring::{BackRing, FrontRing};
 use xenshare::store::xenbus::{
     backend_path, frontend_path, read_state, wait_for_state, write_state, XenbusState,
 };
 use xenshare::{Access, DomId, GrantRef, Port};
 use xenshare_abi::blkif::{BlkifRequest, BlkifResponse};
-use xenshare_devices::blk::{guest_config, BlkWorld, FileStorage, SimXs};
+use xenshare_devices::blk::{guest_config, BlkWorld, FileStorage, SimFront, SimXs};
 use xenshare_sim::{SimEvtchn, SimMapping, SimShare};
 
 pub use crate::{Rng, T};
@@ -106,11 +106,7 @@ pub struct FakeBack {
 /// Publishes a back end's features (`extra` on top of a 4 MiB disk's
 /// basics), waits for the front end and connects like a real back end.
 pub fn fake_backend(w: &BlkWorld, extra: &[(&str, &str)]) -> FakeBack {
-    fake_backend_with_disk(
-        w,
-        extra,
-        &[("sectors", "8192"), ("sector-size", "512"), ("info", "0")],
-    )
+    fake_backend_with_disk(w, extra, DISK_4MIB)
 }
 
 /// Like [`fake_backend`], publishing `disk` (`sectors`, `sector-size`,
@@ -223,4 +219,66 @@ pub fn fake_frontend(w: &BlkWorld, persistent: bool) -> FakeFront {
         XenbusState::Connected
     );
     FakeFront { xs, ring, chan }
+}
+
+/// The back end's view of a block ring.
+pub type BackRingOf<'a> = BackRing<'a, BlkifRequest, BlkifResponse>;
+/// The front end's view of a block ring.
+pub type FrontRingOf<'a> = FrontRing<'a, BlkifRequest, BlkifResponse>;
+
+/// Connects the real front end (of [`quick_front`]) to a hand-made back
+/// end publishing `extra` at InitWait and `disk` at Connected.
+pub fn connect_fake_backend(
+    w: &BlkWorld,
+    extra: &[(&str, &str)],
+    disk: &[(&str, &str)],
+) -> (SimFront, FakeBack) {
+    let mut fe = w.frontend(quick_front()).expect("a front end");
+    let fb = std::thread::scope(|s| {
+        let t = s.spawn(|| fake_backend_with_disk(w, extra, disk));
+        let mut xs = w.client(&w.guest);
+        drop(fe.connect(&mut xs).expect("the front end connects"));
+        t.join().expect("the fake back end thread")
+    });
+    (fe, fb)
+}
+
+/// A 4 MiB disk's basics, as [`fake_backend`] publishes them.
+pub const DISK_4MIB: &[(&str, &str)] =
+    &[("sectors", "8192"), ("sector-size", "512"), ("info", "0")];
+
+impl FakeBack {
+    /// The back end's view of the ring.
+    pub fn ring(&self) -> BackRingOf<'_> {
+        BackRing::attach(self.ring.mem()).expect("attaching the ring")
+    }
+
+    /// Waits (up to [`T`]) for the front end's next request.
+    pub fn next_request(&self, ring: &mut BackRingOf<'_>) -> BlkifRequest {
+        crate::wait_on(&self.chan, "no request arrived", || {
+            ring.next_request().expect("a valid request ring")
+        })
+    }
+
+    /// Publishes one response and notifies.
+    pub fn respond(&self, ring: &mut BackRingOf<'_>, id: u64, op: u8, status: i16) {
+        ring.push_response(&BlkifResponse {
+            id,
+            operation: op,
+            status,
+            ..Default::default()
+        })
+        .expect("pushing a response");
+        ring.push_responses().expect("publishing responses");
+        self.chan.notify().expect("notifying the front end");
+    }
+}
+
+impl FakeFront {
+    /// Waits (up to [`T`]) for the real back end's next response.
+    pub fn response(&self, ring: &mut FrontRingOf<'_>) -> BlkifResponse {
+        crate::wait_on(&self.chan, "the back end stopped answering", || {
+            ring.next_response().expect("a valid response ring")
+        })
+    }
 }

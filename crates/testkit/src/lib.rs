@@ -33,7 +33,9 @@
 use std::ops::Deref;
 use std::time::{Duration, Instant};
 
-use xenshare_sim::{Domain, DomainConfig};
+use xenshare::event::Channel;
+use xenshare::platform::EventChannels;
+use xenshare_sim::{Domain, DomainConfig, SimEvtchn};
 use xenshare_xenstored::inproc::InProcTransport;
 
 pub mod adversary;
@@ -58,6 +60,25 @@ pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(Instant::now() < deadline, "timed out: {what}");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Polls `poll` until it yields a value, waiting on `chan`'s handle (and
+/// unmasking the port that fired) between tries; panics with `what` after
+/// [`T`]. How a hand-played peer waits for the next request or response.
+pub fn wait_on<R>(chan: &Channel<SimEvtchn>, what: &str, mut poll: impl FnMut() -> Option<R>) -> R {
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(r) = poll() {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        if let Some(p) = chan
+            .wait(Some(Duration::from_millis(20)))
+            .expect("waiting for an event")
+        {
+            chan.handle().unmask(p).expect("unmasking the port");
+        }
     }
 }
 

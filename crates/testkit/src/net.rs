@@ -4,7 +4,6 @@
 //! [`evil_back`]) so a test can write raw requests and responses.
 
 use std::thread;
-use std::time::{Duration, Instant};
 
 use xenshare::event::Channel;
 use xenshare::net::xenbus::{BackendFeatures, FrontendKeys, DEVTYPE};
@@ -16,7 +15,6 @@ use xenshare::store::xenbus::{wait_for_state, write_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_devices::net::host::{mem_link, HostPort};
 use xenshare_devices::net::run::{spawn_backend, BackendThread};
-use xenshare::platform::EventChannels;
 use xenshare_sim::{DomainConfig, SimEvtchn, SimGrantBackend, SimMapping, SimShare};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -212,28 +210,15 @@ pub fn evil_front_keys(w: &World, paths: &DevicePaths, over: &[(&str, &str)]) ->
 }
 
 /// Waits (up to [`T`]) for the next response on a hand-played front end's
-/// ring, unmasking the channel between waits.
-pub fn next_response<Req, Rsp>(
-    ring: &mut FrontRing<'_, Req, Rsp>,
-    chan: &Channel<SimEvtchn>,
-) -> Rsp
+/// ring.
+pub fn next_response<Req, Rsp>(ring: &mut FrontRing<'_, Req, Rsp>, chan: &Channel<SimEvtchn>) -> Rsp
 where
     Req: FromBytes + IntoBytes + Immutable,
     Rsp: FromBytes + IntoBytes + Immutable,
 {
-    let deadline = Instant::now() + T;
-    loop {
-        if let Some(r) = ring.next_response().expect("a valid response ring") {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "back end never answered");
-        if let Some(p) = chan
-            .wait(Some(Duration::from_millis(50)))
-            .expect("event wait")
-        {
-            chan.handle().unmask(p).expect("unmask");
-        }
-    }
+    crate::wait_on(chan, "back end never answered", || {
+        ring.next_response().expect("a valid response ring")
+    })
 }
 
 /// Waits for the next tx response on an evil front end's ring.
@@ -246,8 +231,7 @@ pub fn expect_backend_error(bt: BackendThread) -> NetError {
     crate::wait_until(T, "back end did not stop on a violation", || {
         bt.is_finished()
     });
-    bt.join()
-        .expect_err("back end must report the violation")
+    bt.join().expect_err("back end must report the violation")
 }
 
 // -------------------------------------------------- a back end played by hand
