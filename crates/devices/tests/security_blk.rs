@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use xenshare::blk::{BackConfig, BlkError};
-use xenshare::ring::{BackRing, FrontRing};
+use xenshare::ring::BackRing;
 use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::blkif::*;
 use xenshare_devices::blk::{BackendThread, BlkWorld, FileStorage};
 use xenshare_testkit::blk::*;
+use xenshare_testkit::wait_until;
 use zerocopy::IntoBytes;
 
 const DISK: u64 = 4 << 20;
@@ -23,8 +24,6 @@ const SECTORS: u64 = DISK / 512;
 const HEADER: usize = 64;
 /// One slot: the larger of request (112 bytes) and response (16 bytes).
 const SLOT: usize = core::mem::size_of::<BlkifRequest>();
-
-type Ring<'a> = FrontRing<'a, BlkifRequest, BlkifResponse>;
 
 fn backend(w: &BlkWorld, img: &TmpImage) -> BackendThread<FileStorage> {
     w.spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
@@ -48,25 +47,6 @@ fn write_req(id: u64, sector: u64, segs: &[(GrantRef, u8, u8)]) -> BlkifRequest 
     r
 }
 
-/// Waits for the next response (ids and opcodes are the caller's to check).
-fn response(ring: &mut Ring<'_>, ff: &FakeFront) -> BlkifResponse {
-    let t = Instant::now();
-    loop {
-        if let Some(r) = ring.next_response().unwrap() {
-            return r;
-        }
-        assert!(t.elapsed() < T, "the back end stopped answering");
-        if ff
-            .chan
-            .wait(Some(Duration::from_millis(20)))
-            .unwrap()
-            .is_some()
-        {
-            ff.chan.unmask().unwrap();
-        }
-    }
-}
-
 /// XSA-216: every response blkback writes has zero padding. The request
 /// in the slot had 0xFF where the response's padding goes, so a back end
 /// that wrote only the fields would leave bytes there; one that wrote an
@@ -77,11 +57,7 @@ fn blkback_response_padding_is_zeroed_in_the_shared_page() {
     let img = TmpImage::new("pad");
     let bt = backend(&w, &img);
     let ff = fake_frontend(&w, false);
-    let page = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadWrite)
-        .unwrap();
+    let page = grant_page(&w, Access::ReadWrite);
     let mut ring = ff.ring();
     // OKAY, ERROR (sector out of range) and EOPNOTSUPP answers.
     let reqs = [
@@ -102,7 +78,7 @@ fn blkback_response_padding_is_zeroed_in_the_shared_page() {
     ff.chan.notify().unwrap();
     let mut statuses = Vec::new();
     for _ in 0..reqs.len() {
-        statuses.push(response(&mut ring, &ff).status);
+        statuses.push(ff.response(&mut ring).status);
     }
     assert_eq!(
         statuses,
@@ -136,11 +112,7 @@ fn blkback_acts_on_one_copy_of_a_request_slot_changing_under_it() {
     let img = TmpImage::new("dfetch");
     let bt = backend(&w, &img);
     let ff = fake_frontend(&w, false);
-    let page = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadOnly)
-        .unwrap();
+    let page = grant_page(&w, Access::ReadOnly);
     page.mem().fill(0, 4096, 0x5A).unwrap();
     let good = page.refs()[0];
     // Differs from `good` in one byte only, so a torn ref is one of the two.
@@ -172,10 +144,8 @@ fn blkback_acts_on_one_copy_of_a_request_slot_changing_under_it() {
         });
         let mut ring = ff.ring();
         for id in 0..ROUNDS {
-            ring.push_request(&valid(id)).unwrap();
-            ring.push_requests().unwrap();
-            ff.chan.notify().unwrap();
-            let rsp = response(&mut ring, &ff);
+            ff.send(&mut ring, &[valid(id)]);
+            let rsp = ff.response(&mut ring);
             assert_eq!(rsp.id, id);
             assert_eq!(rsp.operation, BLKIF_OP_WRITE);
             assert!(
@@ -193,10 +163,8 @@ fn blkback_acts_on_one_copy_of_a_request_slot_changing_under_it() {
         // Still a working back end: a clean request on a quiet ring.
         let mut clean = valid(ROUNDS);
         clean.nr_segments = 1;
-        ring.push_request(&clean).unwrap();
-        ring.push_requests().unwrap();
-        ff.chan.notify().unwrap();
-        assert_eq!(response(&mut ring, &ff).status, BLKIF_RSP_OKAY);
+        ff.send(&mut ring, &[clean]);
+        assert_eq!(ff.response(&mut ring).status, BLKIF_RSP_OKAY);
     });
     eprintln!("statuses seen under the race: {seen:?}");
     let (back, runs) = bt.stop().unwrap();
@@ -268,11 +236,9 @@ fn blkback_refuses_hostile_xenbus_keys() {
         let img = TmpImage::new("keys");
         let bt = backend(&w, &img);
         hostile_frontend(&w, &keys);
-        let t = Instant::now();
-        while !bt.is_finished() {
-            assert!(t.elapsed() < T, "{keys:?}: the back end hangs");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(T, &format!("{keys:?}: the back end hangs"), || {
+            bt.is_finished()
+        });
         let (_, runs) = bt.stop().unwrap();
         assert!(
             matches!(runs.last(), Some(Err(BlkError::BadKey { .. }))),
@@ -410,17 +376,10 @@ fn event_flood_on_one_disk_does_not_starve_another() {
     });
     assert!(flooded > 1000, "{flooded} events");
     // The flooded disk's back end still serves.
-    let page = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadWrite)
-        .unwrap();
+    let page = grant_page(&w, Access::ReadWrite);
     let mut ring = ff.ring();
-    ring.push_request(&write_req(7, 0, &[(page.refs()[0], 0, 7)]))
-        .unwrap();
-    ring.push_requests().unwrap();
-    ff.chan.notify().unwrap();
-    assert_eq!(response(&mut ring, &ff).status, BLKIF_RSP_OKAY);
+    ff.send(&mut ring, &[write_req(7, 0, &[(page.refs()[0], 0, 7)])]);
+    assert_eq!(ff.response(&mut ring).status, BLKIF_RSP_OKAY);
     let (_, runs) = bt1.stop().unwrap();
     assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
     fe.release();
@@ -455,11 +414,7 @@ fn blkback_refuses_a_reconnect_with_stale_ring_refs() {
         old_ref.0.to_string().as_bytes()
     );
     write_state(&mut xs, &fdir, XenbusState::Initialised).unwrap();
-    let t = Instant::now();
-    while !bt.is_finished() {
-        assert!(t.elapsed() < T, "the back end hangs on a stale ref");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(T, "the back end hangs on a stale ref", || bt.is_finished());
     let (_, runs) = bt.stop().unwrap();
     assert!(matches!(runs.first(), Some(Ok(_))), "{runs:?}");
     assert!(
@@ -481,30 +436,19 @@ fn blkback_survives_the_guest_dying_mid_transfer() {
     let img = TmpImage::new("dying");
     let bt = backend(&w, &img);
     let ff = fake_frontend(&w, false);
-    let page = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadWrite)
-        .unwrap();
+    let page = grant_page(&w, Access::ReadWrite);
     let mut ring = ff.ring();
-    for id in 0..u64::from(ring.size()) {
-        ring.push_request(&write_req(id, id * 8, &[(page.refs()[0], 0, 7); 11]))
-            .unwrap();
-    }
-    ring.push_requests().unwrap();
-    ff.chan.notify().unwrap();
+    let full: Vec<_> = (0..u64::from(ring.size()))
+        .map(|id| write_req(id, id * 8, &[(page.refs()[0], 0, 7); 11]))
+        .collect();
+    ff.send(&mut ring, &full);
     w.hv.destroy_domain(w.guest.id()).unwrap();
     // The toolstack cleans up after the dead guest.
     let mut c0 = w.client(&w.dom0);
     c0.rm(&front_dir(&w)).unwrap();
-    let t = Instant::now();
-    while w.dom0.importer().stats().mapped != 0 {
-        assert!(
-            t.elapsed() < T,
-            "the back end still maps the dead guest's ring"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(T, "the back end still maps the dead guest's ring", || {
+        w.dom0.importer().stats().mapped == 0
+    });
     let (_, runs) = bt.stop().unwrap();
     assert!(
         matches!(
@@ -526,23 +470,18 @@ fn blkback_answers_duplicate_and_arbitrary_request_ids() {
     let img = TmpImage::new("ids");
     let bt = backend(&w, &img);
     let ff = fake_frontend(&w, false);
-    let page = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadWrite)
-        .unwrap();
+    let page = grant_page(&w, Access::ReadWrite);
     page.mem().fill(0, 4096, 0x11).unwrap();
     let ids = [5u64, 5, 5, 0, u64::MAX, 5];
     let mut ring = ff.ring();
-    for (i, &id) in ids.iter().enumerate() {
-        ring.push_request(&write_req(id, i as u64 * 8, &[(page.refs()[0], 0, 7)]))
-            .unwrap();
-    }
-    ring.push_requests().unwrap();
-    ff.chan.notify().unwrap();
+    let reqs: Vec<_> = (0..)
+        .zip(ids)
+        .map(|(i, id)| write_req(id, i * 8, &[(page.refs()[0], 0, 7)]))
+        .collect();
+    ff.send(&mut ring, &reqs);
     let mut got: Vec<u64> = (0..ids.len())
         .map(|_| {
-            let r = response(&mut ring, &ff);
+            let r = ff.response(&mut ring);
             assert_eq!(r.status, BLKIF_RSP_OKAY);
             r.id
         })

@@ -167,6 +167,12 @@ pub struct Flooder {
 impl Flooder {
     /// Floods through `chan` (a bound channel of the hostile peer).
     pub fn spawn(chan: Channel<SimEvtchn>) -> Self {
+        Self::paced(chan, None)
+    }
+
+    /// Notifies through `chan`, sleeping `pause` between notifications
+    /// (`None`: only yielding) — a doorbell storm rather than a flood.
+    pub fn paced(chan: Channel<SimEvtchn>, pause: Option<Duration>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let (st, n) = (stop.clone(), sent.clone());
@@ -175,7 +181,10 @@ impl Flooder {
                 if chan.notify().is_ok() {
                     n.fetch_add(1, Ordering::Relaxed);
                 }
-                std::thread::yield_now();
+                match pause {
+                    Some(p) => std::thread::sleep(p),
+                    None => std::thread::yield_now(),
+                }
             }
             chan
         });
@@ -188,9 +197,12 @@ impl Flooder {
 
     /// `flooder` binds to `remote`'s `port` and floods it.
     pub fn bind(flooder: &Domain, remote: DomId, port: Port) -> Self {
-        let evt = flooder.evtchn().expect("event channel handle");
-        let chan = Channel::bind(&evt, remote, port).expect("binding the flood channel");
-        Self::spawn(chan)
+        Self::spawn(bind(flooder, remote, port))
+    }
+
+    /// True while the flood thread runs.
+    pub fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
     }
 
     /// Notifications sent so far.
@@ -231,6 +243,12 @@ impl Drop for Flooder {
             let _ = h.join();
         }
     }
+}
+
+/// `dom` binds an event channel to `remote`'s `port` (a fresh handle).
+pub fn bind(dom: &Domain, remote: DomId, port: Port) -> Channel<SimEvtchn> {
+    let evt = dom.evtchn().expect("event channel handle");
+    Channel::bind(&evt, remote, port).expect("binding the event channel")
 }
 
 /// A domain writing whatever it likes where XenStore lets it: hostile

@@ -17,7 +17,7 @@ use xenshare_abi::blkif::{BlkifRequest, BlkifResponse};
 use xenshare_devices::blk::{guest_config, BlkWorld, FileStorage, SimFront, SimXs};
 use xenshare_sim::{SimEvtchn, SimMapping, SimShare};
 
-pub use crate::{Rng, T};
+pub use crate::{grant_page, Rng, T};
 
 /// The vbd every block test uses (`xvda`).
 pub const DEVID: u32 = 51712;
@@ -262,19 +262,22 @@ impl FakeBack {
 
     /// Publishes one response and notifies.
     pub fn respond(&self, ring: &mut BackRingOf<'_>, id: u64, op: u8, status: i16) {
-        ring.push_response(&BlkifResponse {
+        let rsp = BlkifResponse {
             id,
             operation: op,
             status,
             ..Default::default()
-        })
-        .expect("pushing a response");
-        ring.push_responses().expect("publishing responses");
-        self.chan.notify().expect("notifying the front end");
+        };
+        crate::push_responses(ring, &self.chan, &[rsp]);
     }
 }
 
 impl FakeFront {
+    /// Pushes and publishes `reqs` on `ring` and notifies the back end.
+    pub fn send(&self, ring: &mut FrontRingOf<'_>, reqs: &[BlkifRequest]) {
+        crate::push_requests(ring, &self.chan, reqs);
+    }
+
     /// Waits (up to [`T`]) for the real back end's next response.
     pub fn response(&self, ring: &mut FrontRingOf<'_>) -> BlkifResponse {
         crate::wait_on(&self.chan, "the back end stopped answering", || {

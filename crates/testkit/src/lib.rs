@@ -35,8 +35,10 @@ use std::time::{Duration, Instant};
 
 use xenshare::event::Channel;
 use xenshare::platform::EventChannels;
+use xenshare::ring::{BackRing, FrontRing};
 use xenshare_sim::{Domain, DomainConfig, SimEvtchn};
 use xenshare_xenstored::inproc::InProcTransport;
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 pub mod adversary;
 pub mod blk;
@@ -80,6 +82,48 @@ pub fn wait_on<R>(chan: &Channel<SimEvtchn>, what: &str, mut poll: impl FnMut() 
             chan.handle().unmask(p).expect("unmasking the port");
         }
     }
+}
+
+/// A fresh page of `m`'s guest granted to dom0 with `access`.
+pub fn grant_page(m: &Machine, access: xenshare::Access) -> xenshare_sim::SimShare {
+    m.guest
+        .exporter()
+        .share(m.dom0.id(), 1, access)
+        .expect("granting a page to dom0")
+}
+
+/// A hand-played back end's answer: pushes `rsps`, publishes them and
+/// notifies the front end over `chan`.
+pub fn push_responses<Req, Rsp>(
+    ring: &mut BackRing<'_, Req, Rsp>,
+    chan: &Channel<SimEvtchn>,
+    rsps: &[Rsp],
+) where
+    Req: FromBytes + IntoBytes + Immutable,
+    Rsp: FromBytes + IntoBytes + Immutable,
+{
+    for r in rsps {
+        ring.push_response(r).expect("pushing a response");
+    }
+    ring.push_responses().expect("publishing responses");
+    chan.notify().expect("notifying the front end");
+}
+
+/// A hand-played front end's requests: pushes `reqs`, publishes them and
+/// notifies the back end over `chan`.
+pub fn push_requests<Req, Rsp>(
+    ring: &mut FrontRing<'_, Req, Rsp>,
+    chan: &Channel<SimEvtchn>,
+    reqs: &[Req],
+) where
+    Req: FromBytes + IntoBytes + Immutable,
+    Rsp: FromBytes + IntoBytes + Immutable,
+{
+    for r in reqs {
+        ring.push_request(r).expect("pushing a request");
+    }
+    ring.push_requests().expect("publishing requests");
+    chan.notify().expect("notifying the back end");
 }
 
 /// An emulated machine and the toolstack steps the device tests share.

@@ -97,11 +97,7 @@ impl World {
 
     /// A read-only page of the guest granted to dom0, holding `data`.
     pub fn data_page(&self, data: &[u8]) -> SimShare {
-        let s = self
-            .guest
-            .exporter()
-            .share(self.dom0.id(), 1, Access::ReadOnly)
-            .expect("granting a data page");
+        let s = crate::grant_page(self, Access::ReadOnly);
         s.mem().write(0, data).expect("filling the data page");
         s
     }
@@ -158,6 +154,26 @@ impl EvilFront {
     /// The front end's view of the rx ring.
     pub fn rx_ring(&self) -> RxFront<'_> {
         RxFront::attach_at(self.rx.mem(), 0).expect("attaching the rx ring")
+    }
+}
+
+impl EvilFront {
+    /// Pushes and publishes `reqs` on `ring` and notifies the back end.
+    pub fn send<Req, Rsp>(&self, ring: &mut FrontRing<'_, Req, Rsp>, reqs: &[Req])
+    where
+        Req: FromBytes + IntoBytes + Immutable,
+        Rsp: FromBytes + IntoBytes + Immutable,
+    {
+        crate::push_requests(ring, &self.chan, reqs);
+    }
+
+    /// Waits (up to [`T`]) for the next response on `ring`.
+    pub fn response<Req, Rsp>(&self, ring: &mut FrontRing<'_, Req, Rsp>) -> Rsp
+    where
+        Req: FromBytes + IntoBytes + Immutable,
+        Rsp: FromBytes + IntoBytes + Immutable,
+    {
+        next_response(ring, &self.chan)
     }
 }
 
@@ -255,6 +271,17 @@ impl EvilBack {
     /// The back end's view of the rx ring.
     pub fn rx_ring(&self) -> RxBack<'_> {
         RxBack::attach(self.rx.mem()).expect("attaching the rx ring")
+    }
+}
+
+impl EvilBack {
+    /// Pushes and publishes `rsps` on `ring` and notifies the front end.
+    pub fn answer<Req, Rsp>(&self, ring: &mut BackRing<'_, Req, Rsp>, rsps: &[Rsp])
+    where
+        Req: FromBytes + IntoBytes + Immutable,
+        Rsp: FromBytes + IntoBytes + Immutable,
+    {
+        crate::push_responses(ring, &self.chan, rsps);
     }
 }
 
