@@ -18,31 +18,13 @@ use xenshare_testkit::blk::*;
 use xenshare_testkit::wait_until;
 use zerocopy::IntoBytes;
 
-const DISK: u64 = 4 << 20;
+const DISK: u64 = DISK_BYTES;
 const SECTORS: u64 = DISK / 512;
 
 type Ring<'a> = FrontRingOf<'a>;
 
-struct Setup {
-    w: BlkWorld,
-    img: TmpImage,
-    backend: BackendThread<FileStorage>,
-    ff: FakeFront,
-}
-
-fn setup(persistent: bool) -> Setup {
-    let w = world();
-    let img = TmpImage::new("evil-fe");
-    let backend = w
-        .spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
-        .unwrap();
-    let ff = fake_frontend(&w, persistent);
-    Setup {
-        w,
-        img,
-        backend,
-        ff,
-    }
+fn setup(persistent: bool) -> Rig {
+    rig("evil-fe", persistent)
 }
 
 /// Pushes `reqs` (ids are assigned 0..) and returns each id's status.
@@ -102,8 +84,8 @@ fn indirect(op: u8, sector: u64, n: u16, pages: &[GrantRef]) -> BlkifRequest {
     r
 }
 
-fn finish(s: Setup, expect: &[u8]) {
-    let Setup {
+fn finish(s: Rig, expect: &[u8]) {
+    let Rig {
         w,
         img,
         backend,
@@ -355,7 +337,7 @@ fn overflowing_request_producer_breaks_the_connection() {
     RawIndices::new(s.ff.ring.mem()).set_req_prod(1000);
     s.ff.chan.notify().unwrap();
     wait_until(T, "back end did not notice", || s.backend.is_finished());
-    let Setup { w, backend, ff, .. } = s;
+    let Rig { w, backend, ff, .. } = s;
     let (back, runs) = backend.stop().unwrap();
     assert!(
         matches!(
@@ -402,7 +384,7 @@ fn event_flood_does_not_stop_the_backend() {
         }
         stop.store(true, Ordering::Relaxed);
     });
-    let Setup {
+    let Rig {
         img, backend, ff, ..
     } = s;
     let (back, runs) = backend.stop().unwrap();

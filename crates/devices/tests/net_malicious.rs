@@ -247,22 +247,25 @@ fn duplicate_tx_response_id_breaks_the_frontend() {
     );
 }
 
-#[test]
-fn out_of_range_rx_response_id_breaks_the_frontend() {
+/// The evil back end answers the first rx buffer the front end posted
+/// with `rsp(request id)`; the front end must break. Returns its error.
+fn rx_answer_breaks_the_frontend(rsp: impl FnOnce(u16) -> NetifRxResponse) -> (NetError, Front) {
     let w = world();
     let (eb, mut nf) = evil_back(&w);
     let mut rx = eb.rx_ring();
-    rx.next_request().unwrap().unwrap();
-    eb.answer(
-        &mut rx,
-        &[NetifRxResponse {
-            id: 999,
-            offset: 0,
-            flags: 0,
-            status: 60,
-        }],
-    );
-    let e = expect_broken(&mut nf);
+    let req = rx.next_request().unwrap().expect("rx buffers posted");
+    eb.answer(&mut rx, &[rsp(req.id)]);
+    (expect_broken(&mut nf), nf)
+}
+
+#[test]
+fn out_of_range_rx_response_id_breaks_the_frontend() {
+    let (e, _) = rx_answer_breaks_the_frontend(|_| NetifRxResponse {
+        id: 999,
+        offset: 0,
+        flags: 0,
+        status: 60,
+    });
     assert_eq!(
         e,
         NetError::Ring(RingError::BadId {
@@ -292,20 +295,12 @@ fn overflowing_response_producer_breaks_the_frontend() {
 
 #[test]
 fn rx_data_outside_the_page_breaks_the_frontend() {
-    let w = world();
-    let (eb, mut nf) = evil_back(&w);
-    let mut rx = eb.rx_ring();
-    let req = rx.next_request().unwrap().unwrap();
-    eb.answer(
-        &mut rx,
-        &[NetifRxResponse {
-            id: req.id,
-            offset: 4000,
-            flags: 0,
-            status: 200,
-        }],
-    );
-    let e = expect_broken(&mut nf);
+    let (e, nf) = rx_answer_breaks_the_frontend(|id| NetifRxResponse {
+        id,
+        offset: 4000,
+        flags: 0,
+        status: 200,
+    });
     assert!(
         matches!(
             e,
@@ -322,20 +317,12 @@ fn rx_data_outside_the_page_breaks_the_frontend() {
 
 #[test]
 fn rx_flags_never_negotiated_break_the_frontend() {
-    let w = world();
-    let (eb, mut nf) = evil_back(&w);
-    let mut rx = eb.rx_ring();
-    let req = rx.next_request().unwrap().unwrap();
-    eb.answer(
-        &mut rx,
-        &[NetifRxResponse {
-            id: req.id,
-            offset: 0,
-            flags: NETRXF_EXTRA_INFO,
-            status: 60,
-        }],
-    );
-    let e = expect_broken(&mut nf);
+    let (e, _) = rx_answer_breaks_the_frontend(|id| NetifRxResponse {
+        id,
+        offset: 0,
+        flags: NETRXF_EXTRA_INFO,
+        status: 60,
+    });
     assert!(matches!(e, NetError::BadRxResponse { .. }), "{e}");
 }
 

@@ -14,11 +14,12 @@ use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusSta
 use xenshare::{Access, GrantRef};
 use xenshare_abi::blkif::*;
 use xenshare_devices::blk::{BackendThread, BlkWorld, FileStorage};
+use xenshare_testkit::adversary::flip_during;
 use xenshare_testkit::blk::*;
 use xenshare_testkit::wait_until;
 use zerocopy::IntoBytes;
 
-const DISK: u64 = 4 << 20;
+const DISK: u64 = DISK_BYTES;
 const SECTORS: u64 = DISK / 512;
 /// The shared ring header before the first slot.
 const HEADER: usize = 64;
@@ -26,8 +27,7 @@ const HEADER: usize = 64;
 const SLOT: usize = core::mem::size_of::<BlkifRequest>();
 
 fn backend(w: &BlkWorld, img: &TmpImage) -> BackendThread<FileStorage> {
-    w.spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
-        .unwrap()
+    real_backend(w, img)
 }
 
 fn write_req(id: u64, sector: u64, segs: &[(GrantRef, u8, u8)]) -> BlkifRequest {
@@ -53,10 +53,12 @@ fn write_req(id: u64, sector: u64, segs: &[(GrantRef, u8, u8)]) -> BlkifRequest 
 /// uninitialised struct would leave its own memory.
 #[test]
 fn blkback_response_padding_is_zeroed_in_the_shared_page() {
-    let w = world();
-    let img = TmpImage::new("pad");
-    let bt = backend(&w, &img);
-    let ff = fake_frontend(&w, false);
+    let Rig {
+        w,
+        img: _img,
+        backend: bt,
+        ff,
+    } = rig("pad", false);
     let page = grant_page(&w, Access::ReadWrite);
     let mut ring = ff.ring();
     // OKAY, ERROR (sector out of range) and EOPNOTSUPP answers.
@@ -108,10 +110,12 @@ fn blkback_response_padding_is_zeroed_in_the_shared_page() {
 #[test]
 fn blkback_acts_on_one_copy_of_a_request_slot_changing_under_it() {
     const ROUNDS: u64 = 300;
-    let w = world();
-    let img = TmpImage::new("dfetch");
-    let bt = backend(&w, &img);
-    let ff = fake_frontend(&w, false);
+    let Rig {
+        w,
+        img,
+        backend: bt,
+        ff,
+    } = rig("dfetch", false);
     let page = grant_page(&w, Access::ReadOnly);
     page.mem().fill(0, 4096, 0x5A).unwrap();
     let good = page.refs()[0];
@@ -394,10 +398,12 @@ fn event_flood_on_one_disk_does_not_starve_another() {
 /// touches whatever that ref or page is now.
 #[test]
 fn blkback_refuses_a_reconnect_with_stale_ring_refs() {
-    let w = world();
-    let img = TmpImage::new("stale");
-    let bt = backend(&w, &img);
-    let FakeFront { mut xs, ring, chan } = fake_frontend(&w, false);
+    let Rig {
+        w,
+        img: _img,
+        backend: bt,
+        ff: FakeFront { mut xs, ring, chan },
+    } = rig("stale", false);
     let fdir = front_dir(&w);
     let bdir = back_dir(&w);
     let old_ref = ring.refs()[0];
@@ -432,10 +438,12 @@ fn blkback_refuses_a_reconnect_with_stale_ring_refs() {
 /// unmapping everything, within a deadline.
 #[test]
 fn blkback_survives_the_guest_dying_mid_transfer() {
-    let w = world();
-    let img = TmpImage::new("dying");
-    let bt = backend(&w, &img);
-    let ff = fake_frontend(&w, false);
+    let Rig {
+        w,
+        img,
+        backend: bt,
+        ff,
+    } = rig("dying", false);
     let page = grant_page(&w, Access::ReadWrite);
     let mut ring = ff.ring();
     let full: Vec<_> = (0..u64::from(ring.size()))
@@ -466,10 +474,12 @@ fn blkback_survives_the_guest_dying_mid_transfer() {
 /// no state keyed by them, and carries on.
 #[test]
 fn blkback_answers_duplicate_and_arbitrary_request_ids() {
-    let w = world();
-    let img = TmpImage::new("ids");
-    let bt = backend(&w, &img);
-    let ff = fake_frontend(&w, false);
+    let Rig {
+        w,
+        img,
+        backend: bt,
+        ff,
+    } = rig("ids", false);
     let page = grant_page(&w, Access::ReadWrite);
     page.mem().fill(0, 4096, 0x11).unwrap();
     let ids = [5u64, 5, 5, 0, u64::MAX, 5];
@@ -642,30 +652,17 @@ fn blkfront_acts_on_one_copy_of_a_response_slot_changing_under_it() {
         };
         ring.push_response(&good).unwrap();
         let slot = HEADER + (round % size) * SLOT;
-        let stop = AtomicBool::new(false);
-        let flips = std::sync::atomic::AtomicU64::new(0);
-        let outcome = std::thread::scope(|s| {
-            let flipper = s.spawn(|| {
-                let mem = fb.ring.mem();
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let r = if n.is_multiple_of(2) { evil } else { good };
-                    mem.write(slot, r.as_bytes()).unwrap();
-                    n += 1;
-                    flips.store(n, Ordering::Relaxed);
-                }
-            });
-            // Publish only once the flipper is running.
-            while flips.load(Ordering::Relaxed) < 2 {
-                std::hint::spin_loop();
-            }
-            ring.push_responses().unwrap();
-            fb.chan.notify().unwrap();
-            let outcome = disk.wait();
-            stop.store(true, Ordering::Relaxed);
-            flipper.join().unwrap();
-            outcome
-        });
+        let (outcome, _) = flip_during(
+            fb.ring.mem(),
+            slot,
+            evil.as_bytes(),
+            good.as_bytes(),
+            || {
+                ring.push_responses().unwrap();
+                fb.chan.notify().unwrap();
+                disk.wait()
+            },
+        );
         match outcome {
             Ok(Some(c)) => match c.result {
                 Ok(()) => {

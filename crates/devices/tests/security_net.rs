@@ -17,6 +17,7 @@ use xenshare::ring::BackRing;
 use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETTXF_MORE_DATA};
+use xenshare_testkit::adversary::flip_during;
 use xenshare_testkit::net::{
     data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
     RxFront, TxFront, World, T,
@@ -548,29 +549,10 @@ fn netfront_acts_on_one_copy_of_an_rx_response_changing_under_it() {
         };
         let slot = HEADER + (rx.rsp_prod_pvt() as usize % size) * RX_SLOT;
         rx.push_response(&good).unwrap();
-        let stop = AtomicBool::new(false);
-        let flips = std::sync::atomic::AtomicU64::new(0);
-        let got = thread::scope(|s| {
-            let flipper = s.spawn(|| {
-                let mem = eb.rx.mem();
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let r = if n.is_multiple_of(2) { evil } else { good };
-                    mem.write(slot, r.as_bytes()).unwrap();
-                    n += 1;
-                    flips.store(n, Ordering::Relaxed);
-                }
-            });
-            // Publish only once the flipper is running.
-            while flips.load(Ordering::Relaxed) < 2 {
-                std::hint::spin_loop();
-            }
+        let (got, _) = flip_during(eb.rx.mem(), slot, evil.as_bytes(), good.as_bytes(), || {
             rx.push_responses().unwrap();
             eb.chan.notify().unwrap();
-            let got = nf.recv_timeout(T);
-            stop.store(true, Ordering::Relaxed);
-            flipper.join().unwrap();
-            got
+            nf.recv_timeout(T)
         });
         match got {
             Ok(Some(f)) => {

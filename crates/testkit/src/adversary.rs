@@ -155,8 +155,7 @@ impl<P: Perm> Deref for Kept<P> {
     }
 }
 
-/// A thread notifying an event channel as fast as it can (yielding between
-/// notifications) until stopped; stops and joins on drop, so a failing
+/// A thread notifying an event channel as fast as it can until stopped; stops and joins on drop, so a failing
 /// test cannot leave it running.
 pub struct Flooder {
     stop: Arc<AtomicBool>,
@@ -171,7 +170,8 @@ impl Flooder {
     }
 
     /// Notifies through `chan`, sleeping `pause` between notifications
-    /// (`None`: only yielding) — a doorbell storm rather than a flood.
+    /// (`None`: none at all) — `Some` makes a doorbell storm rather than a
+    /// flood.
     pub fn paced(chan: Channel<SimEvtchn>, pause: Option<Duration>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
@@ -181,9 +181,8 @@ impl Flooder {
                 if chan.notify().is_ok() {
                     n.fetch_add(1, Ordering::Relaxed);
                 }
-                match pause {
-                    Some(p) => std::thread::sleep(p),
-                    None => std::thread::yield_now(),
+                if let Some(p) = pause {
+                    std::thread::sleep(p);
                 }
             }
             chan
@@ -288,4 +287,40 @@ impl HostileStore {
         xenshare::store::xenbus::write_state(&mut self.xs, dir, s)
             .unwrap_or_else(|e| panic!("writing {dir}/state: {e}"));
     }
+}
+
+/// A double-fetch race: runs `victim` while another thread rewrites
+/// `mem[offset..]` alternately with `a` and `b` (starting with `a`). The
+/// rewriting has begun before `victim` runs and stops once it returns.
+/// Returns what `victim` returned and how many rewrites happened.
+pub fn flip_during<R>(
+    mem: SharedMem<'_>,
+    offset: usize,
+    a: &[u8],
+    b: &[u8],
+    victim: impl FnOnce() -> R,
+) -> (R, u64) {
+    let stop = AtomicBool::new(false);
+    let flips = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        let flipper = s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let v = if n.is_multiple_of(2) { a } else { b };
+                mem.write(offset, v)
+                    .expect("the flipped bytes are in the page");
+                n += 1;
+                flips.store(n, Ordering::Relaxed);
+            }
+            n
+        });
+        // Let the victim run only once the flipper is at work.
+        while flips.load(Ordering::Relaxed) < 2 && !flipper.is_finished() {
+            std::hint::spin_loop();
+        }
+        let r = victim();
+        stop.store(true, Ordering::Relaxed);
+        let n = flipper.join().expect("the flipper panicked");
+        (r, n)
+    })
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use xenshare::blk::{FrontConfig, DEVTYPE};
+use xenshare::blk::{BackConfig, FrontConfig, DEVTYPE};
 use xenshare::event::Channel;
 use xenshare::ring::{BackRing, FrontRing};
 use xenshare::store::xenbus::{
@@ -14,7 +14,7 @@ use xenshare::store::xenbus::{
 };
 use xenshare::{Access, DomId, GrantRef, Port};
 use xenshare_abi::blkif::{BlkifRequest, BlkifResponse};
-use xenshare_devices::blk::{guest_config, BlkWorld, FileStorage, SimFront, SimXs};
+use xenshare_devices::blk::{guest_config, BackendThread, BlkWorld, FileStorage, SimFront, SimXs};
 use xenshare_sim::{SimEvtchn, SimMapping, SimShare};
 
 pub use crate::{grant_page, Rng, T};
@@ -283,5 +283,42 @@ impl FakeFront {
         crate::wait_on(&self.chan, "the back end stopped answering", || {
             ring.next_response().expect("a valid response ring")
         })
+    }
+}
+
+/// The size of the image a [`Rig`]'s back end serves (4 MiB).
+pub const DISK_BYTES: u64 = 4 << 20;
+
+/// A real back end serving a fresh [`DISK_BYTES`] image for vbd [`DEVID`].
+pub fn real_backend(w: &BlkWorld, img: &TmpImage) -> BackendThread<FileStorage> {
+    w.spawn_backend(img.create(DISK_BYTES), BackConfig::new(w.guest.id(), DEVID))
+        .expect("starting the back end")
+}
+
+/// A real back end over a temporary image and a hand-made front end
+/// connected to it: the set-up of every malicious-front-end test.
+pub struct Rig {
+    /// The machine.
+    pub w: BlkWorld,
+    /// The image the back end serves.
+    pub img: TmpImage,
+    /// The real back end.
+    pub backend: BackendThread<FileStorage>,
+    /// The hand-made front end.
+    pub ff: FakeFront,
+}
+
+/// Boots a [`Rig`]: image tagged `tag`, the front end offering persistent
+/// grants if `persistent`.
+pub fn rig(tag: &str, persistent: bool) -> Rig {
+    let w = world();
+    let img = TmpImage::new(tag);
+    let backend = real_backend(&w, &img);
+    let ff = fake_frontend(&w, persistent);
+    Rig {
+        w,
+        img,
+        backend,
+        ff,
     }
 }
