@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use xenshare::event::Channel;
 use xenshare::platform::EventChannels;
 use xenshare::ring::{BackRing, FrontRing};
-use xenshare_sim::{Domain, DomainConfig, SimEvtchn};
+use xenshare_sim::{Domain, DomainConfig, Hypervisor, SimEvtchn};
 use xenshare_xenstored::inproc::InProcTransport;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -124,6 +124,20 @@ pub fn push_requests<Req, Rsp>(
     }
     ring.push_requests().expect("publishing requests");
     chan.notify().expect("notifying the back end");
+}
+
+/// A hypervisor with two domains of the default configuration: the
+/// granter and the mapper of the emulator's own tests.
+pub fn two_domains() -> (Hypervisor, Domain, Domain) {
+    two_domains_with(DomainConfig::default())
+}
+
+/// A hypervisor with two domains of configuration `cfg`.
+pub fn two_domains_with(cfg: DomainConfig) -> (Hypervisor, Domain, Domain) {
+    let hv = Hypervisor::new();
+    let a = hv.create_domain(cfg).expect("creating a domain");
+    let b = hv.create_domain(cfg).expect("creating a domain");
+    (hv, a, b)
 }
 
 /// An emulated machine and the toolstack steps the device tests share.

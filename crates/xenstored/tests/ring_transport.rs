@@ -3,6 +3,8 @@
 //! watches, a guest's identity and permissions, release, and a guest that
 //! corrupts its ring.
 
+mod common;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use xenshare::store::ring::RingTransport;
 use xenshare::DomId;
 use xenshare_abi::xs::XENSTORE_ERROR_RINGIDX;
 use xenshare_sim::{Domain, DomainConfig, Hypervisor};
+use xenshare_testkit::adversary::{xs_ring, RawIndices};
 use xenshare_xenstored::inproc;
 use xenshare_xenstored::ring::RingServer;
 use xenshare_xenstored::{Config, Daemon};
@@ -70,17 +73,6 @@ fn boot(
         .unwrap();
     c0.introduce(g.id(), gfn as i64, ch.port().0).unwrap();
     (g, evt, ch)
-}
-
-fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    false
 }
 
 #[test]
@@ -164,7 +156,7 @@ fn many_guests_and_release() {
     // Releasing one guest stops its link; the others carry on.
     let (gone, _) = clients.remove(0);
     c0.release(gone).unwrap();
-    assert!(wait_for(|| !h._rings.attached().contains(&gone)));
+    assert!(common::wait_for(|| !h._rings.attached().contains(&gone)));
     assert!(!c0.is_domain_introduced(gone).unwrap());
     for (id, c) in clients.iter_mut() {
         assert_eq!(
@@ -183,19 +175,16 @@ fn guest_corrupting_its_ring_is_cut_off_alone() {
     let mut good_c =
         Client::new(RingTransport::new(good.xenstore_page().unwrap(), ch_good).unwrap());
     good_c.write("ok", b"1").unwrap();
-    assert!(wait_for(|| h._rings.attached().contains(&bad.id())));
+    assert!(common::wait_for(|| h._rings.attached().contains(&bad.id())));
     // The bad guest claims 64 KiB of requests in a 1 KiB ring.
-    bad_page
-        .atomic_u32(2052)
-        .unwrap()
-        .store(65536, Ordering::SeqCst);
+    RawIndices::new(bad_page).set(xs_ring::REQ_PROD, 65536);
     ch_bad.notify().unwrap();
     assert!(
-        wait_for(|| !h._rings.attached().contains(&bad.id())),
+        common::wait_for(|| !h._rings.attached().contains(&bad.id())),
         "corrupt guest still served"
     );
     assert_eq!(
-        bad_page.atomic_u32(2072).unwrap().load(Ordering::SeqCst),
+        RawIndices::new(bad_page).get(xs_ring::ERROR),
         XENSTORE_ERROR_RINGIDX
     );
     // The good guest is unaffected.
@@ -379,20 +368,15 @@ fn guest_rewriting_the_daemons_index_is_cut_off() {
     let bad_page = bad.xenstore_page().unwrap();
     let mut good_c =
         Client::new(RingTransport::new(good.xenstore_page().unwrap(), ch_good).unwrap());
-    assert!(wait_for(|| h._rings.attached().contains(&bad.id())));
-    // rsp_prod: 2048 bytes of rings, then req_cons, req_prod, rsp_cons.
-    let rsp_prod = bad_page.atomic_u32(2060).unwrap();
-    rsp_prod.store(
-        rsp_prod.load(Ordering::SeqCst).wrapping_add(7),
-        Ordering::SeqCst,
-    );
+    assert!(common::wait_for(|| h._rings.attached().contains(&bad.id())));
+    RawIndices::new(bad_page).bump(xs_ring::RSP_PROD, 7);
     ch_bad.notify().unwrap();
     assert!(
-        wait_for(|| !h._rings.attached().contains(&bad.id())),
+        common::wait_for(|| !h._rings.attached().contains(&bad.id())),
         "guest still served"
     );
     assert_eq!(
-        bad_page.atomic_u32(2072).unwrap().load(Ordering::SeqCst),
+        RawIndices::new(bad_page).get(xs_ring::ERROR),
         XENSTORE_ERROR_RINGIDX
     );
     good_c.write("ok", b"1").unwrap();
