@@ -11,7 +11,7 @@ use xenshare_abi::blkif::{
     BlkifRequest, BlkifResponse, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_OKAY,
 };
 use xenshare_devices::blk::{BlkWorld, SimFront};
-use xenshare_testkit::adversary::{Kept, RawIndices};
+use xenshare_testkit::adversary::{HostileStore, Kept, RawIndices};
 use xenshare_testkit::blk::*;
 
 /// Connects the real front end to a hand-made back end.
@@ -295,5 +295,23 @@ fn indirect_responses_name_the_inner_operation_as_linux_blkback_does() {
             assert_ring_error(done, |e| matches!(e, RingError::WrongOpcode { .. }));
             assert!(disk.is_broken());
         }
+    }
+}
+
+/// A back end that publishes a state no XenbusState spells ("banana",
+/// then a number past the last state) instead of InitWait: the front
+/// end's connect fails with an error within its timeout, never hangs.
+#[test]
+fn backend_writing_a_garbage_state_fails_the_connect() {
+    for raw in ["banana", "99", " 2", "-1"] {
+        let w = world();
+        let mut evil = HostileStore::new(&w, &w.dom0);
+        evil.raw_state(&back_dir(&w), raw);
+        let mut fe = w.frontend(quick_front()).unwrap();
+        let mut xs = w.client(&w.guest);
+        let t = Instant::now();
+        let r = fe.connect(&mut xs).map(drop);
+        assert!(r.is_err(), "{raw:?}: connected to a back end in no state");
+        assert!(t.elapsed() < T, "{raw:?}: took {:?}", t.elapsed());
     }
 }

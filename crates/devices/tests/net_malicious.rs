@@ -226,6 +226,43 @@ fn backend_keeping_an_rx_grant_breaks_the_frontend() {
     );
 }
 
+/// An rx page the back end keeps mapped stays in quarantine — reclaim
+/// cannot take it back — until the back end lets go; then it returns.
+#[test]
+fn kept_rx_page_leaves_quarantine_only_once_the_backend_lets_go() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let mut rx = eb.rx_ring();
+    let req = rx.next_request().unwrap().expect("rx pages posted");
+    let mut kept = Kept::rw(&w.dom0, w.guest.id(), GrantRef(req.gref));
+    eb.answer(
+        &mut rx,
+        &[NetifRxResponse {
+            id: req.id,
+            offset: 0,
+            flags: 0,
+            status: 60,
+        }],
+    );
+    let e = expect_broken(&mut nf);
+    assert_eq!(
+        e,
+        NetError::GrantStillInUse {
+            gref: GrantRef(req.gref)
+        }
+    );
+    nf.release();
+    drop(eb); // the ring pages are let go of; the data page is not
+    let exporter = w.guest.exporter();
+    exporter.reclaim(usize::MAX);
+    assert_eq!(exporter.stats().quarantined, 1, "the kept page stays out");
+    assert!(w.guest.grant_busy(GrantRef(req.gref)));
+    kept.release();
+    exporter.reclaim(usize::MAX);
+    assert_eq!(exporter.stats().quarantined, 0);
+    assert!(!w.guest.grant_busy(GrantRef(req.gref)));
+}
+
 #[test]
 fn duplicate_tx_response_id_breaks_the_frontend() {
     let w = world();

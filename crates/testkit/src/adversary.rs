@@ -28,7 +28,7 @@ use xenshare_abi::ring::SringHeader;
 use xenshare_abi::xs::XenstoreDomainInterface;
 use xenshare_sim::{Domain, SimEvtchn, SimMapper};
 
-use crate::{World, Xs};
+use crate::{Machine, Xs};
 
 /// Offsets of the indices in the header of a request/response ring
 /// (`<name>_sring`, at the start of the ring's first page).
@@ -258,9 +258,9 @@ pub struct HostileStore {
 }
 
 impl HostileStore {
-    /// Speaks for `dom` on `w`'s XenStore.
-    pub fn new(w: &World, dom: &Domain) -> Self {
-        Self { xs: w.xs(dom) }
+    /// Speaks for `dom` on `m`'s XenStore.
+    pub fn new(m: &Machine, dom: &Domain) -> Self {
+        Self { xs: m.client(dom) }
     }
 
     /// Writes `dir/key = value` for every pair.

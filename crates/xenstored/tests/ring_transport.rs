@@ -16,7 +16,7 @@ use xenshare::store::ring::RingTransport;
 use xenshare::DomId;
 use xenshare_abi::xs::XENSTORE_ERROR_RINGIDX;
 use xenshare_sim::{Domain, DomainConfig, Hypervisor};
-use xenshare_testkit::adversary::{xs_ring, RawIndices};
+use xenshare_testkit::adversary::{xs_ring, Flooder, RawIndices};
 use xenshare_xenstored::inproc;
 use xenshare_xenstored::ring::RingServer;
 use xenshare_xenstored::{Config, Daemon};
@@ -381,4 +381,24 @@ fn guest_rewriting_the_daemons_index_is_cut_off() {
     );
     good_c.write("ok", b"1").unwrap();
     assert_eq!(good_c.read("ok").unwrap(), b"1");
+}
+
+/// A guest that floods its event channel to the daemon, with nothing in
+/// its ring, does not starve another guest: every request of the other
+/// guest is answered while the flood goes on.
+#[test]
+fn guest_flooding_events_does_not_starve_another_guest() {
+    let h = host();
+    let (bad, _e1, ch_bad) = boot(&h);
+    let (good, _e2, ch_good) = boot(&h);
+    assert!(common::wait_for(|| h._rings.attached().contains(&bad.id())));
+    let mut good_c =
+        Client::new(RingTransport::new(good.xenstore_page().unwrap(), ch_good).unwrap());
+    let flood = Flooder::spawn(ch_bad);
+    for i in 0..50u32 {
+        good_c.write("n", i.to_string().as_bytes()).unwrap();
+        assert_eq!(good_c.read("n").unwrap(), i.to_string().as_bytes());
+    }
+    let (sent, _ch) = flood.stop();
+    assert!(sent > 0, "the flood happened");
 }
