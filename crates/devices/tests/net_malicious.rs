@@ -21,7 +21,7 @@ use xenshare_sim::{DomainConfig, RevocationModel};
 use xenshare_testkit::adversary::{Flooder, Kept, RawIndices};
 use xenshare_testkit::net::{
     data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
-    world_with, Front, TxBack, T,
+    world_with, EvilBack, Front, TxBack, World, T,
 };
 
 // ---------------------------------------------------------------- back ends
@@ -181,14 +181,16 @@ fn backend_keeping_a_tx_grant_breaks_the_frontend_and_the_page_is_never_reused()
     assert_eq!(w.guest.exporter().stats().quarantined, 0);
 }
 
-#[test]
-fn backend_keeping_an_rx_grant_breaks_the_frontend() {
-    let w = world();
-    let (eb, mut nf) = evil_back(&w);
+/// The evil back end maps the first posted rx page, keeps it (after
+/// writing `data` into it), and answers it as filled: netfront must break
+/// with `GrantStillInUse` for that page.
+fn backend_keeps_an_rx_page(w: &World, data: &[u8]) -> (EvilBack, Front, Kept, GrantRef) {
+    let (eb, mut nf) = evil_back(w);
     let mut rx = eb.rx_ring();
     let req = rx.next_request().unwrap().expect("rx pages posted");
-    let kept = Kept::rw(&w.dom0, w.guest.id(), GrantRef(req.gref));
-    kept.mem().write(0, &frame(60, 1)).unwrap();
+    let gref = GrantRef(req.gref);
+    let kept = Kept::rw(&w.dom0, w.guest.id(), gref);
+    kept.mem().write(0, data).unwrap();
     eb.answer(
         &mut rx,
         &[NetifRxResponse {
@@ -199,12 +201,14 @@ fn backend_keeping_an_rx_grant_breaks_the_frontend() {
         }],
     );
     let e = expect_broken(&mut nf);
-    assert_eq!(
-        e,
-        NetError::GrantStillInUse {
-            gref: GrantRef(req.gref)
-        }
-    );
+    assert_eq!(e, NetError::GrantStillInUse { gref });
+    (eb, nf, kept, gref)
+}
+
+#[test]
+fn backend_keeping_an_rx_grant_breaks_the_frontend() {
+    let w = world();
+    let (_eb, nf, kept, _) = backend_keeps_an_rx_page(&w, &frame(60, 1));
     assert_eq!(
         nf.stats().rx_frames,
         0,
@@ -231,36 +235,17 @@ fn backend_keeping_an_rx_grant_breaks_the_frontend() {
 #[test]
 fn kept_rx_page_leaves_quarantine_only_once_the_backend_lets_go() {
     let w = world();
-    let (eb, mut nf) = evil_back(&w);
-    let mut rx = eb.rx_ring();
-    let req = rx.next_request().unwrap().expect("rx pages posted");
-    let mut kept = Kept::rw(&w.dom0, w.guest.id(), GrantRef(req.gref));
-    eb.answer(
-        &mut rx,
-        &[NetifRxResponse {
-            id: req.id,
-            offset: 0,
-            flags: 0,
-            status: 60,
-        }],
-    );
-    let e = expect_broken(&mut nf);
-    assert_eq!(
-        e,
-        NetError::GrantStillInUse {
-            gref: GrantRef(req.gref)
-        }
-    );
+    let (eb, nf, mut kept, gref) = backend_keeps_an_rx_page(&w, &[]);
     nf.release();
     drop(eb); // the ring pages are let go of; the data page is not
     let exporter = w.guest.exporter();
     exporter.reclaim(usize::MAX);
     assert_eq!(exporter.stats().quarantined, 1, "the kept page stays out");
-    assert!(w.guest.grant_busy(GrantRef(req.gref)));
+    assert!(w.guest.grant_busy(gref));
     kept.release();
     exporter.reclaim(usize::MAX);
     assert_eq!(exporter.stats().quarantined, 0);
-    assert!(!w.guest.grant_busy(GrantRef(req.gref)));
+    assert!(!w.guest.grant_busy(gref));
 }
 
 #[test]
