@@ -6,10 +6,9 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use xenshare::blk::{BackConfig, BlkError};
-use xenshare::ring::BackRing;
 use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::blkif::*;
@@ -283,22 +282,8 @@ fn blkfront_grants_pages_holding_only_the_request_data() {
     let data = [0x77u8; 512];
     let mut disk = fe.disk().unwrap();
     let _tag = disk.submit_write(3 * 512, &data).unwrap();
-    let mut ring = BackRing::<BlkifRequest, BlkifResponse>::attach(fb.ring.mem()).unwrap();
-    let t = Instant::now();
-    let req = loop {
-        if let Some(r) = ring.next_request().unwrap() {
-            break r;
-        }
-        assert!(t.elapsed() < T, "no request");
-        if fb
-            .chan
-            .wait(Some(Duration::from_millis(20)))
-            .unwrap()
-            .is_some()
-        {
-            fb.chan.unmask().unwrap();
-        }
-    };
+    let mut ring = fb.ring();
+    let req = fb.next_request(&mut ring);
     assert_eq!(req.operation, BLKIF_OP_WRITE);
     for seg in &req.seg[..usize::from(req.nr_segments)] {
         let m = w
@@ -611,26 +596,12 @@ fn blkfront_acts_on_one_copy_of_a_response_slot_changing_under_it() {
         t.join().unwrap()
     });
     let mut disk = fe.disk().unwrap();
-    let mut ring = BackRing::<BlkifRequest, BlkifResponse>::attach(fb.ring.mem()).unwrap();
+    let mut ring = fb.ring();
     let size = ring.size() as usize;
     let (mut ok, mut failed, mut broke) = (0, 0, None);
     for round in 0..ROUNDS {
         disk.submit_read(0, 512).unwrap();
-        let t = Instant::now();
-        let req = loop {
-            if let Some(r) = ring.next_request().unwrap() {
-                break r;
-            }
-            assert!(t.elapsed() < T, "no request");
-            if fb
-                .chan
-                .wait(Some(Duration::from_millis(5)))
-                .unwrap()
-                .is_some()
-            {
-                fb.chan.unmask().unwrap();
-            }
-        };
+        let req = fb.next_request(&mut ring);
         // The data the back end "read" for this request.
         let page = w
             .dom0
