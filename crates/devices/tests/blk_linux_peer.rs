@@ -14,7 +14,6 @@
 
 use std::time::Duration;
 
-use xenshare::blk::{BackConfig, FrontConfig};
 use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusState};
 use xenshare::GrantRef;
 use xenshare_abi::blkif::{BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_WRITE, BLKIF_RSP_OKAY};
@@ -154,15 +153,8 @@ fn random_io_on_the_gntalloc_model_matches_and_retires_every_grant() {
         .unwrap();
         w.create_vbd(DEVID).unwrap();
         let img = TmpImage::new("gntalloc");
-        let backend = w
-            .spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
-            .unwrap();
-        let mut fe = w
-            .frontend(FrontConfig {
-                persistent,
-                ..FrontConfig::new(DEVID)
-            })
-            .unwrap();
+        let backend = real_backend_sized(&w, &img, DISK);
+        let mut fe = real_frontend(&w, persistent);
         let mut xs = w.client(&w.guest);
         let mut model = vec![0u8; DISK as usize];
         let mut rng = Rng::new(0x6e7a + u64::from(persistent));

@@ -14,6 +14,7 @@ use xenshare::{Access, GrantRef};
 use xenshare_devices::console::MemoryTerminal;
 use xenshare_sim::{SimEvtchn, SimGrantBackend, SimMapper};
 use xenshare_testkit::console::{pattern, world, World, SOON};
+use xenshare_testkit::grant_page;
 
 const DEVID: u32 = 1;
 
@@ -201,14 +202,7 @@ fn backend_keeping_the_page_after_close_gets_it_quarantined() {
         // The page and its ref are in quarantine: still granted, not reused.
         assert_eq!(w.guest.exporter().quarantined(), 1);
         assert!(w.guest.grant_busy(gref));
-        let fresh: Vec<_> = (0..8)
-            .map(|_| {
-                w.guest
-                    .exporter()
-                    .share(w.dom0.id(), 1, Access::ReadWrite)
-                    .unwrap()
-            })
-            .collect();
+        let fresh: Vec<_> = (0..8).map(|_| grant_page(&w, Access::ReadWrite)).collect();
         assert!(
             fresh.iter().all(|s| s.refs()[0] != gref),
             "quarantined ref reused"

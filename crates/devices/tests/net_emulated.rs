@@ -188,14 +188,7 @@ fn frontend_refuses_backend_without_rx_copy() {
     .publish(&mut c0, &paths.back)
     .unwrap();
     write_state(&mut c0, &paths.back, XenbusState::InitWait).unwrap();
-    let r = Netfront::connect(
-        w.guest.exporter(),
-        &w.guest.evtchn().unwrap(),
-        &mut w.xs(&w.guest),
-        0,
-        NetfrontConfig::default(),
-        T,
-    );
+    let r = w.try_netfront(0, T);
     assert_eq!(r.err(), Some(NetError::NoRxCopy));
     assert_eq!(w.guest.exporter().stats().live, 0, "nothing granted");
     let _ = DEVTYPE;

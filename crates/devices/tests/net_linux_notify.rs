@@ -19,6 +19,7 @@ use xenshare::ring::FrontRing;
 use xenshare_abi::netif::NETIF_RSP_OKAY;
 use xenshare_sim::{SimEvtchn, SimShare};
 use xenshare_testkit::adversary::{sring, RawIndices};
+use xenshare_testkit::grant_page;
 use xenshare_testkit::net::{data_page, evil_front, frame, tx_req, RxFront, TxFront, T};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -173,12 +174,7 @@ fn a_round_with_tx_and_rx_work_sends_one_event_on_the_shared_channel() {
     use xenshare_devices::net::host::mem_link;
 
     let w = xenshare_testkit::net::world();
-    let share = || {
-        w.guest
-            .exporter()
-            .share(w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap()
-    };
+    let share = || grant_page(&w, Access::ReadWrite);
     let (txs, rxs, buf) = (share(), share(), share());
     let mut tx = TxFront::init(txs.mem()).unwrap();
     let mut rx = RxFront::init(rxs.mem()).unwrap();
@@ -249,12 +245,7 @@ fn split_channels_carry_each_ring_its_own_event() {
             .unwrap(),
         b"1"
     );
-    let share = || {
-        w.guest
-            .exporter()
-            .share(w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap()
-    };
+    let share = || grant_page(&w, Access::ReadWrite);
     let (txs, rxs, buf) = (share(), share(), share());
     let mut tx = TxFront::init(txs.mem()).unwrap();
     let mut rx = RxFront::init(rxs.mem()).unwrap();

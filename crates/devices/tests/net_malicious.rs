@@ -19,6 +19,7 @@ use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETTXF_MORE_DATA};
 use xenshare_sim::{DomainConfig, RevocationModel};
 use xenshare_testkit::adversary::{Flooder, Kept, RawIndices};
+use xenshare_testkit::grant_page;
 use xenshare_testkit::net::{
     data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
     world_with, EvilBack, Front, TxBack, World, T,
@@ -152,11 +153,7 @@ fn backend_keeping_a_tx_grant_breaks_the_frontend_and_the_page_is_never_reused()
     // The guest keeps using memory; the kept page must not be among it.
     let mut other = Vec::new();
     for _ in 0..200 {
-        let s = w
-            .guest
-            .exporter()
-            .share(w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap();
+        let s = grant_page(&w, Access::ReadWrite);
         s.mem().fill(0, 4096, 0x5A).unwrap();
         other.push(s);
     }
@@ -217,11 +214,7 @@ fn backend_keeping_an_rx_grant_breaks_the_frontend() {
     assert_eq!(w.guest.exporter().stats().quarantined, 1);
     // The back end scribbling on its kept page reaches no other guest memory.
     kept.mem().fill(0, 4096, 0xEE).unwrap();
-    let s = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadWrite)
-        .unwrap();
+    let s = grant_page(&w, Access::ReadWrite);
     let mut b = [0u8; 4096];
     s.mem().read(0, &mut b).unwrap();
     assert!(

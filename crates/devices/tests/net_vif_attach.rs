@@ -4,7 +4,7 @@
 //! and detaching.
 
 use xenshare::net::back::RunExit;
-use xenshare::net::{Mac, Netfront, NetfrontConfig};
+use xenshare::net::Mac;
 use xenshare::store::client::ClientError;
 use xenshare::store::xenbus::{read_state, XenbusState};
 use xenshare::store::Perms;
@@ -106,15 +106,7 @@ fn a_backend_serves_the_private_type_and_ends_when_the_front_closes() {
         io,
         T,
     );
-    let mut nf = Netfront::connect(
-        w.guest.exporter(),
-        &w.guest.evtchn().unwrap(),
-        &mut w.xs(&w.guest),
-        2,
-        NetfrontConfig::default(),
-        T,
-    )
-    .unwrap();
+    let mut nf = w.try_netfront(2, T).unwrap();
     assert_eq!(nf.mac(), MAC, "netfront took the MAC attach_vif wrote");
     assert_eq!(
         read_state(&mut w.xs(&w.dom0), &paths.back).unwrap(),

@@ -18,6 +18,7 @@ use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusSta
 use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETTXF_MORE_DATA};
 use xenshare_testkit::adversary::flip_during;
+use xenshare_testkit::grant_page;
 use xenshare_testkit::net::{
     data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
     RxFront, TxFront, World, T,
@@ -165,14 +166,7 @@ fn netback_holds_a_bounded_number_of_frames_for_a_guest_posting_no_rx_buffers() 
     assert_eq!(host.recv_timeout(T).expect("tx starved"), good);
     assert_eq!(tx_response(&mut tx, &ef.chan).status, NETIF_RSP_OKAY);
     // Post rx buffers: the first frames held arrive, in order.
-    let rx_pages: Vec<_> = (0..8)
-        .map(|_| {
-            w.guest
-                .exporter()
-                .share(w.dom0.id(), 1, Access::ReadWrite)
-                .unwrap()
-        })
-        .collect();
+    let rx_pages: Vec<_> = (0..8).map(|_| grant_page(&w, Access::ReadWrite)).collect();
     let mut rx = RxFront::attach_at(ef.rx.mem(), 0).unwrap();
     for (i, p) in rx_pages.iter().enumerate() {
         rx.push_request(&NetifRxRequest {
@@ -487,14 +481,7 @@ fn netfront_refuses_hostile_backend_keys() {
         c0.write(&format!("{}/{k}", paths.back), v.as_bytes())
             .unwrap();
         write_state(&mut c0, &paths.back, XenbusState::InitWait).unwrap();
-        let r = Netfront::connect(
-            w.guest.exporter(),
-            &w.guest.evtchn().unwrap(),
-            &mut w.xs(&w.guest),
-            0,
-            NetfrontConfig::default(),
-            Duration::from_secs(2),
-        );
+        let r = w.try_netfront(0, Duration::from_secs(2));
         assert!(
             matches!(r, Err(NetError::BadKey { ref key, .. }) if key == k),
             "{k}={v}: {:?}",

@@ -291,8 +291,23 @@ pub const DISK_BYTES: u64 = 4 << 20;
 
 /// A real back end serving a fresh [`DISK_BYTES`] image for vbd [`DEVID`].
 pub fn real_backend(w: &BlkWorld, img: &TmpImage) -> BackendThread<FileStorage> {
-    w.spawn_backend(img.create(DISK_BYTES), BackConfig::new(w.guest.id(), DEVID))
+    real_backend_sized(w, img, DISK_BYTES)
+}
+
+/// A real back end serving a fresh image of `bytes` for vbd [`DEVID`].
+pub fn real_backend_sized(w: &BlkWorld, img: &TmpImage, bytes: u64) -> BackendThread<FileStorage> {
+    w.spawn_backend(img.create(bytes), BackConfig::new(w.guest.id(), DEVID))
         .expect("starting the back end")
+}
+
+/// The real front end for vbd [`DEVID`] (default timeouts), offering
+/// persistent grants if `persistent`.
+pub fn real_frontend(w: &BlkWorld, persistent: bool) -> SimFront {
+    w.frontend(FrontConfig {
+        persistent,
+        ..FrontConfig::new(DEVID)
+    })
+    .expect("a front end")
 }
 
 /// A real back end over a temporary image and a hand-made front end

@@ -4,6 +4,7 @@
 //! [`evil_back`]) so a test can write raw requests and responses.
 
 use std::thread;
+use std::time::Duration;
 
 use xenshare::event::Channel;
 use xenshare::net::xenbus::{BackendFeatures, FrontendKeys, DEVTYPE};
@@ -84,15 +85,20 @@ impl World {
 
     /// The guest's netfront for vif `devid` (the back end must be coming up).
     pub fn netfront(&self, devid: u32) -> Front {
+        self.try_netfront(devid, T).expect("netfront connects")
+    }
+
+    /// The guest's netfront for vif `devid`, or why it could not connect
+    /// within `timeout` (for back ends that publish hostile keys).
+    pub fn try_netfront(&self, devid: u32, timeout: Duration) -> Result<Front, NetError> {
         Netfront::connect(
             self.guest.exporter(),
             &self.guest.evtchn().expect("guest event channel handle"),
             &mut self.xs(&self.guest),
             devid,
             NetfrontConfig::default(),
-            T,
+            timeout,
         )
-        .expect("netfront connects")
     }
 
     /// A read-only page of the guest granted to dom0, holding `data`.
