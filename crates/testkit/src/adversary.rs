@@ -59,9 +59,23 @@ pub mod xs_ring {
     pub const ERROR: usize = offset_of!(XenstoreDomainInterface, error);
 }
 
+/// Offsets of the indices in a vchan control page (`struct vchan_interface`).
+pub mod vchan_ring {
+    use super::*;
+    use xenshare_abi::vchan::{RingShared, VchanInterface};
+    /// Client → server ring: consumer index (the server writes it).
+    pub const LEFT_CONS: usize = offset_of!(VchanInterface, left) + offset_of!(RingShared, cons);
+    /// Client → server ring: producer index (the client writes it).
+    pub const LEFT_PROD: usize = offset_of!(VchanInterface, left) + offset_of!(RingShared, prod);
+    /// Server → client ring: consumer index (the client writes it).
+    pub const RIGHT_CONS: usize = offset_of!(VchanInterface, right) + offset_of!(RingShared, cons);
+    /// Server → client ring: producer index (the server writes it).
+    pub const RIGHT_PROD: usize = offset_of!(VchanInterface, right) + offset_of!(RingShared, prod);
+}
+
 /// A peer's hands on the indices of a shared ring page: reads and writes
 /// any 32-bit index at any offset, bypassing every check a real ring does.
-/// Offsets come from [`sring`], [`xs_ring`] or the console's
+/// Offsets come from [`sring`], [`xs_ring`], [`vchan_ring`] or the console's
 /// `ring::{IN, OUT}` (`.cons`, `.prod`).
 #[derive(Clone, Copy)]
 pub struct RawIndices<'m> {

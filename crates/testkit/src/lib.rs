@@ -45,7 +45,7 @@ pub mod blk;
 pub mod console;
 pub mod net;
 
-pub use xenshare_devices::machine::{Machine, MachineError};
+pub use xenshare_devices::machine::{give_home, Machine, MachineError};
 
 /// A XenStore client of the in-process daemon.
 pub type Xs = xenshare::store::client::Client<InProcTransport>;

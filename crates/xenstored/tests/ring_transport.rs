@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use xenshare::event::Channel;
 use xenshare::store::client::Client;
-use xenshare::store::perms::{PermKind, Perms};
 use xenshare::store::ring::RingTransport;
 use xenshare::DomId;
 use xenshare_abi::xs::XENSTORE_ERROR_RINGIDX;
 use xenshare_sim::{Domain, DomainConfig, Hypervisor};
 use xenshare_testkit::adversary::{xs_ring, Flooder, RawIndices};
+use xenshare_testkit::give_home;
 use xenshare_xenstored::inproc;
 use xenshare_xenstored::ring::RingServer;
 use xenshare_xenstored::{Config, Daemon};
@@ -67,10 +67,7 @@ fn boot(
     let evt = g.evtchn().unwrap();
     let ch = Channel::alloc_unbound(&evt, h.dom0.id()).unwrap();
     let mut c0 = inproc::client(&h.xs, DomId(0));
-    let home = format!("/local/domain/{}", g.id().0);
-    c0.mkdir(&home).unwrap();
-    c0.set_perms(&home, &Perms::owned_by(g.id(), PermKind::None))
-        .unwrap();
+    give_home(&mut c0, g.id()).unwrap();
     c0.introduce(g.id(), gfn as i64, ch.port().0).unwrap();
     (g, evt, ch)
 }
