@@ -27,6 +27,25 @@
 //!   a bounded polling loop ([`wait_until`]), a seedable PRNG ([`Rng`]) and
 //!   a byte pattern ([`pattern`]).
 //!
+//! # A new malicious scenario
+//!
+//! A back end that claims a thousand responses on a ring where one request
+//! is outstanding; the real netfront must break with a typed error:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use xenshare_testkit::adversary::RawIndices;
+//! use xenshare_testkit::net::{evil_back, frame, world};
+//!
+//! let w = world();
+//! let (eb, mut nf) = evil_back(&w);
+//! nf.send(&frame(100, 1)).unwrap();
+//! RawIndices::new(eb.tx.mem()).set_rsp_prod(1000);
+//! eb.chan.notify().unwrap();
+//! assert!(nf.recv_timeout(Duration::from_secs(10)).is_err());
+//! assert!(nf.is_broken());
+//! ```
+//!
 //! Everything here panics on a set-up failure: it is test code, and a
 //! panic with the step's name is the clearest test failure.
 
