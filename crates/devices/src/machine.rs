@@ -6,6 +6,7 @@
 
 use xenshare::store::client::{Client, ClientError};
 use xenshare::store::perms::{PermKind, Perms};
+use xenshare::store::Transport;
 use xenshare::DomId;
 use xenshare_sim::{Domain, DomainConfig, HvError, Hypervisor};
 use xenshare_xenstored::inproc::{self, InProcTransport};
@@ -52,10 +53,7 @@ impl Machine {
         let dom0 = hv.create_domain_with_id(DomId(0), DomainConfig::default())?;
         let guest = hv.create_domain(guest_cfg)?;
         let xs = Daemon::new(Config::default());
-        let mut c0 = inproc::client(&xs, DomId(0));
-        let home = format!("/local/domain/{}", guest.id().0);
-        c0.mkdir(&home)?;
-        c0.set_perms(&home, &Perms::owned_by(guest.id(), PermKind::None))?;
+        give_home(&mut inproc::client(&xs, DomId(0)), guest.id())?;
         Ok(Self {
             hv,
             dom0,
@@ -68,4 +66,13 @@ impl Machine {
     pub fn client(&self, dom: &Domain) -> Client<InProcTransport> {
         inproc::client(&self.xs, dom.id())
     }
+}
+
+/// The toolstack's part of a new domain in XenStore: its home directory
+/// `/local/domain/<dom>`, created by the privileged client `c0` and owned
+/// by `dom` (no one else may read it).
+pub fn give_home<T: Transport>(c0: &mut Client<T>, dom: DomId) -> Result<(), ClientError> {
+    let home = format!("/local/domain/{}", dom.0);
+    c0.mkdir(&home)?;
+    c0.set_perms(&home, &Perms::owned_by(dom, PermKind::None))
 }

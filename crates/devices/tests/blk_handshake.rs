@@ -1,13 +1,11 @@
 //! The XenBus handshake: both start-up orders, every ring size, what each
 //! side publishes, back-end restart, and a clean close releasing every grant.
 
-mod blk_common;
-
 use std::time::Duration;
 
-use blk_common::*;
 use xenshare::blk::{BackConfig, BlkError, FrontConfig};
 use xenshare::store::xenbus::{read_state, XenbusState};
+use xenshare_testkit::blk::*;
 
 const DISK: u64 = 4 << 20;
 
@@ -49,9 +47,7 @@ fn frontend_first_then_backend() {
 fn backend_first_publishes_features_and_disk() {
     let w = world();
     let img = TmpImage::new("be-first");
-    let backend = w
-        .spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
-        .unwrap();
+    let backend = real_backend_sized(&w, &img, DISK);
     let mut xs = w.client(&w.guest);
     let bdir = back_dir(&w);
     xenshare::store::xenbus::wait_for_state(&mut xs, &bdir, T, |s| s == XenbusState::InitWait)
@@ -154,9 +150,7 @@ fn every_ring_order_and_a_barrier_only_backend() {
 fn backend_restart_then_reconnect() {
     let w = world();
     let img = TmpImage::new("restart");
-    let backend = w
-        .spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
-        .unwrap();
+    let backend = real_backend_sized(&w, &img, DISK);
     let mut fe = w.frontend(quick_front()).unwrap();
     let mut xs = w.client(&w.guest);
     {
@@ -220,15 +214,8 @@ fn clean_close_releases_every_grant() {
     for persistent in [false, true] {
         let w = world();
         let img = TmpImage::new("close");
-        let backend = w
-            .spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
-            .unwrap();
-        let mut fe = w
-            .frontend(FrontConfig {
-                persistent,
-                ..FrontConfig::new(DEVID)
-            })
-            .unwrap();
+        let backend = real_backend_sized(&w, &img, DISK);
+        let mut fe = real_frontend(&w, persistent);
         let mut xs = w.client(&w.guest);
         {
             let mut disk = fe.connect(&mut xs).unwrap();

@@ -4,10 +4,8 @@
 //! descriptors and persistent grants; and the submit / complete API with
 //! many requests in flight.
 
-mod blk_common;
-
-use blk_common::*;
 use xenshare::blk::{BackConfig, FrontConfig, IoKind};
+use xenshare_testkit::blk::*;
 
 const DISK: u64 = 16 << 20;
 
@@ -129,9 +127,7 @@ fn integrity_indirect_persistent() {
 fn many_requests_in_flight() {
     let w = world();
     let img = TmpImage::new("qd");
-    let backend = w
-        .spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
-        .unwrap();
+    let backend = real_backend_sized(&w, &img, DISK);
     let mut fe = w.frontend(FrontConfig::new(DEVID)).unwrap();
     let mut xs = w.client(&w.guest);
     let mut disk = fe.connect(&mut xs).unwrap();
@@ -200,9 +196,7 @@ fn many_requests_in_flight() {
 fn indirect_pages_return_to_the_persistent_pool() {
     let w = world();
     let img = TmpImage::new("indirect-pool");
-    let backend = w
-        .spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
-        .unwrap();
+    let backend = real_backend_sized(&w, &img, DISK);
     let mut fe = w
         .frontend(FrontConfig {
             indirect: true,

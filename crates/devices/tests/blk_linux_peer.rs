@@ -12,22 +12,14 @@
 //!   never gives memory back (`Revoked::Retired`): the emulator's
 //!   `KernelDefers` model runs the same front end through random I/O.
 
-mod blk_common;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
-use blk_common::*;
-use xenshare::blk::{BackConfig, FrontConfig};
-use xenshare::ring::BackRing;
 use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusState};
 use xenshare::GrantRef;
-use xenshare_abi::blkif::{
-    BlkifRequest, BlkifResponse, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_WRITE, BLKIF_RSP_OKAY,
-};
+use xenshare_abi::blkif::{BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_WRITE, BLKIF_RSP_OKAY};
 use xenshare_devices::blk::{guest_config, BlkWorld, SimFront};
 use xenshare_sim::{DomainConfig, RevocationModel};
-
-type Ring<'a> = BackRing<'a, BlkifRequest, BlkifResponse>;
+use xenshare_testkit::blk::*;
 
 /// What Linux's blkback writes at InitWait (its probe).
 const AT_INITWAIT: &[(&str, &str)] = &[
@@ -54,44 +46,7 @@ const AT_CONNECT: &[(&str, &str)] = &[
 /// The real front end on a hand-made back end that publishes its keys in
 /// Linux's order.
 fn connect_linux_style(w: &BlkWorld) -> (SimFront, FakeBack) {
-    let mut fe = w.frontend(quick_front()).unwrap();
-    let fb = std::thread::scope(|s| {
-        let t = s.spawn(|| fake_backend_with_disk(w, AT_INITWAIT, AT_CONNECT));
-        let mut xs = w.client(&w.guest);
-        drop(fe.connect(&mut xs).unwrap());
-        t.join().unwrap()
-    });
-    (fe, fb)
-}
-
-fn next_request(ring: &mut Ring<'_>, fb: &FakeBack) -> BlkifRequest {
-    let t = Instant::now();
-    loop {
-        if let Some(r) = ring.next_request().unwrap() {
-            return r;
-        }
-        assert!(t.elapsed() < T, "no request arrived");
-        if fb
-            .chan
-            .wait(Some(Duration::from_millis(50)))
-            .unwrap()
-            .is_some()
-        {
-            fb.chan.unmask().unwrap();
-        }
-    }
-}
-
-fn respond(ring: &mut Ring<'_>, fb: &FakeBack, id: u64, op: u8) {
-    ring.push_response(&BlkifResponse {
-        id,
-        operation: op,
-        status: BLKIF_RSP_OKAY,
-        ..Default::default()
-    })
-    .unwrap();
-    ring.push_responses().unwrap();
-    fb.chan.notify().unwrap();
+    connect_fake_backend(w, AT_INITWAIT, AT_CONNECT)
 }
 
 #[test]
@@ -112,12 +67,12 @@ fn features_linux_blkback_publishes_at_connect_are_used() {
     assert!(info.max_segments > 11, "{info:?}");
     assert_eq!(info.ring_order, 1, "the order offered at InitWait is used");
     // And they work: a flush goes out as FLUSH_DISKCACHE with no segment.
-    let mut ring = Ring::attach(fb.ring.mem()).unwrap();
+    let mut ring = fb.ring();
     let tag = disk.submit_flush().unwrap();
-    let req = next_request(&mut ring, &fb);
+    let req = fb.next_request(&mut ring);
     assert_eq!(req.operation, BLKIF_OP_FLUSH_DISKCACHE);
     assert_eq!(req.nr_segments, 0);
-    respond(&mut ring, &fb, req.id, req.operation);
+    fb.respond(&mut ring, req.id, req.operation, BLKIF_RSP_OKAY);
     let c = disk.wait().unwrap().expect("a completion");
     assert_eq!(c.tag, tag);
     assert_eq!(c.result, Ok(()));
@@ -137,16 +92,16 @@ fn close_revokes_after_blkback_unmaps_on_the_front_ends_closed() {
     assert!(disk.info().persistent);
     // One write through a persistent grant, which blkback keeps mapped.
     let persistent = {
-        let mut ring = Ring::attach(fb.ring.mem()).unwrap();
+        let mut ring = fb.ring();
         let tag = disk.submit_write(0, &[0x5a; 4096]).unwrap();
-        let req = next_request(&mut ring, &fb);
+        let req = fb.next_request(&mut ring);
         assert_eq!(req.operation, BLKIF_OP_WRITE);
         let gref = GrantRef(req.seg[0].gref);
         let persistent = w.dom0.importer().map_rw(w.guest.id(), &[gref]).unwrap();
         let mut got = [0u8; 4096];
         persistent.mem().read(0, &mut got).unwrap();
         assert_eq!(got, [0x5a; 4096]);
-        respond(&mut ring, &fb, req.id, req.operation);
+        fb.respond(&mut ring, req.id, req.operation, BLKIF_RSP_OKAY);
         assert_eq!(
             disk.wait().unwrap().map(|c| (c.tag, c.result)),
             Some((tag, Ok(())))
@@ -174,7 +129,7 @@ fn close_revokes_after_blkback_unmaps_on_the_front_ends_closed() {
     disk.close(&mut xs).expect("a clean close");
     let mut bxs = linux.join().unwrap();
     assert_eq!(
-        read_state(&mut bxs, &blk_common::back_dir(&w)).unwrap(),
+        read_state(&mut bxs, &xenshare_testkit::blk::back_dir(&w)).unwrap(),
         XenbusState::Closed
     );
     let rel = fe.release();
@@ -198,15 +153,8 @@ fn random_io_on_the_gntalloc_model_matches_and_retires_every_grant() {
         .unwrap();
         w.create_vbd(DEVID).unwrap();
         let img = TmpImage::new("gntalloc");
-        let backend = w
-            .spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
-            .unwrap();
-        let mut fe = w
-            .frontend(FrontConfig {
-                persistent,
-                ..FrontConfig::new(DEVID)
-            })
-            .unwrap();
+        let backend = real_backend_sized(&w, &img, DISK);
+        let mut fe = real_frontend(&w, persistent);
         let mut xs = w.client(&w.guest);
         let mut model = vec![0u8; DISK as usize];
         let mut rng = Rng::new(0x6e7a + u64::from(persistent));

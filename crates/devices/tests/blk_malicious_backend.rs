@@ -1,62 +1,39 @@
 //! Malicious back ends against the real front end. Each one ends in a typed
 //! error and a broken disk — no panic, no hang, and never a reused page.
 
-mod blk_common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use blk_common::*;
 use xenshare::blk::BlkError;
-use xenshare::ring::{BackRing, RingError};
+use xenshare::ring::RingError;
 use xenshare::{Access, GrantRef};
 use xenshare_abi::blkif::{
     BlkifRequest, BlkifResponse, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_OKAY,
 };
 use xenshare_devices::blk::{BlkWorld, SimFront};
-
-type Ring<'a> = BackRing<'a, BlkifRequest, BlkifResponse>;
+use xenshare_testkit::adversary::{HostileStore, Kept, RawIndices};
+use xenshare_testkit::blk::*;
 
 /// Connects the real front end to a hand-made back end.
 fn connect(w: &BlkWorld, extra: &[(&str, &str)]) -> (SimFront, FakeBack) {
-    let mut fe = w.frontend(quick_front()).unwrap();
-    let fb = std::thread::scope(|s| {
-        let t = s.spawn(|| fake_backend(w, extra));
-        let mut xs = w.client(&w.guest);
-        drop(fe.connect(&mut xs).unwrap());
-        t.join().unwrap()
-    });
-    (fe, fb)
+    connect_fake_backend(w, extra, DISK_4MIB)
 }
 
-fn next_request(ring: &mut Ring<'_>, fb: &FakeBack) -> BlkifRequest {
-    let t = Instant::now();
-    loop {
-        if let Some(r) = ring.next_request().unwrap() {
-            return r;
-        }
-        assert!(t.elapsed() < T, "no request arrived");
-        if fb
-            .chan
-            .wait(Some(Duration::from_millis(50)))
-            .unwrap()
-            .is_some()
-        {
-            fb.chan.unmask().unwrap();
-        }
-    }
-}
-
-fn respond(ring: &mut Ring<'_>, fb: &FakeBack, id: u64, op: u8, status: i16) {
-    ring.push_response(&BlkifResponse {
-        id,
-        operation: op,
-        status,
-        ..Default::default()
-    })
-    .unwrap();
-    ring.push_responses().unwrap();
-    fb.chan.notify().unwrap();
+/// One read in flight; the hand-made back end answers it with `misbehave`
+/// and the disk must break with the ring violation `want` describes.
+fn one_read_answered_by(
+    want: fn(&RingError) -> bool,
+    misbehave: impl FnOnce(&FakeBack, &mut BackRingOf<'_>, BlkifRequest),
+) {
+    let w = world();
+    let (mut fe, fb) = connect(&w, &[]);
+    let mut disk = fe.disk().unwrap();
+    disk.submit_read(0, 4096).unwrap();
+    let mut ring = fb.ring();
+    let a = fb.next_request(&mut ring);
+    misbehave(&fb, &mut ring, a);
+    assert_ring_error(disk.wait(), want);
+    assert!(disk.is_broken());
 }
 
 /// Asserts that `r` is the ring violation `want` describes, promptly.
@@ -81,13 +58,13 @@ fn keeps_a_grant_after_responding() {
         let mut disk = fe.disk().unwrap();
         assert!(!disk.info().persistent);
         let tag = disk.submit_read(0, 4096).unwrap();
-        let mut ring = Ring::attach(fb.ring.mem()).unwrap();
-        let req = next_request(&mut ring, &fb);
+        let mut ring = fb.ring();
+        let req = fb.next_request(&mut ring);
         assert_eq!(req.operation, BLKIF_OP_READ);
         gref = GrantRef(req.seg[0].gref);
-        kept = w.dom0.importer().map_rw(w.guest.id(), &[gref]).unwrap();
+        kept = Kept::rw(&w.dom0, w.guest.id(), gref);
         kept.mem().fill(0, 4096, 0xAB).unwrap();
-        respond(&mut ring, &fb, req.id, req.operation, BLKIF_RSP_OKAY);
+        fb.respond(&mut ring, req.id, req.operation, BLKIF_RSP_OKAY);
         assert_eq!(disk.wait(), Err(BlkError::GrantStillMapped(1)));
         assert!(disk.is_broken());
         let _ = tag;
@@ -134,11 +111,11 @@ fn duplicate_response_id() {
     let mut disk = fe.disk().unwrap();
     disk.submit_read(0, 4096).unwrap();
     disk.submit_read(4096, 4096).unwrap();
-    let mut ring = Ring::attach(fb.ring.mem()).unwrap();
-    let a = next_request(&mut ring, &fb);
-    let _b = next_request(&mut ring, &fb);
-    respond(&mut ring, &fb, a.id, a.operation, BLKIF_RSP_OKAY);
-    respond(&mut ring, &fb, a.id, a.operation, BLKIF_RSP_OKAY);
+    let mut ring = fb.ring();
+    let a = fb.next_request(&mut ring);
+    let _b = fb.next_request(&mut ring);
+    fb.respond(&mut ring, a.id, a.operation, BLKIF_RSP_OKAY);
+    fb.respond(&mut ring, a.id, a.operation, BLKIF_RSP_OKAY);
     let mut last = Ok(None);
     for _ in 0..3 {
         last = disk.wait();
@@ -167,63 +144,36 @@ fn duplicate_response_id() {
 
 #[test]
 fn out_of_range_response_id() {
-    let w = world();
-    let (mut fe, fb) = connect(&w, &[]);
-    let mut disk = fe.disk().unwrap();
-    disk.submit_read(0, 4096).unwrap();
-    let mut ring = Ring::attach(fb.ring.mem()).unwrap();
-    let a = next_request(&mut ring, &fb);
-    respond(&mut ring, &fb, a.id + 1000, a.operation, BLKIF_RSP_OKAY);
-    assert_ring_error(
-        disk.wait(),
+    one_read_answered_by(
         |e| matches!(e, RingError::BadId { id, .. } if *id >= 1000),
+        |fb, ring, a| fb.respond(ring, a.id + 1000, a.operation, BLKIF_RSP_OKAY),
     );
-    assert!(disk.is_broken());
 }
 
 #[test]
 fn wrong_opcode() {
-    let w = world();
-    let (mut fe, fb) = connect(&w, &[]);
-    let mut disk = fe.disk().unwrap();
-    disk.submit_read(0, 4096).unwrap();
-    let mut ring = Ring::attach(fb.ring.mem()).unwrap();
-    let a = next_request(&mut ring, &fb);
-    respond(&mut ring, &fb, a.id, BLKIF_OP_WRITE, BLKIF_RSP_OKAY);
-    assert_ring_error(disk.wait(), |e| matches!(e, RingError::WrongOpcode { .. }));
-    assert!(disk.is_broken());
+    one_read_answered_by(
+        |e| matches!(e, RingError::WrongOpcode { .. }),
+        |fb, ring, a| fb.respond(ring, a.id, BLKIF_OP_WRITE, BLKIF_RSP_OKAY),
+    );
 }
 
 #[test]
 fn overflowing_producer_index() {
-    let w = world();
-    let (mut fe, fb) = connect(&w, &[]);
-    let mut disk = fe.disk().unwrap();
-    disk.submit_read(0, 4096).unwrap();
-    let mut ring = Ring::attach(fb.ring.mem()).unwrap();
-    let _a = next_request(&mut ring, &fb);
-    // rsp_prod (offset 8 of the header) far past what was requested.
-    fb.ring
-        .mem()
-        .atomic_u32(8)
-        .unwrap()
-        .store(1000, Ordering::Release);
-    fb.chan.notify().unwrap();
-    assert_ring_error(disk.wait(), |e| {
-        matches!(e, RingError::ProducerOverflow { prod: 1000, .. })
-    });
-    assert!(disk.is_broken());
+    // rsp_prod far past what was requested.
+    one_read_answered_by(
+        |e| matches!(e, RingError::ProducerOverflow { prod: 1000, .. }),
+        |fb, _, _| {
+            RawIndices::new(fb.ring.mem()).set_rsp_prod(1000);
+            fb.chan.notify().unwrap();
+        },
+    );
     // A producer index behind the consumer is as bad: fresh connection.
-    drop(disk);
     let w = world();
     let (mut fe, fb) = connect(&w, &[]);
     let mut disk = fe.disk().unwrap();
     disk.submit_read(0, 4096).unwrap();
-    fb.ring
-        .mem()
-        .atomic_u32(8)
-        .unwrap()
-        .store(u32::MAX, Ordering::Release);
+    RawIndices::new(fb.ring.mem()).set_rsp_prod(u32::MAX);
     fb.chan.notify().unwrap();
     assert_ring_error(disk.wait(), |e| {
         matches!(e, RingError::ProducerOverflow { .. })
@@ -242,7 +192,7 @@ fn event_flood() {
     let answer = AtomicBool::new(true);
     std::thread::scope(|s| {
         s.spawn(|| {
-            let mut ring = Ring::attach(fb.ring.mem()).unwrap();
+            let mut ring = fb.ring();
             while !stop.load(Ordering::Relaxed) {
                 for _ in 0..64 {
                     fb.chan.notify().unwrap();
@@ -294,13 +244,9 @@ fn silent_backend_times_out_and_page_stays_out_of_reach() {
     }
     assert!(buf.iter().all(|&b| b == 0x11));
     // The back end maps the request's page now, late.
-    let mut ring = Ring::attach(fb.ring.mem()).unwrap();
+    let mut ring = fb.ring();
     let req = ring.next_request().unwrap().unwrap();
-    let late = w
-        .dom0
-        .importer()
-        .map_rw(w.guest.id(), &[GrantRef(req.seg[0].gref)])
-        .unwrap();
+    let late = Kept::rw(&w.dom0, w.guest.id(), GrantRef(req.seg[0].gref));
     let rel = fe.release();
     assert!(rel.quarantined >= 2, "{rel:?}"); // ring + data page
     drop(late);
@@ -320,14 +266,14 @@ fn indirect_responses_name_the_inner_operation_as_linux_blkback_does() {
     let (mut fe, fb) = connect(&w, &[("feature-max-indirect-segments", "32")]);
     let mut disk = fe.disk().unwrap();
     let len = 16 * 4096; // more than 11 segments: an indirect request
-    let mut ring = Ring::attach(fb.ring.mem()).unwrap();
+    let mut ring = fb.ring();
     for (answer, ok) in [
         (Some(BLKIF_OP_READ), true),
         (None, true),
         (Some(BLKIF_OP_WRITE), false),
     ] {
         let tag = disk.submit_read(0, len).unwrap();
-        let req = next_request(&mut ring, &fb);
+        let req = fb.next_request(&mut ring);
         assert_eq!(
             req.operation, BLKIF_OP_INDIRECT,
             "a 16-page read goes indirect"
@@ -337,7 +283,7 @@ fn indirect_responses_name_the_inner_operation_as_linux_blkback_does() {
             .0;
         assert_eq!(ind.indirect_op, BLKIF_OP_READ);
         let op = answer.unwrap_or(BLKIF_OP_INDIRECT);
-        respond(&mut ring, &fb, ind.id, op, BLKIF_RSP_OKAY);
+        fb.respond(&mut ring, ind.id, op, BLKIF_RSP_OKAY);
         let done = disk.wait();
         if ok {
             let c = done
@@ -349,5 +295,23 @@ fn indirect_responses_name_the_inner_operation_as_linux_blkback_does() {
             assert_ring_error(done, |e| matches!(e, RingError::WrongOpcode { .. }));
             assert!(disk.is_broken());
         }
+    }
+}
+
+/// A back end that publishes a state no XenbusState spells ("banana",
+/// then a number past the last state) instead of InitWait: the front
+/// end's connect fails with an error within its timeout, never hangs.
+#[test]
+fn backend_writing_a_garbage_state_fails_the_connect() {
+    for raw in ["banana", "99", " 2", "-1"] {
+        let w = world();
+        let mut evil = HostileStore::new(&w, &w.dom0);
+        evil.raw_state(&back_dir(&w), raw);
+        let mut fe = w.frontend(quick_front()).unwrap();
+        let mut xs = w.client(&w.guest);
+        let t = Instant::now();
+        let r = fe.connect(&mut xs).map(drop);
+        assert!(r.is_err(), "{raw:?}: connected to a back end in no state");
+        assert!(t.elapsed() < T, "{raw:?}: took {:?}", t.elapsed());
     }
 }

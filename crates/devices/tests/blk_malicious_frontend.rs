@@ -3,81 +3,50 @@
 //! serving; a corrupted ring index breaks the connection cleanly. The
 //! image is never touched outside what valid requests wrote.
 
-mod blk_common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use blk_common::*;
 use xenshare::blk::{BackConfig, BackExit, BlkError};
-use xenshare::ring::{FrontRing, RingError};
+use xenshare::ring::RingError;
 use xenshare::store::xenbus::{read_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::blkif::*;
 use xenshare_devices::blk::{BackendThread, BlkWorld, FileStorage};
+use xenshare_testkit::adversary::RawIndices;
+use xenshare_testkit::blk::*;
+use xenshare_testkit::wait_until;
 use zerocopy::IntoBytes;
 
-const DISK: u64 = 4 << 20;
+const DISK: u64 = DISK_BYTES;
 const SECTORS: u64 = DISK / 512;
 
-type Ring<'a> = FrontRing<'a, BlkifRequest, BlkifResponse>;
+type Ring<'a> = FrontRingOf<'a>;
 
-struct Setup {
-    w: BlkWorld,
-    img: TmpImage,
-    backend: BackendThread<FileStorage>,
-    ff: FakeFront,
-}
-
-fn setup(persistent: bool) -> Setup {
-    let w = world();
-    let img = TmpImage::new("evil-fe");
-    let backend = w
-        .spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
-        .unwrap();
-    let ff = fake_frontend(&w, persistent);
-    Setup {
-        w,
-        img,
-        backend,
-        ff,
-    }
+fn setup(persistent: bool) -> Rig {
+    rig("evil-fe", persistent)
 }
 
 /// Pushes `reqs` (ids are assigned 0..) and returns each id's status.
 fn exchange(ring: &mut Ring<'_>, ff: &FakeFront, reqs: &[BlkifRequest]) -> HashMap<u64, i16> {
-    for (i, r) in reqs.iter().enumerate() {
-        let mut r = *r;
-        r.id = i as u64;
-        ring.push_request(&r).unwrap();
-    }
-    ring.push_requests().unwrap();
-    ff.chan.notify().unwrap();
+    let numbered: Vec<BlkifRequest> = (0..)
+        .zip(reqs)
+        .map(|(id, r)| BlkifRequest { id, ..*r })
+        .collect();
+    ff.send(ring, &numbered);
     let mut got = HashMap::new();
-    let t = Instant::now();
     while got.len() < reqs.len() {
-        while let Some(rsp) = ring.next_response().unwrap() {
-            // As Linux's blkback: an indirect request is answered with its
-            // inner operation (hardened Linux blkfront insists on it).
-            let req = &reqs[rsp.id as usize];
-            let want = if req.operation == BLKIF_OP_INDIRECT {
-                req.nr_segments // the `indirect_op` byte of the indirect layout
-            } else {
-                req.operation
-            };
-            assert_eq!(rsp.operation, want, "response operation");
-            assert!(got.insert(rsp.id, rsp.status).is_none(), "duplicate");
-        }
-        assert!(t.elapsed() < T, "back end stopped answering: {got:?}");
-        if ff
-            .chan
-            .wait(Some(Duration::from_millis(20)))
-            .unwrap()
-            .is_some()
-        {
-            ff.chan.unmask().unwrap();
-        }
+        let rsp = ff.response(ring);
+        // As Linux's blkback: an indirect request is answered with its
+        // inner operation (hardened Linux blkfront insists on it).
+        let req = &reqs[rsp.id as usize];
+        let want = if req.operation == BLKIF_OP_INDIRECT {
+            req.nr_segments // the `indirect_op` byte of the indirect layout
+        } else {
+            req.operation
+        };
+        assert_eq!(rsp.operation, want, "response operation");
+        assert!(got.insert(rsp.id, rsp.status).is_none(), "duplicate");
     }
     got
 }
@@ -115,8 +84,8 @@ fn indirect(op: u8, sector: u64, n: u16, pages: &[GrantRef]) -> BlkifRequest {
     r
 }
 
-fn finish(s: Setup, expect: &[u8]) {
-    let Setup {
+fn finish(s: Rig, expect: &[u8]) {
+    let Rig {
         w,
         img,
         backend,
@@ -139,11 +108,7 @@ fn grant_refs_it_was_not_given() {
         let s = setup(persistent);
         let w = &s.w;
         let other = w.hv.create_domain(Default::default()).unwrap();
-        let mine = w
-            .guest
-            .exporter()
-            .share(w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap();
+        let mine = grant_page(w, Access::ReadWrite);
         mine.mem().fill(0, 4096, 0x5A).unwrap();
         let elsewhere = w
             .guest
@@ -151,11 +116,7 @@ fn grant_refs_it_was_not_given() {
             .share(other.id(), 1, Access::ReadWrite)
             .unwrap();
         elsewhere.mem().fill(0, 4096, 0x77).unwrap();
-        let ro = w
-            .guest
-            .exporter()
-            .share(w.dom0.id(), 1, Access::ReadOnly)
-            .unwrap();
+        let ro = grant_page(w, Access::ReadOnly);
         let g = |sh: &xenshare_sim::SimShare| sh.refs()[0];
         let mut ring = s.ff.ring();
         let st = exchange(
@@ -181,11 +142,7 @@ fn grant_refs_it_was_not_given() {
 #[test]
 fn sectors_outside_the_disk() {
     let s = setup(false);
-    let page =
-        s.w.guest
-            .exporter()
-            .share(s.w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap();
+    let page = grant_page(&s.w, Access::ReadWrite);
     page.mem().fill(0, 4096, 0xEE).unwrap();
     let g = page.refs()[0];
     let mut disc = BlkifRequest::default();
@@ -237,11 +194,7 @@ fn sectors_outside_the_disk() {
 #[test]
 fn empty_flush_names_no_range() {
     let s = setup(false);
-    let page =
-        s.w.guest
-            .exporter()
-            .share(s.w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap();
+    let page = grant_page(&s.w, Access::ReadWrite);
     let g = page.refs()[0];
     let mut ring = s.ff.ring();
     let st = exchange(
@@ -265,11 +218,7 @@ fn empty_flush_names_no_range() {
 #[test]
 fn malformed_segments() {
     let s = setup(false);
-    let page =
-        s.w.guest
-            .exporter()
-            .share(s.w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap();
+    let page = grant_page(&s.w, Access::ReadWrite);
     page.mem().fill(0, 4096, 0xFF).unwrap();
     let g = page.refs()[0];
     let mut zero = rw(BLKIF_OP_WRITE, 0, &[]);
@@ -374,11 +323,7 @@ fn indirect_segment_lists() {
 #[test]
 fn overflowing_request_producer_breaks_the_connection() {
     let s = setup(true);
-    let page =
-        s.w.guest
-            .exporter()
-            .share(s.w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap();
+    let page = grant_page(&s.w, Access::ReadWrite);
     let mut ring = s.ff.ring();
     // One honest request, so the back end maps a persistent grant.
     let st = exchange(
@@ -388,19 +333,11 @@ fn overflowing_request_producer_breaks_the_connection() {
     );
     assert_eq!(st[&0], BLKIF_RSP_OKAY);
     assert!(s.w.dom0.importer().stats().mapped >= 2);
-    // req_prod (offset 0) a thousand requests ahead.
-    s.ff.ring
-        .mem()
-        .atomic_u32(0)
-        .unwrap()
-        .store(1000, Ordering::Release);
+    // req_prod a thousand requests ahead.
+    RawIndices::new(s.ff.ring.mem()).set_req_prod(1000);
     s.ff.chan.notify().unwrap();
-    let t = Instant::now();
-    while !s.backend.is_finished() {
-        assert!(t.elapsed() < T, "back end did not notice");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let Setup { w, backend, ff, .. } = s;
+    wait_until(T, "back end did not notice", || s.backend.is_finished());
+    let Rig { w, backend, ff, .. } = s;
     let (back, runs) = backend.stop().unwrap();
     assert!(
         matches!(
@@ -427,11 +364,7 @@ fn overflowing_request_producer_breaks_the_connection() {
 #[test]
 fn event_flood_does_not_stop_the_backend() {
     let s = setup(false);
-    let page =
-        s.w.guest
-            .exporter()
-            .share(s.w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap();
+    let page = grant_page(&s.w, Access::ReadWrite);
     page.mem().fill(0, 4096, 0x33).unwrap();
     let stop = AtomicBool::new(false);
     std::thread::scope(|sc| {
@@ -451,7 +384,7 @@ fn event_flood_does_not_stop_the_backend() {
         }
         stop.store(true, Ordering::Relaxed);
     });
-    let Setup {
+    let Rig {
         img, backend, ff, ..
     } = s;
     let (back, runs) = backend.stop().unwrap();
@@ -553,11 +486,7 @@ fn wait_for_flood(ff: &FakeFront, answered: &AtomicU64) {
 #[test]
 fn stop_works_while_the_frontend_keeps_the_ring_full() {
     let (w, _img, backend, ff) = slow_setup();
-    let page = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadWrite)
-        .unwrap();
+    let page = grant_page(&w, Access::ReadWrite);
     let done = AtomicBool::new(false);
     let answered = AtomicU64::new(0);
     let (stopped, pushed) = std::thread::scope(|sc| {
@@ -601,11 +530,7 @@ fn stop_works_while_the_frontend_keeps_the_ring_full() {
 #[test]
 fn frontend_closing_is_seen_while_it_keeps_the_ring_full() {
     let (w, _img, backend, mut ff) = slow_setup();
-    let page = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadWrite)
-        .unwrap();
+    let page = grant_page(&w, Access::ReadWrite);
     let done = AtomicBool::new(false);
     let answered = AtomicU64::new(0);
     let fdir = front_dir(&w);

@@ -2,13 +2,11 @@
 //! Linux's blkfront accepts (as observed in the Xen lab), under a private
 //! back-end type, served by xenshare's blkback and used by a front end.
 
-mod blk_common;
-
-use blk_common::*;
 use xenshare::blk::{BackConfig, FrontConfig};
 use xenshare::store::{Perm, PermKind, Perms};
 use xenshare::DomId;
 use xenshare_devices::blk::{attach_vbd, detach_vbd, xvd_devid, VbdAttach, USERSPACE_BACKEND_TYPE};
+use xenshare_testkit::blk::*;
 
 const XVDB: u32 = 51728;
 

@@ -2,20 +2,17 @@
 //! ways, ring wrap-around many times over with odd sizes, a slow terminal,
 //! a back end restart, and a real pty.
 
-#[path = "console_common/mod.rs"]
-mod common;
-
 use std::io::{Read, Write};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use common::{pattern, world, BackThread, SOON};
 use xenshare::console::ConsoleError;
 use xenshare_abi::console::{XENCONS_IN_SIZE, XENCONS_OUT_SIZE};
 use xenshare_devices::console::{GuestConsole, Line, MemoryTerminal, PtyIo};
+use xenshare_testkit::console::{pattern, world, BackThread, SOON};
 
 /// Reads exactly `n` bytes of input on the guest side.
-fn guest_read_exact(front: &mut common::Front<'_>, n: usize) -> Vec<u8> {
+fn guest_read_exact(front: &mut xenshare_testkit::console::Front<'_>, n: usize) -> Vec<u8> {
     let mut got = Vec::with_capacity(n);
     let mut buf = [0u8; 333];
     while got.len() < n {

@@ -10,22 +10,17 @@
 //! in_cons moved past in_prod, a page corrupt before the back end attaches,
 //! event flood; plus (in console_secondary.rs) garbage XenStore keys.
 
-#[path = "console_common/mod.rs"]
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{world, BackThread, SOON};
 use xenshare::console::ring::{IN, OUT};
 use xenshare::console::{ConsoleError, SPURIOUS_EVENT_LIMIT};
-use xenshare::event::Channel;
-use xenshare::grant::Mapping;
 use xenshare::mem::SharedMem;
 use xenshare::GrantRef;
 use xenshare_devices::console::MemoryTerminal;
-use xenshare_sim::SimMapper;
+use xenshare_testkit::adversary::{self, Flooder, Kept, RawIndices};
+use xenshare_testkit::console::{world, BackThread, World, SOON};
 
 /// Stops a flooding thread even if the test fails (so it cannot hang).
 struct StopOnDrop<'a>(&'a AtomicBool);
@@ -36,20 +31,17 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// The evil back end's own mapping of the guest's console page (ref 0).
+fn evil_map(w: &World) -> Kept {
+    Kept::rw(&w.dom0, w.guest.id(), GrantRef(0))
+}
+
 fn set(mem: SharedMem<'_>, off: usize, v: u32) {
-    mem.atomic_u32(off).unwrap().store(v, Ordering::SeqCst);
+    RawIndices::new(mem).set(off, v);
 }
 
 fn get(mem: SharedMem<'_>, off: usize) -> u32 {
-    mem.atomic_u32(off).unwrap().load(Ordering::SeqCst)
-}
-
-/// The evil back end's own mapping of the guest's console page (ref 0).
-fn evil_map(w: &common::World) -> Mapping<SimMapper> {
-    w.dom0
-        .importer()
-        .map_rw(w.guest.id(), &[GrantRef(0)])
-        .unwrap()
+    RawIndices::new(mem).get(off)
 }
 
 // ---------------------------------------------------------------- back ends
@@ -113,32 +105,20 @@ fn backend_sets_in_prod_to_the_top_of_the_index_space() {
 fn backend_flooding_events_breaks_the_front_end() {
     let w = world();
     let mut front = w.primary_front();
-    let port = front.port();
-    let stop = Arc::new(AtomicBool::new(false));
-    std::thread::scope(|s| {
-        let st = stop.clone();
-        let dom0 = &w.dom0;
-        let guest = w.guest.id();
-        s.spawn(move || {
-            let chan = Channel::bind(&dom0.evtchn().unwrap(), guest, port).unwrap();
-            while !st.load(Ordering::Relaxed) {
-                let _ = chan.notify();
-                std::thread::yield_now();
-            }
-        });
-        let _stop_flood = StopOnDrop(&stop);
+    let flood = Flooder::bind(&w.dom0, w.guest.id(), front.port());
+    {
         let t0 = Instant::now();
         let mut buf = [0u8; 16];
         // Blocks for input; the flood must not keep it spinning forever.
         let r = front.read_timeout(&mut buf, Some(SOON));
-        stop.store(true, Ordering::Relaxed);
+        drop(flood);
         match r {
             Err(ConsoleError::EventFlood(n)) => assert!(n > SPURIOUS_EVENT_LIMIT),
             other => panic!("expected an event flood error, got {other:?}"),
         }
         assert!(t0.elapsed() < SOON);
         assert!(front.is_broken());
-    });
+    }
 }
 
 /// A back end ringing the doorbell every 2 ms without moving a byte must
@@ -153,24 +133,9 @@ fn backend_doorbell_storm_does_not_extend_a_timeout() {
     const BOUND: std::time::Duration = std::time::Duration::from_secs(3);
     let w = world();
     let mut front = w.primary_front();
-    let port = front.port();
-    let stop = Arc::new(AtomicBool::new(false));
-    std::thread::scope(|s| {
-        let st = stop.clone();
-        let dom0 = &w.dom0;
-        let guest = w.guest.id();
-        let storm = s.spawn(move || {
-            let chan = Channel::bind(&dom0.evtchn().unwrap(), guest, port).unwrap();
-            let t = Instant::now();
-            let mut n = 0u64;
-            while !st.load(Ordering::Relaxed) && t.elapsed() < 10 * BOUND {
-                let _ = chan.notify();
-                n += 1;
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            n
-        });
-        let _stop_storm = StopOnDrop(&stop);
+    let chan = adversary::bind(&w.dom0, w.guest.id(), front.port());
+    let storm = Flooder::paced(chan, Some(std::time::Duration::from_millis(2)));
+    {
         let t = Instant::now();
         let r = front.read_timeout(&mut [0u8; 16], Some(TIMEOUT));
         let read_took = t.elapsed();
@@ -180,15 +145,14 @@ fn backend_doorbell_storm_does_not_extend_a_timeout() {
         let r = front.write_all(&vec![b'x'; 2 * OUT.size], Some(TIMEOUT));
         let write_took = t.elapsed();
         assert!(matches!(r, Err(ConsoleError::TimedOut)), "{r:?}");
-        assert!(!storm.is_finished(), "the storm ended first");
-        stop.store(true, Ordering::Relaxed);
-        assert!(storm.join().unwrap() > 20);
+        assert!(storm.is_running(), "the storm ended first");
+        assert!(storm.stop().0 > 20);
         for took in [read_took, write_took] {
             assert!(took >= TIMEOUT, "returned early: {took:?}");
             assert!(took < BOUND, "took {took:?}");
         }
         assert!(!front.is_broken());
-    });
+    }
 }
 
 // ----------------------------------------------------------------- guests

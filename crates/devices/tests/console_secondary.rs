@@ -3,12 +3,8 @@
 //! revokes the page, and a back end that keeps the page mapped after close
 //! (the page is quarantined, never reused).
 
-#[path = "console_common/mod.rs"]
-mod common;
-
 use std::time::Duration;
 
-use common::{pattern, world, World, SOON};
 use xenshare::console::xenbus::{connect_back, connect_front, SecondaryBack, SecondaryFront};
 use xenshare::console::ConsoleError;
 use xenshare::store::xenbus::{
@@ -17,6 +13,8 @@ use xenshare::store::xenbus::{
 use xenshare::{Access, GrantRef};
 use xenshare_devices::console::MemoryTerminal;
 use xenshare_sim::{SimEvtchn, SimGrantBackend, SimMapper};
+use xenshare_testkit::console::{pattern, world, World, SOON};
+use xenshare_testkit::grant_page;
 
 const DEVID: u32 = 1;
 
@@ -204,14 +202,7 @@ fn backend_keeping_the_page_after_close_gets_it_quarantined() {
         // The page and its ref are in quarantine: still granted, not reused.
         assert_eq!(w.guest.exporter().quarantined(), 1);
         assert!(w.guest.grant_busy(gref));
-        let fresh: Vec<_> = (0..8)
-            .map(|_| {
-                w.guest
-                    .exporter()
-                    .share(w.dom0.id(), 1, Access::ReadWrite)
-                    .unwrap()
-            })
-            .collect();
+        let fresh: Vec<_> = (0..8).map(|_| grant_page(&w, Access::ReadWrite)).collect();
         assert!(
             fresh.iter().all(|s| s.refs()[0] != gref),
             "quarantined ref reused"

@@ -4,18 +4,30 @@
 //! console on the same running guest; the guest's page is revoked after
 //! each session and its directories are removed.
 
-#[path = "console_common/mod.rs"]
-mod common;
-
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{world, SOON};
 use xenshare::store::perms::{PermKind, Perms};
 use xenshare::store::xenbus::frontend_path;
+use xenshare::DomId;
 use xenshare_devices::console::session::{attach, serve, AttachEnd, AttachError, DEVID};
 use xenshare_devices::console::{shell, MemoryTerminal};
-use xenshare_sim::DomainConfig;
+use xenshare_sim::{Domain, DomainConfig};
+use xenshare_testkit::console::{world, World, SOON};
+use xenshare_testkit::wait_until;
+
+/// Attaches a back end running in `back` to `guest`'s console, with `t`
+/// as the terminal, until the session ends.
+fn attach_from(
+    w: &World,
+    back: &Domain,
+    guest: DomId,
+    t: &MemoryTerminal,
+) -> Result<AttachEnd, AttachError> {
+    let evt = back.evtchn().unwrap();
+    let (mut xs0, mut xs) = (w.xs(&w.dom0), w.xs(back));
+    attach(back.importer(), &evt, &mut xs0, &mut xs, guest, &mut t.io())
+}
 
 fn wait_output(t: &MemoryTerminal, want: &str) {
     assert!(
@@ -61,19 +73,7 @@ fn attach_detach_and_attach_again_to_a_running_guest() {
             )
         });
 
-        let session = |t: &MemoryTerminal| {
-            let evt = back.evtchn().unwrap();
-            let (mut xs0, mut xs) = (w.xs(&w.dom0), w.xs(&back));
-            let mut io = t.io();
-            attach(
-                back.importer(),
-                &evt,
-                &mut xs0,
-                &mut xs,
-                w.guest.id(),
-                &mut io,
-            )
-        };
+        let session = |t: &MemoryTerminal| attach_from(&w, &back, w.guest.id(), t);
 
         // First attach: a command and its answer, then the terminal goes.
         let t1 = MemoryTerminal::new();
@@ -87,11 +87,9 @@ fn attach_detach_and_attach_again_to_a_running_guest() {
         // Detached: the device is gone and the guest took its page back.
         let mut xs0 = w.xs(&w.dom0);
         assert_eq!(xs0.try_read(&front_dir).unwrap(), None);
-        let end = Instant::now() + SOON;
-        while !w.guest.active_grants().is_empty() {
-            assert!(Instant::now() < end, "page still mapped after detach");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(SOON, "page still mapped after detach", || {
+            w.guest.active_grants().is_empty()
+        });
 
         // Second attach to the same, still running guest: new output.
         let t2 = MemoryTerminal::new();
@@ -113,31 +111,12 @@ fn attach_detach_and_attach_again_to_a_running_guest() {
 fn attaching_to_a_guest_that_serves_no_console_times_out_clearly() {
     let w = world();
     let back = w.hv.create_domain(DomainConfig::default()).unwrap();
-    let evt = back.evtchn().unwrap();
-    let (mut xs0, mut xs) = (w.xs(&w.dom0), w.xs(&back));
     let t = MemoryTerminal::new();
-    let mut io = t.io();
-    let e = attach(
-        back.importer(),
-        &evt,
-        &mut xs0,
-        &mut xs,
-        w.guest.id(),
-        &mut io,
-    )
-    .unwrap_err();
+    let e = attach_from(&w, &back, w.guest.id(), &t).unwrap_err();
     assert!(matches!(e, AttachError::NoFrontEnd(_)), "{e}");
     // It cleaned up after itself.
     let front_dir = frontend_path(w.guest.id(), "console", DEVID);
-    assert_eq!(xs0.try_read(&front_dir).unwrap(), None);
-    let e = attach(
-        back.importer(),
-        &evt,
-        &mut xs0,
-        &mut xs,
-        xenshare::DomId(999),
-        &mut io,
-    )
-    .unwrap_err();
+    assert_eq!(w.xs(&w.dom0).try_read(&front_dir).unwrap(), None);
+    let e = attach_from(&w, &back, xenshare::DomId(999), &t).unwrap_err();
     assert!(matches!(e, AttachError::NoDomain(_)), "{e}");
 }

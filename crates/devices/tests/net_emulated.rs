@@ -4,17 +4,15 @@
 //! releasing every grant, and the no-root demo (ping + TCP echo through
 //! smoltcp on both sides).
 
-mod net_common;
-
 use std::thread;
 use std::time::Duration;
 
-use net_common::{frame, world, Front, T};
 use xenshare::net::xenbus::{BackendFeatures, DEVTYPE};
 use xenshare::net::{NetError, Netfront, NetfrontConfig, MAX_FRAME};
 use xenshare::store::xenbus::{read_state, write_state, XenbusState};
 use xenshare_devices::net::demo::{demo_net, emulated_demo, throughput, Side};
 use xenshare_devices::net::host::HostPort;
+use xenshare_testkit::net::{frame, world, Front, T};
 
 fn tx_one(nf: &mut Front, host: &HostPort, f: &[u8]) {
     nf.send_timeout(f, T).unwrap();
@@ -49,10 +47,10 @@ fn sg_sizes() -> Vec<usize> {
 fn every_frame_size_both_ways_byte_exact() {
     let w = world();
     w.create_vif(0);
-    let (bt, host) = w.backend(0);
+    let (bt, host) = w.vif_backend(0);
     let mut nf = w.netfront(0);
     assert!(nf.carrier());
-    assert_eq!(nf.mac().to_string(), net_common::MAC);
+    assert_eq!(nf.mac().to_string(), xenshare_testkit::net::MAC);
     assert_eq!(nf.max_frame(), MAX_FRAME);
     let sizes: Vec<usize> = (60..=1514).chain(sg_sizes()).collect();
     for &len in &sizes {
@@ -77,7 +75,7 @@ fn every_frame_size_both_ways_byte_exact() {
 fn bursts_wrap_the_rings_both_ways() {
     let w = world();
     w.create_vif(0);
-    let (bt, host) = w.backend(0);
+    let (bt, host) = w.vif_backend(0);
     let mut nf = w.netfront(0);
     const N: usize = 3000;
     let sizes: Vec<usize> = (0..N).map(|i| 60 + (i * 37) % 9000).collect();
@@ -111,7 +109,7 @@ fn bursts_wrap_the_rings_both_ways() {
     assert_eq!(w.guest.exporter().stats().live, 0);
 }
 
-fn exchange_and_close(w: &net_common::World, mut nf: Front, host: &HostPort) {
+fn exchange_and_close(w: &xenshare_testkit::net::World, mut nf: Front, host: &HostPort) {
     tx_one(&mut nf, host, &frame(1000, 5));
     rx_one(&mut nf, host, &frame(1000, 6));
     let report = nf.close(&mut w.xs(&w.guest), T).unwrap();
@@ -125,7 +123,7 @@ fn exchange_and_close(w: &net_common::World, mut nf: Front, host: &HostPort) {
 fn backend_first_then_frontend() {
     let w = world();
     let paths = w.create_vif(3);
-    let (bt, host) = w.backend(3);
+    let (bt, host) = w.vif_backend(3);
     thread::sleep(Duration::from_millis(100));
     assert_eq!(
         read_state(&mut w.xs(&w.dom0), &paths.back).unwrap(),
@@ -169,7 +167,7 @@ fn frontend_first_then_backend() {
         read_state(&mut w.xs(&w.dom0), &paths.front).unwrap(),
         XenbusState::Initialising
     );
-    let (bt, host) = w.backend(4);
+    let (bt, host) = w.vif_backend(4);
     let nf = fe.join().unwrap().unwrap();
     assert!(nf.carrier());
     exchange_and_close(&w, nf, &host);
@@ -190,14 +188,7 @@ fn frontend_refuses_backend_without_rx_copy() {
     .publish(&mut c0, &paths.back)
     .unwrap();
     write_state(&mut c0, &paths.back, XenbusState::InitWait).unwrap();
-    let r = Netfront::connect(
-        w.guest.exporter(),
-        &w.guest.evtchn().unwrap(),
-        &mut w.xs(&w.guest),
-        0,
-        NetfrontConfig::default(),
-        T,
-    );
+    let r = w.try_netfront(0, T);
     assert_eq!(r.err(), Some(NetError::NoRxCopy));
     assert_eq!(w.guest.exporter().stats().live, 0, "nothing granted");
     let _ = DEVTYPE;

@@ -10,26 +10,22 @@
 //! slowness; these tests wait on events only, under an overall deadline,
 //! and read the event indices the back end wrote.)
 
-mod net_common;
-
-use std::mem::offset_of;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use net_common::{data_page, evil_front, frame, tx_req, RxFront, TxFront, T};
 use xenshare::event::Channel;
 use xenshare::net::NetifRxRequest;
 use xenshare::platform::EventChannels;
+use xenshare::ring::FrontRing;
 use xenshare_abi::netif::NETIF_RSP_OKAY;
-use xenshare_abi::ring::SringHeader;
 use xenshare_sim::{SimEvtchn, SimShare};
+use xenshare_testkit::adversary::{sring, RawIndices};
+use xenshare_testkit::grant_page;
+use xenshare_testkit::net::{data_page, evil_front, frame, tx_req, RxFront, TxFront, T};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// The value the back end last wrote into a ring's `req_event`.
 fn req_event(ring: &SimShare) -> u32 {
-    ring.mem()
-        .atomic_u32(offset_of!(SringHeader, req_event))
-        .unwrap()
-        .load(Ordering::SeqCst)
+    RawIndices::new(ring.mem()).get(sring::REQ_EVENT)
 }
 
 /// Waits, on events only, until `ready` holds (checked after every event
@@ -52,6 +48,29 @@ fn wait_for_event(
     }
 }
 
+/// Waits for the next response on `ring`, arming `rsp_event` before each
+/// sleep as netfront's tx_buf_gc does: only a notification wakes it.
+fn notified_response<Req, Rsp>(
+    ring: &mut FrontRing<'_, Req, Rsp>,
+    chan: &Channel<SimEvtchn>,
+    what: &str,
+) -> Rsp
+where
+    Req: FromBytes + IntoBytes + Immutable,
+    Rsp: FromBytes + IntoBytes + Immutable,
+{
+    let deadline = Instant::now() + T;
+    let mut rsp = None;
+    wait_for_event(chan, deadline, what, || {
+        if rsp.is_none() {
+            rsp = ring.next_response().unwrap();
+        }
+        rsp.is_some() || ring.final_check_for_responses().unwrap()
+    });
+    rsp.or_else(|| ring.next_response().unwrap())
+        .expect("response")
+}
+
 /// Waits (deadline loop) until the back end has armed `req_event` at
 /// `want`: it went to sleep asking to be told.
 fn wait_armed(ring: &SimShare, want: u32, what: &str) {
@@ -68,7 +87,7 @@ fn wait_armed(ring: &SimShare, want: u32, what: &str) {
 
 #[test]
 fn tx_frames_sent_with_linux_notification_discipline_all_get_through() {
-    let w = net_common::world();
+    let w = xenshare_testkit::net::world();
     let (ef, bt, host) = evil_front(&w);
     let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
     // More frames than the ring holds, one at a time: each needs the back
@@ -92,18 +111,7 @@ fn tx_frames_sent_with_linux_notification_discipline_all_get_through() {
         } else {
             assert!(i % 50 != 0, "frame {i}: the idle back end did not ask");
         }
-        let deadline = Instant::now() + T;
-        let mut rsp = None;
-        wait_for_event(&ef.chan, deadline, &format!("tx response {i}"), || {
-            if rsp.is_none() {
-                rsp = tx.next_response().unwrap();
-            }
-            // Arm rsp_event before sleeping, as netfront's tx_buf_gc does.
-            rsp.is_some() || tx.final_check_for_responses().unwrap()
-        });
-        let rsp = rsp
-            .or_else(|| tx.next_response().unwrap())
-            .expect("response");
+        let rsp = notified_response(&mut tx, &ef.chan, &format!("tx response {i}"));
         assert_eq!((rsp.id, rsp.status), ((i % 256) as u16, NETIF_RSP_OKAY));
         assert_eq!(host.recv_timeout(T), Some(frame(1000, (i % 4) as u8)));
     }
@@ -117,7 +125,7 @@ fn tx_frames_sent_with_linux_notification_discipline_all_get_through() {
 
 #[test]
 fn a_host_frame_waiting_for_rx_buffers_is_delivered_when_linux_posts_them() {
-    let w = net_common::world();
+    let w = xenshare_testkit::net::world();
     let (ef, bt, host) = evil_front(&w);
     let mut rx = RxFront::attach_at(ef.rx.mem(), 0).unwrap();
     let pages: Vec<_> = (0..8)
@@ -147,17 +155,7 @@ fn a_host_frame_waiting_for_rx_buffers_is_delivered_when_linux_posts_them() {
             "round {round}: the back end did not ask for rx buffers"
         );
         ef.chan.notify().unwrap();
-        let deadline = Instant::now() + T;
-        let mut rsp = None;
-        wait_for_event(&ef.chan, deadline, &format!("rx frame {round}"), || {
-            if rsp.is_none() {
-                rsp = rx.next_response().unwrap();
-            }
-            rsp.is_some() || rx.final_check_for_responses().unwrap()
-        });
-        let rsp = rsp
-            .or_else(|| rx.next_response().unwrap())
-            .expect("response");
+        let rsp = notified_response(&mut rx, &ef.chan, &format!("rx frame {round}"));
         assert_eq!(rsp.id, round as u16);
         assert_eq!(rsp.status, f.len() as i16);
         let mut got = vec![0u8; f.len()];
@@ -175,13 +173,8 @@ fn a_round_with_tx_and_rx_work_sends_one_event_on_the_shared_channel() {
     use xenshare::Access;
     use xenshare_devices::net::host::mem_link;
 
-    let w = net_common::world();
-    let share = || {
-        w.guest
-            .exporter()
-            .share(w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap()
-    };
+    let w = xenshare_testkit::net::world();
+    let share = || grant_page(&w, Access::ReadWrite);
     let (txs, rxs, buf) = (share(), share(), share());
     let mut tx = TxFront::init(txs.mem()).unwrap();
     let mut rx = RxFront::init(rxs.mem()).unwrap();
@@ -241,7 +234,7 @@ fn split_channels_carry_each_ring_its_own_event() {
     use xenshare::Access;
     use xenshare_devices::net::host::mem_link;
 
-    let w = net_common::world();
+    let w = xenshare_testkit::net::world();
     // The keys Linux's netfront writes when the back end offers split
     // channels (which ours does).
     let paths = w.create_vif(0);
@@ -252,12 +245,7 @@ fn split_channels_carry_each_ring_its_own_event() {
             .unwrap(),
         b"1"
     );
-    let share = || {
-        w.guest
-            .exporter()
-            .share(w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap()
-    };
+    let share = || grant_page(&w, Access::ReadWrite);
     let (txs, rxs, buf) = (share(), share(), share());
     let mut tx = TxFront::init(txs.mem()).unwrap();
     let mut rx = RxFront::init(rxs.mem()).unwrap();

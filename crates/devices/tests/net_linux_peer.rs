@@ -5,17 +5,17 @@
 //! `feature-no-csum-offload`. A TAP or a userspace stack behind us fills in
 //! nothing, so xenshare completes them, and its front end asks for full ones.
 
-mod net_common;
-
 use std::time::{Duration, Instant};
 
-use net_common::{data_page, evil_back, evil_front, tx_req, tx_response, world, TxFront, T};
 use xenshare::net::NetifRxResponse;
 use xenshare::ring::BackRing;
 use xenshare::GrantRef;
 use xenshare_abi::netif::{
     NetifRxRequest, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_CSUM_BLANK, NETRXF_DATA_VALIDATED,
     NETTXF_CSUM_BLANK, NETTXF_DATA_VALIDATED,
+};
+use xenshare_testkit::net::{
+    data_page, evil_back, evil_front, tx_req, tx_response, world, TxFront, T,
 };
 
 type RxBack<'a> = BackRing<'a, NetifRxRequest, NetifRxResponse>;

@@ -10,28 +10,20 @@
 //! device (or, for a bad grant, an error response), with no panic, no hang
 //! and no page reuse.
 
-mod net_common;
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use net_common::{
-    data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
-    world_with, Front, RxFront, TxFront, T,
-};
-use xenshare::net::{
-    NetError, NetfrontConfig, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse,
-};
-use xenshare::platform::EventChannels;
-use xenshare::ring::{BackRing, RingError};
+use xenshare::net::{NetError, NetfrontConfig, NetifRxRequest, NetifRxResponse, NetifTxResponse};
+use xenshare::ring::RingError;
 use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETTXF_MORE_DATA};
 use xenshare_sim::{DomainConfig, RevocationModel};
-
-type TxBack<'a> = BackRing<'a, NetifTxRequest, NetifTxResponse>;
-type RxBack<'a> = BackRing<'a, NetifRxRequest, NetifRxResponse>;
+use xenshare_testkit::adversary::{Flooder, Kept, RawIndices};
+use xenshare_testkit::grant_page;
+use xenshare_testkit::net::{
+    data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
+    world_with, EvilBack, Front, TxBack, World, T,
+};
 
 // ---------------------------------------------------------------- back ends
 
@@ -65,24 +57,20 @@ fn backend_keeping_a_tx_grant_on_a_deferring_platform_never_sees_reused_memory()
         ..Default::default()
     });
     let (eb, mut nf) = evil_back(&w);
-    let mut tx = TxBack::attach(eb.tx.mem()).unwrap();
+    let mut tx = eb.tx_ring();
     let first = frame(300, 7);
     nf.send(&first).unwrap();
     let req = tx.next_request().unwrap().expect("request published");
-    let kept = w
-        .dom0
-        .importer()
-        .map_ro(w.guest.id(), &[GrantRef(req.gref)])
-        .unwrap();
+    let kept = Kept::ro(&w.dom0, w.guest.id(), GrantRef(req.gref));
     let first_at = usize::from(req.offset);
     let answer = |tx: &mut TxBack<'_>, id| {
-        tx.push_response(&NetifTxResponse {
-            id,
-            status: NETIF_RSP_OKAY,
-        })
-        .unwrap();
-        tx.push_responses().unwrap();
-        eb.chan.notify().unwrap();
+        eb.answer(
+            tx,
+            &[NetifTxResponse {
+                id,
+                status: NETIF_RSP_OKAY,
+            }],
+        );
     };
     answer(&mut tx, req.id);
     // Netfront reaps the response; the revocation "succeeds" (deferred).
@@ -108,11 +96,7 @@ fn backend_keeping_a_tx_grant_on_a_deferring_platform_never_sees_reused_memory()
             assert!(Instant::now() < deadline + T, "tx request never came");
             thread::yield_now();
         };
-        let m = w
-            .dom0
-            .importer()
-            .map_ro(w.guest.id(), &[GrantRef(req.gref)])
-            .unwrap();
+        let m = Kept::ro(&w.dom0, w.guest.id(), GrantRef(req.gref));
         let mut got = vec![0u8; secret.len()];
         m.mem().read(usize::from(req.offset), &mut got).unwrap();
         assert_eq!(got, secret);
@@ -143,23 +127,19 @@ fn backend_keeping_a_tx_grant_on_a_deferring_platform_never_sees_reused_memory()
 fn backend_keeping_a_tx_grant_breaks_the_frontend_and_the_page_is_never_reused() {
     let w = world();
     let (eb, mut nf) = evil_back(&w);
-    let mut tx = TxBack::attach(eb.tx.mem()).unwrap();
+    let mut tx = eb.tx_ring();
     let secret = frame(300, 7);
     nf.send(&secret).unwrap();
     let req = tx.next_request().unwrap().expect("request published");
     // Map the data page, keep it, and claim to be done.
-    let kept = w
-        .dom0
-        .importer()
-        .map_ro(w.guest.id(), &[GrantRef(req.gref)])
-        .unwrap();
-    tx.push_response(&NetifTxResponse {
-        id: req.id,
-        status: NETIF_RSP_OKAY,
-    })
-    .unwrap();
-    tx.push_responses().unwrap();
-    eb.chan.notify().unwrap();
+    let kept = Kept::ro(&w.dom0, w.guest.id(), GrantRef(req.gref));
+    eb.answer(
+        &mut tx,
+        &[NetifTxResponse {
+            id: req.id,
+            status: NETIF_RSP_OKAY,
+        }],
+    );
     let e = expect_broken(&mut nf);
     assert_eq!(
         e,
@@ -173,11 +153,7 @@ fn backend_keeping_a_tx_grant_breaks_the_frontend_and_the_page_is_never_reused()
     // The guest keeps using memory; the kept page must not be among it.
     let mut other = Vec::new();
     for _ in 0..200 {
-        let s = w
-            .guest
-            .exporter()
-            .share(w.dom0.id(), 1, Access::ReadWrite)
-            .unwrap();
+        let s = grant_page(&w, Access::ReadWrite);
         s.mem().fill(0, 4096, 0x5A).unwrap();
         other.push(s);
     }
@@ -202,34 +178,34 @@ fn backend_keeping_a_tx_grant_breaks_the_frontend_and_the_page_is_never_reused()
     assert_eq!(w.guest.exporter().stats().quarantined, 0);
 }
 
+/// The evil back end maps the first posted rx page, keeps it (after
+/// writing `data` into it), and answers it as filled: netfront must break
+/// with `GrantStillInUse` for that page.
+fn backend_keeps_an_rx_page(w: &World, data: &[u8]) -> (EvilBack, Front, Kept, GrantRef) {
+    let (eb, mut nf) = evil_back(w);
+    let mut rx = eb.rx_ring();
+    let req = rx.next_request().unwrap().expect("rx pages posted");
+    let gref = GrantRef(req.gref);
+    let kept = Kept::rw(&w.dom0, w.guest.id(), gref);
+    kept.mem().write(0, data).unwrap();
+    eb.answer(
+        &mut rx,
+        &[NetifRxResponse {
+            id: req.id,
+            offset: 0,
+            flags: 0,
+            status: 60,
+        }],
+    );
+    let e = expect_broken(&mut nf);
+    assert_eq!(e, NetError::GrantStillInUse { gref });
+    (eb, nf, kept, gref)
+}
+
 #[test]
 fn backend_keeping_an_rx_grant_breaks_the_frontend() {
     let w = world();
-    let (eb, mut nf) = evil_back(&w);
-    let mut rx = RxBack::attach(eb.rx.mem()).unwrap();
-    let req = rx.next_request().unwrap().expect("rx pages posted");
-    let kept = w
-        .dom0
-        .importer()
-        .map_rw(w.guest.id(), &[GrantRef(req.gref)])
-        .unwrap();
-    kept.mem().write(0, &frame(60, 1)).unwrap();
-    rx.push_response(&NetifRxResponse {
-        id: req.id,
-        offset: 0,
-        flags: 0,
-        status: 60,
-    })
-    .unwrap();
-    rx.push_responses().unwrap();
-    eb.chan.notify().unwrap();
-    let e = expect_broken(&mut nf);
-    assert_eq!(
-        e,
-        NetError::GrantStillInUse {
-            gref: GrantRef(req.gref)
-        }
-    );
+    let (_eb, nf, kept, _) = backend_keeps_an_rx_page(&w, &frame(60, 1));
     assert_eq!(
         nf.stats().rx_frames,
         0,
@@ -238,11 +214,7 @@ fn backend_keeping_an_rx_grant_breaks_the_frontend() {
     assert_eq!(w.guest.exporter().stats().quarantined, 1);
     // The back end scribbling on its kept page reaches no other guest memory.
     kept.mem().fill(0, 4096, 0xEE).unwrap();
-    let s = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadWrite)
-        .unwrap();
+    let s = grant_page(&w, Access::ReadWrite);
     let mut b = [0u8; 4096];
     s.mem().read(0, &mut b).unwrap();
     assert!(
@@ -251,24 +223,38 @@ fn backend_keeping_an_rx_grant_breaks_the_frontend() {
     );
 }
 
+/// An rx page the back end keeps mapped stays in quarantine — reclaim
+/// cannot take it back — until the back end lets go; then it returns.
+#[test]
+fn kept_rx_page_leaves_quarantine_only_once_the_backend_lets_go() {
+    let w = world();
+    let (eb, nf, mut kept, gref) = backend_keeps_an_rx_page(&w, &[]);
+    nf.release();
+    drop(eb); // the ring pages are let go of; the data page is not
+    let exporter = w.guest.exporter();
+    exporter.reclaim(usize::MAX);
+    assert_eq!(exporter.stats().quarantined, 1, "the kept page stays out");
+    assert!(w.guest.grant_busy(gref));
+    kept.release();
+    exporter.reclaim(usize::MAX);
+    assert_eq!(exporter.stats().quarantined, 0);
+    assert!(!w.guest.grant_busy(gref));
+}
+
 #[test]
 fn duplicate_tx_response_id_breaks_the_frontend() {
     let w = world();
     let (eb, mut nf) = evil_back(&w);
-    let mut tx = TxBack::attach(eb.tx.mem()).unwrap();
+    let mut tx = eb.tx_ring();
     nf.send(&frame(100, 1)).unwrap();
     nf.send(&frame(100, 2)).unwrap();
     let a = tx.next_request().unwrap().unwrap();
     let _b = tx.next_request().unwrap().unwrap();
-    for _ in 0..2 {
-        tx.push_response(&NetifTxResponse {
-            id: a.id,
-            status: NETIF_RSP_OKAY,
-        })
-        .unwrap();
-    }
-    tx.push_responses().unwrap();
-    eb.chan.notify().unwrap();
+    let dup = NetifTxResponse {
+        id: a.id,
+        status: NETIF_RSP_OKAY,
+    };
+    eb.answer(&mut tx, &[dup, dup]);
     let e = expect_broken(&mut nf);
     assert_eq!(
         e,
@@ -276,22 +262,25 @@ fn duplicate_tx_response_id_breaks_the_frontend() {
     );
 }
 
-#[test]
-fn out_of_range_rx_response_id_breaks_the_frontend() {
+/// The evil back end answers the first rx buffer the front end posted
+/// with `rsp(request id)`; the front end must break. Returns its error.
+fn rx_answer_breaks_the_frontend(rsp: impl FnOnce(u16) -> NetifRxResponse) -> (NetError, Front) {
     let w = world();
     let (eb, mut nf) = evil_back(&w);
-    let mut rx = RxBack::attach(eb.rx.mem()).unwrap();
-    rx.next_request().unwrap().unwrap();
-    rx.push_response(&NetifRxResponse {
+    let mut rx = eb.rx_ring();
+    let req = rx.next_request().unwrap().expect("rx buffers posted");
+    eb.answer(&mut rx, &[rsp(req.id)]);
+    (expect_broken(&mut nf), nf)
+}
+
+#[test]
+fn out_of_range_rx_response_id_breaks_the_frontend() {
+    let (e, _) = rx_answer_breaks_the_frontend(|_| NetifRxResponse {
         id: 999,
         offset: 0,
         flags: 0,
         status: 60,
-    })
-    .unwrap();
-    rx.push_responses().unwrap();
-    eb.chan.notify().unwrap();
-    let e = expect_broken(&mut nf);
+    });
     assert_eq!(
         e,
         NetError::Ring(RingError::BadId {
@@ -306,12 +295,8 @@ fn overflowing_response_producer_breaks_the_frontend() {
     let w = world();
     let (eb, mut nf) = evil_back(&w);
     nf.send(&frame(100, 1)).unwrap();
-    // rsp_prod (offset 8 of the header) far beyond anything requested.
-    eb.tx
-        .mem()
-        .atomic_u32(8)
-        .unwrap()
-        .store(1000, Ordering::Release);
+    // rsp_prod far beyond anything requested.
+    RawIndices::new(eb.tx.mem()).set_rsp_prod(1000);
     eb.chan.notify().unwrap();
     let e = expect_broken(&mut nf);
     assert!(
@@ -325,20 +310,12 @@ fn overflowing_response_producer_breaks_the_frontend() {
 
 #[test]
 fn rx_data_outside_the_page_breaks_the_frontend() {
-    let w = world();
-    let (eb, mut nf) = evil_back(&w);
-    let mut rx = RxBack::attach(eb.rx.mem()).unwrap();
-    let req = rx.next_request().unwrap().unwrap();
-    rx.push_response(&NetifRxResponse {
-        id: req.id,
+    let (e, nf) = rx_answer_breaks_the_frontend(|id| NetifRxResponse {
+        id,
         offset: 4000,
         flags: 0,
         status: 200,
-    })
-    .unwrap();
-    rx.push_responses().unwrap();
-    eb.chan.notify().unwrap();
-    let e = expect_broken(&mut nf);
+    });
     assert!(
         matches!(
             e,
@@ -355,20 +332,12 @@ fn rx_data_outside_the_page_breaks_the_frontend() {
 
 #[test]
 fn rx_flags_never_negotiated_break_the_frontend() {
-    let w = world();
-    let (eb, mut nf) = evil_back(&w);
-    let mut rx = RxBack::attach(eb.rx.mem()).unwrap();
-    let req = rx.next_request().unwrap().unwrap();
-    rx.push_response(&NetifRxResponse {
-        id: req.id,
+    let (e, _) = rx_answer_breaks_the_frontend(|id| NetifRxResponse {
+        id,
         offset: 0,
         flags: NETRXF_EXTRA_INFO,
         status: 60,
-    })
-    .unwrap();
-    rx.push_responses().unwrap();
-    eb.chan.notify().unwrap();
-    let e = expect_broken(&mut nf);
+    });
     assert!(matches!(e, NetError::BadRxResponse { .. }), "{e}");
 }
 
@@ -376,16 +345,16 @@ fn rx_flags_never_negotiated_break_the_frontend() {
 fn invalid_tx_status_breaks_the_frontend() {
     let w = world();
     let (eb, mut nf) = evil_back(&w);
-    let mut tx = TxBack::attach(eb.tx.mem()).unwrap();
+    let mut tx = eb.tx_ring();
     nf.send(&frame(100, 1)).unwrap();
     let r = tx.next_request().unwrap().unwrap();
-    tx.push_response(&NetifTxResponse {
-        id: r.id,
-        status: 77,
-    })
-    .unwrap();
-    tx.push_responses().unwrap();
-    eb.chan.notify().unwrap();
+    eb.answer(
+        &mut tx,
+        &[NetifTxResponse {
+            id: r.id,
+            status: 77,
+        }],
+    );
     let e = expect_broken(&mut nf);
     assert_eq!(
         e,
@@ -400,22 +369,11 @@ fn invalid_tx_status_breaks_the_frontend() {
 fn event_flood_from_backend_neither_hangs_nor_breaks_the_frontend() {
     let w = world();
     let (eb, mut nf) = evil_back(&w);
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let chan = eb.chan;
-    let flooder = thread::spawn(move || {
-        let mut n = 0u64;
-        while !s.load(Ordering::Relaxed) {
-            chan.notify().unwrap();
-            n += 1;
-        }
-        (n, chan)
-    });
+    let flood = Flooder::spawn(eb.chan);
     let start = Instant::now();
     let got = nf.recv_timeout(Duration::from_millis(500)).unwrap();
     let took = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let (n, _chan) = flooder.join().unwrap();
+    let (n, _chan) = flood.stop();
     assert!(got.is_none());
     assert!(
         took < Duration::from_secs(3),
@@ -433,16 +391,13 @@ fn event_flood_from_backend_neither_hangs_nor_breaks_the_frontend() {
 fn bogus_grant_refs_get_error_responses_and_the_backend_carries_on() {
     let w = world();
     let (ef, bt, host) = evil_front(&w);
-    let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
+    let mut tx = ef.tx_ring();
     // A ref never granted, then a real frame.
     tx.push_request(&tx_req(GrantRef(1999), 0, 0, 1, 100))
         .unwrap();
     let good = frame(120, 3);
     let page = data_page(&w, &good);
-    tx.push_request(&tx_req(page.refs()[0], 0, 0, 2, 120))
-        .unwrap();
-    tx.push_requests().unwrap();
-    ef.chan.notify().unwrap();
+    ef.send(&mut tx, &[tx_req(page.refs()[0], 0, 0, 2, 120)]);
     let r1 = tx_response(&mut tx, &ef.chan);
     let r2 = tx_response(&mut tx, &ef.chan);
     assert_eq!((r1.id, r1.status), (1, NETIF_RSP_ERROR));
@@ -453,26 +408,17 @@ fn bogus_grant_refs_get_error_responses_and_the_backend_carries_on() {
         "only the good frame"
     );
     // An rx page that was never granted: the frame is answered with an error.
-    let mut rx = RxFront::attach_at(ef.rx.mem(), 0).unwrap();
-    rx.push_request(&NetifRxRequest {
-        id: 5,
-        pad: 0,
-        gref: 1998,
-    })
-    .unwrap();
-    rx.push_requests().unwrap();
-    ef.chan.notify().unwrap();
+    let mut rx = ef.rx_ring();
+    ef.send(
+        &mut rx,
+        &[NetifRxRequest {
+            id: 5,
+            pad: 0,
+            gref: 1998,
+        }],
+    );
     assert!(host.send(&frame(60, 1)));
-    let deadline = Instant::now() + T;
-    let r = loop {
-        if let Some(r) = rx.next_response().unwrap() {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "no rx response");
-        if let Some(p) = ef.chan.wait(Some(Duration::from_millis(50))).unwrap() {
-            ef.chan.handle().unmask(p).unwrap();
-        }
-    };
+    let r = ef.response(&mut rx);
     assert_eq!((r.id, r.status), (5, NETIF_RSP_ERROR));
     let exit = bt.stop().unwrap();
     assert_eq!(exit.stats.tx_errors, 1);
@@ -484,14 +430,12 @@ fn bogus_grant_refs_get_error_responses_and_the_backend_carries_on() {
 fn tx_chain_longer_than_the_slot_limit_breaks_the_backend() {
     let w = world();
     let (ef, bt, host) = evil_front(&w);
-    let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
+    let mut tx = ef.tx_ring();
     let page = data_page(&w, &frame(4096, 1));
-    for i in 0..19u16 {
-        tx.push_request(&tx_req(page.refs()[0], 0, NETTXF_MORE_DATA, i, 100))
-            .unwrap();
-    }
-    tx.push_requests().unwrap();
-    ef.chan.notify().unwrap();
+    let chain: Vec<_> = (0..19u16)
+        .map(|i| tx_req(page.refs()[0], 0, NETTXF_MORE_DATA, i, 100))
+        .collect();
+    ef.send(&mut tx, &chain);
     let e = expect_backend_error(bt);
     assert!(matches!(e, NetError::BadTxRequest { .. }), "{e}");
     // The consumed slots were answered, so the guest gets its pages back.
@@ -505,14 +449,15 @@ fn tx_chain_longer_than_the_slot_limit_breaks_the_backend() {
 fn tx_fragment_sizes_larger_than_the_frame_break_the_backend() {
     let w = world();
     let (ef, bt, host) = evil_front(&w);
-    let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
+    let mut tx = ef.tx_ring();
     let page = data_page(&w, &frame(4096, 1));
-    tx.push_request(&tx_req(page.refs()[0], 0, NETTXF_MORE_DATA, 0, 100))
-        .unwrap();
-    tx.push_request(&tx_req(page.refs()[0], 0, 0, 1, 200))
-        .unwrap();
-    tx.push_requests().unwrap();
-    ef.chan.notify().unwrap();
+    ef.send(
+        &mut tx,
+        &[
+            tx_req(page.refs()[0], 0, NETTXF_MORE_DATA, 0, 100),
+            tx_req(page.refs()[0], 0, 0, 1, 200),
+        ],
+    );
     let e = expect_backend_error(bt);
     assert!(matches!(e, NetError::BadTxRequest { id: 0, .. }), "{e}");
     assert!(host.try_recv().is_none());
@@ -522,12 +467,9 @@ fn tx_fragment_sizes_larger_than_the_frame_break_the_backend() {
 fn tx_data_outside_the_page_breaks_the_backend() {
     let w = world();
     let (ef, bt, host) = evil_front(&w);
-    let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
+    let mut tx = ef.tx_ring();
     let page = data_page(&w, &frame(4096, 1));
-    tx.push_request(&tx_req(page.refs()[0], 4000, 0, 0, 200))
-        .unwrap();
-    tx.push_requests().unwrap();
-    ef.chan.notify().unwrap();
+    ef.send(&mut tx, &[tx_req(page.refs()[0], 4000, 0, 0, 200)]);
     let e = expect_backend_error(bt);
     assert!(matches!(e, NetError::BadTxRequest { .. }), "{e}");
     assert!(host.try_recv().is_none());
@@ -537,12 +479,8 @@ fn tx_data_outside_the_page_breaks_the_backend() {
 fn overflowing_request_producer_breaks_the_backend() {
     let w = world();
     let (ef, bt, host) = evil_front(&w);
-    // req_prod (offset 0 of the header) a thousand slots ahead.
-    ef.tx
-        .mem()
-        .atomic_u32(0)
-        .unwrap()
-        .store(1000, Ordering::Release);
+    // req_prod a thousand slots ahead.
+    RawIndices::new(ef.tx.mem()).set_req_prod(1000);
     ef.chan.notify().unwrap();
     let e = expect_backend_error(bt);
     assert!(
@@ -559,26 +497,17 @@ fn overflowing_request_producer_breaks_the_backend() {
 fn event_flood_from_frontend_does_not_stop_the_backend() {
     let w = world();
     let (ef, bt, host) = evil_front(&w);
-    let chan = ef.chan;
-    let start = Instant::now();
-    let mut n = 0u32;
-    while start.elapsed() < Duration::from_millis(300) {
-        chan.notify().unwrap();
-        n += 1;
-    }
+    let n = Flooder::burst(&ef.chan, Duration::from_millis(300));
     // The back end still serves a real frame promptly.
-    let mut tx = TxFront::attach_at(ef.tx.mem(), 0).unwrap();
+    let mut tx = ef.tx_ring();
     let good = frame(90, 4);
     let page = data_page(&w, &good);
-    tx.push_request(&tx_req(page.refs()[0], 0, 0, 9, 90))
-        .unwrap();
-    tx.push_requests().unwrap();
-    chan.notify().unwrap();
+    ef.send(&mut tx, &[tx_req(page.refs()[0], 0, 0, 9, 90)]);
     assert_eq!(
         host.recv_timeout(T).expect("back end starved by the flood"),
         good
     );
-    assert_eq!(tx_response(&mut tx, &chan).status, NETIF_RSP_OKAY);
+    assert_eq!(tx_response(&mut tx, &ef.chan).status, NETIF_RSP_OKAY);
     assert!(n > 100);
     let exit = bt.stop().unwrap();
     assert_eq!(exit.stats.tx_frames, 1);

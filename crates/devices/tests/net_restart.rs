@@ -14,14 +14,11 @@
 //!   domain is destroyed (the emulator drops its mappings, the quarantine
 //!   drains), and a new back-end domain with the same id is attached.
 
-mod net_common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use net_common::{frame, world, Front, World, MAC, T};
 use xenshare::net::xenbus::{FrontendKeys, DEVTYPE};
 use xenshare::net::{NetError, Netback, MAX_FRAME};
 use xenshare::store::xenbus::{
@@ -31,6 +28,7 @@ use xenshare::DomId;
 use xenshare_devices::net::host::{mem_link, HostFrames, HostPort};
 use xenshare_devices::net::run::spawn_backend;
 use xenshare_sim::{Domain, DomainConfig};
+use xenshare_testkit::net::{frame, world, Front, World, MAC, T};
 
 /// Frame sizes exchanged on every connection: tiny, Ethernet, jumbo, largest.
 const SIZES: [usize; 6] = [60, 1000, 1514, 4097, 9000, MAX_FRAME];
@@ -62,7 +60,7 @@ fn backend_stops_and_a_new_one_takes_over() {
     let started = Instant::now();
     let w = world();
     let paths = w.create_vif(0);
-    let (bt, host) = w.backend(0);
+    let (bt, host) = w.vif_backend(0);
     let mut nf = w.netfront(0);
     let mut xs = w.xs(&w.guest);
     exchange(&mut nf, &host, 1);
@@ -83,7 +81,7 @@ fn backend_stops_and_a_new_one_takes_over() {
     assert!(matches!(nf.send(&frame(60, 0)), Err(NetError::Broken(_))));
 
     // A new back end starts first: it must not map the stale rings.
-    let (bt, host) = w.backend(0);
+    let (bt, host) = w.vif_backend(0);
     thread::sleep(Duration::from_millis(150));
     assert_eq!(
         read_state(&mut xs, &paths.back).unwrap(),

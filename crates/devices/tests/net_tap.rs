@@ -12,18 +12,16 @@
 //! Needs root, `/dev/net/tun`, `ip` (iproute2) and `ping` (iputils-ping).
 //! Without them the test prints a loud SKIP — and fails when `CI=true`.
 
-mod net_common;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use net_common::{world, T};
 use xenshare::net::NetfrontConfig;
 use xenshare_devices::net::guest::GuestConfig;
 use xenshare_devices::net::run::{spawn_backend, spawn_guest};
 use xenshare_devices::net::tap::{Tap, TapIo};
+use xenshare_testkit::net::{world, T};
 
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 7, 2);
 const HOST_CIDR: &str = "10.213.7.1/24";

@@ -3,21 +3,19 @@
 //! guest's netfront needs, a back end serving the private back-end type,
 //! and detaching.
 
-mod net_common;
-
-use net_common::{frame, world, T};
 use xenshare::net::back::RunExit;
-use xenshare::net::{Mac, Netfront, NetfrontConfig};
+use xenshare::net::Mac;
 use xenshare::store::client::ClientError;
 use xenshare::store::xenbus::{read_state, XenbusState};
 use xenshare::store::Perms;
 use xenshare_devices::net::host::mem_link;
 use xenshare_devices::net::run::spawn_backend_at;
 use xenshare_devices::net::vif::{attach_vif, detach_vif, VifAttach, USERSPACE_VIF_TYPE};
+use xenshare_testkit::net::{frame, world, T};
 
 const MAC: Mac = Mac([0x00, 0x16, 0x3e, 0x12, 0x34, 0x56]);
 
-fn spec(w: &net_common::World, devid: u32) -> VifAttach<'static> {
+fn spec(w: &xenshare_testkit::net::World, devid: u32) -> VifAttach<'static> {
     VifAttach {
         frontend: w.guest.id(),
         backend: w.dom0.id(),
@@ -108,15 +106,7 @@ fn a_backend_serves_the_private_type_and_ends_when_the_front_closes() {
         io,
         T,
     );
-    let mut nf = Netfront::connect(
-        w.guest.exporter(),
-        &w.guest.evtchn().unwrap(),
-        &mut w.xs(&w.guest),
-        2,
-        NetfrontConfig::default(),
-        T,
-    )
-    .unwrap();
+    let mut nf = w.try_netfront(2, T).unwrap();
     assert_eq!(nf.mac(), MAC, "netfront took the MAC attach_vif wrote");
     assert_eq!(
         read_state(&mut w.xs(&w.dom0), &paths.back).unwrap(),

@@ -4,33 +4,29 @@
 //! that carry more than the data they are for (XSA-403). The victim keeps
 //! working — or refuses the peer — with no panic, no hang, no leak.
 
-mod blk_common;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use blk_common::*;
 use xenshare::blk::{BackConfig, BlkError};
-use xenshare::ring::{BackRing, FrontRing};
 use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::blkif::*;
 use xenshare_devices::blk::{BackendThread, BlkWorld, FileStorage};
+use xenshare_testkit::adversary::flip_during;
+use xenshare_testkit::blk::*;
+use xenshare_testkit::wait_until;
 use zerocopy::IntoBytes;
 
-const DISK: u64 = 4 << 20;
+const DISK: u64 = DISK_BYTES;
 const SECTORS: u64 = DISK / 512;
 /// The shared ring header before the first slot.
 const HEADER: usize = 64;
 /// One slot: the larger of request (112 bytes) and response (16 bytes).
 const SLOT: usize = core::mem::size_of::<BlkifRequest>();
 
-type Ring<'a> = FrontRing<'a, BlkifRequest, BlkifResponse>;
-
 fn backend(w: &BlkWorld, img: &TmpImage) -> BackendThread<FileStorage> {
-    w.spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
-        .unwrap()
+    real_backend(w, img)
 }
 
 fn write_req(id: u64, sector: u64, segs: &[(GrantRef, u8, u8)]) -> BlkifRequest {
@@ -50,40 +46,19 @@ fn write_req(id: u64, sector: u64, segs: &[(GrantRef, u8, u8)]) -> BlkifRequest 
     r
 }
 
-/// Waits for the next response (ids and opcodes are the caller's to check).
-fn response(ring: &mut Ring<'_>, ff: &FakeFront) -> BlkifResponse {
-    let t = Instant::now();
-    loop {
-        if let Some(r) = ring.next_response().unwrap() {
-            return r;
-        }
-        assert!(t.elapsed() < T, "the back end stopped answering");
-        if ff
-            .chan
-            .wait(Some(Duration::from_millis(20)))
-            .unwrap()
-            .is_some()
-        {
-            ff.chan.unmask().unwrap();
-        }
-    }
-}
-
 /// XSA-216: every response blkback writes has zero padding. The request
 /// in the slot had 0xFF where the response's padding goes, so a back end
 /// that wrote only the fields would leave bytes there; one that wrote an
 /// uninitialised struct would leave its own memory.
 #[test]
 fn blkback_response_padding_is_zeroed_in_the_shared_page() {
-    let w = world();
-    let img = TmpImage::new("pad");
-    let bt = backend(&w, &img);
-    let ff = fake_frontend(&w, false);
-    let page = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadWrite)
-        .unwrap();
+    let Rig {
+        w,
+        img: _img,
+        backend: bt,
+        ff,
+    } = rig("pad", false);
+    let page = grant_page(&w, Access::ReadWrite);
     let mut ring = ff.ring();
     // OKAY, ERROR (sector out of range) and EOPNOTSUPP answers.
     let reqs = [
@@ -104,7 +79,7 @@ fn blkback_response_padding_is_zeroed_in_the_shared_page() {
     ff.chan.notify().unwrap();
     let mut statuses = Vec::new();
     for _ in 0..reqs.len() {
-        statuses.push(response(&mut ring, &ff).status);
+        statuses.push(ff.response(&mut ring).status);
     }
     assert_eq!(
         statuses,
@@ -134,15 +109,13 @@ fn blkback_response_padding_is_zeroed_in_the_shared_page() {
 #[test]
 fn blkback_acts_on_one_copy_of_a_request_slot_changing_under_it() {
     const ROUNDS: u64 = 300;
-    let w = world();
-    let img = TmpImage::new("dfetch");
-    let bt = backend(&w, &img);
-    let ff = fake_frontend(&w, false);
-    let page = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadOnly)
-        .unwrap();
+    let Rig {
+        w,
+        img,
+        backend: bt,
+        ff,
+    } = rig("dfetch", false);
+    let page = grant_page(&w, Access::ReadOnly);
     page.mem().fill(0, 4096, 0x5A).unwrap();
     let good = page.refs()[0];
     // Differs from `good` in one byte only, so a torn ref is one of the two.
@@ -174,10 +147,8 @@ fn blkback_acts_on_one_copy_of_a_request_slot_changing_under_it() {
         });
         let mut ring = ff.ring();
         for id in 0..ROUNDS {
-            ring.push_request(&valid(id)).unwrap();
-            ring.push_requests().unwrap();
-            ff.chan.notify().unwrap();
-            let rsp = response(&mut ring, &ff);
+            ff.send(&mut ring, &[valid(id)]);
+            let rsp = ff.response(&mut ring);
             assert_eq!(rsp.id, id);
             assert_eq!(rsp.operation, BLKIF_OP_WRITE);
             assert!(
@@ -195,10 +166,8 @@ fn blkback_acts_on_one_copy_of_a_request_slot_changing_under_it() {
         // Still a working back end: a clean request on a quiet ring.
         let mut clean = valid(ROUNDS);
         clean.nr_segments = 1;
-        ring.push_request(&clean).unwrap();
-        ring.push_requests().unwrap();
-        ff.chan.notify().unwrap();
-        assert_eq!(response(&mut ring, &ff).status, BLKIF_RSP_OKAY);
+        ff.send(&mut ring, &[clean]);
+        assert_eq!(ff.response(&mut ring).status, BLKIF_RSP_OKAY);
     });
     eprintln!("statuses seen under the race: {seen:?}");
     let (back, runs) = bt.stop().unwrap();
@@ -270,11 +239,9 @@ fn blkback_refuses_hostile_xenbus_keys() {
         let img = TmpImage::new("keys");
         let bt = backend(&w, &img);
         hostile_frontend(&w, &keys);
-        let t = Instant::now();
-        while !bt.is_finished() {
-            assert!(t.elapsed() < T, "{keys:?}: the back end hangs");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(T, &format!("{keys:?}: the back end hangs"), || {
+            bt.is_finished()
+        });
         let (_, runs) = bt.stop().unwrap();
         assert!(
             matches!(runs.last(), Some(Err(BlkError::BadKey { .. }))),
@@ -315,22 +282,8 @@ fn blkfront_grants_pages_holding_only_the_request_data() {
     let data = [0x77u8; 512];
     let mut disk = fe.disk().unwrap();
     let _tag = disk.submit_write(3 * 512, &data).unwrap();
-    let mut ring = BackRing::<BlkifRequest, BlkifResponse>::attach(fb.ring.mem()).unwrap();
-    let t = Instant::now();
-    let req = loop {
-        if let Some(r) = ring.next_request().unwrap() {
-            break r;
-        }
-        assert!(t.elapsed() < T, "no request");
-        if fb
-            .chan
-            .wait(Some(Duration::from_millis(20)))
-            .unwrap()
-            .is_some()
-        {
-            fb.chan.unmask().unwrap();
-        }
-    };
+    let mut ring = fb.ring();
+    let req = fb.next_request(&mut ring);
     assert_eq!(req.operation, BLKIF_OP_WRITE);
     for seg in &req.seg[..usize::from(req.nr_segments)] {
         let m = w
@@ -412,17 +365,10 @@ fn event_flood_on_one_disk_does_not_starve_another() {
     });
     assert!(flooded > 1000, "{flooded} events");
     // The flooded disk's back end still serves.
-    let page = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadWrite)
-        .unwrap();
+    let page = grant_page(&w, Access::ReadWrite);
     let mut ring = ff.ring();
-    ring.push_request(&write_req(7, 0, &[(page.refs()[0], 0, 7)]))
-        .unwrap();
-    ring.push_requests().unwrap();
-    ff.chan.notify().unwrap();
-    assert_eq!(response(&mut ring, &ff).status, BLKIF_RSP_OKAY);
+    ff.send(&mut ring, &[write_req(7, 0, &[(page.refs()[0], 0, 7)])]);
+    assert_eq!(ff.response(&mut ring).status, BLKIF_RSP_OKAY);
     let (_, runs) = bt1.stop().unwrap();
     assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
     fe.release();
@@ -437,10 +383,12 @@ fn event_flood_on_one_disk_does_not_starve_another() {
 /// touches whatever that ref or page is now.
 #[test]
 fn blkback_refuses_a_reconnect_with_stale_ring_refs() {
-    let w = world();
-    let img = TmpImage::new("stale");
-    let bt = backend(&w, &img);
-    let FakeFront { mut xs, ring, chan } = fake_frontend(&w, false);
+    let Rig {
+        w,
+        img: _img,
+        backend: bt,
+        ff: FakeFront { mut xs, ring, chan },
+    } = rig("stale", false);
     let fdir = front_dir(&w);
     let bdir = back_dir(&w);
     let old_ref = ring.refs()[0];
@@ -457,11 +405,7 @@ fn blkback_refuses_a_reconnect_with_stale_ring_refs() {
         old_ref.0.to_string().as_bytes()
     );
     write_state(&mut xs, &fdir, XenbusState::Initialised).unwrap();
-    let t = Instant::now();
-    while !bt.is_finished() {
-        assert!(t.elapsed() < T, "the back end hangs on a stale ref");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(T, "the back end hangs on a stale ref", || bt.is_finished());
     let (_, runs) = bt.stop().unwrap();
     assert!(matches!(runs.first(), Some(Ok(_))), "{runs:?}");
     assert!(
@@ -479,34 +423,25 @@ fn blkback_refuses_a_reconnect_with_stale_ring_refs() {
 /// unmapping everything, within a deadline.
 #[test]
 fn blkback_survives_the_guest_dying_mid_transfer() {
-    let w = world();
-    let img = TmpImage::new("dying");
-    let bt = backend(&w, &img);
-    let ff = fake_frontend(&w, false);
-    let page = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadWrite)
-        .unwrap();
+    let Rig {
+        w,
+        img,
+        backend: bt,
+        ff,
+    } = rig("dying", false);
+    let page = grant_page(&w, Access::ReadWrite);
     let mut ring = ff.ring();
-    for id in 0..u64::from(ring.size()) {
-        ring.push_request(&write_req(id, id * 8, &[(page.refs()[0], 0, 7); 11]))
-            .unwrap();
-    }
-    ring.push_requests().unwrap();
-    ff.chan.notify().unwrap();
+    let full: Vec<_> = (0..u64::from(ring.size()))
+        .map(|id| write_req(id, id * 8, &[(page.refs()[0], 0, 7); 11]))
+        .collect();
+    ff.send(&mut ring, &full);
     w.hv.destroy_domain(w.guest.id()).unwrap();
     // The toolstack cleans up after the dead guest.
     let mut c0 = w.client(&w.dom0);
     c0.rm(&front_dir(&w)).unwrap();
-    let t = Instant::now();
-    while w.dom0.importer().stats().mapped != 0 {
-        assert!(
-            t.elapsed() < T,
-            "the back end still maps the dead guest's ring"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(T, "the back end still maps the dead guest's ring", || {
+        w.dom0.importer().stats().mapped == 0
+    });
     let (_, runs) = bt.stop().unwrap();
     assert!(
         matches!(
@@ -524,27 +459,24 @@ fn blkback_survives_the_guest_dying_mid_transfer() {
 /// no state keyed by them, and carries on.
 #[test]
 fn blkback_answers_duplicate_and_arbitrary_request_ids() {
-    let w = world();
-    let img = TmpImage::new("ids");
-    let bt = backend(&w, &img);
-    let ff = fake_frontend(&w, false);
-    let page = w
-        .guest
-        .exporter()
-        .share(w.dom0.id(), 1, Access::ReadWrite)
-        .unwrap();
+    let Rig {
+        w,
+        img,
+        backend: bt,
+        ff,
+    } = rig("ids", false);
+    let page = grant_page(&w, Access::ReadWrite);
     page.mem().fill(0, 4096, 0x11).unwrap();
     let ids = [5u64, 5, 5, 0, u64::MAX, 5];
     let mut ring = ff.ring();
-    for (i, &id) in ids.iter().enumerate() {
-        ring.push_request(&write_req(id, i as u64 * 8, &[(page.refs()[0], 0, 7)]))
-            .unwrap();
-    }
-    ring.push_requests().unwrap();
-    ff.chan.notify().unwrap();
+    let reqs: Vec<_> = (0..)
+        .zip(ids)
+        .map(|(i, id)| write_req(id, i * 8, &[(page.refs()[0], 0, 7)]))
+        .collect();
+    ff.send(&mut ring, &reqs);
     let mut got: Vec<u64> = (0..ids.len())
         .map(|_| {
-            let r = response(&mut ring, &ff);
+            let r = ff.response(&mut ring);
             assert_eq!(r.status, BLKIF_RSP_OKAY);
             r.id
         })
@@ -664,26 +596,12 @@ fn blkfront_acts_on_one_copy_of_a_response_slot_changing_under_it() {
         t.join().unwrap()
     });
     let mut disk = fe.disk().unwrap();
-    let mut ring = BackRing::<BlkifRequest, BlkifResponse>::attach(fb.ring.mem()).unwrap();
+    let mut ring = fb.ring();
     let size = ring.size() as usize;
     let (mut ok, mut failed, mut broke) = (0, 0, None);
     for round in 0..ROUNDS {
         disk.submit_read(0, 512).unwrap();
-        let t = Instant::now();
-        let req = loop {
-            if let Some(r) = ring.next_request().unwrap() {
-                break r;
-            }
-            assert!(t.elapsed() < T, "no request");
-            if fb
-                .chan
-                .wait(Some(Duration::from_millis(5)))
-                .unwrap()
-                .is_some()
-            {
-                fb.chan.unmask().unwrap();
-            }
-        };
+        let req = fb.next_request(&mut ring);
         // The data the back end "read" for this request.
         let page = w
             .dom0
@@ -705,30 +623,17 @@ fn blkfront_acts_on_one_copy_of_a_response_slot_changing_under_it() {
         };
         ring.push_response(&good).unwrap();
         let slot = HEADER + (round % size) * SLOT;
-        let stop = AtomicBool::new(false);
-        let flips = std::sync::atomic::AtomicU64::new(0);
-        let outcome = std::thread::scope(|s| {
-            let flipper = s.spawn(|| {
-                let mem = fb.ring.mem();
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let r = if n.is_multiple_of(2) { evil } else { good };
-                    mem.write(slot, r.as_bytes()).unwrap();
-                    n += 1;
-                    flips.store(n, Ordering::Relaxed);
-                }
-            });
-            // Publish only once the flipper is running.
-            while flips.load(Ordering::Relaxed) < 2 {
-                std::hint::spin_loop();
-            }
-            ring.push_responses().unwrap();
-            fb.chan.notify().unwrap();
-            let outcome = disk.wait();
-            stop.store(true, Ordering::Relaxed);
-            flipper.join().unwrap();
-            outcome
-        });
+        let (outcome, _) = flip_during(
+            fb.ring.mem(),
+            slot,
+            evil.as_bytes(),
+            good.as_bytes(),
+            || {
+                ring.push_responses().unwrap();
+                fb.chan.notify().unwrap();
+                disk.wait()
+            },
+        );
         match outcome {
             Ok(Some(c)) => match c.result {
                 Ok(()) => {

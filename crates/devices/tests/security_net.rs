@@ -6,16 +6,10 @@
 //! victim keeps working — or refuses the peer with a typed error — with no
 //! panic, no hang and nothing unbounded.
 
-mod net_common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use net_common::{
-    data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
-    RxFront, TxFront, World, T,
-};
 use xenshare::net::xenbus::{BackendFeatures, FrontendKeys};
 use xenshare::net::{NetError, Netfront, NetfrontConfig, NetifRxRequest, NetifTxRequest};
 use xenshare::net::{NetifRxResponse, NetifTxResponse};
@@ -23,6 +17,12 @@ use xenshare::ring::BackRing;
 use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETTXF_MORE_DATA};
+use xenshare_testkit::adversary::flip_during;
+use xenshare_testkit::grant_page;
+use xenshare_testkit::net::{
+    data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
+    RxFront, TxFront, World, T,
+};
 use zerocopy::IntoBytes;
 
 /// The shared ring header before the first slot.
@@ -166,14 +166,7 @@ fn netback_holds_a_bounded_number_of_frames_for_a_guest_posting_no_rx_buffers() 
     assert_eq!(host.recv_timeout(T).expect("tx starved"), good);
     assert_eq!(tx_response(&mut tx, &ef.chan).status, NETIF_RSP_OKAY);
     // Post rx buffers: the first frames held arrive, in order.
-    let rx_pages: Vec<_> = (0..8)
-        .map(|_| {
-            w.guest
-                .exporter()
-                .share(w.dom0.id(), 1, Access::ReadWrite)
-                .unwrap()
-        })
-        .collect();
+    let rx_pages: Vec<_> = (0..8).map(|_| grant_page(&w, Access::ReadWrite)).collect();
     let mut rx = RxFront::attach_at(ef.rx.mem(), 0).unwrap();
     for (i, p) in rx_pages.iter().enumerate() {
         rx.push_request(&NetifRxRequest {
@@ -287,12 +280,12 @@ fn netback_handles_split_headers_zero_length_and_maximum_fragment_packets() {
 
 /// A hand-made front end that publishes its keys with `over` replacing
 /// (or adding to) the honest ones, then goes Connected.
-fn publish_hostile_keys(w: &World, over: &[(&str, &str)]) -> net_common::EvilFront {
+fn publish_hostile_keys(w: &World, over: &[(&str, &str)]) -> xenshare_testkit::net::EvilFront {
     let paths = xenshare::store::xenbus::DevicePaths {
         front: xenshare::store::xenbus::frontend_path(w.guest.id(), "vif", 0),
         back: xenshare::store::xenbus::backend_path(w.dom0.id(), "vif", w.guest.id(), 0),
     };
-    net_common::evil_front_keys(w, &paths, over)
+    xenshare_testkit::net::evil_front_keys(w, &paths, over)
 }
 
 /// Hostile values for the keys netback reads: out-of-range, signed, hex,
@@ -316,7 +309,7 @@ fn netback_refuses_hostile_xenbus_keys() {
     for over in cases {
         let w = world();
         w.create_vif(0);
-        let (bt, _host) = w.backend(0);
+        let (bt, _host) = w.vif_backend(0);
         let _pages = publish_hostile_keys(&w, over);
         let e = expect_backend_error(bt);
         assert!(matches!(e, NetError::BadKey { .. }), "{over:?}: {e}");
@@ -331,7 +324,7 @@ fn netback_refuses_hostile_xenbus_keys() {
     for n in ["0", "4294967295", "-1", "many"] {
         let w = world();
         w.create_vif(0);
-        let (bt, host) = w.backend(0);
+        let (bt, host) = w.vif_backend(0);
         let pages = publish_hostile_keys(&w, &[("multi-queue-num-queues", n)]);
         let paths = format!("/local/domain/0/backend/vif/{}/0", w.guest.id().0);
         let mut c0 = w.xs(&w.dom0);
@@ -488,14 +481,7 @@ fn netfront_refuses_hostile_backend_keys() {
         c0.write(&format!("{}/{k}", paths.back), v.as_bytes())
             .unwrap();
         write_state(&mut c0, &paths.back, XenbusState::InitWait).unwrap();
-        let r = Netfront::connect(
-            w.guest.exporter(),
-            &w.guest.evtchn().unwrap(),
-            &mut w.xs(&w.guest),
-            0,
-            NetfrontConfig::default(),
-            Duration::from_secs(2),
-        );
+        let r = w.try_netfront(0, Duration::from_secs(2));
         assert!(
             matches!(r, Err(NetError::BadKey { ref key, .. }) if key == k),
             "{k}={v}: {:?}",
@@ -550,29 +536,10 @@ fn netfront_acts_on_one_copy_of_an_rx_response_changing_under_it() {
         };
         let slot = HEADER + (rx.rsp_prod_pvt() as usize % size) * RX_SLOT;
         rx.push_response(&good).unwrap();
-        let stop = AtomicBool::new(false);
-        let flips = std::sync::atomic::AtomicU64::new(0);
-        let got = thread::scope(|s| {
-            let flipper = s.spawn(|| {
-                let mem = eb.rx.mem();
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let r = if n.is_multiple_of(2) { evil } else { good };
-                    mem.write(slot, r.as_bytes()).unwrap();
-                    n += 1;
-                    flips.store(n, Ordering::Relaxed);
-                }
-            });
-            // Publish only once the flipper is running.
-            while flips.load(Ordering::Relaxed) < 2 {
-                std::hint::spin_loop();
-            }
+        let (got, _) = flip_during(eb.rx.mem(), slot, evil.as_bytes(), good.as_bytes(), || {
             rx.push_responses().unwrap();
             eb.chan.notify().unwrap();
-            let got = nf.recv_timeout(T);
-            stop.store(true, Ordering::Relaxed);
-            flipper.join().unwrap();
-            got
+            nf.recv_timeout(T)
         });
         match got {
             Ok(Some(f)) => {

@@ -12,10 +12,12 @@ use std::io::{BufRead, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 mod common;
+
 use common::Proc;
+use common::{support, wait_for};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use xenshare::grant::GntSt;
 use xenshare::platform::EventChannels;
@@ -26,29 +28,8 @@ use xenshare_host::client::{ClientError, Conn};
 use xenshare_host::limits::{MAX_CHUNKS, MAX_EVT_HANDLES};
 use xenshare_host::sock::Packet;
 use xenshare_host::wire::{op, Reader, RemoteError, Writer, MAX_FDS, MAX_MAP_REFS};
-use xenshare_host::{Host, HostConfig, RemoteDomain};
+use xenshare_host::{HostConfig, RemoteDomain};
 use xenshare_sim::region::Region;
-
-#[path = "../../conformance/src/support.rs"]
-mod support;
-
-/// A host in its own directory, removed (after the host) when dropped.
-fn host(name: &str) -> (support::Scoped<Host>, PathBuf) {
-    let dir = support::TempDir::new(&format!("hostile-{name}"));
-    let sock = dir.join("h.sock");
-    (
-        support::Scoped::new(Host::spawn(HostConfig::new(&sock)).unwrap(), dir),
-        sock,
-    )
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// A raw connection joined as `dom`: the connection and the join reply
 /// (grant table and shared_info memfds).
@@ -117,7 +98,7 @@ fn events_still_work(sock: &std::path::Path, a: DomId, b: DomId) {
 /// wake-ups stay a handful.
 #[test]
 fn wake_channel_never_blocks_the_daemon() {
-    let (_h, sock) = host("wake");
+    let (_h, sock) = common::host("hostile", "wake");
     let (a, joined) = raw_join(&sock, 1);
     let mut jfds = joined.fds.into_iter();
     let (Some(_table), Some(shinfo)) = (jfds.next(), jfds.next()) else {
@@ -212,7 +193,7 @@ fn wake_channel_never_blocks_the_daemon() {
 /// goes.
 #[test]
 fn per_domain_limits_refuse_clearly_and_others_keep_working() {
-    let (h, sock) = host("limits");
+    let (h, sock) = common::host("hostile", "limits");
     let (a, _j) = raw_join(&sock, 1);
     let mut kept = Vec::new();
     let msg = loop {
@@ -289,7 +270,7 @@ fn per_domain_limits_refuse_clearly_and_others_keep_working() {
 /// pages: retire-and-re-add cannot grow the daemon's fds.
 #[test]
 fn retiring_a_mapped_chunk_closes_the_daemon_fd() {
-    let (h, sock) = host("retired");
+    let (h, sock) = common::host("hostile", "retired");
     let (a, j) = raw_join(&sock, 1);
     let table = Region::from_fd(j.fds.into_iter().next().unwrap(), true).unwrap();
     let chunk = Region::new_share("c", PAGE_SIZE).unwrap();
@@ -336,7 +317,7 @@ fn retiring_a_mapped_chunk_closes_the_daemon_fd() {
 #[test]
 fn connections_are_bounded() {
     use xenshare_host::limits::MAX_CONNS;
-    let (h, sock) = host("conns");
+    let (h, sock) = common::host("hostile", "conns");
     let live = || h.stats().live_conns.load(Ordering::Relaxed);
     let mut conns: Vec<_> = (0..MAX_CONNS)
         .map(|_| Conn::connect(&sock).unwrap())
@@ -361,7 +342,7 @@ fn connections_are_bounded() {
 /// for works (several replies), and every page is the right one.
 #[test]
 fn map_of_more_chunks_than_one_message_carries() {
-    let (_h, sock) = host("bigmap");
+    let (_h, sock) = common::host("hostile", "bigmap");
     let g = RemoteDomain::join(&sock, Some(DomId(1))).unwrap();
     let m = RemoteDomain::join(&sock, Some(DomId(2))).unwrap();
     let n = 3 * MAX_FDS + 5;
@@ -403,7 +384,7 @@ fn map_of_more_chunks_than_one_message_carries() {
 /// table, and a QUARANTINE message carries a bounded count.
 #[test]
 fn quarantine_and_export_notify_input_is_checked() {
-    let (_h, sock) = host("quar");
+    let (_h, sock) = common::host("hostile", "quar");
     let (a, _j) = raw_join(&sock, 1);
     let entries = HostConfig::new("x").domain.grant_frames * (PAGE_SIZE as u32 / 8);
     let quarantine = |refs: &[u32]| {
@@ -452,7 +433,7 @@ fn quarantine_and_export_notify_input_is_checked() {
 #[test]
 fn chunk_fds_are_checked() {
     use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
-    let (_h, sock) = host("memfd");
+    let (_h, sock) = common::host("hostile", "memfd");
     let (a, _j) = raw_join(&sock, 1);
     let add = |fd: std::os::fd::BorrowedFd<'_>, pages: u64| {
         let mut w = Writer::new(op::ADD_CHUNK);
@@ -527,7 +508,7 @@ fn chunk_fds_are_checked() {
 #[test]
 fn read_only_grant_cannot_be_written_through_its_fd() {
     use rustix::mm::{mmap, mprotect, munmap, MapFlags, MprotectFlags, ProtFlags};
-    let (_h, sock) = host("ro");
+    let (_h, sock) = common::host("hostile", "ro");
     let g = RemoteDomain::join(&sock, Some(DomId(1))).unwrap();
     let share = g.exporter().share(DomId(2), 1, Access::ReadOnly).unwrap();
     share.mem().fill(0, PAGE_SIZE, 0x11).unwrap();
@@ -651,7 +632,7 @@ fn read_only_grant_cannot_be_written_through_its_fd() {
 /// can describe (6,100 in one domain, plus a second domain after it).
 #[test]
 fn grant_inspector_pages_large_tables() {
-    let (_h, sock) = host("inspect");
+    let (_h, sock) = common::host("hostile", "inspect");
     let a = RemoteDomain::join(&sock, Some(DomId(1))).unwrap();
     let b = RemoteDomain::join(&sock, Some(DomId(2))).unwrap();
     let big = a
@@ -685,7 +666,7 @@ const SOFT_NOFILE: u64 = 1024;
 /// every page. Neither holds an fd per share.
 #[test]
 fn blkfront_pool_of_1024_shares_within_1024_fds() {
-    let (h, sock) = host("pool");
+    let (h, sock) = common::host("hostile", "pool");
     let mut g = Proc::spawn("pool-granter", &[("XS_SOCK", sock.display().to_string())]);
     let line = g.expect("refs ");
     let refs = line.trim_start_matches("refs ").to_string();

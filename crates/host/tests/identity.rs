@@ -6,23 +6,22 @@
 //! only for it.
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use xenshare::store::{Client, PermKind, Perms, UnixTransport, XsError};
 use xenshare::DomId;
 use xenshare_host::client::{ClientError, Conn};
 use xenshare_host::toolstack::{domain_xenstore_path, Token};
 use xenshare_host::wire::{op, RemoteError, Writer};
-use xenshare_host::{Host, HostConfig, RemoteDomain};
+use xenshare_host::{Host, RemoteDomain};
 
-#[path = "../../conformance/src/support.rs"]
-mod support;
+mod common;
+
+use common::{support, wait_for};
 
 /// A host in its own directory, removed (after the host) when dropped.
 fn host(name: &str) -> support::Scoped<Host> {
-    let dir = support::TempDir::new(&format!("ident-{name}"));
-    let h = Host::spawn(HostConfig::new(dir.join("h.sock"))).unwrap();
-    support::Scoped::new(h, dir)
+    common::host("ident", name).0
 }
 
 fn join_raw(c: &Conn, want: u32) -> Result<u16, ClientError> {
@@ -105,14 +104,6 @@ fn inspector_refuses_an_unprivileged_connection() {
     for p in [h.path(), h.xenstore_path()] {
         let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", p.display());
-    }
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

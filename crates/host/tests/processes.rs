@@ -11,6 +11,8 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 mod common;
+
+use common::wait_for;
 use common::Proc;
 use std::time::{Duration, Instant};
 
@@ -19,32 +21,10 @@ use xenshare::store::UnixTransport;
 use xenshare::vchan::server_init;
 use xenshare::{Access, DomId, GrantRef};
 use xenshare_host::client::RemoteDomain;
-use xenshare_host::daemon::{Host, HostConfig};
-
-#[path = "../../conformance/src/support.rs"]
-mod support;
-
-/// A host in its own directory, removed (after the host) when dropped.
-fn host(name: &str) -> (support::Scoped<Host>, PathBuf) {
-    let dir = support::TempDir::new(&format!("proc-{name}"));
-    let sock = dir.join("h.sock");
-    (
-        support::Scoped::new(Host::spawn(HostConfig::new(&sock)).unwrap(), dir),
-        sock,
-    )
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 #[test]
 fn msa02_across_processes() {
-    let (h, sock) = host("msa02");
+    let (h, sock) = common::host("proc", "msa02");
     let granter = RemoteDomain::join(&sock, Some(DomId(1))).unwrap();
     let share = granter
         .exporter()
@@ -118,7 +98,7 @@ fn msa02_across_processes() {
 
 #[test]
 fn refused_maps_carry_xen_statuses_across_processes() {
-    let (_h, sock) = host("refused");
+    let (_h, sock) = common::host("proc", "refused");
     let granter = RemoteDomain::join(&sock, Some(DomId(1))).unwrap();
     let ro = granter
         .exporter()
@@ -140,7 +120,7 @@ fn refused_maps_carry_xen_statuses_across_processes() {
 
 #[test]
 fn killed_domain_process_mid_transfer() {
-    let (h, sock) = host("kill");
+    let (h, sock) = common::host("proc", "kill");
     let server = RemoteDomain::join(&sock, Some(DomId(1))).unwrap();
     let mut xs = Client::new(UnixTransport::connect(server.xenstore_path()).unwrap());
     let path = "/local/domain/1/data/vchan/kill";
@@ -207,7 +187,7 @@ fn killed_domain_process_mid_transfer() {
 #[test]
 fn doorbell_storm_from_another_process_does_not_extend_a_timeout() {
     const TIMEOUT: Duration = Duration::from_millis(300);
-    let (_h, sock) = host("storm");
+    let (_h, sock) = common::host("proc", "storm");
     let server = RemoteDomain::join(&sock, Some(DomId(1))).unwrap();
     let mut xs = Client::new(UnixTransport::connect(server.xenstore_path()).unwrap());
     let path = "/local/domain/1/data/vchan/storm";

@@ -6,6 +6,7 @@ use xenshare::platform::{CopyDst, CopyOp, CopySrc, EventChannels, GrantPtr};
 use xenshare::{Access, DomId, GrantRef};
 use xenshare_abi::grant::GNTTAB_NR_RESERVED_ENTRIES;
 use xenshare_sim::{DomainConfig, Hypervisor};
+use xenshare_testkit::two_domains;
 
 fn status(e: MapError) -> GntSt {
     match e {
@@ -16,9 +17,7 @@ fn status(e: MapError) -> GntSt {
 
 #[test]
 fn refused_maps_report_xen_statuses() {
-    let hv = Hypervisor::new();
-    let a = hv.create_domain(DomainConfig::default()).unwrap();
-    let b = hv.create_domain(DomainConfig::default()).unwrap();
+    let (hv, a, b) = two_domains();
     let c = hv.create_domain(DomainConfig::default()).unwrap();
 
     let ro = a.exporter().share(b.id(), 1, Access::ReadOnly).unwrap();
@@ -72,9 +71,7 @@ fn refused_maps_report_xen_statuses() {
 
 #[test]
 fn partial_batch_is_rolled_back() {
-    let hv = Hypervisor::new();
-    let a = hv.create_domain(DomainConfig::default()).unwrap();
-    let b = hv.create_domain(DomainConfig::default()).unwrap();
+    let (_hv, a, b) = two_domains();
     let s = a.exporter().share(b.id(), 3, Access::ReadWrite).unwrap();
     let mut refs = s.refs().to_vec();
     refs.insert(2, GrantRef(4000)); // not granted
@@ -224,15 +221,24 @@ fn granted_pages_never_carry_stale_data() {
 
 #[test]
 fn grant_copy_follows_the_rules() {
-    let hv = Hypervisor::new();
-    let a = hv.create_domain(DomainConfig::default()).unwrap();
-    let b = hv.create_domain(DomainConfig::default()).unwrap();
+    let (_hv, a, b) = two_domains();
     let rw = a.exporter().share(b.id(), 1, Access::ReadWrite).unwrap();
     let ro = a.exporter().share(b.id(), 1, Access::ReadOnly).unwrap();
     ro.mem().write(100, b"granted bytes").unwrap();
 
     let mut out = [0u8; 13];
     let data = *b"copied in!!!!";
+    // A copy of `data` into `a`'s grant `gref` at `offset`.
+    let into = |gref, offset| CopyOp {
+        src: CopySrc::Local(&data),
+        dst: CopyDst::Grant(GrantPtr {
+            dom: a.id(),
+            gref,
+            offset,
+        }),
+        len: 13,
+        status: GntSt::Okay,
+    };
     let mut ops = [
         CopyOp {
             src: CopySrc::Grant(GrantPtr {
@@ -244,38 +250,11 @@ fn grant_copy_follows_the_rules() {
             len: 13,
             status: GntSt::Okay,
         },
-        CopyOp {
-            src: CopySrc::Local(&data),
-            dst: CopyDst::Grant(GrantPtr {
-                dom: a.id(),
-                gref: rw.refs()[0],
-                offset: 4000,
-            }),
-            len: 13,
-            status: GntSt::Okay,
-        },
+        into(rw.refs()[0], 4000),
         // Writing into a read-only grant.
-        CopyOp {
-            src: CopySrc::Local(&data),
-            dst: CopyDst::Grant(GrantPtr {
-                dom: a.id(),
-                gref: ro.refs()[0],
-                offset: 0,
-            }),
-            len: 13,
-            status: GntSt::Okay,
-        },
+        into(ro.refs()[0], 0),
         // Crossing the page end.
-        CopyOp {
-            src: CopySrc::Local(&data),
-            dst: CopyDst::Grant(GrantPtr {
-                dom: a.id(),
-                gref: rw.refs()[0],
-                offset: 4090,
-            }),
-            len: 13,
-            status: GntSt::Okay,
-        },
+        into(rw.refs()[0], 4090),
     ];
     b.importer().copy(&mut ops);
     let st: Vec<GntSt> = ops.iter().map(|o| o.status).collect();
@@ -299,9 +278,7 @@ fn grant_copy_follows_the_rules() {
 
 #[test]
 fn unmap_notify_clears_byte_and_sends_event_on_unmap_and_death() {
-    let hv = Hypervisor::new();
-    let server = hv.create_domain(DomainConfig::default()).unwrap();
-    let client = hv.create_domain(DomainConfig::default()).unwrap();
+    let (hv, server, client) = two_domains();
     let sev = server.evtchn().unwrap();
     let cev = client.evtchn().unwrap();
     let sport = sev.alloc_unbound(client.id()).unwrap();
@@ -357,9 +334,7 @@ fn unmap_notify_clears_byte_and_sends_event_on_unmap_and_death() {
 
 #[test]
 fn domain_death_releases_mappings_and_quarantine_drains() {
-    let hv = Hypervisor::new();
-    let guest = hv.create_domain(DomainConfig::default()).unwrap();
-    let peer = hv.create_domain(DomainConfig::default()).unwrap();
+    let (_hv, guest, peer) = two_domains();
     let mut maps = Vec::new();
     for _ in 0..10 {
         let s = guest
@@ -390,9 +365,7 @@ fn domain_death_releases_mappings_and_quarantine_drains() {
 
 #[test]
 fn peer_death_closes_event_channels() {
-    let hv = Hypervisor::new();
-    let a = hv.create_domain(DomainConfig::default()).unwrap();
-    let b = hv.create_domain(DomainConfig::default()).unwrap();
+    let (hv, a, b) = two_domains();
     let ea = a.evtchn().unwrap();
     let eb = b.evtchn().unwrap();
     let pa = ea.alloc_unbound(b.id()).unwrap();

@@ -7,6 +7,7 @@
 use xenshare::platform::PageSet;
 use xenshare::{Access, DomId};
 use xenshare_sim::{DomainConfig, Hypervisor};
+use xenshare_testkit::two_domains;
 
 #[test]
 fn peer_keeping_its_mapping_never_sees_reused_memory() {
@@ -110,9 +111,7 @@ fn peer_keeping_its_mapping_never_sees_reused_memory() {
 
 #[test]
 fn partially_released_multi_page_share_revokes_what_it_can() {
-    let hv = Hypervisor::new();
-    let a = hv.create_domain(DomainConfig::default()).unwrap();
-    let b = hv.create_domain(DomainConfig::default()).unwrap();
+    let (_hv, a, b) = two_domains();
     let share = a.exporter().share(b.id(), 3, Access::ReadWrite).unwrap();
     let refs = share.refs().to_vec();
     let keep = b.importer().map_ro(a.id(), &refs[1..2]).unwrap();

@@ -10,11 +10,13 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use xenshare_testkit::adversary::RawIndices;
+use xenshare_testkit::two_domains;
 
 use xenshare::event::Channel;
 use xenshare::ring::{ring_bytes, BackRing, FrontRing, Outstanding, RingError};
 use xenshare::Access;
-use xenshare_sim::{DomainConfig, Hypervisor, SimEvtchn};
+use xenshare_sim::SimEvtchn;
 
 /// A blkif-like request on the wire: id, opcode, sector, length.
 ///
@@ -101,9 +103,7 @@ fn serve(mut ring: BackRing<'_, Req, Rsp>, chan: &Channel<SimEvtchn>) -> (u64, u
 /// Runs `ops` requests from a front domain to a back domain over a ring of
 /// order `order`.
 fn round_trip(order: u32, ops: u64) {
-    let hv = Hypervisor::new();
-    let front_dom = hv.create_domain(DomainConfig::default()).unwrap();
-    let back_dom = hv.create_domain(DomainConfig::default()).unwrap();
+    let (_hv, front_dom, back_dom) = two_domains();
 
     // Front: grant the pages, initialise the ring, open a port. (Xenstore
     // would carry the refs and port; here the test hands them over.)
@@ -202,9 +202,7 @@ fn multi_page_ring() {
 
 #[test]
 fn malicious_back_end_breaks_the_ring_not_the_front_end() {
-    let hv = Hypervisor::new();
-    let front_dom = hv.create_domain(DomainConfig::default()).unwrap();
-    let back_dom = hv.create_domain(DomainConfig::default()).unwrap();
+    let (_hv, front_dom, back_dom) = two_domains();
     let share = front_dom
         .exporter()
         .share(back_dom.id(), 1, Access::ReadWrite)
@@ -213,8 +211,7 @@ fn malicious_back_end_breaks_the_ring_not_the_front_end() {
         .importer()
         .map_rw(front_dom.id(), share.refs())
         .unwrap();
-    let peer = mapping.mem();
-    let rsp_prod = peer.atomic_u32(8).unwrap();
+    let peer = RawIndices::new(mapping.mem());
 
     let send = |front: &mut FrontRing<'_, Req, Rsp>, inflight: &mut Outstanding, n: u64| {
         for i in 0..n {
@@ -228,7 +225,7 @@ fn malicious_back_end_breaks_the_ring_not_the_front_end() {
     let mut front = FrontRing::<Req, Rsp>::init(share.mem()).unwrap();
     let mut inflight = Outstanding::new(front.size() as usize);
     send(&mut front, &mut inflight, 4);
-    rsp_prod.store(front.size() * 3 / 2, std::sync::atomic::Ordering::Release);
+    peer.set_rsp_prod(front.size() * 3 / 2);
     let err = front.next_response().unwrap_err();
     assert!(
         matches!(err, RingError::ProducerOverflow { max: 4, .. }),
@@ -242,7 +239,7 @@ fn malicious_back_end_breaks_the_ring_not_the_front_end() {
     // ring API (a peer can of course write any bytes it likes).
     let mut front = FrontRing::<Req, Rsp>::init(share.mem()).unwrap();
     let mut inflight = Outstanding::new(front.size() as usize);
-    let mut back = BackRing::<Req, Rsp>::attach(peer).unwrap();
+    let mut back = BackRing::<Req, Rsp>::attach(mapping.mem()).unwrap();
     send(&mut front, &mut inflight, 2);
     let [first, ..] = back.next_request().unwrap().unwrap();
     back.next_request().unwrap().unwrap();

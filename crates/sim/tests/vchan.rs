@@ -4,6 +4,8 @@
 
 use std::collections::VecDeque;
 use std::time::Duration;
+use xenshare_testkit::adversary::{vchan_ring, RawIndices};
+use xenshare_testkit::give_home;
 
 use proptest::prelude::*;
 use xenshare::store::client::Client;
@@ -39,10 +41,7 @@ fn world() -> World {
     // The toolstack's job: each guest owns its home directory.
     let mut c0 = inproc::client(&xs, DomId(0));
     for d in [&srv, &cli] {
-        let home = format!("/local/domain/{}", d.id().0);
-        c0.mkdir(&home).unwrap();
-        c0.set_perms(&home, &Perms::owned_by(d.id(), PermKind::None))
-            .unwrap();
+        give_home(&mut c0, d.id()).unwrap();
     }
     World {
         _hv: hv,
@@ -312,10 +311,7 @@ fn corrupted_indices_break_the_vchan_instead_of_overreading() {
     let c = wd.client().unwrap();
     s.set_blocking(false);
     // The client (malicious) claims to have produced 1 MiB into a 4 KiB ring.
-    let ctrl = c.side().ctrl().unwrap();
-    ctrl.atomic_u32(4)
-        .unwrap()
-        .store(1 << 20, std::sync::atomic::Ordering::SeqCst);
+    RawIndices::new(c.side().ctrl().unwrap()).set(vchan_ring::LEFT_PROD, 1 << 20);
     let mut buf = [0u8; 16];
     assert_eq!(s.read(&mut buf), Err(VchanError::Corrupt("read")));
     assert_eq!(
@@ -329,12 +325,7 @@ fn corrupted_indices_break_the_vchan_instead_of_overreading() {
     let mut s = wd.server(4096, 4096);
     let c = wd.client().unwrap();
     s.set_blocking(false);
-    c.side()
-        .ctrl()
-        .unwrap()
-        .atomic_u32(8)
-        .unwrap()
-        .store(0x8000_0000, std::sync::atomic::Ordering::SeqCst);
+    RawIndices::new(c.side().ctrl().unwrap()).set(vchan_ring::RIGHT_CONS, 0x8000_0000);
     assert_eq!(s.write(b"hello"), Err(VchanError::Corrupt("write")));
 }
 

@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
 
 use xenshare::store::{Client, Perms, UnixTransport};
 use xenshare::DomId;
@@ -21,31 +19,6 @@ fn threads(prefix: &str) -> usize {
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .filter(|n| n.trim().starts_with(prefix))
         .count()
-}
-
-fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    false
-}
-
-/// True once the daemon has closed `s`.
-fn closed_by_peer(s: &mut UnixStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = [0u8; 256];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
 }
 
 #[test]
@@ -101,7 +74,7 @@ fn one_thread_serves_every_socket_and_connection_of_a_daemon() {
     let (_, first) = sockets.remove(0);
     drop(first);
     assert!(
-        closed_by_peer(&mut raw),
+        common::closed_by_peer(&mut raw),
         "domain 1's connection stayed open"
     );
     for (dom, c) in clients.iter_mut() {
@@ -118,7 +91,7 @@ fn one_thread_serves_every_socket_and_connection_of_a_daemon() {
     drop(sockets);
     assert_eq!(admin.read("/local/domain/2/c0").unwrap(), b"x");
     drop(dom0_sock);
-    assert!(wait_for(|| threads("xenstored-loop") == 0));
+    assert!(common::wait_for(|| threads("xenstored-loop") == 0));
     // The daemon itself lives on for in-process clients.
     assert_eq!(dom0.read("/local/domain/2/c3").unwrap(), b"x");
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -17,20 +17,6 @@ fn healthy(server: &xenshare_xenstored::ServerHandle) {
     assert_eq!(c.read("/health").unwrap(), b"ok");
 }
 
-/// True once the daemon has closed `s`.
-fn closed_by_peer(s: &mut UnixStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 256];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
-}
-
 #[test]
 fn oversized_length_disconnects_only_that_client() {
     let server = common::daemon("bad-len");
@@ -42,7 +28,7 @@ fn oversized_length_disconnects_only_that_client() {
         len: 1 << 20,
     };
     bad.write_all(&h.encode()).unwrap();
-    assert!(closed_by_peer(&mut bad));
+    assert!(common::closed_by_peer(&mut bad));
     healthy(&server);
 }
 

@@ -3,17 +3,20 @@
 //! watches, a guest's identity and permissions, release, and a guest that
 //! corrupts its ring.
 
+mod common;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xenshare::event::Channel;
 use xenshare::store::client::Client;
-use xenshare::store::perms::{PermKind, Perms};
 use xenshare::store::ring::RingTransport;
 use xenshare::DomId;
 use xenshare_abi::xs::XENSTORE_ERROR_RINGIDX;
 use xenshare_sim::{Domain, DomainConfig, Hypervisor};
+use xenshare_testkit::adversary::{xs_ring, Flooder, RawIndices};
+use xenshare_testkit::give_home;
 use xenshare_xenstored::inproc;
 use xenshare_xenstored::ring::RingServer;
 use xenshare_xenstored::{Config, Daemon};
@@ -64,23 +67,9 @@ fn boot(
     let evt = g.evtchn().unwrap();
     let ch = Channel::alloc_unbound(&evt, h.dom0.id()).unwrap();
     let mut c0 = inproc::client(&h.xs, DomId(0));
-    let home = format!("/local/domain/{}", g.id().0);
-    c0.mkdir(&home).unwrap();
-    c0.set_perms(&home, &Perms::owned_by(g.id(), PermKind::None))
-        .unwrap();
+    give_home(&mut c0, g.id()).unwrap();
     c0.introduce(g.id(), gfn as i64, ch.port().0).unwrap();
     (g, evt, ch)
-}
-
-fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    false
 }
 
 #[test]
@@ -164,7 +153,7 @@ fn many_guests_and_release() {
     // Releasing one guest stops its link; the others carry on.
     let (gone, _) = clients.remove(0);
     c0.release(gone).unwrap();
-    assert!(wait_for(|| !h._rings.attached().contains(&gone)));
+    assert!(common::wait_for(|| !h._rings.attached().contains(&gone)));
     assert!(!c0.is_domain_introduced(gone).unwrap());
     for (id, c) in clients.iter_mut() {
         assert_eq!(
@@ -174,8 +163,10 @@ fn many_guests_and_release() {
     }
 }
 
-#[test]
-fn guest_corrupting_its_ring_is_cut_off_alone() {
+/// Two guests; `corrupt` scribbles on the bad guest's ring indices and the
+/// bad guest kicks the daemon. It is cut off with `XENSTORE_ERROR_RINGIDX`;
+/// the good guest, which wrote `ok` before, carries on.
+fn corrupt_ring_cuts_off_only_that_guest(corrupt: impl FnOnce(RawIndices<'_>)) {
     let h = host();
     let (bad, _e1, ch_bad) = boot(&h);
     let (good, _e2, ch_good) = boot(&h);
@@ -183,23 +174,25 @@ fn guest_corrupting_its_ring_is_cut_off_alone() {
     let mut good_c =
         Client::new(RingTransport::new(good.xenstore_page().unwrap(), ch_good).unwrap());
     good_c.write("ok", b"1").unwrap();
-    assert!(wait_for(|| h._rings.attached().contains(&bad.id())));
-    // The bad guest claims 64 KiB of requests in a 1 KiB ring.
-    bad_page
-        .atomic_u32(2052)
-        .unwrap()
-        .store(65536, Ordering::SeqCst);
+    assert!(common::wait_for(|| h._rings.attached().contains(&bad.id())));
+    corrupt(RawIndices::new(bad_page));
     ch_bad.notify().unwrap();
     assert!(
-        wait_for(|| !h._rings.attached().contains(&bad.id())),
+        common::wait_for(|| !h._rings.attached().contains(&bad.id())),
         "corrupt guest still served"
     );
     assert_eq!(
-        bad_page.atomic_u32(2072).unwrap().load(Ordering::SeqCst),
+        RawIndices::new(bad_page).get(xs_ring::ERROR),
         XENSTORE_ERROR_RINGIDX
     );
     // The good guest is unaffected.
     assert_eq!(good_c.read("ok").unwrap(), b"1");
+}
+
+#[test]
+fn guest_corrupting_its_ring_is_cut_off_alone() {
+    // The bad guest claims 64 KiB of requests in a 1 KiB ring.
+    corrupt_ring_cuts_off_only_that_guest(|r| r.set(xs_ring::REQ_PROD, 65536));
 }
 
 /// A guest that never reads its ring while a peer writes a node it
@@ -373,28 +366,25 @@ fn one_thread_serves_many_guests_at_once() {
 /// at its next turn; another guest is unaffected.
 #[test]
 fn guest_rewriting_the_daemons_index_is_cut_off() {
+    corrupt_ring_cuts_off_only_that_guest(|r| r.bump(xs_ring::RSP_PROD, 7));
+}
+
+/// A guest that floods its event channel to the daemon, with nothing in
+/// its ring, does not starve another guest: every request of the other
+/// guest is answered while the flood goes on.
+#[test]
+fn guest_flooding_events_does_not_starve_another_guest() {
     let h = host();
     let (bad, _e1, ch_bad) = boot(&h);
     let (good, _e2, ch_good) = boot(&h);
-    let bad_page = bad.xenstore_page().unwrap();
+    assert!(common::wait_for(|| h._rings.attached().contains(&bad.id())));
     let mut good_c =
         Client::new(RingTransport::new(good.xenstore_page().unwrap(), ch_good).unwrap());
-    assert!(wait_for(|| h._rings.attached().contains(&bad.id())));
-    // rsp_prod: 2048 bytes of rings, then req_cons, req_prod, rsp_cons.
-    let rsp_prod = bad_page.atomic_u32(2060).unwrap();
-    rsp_prod.store(
-        rsp_prod.load(Ordering::SeqCst).wrapping_add(7),
-        Ordering::SeqCst,
-    );
-    ch_bad.notify().unwrap();
-    assert!(
-        wait_for(|| !h._rings.attached().contains(&bad.id())),
-        "guest still served"
-    );
-    assert_eq!(
-        bad_page.atomic_u32(2072).unwrap().load(Ordering::SeqCst),
-        XENSTORE_ERROR_RINGIDX
-    );
-    good_c.write("ok", b"1").unwrap();
-    assert_eq!(good_c.read("ok").unwrap(), b"1");
+    let flood = Flooder::spawn(ch_bad);
+    for i in 0..50u32 {
+        good_c.write("n", i.to_string().as_bytes()).unwrap();
+        assert_eq!(good_c.read("n").unwrap(), i.to_string().as_bytes());
+    }
+    let (sent, _ch) = flood.stop();
+    assert!(sent > 0, "the flood happened");
 }

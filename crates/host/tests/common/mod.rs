@@ -5,7 +5,34 @@
 #![allow(dead_code)] // each test binary uses what it needs
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use xenshare_host::{Host, HostConfig};
+
+#[path = "../../../conformance/src/support.rs"]
+pub mod support;
+
+/// A host in its own directory `{tag}-{name}`, removed (after the host)
+/// when dropped, and its socket path.
+pub fn host(tag: &str, name: &str) -> (support::Scoped<Host>, PathBuf) {
+    let dir = support::TempDir::new(&format!("{tag}-{name}"));
+    let sock = dir.join("h.sock");
+    (
+        support::Scoped::new(Host::spawn(HostConfig::new(&sock)).unwrap(), dir),
+        sock,
+    )
+}
+
+/// Polls `f` every 5 ms; panics naming `what` after 60 s.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
 
 /// A child process of the running test binary, playing one role.
 pub struct Proc {

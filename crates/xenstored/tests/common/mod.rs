@@ -1,9 +1,12 @@
 //! Helpers shared by the conformance tests.
 #![allow(dead_code)]
 
+use std::io::Read;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use xenshare_xenstored::{spawn, Config, ServerHandle};
 
@@ -61,4 +64,31 @@ pub fn xs_ok(server: &ServerHandle, tool: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stdout)
     );
     String::from_utf8(o.stdout).unwrap()
+}
+
+/// Polls `f` every 5 ms for up to 20 s; true once it holds.
+pub fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// True once the daemon has closed `s` (reads and discards until then,
+/// for up to 10 s).
+pub fn closed_by_peer(s: &mut UnixStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
 }
