@@ -44,6 +44,7 @@ extern crate alloc;
 pub mod blk;
 pub mod console;
 mod deadline;
+pub mod error;
 pub mod event;
 pub mod grant;
 pub mod mem;

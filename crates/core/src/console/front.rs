@@ -168,7 +168,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
     /// Writes all of `data`, waiting for the back end to make room; gives
     /// up when the back end makes no room for `timeout` (the clock restarts
     /// only when bytes go out, never on an event that brought no room). On
-    /// [`ConsoleError::TimedOut`] part of the data may have been written.
+    /// a timeout ([`crate::error::DeviceError::Timeout`]) part of the data may have been written.
     pub fn write_all(
         &mut self,
         mut data: &[u8],
@@ -183,7 +183,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
                 continue;
             }
             let Some(w) = deadline.next_wait(WAIT_SLICE) else {
-                return Err(ConsoleError::TimedOut);
+                return Err(crate::error::DeviceError::Timeout.into());
             };
             self.wait(w)?;
             deadline.charge_wait(w);
@@ -193,7 +193,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
 
     /// Reads at least one byte, waiting up to `timeout` in all (`None`:
     /// forever): events that bring no data do not extend it. Returns
-    /// [`ConsoleError::TimedOut`] if nothing came.
+    /// a timeout ([`crate::error::DeviceError::Timeout`]) if nothing came.
     pub fn read_timeout(
         &mut self,
         buf: &mut [u8],
@@ -209,7 +209,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
                 return Ok(n);
             }
             let Some(w) = deadline.next_wait(WAIT_SLICE) else {
-                return Err(ConsoleError::TimedOut);
+                return Err(crate::error::DeviceError::Timeout.into());
             };
             self.wait(w)?;
             deadline.charge_wait(w);

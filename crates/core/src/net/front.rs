@@ -29,7 +29,7 @@ use xenshare_abi::PAGE_SIZE;
 use super::owned::RingIn;
 use super::xenbus::FrontendKeys;
 use super::{
-    slots_for, Latch, Mac, NetError, NetifRxRequest, NetifRxResponse, NetifTxRequest,
+    slots_for, DeviceError, Latch, Mac, NetError, NetifRxRequest, NetifRxResponse, NetifTxRequest,
     NetifTxResponse, MAX_FRAME, MAX_FRAME_NO_SG, MAX_SLOTS,
 };
 use crate::event::Channel;
@@ -268,7 +268,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
                 .share_pages(self.backend, p, access)
                 .map_err(|(e, p)| {
                     self.pool.extend(p);
-                    NetError::Grant(e)
+                    NetError::from(e)
                 }),
             None => {
                 let s = self.exporter.share(self.backend, 1, access)?;
@@ -865,7 +865,7 @@ mod with_std {
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(NetError::Timeout);
+                    return Err(DeviceError::Timeout.into());
                 }
                 self.wait(Some(left))?;
             }
