@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use blk_common::*;
 use xenshare::blk::{BackConfig, BackExit, BlkError};
+use xenshare::error::DeviceError;
 use xenshare::ring::{FrontRing, RingError};
 use xenshare::store::xenbus::{read_state, XenbusState};
 use xenshare::{Access, GrantRef};
@@ -405,10 +406,9 @@ fn overflowing_request_producer_breaks_the_connection() {
     assert!(
         matches!(
             runs.last(),
-            Some(Err(BlkError::Ring(RingError::ProducerOverflow {
-                prod: 1000,
-                ..
-            })))
+            Some(Err(BlkError::Core(DeviceError::Ring(
+                RingError::ProducerOverflow { prod: 1000, .. }
+            ))))
         ),
         "{runs:?}"
     );

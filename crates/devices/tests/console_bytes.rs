@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{pattern, world, BackThread, SOON};
 use xenshare::console::ConsoleError;
+use xenshare::error::DeviceError;
 use xenshare_abi::console::{XENCONS_IN_SIZE, XENCONS_OUT_SIZE};
 use xenshare_devices::console::{GuestConsole, Line, MemoryTerminal, PtyIo};
 
@@ -256,7 +257,7 @@ fn guest_write_times_out_without_a_backend() {
         &pattern(0, XENCONS_OUT_SIZE + 10),
         Some(Duration::from_millis(50)),
     );
-    assert_eq!(r, Err(ConsoleError::TimedOut));
+    assert_eq!(r, Err(ConsoleError::Core(DeviceError::Timeout)));
     assert!(t0.elapsed() < SOON);
     // Not broken: a back end attaching later drains it.
     assert!(!front.is_broken());

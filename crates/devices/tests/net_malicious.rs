@@ -21,6 +21,7 @@ use net_common::{
     data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
     world_with, Front, RxFront, TxFront, T,
 };
+use xenshare::error::DeviceError;
 use xenshare::net::{
     NetError, NetfrontConfig, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse,
 };
@@ -272,7 +273,9 @@ fn duplicate_tx_response_id_breaks_the_frontend() {
     let e = expect_broken(&mut nf);
     assert_eq!(
         e,
-        NetError::Ring(RingError::NotOutstanding { id: a.id.into() })
+        NetError::Core(DeviceError::Ring(RingError::NotOutstanding {
+            id: a.id.into()
+        }))
     );
 }
 
@@ -294,10 +297,10 @@ fn out_of_range_rx_response_id_breaks_the_frontend() {
     let e = expect_broken(&mut nf);
     assert_eq!(
         e,
-        NetError::Ring(RingError::BadId {
+        NetError::Core(DeviceError::Ring(RingError::BadId {
             id: 999,
             limit: 256
-        })
+        }))
     );
 }
 
@@ -317,7 +320,10 @@ fn overflowing_response_producer_breaks_the_frontend() {
     assert!(
         matches!(
             e,
-            NetError::Ring(RingError::ProducerOverflow { prod: 1000, .. })
+            NetError::Core(DeviceError::Ring(RingError::ProducerOverflow {
+                prod: 1000,
+                ..
+            }))
         ),
         "{e}"
     );
@@ -548,7 +554,10 @@ fn overflowing_request_producer_breaks_the_backend() {
     assert!(
         matches!(
             e,
-            NetError::Ring(RingError::ProducerOverflow { prod: 1000, .. })
+            NetError::Core(DeviceError::Ring(RingError::ProducerOverflow {
+                prod: 1000,
+                ..
+            }))
         ),
         "{e}"
     );

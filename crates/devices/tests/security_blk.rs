@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use blk_common::*;
 use xenshare::blk::{BackConfig, BlkError};
+use xenshare::error::DeviceError;
 use xenshare::ring::{BackRing, FrontRing};
 use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusState};
 use xenshare::{Access, GrantRef};
@@ -277,7 +278,10 @@ fn blkback_refuses_hostile_xenbus_keys() {
         }
         let (_, runs) = bt.stop().unwrap();
         assert!(
-            matches!(runs.last(), Some(Err(BlkError::BadKey { .. }))),
+            matches!(
+                runs.last(),
+                Some(Err(BlkError::Core(DeviceError::BadKey { .. })))
+            ),
             "{keys:?}: {runs:?}"
         );
         assert_eq!(w.dom0.importer().stats().mapped, 0, "{keys:?}");
@@ -465,7 +469,7 @@ fn blkback_refuses_a_reconnect_with_stale_ring_refs() {
     let (_, runs) = bt.stop().unwrap();
     assert!(matches!(runs.first(), Some(Ok(_))), "{runs:?}");
     assert!(
-        matches!(runs.last(), Some(Err(BlkError::Map(_)))),
+        matches!(runs.last(), Some(Err(BlkError::Core(DeviceError::Map(_))))),
         "{runs:?}"
     );
     assert_eq!(w.dom0.importer().stats().mapped, 0);
@@ -586,7 +590,7 @@ fn blkfront_refuses_hostile_backend_keys() {
         let mut fe = w.frontend(quick_front()).unwrap();
         let r = fe.connect(&mut w.client(&w.guest)).map(drop);
         assert!(
-            matches!(r, Err(BlkError::BadKey { ref key, .. }) if key == k),
+            matches!(r, Err(BlkError::Core(DeviceError::BadKey { ref key, .. })) if key == k),
             "{k}={v}: {r:?}"
         );
         fe.release();
@@ -639,7 +643,7 @@ fn blkfront_refuses_hostile_backend_keys() {
             r
         });
         assert!(
-            matches!(r, Err(BlkError::BadKey { ref key, .. }) if key == k),
+            matches!(r, Err(BlkError::Core(DeviceError::BadKey { ref key, .. })) if key == k),
             "{k}={v}: {r:?}"
         );
         fe.release();

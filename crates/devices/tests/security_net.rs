@@ -16,6 +16,7 @@ use net_common::{
     data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
     RxFront, TxFront, World, T,
 };
+use xenshare::error::DeviceError;
 use xenshare::net::xenbus::{BackendFeatures, FrontendKeys};
 use xenshare::net::{NetError, Netfront, NetfrontConfig, NetifRxRequest, NetifTxRequest};
 use xenshare::net::{NetifRxResponse, NetifTxResponse};
@@ -319,7 +320,10 @@ fn netback_refuses_hostile_xenbus_keys() {
         let (bt, _host) = w.backend(0);
         let _pages = publish_hostile_keys(&w, over);
         let e = expect_backend_error(bt);
-        assert!(matches!(e, NetError::BadKey { .. }), "{over:?}: {e}");
+        assert!(
+            matches!(e, NetError::Core(DeviceError::BadKey { .. })),
+            "{over:?}: {e}"
+        );
         assert_eq!(w.dom0.mapped_count(), 0, "{over:?}");
         let mut c0 = w.xs(&w.dom0);
         let back = format!("/local/domain/0/backend/vif/{}/0", w.guest.id().0);
@@ -497,7 +501,7 @@ fn netfront_refuses_hostile_backend_keys() {
             Duration::from_secs(2),
         );
         assert!(
-            matches!(r, Err(NetError::BadKey { ref key, .. }) if key == k),
+            matches!(r, Err(NetError::Core(DeviceError::BadKey { ref key, .. })) if key == k),
             "{k}={v}: {:?}",
             r.err()
         );

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use xenshare::console::xenbus::{connect_back, connect_front, DEVTYPE};
 use xenshare::console::{ConsoleError, ConsoleFront, ConsoleIo, HostError};
+use xenshare::error::DeviceError;
 use xenshare::grant::{Exporter, Importer, Share};
 use xenshare::platform::{EventChannels, ForeignMapper, GrantBackend};
 use xenshare::store::client::{Client, ClientError, Transport};
@@ -206,7 +207,9 @@ where
         Err(e) => {
             remove(xs0);
             return Err(match e {
-                ConsoleError::Store(ClientError::Timeout) => AttachError::NoFrontEnd(guest),
+                ConsoleError::Core(DeviceError::Store(ClientError::Timeout)) => {
+                    AttachError::NoFrontEnd(guest)
+                }
                 e => e.into(),
             });
         }
