@@ -47,6 +47,7 @@ mod deadline;
 pub mod error;
 pub mod event;
 pub mod grant;
+pub mod latch;
 pub mod mem;
 pub mod net;
 pub mod platform;

@@ -25,7 +25,7 @@
 //! [`BlkError::Broken`].
 
 use alloc::collections::VecDeque;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
@@ -46,6 +46,7 @@ use super::{
 };
 use crate::event::Channel;
 use crate::grant::{Busy, Exporter, GrantError, Share};
+use crate::latch::Latch;
 use crate::mem::SharedMem;
 use crate::platform::{EventChannels, GrantBackend};
 use crate::ring::{nr_entries, ring_bytes, FrontRing, Outstanding, RingError};
@@ -203,7 +204,7 @@ struct Io<B: GrantBackend, E: EventChannels> {
     pool: Pool<B>,
     completed: VecDeque<Completion>,
     next_tag: u64,
-    broken: Option<BlkError>,
+    broken: Latch<BlkError>,
     closed: bool,
     /// Where a new [`Disk`] may re-attach to the ring: set when a `Disk` is
     /// dropped with nothing in flight (then every private index equals
@@ -452,7 +453,7 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
             },
             completed: VecDeque::new(),
             next_tag: 0,
-            broken: None,
+            broken: Latch::new(),
             closed: false,
             resume: Some(0),
             call_left: 0,
@@ -472,9 +473,7 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
         if io.closed {
             return Err(BlkError::Core(DeviceError::Closed));
         }
-        if let Some(e) = &io.broken {
-            return Err(BlkError::Broken(e.to_string()));
-        }
+        io.broken.check()?;
         let Some(at) = io.resume.take() else {
             return Err(BlkError::Broken(String::from(
                 "a disk handle was dropped with requests in flight",
@@ -529,7 +528,7 @@ impl<B: GrantBackend, E: EventChannels> core::fmt::Debug for Disk<'_, B, E> {
         f.debug_struct("Disk")
             .field("info", &self.io.info)
             .field("in_flight", &self.io.inflight.in_flight())
-            .field("broken", &self.io.broken)
+            .field("broken", &self.io.broken.cause())
             .finish()
     }
 }
@@ -542,12 +541,12 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
 
     /// The error that broke the disk, if any.
     pub fn error(&self) -> Option<&BlkError> {
-        self.io.broken.as_ref()
+        self.io.broken.cause()
     }
 
     /// Whether a violation, a kept grant or a timeout broke the disk.
     pub fn is_broken(&self) -> bool {
-        self.io.broken.is_some()
+        self.io.broken.is_tripped()
     }
 
     /// Requests in flight.
@@ -575,17 +574,11 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         if self.io.closed {
             return Err(BlkError::Core(DeviceError::Closed));
         }
-        match &self.io.broken {
-            Some(e) => Err(BlkError::Broken(e.to_string())),
-            None => Ok(()),
-        }
+        self.io.broken.check()
     }
 
     fn fail(&mut self, e: BlkError) -> BlkError {
-        if self.io.broken.is_none() {
-            self.io.broken = Some(e.clone());
-        }
-        e
+        self.io.broken.trip(e)
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<(), BlkError> {
@@ -1146,7 +1139,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                 data: data_out,
             }),
         }
-        match &self.io.broken {
+        match self.io.broken.cause() {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
@@ -1259,7 +1252,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     /// released by [`BlkFront::release`] (or the next connect, or drop).
     pub fn close<T: Transport>(mut self, xs: &mut Client<T>) -> Result<(), BlkError> {
         let mut first_err = None;
-        if self.io.broken.is_none() && !self.io.closed {
+        if !self.io.broken.is_tripped() && !self.io.closed {
             while self.io.inflight.in_flight() > 0 {
                 if let Err(e) = self.reap(None) {
                     first_err = Some(e);

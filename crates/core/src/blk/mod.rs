@@ -297,6 +297,14 @@ pub enum BlkError {
 
 crate::wrap_device_error!(BlkError);
 
+impl crate::latch::Fault for BlkError {
+    /// Every call after the disk broke fails with [`BlkError::Broken`],
+    /// naming the first cause.
+    fn broken(cause: &BlkError) -> BlkError {
+        BlkError::Broken(alloc::string::ToString::to_string(cause))
+    }
+}
+
 impl BlkError {
     /// Whether this error means the device can no longer be used.
     pub fn is_fatal(&self) -> bool {

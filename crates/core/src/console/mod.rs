@@ -144,6 +144,21 @@ pub enum ConsoleError {
 
 crate::wrap_device_error!(ConsoleError);
 
+impl crate::latch::Fault for ConsoleError {
+    fn broken(_cause: &ConsoleError) -> ConsoleError {
+        ConsoleError::Broken
+    }
+
+    /// A corrupted index or an event flood breaks the console; other
+    /// errors (a timeout, the host terminal) do not.
+    fn latches(&self) -> bool {
+        matches!(
+            self,
+            ConsoleError::Corrupt(_) | ConsoleError::Broken | ConsoleError::EventFlood(_)
+        )
+    }
+}
+
 /// Checks that `mem` can hold a `xencons_interface`.
 pub(crate) fn check_page(mem: SharedMem<'_>) -> Result<(), ConsoleError> {
     if mem.len() < core::mem::size_of::<xenshare_abi::console::XenconsInterface>() {

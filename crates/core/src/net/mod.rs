@@ -236,27 +236,18 @@ impl NetError {
 }
 
 /// The broken-state latch of one end.
-#[derive(Debug, Default)]
-pub(crate) struct Latch(Option<NetError>);
+pub(crate) type Latch = crate::latch::Latch<NetError>;
 
-impl Latch {
-    pub(crate) fn live(&self) -> Result<(), NetError> {
-        match &self.0 {
-            None => Ok(()),
-            Some(e) => Err(NetError::Broken(alloc::format!("{e}"))),
-        }
+impl crate::latch::Fault for NetError {
+    /// Every call after a fatal error fails with [`NetError::Broken`],
+    /// naming the first cause.
+    fn broken(cause: &NetError) -> NetError {
+        NetError::Broken(alloc::format!("{cause}"))
     }
 
-    /// Latches `e` (keeping the first cause) unless it is transient; returns it.
-    pub(crate) fn trip(&mut self, e: NetError) -> NetError {
-        if !e.is_transient() && self.0.is_none() {
-            self.0 = Some(e.clone());
-        }
-        e
-    }
-
-    pub(crate) fn cause(&self) -> Option<&NetError> {
-        self.0.as_ref()
+    /// Transient errors ([`NetError::is_transient`]) leave the end usable.
+    fn latches(&self) -> bool {
+        !self.is_transient()
     }
 }
 

@@ -94,7 +94,7 @@ pub struct Vchan<S: VchanSide, E: EventChannels> {
     timeout: Option<Duration>,
     /// The current adaptive spin window (see [`SPIN_START`]).
     spin: u32,
-    broken: bool,
+    broken: crate::latch::Latch<VchanError>,
     closed: bool,
     xs_path: Option<String>,
 }
@@ -106,7 +106,7 @@ impl<S: VchanSide, E: EventChannels> core::fmt::Debug for Vchan<S, E> {
             .field("read_order", &self.rd.order())
             .field("write_order", &self.wr.order())
             .field("port", &self.chan.port())
-            .field("broken", &self.broken)
+            .field("broken", &self.broken.cause())
             .finish()
     }
 }
@@ -132,7 +132,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             blocking: true,
             timeout: None,
             spin: SPIN_START,
-            broken: false,
+            broken: crate::latch::Latch::new(),
             closed: false,
             xs_path,
         }
@@ -201,16 +201,13 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     fn check(&self) -> Result<(), VchanError> {
         if self.closed {
             Err(VchanError::Core(DeviceError::Closed))
-        } else if self.broken {
-            Err(VchanError::Broken)
         } else {
-            Ok(())
+            self.broken.check()
         }
     }
 
     fn corrupt(&mut self, which: &'static str) -> VchanError {
-        self.broken = true;
-        VchanError::Corrupt(which)
+        self.broken.trip(VchanError::Corrupt(which))
     }
 
     /// Size of the ring this end reads.
@@ -594,7 +591,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             return;
         }
         // Bytes gathered by write batching still reach the peer.
-        if !self.broken {
+        if !self.broken.is_tripped() {
             let _ = self.publish();
         }
         let off = if S::SERVER { SRV_LIVE } else { CLI_LIVE };

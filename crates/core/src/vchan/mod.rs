@@ -73,3 +73,15 @@ pub enum VchanError {
 }
 
 crate::wrap_device_error!(VchanError);
+
+impl crate::latch::Fault for VchanError {
+    fn broken(_cause: &VchanError) -> VchanError {
+        VchanError::Broken
+    }
+
+    /// Only corrupted indices break a vchan; a timeout, a closed peer or a
+    /// packet too big for the ring do not.
+    fn latches(&self) -> bool {
+        matches!(self, VchanError::Corrupt(_) | VchanError::Broken)
+    }
+}
