@@ -1,8 +1,29 @@
 //! XenBus: the front-end / back-end handshake carried by `state` keys.
 //!
 //! Each side writes its [`XenbusState`] as decimal ASCII into `<dir>/state`
-//! and watches the peer's. The helpers here name the standard directories,
-//! read and write the key, and wait for the peer through a watch.
+//! and watches the peer's. This is the one XenBus helper every driver (blk,
+//! net, console, vchan) and the toolstack code use:
+//!
+//! * **Key reads** with one strictness ([`parse_decimal`]: ASCII digits
+//!   only — no sign, whitespace, NUL, `0x` or trailing garbage, no
+//!   overflow): [`read_u32`] / [`read_u64`] / [`read_str`] /
+//!   [`read_domid`] / [`read_port`] for keys that must be there,
+//!   `*_opt` variants where absence means a default, [`read_bool`] for
+//!   feature flags (`0` or `1`; absent is `false`). A missing or malformed
+//!   key is [`DeviceError::BadKey`] naming the key.
+//! * **States**: [`read_state`], [`write_state`] / [`switch_state`],
+//!   [`XenbusState::is_closing`] and [`check_peer_live`] for a peer that
+//!   left.
+//! * **Waiting**: [`wait_state`], watch-based, with one overall deadline
+//!   that wake-ups do not restart, and a stop flag ([`wait_for_state`] is
+//!   the same wait with XenStore errors).
+//! * **Retries**: [`XS_RETRIES`], the bound on redoing a conflicting
+//!   transaction.
+//! * **Toolstack**: [`create_device`], [`attach_device`], [`remove_device`].
+//!
+//! It lives under [`crate::store`] because it is XenStore conventions on top
+//! of the client, used by every device module; a top-level module would
+//! only have moved 36 import paths.
 
 use alloc::format;
 use alloc::string::String;
