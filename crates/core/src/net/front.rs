@@ -29,7 +29,7 @@ use xenshare_abi::PAGE_SIZE;
 use super::owned::RingIn;
 use super::xenbus::FrontendKeys;
 use super::{
-    slots_for, DeviceError, Latch, Mac, NetError, NetifRxRequest, NetifRxResponse, NetifTxRequest,
+    slots_for, Latch, Mac, NetError, NetifRxRequest, NetifRxResponse, NetifTxRequest,
     NetifTxResponse, MAX_FRAME, MAX_FRAME_NO_SG, MAX_SLOTS,
 };
 use crate::event::Channel;
@@ -865,7 +865,7 @@ mod with_std {
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(DeviceError::Timeout.into());
+                    return Err(crate::error::DeviceError::Timeout.into());
                 }
                 self.wait(Some(left))?;
             }
