@@ -13,6 +13,15 @@
 //! reached only through [`mem::SharedMem`], whose accessors are volatile or
 //! atomic. Data from a peer is copied out once, then validated.
 //!
+//! The split drivers ([`blk`], [`net`], [`console`], [`vchan`]) share three
+//! pieces, each written once: [`store::xenbus`] (typed reads of a peer's
+//! XenStore keys with one strictness, the wait for a peer's state, the
+//! transaction retry policy, the toolstack's device creation), [`error`]
+//! (the [`error::DeviceError`] core each device error wraps, keeping only
+//! its protocol's own variants) and [`latch`] (the "broken after the first
+//! violation" state of every ring and device end). Scoped grants and
+//! mappings are [`grant::scoped`].
+//!
 //! # Example
 //!
 //! The rule at the bottom of the grant API, on one grant entry word: a grant
@@ -44,8 +53,10 @@ extern crate alloc;
 pub mod blk;
 pub mod console;
 mod deadline;
+pub mod error;
 pub mod event;
 pub mod grant;
+pub mod latch;
 pub mod mem;
 pub mod net;
 pub mod platform;

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use xenshare::console::{ConsoleError, ConsoleFront, ConsolePage};
+use xenshare::error::DeviceError;
 use xenshare::platform::EventChannels;
 
 pub use xenshare::console::{ConsoleIo, HostError};
@@ -643,7 +644,7 @@ impl<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>> GuestCo
                 .read_timeout(&mut buf, Some(self.timeout))
             {
                 Ok(n) => self.rx.extend(&buf[..n]),
-                Err(ConsoleError::TimedOut) => {}
+                Err(ConsoleError::Core(DeviceError::Timeout)) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -688,8 +689,8 @@ impl<P: ConsolePage, E: EventChannels, F: BorrowMut<ConsoleFront<P, E>>> GuestCo
 
 fn to_io(e: ConsoleError) -> io::Error {
     let kind = match e {
-        ConsoleError::TimedOut => io::ErrorKind::TimedOut,
-        ConsoleError::Closed => io::ErrorKind::NotConnected,
+        ConsoleError::Core(DeviceError::Timeout) => io::ErrorKind::TimedOut,
+        ConsoleError::Core(DeviceError::Closed) => io::ErrorKind::NotConnected,
         _ => io::ErrorKind::Other,
     };
     io::Error::new(kind, e)

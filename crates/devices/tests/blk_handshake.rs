@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use xenshare::blk::{BackConfig, BlkError, FrontConfig};
+use xenshare::error::DeviceError;
 use xenshare::store::xenbus::{read_state, XenbusState};
 use xenshare_testkit::blk::*;
 
@@ -168,7 +169,7 @@ fn backend_restart_then_reconnect() {
         // I/O now fails with a clear error instead of hanging.
         let t = std::time::Instant::now();
         let e = disk.read_at(0, &mut [0u8; 4096]).unwrap_err();
-        assert_eq!(e, BlkError::Timeout);
+        assert_eq!(e, BlkError::Core(DeviceError::Timeout));
         assert!(t.elapsed() < Duration::from_secs(5));
         assert!(disk.is_broken());
         assert!(matches!(disk.flush(), Err(BlkError::Broken(_))));

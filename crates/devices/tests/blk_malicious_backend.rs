@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use xenshare::blk::BlkError;
 use xenshare::ring::RingError;
+use xenshare::error::DeviceError;
 use xenshare::{Access, GrantRef};
 use xenshare_abi::blkif::{
     BlkifRequest, BlkifResponse, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_OKAY,
@@ -39,7 +40,7 @@ fn one_read_answered_by(
 /// Asserts that `r` is the ring violation `want` describes, promptly.
 fn assert_ring_error(r: Result<impl std::fmt::Debug, BlkError>, want: fn(&RingError) -> bool) {
     match r {
-        Err(BlkError::Ring(e)) if want(&e) => {}
+        Err(BlkError::Core(DeviceError::Ring(e))) if want(&e) => {}
         other => panic!("expected a ring violation, got {other:?}"),
     }
 }
@@ -221,7 +222,7 @@ fn event_flood() {
         // The flood goes on but answers stop: a clear, bounded timeout.
         answer.store(false, Ordering::Relaxed);
         let t = Instant::now();
-        assert_eq!(disk.flush(), Err(BlkError::Timeout));
+        assert_eq!(disk.flush(), Err(BlkError::Core(DeviceError::Timeout)));
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         assert!(disk.is_broken());
         stop.store(true, Ordering::Relaxed);
@@ -239,7 +240,10 @@ fn silent_backend_times_out_and_page_stays_out_of_reach() {
     {
         let mut disk = fe.disk().unwrap();
         let t = Instant::now();
-        assert_eq!(disk.read_at(0, &mut buf), Err(BlkError::Timeout));
+        assert_eq!(
+            disk.read_at(0, &mut buf),
+            Err(BlkError::Core(DeviceError::Timeout))
+        );
         assert!(t.elapsed() < Duration::from_secs(5));
     }
     assert!(buf.iter().all(|&b| b == 0x11));

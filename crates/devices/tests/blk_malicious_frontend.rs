@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use xenshare::blk::{BackConfig, BackExit, BlkError};
 use xenshare::ring::RingError;
+use xenshare::error::DeviceError;
 use xenshare::store::xenbus::{read_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::blkif::*;
@@ -342,10 +343,9 @@ fn overflowing_request_producer_breaks_the_connection() {
     assert!(
         matches!(
             runs.last(),
-            Some(Err(BlkError::Ring(RingError::ProducerOverflow {
-                prod: 1000,
-                ..
-            })))
+            Some(Err(BlkError::Core(DeviceError::Ring(
+                RingError::ProducerOverflow { prod: 1000, .. }
+            ))))
         ),
         "{runs:?}"
     );

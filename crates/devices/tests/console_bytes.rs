@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use xenshare::console::ConsoleError;
+use xenshare::error::DeviceError;
 use xenshare_abi::console::{XENCONS_IN_SIZE, XENCONS_OUT_SIZE};
 use xenshare_devices::console::{GuestConsole, Line, MemoryTerminal, PtyIo};
 use xenshare_testkit::console::{pattern, world, BackThread, SOON};
@@ -253,7 +254,7 @@ fn guest_write_times_out_without_a_backend() {
         &pattern(0, XENCONS_OUT_SIZE + 10),
         Some(Duration::from_millis(50)),
     );
-    assert_eq!(r, Err(ConsoleError::TimedOut));
+    assert_eq!(r, Err(ConsoleError::Core(DeviceError::Timeout)));
     assert!(t0.elapsed() < SOON);
     // Not broken: a back end attaching later drains it.
     assert!(!front.is_broken());

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use xenshare::console::xenbus::{connect_back, connect_front, SecondaryBack, SecondaryFront};
 use xenshare::console::ConsoleError;
+use xenshare::error::DeviceError;
 use xenshare::store::xenbus::{
     create_device, read_state, wait_for_state, write_state, DeviceSpec, XenbusState,
 };
@@ -68,7 +69,7 @@ fn serve(
     let deadline = std::time::Instant::now() + 3 * SOON;
     loop {
         if std::time::Instant::now() > deadline {
-            return Err(ConsoleError::TimedOut);
+            return Err(ConsoleError::Core(DeviceError::Timeout));
         }
         if !b.console().pump(&mut io)?.any() {
             b.console().wait(Some(Duration::from_millis(5)))?;
@@ -222,7 +223,12 @@ fn backend_closing_during_handshake_is_a_peer_state_error() {
     let (_fdir, bdir) = make_device(&w);
     write_state(&mut w.xs(&w.dom0), &bdir, XenbusState::Closing).unwrap();
     let r = front(&w);
-    assert_eq!(r.err(), Some(ConsoleError::PeerState(XenbusState::Closing)));
+    assert_eq!(
+        r.err(),
+        Some(ConsoleError::Core(DeviceError::PeerState(
+            XenbusState::Closing
+        )))
+    );
     // The page it had granted was given back.
     assert_eq!(w.guest.exporter().stats().live, 0);
 }
@@ -250,14 +256,17 @@ fn frontend_with_bad_keys_is_refused_by_the_backend() {
         xg.write(&format!("{fdir}/port"), port.as_bytes()).unwrap();
         write_state(&mut xg, &fdir, XenbusState::Initialised).unwrap();
         match back(&w) {
-            Err(ConsoleError::BadKey { key, .. }) => assert_eq!(key, want),
+            Err(ConsoleError::Core(DeviceError::BadKey { key, .. })) => assert_eq!(key, want),
             other => panic!("expected a bad {want} key, got {other:?}"),
         }
     }
     // A well-formed ref the guest never granted: the map is refused.
     xg.write(&format!("{fdir}/ring-ref"), b"77").unwrap();
     xg.write(&format!("{fdir}/port"), b"3").unwrap();
-    assert!(matches!(back(&w), Err(ConsoleError::Map(_))));
+    assert!(matches!(
+        back(&w),
+        Err(ConsoleError::Core(DeviceError::Map(_)))
+    ));
     assert_eq!(w.dom0.mapped_count(), 0);
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use xenshare::net::{NetError, NetfrontConfig, NetifRxRequest, NetifRxResponse, NetifTxResponse};
 use xenshare::ring::RingError;
+use xenshare::error::DeviceError;
 use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETTXF_MORE_DATA};
 use xenshare_sim::{DomainConfig, RevocationModel};
@@ -258,7 +259,9 @@ fn duplicate_tx_response_id_breaks_the_frontend() {
     let e = expect_broken(&mut nf);
     assert_eq!(
         e,
-        NetError::Ring(RingError::NotOutstanding { id: a.id.into() })
+        NetError::Core(DeviceError::Ring(RingError::NotOutstanding {
+            id: a.id.into()
+        }))
     );
 }
 
@@ -283,10 +286,10 @@ fn out_of_range_rx_response_id_breaks_the_frontend() {
     });
     assert_eq!(
         e,
-        NetError::Ring(RingError::BadId {
+        NetError::Core(DeviceError::Ring(RingError::BadId {
             id: 999,
             limit: 256
-        })
+        }))
     );
 }
 
@@ -302,7 +305,10 @@ fn overflowing_response_producer_breaks_the_frontend() {
     assert!(
         matches!(
             e,
-            NetError::Ring(RingError::ProducerOverflow { prod: 1000, .. })
+            NetError::Core(DeviceError::Ring(RingError::ProducerOverflow {
+                prod: 1000,
+                ..
+            }))
         ),
         "{e}"
     );
@@ -486,7 +492,10 @@ fn overflowing_request_producer_breaks_the_backend() {
     assert!(
         matches!(
             e,
-            NetError::Ring(RingError::ProducerOverflow { prod: 1000, .. })
+            NetError::Core(DeviceError::Ring(RingError::ProducerOverflow {
+                prod: 1000,
+                ..
+            }))
         ),
         "{e}"
     );

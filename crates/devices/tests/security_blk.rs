@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use xenshare::blk::{BackConfig, BlkError};
+use xenshare::error::DeviceError;
 use xenshare::store::xenbus::{read_state, wait_for_state, write_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::blkif::*;
@@ -244,7 +245,10 @@ fn blkback_refuses_hostile_xenbus_keys() {
         });
         let (_, runs) = bt.stop().unwrap();
         assert!(
-            matches!(runs.last(), Some(Err(BlkError::BadKey { .. }))),
+            matches!(
+                runs.last(),
+                Some(Err(BlkError::Core(DeviceError::BadKey { .. })))
+            ),
             "{keys:?}: {runs:?}"
         );
         assert_eq!(w.dom0.importer().stats().mapped, 0, "{keys:?}");
@@ -409,7 +413,7 @@ fn blkback_refuses_a_reconnect_with_stale_ring_refs() {
     let (_, runs) = bt.stop().unwrap();
     assert!(matches!(runs.first(), Some(Ok(_))), "{runs:?}");
     assert!(
-        matches!(runs.last(), Some(Err(BlkError::Map(_)))),
+        matches!(runs.last(), Some(Err(BlkError::Core(DeviceError::Map(_))))),
         "{runs:?}"
     );
     assert_eq!(w.dom0.importer().stats().mapped, 0);
@@ -518,7 +522,7 @@ fn blkfront_refuses_hostile_backend_keys() {
         let mut fe = w.frontend(quick_front()).unwrap();
         let r = fe.connect(&mut w.client(&w.guest)).map(drop);
         assert!(
-            matches!(r, Err(BlkError::BadKey { ref key, .. }) if key == k),
+            matches!(r, Err(BlkError::Core(DeviceError::BadKey { ref key, .. })) if key == k),
             "{k}={v}: {r:?}"
         );
         fe.release();
@@ -571,7 +575,7 @@ fn blkfront_refuses_hostile_backend_keys() {
             r
         });
         assert!(
-            matches!(r, Err(BlkError::BadKey { ref key, .. }) if key == k),
+            matches!(r, Err(BlkError::Core(DeviceError::BadKey { ref key, .. })) if key == k),
             "{k}={v}: {r:?}"
         );
         fe.release();

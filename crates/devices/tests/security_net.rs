@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use xenshare::error::DeviceError;
 use xenshare::net::xenbus::{BackendFeatures, FrontendKeys};
 use xenshare::net::{NetError, Netfront, NetfrontConfig, NetifRxRequest, NetifTxRequest};
 use xenshare::net::{NetifRxResponse, NetifTxResponse};
@@ -312,7 +313,10 @@ fn netback_refuses_hostile_xenbus_keys() {
         let (bt, _host) = w.vif_backend(0);
         let _pages = publish_hostile_keys(&w, over);
         let e = expect_backend_error(bt);
-        assert!(matches!(e, NetError::BadKey { .. }), "{over:?}: {e}");
+        assert!(
+            matches!(e, NetError::Core(DeviceError::BadKey { .. })),
+            "{over:?}: {e}"
+        );
         assert_eq!(w.dom0.mapped_count(), 0, "{over:?}");
         let mut c0 = w.xs(&w.dom0);
         let back = format!("/local/domain/0/backend/vif/{}/0", w.guest.id().0);
@@ -483,7 +487,7 @@ fn netfront_refuses_hostile_backend_keys() {
         write_state(&mut c0, &paths.back, XenbusState::InitWait).unwrap();
         let r = w.try_netfront(0, Duration::from_secs(2));
         assert!(
-            matches!(r, Err(NetError::BadKey { ref key, .. }) if key == k),
+            matches!(r, Err(NetError::Core(DeviceError::BadKey { ref key, .. })) if key == k),
             "{k}={v}: {:?}",
             r.err()
         );

@@ -24,6 +24,7 @@
 use core::ops::Range;
 use core::sync::atomic::Ordering;
 
+use xenshare::error::DeviceError;
 use xenshare::event::Channel;
 use xenshare::mem::SharedMem;
 use xenshare::vchan::{client_init, server_init, Vchan, VchanError, VchanOrders, VchanSide};
@@ -120,7 +121,7 @@ fn run_in(w: &World, data: &[u8]) {
             Ok(c) => c,
             Err(e) => {
                 assert!(
-                    !valid || matches!(e, VchanError::Map(_)),
+                    !valid || matches!(e, VchanError::Core(DeviceError::Map(_))),
                     "client refused valid orders {orders:?} (was {:?}/{:?}): {e:?}",
                     header.left_order,
                     header.right_order
@@ -294,7 +295,7 @@ fn drive<S: VchanSide>(
                         matches!(
                             r,
                             Err(VchanError::Broken) | Err(VchanError::TooBig { .. }) | Ok(0)
-                        ) || (!reading && matches!(r, Err(VchanError::Closed))),
+                        ) || (!reading && matches!(r, Err(VchanError::Core(DeviceError::Closed)))),
                         "a broken vchan moved data: {r:?}"
                     );
                     continue;
@@ -338,7 +339,7 @@ fn drive<S: VchanSide>(
                         *n
                     }
                     (Err(VchanError::TooBig { .. }), Err("toobig"))
-                    | (Err(VchanError::Closed), Err("closed")) => 0,
+                    | (Err(VchanError::Core(DeviceError::Closed)), Err("closed")) => 0,
                     (Err(VchanError::Corrupt(_)), Err("corrupt")) => {
                         broken = true;
                         0

@@ -8,6 +8,7 @@ use xenshare_testkit::adversary::{vchan_ring, RawIndices};
 use xenshare_testkit::give_home;
 
 use proptest::prelude::*;
+use xenshare::error::DeviceError;
 use xenshare::store::client::Client;
 use xenshare::store::perms::{Perm, PermKind, Perms};
 use xenshare::vchan::{
@@ -370,10 +371,7 @@ fn client_rejects_bad_server_pages() {
     x.write(&format!("{}/ring-ref", wd.path()), b"0").unwrap();
     assert!(matches!(
         wd.client(),
-        Err(VchanError::BadKey {
-            key: "ring-ref",
-            ..
-        })
+        Err(VchanError::Core(DeviceError::BadKey { ref key, .. })) if key == "ring-ref"
     ));
 }
 
@@ -418,7 +416,10 @@ fn dead_peer_is_seen_and_data_drains_before_eof() {
     assert_eq!(s.read(&mut buf).unwrap(), 10);
     assert_eq!(&buf[..10], b"last words");
     assert_eq!(s.read(&mut buf).unwrap(), 0, "EOF after draining");
-    assert_eq!(s.write(b"anyone?"), Err(VchanError::Closed));
+    assert_eq!(
+        s.write(b"anyone?"),
+        Err(VchanError::Core(DeviceError::Closed))
+    );
 
     // The server dies: the client sees srv_live cleared by the export-side notify.
     let wd = world();
@@ -456,7 +457,10 @@ fn blocking_reader_wakes_on_close_and_on_data() {
     let mut s = wd.server(4096, 4096);
     let _c = wd.client().unwrap();
     s.set_timeout(Some(Duration::from_millis(20)));
-    assert_eq!(s.read(&mut [0u8; 4]), Err(VchanError::TimedOut));
+    assert_eq!(
+        s.read(&mut [0u8; 4]),
+        Err(VchanError::Core(DeviceError::Timeout))
+    );
 }
 
 #[test]
@@ -551,8 +555,8 @@ fn doorbell_storm_without_data_does_not_extend_a_timeout() {
         );
         assert!(storming, "the storm ended before the victim returned");
         let (read, read_took, write, write_took) = victim.join().unwrap();
-        assert_eq!(read, Err(VchanError::TimedOut));
-        assert_eq!(write, Err(VchanError::TimedOut));
+        assert_eq!(read, Err(VchanError::Core(DeviceError::Timeout)));
+        assert_eq!(write, Err(VchanError::Core(DeviceError::Timeout)));
         for took in [read_took, write_took] {
             assert!(took >= TIMEOUT, "returned early: {took:?}");
             assert!(took < BOUND, "took {took:?}");
@@ -578,7 +582,9 @@ fn client_refuses_hostile_xenstore_keys() {
         for bad in ["-1", "+5", "0x5", "1 2", "", "4294967296", "abc", "\u{663}"] {
             x.write(&format!("{dir}/{key}"), bad.as_bytes()).unwrap();
             match wd.client() {
-                Err(VchanError::BadKey { key: k, .. }) => assert_eq!(k, key, "{bad:?}"),
+                Err(VchanError::Core(DeviceError::BadKey { key: k, .. })) => {
+                    assert_eq!(k, key, "{bad:?}")
+                }
                 other => panic!("{key}={bad:?}: {other:?}"),
             }
             assert_eq!(wd.cli.importer().stats().mapped, 0, "{key}={bad:?}");

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::OFlags;
 use rustix::io::Errno;
+use xenshare::error::DeviceError;
 use xenshare::platform::EventChannels;
 use xenshare::store::{Client, UnixTransport};
 use xenshare::vchan::{client_init, server_init, Vchan, VchanError, VchanSide};
@@ -655,7 +656,7 @@ fn pump<S: VchanSide, E: EventChannels>(
                         moved |= n > 0;
                     }
                     // The peer closed: what it did not take is dropped.
-                    Err(VchanError::Closed) => peer_open = false,
+                    Err(VchanError::Core(DeviceError::Closed)) => peer_open = false,
                     Err(e) => return Err(verr(e)),
                 }
             }

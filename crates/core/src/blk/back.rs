@@ -37,8 +37,7 @@ use xenshare_abi::blkif::{
 
 use super::wire::{self, DataOp, Limits, Reject, Request, Segment};
 use super::{
-    dec, need_u64, read_opt, read_u64, wait_state, BlkError, BlockStorage, DEVTYPE, MAX_RING_ORDER,
-    SECTOR, XS_RETRIES,
+    dec, BlkError, BlockStorage, DeviceError, DEVTYPE, MAX_RING_ORDER, SECTOR, XS_RETRIES,
 };
 use crate::event::Channel;
 use crate::grant::{Importer, Mapping};
@@ -46,7 +45,10 @@ use crate::mem::SharedMem;
 use crate::platform::{CopyDst, CopyOp, CopySrc, EventChannels, ForeignMapper, GrantPtr};
 use crate::ring::BackRing;
 use crate::store::client::{Client, Transport};
-use crate::store::xenbus::{backend_path, write_state, XenbusState};
+use crate::store::xenbus::{
+    backend_path, read_bool, read_str_opt, read_u64, read_u64_opt, wait_state, write_state,
+    XenbusState,
+};
 use crate::types::{DomId, GrantRef, Port};
 
 /// Requests served between two looks at the stop flag and the front end's
@@ -259,9 +261,11 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         stop: &AtomicBool,
     ) -> Result<BackExit, BlkError> {
         let dir = self.dir.clone();
-        let front = read_opt(xs, &dir, "frontend")?.ok_or_else(|| BlkError::BadKey {
-            key: String::from("frontend"),
-            why: "missing (the toolstack did not create the device)",
+        let front = read_str_opt(xs, &dir, "frontend")?.ok_or_else(|| {
+            DeviceError::bad_key(
+                "frontend",
+                "missing (the toolstack did not create the device)",
+            )
         })?;
         self.publish_features(xs)?;
         let stopped = || stop.load(Ordering::Relaxed);
@@ -270,7 +274,7 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         });
         match waited {
             Ok(_) => {}
-            Err(BlkError::Closed) => {
+            Err(BlkError::Core(DeviceError::Closed)) => {
                 self.close_states(xs, &front, false);
                 return Ok(BackExit::Stopped);
             }
@@ -332,21 +336,18 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         xs: &mut Client<T>,
         front: &str,
     ) -> Result<FrontKeys, BlkError> {
-        let bad = |key: &str, why| BlkError::BadKey {
-            key: String::from(key),
-            why,
-        };
-        let order = match read_u64(xs, front, "ring-page-order")? {
+        let bad = |key: &str, why| BlkError::from(DeviceError::bad_key(key, why));
+        let order = match read_u64_opt(xs, front, "ring-page-order")? {
             None => 0,
             Some(o) if o <= u64::from(self.cfg.max_ring_order.min(MAX_RING_ORDER)) => o as u32,
             Some(_) => return Err(bad("ring-page-order", "above max-ring-page-order")),
         };
         let mut refs = Vec::new();
-        if read_u64(xs, front, "ring-page-order")?.is_none() {
-            refs.push(need_u64(xs, front, "ring-ref")?);
+        if read_u64_opt(xs, front, "ring-page-order")?.is_none() {
+            refs.push(read_u64(xs, front, "ring-ref")?);
         } else {
             for i in 0..(1u32 << order) {
-                refs.push(need_u64(xs, front, &alloc::format!("ring-ref{i}"))?);
+                refs.push(read_u64(xs, front, &alloc::format!("ring-ref{i}"))?);
             }
         }
         let refs = refs
@@ -354,15 +355,14 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             .map(|r| u32::try_from(r).map(GrantRef))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| bad("ring-ref", "out of range"))?;
-        let port = need_u64(xs, front, "event-channel")?;
+        let port = read_u64(xs, front, "event-channel")?;
         let port = u32::try_from(port).map_err(|_| bad("event-channel", "out of range"))?;
-        if let Some(p) = read_opt(xs, front, "protocol")? {
+        if let Some(p) = read_str_opt(xs, front, "protocol")? {
             if p != XEN_IO_PROTO_ABI_NATIVE {
                 return Err(bad("protocol", "unsupported ABI (only the native layout)"));
             }
         }
-        let persistent =
-            self.cfg.persistent && read_u64(xs, front, "feature-persistent")?.unwrap_or(0) != 0;
+        let persistent = self.cfg.persistent && read_bool(xs, front, "feature-persistent")?;
         Ok(FrontKeys {
             refs,
             port: Port(port),
@@ -821,7 +821,7 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
                 front,
                 Some(self.cfg.timeout.unwrap_or(Duration::from_secs(5))),
                 &never,
-                |s| Ok(matches!(s, XenbusState::Closed | XenbusState::Unknown)),
+                |s| Ok::<_, DeviceError>(matches!(s, XenbusState::Closed | XenbusState::Unknown)),
             );
         }
         let _ = write_state(xs, &self.dir, XenbusState::Closed);

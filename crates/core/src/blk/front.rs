@@ -25,7 +25,7 @@
 //! [`BlkError::Broken`].
 
 use alloc::collections::VecDeque;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
@@ -41,16 +41,20 @@ use xenshare_abi::PAGE_SIZE;
 use zerocopy::{FromZeros, IntoBytes};
 
 use super::{
-    dec, need_u64, read_flag, read_opt, read_u64, wait_state, BlkError, Deadline, DiskInfo,
-    Features, DEVTYPE, MAX_RING_ORDER, SECTOR, XS_RETRIES,
+    dec, BlkError, Deadline, DeviceError, DiskInfo, Features, DEVTYPE, MAX_RING_ORDER, SECTOR,
+    XS_RETRIES,
 };
 use crate::event::Channel;
 use crate::grant::{Busy, Exporter, GrantError, Share};
+use crate::latch::Latch;
 use crate::mem::SharedMem;
 use crate::platform::{EventChannels, GrantBackend};
 use crate::ring::{nr_entries, ring_bytes, FrontRing, Outstanding, RingError};
 use crate::store::client::{Client, Transport};
-use crate::store::xenbus::{frontend_path, write_state, XenbusState};
+use crate::store::xenbus::{
+    check_peer_live, frontend_path, read_bool, read_domid, read_str_opt, read_u64, read_u64_opt,
+    wait_state, write_state, XenbusState,
+};
 use crate::types::{Access, DomId, GrantRef};
 
 /// How a front end connects and behaves.
@@ -200,7 +204,7 @@ struct Io<B: GrantBackend, E: EventChannels> {
     pool: Pool<B>,
     completed: VecDeque<Completion>,
     next_tag: u64,
-    broken: Option<BlkError>,
+    broken: Latch<BlkError>,
     closed: bool,
     /// Where a new [`Disk`] may re-attach to the ring: set when a `Disk` is
     /// dropped with nothing in flight (then every private index equals
@@ -257,16 +261,16 @@ fn release_share<B: GrantBackend>(s: Share<B>, r: &mut ReleaseReport) {
 /// The back end's feature keys as they read now.
 fn read_features<T: Transport>(xs: &mut Client<T>, back: &str) -> Result<Features, BlkError> {
     Ok(Features {
-        flush: read_flag(xs, back, "feature-flush-cache")?,
-        barrier: read_flag(xs, back, "feature-barrier")?,
-        discard: read_flag(xs, back, "feature-discard")?,
-        discard_granularity: read_u64(xs, back, "discard-granularity")?.unwrap_or(0),
-        discard_alignment: read_u64(xs, back, "discard-alignment")?.unwrap_or(0),
-        max_indirect_segments: read_u64(xs, back, "feature-max-indirect-segments")?
+        flush: read_bool(xs, back, "feature-flush-cache")?,
+        barrier: read_bool(xs, back, "feature-barrier")?,
+        discard: read_bool(xs, back, "feature-discard")?,
+        discard_granularity: read_u64_opt(xs, back, "discard-granularity")?.unwrap_or(0),
+        discard_alignment: read_u64_opt(xs, back, "discard-alignment")?.unwrap_or(0),
+        max_indirect_segments: read_u64_opt(xs, back, "feature-max-indirect-segments")?
             .unwrap_or(0)
             .min(u64::from(u16::MAX)) as u32,
-        persistent: read_flag(xs, back, "feature-persistent")?,
-        max_ring_order: read_u64(xs, back, "max-ring-page-order")?
+        persistent: read_bool(xs, back, "feature-persistent")?,
+        max_ring_order: read_u64_opt(xs, back, "max-ring-page-order")?
             .unwrap_or(0)
             .min(u64::from(MAX_RING_ORDER)) as u32,
     })
@@ -333,21 +337,15 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
         let cfg = self.cfg;
         let dir = self.dir.clone();
         let never = || false;
-        let back = read_opt(xs, &dir, "backend")?.ok_or_else(|| BlkError::BadKey {
-            key: String::from("backend"),
-            why: "missing (the toolstack did not create the device)",
+        let back = read_str_opt(xs, &dir, "backend")?.ok_or_else(|| {
+            DeviceError::bad_key(
+                "backend",
+                "missing (the toolstack did not create the device)",
+            )
         })?;
-        let backend_id = need_u64(xs, &dir, "backend-id")?;
-        let backend = u16::try_from(backend_id)
-            .ok()
-            .map(DomId)
-            .filter(|d| d.is_real())
-            .ok_or_else(|| BlkError::BadKey {
-                key: String::from("backend-id"),
-                why: "not a domain id",
-            })?;
+        let backend = read_domid(xs, &dir, "backend-id")?;
         wait_state(xs, &back, cfg.timeout, &never, |s| {
-            Ok(matches!(
+            Ok::<_, DeviceError>(matches!(
                 s,
                 XenbusState::InitWait | XenbusState::Initialised
             ))
@@ -394,30 +392,24 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
         // From here on the ring pages are the back end's to map: keep them
         // owned by `self` so they are released (or quarantined) properly.
         self.ring = Some(ring_share);
-        let st = wait_state(xs, &back, cfg.timeout, &never, |s| match s {
-            XenbusState::Connected => Ok(true),
-            XenbusState::Closing | XenbusState::Closed => Err(BlkError::PeerState(s)),
-            _ => Ok(false),
+        let st = wait_state(xs, &back, cfg.timeout, &never, |s| {
+            check_peer_live(s).map(|s| s == XenbusState::Connected)
         })?;
         debug_assert_eq!(st, XenbusState::Connected);
         let features = Features {
             max_ring_order: early.max_ring_order,
             ..read_features(xs, &back)?
         };
-        let sectors = need_u64(xs, &back, "sectors")?;
-        let sector_size = need_u64(xs, &back, "sector-size")?;
-        let info = read_u64(xs, &back, "info")?.unwrap_or(0);
+        let sectors = read_u64(xs, &back, "sectors")?;
+        let sector_size = read_u64(xs, &back, "sector-size")?;
+        let info = read_u64_opt(xs, &back, "info")?.unwrap_or(0);
         if !(512..=65536).contains(&sector_size) || !sector_size.is_power_of_two() {
-            return Err(BlkError::BadKey {
-                key: String::from("sector-size"),
-                why: "not a power of two in 512..=65536",
-            });
+            return Err(
+                DeviceError::bad_key("sector-size", "not a power of two in 512..=65536").into(),
+            );
         }
         if sectors.checked_mul(SECTOR).is_none() {
-            return Err(BlkError::BadKey {
-                key: String::from("sectors"),
-                why: "disk size overflows",
-            });
+            return Err(DeviceError::bad_key("sectors", "disk size overflows").into());
         }
         let persistent = want_persistent && features.persistent;
         let ring_size = nr_entries::<BlkifRequest, BlkifResponse>(ring_bytes(order)) as u32;
@@ -461,7 +453,7 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
             },
             completed: VecDeque::new(),
             next_tag: 0,
-            broken: None,
+            broken: Latch::new(),
             closed: false,
             resume: Some(0),
             call_left: 0,
@@ -476,14 +468,12 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
     /// (their ring state is gone; the connection is then broken).
     pub fn disk(&mut self) -> Result<Disk<'_, B, E>, BlkError> {
         let (Some(ring), Some(io)) = (self.ring.as_ref(), self.io.as_mut()) else {
-            return Err(BlkError::Closed);
+            return Err(BlkError::Core(DeviceError::Closed));
         };
         if io.closed {
-            return Err(BlkError::Closed);
+            return Err(BlkError::Core(DeviceError::Closed));
         }
-        if let Some(e) = &io.broken {
-            return Err(BlkError::Broken(e.to_string()));
-        }
+        io.broken.check()?;
         let Some(at) = io.resume.take() else {
             return Err(BlkError::Broken(String::from(
                 "a disk handle was dropped with requests in flight",
@@ -538,7 +528,7 @@ impl<B: GrantBackend, E: EventChannels> core::fmt::Debug for Disk<'_, B, E> {
         f.debug_struct("Disk")
             .field("info", &self.io.info)
             .field("in_flight", &self.io.inflight.in_flight())
-            .field("broken", &self.io.broken)
+            .field("broken", &self.io.broken.cause())
             .finish()
     }
 }
@@ -551,12 +541,12 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
 
     /// The error that broke the disk, if any.
     pub fn error(&self) -> Option<&BlkError> {
-        self.io.broken.as_ref()
+        self.io.broken.cause()
     }
 
     /// Whether a violation, a kept grant or a timeout broke the disk.
     pub fn is_broken(&self) -> bool {
-        self.io.broken.is_some()
+        self.io.broken.is_tripped()
     }
 
     /// Requests in flight.
@@ -582,19 +572,13 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
 
     fn live(&self) -> Result<(), BlkError> {
         if self.io.closed {
-            return Err(BlkError::Closed);
+            return Err(BlkError::Core(DeviceError::Closed));
         }
-        match &self.io.broken {
-            Some(e) => Err(BlkError::Broken(e.to_string())),
-            None => Ok(()),
-        }
+        self.io.broken.check()
     }
 
     fn fail(&mut self, e: BlkError) -> BlkError {
-        if self.io.broken.is_none() {
-            self.io.broken = Some(e.clone());
-        }
-        e
+        self.io.broken.trip(e)
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<(), BlkError> {
@@ -815,7 +799,9 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     ) -> Result<Submit, BlkError> {
         self.live()?;
         if self.ring.is_full() || self.io.inflight.in_flight() >= self.io.inflight.capacity() {
-            return Ok(Submit::Later(BlkError::Ring(RingError::Full)));
+            return Ok(Submit::Later(BlkError::Core(DeviceError::Ring(
+                RingError::Full,
+            ))));
         }
         let has_data = matches!(kind, IoKind::Read | IoKind::Write);
         let npages = if has_data { len.div_ceil(PAGE_SIZE) } else { 0 };
@@ -830,7 +816,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         } else {
             Access::ReadWrite
         };
-        let exhausted = || BlkError::Grant(GrantError::TableFull);
+        let exhausted = || BlkError::Core(DeviceError::Grant(GrantError::TableFull));
         let Some(data) = self.pages(npages, access)? else {
             return Ok(Submit::Later(exhausted()));
         };
@@ -904,7 +890,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         indirect: &Pages<B>,
     ) -> Result<(), BlkError> {
         let pool = &self.io.pool;
-        let mem_err = |_| BlkError::Grant(GrantError::BadCount(0));
+        let mem_err = |_| BlkError::Core(DeviceError::Grant(GrantError::BadCount(0)));
         let npages = len.div_ceil(PAGE_SIZE);
         let seg = |i: usize| {
             let bytes = (len - i * PAGE_SIZE).min(PAGE_SIZE);
@@ -919,7 +905,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             let src = src.unwrap_or(&[]);
             for i in 0..npages {
                 let chunk = &src[i * PAGE_SIZE..((i + 1) * PAGE_SIZE).min(len)];
-                let m = Self::page_mem(pool, data, i).ok_or(BlkError::Closed)?;
+                let m = Self::page_mem(pool, data, i).ok_or(BlkError::Core(DeviceError::Closed))?;
                 m.write(0, chunk).map_err(mem_err)?;
             }
         }
@@ -948,7 +934,8 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                     let page = i / BLKIF_SEGS_PER_INDIRECT_FRAME;
                     let at = (i % BLKIF_SEGS_PER_INDIRECT_FRAME)
                         * core::mem::size_of::<BlkifRequestSegment>();
-                    let m = Self::page_mem(pool, indirect, page).ok_or(BlkError::Closed)?;
+                    let m = Self::page_mem(pool, indirect, page)
+                        .ok_or(BlkError::Core(DeviceError::Closed))?;
                     m.write_obj(at, &seg(i)).map_err(mem_err)?;
                 }
                 let r = BlkifRequestIndirect {
@@ -1013,7 +1000,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                 Err(e) => return Err(self.fail(e.into())),
             }
             let Some(slice) = deadline.slice(SLICE) else {
-                return Err(self.fail(BlkError::Timeout));
+                return Err(self.fail(BlkError::Core(DeviceError::Timeout)));
             };
             let woke = match self.io.chan.wait(Some(slice)) {
                 Ok(w) => w,
@@ -1102,7 +1089,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                 }
             };
             if !ok {
-                result = Err(BlkError::Closed);
+                result = Err(BlkError::Core(DeviceError::Closed));
             }
         }
         let mut kept = 0;
@@ -1152,7 +1139,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                 data: data_out,
             }),
         }
-        match &self.io.broken {
+        match self.io.broken.cause() {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
@@ -1265,7 +1252,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     /// released by [`BlkFront::release`] (or the next connect, or drop).
     pub fn close<T: Transport>(mut self, xs: &mut Client<T>) -> Result<(), BlkError> {
         let mut first_err = None;
-        if self.io.broken.is_none() && !self.io.closed {
+        if !self.io.broken.is_tripped() && !self.io.closed {
             while self.io.inflight.in_flight() > 0 {
                 if let Err(e) = self.reap(None) {
                     first_err = Some(e);
@@ -1275,7 +1262,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         }
         self.io.closed = true;
         let dir = frontend_path(self.io.exporter.domid(), DEVTYPE, self.io.cfg.devid);
-        let back = read_opt(xs, &dir, "backend")?;
+        let back = read_str_opt(xs, &dir, "backend")?;
         write_state(xs, &dir, XenbusState::Closing)?;
         if let Some(back) = &back {
             let never = || false;

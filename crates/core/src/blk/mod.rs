@@ -51,15 +51,10 @@ pub use front::{BlkFront, Completion, Disk, FrontConfig, IoKind, Tag};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::time::Duration;
 
 pub(crate) use crate::deadline::Deadline;
-use crate::event::EventError;
-use crate::grant::{GrantError, MapError};
+pub use crate::error::DeviceError;
 use crate::mem::{ReadOnly, SharedMem};
-use crate::ring::RingError;
-use crate::store::client::{Client, ClientError, Transport};
-use crate::store::xenbus::{read_state, XenbusState};
 
 /// The XenBus device type of virtual block devices.
 pub const DEVTYPE: &str = "vbd";
@@ -241,40 +236,18 @@ impl DiskInfo {
     }
 }
 
-/// Errors of the block device, both ends.
+/// Errors of the block device, both ends: the [`DeviceError`] core every
+/// driver shares, and what is specific to blkif.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BlkError {
-    /// Sharing pages failed.
-    #[error("grant: {0}")]
-    Grant(#[from] GrantError),
-    /// Mapping the peer's pages failed.
-    #[error("map: {0}")]
-    Map(#[from] MapError),
-    /// An event channel operation failed.
-    #[error("event channel: {0}")]
-    Event(#[from] EventError),
-    /// A XenStore operation failed.
-    #[error("xenstore: {0}")]
-    Store(#[from] ClientError),
-    /// The peer broke the ring protocol (bad index, id or opcode).
-    #[error("ring: {0}")]
-    Ring(#[from] RingError),
+    /// A failure every driver can have (grant, map, event channel,
+    /// XenStore, ring, a bad key, the peer's state, a timeout, closed).
+    #[error(transparent)]
+    Core(#[from] DeviceError),
     /// The host storage failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
-    /// A XenStore key of the peer is missing or malformed.
-    #[error("bad xenstore key {key}: {why}")]
-    BadKey {
-        /// The key.
-        key: String,
-        /// What is wrong.
-        why: &'static str,
-    },
-    /// The peer left the handshake (went to Closing / Closed) or is in a
-    /// state this end cannot work with.
-    #[error("peer is in xenbus state {0:?}")]
-    PeerState(XenbusState),
     /// The back end answered `BLKIF_RSP_ERROR` (or an unknown status).
     #[error("the back end failed the request (status {0})")]
     Io(i16),
@@ -317,15 +290,19 @@ pub enum BlkError {
     /// XSA-396 pattern): the page is quarantined and the disk is broken.
     #[error("back end kept {0} grant(s) mapped after responding; disk is broken")]
     GrantStillMapped(usize),
-    /// Nothing happened within the configured timeout.
-    #[error("timed out")]
-    Timeout,
     /// An earlier violation broke the device; see the device's `error()`.
     #[error("device is broken: {0}")]
     Broken(String),
-    /// The device was closed, or asked to stop.
-    #[error("device closed")]
-    Closed,
+}
+
+crate::wrap_device_error!(BlkError);
+
+impl crate::latch::Fault for BlkError {
+    /// Every call after the disk broke fails with [`BlkError::Broken`],
+    /// naming the first cause.
+    fn broken(cause: &BlkError) -> BlkError {
+        BlkError::Broken(alloc::string::ToString::to_string(cause))
+    }
 }
 
 impl BlkError {
@@ -345,102 +322,7 @@ impl BlkError {
 }
 
 /// How many times a XenStore transaction is retried on conflict.
-pub(crate) const XS_RETRIES: u32 = 16;
-
-/// Reads `<dir>/<key>`; `None` if missing.
-pub(crate) fn read_opt<T: Transport>(
-    xs: &mut Client<T>,
-    dir: &str,
-    key: &str,
-) -> Result<Option<String>, BlkError> {
-    match xs.try_read(&format!("{dir}/{key}"))? {
-        None => Ok(None),
-        Some(v) => {
-            let s = core::str::from_utf8(&v).map_err(|_| BlkError::BadKey {
-                key: String::from(key),
-                why: "not UTF-8",
-            })?;
-            Ok(Some(String::from(s.trim_end_matches('\0').trim())))
-        }
-    }
-}
-
-/// Reads a decimal `<dir>/<key>`; `None` if missing.
-pub(crate) fn read_u64<T: Transport>(
-    xs: &mut Client<T>,
-    dir: &str,
-    key: &str,
-) -> Result<Option<u64>, BlkError> {
-    match read_opt(xs, dir, key)? {
-        None => Ok(None),
-        Some(s) => crate::store::xenbus::parse_decimal(s.as_bytes())
-            .map(Some)
-            .ok_or_else(|| BlkError::BadKey {
-                key: String::from(key),
-                why: "not a decimal number",
-            }),
-    }
-}
-
-/// Reads a required decimal key.
-pub(crate) fn need_u64<T: Transport>(
-    xs: &mut Client<T>,
-    dir: &str,
-    key: &str,
-) -> Result<u64, BlkError> {
-    read_u64(xs, dir, key)?.ok_or_else(|| BlkError::BadKey {
-        key: String::from(key),
-        why: "missing",
-    })
-}
-
-/// Reads a boolean feature key (missing or 0: false).
-pub(crate) fn read_flag<T: Transport>(
-    xs: &mut Client<T>,
-    dir: &str,
-    key: &str,
-) -> Result<bool, BlkError> {
-    Ok(read_u64(xs, dir, key)?.unwrap_or(0) != 0)
-}
-
-/// Waits (watching `<dir>/state`) until `accept` holds, polling `stop`
-/// between wait slices. Returns the accepted state.
-pub(crate) fn wait_state<T: Transport>(
-    xs: &mut Client<T>,
-    dir: &str,
-    timeout: Option<Duration>,
-    stop: &dyn Fn() -> bool,
-    mut accept: impl FnMut(XenbusState) -> Result<bool, BlkError>,
-) -> Result<XenbusState, BlkError> {
-    const SLICE: Duration = Duration::from_millis(20);
-    let key = format!("{dir}/state");
-    let token = format!("blk-wait:{key}");
-    xs.watch(&key, token.as_bytes())?;
-    let mut deadline = Deadline::new(timeout);
-    let result = (|| loop {
-        let s = read_state(xs, dir)?;
-        if accept(s)? {
-            return Ok(s);
-        }
-        loop {
-            if stop() {
-                return Err(BlkError::Closed);
-            }
-            let Some(slice) = deadline.slice(SLICE) else {
-                return Err(BlkError::Timeout);
-            };
-            let ev = xs.next_event(Some(slice))?;
-            deadline.charge(slice);
-            if let Some(ev) = ev {
-                if ev.token == token.as_bytes() {
-                    break;
-                }
-            }
-        }
-    })();
-    let _ = xs.unwatch(&key, token.as_bytes());
-    result
-}
+pub(crate) use crate::store::xenbus::XS_RETRIES;
 
 /// Decimal text for a XenStore value.
 pub(crate) fn dec(v: impl core::fmt::Display) -> Vec<u8> {

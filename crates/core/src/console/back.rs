@@ -47,7 +47,7 @@ pub struct ConsoleBack<P: ConsolePage, E: EventChannels> {
     pending_at: usize,
     pending_end: usize,
     spurious: u32,
-    broken: bool,
+    broken: crate::latch::Latch<ConsoleError>,
 }
 
 impl<P: ConsolePage, E: EventChannels> core::fmt::Debug for ConsoleBack<P, E> {
@@ -56,7 +56,7 @@ impl<P: ConsolePage, E: EventChannels> core::fmt::Debug for ConsoleBack<P, E> {
             .field("port", &self.chan.port())
             .field("out_cons", &self.out_cons)
             .field("in_prod", &self.in_prod)
-            .field("broken", &self.broken)
+            .field("broken", &self.broken.cause())
             .finish()
     }
 }
@@ -83,7 +83,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleBack<P, E> {
             pending_at: 0,
             pending_end: 0,
             spurious: 0,
-            broken: false,
+            broken: crate::latch::Latch::new(),
         };
         // Tell the guest we are here: it may be waiting for room.
         back.chan.notify()?;
@@ -97,7 +97,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleBack<P, E> {
 
     /// True after a protocol violation.
     pub fn is_broken(&self) -> bool {
-        self.broken
+        self.broken.is_tripped()
     }
 
     /// Kicks the guest (it re-reads the indices; events carry no data).
@@ -112,20 +112,11 @@ impl<P: ConsolePage, E: EventChannels> ConsoleBack<P, E> {
     }
 
     fn live(&self) -> Result<(), ConsoleError> {
-        if self.broken {
-            Err(ConsoleError::Broken)
-        } else {
-            Ok(())
-        }
+        self.broken.check()
     }
 
     fn fail<T>(&mut self, r: Result<T, ConsoleError>) -> Result<T, ConsoleError> {
-        if let Err(ConsoleError::Corrupt(_) | ConsoleError::Broken | ConsoleError::EventFlood(_)) =
-            r
-        {
-            self.broken = true;
-        }
-        r
+        self.broken.guard(r)
     }
 
     /// Reads up to `buf.len()` bytes of guest output and notifies the guest
@@ -228,8 +219,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleBack<P, E> {
                 self.chan.handle().unmask(p)?;
                 self.spurious += 1;
                 if self.spurious > SPURIOUS_EVENT_LIMIT {
-                    self.broken = true;
-                    return Err(ConsoleError::EventFlood(self.spurious));
+                    return Err(self.broken.trip(ConsoleError::EventFlood(self.spurious)));
                 }
                 Ok(true)
             }

@@ -25,7 +25,7 @@ pub struct ConsoleFront<P: ConsolePage, E: EventChannels> {
     out_prod: u32,
     in_cons: u32,
     spurious: u32,
-    broken: bool,
+    broken: crate::latch::Latch<ConsoleError>,
 }
 
 impl<P: ConsolePage, E: EventChannels> core::fmt::Debug for ConsoleFront<P, E> {
@@ -34,7 +34,7 @@ impl<P: ConsolePage, E: EventChannels> core::fmt::Debug for ConsoleFront<P, E> {
             .field("port", &self.chan.port())
             .field("out_prod", &self.out_prod)
             .field("in_cons", &self.in_cons)
-            .field("broken", &self.broken)
+            .field("broken", &self.broken.cause())
             .finish()
     }
 }
@@ -58,7 +58,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
             out_prod,
             in_cons,
             spurious: 0,
-            broken: false,
+            broken: crate::latch::Latch::new(),
         })
     }
 
@@ -74,7 +74,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
 
     /// True after a protocol violation.
     pub fn is_broken(&self) -> bool {
-        self.broken
+        self.broken.is_tripped()
     }
 
     /// Kicks the back end (it re-reads the indices; events carry no data).
@@ -88,20 +88,11 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
     }
 
     fn live(&self) -> Result<(), ConsoleError> {
-        if self.broken {
-            Err(ConsoleError::Broken)
-        } else {
-            Ok(())
-        }
+        self.broken.check()
     }
 
     fn fail<T>(&mut self, r: Result<T, ConsoleError>) -> Result<T, ConsoleError> {
-        if let Err(ConsoleError::Corrupt(_) | ConsoleError::Broken | ConsoleError::EventFlood(_)) =
-            r
-        {
-            self.broken = true;
-        }
-        r
+        self.broken.guard(r)
     }
 
     /// Writes as much of `data` as fits in `out` without waiting and
@@ -156,8 +147,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
                 self.chan.handle().unmask(p)?;
                 self.spurious += 1;
                 if self.spurious > SPURIOUS_EVENT_LIMIT {
-                    self.broken = true;
-                    return Err(ConsoleError::EventFlood(self.spurious));
+                    return Err(self.broken.trip(ConsoleError::EventFlood(self.spurious)));
                 }
                 Ok(true)
             }
@@ -168,7 +158,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
     /// Writes all of `data`, waiting for the back end to make room; gives
     /// up when the back end makes no room for `timeout` (the clock restarts
     /// only when bytes go out, never on an event that brought no room). On
-    /// [`ConsoleError::TimedOut`] part of the data may have been written.
+    /// a timeout ([`crate::error::DeviceError::Timeout`]) part of the data may have been written.
     pub fn write_all(
         &mut self,
         mut data: &[u8],
@@ -183,7 +173,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
                 continue;
             }
             let Some(w) = deadline.next_wait(WAIT_SLICE) else {
-                return Err(ConsoleError::TimedOut);
+                return Err(crate::error::DeviceError::Timeout.into());
             };
             self.wait(w)?;
             deadline.charge_wait(w);
@@ -193,7 +183,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
 
     /// Reads at least one byte, waiting up to `timeout` in all (`None`:
     /// forever): events that bring no data do not extend it. Returns
-    /// [`ConsoleError::TimedOut`] if nothing came.
+    /// a timeout ([`crate::error::DeviceError::Timeout`]) if nothing came.
     pub fn read_timeout(
         &mut self,
         buf: &mut [u8],
@@ -209,7 +199,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
                 return Ok(n);
             }
             let Some(w) = deadline.next_wait(WAIT_SLICE) else {
-                return Err(ConsoleError::TimedOut);
+                return Err(crate::error::DeviceError::Timeout.into());
             };
             self.wait(w)?;
             deadline.charge_wait(w);

@@ -44,12 +44,9 @@ pub mod xenbus;
 pub use back::{ConsoleBack, PumpProgress};
 pub use front::ConsoleFront;
 
-use crate::event::EventError;
-use crate::grant::{GrantError, MapError};
+pub use crate::error::DeviceError;
 use crate::mem::SharedMem;
 use crate::platform::{ForeignMapper, GrantBackend};
-use crate::store::client::ClientError;
-use crate::store::xenbus::XenbusState;
 
 /// Consecutive wake-ups without any index movement after which the peer is
 /// considered to be flooding the event channel.
@@ -118,29 +115,13 @@ impl<M: ForeignMapper> ConsolePage for crate::grant::Mapping<M> {
 /// Errors of console set-up and I/O.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConsoleError {
-    /// Sharing the secondary console's page failed.
-    #[error("grant: {0}")]
-    Grant(#[from] GrantError),
-    /// Mapping the guest's console page failed.
-    #[error("map: {0}")]
-    Map(#[from] MapError),
-    /// An event channel operation failed.
-    #[error("event channel: {0}")]
-    Event(#[from] EventError),
-    /// A XenStore operation failed.
-    #[error("xenstore: {0}")]
-    Store(#[from] ClientError),
+    /// A failure every driver can have (grant, map, event channel,
+    /// XenStore, a bad key, the peer's state, a timeout, closed).
+    #[error(transparent)]
+    Core(#[from] DeviceError),
     /// The host terminal failed.
     #[error("{0}")]
     Host(#[from] HostError),
-    /// A XenStore key was missing or malformed.
-    #[error("bad xenstore key {key}: {why}")]
-    BadKey {
-        /// The key.
-        key: &'static str,
-        /// What was wrong.
-        why: &'static str,
-    },
     /// The memory given as a console page is smaller than `xencons_interface`.
     #[error("console page of {0} bytes is too small")]
     BadPage(usize),
@@ -152,23 +133,30 @@ pub enum ConsoleError {
     /// the console is now broken.
     #[error("peer flooded the event channel ({0} wake-ups without progress)")]
     EventFlood(u32),
-    /// The peer left the XenBus handshake (went to Closing / Closed) or
-    /// reached a state this driver cannot handle.
-    #[error("peer is in xenbus state {0}")]
-    PeerState(XenbusState),
     /// The back end still maps the secondary console page after close: the
     /// page went to quarantine and will not be reused until it is released.
     #[error("back end kept the console page mapped after close; page quarantined")]
     GrantKept,
-    /// A blocking operation ran out of time.
-    #[error("timed out")]
-    TimedOut,
-    /// The console was closed by this side.
-    #[error("console closed")]
-    Closed,
     /// An earlier protocol violation broke the console.
     #[error("console is broken after a protocol violation")]
     Broken,
+}
+
+crate::wrap_device_error!(ConsoleError);
+
+impl crate::latch::Fault for ConsoleError {
+    fn broken(_cause: &ConsoleError) -> ConsoleError {
+        ConsoleError::Broken
+    }
+
+    /// A corrupted index or an event flood breaks the console; other
+    /// errors (a timeout, the host terminal) do not.
+    fn latches(&self) -> bool {
+        matches!(
+            self,
+            ConsoleError::Corrupt(_) | ConsoleError::Broken | ConsoleError::EventFlood(_)
+        )
+    }
 }
 
 /// Checks that `mem` can hold a `xencons_interface`.

@@ -27,15 +27,14 @@ use alloc::string::String;
 use alloc::sync::Arc;
 
 use super::{ConsoleBack, ConsoleError, ConsoleFront};
+use crate::error::DeviceError;
 use crate::event::Channel;
 use crate::grant::{Importer, Mapping};
 use crate::platform::{EventChannels, ForeignMapper};
 use crate::store::client::{Client, Transport};
 use crate::store::perms::{Perm, PermKind, Perms};
+use crate::store::xenbus::{read_port, read_u64, XS_RETRIES};
 use crate::types::{DomId, GrantRef, Port};
-
-/// XenStore retries of the small transactions here.
-const XS_RETRIES: u32 = 16;
 
 /// The device type of consoles under `device/` and `backend/`.
 pub const DEVTYPE: &str = "console";
@@ -81,10 +80,8 @@ pub fn publish_primary<T: Transport>(
             kind: PermKind::Read,
         });
     }
-    let perms = Perms::from_entries(entries).ok_or(ConsoleError::BadKey {
-        key: "perms",
-        why: "empty",
-    })?;
+    let perms =
+        Perms::from_entries(entries).ok_or_else(|| DeviceError::bad_key("perms", "empty"))?;
     xs.transaction(XS_RETRIES, |tx| {
         tx.mkdir(&dir)?;
         tx.set_perms(&dir, &perms)?;
@@ -102,58 +99,14 @@ pub fn publish_primary<T: Transport>(
     Ok(())
 }
 
-/// Parses a decimal XenStore value (a trailing NUL and whitespace allowed).
-fn parse_num(raw: &[u8], key: &'static str) -> Result<u64, ConsoleError> {
-    let s = core::str::from_utf8(raw).map_err(|_| ConsoleError::BadKey {
-        key,
-        why: "not text",
-    })?;
-    let s = s.trim_end_matches('\0').trim();
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ConsoleError::BadKey {
-            key,
-            why: "not a decimal number",
-        });
-    }
-    crate::store::xenbus::parse_decimal(s.as_bytes()).ok_or(ConsoleError::BadKey {
-        key,
-        why: "out of range",
-    })
-}
-
-fn read_num<T: Transport>(
-    xs: &mut Client<T>,
-    dir: &str,
-    key: &'static str,
-) -> Result<u64, ConsoleError> {
-    match xs.try_read(&format!("{dir}/{key}"))? {
-        Some(v) => parse_num(&v, key),
-        None => Err(ConsoleError::BadKey {
-            key,
-            why: "missing",
-        }),
-    }
-}
-
-fn read_port<T: Transport>(xs: &mut Client<T>, dir: &str) -> Result<Port, ConsoleError> {
-    let v = read_num(xs, dir, "port")?;
-    match u32::try_from(v) {
-        Ok(p) if p != 0 => Ok(Port(p)),
-        _ => Err(ConsoleError::BadKey {
-            key: "port",
-            why: "not a valid port",
-        }),
-    }
-}
-
 /// Reads a primary console's keys (back end side).
 pub fn read_primary<T: Transport>(
     xs: &mut Client<T>,
     guest: DomId,
 ) -> Result<PrimaryInfo, ConsoleError> {
     let dir = primary_path(guest);
-    let frame = read_num(xs, &dir, "ring-ref")?;
-    let port = read_port(xs, &dir)?;
+    let frame = read_u64(xs, &dir, "ring-ref")?;
+    let port = read_port(xs, &dir, "port")?;
     Ok(PrimaryInfo { frame, port })
 }
 
@@ -203,7 +156,8 @@ mod std_only {
     use crate::grant::{Exporter, Share};
     use crate::platform::GrantBackend;
     use crate::store::xenbus::{
-        backend_path, frontend_path, read_state, wait_for_state, write_state, XenbusState,
+        backend_path, frontend_path, read_domid, read_state, read_str, read_u32, wait_for_state,
+        write_state, XenbusState,
     };
     use crate::types::Access;
 
@@ -221,24 +175,6 @@ mod std_only {
                 .field("console", &self.console)
                 .finish()
         }
-    }
-
-    fn read_text<T: Transport>(
-        xs: &mut Client<T>,
-        dir: &str,
-        key: &'static str,
-    ) -> Result<String, ConsoleError> {
-        let v = xs
-            .try_read(&format!("{dir}/{key}"))?
-            .ok_or(ConsoleError::BadKey {
-                key,
-                why: "missing",
-            })?;
-        let s = core::str::from_utf8(&v).map_err(|_| ConsoleError::BadKey {
-            key,
-            why: "not text",
-        })?;
-        Ok(String::from(s.trim_end_matches('\0')))
     }
 
     /// The front end of secondary console `devid` of this domain: grants a
@@ -261,16 +197,8 @@ mod std_only {
         T: Transport,
     {
         let front_dir = frontend_path(exporter.domid(), DEVTYPE, devid);
-        let backend = read_num(xs, &front_dir, "backend-id")?;
-        let backend = u16::try_from(backend)
-            .ok()
-            .map(DomId)
-            .filter(|d| d.is_real())
-            .ok_or(ConsoleError::BadKey {
-                key: "backend-id",
-                why: "not a domain id",
-            })?;
-        let back_dir = read_text(xs, &front_dir, "backend")?;
+        let backend = read_domid(xs, &front_dir, "backend-id")?;
+        let back_dir = read_str(xs, &front_dir, "backend")?;
         let share = exporter.share(backend, 1, Access::ReadWrite)?;
         let gref = share.refs()[0];
         let chan = Channel::alloc_unbound(evt, backend)?;
@@ -293,7 +221,7 @@ mod std_only {
                 s == XenbusState::Connected || s >= XenbusState::Closing
             })?;
             if s != XenbusState::Connected {
-                return Err(ConsoleError::PeerState(s));
+                return Err(DeviceError::PeerState(s).into());
             }
             write_state(xs, &dir, XenbusState::Connected)?;
             Ok(())
@@ -394,26 +322,19 @@ mod std_only {
         T: Transport,
     {
         let back_dir = backend_path(importer.domid(), DEVTYPE, frontend, devid);
-        let front_dir = read_text(xs, &back_dir, "frontend")?;
+        let front_dir = read_str(xs, &back_dir, "frontend")?;
         if front_dir != frontend_path(frontend, DEVTYPE, devid) {
-            return Err(ConsoleError::BadKey {
-                key: "frontend",
-                why: "not the front end's device directory",
-            });
+            return Err(
+                DeviceError::bad_key("frontend", "not the front end's device directory").into(),
+            );
         }
         write_state(xs, &back_dir, XenbusState::InitWait)?;
         let s = wait_for_state(xs, &front_dir, timeout, |s| s >= XenbusState::Initialised)?;
         if !matches!(s, XenbusState::Initialised | XenbusState::Connected) {
-            return Err(ConsoleError::PeerState(s));
+            return Err(DeviceError::PeerState(s).into());
         }
-        let gref = read_num(xs, &front_dir, "ring-ref")?;
-        let gref = u32::try_from(gref)
-            .map(GrantRef)
-            .map_err(|_| ConsoleError::BadKey {
-                key: "ring-ref",
-                why: "out of range",
-            })?;
-        let port = read_port(xs, &front_dir)?;
+        let gref = GrantRef(read_u32(xs, &front_dir, "ring-ref")?);
+        let port = read_port(xs, &front_dir, "port")?;
         let map = importer.map_rw(frontend, &[gref])?;
         let chan = Channel::bind(evt, frontend, port)?;
         let console = ConsoleBack::attach(map, chan)?;
@@ -453,14 +374,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_parse_strictly() {
-        assert_eq!(parse_num(b"42", "k"), Ok(42));
-        assert_eq!(parse_num(b"42\0", "k"), Ok(42));
-        assert!(parse_num(b"", "k").is_err());
-        assert!(parse_num(b"-1", "k").is_err());
-        assert!(parse_num(b"+1", "k").is_err());
-        assert!(parse_num(b"0x10", "k").is_err());
-        assert!(parse_num(b"99999999999999999999999", "k").is_err());
+    fn primary_path_is_the_console_directory() {
         assert_eq!(primary_path(DomId(7)), "/local/domain/7/console");
     }
 }

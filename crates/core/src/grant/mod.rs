@@ -13,6 +13,9 @@
 //! * [`import`] — [`Importer`] and [`Mapping`]: batch maps with every status
 //!   checked and partial batches rolled back; mappings unmap on drop; grant
 //!   copy.
+//! * [`scoped`] — [`Exporter::with_grant`] and [`Importer::with_mapping`]:
+//!   share or map, run a closure, end access, in one call; a peer that kept
+//!   the mapping is a [`Scoped`] result the caller must handle.
 //!
 //! This is the API on which MirageOS MSA02 and Linux XSA-396 cannot be
 //! written: "the peer still maps it" is a value the caller must handle, and
@@ -21,10 +24,12 @@
 pub mod entry;
 pub mod export;
 pub mod import;
+pub mod scoped;
 pub mod table;
 
 pub use export::{Busy, Exporter, GrantStats, ReclaimReport, Share};
 pub use import::{ImportStats, Importer, Mapping};
+pub use scoped::Scoped;
 pub use table::{FlagsDisplay, GrantTable, TableBackend, TableEntry, TableView};
 
 /// A successful revocation: no peer can start a new access to the pages.

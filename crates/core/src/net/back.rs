@@ -229,7 +229,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
 
     /// Whether an error has broken the back end.
     pub fn is_broken(&self) -> bool {
-        self.latch.cause().is_some()
+        self.latch.is_tripped()
     }
 
     fn trip(&mut self, e: impl Into<NetError>) -> NetError {
@@ -249,7 +249,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
     /// right behind the first is exactly such an event: the first one's
     /// handler has already taken both rings' responses.
     pub fn poll<F: FrameIo>(&mut self, io: &mut F) -> Result<bool, NetError> {
-        self.latch.live()?;
+        self.latch.check()?;
         let r = match self.serve_tx(io) {
             Ok(a) => self.serve_rx(io).map(|b| a || b),
             Err(e) => Err(e),
@@ -548,7 +548,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
     /// `None`: forever), unless work is already waiting. Returns whether it
     /// was woken.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, NetError> {
-        self.latch.live()?;
+        self.latch.check()?;
         match self.tx.ring().final_check_for_requests() {
             Ok(true) => return Ok(true),
             Ok(false) => {}

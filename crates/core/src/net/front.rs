@@ -226,7 +226,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
 
     /// Whether an error has broken the device.
     pub fn is_broken(&self) -> bool {
-        self.latch.cause().is_some()
+        self.latch.is_tripped()
     }
 
     /// Carrier: the back end connected and nothing broke.
@@ -268,7 +268,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
                 .share_pages(self.backend, p, access)
                 .map_err(|(e, p)| {
                     self.pool.extend(p);
-                    NetError::Grant(e)
+                    NetError::from(e)
                 }),
             None => {
                 let s = self.exporter.share(self.backend, 1, access)?;
@@ -304,7 +304,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
     /// the ring has no room now (wait and retry); [`NetError::FrameSize`]
     /// for an empty frame or one above [`Netfront::max_frame`].
     pub fn send(&mut self, frame: &[u8]) -> Result<(), NetError> {
-        self.latch.live()?;
+        self.latch.check()?;
         let max = self.max_frame();
         if frame.is_empty() || frame.len() > max {
             return Err(NetError::FrameSize {
@@ -528,7 +528,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
 
     /// Processes every response waiting on both rings.
     pub fn poll(&mut self) -> Result<(), NetError> {
-        self.latch.live()?;
+        self.latch.check()?;
         self.reap_tx()?;
         self.reap_rx()
     }
@@ -545,7 +545,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
     /// Sleeps until the back end signals (or `timeout`; `None`: forever),
     /// unless responses are already waiting. Returns whether it was woken.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, NetError> {
-        self.latch.live()?;
+        self.latch.check()?;
         if !self.ready.is_empty() {
             return Ok(true);
         }
@@ -812,7 +812,7 @@ mod with_std {
             if st != XenbusState::Connected {
                 return Err(NetError::PeerClosed);
             }
-            self.latch = Latch::default();
+            self.latch.reset();
             self.connected = true;
             Ok(report)
         }
@@ -865,7 +865,7 @@ mod with_std {
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(NetError::Timeout);
+                    return Err(crate::error::DeviceError::Timeout.into());
                 }
                 self.wait(Some(left))?;
             }

@@ -67,10 +67,7 @@ use xenshare_abi::netif::XEN_NETIF_NR_SLOTS_MIN;
 pub use xenshare_abi::netif::{NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse};
 use xenshare_abi::PAGE_SIZE;
 
-use crate::event::EventError;
-use crate::grant::{GrantError, MapError};
-use crate::ring::RingError;
-use crate::store::client::ClientError;
+pub use crate::error::DeviceError;
 use crate::types::GrantRef;
 
 /// Largest frame either direction carries (`XEN_NETIF_MAX_TX_SIZE`): a
@@ -151,26 +148,16 @@ impl fmt::Display for Mac {
 
 /// Errors of the network device.
 ///
-/// Everything but [`NetError::TxFull`], [`NetError::FrameSize`] and
-/// [`NetError::Timeout`] leaves the end broken (or never connected).
+/// Everything but [`NetError::TxFull`], [`NetError::FrameSize`] and a
+/// timeout ([`DeviceError::Timeout`]) leaves the end broken (or never connected).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetError {
-    /// A ring violation by the peer (producer overflow, bad or duplicate id).
-    #[error("ring: {0}")]
-    Ring(#[from] RingError),
-    /// Sharing a page failed.
-    #[error("grant: {0}")]
-    Grant(#[from] GrantError),
-    /// Mapping the front end's rings failed.
-    #[error("map: {0}")]
-    Map(#[from] MapError),
-    /// An event channel operation failed.
-    #[error("event channel: {0}")]
-    Event(#[from] EventError),
-    /// A XenStore operation failed.
-    #[error("xenstore: {0}")]
-    Store(#[from] ClientError),
+    /// A failure every driver can have (grant, map, event channel,
+    /// XenStore, a ring violation by the peer, a bad key, a timeout —
+    /// which is not fatal here —, closed).
+    #[error(transparent)]
+    Core(#[from] DeviceError),
     /// The back end still holds a page after answering for it: the page is
     /// quarantined (never reused) and the front end is broken.
     #[error("back end still maps {gref} after responding: page quarantined, device broken")]
@@ -214,14 +201,6 @@ pub enum NetError {
     /// The front end did not ask for rx-copy.
     #[error("front end did not request rx-copy (request-rx-copy != 1)")]
     NoRequestRxCopy,
-    /// A XenStore key was missing or malformed.
-    #[error("bad xenstore key {key}: {why}")]
-    BadKey {
-        /// The key.
-        key: String,
-        /// What was wrong.
-        why: &'static str,
-    },
     /// A bad configuration value.
     #[error("bad configuration: {0}")]
     Config(&'static str),
@@ -236,52 +215,39 @@ pub enum NetError {
     /// No room for the frame on the tx ring right now. Not fatal.
     #[error("tx ring full")]
     TxFull,
-    /// A wait ran out of time. Not fatal.
-    #[error("timed out")]
-    Timeout,
     /// The peer is closing or closed the device.
     #[error("peer closed the device")]
     PeerClosed,
     /// The device is broken by an earlier error (the first cause is kept).
     #[error("device is broken: {0}")]
     Broken(String),
-    /// The device was closed.
-    #[error("device closed")]
-    Closed,
 }
+
+crate::wrap_device_error!(NetError);
 
 impl NetError {
     /// Whether the error leaves the device usable.
     pub const fn is_transient(&self) -> bool {
         matches!(
             self,
-            NetError::TxFull | NetError::FrameSize { .. } | NetError::Timeout
+            NetError::TxFull | NetError::FrameSize { .. } | NetError::Core(DeviceError::Timeout)
         )
     }
 }
 
 /// The broken-state latch of one end.
-#[derive(Debug, Default)]
-pub(crate) struct Latch(Option<NetError>);
+pub(crate) type Latch = crate::latch::Latch<NetError>;
 
-impl Latch {
-    pub(crate) fn live(&self) -> Result<(), NetError> {
-        match &self.0 {
-            None => Ok(()),
-            Some(e) => Err(NetError::Broken(alloc::format!("{e}"))),
-        }
+impl crate::latch::Fault for NetError {
+    /// Every call after a fatal error fails with [`NetError::Broken`],
+    /// naming the first cause.
+    fn broken(cause: &NetError) -> NetError {
+        NetError::Broken(alloc::format!("{cause}"))
     }
 
-    /// Latches `e` (keeping the first cause) unless it is transient; returns it.
-    pub(crate) fn trip(&mut self, e: NetError) -> NetError {
-        if !e.is_transient() && self.0.is_none() {
-            self.0 = Some(e.clone());
-        }
-        e
-    }
-
-    pub(crate) fn cause(&self) -> Option<&NetError> {
-        self.0.as_ref()
+    /// Transient errors ([`NetError::is_transient`]) leave the end usable.
+    fn latches(&self) -> bool {
+        !self.is_transient()
     }
 }
 

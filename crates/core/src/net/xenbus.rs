@@ -10,72 +10,23 @@
 //! a malicious peer with the real key handling.
 //!
 //! Every value read is parsed strictly (decimal, no sign, no junk) before
-//! use; a missing or malformed key is a [`NetError::BadKey`].
+//! use; a missing or malformed key is a `BadKey` ([`DeviceError::BadKey`]); the
+//! reads are the shared ones of [`crate::store::xenbus`].
 
 use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 
 use super::{Mac, NetError};
+use crate::error::DeviceError;
 use crate::store::client::{Client, Transport};
+use crate::store::xenbus::{read_bool, read_domid, read_str, read_u32, read_u32_opt, XS_RETRIES};
 use crate::types::{DomId, GrantRef, Port};
 
 /// The XenBus device type of network devices.
 pub const DEVTYPE: &str = "vif";
 
-/// How many times a key transaction is retried on conflict.
-const XS_RETRIES: u32 = 16;
-
 fn bad(key: &str, why: &'static str) -> NetError {
-    NetError::BadKey {
-        key: key.to_string(),
-        why,
-    }
-}
-
-/// Parses a decimal `u32` as written in XenStore (a trailing NUL or
-/// whitespace is tolerated, nothing else).
-pub fn parse_u32(raw: &[u8]) -> Option<u32> {
-    crate::store::xenbus::parse_decimal(raw).and_then(|v| u32::try_from(v).ok())
-}
-
-/// Reads `<dir>/<key>` as a decimal `u32`; `None` if the key is missing.
-pub fn read_u32<T: Transport>(
-    xs: &mut Client<T>,
-    dir: &str,
-    key: &str,
-) -> Result<Option<u32>, NetError> {
-    let path = format!("{dir}/{key}");
-    match xs.try_read(&path)? {
-        None => Ok(None),
-        Some(v) => parse_u32(&v)
-            .map(Some)
-            .ok_or_else(|| bad(key, "not a decimal number")),
-    }
-}
-
-/// Reads a boolean feature key: missing or `0` is false, `1` true.
-pub fn read_flag<T: Transport>(xs: &mut Client<T>, dir: &str, key: &str) -> Result<bool, NetError> {
-    match read_u32(xs, dir, key)? {
-        None | Some(0) => Ok(false),
-        Some(1) => Ok(true),
-        Some(_) => Err(bad(key, "not 0 or 1")),
-    }
-}
-
-fn read_required<T: Transport>(xs: &mut Client<T>, dir: &str, key: &str) -> Result<u32, NetError> {
-    read_u32(xs, dir, key)?.ok_or_else(|| bad(key, "missing"))
-}
-
-fn read_string<T: Transport>(xs: &mut Client<T>, dir: &str, key: &str) -> Result<String, NetError> {
-    let v = xs
-        .try_read(&format!("{dir}/{key}"))?
-        .ok_or_else(|| bad(key, "missing"))?;
-    let s = core::str::from_utf8(&v).map_err(|_| bad(key, "not UTF-8"))?;
-    let s = s.trim_end_matches('\0');
-    if s.is_empty() {
-        return Err(bad(key, "empty"));
-    }
-    Ok(s.to_string())
+    DeviceError::bad_key(key, why).into()
 }
 
 /// The front end's own `mac` key (written by the toolstack).
@@ -91,19 +42,14 @@ pub fn backend_of<T: Transport>(
     xs: &mut Client<T>,
     front_dir: &str,
 ) -> Result<(String, DomId), NetError> {
-    let dir = read_string(xs, front_dir, "backend")?;
-    let id = read_required(xs, front_dir, "backend-id")?;
-    let id = u16::try_from(id)
-        .ok()
-        .map(DomId)
-        .filter(|d| d.is_real())
-        .ok_or_else(|| bad("backend-id", "not a domain id"))?;
+    let dir = read_str(xs, front_dir, "backend")?;
+    let id = read_domid(xs, front_dir, "backend-id")?;
     Ok((dir, id))
 }
 
 /// The back end's link to its front end (`frontend`).
 pub fn frontend_of<T: Transport>(xs: &mut Client<T>, back_dir: &str) -> Result<String, NetError> {
-    read_string(xs, back_dir, "frontend")
+    Ok(read_str(xs, back_dir, "frontend")?)
 }
 
 /// What a back end offers.
@@ -151,9 +97,9 @@ impl BackendFeatures {
     /// Reads a back end's offer.
     pub fn read<T: Transport>(xs: &mut Client<T>, back_dir: &str) -> Result<Self, NetError> {
         Ok(BackendFeatures {
-            rx_copy: read_flag(xs, back_dir, "feature-rx-copy")?,
-            sg: read_flag(xs, back_dir, "feature-sg")?,
-            split_event_channels: read_flag(xs, back_dir, "feature-split-event-channels")?,
+            rx_copy: read_bool(xs, back_dir, "feature-rx-copy")?,
+            sg: read_bool(xs, back_dir, "feature-sg")?,
+            split_event_channels: read_bool(xs, back_dir, "feature-split-event-channels")?,
         })
     }
 }
@@ -232,44 +178,22 @@ impl FrontendKeys {
     /// `event-channel-rx` (split, both required once one is there) or
     /// `event-channel`.
     pub fn read<T: Transport>(xs: &mut Client<T>, front_dir: &str) -> Result<Self, NetError> {
-        let (event_channel, event_channel_rx) = match read_u32(xs, front_dir, "event-channel-tx")? {
-            Some(tx) => (
-                Port(tx),
-                Some(Port(read_required(xs, front_dir, "event-channel-rx")?)),
-            ),
-            None => (Port(read_required(xs, front_dir, "event-channel")?), None),
-        };
+        let (event_channel, event_channel_rx) =
+            match read_u32_opt(xs, front_dir, "event-channel-tx")? {
+                Some(tx) => (
+                    Port(tx),
+                    Some(Port(read_u32(xs, front_dir, "event-channel-rx")?)),
+                ),
+                None => (Port(read_u32(xs, front_dir, "event-channel")?), None),
+            };
         Ok(FrontendKeys {
-            tx_ring_ref: GrantRef(read_required(xs, front_dir, "tx-ring-ref")?),
-            rx_ring_ref: GrantRef(read_required(xs, front_dir, "rx-ring-ref")?),
+            tx_ring_ref: GrantRef(read_u32(xs, front_dir, "tx-ring-ref")?),
+            rx_ring_ref: GrantRef(read_u32(xs, front_dir, "rx-ring-ref")?),
             event_channel,
             event_channel_rx,
-            request_rx_copy: read_flag(xs, front_dir, "request-rx-copy")?,
-            sg: read_flag(xs, front_dir, "feature-sg")?,
-            rx_notify: read_flag(xs, front_dir, "feature-rx-notify")?,
+            request_rx_copy: read_bool(xs, front_dir, "request-rx-copy")?,
+            sg: read_bool(xs, front_dir, "feature-sg")?,
+            rx_notify: read_bool(xs, front_dir, "feature-rx-notify")?,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strict_decimal() {
-        assert_eq!(parse_u32(b"12"), Some(12));
-        assert_eq!(parse_u32(b"12\0"), Some(12));
-        assert_eq!(parse_u32(b"4294967295"), Some(u32::MAX));
-        for bad in [
-            &b""[..],
-            b"-1",
-            b"+1",
-            b"0x10",
-            b"1 2",
-            b"4294967296",
-            b"99999999999",
-        ] {
-            assert_eq!(parse_u32(bad), None, "{bad:?}");
-        }
     }
 }

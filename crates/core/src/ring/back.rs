@@ -145,7 +145,7 @@ where
     /// (`RING_HAS_UNCONSUMED_REQUESTS`, with its clamp), after validating
     /// `req_prod`.
     pub fn unconsumed_requests(&mut self) -> Result<u32, RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         self.refresh(index::load_producer(self.sring.req_prod))?;
         Ok(self.pending())
     }
@@ -162,7 +162,7 @@ where
     /// Consumes the next request, copied once out of shared memory, or
     /// `None` if none is published. Validate it before acting on it.
     pub fn next_request(&mut self) -> Result<Option<Req>, RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         if self.pending() == 0 {
             self.refresh(index::load_producer(self.sring.req_prod))?;
             if self.pending() == 0 {
@@ -170,7 +170,7 @@ where
             }
         }
         let r = self.sring.read(self.req_cons);
-        let req = self.latch.check(r)?;
+        let req = self.latch.guard(r)?;
         self.req_cons = self.req_cons.wrapping_add(1);
         Ok(Some(req))
     }
@@ -179,7 +179,7 @@ where
     /// asks the front end to notify on the next one
     /// (`RING_FINAL_CHECK_FOR_REQUESTS`). On `false`, sleep until an event.
     pub fn final_check_for_requests(&mut self) -> Result<bool, RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         if self.pending() != 0 {
             return Ok(true);
         }
@@ -191,12 +191,12 @@ where
     /// Copies `rsp` into the slot of the oldest unanswered request.
     /// [`RingError::Full`] if every consumed request is already answered.
     pub fn push_response(&mut self, rsp: &Rsp) -> Result<(), RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         if self.unanswered() == 0 {
             return Err(RingError::Full);
         }
         let r = self.sring.write(self.rsp_prod_pvt, rsp);
-        self.latch.check(r)?;
+        self.latch.guard(r)?;
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
         Ok(())
     }
@@ -204,7 +204,7 @@ where
     /// Publishes pushed responses without checking whether to notify
     /// (`RING_PUSH_RESPONSES`).
     pub fn push_responses(&mut self) -> Result<(), RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         index::publish(self.sring.rsp_prod, self.rsp_prod_pvt);
         self.rsp_published = self.rsp_prod_pvt;
         Ok(())
@@ -213,7 +213,7 @@ where
     /// Publishes pushed responses and returns whether the front end asked
     /// to be notified of them (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`).
     pub fn push_responses_and_check_notify(&mut self) -> Result<bool, RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         let (old, new) = (self.rsp_published, self.rsp_prod_pvt);
         let notify =
             index::publish_and_check_notify(self.sring.rsp_prod, self.sring.rsp_event, old, new);
@@ -230,12 +230,12 @@ where
 impl<Req, Rsp> BackRing<'_, Req, Rsp> {
     /// Whether an error has broken the ring.
     pub fn is_broken(&self) -> bool {
-        self.latch.cause().is_some()
+        self.latch.is_tripped()
     }
 
     /// The error that broke the ring, if any.
     pub fn error(&self) -> Option<RingError> {
-        self.latch.cause()
+        self.latch.cause().copied()
     }
 
     /// Breaks the ring with `err` (for violations the driver finds in a

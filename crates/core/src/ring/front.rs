@@ -144,12 +144,12 @@ where
     /// Copies `req` into the next free slot. The back end sees it only once
     /// it is published ([`FrontRing::push_requests_and_check_notify`]).
     pub fn push_request(&mut self, req: &Req) -> Result<(), RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         if self.is_full() {
             return Err(RingError::Full);
         }
         let r = self.sring.write(self.req_prod_pvt, req);
-        self.latch.check(r)?;
+        self.latch.guard(r)?;
         self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
         Ok(())
     }
@@ -157,7 +157,7 @@ where
     /// Publishes pushed requests without checking whether to notify
     /// (`RING_PUSH_REQUESTS`).
     pub fn push_requests(&mut self) -> Result<(), RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         index::publish(self.sring.req_prod, self.req_prod_pvt);
         self.req_published = self.req_prod_pvt;
         Ok(())
@@ -167,7 +167,7 @@ where
     /// be notified of them (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`). Send the
     /// event when this is true.
     pub fn push_requests_and_check_notify(&mut self) -> Result<bool, RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         let (old, new) = (self.req_published, self.req_prod_pvt);
         let notify =
             index::publish_and_check_notify(self.sring.req_prod, self.sring.req_event, old, new);
@@ -193,7 +193,7 @@ where
     /// Responses published and not yet consumed
     /// (`RING_HAS_UNCONSUMED_RESPONSES`), after validating `rsp_prod`.
     pub fn unconsumed_responses(&mut self) -> Result<u32, RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         self.refresh(index::load_producer(self.sring.rsp_prod))?;
         Ok(self.rsp_prod_seen.wrapping_sub(self.rsp_cons))
     }
@@ -202,7 +202,7 @@ where
     /// `None` if none is published. Check it (e.g. with
     /// [`FrontRing::complete`]) before acting on it.
     pub fn next_response(&mut self) -> Result<Option<Rsp>, RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         if self.rsp_cons == self.rsp_prod_seen {
             self.refresh(index::load_producer(self.sring.rsp_prod))?;
             if self.rsp_cons == self.rsp_prod_seen {
@@ -210,7 +210,7 @@ where
             }
         }
         let r = self.sring.read(self.rsp_cons);
-        let rsp = self.latch.check(r)?;
+        let rsp = self.latch.guard(r)?;
         self.rsp_cons = self.rsp_cons.wrapping_add(1);
         Ok(Some(rsp))
     }
@@ -219,7 +219,7 @@ where
     /// first asks the back end to notify on the next one
     /// (`RING_FINAL_CHECK_FOR_RESPONSES`). On `false`, sleep until an event.
     pub fn final_check_for_responses(&mut self) -> Result<bool, RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         if self.rsp_cons != self.rsp_prod_seen {
             return Ok(true);
         }
@@ -237,9 +237,9 @@ where
         id: u64,
         opcode: u32,
     ) -> Result<T, RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         let r = inflight.finish(id, opcode);
-        self.latch.check(r)
+        self.latch.guard(r)
     }
 
     /// The protocol-private bytes of the header (`pvt`).
@@ -251,12 +251,12 @@ where
 impl<Req, Rsp> FrontRing<'_, Req, Rsp> {
     /// Whether an error has broken the ring.
     pub fn is_broken(&self) -> bool {
-        self.latch.cause().is_some()
+        self.latch.is_tripped()
     }
 
     /// The error that broke the ring, if any.
     pub fn error(&self) -> Option<RingError> {
-        self.latch.cause()
+        self.latch.cause().copied()
     }
 
     /// Breaks the ring with `err` (for violations the driver finds in

@@ -130,32 +130,14 @@ impl RingError {
 }
 
 /// The broken-state latch shared by both ends and the tracker.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Latch(Option<RingError>);
+pub(crate) type Latch = crate::latch::Latch<RingError>;
 
-impl Latch {
-    /// `Ok` while healthy, [`RingError::Broken`] once latched.
-    pub(crate) fn live(&self) -> Result<(), RingError> {
-        match self.0 {
-            None => Ok(()),
-            Some(_) => Err(RingError::Broken),
-        }
+impl crate::latch::Fault for RingError {
+    fn broken(_cause: &RingError) -> RingError {
+        RingError::Broken
     }
 
-    /// Latches `err` if it is fatal (keeping the first cause) and returns it.
-    pub(crate) fn trip(&mut self, err: RingError) -> RingError {
-        if err.is_fatal() && self.0.is_none() {
-            self.0 = Some(err);
-        }
-        err
-    }
-
-    /// Runs `r` through the latch.
-    pub(crate) fn check<T>(&mut self, r: Result<T, RingError>) -> Result<T, RingError> {
-        r.map_err(|e| self.trip(e))
-    }
-
-    pub(crate) fn cause(&self) -> Option<RingError> {
-        self.0
+    fn latches(&self) -> bool {
+        self.is_fatal()
     }
 }

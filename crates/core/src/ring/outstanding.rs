@@ -72,7 +72,7 @@ impl<T> Outstanding<T> {
     /// Takes a free id for a request with `opcode`, remembering `ctx` until
     /// its response. [`RingError::Full`] if every id is in flight.
     pub fn start(&mut self, opcode: u32, ctx: T) -> Result<u64, RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         let id = self.free.pop().ok_or(RingError::Full)?;
         // Free ids always index an empty slot; the check keeps a logic error
         // from overwriting a live context.
@@ -99,9 +99,9 @@ impl<T> Outstanding<T> {
     /// its context. On a violation the id stays in flight (its request's
     /// resources may still be in the peer's hands) and the tracker breaks.
     pub(crate) fn finish(&mut self, id: u64, opcode: u32) -> Result<T, RingError> {
-        self.latch.live()?;
+        self.latch.check()?;
         let r = self.check(id, opcode);
-        self.latch.check(r)?;
+        self.latch.guard(r)?;
         self.cancel(id).ok_or(RingError::NotOutstanding { id })
     }
 
@@ -123,12 +123,12 @@ impl<T> Outstanding<T> {
 
     /// Whether a violation has broken the tracker.
     pub fn is_broken(&self) -> bool {
-        self.latch.cause().is_some()
+        self.latch.is_tripped()
     }
 
     /// The violation that broke the tracker, if any.
     pub fn error(&self) -> Option<RingError> {
-        self.latch.cause()
+        self.latch.cause().copied()
     }
 
     /// Ends every request in flight, returning `(id, opcode, ctx)` for each,

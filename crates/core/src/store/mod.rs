@@ -10,10 +10,12 @@
 //!   the Unix socket transport needs `std`.
 //! - [`ring`]: the shared-ring transport of guests (the
 //!   `xenstore_domain_interface` page), both ends.
-//! - [`xenbus`]: `state` keys, device paths and waiting for the peer.
+//! - [`xenbus`]: the one XenBus helper of every driver: `state` keys and
+//!   transitions, device paths, typed reads of a peer's keys (one
+//!   strictness: plain decimal digits), the wait for a peer's state and the
+//!   transaction retry policy; the toolstack's device creation.
 //!
-//! All of it is `no_std` + `alloc` except the socket transport and the
-//! timed wait.
+//! All of it is `no_std` + `alloc` except the socket transport.
 
 pub mod client;
 pub mod error;

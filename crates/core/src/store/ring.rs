@@ -62,6 +62,15 @@ const RSP: Dir = Dir {
     name: "response",
 };
 
+/// The store ring latch keeps the first corruption; later calls fail with
+/// the direction they were made in (as [`XsRing::write_some`] and
+/// [`XsRing::read_some`] say).
+impl crate::latch::Fault for XsRingError {
+    fn broken(cause: &XsRingError) -> XsRingError {
+        *cause
+    }
+}
+
 /// One end of a xenstore ring page.
 pub struct XsRing<'a> {
     page: SharedMem<'a>,
@@ -69,7 +78,7 @@ pub struct XsRing<'a> {
     inp: &'static Dir,
     out_prod: u32,
     in_cons: u32,
-    broken: bool,
+    broken: crate::latch::Latch<XsRingError>,
 }
 
 impl<'a> XsRing<'a> {
@@ -92,7 +101,7 @@ impl<'a> XsRing<'a> {
             inp,
             out_prod,
             in_cons,
-            broken: false,
+            broken: crate::latch::Latch::new(),
         })
     }
 
@@ -111,14 +120,13 @@ impl<'a> XsRing<'a> {
     }
 
     fn fail(&mut self, name: &'static str) -> XsRingError {
-        self.broken = true;
-        XsRingError::Corrupt(name)
+        self.broken.trip(XsRingError::Corrupt(name))
     }
 
     /// Copies as much of `data` as fits into our outgoing ring; returns the
     /// bytes written (0 if full). The caller notifies the peer.
     pub fn write_some(&mut self, data: &[u8]) -> Result<usize, XsRingError> {
-        if self.broken {
+        if self.broken.is_tripped() {
             return Err(XsRingError::Corrupt(self.out.name));
         }
         let cons = self.idx(self.out.cons);
@@ -144,7 +152,7 @@ impl<'a> XsRing<'a> {
     /// Copies available bytes of the incoming ring into `buf`; returns how
     /// many (0 if empty). The caller notifies the peer.
     pub fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, XsRingError> {
-        if self.broken {
+        if self.broken.is_tripped() {
             return Err(XsRingError::Corrupt(self.inp.name));
         }
         let prod = self.idx(self.inp.prod);
@@ -169,7 +177,7 @@ impl<'a> XsRing<'a> {
 
     /// True if a broken index was seen.
     pub fn is_broken(&self) -> bool {
-        self.broken
+        self.broken.is_tripped()
     }
 
     /// Records an error code in the page's `error` field (server side, when

@@ -1,15 +1,40 @@
 //! XenBus: the front-end / back-end handshake carried by `state` keys.
 //!
 //! Each side writes its [`XenbusState`] as decimal ASCII into `<dir>/state`
-//! and watches the peer's. The helpers here name the standard directories,
-//! read and write the key, and wait for the peer through a watch.
+//! and watches the peer's. This is the one XenBus helper every driver (blk,
+//! net, console, vchan) and the toolstack code use:
+//!
+//! * **Key reads** with one strictness ([`parse_decimal`]: ASCII digits
+//!   only — no sign, whitespace, NUL, `0x` or trailing garbage, no
+//!   overflow): [`read_u32`] / [`read_u64`] / [`read_str`] /
+//!   [`read_domid`] / [`read_port`] for keys that must be there,
+//!   `*_opt` variants where absence means a default, [`read_bool`] for
+//!   feature flags (`0` or `1`; absent is `false`). A missing or malformed
+//!   key is [`DeviceError::BadKey`] naming the key.
+//! * **States**: [`read_state`], [`write_state`] / [`switch_state`],
+//!   [`XenbusState::is_closing`] and [`check_peer_live`] for a peer that
+//!   left.
+//! * **Waiting**: [`wait_state`], watch-based, with one overall deadline
+//!   that wake-ups do not restart, and a stop flag ([`wait_for_state`] is
+//!   the same wait with XenStore errors).
+//! * **Retries**: [`XS_RETRIES`], the bound on redoing a conflicting
+//!   transaction.
+//! * **Toolstack**: [`create_device`], [`attach_device`], [`remove_device`].
+//!
+//! It lives under [`crate::store`] because it is XenStore conventions on top
+//! of the client, used by every device module; a top-level module would
+//! only have moved 36 import paths.
 
 use alloc::format;
 use alloc::string::String;
 use core::fmt;
 
+use core::time::Duration;
+
 use super::client::{Client, ClientError, Transport};
-use crate::DomId;
+use crate::deadline::Deadline;
+use crate::error::DeviceError;
+use crate::{DomId, Port};
 
 /// `enum xenbus_state` (xen-abi.md 8.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,19 +87,23 @@ impl XenbusState {
         })
     }
 
-    /// Parses a `state` value. Surrounding whitespace and a trailing NUL
-    /// (some writers include one) are tolerated; an empty value is Unknown.
+    /// Parses a `state` value with the one strictness of [`parse_decimal`]
+    /// (digits only: no sign, whitespace, NUL or trailing garbage). An empty
+    /// value is Unknown, as a missing key is.
     pub fn parse(raw: &[u8]) -> Result<XenbusState, BadState> {
-        let bad = || BadState(String::from_utf8_lossy(raw).into_owned());
-        let s = core::str::from_utf8(raw).map_err(|_| bad())?;
-        let s = s.trim_end_matches('\0').trim();
-        if s.is_empty() {
+        if raw.is_empty() {
             return Ok(XenbusState::Unknown);
         }
-        s.parse::<u32>()
-            .ok()
+        parse_decimal(raw)
+            .and_then(|v| u32::try_from(v).ok())
             .and_then(XenbusState::from_u32)
-            .ok_or_else(bad)
+            .ok_or_else(|| BadState(String::from_utf8_lossy(raw).into_owned()))
+    }
+
+    /// Whether this is Closing or Closed: the peer is tearing the device
+    /// down (or has), and a connection must not go on.
+    pub const fn is_closing(self) -> bool {
+        matches!(self, XenbusState::Closing | XenbusState::Closed)
     }
 }
 
@@ -98,18 +127,157 @@ pub fn backend_path(backend: DomId, devtype: &str, frontend: DomId, devid: u32) 
     )
 }
 
-/// Parses a decimal number as a peer writes it in XenStore: ASCII digits
-/// only (no sign, no `0x`, no inner spaces), surrounding whitespace and
-/// trailing NULs tolerated, at most 20 digits and no overflow. Every driver
-/// reads a peer's numeric keys (ring refs, ports, orders, queue counts)
-/// through this one function, so all of them refuse the same hostile forms.
+/// How many times a XenStore transaction of a driver or the toolstack is
+/// redone when its commit conflicts (`EAGAIN`) before giving up with
+/// [`ClientError::TooManyRetries`]: the one retry policy of every driver.
+pub const XS_RETRIES: u32 = 16;
+
+/// Parses a decimal number as a peer writes it in XenStore (xen-abi.md:
+/// values are plain decimal ASCII, read back without a NUL). This is the one
+/// strictness every driver applies to a peer's numeric keys: ASCII digits
+/// only, 1 to 20 of them, no overflow; no sign (`-`, `+`), no `0x`, no
+/// whitespace anywhere, no NUL, nothing after the digits.
 pub fn parse_decimal(raw: &[u8]) -> Option<u64> {
-    let s = core::str::from_utf8(raw).ok()?;
-    let s = s.trim_end_matches('\0').trim();
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if raw.is_empty() || raw.len() > 20 || !raw.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    s.parse().ok()
+    // All ASCII digits, so valid UTF-8; `parse` catches the overflow.
+    core::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+/// [`parse_decimal`], then within `u32`.
+pub fn parse_u32(raw: &[u8]) -> Option<u32> {
+    parse_decimal(raw).and_then(|v| u32::try_from(v).ok())
+}
+
+/// Parses a flag (`feature-*`, `request-rx-copy`, `online`): exactly `0` or
+/// `1`.
+pub fn parse_bool(raw: &[u8]) -> Option<bool> {
+    match parse_decimal(raw)? {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
+fn key_path(dir: &str, key: &str) -> String {
+    format!("{dir}/{key}")
+}
+
+/// Reads `<dir>/<key>` as text; `None` if the key is missing. The value must
+/// be UTF-8 and not empty; it is returned exactly as stored (no trimming).
+pub fn read_str_opt<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<Option<String>, DeviceError> {
+    let Some(v) = xs.try_read(&key_path(dir, key))? else {
+        return Ok(None);
+    };
+    if v.is_empty() {
+        return Err(DeviceError::bad_key(key, "empty"));
+    }
+    String::from_utf8(v)
+        .map(Some)
+        .map_err(|_| DeviceError::bad_key(key, "not UTF-8"))
+}
+
+/// [`read_str_opt`] for a key that must be there.
+pub fn read_str<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<String, DeviceError> {
+    read_str_opt(xs, dir, key)?.ok_or_else(|| DeviceError::bad_key(key, "missing"))
+}
+
+/// Reads `<dir>/<key>` as a decimal `u64` ([`parse_decimal`]); `None` if
+/// the key is missing.
+pub fn read_u64_opt<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<Option<u64>, DeviceError> {
+    match xs.try_read(&key_path(dir, key))? {
+        None => Ok(None),
+        Some(v) => parse_decimal(&v)
+            .map(Some)
+            .ok_or_else(|| DeviceError::bad_key(key, "not a decimal number")),
+    }
+}
+
+/// [`read_u64_opt`] for a key that must be there.
+pub fn read_u64<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<u64, DeviceError> {
+    read_u64_opt(xs, dir, key)?.ok_or_else(|| DeviceError::bad_key(key, "missing"))
+}
+
+/// Reads `<dir>/<key>` as a decimal `u32`; `None` if the key is missing. A
+/// number that does not fit is "out of range".
+pub fn read_u32_opt<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<Option<u32>, DeviceError> {
+    match read_u64_opt(xs, dir, key)? {
+        None => Ok(None),
+        Some(v) => u32::try_from(v)
+            .map(Some)
+            .map_err(|_| DeviceError::bad_key(key, "out of range")),
+    }
+}
+
+/// [`read_u32_opt`] for a key that must be there.
+pub fn read_u32<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<u32, DeviceError> {
+    read_u32_opt(xs, dir, key)?.ok_or_else(|| DeviceError::bad_key(key, "missing"))
+}
+
+/// Reads a flag ([`parse_bool`]); a missing key is `false`, the default of
+/// every feature key.
+pub fn read_bool<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<bool, DeviceError> {
+    match xs.try_read(&key_path(dir, key))? {
+        None => Ok(false),
+        Some(v) => parse_bool(&v).ok_or_else(|| DeviceError::bad_key(key, "not 0 or 1")),
+    }
+}
+
+/// Reads a domain id (`backend-id`, `frontend-id`): a decimal that is a
+/// real domain (not `DOMID_SELF` or another special id).
+pub fn read_domid<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<DomId, DeviceError> {
+    let v = read_u64(xs, dir, key)?;
+    u16::try_from(v)
+        .ok()
+        .map(DomId)
+        .filter(|d| d.is_real())
+        .ok_or_else(|| DeviceError::bad_key(key, "not a domain id"))
+}
+
+/// Reads an event channel port a peer published: a decimal `u32` that is
+/// not 0 (port 0 is never a valid channel).
+pub fn read_port<T: Transport>(
+    xs: &mut Client<T>,
+    dir: &str,
+    key: &str,
+) -> Result<Port, DeviceError> {
+    match read_u32(xs, dir, key)? {
+        0 => Err(DeviceError::bad_key(key, "not a valid port")),
+        p => Ok(Port(p)),
+    }
 }
 
 fn state_key(dir: &str) -> String {
@@ -133,44 +301,98 @@ pub fn write_state<T: Transport>(
     c.write(&state_key(dir), format!("{state}").as_bytes())
 }
 
-/// Waits until `accept` holds for the state in `<dir>/state`, using a watch
-/// on the key, for at most `timeout`. Returns the accepted state.
-///
-/// Other watch events that arrive meanwhile are dropped, so use a client
-/// dedicated to the handshake (or one without other watches).
-#[cfg(feature = "std")]
-pub fn wait_for_state<T: Transport>(
+/// Moves this end to `state` (writes `<dir>/state`): [`write_state`] with a
+/// driver's error type.
+pub fn switch_state<T: Transport>(
     c: &mut Client<T>,
     dir: &str,
-    timeout: core::time::Duration,
-    mut accept: impl FnMut(XenbusState) -> bool,
-) -> Result<XenbusState, ClientError> {
+    state: XenbusState,
+) -> Result<(), DeviceError> {
+    Ok(write_state(c, dir, state)?)
+}
+
+/// Fails with [`DeviceError::PeerState`] if the peer is Closing or Closed:
+/// what every handshake does with a peer that left.
+pub fn check_peer_live(state: XenbusState) -> Result<XenbusState, DeviceError> {
+    if state.is_closing() {
+        return Err(DeviceError::PeerState(state));
+    }
+    Ok(state)
+}
+
+/// The one wait for a peer's state: watches `<dir>/state` and returns the
+/// first state `accept` takes (`Ok(true)`); `accept` may also fail, which
+/// ends the wait with its error.
+///
+/// The deadline covers the whole wait (`None`: no bound) and is not
+/// restarted by watch events, so a peer that keeps rewriting its state
+/// cannot keep us waiting. `stop` is polled between wait slices of at most
+/// 20 ms; when it says so the wait ends with [`DeviceError::Closed`]. A
+/// timeout is [`DeviceError::Timeout`]. The state is re-read after every
+/// event, since events only say "something changed". Other watch events
+/// that arrive meanwhile are dropped, so use a client dedicated to the
+/// handshake (or one without other watches).
+pub fn wait_state<T, E>(
+    xs: &mut Client<T>,
+    dir: &str,
+    timeout: Option<Duration>,
+    stop: &dyn Fn() -> bool,
+    mut accept: impl FnMut(XenbusState) -> Result<bool, E>,
+) -> Result<XenbusState, E>
+where
+    T: Transport,
+    E: From<DeviceError>,
+{
+    const SLICE: Duration = Duration::from_millis(20);
     let key = state_key(dir);
     let token = format!("xenbus-wait:{key}");
-    let deadline = std::time::Instant::now() + timeout;
-    c.watch(&key, token.as_bytes())?;
+    xs.watch(&key, token.as_bytes())
+        .map_err(|e| E::from(DeviceError::from(e)))?;
+    let mut deadline = Deadline::new(timeout);
     let result = (|| loop {
-        let s = read_state(c, dir)?;
-        if accept(s) {
+        let s = read_state(xs, dir).map_err(|e| E::from(DeviceError::from(e)))?;
+        if accept(s)? {
             return Ok(s);
         }
-        // Wait for a change of the key; the state is re-read, not taken from
-        // the event, since events only say "something changed".
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(ClientError::Timeout);
+            if stop() {
+                return Err(E::from(DeviceError::Closed));
             }
-            match c.next_event(Some(left))? {
-                None => return Err(ClientError::Timeout),
-                Some(ev) if ev.token == token.as_bytes() => break,
-                Some(_) => {}
+            let Some(slice) = deadline.slice(SLICE) else {
+                return Err(E::from(DeviceError::Timeout));
+            };
+            let ev = xs
+                .next_event(Some(slice))
+                .map_err(|e| E::from(DeviceError::from(e)))?;
+            deadline.charge(slice);
+            if let Some(ev) = ev {
+                if ev.token == token.as_bytes() {
+                    break;
+                }
             }
         }
     })();
     // The wait's outcome matters more than a failed clean-up.
-    let _ = c.unwatch(&key, token.as_bytes());
+    let _ = xs.unwatch(&key, token.as_bytes());
     result
+}
+
+/// [`wait_state`] for callers that speak XenStore errors (tests, the
+/// toolstack): waits at most `timeout` until `accept` holds and returns the
+/// accepted state; a timeout is [`ClientError::Timeout`].
+pub fn wait_for_state<T: Transport>(
+    c: &mut Client<T>,
+    dir: &str,
+    timeout: Duration,
+    mut accept: impl FnMut(XenbusState) -> bool,
+) -> Result<XenbusState, ClientError> {
+    wait_state(c, dir, Some(timeout), &|| false, |s| {
+        Ok::<_, DeviceError>(accept(s))
+    })
+    .map_err(|e| match e {
+        DeviceError::Store(e) => e,
+        _ => ClientError::Timeout,
+    })
 }
 
 #[cfg(test)]
@@ -181,8 +403,6 @@ mod tests {
     fn decimals_are_strict() {
         assert_eq!(parse_decimal(b"0"), Some(0));
         assert_eq!(parse_decimal(b"42"), Some(42));
-        assert_eq!(parse_decimal(b" 42\n"), Some(42));
-        assert_eq!(parse_decimal(b"42\0"), Some(42));
         assert_eq!(parse_decimal(b"18446744073709551615"), Some(u64::MAX));
         assert_eq!(parse_decimal(b"007"), Some(7));
         for bad in [
@@ -199,8 +419,50 @@ mod tests {
             b"000000000000000000001",
             b"\xff",
             b"\xd9\xa3",
+            // One strictness: no whitespace or NUL anywhere either.
+            b" 42",
+            b"42 ",
+            b"42\n",
+            b"\t42",
+            b"42\0",
+            b"\x0042",
         ] {
             assert_eq!(parse_decimal(bad), None, "{bad:?}");
+            assert_eq!(parse_u32(bad), None, "{bad:?}");
+            assert_eq!(parse_bool(bad), None, "{bad:?}");
+            assert!(
+                XenbusState::parse(bad).is_err() || bad.is_empty(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(parse_u32(b"4294967295"), Some(u32::MAX));
+        assert_eq!(parse_u32(b"4294967296"), None);
+        assert_eq!(parse_bool(b"0"), Some(false));
+        assert_eq!(parse_bool(b"1"), Some(true));
+        assert_eq!(parse_bool(b"2"), None);
+        assert_eq!(parse_bool(b"01"), Some(true));
+    }
+
+    proptest::proptest! {
+        /// The parser agrees with a model of the rule: accepted exactly
+        /// when the value is 1..=20 ASCII digits whose number fits a u64,
+        /// and then it is that number.
+        #[test]
+        fn decimal_matches_its_model(raw in proptest::collection::vec(
+            proptest::sample::select(b"0123456789 +-x\0\n\xff".to_vec()), 0..24)
+        ) {
+            let model = if !raw.is_empty() && raw.len() <= 20 && raw.iter().all(u8::is_ascii_digit) {
+                raw.iter().try_fold(0u64, |a, &d| a.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+            } else {
+                None
+            };
+            proptest::prop_assert_eq!(parse_decimal(&raw), model);
+        }
+
+        /// Every u64 written as plain decimal reads back as itself.
+        #[test]
+        fn decimal_round_trips(v: u64) {
+            proptest::prop_assert_eq!(parse_decimal(format!("{v}").as_bytes()), Some(v));
         }
     }
 
@@ -211,7 +473,14 @@ mod tests {
             assert_eq!(s.as_u32(), v);
             assert_eq!(XenbusState::parse(format!("{s}").as_bytes()), Ok(s));
         }
-        assert_eq!(XenbusState::parse(b"4\0"), Ok(XenbusState::Connected));
+        assert!(
+            XenbusState::parse(b"4\0").is_err(),
+            "one strictness: no NUL"
+        );
+        assert!(
+            XenbusState::parse(b" 4").is_err(),
+            "one strictness: no space"
+        );
         assert_eq!(XenbusState::parse(b""), Ok(XenbusState::Unknown));
         assert!(XenbusState::parse(b"9").is_err());
         assert!(XenbusState::parse(b"x").is_err());
@@ -315,7 +584,7 @@ fn make_device<T: Transport>(
         Perms::owned_by_readable_by(spec.backend, spec.frontend),
         Perms::owned_by_readable_by(DomId::DOM0, spec.frontend),
     );
-    c.transaction(16, |tx| {
+    c.transaction(XS_RETRIES, |tx| {
         if attach {
             if tx.try_read(&device_dir)?.is_none() {
                 tx.mkdir(&device_dir)?;

@@ -6,7 +6,7 @@ use core::time::Duration;
 
 use xenshare_abi::vchan as abi;
 
-use super::{notify, VchanError};
+use super::{notify, DeviceError, VchanError};
 use crate::deadline::Deadline;
 use crate::event::Channel;
 use crate::mem::{ReadOnly, SharedMem};
@@ -94,7 +94,7 @@ pub struct Vchan<S: VchanSide, E: EventChannels> {
     timeout: Option<Duration>,
     /// The current adaptive spin window (see [`SPIN_START`]).
     spin: u32,
-    broken: bool,
+    broken: crate::latch::Latch<VchanError>,
     closed: bool,
     xs_path: Option<String>,
 }
@@ -106,7 +106,7 @@ impl<S: VchanSide, E: EventChannels> core::fmt::Debug for Vchan<S, E> {
             .field("read_order", &self.rd.order())
             .field("write_order", &self.wr.order())
             .field("port", &self.chan.port())
-            .field("broken", &self.broken)
+            .field("broken", &self.broken.cause())
             .finish()
     }
 }
@@ -132,22 +132,26 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             blocking: true,
             timeout: None,
             spin: SPIN_START,
-            broken: false,
+            broken: crate::latch::Latch::new(),
             closed: false,
             xs_path,
         }
     }
 
     fn ctrl(&self) -> Result<SharedMem<'_>, VchanError> {
-        self.mem.ctrl().ok_or(VchanError::Closed)
+        self.mem.ctrl().ok_or(VchanError::Core(DeviceError::Closed))
     }
 
     fn u32_at(&self, off: usize) -> Result<&AtomicU32, VchanError> {
-        self.ctrl()?.atomic_u32(off).map_err(|_| VchanError::Closed)
+        self.ctrl()?
+            .atomic_u32(off)
+            .map_err(|_| VchanError::Core(DeviceError::Closed))
     }
 
     fn u8_at(&self, off: usize) -> Result<&AtomicU8, VchanError> {
-        self.ctrl()?.atomic_u8(off).map_err(|_| VchanError::Closed)
+        self.ctrl()?
+            .atomic_u8(off)
+            .map_err(|_| VchanError::Core(DeviceError::Closed))
     }
 
     /// The ring this end writes.
@@ -160,7 +164,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
                 .external_rw(left)
                 .and_then(|m| m.slice(0, size).ok()),
         };
-        m.ok_or(VchanError::Closed)
+        m.ok_or(VchanError::Core(DeviceError::Closed))
     }
 
     /// The ring this end reads (the client maps it read-only).
@@ -177,7 +181,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
                 .external_ro(left)
                 .and_then(|m| m.slice(0, size).ok()),
         };
-        m.ok_or(VchanError::Closed)
+        m.ok_or(VchanError::Core(DeviceError::Closed))
     }
 
     /// (read ring producer, write ring consumer, our notify byte, peer's notify byte)
@@ -196,17 +200,14 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
 
     fn check(&self) -> Result<(), VchanError> {
         if self.closed {
-            Err(VchanError::Closed)
-        } else if self.broken {
-            Err(VchanError::Broken)
+            Err(VchanError::Core(DeviceError::Closed))
         } else {
-            Ok(())
+            self.broken.check()
         }
     }
 
     fn corrupt(&mut self, which: &'static str) -> VchanError {
-        self.broken = true;
-        VchanError::Corrupt(which)
+        self.broken.trip(VchanError::Corrupt(which))
     }
 
     /// Size of the ring this end reads.
@@ -290,7 +291,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             return Ok(());
         }
         if self.batch != 0 && !self.is_open() {
-            return Err(VchanError::Closed);
+            return Err(VchanError::Core(DeviceError::Closed));
         }
         let (_, _, wr_prod, ..) = Self::offsets();
         self.wr_published = self.wr_prod;
@@ -342,9 +343,9 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         {
             let ring = self.write_ring(self.wr)?;
             ring.write(idx, &data[..first])
-                .map_err(|_| VchanError::Closed)?;
+                .map_err(|_| VchanError::Core(DeviceError::Closed))?;
             ring.write(0, &data[first..])
-                .map_err(|_| VchanError::Closed)?;
+                .map_err(|_| VchanError::Core(DeviceError::Closed))?;
         }
         self.wr_prod = self.wr_prod.wrapping_add(data.len() as u32);
         if self.wr_prod.wrapping_sub(self.wr_published) as usize >= self.batch {
@@ -360,8 +361,10 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         {
             let ring = self.read_ring(self.rd)?;
             let (a, b) = out.split_at_mut(first);
-            ring.read(idx, a).map_err(|_| VchanError::Closed)?;
-            ring.read(0, b).map_err(|_| VchanError::Closed)?;
+            ring.read(idx, a)
+                .map_err(|_| VchanError::Core(DeviceError::Closed))?;
+            ring.read(0, b)
+                .map_err(|_| VchanError::Core(DeviceError::Closed))?;
         }
         self.rd_cons = self.rd_cons.wrapping_add(out.len() as u32);
         let (_, rd_cons, ..) = Self::offsets();
@@ -418,7 +421,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
                 return check(self);
             }
             let Some(w) = deadline.next_wait(WAIT_SLICE) else {
-                return Err(VchanError::TimedOut);
+                return Err(VchanError::Core(DeviceError::Timeout));
             };
             self.wait(w)?;
             deadline.charge_wait(w);
@@ -463,7 +466,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         // live byte shares the header's cache line with the peer's index,
         // so reading it on every small write would cost a miss each.
         if self.batch == 0 && !self.is_open() {
-            return Err(VchanError::Closed);
+            return Err(VchanError::Core(DeviceError::Closed));
         }
         // Without batching every write re-reads the peer's index (it pays
         // for the header line in `is_open` anyway), so a corrupt index is
@@ -480,7 +483,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             self.publish()?;
             if self.blocking {
                 if !self.block_until(abi::VCHAN_NOTIFY_READ, |v| v.buffer_space().map(|s| s > 0))? {
-                    return Err(VchanError::Closed);
+                    return Err(VchanError::Core(DeviceError::Closed));
                 }
             } else {
                 self.request_notify(abi::VCHAN_NOTIFY_READ)?;
@@ -538,7 +541,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             });
         }
         if !self.is_open() {
-            return Err(VchanError::Closed);
+            return Err(VchanError::Core(DeviceError::Closed));
         }
         let want = buf.len();
         // Without batching every send re-reads the peer's index (even an
@@ -557,7 +560,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
                 if !self.block_until(abi::VCHAN_NOTIFY_READ, |v| {
                     v.buffer_space().map(|s| s >= want)
                 })? {
-                    return Err(VchanError::Closed);
+                    return Err(VchanError::Core(DeviceError::Closed));
                 }
             } else {
                 self.request_notify(abi::VCHAN_NOTIFY_READ)?;
@@ -588,7 +591,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             return;
         }
         // Bytes gathered by write batching still reach the peer.
-        if !self.broken {
+        if !self.broken.is_tripped() {
             let _ = self.publish();
         }
         let off = if S::SERVER { SRV_LIVE } else { CLI_LIVE };
@@ -625,8 +628,8 @@ mod stdio {
     fn to_io(e: VchanError) -> std::io::Error {
         use std::io::ErrorKind as K;
         let kind = match e {
-            VchanError::TimedOut => K::TimedOut,
-            VchanError::Closed => K::BrokenPipe,
+            VchanError::Core(DeviceError::Timeout) => K::TimedOut,
+            VchanError::Core(DeviceError::Closed) => K::BrokenPipe,
             VchanError::Corrupt(_) | VchanError::Broken => K::InvalidData,
             _ => K::Other,
         };

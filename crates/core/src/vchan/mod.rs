@@ -26,40 +26,23 @@ mod setup;
 pub use io::{Vchan, VchanSide};
 pub use setup::{client_init, server_init, ClientMem, ServerMem, VchanOrders};
 
-use crate::event::EventError;
-use crate::grant::{GrantError, MapError};
-use crate::store::client::ClientError;
+pub use crate::error::DeviceError;
 use crate::store::error::XsError;
 
 /// Errors of vchan set-up and I/O.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VchanError {
-    /// Sharing pages failed.
-    #[error("grant: {0}")]
-    Grant(#[from] GrantError),
-    /// Mapping the server's pages failed.
-    #[error("map: {0}")]
-    Map(#[from] MapError),
-    /// An event channel operation failed.
-    #[error("event channel: {0}")]
-    Event(#[from] EventError),
-    /// A XenStore operation failed.
-    #[error("xenstore: {0}")]
-    Store(#[from] ClientError),
+    /// A failure every driver can have: grant, map, event channel,
+    /// XenStore, a bad key (missing, zero or not a decimal number), a
+    /// timeout, or closed (by this side, or the peer left the stream).
+    #[error(transparent)]
+    Core(#[from] DeviceError),
     /// XenStore refused a write for a quota of this domain (the error it
     /// sent: `ENOSPC` for nodes, memory or entries, `E2BIG` for watches,
     /// `ENOMEM` for memory). Set-up itself needs no transaction, so the
     /// transaction quota is never the cause.
     #[error("xenstore quota exceeded ({0:?}): the domain owns too much in XenStore")]
     StoreQuota(XsError),
-    /// A XenStore key was missing, zero or not a decimal number.
-    #[error("bad xenstore key {key}: {why}")]
-    BadKey {
-        /// The key.
-        key: &'static str,
-        /// What was wrong.
-        why: &'static str,
-    },
     /// The server's ring orders are invalid.
     #[error("invalid ring orders left {left} right {right}: {why}")]
     BadOrders {
@@ -84,13 +67,21 @@ pub enum VchanError {
         /// Ring size.
         ring: usize,
     },
-    /// A blocking operation ran out of time.
-    #[error("timed out")]
-    TimedOut,
-    /// The vchan was closed by this side.
-    #[error("vchan closed")]
-    Closed,
     /// An earlier protocol violation broke the vchan.
     #[error("vchan is broken after a protocol violation")]
     Broken,
+}
+
+crate::wrap_device_error!(VchanError);
+
+impl crate::latch::Fault for VchanError {
+    fn broken(_cause: &VchanError) -> VchanError {
+        VchanError::Broken
+    }
+
+    /// Only corrupted indices break a vchan; a timeout, a closed peer or a
+    /// packet too big for the ring do not.
+    fn latches(&self) -> bool {
+        matches!(self, VchanError::Corrupt(_) | VchanError::Broken)
+    }
 }

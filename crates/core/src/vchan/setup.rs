@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use xenshare_abi::vchan as abi;
 
 use super::io::{RingLoc, Vchan, VchanSide};
-use super::VchanError;
+use super::{DeviceError, VchanError};
 use crate::event::Channel;
 use crate::grant::{Exporter, Importer, Mapping, Share};
 use crate::mem::{ReadOnly, SharedMem};
@@ -196,7 +196,7 @@ fn publish<T: Transport>(
 fn quota_or_store(e: ClientError) -> VchanError {
     match e.xs() {
         Some(x @ (XsError::ENOSPC | XsError::E2BIG | XsError::ENOMEM)) => VchanError::StoreQuota(x),
-        _ => VchanError::Store(e),
+        _ => DeviceError::Store(e).into(),
     }
 }
 
@@ -268,10 +268,7 @@ where
             kind: PermKind::Read
         },
     ])
-    .ok_or(VchanError::BadKey {
-        key: "perms",
-        why: "empty",
-    })?;
+    .ok_or_else(|| DeviceError::bad_key("perms", "empty"))?;
     publish(xs, path, ring_ref, chan.port(), &perms).map_err(quota_or_store)?;
     Ok(Vchan::new(
         ServerMem {
@@ -286,6 +283,10 @@ where
     ))
 }
 
+/// Reads `<path>/<key>`: a decimal `u32` ([`crate::store::xenbus`]'s one
+/// strictness) that is not 0 (neither a grant ref nor a port of a server).
+/// Unlike a device directory, a vchan key must be there (`ENOENT` is a
+/// XenStore error, as libxenvchan sees it).
 fn read_number<T: Transport>(
     xs: &mut Client<T>,
     key: &'static str,
@@ -293,18 +294,10 @@ fn read_number<T: Transport>(
 ) -> Result<u32, VchanError> {
     let raw = xs.read(&format!("{path}/{key}"))?;
     let v = crate::store::xenbus::parse_decimal(&raw)
-        .ok_or(VchanError::BadKey {
-            key,
-            why: "not a decimal number",
-        })
-        .and_then(|v| {
-            u32::try_from(v).map_err(|_| VchanError::BadKey {
-                key,
-                why: "out of range",
-            })
-        })?;
+        .ok_or_else(|| DeviceError::bad_key(key, "not a decimal number"))?;
+    let v = u32::try_from(v).map_err(|_| DeviceError::bad_key(key, "out of range"))?;
     if v == 0 {
-        return Err(VchanError::BadKey { key, why: "zero" });
+        return Err(DeviceError::bad_key(key, "zero").into());
     }
     Ok(v)
 }

@@ -35,11 +35,13 @@ use std::time::{Duration, Instant};
 
 use xenshare::console::xenbus::{connect_back, connect_front, DEVTYPE};
 use xenshare::console::{ConsoleError, ConsoleFront, ConsoleIo, HostError};
+use xenshare::error::DeviceError;
 use xenshare::grant::{Exporter, Importer, Share};
 use xenshare::platform::{EventChannels, ForeignMapper, GrantBackend};
 use xenshare::store::client::{Client, ClientError, Transport};
 use xenshare::store::xenbus::{
-    backend_path, create_device, frontend_path, read_state, wait_for_state, DeviceSpec, XenbusState,
+    backend_path, create_device, frontend_path, read_state, read_str_opt, wait_for_state,
+    DeviceSpec, XenbusState,
 };
 use xenshare::DomId;
 
@@ -98,9 +100,10 @@ pub enum AttachEnd {
     TerminalClosed,
 }
 
+/// A `backend-id` value with the one strictness of XenBus keys
+/// ([`xenshare::store::xenbus::parse_decimal`]); `None` if malformed.
 fn domid_of(raw: &[u8]) -> Option<DomId> {
-    let s = std::str::from_utf8(raw).ok()?.trim_end_matches('\0').trim();
-    xenshare::store::xenbus::parse_decimal(s.as_bytes())
+    xenshare::store::xenbus::parse_decimal(raw)
         .and_then(|v| u16::try_from(v).ok())
         .map(DomId)
 }
@@ -206,7 +209,9 @@ where
         Err(e) => {
             remove(xs0);
             return Err(match e {
-                ConsoleError::Store(ClientError::Timeout) => AttachError::NoFrontEnd(guest),
+                ConsoleError::Core(DeviceError::Store(ClientError::Timeout)) => {
+                    AttachError::NoFrontEnd(guest)
+                }
                 e => e.into(),
             });
         }
@@ -283,11 +288,11 @@ where
             Err(ClientError::Timeout) => continue,
             Err(e) => return Err(e.into()),
         }
-        let back_dir = match xs.try_read(&format!("{front_dir}/backend"))? {
-            Some(v) => String::from_utf8_lossy(&v)
-                .trim_end_matches('\0')
-                .to_string(),
-            None => continue,
+        // A device without a usable `backend` key is not ours to serve yet.
+        let back_dir = match read_str_opt(xs, &front_dir, "backend") {
+            Ok(Some(v)) => v,
+            Ok(None) | Err(DeviceError::BadKey { .. }) => continue,
+            Err(e) => return Err(e.into()),
         };
         let mut front = match connect_front(exporter, evt, xs, DEVID, HANDSHAKE_TIMEOUT) {
             Ok(f) => f,
