@@ -52,47 +52,15 @@ fn per_sec(ops: u64, f: impl FnOnce() -> Res<()>) -> Res<f64> {
     Ok(ops as f64 / t.elapsed().as_secs_f64())
 }
 
-/// Runs `ops` writes then `ops` reads on each of `clients` threads made by
-/// `connect`; returns (write ops/s, read ops/s).
+/// The shared client workload (`xenshare_xenstored::bench`, also used by
+/// the Xen lab's side-by-side test); returns (write ops/s, read ops/s).
 fn run_clients<T, F>(clients: u64, ops: u64, connect: F) -> Res<(f64, f64)>
 where
     T: xenshare::store::Transport + Send + 'static,
-    F: Fn() -> Res<Client<T>> + Sync,
+    F: Fn() -> Res<Client<T>>,
 {
-    let mut cs: Vec<Client<T>> = (0..clients).map(|_| connect()).collect::<Res<_>>()?;
-    let total = clients * ops;
-    let phase = |cs: Vec<Client<T>>, write: bool| -> Res<(f64, Vec<Client<T>>)> {
-        let t = Instant::now();
-        let handles: Vec<_> = cs
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut c)| {
-                std::thread::spawn(move || -> Result<Client<T>, String> {
-                    let value = [b'v'; 16];
-                    for j in 0..ops {
-                        let key = format!("/bench/c{i}/k{}", j % 64);
-                        if write {
-                            c.write(&key, &value).map_err(|e| e.to_string())?;
-                        } else {
-                            c.read(&key).map_err(|e| e.to_string())?;
-                        }
-                    }
-                    Ok(c)
-                })
-            })
-            .collect();
-        let mut back = Vec::new();
-        for h in handles {
-            back.push(
-                h.join()
-                    .map_err(|_| "client thread panicked".to_string())??,
-            );
-        }
-        Ok((total as f64 / t.elapsed().as_secs_f64(), back))
-    };
-    let (w, back) = phase(std::mem::take(&mut cs), true)?;
-    let (r, _) = phase(back, false)?;
-    Ok((w, r))
+    let r = xenshare_xenstored::bench::run_clients(clients, ops, "/bench", connect)?;
+    Ok((r.write_ops, r.read_ops))
 }
 
 /// A bare echo server answering each 16-byte header + payload with a reply
