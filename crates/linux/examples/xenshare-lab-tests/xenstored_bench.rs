@@ -27,7 +27,7 @@ use xenshare_xenstored::{spawn, Config};
 /// Clients at once (as the bench's default).
 const CLIENTS: u64 = 4;
 /// Operations per client and kind: small, the lab runs under TCG.
-const OPS: u64 = 1500;
+const OPS: u64 = 1000;
 const RUN_DIR: &str = "/run/xenshare-xsbench";
 const C_XENSTORED: &str = "/usr/lib/xen-4.17/bin/xenstored";
 const OXENSTORED: &str = "/usr/lib/xen-4.17/bin/oxenstored";
@@ -43,12 +43,24 @@ impl Drop for Reaped {
     }
 }
 
-fn measure(socket: &Path, prefix: &str) -> Result<Rates, String> {
+fn measure(name: &str, socket: &Path, prefix: &str) -> Result<Rates, String> {
     run_clients(CLIENTS, OPS, prefix, || {
         UnixTransport::connect(socket)
             .map(Client::new)
             .map_err(|e| format!("connect {}: {e}", socket.display()))
     })
+    .map_err(|e| format!("{name}: {e}"))
+}
+
+/// The workload against dom0's own daemon under a scratch subtree, removed
+/// afterwards.
+fn measure_dom0(name: &str) -> Result<Rates, String> {
+    let prefix = "/tool/xenshare-xsbench";
+    let r = measure(name, Path::new(DOM0_SOCKET), prefix);
+    let cleanup = remove_scratch(prefix);
+    let r = r?;
+    cleanup?;
+    Ok(r)
 }
 
 fn show(name: &str, r: &Rates) -> String {
@@ -58,12 +70,23 @@ fn show(name: &str, r: &Rates) -> String {
     )
 }
 
-/// Starts C xenstored as a second instance on `dir`; `Err` carries why it
-/// could not (its own words).
+/// What the second C xenstored said on stderr, on one line.
+fn said(dir: &Path) -> String {
+    let s = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+    let s = s.trim().replace('\n', " | ");
+    if s.is_empty() {
+        "nothing on stderr".into()
+    } else {
+        s
+    }
+}
+
+/// Starts C xenstored as a second instance on `dir` and checks that it
+/// answers a request and is still running after it; `Err` carries why it
+/// could not (with its own words).
 fn start_c_second(dir: &Path) -> Result<Reaped, String> {
     std::fs::create_dir_all(dir.join("lib")).map_err(|e| e.to_string())?;
-    let err_path = dir.join("stderr");
-    let err = std::fs::File::create(&err_path).map_err(|e| e.to_string())?;
+    let err = std::fs::File::create(dir.join("stderr")).map_err(|e| e.to_string())?;
     let child = Command::new(C_XENSTORED)
         .args(["--no-fork", "--no-domain-init", "--pid-file"])
         .arg(dir.join("pid"))
@@ -76,19 +99,34 @@ fn start_c_second(dir: &Path) -> Result<Reaped, String> {
     let mut child = Reaped(child);
     let socket = dir.join("socket");
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::from("no socket yet");
     loop {
         if let Ok(Some(st)) = child.0.try_wait() {
-            let said = std::fs::read_to_string(&err_path).unwrap_or_default();
             return Err(format!(
-                "second C xenstored exited ({st}): {}",
-                said.trim().replace('\n', " | ")
+                "second C xenstored exited ({st}) after {last}: {}",
+                said(dir)
             ));
         }
-        if socket.exists() && UnixTransport::connect(&socket).is_ok() {
-            return Ok(child);
+        if socket.exists() {
+            match UnixTransport::connect(&socket).map(Client::new) {
+                Ok(mut c) => match c.write("/xsbench-probe", b"1") {
+                    Ok(()) => {
+                        std::thread::sleep(Duration::from_millis(200));
+                        if child.0.try_wait().ok().flatten().is_none() {
+                            return Ok(child);
+                        }
+                        last = "answering one write".into();
+                    }
+                    Err(e) => last = format!("a probe write failing ({e})"),
+                },
+                Err(e) => last = format!("connect failing ({e})"),
+            }
         }
         if Instant::now() > deadline {
-            return Err("second C xenstored made no socket within 20 s".into());
+            return Err(format!(
+                "second C xenstored not serving within 20 s ({last}): {}",
+                said(dir)
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -123,29 +161,29 @@ pub fn side_by_side() -> Result<Outcome, String> {
     let ours = {
         let server = spawn(Config::default(), dir.join("xenshare.sock"))
             .map_err(|e| format!("xenshare xenstored: {e}"))?;
-        let r = measure(server.path(), "/bench")?;
+        let r = measure("xenshare xenstored", server.path(), "/bench")?;
         drop(server);
         r
     };
     lines.push(show("xenshare xenstored", &ours));
 
     let c_dir = dir.join("c");
-    let c = match start_c_second(&c_dir) {
-        Ok(child) => {
-            let r = measure(&c_dir.join("socket"), "/bench");
-            drop(child);
-            let r = r?;
+    let second = start_c_second(&c_dir).and_then(|child| {
+        let r = measure("second C xenstored", &c_dir.join("socket"), "/bench");
+        let r = r.map_err(|e| format!("{e} ({})", said(&c_dir)));
+        drop(child);
+        r
+    });
+    let c = match second {
+        Ok(r) => {
             lines.push(show("C xenstored (second instance)", &r));
             Some(r)
         }
         Err(why) if Path::new(DOM0_SOCKET).exists() && !dom0_daemon_is_oxenstored() => {
-            let prefix = "/tool/xenshare-xsbench";
-            let r = measure(Path::new(DOM0_SOCKET), prefix);
-            let cleanup = remove_scratch(prefix);
-            let r = r?;
-            cleanup?;
+            let r = measure_dom0("dom0's C xenstored")?;
             lines.push(format!(
-                "({why}; measured dom0's own C xenstored under {prefix})"
+                "(no second C xenstored: {why}; measured dom0's own C xenstored \
+                 under a scratch subtree)"
             ));
             lines.push(show("C xenstored (dom0's instance)", &r));
             Some(r)
@@ -157,22 +195,19 @@ pub fn side_by_side() -> Result<Outcome, String> {
     };
 
     let ox = if dom0_daemon_is_oxenstored() {
-        let prefix = "/tool/xenshare-xsbench";
-        let r = measure(Path::new(DOM0_SOCKET), prefix);
-        let cleanup = remove_scratch(prefix);
-        let r = r?;
-        cleanup?;
+        let r = measure_dom0("dom0's oxenstored")?;
         lines.push(show("oxenstored (dom0's instance)", &r));
         Some(r)
-    } else if Path::new(OXENSTORED).exists() {
-        lines.push(
-            "oxenstored SKIP: its socket path is built in (/var/run/xenstored/socket, \
-             dom0's C xenstored's): a second instance would take it over"
-                .into(),
-        );
-        None
     } else {
-        lines.push(format!("oxenstored SKIP: {OXENSTORED} is not in the image"));
+        lines.push(format!(
+            "oxenstored SKIP: {}its socket path is built in (/var/run/xenstored/socket, \
+             dom0's C xenstored's), so a second instance would take over dom0's socket",
+            if Path::new(OXENSTORED).exists() {
+                ""
+            } else {
+                "not in the lab image, and "
+            }
+        ));
         None
     };
 
