@@ -57,6 +57,8 @@ mod unikernel;
 mod vchan;
 #[path = "xenshare-lab-tests/vchan_xdom.rs"]
 mod vchan_xdom;
+#[path = "xenshare-lab-tests/xenstored_bench.rs"]
+mod xenstored_bench;
 
 use std::ops::RangeInclusive;
 use std::process::{Command, ExitCode};
@@ -357,6 +359,8 @@ fn dom0_tests() -> ExitCode {
         }
         Err(e) => t.one("vchan_xenstore_open", Instant::now(), Err(e.to_string())),
     }
+    let s = Instant::now();
+    t.one("xenstored_side_by_side", s, xenstored_bench::side_by_side());
     t.finish()
 }
 

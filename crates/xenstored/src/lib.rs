@@ -39,6 +39,7 @@
 //! assert!(guest.read("/tool/xenshare/greeting").is_err()); // EACCES
 //! ```
 
+pub mod bench;
 mod config;
 mod daemon;
 pub mod inproc;

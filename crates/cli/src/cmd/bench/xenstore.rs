@@ -1,8 +1,11 @@
 //! `xenshare bench xenstore`: read and write operations per second against
 //! the daemon over its Unix socket with several concurrent clients, next to
-//! two baselines measured in the same run: the daemon in-process (no socket,
-//! the store's own cost) and a bare Unix-socket echo of the same message
-//! sizes (the transport's ceiling).
+//! three baselines measured in the same run: the daemon in-process (no
+//! socket, the store's own cost), a bare Unix-socket echo of the same
+//! message sizes with a thread per connection (the transport's ceiling),
+//! and the same echo served by one `epoll` thread (the ceiling of a
+//! single-threaded daemon, which xenshare's xenstored is, like C xenstored
+//! and oxenstored).
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -52,85 +55,33 @@ fn per_sec(ops: u64, f: impl FnOnce() -> Res<()>) -> Res<f64> {
     Ok(ops as f64 / t.elapsed().as_secs_f64())
 }
 
-/// Runs `ops` writes then `ops` reads on each of `clients` threads made by
-/// `connect`; returns (write ops/s, read ops/s).
+/// The shared client workload (`xenshare_xenstored::bench`, also used by
+/// the Xen lab's side-by-side test); returns (write ops/s, read ops/s).
 fn run_clients<T, F>(clients: u64, ops: u64, connect: F) -> Res<(f64, f64)>
 where
     T: xenshare::store::Transport + Send + 'static,
-    F: Fn() -> Res<Client<T>> + Sync,
+    F: Fn() -> Res<Client<T>>,
 {
-    let mut cs: Vec<Client<T>> = (0..clients).map(|_| connect()).collect::<Res<_>>()?;
-    let total = clients * ops;
-    let phase = |cs: Vec<Client<T>>, write: bool| -> Res<(f64, Vec<Client<T>>)> {
-        let t = Instant::now();
-        let handles: Vec<_> = cs
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut c)| {
-                std::thread::spawn(move || -> Result<Client<T>, String> {
-                    let value = [b'v'; 16];
-                    for j in 0..ops {
-                        let key = format!("/bench/c{i}/k{}", j % 64);
-                        if write {
-                            c.write(&key, &value).map_err(|e| e.to_string())?;
-                        } else {
-                            c.read(&key).map_err(|e| e.to_string())?;
-                        }
-                    }
-                    Ok(c)
-                })
-            })
-            .collect();
-        let mut back = Vec::new();
-        for h in handles {
-            back.push(
-                h.join()
-                    .map_err(|_| "client thread panicked".to_string())??,
-            );
-        }
-        Ok((total as f64 / t.elapsed().as_secs_f64(), back))
-    };
-    let (w, back) = phase(std::mem::take(&mut cs), true)?;
-    let (r, _) = phase(back, false)?;
-    Ok((w, r))
+    let r = xenshare_xenstored::bench::run_clients(clients, ops, "/bench", connect)?;
+    Ok((r.write_ops, r.read_ops))
 }
 
-/// A bare echo server answering each 16-byte header + payload with a reply
-/// of the same shape: what any socket protocol with one request in flight
-/// per client costs at best.
-fn echo_baseline(clients: u64, ops: u64) -> Res<f64> {
-    let s = sock("echo");
-    let listener = UnixListener::bind(&s.0).map_err(|e| e.to_string())?;
-    let n = clients;
-    let server = std::thread::spawn(move || {
-        let mut hs = Vec::new();
-        for _ in 0..n {
-            let Ok((mut st, _)) = listener.accept() else {
-                break;
-            };
-            hs.push(std::thread::spawn(move || {
-                let mut req = [0u8; 16 + 24];
-                while st.read_exact(&mut req).is_ok() {
-                    if st.write_all(&req[..16 + 3]).is_err() {
-                        break;
-                    }
-                }
-            }));
-        }
-        for h in hs {
-            let _ = h.join();
-        }
-    });
-    let streams: Vec<UnixStream> = (0..clients)
-        .map(|_| UnixStream::connect(&s.0).map_err(|e| e.to_string()))
-        .collect::<Res<_>>()?;
-    let rate = per_sec(clients * ops, || {
+/// Request and reply sizes of the echo baselines: a header plus a path
+/// like the bench's, and a header plus a short answer.
+const ECHO_REQ: usize = 16 + 24;
+const ECHO_RSP: usize = 16 + 3;
+
+/// `clients` threads, each sending `ops` requests of [`ECHO_REQ`] bytes on
+/// its stream and waiting for each [`ECHO_RSP`]-byte reply; round trips/s.
+fn echo_clients(streams: Vec<UnixStream>, ops: u64) -> Res<f64> {
+    let total = streams.len() as u64 * ops;
+    per_sec(total, || {
         let hs: Vec<_> = streams
             .into_iter()
             .map(|mut st| {
                 std::thread::spawn(move || -> std::io::Result<()> {
-                    let req = [7u8; 16 + 24];
-                    let mut rsp = [0u8; 16 + 3];
+                    let req = [7u8; ECHO_REQ];
+                    let mut rsp = [0u8; ECHO_RSP];
                     for _ in 0..ops {
                         st.write_all(&req)?;
                         st.read_exact(&mut rsp)?;
@@ -145,7 +96,115 @@ fn echo_baseline(clients: u64, ops: u64) -> Res<f64> {
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
-    })?;
+    })
+}
+
+/// A bare echo server with a thread per connection, answering each
+/// request with a reply of the same shape: what any socket protocol with
+/// one request in flight per client costs at best, with as many server
+/// threads as clients.
+fn echo_baseline(clients: u64, ops: u64) -> Res<f64> {
+    let s = sock("echo");
+    let listener = UnixListener::bind(&s.0).map_err(|e| e.to_string())?;
+    let n = clients;
+    let server = std::thread::spawn(move || {
+        let mut hs = Vec::new();
+        for _ in 0..n {
+            let Ok((mut st, _)) = listener.accept() else {
+                break;
+            };
+            hs.push(std::thread::spawn(move || {
+                let mut req = [0u8; ECHO_REQ];
+                while st.read_exact(&mut req).is_ok() {
+                    if st.write_all(&req[..ECHO_RSP]).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        for h in hs {
+            let _ = h.join();
+        }
+    });
+    let streams: Vec<UnixStream> = (0..clients)
+        .map(|_| UnixStream::connect(&s.0).map_err(|e| e.to_string()))
+        .collect::<Res<_>>()?;
+    let rate = echo_clients(streams, ops)?;
+    let _ = server.join();
+    Ok(rate)
+}
+
+/// The same echo served by one thread in `epoll` over non-blocking
+/// sockets, shaped like the daemon's loop (every ready connection's
+/// requests first, then the replies, one recv and one send per connection
+/// per turn): the ceiling of a single-threaded server such as xenshare's
+/// xenstored, C xenstored and oxenstored.
+fn echo_one_thread_baseline(clients: u64, ops: u64) -> Res<f64> {
+    use rustix::event::epoll;
+    use rustix::io::Errno;
+    use rustix::net::{RecvFlags, SendFlags};
+
+    let (mine, theirs): (Vec<UnixStream>, Vec<UnixStream>) = (0..clients)
+        .map(|_| UnixStream::pair().map_err(|e| e.to_string()))
+        .collect::<Res<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| e.to_string())?;
+    for (i, st) in theirs.iter().enumerate() {
+        st.set_nonblocking(true).map_err(|e| e.to_string())?;
+        epoll::add(
+            &ep,
+            st,
+            epoll::EventData::new_u64(i as u64),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let server = std::thread::spawn(move || {
+        // Bytes of each connection's partial request, replies owed.
+        let mut partial = vec![0usize; theirs.len()];
+        let mut owed = vec![0usize; theirs.len()];
+        let mut open = theirs.len();
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
+        let mut flush: Vec<usize> = Vec::with_capacity(256);
+        let rsp = [0u8; ECHO_RSP];
+        while open > 0 {
+            events.clear();
+            if epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), None).is_err() {
+                continue;
+            }
+            for ev in &events {
+                let i = ev.data.u64() as usize;
+                match rustix::net::recv(&theirs[i], &mut buf, RecvFlags::DONTWAIT) {
+                    Ok((0, _)) | Err(Errno::CONNRESET) => {
+                        let _ = epoll::delete(&ep, &theirs[i]);
+                        open -= 1;
+                    }
+                    Ok((n, _)) => {
+                        let all = partial[i] + n;
+                        owed[i] += all / ECHO_REQ;
+                        partial[i] = all % ECHO_REQ;
+                        flush.push(i);
+                    }
+                    Err(_) => {}
+                }
+            }
+            for i in flush.drain(..) {
+                while owed[i] > 0 {
+                    match rustix::net::send(
+                        &theirs[i],
+                        &rsp,
+                        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+                    ) {
+                        Ok(_) => owed[i] -= 1,
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+    });
+    let rate = echo_clients(mine, ops)?;
     let _ = server.join();
     Ok(rate)
 }
@@ -168,6 +227,7 @@ pub fn run(a: XenstoreArgs) -> Res<()> {
         let (inproc_write_ops, inproc_read_ops) =
             run_clients(a.clients, a.ops, || Ok(inproc::client(&daemon, DomId(0))))?;
         let echo_ops = echo_baseline(a.clients, a.ops)?;
+        let echo1_ops = echo_one_thread_baseline(a.clients, a.ops)?;
         st.add("xs_read_ops", xs_read_ops);
         st.add("xs_write_ops", xs_write_ops);
         st.add("inproc_read_ops", inproc_read_ops);
@@ -175,6 +235,9 @@ pub fn run(a: XenstoreArgs) -> Res<()> {
         st.add("socket_echo_ops", echo_ops);
         st.add("read_vs_echo", xs_read_ops / echo_ops);
         st.add("write_vs_echo", xs_write_ops / echo_ops);
+        st.add("socket_echo_1thread_ops", echo1_ops);
+        st.add("read_vs_echo_1thread", xs_read_ops / echo1_ops);
+        st.add("write_vs_echo_1thread", xs_write_ops / echo1_ops);
         Ok(())
     })?;
     drop(progress);
@@ -204,9 +267,18 @@ pub fn run(a: XenstoreArgs) -> Res<()> {
             g("socket_echo_ops")
         );
         println!(
+            "  baseline: one-thread epoll echo {} round trips/s",
+            g("socket_echo_1thread_ops")
+        );
+        println!(
             "  socket daemon / bare echo: write {}x, read {}x",
             samples.get("write_vs_echo").show(4, 2),
             samples.get("read_vs_echo").show(4, 2)
+        );
+        println!(
+            "  socket daemon / one-thread echo: write {}x, read {}x",
+            samples.get("write_vs_echo_1thread").show(4, 2),
+            samples.get("read_vs_echo_1thread").show(4, 2)
         );
     }
     Ok(())
