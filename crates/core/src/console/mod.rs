@@ -36,6 +36,8 @@
 //! indices from the page (after validating them), so output written while no
 //! back end was attached — up to the ring size — is delivered.
 
+#![forbid(unsafe_code)]
+
 mod back;
 mod front;
 pub mod ring;

@@ -137,18 +137,16 @@ pub fn consume(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::ptr::NonNull;
+    use crate::mem::PageBuf;
 
-    fn page(buf: &mut [u64; 512]) -> SharedMem<'_> {
-        // SAFETY: the test owns `buf` for the region's lifetime and reaches
-        // it only through the SharedMem.
-        unsafe { SharedMem::from_raw(NonNull::new(buf.as_mut_ptr().cast()).unwrap(), 4096) }
+    fn page(buf: &PageBuf) -> SharedMem<'_> {
+        buf.mem()
     }
 
     #[test]
     fn bytes_wrap_both_rings() {
-        let mut buf = [0u64; 512];
-        let m = page(&mut buf);
+        let buf = PageBuf::new(1);
+        let m = page(&buf);
         for d in [IN, OUT] {
             let (mut p, mut c) = (u32::MAX - 700, u32::MAX - 700);
             m.atomic_u32(d.prod).unwrap().store(p, Ordering::Relaxed);
@@ -176,8 +174,8 @@ mod tests {
 
     #[test]
     fn corrupt_peer_index_is_an_error() {
-        let mut buf = [0u64; 512];
-        let m = page(&mut buf);
+        let buf = PageBuf::new(1);
+        let m = page(&buf);
         m.atomic_u32(OUT.cons).unwrap().store(5, Ordering::Relaxed);
         assert_eq!(produce(m, &OUT, 0, b"x"), Err(ConsoleError::Corrupt("out")));
         m.atomic_u32(IN.prod)

@@ -8,7 +8,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 use super::index;
 use super::sring::Sring;
 use super::{Latch, RingError};
-use crate::mem::SharedMem;
+use crate::mem::{SharedMem, SharedMemory};
 
 /// The back end of a shared ring of `Req` requests and `Rsp` responses.
 ///
@@ -33,7 +33,7 @@ use crate::mem::SharedMem;
 ///     notify: impl Fn(),
 ///     sleep: impl Fn(),
 /// ) -> Result<(), RingError> {
-///     let mut ring = BackRing::<[u64; 3], [u64; 2]>::attach(mapped)?;
+///     let mut ring = BackRing::<_, [u64; 3], [u64; 2]>::attach(mapped)?;
 ///     loop {
 ///         while let Some([id, op, _sector]) = ring.next_request()? {
 ///             // Validate the private copy; answer even a bad request.
@@ -49,8 +49,8 @@ use crate::mem::SharedMem;
 ///     }
 /// }
 /// ```
-pub struct BackRing<'a, Req, Rsp> {
-    sring: Sring<'a>,
+pub struct BackRing<M, Req, Rsp> {
+    sring: Sring<M>,
     rsp_prod_pvt: u32,
     rsp_published: u32,
     req_cons: u32,
@@ -59,7 +59,7 @@ pub struct BackRing<'a, Req, Rsp> {
     _entries: PhantomData<fn(Rsp) -> Req>,
 }
 
-impl<Req, Rsp> fmt::Debug for BackRing<'_, Req, Rsp> {
+impl<M, Req, Rsp> fmt::Debug for BackRing<M, Req, Rsp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BackRing")
             .field("size", &self.sring.nr_ents())
@@ -72,20 +72,21 @@ impl<Req, Rsp> fmt::Debug for BackRing<'_, Req, Rsp> {
     }
 }
 
-impl<'a, Req, Rsp> BackRing<'a, Req, Rsp>
+impl<M, Req, Rsp> BackRing<M, Req, Rsp>
 where
+    M: SharedMemory,
     Req: FromBytes + IntoBytes + Immutable,
     Rsp: FromBytes + IntoBytes + Immutable,
 {
     /// Attaches to a ring the front end initialised (`BACK_RING_INIT`):
     /// indices start at 0. Shared memory is not touched.
-    pub fn attach(mem: SharedMem<'a>) -> Result<Self, RingError> {
+    pub fn attach(mem: M) -> Result<Self, RingError> {
         Self::attach_at(mem, 0)
     }
 
     /// Attaches with all private indices at `start` (`BACK_RING_ATTACH`,
     /// e.g. to resume a ring already in use).
-    pub fn attach_at(mem: SharedMem<'a>, start: u32) -> Result<Self, RingError> {
+    pub fn attach_at(mem: M, start: u32) -> Result<Self, RingError> {
         Ok(Self {
             sring: Sring::new::<Req, Rsp>(mem)?,
             rsp_prod_pvt: start,
@@ -146,7 +147,8 @@ where
     /// `req_prod`.
     pub fn unconsumed_requests(&mut self) -> Result<u32, RingError> {
         self.latch.live()?;
-        self.refresh(index::load_producer(self.sring.req_prod))?;
+        let c = self.latch.check(self.sring.cells())?;
+        self.refresh(index::load_producer(c.req_prod))?;
         Ok(self.pending())
     }
 
@@ -164,7 +166,8 @@ where
     pub fn next_request(&mut self) -> Result<Option<Req>, RingError> {
         self.latch.live()?;
         if self.pending() == 0 {
-            self.refresh(index::load_producer(self.sring.req_prod))?;
+            let c = self.latch.check(self.sring.cells())?;
+            self.refresh(index::load_producer(c.req_prod))?;
             if self.pending() == 0 {
                 return Ok(None);
             }
@@ -183,7 +186,8 @@ where
         if self.pending() != 0 {
             return Ok(true);
         }
-        let prod = index::final_check(self.sring.req_prod, self.sring.req_event, self.req_cons);
+        let c = self.latch.check(self.sring.cells())?;
+        let prod = index::final_check(c.req_prod, c.req_event, self.req_cons);
         self.refresh(prod)?;
         Ok(self.pending() != 0)
     }
@@ -205,7 +209,8 @@ where
     /// (`RING_PUSH_RESPONSES`).
     pub fn push_responses(&mut self) -> Result<(), RingError> {
         self.latch.live()?;
-        index::publish(self.sring.rsp_prod, self.rsp_prod_pvt);
+        let c = self.latch.check(self.sring.cells())?;
+        index::publish(c.rsp_prod, self.rsp_prod_pvt);
         self.rsp_published = self.rsp_prod_pvt;
         Ok(())
     }
@@ -215,19 +220,43 @@ where
     pub fn push_responses_and_check_notify(&mut self) -> Result<bool, RingError> {
         self.latch.live()?;
         let (old, new) = (self.rsp_published, self.rsp_prod_pvt);
-        let notify =
-            index::publish_and_check_notify(self.sring.rsp_prod, self.sring.rsp_event, old, new);
+        let c = self.latch.check(self.sring.cells())?;
+        let notify = index::publish_and_check_notify(c.rsp_prod, c.rsp_event, old, new);
         self.rsp_published = new;
         Ok(notify)
     }
 
+    /// Before sleeping until at least `need` requests are published (e.g.
+    /// enough rx buffers for a frame): returns whether they already are; if
+    /// not, first asks the front end to notify when `req_prod` reaches
+    /// `req_cons + need` (the event index written, then a full fence, then
+    /// `req_prod` re-read and validated). On `false`, sleep until an event.
+    pub fn final_check_for_requests_at_least(&mut self, need: u32) -> Result<bool, RingError> {
+        self.latch.live()?;
+        let c = self.latch.check(self.sring.cells())?;
+        index::arm_event(c.req_event, self.req_cons.wrapping_add(need));
+        self.refresh(index::load_producer(c.req_prod))?;
+        Ok(self.pending() >= need)
+    }
+
     /// The protocol-private bytes of the header (`pvt`).
-    pub fn pvt(&self) -> SharedMem<'a> {
+    pub fn pvt(&self) -> Result<SharedMem<'_>, RingError> {
         self.sring.pvt()
     }
 }
 
-impl<Req, Rsp> BackRing<'_, Req, Rsp> {
+impl<M, Req, Rsp> BackRing<M, Req, Rsp> {
+    /// The memory the ring lives in (a share, a mapping, a window).
+    pub fn memory(&self) -> &M {
+        self.sring.memory()
+    }
+
+    /// Ends the ring and gives its memory back (e.g. to revoke a share or
+    /// unmap a mapping). Shared memory is not touched.
+    pub fn into_memory(self) -> M {
+        self.sring.into_memory()
+    }
+
     /// Whether an error has broken the ring.
     pub fn is_broken(&self) -> bool {
         self.latch.cause().is_some()

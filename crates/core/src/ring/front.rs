@@ -9,7 +9,7 @@ use super::index;
 use super::outstanding::Outstanding;
 use super::sring::Sring;
 use super::{Latch, RingError};
-use crate::mem::SharedMem;
+use crate::mem::{SharedMem, SharedMemory};
 
 /// The front end of a shared ring of `Req` requests and `Rsp` responses.
 ///
@@ -32,7 +32,7 @@ use crate::mem::SharedMem;
 /// struct Rsp { id: u64, op: u8, _pad: u8, status: i16, _pad2: u32 }
 ///
 /// fn run(mem: SharedMem<'_>, notify: impl Fn()) -> Result<(), RingError> {
-///     let mut ring = FrontRing::<Req, Rsp>::init(mem)?;
+///     let mut ring = FrontRing::<_, Req, Rsp>::init(mem)?;
 ///     let mut inflight = Outstanding::<u64>::new(ring.size() as usize);
 ///     // Send: take an id, fill a slot, publish, notify if the back end asked.
 ///     let id = inflight.start(0, 1234)?;
@@ -54,8 +54,8 @@ use crate::mem::SharedMem;
 ///     Ok(())
 /// }
 /// ```
-pub struct FrontRing<'a, Req, Rsp> {
-    sring: Sring<'a>,
+pub struct FrontRing<M, Req, Rsp> {
+    sring: Sring<M>,
     req_prod_pvt: u32,
     req_published: u32,
     rsp_cons: u32,
@@ -64,7 +64,7 @@ pub struct FrontRing<'a, Req, Rsp> {
     _entries: PhantomData<fn(Req) -> Rsp>,
 }
 
-impl<Req, Rsp> fmt::Debug for FrontRing<'_, Req, Rsp> {
+impl<M, Req, Rsp> fmt::Debug for FrontRing<M, Req, Rsp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FrontRing")
             .field("size", &self.sring.nr_ents())
@@ -77,15 +77,16 @@ impl<Req, Rsp> fmt::Debug for FrontRing<'_, Req, Rsp> {
     }
 }
 
-impl<'a, Req, Rsp> FrontRing<'a, Req, Rsp>
+impl<M, Req, Rsp> FrontRing<M, Req, Rsp>
 where
+    M: SharedMemory,
     Req: FromBytes + IntoBytes + Immutable,
     Rsp: FromBytes + IntoBytes + Immutable,
 {
     /// Initialises the shared ring in `mem` (`SHARED_RING_INIT`: producers
     /// 0, events 1, header padding zeroed) and returns its front end. Do this
     /// before the back end is told where the ring is.
-    pub fn init(mem: SharedMem<'a>) -> Result<Self, RingError> {
+    pub fn init(mem: M) -> Result<Self, RingError> {
         let sring = Sring::new::<Req, Rsp>(mem)?;
         sring.init(0)?;
         Ok(Self::with(sring, 0))
@@ -94,11 +95,11 @@ where
     /// Takes over the front end of an already initialised ring whose
     /// indices all stand at `start` (`FRONT_RING_ATTACH`). Shared memory is
     /// not touched.
-    pub fn attach_at(mem: SharedMem<'a>, start: u32) -> Result<Self, RingError> {
+    pub fn attach_at(mem: M, start: u32) -> Result<Self, RingError> {
         Ok(Self::with(Sring::new::<Req, Rsp>(mem)?, start))
     }
 
-    fn with(sring: Sring<'a>, start: u32) -> Self {
+    fn with(sring: Sring<M>, start: u32) -> Self {
         Self {
             sring,
             req_prod_pvt: start,
@@ -158,7 +159,8 @@ where
     /// (`RING_PUSH_REQUESTS`).
     pub fn push_requests(&mut self) -> Result<(), RingError> {
         self.latch.live()?;
-        index::publish(self.sring.req_prod, self.req_prod_pvt);
+        let c = self.latch.check(self.sring.cells())?;
+        index::publish(c.req_prod, self.req_prod_pvt);
         self.req_published = self.req_prod_pvt;
         Ok(())
     }
@@ -169,8 +171,8 @@ where
     pub fn push_requests_and_check_notify(&mut self) -> Result<bool, RingError> {
         self.latch.live()?;
         let (old, new) = (self.req_published, self.req_prod_pvt);
-        let notify =
-            index::publish_and_check_notify(self.sring.req_prod, self.sring.req_event, old, new);
+        let c = self.latch.check(self.sring.cells())?;
+        let notify = index::publish_and_check_notify(c.req_prod, c.req_event, old, new);
         self.req_published = new;
         Ok(notify)
     }
@@ -194,7 +196,8 @@ where
     /// (`RING_HAS_UNCONSUMED_RESPONSES`), after validating `rsp_prod`.
     pub fn unconsumed_responses(&mut self) -> Result<u32, RingError> {
         self.latch.live()?;
-        self.refresh(index::load_producer(self.sring.rsp_prod))?;
+        let c = self.latch.check(self.sring.cells())?;
+        self.refresh(index::load_producer(c.rsp_prod))?;
         Ok(self.rsp_prod_seen.wrapping_sub(self.rsp_cons))
     }
 
@@ -204,7 +207,8 @@ where
     pub fn next_response(&mut self) -> Result<Option<Rsp>, RingError> {
         self.latch.live()?;
         if self.rsp_cons == self.rsp_prod_seen {
-            self.refresh(index::load_producer(self.sring.rsp_prod))?;
+            let c = self.latch.check(self.sring.cells())?;
+            self.refresh(index::load_producer(c.rsp_prod))?;
             if self.rsp_cons == self.rsp_prod_seen {
                 return Ok(None);
             }
@@ -223,7 +227,8 @@ where
         if self.rsp_cons != self.rsp_prod_seen {
             return Ok(true);
         }
-        let prod = index::final_check(self.sring.rsp_prod, self.sring.rsp_event, self.rsp_cons);
+        let c = self.latch.check(self.sring.cells())?;
+        let prod = index::final_check(c.rsp_prod, c.rsp_event, self.rsp_cons);
         self.refresh(prod)?;
         Ok(self.rsp_prod_seen != self.rsp_cons)
     }
@@ -243,12 +248,23 @@ where
     }
 
     /// The protocol-private bytes of the header (`pvt`).
-    pub fn pvt(&self) -> SharedMem<'a> {
+    pub fn pvt(&self) -> Result<SharedMem<'_>, RingError> {
         self.sring.pvt()
     }
 }
 
-impl<Req, Rsp> FrontRing<'_, Req, Rsp> {
+impl<M, Req, Rsp> FrontRing<M, Req, Rsp> {
+    /// The memory the ring lives in (a share, a mapping, a window).
+    pub fn memory(&self) -> &M {
+        self.sring.memory()
+    }
+
+    /// Ends the ring and gives its memory back (e.g. to revoke a share or
+    /// unmap a mapping). Shared memory is not touched.
+    pub fn into_memory(self) -> M {
+        self.sring.into_memory()
+    }
+
     /// Whether an error has broken the ring.
     pub fn is_broken(&self) -> bool {
         self.latch.cause().is_some()

@@ -28,6 +28,12 @@
 //!   published requests outstanding; the back end allows the front end at most
 //!   the slots not holding unanswered requests (so it never consumes more than
 //!   a ring's worth, however the index lies).
+//! * Memory: both ends are generic over a
+//!   [`SharedMemory`](crate::mem::SharedMemory) owner `M`. A driver stores
+//!   `FrontRing<Share<B>, ..>` or `BackRing<Mapping<M>, ..>` and gets the
+//!   pages back with `into_memory()` to revoke or unmap them; a loop on the
+//!   stack may use a borrowed `SharedMem<'_>` or `&Share<B>`. No `unsafe`
+//!   is needed for either.
 //! * [`Outstanding`] — the front end's record of requests in flight: response
 //!   ids in range, outstanding (not duplicated) and with the opcode that was
 //!   sent; [`FrontRing::complete`] checks a response against it.
@@ -41,6 +47,8 @@
 //!
 //! [`FrontRing`] shows a front end's send / receive loop and [`BackRing`]
 //! a back end's serve loop.
+
+#![forbid(unsafe_code)]
 
 pub mod index;
 

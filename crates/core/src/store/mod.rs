@@ -15,6 +15,8 @@
 //! All of it is `no_std` + `alloc` except the socket transport and the
 //! timed wait.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod error;
 pub mod path;

@@ -171,7 +171,7 @@ pub struct FakeFront {
 }
 
 impl FakeFront {
-    pub fn ring(&self) -> FrontRing<'_, BlkifRequest, BlkifResponse> {
+    pub fn ring(&self) -> FrontRing<xenshare::mem::SharedMem<'_>, BlkifRequest, BlkifResponse> {
         FrontRing::attach_at(self.ring.mem(), 0).unwrap()
     }
 }

@@ -140,8 +140,8 @@ pub fn frame(len: usize, seed: u8) -> Vec<u8> {
 
 // ------------------------------------------------- a front end played by hand
 
-pub type TxFront<'a> = FrontRing<'a, NetifTxRequest, NetifTxResponse>;
-pub type RxFront<'a> = FrontRing<'a, NetifRxRequest, NetifRxResponse>;
+pub type TxFront<'a> = FrontRing<xenshare::mem::SharedMem<'a>, NetifTxRequest, NetifTxResponse>;
+pub type RxFront<'a> = FrontRing<xenshare::mem::SharedMem<'a>, NetifRxRequest, NetifRxResponse>;
 
 /// The guest playing a front end by hand against the real back end.
 pub struct EvilFront {
