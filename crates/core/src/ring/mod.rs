@@ -14,6 +14,10 @@
 //!   whether to notify, final check before sleeping), generic over an
 //!   [`index::IndexCell`] so the very same functions run on shared memory and
 //!   under loom. The fence placement that prevents lost wake-ups is there.
+//! * [`bytes`] — the other kind of ring: a validated byte ring
+//!   ([`bytes::ByteProducer`] / [`bytes::ByteConsumer`]) with the
+//!   producer/consumer arithmetic, wrap-around, peer-index check and
+//!   copy-once of vchan, the PV console and the XenStore page, once.
 //! * [`FrontRing`] and [`BackRing`] — the two ends, typed by their entry
 //!   types. Entries are plain bytes (`zerocopy` types); reading one copies it
 //!   once out of shared memory into a private value, which is all the caller
@@ -50,6 +54,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bytes;
 pub mod index;
 
 mod back;
