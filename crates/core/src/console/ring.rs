@@ -111,7 +111,12 @@ impl<P: ConsolePage, E: EventChannels> End<P, E> {
     /// Takes this side's indices from the page once (zero on a fresh page,
     /// the last published values on a re-attach) and validates both rings
     /// against the peer's indices.
-    pub(crate) fn attach(page: P, chan: Channel<E>, tx: Dir, rx: Dir) -> Result<Self, ConsoleError> {
+    pub(crate) fn attach(
+        page: P,
+        chan: Channel<E>,
+        tx: Dir,
+        rx: Dir,
+    ) -> Result<Self, ConsoleError> {
         let mem = page.page();
         check_page(mem)?;
         let tx_prod = load(mem, tx.prod)?;

@@ -334,8 +334,12 @@ mod tests {
         let page = PageBuf::new(1);
         let m = page.mem();
         for start in [0, 100, u32::MAX - 300] {
-            m.atomic_u32(L.prod).unwrap().store(start, Ordering::Relaxed);
-            m.atomic_u32(L.cons).unwrap().store(start, Ordering::Relaxed);
+            m.atomic_u32(L.prod)
+                .unwrap()
+                .store(start, Ordering::Relaxed);
+            m.atomic_u32(L.cons)
+                .unwrap()
+                .store(start, Ordering::Relaxed);
             let (mut p, mut c) = (ByteProducer::new(L, start), ByteConsumer::new(L, start));
             let (mut next, mut expect) = (0u8, 0u8);
             for round in 0..300usize {
@@ -364,18 +368,24 @@ mod tests {
         let page = PageBuf::new(1);
         let m = page.mem();
         let mut c = ByteConsumer::new(L, 10);
-        m.atomic_u32(L.prod).unwrap().store(10 + 257, Ordering::Relaxed);
+        m.atomic_u32(L.prod)
+            .unwrap()
+            .store(10 + 257, Ordering::Relaxed);
         assert_eq!(c.ready(m), Err(ByteRingError::Corrupt("t")));
         m.atomic_u32(L.prod).unwrap().store(9, Ordering::Relaxed);
         assert_eq!(c.ready(m), Err(ByteRingError::Corrupt("t")));
-        m.atomic_u32(L.prod).unwrap().store(10 + 256, Ordering::Relaxed);
+        m.atomic_u32(L.prod)
+            .unwrap()
+            .store(10 + 256, Ordering::Relaxed);
         assert_eq!(c.ready(m), Ok(256));
 
         let mut p = ByteProducer::new(L, 10);
         m.atomic_u32(L.cons).unwrap().store(11, Ordering::Relaxed);
         assert_eq!(p.space(m), Err(ByteRingError::Corrupt("t")));
         assert_eq!(p.write_some(m, m, b"x"), Err(ByteRingError::Corrupt("t")));
-        m.atomic_u32(L.cons).unwrap().store(10u32.wrapping_sub(256), Ordering::Relaxed);
+        m.atomic_u32(L.cons)
+            .unwrap()
+            .store(10u32.wrapping_sub(256), Ordering::Relaxed);
         assert_eq!(p.space(m), Ok(0));
         assert_eq!(p.write_some(m, m, b"x"), Ok(0));
     }
