@@ -49,12 +49,7 @@ pub struct ConsoleBack<P: ConsolePage, E: EventChannels> {
 
 impl<P: ConsolePage, E: EventChannels> core::fmt::Debug for ConsoleBack<P, E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ConsoleBack")
-            .field("port", &self.end.port())
-            .field("out_cons", &self.end.rx_cons())
-            .field("in_prod", &self.end.tx_prod())
-            .field("broken", &self.end.is_broken())
-            .finish()
+        self.end.fmt_as(f, "ConsoleBack", "in_prod", "out_cons")
     }
 }
 

@@ -28,12 +28,7 @@ pub struct ConsoleFront<P: ConsolePage, E: EventChannels> {
 
 impl<P: ConsolePage, E: EventChannels> core::fmt::Debug for ConsoleFront<P, E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ConsoleFront")
-            .field("port", &self.end.port())
-            .field("out_prod", &self.end.tx_prod())
-            .field("in_cons", &self.end.rx_cons())
-            .field("broken", &self.end.is_broken())
-            .finish()
+        self.end.fmt_as(f, "ConsoleFront", "out_prod", "in_cons")
     }
 }
 

@@ -133,16 +133,6 @@ impl<P: ConsolePage, E: EventChannels> End<P, E> {
         })
     }
 
-    /// Our producer index (private copy).
-    pub(crate) fn tx_prod(&self) -> u32 {
-        self.tx.prod()
-    }
-
-    /// Our consumer index (private copy).
-    pub(crate) fn rx_cons(&self) -> u32 {
-        self.rx.cons()
-    }
-
     pub(crate) fn port(&self) -> Port {
         self.chan.port()
     }
@@ -251,10 +241,20 @@ impl<P: ConsolePage, E: EventChannels> End<P, E> {
     }
 }
 
-impl<P: ConsolePage, E: EventChannels> core::fmt::Debug for End<P, E> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("End")
+impl<P: ConsolePage, E: EventChannels> End<P, E> {
+    /// Debug output of a console end named `name`, its own indices named
+    /// `tx` (producer) and `rx` (consumer) from that side's point of view.
+    pub(crate) fn fmt_as(
+        &self,
+        f: &mut core::fmt::Formatter<'_>,
+        name: &str,
+        tx: &str,
+        rx: &str,
+    ) -> core::fmt::Result {
+        f.debug_struct(name)
             .field("port", &self.chan.port())
+            .field(tx, &self.tx.prod())
+            .field(rx, &self.rx.cons())
             .field("broken", &self.broken)
             .finish()
     }

@@ -111,13 +111,44 @@ pub fn load_index(idx: SharedMem<'_>, off: usize) -> Result<u32, ByteRingError> 
     Ok(cell(idx, off)?.load(Ordering::Acquire))
 }
 
+/// The index an end owns: where it is, its private value, and the value
+/// last published (the private one runs ahead between push and publish).
+#[derive(Debug, Clone)]
+struct Own {
+    off: usize,
+    pvt: u32,
+    published: u32,
+}
+
+impl Own {
+    const fn new(off: usize, start: u32) -> Self {
+        Self {
+            off,
+            pvt: start,
+            published: start,
+        }
+    }
+
+    fn publish_with<R>(
+        &mut self,
+        idx: SharedMem<'_>,
+        store: impl FnOnce(&AtomicU32, u32) -> R,
+    ) -> Result<Option<R>, ByteRingError> {
+        if self.published == self.pvt {
+            return Ok(None);
+        }
+        let c = cell(idx, self.off)?;
+        self.published = self.pvt;
+        Ok(Some(store(c, self.pvt)))
+    }
+}
+
 /// The producing end of a byte ring: its private producer index, what it
 /// last published, and the consumer index it last validated.
 #[derive(Debug, Clone)]
 pub struct ByteProducer {
     layout: Layout,
-    prod: u32,
-    published: u32,
+    prod: Own,
     seen_cons: u32,
 }
 
@@ -125,9 +156,8 @@ impl ByteProducer {
     /// A producer whose indices (both) stand at `start`.
     pub const fn new(layout: Layout, start: u32) -> Self {
         Self {
+            prod: Own::new(layout.prod, start),
             layout,
-            prod: start,
-            published: start,
             seen_cons: start,
         }
     }
@@ -139,19 +169,19 @@ impl ByteProducer {
 
     /// The private producer index (bytes pushed, published or not).
     pub const fn prod(&self) -> u32 {
-        self.prod
+        self.prod.pvt
     }
 
     /// Bytes pushed but not yet published.
     pub const fn unpublished(&self) -> usize {
-        self.prod.wrapping_sub(self.published) as usize
+        self.prod.pvt.wrapping_sub(self.prod.published) as usize
     }
 
     /// Reads the consumer index once, validates it against our private
     /// producer index and returns the free space.
     pub fn space(&mut self, idx: SharedMem<'_>) -> Result<usize, ByteRingError> {
         let cons = load_index(idx, self.layout.cons)?;
-        let used = self.layout.in_flight(self.prod, cons)?;
+        let used = self.layout.in_flight(self.prod.pvt, cons)?;
         self.seen_cons = cons;
         Ok(self.layout.size - used)
     }
@@ -159,7 +189,7 @@ impl ByteProducer {
     /// Free space as of the consumer index last validated (no shared
     /// memory access; never more than there really is).
     pub const fn known_space(&self) -> usize {
-        self.layout.size - self.prod.wrapping_sub(self.seen_cons) as usize
+        self.layout.size - self.prod.pvt.wrapping_sub(self.seen_cons) as usize
     }
 
     /// Copies as much of `src` as the known free space takes into the ring
@@ -170,8 +200,8 @@ impl ByteProducer {
         if n == 0 {
             return Ok(0);
         }
-        self.layout.copy_in(data, self.prod, &src[..n])?;
-        self.prod = self.prod.wrapping_add(n as u32);
+        self.layout.copy_in(data, self.prod.pvt, &src[..n])?;
+        self.prod.pvt = self.prod.pvt.wrapping_add(n as u32);
         Ok(n)
     }
 
@@ -183,12 +213,7 @@ impl ByteProducer {
         idx: SharedMem<'_>,
         store: impl FnOnce(&AtomicU32, u32) -> R,
     ) -> Result<Option<R>, ByteRingError> {
-        if self.published == self.prod {
-            return Ok(None);
-        }
-        let c = cell(idx, self.layout.prod)?;
-        self.published = self.prod;
-        Ok(Some(store(c, self.prod)))
+        self.prod.publish_with(idx, store)
     }
 
     /// Publishes pushed bytes (release store of the producer index).
@@ -220,8 +245,7 @@ impl ByteProducer {
 #[derive(Debug, Clone)]
 pub struct ByteConsumer {
     layout: Layout,
-    cons: u32,
-    published: u32,
+    cons: Own,
     seen_prod: u32,
 }
 
@@ -229,9 +253,8 @@ impl ByteConsumer {
     /// A consumer whose indices stand at `start`.
     pub const fn new(layout: Layout, start: u32) -> Self {
         Self {
+            cons: Own::new(layout.cons, start),
             layout,
-            cons: start,
-            published: start,
             seen_prod: start,
         }
     }
@@ -243,21 +266,21 @@ impl ByteConsumer {
 
     /// The private consumer index.
     pub const fn cons(&self) -> u32 {
-        self.cons
+        self.cons.pvt
     }
 
     /// Reads the producer index once, validates it against our private
     /// consumer index and returns the bytes ready.
     pub fn ready(&mut self, idx: SharedMem<'_>) -> Result<usize, ByteRingError> {
         let prod = load_index(idx, self.layout.prod)?;
-        let ready = self.layout.in_flight(prod, self.cons)?;
+        let ready = self.layout.in_flight(prod, self.cons.pvt)?;
         self.seen_prod = prod;
         Ok(ready)
     }
 
     /// Bytes ready as of the producer index last validated.
     pub const fn known_ready(&self) -> usize {
-        self.seen_prod.wrapping_sub(self.cons) as usize
+        self.seen_prod.wrapping_sub(self.cons.pvt) as usize
     }
 
     /// Copies up to `dst.len()` of the known ready bytes out of the ring
@@ -272,8 +295,8 @@ impl ByteConsumer {
         if n == 0 {
             return Ok(0);
         }
-        self.layout.copy_out(data, self.cons, &mut dst[..n])?;
-        self.cons = self.cons.wrapping_add(n as u32);
+        self.layout.copy_out(data, self.cons.pvt, &mut dst[..n])?;
+        self.cons.pvt = self.cons.pvt.wrapping_add(n as u32);
         Ok(n)
     }
 
@@ -284,12 +307,7 @@ impl ByteConsumer {
         idx: SharedMem<'_>,
         store: impl FnOnce(&AtomicU32, u32) -> R,
     ) -> Result<Option<R>, ByteRingError> {
-        if self.published == self.cons {
-            return Ok(None);
-        }
-        let c = cell(idx, self.layout.cons)?;
-        self.published = self.cons;
-        Ok(Some(store(c, self.cons)))
+        self.cons.publish_with(idx, store)
     }
 
     /// Gives consumed bytes back (release store of the consumer index).
