@@ -1,14 +1,12 @@
 //! The back end: consumes requests, produces responses.
 
-use core::fmt;
-use core::marker::PhantomData;
-
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+use super::end::{Back, Ring};
 use super::index;
 use super::sring::Sring;
-use super::{Latch, RingError};
-use crate::mem::{SharedMem, SharedMemory};
+use super::RingError;
+use crate::mem::SharedMemory;
 
 /// The back end of a shared ring of `Req` requests and `Rsp` responses.
 ///
@@ -49,30 +47,9 @@ use crate::mem::{SharedMem, SharedMemory};
 ///     }
 /// }
 /// ```
-pub struct BackRing<M, Req, Rsp> {
-    sring: Sring<M>,
-    rsp_prod_pvt: u32,
-    rsp_published: u32,
-    req_cons: u32,
-    req_prod_seen: u32,
-    latch: Latch,
-    _entries: PhantomData<fn(Rsp) -> Req>,
-}
+pub type BackRing<M, Req, Rsp> = Ring<M, Req, Rsp, Back>;
 
-impl<M, Req, Rsp> fmt::Debug for BackRing<M, Req, Rsp> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BackRing")
-            .field("size", &self.sring.nr_ents())
-            .field("rsp_prod_pvt", &self.rsp_prod_pvt)
-            .field("rsp_published", &self.rsp_published)
-            .field("req_cons", &self.req_cons)
-            .field("req_prod_seen", &self.req_prod_seen)
-            .field("error", &self.latch.cause())
-            .finish()
-    }
-}
-
-impl<M, Req, Rsp> BackRing<M, Req, Rsp>
+impl<M, Req, Rsp> Ring<M, Req, Rsp, Back>
 where
     M: SharedMemory,
     Req: FromBytes + IntoBytes + Immutable,
@@ -87,41 +64,28 @@ where
     /// Attaches with all private indices at `start` (`BACK_RING_ATTACH`,
     /// e.g. to resume a ring already in use).
     pub fn attach_at(mem: M, start: u32) -> Result<Self, RingError> {
-        Ok(Self {
-            sring: Sring::new::<Req, Rsp>(mem)?,
-            rsp_prod_pvt: start,
-            rsp_published: start,
-            req_cons: start,
-            req_prod_seen: start,
-            latch: Latch::default(),
-            _entries: PhantomData,
-        })
-    }
-
-    /// Number of slots (a power of two).
-    pub fn size(&self) -> u32 {
-        self.sring.nr_ents()
+        Ok(Self::with(Sring::new::<Req, Rsp>(mem)?, start))
     }
 
     /// The next response slot to fill (private `rsp_prod_pvt`).
     pub fn rsp_prod_pvt(&self) -> u32 {
-        self.rsp_prod_pvt
+        self.prod_pvt
     }
 
     /// The next request to consume (private `req_cons`).
     pub fn req_cons(&self) -> u32 {
-        self.req_cons
+        self.cons
     }
 
     /// Requests consumed and not yet answered: the responses that may be
     /// pushed now.
     pub fn unanswered(&self) -> u32 {
-        self.req_cons.wrapping_sub(self.rsp_prod_pvt)
+        self.cons.wrapping_sub(self.prod_pvt)
     }
 
     /// Responses pushed but not yet published.
     pub fn unpublished_responses(&self) -> u32 {
-        self.rsp_prod_pvt.wrapping_sub(self.rsp_published)
+        self.prod_pvt.wrapping_sub(self.published)
     }
 
     /// Validates the front end's `req_prod`. The front end can only have
@@ -131,15 +95,7 @@ where
     /// `req_prod - rsp_prod_pvt <= size` — and never behind it.
     fn refresh(&mut self, prod: u32) -> Result<(), RingError> {
         let max = index::max_ahead(self.size(), self.unanswered());
-        if !index::producer_ok(prod, self.req_cons, max) {
-            return Err(self.latch.trip(RingError::ProducerOverflow {
-                prod,
-                cons: self.req_cons,
-                max,
-            }));
-        }
-        self.req_prod_seen = prod;
-        Ok(())
+        self.accept(prod, max)
     }
 
     /// Requests published and not yet consumed
@@ -147,18 +103,13 @@ where
     /// `req_prod`.
     pub fn unconsumed_requests(&mut self) -> Result<u32, RingError> {
         self.latch.live()?;
-        let c = self.latch.check(self.sring.cells())?;
-        self.refresh(index::load_producer(c.req_prod))?;
+        let prod = self.load_peer()?;
+        self.refresh(prod)?;
         Ok(self.pending())
     }
 
     fn pending(&self) -> u32 {
-        index::unconsumed_requests(
-            self.size(),
-            self.req_prod_seen,
-            self.req_cons,
-            self.rsp_prod_pvt,
-        )
+        index::unconsumed_requests(self.size(), self.prod_seen, self.cons, self.prod_pvt)
     }
 
     /// Consumes the next request, copied once out of shared memory, or
@@ -166,16 +117,13 @@ where
     pub fn next_request(&mut self) -> Result<Option<Req>, RingError> {
         self.latch.live()?;
         if self.pending() == 0 {
-            let c = self.latch.check(self.sring.cells())?;
-            self.refresh(index::load_producer(c.req_prod))?;
+            let prod = self.load_peer()?;
+            self.refresh(prod)?;
             if self.pending() == 0 {
                 return Ok(None);
             }
         }
-        let r = self.sring.read(self.req_cons);
-        let req = self.latch.check(r)?;
-        self.req_cons = self.req_cons.wrapping_add(1);
-        Ok(Some(req))
+        self.consume().map(Some)
     }
 
     /// Before sleeping: returns whether requests are waiting; if none, first
@@ -186,44 +134,9 @@ where
         if self.pending() != 0 {
             return Ok(true);
         }
-        let c = self.latch.check(self.sring.cells())?;
-        let prod = index::final_check(c.req_prod, c.req_event, self.req_cons);
+        let prod = self.final_check()?;
         self.refresh(prod)?;
         Ok(self.pending() != 0)
-    }
-
-    /// Copies `rsp` into the slot of the oldest unanswered request.
-    /// [`RingError::Full`] if every consumed request is already answered.
-    pub fn push_response(&mut self, rsp: &Rsp) -> Result<(), RingError> {
-        self.latch.live()?;
-        if self.unanswered() == 0 {
-            return Err(RingError::Full);
-        }
-        let r = self.sring.write(self.rsp_prod_pvt, rsp);
-        self.latch.check(r)?;
-        self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
-        Ok(())
-    }
-
-    /// Publishes pushed responses without checking whether to notify
-    /// (`RING_PUSH_RESPONSES`).
-    pub fn push_responses(&mut self) -> Result<(), RingError> {
-        self.latch.live()?;
-        let c = self.latch.check(self.sring.cells())?;
-        index::publish(c.rsp_prod, self.rsp_prod_pvt);
-        self.rsp_published = self.rsp_prod_pvt;
-        Ok(())
-    }
-
-    /// Publishes pushed responses and returns whether the front end asked
-    /// to be notified of them (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`).
-    pub fn push_responses_and_check_notify(&mut self) -> Result<bool, RingError> {
-        self.latch.live()?;
-        let (old, new) = (self.rsp_published, self.rsp_prod_pvt);
-        let c = self.latch.check(self.sring.cells())?;
-        let notify = index::publish_and_check_notify(c.rsp_prod, c.rsp_event, old, new);
-        self.rsp_published = new;
-        Ok(notify)
     }
 
     /// Before sleeping until at least `need` requests are published (e.g.
@@ -233,44 +146,28 @@ where
     /// `req_prod` re-read and validated). On `false`, sleep until an event.
     pub fn final_check_for_requests_at_least(&mut self, need: u32) -> Result<bool, RingError> {
         self.latch.live()?;
-        let c = self.latch.check(self.sring.cells())?;
-        index::arm_event(c.req_event, self.req_cons.wrapping_add(need));
-        self.refresh(index::load_producer(c.req_prod))?;
+        self.arm_event(self.cons.wrapping_add(need))?;
+        let prod = self.load_peer()?;
+        self.refresh(prod)?;
         Ok(self.pending() >= need)
     }
 
-    /// The protocol-private bytes of the header (`pvt`).
-    pub fn pvt(&self) -> Result<SharedMem<'_>, RingError> {
-        self.sring.pvt()
-    }
-}
-
-impl<M, Req, Rsp> BackRing<M, Req, Rsp> {
-    /// The memory the ring lives in (a share, a mapping, a window).
-    pub fn memory(&self) -> &M {
-        self.sring.memory()
+    /// Copies `rsp` into the slot of the oldest unanswered request.
+    /// [`RingError::Full`] if every consumed request is already answered.
+    pub fn push_response(&mut self, rsp: &Rsp) -> Result<(), RingError> {
+        let room = self.unanswered() != 0;
+        self.produce(rsp, room)
     }
 
-    /// Ends the ring and gives its memory back (e.g. to revoke a share or
-    /// unmap a mapping). Shared memory is not touched.
-    pub fn into_memory(self) -> M {
-        self.sring.into_memory()
+    /// Publishes pushed responses without checking whether to notify
+    /// (`RING_PUSH_RESPONSES`).
+    pub fn push_responses(&mut self) -> Result<(), RingError> {
+        self.publish()
     }
 
-    /// Whether an error has broken the ring.
-    pub fn is_broken(&self) -> bool {
-        self.latch.cause().is_some()
-    }
-
-    /// The error that broke the ring, if any.
-    pub fn error(&self) -> Option<RingError> {
-        self.latch.cause()
-    }
-
-    /// Breaks the ring with `err` (for violations the driver finds in a
-    /// request). Returns `err`, to be propagated. [`RingError::Full`] does
-    /// not break it.
-    pub fn fail(&mut self, err: RingError) -> RingError {
-        self.latch.trip(err)
+    /// Publishes pushed responses and returns whether the front end asked
+    /// to be notified of them (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`).
+    pub fn push_responses_and_check_notify(&mut self) -> Result<bool, RingError> {
+        self.publish_and_check_notify()
     }
 }

@@ -1,15 +1,13 @@
 //! The front end: produces requests, consumes responses.
 
-use core::fmt;
-use core::marker::PhantomData;
-
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+use super::end::{Front, Ring};
 use super::index;
 use super::outstanding::Outstanding;
 use super::sring::Sring;
-use super::{Latch, RingError};
-use crate::mem::{SharedMem, SharedMemory};
+use super::RingError;
+use crate::mem::SharedMemory;
 
 /// The front end of a shared ring of `Req` requests and `Rsp` responses.
 ///
@@ -54,30 +52,9 @@ use crate::mem::{SharedMem, SharedMemory};
 ///     Ok(())
 /// }
 /// ```
-pub struct FrontRing<M, Req, Rsp> {
-    sring: Sring<M>,
-    req_prod_pvt: u32,
-    req_published: u32,
-    rsp_cons: u32,
-    rsp_prod_seen: u32,
-    latch: Latch,
-    _entries: PhantomData<fn(Req) -> Rsp>,
-}
+pub type FrontRing<M, Req, Rsp> = Ring<M, Req, Rsp, Front>;
 
-impl<M, Req, Rsp> fmt::Debug for FrontRing<M, Req, Rsp> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FrontRing")
-            .field("size", &self.sring.nr_ents())
-            .field("req_prod_pvt", &self.req_prod_pvt)
-            .field("req_published", &self.req_published)
-            .field("rsp_cons", &self.rsp_cons)
-            .field("rsp_prod_seen", &self.rsp_prod_seen)
-            .field("error", &self.latch.cause())
-            .finish()
-    }
-}
-
-impl<M, Req, Rsp> FrontRing<M, Req, Rsp>
+impl<M, Req, Rsp> Ring<M, Req, Rsp, Front>
 where
     M: SharedMemory,
     Req: FromBytes + IntoBytes + Immutable,
@@ -99,37 +76,20 @@ where
         Ok(Self::with(Sring::new::<Req, Rsp>(mem)?, start))
     }
 
-    fn with(sring: Sring<M>, start: u32) -> Self {
-        Self {
-            sring,
-            req_prod_pvt: start,
-            req_published: start,
-            rsp_cons: start,
-            rsp_prod_seen: start,
-            latch: Latch::default(),
-            _entries: PhantomData,
-        }
-    }
-
-    /// Number of slots (a power of two).
-    pub fn size(&self) -> u32 {
-        self.sring.nr_ents()
-    }
-
     /// The next request slot to fill (private `req_prod_pvt`).
     pub fn req_prod_pvt(&self) -> u32 {
-        self.req_prod_pvt
+        self.prod_pvt
     }
 
     /// The next response to consume (private `rsp_cons`).
     pub fn rsp_cons(&self) -> u32 {
-        self.rsp_cons
+        self.cons
     }
 
     /// Slots free for new requests: those not holding a request whose
     /// response has not been consumed yet.
     pub fn free_requests(&self) -> u32 {
-        index::free_slots(self.size(), self.req_prod_pvt, self.rsp_cons)
+        index::free_slots(self.size(), self.prod_pvt, self.cons)
     }
 
     /// Whether no request can be pushed until responses are consumed.
@@ -139,66 +99,43 @@ where
 
     /// Requests pushed but not yet published.
     pub fn unpublished_requests(&self) -> u32 {
-        self.req_prod_pvt.wrapping_sub(self.req_published)
+        self.prod_pvt.wrapping_sub(self.published)
     }
 
     /// Copies `req` into the next free slot. The back end sees it only once
     /// it is published ([`FrontRing::push_requests_and_check_notify`]).
     pub fn push_request(&mut self, req: &Req) -> Result<(), RingError> {
-        self.latch.live()?;
-        if self.is_full() {
-            return Err(RingError::Full);
-        }
-        let r = self.sring.write(self.req_prod_pvt, req);
-        self.latch.check(r)?;
-        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
-        Ok(())
+        let room = !self.is_full();
+        self.produce(req, room)
     }
 
     /// Publishes pushed requests without checking whether to notify
     /// (`RING_PUSH_REQUESTS`).
     pub fn push_requests(&mut self) -> Result<(), RingError> {
-        self.latch.live()?;
-        let c = self.latch.check(self.sring.cells())?;
-        index::publish(c.req_prod, self.req_prod_pvt);
-        self.req_published = self.req_prod_pvt;
-        Ok(())
+        self.publish()
     }
 
     /// Publishes pushed requests and returns whether the back end asked to
     /// be notified of them (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`). Send the
     /// event when this is true.
     pub fn push_requests_and_check_notify(&mut self) -> Result<bool, RingError> {
-        self.latch.live()?;
-        let (old, new) = (self.req_published, self.req_prod_pvt);
-        let c = self.latch.check(self.sring.cells())?;
-        let notify = index::publish_and_check_notify(c.req_prod, c.req_event, old, new);
-        self.req_published = new;
-        Ok(notify)
+        self.publish_and_check_notify()
     }
 
     /// Validates a `rsp_prod` just read from the back end. It may be ahead of
     /// `rsp_cons` by at most the published requests still unanswered.
     fn refresh(&mut self, prod: u32) -> Result<(), RingError> {
-        let max = self.req_published.wrapping_sub(self.rsp_cons);
-        if !index::producer_ok(prod, self.rsp_cons, max) {
-            return Err(self.latch.trip(RingError::ProducerOverflow {
-                prod,
-                cons: self.rsp_cons,
-                max,
-            }));
-        }
-        self.rsp_prod_seen = prod;
-        Ok(())
+        let max = self.published.wrapping_sub(self.cons);
+        self.accept(prod, max)
     }
 
     /// Responses published and not yet consumed
     /// (`RING_HAS_UNCONSUMED_RESPONSES`), after validating `rsp_prod`.
     pub fn unconsumed_responses(&mut self) -> Result<u32, RingError> {
         self.latch.live()?;
-        let c = self.latch.check(self.sring.cells())?;
-        self.refresh(index::load_producer(c.rsp_prod))?;
-        Ok(self.rsp_prod_seen.wrapping_sub(self.rsp_cons))
+        let prod = self.load_peer()?;
+        self.refresh(prod)?;
+        Ok(self.prod_seen.wrapping_sub(self.cons))
     }
 
     /// Consumes the next response, copied once out of shared memory, or
@@ -206,17 +143,14 @@ where
     /// [`FrontRing::complete`]) before acting on it.
     pub fn next_response(&mut self) -> Result<Option<Rsp>, RingError> {
         self.latch.live()?;
-        if self.rsp_cons == self.rsp_prod_seen {
-            let c = self.latch.check(self.sring.cells())?;
-            self.refresh(index::load_producer(c.rsp_prod))?;
-            if self.rsp_cons == self.rsp_prod_seen {
+        if self.cons == self.prod_seen {
+            let prod = self.load_peer()?;
+            self.refresh(prod)?;
+            if self.cons == self.prod_seen {
                 return Ok(None);
             }
         }
-        let r = self.sring.read(self.rsp_cons);
-        let rsp = self.latch.check(r)?;
-        self.rsp_cons = self.rsp_cons.wrapping_add(1);
-        Ok(Some(rsp))
+        self.consume().map(Some)
     }
 
     /// Before sleeping: returns whether responses are waiting; if none,
@@ -224,13 +158,12 @@ where
     /// (`RING_FINAL_CHECK_FOR_RESPONSES`). On `false`, sleep until an event.
     pub fn final_check_for_responses(&mut self) -> Result<bool, RingError> {
         self.latch.live()?;
-        if self.rsp_cons != self.rsp_prod_seen {
+        if self.cons != self.prod_seen {
             return Ok(true);
         }
-        let c = self.latch.check(self.sring.cells())?;
-        let prod = index::final_check(c.rsp_prod, c.rsp_event, self.rsp_cons);
+        let prod = self.final_check()?;
         self.refresh(prod)?;
-        Ok(self.rsp_prod_seen != self.rsp_cons)
+        Ok(self.prod_seen != self.cons)
     }
 
     /// Checks a response's `id` and `opcode` against `inflight` and returns
@@ -245,40 +178,5 @@ where
         self.latch.live()?;
         let r = inflight.finish(id, opcode);
         self.latch.check(r)
-    }
-
-    /// The protocol-private bytes of the header (`pvt`).
-    pub fn pvt(&self) -> Result<SharedMem<'_>, RingError> {
-        self.sring.pvt()
-    }
-}
-
-impl<M, Req, Rsp> FrontRing<M, Req, Rsp> {
-    /// The memory the ring lives in (a share, a mapping, a window).
-    pub fn memory(&self) -> &M {
-        self.sring.memory()
-    }
-
-    /// Ends the ring and gives its memory back (e.g. to revoke a share or
-    /// unmap a mapping). Shared memory is not touched.
-    pub fn into_memory(self) -> M {
-        self.sring.into_memory()
-    }
-
-    /// Whether an error has broken the ring.
-    pub fn is_broken(&self) -> bool {
-        self.latch.cause().is_some()
-    }
-
-    /// The error that broke the ring, if any.
-    pub fn error(&self) -> Option<RingError> {
-        self.latch.cause()
-    }
-
-    /// Breaks the ring with `err` (for violations the driver finds in
-    /// response contents). Returns `err`, to be propagated. [`RingError::Full`]
-    /// does not break it.
-    pub fn fail(&mut self, err: RingError) -> RingError {
-        self.latch.trip(err)
     }
 }

@@ -19,7 +19,10 @@
 //!   producer/consumer arithmetic, wrap-around, peer-index check and
 //!   copy-once of vchan, the PV console and the XenStore page, once.
 //! * [`FrontRing`] and [`BackRing`] — the two ends, typed by their entry
-//!   types. Entries are plain bytes (`zerocopy` types); reading one copies it
+//!   types: both are the one [`Ring`] type with the side ([`Front`] /
+//!   [`Back`]) as a parameter, so what the ends share (indices, publish,
+//!   final check, latch) is written once and only the side's direction and
+//!   peer-index bound differ. Entries are plain bytes (`zerocopy` types); reading one copies it
 //!   once out of shared memory into a private value, which is all the caller
 //!   ever sees (copy-once, XSA-155). Each end keeps its own indices
 //!   privately — its producer index, what it last published, its consumer
@@ -58,6 +61,7 @@ pub mod bytes;
 pub mod index;
 
 mod back;
+mod end;
 mod front;
 mod outstanding;
 mod sring;
@@ -66,6 +70,7 @@ mod sring;
 mod tests;
 
 pub use back::BackRing;
+pub use end::{Back, Front, Ring, Side};
 pub use front::FrontRing;
 pub use outstanding::Outstanding;
 pub use sring::{entry_size, nr_entries, ring_bytes};
