@@ -48,8 +48,7 @@ pub use front::ConsoleFront;
 
 use crate::event::EventError;
 use crate::grant::{GrantError, MapError};
-use crate::mem::SharedMem;
-use crate::platform::{ForeignMapper, GrantBackend};
+use crate::mem::{SharedMem, SharedMemory};
 use crate::store::client::ClientError;
 use crate::store::xenbus::XenbusState;
 
@@ -93,29 +92,11 @@ impl<T: ConsoleIo + ?Sized> ConsoleIo for &mut T {
 
 /// Memory holding a console page: the primary page as the domain builder
 /// made it ([`SharedMem`]), a secondary console's [`Share`](crate::grant::Share)
-/// (front end) or a back end's [`Mapping`](crate::grant::Mapping).
-pub trait ConsolePage: Send {
-    /// The page.
-    fn page(&self) -> SharedMem<'_>;
-}
+/// (front end) or a back end's [`Mapping`](crate::grant::Mapping) — any
+/// [`SharedMemory`] owner that can move between threads.
+pub trait ConsolePage: SharedMemory + Send {}
 
-impl ConsolePage for SharedMem<'_> {
-    fn page(&self) -> SharedMem<'_> {
-        *self
-    }
-}
-
-impl<B: GrantBackend> ConsolePage for crate::grant::Share<B> {
-    fn page(&self) -> SharedMem<'_> {
-        self.mem()
-    }
-}
-
-impl<M: ForeignMapper> ConsolePage for crate::grant::Mapping<M> {
-    fn page(&self) -> SharedMem<'_> {
-        self.mem()
-    }
-}
+impl<T: SharedMemory + Send> ConsolePage for T {}
 
 /// Errors of console set-up and I/O.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -117,7 +117,7 @@ impl<P: ConsolePage, E: EventChannels> End<P, E> {
         tx: Dir,
         rx: Dir,
     ) -> Result<Self, ConsoleError> {
-        let mem = page.page();
+        let mem = page.shared();
         check_page(mem)?;
         let tx_prod = load(mem, tx.prod)?;
         let rx_cons = load(mem, rx.cons)?;
@@ -179,7 +179,7 @@ impl<P: ConsolePage, E: EventChannels> End<P, E> {
     /// the bytes written (0 when full).
     pub(crate) fn send(&mut self, data: &[u8]) -> Result<usize, ConsoleError> {
         self.live()?;
-        let mem = self.page.page();
+        let mem = self.page.shared();
         let r = self.tx.write_some(mem, mem, data).map_err(err);
         let n = self.fail(r)?;
         if n > 0 {
@@ -194,7 +194,7 @@ impl<P: ConsolePage, E: EventChannels> End<P, E> {
     /// read count as progress against an event flood.
     pub(crate) fn recv(&mut self, buf: &mut [u8], progress: bool) -> Result<usize, ConsoleError> {
         self.live()?;
-        let mem = self.page.page();
+        let mem = self.page.shared();
         let r = self.rx.read_some(mem, mem, buf).map_err(err);
         let n = self.fail(r)?;
         if n > 0 {
@@ -209,7 +209,7 @@ impl<P: ConsolePage, E: EventChannels> End<P, E> {
     /// Bytes we produced that the peer has not consumed yet.
     pub(crate) fn tx_used(&mut self) -> Result<usize, ConsoleError> {
         self.live()?;
-        let r = self.tx.space(self.page.page()).map_err(err);
+        let r = self.tx.space(self.page.shared()).map_err(err);
         let space = self.fail(r)?;
         Ok(self.tx.layout().size - space)
     }
@@ -217,7 +217,7 @@ impl<P: ConsolePage, E: EventChannels> End<P, E> {
     /// Bytes waiting for us.
     pub(crate) fn rx_ready(&mut self) -> Result<usize, ConsoleError> {
         self.live()?;
-        let r = self.rx.ready(self.page.page()).map_err(err);
+        let r = self.rx.ready(self.page.shared()).map_err(err);
         self.fail(r)
     }
 
