@@ -27,7 +27,7 @@ use xenshare_abi::blkif::{
 use xenshare_devices::blk::{guest_config, BlkWorld, SimFront};
 use xenshare_sim::{DomainConfig, RevocationModel};
 
-type Ring<'a> = BackRing<'a, BlkifRequest, BlkifResponse>;
+type Ring<'a> = BackRing<xenshare::mem::SharedMem<'a>, BlkifRequest, BlkifResponse>;
 
 /// What Linux's blkback writes at InitWait (its probe).
 const AT_INITWAIT: &[(&str, &str)] = &[

@@ -15,7 +15,7 @@ use xenshare_abi::blkif::{
 };
 use xenshare_devices::blk::{BlkWorld, SimFront};
 
-type Ring<'a> = BackRing<'a, BlkifRequest, BlkifResponse>;
+type Ring<'a> = BackRing<xenshare::mem::SharedMem<'a>, BlkifRequest, BlkifResponse>;
 
 /// Connects the real front end to a hand-made back end.
 fn connect(w: &BlkWorld, extra: &[(&str, &str)]) -> (SimFront, FakeBack) {

@@ -21,7 +21,7 @@ use zerocopy::IntoBytes;
 const DISK: u64 = 4 << 20;
 const SECTORS: u64 = DISK / 512;
 
-type Ring<'a> = FrontRing<'a, BlkifRequest, BlkifResponse>;
+type Ring<'a> = FrontRing<xenshare::mem::SharedMem<'a>, BlkifRequest, BlkifResponse>;
 
 struct Setup {
     w: BlkWorld,

@@ -18,7 +18,7 @@ use xenshare_abi::netif::{
     NETTXF_CSUM_BLANK, NETTXF_DATA_VALIDATED,
 };
 
-type RxBack<'a> = BackRing<'a, NetifRxRequest, NetifRxResponse>;
+type RxBack<'a> = BackRing<xenshare::mem::SharedMem<'a>, NetifRxRequest, NetifRxResponse>;
 
 /// An Ethernet/IPv4/UDP frame with `payload` and a junk checksum (what a
 /// checksum-offloading sender leaves in the field is not a checksum).

@@ -30,8 +30,8 @@ use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETTXF_MORE_DATA};
 use xenshare_sim::{DomainConfig, RevocationModel};
 
-type TxBack<'a> = BackRing<'a, NetifTxRequest, NetifTxResponse>;
-type RxBack<'a> = BackRing<'a, NetifRxRequest, NetifRxResponse>;
+type TxBack<'a> = BackRing<xenshare::mem::SharedMem<'a>, NetifTxRequest, NetifTxResponse>;
+type RxBack<'a> = BackRing<xenshare::mem::SharedMem<'a>, NetifRxRequest, NetifRxResponse>;
 
 // ---------------------------------------------------------------- back ends
 

@@ -26,7 +26,7 @@ const HEADER: usize = 64;
 /// One slot: the larger of request (112 bytes) and response (16 bytes).
 const SLOT: usize = core::mem::size_of::<BlkifRequest>();
 
-type Ring<'a> = FrontRing<'a, BlkifRequest, BlkifResponse>;
+type Ring<'a> = FrontRing<xenshare::mem::SharedMem<'a>, BlkifRequest, BlkifResponse>;
 
 fn backend(w: &BlkWorld, img: &TmpImage) -> BackendThread<FileStorage> {
     w.spawn_backend(img.create(DISK), BackConfig::new(w.guest.id(), DEVID))
@@ -315,7 +315,7 @@ fn blkfront_grants_pages_holding_only_the_request_data() {
     let data = [0x77u8; 512];
     let mut disk = fe.disk().unwrap();
     let _tag = disk.submit_write(3 * 512, &data).unwrap();
-    let mut ring = BackRing::<BlkifRequest, BlkifResponse>::attach(fb.ring.mem()).unwrap();
+    let mut ring = BackRing::<_, BlkifRequest, BlkifResponse>::attach(fb.ring.mem()).unwrap();
     let t = Instant::now();
     let req = loop {
         if let Some(r) = ring.next_request().unwrap() {
@@ -664,7 +664,7 @@ fn blkfront_acts_on_one_copy_of_a_response_slot_changing_under_it() {
         t.join().unwrap()
     });
     let mut disk = fe.disk().unwrap();
-    let mut ring = BackRing::<BlkifRequest, BlkifResponse>::attach(fb.ring.mem()).unwrap();
+    let mut ring = BackRing::<_, BlkifRequest, BlkifResponse>::attach(fb.ring.mem()).unwrap();
     let size = ring.size() as usize;
     let (mut ok, mut failed, mut broke) = (0, 0, None);
     for round in 0..ROUNDS {

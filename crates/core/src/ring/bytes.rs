@@ -25,7 +25,8 @@
 //! gather small writes into one index update ([`ByteProducer::push`] then
 //! [`ByteProducer::publish`]), and vchan can publish through its notify
 //! protocol ([`ByteProducer::publish_with`]); `write_some`/`read_some` do all
-//! three steps for the simple users.
+//! three steps for the simple users. Both ends are one type, [`ByteEnd`],
+//! with the side as a parameter; only moving the data differs by side.
 //!
 //! No `unsafe` here: everything goes through [`SharedMem`].
 
@@ -111,54 +112,64 @@ pub fn load_index(idx: SharedMem<'_>, off: usize) -> Result<u32, ByteRingError> 
     Ok(cell(idx, off)?.load(Ordering::Acquire))
 }
 
-/// The index an end owns: where it is, its private value, and the value
-/// last published (the private one runs ahead between push and publish).
-#[derive(Debug, Clone)]
-struct Own {
-    off: usize,
-    pvt: u32,
-    published: u32,
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Producer {}
+    impl Sealed for super::Consumer {}
 }
 
-impl Own {
-    const fn new(off: usize, start: u32) -> Self {
-        Self {
-            off,
-            pvt: start,
-            published: start,
-        }
-    }
+/// Which end of a byte ring: [`Producer`] or [`Consumer`]. Sealed.
+pub trait ByteSide: sealed::Sealed + Clone + core::fmt::Debug {
+    /// True for the producing end.
+    const PRODUCER: bool;
+}
 
-    fn publish_with<R>(
-        &mut self,
-        idx: SharedMem<'_>,
-        store: impl FnOnce(&AtomicU32, u32) -> R,
-    ) -> Result<Option<R>, ByteRingError> {
-        if self.published == self.pvt {
-            return Ok(None);
-        }
-        let c = cell(idx, self.off)?;
-        self.published = self.pvt;
-        Ok(Some(store(c, self.pvt)))
-    }
+/// The producing end: owns `prod`, reads `cons`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Producer {}
+
+/// The consuming end: owns `cons`, reads `prod`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumer {}
+
+impl ByteSide for Producer {
+    const PRODUCER: bool = true;
+}
+
+impl ByteSide for Consumer {
+    const PRODUCER: bool = false;
+}
+
+/// One end `S` of a byte ring: the index it owns (private value and the
+/// value last published) and the peer's index as last read and validated.
+/// Use it as [`ByteProducer`] or [`ByteConsumer`].
+#[derive(Debug, Clone)]
+pub struct ByteEnd<S: ByteSide> {
+    layout: Layout,
+    own: u32,
+    published: u32,
+    seen: u32,
+    _side: core::marker::PhantomData<S>,
 }
 
 /// The producing end of a byte ring: its private producer index, what it
 /// last published, and the consumer index it last validated.
-#[derive(Debug, Clone)]
-pub struct ByteProducer {
-    layout: Layout,
-    prod: Own,
-    seen_cons: u32,
-}
+pub type ByteProducer = ByteEnd<Producer>;
 
-impl ByteProducer {
-    /// A producer whose indices (both) stand at `start`.
+/// The consuming end of a byte ring: its private consumer index, what it
+/// last published, and the producer index it last validated.
+pub type ByteConsumer = ByteEnd<Consumer>;
+
+impl<S: ByteSide> ByteEnd<S> {
+    /// An end whose indices (its own and the peer's as seen) stand at
+    /// `start`.
     pub const fn new(layout: Layout, start: u32) -> Self {
         Self {
-            prod: Own::new(layout.prod, start),
             layout,
-            seen_cons: start,
+            own: start,
+            published: start,
+            seen: start,
+            _side: core::marker::PhantomData,
         }
     }
 
@@ -167,45 +178,45 @@ impl ByteProducer {
         &self.layout
     }
 
-    /// The private producer index (bytes pushed, published or not).
-    pub const fn prod(&self) -> u32 {
-        self.prod.pvt
-    }
-
-    /// Bytes pushed but not yet published.
-    pub const fn unpublished(&self) -> usize {
-        self.prod.pvt.wrapping_sub(self.prod.published) as usize
-    }
-
-    /// Reads the consumer index once, validates it against our private
-    /// producer index and returns the free space.
-    pub fn space(&mut self, idx: SharedMem<'_>) -> Result<usize, ByteRingError> {
-        let cons = load_index(idx, self.layout.cons)?;
-        let used = self.layout.in_flight(self.prod.pvt, cons)?;
-        self.seen_cons = cons;
-        Ok(self.layout.size - used)
-    }
-
-    /// Free space as of the consumer index last validated (no shared
-    /// memory access; never more than there really is).
-    pub const fn known_space(&self) -> usize {
-        self.layout.size - self.prod.pvt.wrapping_sub(self.seen_cons) as usize
-    }
-
-    /// Copies as much of `src` as the known free space takes into the ring
-    /// (in `data`) and returns how much. Not yet visible to the peer: see
-    /// [`ByteProducer::publish`].
-    pub fn push(&mut self, data: SharedMem<'_>, src: &[u8]) -> Result<usize, ByteRingError> {
-        let n = self.known_space().min(src.len());
-        if n == 0 {
-            return Ok(0);
+    const fn offsets(&self) -> (usize, usize) {
+        if S::PRODUCER {
+            (self.layout.prod, self.layout.cons)
+        } else {
+            (self.layout.cons, self.layout.prod)
         }
-        self.layout.copy_in(data, self.prod.pvt, &src[..n])?;
-        self.prod.pvt = self.prod.pvt.wrapping_add(n as u32);
-        Ok(n)
     }
 
-    /// Publishes pushed bytes through `store` (given our index cell and its
+    /// `(prod, cons)` with the peer's index at `peer`.
+    const fn pair(&self, peer: u32) -> (u32, u32) {
+        if S::PRODUCER {
+            (self.own, peer)
+        } else {
+            (peer, self.own)
+        }
+    }
+
+    /// Reads the peer's index once, validates it against ours and returns
+    /// the bytes in flight.
+    fn sync(&mut self, idx: SharedMem<'_>) -> Result<usize, ByteRingError> {
+        let peer = load_index(idx, self.offsets().1)?;
+        let (prod, cons) = self.pair(peer);
+        let used = self.layout.in_flight(prod, cons)?;
+        self.seen = peer;
+        Ok(used)
+    }
+
+    /// Bytes in flight as of the peer index last validated.
+    const fn known_in_flight(&self) -> usize {
+        let (prod, cons) = self.pair(self.seen);
+        prod.wrapping_sub(cons) as usize
+    }
+
+    /// Bytes moved (pushed or popped) but not yet published.
+    pub const fn unpublished(&self) -> usize {
+        self.own.wrapping_sub(self.published) as usize
+    }
+
+    /// Publishes our index through `store` (given our index cell and its
     /// new value; it must store with at least release ordering). Returns
     /// `None` if nothing was unpublished, else what `store` returned.
     pub fn publish_with<R>(
@@ -213,13 +224,50 @@ impl ByteProducer {
         idx: SharedMem<'_>,
         store: impl FnOnce(&AtomicU32, u32) -> R,
     ) -> Result<Option<R>, ByteRingError> {
-        self.prod.publish_with(idx, store)
+        if self.published == self.own {
+            return Ok(None);
+        }
+        let c = cell(idx, self.offsets().0)?;
+        self.published = self.own;
+        Ok(Some(store(c, self.own)))
     }
 
-    /// Publishes pushed bytes (release store of the producer index).
+    /// Publishes our index (a release store).
     pub fn publish(&mut self, idx: SharedMem<'_>) -> Result<(), ByteRingError> {
         self.publish_with(idx, |c, v| c.store(v, Ordering::Release))?;
         Ok(())
+    }
+}
+
+impl ByteEnd<Producer> {
+    /// The private producer index (bytes pushed, published or not).
+    pub const fn prod(&self) -> u32 {
+        self.own
+    }
+
+    /// Reads the consumer index once, validates it against our private
+    /// producer index and returns the free space.
+    pub fn space(&mut self, idx: SharedMem<'_>) -> Result<usize, ByteRingError> {
+        Ok(self.layout.size - self.sync(idx)?)
+    }
+
+    /// Free space as of the consumer index last validated (no shared
+    /// memory access; never more than there really is).
+    pub const fn known_space(&self) -> usize {
+        self.layout.size - self.known_in_flight()
+    }
+
+    /// Copies as much of `src` as the known free space takes into the ring
+    /// (in `data`) and returns how much. Not yet visible to the peer: see
+    /// [`ByteEnd::publish`].
+    pub fn push(&mut self, data: SharedMem<'_>, src: &[u8]) -> Result<usize, ByteRingError> {
+        let n = self.known_space().min(src.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        self.layout.copy_in(data, self.own, &src[..n])?;
+        self.own = self.own.wrapping_add(n as u32);
+        Ok(n)
     }
 
     /// Validates the consumer index, copies what fits and publishes it:
@@ -240,52 +288,26 @@ impl ByteProducer {
     }
 }
 
-/// The consuming end of a byte ring: its private consumer index and the
-/// producer index it last validated.
-#[derive(Debug, Clone)]
-pub struct ByteConsumer {
-    layout: Layout,
-    cons: Own,
-    seen_prod: u32,
-}
-
-impl ByteConsumer {
-    /// A consumer whose indices stand at `start`.
-    pub const fn new(layout: Layout, start: u32) -> Self {
-        Self {
-            cons: Own::new(layout.cons, start),
-            layout,
-            seen_prod: start,
-        }
-    }
-
-    /// The layout.
-    pub const fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
+impl ByteEnd<Consumer> {
     /// The private consumer index.
     pub const fn cons(&self) -> u32 {
-        self.cons.pvt
+        self.own
     }
 
     /// Reads the producer index once, validates it against our private
     /// consumer index and returns the bytes ready.
     pub fn ready(&mut self, idx: SharedMem<'_>) -> Result<usize, ByteRingError> {
-        let prod = load_index(idx, self.layout.prod)?;
-        let ready = self.layout.in_flight(prod, self.cons.pvt)?;
-        self.seen_prod = prod;
-        Ok(ready)
+        self.sync(idx)
     }
 
     /// Bytes ready as of the producer index last validated.
     pub const fn known_ready(&self) -> usize {
-        self.seen_prod.wrapping_sub(self.cons.pvt) as usize
+        self.known_in_flight()
     }
 
     /// Copies up to `dst.len()` of the known ready bytes out of the ring
     /// (each fetched once) and returns how many. The producer may reuse
-    /// their room only after [`ByteConsumer::publish`].
+    /// their room only after [`ByteEnd::publish`].
     pub fn pop<P: Perm>(
         &mut self,
         data: SharedMem<'_, P>,
@@ -295,25 +317,9 @@ impl ByteConsumer {
         if n == 0 {
             return Ok(0);
         }
-        self.layout.copy_out(data, self.cons.pvt, &mut dst[..n])?;
-        self.cons.pvt = self.cons.pvt.wrapping_add(n as u32);
+        self.layout.copy_out(data, self.own, &mut dst[..n])?;
+        self.own = self.own.wrapping_add(n as u32);
         Ok(n)
-    }
-
-    /// Gives consumed bytes back through `store` (see
-    /// [`ByteProducer::publish_with`]).
-    pub fn publish_with<R>(
-        &mut self,
-        idx: SharedMem<'_>,
-        store: impl FnOnce(&AtomicU32, u32) -> R,
-    ) -> Result<Option<R>, ByteRingError> {
-        self.cons.publish_with(idx, store)
-    }
-
-    /// Gives consumed bytes back (release store of the consumer index).
-    pub fn publish(&mut self, idx: SharedMem<'_>) -> Result<(), ByteRingError> {
-        self.publish_with(idx, |c, v| c.store(v, Ordering::Release))?;
-        Ok(())
     }
 
     /// Validates the producer index, copies what is ready and gives the

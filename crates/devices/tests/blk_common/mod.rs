@@ -185,7 +185,7 @@ pub fn fake_frontend(w: &BlkWorld, persistent: bool) -> FakeFront {
         .exporter()
         .share(w.dom0.id(), 1, Access::ReadWrite)
         .unwrap();
-    FrontRing::<BlkifRequest, BlkifResponse>::init(ring.mem()).unwrap();
+    FrontRing::<_, BlkifRequest, BlkifResponse>::init(ring.mem()).unwrap();
     let evt: Arc<SimEvtchn> = w.guest.evtchn().unwrap();
     let chan = Channel::alloc_unbound(&evt, w.dom0.id()).unwrap();
     let dir = front_dir(w);
