@@ -20,8 +20,8 @@ const WAIT_SLICE: Duration = Duration::from_millis(10);
 /// Owns the page (`P`: the builder's page for the primary console, a
 /// [`Share`](crate::grant::Share) for a secondary one) and the event channel.
 /// Its own indices (`out_prod`, `in_cons`) are kept privately and only
-/// published. It is the shared console [`End`] producing into `out` and
-/// consuming `in`.
+/// published. It is the console end it shares with the back end (in
+/// `console::ring`), producing into `out` and consuming `in`.
 pub struct ConsoleFront<P: ConsolePage, E: EventChannels> {
     end: End<P, E>,
 }
