@@ -4,6 +4,8 @@
 //! on drop, so a port is never leaked or closed twice. Events coalesce and
 //! carry no data: after a wake-up the receiver re-reads shared memory.
 
+#![forbid(unsafe_code)]
+
 use alloc::sync::Arc;
 use core::time::Duration;
 

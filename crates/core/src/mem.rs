@@ -349,6 +349,111 @@ impl<'a> SharedMem<'a, ReadWrite> {
     }
 }
 
+/// Something that owns (or borrows) shared memory and can show it as a
+/// [`SharedMem`] window.
+///
+/// Rings are generic over it, the way a virtio queue is generic over guest
+/// memory: a ring over a `SharedMem<'a>` borrows, a ring over a
+/// [`crate::grant::Share`] or [`crate::grant::Mapping`] owns its pages and
+/// gives them back with `into_memory`. Implementations must return the same
+/// window on every call (the rings validate its size once, when they are
+/// built, and treat a later mismatch as a broken ring).
+pub trait SharedMemory {
+    /// The memory, read-write, borrowed for as long as `self` is.
+    fn shared(&self) -> SharedMem<'_>;
+}
+
+impl SharedMemory for SharedMem<'_> {
+    fn shared(&self) -> SharedMem<'_> {
+        *self
+    }
+}
+
+impl<T: SharedMemory + ?Sized> SharedMemory for &T {
+    fn shared(&self) -> SharedMem<'_> {
+        (**self).shared()
+    }
+}
+
+impl<T: SharedMemory + ?Sized> SharedMemory for alloc::boxed::Box<T> {
+    fn shared(&self) -> SharedMem<'_> {
+        (**self).shared()
+    }
+}
+
+/// Zeroed, page-aligned private pages on the heap, reached only through
+/// [`SharedMem`]: ring memory for unit tests, fuzzing and in-process loops
+/// that need no peer domain. Safe to build because this type owns the
+/// allocation and never hands out a plain reference into it.
+pub struct PageBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the pages are only reached through SharedMem (volatile or atomic
+// accesses), which is Send and Sync; the allocation itself is owned.
+unsafe impl Send for PageBuf {}
+// SAFETY: as above.
+unsafe impl Sync for PageBuf {}
+
+impl PageBuf {
+    fn layout(pages: usize) -> core::alloc::Layout {
+        let bytes = pages.max(1).saturating_mul(xenshare_abi::PAGE_SIZE);
+        match core::alloc::Layout::from_size_align(bytes, xenshare_abi::PAGE_SIZE) {
+            Ok(l) => l,
+            Err(_) => panic!("PageBuf of {pages} pages is too large"),
+        }
+    }
+
+    /// `pages` zeroed pages (at least one). Panics like `Vec` when the
+    /// allocation fails or the size overflows.
+    pub fn new(pages: usize) -> Self {
+        let layout = Self::layout(pages);
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(p) else {
+            alloc::alloc::handle_alloc_error(layout)
+        };
+        Self {
+            ptr,
+            len: layout.size(),
+        }
+    }
+
+    /// The pages as a read-write window.
+    pub fn mem(&self) -> SharedMem<'_> {
+        // SAFETY: `ptr..ptr+len` is our live allocation, valid for reads and
+        // writes of any bit pattern until `drop`, which the borrow of `self`
+        // outlasts; nothing reaches it except through SharedMem.
+        unsafe { SharedMem::from_raw(self.ptr, self.len) }
+    }
+}
+
+impl SharedMemory for PageBuf {
+    fn shared(&self) -> SharedMem<'_> {
+        self.mem()
+    }
+}
+
+impl core::fmt::Debug for PageBuf {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PageBuf").field("len", &self.len).finish()
+    }
+}
+
+impl Drop for PageBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with exactly this layout (`len` is the
+        // layout's size, a whole number of pages) and freed only here.
+        unsafe {
+            alloc::alloc::dealloc(
+                self.ptr.as_ptr(),
+                Self::layout(self.len / xenshare_abi::PAGE_SIZE),
+            )
+        };
+    }
+}
+
 /// Which side of a copy is the shared memory.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Shared {

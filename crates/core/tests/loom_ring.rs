@@ -10,33 +10,15 @@
 //! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p xenshare --release --test loom_ring`
 #![cfg(loom)]
 
+mod loom_common;
+
 use std::sync::atomic::Ordering;
 
 use loom::sync::atomic::AtomicU32;
 use loom::sync::{Arc, Notify};
 use loom::thread;
+use loom_common::Idx;
 use xenshare::ring::index::{self, IndexCell};
-
-/// A header index on loom's atomics and fences.
-struct Idx(AtomicU32);
-
-impl Idx {
-    fn new(v: u32) -> Self {
-        Self(AtomicU32::new(v))
-    }
-}
-
-impl IndexCell for Idx {
-    fn load(&self, order: Ordering) -> u32 {
-        self.0.load(order)
-    }
-    fn store(&self, v: u32, order: Ordering) {
-        self.0.store(v, order)
-    }
-    fn fence(order: Ordering) {
-        loom::sync::atomic::fence(order)
-    }
-}
 
 /// One direction of a ring: its producer and event index, and the doorbell
 /// (event channel) its consumer sleeps on.

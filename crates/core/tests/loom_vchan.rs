@@ -13,31 +13,20 @@
 //! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p xenshare --release --test loom_vchan`
 #![cfg(loom)]
 
+mod loom_common;
+
 use std::sync::atomic::Ordering;
 
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU32, AtomicU8};
 use loom::sync::{Arc, Notify};
 use loom::thread;
+use loom_common::Idx;
 use xenshare::ring::index::IndexCell;
 use xenshare::vchan::notify::{self, FlagCell};
 
 const WRITE: u8 = 1;
 const READ: u8 = 2;
-
-struct Idx(AtomicU32);
-
-impl IndexCell for Idx {
-    fn load(&self, order: Ordering) -> u32 {
-        self.0.load(order)
-    }
-    fn store(&self, v: u32, order: Ordering) {
-        self.0.store(v, order)
-    }
-    fn fence(order: Ordering) {
-        loom::sync::atomic::fence(order)
-    }
-}
 
 struct Flag(AtomicU8);
 

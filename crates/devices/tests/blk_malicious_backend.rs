@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use xenshare::blk::BlkError;
-use xenshare::ring::RingError;
 use xenshare::error::DeviceError;
+use xenshare::ring::RingError;
 use xenshare::{Access, GrantRef};
 use xenshare_abi::blkif::{
     BlkifRequest, BlkifResponse, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_OKAY,

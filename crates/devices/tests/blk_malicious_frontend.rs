@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use xenshare::blk::{BackConfig, BackExit, BlkError};
-use xenshare::ring::RingError;
 use xenshare::error::DeviceError;
+use xenshare::ring::RingError;
 use xenshare::store::xenbus::{read_state, XenbusState};
 use xenshare::{Access, GrantRef};
 use xenshare_abi::blkif::*;

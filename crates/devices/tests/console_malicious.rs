@@ -148,7 +148,10 @@ fn backend_doorbell_storm_does_not_extend_a_timeout() {
         let t = Instant::now();
         let r = front.write_all(&vec![b'x'; 2 * OUT.size], Some(TIMEOUT));
         let write_took = t.elapsed();
-        assert!(matches!(r, Err(ConsoleError::Core(DeviceError::Timeout))), "{r:?}");
+        assert!(
+            matches!(r, Err(ConsoleError::Core(DeviceError::Timeout))),
+            "{r:?}"
+        );
         assert!(storm.is_running(), "the storm ended first");
         assert!(storm.stop().0 > 20);
         for took in [read_took, write_took] {

@@ -51,7 +51,7 @@ fn wait_for_event(
 /// Waits for the next response on `ring`, arming `rsp_event` before each
 /// sleep as netfront's tx_buf_gc does: only a notification wakes it.
 fn notified_response<Req, Rsp>(
-    ring: &mut FrontRing<'_, Req, Rsp>,
+    ring: &mut FrontRing<xenshare::mem::SharedMem<'_>, Req, Rsp>,
     chan: &Channel<SimEvtchn>,
     what: &str,
 ) -> Rsp

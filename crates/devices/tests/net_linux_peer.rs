@@ -18,7 +18,7 @@ use xenshare_testkit::net::{
     data_page, evil_back, evil_front, tx_req, tx_response, world, TxFront, T,
 };
 
-type RxBack<'a> = BackRing<'a, NetifRxRequest, NetifRxResponse>;
+type RxBack<'a> = BackRing<xenshare::mem::SharedMem<'a>, NetifRxRequest, NetifRxResponse>;
 
 /// An Ethernet/IPv4/UDP frame with `payload` and a junk checksum (what a
 /// checksum-offloading sender leaves in the field is not a checksum).

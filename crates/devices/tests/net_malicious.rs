@@ -13,9 +13,9 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use xenshare::error::DeviceError;
 use xenshare::net::{NetError, NetfrontConfig, NetifRxRequest, NetifRxResponse, NetifTxResponse};
 use xenshare::ring::RingError;
-use xenshare::error::DeviceError;
 use xenshare::{Access, GrantRef};
 use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETTXF_MORE_DATA};
 use xenshare_sim::{DomainConfig, RevocationModel};

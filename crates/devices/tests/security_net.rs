@@ -372,7 +372,7 @@ fn netfront_grants_pages_holding_only_the_frame() {
         b
     };
     // Posted rx pages: all zero.
-    let mut rx = BackRing::<NetifRxRequest, NetifRxResponse>::attach(rxm.mem()).unwrap();
+    let mut rx = BackRing::<_, NetifRxRequest, NetifRxResponse>::attach(rxm.mem()).unwrap();
     let mut posted = 0;
     while let Some(r) = rx.next_request().unwrap() {
         assert!(
@@ -385,7 +385,7 @@ fn netfront_grants_pages_holding_only_the_frame() {
     // A small tx frame: its page holds the frame, zeroes around it.
     let small = frame(60, 3);
     nf.send(&small).unwrap();
-    let mut tx = BackRing::<NetifTxRequest, NetifTxResponse>::attach(txm.mem()).unwrap();
+    let mut tx = BackRing::<_, NetifTxRequest, NetifTxResponse>::attach(txm.mem()).unwrap();
     let req = tx.next_request().unwrap().expect("a tx request");
     let p = page(GrantRef(req.gref));
     let (a, b) = (usize::from(req.offset), usize::from(req.offset) + 60);
@@ -507,7 +507,7 @@ fn netfront_acts_on_one_copy_of_an_rx_response_changing_under_it() {
     const RX_SLOT: usize = core::mem::size_of::<NetifRxResponse>();
     let w = world();
     let (eb, mut nf) = evil_back(&w);
-    let mut rx = BackRing::<NetifRxRequest, NetifRxResponse>::attach(eb.rx.mem()).unwrap();
+    let mut rx = BackRing::<_, NetifRxRequest, NetifRxResponse>::attach(eb.rx.mem()).unwrap();
     let size = rx.size() as usize;
     let (mut delivered, mut broke) = (0, None);
     for round in 0..ROUNDS {

@@ -95,8 +95,8 @@ fn run_in(w: &World, data: &[u8]) {
     let tx_page = share();
     let rx_page = share();
     // The rings start where SHARED_RING_INIT puts them.
-    let _ = FrontRing::<NetifTxRequest, NetifTxResponse>::init(tx_page.mem()).unwrap();
-    let _ = FrontRing::<NetifRxRequest, NetifRxResponse>::init(rx_page.mem()).unwrap();
+    let _ = FrontRing::<_, NetifTxRequest, NetifTxResponse>::init(tx_page.mem()).unwrap();
+    let _ = FrontRing::<_, NetifRxRequest, NetifRxResponse>::init(rx_page.mem()).unwrap();
     let data_pages: Vec<Share<SimGrantBackend>> = (0..DATA_PAGES).map(|_| share()).collect();
     let rx_bufs: Vec<Share<SimGrantBackend>> = (0..RX_PAGES).map(|_| share()).collect();
     for (i, p) in data_pages.iter().enumerate() {

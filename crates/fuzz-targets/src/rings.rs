@@ -118,9 +118,9 @@ fn peer_write(
 
 fn front(page: &PlainMem, start: u32, input: &mut Input<'_>) {
     let mut ring = if start == 0 {
-        FrontRing::<Req, Rsp>::init(page.mem())
+        FrontRing::<_, Req, Rsp>::init(page.mem())
     } else {
-        FrontRing::<Req, Rsp>::attach_at(page.mem(), start)
+        FrontRing::<_, Req, Rsp>::attach_at(page.mem(), start)
     }
     .expect("region holds a ring");
     let size = ring.size();
@@ -214,7 +214,8 @@ fn front(page: &PlainMem, start: u32, input: &mut Input<'_>) {
 }
 
 fn back(page: &PlainMem, start: u32, input: &mut Input<'_>) {
-    let mut ring = BackRing::<Req, Rsp>::attach_at(page.mem(), start).expect("region holds a ring");
+    let mut ring =
+        BackRing::<_, Req, Rsp>::attach_at(page.mem(), start).expect("region holds a ring");
     let size = ring.size();
     let mut broken = false;
     let mut steps = 0;

@@ -24,7 +24,7 @@ use crate::mm;
 /// The guest's console front end.
 pub type Console = ConsoleFront<SharedMem<'static>, PvEvents>;
 /// The guest's XenStore client.
-pub type XenStore = Client<RingTransport<'static, PvEvents>>;
+pub type XenStore = Client<RingTransport<xenshare::mem::SharedMem<'static>, PvEvents>>;
 
 /// How long console output waits for xenconsoled to make room.
 const CONSOLE_STALL: Duration = Duration::from_secs(5);

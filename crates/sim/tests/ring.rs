@@ -14,6 +14,7 @@ use xenshare_testkit::adversary::RawIndices;
 use xenshare_testkit::two_domains;
 
 use xenshare::event::Channel;
+use xenshare::mem::SharedMem;
 use xenshare::ring::{ring_bytes, BackRing, FrontRing, Outstanding, RingError};
 use xenshare::Access;
 use xenshare_sim::SimEvtchn;
@@ -72,7 +73,7 @@ fn wait(chan: &Channel<SimEvtchn>) {
 
 /// The honest back end: answers every request until `OP_STOP`; returns how
 /// many requests it served and how many notifications it sent.
-fn serve(mut ring: BackRing<'_, Req, Rsp>, chan: &Channel<SimEvtchn>) -> (u64, u64) {
+fn serve(mut ring: BackRing<SharedMem<'_>, Req, Rsp>, chan: &Channel<SimEvtchn>) -> (u64, u64) {
     let (mut served, mut notifies) = (0u64, 0u64);
     loop {
         let mut stop = false;
@@ -113,7 +114,7 @@ fn round_trip(order: u32, ops: u64) {
         .share(back_dom.id(), pages, Access::ReadWrite)
         .unwrap();
     assert_eq!(share.mem().len(), ring_bytes(order));
-    let mut front = FrontRing::<Req, Rsp>::init(share.mem()).unwrap();
+    let mut front = FrontRing::<_, Req, Rsp>::init(share.mem()).unwrap();
     let fe: Arc<SimEvtchn> = front_dom.evtchn().unwrap();
     let fchan = Channel::alloc_unbound(&fe, back_dom.id()).unwrap();
 
@@ -122,7 +123,7 @@ fn round_trip(order: u32, ops: u64) {
         .importer()
         .map_rw(front_dom.id(), share.refs())
         .unwrap();
-    let back = BackRing::<Req, Rsp>::attach(mapping.mem()).unwrap();
+    let back = BackRing::<_, Req, Rsp>::attach(mapping.mem()).unwrap();
     assert_eq!(back.size(), front.size());
     let be = back_dom.evtchn().unwrap();
     let bchan = Channel::bind(&be, front_dom.id(), fchan.port()).unwrap();
@@ -213,16 +214,17 @@ fn malicious_back_end_breaks_the_ring_not_the_front_end() {
         .unwrap();
     let peer = RawIndices::new(mapping.mem());
 
-    let send = |front: &mut FrontRing<'_, Req, Rsp>, inflight: &mut Outstanding, n: u64| {
-        for i in 0..n {
-            let id = inflight.start(OP_READ.into(), ()).unwrap();
-            front.push_request(&request(id, OP_READ, i, 512)).unwrap();
-        }
-        front.push_requests_and_check_notify().unwrap();
-    };
+    let send =
+        |front: &mut FrontRing<SharedMem<'_>, Req, Rsp>, inflight: &mut Outstanding, n: u64| {
+            for i in 0..n {
+                let id = inflight.start(OP_READ.into(), ()).unwrap();
+                front.push_request(&request(id, OP_READ, i, 512)).unwrap();
+            }
+            front.push_requests_and_check_notify().unwrap();
+        };
 
     // The back end claims a ring and a half of responses.
-    let mut front = FrontRing::<Req, Rsp>::init(share.mem()).unwrap();
+    let mut front = FrontRing::<_, Req, Rsp>::init(share.mem()).unwrap();
     let mut inflight = Outstanding::new(front.size() as usize);
     send(&mut front, &mut inflight, 4);
     peer.set_rsp_prod(front.size() * 3 / 2);
@@ -237,9 +239,9 @@ fn malicious_back_end_breaks_the_ring_not_the_front_end() {
 
     // The back end answers twice for one request, through the real back
     // ring API (a peer can of course write any bytes it likes).
-    let mut front = FrontRing::<Req, Rsp>::init(share.mem()).unwrap();
+    let mut front = FrontRing::<_, Req, Rsp>::init(share.mem()).unwrap();
     let mut inflight = Outstanding::new(front.size() as usize);
-    let mut back = BackRing::<Req, Rsp>::attach(mapping.mem()).unwrap();
+    let mut back = BackRing::<_, Req, Rsp>::attach(mapping.mem()).unwrap();
     send(&mut front, &mut inflight, 2);
     let [first, ..] = back.next_request().unwrap().unwrap();
     back.next_request().unwrap().unwrap();

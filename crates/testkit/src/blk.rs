@@ -177,7 +177,7 @@ pub struct FakeFront {
 
 impl FakeFront {
     /// The front end's view of the ring.
-    pub fn ring(&self) -> FrontRing<'_, BlkifRequest, BlkifResponse> {
+    pub fn ring(&self) -> FrontRing<xenshare::mem::SharedMem<'_>, BlkifRequest, BlkifResponse> {
         FrontRing::attach_at(self.ring.mem(), 0).expect("attaching the ring")
     }
 }
@@ -195,7 +195,7 @@ pub fn fake_frontend(w: &BlkWorld, persistent: bool) -> FakeFront {
         .exporter()
         .share(w.dom0.id(), 1, Access::ReadWrite)
         .expect("granting the ring");
-    FrontRing::<BlkifRequest, BlkifResponse>::init(ring.mem()).expect("ring init");
+    FrontRing::<_, BlkifRequest, BlkifResponse>::init(ring.mem()).expect("ring init");
     let evt: Arc<SimEvtchn> = w.guest.evtchn().expect("guest event handle");
     let chan = Channel::alloc_unbound(&evt, w.dom0.id()).expect("allocating the port");
     let dir = front_dir(w);
@@ -222,9 +222,9 @@ pub fn fake_frontend(w: &BlkWorld, persistent: bool) -> FakeFront {
 }
 
 /// The back end's view of a block ring.
-pub type BackRingOf<'a> = BackRing<'a, BlkifRequest, BlkifResponse>;
+pub type BackRingOf<'a> = BackRing<xenshare::mem::SharedMem<'a>, BlkifRequest, BlkifResponse>;
 /// The front end's view of a block ring.
-pub type FrontRingOf<'a> = FrontRing<'a, BlkifRequest, BlkifResponse>;
+pub type FrontRingOf<'a> = FrontRing<xenshare::mem::SharedMem<'a>, BlkifRequest, BlkifResponse>;
 
 /// Connects the real front end (of [`quick_front`]) to a hand-made back
 /// end publishing `extra` at InitWait and `disk` at Connected.

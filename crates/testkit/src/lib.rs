@@ -114,7 +114,7 @@ pub fn grant_page(m: &Machine, access: xenshare::Access) -> xenshare_sim::SimSha
 /// A hand-played back end's answer: pushes `rsps`, publishes them and
 /// notifies the front end over `chan`.
 pub fn push_responses<Req, Rsp>(
-    ring: &mut BackRing<'_, Req, Rsp>,
+    ring: &mut BackRing<xenshare::mem::SharedMem<'_>, Req, Rsp>,
     chan: &Channel<SimEvtchn>,
     rsps: &[Rsp],
 ) where
@@ -131,7 +131,7 @@ pub fn push_responses<Req, Rsp>(
 /// A hand-played front end's requests: pushes `reqs`, publishes them and
 /// notifies the back end over `chan`.
 pub fn push_requests<Req, Rsp>(
-    ring: &mut FrontRing<'_, Req, Rsp>,
+    ring: &mut FrontRing<xenshare::mem::SharedMem<'_>, Req, Rsp>,
     chan: &Channel<SimEvtchn>,
     reqs: &[Req],
 ) where

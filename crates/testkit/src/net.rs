@@ -29,13 +29,13 @@ pub type Front = Netfront<SimGrantBackend, SimEvtchn>;
 pub const MAC: &str = "00:16:3e:00:00:2a";
 
 /// The front end's view of a tx ring.
-pub type TxFront<'a> = FrontRing<'a, NetifTxRequest, NetifTxResponse>;
+pub type TxFront<'a> = FrontRing<xenshare::mem::SharedMem<'a>, NetifTxRequest, NetifTxResponse>;
 /// The front end's view of an rx ring.
-pub type RxFront<'a> = FrontRing<'a, NetifRxRequest, NetifRxResponse>;
+pub type RxFront<'a> = FrontRing<xenshare::mem::SharedMem<'a>, NetifRxRequest, NetifRxResponse>;
 /// The back end's view of a tx ring.
-pub type TxBack<'a> = BackRing<'a, NetifTxRequest, NetifTxResponse>;
+pub type TxBack<'a> = BackRing<xenshare::mem::SharedMem<'a>, NetifTxRequest, NetifTxResponse>;
 /// The back end's view of an rx ring.
-pub type RxBack<'a> = BackRing<'a, NetifRxRequest, NetifRxResponse>;
+pub type RxBack<'a> = BackRing<xenshare::mem::SharedMem<'a>, NetifRxRequest, NetifRxResponse>;
 
 /// A machine with a 16 MiB guest.
 pub fn world() -> World {
@@ -165,8 +165,11 @@ impl EvilFront {
 
 impl EvilFront {
     /// Pushes and publishes `reqs` on `ring` and notifies the back end.
-    pub fn send<Req, Rsp>(&self, ring: &mut FrontRing<'_, Req, Rsp>, reqs: &[Req])
-    where
+    pub fn send<Req, Rsp>(
+        &self,
+        ring: &mut FrontRing<xenshare::mem::SharedMem<'_>, Req, Rsp>,
+        reqs: &[Req],
+    ) where
         Req: FromBytes + IntoBytes + Immutable,
         Rsp: FromBytes + IntoBytes + Immutable,
     {
@@ -174,7 +177,10 @@ impl EvilFront {
     }
 
     /// Waits (up to [`T`]) for the next response on `ring`.
-    pub fn response<Req, Rsp>(&self, ring: &mut FrontRing<'_, Req, Rsp>) -> Rsp
+    pub fn response<Req, Rsp>(
+        &self,
+        ring: &mut FrontRing<xenshare::mem::SharedMem<'_>, Req, Rsp>,
+    ) -> Rsp
     where
         Req: FromBytes + IntoBytes + Immutable,
         Rsp: FromBytes + IntoBytes + Immutable,
@@ -233,7 +239,10 @@ pub fn evil_front_keys(w: &World, paths: &DevicePaths, over: &[(&str, &str)]) ->
 
 /// Waits (up to [`T`]) for the next response on a hand-played front end's
 /// ring.
-pub fn next_response<Req, Rsp>(ring: &mut FrontRing<'_, Req, Rsp>, chan: &Channel<SimEvtchn>) -> Rsp
+pub fn next_response<Req, Rsp>(
+    ring: &mut FrontRing<xenshare::mem::SharedMem<'_>, Req, Rsp>,
+    chan: &Channel<SimEvtchn>,
+) -> Rsp
 where
     Req: FromBytes + IntoBytes + Immutable,
     Rsp: FromBytes + IntoBytes + Immutable,
@@ -282,8 +291,11 @@ impl EvilBack {
 
 impl EvilBack {
     /// Pushes and publishes `rsps` on `ring` and notifies the front end.
-    pub fn answer<Req, Rsp>(&self, ring: &mut BackRing<'_, Req, Rsp>, rsps: &[Rsp])
-    where
+    pub fn answer<Req, Rsp>(
+        &self,
+        ring: &mut BackRing<xenshare::mem::SharedMem<'_>, Req, Rsp>,
+        rsps: &[Rsp],
+    ) where
         Req: FromBytes + IntoBytes + Immutable,
         Rsp: FromBytes + IntoBytes + Immutable,
     {

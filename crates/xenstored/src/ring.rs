@@ -19,7 +19,6 @@
 //! unmaps the page.
 
 use std::collections::{BTreeSet, HashMap};
-use std::mem::offset_of;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::JoinHandle;
@@ -33,8 +32,7 @@ use xenshare::store::wire::Decoder;
 use xenshare::{DomId, GrantRef, Port};
 use xenshare_abi::grant::GNTTAB_RESERVED_XENSTORE;
 use xenshare_abi::xs::{
-    XenstoreDomainInterface as Iface, XENSTORE_ERROR_PROTO, XENSTORE_ERROR_RINGIDX,
-    XENSTORE_SERVER_FEATURE_ERROR,
+    XENSTORE_ERROR_PROTO, XENSTORE_ERROR_RINGIDX, XENSTORE_SERVER_FEATURE_ERROR,
 };
 
 use crate::daemon::{Connection, Daemon, DomainEvent};
@@ -100,7 +98,10 @@ impl Shared {
 
 /// One attached guest.
 struct Guest<M: ForeignMapper, E: EventChannels> {
-    mapping: Mapping<M>,
+    /// The server end of the guest's page; it owns the mapping and keeps
+    /// our own indices (`req_cons`, `rsp_prod`) privately, so a guest that
+    /// rewrites them is caught ([`XsRing::own_indices_intact`]).
+    ring: XsRing<Mapping<M>>,
     chan: Channel<E>,
     conn: Connection,
     dec: Decoder,
@@ -109,10 +110,6 @@ struct Guest<M: ForeignMapper, E: EventChannels> {
     /// guest that never reads its ring loses watch events, the daemon
     /// does not grow).
     out: Backlog,
-    /// Our own indices as we last left them (`req_cons`, `rsp_prod`): a
-    /// guest that rewrites them has corrupted its ring.
-    req_cons: u32,
-    rsp_prod: u32,
 }
 
 /// How a guest's turn ended.
@@ -123,10 +120,6 @@ enum Turn {
     /// The guest goes; with an error code for its page, if it broke the
     /// protocol.
     Gone(Option<u32>),
-}
-
-fn index(mem: &xenshare::mem::SharedMem<'_>, off: usize) -> Option<u32> {
-    mem.atomic_u32(off).ok().map(|a| a.load(Ordering::Acquire))
 }
 
 impl<M: ForeignMapper, E: EventChannels> Guest<M, E> {
@@ -141,19 +134,8 @@ impl<M: ForeignMapper, E: EventChannels> Guest<M, E> {
         let mapping = importer
             .map_rw(domid, &[GrantRef(GNTTAB_RESERVED_XENSTORE)])
             .map_err(|e| AttachError::Map(domid, e))?;
-        XsRing::new(mapping.mem(), End::Server)
-            .map_err(|e| AttachError::Ring(domid, e))?
-            .set_server_features(XENSTORE_SERVER_FEATURE_ERROR);
-        let mem = mapping.mem();
-        let (Some(req_cons), Some(rsp_prod)) = (
-            index(&mem, offset_of!(Iface, req_cons)),
-            index(&mem, offset_of!(Iface, rsp_prod)),
-        ) else {
-            return Err(AttachError::Ring(
-                domid,
-                xenshare::store::ring::XsRingError::BadPage,
-            ));
-        };
+        let ring = XsRing::new(mapping, End::Server).map_err(|e| AttachError::Ring(domid, e))?;
+        ring.set_server_features(XENSTORE_SERVER_FEATURE_ERROR);
         let chan = Channel::bind(evt, domid, port).map_err(|e| AttachError::Event(domid, e))?;
         let weak = Arc::downgrade(shared);
         let conn = daemon.connect_with(domid, move |_| {
@@ -165,13 +147,11 @@ impl<M: ForeignMapper, E: EventChannels> Guest<M, E> {
             }))
         });
         Ok(Guest {
-            mapping,
+            ring,
             chan,
             conn,
             dec: Decoder::new(),
             out: Backlog::default(),
-            req_cons,
-            rsp_prod,
         })
     }
 
@@ -179,29 +159,20 @@ impl<M: ForeignMapper, E: EventChannels> Guest<M, E> {
     /// for ring space, then sends what is queued until the ring is full.
     fn turn(&mut self, daemon: &Daemon, buf: &mut [u8]) -> Turn {
         let Guest {
-            mapping,
+            ring,
             chan,
             conn,
             dec,
             out,
-            req_cons,
-            rsp_prod,
-            ..
         } = self;
-        let mem = mapping.mem();
-        let tampered = index(&mem, offset_of!(Iface, req_cons)) != Some(*req_cons)
-            || index(&mem, offset_of!(Iface, rsp_prod)) != Some(*rsp_prod);
-        let r = match XsRing::new(mapping.mem(), End::Server) {
-            Ok(mut ring) if !tampered => move_bytes(daemon, conn, dec, out, &mut ring, buf),
-            _ => Turn::Gone(Some(XENSTORE_ERROR_RINGIDX)),
+        let r = if ring.own_indices_intact() {
+            move_bytes(daemon, conn, dec, out, ring, buf)
+        } else {
+            Turn::Gone(Some(XENSTORE_ERROR_RINGIDX))
         };
-        *req_cons = index(&mem, offset_of!(Iface, req_cons)).unwrap_or(*req_cons);
-        *rsp_prod = index(&mem, offset_of!(Iface, rsp_prod)).unwrap_or(*rsp_prod);
         match r {
             Turn::Gone(Some(code)) => {
-                if let Ok(e) = mem.atomic_u32(offset_of!(Iface, error)) {
-                    e.store(code, Ordering::Release);
-                }
+                ring.set_error(code);
                 let _ = chan.notify();
                 Turn::Gone(Some(code))
             }
@@ -214,12 +185,12 @@ impl<M: ForeignMapper, E: EventChannels> Guest<M, E> {
     }
 }
 
-fn move_bytes(
+fn move_bytes<R: xenshare::mem::SharedMemory>(
     daemon: &Daemon,
     conn: &Connection,
     dec: &mut Decoder,
     out: &mut Backlog,
-    ring: &mut XsRing<'_>,
+    ring: &mut XsRing<R>,
     buf: &mut [u8],
 ) -> Turn {
     let mut progress = false;

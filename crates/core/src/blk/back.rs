@@ -379,7 +379,7 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
     ) -> Result<BackExit, BlkError> {
         let fe = self.cfg.frontend;
         let map = self.importer.map_rw(fe, &keys.refs)?;
-        let ring = BackRing::<BlkifRequest, BlkifResponse>::attach(map.mem())?;
+        let ring = BackRing::<_, BlkifRequest, BlkifResponse>::attach(&map)?;
         let chan = Channel::bind(&self.evt, fe, keys.port)?;
         let d = self.dir.clone();
         let size = self.storage.size();
@@ -422,7 +422,7 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         xs: &mut Client<T>,
         front: &str,
         token: &str,
-        mut ring: BackRing<'_, BlkifRequest, BlkifResponse>,
+        mut ring: BackRing<&Mapping<M>, BlkifRequest, BlkifResponse>,
         chan: &Channel<E>,
         keys: &FrontKeys,
         pmaps: &mut BTreeMap<u32, Mapping<M>>,

@@ -360,7 +360,7 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
         let ring_share = self
             .exporter
             .share(backend, 1 << order, Access::ReadWrite)?;
-        FrontRing::<BlkifRequest, BlkifResponse>::init(ring_share.mem())?;
+        FrontRing::<_, BlkifRequest, BlkifResponse>::init(ring_share.mem())?;
         let chan = Channel::alloc_unbound(&self.evt, backend)?;
         let refs: Vec<GrantRef> = ring_share.refs().to_vec();
         let want_persistent = cfg.persistent;
@@ -482,7 +482,7 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
         // With nothing in flight every private index of the ring equals
         // `at` (at connect: 0, the state `init` left before the ring was
         // published), so attaching there restores it exactly.
-        let ring = FrontRing::attach_at(ring.mem(), at)?;
+        let ring = FrontRing::attach_at(ring, at)?;
         Ok(Disk { ring, io })
     }
 }
@@ -506,7 +506,7 @@ enum Submit {
 /// Dropping it without [`Disk::close`] keeps the connection: get it back
 /// with [`BlkFront::disk`] (only if nothing was in flight).
 pub struct Disk<'f, B: GrantBackend, E: EventChannels> {
-    ring: FrontRing<'f, BlkifRequest, BlkifResponse>,
+    ring: FrontRing<&'f Share<B>, BlkifRequest, BlkifResponse>,
     io: &'f mut Io<B, E>,
 }
 

@@ -41,6 +41,8 @@
 //! without it, every wait slice is charged in full (an event flood makes a
 //! timeout come sooner, never later).
 
+#![forbid(unsafe_code)]
+
 pub mod back;
 pub mod front;
 pub mod wire;

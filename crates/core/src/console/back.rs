@@ -5,8 +5,10 @@ use core::time::Duration;
 
 use xenshare_abi::console::XENCONS_OUT_SIZE;
 
-use super::ring::{self, IN, OUT};
-use super::{check_page, ConsoleError, ConsoleIo, ConsolePage, SPURIOUS_EVENT_LIMIT};
+use super::ring::{End, IN, OUT};
+#[cfg(doc)]
+use super::SPURIOUS_EVENT_LIMIT;
+use super::{ConsoleError, ConsoleIo, ConsolePage};
 use crate::event::Channel;
 use crate::platform::EventChannels;
 use crate::types::Port;
@@ -39,25 +41,15 @@ impl PumpProgress {
 /// the host terminal has not yet accepted is held in a private buffer: it is
 /// copied out of the ring once and never re-read from shared memory.
 pub struct ConsoleBack<P: ConsolePage, E: EventChannels> {
-    page: P,
-    chan: Channel<E>,
-    out_cons: u32,
-    in_prod: u32,
+    end: End<P, E>,
     pending: [u8; XENCONS_OUT_SIZE],
     pending_at: usize,
     pending_end: usize,
-    spurious: u32,
-    broken: crate::latch::Latch<ConsoleError>,
 }
 
 impl<P: ConsolePage, E: EventChannels> core::fmt::Debug for ConsoleBack<P, E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ConsoleBack")
-            .field("port", &self.chan.port())
-            .field("out_cons", &self.out_cons)
-            .field("in_prod", &self.in_prod)
-            .field("broken", &self.broken.cause())
-            .finish()
+        self.end.fmt_as(f, "ConsoleBack", "in_prod", "out_cons")
     }
 }
 
@@ -68,55 +60,36 @@ impl<P: ConsolePage, E: EventChannels> ConsoleBack<P, E> {
     /// against the guest's: a page whose indices are already inconsistent is
     /// refused with [`ConsoleError::Corrupt`].
     pub fn attach(page: P, chan: Channel<E>) -> Result<Self, ConsoleError> {
-        let mem = page.page();
-        check_page(mem)?;
-        let out_cons = ring::load(mem, OUT.cons)?;
-        let in_prod = ring::load(mem, IN.prod)?;
-        ring::check(&OUT, ring::load(mem, OUT.prod)?, out_cons)?;
-        ring::check(&IN, in_prod, ring::load(mem, IN.cons)?)?;
         let back = Self {
-            page,
-            chan,
-            out_cons,
-            in_prod,
+            end: End::attach(page, chan, IN, OUT)?,
             pending: [0; XENCONS_OUT_SIZE],
             pending_at: 0,
             pending_end: 0,
-            spurious: 0,
-            broken: crate::latch::Latch::new(),
         };
         // Tell the guest we are here: it may be waiting for room.
-        back.chan.notify()?;
+        back.end.notify()?;
         Ok(back)
     }
 
     /// The local event channel port.
     pub fn port(&self) -> Port {
-        self.chan.port()
+        self.end.port()
     }
 
     /// True after a protocol violation.
     pub fn is_broken(&self) -> bool {
-        self.broken.is_tripped()
+        self.end.is_broken()
     }
 
     /// Kicks the guest (it re-reads the indices; events carry no data).
     pub fn notify(&self) -> Result<(), ConsoleError> {
-        Ok(self.chan.notify()?)
+        self.end.notify()
     }
 
     /// Takes the back end apart; undelivered output in the private buffer
     /// is dropped.
     pub fn into_parts(self) -> (P, Channel<E>) {
-        (self.page, self.chan)
-    }
-
-    fn live(&self) -> Result<(), ConsoleError> {
-        self.broken.check()
-    }
-
-    fn fail<T>(&mut self, r: Result<T, ConsoleError>) -> Result<T, ConsoleError> {
-        self.broken.guard(r)
+        self.end.into_parts()
     }
 
     /// Reads up to `buf.len()` bytes of guest output and notifies the guest
@@ -125,7 +98,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleBack<P, E> {
     /// Bytes already taken into the private buffer by [`ConsoleBack::pump`]
     /// come first.
     pub fn read_output(&mut self, buf: &mut [u8]) -> Result<usize, ConsoleError> {
-        self.live()?;
+        self.end.live()?;
         let held = self.pending_end - self.pending_at;
         if held > 0 {
             let n = held.min(buf.len());
@@ -133,56 +106,36 @@ impl<P: ConsolePage, E: EventChannels> ConsoleBack<P, E> {
             self.pending_at += n;
             return Ok(n);
         }
-        let r = ring::consume(self.page.page(), &OUT, self.out_cons, buf);
-        let n = self.fail(r)?;
-        if n > 0 {
-            self.out_cons = self.out_cons.wrapping_add(n as u32);
-            self.spurious = 0;
-            self.chan.notify()?;
-        }
-        Ok(n)
+        self.end.recv(buf, true)
     }
 
     /// Writes as much of `data` as fits in `in` and notifies the guest;
     /// returns the bytes written (0 when full).
     pub fn write_input(&mut self, data: &[u8]) -> Result<usize, ConsoleError> {
-        self.live()?;
-        let r = ring::produce(self.page.page(), &IN, self.in_prod, data);
-        let n = self.fail(r)?;
-        if n > 0 {
-            self.in_prod = self.in_prod.wrapping_add(n as u32);
-            self.spurious = 0;
-            self.chan.notify()?;
-        }
-        Ok(n)
+        self.end.send(data)
     }
 
     /// Room left in `in`.
     pub fn input_space(&mut self) -> Result<usize, ConsoleError> {
-        self.live()?;
-        let r = ring::used_by_producer(self.page.page(), &IN, self.in_prod);
-        Ok(IN.size - self.fail(r)?)
+        Ok(IN.size - self.end.tx_used()?)
     }
 
     /// Moves what it can, without blocking: guest output to `io` (what
     /// `io` does not accept stays buffered), then as much host input as
     /// the `in` ring has room for.
     pub fn pump(&mut self, io: &mut impl ConsoleIo) -> Result<PumpProgress, ConsoleError> {
-        self.live()?;
+        self.end.live()?;
         let mut progress = PumpProgress::default();
         // Output: refill the private buffer from the ring when it is empty;
         // a few rounds at most, so input is never starved by a busy guest.
         for _ in 0..OUTPUT_ROUNDS {
             if self.pending_at == self.pending_end {
-                let r = ring::consume(self.page.page(), &OUT, self.out_cons, &mut self.pending);
-                let n = self.fail(r)?;
+                let n = self.end.recv(&mut self.pending, false)?;
                 self.pending_at = 0;
                 self.pending_end = n;
                 if n == 0 {
                     break;
                 }
-                self.out_cons = self.out_cons.wrapping_add(n as u32);
-                self.chan.notify()?;
             }
             let n = io.write_output(&self.pending[self.pending_at..self.pending_end])?;
             let n = n.min(self.pending_end - self.pending_at);
@@ -204,7 +157,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleBack<P, E> {
             }
         }
         if progress.any() {
-            self.spurious = 0;
+            self.end.progress();
         }
         Ok(progress)
     }
@@ -213,18 +166,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleBack<P, E> {
     /// false on timeout. [`SPURIOUS_EVENT_LIMIT`] wake-ups in a row without
     /// progress is an event flood, which breaks the console.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, ConsoleError> {
-        self.live()?;
-        match self.chan.wait(timeout)? {
-            Some(p) => {
-                self.chan.handle().unmask(p)?;
-                self.spurious += 1;
-                if self.spurious > SPURIOUS_EVENT_LIMIT {
-                    return Err(self.broken.trip(ConsoleError::EventFlood(self.spurious)));
-                }
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        self.end.wait(timeout)
     }
 
     /// Pumps until `stop` returns true or an error: after an idle pump it

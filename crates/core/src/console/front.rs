@@ -2,9 +2,12 @@
 
 use core::time::Duration;
 
-use super::ring::{self, IN, OUT};
-use super::{check_page, ConsoleError, ConsolePage, SPURIOUS_EVENT_LIMIT};
+use super::ring::{End, IN, OUT};
+#[cfg(doc)]
+use super::SPURIOUS_EVENT_LIMIT;
+use super::{ConsoleError, ConsolePage};
 use crate::deadline::Deadline;
+use crate::error::DeviceError;
 use crate::event::Channel;
 use crate::platform::EventChannels;
 use crate::types::Port;
@@ -18,24 +21,15 @@ const WAIT_SLICE: Duration = Duration::from_millis(10);
 /// Owns the page (`P`: the builder's page for the primary console, a
 /// [`Share`](crate::grant::Share) for a secondary one) and the event channel.
 /// Its own indices (`out_prod`, `in_cons`) are kept privately and only
-/// published.
+/// published. It is the console end it shares with the back end (in
+/// `console::ring`), producing into `out` and consuming `in`.
 pub struct ConsoleFront<P: ConsolePage, E: EventChannels> {
-    page: P,
-    chan: Channel<E>,
-    out_prod: u32,
-    in_cons: u32,
-    spurious: u32,
-    broken: crate::latch::Latch<ConsoleError>,
+    end: End<P, E>,
 }
 
 impl<P: ConsolePage, E: EventChannels> core::fmt::Debug for ConsoleFront<P, E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ConsoleFront")
-            .field("port", &self.chan.port())
-            .field("out_prod", &self.out_prod)
-            .field("in_cons", &self.in_cons)
-            .field("broken", &self.broken.cause())
-            .finish()
+        self.end.fmt_as(f, "ConsoleFront", "out_prod", "in_cons")
     }
 }
 
@@ -46,119 +40,69 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
     /// (zero on a fresh page; the last published values when a guest
     /// re-attaches), checked against the back end's.
     pub fn new(page: P, chan: Channel<E>) -> Result<Self, ConsoleError> {
-        let mem = page.page();
-        check_page(mem)?;
-        let out_prod = ring::load(mem, OUT.prod)?;
-        let in_cons = ring::load(mem, IN.cons)?;
-        ring::check(&OUT, out_prod, ring::load(mem, OUT.cons)?)?;
-        ring::check(&IN, ring::load(mem, IN.prod)?, in_cons)?;
         Ok(Self {
-            page,
-            chan,
-            out_prod,
-            in_cons,
-            spurious: 0,
-            broken: crate::latch::Latch::new(),
+            end: End::attach(page, chan, OUT, IN)?,
         })
     }
 
     /// The local event channel port.
     pub fn port(&self) -> Port {
-        self.chan.port()
+        self.end.port()
     }
 
     /// The page.
     pub fn page(&self) -> &P {
-        &self.page
+        self.end.page()
     }
 
     /// True after a protocol violation.
     pub fn is_broken(&self) -> bool {
-        self.broken.is_tripped()
+        self.end.is_broken()
     }
 
     /// Kicks the back end (it re-reads the indices; events carry no data).
     pub fn notify(&self) -> Result<(), ConsoleError> {
-        Ok(self.chan.notify()?)
+        self.end.notify()
     }
 
     /// Takes the console apart (for closing a secondary console).
     pub fn into_parts(self) -> (P, Channel<E>) {
-        (self.page, self.chan)
-    }
-
-    fn live(&self) -> Result<(), ConsoleError> {
-        self.broken.check()
-    }
-
-    fn fail<T>(&mut self, r: Result<T, ConsoleError>) -> Result<T, ConsoleError> {
-        self.broken.guard(r)
+        self.end.into_parts()
     }
 
     /// Writes as much of `data` as fits in `out` without waiting and
     /// notifies the back end; returns the bytes written (0 when full).
     pub fn write(&mut self, data: &[u8]) -> Result<usize, ConsoleError> {
-        self.live()?;
-        let r = ring::produce(self.page.page(), &OUT, self.out_prod, data);
-        let n = self.fail(r)?;
-        if n > 0 {
-            self.out_prod = self.out_prod.wrapping_add(n as u32);
-            self.spurious = 0;
-            self.chan.notify()?;
-        }
-        Ok(n)
+        self.end.send(data)
     }
 
     /// Reads up to `buf.len()` bytes of input without waiting and notifies
     /// the back end that room was freed; returns the bytes read (0: none).
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ConsoleError> {
-        self.live()?;
-        let r = ring::consume(self.page.page(), &IN, self.in_cons, buf);
-        let n = self.fail(r)?;
-        if n > 0 {
-            self.in_cons = self.in_cons.wrapping_add(n as u32);
-            self.spurious = 0;
-            self.chan.notify()?;
-        }
-        Ok(n)
+        self.end.recv(buf, true)
     }
 
     /// Bytes of output not yet consumed by the back end.
     pub fn output_pending(&mut self) -> Result<usize, ConsoleError> {
-        self.live()?;
-        let r = ring::used_by_producer(self.page.page(), &OUT, self.out_prod);
-        self.fail(r)
+        self.end.tx_used()
     }
 
     /// Bytes of input waiting to be read.
     pub fn input_ready(&mut self) -> Result<usize, ConsoleError> {
-        self.live()?;
-        let r = ring::ready_for_consumer(self.page.page(), &IN, self.in_cons);
-        self.fail(r)
+        self.end.rx_ready()
     }
 
     /// Waits up to `timeout` for an event and re-enables delivery. Returns
     /// false on timeout. Counts wake-ups: [`SPURIOUS_EVENT_LIMIT`] in a row
     /// without progress is an event flood, which breaks the console.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, ConsoleError> {
-        self.live()?;
-        match self.chan.wait(timeout)? {
-            Some(p) => {
-                self.chan.handle().unmask(p)?;
-                self.spurious += 1;
-                if self.spurious > SPURIOUS_EVENT_LIMIT {
-                    return Err(self.broken.trip(ConsoleError::EventFlood(self.spurious)));
-                }
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        self.end.wait(timeout)
     }
 
     /// Writes all of `data`, waiting for the back end to make room; gives
     /// up when the back end makes no room for `timeout` (the clock restarts
     /// only when bytes go out, never on an event that brought no room). On
-    /// a timeout ([`crate::error::DeviceError::Timeout`]) part of the data may have been written.
+    /// [`ConsoleError::TimedOut`] part of the data may have been written.
     pub fn write_all(
         &mut self,
         mut data: &[u8],
@@ -173,7 +117,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
                 continue;
             }
             let Some(w) = deadline.next_wait(WAIT_SLICE) else {
-                return Err(crate::error::DeviceError::Timeout.into());
+                return Err(DeviceError::Timeout.into());
             };
             self.wait(w)?;
             deadline.charge_wait(w);
@@ -183,7 +127,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
 
     /// Reads at least one byte, waiting up to `timeout` in all (`None`:
     /// forever): events that bring no data do not extend it. Returns
-    /// a timeout ([`crate::error::DeviceError::Timeout`]) if nothing came.
+    /// [`ConsoleError::TimedOut`] if nothing came.
     pub fn read_timeout(
         &mut self,
         buf: &mut [u8],
@@ -199,7 +143,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
                 return Ok(n);
             }
             let Some(w) = deadline.next_wait(WAIT_SLICE) else {
-                return Err(crate::error::DeviceError::Timeout.into());
+                return Err(DeviceError::Timeout.into());
             };
             self.wait(w)?;
             deadline.charge_wait(w);

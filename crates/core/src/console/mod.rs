@@ -36,6 +36,8 @@
 //! indices from the page (after validating them), so output written while no
 //! back end was attached — up to the ring size — is delivered.
 
+#![forbid(unsafe_code)]
+
 mod back;
 mod front;
 pub mod ring;
@@ -45,8 +47,7 @@ pub use back::{ConsoleBack, PumpProgress};
 pub use front::ConsoleFront;
 
 pub use crate::error::DeviceError;
-use crate::mem::SharedMem;
-use crate::platform::{ForeignMapper, GrantBackend};
+use crate::mem::{SharedMem, SharedMemory};
 
 /// Consecutive wake-ups without any index movement after which the peer is
 /// considered to be flooding the event channel.
@@ -88,29 +89,11 @@ impl<T: ConsoleIo + ?Sized> ConsoleIo for &mut T {
 
 /// Memory holding a console page: the primary page as the domain builder
 /// made it ([`SharedMem`]), a secondary console's [`Share`](crate::grant::Share)
-/// (front end) or a back end's [`Mapping`](crate::grant::Mapping).
-pub trait ConsolePage: Send {
-    /// The page.
-    fn page(&self) -> SharedMem<'_>;
-}
+/// (front end) or a back end's [`Mapping`](crate::grant::Mapping) — any
+/// [`SharedMemory`] owner that can move between threads.
+pub trait ConsolePage: SharedMemory + Send {}
 
-impl ConsolePage for SharedMem<'_> {
-    fn page(&self) -> SharedMem<'_> {
-        *self
-    }
-}
-
-impl<B: GrantBackend> ConsolePage for crate::grant::Share<B> {
-    fn page(&self) -> SharedMem<'_> {
-        self.mem()
-    }
-}
-
-impl<M: ForeignMapper> ConsolePage for crate::grant::Mapping<M> {
-    fn page(&self) -> SharedMem<'_> {
-        self.mem()
-    }
-}
+impl<T: SharedMemory + Send> ConsolePage for T {}
 
 /// Errors of console set-up and I/O.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,38 +1,32 @@
-//! The console byte rings: one producer and one consumer algorithm, used for
-//! both directions by both ends.
+//! The console byte rings, and the state both ends of a console share.
 //!
-//! The producer owns `prod` and the consumer owns `cons`; each keeps its own
-//! index privately and passes it in. The other index is the peer's: it is
-//! loaded once, then `prod - cons` (wrapping) is checked against the ring
-//! size before any byte moves. Bytes are copied with the volatile accessors
-//! of [`SharedMem`], at most two runs (before and after the wrap point), so a
-//! corrupt index can never cause an out-of-bounds access or a loop.
+//! A console page holds two [`crate::ring::bytes`] rings; [`IN`] and [`OUT`]
+//! are their layouts. The free functions ([`produce`], [`consume`], ...)
+//! run one step of the validated byte ring for a caller that keeps its own
+//! index (the fuzz target does); [`ConsoleFront`](super::ConsoleFront) and
+//! [`ConsoleBack`](super::ConsoleBack) are both an `End`: the page, the
+//! event channel, the ring this side produces into and the one it consumes
+//! from, and the broken / event-flood state. They differ only in which ring
+//! is which, and in what the back end adds (its pump and output buffer).
 
 use core::mem::offset_of;
-use core::sync::atomic::{fence, AtomicU32, Ordering};
+use core::time::Duration;
 
 use xenshare_abi::console::{XenconsInterface, XENCONS_IN_SIZE, XENCONS_OUT_SIZE};
 
-use super::ConsoleError;
+use super::{check_page, ConsoleError, ConsolePage, SPURIOUS_EVENT_LIMIT};
+use crate::event::Channel;
+use crate::latch::Latch;
 use crate::mem::SharedMem;
+use crate::platform::EventChannels;
+use crate::ring::bytes::{self, ByteConsumer, ByteProducer, ByteRingError, Layout};
+use crate::types::Port;
 
-/// One direction of the console page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dir {
-    /// Name used in errors (`"in"` / `"out"`).
-    pub name: &'static str,
-    /// Offset of the byte array in the page.
-    pub data: usize,
-    /// Size of the byte array (a power of two).
-    pub size: usize,
-    /// Offset of the consumer index.
-    pub cons: usize,
-    /// Offset of the producer index.
-    pub prod: usize,
-}
+/// One direction of the console page (a byte-ring [`Layout`] in the page).
+pub type Dir = Layout;
 
 /// The `in` ring: back end → guest (keyboard input).
-pub const IN: Dir = Dir {
+pub const IN: Dir = Layout {
     name: "in",
     data: offset_of!(XenconsInterface, r#in),
     size: XENCONS_IN_SIZE,
@@ -41,7 +35,7 @@ pub const IN: Dir = Dir {
 };
 
 /// The `out` ring: guest → back end (console output).
-pub const OUT: Dir = Dir {
+pub const OUT: Dir = Layout {
     name: "out",
     data: offset_of!(XenconsInterface, out),
     size: XENCONS_OUT_SIZE,
@@ -49,60 +43,45 @@ pub const OUT: Dir = Dir {
     prod: offset_of!(XenconsInterface, out_prod),
 };
 
-const _: () = assert!(IN.size.is_power_of_two() && OUT.size.is_power_of_two());
+const _: () = assert!(IN.is_valid() && OUT.is_valid());
 
-fn index(mem: SharedMem<'_>, off: usize) -> Result<&AtomicU32, ConsoleError> {
-    // The page was size-checked when the console was made; a failure here
-    // means the memory is not what it was, so the console stops.
-    mem.atomic_u32(off).map_err(|_| ConsoleError::Broken)
+/// A byte-ring error as the console reports it: a bad peer index is
+/// [`ConsoleError::Corrupt`]; memory that no longer holds the page (it was
+/// size-checked when the console was made) stops the console.
+fn err(e: ByteRingError) -> ConsoleError {
+    match e {
+        ByteRingError::Corrupt(name) => ConsoleError::Corrupt(name),
+        ByteRingError::Memory(_) => ConsoleError::Broken,
+    }
 }
 
 /// Loads the index at `off` once (the peer's, or a snapshot at attach).
 pub fn load(mem: SharedMem<'_>, off: usize) -> Result<u32, ConsoleError> {
-    Ok(index(mem, off)?.load(Ordering::Acquire))
+    bytes::load_index(mem, off).map_err(err)
 }
 
 /// Checks an index pair: at most `size` bytes may be in flight.
 pub fn check(d: &Dir, prod: u32, cons: u32) -> Result<usize, ConsoleError> {
-    let used = prod.wrapping_sub(cons) as usize;
-    if used > d.size {
-        return Err(ConsoleError::Corrupt(d.name));
-    }
-    Ok(used)
+    d.in_flight(prod, cons).map_err(err)
 }
 
 /// Bytes in flight, as seen by the producer holding private `prod`.
 pub fn used_by_producer(mem: SharedMem<'_>, d: &Dir, prod: u32) -> Result<usize, ConsoleError> {
-    let cons = load(mem, d.cons)?;
-    check(d, prod, cons)
+    let space = ByteProducer::new(*d, prod).space(mem).map_err(err)?;
+    Ok(d.size - space)
 }
 
 /// Bytes ready, as seen by the consumer holding private `cons`.
 pub fn ready_for_consumer(mem: SharedMem<'_>, d: &Dir, cons: u32) -> Result<usize, ConsoleError> {
-    let prod = load(mem, d.prod)?;
-    check(d, prod, cons)
+    ByteConsumer::new(*d, cons).ready(mem).map_err(err)
 }
 
 /// Producer: copies as much of `data` as fits after private index `prod`,
 /// publishes the new producer index, and returns the bytes written.
 pub fn produce(mem: SharedMem<'_>, d: &Dir, prod: u32, data: &[u8]) -> Result<usize, ConsoleError> {
-    let cons = load(mem, d.cons)?;
-    // Index read before the ring bytes it frees are overwritten.
-    fence(Ordering::SeqCst);
-    let used = check(d, prod, cons)?;
-    let n = (d.size - used).min(data.len());
-    if n == 0 {
-        return Ok(0);
-    }
-    let at = prod as usize & (d.size - 1);
-    let first = n.min(d.size - at);
-    let bad = |_| ConsoleError::Broken;
-    mem.write(d.data + at, &data[..first]).map_err(bad)?;
-    mem.write(d.data, &data[first..n]).map_err(bad)?;
-    // Bytes visible before the index that publishes them.
-    fence(Ordering::Release);
-    index(mem, d.prod)?.store(prod.wrapping_add(n as u32), Ordering::Release);
-    Ok(n)
+    ByteProducer::new(*d, prod)
+        .write_some(mem, mem, data)
+        .map_err(err)
 }
 
 /// Consumer: copies up to `out.len()` ready bytes after private index
@@ -114,41 +93,178 @@ pub fn consume(
     cons: u32,
     out: &mut [u8],
 ) -> Result<usize, ConsoleError> {
-    let prod = load(mem, d.prod)?;
-    // Index read before the bytes it covers.
-    fence(Ordering::Acquire);
-    let ready = check(d, prod, cons)?;
-    let n = ready.min(out.len());
-    if n == 0 {
-        return Ok(0);
+    ByteConsumer::new(*d, cons)
+        .read_some(mem, mem, out)
+        .map_err(err)
+}
+
+/// One end of a console page: produces into `tx`, consumes from `rx`.
+pub(crate) struct End<P: ConsolePage, E: EventChannels> {
+    page: P,
+    chan: Channel<E>,
+    tx: ByteProducer,
+    rx: ByteConsumer,
+    spurious: u32,
+    latch: Latch<ConsoleError>,
+}
+
+impl<P: ConsolePage, E: EventChannels> End<P, E> {
+    /// Takes this side's indices from the page once (zero on a fresh page,
+    /// the last published values on a re-attach) and validates both rings
+    /// against the peer's indices.
+    pub(crate) fn attach(
+        page: P,
+        chan: Channel<E>,
+        tx: Dir,
+        rx: Dir,
+    ) -> Result<Self, ConsoleError> {
+        let mem = page.shared();
+        check_page(mem)?;
+        let tx_prod = load(mem, tx.prod)?;
+        let rx_cons = load(mem, rx.cons)?;
+        check(&tx, tx_prod, load(mem, tx.cons)?)?;
+        check(&rx, load(mem, rx.prod)?, rx_cons)?;
+        Ok(Self {
+            page,
+            chan,
+            tx: ByteProducer::new(tx, tx_prod),
+            rx: ByteConsumer::new(rx, rx_cons),
+            spurious: 0,
+            latch: Latch::new(),
+        })
     }
-    let at = cons as usize & (d.size - 1);
-    let first = n.min(d.size - at);
-    let (a, b) = out[..n].split_at_mut(first);
-    let bad = |_| ConsoleError::Broken;
-    mem.read(d.data + at, a).map_err(bad)?;
-    mem.read(d.data, b).map_err(bad)?;
-    // Bytes read before the producer may reuse their slots.
-    fence(Ordering::SeqCst);
-    index(mem, d.cons)?.store(cons.wrapping_add(n as u32), Ordering::Release);
-    Ok(n)
+
+    pub(crate) fn port(&self) -> Port {
+        self.chan.port()
+    }
+
+    pub(crate) fn page(&self) -> &P {
+        &self.page
+    }
+
+    pub(crate) fn is_broken(&self) -> bool {
+        self.latch.is_tripped()
+    }
+
+    pub(crate) fn notify(&self) -> Result<(), ConsoleError> {
+        Ok(self.chan.notify()?)
+    }
+
+    pub(crate) fn into_parts(self) -> (P, Channel<E>) {
+        (self.page, self.chan)
+    }
+
+    pub(crate) fn live(&self) -> Result<(), ConsoleError> {
+        self.latch.check()
+    }
+
+    fn fail<T>(&mut self, r: Result<T, ConsoleError>) -> Result<T, ConsoleError> {
+        self.latch.guard(r)
+    }
+
+    /// Some index moved: the next wake-up is not spurious.
+    pub(crate) fn progress(&mut self) {
+        self.spurious = 0;
+    }
+
+    /// Writes as much of `data` as fits and notifies the peer; returns
+    /// the bytes written (0 when full).
+    pub(crate) fn send(&mut self, data: &[u8]) -> Result<usize, ConsoleError> {
+        self.live()?;
+        let mem = self.page.shared();
+        let r = self.tx.write_some(mem, mem, data).map_err(err);
+        let n = self.fail(r)?;
+        if n > 0 {
+            self.spurious = 0;
+            self.chan.notify()?;
+        }
+        Ok(n)
+    }
+
+    /// Reads up to `buf.len()` bytes and notifies the peer that room was
+    /// freed; returns the bytes read (0: none). `progress`: whether bytes
+    /// read count as progress against an event flood.
+    pub(crate) fn recv(&mut self, buf: &mut [u8], progress: bool) -> Result<usize, ConsoleError> {
+        self.live()?;
+        let mem = self.page.shared();
+        let r = self.rx.read_some(mem, mem, buf).map_err(err);
+        let n = self.fail(r)?;
+        if n > 0 {
+            if progress {
+                self.spurious = 0;
+            }
+            self.chan.notify()?;
+        }
+        Ok(n)
+    }
+
+    /// Bytes we produced that the peer has not consumed yet.
+    pub(crate) fn tx_used(&mut self) -> Result<usize, ConsoleError> {
+        self.live()?;
+        let r = self.tx.space(self.page.shared()).map_err(err);
+        let space = self.fail(r)?;
+        Ok(self.tx.layout().size - space)
+    }
+
+    /// Bytes waiting for us.
+    pub(crate) fn rx_ready(&mut self) -> Result<usize, ConsoleError> {
+        self.live()?;
+        let r = self.rx.ready(self.page.shared()).map_err(err);
+        self.fail(r)
+    }
+
+    /// Waits up to `timeout` for an event and re-enables delivery. Returns
+    /// false on timeout. [`SPURIOUS_EVENT_LIMIT`] wake-ups in a row without
+    /// progress is an event flood, which breaks the console.
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, ConsoleError> {
+        self.live()?;
+        match self.chan.wait(timeout)? {
+            Some(p) => {
+                self.chan.handle().unmask(p)?;
+                self.spurious += 1;
+                if self.spurious > SPURIOUS_EVENT_LIMIT {
+                    return Err(self.latch.trip(ConsoleError::EventFlood(self.spurious)));
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+impl<P: ConsolePage, E: EventChannels> End<P, E> {
+    /// Debug output of a console end named `name`, its own indices named
+    /// `tx` (producer) and `rx` (consumer) from that side's point of view.
+    pub(crate) fn fmt_as(
+        &self,
+        f: &mut core::fmt::Formatter<'_>,
+        name: &str,
+        tx: &str,
+        rx: &str,
+    ) -> core::fmt::Result {
+        f.debug_struct(name)
+            .field("port", &self.chan.port())
+            .field(tx, &self.tx.prod())
+            .field(rx, &self.rx.cons())
+            .field("broken", &self.latch.cause())
+            .finish()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::ptr::NonNull;
+    use crate::mem::PageBuf;
+    use core::sync::atomic::Ordering;
 
-    fn page(buf: &mut [u64; 512]) -> SharedMem<'_> {
-        // SAFETY: the test owns `buf` for the region's lifetime and reaches
-        // it only through the SharedMem.
-        unsafe { SharedMem::from_raw(NonNull::new(buf.as_mut_ptr().cast()).unwrap(), 4096) }
+    fn page(buf: &PageBuf) -> SharedMem<'_> {
+        buf.mem()
     }
 
     #[test]
     fn bytes_wrap_both_rings() {
-        let mut buf = [0u64; 512];
-        let m = page(&mut buf);
+        let buf = PageBuf::new(1);
+        let m = page(&buf);
         for d in [IN, OUT] {
             let (mut p, mut c) = (u32::MAX - 700, u32::MAX - 700);
             m.atomic_u32(d.prod).unwrap().store(p, Ordering::Relaxed);
@@ -176,8 +292,8 @@ mod tests {
 
     #[test]
     fn corrupt_peer_index_is_an_error() {
-        let mut buf = [0u64; 512];
-        let m = page(&mut buf);
+        let buf = PageBuf::new(1);
+        let m = page(&buf);
         m.atomic_u32(OUT.cons).unwrap().store(5, Ordering::Relaxed);
         assert_eq!(produce(m, &OUT, 0, b"x"), Err(ConsoleError::Corrupt("out")));
         m.atomic_u32(IN.prod)

@@ -405,6 +405,12 @@ impl<B: GrantBackend> Share<B> {
     }
 }
 
+impl<B: GrantBackend> crate::mem::SharedMemory for Share<B> {
+    fn shared(&self) -> SharedMem<'_> {
+        self.mem()
+    }
+}
+
 impl<B: GrantBackend> Drop for Share<B> {
     /// Tries to revoke once (as Linux's `gnttab_end_foreign_access` does);
     /// if the peer still maps a page, the share moves to quarantine. Memory

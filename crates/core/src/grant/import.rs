@@ -226,6 +226,12 @@ impl<M: ForeignMapper> Mapping<M, ReadWrite> {
     }
 }
 
+impl<M: ForeignMapper> crate::mem::SharedMemory for Mapping<M, ReadWrite> {
+    fn shared(&self) -> SharedMem<'_> {
+        self.mem()
+    }
+}
+
 impl<M: ForeignMapper> Mapping<M, ReadOnly> {
     /// The mapped pages as one read-only window. The granter may change
     /// them at any time.

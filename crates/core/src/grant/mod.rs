@@ -20,6 +20,15 @@
 //! This is the API on which MirageOS MSA02 and Linux XSA-396 cannot be
 //! written: "the peer still maps it" is a value the caller must handle, and
 //! memory is never freed or reused while a peer can reach it.
+//!
+//! `grant` is part of the memory layer, with [`crate::mem`] and the
+//! platforms: it is the one protocol-facing module that calls the unsafe
+//! platform primitives ([`GrantBackend`](crate::platform::GrantBackend)'s
+//! share and revoke, [`ForeignMapper`](crate::platform::ForeignMapper)'s
+//! window), each call with its `// SAFETY:` argument. Everything built on it
+//! (`ring`, `store`, `vchan`, `console`, `blk`, `net`, `event`) is
+//! `#![forbid(unsafe_code)]`: a [`Share`] or [`Mapping`] is a
+//! [`SharedMemory`](crate::mem::SharedMemory) owner a ring can hold.
 
 pub mod entry;
 pub mod export;

@@ -23,17 +23,15 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{fence, Ordering};
+use core::sync::atomic::Ordering;
 use core::time::Duration;
 
 use xenshare_abi::netif::{
     NETIF_RSP_DROPPED, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_MORE_DATA, NETTXF_CSUM_BLANK,
     NETTXF_EXTRA_INFO, NETTXF_MORE_DATA,
 };
-use xenshare_abi::ring::SringHeader;
 use xenshare_abi::PAGE_SIZE;
 
-use super::owned::RingIn;
 use super::xenbus::FrontendKeys;
 use super::{
     slots_for, FrameIo, Latch, NetError, NetifRxRequest, NetifRxResponse, NetifTxRequest,
@@ -46,8 +44,8 @@ use crate::platform::{CopyDst, CopyOp, CopySrc, EventChannels, ForeignMapper, Gr
 use crate::ring::BackRing;
 use crate::types::{DomId, GrantRef};
 
-type TxRing = BackRing<'static, NetifTxRequest, NetifTxResponse>;
-type RxRing = BackRing<'static, NetifRxRequest, NetifRxResponse>;
+type TxRing<M> = BackRing<Mapping<M>, NetifTxRequest, NetifTxResponse>;
+type RxRing<M> = BackRing<Mapping<M>, NetifRxRequest, NetifRxResponse>;
 
 /// tx slots handled per [`Netback::poll`] (fairness between directions).
 const TX_BUDGET: usize = 256;
@@ -114,8 +112,8 @@ enum ChainFault {
 
 /// A netif back end.
 pub struct Netback<M: ForeignMapper, E: EventChannels> {
-    tx: RingIn<TxRing, Mapping<M>>,
-    rx: RingIn<RxRing, Mapping<M>>,
+    tx: TxRing<M>,
+    rx: RxRing<M>,
     importer: Importer<M>,
     chan: Channel<E>,
     rx_chan: Option<Channel<E>>,
@@ -169,8 +167,8 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
             return Err(NetError::NoRequestRxCopy);
         }
         let map = |r| importer.map_rw(frontend, &[r]);
-        let tx = RingIn::new(map(keys.tx_ring_ref)?, TxRing::attach).map_err(|(e, _)| e)?;
-        let rx = RingIn::new(map(keys.rx_ring_ref)?, RxRing::attach).map_err(|(e, _)| e)?;
+        let tx = TxRing::attach(map(keys.tx_ring_ref)?)?;
+        let rx = RxRing::attach(map(keys.rx_ring_ref)?)?;
         let chan = Channel::bind(evt, frontend, keys.event_channel)?;
         let rx_chan = match keys.event_channel_rx {
             Some(p) => Some(Channel::bind(evt, frontend, p)?),
@@ -285,7 +283,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
     }
 
     fn publish_tx(&mut self) -> Result<(), NetError> {
-        match self.tx.ring().push_responses_and_check_notify() {
+        match self.tx.push_responses_and_check_notify() {
             Ok(notify) => {
                 self.notify_due.0 |= notify;
                 Ok(())
@@ -297,7 +295,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
     fn serve_tx<F: FrameIo>(&mut self, io: &mut F) -> Result<bool, NetError> {
         let mut work = false;
         for _ in 0..TX_BUDGET {
-            let req = match self.tx.ring().next_request() {
+            let req = match self.tx.next_request() {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => return Err(self.trip(e)),
@@ -329,7 +327,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
                 id: slot.id,
                 status,
             };
-            if let Err(e) = self.tx.ring().push_response(&rsp) {
+            if let Err(e) = self.tx.push_response(&rsp) {
                 return Err(self.trip(e));
             }
         }
@@ -465,7 +463,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
                 continue;
             }
             let need = slots_for(len);
-            let avail = match self.rx.ring().unconsumed_requests() {
+            let avail = match self.rx.unconsumed_requests() {
                 Ok(n) => n as usize,
                 Err(e) => return Err(self.trip(e)),
             };
@@ -477,7 +475,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
             self.deliver(len, need)?;
         }
         if work {
-            match self.rx.ring().push_responses_and_check_notify() {
+            match self.rx.push_responses_and_check_notify() {
                 Ok(notify) => self.notify_due.1 |= notify,
                 Err(e) => return Err(self.trip(e)),
             }
@@ -491,7 +489,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         let mut all = [NetifRxRequest::default(); MAX_SLOTS];
         let mut got = 0;
         for slot in all.iter_mut().take(need) {
-            match self.rx.ring().next_request() {
+            match self.rx.next_request() {
                 Ok(Some(r)) => *slot = r,
                 Ok(None) => break,
                 Err(e) => return Err(self.trip(e)),
@@ -537,7 +535,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
                 flags: if i + 1 < n { NETRXF_MORE_DATA } else { 0 },
                 status: if ok { chunk as i16 } else { NETIF_RSP_ERROR },
             };
-            if let Err(e) = self.rx.ring().push_response(&rsp) {
+            if let Err(e) = self.rx.push_response(&rsp) {
                 return Err(self.trip(e));
             }
         }
@@ -549,7 +547,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
     /// was woken.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, NetError> {
         self.latch.check()?;
-        match self.tx.ring().final_check_for_requests() {
+        match self.tx.final_check_for_requests() {
             Ok(true) => return Ok(true),
             Ok(false) => {}
             Err(e) => return Err(self.trip(e)),
@@ -557,14 +555,8 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         if let Some(len) = self.pending {
             // Ask to be woken once enough rx pages are posted for the frame.
             let need = slots_for(len) as u32;
-            let cons = self.rx.ring_ref().req_cons();
-            let off = core::mem::offset_of!(SringHeader, req_event);
-            if let Ok(ev) = self.rx.owner().mem().atomic_u32(off) {
-                ev.store(cons.wrapping_add(need), Ordering::Relaxed);
-            }
-            fence(Ordering::SeqCst);
-            match self.rx.ring().unconsumed_requests() {
-                Ok(n) if n >= need => return Ok(true),
+            match self.rx.final_check_for_requests_at_least(need) {
+                Ok(true) => return Ok(true),
                 Ok(_) => {}
                 Err(e) => return Err(self.trip(e)),
             }

@@ -26,7 +26,6 @@ use xenshare_abi::netif::{
 };
 use xenshare_abi::PAGE_SIZE;
 
-use super::owned::RingIn;
 use super::xenbus::FrontendKeys;
 use super::{
     slots_for, Latch, Mac, NetError, NetifRxRequest, NetifRxResponse, NetifTxRequest,
@@ -38,8 +37,8 @@ use crate::platform::{EventChannels, GrantBackend};
 use crate::ring::{FrontRing, Outstanding, RingError};
 use crate::types::{Access, DomId, GrantRef};
 
-type TxRing = FrontRing<'static, NetifTxRequest, NetifTxResponse>;
-type RxRing = FrontRing<'static, NetifRxRequest, NetifRxResponse>;
+type TxRing<B> = FrontRing<Share<B>, NetifTxRequest, NetifTxResponse>;
+type RxRing<B> = FrontRing<Share<B>, NetifRxRequest, NetifRxResponse>;
 
 /// The only "opcode" netif has; [`Outstanding`] checks it trivially.
 const OP: u32 = 0;
@@ -108,8 +107,8 @@ const POOL_MAX: usize = 512;
 
 /// A netif front end.
 pub struct Netfront<B: GrantBackend, E: EventChannels> {
-    tx: RingIn<TxRing, Share<B>>,
-    rx: RingIn<RxRing, Share<B>>,
+    tx: TxRing<B>,
+    rx: RxRing<B>,
     tx_inflight: Outstanding<Share<B>>,
     rx_inflight: Outstanding<Share<B>>,
     pool: Vec<B::Pages>,
@@ -156,14 +155,12 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         if !(MAX_SLOTS..=256).contains(&cfg.rx_buffers) {
             return Err(NetError::Config("rx_buffers must be in 18..=256"));
         }
-        let tx = RingIn::new(exporter.share(backend, 1, Access::ReadWrite)?, TxRing::init)
-            .map_err(|(e, _)| e)?;
-        let rx = RingIn::new(exporter.share(backend, 1, Access::ReadWrite)?, RxRing::init)
-            .map_err(|(e, _)| e)?;
+        let tx = TxRing::init(exporter.share(backend, 1, Access::ReadWrite)?)?;
+        let rx = RxRing::init(exporter.share(backend, 1, Access::ReadWrite)?)?;
         let chan = Channel::alloc_unbound(evt, backend)?;
         let mut nf = Self {
-            tx_inflight: Outstanding::new(tx.ring_ref().size() as usize),
-            rx_inflight: Outstanding::new(rx.ring_ref().size() as usize),
+            tx_inflight: Outstanding::new(tx.size() as usize),
+            rx_inflight: Outstanding::new(rx.size() as usize),
             tx,
             rx,
             pool: Vec::new(),
@@ -188,8 +185,8 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
     pub fn keys(&self) -> FrontendKeys {
         let first = |s: &Share<B>| s.refs().first().copied().unwrap_or(GrantRef(0));
         FrontendKeys {
-            tx_ring_ref: first(self.tx.owner()),
-            rx_ring_ref: first(self.rx.owner()),
+            tx_ring_ref: first(self.tx.memory()),
+            rx_ring_ref: first(self.rx.memory()),
             event_channel: self.chan.port(),
             event_channel_rx: None,
             request_rx_copy: true,
@@ -251,7 +248,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
 
     /// Frames of [`MAX_FRAME`] size that fit on the tx ring right now.
     pub fn tx_room(&self) -> usize {
-        let free = self.tx.ring_ref().free_requests() as usize;
+        let free = self.tx.free_requests() as usize;
         let ids = self.tx_inflight.capacity() - self.tx_inflight.in_flight();
         free.min(ids)
     }
@@ -338,11 +335,11 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
                 // The first slot carries the whole frame's size.
                 size: if i == 0 { frame.len() } else { chunk_len } as u16,
             };
-            if let Err(e) = self.tx.ring().push_request(&req) {
+            if let Err(e) = self.tx.push_request(&req) {
                 return Err(self.trip(e));
             }
         }
-        match self.tx.ring().push_requests_and_check_notify() {
+        match self.tx.push_requests_and_check_notify() {
             Ok(true) => self.chan.notify()?,
             Ok(false) => {}
             Err(e) => return Err(self.trip(e)),
@@ -355,16 +352,12 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
     /// Retires answered tx slots.
     fn reap_tx(&mut self) -> Result<(), NetError> {
         loop {
-            let rsp = match self.tx.ring().next_response() {
+            let rsp = match self.tx.next_response() {
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(self.trip(e)),
             };
-            let share = match self
-                .tx
-                .ring()
-                .complete(&mut self.tx_inflight, rsp.id.into(), OP)
-            {
+            let share = match self.tx.complete(&mut self.tx_inflight, rsp.id.into(), OP) {
                 Ok(s) => s,
                 Err(e) => return Err(self.trip(e)),
             };
@@ -391,16 +384,12 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
     /// Takes answered rx slots, reassembles frames, and re-posts pages.
     fn reap_rx(&mut self) -> Result<(), NetError> {
         loop {
-            let rsp = match self.rx.ring().next_response() {
+            let rsp = match self.rx.next_response() {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => return Err(self.trip(e)),
             };
-            let share = match self
-                .rx
-                .ring()
-                .complete(&mut self.rx_inflight, rsp.id.into(), OP)
-            {
+            let share = match self.rx.complete(&mut self.rx_inflight, rsp.id.into(), OP) {
                 Ok(s) => s,
                 Err(e) => return Err(self.trip(e)),
             };
@@ -494,9 +483,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
     /// Posts receive pages up to the configured number.
     fn refill(&mut self) -> Result<(), NetError> {
         let mut posted = false;
-        while self.rx_inflight.in_flight() < self.cfg.rx_buffers
-            && self.rx.ring_ref().free_requests() > 0
-        {
+        while self.rx_inflight.in_flight() < self.cfg.rx_buffers && self.rx.free_requests() > 0 {
             // Out of grant refs or memory: post fewer, try again later.
             let Ok(share) = self.fresh_share(Access::ReadWrite) else {
                 break;
@@ -511,13 +498,13 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
                 pad: 0,
                 gref: gref.0,
             };
-            if let Err(e) = self.rx.ring().push_request(&req) {
+            if let Err(e) = self.rx.push_request(&req) {
                 return Err(self.trip(e));
             }
             posted = true;
         }
         if posted {
-            match self.rx.ring().push_requests_and_check_notify() {
+            match self.rx.push_requests_and_check_notify() {
                 Ok(true) => self.chan.notify()?,
                 Ok(false) => {}
                 Err(e) => return Err(self.trip(e)),
@@ -550,8 +537,8 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             return Ok(true);
         }
         for r in [
-            self.tx.ring().final_check_for_responses(),
-            self.rx.ring().final_check_for_responses(),
+            self.tx.final_check_for_responses(),
+            self.rx.final_check_for_responses(),
         ] {
             match r {
                 Ok(true) => return Ok(true),
@@ -612,16 +599,8 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         }
         self.partial = Partial::default();
         let fresh = (|| {
-            let tx = RingIn::new(
-                self.exporter.share(backend, 1, Access::ReadWrite)?,
-                TxRing::init,
-            )
-            .map_err(|(e, _)| NetError::from(e))?;
-            let rx = RingIn::new(
-                self.exporter.share(backend, 1, Access::ReadWrite)?,
-                RxRing::init,
-            )
-            .map_err(|(e, _)| NetError::from(e))?;
+            let tx = TxRing::init(self.exporter.share(backend, 1, Access::ReadWrite)?)?;
+            let rx = RxRing::init(self.exporter.share(backend, 1, Access::ReadWrite)?)?;
             let chan = Channel::alloc_unbound(self.chan.handle(), backend)?;
             Ok::<_, NetError>((tx, rx, chan))
         })();
@@ -636,13 +615,13 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         let old_tx = core::mem::replace(&mut self.tx, tx);
         let old_rx = core::mem::replace(&mut self.rx, rx);
         drop(core::mem::replace(&mut self.chan, chan));
-        for s in [old_tx.into_owner(), old_rx.into_owner()] {
+        for s in [old_tx.into_memory(), old_rx.into_memory()] {
             let p = Self::give_back(s, &mut report);
             self.recycle(p);
         }
         self.stats.quarantined += report.quarantined as u64;
-        self.tx_inflight = Outstanding::new(self.tx.ring_ref().size() as usize);
-        self.rx_inflight = Outstanding::new(self.rx.ring_ref().size() as usize);
+        self.tx_inflight = Outstanding::new(self.tx.size() as usize);
+        self.rx_inflight = Outstanding::new(self.rx.size() as usize);
         self.backend = backend;
         self.backend_sg = backend_sg;
         self.refill()?;
@@ -675,8 +654,8 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         for (_, _, s) in rx_inflight.drain() {
             give_back(s);
         }
-        give_back(tx.into_owner());
-        give_back(rx.into_owner());
+        give_back(tx.into_memory());
+        give_back(rx.into_memory());
         drop(chan);
         report
     }

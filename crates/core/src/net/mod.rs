@@ -51,10 +51,11 @@
 //! [`Netback`] waits for a front end still attached to an earlier back end
 //! to reset first, so stale ring references are never mapped.
 
+#![forbid(unsafe_code)]
+
 pub mod back;
 pub mod csum;
 pub mod front;
-mod owned;
 pub mod xenbus;
 
 pub use back::{Doorbell, Netback, NetbackStats};

@@ -1,14 +1,12 @@
 //! The back end: consumes requests, produces responses.
 
-use core::fmt;
-use core::marker::PhantomData;
-
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+use super::end::{Back, Ring};
 use super::index;
 use super::sring::Sring;
-use super::{Latch, RingError};
-use crate::mem::SharedMem;
+use super::RingError;
+use crate::mem::SharedMemory;
 
 /// The back end of a shared ring of `Req` requests and `Rsp` responses.
 ///
@@ -33,7 +31,7 @@ use crate::mem::SharedMem;
 ///     notify: impl Fn(),
 ///     sleep: impl Fn(),
 /// ) -> Result<(), RingError> {
-///     let mut ring = BackRing::<[u64; 3], [u64; 2]>::attach(mapped)?;
+///     let mut ring = BackRing::<_, [u64; 3], [u64; 2]>::attach(mapped)?;
 ///     loop {
 ///         while let Some([id, op, _sector]) = ring.next_request()? {
 ///             // Validate the private copy; answer even a bad request.
@@ -49,78 +47,45 @@ use crate::mem::SharedMem;
 ///     }
 /// }
 /// ```
-pub struct BackRing<'a, Req, Rsp> {
-    sring: Sring<'a>,
-    rsp_prod_pvt: u32,
-    rsp_published: u32,
-    req_cons: u32,
-    req_prod_seen: u32,
-    latch: Latch,
-    _entries: PhantomData<fn(Rsp) -> Req>,
-}
+pub type BackRing<M, Req, Rsp> = Ring<M, Req, Rsp, Back>;
 
-impl<Req, Rsp> fmt::Debug for BackRing<'_, Req, Rsp> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BackRing")
-            .field("size", &self.sring.nr_ents())
-            .field("rsp_prod_pvt", &self.rsp_prod_pvt)
-            .field("rsp_published", &self.rsp_published)
-            .field("req_cons", &self.req_cons)
-            .field("req_prod_seen", &self.req_prod_seen)
-            .field("error", &self.latch.cause())
-            .finish()
-    }
-}
-
-impl<'a, Req, Rsp> BackRing<'a, Req, Rsp>
+impl<M, Req, Rsp> Ring<M, Req, Rsp, Back>
 where
+    M: SharedMemory,
     Req: FromBytes + IntoBytes + Immutable,
     Rsp: FromBytes + IntoBytes + Immutable,
 {
     /// Attaches to a ring the front end initialised (`BACK_RING_INIT`):
     /// indices start at 0. Shared memory is not touched.
-    pub fn attach(mem: SharedMem<'a>) -> Result<Self, RingError> {
+    pub fn attach(mem: M) -> Result<Self, RingError> {
         Self::attach_at(mem, 0)
     }
 
     /// Attaches with all private indices at `start` (`BACK_RING_ATTACH`,
     /// e.g. to resume a ring already in use).
-    pub fn attach_at(mem: SharedMem<'a>, start: u32) -> Result<Self, RingError> {
-        Ok(Self {
-            sring: Sring::new::<Req, Rsp>(mem)?,
-            rsp_prod_pvt: start,
-            rsp_published: start,
-            req_cons: start,
-            req_prod_seen: start,
-            latch: Latch::default(),
-            _entries: PhantomData,
-        })
-    }
-
-    /// Number of slots (a power of two).
-    pub fn size(&self) -> u32 {
-        self.sring.nr_ents()
+    pub fn attach_at(mem: M, start: u32) -> Result<Self, RingError> {
+        Ok(Self::with(Sring::new::<Req, Rsp>(mem)?, start))
     }
 
     /// The next response slot to fill (private `rsp_prod_pvt`).
     pub fn rsp_prod_pvt(&self) -> u32 {
-        self.rsp_prod_pvt
+        self.prod_pvt
     }
 
     /// The next request to consume (private `req_cons`).
     pub fn req_cons(&self) -> u32 {
-        self.req_cons
+        self.cons
     }
 
     /// Requests consumed and not yet answered: the responses that may be
     /// pushed now.
     pub fn unanswered(&self) -> u32 {
-        self.req_cons.wrapping_sub(self.rsp_prod_pvt)
+        self.cons.wrapping_sub(self.prod_pvt)
     }
 
     /// Responses pushed but not yet published.
     pub fn unpublished_responses(&self) -> u32 {
-        self.rsp_prod_pvt.wrapping_sub(self.rsp_published)
+        self.prod_pvt.wrapping_sub(self.published)
     }
 
     /// Validates the front end's `req_prod`. The front end can only have
@@ -130,15 +95,7 @@ where
     /// `req_prod - rsp_prod_pvt <= size` — and never behind it.
     fn refresh(&mut self, prod: u32) -> Result<(), RingError> {
         let max = index::max_ahead(self.size(), self.unanswered());
-        if !index::producer_ok(prod, self.req_cons, max) {
-            return Err(self.latch.trip(RingError::ProducerOverflow {
-                prod,
-                cons: self.req_cons,
-                max,
-            }));
-        }
-        self.req_prod_seen = prod;
-        Ok(())
+        self.accept(prod, max)
     }
 
     /// Requests published and not yet consumed
@@ -146,17 +103,13 @@ where
     /// `req_prod`.
     pub fn unconsumed_requests(&mut self) -> Result<u32, RingError> {
         self.latch.check()?;
-        self.refresh(index::load_producer(self.sring.req_prod))?;
+        let prod = self.load_peer()?;
+        self.refresh(prod)?;
         Ok(self.pending())
     }
 
     fn pending(&self) -> u32 {
-        index::unconsumed_requests(
-            self.size(),
-            self.req_prod_seen,
-            self.req_cons,
-            self.rsp_prod_pvt,
-        )
+        index::unconsumed_requests(self.size(), self.prod_seen, self.cons, self.prod_pvt)
     }
 
     /// Consumes the next request, copied once out of shared memory, or
@@ -164,15 +117,13 @@ where
     pub fn next_request(&mut self) -> Result<Option<Req>, RingError> {
         self.latch.check()?;
         if self.pending() == 0 {
-            self.refresh(index::load_producer(self.sring.req_prod))?;
+            let prod = self.load_peer()?;
+            self.refresh(prod)?;
             if self.pending() == 0 {
                 return Ok(None);
             }
         }
-        let r = self.sring.read(self.req_cons);
-        let req = self.latch.guard(r)?;
-        self.req_cons = self.req_cons.wrapping_add(1);
-        Ok(Some(req))
+        self.consume().map(Some)
     }
 
     /// Before sleeping: returns whether requests are waiting; if none, first
@@ -183,65 +134,40 @@ where
         if self.pending() != 0 {
             return Ok(true);
         }
-        let prod = index::final_check(self.sring.req_prod, self.sring.req_event, self.req_cons);
+        let prod = self.final_check()?;
         self.refresh(prod)?;
         Ok(self.pending() != 0)
+    }
+
+    /// Before sleeping until at least `need` requests are published (e.g.
+    /// enough rx buffers for a frame): returns whether they already are; if
+    /// not, first asks the front end to notify when `req_prod` reaches
+    /// `req_cons + need` (the event index written, then a full fence, then
+    /// `req_prod` re-read and validated). On `false`, sleep until an event.
+    pub fn final_check_for_requests_at_least(&mut self, need: u32) -> Result<bool, RingError> {
+        self.latch.check()?;
+        self.arm_event(self.cons.wrapping_add(need))?;
+        let prod = self.load_peer()?;
+        self.refresh(prod)?;
+        Ok(self.pending() >= need)
     }
 
     /// Copies `rsp` into the slot of the oldest unanswered request.
     /// [`RingError::Full`] if every consumed request is already answered.
     pub fn push_response(&mut self, rsp: &Rsp) -> Result<(), RingError> {
-        self.latch.check()?;
-        if self.unanswered() == 0 {
-            return Err(RingError::Full);
-        }
-        let r = self.sring.write(self.rsp_prod_pvt, rsp);
-        self.latch.guard(r)?;
-        self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
-        Ok(())
+        let room = self.unanswered() != 0;
+        self.produce(rsp, room)
     }
 
     /// Publishes pushed responses without checking whether to notify
     /// (`RING_PUSH_RESPONSES`).
     pub fn push_responses(&mut self) -> Result<(), RingError> {
-        self.latch.check()?;
-        index::publish(self.sring.rsp_prod, self.rsp_prod_pvt);
-        self.rsp_published = self.rsp_prod_pvt;
-        Ok(())
+        self.publish()
     }
 
     /// Publishes pushed responses and returns whether the front end asked
     /// to be notified of them (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`).
     pub fn push_responses_and_check_notify(&mut self) -> Result<bool, RingError> {
-        self.latch.check()?;
-        let (old, new) = (self.rsp_published, self.rsp_prod_pvt);
-        let notify =
-            index::publish_and_check_notify(self.sring.rsp_prod, self.sring.rsp_event, old, new);
-        self.rsp_published = new;
-        Ok(notify)
-    }
-
-    /// The protocol-private bytes of the header (`pvt`).
-    pub fn pvt(&self) -> SharedMem<'a> {
-        self.sring.pvt()
-    }
-}
-
-impl<Req, Rsp> BackRing<'_, Req, Rsp> {
-    /// Whether an error has broken the ring.
-    pub fn is_broken(&self) -> bool {
-        self.latch.is_tripped()
-    }
-
-    /// The error that broke the ring, if any.
-    pub fn error(&self) -> Option<RingError> {
-        self.latch.cause().copied()
-    }
-
-    /// Breaks the ring with `err` (for violations the driver finds in a
-    /// request). Returns `err`, to be propagated. [`RingError::Full`] does
-    /// not break it.
-    pub fn fail(&mut self, err: RingError) -> RingError {
-        self.latch.trip(err)
+        self.publish_and_check_notify()
     }
 }

@@ -1,15 +1,13 @@
 //! The front end: produces requests, consumes responses.
 
-use core::fmt;
-use core::marker::PhantomData;
-
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+use super::end::{Front, Ring};
 use super::index;
 use super::outstanding::Outstanding;
 use super::sring::Sring;
-use super::{Latch, RingError};
-use crate::mem::SharedMem;
+use super::RingError;
+use crate::mem::SharedMemory;
 
 /// The front end of a shared ring of `Req` requests and `Rsp` responses.
 ///
@@ -32,7 +30,7 @@ use crate::mem::SharedMem;
 /// struct Rsp { id: u64, op: u8, _pad: u8, status: i16, _pad2: u32 }
 ///
 /// fn run(mem: SharedMem<'_>, notify: impl Fn()) -> Result<(), RingError> {
-///     let mut ring = FrontRing::<Req, Rsp>::init(mem)?;
+///     let mut ring = FrontRing::<_, Req, Rsp>::init(mem)?;
 ///     let mut inflight = Outstanding::<u64>::new(ring.size() as usize);
 ///     // Send: take an id, fill a slot, publish, notify if the back end asked.
 ///     let id = inflight.start(0, 1234)?;
@@ -54,38 +52,18 @@ use crate::mem::SharedMem;
 ///     Ok(())
 /// }
 /// ```
-pub struct FrontRing<'a, Req, Rsp> {
-    sring: Sring<'a>,
-    req_prod_pvt: u32,
-    req_published: u32,
-    rsp_cons: u32,
-    rsp_prod_seen: u32,
-    latch: Latch,
-    _entries: PhantomData<fn(Req) -> Rsp>,
-}
+pub type FrontRing<M, Req, Rsp> = Ring<M, Req, Rsp, Front>;
 
-impl<Req, Rsp> fmt::Debug for FrontRing<'_, Req, Rsp> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FrontRing")
-            .field("size", &self.sring.nr_ents())
-            .field("req_prod_pvt", &self.req_prod_pvt)
-            .field("req_published", &self.req_published)
-            .field("rsp_cons", &self.rsp_cons)
-            .field("rsp_prod_seen", &self.rsp_prod_seen)
-            .field("error", &self.latch.cause())
-            .finish()
-    }
-}
-
-impl<'a, Req, Rsp> FrontRing<'a, Req, Rsp>
+impl<M, Req, Rsp> Ring<M, Req, Rsp, Front>
 where
+    M: SharedMemory,
     Req: FromBytes + IntoBytes + Immutable,
     Rsp: FromBytes + IntoBytes + Immutable,
 {
     /// Initialises the shared ring in `mem` (`SHARED_RING_INIT`: producers
     /// 0, events 1, header padding zeroed) and returns its front end. Do this
     /// before the back end is told where the ring is.
-    pub fn init(mem: SharedMem<'a>) -> Result<Self, RingError> {
+    pub fn init(mem: M) -> Result<Self, RingError> {
         let sring = Sring::new::<Req, Rsp>(mem)?;
         sring.init(0)?;
         Ok(Self::with(sring, 0))
@@ -94,41 +72,24 @@ where
     /// Takes over the front end of an already initialised ring whose
     /// indices all stand at `start` (`FRONT_RING_ATTACH`). Shared memory is
     /// not touched.
-    pub fn attach_at(mem: SharedMem<'a>, start: u32) -> Result<Self, RingError> {
+    pub fn attach_at(mem: M, start: u32) -> Result<Self, RingError> {
         Ok(Self::with(Sring::new::<Req, Rsp>(mem)?, start))
-    }
-
-    fn with(sring: Sring<'a>, start: u32) -> Self {
-        Self {
-            sring,
-            req_prod_pvt: start,
-            req_published: start,
-            rsp_cons: start,
-            rsp_prod_seen: start,
-            latch: Latch::default(),
-            _entries: PhantomData,
-        }
-    }
-
-    /// Number of slots (a power of two).
-    pub fn size(&self) -> u32 {
-        self.sring.nr_ents()
     }
 
     /// The next request slot to fill (private `req_prod_pvt`).
     pub fn req_prod_pvt(&self) -> u32 {
-        self.req_prod_pvt
+        self.prod_pvt
     }
 
     /// The next response to consume (private `rsp_cons`).
     pub fn rsp_cons(&self) -> u32 {
-        self.rsp_cons
+        self.cons
     }
 
     /// Slots free for new requests: those not holding a request whose
     /// response has not been consumed yet.
     pub fn free_requests(&self) -> u32 {
-        index::free_slots(self.size(), self.req_prod_pvt, self.rsp_cons)
+        index::free_slots(self.size(), self.prod_pvt, self.cons)
     }
 
     /// Whether no request can be pushed until responses are consumed.
@@ -138,64 +99,43 @@ where
 
     /// Requests pushed but not yet published.
     pub fn unpublished_requests(&self) -> u32 {
-        self.req_prod_pvt.wrapping_sub(self.req_published)
+        self.prod_pvt.wrapping_sub(self.published)
     }
 
     /// Copies `req` into the next free slot. The back end sees it only once
     /// it is published ([`FrontRing::push_requests_and_check_notify`]).
     pub fn push_request(&mut self, req: &Req) -> Result<(), RingError> {
-        self.latch.check()?;
-        if self.is_full() {
-            return Err(RingError::Full);
-        }
-        let r = self.sring.write(self.req_prod_pvt, req);
-        self.latch.guard(r)?;
-        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
-        Ok(())
+        let room = !self.is_full();
+        self.produce(req, room)
     }
 
     /// Publishes pushed requests without checking whether to notify
     /// (`RING_PUSH_REQUESTS`).
     pub fn push_requests(&mut self) -> Result<(), RingError> {
-        self.latch.check()?;
-        index::publish(self.sring.req_prod, self.req_prod_pvt);
-        self.req_published = self.req_prod_pvt;
-        Ok(())
+        self.publish()
     }
 
     /// Publishes pushed requests and returns whether the back end asked to
     /// be notified of them (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`). Send the
     /// event when this is true.
     pub fn push_requests_and_check_notify(&mut self) -> Result<bool, RingError> {
-        self.latch.check()?;
-        let (old, new) = (self.req_published, self.req_prod_pvt);
-        let notify =
-            index::publish_and_check_notify(self.sring.req_prod, self.sring.req_event, old, new);
-        self.req_published = new;
-        Ok(notify)
+        self.publish_and_check_notify()
     }
 
     /// Validates a `rsp_prod` just read from the back end. It may be ahead of
     /// `rsp_cons` by at most the published requests still unanswered.
     fn refresh(&mut self, prod: u32) -> Result<(), RingError> {
-        let max = self.req_published.wrapping_sub(self.rsp_cons);
-        if !index::producer_ok(prod, self.rsp_cons, max) {
-            return Err(self.latch.trip(RingError::ProducerOverflow {
-                prod,
-                cons: self.rsp_cons,
-                max,
-            }));
-        }
-        self.rsp_prod_seen = prod;
-        Ok(())
+        let max = self.published.wrapping_sub(self.cons);
+        self.accept(prod, max)
     }
 
     /// Responses published and not yet consumed
     /// (`RING_HAS_UNCONSUMED_RESPONSES`), after validating `rsp_prod`.
     pub fn unconsumed_responses(&mut self) -> Result<u32, RingError> {
         self.latch.check()?;
-        self.refresh(index::load_producer(self.sring.rsp_prod))?;
-        Ok(self.rsp_prod_seen.wrapping_sub(self.rsp_cons))
+        let prod = self.load_peer()?;
+        self.refresh(prod)?;
+        Ok(self.prod_seen.wrapping_sub(self.cons))
     }
 
     /// Consumes the next response, copied once out of shared memory, or
@@ -203,16 +143,14 @@ where
     /// [`FrontRing::complete`]) before acting on it.
     pub fn next_response(&mut self) -> Result<Option<Rsp>, RingError> {
         self.latch.check()?;
-        if self.rsp_cons == self.rsp_prod_seen {
-            self.refresh(index::load_producer(self.sring.rsp_prod))?;
-            if self.rsp_cons == self.rsp_prod_seen {
+        if self.cons == self.prod_seen {
+            let prod = self.load_peer()?;
+            self.refresh(prod)?;
+            if self.cons == self.prod_seen {
                 return Ok(None);
             }
         }
-        let r = self.sring.read(self.rsp_cons);
-        let rsp = self.latch.guard(r)?;
-        self.rsp_cons = self.rsp_cons.wrapping_add(1);
-        Ok(Some(rsp))
+        self.consume().map(Some)
     }
 
     /// Before sleeping: returns whether responses are waiting; if none,
@@ -220,12 +158,12 @@ where
     /// (`RING_FINAL_CHECK_FOR_RESPONSES`). On `false`, sleep until an event.
     pub fn final_check_for_responses(&mut self) -> Result<bool, RingError> {
         self.latch.check()?;
-        if self.rsp_cons != self.rsp_prod_seen {
+        if self.cons != self.prod_seen {
             return Ok(true);
         }
-        let prod = index::final_check(self.sring.rsp_prod, self.sring.rsp_event, self.rsp_cons);
+        let prod = self.final_check()?;
         self.refresh(prod)?;
-        Ok(self.rsp_prod_seen != self.rsp_cons)
+        Ok(self.prod_seen != self.cons)
     }
 
     /// Checks a response's `id` and `opcode` against `inflight` and returns
@@ -240,29 +178,5 @@ where
         self.latch.check()?;
         let r = inflight.finish(id, opcode);
         self.latch.guard(r)
-    }
-
-    /// The protocol-private bytes of the header (`pvt`).
-    pub fn pvt(&self) -> SharedMem<'a> {
-        self.sring.pvt()
-    }
-}
-
-impl<Req, Rsp> FrontRing<'_, Req, Rsp> {
-    /// Whether an error has broken the ring.
-    pub fn is_broken(&self) -> bool {
-        self.latch.is_tripped()
-    }
-
-    /// The error that broke the ring, if any.
-    pub fn error(&self) -> Option<RingError> {
-        self.latch.cause().copied()
-    }
-
-    /// Breaks the ring with `err` (for violations the driver finds in
-    /// response contents). Returns `err`, to be propagated. [`RingError::Full`]
-    /// does not break it.
-    pub fn fail(&mut self, err: RingError) -> RingError {
-        self.latch.trip(err)
     }
 }

@@ -99,9 +99,17 @@ pub fn final_check<C: IndexCell>(prod: &C, event: &C, cons: u32) -> u32 {
     if p != cons {
         return p;
     }
-    event.store(cons.wrapping_add(1), Ordering::Relaxed);
-    C::fence(Ordering::SeqCst);
+    arm_event(event, cons.wrapping_add(1));
     load_producer(prod)
+}
+
+/// Consumer: asks the producer to notify once its index reaches `at`
+/// (writes the event index, then a full fence). Re-read the producer index
+/// after this before sleeping; the fence pairs with the producer's in
+/// [`publish_and_check_notify`] so one of the two sides sees the other.
+pub fn arm_event<C: IndexCell>(event: &C, at: u32) {
+    event.store(at, Ordering::Relaxed);
+    C::fence(Ordering::SeqCst);
 }
 
 /// Free slots for a producer whose private index is `prod_pvt` and whose

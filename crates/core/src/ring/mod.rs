@@ -14,8 +14,15 @@
 //!   whether to notify, final check before sleeping), generic over an
 //!   [`index::IndexCell`] so the very same functions run on shared memory and
 //!   under loom. The fence placement that prevents lost wake-ups is there.
+//! * [`bytes`] — the other kind of ring: a validated byte ring
+//!   ([`bytes::ByteProducer`] / [`bytes::ByteConsumer`]) with the
+//!   producer/consumer arithmetic, wrap-around, peer-index check and
+//!   copy-once of vchan, the PV console and the XenStore page, once.
 //! * [`FrontRing`] and [`BackRing`] — the two ends, typed by their entry
-//!   types. Entries are plain bytes (`zerocopy` types); reading one copies it
+//!   types: both are the one [`Ring`] type with the side ([`Front`] /
+//!   [`Back`]) as a parameter, so what the ends share (indices, publish,
+//!   final check, latch) is written once and only the side's direction and
+//!   peer-index bound differ. Entries are plain bytes (`zerocopy` types); reading one copies it
 //!   once out of shared memory into a private value, which is all the caller
 //!   ever sees (copy-once, XSA-155). Each end keeps its own indices
 //!   privately — its producer index, what it last published, its consumer
@@ -28,6 +35,12 @@
 //!   published requests outstanding; the back end allows the front end at most
 //!   the slots not holding unanswered requests (so it never consumes more than
 //!   a ring's worth, however the index lies).
+//! * Memory: both ends are generic over a
+//!   [`SharedMemory`](crate::mem::SharedMemory) owner `M`. A driver stores
+//!   `FrontRing<Share<B>, ..>` or `BackRing<Mapping<M>, ..>` and gets the
+//!   pages back with `into_memory()` to revoke or unmap them; a loop on the
+//!   stack may use a borrowed `SharedMem<'_>` or `&Share<B>`. No `unsafe`
+//!   is needed for either.
 //! * [`Outstanding`] — the front end's record of requests in flight: response
 //!   ids in range, outstanding (not duplicated) and with the opcode that was
 //!   sent; [`FrontRing::complete`] checks a response against it.
@@ -42,9 +55,13 @@
 //! [`FrontRing`] shows a front end's send / receive loop and [`BackRing`]
 //! a back end's serve loop.
 
+#![forbid(unsafe_code)]
+
+pub mod bytes;
 pub mod index;
 
 mod back;
+mod end;
 mod front;
 mod outstanding;
 mod sring;
@@ -53,6 +70,7 @@ mod sring;
 mod tests;
 
 pub use back::BackRing;
+pub use end::{Back, Front, Ring, Side};
 pub use front::FrontRing;
 pub use outstanding::Outstanding;
 pub use sring::{entry_size, nr_entries, ring_bytes};

@@ -8,7 +8,7 @@ use xenshare_abi::PAGE_SIZE;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::RingError;
-use crate::mem::SharedMem;
+use crate::mem::{SharedMem, SharedMemory};
 
 /// Bytes in a ring of order `order` (`PAGE_SIZE << order`): rings of more
 /// than one page are granted as `1 << order` contiguous pages.
@@ -41,53 +41,68 @@ pub const fn nr_entries<Req, Rsp>(bytes: usize) -> usize {
 /// A ring larger than this would let indices a full turn apart look equal.
 const MAX_ENTRIES: usize = 1 << 31;
 
-/// The shared part of a ring, with its geometry checked once.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Sring<'a> {
-    pub(crate) req_prod: &'a AtomicU32,
-    pub(crate) req_event: &'a AtomicU32,
-    pub(crate) rsp_prod: &'a AtomicU32,
-    pub(crate) rsp_event: &'a AtomicU32,
-    pvt: SharedMem<'a>,
-    mem: SharedMem<'a>,
+/// The shared part of a ring, with its geometry checked once, over the
+/// memory owner `M`.
+#[derive(Debug)]
+pub(crate) struct Sring<M> {
+    mem: M,
     nr_ents: u32,
     entry_size: usize,
 }
 
-impl<'a> Sring<'a> {
+/// The four header indices, borrowed from the ring's memory for one call.
+pub(crate) struct Cells<'m> {
+    pub(crate) req_prod: &'m AtomicU32,
+    pub(crate) req_event: &'m AtomicU32,
+    pub(crate) rsp_prod: &'m AtomicU32,
+    pub(crate) rsp_event: &'m AtomicU32,
+}
+
+const REQ_PROD: usize = offset_of!(SringHeader, req_prod);
+const REQ_EVENT: usize = offset_of!(SringHeader, req_event);
+const RSP_PROD: usize = offset_of!(SringHeader, rsp_prod);
+const RSP_EVENT: usize = offset_of!(SringHeader, rsp_event);
+const PVT: usize = offset_of!(SringHeader, pvt);
+
+impl<M: SharedMemory> Sring<M> {
     /// Checks that `mem` can hold a ring of `Req`/`Rsp` and finds its header.
-    pub(crate) fn new<Req, Rsp>(mem: SharedMem<'a>) -> Result<Self, RingError> {
+    pub(crate) fn new<Req, Rsp>(mem: M) -> Result<Self, RingError> {
         let entry_size = entry_size::<Req, Rsp>();
-        let nr = nr_entries::<Req, Rsp>(mem.len());
+        let window = mem.shared();
+        let nr = nr_entries::<Req, Rsp>(window.len());
         let bad = RingError::Region {
-            bytes: mem.len(),
+            bytes: window.len(),
             entry_size,
         };
         if nr == 0 || nr > MAX_ENTRIES {
             return Err(bad);
         }
-        let word = |off: usize| mem.atomic_u32(off).map_err(|_| bad);
+        // The header words must be reachable (4-aligned region).
+        for off in [REQ_PROD, REQ_EVENT, RSP_PROD, RSP_EVENT] {
+            window.atomic_u32(off).map_err(|_| bad)?;
+        }
         Ok(Self {
-            req_prod: word(offset_of!(SringHeader, req_prod))?,
-            req_event: word(offset_of!(SringHeader, req_event))?,
-            rsp_prod: word(offset_of!(SringHeader, rsp_prod))?,
-            rsp_event: word(offset_of!(SringHeader, rsp_event))?,
-            pvt: mem
-                .slice(offset_of!(SringHeader, pvt), 4)
-                .map_err(|_| bad)?,
             mem,
             nr_ents: nr as u32,
             entry_size,
         })
     }
 
-    pub(crate) fn nr_ents(&self) -> u32 {
-        self.nr_ents
+    /// The header indices (checked again: the memory owner promises the
+    /// same window every time, but a broken promise is an error, not UB).
+    pub(crate) fn cells(&self) -> Result<Cells<'_>, RingError> {
+        let m = self.mem.shared();
+        Ok(Cells {
+            req_prod: m.atomic_u32(REQ_PROD)?,
+            req_event: m.atomic_u32(REQ_EVENT)?,
+            rsp_prod: m.atomic_u32(RSP_PROD)?,
+            rsp_event: m.atomic_u32(RSP_EVENT)?,
+        })
     }
 
     /// The protocol-private header bytes (`pvt`, e.g. netif's smartpoll flag).
-    pub(crate) fn pvt(&self) -> SharedMem<'a> {
-        self.pvt
+    pub(crate) fn pvt(&self) -> Result<SharedMem<'_>, RingError> {
+        Ok(self.mem.shared().slice(PVT, 4)?)
     }
 
     /// `SHARED_RING_INIT`: both producers at `start`, both events one past
@@ -102,7 +117,7 @@ impl<'a> Sring<'a> {
             pvt: [0; 4],
             _pad: [0; 44],
         };
-        self.mem.write_obj(0, &header)?;
+        self.mem.shared().write_obj(0, &header)?;
         Ok(())
     }
 
@@ -112,11 +127,27 @@ impl<'a> Sring<'a> {
 
     /// Copies the entry at `idx` out of shared memory, once.
     pub(crate) fn read<T: FromBytes + IntoBytes>(&self, idx: u32) -> Result<T, RingError> {
-        Ok(self.mem.read_obj(self.offset(idx))?)
+        Ok(self.mem.shared().read_obj(self.offset(idx))?)
     }
 
     /// Copies `v` into the slot of `idx`.
     pub(crate) fn write<T: IntoBytes + Immutable>(&self, idx: u32, v: &T) -> Result<(), RingError> {
-        Ok(self.mem.write_obj(self.offset(idx), v)?)
+        Ok(self.mem.shared().write_obj(self.offset(idx), v)?)
+    }
+}
+
+impl<M> Sring<M> {
+    pub(crate) fn nr_ents(&self) -> u32 {
+        self.nr_ents
+    }
+
+    /// The memory owner, borrowed.
+    pub(crate) fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// Gives the memory owner back.
+    pub(crate) fn into_memory(self) -> M {
+        self.mem
     }
 }

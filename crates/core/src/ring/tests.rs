@@ -2,8 +2,6 @@
 //! misbehaviour is written straight into the header.
 
 use alloc::collections::VecDeque;
-use alloc::vec::Vec;
-use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use proptest::prelude::*;
@@ -12,7 +10,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::sring::Sring;
 use super::*;
-use crate::mem::SharedMem;
+use crate::mem::{PageBuf, SharedMem};
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable)]
@@ -30,23 +28,20 @@ struct Rsp {
     status: i32,
 }
 
-type Front<'a> = FrontRing<'a, Req, Rsp>;
-type Back<'a> = BackRing<'a, Req, Rsp>;
+type Front<'a> = FrontRing<SharedMem<'a>, Req, Rsp>;
+type Back<'a> = BackRing<SharedMem<'a>, Req, Rsp>;
 
 /// Bytes of a ring with `n` slots of 16 bytes.
 const fn bytes_for(n: usize) -> usize {
     64 + 16 * n
 }
 
-fn buffer(bytes: usize) -> Vec<u64> {
-    alloc::vec![0u64; bytes.div_ceil(8)]
+fn buffer(bytes: usize) -> PageBuf {
+    PageBuf::new(bytes.div_ceil(xenshare_abi::PAGE_SIZE))
 }
 
-fn region(buf: &mut [u64], bytes: usize) -> SharedMem<'_> {
-    assert!(bytes <= buf.len() * 8);
-    // SAFETY: the test owns `buf` for the region's lifetime and reaches it
-    // only through SharedMem accessors.
-    unsafe { SharedMem::from_raw(NonNull::new(buf.as_mut_ptr().cast()).unwrap(), bytes) }
+fn region(buf: &PageBuf, bytes: usize) -> SharedMem<'_> {
+    buf.mem().slice(0, bytes).unwrap()
 }
 
 fn word(m: SharedMem<'_>, field: usize) -> &AtomicU32 {
@@ -102,8 +97,8 @@ fn sizes() {
     assert_eq!(nr_entries::<Blk, Eight>(ring_bytes(3)), 256);
     assert_eq!(ring_bytes(2), 16384);
 
-    let mut buf = buffer(ring_bytes(1));
-    let m = region(&mut buf, ring_bytes(1));
+    let buf = buffer(ring_bytes(1));
+    let m = region(&buf, ring_bytes(1));
     let front = Front::init(m).unwrap();
     assert_eq!(front.size(), 256);
     assert_eq!(front.free_requests(), 256);
@@ -128,8 +123,8 @@ fn sizes() {
 
 #[test]
 fn round_trip_with_notifications() {
-    let mut buf = buffer(4096);
-    let m = region(&mut buf, 4096);
+    let buf = buffer(4096);
+    let m = region(&buf, 4096);
     let mut front = Front::init(m).unwrap();
     let mut back = Back::attach(m).unwrap();
 
@@ -169,8 +164,8 @@ fn round_trip_with_notifications() {
 
 #[test]
 fn notify_only_when_the_peer_asked() {
-    let mut buf = buffer(bytes_for(8));
-    let m = region(&mut buf, bytes_for(8));
+    let buf = buffer(bytes_for(8));
+    let m = region(&buf, bytes_for(8));
     let (mut front, mut back) = pair(m, 0);
 
     front.push_request(&req(0, 0)).unwrap();
@@ -195,8 +190,8 @@ fn notify_only_when_the_peer_asked() {
 #[test]
 fn wraps_at_u32_max() {
     let start = 0xFFFF_FFF0u32;
-    let mut buf = buffer(bytes_for(4));
-    let m = region(&mut buf, bytes_for(4));
+    let buf = buffer(bytes_for(4));
+    let m = region(&buf, bytes_for(4));
     let (mut front, mut back) = pair(m, start);
     assert_eq!(front.free_requests(), 4);
 
@@ -239,8 +234,8 @@ fn wraps_at_u32_max() {
 
 #[test]
 fn requests_are_private_copies() {
-    let mut buf = buffer(bytes_for(4));
-    let m = region(&mut buf, bytes_for(4));
+    let buf = buffer(bytes_for(4));
+    let m = region(&buf, bytes_for(4));
     let (mut front, mut back) = pair(m, 0);
     front.push_request(&req(7, 1)).unwrap();
     front.push_requests().unwrap();
@@ -285,8 +280,8 @@ fn assert_broken_back(back: &mut Back<'_>, cause: RingError) {
 fn back_end_overflowing_rsp_prod_breaks_the_front() {
     for start in [0u32, 0xFFFF_FFFE] {
         // More responses than the ring holds.
-        let mut buf = buffer(bytes_for(4));
-        let m = region(&mut buf, bytes_for(4));
+        let buf = buffer(bytes_for(4));
+        let m = region(&buf, bytes_for(4));
         let (mut front, _back) = pair(m, start);
         for i in 0..2 {
             front.push_request(&req(i, 0)).unwrap();
@@ -326,8 +321,8 @@ fn back_end_overflowing_rsp_prod_breaks_the_front() {
 
 #[test]
 fn front_end_overflowing_req_prod_breaks_the_back() {
-    let mut buf = buffer(bytes_for(4));
-    let m = region(&mut buf, bytes_for(4));
+    let buf = buffer(bytes_for(4));
+    let m = region(&buf, bytes_for(4));
     let start = 0xFFFF_FFFD;
 
     // req_prod - rsp_prod_pvt > nr_ents.
@@ -406,8 +401,8 @@ fn answer(back: &mut Back<'_>, rsp: Rsp) {
 
 #[test]
 fn response_ids_are_checked() {
-    let mut buf = buffer(bytes_for(4));
-    let m = region(&mut buf, bytes_for(4));
+    let buf = buffer(bytes_for(4));
+    let m = region(&buf, bytes_for(4));
     let check = |rsps: &[Rsp], cause: RingError| {
         let (mut front, mut back) = pair(m, 0);
         let mut inflight = sent(&mut front, 3);
@@ -498,8 +493,8 @@ fn outstanding_tracker() {
 
 #[test]
 fn full_is_not_fatal_but_fail_is() {
-    let mut buf = buffer(bytes_for(2));
-    let m = region(&mut buf, bytes_for(2));
+    let buf = buffer(bytes_for(2));
+    let m = region(&buf, bytes_for(2));
     let (mut front, mut back) = pair(m, 0);
     front.push_request(&req(0, 0)).unwrap();
     front.push_request(&req(1, 0)).unwrap();
@@ -562,8 +557,8 @@ proptest! {
         ops in proptest::collection::vec(op(), 0..300),
     ) {
         let n = 1usize << log2;
-        let mut buf = buffer(bytes_for(n));
-        let m = region(&mut buf, bytes_for(n));
+        let buf = buffer(bytes_for(n));
+        let m = region(&buf, bytes_for(n));
         let (mut front, mut back) = pair(m, start);
 
         let mut unpublished = VecDeque::new(); // pushed by the front end

@@ -17,6 +17,8 @@
 //!
 //! All of it is `no_std` + `alloc` except the socket transport.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod error;
 pub mod path;

@@ -3,14 +3,15 @@
 //!
 //! The page holds two 1 KiB byte rings — requests (guest → server) and
 //! responses (server → guest) — with free-running indices. [`XsRing`] is
-//! one end of that page (guest or server): it keeps its own producer and
-//! consumer indices privately, reads the peer's once per call and checks
+//! one end of that page (guest or server), two
+//! [`crate::ring::bytes`] rings: it keeps its own producer and consumer
+//! indices privately, reads the peer's once per call and checks
 //! `prod - cons <= 1024`; a violation is [`XsRingError::Corrupt`] and the end
 //! stays broken. [`RingTransport`] is the guest's client transport on top.
 
 use alloc::vec::Vec;
 use core::mem::offset_of;
-use core::sync::atomic::{fence, Ordering};
+use core::sync::atomic::Ordering;
 use core::time::Duration;
 
 use xenshare_abi::xs::{XenstoreDomainInterface as Iface, XENSTORE_RING_SIZE as SIZE};
@@ -19,8 +20,10 @@ use super::client::{Transport, TransportError};
 use super::wire::{Decoder, Message};
 use crate::deadline::Deadline;
 use crate::event::Channel;
-use crate::mem::SharedMem;
+use crate::latch::Latch;
+use crate::mem::SharedMemory;
 use crate::platform::EventChannels;
+use crate::ring::bytes::{self, ByteConsumer, ByteProducer, ByteRingError, Layout};
 
 /// A ring-level failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -42,25 +45,22 @@ pub enum End {
     Server,
 }
 
-struct Dir {
-    data: usize,
-    cons: usize,
-    prod: usize,
-    name: &'static str,
-}
-
-const REQ: Dir = Dir {
-    data: offset_of!(Iface, req),
-    cons: offset_of!(Iface, req_cons),
-    prod: offset_of!(Iface, req_prod),
+const REQ: Layout = Layout {
     name: "request",
+    prod: offset_of!(Iface, req_prod),
+    cons: offset_of!(Iface, req_cons),
+    data: offset_of!(Iface, req),
+    size: SIZE,
 };
-const RSP: Dir = Dir {
-    data: offset_of!(Iface, rsp),
-    cons: offset_of!(Iface, rsp_cons),
-    prod: offset_of!(Iface, rsp_prod),
+const RSP: Layout = Layout {
     name: "response",
+    prod: offset_of!(Iface, rsp_prod),
+    cons: offset_of!(Iface, rsp_cons),
+    data: offset_of!(Iface, rsp),
+    size: SIZE,
 };
+
+const _: () = assert!(REQ.is_valid() && RSP.is_valid());
 
 /// The store ring latch keeps the first corruption; later calls fail with
 /// the direction they were made in (as [`XsRing::write_some`] and
@@ -71,113 +71,97 @@ impl crate::latch::Fault for XsRingError {
     }
 }
 
-/// One end of a xenstore ring page.
-pub struct XsRing<'a> {
-    page: SharedMem<'a>,
-    out: &'static Dir,
-    inp: &'static Dir,
-    out_prod: u32,
-    in_cons: u32,
-    broken: crate::latch::Latch<XsRingError>,
+/// One end of a xenstore ring page, over the memory owner `M` (a
+/// `SharedMem<'_>`, or the [`Mapping`](crate::grant::Mapping) a server
+/// keeps per guest).
+pub struct XsRing<M: SharedMemory> {
+    page: M,
+    out: ByteProducer,
+    inp: ByteConsumer,
+    broken: Latch<XsRingError>,
 }
 
-impl<'a> XsRing<'a> {
+impl<M: SharedMemory> core::fmt::Debug for XsRing<M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("XsRing")
+            .field("out", &self.out)
+            .field("inp", &self.inp)
+            .field("broken", &self.broken.cause())
+            .finish()
+    }
+}
+
+impl<M: SharedMemory> XsRing<M> {
     /// Takes one end of `page`. Indices need not start at zero: our own
     /// are read once here and then kept privately.
-    pub fn new(page: SharedMem<'a>, end: End) -> Result<Self, XsRingError> {
+    pub fn new(page: M, end: End) -> Result<Self, XsRingError> {
         let (out, inp) = match end {
-            End::Guest => (&REQ, &RSP),
-            End::Server => (&RSP, &REQ),
+            End::Guest => (REQ, RSP),
+            End::Server => (RSP, REQ),
         };
-        if page.len() < core::mem::size_of::<Iface>() {
+        let mem = page.shared();
+        if mem.len() < core::mem::size_of::<Iface>() {
             return Err(XsRingError::BadPage);
         }
-        let load = |off| page.atomic_u32(off).map(|a| a.load(Ordering::Acquire));
-        let out_prod = load(out.prod).map_err(|_| XsRingError::BadPage)?;
-        let in_cons = load(inp.cons).map_err(|_| XsRingError::BadPage)?;
+        let out_prod = bytes::load_index(mem, out.prod).map_err(|_| XsRingError::BadPage)?;
+        let in_cons = bytes::load_index(mem, inp.cons).map_err(|_| XsRingError::BadPage)?;
         Ok(Self {
             page,
-            out,
-            inp,
-            out_prod,
-            in_cons,
-            broken: crate::latch::Latch::new(),
+            out: ByteProducer::new(out, out_prod),
+            inp: ByteConsumer::new(inp, in_cons),
+            broken: Latch::new(),
         })
     }
 
-    fn idx(&self, off: usize) -> u32 {
-        // Offsets were checked against the page size in `new`.
-        self.page
-            .atomic_u32(off)
-            .map(|a| a.load(Ordering::Acquire))
-            .unwrap_or(0)
-    }
-
     fn publish(&self, off: usize, v: u32) {
-        if let Ok(a) = self.page.atomic_u32(off) {
+        if let Ok(a) = self.page.shared().atomic_u32(off) {
             a.store(v, Ordering::Release);
         }
     }
 
-    fn fail(&mut self, name: &'static str) -> XsRingError {
-        self.broken.trip(XsRingError::Corrupt(name))
+    fn fail(&mut self, e: ByteRingError) -> XsRingError {
+        match e {
+            ByteRingError::Corrupt(name) => self.broken.trip(XsRingError::Corrupt(name)),
+            ByteRingError::Memory(_) => XsRingError::BadPage,
+        }
     }
 
     /// Copies as much of `data` as fits into our outgoing ring; returns the
     /// bytes written (0 if full). The caller notifies the peer.
     pub fn write_some(&mut self, data: &[u8]) -> Result<usize, XsRingError> {
         if self.broken.is_tripped() {
-            return Err(XsRingError::Corrupt(self.out.name));
+            return Err(XsRingError::Corrupt(self.out.layout().name));
         }
-        let cons = self.idx(self.out.cons);
-        let used = self.out_prod.wrapping_sub(cons) as usize;
-        if used > SIZE {
-            return Err(self.fail(self.out.name));
-        }
-        let at = self.out_prod as usize & (SIZE - 1);
-        let n = data.len().min(SIZE - at).min(SIZE - used);
-        if n == 0 {
-            return Ok(0);
-        }
-        fence(Ordering::SeqCst);
-        self.page
-            .write(self.out.data + at, &data[..n])
-            .map_err(|_| XsRingError::BadPage)?;
-        fence(Ordering::Release);
-        self.out_prod = self.out_prod.wrapping_add(n as u32);
-        self.publish(self.out.prod, self.out_prod);
-        Ok(n)
+        let mem = self.page.shared();
+        let r = self.out.write_some(mem, mem, data);
+        r.map_err(|e| self.fail(e))
     }
 
     /// Copies available bytes of the incoming ring into `buf`; returns how
     /// many (0 if empty). The caller notifies the peer.
     pub fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, XsRingError> {
         if self.broken.is_tripped() {
-            return Err(XsRingError::Corrupt(self.inp.name));
+            return Err(XsRingError::Corrupt(self.inp.layout().name));
         }
-        let prod = self.idx(self.inp.prod);
-        let avail = prod.wrapping_sub(self.in_cons) as usize;
-        if avail > SIZE {
-            return Err(self.fail(self.inp.name));
-        }
-        let at = self.in_cons as usize & (SIZE - 1);
-        let n = buf.len().min(SIZE - at).min(avail);
-        if n == 0 {
-            return Ok(0);
-        }
-        fence(Ordering::Acquire);
-        self.page
-            .read(self.inp.data + at, &mut buf[..n])
-            .map_err(|_| XsRingError::BadPage)?;
-        fence(Ordering::SeqCst);
-        self.in_cons = self.in_cons.wrapping_add(n as u32);
-        self.publish(self.inp.cons, self.in_cons);
-        Ok(n)
+        let mem = self.page.shared();
+        let r = self.inp.read_some(mem, mem, buf);
+        r.map_err(|e| self.fail(e))
     }
 
     /// True if a broken index was seen.
     pub fn is_broken(&self) -> bool {
         self.broken.is_tripped()
+    }
+
+    /// Whether the indices this end owns still read, in the page, as this
+    /// end last published them. A peer that rewrites them (our producer
+    /// index on the outgoing ring, our consumer index on the incoming one)
+    /// has corrupted the page.
+    pub fn own_indices_intact(&self) -> bool {
+        let mem = self.page.shared();
+        let at = |off| bytes::load_index(mem, off).ok();
+        at(self.out.layout().prod) == Some(self.out.prod())
+            && at(self.inp.layout().cons) == Some(self.inp.cons())
     }
 
     /// Records an error code in the page's `error` field (server side, when
@@ -190,18 +174,28 @@ impl<'a> XsRing<'a> {
     pub fn set_server_features(&self, features: u32) {
         self.publish(offset_of!(Iface, server_features), features);
     }
+
+    /// The page's memory owner.
+    pub fn memory(&self) -> &M {
+        &self.page
+    }
+
+    /// Ends the ring and gives its memory back.
+    pub fn into_memory(self) -> M {
+        self.page
+    }
 }
 
 /// A guest's XenStore transport over its ring page and event channel.
-pub struct RingTransport<'a, E: EventChannels> {
-    ring: XsRing<'a>,
+pub struct RingTransport<M: SharedMemory, E: EventChannels> {
+    ring: XsRing<M>,
     chan: Channel<E>,
     decoder: Decoder,
 }
 
-impl<'a, E: EventChannels> RingTransport<'a, E> {
+impl<M: SharedMemory, E: EventChannels> RingTransport<M, E> {
     /// A transport over the guest's page and its (bound) xenstore channel.
-    pub fn new(page: SharedMem<'a>, chan: Channel<E>) -> Result<Self, XsRingError> {
+    pub fn new(page: M, chan: Channel<E>) -> Result<Self, XsRingError> {
         Ok(Self {
             ring: XsRing::new(page, End::Guest)?,
             chan,
@@ -232,7 +226,7 @@ const WAIT_SLICE: Duration = Duration::from_millis(10);
 /// How long a full request ring is waited on before the transport gives up.
 const SEND_STALL: Duration = Duration::from_secs(30);
 
-impl<E: EventChannels> Transport for RingTransport<'_, E> {
+impl<M: SharedMemory, E: EventChannels> Transport for RingTransport<M, E> {
     fn send(&mut self, msg: &Message) -> Result<(), TransportError> {
         let bytes = msg.to_bytes()?;
         let mut done = 0;
@@ -300,7 +294,7 @@ impl Backlog {
     }
 
     /// Writes what fits into `ring`; returns true if anything was written.
-    pub fn flush(&mut self, ring: &mut XsRing<'_>) -> Result<bool, XsRingError> {
+    pub fn flush<M: SharedMemory>(&mut self, ring: &mut XsRing<M>) -> Result<bool, XsRingError> {
         let mut any = false;
         while self.at < self.bytes.len() {
             let n = ring.write_some(&self.bytes[self.at..])?;

@@ -6,11 +6,13 @@ use core::time::Duration;
 
 use xenshare_abi::vchan as abi;
 
-use super::{notify, DeviceError, VchanError};
+use super::{notify, VchanError};
 use crate::deadline::Deadline;
+use crate::error::DeviceError;
 use crate::event::Channel;
 use crate::mem::{ReadOnly, SharedMem};
 use crate::platform::EventChannels;
+use crate::ring::bytes::{ByteConsumer, ByteProducer, ByteRingError, Layout};
 
 /// Where one of our two rings lives.
 #[derive(Debug, Clone, Copy)]
@@ -76,17 +78,17 @@ pub struct Vchan<S: VchanSide, E: EventChannels> {
     chan: Channel<E>,
     rd: RingLoc,
     wr: RingLoc,
-    /// Our private copies of the indices we own.
-    rd_cons: u32,
-    wr_prod: u32,
-    /// The write index last published to the peer (`wr_prod` runs ahead of
-    /// it while a batch of small writes is being gathered).
-    wr_published: u32,
-    /// The write ring's consumer index as last read (and validated).
-    /// Reading the shared header line costs a cache miss while the peer is
-    /// writing it, so a batching write that the known free space already
-    /// takes does not read it again. (Reads always re-read the producer.)
-    seen_cons: u32,
+    /// The ring we read: our private consumer index and the producer
+    /// index last validated.
+    rx: ByteConsumer,
+    /// The ring we write: our private producer index, the one last
+    /// published to the peer (the private one runs ahead while a batch of
+    /// small writes is being gathered), and the consumer index as last read
+    /// and validated. Reading the shared header line costs a cache miss
+    /// while the peer is writing it, so a batching write that the known free
+    /// space already takes does not read it again. (Reads always re-read the
+    /// producer.)
+    tx: ByteProducer,
     /// Unpublished bytes at which a batch is published (0: publish every
     /// write), see [`Vchan::set_write_batch`].
     batch: usize,
@@ -119,15 +121,21 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         wr: RingLoc,
         xs_path: Option<String>,
     ) -> Self {
+        let (rd_prod, rd_cons, wr_prod, wr_cons, ..) = Self::offsets();
+        let layout = |name, prod, cons, loc: RingLoc| Layout {
+            name,
+            prod,
+            cons,
+            data: 0,
+            size: 1 << loc.order(),
+        };
         Self {
             mem,
             chan,
             rd,
             wr,
-            rd_cons: 0,
-            wr_prod: 0,
-            wr_published: 0,
-            seen_cons: 0,
+            rx: ByteConsumer::new(layout("read", rd_prod, rd_cons, rd), 0),
+            tx: ByteProducer::new(layout("write", wr_prod, wr_cons, wr), 0),
             batch: 0,
             blocking: true,
             timeout: None,
@@ -139,49 +147,13 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     }
 
     fn ctrl(&self) -> Result<SharedMem<'_>, VchanError> {
-        self.mem.ctrl().ok_or(VchanError::Core(DeviceError::Closed))
-    }
-
-    fn u32_at(&self, off: usize) -> Result<&AtomicU32, VchanError> {
-        self.ctrl()?
-            .atomic_u32(off)
-            .map_err(|_| VchanError::Core(DeviceError::Closed))
+        ctrl(&self.mem)
     }
 
     fn u8_at(&self, off: usize) -> Result<&AtomicU8, VchanError> {
         self.ctrl()?
             .atomic_u8(off)
             .map_err(|_| VchanError::Core(DeviceError::Closed))
-    }
-
-    /// The ring this end writes.
-    fn write_ring(&self, loc: RingLoc) -> Result<SharedMem<'_>, VchanError> {
-        let size = 1usize << loc.order();
-        let m = match loc {
-            RingLoc::InPage { offset, .. } => self.ctrl()?.slice(offset, size).ok(),
-            RingLoc::External { left, .. } => self
-                .mem
-                .external_rw(left)
-                .and_then(|m| m.slice(0, size).ok()),
-        };
-        m.ok_or(VchanError::Core(DeviceError::Closed))
-    }
-
-    /// The ring this end reads (the client maps it read-only).
-    fn read_ring(&self, loc: RingLoc) -> Result<SharedMem<'_, ReadOnly>, VchanError> {
-        let size = 1usize << loc.order();
-        let m = match loc {
-            RingLoc::InPage { offset, .. } => self
-                .ctrl()?
-                .slice(offset, size)
-                .ok()
-                .map(SharedMem::read_only),
-            RingLoc::External { left, .. } => self
-                .mem
-                .external_ro(left)
-                .and_then(|m| m.slice(0, size).ok()),
-        };
-        m.ok_or(VchanError::Core(DeviceError::Closed))
     }
 
     /// (read ring producer, write ring consumer, our notify byte, peer's notify byte)
@@ -206,8 +178,13 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         }
     }
 
-    fn corrupt(&mut self, which: &'static str) -> VchanError {
-        self.broken.trip(VchanError::Corrupt(which))
+    /// A byte-ring error: a bad peer index breaks the vchan; memory that
+    /// is gone means it was closed.
+    fn ring_err(&mut self, e: ByteRingError) -> VchanError {
+        match e {
+            ByteRingError::Corrupt(which) => self.broken.trip(VchanError::Corrupt(which)),
+            ByteRingError::Memory(_) => VchanError::Core(DeviceError::Closed),
+        }
     }
 
     /// Size of the ring this end reads.
@@ -238,34 +215,23 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     /// Bytes waiting to be read.
     pub fn data_ready(&mut self) -> Result<usize, VchanError> {
         self.check()?;
-        let (rd_prod, ..) = Self::offsets();
         // Acquire: the ring bytes below `prod` are read after this load.
-        let prod = notify::load_peer(self.u32_at(rd_prod)?);
-        let ready = prod.wrapping_sub(self.rd_cons) as usize;
-        if ready > self.read_ring_size() {
-            return Err(self.corrupt("read"));
-        }
-        Ok(ready)
+        let r = self.rx.ready(ctrl(&self.mem)?);
+        r.map_err(|e| self.ring_err(e))
     }
 
     /// Bytes that can be written without waiting.
     pub fn buffer_space(&mut self) -> Result<usize, VchanError> {
         self.check()?;
-        let (_, _, _, wr_cons, ..) = Self::offsets();
         // Acquire: our ring writes below `cons + size` come after this load,
         // so they cannot overwrite bytes the peer is still reading.
-        let cons = notify::load_peer(self.u32_at(wr_cons)?);
-        let used = self.wr_prod.wrapping_sub(cons) as usize;
-        if used > self.write_ring_size() {
-            return Err(self.corrupt("write"));
-        }
-        self.seen_cons = cons;
-        Ok(self.write_ring_size() - used)
+        let r = self.tx.space(ctrl(&self.mem)?);
+        r.map_err(|e| self.ring_err(e))
     }
 
     /// Free space known from the consumer index last read.
     fn known_space(&self) -> usize {
-        self.write_ring_size() - self.wr_prod.wrapping_sub(self.seen_cons) as usize
+        self.tx.known_space()
     }
 
     /// Gathers small writes: bytes written are published to the peer (its
@@ -287,15 +253,28 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     }
 
     fn publish(&mut self) -> Result<(), VchanError> {
-        if self.wr_published == self.wr_prod {
+        if self.tx.unpublished() == 0 {
             return Ok(());
         }
         if self.batch != 0 && !self.is_open() {
             return Err(VchanError::Core(DeviceError::Closed));
         }
-        let (_, _, wr_prod, ..) = Self::offsets();
-        self.wr_published = self.wr_prod;
-        self.publish_index(wr_prod, self.wr_prod, abi::VCHAN_NOTIFY_WRITE)
+        let ctrl = ctrl(&self.mem)?;
+        let ours = our_flag::<S>(ctrl)?;
+        let r = self.tx.publish_with(ctrl, |idx, new| {
+            notify::publish_and_check(idx, new, ours, abi::VCHAN_NOTIFY_WRITE)
+        });
+        self.wake_if(r)
+    }
+
+    /// Sends the event if publishing an index found the peer's request
+    /// for it (see [`notify::publish_and_check`]).
+    fn wake_if(&mut self, r: Result<Option<bool>, ByteRingError>) -> Result<(), VchanError> {
+        match r {
+            Ok(Some(true)) => Ok(self.chan.notify()?),
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.ring_err(e)),
+        }
     }
 
     /// Whether the peer is there: the server reports the client's live byte
@@ -326,49 +305,36 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         Ok(())
     }
 
-    /// Moves one of our indices (at `off`) to `new` and wakes the peer if it
-    /// asked for `bit` (see [`notify::publish_and_check`]).
-    fn publish_index(&self, off: usize, new: u32, bit: u8) -> Result<(), VchanError> {
-        let (_, _, _, _, ours, _) = Self::offsets();
-        if notify::publish_and_check(self.u32_at(off)?, new, self.u8_at(ours)?, bit) {
-            self.chan.notify()?;
-        }
-        Ok(())
-    }
-
+    /// Copies `data` (which the validated free space takes) into the write
+    /// ring, and publishes once a batch is full.
     fn do_send(&mut self, data: &[u8]) -> Result<(), VchanError> {
-        let size = self.write_ring_size();
-        let idx = self.wr_prod as usize & (size - 1);
-        let first = data.len().min(size - idx);
-        {
-            let ring = self.write_ring(self.wr)?;
-            ring.write(idx, &data[..first])
-                .map_err(|_| VchanError::Core(DeviceError::Closed))?;
-            ring.write(0, &data[first..])
-                .map_err(|_| VchanError::Core(DeviceError::Closed))?;
+        let ring = write_ring(&self.mem, self.wr)?;
+        match self.tx.push(ring, data) {
+            Ok(n) if n == data.len() => {}
+            Ok(_) => return Err(VchanError::Core(DeviceError::Closed)),
+            Err(e) => return Err(self.ring_err(e)),
         }
-        self.wr_prod = self.wr_prod.wrapping_add(data.len() as u32);
-        if self.wr_prod.wrapping_sub(self.wr_published) as usize >= self.batch {
+        if self.tx.unpublished() >= self.batch {
             self.publish()?;
         }
         Ok(())
     }
 
+    /// Copies `out.len()` validated ready bytes out of the read ring (once
+    /// each) and gives their room back to the peer.
     fn do_recv(&mut self, out: &mut [u8]) -> Result<(), VchanError> {
-        let size = self.read_ring_size();
-        let idx = self.rd_cons as usize & (size - 1);
-        let first = out.len().min(size - idx);
-        {
-            let ring = self.read_ring(self.rd)?;
-            let (a, b) = out.split_at_mut(first);
-            ring.read(idx, a)
-                .map_err(|_| VchanError::Core(DeviceError::Closed))?;
-            ring.read(0, b)
-                .map_err(|_| VchanError::Core(DeviceError::Closed))?;
+        let ring = read_ring(&self.mem, self.rd)?;
+        match self.rx.pop(ring, out) {
+            Ok(n) if n == out.len() => {}
+            Ok(_) => return Err(VchanError::Core(DeviceError::Closed)),
+            Err(e) => return Err(self.ring_err(e)),
         }
-        self.rd_cons = self.rd_cons.wrapping_add(out.len() as u32);
-        let (_, rd_cons, ..) = Self::offsets();
-        self.publish_index(rd_cons, self.rd_cons, abi::VCHAN_NOTIFY_READ)
+        let ctrl = ctrl(&self.mem)?;
+        let ours = our_flag::<S>(ctrl)?;
+        let r = self.rx.publish_with(ctrl, |idx, new| {
+            notify::publish_and_check(idx, new, ours, abi::VCHAN_NOTIFY_READ)
+        });
+        self.wake_if(r)
     }
 
     /// Waits for an event on this vchan's handle (up to `timeout`) and
@@ -613,6 +579,40 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     pub fn side(&self) -> &S {
         &self.mem
     }
+}
+
+fn ctrl<S: VchanSide>(mem: &S) -> Result<SharedMem<'_>, VchanError> {
+    mem.ctrl().ok_or(VchanError::Core(DeviceError::Closed))
+}
+
+/// Our notify byte: the peer sets bits in it to ask us for events.
+fn our_flag<S: VchanSide>(ctrl: SharedMem<'_>) -> Result<&AtomicU8, VchanError> {
+    let off = if S::SERVER { SRV_NOTIFY } else { CLI_NOTIFY };
+    ctrl.atomic_u8(off)
+        .map_err(|_| VchanError::Core(DeviceError::Closed))
+}
+
+/// The ring this end writes.
+fn write_ring<S: VchanSide>(mem: &S, loc: RingLoc) -> Result<SharedMem<'_>, VchanError> {
+    let size = 1usize << loc.order();
+    let m = match loc {
+        RingLoc::InPage { offset, .. } => ctrl(mem)?.slice(offset, size).ok(),
+        RingLoc::External { left, .. } => mem.external_rw(left).and_then(|m| m.slice(0, size).ok()),
+    };
+    m.ok_or(VchanError::Core(DeviceError::Closed))
+}
+
+/// The ring this end reads (the client maps it read-only).
+fn read_ring<S: VchanSide>(mem: &S, loc: RingLoc) -> Result<SharedMem<'_, ReadOnly>, VchanError> {
+    let size = 1usize << loc.order();
+    let m = match loc {
+        RingLoc::InPage { offset, .. } => ctrl(mem)?
+            .slice(offset, size)
+            .ok()
+            .map(SharedMem::read_only),
+        RingLoc::External { left, .. } => mem.external_ro(left).and_then(|m| m.slice(0, size).ok()),
+    };
+    m.ok_or(VchanError::Core(DeviceError::Closed))
 }
 
 impl<S: VchanSide, E: EventChannels> Drop for Vchan<S, E> {

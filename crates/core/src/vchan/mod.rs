@@ -19,6 +19,8 @@
 //!
 //! [`VchanInterface`]: xenshare_abi::vchan::VchanInterface
 
+#![forbid(unsafe_code)]
+
 mod io;
 pub mod notify;
 mod setup;
