@@ -9,6 +9,8 @@
 //! it, every wait slice is charged in full (an event flood makes a timeout
 //! come sooner, never later).
 
+#![forbid(unsafe_code)]
+
 use core::time::Duration;
 
 /// A wait budget: `std` uses the clock; `no_std` charges each wait slice.

@@ -13,6 +13,8 @@
 //! A test matches a core failure as, e.g.,
 //! `BlkError::Core(DeviceError::BadKey { .. })`.
 
+#![forbid(unsafe_code)]
+
 use alloc::string::{String, ToString};
 
 use crate::event::EventError;

@@ -27,6 +27,8 @@
 //! assert_eq!(l.check(), Err(E::Broken));
 //! ```
 
+#![forbid(unsafe_code)]
+
 /// An error type that can break an end; see the [module docs](self).
 pub trait Fault: Clone {
     /// What every call returns once the end is broken by `cause`.

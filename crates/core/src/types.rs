@@ -1,5 +1,7 @@
 //! Xen's vocabulary as distinct types, so a port is never passed as a grant ref.
 
+#![forbid(unsafe_code)]
+
 use core::fmt;
 
 macro_rules! id_type {
