@@ -70,6 +70,8 @@ struct Slots {
     spare: Vec<Vec<u8>>,
     /// Threads waiting on the condition variable (none: no wake-up call).
     waiters: usize,
+    /// A thread waits for fewer than this many frames (0: none does).
+    room_below: usize,
 }
 
 /// A bounded queue of frames.
@@ -100,6 +102,7 @@ impl FrameQueue {
                 frames: VecDeque::new(),
                 spare: Vec::new(),
                 waiters: 0,
+                room_below: 0,
             }),
             cv: Condvar::new(),
             cap: cap.max(1),
@@ -169,16 +172,22 @@ impl FrameQueue {
         Some(self.frame_vec(f))
     }
 
-    /// Takes the oldest frame out, waking anyone waiting for room.
+    /// Takes the oldest frame out, waking a thread waiting for room once
+    /// there is as much as it asked for (not on every frame).
     fn take(&self) -> Option<Frame> {
-        let (f, waiters) = {
+        let (f, wake) = {
             let mut q = lock(&self.slots);
-            (q.frames.pop_front()?, q.waiters)
+            let f = q.frames.pop_front()?;
+            (f, Self::room_made(&q))
         };
-        if waiters > 0 {
+        if wake {
             self.cv.notify_all();
         }
         Some(f)
+    }
+
+    fn room_made(q: &Slots) -> bool {
+        q.waiters > 0 && q.frames.len() < q.room_below
     }
 
     /// The frame as a vector of its own (its buffer if the frame fills
@@ -209,7 +218,7 @@ impl FrameQueue {
         let mut q = lock(&self.slots);
         loop {
             if let Some(f) = q.frames.pop_front() {
-                if q.waiters > 0 {
+                if Self::room_made(&q) {
                     self.cv.notify_all();
                 }
                 return Some(f);
@@ -264,18 +273,22 @@ impl FrameQueue {
         }
     }
 
-    /// Waits up to `timeout` until fewer than `n` frames are waiting.
+    /// Waits up to `timeout` until fewer than `n` frames are waiting (one
+    /// thread at a time: the flow control of a single sender).
     pub fn wait_below(&self, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut q = lock(&self.slots);
         loop {
             if q.frames.len() < n {
+                q.room_below = 0;
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                q.room_below = 0;
                 return false;
             }
+            q.room_below = n;
             q.waiters += 1;
             q = self
                 .cv
@@ -401,6 +414,11 @@ impl HostPort {
     /// takes frames).
     pub fn wait_room(&self, n: usize, timeout: Duration) -> bool {
         self.to_guest.wait_below(n, timeout)
+    }
+
+    /// Frames queued towards the guest.
+    pub fn queued_to_guest(&self) -> usize {
+        self.to_guest.len()
     }
 
     /// Frames dropped towards the guest because the queue was full.
