@@ -232,3 +232,31 @@ fn indirect_pages_return_to_the_persistent_pool() {
     let (_, runs) = backend.stop().unwrap();
     assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
 }
+
+#[test]
+fn a_large_transfer_goes_as_several_requests_in_flight() {
+    let w = world();
+    let img = TmpImage::new("pipeline");
+    let storage = img.create(DISK);
+    let backend = w
+        .spawn_backend(storage, BackConfig::new(w.guest.id(), DEVID))
+        .unwrap();
+    let mut fe = w.frontend(FrontConfig::new(DEVID)).unwrap();
+    let mut xs = w.client(&w.guest);
+    let data: Vec<u8> = (0..1usize << 20).map(|i| (i * 7 % 251) as u8).collect();
+    {
+        let mut disk = fe.connect(&mut xs).unwrap();
+        assert!(disk.max_request_bytes() >= 1 << 20, "{:?}", disk.info());
+        disk.write_at(4096, &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        disk.read_at(4096, &mut back).unwrap();
+        assert!(back == data, "1 MiB read back differs");
+        disk.close(&mut xs).unwrap();
+    }
+    fe.release();
+    let (back, _) = backend.stop().unwrap();
+    let st = back.stats();
+    // 1 MiB each way as four 256 KiB requests, not one of 1 MiB.
+    assert_eq!((st.ok, st.failed), (8, 0), "{st:?}");
+    assert_eq!(st.max_segments, 64, "{st:?}");
+}

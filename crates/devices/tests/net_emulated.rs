@@ -109,6 +109,59 @@ fn bursts_wrap_the_rings_both_ways() {
     assert_eq!(w.guest.exporter().stats().live, 0);
 }
 
+#[test]
+fn reused_frame_buffers_carry_no_stale_bytes() {
+    let w = world();
+    w.create_vif(0);
+    let (bt, host) = w.vif_backend(0);
+    let mut nf = w.netfront(0);
+    // Large and small frames in turn, so a reused buffer always held a
+    // longer frame with other bytes before.
+    let sizes: Vec<usize> = (0..400)
+        .map(|i| match i % 4 {
+            0 => MAX_FRAME - i,
+            1 => 60 + i,
+            2 => 9000 + i,
+            _ => 1514 - i,
+        })
+        .collect();
+    // tx: the host takes frames through the buffer-reusing call.
+    let h2 = host.clone();
+    let sz = sizes.clone();
+    let sink = thread::spawn(move || {
+        for (i, &len) in sz.iter().enumerate() {
+            let ok = h2
+                .recv_timeout_with(T, |got| got == frame(len, i as u8).as_slice())
+                .expect("tx frame lost");
+            assert!(ok, "tx frame {i} ({len} bytes) corrupted");
+        }
+    });
+    for (i, &len) in sizes.iter().enumerate() {
+        nf.send_timeout(&frame(len, i as u8), T).unwrap();
+    }
+    sink.join().unwrap();
+    // rx: every frame goes back to the netfront for reuse once checked.
+    for burst in sizes.chunks(40).enumerate() {
+        let (b, burst) = burst;
+        for (j, &len) in burst.iter().enumerate() {
+            assert!(host.send(&frame(len, !((b * 40 + j) as u8))));
+        }
+        for (j, &len) in burst.iter().enumerate() {
+            let got = nf.recv_timeout(T).unwrap().expect("rx frame lost");
+            let i = b * 40 + j;
+            assert!(
+                got == frame(len, !(i as u8)),
+                "rx frame {i} ({len} bytes) corrupted"
+            );
+            nf.recycle_frame(got);
+        }
+    }
+    let report = nf.close(&mut w.xs(&w.guest), T).unwrap();
+    assert_eq!(report.quarantined, 0);
+    bt.join().unwrap();
+    assert_eq!(w.guest.exporter().stats().live, 0);
+}
+
 fn exchange_and_close(w: &xenshare_testkit::net::World, mut nf: Front, host: &HostPort) {
     tx_one(&mut nf, host, &frame(1000, 5));
     rx_one(&mut nf, host, &frame(1000, 6));

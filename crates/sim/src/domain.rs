@@ -596,8 +596,6 @@ impl ForeignMapper for SimMapper {
     }
 
     fn copy(&self, ops: &mut [CopyOp<'_>]) {
-        for op in ops.iter_mut() {
-            op.status = self.dom.copy_one(op);
-        }
+        self.dom.copy_batch(ops);
     }
 }

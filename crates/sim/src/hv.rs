@@ -536,8 +536,41 @@ impl DomainState {
         Ok(())
     }
 
-    /// GNTTABOP_copy of one segment, as this domain.
-    pub(crate) fn copy_one(&self, op: &mut xenshare::platform::CopyOp<'_>) -> GntSt {
+    /// GNTTABOP_copy of a batch of segments, as this domain: each op gets
+    /// its own status, as in Xen. The granting domain of consecutive ops is
+    /// looked up once while it stays the same (a netback batch names one
+    /// front end throughout).
+    pub(crate) fn copy_batch(&self, ops: &mut [xenshare::platform::CopyOp<'_>]) {
+        let mut cache: Option<(DomId, Arc<DomainState>)> = None;
+        for op in ops.iter_mut() {
+            op.status = self.copy_one(op, &mut cache);
+        }
+    }
+
+    /// The live domain `dom`, through a one-entry cache kept for a batch.
+    fn granter(
+        &self,
+        dom: DomId,
+        cache: &mut Option<(DomId, Arc<DomainState>)>,
+    ) -> Result<Arc<DomainState>, GntSt> {
+        if let Some((id, g)) = cache {
+            if *id == dom && g.is_alive() {
+                return Ok(g.clone());
+            }
+        }
+        let g = self.domain(dom).ok_or(GntSt::BadDomain)?;
+        *cache = Some((dom, g.clone()));
+        Ok(g)
+    }
+
+    /// GNTTABOP_copy of one segment, as this domain: both sides are pinned
+    /// (transiently), the bytes copied straight from the source to the
+    /// destination, then both unpinned.
+    fn copy_one(
+        &self,
+        op: &mut xenshare::platform::CopyOp<'_>,
+        cache: &mut Option<(DomId, Arc<DomainState>)>,
+    ) -> GntSt {
         use xenshare::platform::{CopyDst, CopySrc};
         let len = op.len as usize;
         let check = |offset: u16| {
@@ -547,64 +580,81 @@ impl DomainState {
                 Ok(())
             }
         };
-        // Pin both sides (transiently), then copy, then unpin.
+        let mut pin = |p: &xenshare::platform::GrantPtr, readonly: bool| {
+            check(p.offset)?;
+            let g = self.granter(p.dom, cache)?;
+            let f = g.acquire(p.gref, self.id, readonly)?;
+            Ok::<_, GntSt>((g, f, p.offset, p.gref))
+        };
         let src = match &op.src {
-            CopySrc::Grant(p) => {
-                match check(p.offset).and_then(|_| self.pin_for_copy(p.dom, p.gref, true)) {
-                    Ok((g, f)) => Some((g, f, p.offset, p.gref)),
-                    Err(e) => return e,
-                }
-            }
+            CopySrc::Grant(p) => match pin(p, true) {
+                Ok(s) => Some(s),
+                Err(e) => return e,
+            },
             CopySrc::Local(_) => None,
         };
         let dst = match &op.dst {
-            CopyDst::Grant(p) => {
-                match check(p.offset).and_then(|_| self.pin_for_copy(p.dom, p.gref, false)) {
-                    Ok((g, f)) => Some((g, f, p.offset, p.gref)),
-                    Err(e) => {
-                        if let Some((g, _, _, r)) = src {
-                            g.release(r, false);
-                        }
-                        return e;
+            CopyDst::Grant(p) => match pin(p, false) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    if let Some((g, _, _, r)) = src {
+                        g.release(r, false);
                     }
+                    return e;
                 }
-            }
+            },
             CopyDst::Local(_) => None,
         };
-        let mut buf = vec![0u8; len];
-        let mut status = GntSt::Okay;
-        match (&src, &op.src) {
-            (Some((g, f, off, _)), _) => {
-                let page = g.mem.frame_page(*f);
-                if page
-                    .as_ref()
-                    .and_then(|p| p.mem())
-                    .and_then(|m| m.read(*off as usize, &mut buf).ok())
-                    .is_none()
-                {
-                    status = GntSt::BadPage;
+        let src_page = src.as_ref().and_then(|(g, f, _, _)| g.mem.frame_page(*f));
+        let dst_page = dst.as_ref().and_then(|(g, f, _, _)| g.mem.frame_page(*f));
+        // The window of `len` bytes at `off` in a pinned frame.
+        fn window(
+            page: &Option<crate::memory::FramePage>,
+            off: u16,
+            len: usize,
+        ) -> Option<SharedMem<'_>> {
+            page.as_ref()?.mem()?.slice(off as usize, len).ok()
+        }
+        let status = match (&op.src, &mut op.dst) {
+            (CopySrc::Local(b), CopyDst::Local(d)) => match (b.get(..len), d.get_mut(..len)) {
+                (Some(b), Some(d)) => {
+                    d.copy_from_slice(b);
+                    GntSt::Okay
+                }
+                _ => GntSt::BadCopyArg,
+            },
+            (CopySrc::Local(b), CopyDst::Grant(p)) => {
+                match (b.get(..len), window(&dst_page, p.offset, len)) {
+                    (None, _) => GntSt::BadCopyArg,
+                    (Some(b), Some(m)) if m.write(0, b).is_ok() => GntSt::Okay,
+                    _ => GntSt::BadPage,
                 }
             }
-            (None, CopySrc::Local(b)) => buf.copy_from_slice(&b[..len]),
-            (None, CopySrc::Grant(_)) => status = GntSt::GeneralError,
-        }
-        if status.is_ok() {
-            match (&dst, &mut op.dst) {
-                (Some((g, f, off, _)), _) => {
-                    let page = g.mem.frame_page(*f);
-                    if page
-                        .as_ref()
-                        .and_then(|p| p.mem())
-                        .and_then(|m| m.write(*off as usize, &buf).ok())
-                        .is_none()
-                    {
-                        status = GntSt::BadPage;
+            (CopySrc::Grant(p), CopyDst::Local(d)) => {
+                match (window(&src_page, p.offset, len), d.get_mut(..len)) {
+                    (_, None) => GntSt::BadCopyArg,
+                    (Some(m), Some(d)) => match m.read(0, d) {
+                        Ok(()) => GntSt::Okay,
+                        Err(_) => GntSt::BadPage,
+                    },
+                    (None, Some(_)) => GntSt::BadPage,
+                }
+            }
+            (CopySrc::Grant(sp), CopyDst::Grant(dp)) => {
+                // Both sides shared: through a page-sized buffer on the stack.
+                let mut buf = [0u8; PAGE_SIZE];
+                let buf = &mut buf[..len];
+                match (
+                    window(&src_page, sp.offset, len),
+                    window(&dst_page, dp.offset, len),
+                ) {
+                    (Some(s), Some(d)) if s.read(0, buf).is_ok() && d.write(0, buf).is_ok() => {
+                        GntSt::Okay
                     }
+                    _ => GntSt::BadPage,
                 }
-                (None, CopyDst::Local(b)) => b[..len].copy_from_slice(&buf),
-                (None, CopyDst::Grant(_)) => status = GntSt::GeneralError,
             }
-        }
+        };
         if let Some((g, _, _, r)) = src {
             g.release(r, false);
         }
@@ -612,17 +662,6 @@ impl DomainState {
             g.release(r, true);
         }
         status
-    }
-
-    fn pin_for_copy(
-        &self,
-        dom: DomId,
-        gref: GrantRef,
-        readonly: bool,
-    ) -> Result<(Arc<DomainState>, u64), GntSt> {
-        let g = self.domain(dom).ok_or(GntSt::BadDomain)?;
-        let f = g.acquire(gref, self.id, readonly)?;
-        Ok((g, f))
     }
 
     /// The memory of `frame` of this domain.

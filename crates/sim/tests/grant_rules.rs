@@ -277,6 +277,78 @@ fn grant_copy_follows_the_rules() {
 }
 
 #[test]
+fn grant_copy_batches_mix_granters_and_refuse_short_local_buffers() {
+    let hv = Hypervisor::new();
+    let a = hv.create_domain(DomainConfig::default()).unwrap();
+    let c = hv.create_domain(DomainConfig::default()).unwrap();
+    let b = hv.create_domain(DomainConfig::default()).unwrap();
+    let from_a = a.exporter().share(b.id(), 1, Access::ReadOnly).unwrap();
+    let to_c = c.exporter().share(b.id(), 1, Access::ReadWrite).unwrap();
+    let to_a = a.exporter().share(b.id(), 1, Access::ReadWrite).unwrap();
+    from_a.mem().write(8, b"page to page").unwrap();
+    let ptr = |dom: DomId, gref: GrantRef, offset: u16| GrantPtr { dom, gref, offset };
+    let data = *b"local bytes!";
+    let mut short = [0u8; 4];
+    let mut ops = [
+        // Grant to grant, two granters.
+        CopyOp {
+            src: CopySrc::Grant(ptr(a.id(), from_a.refs()[0], 8)),
+            dst: CopyDst::Grant(ptr(c.id(), to_c.refs()[0], 3000)),
+            len: 12,
+            status: GntSt::GeneralError,
+        },
+        // Back to the first granter within the same batch.
+        CopyOp {
+            src: CopySrc::Local(&data),
+            dst: CopyDst::Grant(ptr(a.id(), to_a.refs()[0], 0)),
+            len: 12,
+            status: GntSt::GeneralError,
+        },
+        // A local source shorter than the length.
+        CopyOp {
+            src: CopySrc::Local(&data[..4]),
+            dst: CopyDst::Grant(ptr(c.id(), to_c.refs()[0], 0)),
+            len: 12,
+            status: GntSt::Okay,
+        },
+        // A local destination shorter than the length.
+        CopyOp {
+            src: CopySrc::Grant(ptr(a.id(), from_a.refs()[0], 8)),
+            dst: CopyDst::Local(&mut short),
+            len: 12,
+            status: GntSt::Okay,
+        },
+    ];
+    b.importer().copy(&mut ops);
+    let st: Vec<GntSt> = ops.iter().map(|o| o.status).collect();
+    assert_eq!(
+        st,
+        [
+            GntSt::Okay,
+            GntSt::Okay,
+            GntSt::BadCopyArg,
+            GntSt::BadCopyArg
+        ]
+    );
+    let mut got = [0u8; 12];
+    to_c.mem().read(3000, &mut got).unwrap();
+    assert_eq!(&got, b"page to page");
+    to_a.mem().read(0, &mut got).unwrap();
+    assert_eq!(&got, b"local bytes!");
+    let mut head = [0xFFu8; 12];
+    to_c.mem().read(0, &mut head).unwrap();
+    assert_eq!(head, [0; 12], "a refused copy wrote nothing");
+    assert_eq!(short, [0; 4], "a refused copy wrote nothing");
+    // Copies leave no pins behind, refused ones included.
+    for (d, s) in [(&a, &from_a), (&c, &to_c), (&a, &to_a)] {
+        assert!(!d.grant_busy(s.refs()[0]));
+    }
+    assert!(from_a.try_unshare().is_ok());
+    assert!(to_c.try_unshare().is_ok());
+    assert!(to_a.try_unshare().is_ok());
+}
+
+#[test]
 fn unmap_notify_clears_byte_and_sends_event_on_unmap_and_death() {
     let (hv, server, client) = two_domains();
     let sev = server.evtchn().unwrap();

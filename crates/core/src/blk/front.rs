@@ -533,6 +533,12 @@ impl<B: GrantBackend, E: EventChannels> core::fmt::Debug for Disk<'_, B, E> {
     }
 }
 
+/// A large [`Disk::read_at`] / [`Disk::write_at`] is split into this many
+/// requests in flight at once (each at least [`PIPELINE_MIN`] bytes).
+const PIPELINE_DEPTH: usize = 4;
+/// The smallest piece a large transfer is split into.
+const PIPELINE_MIN: usize = 64 * 1024;
+
 impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     /// The disk as the back end described it, and what was negotiated.
     pub fn info(&self) -> &DiskInfo {
@@ -674,8 +680,14 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     ) -> Result<(), BlkError> {
         self.io.call_left = 0;
         self.io.call_err = None;
+        // A large transfer goes as several requests in flight, so the back
+        // end works on one while this side copies another, not in turns.
         let max = match kind {
-            IoKind::Read | IoKind::Write => self.max_request_bytes(),
+            IoKind::Read | IoKind::Write => self.max_request_bytes().min(
+                len.div_ceil(PIPELINE_DEPTH)
+                    .next_multiple_of(PAGE_SIZE)
+                    .max(PIPELINE_MIN),
+            ),
             _ => usize::MAX,
         };
         let mut pos = 0;

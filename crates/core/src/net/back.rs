@@ -122,8 +122,8 @@ pub struct Netback<M: ForeignMapper, E: EventChannels> {
     frontend: DomId,
     front_sg: bool,
     chain: Vec<NetifTxRequest>,
-    txbuf: Vec<u8>,
-    rxbuf: Vec<u8>,
+    txbuf: FrameBuf,
+    rxbuf: FrameBuf,
     pending: Option<usize>,
     /// Events a publish asked for: (tx ring, rx ring).
     notify_due: (bool, bool),
@@ -140,6 +140,37 @@ impl<M: ForeignMapper, E: EventChannels> core::fmt::Debug for Netback<M, E> {
             .field("stats", &self.stats)
             .field("error", &self.latch.cause())
             .finish()
+    }
+}
+
+/// A frame-sized buffer whose bytes start on a 64-byte boundary: a copy
+/// into a destination that is not 64-byte aligned (such as a plain `Vec`)
+/// runs at a tenth of the speed on common x86 CPUs (`rep movsb`).
+struct FrameBuf {
+    buf: Vec<u8>,
+    off: usize,
+}
+
+impl FrameBuf {
+    const ALIGN: usize = 64;
+
+    fn new() -> Self {
+        let buf = vec![0; MAX_FRAME + Self::ALIGN];
+        let off = buf.as_ptr().align_offset(Self::ALIGN).min(Self::ALIGN);
+        Self { buf, off }
+    }
+}
+
+impl core::ops::Deref for FrameBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.off..self.off + MAX_FRAME]
+    }
+}
+
+impl core::ops::DerefMut for FrameBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..self.off + MAX_FRAME]
     }
 }
 
@@ -189,8 +220,8 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
             frontend,
             front_sg: keys.sg,
             chain: Vec::with_capacity(MAX_SLOTS),
-            txbuf: vec![0; MAX_FRAME],
-            rxbuf: vec![0; MAX_FRAME],
+            txbuf: FrameBuf::new(),
+            rxbuf: FrameBuf::new(),
             pending: None,
             notify_due: (false, false),
             latch: Latch::default(),

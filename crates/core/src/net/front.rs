@@ -56,7 +56,7 @@ pub struct NetfrontConfig {
 impl Default for NetfrontConfig {
     fn default() -> Self {
         Self {
-            rx_buffers: 64,
+            rx_buffers: 256,
             sg: true,
         }
     }
@@ -105,6 +105,9 @@ struct Partial {
 /// Most revoked pages kept for reuse.
 const POOL_MAX: usize = 512;
 
+/// Most frame buffers kept from [`Netfront::recycle_frame`].
+const FRAME_POOL_MAX: usize = 32;
+
 /// A netif front end.
 pub struct Netfront<B: GrantBackend, E: EventChannels> {
     tx: TxRing<B>,
@@ -120,6 +123,7 @@ pub struct Netfront<B: GrantBackend, E: EventChannels> {
     backend_sg: bool,
     partial: Partial,
     ready: VecDeque<Vec<u8>>,
+    frame_pool: Vec<Vec<u8>>,
     latch: Latch,
     connected: bool,
     paths: Option<(String, String)>,
@@ -172,6 +176,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             backend_sg,
             partial: Partial::default(),
             ready: VecDeque::new(),
+            frame_pool: Vec::new(),
             latch: Latch::default(),
             connected: false,
             paths: None,
@@ -382,8 +387,18 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
     }
 
     /// Takes answered rx slots, reassembles frames, and re-posts pages.
+    ///
+    /// Pages are re-posted every quarter ring (at least a largest frame's
+    /// worth) rather than only at the end, so the back end fills the fresh
+    /// ones while this side is still copying out the rest: the two work
+    /// side by side instead of taking turns.
     fn reap_rx(&mut self) -> Result<(), NetError> {
+        let batch = (self.cfg.rx_buffers / 4).max(MAX_SLOTS);
         loop {
+            if self.cfg.rx_buffers - self.rx_inflight.in_flight().min(self.cfg.rx_buffers) >= batch
+            {
+                self.refill()?;
+            }
             let rsp = match self.rx.next_response() {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
@@ -443,6 +458,13 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         }
         if self.partial.slots == 0 {
             self.partial.csum_blank = rsp.flags & NETRXF_CSUM_BLANK != 0;
+            // One buffer for the whole frame, from the frames given back if
+            // any: growing it slot by slot reallocates and, for large
+            // frames, faults in fresh pages every time.
+            let mut data = self.frame_pool.pop().unwrap_or_default();
+            data.clear();
+            data.reserve(if more { MAX_FRAME } else { PAGE_SIZE });
+            self.partial.data = data;
         }
         self.partial.slots += 1;
         if self.partial.slots > MAX_SLOTS {
@@ -473,6 +495,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
                 || (p.csum_blank && super::csum::complete(&mut data).is_err())
             {
                 self.stats.rx_errors += 1;
+                self.recycle_frame(data);
             } else {
                 return Ok(Some(data));
             }
@@ -527,6 +550,15 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         }
         self.poll()?;
         Ok(self.ready.pop_front())
+    }
+
+    /// Gives a frame [`Netfront::recv`] returned back for reuse: the next
+    /// frames are assembled in it instead of a fresh allocation (a few are
+    /// kept; more are freed).
+    pub fn recycle_frame(&mut self, frame: Vec<u8>) {
+        if self.frame_pool.len() < FRAME_POOL_MAX {
+            self.frame_pool.push(frame);
+        }
     }
 
     /// Sleeps until the back end signals (or `timeout`; `None`: forever),

@@ -483,7 +483,8 @@ impl Throughput {
 /// Pushes `frames` frames of `frame_size` bytes each way through netfront
 /// and netback on the emulator (in-memory host, no TCP/IP stack): the
 /// guest sends as fast as its tx ring allows while a host thread drains;
-/// then the host sends bursts of 128 frames that the guest receives.
+/// then a host thread sends (keeping up to 128 frames queued for the back
+/// end) while the guest receives.
 pub fn throughput(frame_size: usize, frames: u64) -> Result<Throughput, String> {
     use xenshare::net::{Netfront, MAX_FRAME};
     if !(14..=MAX_FRAME).contains(&frame_size) {
@@ -503,7 +504,14 @@ pub fn throughput(frame_size: usize, frames: u64) -> Result<Throughput, String> 
         },
     )
     .map_err(|e| e.to_string())?;
-    let (io, host) = mem_link(4096);
+    // Room for every frame of the run (up to 256 MiB of them): a host
+    // thread that falls behind under load makes the run slower, it does not
+    // lose frames (the queue drops when full, as a NIC does).
+    let cap = usize::try_from(frames)
+        .unwrap_or(usize::MAX)
+        .min((256 << 20) / frame_size)
+        .max(4096);
+    let (io, host) = mem_link(cap);
     let evt = |d: &xenshare_sim::Domain| d.evtchn().map_err(|e| e.to_string());
     let bt = spawn_backend(
         w.dom0.importer().clone(),
@@ -526,7 +534,9 @@ pub fn throughput(frame_size: usize, frames: u64) -> Result<Throughput, String> 
     .map_err(|e| format!("netfront: {e}"))?;
     let frame: Vec<u8> = (0..frame_size).map(|i| i as u8).collect();
     let h2 = host.clone();
-    let sink = std::thread::spawn(move || (0..frames).all(|_| h2.recv_timeout(timeout).is_some()));
+    let sink = std::thread::spawn(move || {
+        (0..frames).all(|_| h2.recv_timeout_with(timeout, |f| f.len()).is_some())
+    });
     let start = StdInstant::now();
     for _ in 0..frames {
         nf.send_timeout(&frame, timeout)
@@ -536,22 +546,34 @@ pub fn throughput(frame_size: usize, frames: u64) -> Result<Throughput, String> 
         return Err("the host lost frames".into());
     }
     let tx = start.elapsed();
+    // The host sends from a thread of its own, as the host drains in one
+    // above, keeping up to RX_QUEUED frames queued for the back end.
+    const RX_QUEUED: usize = 128;
+    let h3 = host.clone();
+    let frame3 = frame.clone();
     let start = StdInstant::now();
-    let mut got = 0;
-    while got < frames {
-        let burst = 128.min(frames - got);
-        for _ in 0..burst {
-            host.send(&frame);
-        }
-        for _ in 0..burst {
-            match nf.recv_timeout(timeout) {
-                Ok(Some(f)) if f.len() == frame_size => {}
-                other => return Err(format!("receive: {other:?}")),
+    let feeder = std::thread::spawn(move || {
+        // Refilled from half full: one wake-up per RX_QUEUED / 2 frames.
+        (0..frames).all(|_| {
+            (h3.queued_to_guest() < RX_QUEUED || h3.wait_room(RX_QUEUED / 2, timeout))
+                && h3.send(&frame3)
+        })
+    });
+    let mut received = Ok(());
+    for _ in 0..frames {
+        match nf.recv_timeout(timeout) {
+            Ok(Some(f)) if f.len() == frame_size => nf.recycle_frame(f),
+            other => {
+                received = Err(format!("receive: {other:?}"));
+                break;
             }
         }
-        got += burst;
     }
     let rx = start.elapsed();
+    received?;
+    if !feeder.join().unwrap_or(false) {
+        return Err("the host could not queue frames for the guest".into());
+    }
     nf.close(&mut xs, timeout).map_err(|e| e.to_string())?;
     bt.join().map_err(|e| e.to_string())?;
     let fps = |d: Duration| frames as f64 / d.as_secs_f64().max(1e-9);

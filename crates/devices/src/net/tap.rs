@@ -186,7 +186,7 @@ fn read_loop(tap: &Tap, queue: &FrameQueue, stop: &AtomicBool) {
             // Longer than any netif frame: dropped.
             Ok(n) if n > MAX_FRAME => {}
             Ok(n) => {
-                queue.push(buf[..n].to_vec());
+                queue.push_copy(&buf[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,
@@ -212,12 +212,16 @@ impl FrameIo for TapIo {
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         loop {
-            let Some(f) = self.queue.pop() else {
-                return Ok(None);
-            };
-            if let Some(dst) = buf.get_mut(..f.len()) {
-                dst.copy_from_slice(&f);
-                return Ok(Some(f.len()));
+            let copied = self.queue.pop_with(|f| {
+                let dst = buf.get_mut(..f.len())?;
+                dst.copy_from_slice(f);
+                Some(f.len())
+            });
+            match copied {
+                None => return Ok(None),
+                Some(Some(n)) => return Ok(Some(n)),
+                // Longer than the back end's buffer: dropped.
+                Some(None) => {}
             }
         }
     }

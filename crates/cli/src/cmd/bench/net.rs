@@ -23,6 +23,10 @@ pub struct NetArgs {
     /// Rounds of every measurement; medians and [min–max] are reported.
     #[arg(long, default_value_t = super::stats::DEFAULT_REPEATS, value_parser = clap::value_parser!(u64).range(1..=1000))]
     repeats: u64,
+    /// Measure only this frame size (repeatable; default: 64, 1514, 9000
+    /// and 65535), e.g. to profile one size.
+    #[arg(long = "size", value_parser = clap::value_parser!(u64).range(14..=65535))]
+    sizes: Vec<u64>,
 }
 
 /// Frames per second of `size`-byte datagrams from one thread to another.
@@ -52,10 +56,15 @@ const SIZES: [usize; 4] = [64, 1514, 9000, 65535];
 
 /// Runs the benchmark.
 pub fn run(a: NetArgs) -> Result<(), String> {
+    let sizes: Vec<usize> = if a.sizes.is_empty() {
+        SIZES.to_vec()
+    } else {
+        a.sizes.iter().map(|&s| s as usize).collect()
+    };
     let mut progress = super::Progress::new("bench net", a.repeats as usize);
     let samples = super::stats::repeat(a.repeats, |i, st| {
         progress.phase(&format!("round {} of {}", i + 1, a.repeats));
-        for size in SIZES {
+        for &size in &sizes {
             let n = if size > 1514 {
                 (a.frames / 10).max(10)
             } else {
@@ -78,7 +87,7 @@ pub fn run(a: NetArgs) -> Result<(), String> {
     if !super::json_or_title(&samples, a.json, head) {
         return Ok(());
     }
-    for size in SIZES {
+    for &size in &sizes {
         let g = |k: &str| samples.get(&format!("{k}_{size}"));
         println!("{size:>7} B frames");
         println!(
