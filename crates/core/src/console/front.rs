@@ -102,7 +102,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
     /// Writes all of `data`, waiting for the back end to make room; gives
     /// up when the back end makes no room for `timeout` (the clock restarts
     /// only when bytes go out, never on an event that brought no room). On
-    /// [`ConsoleError::TimedOut`] part of the data may have been written.
+    /// `ConsoleError::Core(DeviceError::Timeout)` part of the data may have been written.
     pub fn write_all(
         &mut self,
         mut data: &[u8],
@@ -127,7 +127,7 @@ impl<P: ConsolePage, E: EventChannels> ConsoleFront<P, E> {
 
     /// Reads at least one byte, waiting up to `timeout` in all (`None`:
     /// forever): events that bring no data do not extend it. Returns
-    /// [`ConsoleError::TimedOut`] if nothing came.
+    /// `ConsoleError::Core(DeviceError::Timeout)` if nothing came.
     pub fn read_timeout(
         &mut self,
         buf: &mut [u8],

@@ -23,7 +23,6 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::Ordering;
 use core::time::Duration;
 
 use xenshare_abi::netif::{
@@ -636,7 +635,7 @@ mod with_std {
     use crate::store::xenbus::{
         backend_path, read_state, wait_for_state, write_state, XenbusState,
     };
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
 
     /// Why [`Netback::run`] returned.
