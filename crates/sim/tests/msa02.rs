@@ -6,21 +6,15 @@
 
 use xenshare::platform::PageSet;
 use xenshare::{Access, DomId};
-use xenshare_sim::{DomainConfig, Hypervisor};
-use xenshare_testkit::two_domains;
+use xenshare_sim::DomainConfig;
+use xenshare_testkit::{dom0_and_guest, two_domains};
 
 #[test]
 fn peer_keeping_its_mapping_never_sees_reused_memory() {
-    let hv = Hypervisor::new();
-    let dom0 = hv
-        .create_domain_with_id(DomId(0), DomainConfig::default())
-        .unwrap();
-    let guest = hv
-        .create_domain(DomainConfig {
-            mem_pages: 64,
-            ..Default::default()
-        })
-        .unwrap();
+    let (_hv, dom0, guest) = dom0_and_guest(DomainConfig {
+        mem_pages: 64,
+        ..Default::default()
+    });
 
     // Honest round: share, peer maps + writes, unmaps, guest revokes.
     let share = guest

@@ -2,21 +2,15 @@
 //! itself and reports a peer that kept its mapping as a value; the mapping
 //! helpers unmap when the closure returns.
 
-use xenshare::{Access, DomId};
+use xenshare::Access;
 use xenshare_sim::{Domain, DomainConfig, Hypervisor};
+use xenshare_testkit::dom0_and_guest;
 
 fn pair() -> (Hypervisor, Domain, Domain) {
-    let hv = Hypervisor::new();
-    let dom0 = hv
-        .create_domain_with_id(DomId(0), DomainConfig::default())
-        .unwrap();
-    let guest = hv
-        .create_domain(DomainConfig {
-            mem_pages: 64,
-            ..Default::default()
-        })
-        .unwrap();
-    (hv, dom0, guest)
+    dom0_and_guest(DomainConfig {
+        mem_pages: 64,
+        ..Default::default()
+    })
 }
 
 /// An honest peer maps, reads and unmaps inside the scope: the grant ends

@@ -55,6 +55,7 @@ use std::time::{Duration, Instant};
 use xenshare::event::Channel;
 use xenshare::platform::EventChannels;
 use xenshare::ring::{BackRing, FrontRing};
+use xenshare::DomId;
 use xenshare_sim::{Domain, DomainConfig, Hypervisor, SimEvtchn};
 use xenshare_xenstored::inproc::InProcTransport;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -157,6 +158,17 @@ pub fn two_domains_with(cfg: DomainConfig) -> (Hypervisor, Domain, Domain) {
     let a = hv.create_domain(cfg).expect("creating a domain");
     let b = hv.create_domain(cfg).expect("creating a domain");
     (hv, a, b)
+}
+
+/// A hypervisor with dom0 (domain 0, default size) and one guest of
+/// configuration `guest`: the two ends of most grant scenarios.
+pub fn dom0_and_guest(guest: DomainConfig) -> (Hypervisor, Domain, Domain) {
+    let hv = Hypervisor::new();
+    let dom0 = hv
+        .create_domain_with_id(DomId(0), DomainConfig::default())
+        .expect("creating dom0");
+    let guest = hv.create_domain(guest).expect("creating the guest");
+    (hv, dom0, guest)
 }
 
 /// An emulated machine and the toolstack steps the device tests share.

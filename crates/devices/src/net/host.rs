@@ -212,16 +212,18 @@ impl FrameQueue {
         Some(r)
     }
 
-    /// Waits up to `timeout` for a frame and takes it out of the queue.
-    fn pop_frame_timeout(&self, timeout: Duration) -> Option<Frame> {
+    /// Waits (one deadline `timeout` from now, not restarted by wake-ups)
+    /// until `ready`, run under the lock, returns something.
+    fn wait_until<R>(
+        &self,
+        timeout: Duration,
+        mut ready: impl FnMut(&mut Slots) -> Option<R>,
+    ) -> Option<R> {
         let deadline = Instant::now() + timeout;
         let mut q = lock(&self.slots);
         loop {
-            if let Some(f) = q.frames.pop_front() {
-                if Self::room_made(&q) {
-                    self.cv.notify_all();
-                }
-                return Some(f);
+            if let Some(r) = ready(&mut q) {
+                return Some(r);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -235,6 +237,18 @@ impl FrameQueue {
                 .unwrap_or_else(|e| e.into_inner().0);
             q.waiters -= 1;
         }
+    }
+
+    /// Waits up to `timeout` for a frame and takes it out of the queue.
+    fn pop_frame_timeout(&self, timeout: Duration) -> Option<Frame> {
+        let (f, wake) = self.wait_until(timeout, |q| {
+            let f = q.frames.pop_front()?;
+            Some((f, Self::room_made(q)))
+        })?;
+        if wake {
+            self.cv.notify_all();
+        }
+        Some(f)
     }
 
     /// Takes the oldest frame, waiting up to `timeout` for one.
@@ -253,49 +267,43 @@ impl FrameQueue {
 
     /// Waits up to `timeout` until a frame is waiting (without taking it).
     pub fn wait_nonempty(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut q = lock(&self.slots);
-        loop {
-            if !q.frames.is_empty() {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            q.waiters += 1;
-            q = self
-                .cv
-                .wait_timeout(q, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-            q.waiters -= 1;
-        }
+        self.wait_until(timeout, |q| (!q.frames.is_empty()).then_some(()))
+            .is_some()
     }
 
     /// Waits up to `timeout` until fewer than `n` frames are waiting (one
     /// thread at a time: the flow control of a single sender).
     pub fn wait_below(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut q = lock(&self.slots);
-        loop {
+        let r = self.wait_until(timeout, |q| {
             if q.frames.len() < n {
                 q.room_below = 0;
-                return true;
+                Some(())
+            } else {
+                q.room_below = n;
+                None
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                q.room_below = 0;
-                return false;
+        });
+        if r.is_none() {
+            lock(&self.slots).room_below = 0;
+        }
+        r.is_some()
+    }
+
+    /// Copies the oldest frame into `buf` and returns its length, or `None`
+    /// if no frame waits. A frame longer than `buf` is dropped, as an
+    /// oversize frame on a wire, and the next one is tried.
+    pub fn pop_into(&self, buf: &mut [u8]) -> Option<usize> {
+        loop {
+            let copied = self.pop_with(|f| {
+                let dst = buf.get_mut(..f.len())?;
+                dst.copy_from_slice(f);
+                Some(f.len())
+            });
+            match copied {
+                None => return None,
+                Some(Some(n)) => return Some(n),
+                Some(None) => {}
             }
-            q.room_below = n;
-            q.waiters += 1;
-            q = self
-                .cv
-                .wait_timeout(q, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-            q.waiters -= 1;
         }
     }
 
@@ -359,20 +367,7 @@ impl FrameIo for MemFrameIo {
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, QueueFull> {
-        loop {
-            let copied = self.to_guest.pop_with(|f| {
-                let dst = buf.get_mut(..f.len())?;
-                dst.copy_from_slice(f);
-                Some(f.len())
-            });
-            match copied {
-                None => return Ok(None),
-                Some(Some(n)) => return Ok(Some(n)),
-                // Longer than the back end's buffer: dropped, like an
-                // oversize frame on a wire.
-                Some(None) => {}
-            }
-        }
+        Ok(self.to_guest.pop_into(buf))
     }
 }
 

@@ -211,19 +211,7 @@ impl FrameIo for TapIo {
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        loop {
-            let copied = self.queue.pop_with(|f| {
-                let dst = buf.get_mut(..f.len())?;
-                dst.copy_from_slice(f);
-                Some(f.len())
-            });
-            match copied {
-                None => return Ok(None),
-                Some(Some(n)) => return Ok(Some(n)),
-                // Longer than the back end's buffer: dropped.
-                Some(None) => {}
-            }
-        }
+        Ok(self.queue.pop_into(buf))
     }
 }
 
