@@ -2,37 +2,30 @@
 //! peer shares with us. The fuzzer plays the peer by writing it through the
 //! same [`SharedMem`] accessors.
 
-use core::ptr::NonNull;
-use core::sync::atomic::AtomicU64;
+use xenshare::mem::{PageBuf, SharedMem};
 
-use xenshare::mem::SharedMem;
-
-/// A zeroed, 8-byte aligned buffer that is only ever accessed through
-/// [`SharedMem`].
+/// A zeroed, page-aligned buffer that is only ever accessed through
+/// [`SharedMem`] (the core's [`PageBuf`], cut to `len` bytes).
 #[derive(Debug)]
 pub struct PlainMem {
-    words: Box<[AtomicU64]>,
+    buf: PageBuf,
     len: usize,
 }
 
 impl PlainMem {
-    /// `len` zero bytes (rounded up to whole words internally).
+    /// `len` zero bytes (whole pages underneath).
     pub fn new(len: usize) -> Self {
-        let words = (0..len.div_ceil(8).max(1))
-            .map(|_| AtomicU64::new(0))
-            .collect();
-        Self { words, len }
+        Self {
+            buf: PageBuf::new(len.div_ceil(4096).max(1)),
+            len,
+        }
     }
 
-    /// The buffer as shared memory.
+    /// The buffer as shared memory, exactly `len` bytes long.
     pub fn mem(&self) -> SharedMem<'_> {
-        let ptr = NonNull::from(&self.words[0]).cast::<u8>();
-        // SAFETY: the buffer is `len` bytes (or more) long, lives as long as
-        // the returned borrow of `self`, and is made of atomics, so writes
-        // through a pointer derived from a shared reference are allowed
-        // (interior mutability); nothing reaches it except through
-        // `SharedMem`'s volatile and atomic accessors.
-        unsafe { SharedMem::from_raw(ptr, self.len) }
+        let whole = self.buf.mem();
+        // `len` fits in the pages allocated for it, so the cut cannot fail.
+        whole.slice(0, self.len).unwrap_or(whole)
     }
 
     /// A private copy of the whole buffer.
