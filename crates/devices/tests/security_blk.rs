@@ -478,17 +478,14 @@ fn blkback_answers_duplicate_and_arbitrary_request_ids() {
         .map(|(i, id)| write_req(id, i * 8, &[(page.refs()[0], 0, 7)]))
         .collect();
     ff.send(&mut ring, &reqs);
-    let mut got: Vec<u64> = (0..ids.len())
+    let got: Vec<u64> = (0..ids.len())
         .map(|_| {
             let r = ff.response(&mut ring);
             assert_eq!(r.status, BLKIF_RSP_OKAY);
             r.id
         })
         .collect();
-    got.sort_unstable();
-    let mut want = ids.to_vec();
-    want.sort_unstable();
-    assert_eq!(got, want);
+    xenshare_testkit::assert_same_ids(got, &ids);
     let (back, runs) = bt.stop().unwrap();
     assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
     assert_eq!(back.stats().ok, ids.len() as u64);

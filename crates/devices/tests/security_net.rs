@@ -446,7 +446,7 @@ fn netback_answers_duplicate_tx_ids() {
     }
     tx.push_requests().unwrap();
     ef.chan.notify().unwrap();
-    let mut got: Vec<u16> = ids
+    let got: Vec<u16> = ids
         .iter()
         .map(|_| {
             let r = tx_response(&mut tx, &ef.chan);
@@ -454,10 +454,7 @@ fn netback_answers_duplicate_tx_ids() {
             r.id
         })
         .collect();
-    got.sort_unstable();
-    let mut want = ids.to_vec();
-    want.sort_unstable();
-    assert_eq!(got, want);
+    xenshare_testkit::assert_same_ids(got, &ids);
     for _ in ids {
         assert_eq!(host.recv_timeout(T).unwrap(), content[..100]);
     }

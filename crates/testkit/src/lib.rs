@@ -160,6 +160,15 @@ pub fn two_domains_with(cfg: DomainConfig) -> (Hypervisor, Domain, Domain) {
     (hv, a, b)
 }
 
+/// Asserts that `got` holds the same ids as `want`, in any order (responses
+/// may come back in any order; each id exactly once).
+pub fn assert_same_ids<T: Ord + Clone + std::fmt::Debug>(mut got: Vec<T>, want: &[T]) {
+    got.sort_unstable();
+    let mut want = want.to_vec();
+    want.sort_unstable();
+    assert_eq!(got, want);
+}
+
 /// A hypervisor with dom0 (domain 0, default size) and one guest of
 /// configuration `guest`: the two ends of most grant scenarios.
 pub fn dom0_and_guest(guest: DomainConfig) -> (Hypervisor, Domain, Domain) {
