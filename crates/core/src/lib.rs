@@ -13,11 +13,12 @@
 //! reached only through [`mem::SharedMem`], whose accessors are volatile or
 //! atomic. Data from a peer is copied out once, then validated. `unsafe` lives
 //! only in that memory layer (`mem`, the grant API's calls into the platform
-//! seam): the protocol modules (`ring`, `store`, `vchan`, `console`, `blk`,
-//! `net`, `event`) are `#![forbid(unsafe_code)]`. Their rings hold the owner
-//! of their memory ([`mem::SharedMemory`]: a [`grant::Share`], a
-//! [`grant::Mapping`] or a borrowed window) and give it back with
-//! `into_memory()`.
+//! seam): every other module (`event`, `ring`, `store`, `error`, `latch`,
+//! `vchan`, `console`, `blk`, `net`) is `#![forbid(unsafe_code)]`. Rings
+//! hold the owner of their memory ([`mem::SharedMemory`]: a
+//! [`grant::Share`], a [`grant::Mapping`] or a borrowed window) and give it
+//! back with `into_memory()`; the byte streams (vchan, console, the XenStore
+//! page) share one validated byte ring, [`ring::bytes`].
 //!
 //! The split drivers ([`blk`], [`net`], [`console`], [`vchan`]) share three
 //! pieces, each written once: [`store::xenbus`] (typed reads of a peer's
