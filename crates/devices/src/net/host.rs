@@ -70,8 +70,6 @@ struct Slots {
     spare: Vec<Vec<u8>>,
     /// Threads waiting on the condition variable (none: no wake-up call).
     waiters: usize,
-    /// A thread waits for fewer than this many frames (0: none does).
-    room_below: usize,
 }
 
 /// A bounded queue of frames.
@@ -102,7 +100,6 @@ impl FrameQueue {
                 frames: VecDeque::new(),
                 spare: Vec::new(),
                 waiters: 0,
-                room_below: 0,
             }),
             cv: Condvar::new(),
             cap: cap.max(1),
@@ -172,22 +169,9 @@ impl FrameQueue {
         Some(self.frame_vec(f))
     }
 
-    /// Takes the oldest frame out, waking a thread waiting for room once
-    /// there is as much as it asked for (not on every frame).
+    /// Takes the oldest frame out.
     fn take(&self) -> Option<Frame> {
-        let (f, wake) = {
-            let mut q = lock(&self.slots);
-            let f = q.frames.pop_front()?;
-            (f, Self::room_made(&q))
-        };
-        if wake {
-            self.cv.notify_all();
-        }
-        Some(f)
-    }
-
-    fn room_made(q: &Slots) -> bool {
-        q.waiters > 0 && q.frames.len() < q.room_below
+        lock(&self.slots).frames.pop_front()
     }
 
     /// The frame as a vector of its own (its buffer if the frame fills
@@ -241,14 +225,7 @@ impl FrameQueue {
 
     /// Waits up to `timeout` for a frame and takes it out of the queue.
     fn pop_frame_timeout(&self, timeout: Duration) -> Option<Frame> {
-        let (f, wake) = self.wait_until(timeout, |q| {
-            let f = q.frames.pop_front()?;
-            Some((f, Self::room_made(q)))
-        })?;
-        if wake {
-            self.cv.notify_all();
-        }
-        Some(f)
+        self.wait_until(timeout, |q| q.frames.pop_front())
     }
 
     /// Takes the oldest frame, waiting up to `timeout` for one.
@@ -269,24 +246,6 @@ impl FrameQueue {
     pub fn wait_nonempty(&self, timeout: Duration) -> bool {
         self.wait_until(timeout, |q| (!q.frames.is_empty()).then_some(()))
             .is_some()
-    }
-
-    /// Waits up to `timeout` until fewer than `n` frames are waiting (one
-    /// thread at a time: the flow control of a single sender).
-    pub fn wait_below(&self, n: usize, timeout: Duration) -> bool {
-        let r = self.wait_until(timeout, |q| {
-            if q.frames.len() < n {
-                q.room_below = 0;
-                Some(())
-            } else {
-                q.room_below = n;
-                None
-            }
-        });
-        if r.is_none() {
-            lock(&self.slots).room_below = 0;
-        }
-        r.is_some()
     }
 
     /// Copies the oldest frame into `buf` and returns its length, or `None`
@@ -404,18 +363,6 @@ impl HostPort {
         self.to_host.wait_nonempty(timeout)
     }
 
-    /// Waits up to `timeout` until fewer than `n` frames wait to go to the
-    /// guest (flow control for a host that sends faster than the guest
-    /// takes frames).
-    pub fn wait_room(&self, n: usize, timeout: Duration) -> bool {
-        self.to_guest.wait_below(n, timeout)
-    }
-
-    /// Frames queued towards the guest.
-    pub fn queued_to_guest(&self) -> usize {
-        self.to_guest.len()
-    }
-
     /// Frames dropped towards the guest because the queue was full.
     pub fn dropped_to_guest(&self) -> u64 {
         self.to_guest.dropped()
@@ -451,15 +398,14 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_drops_and_wait_below_sees_room() {
+    fn a_full_queue_drops_and_counts() {
         let q = FrameQueue::new(2);
         assert!(q.push_copy(b"a") && q.push_copy(b"b"));
         assert!(!q.push_copy(b"c"));
         assert_eq!(q.dropped(), 1);
-        assert!(!q.wait_below(2, Duration::from_millis(10)));
-        let q2 = q.clone();
-        let t = std::thread::spawn(move || q2.pop_timeout(Duration::from_secs(30)));
-        assert!(q.wait_below(2, Duration::from_secs(30)));
-        assert_eq!(t.join().ok().flatten().as_deref(), Some(&b"a"[..]));
+        assert_eq!(
+            q.pop_timeout(Duration::from_secs(30)).as_deref(),
+            Some(&b"a"[..])
+        );
     }
 }
