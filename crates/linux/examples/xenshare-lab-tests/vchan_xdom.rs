@@ -186,7 +186,10 @@ fn perms_text(p: &Perms) -> String {
 fn run_pair<T: Transport>(xs: &mut Client<T>, domu: DomId, idx: usize, p: &Xdom) -> TestResult {
     let path = vchan_path(domu, idx);
     let result_key = format!("{}/result{idx}", ctl_path(domu));
-    let evt_key = format!("{path}/event-channel");
+    // xenshare's server publishes without a transaction: `event-channel`
+    // first, `ring-ref` last (as a client reads them), so `ring-ref` is the
+    // key that says both are there.
+    let evt_key = format!("{path}/ring-ref");
     let t0 = Instant::now();
     // The server's keys (or an early failure of the domU's end).
     loop {
