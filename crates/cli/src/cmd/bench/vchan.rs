@@ -162,8 +162,19 @@ where
 /// Bytes a stream reader asks for per read call.
 const READ_BUF: usize = 256 * 1024;
 
-/// Ping-pong of `size`-byte messages; returns µs per round trip.
-fn rtt<A, B>(mut a: A, mut b: B, size: usize, trips: u64) -> Res<f64>
+/// Round-trip times of one ping-pong run, in µs.
+struct Rtt {
+    /// The median round trip: what a request usually costs, unmoved by the
+    /// few trips a preempted thread stretches to a scheduler slice.
+    p50: f64,
+    /// The 99th percentile.
+    p99: f64,
+    /// The mean over all trips (preemptions included).
+    mean: f64,
+}
+
+/// Ping-pong of `size`-byte messages, each round trip timed on its own.
+fn rtt<A, B>(mut a: A, mut b: B, size: usize, trips: u64) -> Res<Rtt>
 where
     A: Read + Write + Send + 'static,
     B: Read + Write + Send + 'static,
@@ -177,16 +188,31 @@ where
         Ok(())
     });
     let mut buf = vec![1u8; size];
+    let mut each = Vec::with_capacity(trips as usize);
     let t = Instant::now();
+    let mut last = t;
     for _ in 0..trips {
         a.write_all(&buf).map_err(|e| e.to_string())?;
         a.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        each.push(now.duration_since(last).as_secs_f64() * 1e6);
+        last = now;
     }
-    let us = t.elapsed().as_secs_f64() * 1e6 / trips as f64;
+    let mean = t.elapsed().as_secs_f64() * 1e6 / trips as f64;
     echo.join()
         .map_err(|_| "echo thread panicked".to_string())?
         .map_err(|e| e.to_string())?;
-    Ok(us)
+    each.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        each.get(((each.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(Rtt {
+        p50: at(0.5),
+        p99: at(0.99),
+        mean,
+    })
 }
 
 /// An index on a cache line pair of its own: the producer's and the
@@ -330,19 +356,60 @@ fn backoff(spins: &mut u32) {
 // protocol; the indices are atomics.
 unsafe impl Sync for Spsc {}
 
-fn spsc(ring: usize, total: usize, chunk: usize) -> Res<f64> {
+/// Both ends of one ideal ring.
+fn spsc_ends(ring: usize) -> (SpscTx, SpscRx) {
     assert!(ring.is_power_of_two());
     let q = Spsc::new(ring);
-    let mut tx = SpscTx {
+    let tx = SpscTx {
         q: q.clone(),
         prod: 0,
         seen_cons: 0,
     };
-    let mut rx = SpscRx {
+    let rx = SpscRx {
         q,
         cons: 0,
         seen_prod: 0,
     };
+    (tx, rx)
+}
+
+/// One end of a pair of ideal rings, one each way: the round-trip floor
+/// of a shared-memory ring on this machine (both sides spin, nothing is
+/// validated, no notification protocol), to set vchan's round trip against.
+struct SpscDuplex {
+    tx: SpscTx,
+    rx: SpscRx,
+}
+
+impl SpscDuplex {
+    fn pair(ring: usize) -> (Self, Self) {
+        let (atx, brx) = spsc_ends(ring);
+        let (btx, arx) = spsc_ends(ring);
+        (Self { tx: atx, rx: arx }, Self { tx: btx, rx: brx })
+    }
+}
+
+impl Read for SpscDuplex {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        Ok(self.rx.read(buf))
+    }
+}
+
+impl Write for SpscDuplex {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tx.write(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn spsc(ring: usize, total: usize, chunk: usize) -> Res<f64> {
+    let (mut tx, mut rx) = spsc_ends(ring);
     let reader = std::thread::spawn(move || {
         let mut buf = AlignedBuf::new(READ_BUF, 0);
         let mut got = 0;
@@ -436,12 +503,22 @@ pub fn run(a: VchanArgs) -> Res<()> {
         st.add("vchan_64b_batched_vs_socketpair", v64 / sp64);
 
         let (s, c) = lab.pair(4096, 0)?;
-        let vrtt = rtt(c, s, 64, a.round_trips)?;
+        let v = rtt(c, s, 64, a.round_trips)?;
         let (x, y) = UnixStream::pair().map_err(|e| e.to_string())?;
-        let srtt = rtt(x, y, 64, a.round_trips.min(200_000))?;
-        st.add("vchan_rtt_us", vrtt);
-        st.add("socketpair_rtt_us", srtt);
-        st.add("rtt_vs_socketpair", vrtt / srtt);
+        let sp = rtt(x, y, 64, a.round_trips.min(200_000))?;
+        st.add("vchan_rtt_us", v.p50);
+        st.add("vchan_rtt_p99_us", v.p99);
+        st.add("vchan_rtt_mean_us", v.mean);
+        st.add("socketpair_rtt_us", sp.p50);
+        st.add("socketpair_rtt_p99_us", sp.p99);
+        st.add("socketpair_rtt_mean_us", sp.mean);
+        let (x, y) = SpscDuplex::pair(4096);
+        let ideal = rtt(x, y, 64, a.round_trips)?;
+        st.add("spsc_rtt_us", ideal.p50);
+        st.add("rtt_vs_socketpair", v.p50 / sp.p50);
+        st.add("rtt_vs_spsc", v.p50 / ideal.p50);
+        st.add("spsc_rtt_vs_socketpair", ideal.p50 / sp.p50);
+        st.add("rtt_mean_vs_socketpair", v.mean / sp.mean);
         // Give the closed pairs' grants back before the next round.
         lab.srv.exporter().reclaim(usize::MAX);
         lab.cli.exporter().reclaim(usize::MAX);
@@ -500,12 +577,17 @@ pub fn run(a: VchanArgs) -> Res<()> {
         g("socketpair_64b_gbps").show(7, 2),
         g("vchan_64b_batched_vs_socketpair").show(5, 1)
     );
-    println!("round trip, 64-byte messages (µs):");
+    println!("round trip, 64-byte messages (µs, median trip):");
     println!("  vchan            {}", g("vchan_rtt_us").show(7, 2));
     println!(
         "  socketpair       {}   vchan/socketpair {}",
         g("socketpair_rtt_us").show(7, 2),
         g("rtt_vs_socketpair").show(5, 3)
+    );
+    println!(
+        "  ideal SPSC ring  {}   vchan/ideal      {}",
+        g("spsc_rtt_us").show(7, 2),
+        g("rtt_vs_spsc").show(5, 2)
     );
     if !sweep.is_empty() {
         println!("vchan stream throughput sweep (GB/s, one run): ring order x write size");
