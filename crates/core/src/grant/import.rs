@@ -329,3 +329,88 @@ impl<M: ForeignMapper, P: Perm> Drop for Mapping<M, P> {
         self.owner.counters.mapped.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::PageBuf;
+    use crate::platform::CopyOp;
+    use alloc::sync::Arc;
+    use core::sync::atomic::AtomicUsize;
+
+    /// A platform whose batch map reports `results` results per ref asked
+    /// (1 is correct; 0 and 2 are broken platforms), every one a success.
+    struct Fake {
+        results: usize,
+        mapped: Arc<AtomicUsize>,
+    }
+
+    impl ForeignMapper for Fake {
+        type Handle = u32;
+        type Window = PageBuf;
+        fn domid(&self) -> DomId {
+            DomId(0)
+        }
+        fn map_batch(
+            &self,
+            _dom: DomId,
+            refs: &[GrantRef],
+            _access: Access,
+            out: &mut Vec<Result<u32, GntSt>>,
+        ) {
+            for r in refs {
+                for _ in 0..self.results {
+                    self.mapped.fetch_add(1, Ordering::Relaxed);
+                    out.push(Ok(r.0));
+                }
+            }
+        }
+        fn unmap(&self, _h: u32) -> Result<(), GntSt> {
+            self.mapped.fetch_sub(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn window(&self, hs: &[u32]) -> Result<PageBuf, GntSt> {
+            Ok(PageBuf::new(hs.len()))
+        }
+        unsafe fn window_mem(w: &PageBuf) -> SharedMem<'_> {
+            w.mem()
+        }
+        fn set_unmap_notify(&self, _: &u32, _: Option<u16>, _: Option<Port>) -> Result<(), GntSt> {
+            Ok(())
+        }
+        fn copy(&self, _ops: &mut [CopyOp<'_>]) {}
+    }
+
+    #[test]
+    fn one_ref_maps_through_map_one_and_a_miscounting_platform_is_rolled_back() {
+        for (results, ok) in [(1, true), (0, false), (2, false)] {
+            let mapped = Arc::new(AtomicUsize::new(0));
+            let imp = Importer::new(Fake {
+                results,
+                mapped: mapped.clone(),
+            });
+            match imp.map_rw(DomId(1), &[GrantRef(9)]) {
+                Ok(m) => {
+                    assert!(ok, "{results} results accepted");
+                    assert_eq!(m.refs(), &[GrantRef(9)]);
+                    assert_eq!(mapped.load(Ordering::Relaxed), 1);
+                    drop(m);
+                }
+                Err(e) => {
+                    assert!(!ok, "{results} results refused: {e}");
+                    assert!(matches!(
+                        e,
+                        MapError::Refused {
+                            status: GntSt::GeneralError,
+                            index: 0,
+                            ..
+                        }
+                    ));
+                    assert_eq!(imp.stats().refused, 1);
+                }
+            }
+            assert_eq!(mapped.load(Ordering::Relaxed), 0, "{results}: left mapped");
+            assert_eq!(imp.stats().mapped, 0);
+        }
+    }
+}
