@@ -113,6 +113,7 @@ impl<'a> SharedMem<'a, ReadWrite> {
     /// `ptr..ptr+len` must be valid for reads and writes (of any bit pattern)
     /// for all of `'a`, and must only be accessed by others through volatile
     /// or atomic operations (or by another domain, which Rust cannot see).
+    #[inline]
     pub unsafe fn from_raw(ptr: NonNull<u8>, len: usize) -> Self {
         Self {
             ptr,
@@ -158,6 +159,7 @@ impl<'a> SharedMem<'a, ReadOnly> {
 
 impl<'a, P: Perm> SharedMem<'a, P> {
     /// The size of the region in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -168,6 +170,7 @@ impl<'a, P: Perm> SharedMem<'a, P> {
     }
 
     /// The base address, for platforms that hand it to the kernel.
+    #[inline]
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
     }
@@ -177,6 +180,7 @@ impl<'a, P: Perm> SharedMem<'a, P> {
         P::ACCESS
     }
 
+    #[inline]
     fn check(&self, offset: usize, len: usize, align: usize) -> Result<*mut u8, OutOfBounds> {
         let err = OutOfBounds {
             offset,
@@ -197,6 +201,7 @@ impl<'a, P: Perm> SharedMem<'a, P> {
     }
 
     /// A sub-window of `len` bytes at `offset`.
+    #[inline]
     pub fn slice(&self, offset: usize, len: usize) -> Result<SharedMem<'a, P>, OutOfBounds> {
         let p = self.check(offset, len, 1)?;
         Ok(SharedMem {
@@ -225,6 +230,7 @@ impl<'a, P: Perm> SharedMem<'a, P> {
     }
 
     /// Loads the aligned 32-bit word at `offset` atomically.
+    #[inline]
     pub fn load_u32(
         &self,
         offset: usize,
@@ -295,6 +301,7 @@ impl<'a> SharedMem<'a, ReadWrite> {
     }
 
     /// The aligned 32-bit word at `offset` as an atomic.
+    #[inline]
     pub fn atomic_u32(&self, offset: usize) -> Result<&'a AtomicU32, OutOfBounds> {
         let p = self.check(offset, 4, 4)?;
         // SAFETY: in bounds and 4-aligned (checked); valid for 'a.
@@ -302,6 +309,7 @@ impl<'a> SharedMem<'a, ReadWrite> {
     }
 
     /// The aligned 64-bit word at `offset` as an atomic.
+    #[inline]
     pub fn atomic_u64(&self, offset: usize) -> Result<&'a AtomicU64, OutOfBounds> {
         let p = self.check(offset, 8, 8)?;
         // SAFETY: in bounds and 8-aligned (checked); valid for 'a.
