@@ -113,6 +113,7 @@ impl<'a> SharedMem<'a, ReadWrite> {
     /// `ptr..ptr+len` must be valid for reads and writes (of any bit pattern)
     /// for all of `'a`, and must only be accessed by others through volatile
     /// or atomic operations (or by another domain, which Rust cannot see).
+    #[inline]
     pub unsafe fn from_raw(ptr: NonNull<u8>, len: usize) -> Self {
         Self {
             ptr,
@@ -158,6 +159,7 @@ impl<'a> SharedMem<'a, ReadOnly> {
 
 impl<'a, P: Perm> SharedMem<'a, P> {
     /// The size of the region in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -168,6 +170,7 @@ impl<'a, P: Perm> SharedMem<'a, P> {
     }
 
     /// The base address, for platforms that hand it to the kernel.
+    #[inline]
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
     }
@@ -177,6 +180,7 @@ impl<'a, P: Perm> SharedMem<'a, P> {
         P::ACCESS
     }
 
+    #[inline]
     fn check(&self, offset: usize, len: usize, align: usize) -> Result<*mut u8, OutOfBounds> {
         let err = OutOfBounds {
             offset,
@@ -197,6 +201,7 @@ impl<'a, P: Perm> SharedMem<'a, P> {
     }
 
     /// A sub-window of `len` bytes at `offset`.
+    #[inline]
     pub fn slice(&self, offset: usize, len: usize) -> Result<SharedMem<'a, P>, OutOfBounds> {
         let p = self.check(offset, len, 1)?;
         Ok(SharedMem {
@@ -225,6 +230,7 @@ impl<'a, P: Perm> SharedMem<'a, P> {
     }
 
     /// Loads the aligned 32-bit word at `offset` atomically.
+    #[inline]
     pub fn load_u32(
         &self,
         offset: usize,
@@ -258,55 +264,15 @@ impl<'a> SharedMem<'a, ReadWrite> {
         Ok(())
     }
 
-    /// Sets `len` bytes at `offset` to `byte`.
+    /// Sets `len` bytes at `offset` to `byte`: one bulk pass of aligned
+    /// volatile stores (32 bytes wide where the CPU has AVX, else 16), each
+    /// byte written once. A share zeroes its page with this on every grant
+    /// cycle, so it is on the hot path.
     pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), OutOfBounds> {
         let p = self.check(offset, len, 1)?;
-        let word = u64::from_ne_bytes([byte; 8]);
-        let mut i = 0;
-        // SAFETY: every address written is inside the checked range;
-        // unaligned heads and tails are written bytewise, words and 16-byte
-        // vectors only at addresses aligned for them.
-        unsafe {
-            while i < len && !(p.add(i) as usize).is_multiple_of(8) {
-                p.add(i).write_volatile(byte);
-                i += 1;
-            }
-            // 16-byte stores from a 16-aligned address on (a page is zeroed
-            // on every share, so this is on the grant cycle's path).
-            if i + 8 <= len && !(p.add(i) as usize).is_multiple_of(16) {
-                (p.add(i) as *mut u64).write_volatile(word);
-                i += 8;
-            }
-            #[cfg(target_arch = "x86_64")]
-            {
-                use core::arch::x86_64::{__m128i, _mm_set1_epi8};
-                let wide = _mm_set1_epi8(byte as i8);
-                while i + 64 <= len {
-                    let w = p.add(i) as *mut __m128i;
-                    w.write_volatile(wide);
-                    w.add(1).write_volatile(wide);
-                    w.add(2).write_volatile(wide);
-                    w.add(3).write_volatile(wide);
-                    i += 64;
-                }
-            }
-            while i + 32 <= len {
-                let w = p.add(i) as *mut u64;
-                w.write_volatile(word);
-                w.add(1).write_volatile(word);
-                w.add(2).write_volatile(word);
-                w.add(3).write_volatile(word);
-                i += 32;
-            }
-            while i + 8 <= len {
-                (p.add(i) as *mut u64).write_volatile(word);
-                i += 8;
-            }
-            while i < len {
-                p.add(i).write_volatile(byte);
-                i += 1;
-            }
-        }
+        // SAFETY: `p..p+len` is inside the region (checked above), which is
+        // valid for writes for 'a (`from_raw` contract).
+        unsafe { fill_shared(p, len, byte) };
         Ok(())
     }
 
@@ -335,6 +301,7 @@ impl<'a> SharedMem<'a, ReadWrite> {
     }
 
     /// The aligned 32-bit word at `offset` as an atomic.
+    #[inline]
     pub fn atomic_u32(&self, offset: usize) -> Result<&'a AtomicU32, OutOfBounds> {
         let p = self.check(offset, 4, 4)?;
         // SAFETY: in bounds and 4-aligned (checked); valid for 'a.
@@ -342,6 +309,7 @@ impl<'a> SharedMem<'a, ReadWrite> {
     }
 
     /// The aligned 64-bit word at `offset` as an atomic.
+    #[inline]
     pub fn atomic_u64(&self, offset: usize) -> Result<&'a AtomicU64, OutOfBounds> {
         let p = self.check(offset, 8, 8)?;
         // SAFETY: in bounds and 8-aligned (checked); valid for 'a.
@@ -451,6 +419,97 @@ impl Drop for PageBuf {
                 Self::layout(self.len / xenshare_abi::PAGE_SIZE),
             )
         };
+    }
+}
+
+/// Sets `len` bytes at `p` to `byte` with volatile stores, each byte once:
+/// bytes up to an 8-aligned address, words up to a 32-aligned one, then
+/// 128-byte blocks of 32-byte stores (AVX, detected at run time) or 64-byte
+/// blocks of 16-byte stores, then the tail.
+///
+/// # Safety
+///
+/// `p..p+len` must be valid for writes.
+unsafe fn fill_shared(p: *mut u8, len: usize, byte: u8) {
+    let word = u64::from_ne_bytes([byte; 8]);
+    let mut i = 0;
+    // SAFETY: every address written is inside `p..p+len` (the caller's
+    // contract); words, vectors and blocks only at addresses aligned for
+    // them (the head loops stop at 8- and then 32-alignment; a block loop
+    // only runs if the head loops reached that alignment, since otherwise
+    // fewer than 8 bytes remain).
+    unsafe {
+        while i < len && !(p.add(i) as usize).is_multiple_of(8) {
+            p.add(i).write_volatile(byte);
+            i += 1;
+        }
+        while i + 8 <= len && !(p.add(i) as usize).is_multiple_of(32) {
+            (p.add(i) as *mut u64).write_volatile(word);
+            i += 8;
+        }
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if len - i >= 128 && std::is_x86_feature_detected!("avx") {
+            let blocks = (len - i) & !127;
+            fill_avx(p.add(i), blocks, byte);
+            i += blocks;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::{__m128i, _mm_set1_epi8};
+            let wide = _mm_set1_epi8(byte as i8);
+            while i + 64 <= len {
+                let w = p.add(i) as *mut __m128i;
+                w.write_volatile(wide);
+                w.add(1).write_volatile(wide);
+                w.add(2).write_volatile(wide);
+                w.add(3).write_volatile(wide);
+                i += 64;
+            }
+        }
+        while i + 32 <= len {
+            let w = p.add(i) as *mut u64;
+            w.write_volatile(word);
+            w.add(1).write_volatile(word);
+            w.add(2).write_volatile(word);
+            w.add(3).write_volatile(word);
+            i += 32;
+        }
+        while i + 8 <= len {
+            (p.add(i) as *mut u64).write_volatile(word);
+            i += 8;
+        }
+        while i < len {
+            p.add(i).write_volatile(byte);
+            i += 1;
+        }
+    }
+}
+
+/// `n` bytes (a multiple of 128) at the 32-aligned `p` set to `byte`, in
+/// 32-byte volatile stores: half the stores of the 16-byte loop, and about
+/// twice as fast on a 4 KiB page here (Zen 3).
+///
+/// # Safety
+///
+/// `p..p+n` must be valid for writes, `p` 32-aligned, `n` a multiple of
+/// 128, and the CPU must have AVX.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+#[target_feature(enable = "avx")]
+unsafe fn fill_avx(p: *mut u8, n: usize, byte: u8) {
+    use core::arch::x86_64::{__m256i, _mm256_set1_epi8};
+    let wide = _mm256_set1_epi8(byte as i8);
+    let mut i = 0;
+    // SAFETY: every store is a 32-byte store at a 32-aligned address inside
+    // `p..p+n` (the caller's contract).
+    unsafe {
+        while i < n {
+            let w = p.add(i) as *mut __m256i;
+            w.write_volatile(wide);
+            w.add(1).write_volatile(wide);
+            w.add(2).write_volatile(wide);
+            w.add(3).write_volatile(wide);
+            i += 128;
+        }
     }
 }
 
@@ -634,6 +693,30 @@ mod tests {
                         "off {off} len {len} byte {i}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn page_sized_fills_write_exactly_their_range_on_the_wide_path() {
+        // Long enough for the 32-byte (AVX) blocks, at every alignment of
+        // start and end around them.
+        let pages = PageBuf::new(3);
+        let m = pages.mem();
+        let mut all = std::vec![0u8; m.len()];
+        for off in [0, 1, 8, 16, 24, 31, 32, 100, 4096] {
+            for len in [127, 128, 129, 160, 4095, 4096, 4097, 8000] {
+                m.fill(0, m.len(), 0).unwrap();
+                m.fill(off, len, 0xE5).unwrap();
+                m.read(0, &mut all).unwrap();
+                let bad = all.iter().enumerate().find(|(i, b)| {
+                    **b != if (off..off + len).contains(i) {
+                        0xE5
+                    } else {
+                        0
+                    }
+                });
+                assert_eq!(bad, None, "off {off} len {len}");
             }
         }
     }

@@ -252,6 +252,24 @@ pub trait ForeignMapper: Send + Sync + 'static {
         out: &mut Vec<Result<Self::Handle, GntSt>>,
     );
 
+    /// Maps one grant (a batch of one, without the list). The default goes
+    /// through [`ForeignMapper::map_batch`]; a platform whose single map
+    /// needs no list overrides it (the importer maps one-page grants, the
+    /// common case, through this).
+    fn map_one(&self, dom: DomId, gref: GrantRef, access: Access) -> Result<Self::Handle, GntSt> {
+        let mut out = Vec::with_capacity(1);
+        self.map_batch(dom, core::slice::from_ref(&gref), access, &mut out);
+        if out.len() == 1 {
+            return out.pop().unwrap_or(Err(GntSt::GeneralError));
+        }
+        // A platform that reported more or fewer results than asked is
+        // broken: undo whatever it mapped.
+        for h in out.into_iter().flatten() {
+            let _ = self.unmap(h);
+        }
+        Err(GntSt::GeneralError)
+    }
+
     /// Unmaps one grant.
     fn unmap(&self, handle: Self::Handle) -> Result<(), GntSt>;
 

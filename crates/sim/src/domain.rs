@@ -105,7 +105,7 @@ unsafe impl GrantBackend for SimGrantBackend {
         // Letting go of a share is this side's "last local user going away":
         // the notify fires once, before the revocation is attempted.
         if let Some(first) = Self::refs(&live).first() {
-            let n = crate::hv::lock(&self.dom.export_notifies).remove(&first.0);
+            let n = self.dom.export_notifies.remove(first.0);
             if let Some(n) = n {
                 self.dom.fire_export_notify(n);
             }
@@ -157,7 +157,7 @@ unsafe impl GrantBackend for SimGrantBackend {
             .map(|e| u64::from(e.frame))
             .ok_or(GrantError::Platform(GntSt::BadGntref))?;
         let offset = byte_offset.map(|o| (o % xenshare_abi::PAGE_SIZE) as u16);
-        crate::hv::lock(&self.dom.export_notifies).insert(
+        self.dom.export_notifies.insert(
             first.0,
             ExportNotify {
                 frame,
@@ -214,7 +214,10 @@ impl Domain {
             deferred: deferred.clone(),
         };
         let exporter = Exporter::new(backend);
-        let importer = Importer::new(SimMapper { dom: state.clone() });
+        let importer = Importer::new(SimMapper {
+            dom: state.clone(),
+            hv: hv.inner.clone(),
+        });
         Self {
             state,
             hv,
@@ -406,7 +409,7 @@ impl Domain {
         if !self.state.mem.frame_exists(frame) {
             return Err(GntSt::BadPage);
         }
-        crate::hv::lock(&self.state.export_notifies).insert(
+        self.state.export_notifies.insert(
             first_ref.0,
             ExportNotify {
                 frame,
@@ -420,7 +423,7 @@ impl Domain {
     /// For a multi-process host: the domain lets go of the share whose
     /// first ref is `first_ref`: runs its export notify, if any.
     pub fn host_fire_export_notify(&self, first_ref: GrantRef) {
-        let n = crate::hv::lock(&self.state.export_notifies).remove(&first_ref.0);
+        let n = self.state.export_notifies.remove(first_ref.0);
         if let Some(n) = n {
             self.state.fire_export_notify(n);
         }
@@ -488,6 +491,9 @@ pub enum SimWindow {
 /// The import platform of an emulated domain.
 pub struct SimMapper {
     dom: Arc<DomainState>,
+    /// The hypervisor, held strongly (as the `Domain` handle does), so a
+    /// map looks the granter up without upgrading the domain's weak link.
+    hv: Arc<crate::hv::HvInner>,
 }
 
 impl ForeignMapper for SimMapper {
@@ -506,15 +512,19 @@ impl ForeignMapper for SimMapper {
         out: &mut Vec<Result<SimHandle, GntSt>>,
     ) {
         for r in refs {
-            out.push(self.dom.map_grant(dom, *r, access.is_readonly()).map(
-                |(handle, granter, frame)| SimHandle {
-                    handle,
-                    granter,
-                    frame,
-                    writable: !access.is_readonly(),
-                },
-            ));
+            out.push(self.map_one(dom, *r, access));
         }
+    }
+
+    fn map_one(&self, dom: DomId, gref: GrantRef, access: Access) -> Result<SimHandle, GntSt> {
+        self.dom
+            .map_grant_in(&self.hv, dom, gref, access.is_readonly())
+            .map(|(handle, granter, frame)| SimHandle {
+                handle,
+                granter,
+                frame,
+                writable: !access.is_readonly(),
+            })
     }
 
     fn unmap(&self, h: SimHandle) -> Result<(), GntSt> {

@@ -7,8 +7,8 @@
 //! keeps its own pin counts, and clears `GTF_reading`/`GTF_writing` only
 //! when the last pin of that kind goes.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use xenshare::grant::entry::{self, BUSY};
@@ -165,7 +165,10 @@ struct MapRecord {
 }
 
 pub(crate) struct HvInner {
-    domains: RwLock<HashMap<u16, Arc<DomainState>>>,
+    /// Live domains, indexed by domain id (ids are small: at most 0x7FF0
+    /// slots, grown on demand), so a lookup on every map, copy and event
+    /// is an index, not a hash.
+    domains: RwLock<Vec<Option<Arc<DomainState>>>>,
     next_domid: AtomicU16,
 }
 
@@ -186,11 +189,50 @@ pub struct DomainState {
     pub(crate) hv: Weak<HvInner>,
     /// Export-side unmap notifies (as gntalloc's): first ref of a share ->
     /// (frame, byte offset in that frame, port).
-    pub(crate) export_notifies: Mutex<HashMap<u32, ExportNotify>>,
+    pub(crate) export_notifies: ExportNotifies,
     /// The page the toolstack built for xenstore (never freed while alive).
     pub(crate) store_page: Mutex<Option<crate::memory::FrameRun>>,
     /// The page the toolstack built for the primary console (never freed while alive).
     pub(crate) console_page: Mutex<Option<crate::memory::FrameRun>>,
+}
+
+/// A domain's export-side unmap notifies, by the first ref of their share.
+/// Every revocation asks for its share's notify; the count lets the common
+/// case (no notify set at all) skip the lock.
+#[derive(Default)]
+pub(crate) struct ExportNotifies {
+    map: Mutex<BTreeMap<u32, ExportNotify>>,
+    /// `map.len()`, written under the lock.
+    len: AtomicUsize,
+}
+
+impl ExportNotifies {
+    /// Sets (or replaces) the notify of the share whose first ref is `first`.
+    pub(crate) fn insert(&self, first: u32, n: ExportNotify) {
+        let mut map = lock(&self.map);
+        map.insert(first, n);
+        self.len.store(map.len(), Ordering::Release);
+    }
+
+    /// Takes the notify of the share whose first ref is `first`, if any.
+    pub(crate) fn remove(&self, first: u32) -> Option<ExportNotify> {
+        // A notify set for this share happened before its revocation (the
+        // share's owner set it), so it is counted here.
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut map = lock(&self.map);
+        let n = map.remove(&first);
+        self.len.store(map.len(), Ordering::Release);
+        n
+    }
+
+    /// Takes every notify.
+    fn drain(&self) -> Vec<ExportNotify> {
+        let mut map = lock(&self.map);
+        self.len.store(0, Ordering::Release);
+        std::mem::take(&mut *map).into_values().collect()
+    }
 }
 
 /// An export-side unmap notify: what to do when this domain lets go of a
@@ -219,7 +261,7 @@ impl Hypervisor {
     pub fn new() -> Self {
         Self {
             inner: Arc::new(HvInner {
-                domains: RwLock::new(HashMap::new()),
+                domains: RwLock::new(Vec::new()),
                 next_domid: AtomicU16::new(1),
             }),
         }
@@ -267,7 +309,7 @@ impl Hypervisor {
             .domains
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        if doms.contains_key(&id.0) {
+        if doms.get(id.0 as usize).is_some_and(Option::is_some) {
             return Err(HvError::DomIdTaken(id));
         }
         let mem = Arc::new(if chunked {
@@ -295,11 +337,15 @@ impl Hypervisor {
             max_maptrack: cfg.max_maptrack,
             evt: EvtState::new(id)?,
             hv: Arc::downgrade(&self.inner),
-            export_notifies: Mutex::new(HashMap::new()),
+            export_notifies: ExportNotifies::default(),
             store_page: Mutex::new(None),
             console_page: Mutex::new(None),
         });
-        doms.insert(id.0, state.clone());
+        let slot = id.0 as usize;
+        if doms.len() <= slot {
+            doms.resize(slot + 1, None);
+        }
+        doms[slot] = Some(state.clone());
         Ok(crate::Domain::new(state, self.clone()))
     }
 
@@ -320,9 +366,11 @@ impl Hypervisor {
     /// The live domain ids.
     pub fn domains(&self) -> Vec<DomId> {
         let doms = self.inner.domains.read().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<DomId> = doms.keys().map(|k| DomId(*k)).collect();
-        v.sort();
-        v
+        doms.iter()
+            .enumerate()
+            .filter(|(_, d)| d.is_some())
+            .map(|(i, _)| DomId(i as u16))
+            .collect()
     }
 
     /// Destroys a domain: releases every grant it has mapped (running their
@@ -335,7 +383,9 @@ impl Hypervisor {
                 .domains
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
-            doms.remove(&id.0).ok_or(HvError::NoDomain(id))?
+            doms.get_mut(id.0 as usize)
+                .and_then(Option::take)
+                .ok_or(HvError::NoDomain(id))?
         };
         state.destroy();
         Ok(())
@@ -345,7 +395,10 @@ impl Hypervisor {
 impl HvInner {
     pub(crate) fn lookup(&self, id: DomId) -> Option<Arc<DomainState>> {
         let doms = self.domains.read().unwrap_or_else(|e| e.into_inner());
-        doms.get(&id.0).filter(|d| d.is_alive()).cloned()
+        doms.get(id.0 as usize)?
+            .as_ref()
+            .filter(|d| d.is_alive())
+            .cloned()
     }
 }
 
@@ -479,15 +532,32 @@ impl DomainState {
         gref: GrantRef,
         readonly: bool,
     ) -> Result<(u32, Arc<DomainState>, u64), GntSt> {
+        let hv = self.hv().ok_or(GntSt::BadDomain)?;
+        self.map_grant_in(&hv, dom, gref, readonly)
+    }
+
+    /// GNTTABOP_map_grant_ref, as this domain, of hypervisor `hv` (for a
+    /// caller that holds it already).
+    pub(crate) fn map_grant_in(
+        &self,
+        hv: &HvInner,
+        dom: DomId,
+        gref: GrantRef,
+        readonly: bool,
+    ) -> Result<(u32, Arc<DomainState>, u64), GntSt> {
         if !self.is_alive() {
             return Err(GntSt::BadDomain);
         }
-        let granter = self.domain(dom).ok_or(GntSt::BadDomain)?;
-        if lock(&self.maptrack).len() >= self.max_maptrack {
+        let granter = hv.lookup(dom).ok_or(GntSt::BadDomain)?;
+        // One maptrack lock for the check and the insert. (Lock order:
+        // the mapper's maptrack, then the granter's pins; nothing takes
+        // them the other way round.)
+        let mut mt = lock(&self.maptrack);
+        if mt.len() >= self.max_maptrack {
             return Err(GntSt::NoSpace);
         }
         let frame = granter.acquire(gref, self.id, readonly)?;
-        let handle = lock(&self.maptrack).insert(MapRecord {
+        let handle = mt.insert(MapRecord {
             granter: granter.clone(),
             gref,
             writable: !readonly,
@@ -682,10 +752,7 @@ impl DomainState {
         for rec in records {
             self.finish_unmap(rec);
         }
-        let notes: Vec<ExportNotify> = lock(&self.export_notifies)
-            .drain()
-            .map(|(_, n)| n)
-            .collect();
+        let notes: Vec<ExportNotify> = self.export_notifies.drain();
         for n in notes {
             self.fire_export_notify(n);
         }

@@ -257,10 +257,10 @@ pub struct FrameRun {
     mem: Arc<DomainMemory>,
     first: u64,
     count: usize,
-    /// The run's memory: the single region or its own chunk.
-    region: Arc<Region>,
-    /// Page offset of the run in `region`.
-    offset: usize,
+    /// The run's own chunk (chunked memory); `None` for a run of single
+    /// memory, which lives at page `first` of `mem`'s one region (no second
+    /// reference count to take and drop per allocation).
+    chunk: Option<Arc<Region>>,
 }
 
 impl FrameRun {
@@ -292,8 +292,17 @@ impl PageSet for FrameRun {
     }
 
     fn mem(&self) -> SharedMem<'_> {
-        let whole = self.region.mem();
-        match whole.slice(self.offset * PAGE_SIZE, self.count * PAGE_SIZE) {
+        let (region, offset) = match (&self.chunk, &self.mem.layout) {
+            (Some(chunk), _) => (&**chunk, 0),
+            (None, Layout::Single { region, .. }) => (&**region, self.first as usize),
+            (None, Layout::Chunked { .. }) => {
+                unreachable!("a run of chunked memory holds its chunk")
+            }
+        };
+        match region
+            .mem()
+            .slice(offset * PAGE_SIZE, self.count * PAGE_SIZE)
+        {
             Ok(m) => m,
             // The allocator only hands out runs inside their region.
             Err(_) => unreachable!("frame run outside its domain's memory"),
@@ -313,7 +322,10 @@ impl Drop for FrameRun {
                         *u = false;
                     }
                 }
-                first_free.fetch_min(self.first, Ordering::Relaxed);
+                // Changed only under `used`'s lock: a plain load and store.
+                if self.first < first_free.load(Ordering::Relaxed) {
+                    first_free.store(self.first, Ordering::Relaxed);
+                }
             }
             Layout::Chunked { .. } => {
                 self.mem.retire_chunk(self.first);
@@ -338,9 +350,7 @@ unsafe impl FrameAllocator for SimFrames {
         }
         match &self.0.layout {
             Layout::Single {
-                region,
-                used,
-                first_free,
+                used, first_free, ..
             } => {
                 let mut used = lock(used);
                 let start = first_free.load(Ordering::Relaxed) as usize;
@@ -361,8 +371,7 @@ unsafe impl FrameAllocator for SimFrames {
                             mem: self.0.clone(),
                             first: first as u64,
                             count: n,
-                            region: region.clone(),
-                            offset: first,
+                            chunk: None,
                         });
                     }
                 }
@@ -376,8 +385,7 @@ unsafe impl FrameAllocator for SimFrames {
                     mem: self.0.clone(),
                     first,
                     count: n,
-                    region: page.region,
-                    offset: 0,
+                    chunk: Some(page.region),
                 })
             }
         }

@@ -4,7 +4,7 @@
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::{GrantError, Revoked, TableView};
 use crate::mem::SharedMem;
@@ -96,6 +96,10 @@ struct Counters {
 struct Inner<B: GrantBackend> {
     backend: B,
     quarantine: Mutex<VecDeque<Quarantined<B::Live>>>,
+    /// The quarantine's length, stored under its lock after every change:
+    /// `share` checks it without taking the lock (nothing to retry is the
+    /// common case).
+    queued: AtomicUsize,
     counters: Counters,
 }
 
@@ -125,6 +129,7 @@ impl<B: GrantBackend> Exporter<B> {
             inner: Arc::new(Inner {
                 backend,
                 quarantine: Mutex::new(VecDeque::new()),
+                queued: AtomicUsize::new(0),
                 counters: Counters::default(),
             }),
         }
@@ -262,12 +267,19 @@ impl<B: GrantBackend> Inner<B> {
 
     fn reclaim(&self, budget: usize) -> ReclaimReport {
         let mut report = ReclaimReport::default();
-        let mut n = budget.min(self.quarantine.lock().len());
+        let queued = self.queued.load(Ordering::Acquire);
+        if queued == 0 || budget == 0 {
+            // Nothing to try (every `share` passes here): no lock. A share
+            // entering quarantine concurrently is retried next time.
+            report.remaining = queued;
+            return report;
+        }
+        let mut n = budget.min(queued);
         while n > 0 {
             n -= 1;
             // The lock is not held across the revoke: the backend may block
             // briefly, and other shares must stay usable meanwhile.
-            let Some(mut q) = self.quarantine.lock().pop_front() else {
+            let Some(mut q) = self.pop_quarantined() else {
                 break;
             };
             let refs = B::refs(&q.live).to_vec();
@@ -282,7 +294,7 @@ impl<B: GrantBackend> Inner<B> {
                     self.counters.busy.fetch_add(1, Ordering::Relaxed);
                     q.live = live;
                     q.attempts = q.attempts.saturating_add(1);
-                    self.quarantine.lock().push_back(q);
+                    self.push_quarantined(q);
                     report.still_busy += 1;
                 }
             }
@@ -294,11 +306,24 @@ impl<B: GrantBackend> Inner<B> {
     fn quarantine(&self, live: B::Live, peer: DomId) {
         self.counters.live.fetch_sub(1, Ordering::Relaxed);
         self.backend.quarantine_changed(B::refs(&live), true);
-        self.quarantine.lock().push_back(Quarantined {
+        self.push_quarantined(Quarantined {
             live,
             peer,
             attempts: 0,
         });
+    }
+
+    fn push_quarantined(&self, q: Quarantined<B::Live>) {
+        let mut queue = self.quarantine.lock();
+        queue.push_back(q);
+        self.queued.store(queue.len(), Ordering::Release);
+    }
+
+    fn pop_quarantined(&self) -> Option<Quarantined<B::Live>> {
+        let mut queue = self.quarantine.lock();
+        let q = queue.pop_front();
+        self.queued.store(queue.len(), Ordering::Release);
+        q
     }
 }
 
@@ -306,6 +331,7 @@ impl<B: GrantBackend> Drop for Inner<B> {
     fn drop(&mut self) {
         // Last chance: whatever the peers still hold is leaked, never freed.
         let pending = core::mem::take(&mut *self.quarantine.lock());
+        self.queued.store(0, Ordering::Release);
         for q in pending {
             match self.revoke(q.live) {
                 Ok(pages) => drop(pages),

@@ -7,6 +7,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use xenshare_abi::PAGE_SIZE;
 
+use super::few::Few;
 use super::{GntSt, MapError};
 use crate::mem::{Perm, ReadOnly, ReadWrite, SharedMem};
 use crate::platform::{CopyDst, CopyOp, CopySrc, ForeignMapper};
@@ -33,6 +34,16 @@ struct Counters {
 struct Inner<M: ForeignMapper> {
     mapper: M,
     counters: Counters,
+}
+
+impl<M: ForeignMapper> Inner<M> {
+    fn unmap_all(&self, handles: Few<M::Handle>) {
+        handles.for_each(|h| {
+            if self.mapper.unmap(h).is_err() {
+                self.counters.unmap_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
 }
 
 /// Maps and copies other domains' grants.
@@ -99,6 +110,49 @@ impl<M: ForeignMapper> Importer<M> {
             return Err(MapError::Empty);
         }
         let m = &self.inner.mapper;
+        let handles = match refs {
+            // One page: no lists, no allocation.
+            [r] => match m.map_one(dom, *r, access) {
+                Ok(h) => Few::One(h),
+                Err(status) => {
+                    self.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(MapError::Refused {
+                        dom,
+                        gref: *r,
+                        index: 0,
+                        status,
+                    });
+                }
+            },
+            _ => Few::Many(self.map_many(dom, refs, access)?),
+        };
+        let window = match m.window(handles.as_slice()) {
+            Ok(w) => w,
+            Err(st) => {
+                self.unmap_all(handles);
+                return Err(MapError::Window(st));
+            }
+        };
+        self.inner.counters.mapped.fetch_add(1, Ordering::Relaxed);
+        Ok(Mapping {
+            window: Some(window),
+            handles,
+            owner: self.inner.clone(),
+            dom,
+            refs: Few::from_slice(refs),
+            _perm: core::marker::PhantomData,
+        })
+    }
+
+    /// Maps a batch of several refs; on any failure unmaps the rest and
+    /// reports the first failure.
+    fn map_many(
+        &self,
+        dom: DomId,
+        refs: &[GrantRef],
+        access: Access,
+    ) -> Result<Vec<M::Handle>, MapError> {
+        let m = &self.inner.mapper;
         let mut results = Vec::with_capacity(refs.len());
         m.map_batch(dom, refs, access, &mut results);
         let mut handles = Vec::with_capacity(refs.len());
@@ -128,36 +182,14 @@ impl<M: ForeignMapper> Importer<M> {
         }
         if let Some(e) = failure {
             self.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
-            self.unmap_all(handles);
+            self.unmap_all(Few::Many(handles));
             return Err(e);
         }
-        let window = match m.window(&handles) {
-            Ok(w) => w,
-            Err(st) => {
-                self.unmap_all(handles);
-                return Err(MapError::Window(st));
-            }
-        };
-        self.inner.counters.mapped.fetch_add(1, Ordering::Relaxed);
-        Ok(Mapping {
-            window: Some(window),
-            handles,
-            owner: self.inner.clone(),
-            dom,
-            refs: refs.to_vec(),
-            _perm: core::marker::PhantomData,
-        })
+        Ok(handles)
     }
 
-    fn unmap_all(&self, handles: Vec<M::Handle>) {
-        for h in handles {
-            if self.inner.mapper.unmap(h).is_err() {
-                self.inner
-                    .counters
-                    .unmap_errors
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
+    fn unmap_all(&self, handles: Few<M::Handle>) {
+        self.inner.unmap_all(handles);
     }
 
     /// Runs grant copies. Local buffers shorter than `len` are refused with
@@ -201,10 +233,10 @@ impl<M: ForeignMapper> Importer<M> {
 /// default, or [`ReadOnly`]). Unmapped on drop.
 pub struct Mapping<M: ForeignMapper, P: Perm = ReadWrite> {
     window: Option<M::Window>,
-    handles: Vec<M::Handle>,
+    handles: Few<M::Handle>,
     owner: Arc<Inner<M>>,
     dom: DomId,
-    refs: Vec<GrantRef>,
+    refs: Few<GrantRef>,
     _perm: core::marker::PhantomData<P>,
 }
 
@@ -212,7 +244,7 @@ impl<M: ForeignMapper, P: Perm> fmt::Debug for Mapping<M, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mapping")
             .field("dom", &self.dom)
-            .field("refs", &self.refs)
+            .field("refs", &self.refs.as_slice())
             .field("access", &P::ACCESS)
             .finish()
     }
@@ -258,7 +290,7 @@ impl<M: ForeignMapper, P: Perm> Mapping<M, P> {
 
     /// The mapped references.
     pub fn refs(&self) -> &[GrantRef] {
-        &self.refs
+        self.refs.as_slice()
     }
 
     /// How the pages are mapped.
@@ -280,7 +312,7 @@ impl<M: ForeignMapper, P: Perm> Mapping<M, P> {
             Some(off) => (off / PAGE_SIZE, Some((off % PAGE_SIZE) as u16)),
             None => (0, None),
         };
-        let Some(h) = self.handles.get(page) else {
+        let Some(h) = self.handles.as_slice().get(page) else {
             return Err(MapError::BadOffset { offset: 0, len });
         };
         self.owner
@@ -293,14 +325,92 @@ impl<M: ForeignMapper, P: Perm> Mapping<M, P> {
 impl<M: ForeignMapper, P: Perm> Drop for Mapping<M, P> {
     fn drop(&mut self) {
         drop(self.window.take());
-        for h in self.handles.drain(..) {
-            if self.owner.mapper.unmap(h).is_err() {
-                self.owner
-                    .counters
-                    .unmap_errors
-                    .fetch_add(1, Ordering::Relaxed);
+        self.owner.unmap_all(self.handles.take());
+        self.owner.counters.mapped.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::PageBuf;
+    use crate::platform::CopyOp;
+    use alloc::sync::Arc;
+    use core::sync::atomic::AtomicUsize;
+
+    /// A platform whose batch map reports `results` results per ref asked
+    /// (1 is correct; 0 and 2 are broken platforms), every one a success.
+    struct Fake {
+        results: usize,
+        mapped: Arc<AtomicUsize>,
+    }
+
+    impl ForeignMapper for Fake {
+        type Handle = u32;
+        type Window = PageBuf;
+        fn domid(&self) -> DomId {
+            DomId(0)
+        }
+        fn map_batch(
+            &self,
+            _dom: DomId,
+            refs: &[GrantRef],
+            _access: Access,
+            out: &mut Vec<Result<u32, GntSt>>,
+        ) {
+            for r in refs {
+                for _ in 0..self.results {
+                    self.mapped.fetch_add(1, Ordering::Relaxed);
+                    out.push(Ok(r.0));
+                }
             }
         }
-        self.owner.counters.mapped.fetch_sub(1, Ordering::Relaxed);
+        fn unmap(&self, _h: u32) -> Result<(), GntSt> {
+            self.mapped.fetch_sub(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn window(&self, hs: &[u32]) -> Result<PageBuf, GntSt> {
+            Ok(PageBuf::new(hs.len()))
+        }
+        unsafe fn window_mem(w: &PageBuf) -> SharedMem<'_> {
+            w.mem()
+        }
+        fn set_unmap_notify(&self, _: &u32, _: Option<u16>, _: Option<Port>) -> Result<(), GntSt> {
+            Ok(())
+        }
+        fn copy(&self, _ops: &mut [CopyOp<'_>]) {}
+    }
+
+    #[test]
+    fn one_ref_maps_through_map_one_and_a_miscounting_platform_is_rolled_back() {
+        for (results, ok) in [(1, true), (0, false), (2, false)] {
+            let mapped = Arc::new(AtomicUsize::new(0));
+            let imp = Importer::new(Fake {
+                results,
+                mapped: mapped.clone(),
+            });
+            match imp.map_rw(DomId(1), &[GrantRef(9)]) {
+                Ok(m) => {
+                    assert!(ok, "{results} results accepted");
+                    assert_eq!(m.refs(), &[GrantRef(9)]);
+                    assert_eq!(mapped.load(Ordering::Relaxed), 1);
+                    drop(m);
+                }
+                Err(e) => {
+                    assert!(!ok, "{results} results refused: {e}");
+                    assert!(matches!(
+                        e,
+                        MapError::Refused {
+                            status: GntSt::GeneralError,
+                            index: 0,
+                            ..
+                        }
+                    ));
+                    assert_eq!(imp.stats().refused, 1);
+                }
+            }
+            assert_eq!(mapped.load(Ordering::Relaxed), 0, "{results}: left mapped");
+            assert_eq!(imp.stats().mapped, 0);
+        }
     }
 }

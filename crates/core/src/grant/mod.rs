@@ -32,6 +32,7 @@
 
 pub mod entry;
 pub mod export;
+mod few;
 pub mod import;
 pub mod scoped;
 pub mod table;

@@ -25,6 +25,7 @@ use core::mem::ManuallyDrop;
 use xenshare_abi::grant::{GrantEntryV1, GNTTAB_NR_RESERVED_ENTRIES};
 
 use super::entry::{self, StillMapped};
+use super::few::Few;
 use super::{GntSt, GrantError, Revoked};
 use crate::mem::SharedMem;
 use crate::platform::{FrameAllocator, GrantBackend, PageSet, TableMemory};
@@ -145,6 +146,14 @@ impl<T: TableMemory> GrantTable<T> {
         Some((table.atomic_u32(off).ok()?, table.atomic_u32(off + 4).ok()?))
     }
 
+    /// The header (`flags|domid`) word of entry `r`.
+    fn header(&self, r: GrantRef) -> Option<&core::sync::atomic::AtomicU32> {
+        if r.0 >= self.nr_entries {
+            return None;
+        }
+        self.mem.table().atomic_u32(r.0 as usize * ENTRY_SIZE).ok()
+    }
+
     /// Takes `gfns.len()` free references and publishes a grant of each
     /// frame on one, all or none.
     ///
@@ -160,25 +169,24 @@ impl<T: TableMemory> GrantTable<T> {
         peer: DomId,
         gfns: &[u32],
         readonly: bool,
-    ) -> Result<Vec<GrantRef>, GrantAllError> {
+    ) -> Result<Few<GrantRef>, GrantAllError> {
         let mut free = self.free.lock();
-        let mut refs = Vec::with_capacity(gfns.len());
+        let mut refs = Few::with_capacity(gfns.len());
         while refs.len() < gfns.len() {
             let Some(r) = free.pop() else {
-                free.extend(refs.into_iter().rev());
+                free.extend(refs.as_slice().iter().rev().copied());
                 return Err(GrantAllError::Full);
             };
-            match self.words(r) {
-                Some((w, _))
-                    if entry::flags_of(w.load(core::sync::atomic::Ordering::Acquire)) == 0 =>
-                {
+            match self.header(r) {
+                Some(w) if entry::flags_of(w.load(core::sync::atomic::Ordering::Acquire)) == 0 => {
                     refs.push(r)
                 }
                 // Not ours to hand out any more: never put back.
                 _ => {}
             }
         }
-        for (i, (&r, &gfn)) in refs.iter().zip(gfns).enumerate() {
+        let refs_slice = refs.as_slice();
+        for (i, (&r, &gfn)) in refs_slice.iter().zip(gfns).enumerate() {
             let published = match self.words(r) {
                 Some((w, f)) => entry::grant_access(w, f, peer, gfn, readonly).is_ok(),
                 None => false,
@@ -188,14 +196,14 @@ impl<T: TableMemory> GrantTable<T> {
                 // `TableMemory` contract forbids one). Take back what was
                 // published; `r` itself stays out of the allocator.
                 let mut stuck = Vec::new();
-                for &done in &refs[..i] {
+                for &done in &refs_slice[..i] {
                     if self.try_end(done).is_ok() {
                         free.push(done);
                     } else {
                         stuck.push(done);
                     }
                 }
-                free.extend(refs[i + 1..].iter().rev().copied());
+                free.extend(refs_slice[i + 1..].iter().rev().copied());
                 return Err(GrantAllError::Corrupt { stuck });
             }
         }
@@ -204,16 +212,16 @@ impl<T: TableMemory> GrantTable<T> {
 
     /// Tries to end access on `r`.
     pub(crate) fn try_end(&self, r: GrantRef) -> Result<(), StillMapped> {
-        match self.words(r) {
-            Some((w, _)) => entry::try_end_access(w),
+        match self.header(r) {
+            Some(w) => entry::try_end_access(w),
             None => Ok(()),
         }
     }
 
     /// Returns refs proven revoked to the allocator.
-    pub(crate) fn free_refs(&self, refs: Vec<GrantRef>) {
+    pub(crate) fn free_refs(&self, refs: &[GrantRef]) {
         let mut free = self.free.lock();
-        free.extend(refs.into_iter().rev());
+        free.extend(refs.iter().rev().copied());
     }
 }
 
@@ -252,7 +260,7 @@ impl<T: TableMemory> TableView for GrantTable<T> {
 /// Dropping it leaks both (the frames stay allocated, the refs never go
 /// back to the allocator): only [`GrantBackend::try_revoke`] gives them back.
 pub struct TableShare<F> {
-    refs: Vec<GrantRef>,
+    refs: Few<GrantRef>,
     frames: ManuallyDrop<F>,
 }
 
@@ -324,14 +332,22 @@ unsafe impl<T: TableMemory, A: FrameAllocator> GrantBackend for TableBackend<T, 
         access: Access,
     ) -> Result<Self::Live, (GrantError, Option<Self::Pages>)> {
         let n = frames.page_count();
-        let mut gfns = Vec::with_capacity(n);
-        for i in 0..n {
+        // One page (the common case) needs no list of frame numbers.
+        let mut one = [0u32; 1];
+        let mut many = Vec::new();
+        let gfns: &mut [u32] = if n == 1 {
+            &mut one
+        } else {
+            many.resize(n, 0);
+            &mut many
+        };
+        for (i, g) in gfns.iter_mut().enumerate() {
             match u32::try_from(A::frame(&frames, i)) {
-                Ok(f) => gfns.push(f),
+                Ok(f) => *g = f,
                 Err(_) => return Err((GrantError::Platform(GntSt::AddressTooBig), Some(frames))),
             }
         }
-        match self.table.grant_all(peer, &gfns, access.is_readonly()) {
+        match self.table.grant_all(peer, gfns, access.is_readonly()) {
             Ok(refs) => Ok(TableShare {
                 refs,
                 frames: ManuallyDrop::new(frames),
@@ -349,7 +365,7 @@ unsafe impl<T: TableMemory, A: FrameAllocator> GrantBackend for TableBackend<T, 
     }
 
     fn refs(live: &Self::Live) -> &[GrantRef] {
-        &live.refs
+        live.refs.as_slice()
     }
 
     fn live_mem(live: &Self::Live) -> SharedMem<'_> {
@@ -360,7 +376,7 @@ unsafe impl<T: TableMemory, A: FrameAllocator> GrantBackend for TableBackend<T, 
         // Every entry is tried even after a busy one, so the peer loses
         // access to all pages it has already let go of.
         let mut all = true;
-        for r in &live.refs {
+        for r in live.refs.as_slice() {
             if self.table.try_end(*r).is_err() {
                 all = false;
             }
@@ -369,7 +385,7 @@ unsafe impl<T: TableMemory, A: FrameAllocator> GrantBackend for TableBackend<T, 
             return Err(live);
         }
         let TableShare { refs, frames } = live;
-        self.table.free_refs(refs);
+        self.table.free_refs(refs.as_slice());
         Ok(Revoked::Pages(ManuallyDrop::into_inner(frames)))
     }
 

@@ -101,7 +101,9 @@ fn per_iter_cpu(iters: u64, f: impl FnMut() -> Result<(), String>) -> Result<(f6
 
 /// One grant cycle, what `bench grants` and `bench scale` time: `exp`
 /// (domain `granter`) shares a page with `mapper`, whose `imp` maps and
-/// unmaps it; then the share is revoked.
+/// unmaps it; then the share is revoked. Never inlined, so a profiler can
+/// attribute (and `callgrind --toggle-collect` count) exactly one cycle.
+#[inline(never)]
 fn grant_cycle(
     exp: &SimExporter,
     imp: &SimImporter,
