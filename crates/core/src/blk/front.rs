@@ -1021,15 +1021,27 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     }
 
     /// Waits for at least one response and processes every one available.
-    fn reap(&mut self, mut buf: Option<&mut [u8]>) -> Result<usize, BlkError> {
+    fn reap(&mut self, buf: Option<&mut [u8]>) -> Result<usize, BlkError> {
+        self.reap_at_least(buf, 1)
+    }
+
+    /// Waits until `need` responses (at most as many as are in flight) have
+    /// arrived, sleeping for one notification for all of them rather than
+    /// one per response, and processes every one available.
+    fn reap_at_least(
+        &mut self,
+        mut buf: Option<&mut [u8]>,
+        need: usize,
+    ) -> Result<usize, BlkError> {
         self.live()?;
         // Requests held back by `plug` go out before any wait for their
         // answers (as Linux flushes a plug before sleeping).
         self.publish()?;
         const SLICE: Duration = Duration::from_millis(50);
         let mut deadline = Deadline::new(self.io.cfg.timeout);
+        let mut n = 0;
+        let need = need.clamp(1, self.io.inflight.in_flight().max(1));
         loop {
-            let mut n = 0;
             loop {
                 let rsp = match self.ring.next_response() {
                     Ok(Some(r)) => r,
@@ -1039,20 +1051,28 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                 self.finish(rsp, buf.as_deref_mut())?;
                 n += 1;
             }
-            if n > 0 {
+            if n >= need || (n > 0 && self.io.inflight.in_flight() == 0) {
                 return Ok(n);
             }
+            // Every response counted toward `need` answers a request that
+            // was in flight, so the rest are still owed.
+            let more = (need - n) as u32;
             let mut spun = 0;
             while spun < self.io.cfg.spin {
                 match self.ring.unconsumed_responses() {
-                    Ok(0) => {}
-                    Ok(_) => break,
+                    Ok(k) if k >= more => break,
+                    Ok(_) => {}
                     Err(e) => return Err(self.fail(e.into())),
                 }
                 core::hint::spin_loop();
                 spun += 1;
             }
-            match self.ring.final_check_for_responses() {
+            let ready = if more == 1 {
+                self.ring.final_check_for_responses()
+            } else {
+                self.ring.final_check_for_responses_at_least(more)
+            };
+            match ready {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => return Err(self.fail(e.into())),
@@ -1329,9 +1349,14 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     /// every finished one into `out` (in completion order): one wait and
     /// one pass over the ring for many completions. Returns how many were
     /// added; 0 if none is in flight or finished.
+    ///
+    /// With many requests in flight it sleeps until a quarter of them have
+    /// finished (one notification for the lot, the rest still keeping the
+    /// back end busy) rather than waking for each response.
     pub fn wait_all(&mut self, out: &mut Vec<Completion>) -> Result<usize, BlkError> {
         if self.io.completed.is_empty() && self.io.inflight.in_flight() > 0 {
-            self.reap(None)?;
+            let need = self.io.inflight.in_flight() / 4;
+            self.reap_at_least(None, need)?;
         }
         let n = self.io.completed.len();
         out.extend(self.io.completed.drain(..));

@@ -39,6 +39,10 @@ pub struct BlkArgs {
     /// [min–max] are reported.
     #[arg(long, default_value_t = super::stats::DEFAULT_REPEATS, value_parser = clap::value_parser!(u64).range(1..=100))]
     repeats: u64,
+    /// Requests a 1 MiB sequential read is split into, in flight together
+    /// (default: the front end's default).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pipeline: Option<u64>,
     /// Use per-request grants instead of persistent grants.
     #[arg(long)]
     no_persistent: bool,
@@ -98,6 +102,9 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
         .frontend(FrontConfig {
             persistent: !a.no_persistent,
             ring_order: 2,
+            pipeline_depth: a
+                .pipeline
+                .map_or(FrontConfig::new(DEVID).pipeline_depth, |p| p as usize),
             ..FrontConfig::new(DEVID)
         })
         .map_err(|x| e(&x))?;
