@@ -1350,12 +1350,12 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     /// one pass over the ring for many completions. Returns how many were
     /// added; 0 if none is in flight or finished.
     ///
-    /// With many requests in flight it sleeps until a quarter of them have
-    /// finished (one notification for the lot, the rest still keeping the
-    /// back end busy) rather than waking for each response.
+    /// With many requests in flight it sleeps until half of them have
+    /// finished (one notification for the lot, the other half still keeping
+    /// the back end busy) rather than waking for each response.
     pub fn wait_all(&mut self, out: &mut Vec<Completion>) -> Result<usize, BlkError> {
         if self.io.completed.is_empty() && self.io.inflight.in_flight() > 0 {
-            let need = self.io.inflight.in_flight() / 4;
+            let need = self.io.inflight.in_flight() / 2;
             self.reap_at_least(None, need)?;
         }
         let n = self.io.completed.len();
