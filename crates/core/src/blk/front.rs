@@ -11,7 +11,11 @@
 //! [`Disk::max_request_bytes`] (11 pages, or the indirect limit) and keep as
 //! many in flight as the ring and the grant table allow; `submit_*` /
 //! [`Disk::wait`] expose the same machinery one request at a time with any
-//! number in flight. Each request's pages are either granted for that
+//! number in flight; [`Disk::plug`] / [`Disk::unplug`] publish a batch of
+//! them with one index update and at most one notification,
+//! [`Disk::wait_all`] takes every finished one at once (one wake-up for
+//! many), and [`Disk::recycle`] hands read buffers back for reuse. Each
+//! request's pages are either granted for that
 //! request alone (zeroed, read-only for writes) and revoked when it
 //! completes, or — with persistent grants — taken from a pool of pages
 //! granted once, data being copied in and out.
