@@ -260,3 +260,107 @@ fn a_large_transfer_goes_as_several_requests_in_flight() {
     assert_eq!((st.ok, st.failed), (8, 0), "{st:?}");
     assert_eq!(st.max_segments, 64, "{st:?}");
 }
+
+/// `plug` holds requests back until `unplug` publishes them together;
+/// `wait_all` hands over every finished request at once; buffers given
+/// back with `recycle` carry later reads' data. More requests than the
+/// ring has slots are submitted under one plug: a full ring publishes what
+/// is queued and waits for room instead of stalling.
+#[test]
+fn plugged_batches_complete_with_wait_all_and_reuse_buffers() {
+    let w = world();
+    let img = TmpImage::new("plug");
+    let backend = real_backend_sized(&w, &img, DISK);
+    // A one-page ring (32 slots): fewer reads than the disk keeps recycled
+    // buffers, so none allocates.
+    let mut fe = w
+        .frontend(FrontConfig {
+            ring_order: 0,
+            ..FrontConfig::new(DEVID)
+        })
+        .unwrap();
+    let mut xs = w.client(&w.guest);
+    {
+        let mut disk = fe.connect(&mut xs).unwrap();
+        let slots = disk.info().ring_size as usize;
+        assert_eq!(slots, 32);
+        let n = slots + 3;
+        let block = |i: usize| vec![(i % 251) as u8 + 1; 4096];
+        for i in 0..n {
+            disk.write_at(i as u64 * 4096, &block(i)).unwrap();
+        }
+        // Buffers of a capacity a fresh 4 KiB read would never get: every
+        // read below must come back in one of them (then again in the
+        // second round, recycled from the first).
+        for _ in 0..n {
+            disk.recycle(Vec::with_capacity(3 * 4096));
+        }
+        for round in 0..2 {
+            disk.plug();
+            let mut tags = std::collections::HashMap::new();
+            for i in 0..slots.min(n) {
+                tags.insert(disk.submit_read(i as u64 * 4096, 4096).unwrap(), i);
+            }
+            // Nothing was published, so nothing can have been answered.
+            assert!(disk.poll().unwrap().is_none(), "round {round}");
+            assert_eq!(disk.in_flight(), slots.min(n));
+            // The ring is full: these publish the batch and wait for room.
+            for i in slots..n {
+                tags.insert(disk.submit_read(i as u64 * 4096, 4096).unwrap(), i);
+            }
+            disk.unplug().unwrap();
+            let mut done = Vec::new();
+            let mut calls = 0;
+            while !tags.is_empty() {
+                calls += 1;
+                assert!(disk.wait_all(&mut done).unwrap() > 0, "round {round}");
+                for c in done.drain(..) {
+                    let i = tags.remove(&c.tag).expect("a tag submitted once");
+                    c.result.unwrap();
+                    assert!(c.data == block(i), "round {round}: block {i}");
+                    assert!(
+                        c.data.capacity() >= 3 * 4096,
+                        "round {round}: block {i} came in a fresh buffer"
+                    );
+                    disk.recycle(c.data);
+                }
+            }
+            assert!(calls <= n, "round {round}: {calls} waits for {n} reads");
+            assert_eq!(disk.wait_all(&mut done).unwrap(), 0);
+        }
+        disk.close(&mut xs).unwrap();
+    }
+    drop(fe);
+    backend.stop().unwrap();
+    let st = w.guest.exporter().stats();
+    assert_eq!((st.live, st.quarantined), (0, 0), "{st:?}");
+}
+
+/// A plugged request is published by whatever waits for it (`wait`, a
+/// synchronous `read_at`), so a forgotten `unplug` delays, never hangs.
+#[test]
+fn waiting_publishes_a_plugged_request() {
+    let w = world();
+    let img = TmpImage::new("plug-wait");
+    let backend = real_backend_sized(&w, &img, DISK);
+    let mut fe = w.frontend(quick_front()).unwrap();
+    let mut xs = w.client(&w.guest);
+    {
+        let mut disk = fe.connect(&mut xs).unwrap();
+        disk.write_at(8192, &[7u8; 4096]).unwrap();
+        disk.plug();
+        let tag = disk.submit_read(8192, 4096).unwrap();
+        let c = disk.wait().unwrap().expect("the read is in flight");
+        assert_eq!(c.tag, tag);
+        c.result.unwrap();
+        assert!(c.data == [7u8; 4096]);
+        // Still plugged: a synchronous call publishes its own requests.
+        let mut buf = vec![0u8; 64 << 10];
+        disk.read_at(0, &mut buf).unwrap();
+        assert!(buf[8192..12288] == [7u8; 4096]);
+        disk.unplug().unwrap();
+        disk.close(&mut xs).unwrap();
+    }
+    drop(fe);
+    backend.stop().unwrap();
+}

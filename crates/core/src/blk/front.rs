@@ -11,7 +11,11 @@
 //! [`Disk::max_request_bytes`] (11 pages, or the indirect limit) and keep as
 //! many in flight as the ring and the grant table allow; `submit_*` /
 //! [`Disk::wait`] expose the same machinery one request at a time with any
-//! number in flight. Each request's pages are either granted for that
+//! number in flight; [`Disk::plug`] / [`Disk::unplug`] publish a batch of
+//! them with one index update and at most one notification,
+//! [`Disk::wait_all`] takes every finished one at once (one wake-up for
+//! many), and [`Disk::recycle`] hands read buffers back for reuse. Each
+//! request's pages are either granted for that
 //! request alone (zeroed, read-only for writes) and revoked when it
 //! completes, or — with persistent grants — taken from a pool of pages
 //! granted once, data being copied in and out.
@@ -76,6 +80,11 @@ pub struct FrontConfig {
     pub timeout: Option<Duration>,
     /// Rounds to re-check the ring before sleeping on the event channel.
     pub spin: u32,
+    /// Requests a large [`Disk::read_at`] / [`Disk::write_at`] is split
+    /// into, kept in flight together so the back end fills one while this
+    /// side copies another (each at least 64 KiB and at most
+    /// [`Disk::max_request_bytes`]; 1 sends each as one request if it fits).
+    pub pipeline_depth: usize,
 }
 
 impl FrontConfig {
@@ -91,6 +100,7 @@ impl FrontConfig {
             max_persistent_pages: 1024,
             timeout: Some(Duration::from_secs(30)),
             spin: 200,
+            pipeline_depth: 4,
         }
     }
 }
@@ -123,7 +133,9 @@ pub struct Completion {
     pub kind: IoKind,
     /// Its outcome.
     pub result: Result<(), BlkError>,
-    /// The data of a successful read (empty otherwise).
+    /// The data of a successful read (empty otherwise). Hand the vector
+    /// back with [`Disk::recycle`] once done with it, and a later read
+    /// fills it again instead of allocating.
     pub data: Vec<u8>,
 }
 
@@ -158,6 +170,9 @@ struct Pool<B: GrantBackend> {
     pages: Vec<Share<B>>,
     free: Vec<usize>,
     cap: usize,
+    /// Emptied index lists of finished requests, reused so that taking
+    /// pages allocates nothing (at most one per ring slot).
+    lists: Vec<Vec<usize>>,
 }
 
 impl<B: GrantBackend> Pool<B> {
@@ -178,7 +193,17 @@ impl<B: GrantBackend> Pool<B> {
             return Ok(None);
         }
         let at = self.free.len() - n;
-        Ok(Some(self.free.split_off(at)))
+        let mut v = self.lists.pop().unwrap_or_default();
+        v.extend(self.free.drain(at..));
+        Ok(Some(v))
+    }
+
+    /// Gives a request's pages back to the free list, keeping its list.
+    fn put(&mut self, mut v: Vec<usize>, max_lists: usize) {
+        self.free.append(&mut v);
+        if self.lists.len() < max_lists {
+            self.lists.push(v);
+        }
     }
 
     fn page(&self, idx: usize) -> Option<SharedMem<'_>> {
@@ -212,6 +237,12 @@ struct Io<B: GrantBackend, E: EventChannels> {
     resume: Option<u32>,
     /// Chunks of the running synchronous call still in flight.
     call_left: usize,
+    /// Between [`Disk::plug`] and [`Disk::unplug`]: requests go on the ring
+    /// unpublished, to be published (and notified) together.
+    plugged: bool,
+    /// Read buffers handed back with [`Disk::recycle`], reused for the
+    /// data of later completions (at most [`SPARE_BUFFERS`]).
+    spare: Vec<Vec<u8>>,
     /// The first error of the running synchronous call.
     call_err: Option<BlkError>,
 }
@@ -450,6 +481,7 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
                 pages: Vec::new(),
                 free: Vec::new(),
                 cap: pool_cap,
+                lists: Vec::new(),
             },
             completed: VecDeque::new(),
             next_tag: 0,
@@ -458,6 +490,8 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
             resume: Some(0),
             call_left: 0,
             call_err: None,
+            plugged: false,
+            spare: Vec::new(),
         });
         self.disk()
     }
@@ -533,11 +567,10 @@ impl<B: GrantBackend, E: EventChannels> core::fmt::Debug for Disk<'_, B, E> {
     }
 }
 
-/// A large [`Disk::read_at`] / [`Disk::write_at`] is split into this many
-/// requests in flight at once (each at least [`PIPELINE_MIN`] bytes).
-const PIPELINE_DEPTH: usize = 4;
 /// The smallest piece a large transfer is split into.
 const PIPELINE_MIN: usize = 64 * 1024;
+/// Recycled read buffers kept at most ([`Disk::recycle`]).
+const SPARE_BUFFERS: usize = 64;
 
 impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     /// The disk as the back end described it, and what was negotiated.
@@ -684,7 +717,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         // end works on one while this side copies another, not in turns.
         let max = match kind {
             IoKind::Read | IoKind::Write => self.max_request_bytes().min(
-                len.div_ceil(PIPELINE_DEPTH)
+                len.div_ceil(self.io.cfg.pipeline_depth.max(1))
                     .next_multiple_of(PAGE_SIZE)
                     .max(PIPELINE_MIN),
             ),
@@ -797,7 +830,8 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
 
     fn give_back(&mut self, pages: Pages<B>) {
         if let Pages::Pool(v) = pages {
-            self.io.pool.free.extend(v);
+            let slots = self.io.inflight.capacity();
+            self.io.pool.put(v, slots);
         }
     }
 
@@ -876,16 +910,29 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             }
             return Err(self.fail(e.into()));
         }
+        if !self.io.plugged {
+            self.publish()?;
+        }
+        Ok(Submit::Done)
+    }
+
+    /// Publishes every request put on the ring and notifies the back end
+    /// if it asked to be (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`): one index
+    /// update and at most one notification however many requests.
+    fn publish(&mut self) -> Result<(), BlkError> {
+        if self.ring.unpublished_requests() == 0 {
+            return Ok(());
+        }
         match self.ring.push_requests_and_check_notify() {
             Ok(true) => {
                 if let Err(e) = self.io.chan.notify() {
                     return Err(self.fail(e.into()));
                 }
+                Ok(())
             }
-            Ok(false) => {}
-            Err(e) => return Err(self.fail(e.into())),
+            Ok(false) => Ok(()),
+            Err(e) => Err(self.fail(e.into())),
         }
-        Ok(Submit::Done)
     }
 
     /// Fills `req` (and the granted pages) for one request.
@@ -978,12 +1025,27 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     }
 
     /// Waits for at least one response and processes every one available.
-    fn reap(&mut self, mut buf: Option<&mut [u8]>) -> Result<usize, BlkError> {
+    fn reap(&mut self, buf: Option<&mut [u8]>) -> Result<usize, BlkError> {
+        self.reap_at_least(buf, 1)
+    }
+
+    /// Waits until `need` responses (at most as many as are in flight) have
+    /// arrived, sleeping for one notification for all of them rather than
+    /// one per response, and processes every one available.
+    fn reap_at_least(
+        &mut self,
+        mut buf: Option<&mut [u8]>,
+        need: usize,
+    ) -> Result<usize, BlkError> {
         self.live()?;
+        // Requests held back by `plug` go out before any wait for their
+        // answers (as Linux flushes a plug before sleeping).
+        self.publish()?;
         const SLICE: Duration = Duration::from_millis(50);
         let mut deadline = Deadline::new(self.io.cfg.timeout);
+        let mut n = 0;
+        let need = need.clamp(1, self.io.inflight.in_flight().max(1));
         loop {
-            let mut n = 0;
             loop {
                 let rsp = match self.ring.next_response() {
                     Ok(Some(r)) => r,
@@ -993,20 +1055,28 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                 self.finish(rsp, buf.as_deref_mut())?;
                 n += 1;
             }
-            if n > 0 {
+            if n >= need || (n > 0 && self.io.inflight.in_flight() == 0) {
                 return Ok(n);
             }
+            // Every response counted toward `need` answers a request that
+            // was in flight, so the rest are still owed.
+            let more = (need - n) as u32;
             let mut spun = 0;
             while spun < self.io.cfg.spin {
                 match self.ring.unconsumed_responses() {
-                    Ok(0) => {}
-                    Ok(_) => break,
+                    Ok(k) if k >= more => break,
+                    Ok(_) => {}
                     Err(e) => return Err(self.fail(e.into())),
                 }
                 core::hint::spin_loop();
                 spun += 1;
             }
-            match self.ring.final_check_for_responses() {
+            let ready = if more == 1 {
+                self.ring.final_check_for_responses()
+            } else {
+                self.ring.final_check_for_responses_at_least(more)
+            };
+            match ready {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => return Err(self.fail(e.into())),
@@ -1096,12 +1166,16 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                     _ => false,
                 },
                 Owner::Tag(_) => {
-                    data_out = alloc::vec![0u8; len];
+                    // A recycled buffer of the right size is overwritten
+                    // whole; only a grown tail is zeroed first.
+                    data_out = self.io.spare.pop().unwrap_or_default();
+                    data_out.resize(len, 0);
                     copy_into(&mut data_out)
                 }
             };
             if !ok {
                 result = Err(BlkError::Core(DeviceError::Closed));
+                data_out.clear();
             }
         }
         let mut kept = 0;
@@ -1109,7 +1183,10 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             // Indirect pages taken from the pool go back to it like data
             // pages (they were once dropped here, so every indirect request
             // leaked a pool page until the pool hit its cap).
-            Pages::Pool(v) => self.io.pool.free.extend(v),
+            Pages::Pool(v) => {
+                let slots = self.io.inflight.capacity();
+                self.io.pool.put(v, slots);
+            }
             other => {
                 if let Err(n) = Self::revoke(other) {
                     kept += n;
@@ -1135,7 +1212,8 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         }
         drop(own);
         if let Some(v) = pool_pages {
-            self.io.pool.free.extend(v);
+            let slots = self.io.inflight.capacity();
+            self.io.pool.put(v, slots);
         }
         match owner {
             Owner::Call(_) => {
@@ -1240,6 +1318,53 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             self.finish(rsp, None)?;
         }
         Ok(self.io.completed.pop_front())
+    }
+
+    /// Holds back the publishing of requests submitted from now on, so
+    /// that [`Disk::unplug`] publishes them together with one ring-index
+    /// update and at most one notification (Linux's plugging). Waiting for
+    /// any response ([`Disk::wait`], [`Disk::wait_all`], a `submit_*` that
+    /// finds the ring full, `read_at`...) publishes them first, so a
+    /// forgotten `unplug` delays requests but never loses them.
+    pub fn plug(&mut self) {
+        self.io.plugged = true;
+    }
+
+    /// Ends [`Disk::plug`]: publishes every request submitted since and
+    /// notifies the back end at most once.
+    pub fn unplug(&mut self) -> Result<(), BlkError> {
+        self.io.plugged = false;
+        self.live()?;
+        self.publish()
+    }
+
+    /// Gives a [`Completion::data`] buffer back: a later read's data goes
+    /// into it instead of a fresh allocation (a few are kept; the rest are
+    /// freed).
+    pub fn recycle(&mut self, data: Vec<u8>) {
+        // Kept with its length: a read of that size overwrites every byte
+        // (or empties the vector on failure), so nothing is zeroed.
+        if self.io.spare.len() < SPARE_BUFFERS && data.capacity() > 0 {
+            self.io.spare.push(data);
+        }
+    }
+
+    /// Waits until at least one submitted request has finished and moves
+    /// every finished one into `out` (in completion order): one wait and
+    /// one pass over the ring for many completions. Returns how many were
+    /// added; 0 if none is in flight or finished.
+    ///
+    /// With many requests in flight it sleeps until half of them have
+    /// finished (one notification for the lot, the other half still keeping
+    /// the back end busy) rather than waking for each response.
+    pub fn wait_all(&mut self, out: &mut Vec<Completion>) -> Result<usize, BlkError> {
+        if self.io.completed.is_empty() && self.io.inflight.in_flight() > 0 {
+            let need = self.io.inflight.in_flight() / 2;
+            self.reap_at_least(None, need)?;
+        }
+        let n = self.io.completed.len();
+        out.extend(self.io.completed.drain(..));
+        Ok(n)
     }
 
     /// Waits for the next finished submitted request; `None` if none is in

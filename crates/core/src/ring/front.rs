@@ -166,6 +166,24 @@ where
         Ok(self.prod_seen != self.cons)
     }
 
+    /// Before sleeping until at least `need` responses are published
+    /// (interrupt moderation: one wake-up for a batch): returns whether
+    /// they already are; if not, first asks the back end to notify when
+    /// `rsp_prod` reaches `rsp_cons + need` (the event index written, then a
+    /// full fence, then `rsp_prod` re-read and validated). Ask only for as
+    /// many as are in flight, or no notification comes. On `false`, sleep
+    /// until an event.
+    pub fn final_check_for_responses_at_least(&mut self, need: u32) -> Result<bool, RingError> {
+        self.latch.check()?;
+        if self.prod_seen.wrapping_sub(self.cons) >= need {
+            return Ok(true);
+        }
+        self.arm_event(self.cons.wrapping_add(need))?;
+        let prod = self.load_peer()?;
+        self.refresh(prod)?;
+        Ok(self.prod_seen.wrapping_sub(self.cons) >= need)
+    }
+
     /// Checks a response's `id` and `opcode` against `inflight` and returns
     /// the context its request was started with. A bad id, a duplicate or a
     /// wrong opcode breaks the ring (and the tracker).

@@ -187,6 +187,43 @@ fn notify_only_when_the_peer_asked() {
     assert_eq!(back.unconsumed_requests().unwrap(), 2);
 }
 
+/// Interrupt moderation: a front end waiting for 3 responses is notified
+/// once, by the push that completes the third, not by the first two.
+#[test]
+fn front_end_can_ask_to_hear_of_several_responses_at_once() {
+    let buf = buffer(bytes_for(8));
+    let m = region(&buf, bytes_for(8));
+    let (mut front, mut back) = pair(m, 0);
+    for i in 0..4 {
+        front.push_request(&req(i, i as u32)).unwrap();
+    }
+    front.push_requests_and_check_notify().unwrap();
+    let mut got = Vec::new();
+    while let Some(r) = back.next_request().unwrap() {
+        got.push(r);
+    }
+    assert!(!front.final_check_for_responses_at_least(3).unwrap());
+    assert_eq!(word(m, RSP_EVENT).load(Ordering::Relaxed), 3);
+    back.push_response(&rsp_for(&got[0])).unwrap();
+    back.push_response(&rsp_for(&got[1])).unwrap();
+    assert!(!back.push_responses_and_check_notify().unwrap());
+    // Two published: not yet three.
+    assert!(!front.final_check_for_responses_at_least(3).unwrap());
+    back.push_response(&rsp_for(&got[2])).unwrap();
+    assert!(back.push_responses_and_check_notify().unwrap());
+    assert!(front.final_check_for_responses_at_least(3).unwrap());
+    let mut seen = 0;
+    while front.next_response().unwrap().is_some() {
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+    // An answer already published counts at once.
+    back.push_response(&rsp_for(&got[3])).unwrap();
+    back.push_responses_and_check_notify().unwrap();
+    assert!(front.final_check_for_responses_at_least(1).unwrap());
+    assert!(front.next_response().unwrap().is_some());
+}
+
 #[test]
 fn wraps_at_u32_max() {
     let start = 0xFFFF_FFF0u32;
