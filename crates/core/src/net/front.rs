@@ -284,12 +284,13 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         self.latch.trip(e.into())
     }
 
-    /// A zeroed page granted to the back end: from the pool if possible.
-    fn fresh_share(&mut self, access: Access) -> Result<Share<B>, NetError> {
+    /// A page granted to the back end holding `data` (at most a page) and
+    /// zeros after it: from the pool if possible.
+    fn fresh_share(&mut self, access: Access, data: &[u8]) -> Result<Share<B>, NetError> {
         match self.pool.pop() {
             Some(p) => self
                 .exporter
-                .share_pages(self.backend, p, access)
+                .share_pages_with(self.backend, p, access, data)
                 .map_err(|(e, p)| {
                     self.pool.extend(p);
                     NetError::from(e)
@@ -297,6 +298,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             None => {
                 let s = self.exporter.share(self.backend, 1, access)?;
                 self.stats.pages_allocated += 1;
+                s.mem().write(0, data).map_err(RingError::from)?;
                 Ok(s)
             }
         }
@@ -356,14 +358,14 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         if self.tx_room() < n {
             return Err(NetError::TxFull);
         }
-        // All pages first: a failure here leaves nothing half-posted.
-        let mut shares = Vec::with_capacity(n);
-        for chunk in frame.chunks(PAGE_SIZE) {
-            let s = self.fresh_share(Access::ReadOnly)?;
-            s.mem().write(0, chunk).map_err(RingError::from)?;
-            shares.push((s, chunk.len()));
+        // All pages first: a failure here leaves nothing half-posted. They
+        // wait in an array on the stack (no allocation per frame).
+        let mut shares: [Option<(Share<B>, usize)>; MAX_SLOTS] = core::array::from_fn(|_| None);
+        for (slot, chunk) in shares.iter_mut().zip(frame.chunks(PAGE_SIZE)) {
+            let s = self.fresh_share(Access::ReadOnly, chunk)?;
+            *slot = Some((s, chunk.len()));
         }
-        for (i, (share, chunk_len)) in shares.into_iter().enumerate() {
+        for (i, (share, chunk_len)) in shares.into_iter().flatten().enumerate() {
             let gref = share.refs().first().copied().unwrap_or(GrantRef(0));
             let id = match self.tx_inflight.start(OP, share) {
                 Ok(id) => id,
@@ -564,7 +566,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         while self.rx_inflight.in_flight() < self.cfg.rx_buffers && self.rx.free_requests() > 0 {
             let share = match self.rx_spare.pop() {
                 Some(s) => s,
-                None => match self.fresh_share(Access::ReadWrite) {
+                None => match self.fresh_share(Access::ReadWrite, &[]) {
                     Ok(s) => s,
                     // Out of grant refs or memory: post fewer, try later.
                     Err(_) => break,
