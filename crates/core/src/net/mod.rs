@@ -345,6 +345,64 @@ mod tests {
         }
     }
 
+    /// A host with only `send` and `recv`: the trait's defaults.
+    #[derive(Default)]
+    struct Plain {
+        sent: alloc::vec::Vec<alloc::vec::Vec<u8>>,
+        queued: alloc::vec::Vec<alloc::vec::Vec<u8>>,
+    }
+
+    impl FrameIo for Plain {
+        type Error = &'static str;
+        fn send(&mut self, frame: &[u8]) -> Result<(), &'static str> {
+            self.sent.push(frame.to_vec());
+            Ok(())
+        }
+        fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, &'static str> {
+            let Some(f) = self.queued.pop() else {
+                return Ok(None);
+            };
+            buf[..f.len()].copy_from_slice(&f);
+            Ok(Some(f.len()))
+        }
+    }
+
+    #[test]
+    fn default_send_with_fills_scratch_and_sends_only_what_was_filled() {
+        let mut h = Plain::default();
+        let mut scratch = [0u8; 8];
+        let filled = |b: &mut [u8]| {
+            b.fill(9);
+            true
+        };
+        assert_eq!(h.send_with(3, &mut scratch, filled), Ok(true));
+        assert_eq!(h.send_with(3, &mut scratch, |_| false), Ok(false));
+        // A scratch buffer shorter than the frame: nothing is sent.
+        assert_eq!(h.send_with(9, &mut scratch, |_| true), Ok(false));
+        assert_eq!(h.sent, [alloc::vec![9u8; 3]]);
+    }
+
+    #[test]
+    fn default_recv_with_leaves_a_declined_frame_in_scratch() {
+        let mut h = Plain::default();
+        let mut scratch = [0u8; 8];
+        assert_eq!(h.recv_with(&mut scratch, |_| true), Ok(Offer::Empty));
+        h.queued.push(alloc::vec![1, 2, 3]);
+        assert_eq!(
+            h.recv_with(&mut scratch, |_| false),
+            Ok(Offer::InScratch(3))
+        );
+        assert_eq!(scratch[..3], [1, 2, 3]);
+        h.queued.push(alloc::vec![4, 5]);
+        let mut got = alloc::vec::Vec::new();
+        let take = |f: &[u8]| {
+            got.extend_from_slice(f);
+            true
+        };
+        assert_eq!(h.recv_with(&mut scratch, take), Ok(Offer::Taken));
+        assert_eq!(got, [4, 5]);
+    }
+
     #[test]
     fn slots() {
         assert_eq!(slots_for(60), 1);

@@ -482,6 +482,59 @@ mod tests {
     }
 
     #[test]
+    fn push_with_fills_an_aligned_queue_buffer_in_place_or_queues_nothing() {
+        let q = FrameQueue::new(2);
+        let mut scratch = [0u8; 16];
+        // Filled in place: the queued bytes are what `fill` wrote, aligned.
+        let r = q.push_with(100, &mut scratch, |b| {
+            assert_eq!(b.as_ptr() as usize % FRAME_ALIGN, 0);
+            b.fill(0x42);
+            true
+        });
+        assert_eq!(r, Ok(true));
+        assert_eq!(
+            scratch, [0; 16],
+            "scratch untouched when the queue has room"
+        );
+        // A refused fill queues nothing and keeps the buffer for reuse.
+        assert_eq!(q.push_with(10, &mut scratch, |_| false), Ok(false));
+        assert_eq!(q.len(), 1);
+        assert_eq!(lock(&q.slots).spare.len(), 1);
+        assert_eq!(q.pop_with(|f| f == [0x42; 100]), Some(true));
+        // Full: `fill` still gives its verdict (in `scratch`); a good frame
+        // is dropped and counted, a refused one is not counted.
+        assert!(q.push_copy(b"a") && q.push_copy(b"b"));
+        let r = q.push_with(8, &mut scratch, |b| {
+            b.fill(7);
+            true
+        });
+        assert_eq!(r, Err(QueueFull));
+        assert_eq!(scratch[..8], [7; 8]);
+        assert_eq!(q.dropped(), 1);
+        assert_eq!(q.push_with(8, &mut scratch, |_| false), Ok(false));
+        assert_eq!(q.dropped(), 1);
+    }
+
+    #[test]
+    fn offer_keeps_a_declined_frame_first_in_line() {
+        let q = FrameQueue::new(4);
+        assert_eq!(q.offer(|_| true), Offer::Empty);
+        assert!(q.push_copy(b"first") && q.push_copy(b"second"));
+        assert_eq!(q.offer(|f| f != b"first"), Offer::Kept(5));
+        assert_eq!(q.len(), 2);
+        let mut seen = Vec::new();
+        assert_eq!(
+            q.offer(|f| {
+                seen.extend_from_slice(f);
+                true
+            }),
+            Offer::Taken
+        );
+        assert_eq!(seen, b"first");
+        assert_eq!(q.pop().as_deref(), Some(&b"second"[..]));
+    }
+
+    #[test]
     fn a_full_queue_drops_and_counts() {
         let q = FrameQueue::new(2);
         assert!(q.push_copy(b"a") && q.push_copy(b"b"));
