@@ -15,7 +15,11 @@
 //!
 //! Host frames come from a [`FrameIo`]; one that does not fit in the rx
 //! pages the guest has posted waits (the back end asks to be notified once
-//! enough are posted, by setting `req_event` that far ahead). A host thread
+//! enough are posted, by setting `req_event` that far ahead). Where the
+//! host has frame buffers of its own ([`FrameIo::send_with`],
+//! [`FrameIo::recv_with`]), the grant copy goes straight into or out of
+//! them: each byte crosses memory once between the guest's page and the
+//! host. A host thread
 //! wakes a sleeping back end through its [`Doorbell`], a loopback event
 //! channel, so one wait covers both the guest and the host.
 
