@@ -512,6 +512,11 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         // the host has one (else into `txbuf`), as one batch built on the
         // stack: no allocation per frame.
         let fill = |buf: &mut [u8]| {
+            // A host handing over less room than asked for gets nothing.
+            let Some(buf) = buf.get_mut(..total) else {
+                filled = Some(false);
+                return false;
+            };
             let copied = {
                 let mut ops: [CopyOp<'_>; MAX_SLOTS] = core::array::from_fn(|_| unused_op());
                 let mut rest = &mut buf[..];
