@@ -135,6 +135,9 @@ pub struct Netfront<B: GrantBackend, E: EventChannels> {
     /// Answered rx pages, still granted to the back end: posted again
     /// without a new grant (at most `rx_buffers` of them).
     rx_spare: Vec<Share<B>>,
+    /// A tx frame's pages between granting and posting (empty between
+    /// calls; kept for its capacity).
+    stage: Vec<(Share<B>, usize)>,
     pool: Vec<B::Pages>,
     exporter: Exporter<B>,
     chan: Channel<E>,
@@ -187,6 +190,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             tx_inflight: Outstanding::new(tx.size() as usize),
             rx_inflight: Outstanding::new(rx.size() as usize),
             rx_spare: Vec::new(),
+            stage: Vec::with_capacity(MAX_SLOTS),
             tx,
             rx,
             pool: Vec::new(),
@@ -359,13 +363,21 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             return Err(NetError::TxFull);
         }
         // All pages first: a failure here leaves nothing half-posted. They
-        // wait in an array on the stack (no allocation per frame).
-        let mut shares: [Option<(Share<B>, usize)>; MAX_SLOTS] = core::array::from_fn(|_| None);
-        for (slot, chunk) in shares.iter_mut().zip(frame.chunks(PAGE_SIZE)) {
-            let s = self.fresh_share(Access::ReadOnly, chunk)?;
-            *slot = Some((s, chunk.len()));
+        // wait in a vector kept from frame to frame (no allocation).
+        let mut shares = core::mem::take(&mut self.stage);
+        shares.clear();
+        for chunk in frame.chunks(PAGE_SIZE) {
+            match self.fresh_share(Access::ReadOnly, chunk) {
+                Ok(s) => shares.push((s, chunk.len())),
+                Err(e) => {
+                    // Not posted: revoked as they drop.
+                    shares.clear();
+                    self.stage = shares;
+                    return Err(e);
+                }
+            }
         }
-        for (i, (share, chunk_len)) in shares.into_iter().flatten().enumerate() {
+        for (i, (share, chunk_len)) in shares.drain(..).enumerate() {
             let gref = share.refs().first().copied().unwrap_or(GrantRef(0));
             let id = match self.tx_inflight.start(OP, share) {
                 Ok(id) => id,
@@ -383,6 +395,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
                 return Err(self.trip(e));
             }
         }
+        self.stage = shares;
         match self.tx.push_requests_and_check_notify() {
             Ok(true) => self.chan.notify()?,
             Ok(false) => {}
