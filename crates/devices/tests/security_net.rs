@@ -402,6 +402,67 @@ fn netfront_grants_pages_holding_only_the_frame() {
     );
 }
 
+/// XSA-403 for pages netfront reuses: a tx page that carried a full page
+/// of one frame and came back from revocation carries, when granted for a
+/// later small frame, that frame and zeros, none of the earlier bytes.
+#[test]
+fn reused_tx_pages_hold_only_the_new_frame() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let mut tx = eb.tx_ring();
+    let read_page = |gref: u32| {
+        let m = w
+            .dom0
+            .importer()
+            .map_ro(w.guest.id(), &[GrantRef(gref)])
+            .unwrap();
+        let mut b = vec![0u8; 4096];
+        m.mem().read(0, &mut b).unwrap();
+        b
+    };
+    for round in 0..8u8 {
+        // A full page of 0xEE-ish bytes, answered and taken back...
+        nf.send(&vec![0xE0 | round; 4096]).unwrap();
+        let big = tx.next_request().unwrap().expect("a tx request");
+        eb.answer(
+            &mut tx,
+            &[NetifTxResponse {
+                id: big.id,
+                status: NETIF_RSP_OKAY,
+            }],
+        );
+        let deadline = Instant::now() + T;
+        while nf.tx_room() < 256 {
+            assert!(Instant::now() < deadline, "the tx page never came back");
+            let _ = nf.recv_timeout(Duration::from_millis(10));
+        }
+        // ...then a small frame, in that page again (the pool reuses it).
+        let small = frame(60, round);
+        nf.send(&small).unwrap();
+        let req = tx.next_request().unwrap().expect("a tx request");
+        let p = read_page(req.gref);
+        let at = usize::from(req.offset);
+        assert_eq!(p[at..at + 60], small[..]);
+        assert!(
+            p[..at].iter().chain(&p[at + 60..]).all(|&x| x == 0),
+            "round {round}: a reused tx page holds more than its frame"
+        );
+        eb.answer(
+            &mut tx,
+            &[NetifTxResponse {
+                id: req.id,
+                status: NETIF_RSP_OKAY,
+            }],
+        );
+    }
+    // One tx page served every frame: the rx pages and that one.
+    assert_eq!(
+        nf.stats().pages_allocated,
+        NetfrontConfig::default().rx_buffers as u64 + 1
+    );
+    assert!(!nf.is_broken());
+}
+
 /// A guest that dies with tx requests in flight and a frame waiting for
 /// rx buffers: once the toolstack removes its directory, netback leaves
 /// within a deadline, unmapping both rings — no panic, no hang.

@@ -67,8 +67,9 @@ struct Model {
     partial: Partial,
     frames: VecDeque<Vec<u8>>,
     broken: bool,
-    /// What each posted buffer holds (by grant ref): zero when posted (a
-    /// granted page is zeroed first), then what the back end wrote.
+    /// What each posted buffer holds (by grant ref): zero when first
+    /// posted (a granted page is zeroed first), then what the back end
+    /// wrote, kept when the page is posted again.
     contents: BTreeMap<u32, Vec<u8>>,
 }
 
@@ -223,7 +224,14 @@ impl Model {
                 "front end posted id {} twice",
                 req.id
             );
-            self.contents.insert(req.gref, vec![0; PAGE_SIZE]);
+            // A page posted for the first time is zero; one posted again
+            // keeps what the back end wrote into it (netfront keeps rx
+            // pages granted). The fuzzer never keeps a mapping, so no rx
+            // page is revoked mid-run: a grant ref seen again is the same
+            // page.
+            self.contents
+                .entry(req.gref)
+                .or_insert_with(|| vec![0; PAGE_SIZE]);
             self.req_seen = self.req_seen.wrapping_add(1);
             assert!(
                 self.req_seen.wrapping_sub(self.cons) <= RING,

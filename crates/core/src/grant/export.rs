@@ -200,6 +200,34 @@ impl<B: GrantBackend> Exporter<B> {
         Ok(self.wrap(live, peer, access))
     }
 
+    /// [`Exporter::share_pages`] with `data` written at the start of the
+    /// pages and only the rest zeroed (for a page the caller fills anyway:
+    /// one pass over it, not two). The peer sees `data` and zeros, never
+    /// what the pages held before. `data` longer than the pages is
+    /// [`GrantError::BadCount`].
+    pub fn share_pages_with(
+        &self,
+        peer: DomId,
+        pages: B::Pages,
+        access: Access,
+        data: &[u8],
+    ) -> Result<Share<B>, (GrantError, Option<B::Pages>)> {
+        if !peer.is_real() {
+            return Err((GrantError::BadPeer(peer), Some(pages)));
+        }
+        let mem = pages.mem();
+        let rest = mem.len().checked_sub(data.len());
+        let filled = rest.is_some_and(|rest| {
+            mem.write(0, data).is_ok() && mem.fill(data.len(), rest, 0).is_ok()
+        });
+        if !filled {
+            return Err((GrantError::BadCount(pages.page_count()), Some(pages)));
+        }
+        // SAFETY: the live share goes straight into a `Share`.
+        let live = unsafe { self.inner.backend.share_pages(peer, pages, access) }?;
+        Ok(self.wrap(live, peer, access))
+    }
+
     fn wrap(&self, live: B::Live, peer: DomId, access: Access) -> Share<B> {
         let c = &self.inner.counters;
         c.granted.fetch_add(1, Ordering::Relaxed);

@@ -15,7 +15,11 @@
 //!
 //! Host frames come from a [`FrameIo`]; one that does not fit in the rx
 //! pages the guest has posted waits (the back end asks to be notified once
-//! enough are posted, by setting `req_event` that far ahead). A host thread
+//! enough are posted, by setting `req_event` that far ahead). Where the
+//! host has frame buffers of its own ([`FrameIo::send_with`],
+//! [`FrameIo::recv_with`]), the grant copy goes straight into or out of
+//! them: each byte crosses memory once between the guest's page and the
+//! host. A host thread
 //! wakes a sleeping back end through its [`Doorbell`], a loopback event
 //! channel, so one wait covers both the guest and the host.
 
@@ -34,13 +38,13 @@ use xenshare_abi::PAGE_SIZE;
 use super::xenbus::FrontendKeys;
 use super::{
     slots_for, FrameIo, Latch, NetError, NetifRxRequest, NetifRxResponse, NetifTxRequest,
-    NetifTxResponse, MAX_FRAME, MAX_SLOTS, MIN_FRAME,
+    NetifTxResponse, Offer, MAX_FRAME, MAX_SLOTS, MIN_FRAME,
 };
 use crate::event::Channel;
 use crate::grant::GntSt;
 use crate::grant::{Importer, Mapping};
 use crate::platform::{CopyDst, CopyOp, CopySrc, EventChannels, ForeignMapper, GrantPtr};
-use crate::ring::BackRing;
+use crate::ring::{BackRing, RingError};
 use crate::types::{DomId, GrantRef};
 
 type TxRing<M> = BackRing<Mapping<M>, NetifTxRequest, NetifTxResponse>;
@@ -123,7 +127,7 @@ pub struct Netback<M: ForeignMapper, E: EventChannels> {
     chain: Vec<NetifTxRequest>,
     txbuf: FrameBuf,
     rxbuf: FrameBuf,
-    pending: Option<usize>,
+    pending: Option<Pending>,
     /// Events a publish asked for: (tx ring, rx ring).
     notify_due: (bool, bool),
     latch: Latch,
@@ -182,6 +186,78 @@ fn unused_op<'a>() -> CopyOp<'a> {
         len: 0,
         status: GntSt::Okay,
     }
+}
+
+/// A host frame waiting for the guest to post enough rx pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// Still first in line at the host (this many bytes).
+    InHost(usize),
+    /// In the back end's `rxbuf` (this many bytes).
+    InBuf(usize),
+}
+
+impl Pending {
+    fn len(self) -> usize {
+        match self {
+            Pending::InHost(n) | Pending::InBuf(n) => n,
+        }
+    }
+}
+
+/// Copies `frame` (1..=[`MAX_FRAME`] bytes) into the next posted rx pages,
+/// as many as it needs (the caller checked they are posted), as one
+/// grant-copy batch built on the stack (no allocation per frame), and
+/// answers them: each slot with its fragment's size, or all with
+/// `NETIF_RSP_ERROR` if the copy failed. Returns whether it succeeded.
+fn deliver<M: ForeignMapper>(
+    rx: &mut RxRing<M>,
+    importer: &Importer<M>,
+    frontend: DomId,
+    frame: &[u8],
+) -> Result<bool, RingError> {
+    let len = frame.len();
+    let need = slots_for(len).min(MAX_SLOTS);
+    let mut all = [NetifRxRequest::default(); MAX_SLOTS];
+    let mut got = 0;
+    for slot in all.iter_mut().take(need) {
+        match rx.next_request()? {
+            Some(r) => *slot = r,
+            None => break,
+        }
+        got += 1;
+    }
+    let reqs = &all[..got];
+    let mut ops: [CopyOp<'_>; MAX_SLOTS] = core::array::from_fn(|_| unused_op());
+    for ((op, r), chunk) in ops.iter_mut().zip(reqs).zip(frame.chunks(PAGE_SIZE)) {
+        *op = CopyOp {
+            src: CopySrc::Local(chunk),
+            dst: CopyDst::Grant(GrantPtr {
+                dom: frontend,
+                gref: GrantRef(r.gref),
+                offset: 0,
+            }),
+            len: chunk.len() as u16,
+            status: GntSt::Okay,
+        };
+    }
+    let n = got.min(len.div_ceil(PAGE_SIZE));
+    let ok = got == need;
+    if ok {
+        importer.copy(&mut ops[..n]);
+    }
+    let ok = ok && ops[..n].iter().all(|o| o.status.is_ok());
+    for (i, r) in reqs.iter().enumerate() {
+        let chunk = (len - i * PAGE_SIZE).min(PAGE_SIZE);
+        let rsp = NetifRxResponse {
+            id: r.id,
+            offset: 0,
+            flags: if i + 1 < got { NETRXF_MORE_DATA } else { 0 },
+            status: if ok { chunk as i16 } else { NETIF_RSP_ERROR },
+        };
+        rx.push_response(&rsp)?;
+    }
+    Ok(ok)
 }
 
 impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
@@ -423,86 +499,150 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         };
         let n = self.chain.len();
         let total: usize = sizes[..n].iter().sum();
-        // One grant-copy batch for the frame, from a stack array: no
-        // allocation per frame.
-        let mut ops: [CopyOp<'_>; MAX_SLOTS] = core::array::from_fn(|_| unused_op());
-        let mut rest = &mut self.txbuf[..total];
-        for ((op, slot), &size) in ops.iter_mut().zip(&self.chain).zip(&sizes) {
-            let (head, tail) = core::mem::take(&mut rest).split_at_mut(size);
-            rest = tail;
-            *op = CopyOp {
-                src: CopySrc::Grant(GrantPtr {
-                    dom: self.frontend,
-                    gref: GrantRef(slot.gref),
-                    offset: slot.offset,
-                }),
-                dst: CopyDst::Local(head),
-                len: size as u16,
-                status: GntSt::Okay,
-            };
-        }
-        self.importer.copy(&mut ops[..n]);
-        let copied = ops[..n].iter().all(|o| o.status.is_ok());
         // Linux's netfront leaves IPv4 TCP/UDP checksums to "the hardware"
         // (NETTXF_csum_blank); nothing after us would fill them in.
         let blank = self
             .chain
             .first()
             .is_some_and(|s| s.flags & NETTXF_CSUM_BLANK != 0);
-        let status = if !copied {
-            // A reference not granted to us (or not readable): the guest's
-            // problem, answered as such.
-            self.stats.tx_errors += 1;
-            NETIF_RSP_ERROR
-        } else if blank && super::csum::complete(&mut self.txbuf[..total]).is_err() {
-            // Headers that cannot be parsed: dropped, as Linux's netback does.
-            self.stats.tx_errors += 1;
-            NETIF_RSP_ERROR
-        } else {
-            match io.send(&self.txbuf[..total]) {
-                Ok(()) => {
-                    self.stats.tx_frames += 1;
-                    self.stats.tx_bytes += total as u64;
-                    NETIF_RSP_OKAY
+        // What the host's `fill` call found: `None` if it was never called.
+        let mut filled = None;
+        let (importer, chain, frontend) = (&self.importer, &self.chain, self.frontend);
+        // The frame is grant-copied straight into the host's buffer where
+        // the host has one (else into `txbuf`), as one batch built on the
+        // stack: no allocation per frame.
+        let fill = |buf: &mut [u8]| {
+            // A host handing over less room than asked for gets nothing.
+            let Some(buf) = buf.get_mut(..total) else {
+                filled = Some(false);
+                return false;
+            };
+            let copied = {
+                let mut ops: [CopyOp<'_>; MAX_SLOTS] = core::array::from_fn(|_| unused_op());
+                let mut rest = &mut buf[..];
+                for ((op, slot), &size) in ops.iter_mut().zip(chain).zip(&sizes) {
+                    let (head, tail) = core::mem::take(&mut rest).split_at_mut(size);
+                    rest = tail;
+                    *op = CopyOp {
+                        src: CopySrc::Grant(GrantPtr {
+                            dom: frontend,
+                            gref: GrantRef(slot.gref),
+                            offset: slot.offset,
+                        }),
+                        dst: CopyDst::Local(head),
+                        len: size as u16,
+                        status: GntSt::Okay,
+                    };
                 }
-                Err(_) => {
-                    self.stats.tx_dropped += 1;
-                    NETIF_RSP_DROPPED
-                }
+                importer.copy(&mut ops[..n]);
+                ops[..n].iter().all(|o| o.status.is_ok())
+            };
+            // A reference not granted to us (or not readable) is the guest's
+            // problem, answered as such; so are headers that cannot be
+            // parsed for a blank checksum (dropped, as Linux's netback does).
+            let ok = copied && !(blank && super::csum::complete(buf).is_err());
+            filled = Some(ok);
+            ok
+        };
+        let sent = io.send_with(total, &mut self.txbuf, fill);
+        let status = match (sent, filled) {
+            (Ok(true), _) => {
+                self.stats.tx_frames += 1;
+                self.stats.tx_bytes += total as u64;
+                NETIF_RSP_OKAY
+            }
+            (Ok(false), _) | (Err(_), Some(false)) => {
+                self.stats.tx_errors += 1;
+                NETIF_RSP_ERROR
+            }
+            (Err(_), _) => {
+                self.stats.tx_dropped += 1;
+                NETIF_RSP_DROPPED
             }
         };
         self.answer_chain(status)
     }
 
+    /// Counts a host frame that [`deliver`] copied (`ok`) or failed to.
+    fn count_rx(&mut self, len: usize, ok: bool) {
+        if ok {
+            self.stats.rx_frames += 1;
+            self.stats.rx_bytes += len as u64;
+        } else {
+            self.stats.rx_dropped += 1;
+        }
+    }
+
     fn serve_rx<F: FrameIo>(&mut self, io: &mut F) -> Result<bool, NetError> {
         let mut work = false;
         for _ in 0..RX_BUDGET {
-            let len = match self.pending.take() {
-                Some(l) => l,
-                None => match io.recv(&mut self.rxbuf) {
-                    Ok(Some(l)) => l,
-                    Ok(None) => break,
-                    Err(_) => {
-                        self.stats.host_errors += 1;
-                        break;
-                    }
-                },
-            };
-            if len == 0 || len > MAX_FRAME || (len > PAGE_SIZE && !self.front_sg) {
-                self.stats.rx_dropped += 1;
-                continue;
-            }
-            let need = slots_for(len);
             let avail = match self.rx.unconsumed_requests() {
                 Ok(n) => n as usize,
                 Err(e) => return Err(self.trip(e)),
             };
-            if avail < need {
-                self.pending = Some(len);
-                break;
+            match self.pending.take() {
+                Some(Pending::InBuf(len)) => {
+                    if avail < slots_for(len) {
+                        self.pending = Some(Pending::InBuf(len));
+                        break;
+                    }
+                    let Some(frame) = self.rxbuf.get(..len).filter(|_| self.fits(len)) else {
+                        self.stats.rx_dropped += 1;
+                        continue;
+                    };
+                    work = true;
+                    match deliver(&mut self.rx, &self.importer, self.frontend, frame) {
+                        Ok(ok) => self.count_rx(len, ok),
+                        Err(e) => return Err(self.trip(e)),
+                    }
+                    continue;
+                }
+                Some(Pending::InHost(len)) if avail < slots_for(len) => {
+                    self.pending = Some(Pending::InHost(len));
+                    break;
+                }
+                _ => {}
             }
-            work = true;
-            self.deliver(len, need)?;
+            // The host hands over its own copy of the frame, grant-copied
+            // from there into the guest's pages (no copy into `rxbuf`).
+            let sg = self.front_sg;
+            let (rx, importer, frontend) = (&mut self.rx, &self.importer, self.frontend);
+            let mut delivered = None;
+            let offer = io.recv_with(&mut self.rxbuf, |frame| {
+                let len = frame.len();
+                if !Self::fits_sg(len, sg) {
+                    // Taken, and dropped (`delivered` stays `None`).
+                    return true;
+                }
+                if avail < slots_for(len) {
+                    return false;
+                }
+                delivered = Some(deliver(rx, importer, frontend, frame).map(|ok| (len, ok)));
+                true
+            });
+            match offer {
+                Err(_) => {
+                    self.stats.host_errors += 1;
+                    break;
+                }
+                Ok(Offer::Empty) => break,
+                Ok(Offer::Kept(len)) => {
+                    self.pending = Some(Pending::InHost(len));
+                    break;
+                }
+                Ok(Offer::InScratch(len)) => {
+                    self.pending = Some(Pending::InBuf(len));
+                    break;
+                }
+                Ok(Offer::Taken) => match delivered {
+                    None => self.stats.rx_dropped += 1,
+                    Some(Ok((len, ok))) => {
+                        work = true;
+                        self.count_rx(len, ok);
+                    }
+                    Some(Err(e)) => return Err(self.trip(e)),
+                },
+            }
         }
         if work {
             match self.rx.push_responses_and_check_notify() {
@@ -513,63 +653,15 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
         Ok(work)
     }
 
-    /// Copies the frame in `rxbuf[..len]` into `need` posted pages, as one
-    /// grant-copy batch built on the stack (no allocation per frame).
-    fn deliver(&mut self, len: usize, need: usize) -> Result<(), NetError> {
-        let mut all = [NetifRxRequest::default(); MAX_SLOTS];
-        let mut got = 0;
-        for slot in all.iter_mut().take(need) {
-            match self.rx.next_request() {
-                Ok(Some(r)) => *slot = r,
-                Ok(None) => break,
-                Err(e) => return Err(self.trip(e)),
-            }
-            got += 1;
-        }
-        let reqs = &all[..got];
-        let mut ops: [CopyOp<'_>; MAX_SLOTS] = core::array::from_fn(|_| unused_op());
-        for ((op, r), chunk) in ops
-            .iter_mut()
-            .zip(reqs)
-            .zip(self.rxbuf[..len].chunks(PAGE_SIZE))
-        {
-            *op = CopyOp {
-                src: CopySrc::Local(chunk),
-                dst: CopyDst::Grant(GrantPtr {
-                    dom: self.frontend,
-                    gref: GrantRef(r.gref),
-                    offset: 0,
-                }),
-                len: chunk.len() as u16,
-                status: GntSt::Okay,
-            };
-        }
-        let n = got.min(len.div_ceil(PAGE_SIZE));
-        let ok = got == need;
-        if ok {
-            self.importer.copy(&mut ops[..n]);
-        }
-        let ok = ok && ops[..n].iter().all(|o| o.status.is_ok());
-        if ok {
-            self.stats.rx_frames += 1;
-            self.stats.rx_bytes += len as u64;
-        } else {
-            self.stats.rx_dropped += 1;
-        }
-        let n = reqs.len();
-        for (i, r) in reqs.iter().enumerate() {
-            let chunk = (len - i * PAGE_SIZE).min(PAGE_SIZE);
-            let rsp = NetifRxResponse {
-                id: r.id,
-                offset: 0,
-                flags: if i + 1 < n { NETRXF_MORE_DATA } else { 0 },
-                status: if ok { chunk as i16 } else { NETIF_RSP_ERROR },
-            };
-            if let Err(e) = self.rx.push_response(&rsp) {
-                return Err(self.trip(e));
-            }
-        }
-        Ok(())
+    /// Whether a host frame of `len` bytes can go to this front end.
+    fn fits(&self, len: usize) -> bool {
+        Self::fits_sg(len, self.front_sg)
+    }
+
+    /// Whether a host frame of `len` bytes can go to a front end with
+    /// (`sg`) or without scatter-gather.
+    fn fits_sg(len: usize, sg: bool) -> bool {
+        len != 0 && len <= MAX_FRAME && (len <= PAGE_SIZE || sg)
     }
 
     /// Sleeps until the front end or the [`Doorbell`] signals (or `timeout`;
@@ -582,7 +674,7 @@ impl<M: ForeignMapper, E: EventChannels> Netback<M, E> {
             Ok(false) => {}
             Err(e) => return Err(self.trip(e)),
         }
-        if let Some(len) = self.pending {
+        if let Some(len) = self.pending.map(Pending::len) {
             // Ask to be woken once enough rx pages are posted for the frame.
             let need = slots_for(len) as u32;
             match self.rx.final_check_for_requests_at_least(need) {

@@ -3,15 +3,20 @@
 //! [`Netfront`] owns its two ring pages and every data page it has granted.
 //! Each page granted to the back end is a [`Share`] recorded in an
 //! [`Outstanding`] tracker under the request's id, so a response can only
-//! retire a page that is really in flight. Retiring is revoking: the share is
-//! [`Share::try_unshare`]d and only a successful revocation returns the page
-//! to the private pool (to be zeroed and re-granted by the grant API). A back
-//! end that still holds the page gets it quarantined and the device broken.
+//! retire a page that is really in flight. Retiring a tx page is revoking:
+//! the share is [`Share::try_unshare`]d and only a successful revocation
+//! returns the page to the private pool (to be zeroed and re-granted by the
+//! grant API). A back end that still holds the page gets it quarantined and
+//! the device broken.
 //!
 //! Sending grants `ceil(len / 4096)` pages read-only and posts one tx chain;
 //! receiving keeps up to [`NetfrontConfig::rx_buffers`] writable pages posted
-//! and reassembles `more_data` chains, reading each fragment from the page
-//! after it was revoked.
+//! and reassembles `more_data` chains, copying each fragment out of its page
+//! once. An answered rx page stays granted to the back end and is posted
+//! again as it is (a persistent grant: it only ever holds what that back end
+//! wrote), unless the grant table shows the back end still mapping it, in
+//! which case it is revoked like a tx page. Rx pages are revoked on
+//! [`Netfront::release`] and [`Netfront::rebuild`].
 
 use crate::mem::SharedMem;
 use alloc::collections::VecDeque;
@@ -20,6 +25,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use xenshare_abi::grant::{GTF_READING, GTF_WRITING};
 use xenshare_abi::netif::{
     NETIF_RSP_DROPPED, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_CSUM_BLANK, NETRXF_DATA_VALIDATED,
     NETRXF_MORE_DATA, NETTXF_MORE_DATA,
@@ -95,7 +101,11 @@ pub struct CloseReport {
 /// A frame being reassembled from an rx chain.
 #[derive(Debug, Default)]
 struct Partial {
+    /// The frame's buffer: its first `len` bytes are the frame so far; the
+    /// rest are left over from an earlier frame (this side's own memory,
+    /// overwritten or cut off before the frame is handed out).
     data: Vec<u8>,
+    len: usize,
     slots: usize,
     failed: bool,
     /// The first slot said the checksum is left to us (NETRXF_csum_blank).
@@ -106,7 +116,15 @@ struct Partial {
 const POOL_MAX: usize = 512;
 
 /// Most frame buffers kept from [`Netfront::recycle_frame`].
-const FRAME_POOL_MAX: usize = 32;
+const FRAME_POOL_MAX: usize = 64;
+
+/// Largest capacity of a frame buffer kept for reuse.
+const FRAME_BUF_MAX: usize = 2 * MAX_FRAME;
+
+/// Most received frames held for [`Netfront::recv`]: reaping stops there
+/// (the rest wait on the ring), so a back end answering as fast as pages
+/// are re-posted cannot make one call queue frames without bound.
+const READY_MAX: usize = 64;
 
 /// A netif front end.
 pub struct Netfront<B: GrantBackend, E: EventChannels> {
@@ -114,6 +132,12 @@ pub struct Netfront<B: GrantBackend, E: EventChannels> {
     rx: RxRing<B>,
     tx_inflight: Outstanding<Share<B>>,
     rx_inflight: Outstanding<Share<B>>,
+    /// Answered rx pages, still granted to the back end: posted again
+    /// without a new grant (at most `rx_buffers` of them).
+    rx_spare: Vec<Share<B>>,
+    /// A tx frame's pages between granting and posting (empty between
+    /// calls; kept for its capacity).
+    stage: Vec<(Share<B>, usize)>,
     pool: Vec<B::Pages>,
     exporter: Exporter<B>,
     chan: Channel<E>,
@@ -165,6 +189,8 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         let mut nf = Self {
             tx_inflight: Outstanding::new(tx.size() as usize),
             rx_inflight: Outstanding::new(rx.size() as usize),
+            rx_spare: Vec::new(),
+            stage: Vec::with_capacity(MAX_SLOTS),
             tx,
             rx,
             pool: Vec::new(),
@@ -262,12 +288,13 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         self.latch.trip(e.into())
     }
 
-    /// A zeroed page granted to the back end: from the pool if possible.
-    fn fresh_share(&mut self, access: Access) -> Result<Share<B>, NetError> {
+    /// A page granted to the back end holding `data` (at most a page) and
+    /// zeros after it: from the pool if possible.
+    fn fresh_share(&mut self, access: Access, data: &[u8]) -> Result<Share<B>, NetError> {
         match self.pool.pop() {
             Some(p) => self
                 .exporter
-                .share_pages(self.backend, p, access)
+                .share_pages_with(self.backend, p, access, data)
                 .map_err(|(e, p)| {
                     self.pool.extend(p);
                     NetError::from(e)
@@ -275,9 +302,25 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             None => {
                 let s = self.exporter.share(self.backend, 1, access)?;
                 self.stats.pages_allocated += 1;
+                s.mem().write(0, data).map_err(RingError::from)?;
                 Ok(s)
             }
         }
+    }
+
+    /// Whether the back end maps `share`'s page (or is copying into it)
+    /// right now, as far as the platform shows: `GTF_reading` /
+    /// `GTF_writing` on its grant entry. A platform without a table view
+    /// (Linux's gntalloc) shows nothing.
+    fn peer_holds(&self, share: &Share<B>) -> bool {
+        let Some(table) = self.exporter.table() else {
+            return false;
+        };
+        share.refs().iter().any(|&r| {
+            table
+                .entry(r)
+                .is_some_and(|e| e.flags & (GTF_READING | GTF_WRITING) != 0)
+        })
     }
 
     /// Revokes a share whose response arrived: its pages if they came back
@@ -319,14 +362,22 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         if self.tx_room() < n {
             return Err(NetError::TxFull);
         }
-        // All pages first: a failure here leaves nothing half-posted.
-        let mut shares = Vec::with_capacity(n);
+        // All pages first: a failure here leaves nothing half-posted. They
+        // wait in a vector kept from frame to frame (no allocation).
+        let mut shares = core::mem::take(&mut self.stage);
+        shares.clear();
         for chunk in frame.chunks(PAGE_SIZE) {
-            let s = self.fresh_share(Access::ReadOnly)?;
-            s.mem().write(0, chunk).map_err(RingError::from)?;
-            shares.push((s, chunk.len()));
+            match self.fresh_share(Access::ReadOnly, chunk) {
+                Ok(s) => shares.push((s, chunk.len())),
+                Err(e) => {
+                    // Not posted: revoked as they drop.
+                    shares.clear();
+                    self.stage = shares;
+                    return Err(e);
+                }
+            }
         }
-        for (i, (share, chunk_len)) in shares.into_iter().enumerate() {
+        for (i, (share, chunk_len)) in shares.drain(..).enumerate() {
             let gref = share.refs().first().copied().unwrap_or(GrantRef(0));
             let id = match self.tx_inflight.start(OP, share) {
                 Ok(id) => id,
@@ -344,6 +395,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
                 return Err(self.trip(e));
             }
         }
+        self.stage = shares;
         match self.tx.push_requests_and_check_notify() {
             Ok(true) => self.chan.notify()?,
             Ok(false) => {}
@@ -399,6 +451,9 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             {
                 self.refill()?;
             }
+            if self.ready.len() >= READY_MAX && self.partial.slots == 0 {
+                break;
+            }
             let rsp = match self.rx.next_response() {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
@@ -408,20 +463,24 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
                 Ok(s) => s,
                 Err(e) => return Err(self.trip(e)),
             };
-            // Copy once, then revoke: the data is read while the grant is
-            // still ours to read, which works on platforms that retire
-            // revoked memory too; only the private copy is looked at after.
+            // Copy once; only the private copy is looked at after.
             let r = self.take_fragment(&rsp, share.mem());
-            let pages = match self.revoke(share) {
-                Ok(p) => p,
-                Err(e) => {
-                    // The back end kept the page: nothing read from it is
-                    // delivered.
-                    self.partial = Partial::default();
-                    return Err(e);
-                }
-            };
-            self.recycle(pages);
+            if self.peer_holds(&share) {
+                // The back end still maps the page after answering for it:
+                // revoked, or quarantined and the device broken.
+                let pages = match self.revoke(share) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Nothing read from a kept page is delivered.
+                        self.partial = Partial::default();
+                        return Err(e);
+                    }
+                };
+                self.recycle(pages);
+            } else {
+                // Posted again as it is, still granted to the same back end.
+                self.rx_spare.push(share);
+            }
             if let Some(data) = r? {
                 self.stats.rx_frames += 1;
                 self.stats.rx_bytes += data.len() as u64;
@@ -463,11 +522,14 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             // frames, faults in fresh pages every time. Four pages hold a
             // jumbo frame; a larger one doubles from there (reserving a
             // whole MAX_FRAME for every multi-slot frame halved the rate of
-            // 9000-byte frames).
+            // 9000-byte frames). A buffer from the pool keeps its length:
+            // its old bytes are overwritten, not zeroed first, and what is
+            // left of them past the frame is cut off before it is handed out.
             let mut data = self.frame_pool.pop().unwrap_or_default();
-            data.clear();
-            data.reserve(if more { 4 * PAGE_SIZE } else { PAGE_SIZE });
+            let want = if more { 4 * PAGE_SIZE } else { PAGE_SIZE };
+            data.reserve(want.saturating_sub(data.len()));
             self.partial.data = data;
+            self.partial.len = 0;
         }
         self.partial.slots += 1;
         if self.partial.slots > MAX_SLOTS {
@@ -480,19 +542,24 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             if off + size > PAGE_SIZE {
                 return Err(self.trip(bad("offset + size beyond the page")));
             }
-            let have = self.partial.data.len();
+            let have = self.partial.len;
             if have + size > MAX_FRAME {
                 return Err(self.trip(bad("frame longer than the largest frame")));
             }
-            self.partial.data.resize(have + size, 0);
-            let r = mem.read(off, &mut self.partial.data[have..]);
+            let data = &mut self.partial.data;
+            if data.len() < have + size {
+                data.resize(have + size, 0);
+            }
+            let r = mem.read(off, &mut data[have..have + size]);
             if let Err(e) = r {
                 return Err(self.trip(RingError::from(e)));
             }
+            self.partial.len = have + size;
         }
         if !more {
             let p = core::mem::take(&mut self.partial);
             let mut data = p.data;
+            data.truncate(p.len);
             if p.failed
                 || data.is_empty()
                 || (p.csum_blank && super::csum::complete(&mut data).is_err())
@@ -510,9 +577,13 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
     fn refill(&mut self) -> Result<(), NetError> {
         let mut posted = false;
         while self.rx_inflight.in_flight() < self.cfg.rx_buffers && self.rx.free_requests() > 0 {
-            // Out of grant refs or memory: post fewer, try again later.
-            let Ok(share) = self.fresh_share(Access::ReadWrite) else {
-                break;
+            let share = match self.rx_spare.pop() {
+                Some(s) => s,
+                None => match self.fresh_share(Access::ReadWrite, &[]) {
+                    Ok(s) => s,
+                    // Out of grant refs or memory: post fewer, try later.
+                    Err(_) => break,
+                },
             };
             let gref = share.refs().first().copied().unwrap_or(GrantRef(0));
             let id = match self.rx_inflight.start(OP, share) {
@@ -556,10 +627,10 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
     }
 
     /// Gives a frame [`Netfront::recv`] returned back for reuse: the next
-    /// frames are assembled in it instead of a fresh allocation (a few are
-    /// kept; more are freed).
+    /// frames are assembled in it instead of a fresh allocation (up to 64
+    /// buffers of up to 128 KiB are kept; others are freed).
     pub fn recycle_frame(&mut self, frame: Vec<u8>) {
-        if self.frame_pool.len() < FRAME_POOL_MAX {
+        if self.frame_pool.len() < FRAME_POOL_MAX && frame.capacity() <= FRAME_BUF_MAX {
             self.frame_pool.push(frame);
         }
     }
@@ -629,6 +700,9 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         for (_, _, s) in self.rx_inflight.drain() {
             back.extend(Self::give_back(s, &mut report));
         }
+        for s in core::mem::take(&mut self.rx_spare) {
+            back.extend(Self::give_back(s, &mut report));
+        }
         for p in back {
             self.recycle(Some(p));
         }
@@ -672,6 +746,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             rx,
             mut tx_inflight,
             mut rx_inflight,
+            rx_spare,
             chan,
             ..
         } = self;
@@ -687,6 +762,9 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             give_back(s);
         }
         for (_, _, s) in rx_inflight.drain() {
+            give_back(s);
+        }
+        for s in rx_spare {
             give_back(s);
         }
         give_back(tx.into_memory());

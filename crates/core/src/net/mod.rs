@@ -14,14 +14,20 @@
 //!   grant-copies a host frame into as many of them as it needs and answers
 //!   each slot in order (`NETRXF_more_data` chains multi-page frames).
 //!
-//! Every page is owned by a [`Share`](crate::grant::Share) that is
+//! Every page is owned by a [`Share`](crate::grant::Share). A tx page is
 //! revoked when its response arrives. Revocation is the check that the back
 //! end let go: if it still maps the page (MSA02 / XSA-396), the share goes to
 //! quarantine and the front end becomes *broken* — the page is never reused
 //! and no further I/O is attempted. Pages that did come back are kept in a
-//! private pool and re-granted (zeroed by the grant API) for later frames;
-//! received data is read only *after* revocation, when the back end can no
-//! longer change it.
+//! private pool and re-granted (zeroed by the grant API) for later frames.
+//! An rx page holds only what the back end wrote into it, so, as a
+//! persistent grant, it is posted again still granted to the same back end
+//! (no new grant, no zeroing) — unless the grant table shows the back end
+//! still mapping it after its response, which is revoked (or quarantined,
+//! breaking the device) as a tx page is. Rx pages are revoked when the
+//! device closes or moves to another back end, and never hold anything else
+//! while granted. Received data is copied out of the page once and only
+//! that private copy is looked at.
 //!
 //! Defensive rules on both ends: each ring slot is copied once
 //! ([`crate::ring`]); the peer's producer index is validated; response ids
@@ -108,6 +114,73 @@ pub trait FrameIo {
     /// ready. Must not block. A host frame longer than `buf` is dropped by
     /// the implementation.
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Self::Error>;
+
+    /// Delivers one frame of `len` bytes that `fill` writes, or nothing if
+    /// `fill` returns `false` (then `Ok(false)`).
+    ///
+    /// The back end's grant copy is `fill`: a host with frame buffers of its
+    /// own lets it write straight into one, which saves the copy
+    /// [`FrameIo::send`] makes. The default fills `scratch` (the back end's
+    /// own buffer, at least `len` bytes) and passes it to
+    /// [`FrameIo::send`] (with a `scratch` shorter than `len`, nothing is
+    /// sent). A host that has no room may still call `fill` (for its
+    /// verdict on the frame) before it fails.
+    fn send_with(
+        &mut self,
+        len: usize,
+        scratch: &mut [u8],
+        fill: impl FnOnce(&mut [u8]) -> bool,
+    ) -> Result<bool, Self::Error> {
+        // `scratch` is the back end's frame buffer, never shorter than a
+        // frame it forwards; a shorter one sends nothing.
+        let Some(buf) = scratch.get_mut(..len) else {
+            return Ok(false);
+        };
+        if !fill(buf) {
+            return Ok(false);
+        }
+        self.send(buf).map(|()| true)
+    }
+
+    /// Offers the next host frame to `take`, which returns whether it took
+    /// it (`false`: no room for it in the guest yet).
+    ///
+    /// A host that queues frames hands `take` the queued bytes themselves
+    /// and keeps a declined frame first in line ([`Offer::Kept`]), which
+    /// saves the copy [`FrameIo::recv`] makes. The default receives into
+    /// `scratch` (the back end's own buffer, at least [`MAX_FRAME`] bytes);
+    /// a frame declined there is the back end's to keep
+    /// ([`Offer::InScratch`]).
+    fn recv_with(
+        &mut self,
+        scratch: &mut [u8],
+        take: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<Offer, Self::Error> {
+        let Some(n) = self.recv(scratch)? else {
+            return Ok(Offer::Empty);
+        };
+        let n = n.min(scratch.len());
+        Ok(if take(&scratch[..n]) {
+            Offer::Taken
+        } else {
+            Offer::InScratch(n)
+        })
+    }
+}
+
+/// What [`FrameIo::recv_with`] did with the next host frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// No frame was waiting.
+    Empty,
+    /// The frame was taken (delivered or dropped by the taker).
+    Taken,
+    /// The frame of this length was declined; the host keeps it first in
+    /// line and offers it again next time.
+    Kept(usize),
+    /// The frame was declined and is now in the first this many bytes of
+    /// the caller's scratch buffer: the host no longer has it.
+    InScratch(usize),
 }
 
 /// A MAC address (`mac` key, colon hex).
@@ -270,6 +343,64 @@ mod tests {
         ] {
             assert_eq!(Mac::parse(bad), None, "{bad:?}");
         }
+    }
+
+    /// A host with only `send` and `recv`: the trait's defaults.
+    #[derive(Default)]
+    struct Plain {
+        sent: alloc::vec::Vec<alloc::vec::Vec<u8>>,
+        queued: alloc::vec::Vec<alloc::vec::Vec<u8>>,
+    }
+
+    impl FrameIo for Plain {
+        type Error = &'static str;
+        fn send(&mut self, frame: &[u8]) -> Result<(), &'static str> {
+            self.sent.push(frame.to_vec());
+            Ok(())
+        }
+        fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, &'static str> {
+            let Some(f) = self.queued.pop() else {
+                return Ok(None);
+            };
+            buf[..f.len()].copy_from_slice(&f);
+            Ok(Some(f.len()))
+        }
+    }
+
+    #[test]
+    fn default_send_with_fills_scratch_and_sends_only_what_was_filled() {
+        let mut h = Plain::default();
+        let mut scratch = [0u8; 8];
+        let filled = |b: &mut [u8]| {
+            b.fill(9);
+            true
+        };
+        assert_eq!(h.send_with(3, &mut scratch, filled), Ok(true));
+        assert_eq!(h.send_with(3, &mut scratch, |_| false), Ok(false));
+        // A scratch buffer shorter than the frame: nothing is sent.
+        assert_eq!(h.send_with(9, &mut scratch, |_| true), Ok(false));
+        assert_eq!(h.sent, [alloc::vec![9u8; 3]]);
+    }
+
+    #[test]
+    fn default_recv_with_leaves_a_declined_frame_in_scratch() {
+        let mut h = Plain::default();
+        let mut scratch = [0u8; 8];
+        assert_eq!(h.recv_with(&mut scratch, |_| true), Ok(Offer::Empty));
+        h.queued.push(alloc::vec![1, 2, 3]);
+        assert_eq!(
+            h.recv_with(&mut scratch, |_| false),
+            Ok(Offer::InScratch(3))
+        );
+        assert_eq!(scratch[..3], [1, 2, 3]);
+        h.queued.push(alloc::vec![4, 5]);
+        let mut got = alloc::vec::Vec::new();
+        let take = |f: &[u8]| {
+            got.extend_from_slice(f);
+            true
+        };
+        assert_eq!(h.recv_with(&mut scratch, take), Ok(Offer::Taken));
+        assert_eq!(got, [4, 5]);
     }
 
     #[test]

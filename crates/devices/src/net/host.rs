@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use xenshare::net::FrameIo;
+use xenshare::net::{FrameIo, Offer};
 
 /// Called when a frame arrives for the back end.
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
@@ -32,8 +32,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// (glibc's `rep movsb` on this class of CPU).
 const FRAME_ALIGN: usize = 64;
 
-/// Spare buffers a queue keeps for reuse (each up to a frame's size).
-const SPARE_MAX: usize = 64;
+/// Spare buffers a queue keeps for reuse (each up to a frame's size, so
+/// at most about 8 MiB): enough for a burst of 128 frames in a row.
+const SPARE_MAX: usize = 128;
 
 /// One queued frame: `len` bytes at `off` in `buf`.
 struct Frame {
@@ -47,10 +48,9 @@ impl Frame {
         &self.buf[self.off..self.off + self.len]
     }
 
-    /// A copy of `src` in `buf` (a spare or a new one), at a 64-byte aligned
-    /// offset.
-    fn copy_of(mut buf: Vec<u8>, src: &[u8]) -> Self {
-        let len = src.len();
+    /// Room for `len` bytes in `buf` (a spare or a new one), at a 64-byte
+    /// aligned offset; the bytes are whatever `buf` held.
+    fn room(mut buf: Vec<u8>, len: usize) -> Self {
         if buf.capacity() < len + FRAME_ALIGN {
             buf.reserve(len + FRAME_ALIGN - buf.len());
         }
@@ -59,8 +59,19 @@ impl Frame {
         if buf.len() < off + len {
             buf.resize(off + len, 0);
         }
-        buf[off..off + len].copy_from_slice(src);
         Self { buf, off, len }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+
+    /// A copy of `src` in `buf` (a spare or a new one), at a 64-byte aligned
+    /// offset.
+    fn copy_of(buf: Vec<u8>, src: &[u8]) -> Self {
+        let mut f = Self::room(buf, src.len());
+        f.bytes_mut().copy_from_slice(src);
+        f
     }
 }
 
@@ -128,6 +139,59 @@ impl FrameQueue {
     /// counted) if the queue is full.
     pub fn push_copy(&self, frame: &[u8]) -> bool {
         self.push_frame(|spare| Frame::copy_of(spare.pop().unwrap_or_default(), frame))
+    }
+
+    /// Appends a frame of `len` bytes that `fill` writes straight into a
+    /// queue buffer (a recycled one where one is spare), outside the lock.
+    /// `Ok(false)` if `fill` returned `false` (nothing queued); `Err` if the
+    /// queue is full (counted), after `fill` wrote `scratch` for its
+    /// verdict — `Ok(false)` if it was negative.
+    pub fn push_with(
+        &self,
+        len: usize,
+        scratch: &mut [u8],
+        fill: impl FnOnce(&mut [u8]) -> bool,
+    ) -> Result<bool, QueueFull> {
+        let spare = {
+            let mut q = lock(&self.slots);
+            (q.frames.len() < self.cap).then(|| q.spare.pop().unwrap_or_default())
+        };
+        let Some(spare) = spare else {
+            if scratch.get_mut(..len).is_some_and(|buf| !fill(buf)) {
+                return Ok(false);
+            }
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(QueueFull);
+        };
+        let mut frame = Frame::room(spare, len);
+        if !fill(frame.bytes_mut()) {
+            self.recycle(frame.buf);
+            return Ok(false);
+        }
+        if self.push_frame(|_| frame) {
+            Ok(true)
+        } else {
+            Err(QueueFull)
+        }
+    }
+
+    /// Hands the oldest frame, if any, to `take` without copying it; a
+    /// frame `take` declines (`false`) stays first in line. The queue
+    /// has one consumer: nothing else takes frames while `take` runs
+    /// (while it runs, producers may fill the queue to its capacity, so a
+    /// declined frame may make it one over).
+    pub fn offer(&self, take: impl FnOnce(&[u8]) -> bool) -> Offer {
+        let Some(frame) = self.take() else {
+            return Offer::Empty;
+        };
+        if take(frame.bytes()) {
+            self.recycle(frame.buf);
+            Offer::Taken
+        } else {
+            let len = frame.len;
+            lock(&self.slots).frames.push_front(frame);
+            Offer::Kept(len)
+        }
     }
 
     fn push_frame(&self, make: impl FnOnce(&mut Vec<Vec<u8>>) -> Frame) -> bool {
@@ -328,6 +392,26 @@ impl FrameIo for MemFrameIo {
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, QueueFull> {
         Ok(self.to_guest.pop_into(buf))
     }
+
+    /// Fills a queue buffer in place (the back end's grant copy lands in
+    /// it directly).
+    fn send_with(
+        &mut self,
+        len: usize,
+        scratch: &mut [u8],
+        fill: impl FnOnce(&mut [u8]) -> bool,
+    ) -> Result<bool, QueueFull> {
+        self.to_host.push_with(len, scratch, fill)
+    }
+
+    /// Offers the queued frame itself (the back end grant-copies from it).
+    fn recv_with(
+        &mut self,
+        _scratch: &mut [u8],
+        take: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<Offer, QueueFull> {
+        Ok(self.to_guest.offer(take))
+    }
 }
 
 impl HostFrames for MemFrameIo {
@@ -395,6 +479,59 @@ mod tests {
         assert!(q.push_copy(b"frame"));
         assert_eq!(q.pop().as_deref(), Some(&b"frame"[..]));
         assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn push_with_fills_an_aligned_queue_buffer_in_place_or_queues_nothing() {
+        let q = FrameQueue::new(2);
+        let mut scratch = [0u8; 16];
+        // Filled in place: the queued bytes are what `fill` wrote, aligned.
+        let r = q.push_with(100, &mut scratch, |b| {
+            assert_eq!(b.as_ptr() as usize % FRAME_ALIGN, 0);
+            b.fill(0x42);
+            true
+        });
+        assert_eq!(r, Ok(true));
+        assert_eq!(
+            scratch, [0; 16],
+            "scratch untouched when the queue has room"
+        );
+        // A refused fill queues nothing and keeps the buffer for reuse.
+        assert_eq!(q.push_with(10, &mut scratch, |_| false), Ok(false));
+        assert_eq!(q.len(), 1);
+        assert_eq!(lock(&q.slots).spare.len(), 1);
+        assert_eq!(q.pop_with(|f| f == [0x42; 100]), Some(true));
+        // Full: `fill` still gives its verdict (in `scratch`); a good frame
+        // is dropped and counted, a refused one is not counted.
+        assert!(q.push_copy(b"a") && q.push_copy(b"b"));
+        let r = q.push_with(8, &mut scratch, |b| {
+            b.fill(7);
+            true
+        });
+        assert_eq!(r, Err(QueueFull));
+        assert_eq!(scratch[..8], [7; 8]);
+        assert_eq!(q.dropped(), 1);
+        assert_eq!(q.push_with(8, &mut scratch, |_| false), Ok(false));
+        assert_eq!(q.dropped(), 1);
+    }
+
+    #[test]
+    fn offer_keeps_a_declined_frame_first_in_line() {
+        let q = FrameQueue::new(4);
+        assert_eq!(q.offer(|_| true), Offer::Empty);
+        assert!(q.push_copy(b"first") && q.push_copy(b"second"));
+        assert_eq!(q.offer(|f| f != b"first"), Offer::Kept(5));
+        assert_eq!(q.len(), 2);
+        let mut seen = Vec::new();
+        assert_eq!(
+            q.offer(|f| {
+                seen.extend_from_slice(f);
+                true
+            }),
+            Offer::Taken
+        );
+        assert_eq!(seen, b"first");
+        assert_eq!(q.pop().as_deref(), Some(&b"second"[..]));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::fs::{Mode, OFlags};
 use rustix::ioctl::{opcode, Opcode, Updater};
-use xenshare::net::{FrameIo, MAX_FRAME};
+use xenshare::net::{FrameIo, Offer, MAX_FRAME};
 
 use super::host::{FrameQueue, HostFrames, Waker};
 
@@ -212,6 +212,15 @@ impl FrameIo for TapIo {
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         Ok(self.queue.pop_into(buf))
+    }
+
+    /// Offers the queued frame itself (the back end grant-copies from it).
+    fn recv_with(
+        &mut self,
+        _scratch: &mut [u8],
+        take: impl FnOnce(&[u8]) -> bool,
+    ) -> io::Result<Offer> {
+        Ok(self.queue.offer(take))
     }
 }
 
