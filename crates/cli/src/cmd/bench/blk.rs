@@ -89,7 +89,11 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
     }
     let file = std::fs::File::open(path).map_err(|x| e(&x))?;
     let blocks = size / 4096;
-    let mut big = vec![0u8; 1 << 20];
+    // Page-aligned buffers on both sides: the kernel copies into a
+    // destination off a 64-byte line several times slower on this kind of
+    // machine, which made `pread`'s figure depend on where malloc put its
+    // buffer (300k or 700k IOPS from one build to the next).
+    let mut big = super::AlignedBuf::new(1 << 20, 0);
 
     // blkfront -> blkback on the emulator.
     let world = BlkWorld::new(guest_config()).map_err(|x| e(&x))?;
@@ -114,7 +118,7 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
     let qd = (a.qd as usize).min(info.ring_size as usize);
 
     let pread_iops = |n: u64, seed: u64| -> Res<f64> {
-        let mut buf = vec![0u8; 4096];
+        let mut buf = super::AlignedBuf::new(4096, 0);
         let mut rng = Rng(seed);
         let t = Instant::now();
         for _ in 0..n {
