@@ -142,6 +142,47 @@ fn no_lost_wakeup_blocking() {
     });
 }
 
+/// Batched wake-ups (`final_check_for_*_at_least`, used by blkfront's
+/// `wait_all`): the consumer asks to be woken only once `need` more entries
+/// are there (event index armed at `cons + need`), re-reads the producer
+/// and sleeps if fewer are there. The producer publishes one at a time, so
+/// only the push that reaches `cons + need` may notify; a lost wake-up
+/// leaves the consumer asleep forever and loom reports the deadlock.
+#[test]
+fn no_lost_wakeup_waiting_for_several() {
+    builder().check(|| {
+        let r = Arc::new(Ring::<4>::new(START));
+        let total = START.wrapping_add(3);
+        let p = {
+            let r = r.clone();
+            thread::spawn(move || {
+                let mut i = START;
+                while i != total {
+                    r.produce(&r.req, i, i.wrapping_add(1), request);
+                    i = i.wrapping_add(1);
+                }
+            })
+        };
+        let d = &r.req;
+        let mut cons = START;
+        while cons != total {
+            // Wait for two at a time, or for the last one.
+            let need = total.wrapping_sub(cons).min(2);
+            let mut prod = index::load_producer(&d.prod);
+            if prod.wrapping_sub(cons) < need {
+                index::arm_event(&d.event, cons.wrapping_add(need));
+                prod = index::load_producer(&d.prod);
+                if prod.wrapping_sub(cons) < need {
+                    d.doorbell.wait();
+                    continue;
+                }
+            }
+            r.consume(&mut cons, prod, request);
+        }
+        p.join().unwrap();
+    });
+}
+
 /// The same race without blocking, as an explicit assertion: when the
 /// consumer's final check says "nothing, sleep" at index `c`, the push that
 /// first published beyond `c` must have asked for a notification.
