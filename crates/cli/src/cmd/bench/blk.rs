@@ -156,6 +156,36 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
         }
         Ok(n as f64 / t.elapsed().as_secs_f64())
     };
+    // The split driver's floor: one thread `pread`s each block straight
+    // into a slot of a ring of `qd` pages (as the back end reads into a
+    // granted page), another copies it out (as the front end does), handed
+    // over through the bench's ideal SPSC ring. What is left between this
+    // and plain `pread` is what moving each block to the other core costs.
+    let handoff_iops = |n: u64, seed: u64| -> Res<f64> {
+        let (mut tx, mut rx) = super::vchan::spsc_ends(qd.next_power_of_two() * 4096);
+        let f = file.try_clone().map_err(|x| e(&x))?;
+        let t = Instant::now();
+        let reader = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut rng = Rng(seed);
+            for _ in 0..n {
+                tx.fill_with(4096, |page| f.read_exact_at(page, rng.below(blocks) * 4096))?;
+            }
+            Ok(())
+        });
+        let mut buf = super::AlignedBuf::new(4096, 0);
+        for _ in 0..n {
+            let mut got = 0;
+            while got < buf.len() {
+                got += rx.read(&mut buf[got..]);
+            }
+            black_box(&buf);
+        }
+        reader
+            .join()
+            .map_err(|_| "handoff reader panicked".to_string())?
+            .map_err(|x| e(&x))?;
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    };
     let mbps = |t: Instant| (a.passes * size) as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64();
 
     // Warm-up, then rounds with both sides back to back, so a busy
@@ -168,6 +198,7 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
         let seed = 0x9E37_79B9_7F4A_7C15 ^ round;
         let pread = pread_iops(a.ops, seed)?;
         let blk = blk_iops(&mut disk, a.ops, seed)?;
+        let handoff = handoff_iops(a.ops, seed)?;
         let t = Instant::now();
         for _ in 0..a.passes {
             for off in (0..size).step_by(1 << 20) {
@@ -187,6 +218,9 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
         st.add("blk_iops", blk);
         st.add("pread_iops", pread);
         st.add("iops_ratio", blk / pread);
+        st.add("handoff_iops", handoff);
+        st.add("iops_vs_handoff", blk / handoff);
+        st.add("handoff_vs_pread", handoff / pread);
         st.add("blk_seq_mbps", blk_seq);
         st.add("pread_seq_mbps", pread_seq);
         st.add("seq_ratio", blk_seq / pread_seq);
@@ -231,6 +265,15 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
             g("pread_iops", 10)
         );
         println!("  ratio                               {}x", r("iops_ratio"));
+        println!(
+            "  4 KiB random read, pread + hand-off {} IOPS  (to another thread through an ideal ring)",
+            g("handoff_iops", 10)
+        );
+        println!(
+            "  blkfront / hand-off                 {}x   hand-off / pread {}x",
+            r("iops_vs_handoff"),
+            r("handoff_vs_pread")
+        );
         println!(
             "  1 MiB sequential read, blkfront     {} MiB/s",
             g("blk_seq_mbps", 10)

@@ -262,20 +262,50 @@ impl Spsc {
 }
 
 /// The producer's end, with its private index and cached consumer index.
-struct SpscTx {
+pub(super) struct SpscTx {
     q: Arc<Spsc>,
     prod: usize,
     seen_cons: usize,
 }
 
 /// The consumer's end, with its private index and cached producer index.
-struct SpscRx {
+pub(super) struct SpscRx {
     q: Arc<Spsc>,
     cons: usize,
     seen_prod: usize,
 }
 
 impl SpscTx {
+    /// Waits for `n` bytes of room in one piece (`n` divides the ring
+    /// size, so a piece never wraps), lets `f` fill them in place (as a
+    /// back end's `pread` fills a granted page), then publishes them.
+    pub(super) fn fill_with<E>(
+        &mut self,
+        n: usize,
+        f: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let size = self.q.len();
+        assert!(n > 0 && size.is_multiple_of(n) && self.prod.is_multiple_of(n));
+        let mut spins = 0;
+        while size - (self.prod - self.seen_cons) < n {
+            self.seen_cons = self.q.cons.0.load(Ordering::Acquire);
+            if size - (self.prod - self.seen_cons) < n {
+                backoff(&mut spins);
+            }
+        }
+        let idx = self.prod & (size - 1);
+        // SAFETY: idx + n <= size (n divides size and prod is a multiple of
+        // n), and [prod, prod + n) is free space that only the producer
+        // touches until it publishes it below (the consumer published it
+        // free with a release store, read above with acquire); the slice
+        // does not outlive this call.
+        let piece = unsafe { std::slice::from_raw_parts_mut(self.q.base().add(idx), n) };
+        f(piece)?;
+        self.prod += n;
+        self.q.prod.0.store(self.prod, Ordering::Release);
+        Ok(())
+    }
+
     fn write(&mut self, data: &[u8]) {
         let size = self.q.len();
         let mut spins = 0;
@@ -312,7 +342,7 @@ impl SpscTx {
 }
 
 impl SpscRx {
-    fn read(&mut self, out: &mut [u8]) -> usize {
+    pub(super) fn read(&mut self, out: &mut [u8]) -> usize {
         let size = self.q.len();
         let mut spins = 0;
         loop {
@@ -357,7 +387,7 @@ fn backoff(spins: &mut u32) {
 unsafe impl Sync for Spsc {}
 
 /// Both ends of one ideal ring.
-fn spsc_ends(ring: usize) -> (SpscTx, SpscRx) {
+pub(super) fn spsc_ends(ring: usize) -> (SpscTx, SpscRx) {
     assert!(ring.is_power_of_two());
     let q = Spsc::new(ring);
     let tx = SpscTx {
