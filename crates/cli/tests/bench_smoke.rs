@@ -33,9 +33,7 @@ fn number(json: &str, key: &str) -> f64 {
         .find(&pat)
         .unwrap_or_else(|| panic!("{key} missing from {json}"))
         + pat.len();
-    let end = json[at..]
-        .find([',', '}'])
-        .map_or(json.len(), |i| at + i);
+    let end = json[at..].find([',', '}']).map_or(json.len(), |i| at + i);
     json[at..end]
         .trim()
         .parse()

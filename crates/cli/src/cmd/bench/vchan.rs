@@ -231,9 +231,21 @@ struct Padded(AtomicUsize);
 /// (batching), and `memcpy` between aligned buffers for the data.
 struct Spsc {
     pages: Box<[Page]>,
-    prod: Padded,
-    cons: Padded,
+    idx: Indices,
 }
+
+/// Where a ring's producer and consumer index live.
+enum Indices {
+    /// Each on a cache-line pair of its own (the ideal).
+    Own { prod: Padded, cons: Padded },
+    /// Both rings' indices of a duplex pair in one shared cache line, as
+    /// libxenvchan's wire layout has them (`slot` picks this ring's pair).
+    Shared { line: Arc<SharedLine>, slot: usize },
+}
+
+/// Four indices in one cache line: two rings' producer and consumer.
+#[repr(align(64))]
+struct SharedLine([AtomicUsize; 4]);
 
 /// One page of ring memory, page-aligned.
 #[repr(C, align(4096))]
@@ -241,13 +253,36 @@ struct Page(UnsafeCell<[u8; 4096]>);
 
 impl Spsc {
     fn new(size: usize) -> Arc<Self> {
+        Self::with_indices(
+            size,
+            Indices::Own {
+                prod: Padded(AtomicUsize::new(0)),
+                cons: Padded(AtomicUsize::new(0)),
+            },
+        )
+    }
+
+    fn with_indices(size: usize, idx: Indices) -> Arc<Self> {
         Arc::new(Self {
             pages: (0..size.div_ceil(4096))
                 .map(|_| Page(UnsafeCell::new([0; 4096])))
                 .collect(),
-            prod: Padded(AtomicUsize::new(0)),
-            cons: Padded(AtomicUsize::new(0)),
+            idx,
         })
+    }
+
+    fn prod(&self) -> &AtomicUsize {
+        match &self.idx {
+            Indices::Own { prod, .. } => &prod.0,
+            Indices::Shared { line, slot } => &line.0[2 * slot],
+        }
+    }
+
+    fn cons(&self) -> &AtomicUsize {
+        match &self.idx {
+            Indices::Own { cons, .. } => &cons.0,
+            Indices::Shared { line, slot } => &line.0[2 * slot + 1],
+        }
     }
 
     fn len(&self) -> usize {
@@ -288,7 +323,7 @@ impl SpscTx {
         assert!(n > 0 && size.is_multiple_of(n) && self.prod.is_multiple_of(n));
         let mut spins = 0;
         while size - (self.prod - self.seen_cons) < n {
-            self.seen_cons = self.q.cons.0.load(Ordering::Acquire);
+            self.seen_cons = self.q.cons().load(Ordering::Acquire);
             if size - (self.prod - self.seen_cons) < n {
                 backoff(&mut spins);
             }
@@ -302,7 +337,7 @@ impl SpscTx {
         let piece = unsafe { std::slice::from_raw_parts_mut(self.q.base().add(idx), n) };
         f(piece)?;
         self.prod += n;
-        self.q.prod.0.store(self.prod, Ordering::Release);
+        self.q.prod().store(self.prod, Ordering::Release);
         Ok(())
     }
 
@@ -313,7 +348,7 @@ impl SpscTx {
         while done < data.len() {
             let mut space = size - (self.prod - self.seen_cons);
             if space < data.len() - done {
-                self.seen_cons = self.q.cons.0.load(Ordering::Acquire);
+                self.seen_cons = self.q.cons().load(Ordering::Acquire);
                 space = size - (self.prod - self.seen_cons);
             }
             if space == 0 {
@@ -334,10 +369,10 @@ impl SpscTx {
             done += n;
             if done < data.len() {
                 // Wrapped: publish the first part before waiting for room.
-                self.q.prod.0.store(self.prod, Ordering::Release);
+                self.q.prod().store(self.prod, Ordering::Release);
             }
         }
-        self.q.prod.0.store(self.prod, Ordering::Release);
+        self.q.prod().store(self.prod, Ordering::Release);
     }
 }
 
@@ -348,7 +383,7 @@ impl SpscRx {
         loop {
             let mut ready = self.seen_prod - self.cons;
             if ready < out.len() {
-                self.seen_prod = self.q.prod.0.load(Ordering::Acquire);
+                self.seen_prod = self.q.prod().load(Ordering::Acquire);
                 ready = self.seen_prod - self.cons;
             }
             if ready == 0 {
@@ -362,7 +397,7 @@ impl SpscRx {
             // not written again until the consumer publishes it free below.
             unsafe { std::ptr::copy_nonoverlapping(self.q.base().add(idx), out.as_mut_ptr(), n) };
             self.cons += n;
-            self.q.cons.0.store(self.cons, Ordering::Release);
+            self.q.cons().store(self.cons, Ordering::Release);
             return n;
         }
     }
@@ -389,7 +424,11 @@ unsafe impl Sync for Spsc {}
 /// Both ends of one ideal ring.
 pub(super) fn spsc_ends(ring: usize) -> (SpscTx, SpscRx) {
     assert!(ring.is_power_of_two());
-    let q = Spsc::new(ring);
+    ends_of(Spsc::new(ring))
+}
+
+/// The two ends of ring `q`.
+fn ends_of(q: Arc<Spsc>) -> (SpscTx, SpscRx) {
     let tx = SpscTx {
         q: q.clone(),
         prod: 0,
@@ -415,6 +454,25 @@ impl SpscDuplex {
     fn pair(ring: usize) -> (Self, Self) {
         let (atx, brx) = spsc_ends(ring);
         let (btx, arx) = spsc_ends(ring);
+        (Self { tx: atx, rx: arx }, Self { tx: btx, rx: brx })
+    }
+
+    /// The same pair with all four indices in one cache line, as a vchan's
+    /// control page has them: what that layout alone costs a round trip.
+    fn pair_shared_line(ring: usize) -> (Self, Self) {
+        assert!(ring.is_power_of_two());
+        let line = Arc::new(SharedLine(std::array::from_fn(|_| AtomicUsize::new(0))));
+        let ring_at = |slot| {
+            Spsc::with_indices(
+                ring,
+                Indices::Shared {
+                    line: line.clone(),
+                    slot,
+                },
+            )
+        };
+        let (atx, brx) = ends_of(ring_at(0));
+        let (btx, arx) = ends_of(ring_at(1));
         (Self { tx: atx, rx: arx }, Self { tx: btx, rx: brx })
     }
 }
@@ -545,6 +603,10 @@ pub fn run(a: VchanArgs) -> Res<()> {
         let (x, y) = SpscDuplex::pair(4096);
         let ideal = rtt(x, y, 64, a.round_trips)?;
         st.add("spsc_rtt_us", ideal.p50);
+        let (x, y) = SpscDuplex::pair_shared_line(4096);
+        let packed = rtt(x, y, 64, a.round_trips)?;
+        st.add("spsc_one_line_rtt_us", packed.p50);
+        st.add("rtt_vs_spsc_one_line", v.p50 / packed.p50);
         st.add("rtt_vs_socketpair", v.p50 / sp.p50);
         st.add("rtt_vs_spsc", v.p50 / ideal.p50);
         st.add("spsc_rtt_vs_socketpair", ideal.p50 / sp.p50);
@@ -618,6 +680,11 @@ pub fn run(a: VchanArgs) -> Res<()> {
         "  ideal SPSC ring  {}   vchan/ideal      {}",
         g("spsc_rtt_us").show(7, 2),
         g("rtt_vs_spsc").show(5, 2)
+    );
+    println!(
+        "  ideal, indices in one line {} vchan/that {}",
+        g("spsc_one_line_rtt_us").show(7, 2),
+        g("rtt_vs_spsc_one_line").show(5, 2)
     );
     if !sweep.is_empty() {
         println!("vchan stream throughput sweep (GB/s, one run): ring order x write size");
