@@ -6,20 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use xenshare::{Access, GrantRef};
-use xenshare_sim::{DomainConfig, Hypervisor};
+use xenshare_testkit::small_granter_and_peer;
 
 const ROUNDS: u32 = 3000;
 
 #[test]
 fn revoke_never_succeeds_while_mapped() {
-    let hv = Hypervisor::new();
-    let guest = hv
-        .create_domain(DomainConfig {
-            mem_pages: 16,
-            ..Default::default()
-        })
-        .unwrap();
-    let peer = hv.create_domain(DomainConfig::default()).unwrap();
+    let (_hv, guest, peer) = small_granter_and_peer(16);
     // (round << 32) | gref of the grant currently offered; 0 = none.
     let offered = Arc::new(AtomicU64::new(0));
     let revoked_round = Arc::new(AtomicU32::new(0));

@@ -5,7 +5,8 @@
 
 use xenshare::grant::{GrantError, Revoked};
 use xenshare::Access;
-use xenshare_sim::{DomainConfig, Hypervisor, SimShare};
+use xenshare_sim::SimShare;
+use xenshare_testkit::small_granter_and_peer;
 
 /// The frame a one-page share grants (as the peer would see it).
 fn frame_of(s: &SimShare, table: &dyn xenshare::grant::TableView) -> u32 {
@@ -17,15 +18,8 @@ fn frame_of(s: &SimShare, table: &dyn xenshare::grant::TableView) -> u32 {
 
 #[test]
 fn a_reshared_page_is_zero_after_the_peer_wrote_to_it() {
-    let hv = Hypervisor::new();
     // One page of memory: every share gets the same frame back.
-    let a = hv
-        .create_domain(DomainConfig {
-            mem_pages: 1,
-            ..Default::default()
-        })
-        .unwrap();
-    let b = hv.create_domain(DomainConfig::default()).unwrap();
+    let (_hv, a, b) = small_granter_and_peer(1);
     let table = a.exporter().table().unwrap();
     let mut frame = None;
     let mut page = vec![0u8; 4096];
@@ -68,14 +62,7 @@ fn a_reshared_page_is_zero_after_the_peer_wrote_to_it() {
 
 #[test]
 fn a_page_still_mapped_is_never_handed_out_again() {
-    let hv = Hypervisor::new();
-    let a = hv
-        .create_domain(DomainConfig {
-            mem_pages: 4,
-            ..Default::default()
-        })
-        .unwrap();
-    let b = hv.create_domain(DomainConfig::default()).unwrap();
+    let (_hv, a, b) = small_granter_and_peer(4);
     let table = a.exporter().table().unwrap();
     // The peer maps a page, writes a pattern and keeps it; the granter drops
     // its share (quarantine).

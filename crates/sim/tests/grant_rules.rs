@@ -6,7 +6,7 @@ use xenshare::platform::{CopyDst, CopyOp, CopySrc, EventChannels, GrantPtr};
 use xenshare::{Access, DomId, GrantRef};
 use xenshare_abi::grant::GNTTAB_NR_RESERVED_ENTRIES;
 use xenshare_sim::{DomainConfig, Hypervisor};
-use xenshare_testkit::two_domains;
+use xenshare_testkit::{small_granter_and_peer, two_domains};
 
 fn status(e: MapError) -> GntSt {
     match e {
@@ -184,14 +184,7 @@ fn bad_share_arguments_are_typed_errors() {
 
 #[test]
 fn granted_pages_never_carry_stale_data() {
-    let hv = Hypervisor::new();
-    let a = hv
-        .create_domain(DomainConfig {
-            mem_pages: 4,
-            ..Default::default()
-        })
-        .unwrap();
-    let b = hv.create_domain(DomainConfig::default()).unwrap();
+    let (_hv, a, b) = small_granter_and_peer(4);
     for round in 0..8u8 {
         let s = a.exporter().share(b.id(), 4, Access::ReadWrite).unwrap();
         let m = b.importer().map_ro(a.id(), s.refs()).unwrap();

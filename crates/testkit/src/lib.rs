@@ -160,6 +160,23 @@ pub fn two_domains_with(cfg: DomainConfig) -> (Hypervisor, Domain, Domain) {
     (hv, a, b)
 }
 
+/// A hypervisor with a granter of only `mem_pages` pages of memory (so
+/// frames come back to it and exhaustion is near) and a peer of the
+/// default size: the set-up of the grant reuse and exhaustion tests.
+pub fn small_granter_and_peer(mem_pages: u64) -> (Hypervisor, Domain, Domain) {
+    let hv = Hypervisor::new();
+    let granter = hv
+        .create_domain(DomainConfig {
+            mem_pages,
+            ..Default::default()
+        })
+        .expect("creating the granter");
+    let peer = hv
+        .create_domain(DomainConfig::default())
+        .expect("creating the peer");
+    (hv, granter, peer)
+}
+
 /// Asserts that `got` holds the same ids as `want`, in any order (responses
 /// may come back in any order; each id exactly once).
 pub fn assert_same_ids<T: Ord + Clone + std::fmt::Debug>(mut got: Vec<T>, want: &[T]) {
