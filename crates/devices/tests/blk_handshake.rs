@@ -178,8 +178,7 @@ fn backend_restart_then_reconnect() {
     // Every grant came back: the old back end let go of them all.
     let rel = fe.release();
     assert_eq!(rel.quarantined, 0, "{rel:?}");
-    let st = w.guest.exporter().stats();
-    assert_eq!((st.live, st.quarantined), (0, 0), "{st:?}");
+    assert_guest_grants_all_back(&w);
     // A new back end on the same image; the same front end reconnects.
     let backend = w
         .spawn_backend(img.open(), BackConfig::new(w.guest.id(), DEVID))
@@ -242,8 +241,7 @@ fn clean_close_releases_every_grant() {
         );
         let rel = fe.release();
         assert_eq!(rel.quarantined, 0);
-        let st = w.guest.exporter().stats();
-        assert_eq!((st.live, st.quarantined), (0, 0), "{st:?}");
+        let st = assert_guest_grants_all_back(&w);
         assert_eq!(st.granted, st.revoked, "{st:?}");
         assert_eq!(w.dom0.importer().stats().mapped, 0);
         let (_, runs) = backend.stop().unwrap();

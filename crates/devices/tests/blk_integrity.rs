@@ -98,8 +98,7 @@ fn integrity(indirect: bool, persistent: bool, seed: u64) {
     assert!(back.stats().failed == 0, "{:?}", back.stats());
     // The data really is in the file.
     assert!(img.contents() == model, "image file differs from the model");
-    let st = w.guest.exporter().stats();
-    assert_eq!((st.live, st.quarantined), (0, 0), "{st:?}");
+    assert_guest_grants_all_back(&w);
     assert_eq!(w.dom0.importer().stats().mapped, 0);
 }
 
@@ -184,8 +183,7 @@ fn many_requests_in_flight() {
     disk.close(&mut xs).unwrap();
     drop(fe);
     backend.stop().unwrap();
-    let st = w.guest.exporter().stats();
-    assert_eq!((st.live, st.quarantined), (0, 0), "{st:?}");
+    assert_guest_grants_all_back(&w);
 }
 
 /// Indirect requests with persistent grants return their indirect pages to
@@ -332,8 +330,7 @@ fn plugged_batches_complete_with_wait_all_and_reuse_buffers() {
     }
     drop(fe);
     backend.stop().unwrap();
-    let st = w.guest.exporter().stats();
-    assert_eq!((st.live, st.quarantined), (0, 0), "{st:?}");
+    assert_guest_grants_all_back(&w);
 }
 
 /// A plugged request is published by whatever waits for it (`wait`, a

@@ -65,6 +65,15 @@ pub fn world() -> BlkWorld {
     w
 }
 
+/// Asserts that every grant the guest made is back: none live, none
+/// quarantined (the closing check of the block tests). Returns the stats
+/// for further checks.
+pub fn assert_guest_grants_all_back(w: &BlkWorld) -> xenshare::grant::GrantStats {
+    let st = w.guest.exporter().stats();
+    assert_eq!((st.live, st.quarantined), (0, 0), "{st:?}");
+    st
+}
+
 /// A front-end config with a short timeout, for tests that expect failure.
 pub fn quick_front() -> FrontConfig {
     FrontConfig {
