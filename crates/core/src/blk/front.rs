@@ -1071,12 +1071,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                 core::hint::spin_loop();
                 spun += 1;
             }
-            let ready = if more == 1 {
-                self.ring.final_check_for_responses()
-            } else {
-                self.ring.final_check_for_responses_at_least(more)
-            };
-            match ready {
+            match self.ring.final_check_for_responses_at_least(more) {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => return Err(self.fail(e.into())),
