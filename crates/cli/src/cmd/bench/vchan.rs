@@ -229,22 +229,47 @@ struct Padded(AtomicUsize);
 /// each side caching the peer's index and re-reading it only when the
 /// cached value does not cover the request, one publish per call
 /// (batching), and `memcpy` between aligned buffers for the data.
-struct Spsc {
+struct Spsc<I: IndexLoc = OwnLines> {
     pages: Box<[Page]>,
-    idx: Indices,
+    idx: I,
 }
 
-/// Where a ring's producer and consumer index live.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "the padding is the point; one per ring, inside its Arc"
-)]
-enum Indices {
-    /// Each on a cache-line pair of its own (the ideal).
-    Own { prod: Padded, cons: Padded },
-    /// Both rings' indices of a duplex pair in one shared cache line, as
-    /// libxenvchan's wire layout has them (`slot` picks this ring's pair).
-    Shared { line: Arc<SharedLine>, slot: usize },
+/// Where a ring's producer and consumer index live: a type parameter, so
+/// the ideal ring's hot loop has no branch on it.
+pub(super) trait IndexLoc: Send + Sync + 'static {
+    fn prod(&self) -> &AtomicUsize;
+    fn cons(&self) -> &AtomicUsize;
+}
+
+/// Each index on a cache-line pair of its own (the ideal).
+pub(super) struct OwnLines {
+    prod: Padded,
+    cons: Padded,
+}
+
+impl IndexLoc for OwnLines {
+    fn prod(&self) -> &AtomicUsize {
+        &self.prod.0
+    }
+    fn cons(&self) -> &AtomicUsize {
+        &self.cons.0
+    }
+}
+
+/// Both rings' indices of a duplex pair in one shared cache line, as
+/// libxenvchan's wire layout has them (`slot` picks this ring's pair).
+struct InOneLine {
+    line: Arc<SharedLine>,
+    slot: usize,
+}
+
+impl IndexLoc for InOneLine {
+    fn prod(&self) -> &AtomicUsize {
+        &self.line.0[2 * self.slot]
+    }
+    fn cons(&self) -> &AtomicUsize {
+        &self.line.0[2 * self.slot + 1]
+    }
 }
 
 /// Four indices in one cache line: two rings' producer and consumer.
@@ -255,38 +280,14 @@ struct SharedLine([AtomicUsize; 4]);
 #[repr(C, align(4096))]
 struct Page(UnsafeCell<[u8; 4096]>);
 
-impl Spsc {
-    fn new(size: usize) -> Arc<Self> {
-        Self::with_indices(
-            size,
-            Indices::Own {
-                prod: Padded(AtomicUsize::new(0)),
-                cons: Padded(AtomicUsize::new(0)),
-            },
-        )
-    }
-
-    fn with_indices(size: usize, idx: Indices) -> Arc<Self> {
+impl<I: IndexLoc> Spsc<I> {
+    fn with_indices(size: usize, idx: I) -> Arc<Self> {
         Arc::new(Self {
             pages: (0..size.div_ceil(4096))
                 .map(|_| Page(UnsafeCell::new([0; 4096])))
                 .collect(),
             idx,
         })
-    }
-
-    fn prod(&self) -> &AtomicUsize {
-        match &self.idx {
-            Indices::Own { prod, .. } => &prod.0,
-            Indices::Shared { line, slot } => &line.0[2 * slot],
-        }
-    }
-
-    fn cons(&self) -> &AtomicUsize {
-        match &self.idx {
-            Indices::Own { cons, .. } => &cons.0,
-            Indices::Shared { line, slot } => &line.0[2 * slot + 1],
-        }
     }
 
     fn len(&self) -> usize {
@@ -301,20 +302,20 @@ impl Spsc {
 }
 
 /// The producer's end, with its private index and cached consumer index.
-pub(super) struct SpscTx {
-    q: Arc<Spsc>,
+pub(super) struct SpscTx<I: IndexLoc = OwnLines> {
+    q: Arc<Spsc<I>>,
     prod: usize,
     seen_cons: usize,
 }
 
 /// The consumer's end, with its private index and cached producer index.
-pub(super) struct SpscRx {
-    q: Arc<Spsc>,
+pub(super) struct SpscRx<I: IndexLoc = OwnLines> {
+    q: Arc<Spsc<I>>,
     cons: usize,
     seen_prod: usize,
 }
 
-impl SpscTx {
+impl<I: IndexLoc> SpscTx<I> {
     /// Waits for `n` bytes of room in one piece (`n` divides the ring
     /// size, so a piece never wraps), lets `f` fill them in place (as a
     /// back end's `pread` fills a granted page), then publishes them.
@@ -327,7 +328,7 @@ impl SpscTx {
         assert!(n > 0 && size.is_multiple_of(n) && self.prod.is_multiple_of(n));
         let mut spins = 0;
         while size - (self.prod - self.seen_cons) < n {
-            self.seen_cons = self.q.cons().load(Ordering::Acquire);
+            self.seen_cons = self.q.idx.cons().load(Ordering::Acquire);
             if size - (self.prod - self.seen_cons) < n {
                 backoff(&mut spins);
             }
@@ -341,7 +342,7 @@ impl SpscTx {
         let piece = unsafe { std::slice::from_raw_parts_mut(self.q.base().add(idx), n) };
         f(piece)?;
         self.prod += n;
-        self.q.prod().store(self.prod, Ordering::Release);
+        self.q.idx.prod().store(self.prod, Ordering::Release);
         Ok(())
     }
 
@@ -352,7 +353,7 @@ impl SpscTx {
         while done < data.len() {
             let mut space = size - (self.prod - self.seen_cons);
             if space < data.len() - done {
-                self.seen_cons = self.q.cons().load(Ordering::Acquire);
+                self.seen_cons = self.q.idx.cons().load(Ordering::Acquire);
                 space = size - (self.prod - self.seen_cons);
             }
             if space == 0 {
@@ -373,21 +374,21 @@ impl SpscTx {
             done += n;
             if done < data.len() {
                 // Wrapped: publish the first part before waiting for room.
-                self.q.prod().store(self.prod, Ordering::Release);
+                self.q.idx.prod().store(self.prod, Ordering::Release);
             }
         }
-        self.q.prod().store(self.prod, Ordering::Release);
+        self.q.idx.prod().store(self.prod, Ordering::Release);
     }
 }
 
-impl SpscRx {
+impl<I: IndexLoc> SpscRx<I> {
     pub(super) fn read(&mut self, out: &mut [u8]) -> usize {
         let size = self.q.len();
         let mut spins = 0;
         loop {
             let mut ready = self.seen_prod - self.cons;
             if ready < out.len() {
-                self.seen_prod = self.q.prod().load(Ordering::Acquire);
+                self.seen_prod = self.q.idx.prod().load(Ordering::Acquire);
                 ready = self.seen_prod - self.cons;
             }
             if ready == 0 {
@@ -401,7 +402,7 @@ impl SpscRx {
             // not written again until the consumer publishes it free below.
             unsafe { std::ptr::copy_nonoverlapping(self.q.base().add(idx), out.as_mut_ptr(), n) };
             self.cons += n;
-            self.q.cons().store(self.cons, Ordering::Release);
+            self.q.idx.cons().store(self.cons, Ordering::Release);
             return n;
         }
     }
@@ -423,16 +424,22 @@ fn backoff(spins: &mut u32) {
 // SAFETY: the ring bytes are only reached through SpscTx (free space) and
 // SpscRx (published data), whose ranges never overlap per the index
 // protocol; the indices are atomics.
-unsafe impl Sync for Spsc {}
+unsafe impl<I: IndexLoc> Sync for Spsc<I> {}
 
 /// Both ends of one ideal ring.
 pub(super) fn spsc_ends(ring: usize) -> (SpscTx, SpscRx) {
     assert!(ring.is_power_of_two());
-    ends_of(Spsc::new(ring))
+    ends_of(Spsc::with_indices(
+        ring,
+        OwnLines {
+            prod: Padded(AtomicUsize::new(0)),
+            cons: Padded(AtomicUsize::new(0)),
+        },
+    ))
 }
 
 /// The two ends of ring `q`.
-fn ends_of(q: Arc<Spsc>) -> (SpscTx, SpscRx) {
+fn ends_of<I: IndexLoc>(q: Arc<Spsc<I>>) -> (SpscTx<I>, SpscRx<I>) {
     let tx = SpscTx {
         q: q.clone(),
         prod: 0,
@@ -449,9 +456,9 @@ fn ends_of(q: Arc<Spsc>) -> (SpscTx, SpscRx) {
 /// One end of a pair of ideal rings, one each way: the round-trip floor
 /// of a shared-memory ring on this machine (both sides spin, nothing is
 /// validated, no notification protocol), to set vchan's round trip against.
-struct SpscDuplex {
-    tx: SpscTx,
-    rx: SpscRx,
+struct SpscDuplex<I: IndexLoc = OwnLines> {
+    tx: SpscTx<I>,
+    rx: SpscRx<I>,
 }
 
 impl SpscDuplex {
@@ -460,16 +467,18 @@ impl SpscDuplex {
         let (btx, arx) = spsc_ends(ring);
         (Self { tx: atx, rx: arx }, Self { tx: btx, rx: brx })
     }
+}
 
+impl SpscDuplex<InOneLine> {
     /// The same pair with all four indices in one cache line, as a vchan's
     /// control page has them: what that layout alone costs a round trip.
-    fn pair_shared_line(ring: usize) -> (Self, Self) {
+    fn pair(ring: usize) -> (Self, Self) {
         assert!(ring.is_power_of_two());
         let line = Arc::new(SharedLine(std::array::from_fn(|_| AtomicUsize::new(0))));
         let ring_at = |slot| {
             Spsc::with_indices(
                 ring,
-                Indices::Shared {
+                InOneLine {
                     line: line.clone(),
                     slot,
                 },
@@ -481,7 +490,7 @@ impl SpscDuplex {
     }
 }
 
-impl Read for SpscDuplex {
+impl<I: IndexLoc> Read for SpscDuplex<I> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -490,7 +499,7 @@ impl Read for SpscDuplex {
     }
 }
 
-impl Write for SpscDuplex {
+impl<I: IndexLoc> Write for SpscDuplex<I> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.tx.write(buf);
         Ok(buf.len())
@@ -604,10 +613,10 @@ pub fn run(a: VchanArgs) -> Res<()> {
         st.add("socketpair_rtt_us", sp.p50);
         st.add("socketpair_rtt_p99_us", sp.p99);
         st.add("socketpair_rtt_mean_us", sp.mean);
-        let (x, y) = SpscDuplex::pair(4096);
+        let (x, y) = SpscDuplex::<OwnLines>::pair(4096);
         let ideal = rtt(x, y, 64, a.round_trips)?;
         st.add("spsc_rtt_us", ideal.p50);
-        let (x, y) = SpscDuplex::pair_shared_line(4096);
+        let (x, y) = SpscDuplex::<InOneLine>::pair(4096);
         let packed = rtt(x, y, 64, a.round_trips)?;
         st.add("spsc_one_line_rtt_us", packed.p50);
         st.add("rtt_vs_spsc_one_line", v.p50 / packed.p50);
