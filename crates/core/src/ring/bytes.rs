@@ -71,7 +71,11 @@ impl Layout {
         let off = at as usize & (self.size - 1);
         let first = src.len().min(self.size - off);
         data.write(self.data + off, &src[..first])?;
-        data.write(self.data, &src[first..])?;
+        // The wrapped run, if any (most copies do not wrap; skipping the
+        // empty second run saves a bounds check and a call on every write).
+        if first < src.len() {
+            data.write(self.data, &src[first..])?;
+        }
         Ok(())
     }
 
@@ -86,7 +90,9 @@ impl Layout {
         let first = dst.len().min(self.size - off);
         let (a, b) = dst.split_at_mut(first);
         data.read(self.data + off, a)?;
-        data.read(self.data, b)?;
+        if !b.is_empty() {
+            data.read(self.data, b)?;
+        }
         Ok(())
     }
 }

@@ -189,10 +189,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     /// A byte-ring error: a bad peer index breaks the vchan; memory that
     /// is gone means it was closed.
     fn ring_err(&mut self, e: ByteRingError) -> VchanError {
-        match e {
-            ByteRingError::Corrupt(which) => self.broken.trip(VchanError::Corrupt(which)),
-            ByteRingError::Memory(_) => VchanError::Core(DeviceError::Closed),
-        }
+        ring_err(&mut self.broken, e)
     }
 
     /// Size of the ring this end reads.
@@ -235,11 +232,6 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         // so they cannot overwrite bytes the peer is still reading.
         let r = self.tx.space(ctrl(&self.mem)?);
         r.map_err(|e| self.ring_err(e))
-    }
-
-    /// Free space known from the consumer index last read.
-    fn known_space(&self) -> usize {
-        self.tx.known_space()
     }
 
     /// Gathers small writes: bytes written are published to the peer (its
@@ -288,13 +280,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     /// Whether the peer is there: the server reports the client's live byte
     /// (2 = not connected yet counts as open), the client the server's.
     pub fn is_open(&self) -> bool {
-        if self.closed {
-            return false;
-        }
-        let off = if S::SERVER { CLI_LIVE } else { SRV_LIVE };
-        self.u8_at(off)
-            .map(|b| b.load(Ordering::Acquire) != 0)
-            .unwrap_or(false)
+        !self.closed && ctrl(&self.mem).is_ok_and(peer_live::<S>)
     }
 
     /// True once a client has connected (server side) or always (client).
@@ -313,36 +299,97 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         Ok(())
     }
 
-    /// Copies `data` (which the validated free space takes) into the write
-    /// ring, and publishes once a batch is full.
-    fn do_send(&mut self, data: &[u8]) -> Result<(), VchanError> {
-        let ring = write_ring(&self.mem, self.wr)?;
-        match self.tx.push(ring, data) {
-            Ok(n) if n == data.len() => {}
-            Ok(_) => return Err(VchanError::Core(DeviceError::Closed)),
-            Err(e) => return Err(self.ring_err(e)),
-        }
-        if self.tx.unpublished() >= self.batch {
-            self.publish()?;
-        }
-        Ok(())
+    /// The whole of a write that need not wait: if the ring has room for
+    /// at least `min` bytes (at least one), copies as much of `data` as fits
+    /// and publishes it once a batch is full (waking the peer if it asked);
+    /// `None` if there is not enough room. `live` first checks that the
+    /// peer is there.
+    ///
+    /// One view of the control page and one of the ring serve the whole
+    /// call: finding a view is a lookup in the platform's grant or mapping
+    /// state, and before this a 64-byte write found five of them, which
+    /// cost more than the rest of the write.
+    fn put(&mut self, data: &[u8], min: usize, live: bool) -> Result<Option<usize>, VchanError> {
+        let published = {
+            let ctrl = ctrl(&self.mem)?;
+            if live && !peer_live::<S>(ctrl) {
+                return Err(VchanError::Core(DeviceError::Closed));
+            }
+            // Without batching every write re-reads the peer's index, so a
+            // corrupt index is reported by the very next write, as
+            // libxenvchan would see it; a batching write that the known
+            // free space takes does not read the header line again.
+            let mut space = if self.batch == 0 {
+                0
+            } else {
+                self.tx.known_space()
+            };
+            if space < data.len() {
+                space = self
+                    .tx
+                    .space(ctrl)
+                    .map_err(|e| ring_err(&mut self.broken, e))?;
+            }
+            if space == 0 || space < min {
+                return Ok(None);
+            }
+            let n = space.min(data.len());
+            let ring = write_ring(&self.mem, self.wr)?;
+            match self.tx.push(ring, &data[..n]) {
+                Ok(k) if k == n => {}
+                Ok(_) => return Err(VchanError::Core(DeviceError::Closed)),
+                Err(e) => return Err(ring_err(&mut self.broken, e)),
+            }
+            if self.tx.unpublished() < self.batch {
+                return Ok(Some(n));
+            }
+            // A batching writer learns of a closed peer when it publishes.
+            if self.batch != 0 && !peer_live::<S>(ctrl) {
+                return Err(VchanError::Core(DeviceError::Closed));
+            }
+            let ours = our_flag::<S>(ctrl)?;
+            let r = self.tx.publish_with(ctrl, |idx, new| {
+                notify::publish_and_check(idx, new, ours, abi::VCHAN_NOTIFY_WRITE)
+            });
+            (n, r)
+        };
+        self.wake_if(published.1)?;
+        Ok(Some(published.0))
     }
 
-    /// Copies `out.len()` validated ready bytes out of the read ring (once
-    /// each) and gives their room back to the peer.
-    fn do_recv(&mut self, out: &mut [u8]) -> Result<(), VchanError> {
-        let ring = read_ring(&self.mem, self.rd)?;
-        match self.rx.pop(ring, out) {
-            Ok(n) if n == out.len() => {}
-            Ok(_) => return Err(VchanError::Core(DeviceError::Closed)),
-            Err(e) => return Err(self.ring_err(e)),
-        }
-        let ctrl = ctrl(&self.mem)?;
-        let ours = our_flag::<S>(ctrl)?;
-        let r = self.rx.publish_with(ctrl, |idx, new| {
-            notify::publish_and_check(idx, new, ours, abi::VCHAN_NOTIFY_READ)
-        });
-        self.wake_if(r)
+    /// The whole of a read that need not wait: if at least `min` bytes
+    /// (at least one) are ready, copies up to `out.len()` of them (each
+    /// fetched once), gives their room back and wakes the peer if it asked;
+    /// `None` if fewer are ready. Every call re-reads the peer's producer
+    /// index, so a corrupt index is reported by the very next read, as
+    /// libxenvchan would see it. Like [`Vchan::put`], one view of the
+    /// control page and one of the ring serve the call.
+    fn take(&mut self, out: &mut [u8], min: usize) -> Result<Option<usize>, VchanError> {
+        let taken = {
+            let ctrl = ctrl(&self.mem)?;
+            // Acquire: the ring bytes below `prod` are read after this load.
+            let ready = self
+                .rx
+                .ready(ctrl)
+                .map_err(|e| ring_err(&mut self.broken, e))?;
+            if ready == 0 || ready < min {
+                return Ok(None);
+            }
+            let n = ready.min(out.len());
+            let ring = read_ring(&self.mem, self.rd)?;
+            match self.rx.pop(ring, &mut out[..n]) {
+                Ok(k) if k == n => {}
+                Ok(_) => return Err(VchanError::Core(DeviceError::Closed)),
+                Err(e) => return Err(ring_err(&mut self.broken, e)),
+            }
+            let ours = our_flag::<S>(ctrl)?;
+            let r = self.rx.publish_with(ctrl, |idx, new| {
+                notify::publish_and_check(idx, new, ours, abi::VCHAN_NOTIFY_READ)
+            });
+            (n, r)
+        };
+        self.wake_if(taken.1)?;
+        Ok(Some(taken.0))
     }
 
     /// Waits for an event on this vchan's handle (up to `timeout`) and
@@ -409,24 +456,16 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         if buf.is_empty() {
             return Ok(0);
         }
-        // Every read re-reads the peer's producer index (one load of a line
-        // the reader needs anyway for the data), so a corrupt index is
-        // reported by the very next read, as libxenvchan would see it.
-        let mut ready = self.data_ready()?;
-        if ready == 0 {
-            self.publish()?;
-            if self.blocking {
-                self.block_until(abi::VCHAN_NOTIFY_WRITE, |v| v.data_ready().map(|r| r > 0))?;
-            } else {
-                self.request_notify(abi::VCHAN_NOTIFY_WRITE)?;
-            }
-            ready = self.data_ready()?;
+        if let Some(n) = self.take(buf, 1)? {
+            return Ok(n);
         }
-        let n = ready.min(buf.len());
-        if n > 0 {
-            self.do_recv(&mut buf[..n])?;
+        self.publish()?;
+        if self.blocking {
+            self.block_until(abi::VCHAN_NOTIFY_WRITE, |v| v.data_ready().map(|r| r > 0))?;
+        } else {
+            self.request_notify(abi::VCHAN_NOTIFY_WRITE)?;
         }
-        Ok(n)
+        Ok(self.take(buf, 1)?.unwrap_or(0))
     }
 
     /// Stream write: copies as much of `buf` as fits. Blocking mode waits for
@@ -439,36 +478,18 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         // A batching writer learns of a closed peer when it publishes; the
         // live byte shares the header's cache line with the peer's index,
         // so reading it on every small write would cost a miss each.
-        if self.batch == 0 && !self.is_open() {
-            return Err(VchanError::Core(DeviceError::Closed));
+        if let Some(n) = self.put(buf, 1, self.batch == 0)? {
+            return Ok(n);
         }
-        // Without batching every write re-reads the peer's index (it pays
-        // for the header line in `is_open` anyway), so a corrupt index is
-        // reported by the very next write, as libxenvchan would see it.
-        let mut space = if self.batch == 0 {
-            0
-        } else {
-            self.known_space()
-        };
-        if space < buf.len() {
-            space = self.buffer_space()?;
-        }
-        if space == 0 {
-            self.publish()?;
-            if self.blocking {
-                if !self.block_until(abi::VCHAN_NOTIFY_READ, |v| v.buffer_space().map(|s| s > 0))? {
-                    return Err(VchanError::Core(DeviceError::Closed));
-                }
-            } else {
-                self.request_notify(abi::VCHAN_NOTIFY_READ)?;
+        self.publish()?;
+        if self.blocking {
+            if !self.block_until(abi::VCHAN_NOTIFY_READ, |v| v.buffer_space().map(|s| s > 0))? {
+                return Err(VchanError::Core(DeviceError::Closed));
             }
-            space = self.buffer_space()?;
+        } else {
+            self.request_notify(abi::VCHAN_NOTIFY_READ)?;
         }
-        let n = space.min(buf.len());
-        if n > 0 {
-            self.do_send(&buf[..n])?;
-        }
-        Ok(n)
+        Ok(self.put(buf, 1, false)?.unwrap_or(0))
     }
 
     /// Packet receive: fills all of `buf` or nothing. Non-blocking mode
@@ -483,26 +504,25 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             });
         }
         let want = buf.len();
-        // Re-read on every call, as in `read`.
-        let mut ready = self.data_ready()?;
-        if ready < want {
-            self.publish()?;
-            if self.blocking {
-                if !self.block_until(abi::VCHAN_NOTIFY_WRITE, |v| {
-                    v.data_ready().map(|r| r >= want)
-                })? {
-                    return Ok(0);
-                }
-            } else {
-                self.request_notify(abi::VCHAN_NOTIFY_WRITE)?;
-            }
-            ready = self.data_ready()?;
-        }
-        if ready < want {
+        if want == 0 {
+            // Still re-reads (and validates) the peer's index, as `read` does.
+            self.data_ready()?;
             return Ok(0);
         }
-        self.do_recv(buf)?;
-        Ok(want)
+        if let Some(n) = self.take(buf, want)? {
+            return Ok(n);
+        }
+        self.publish()?;
+        if self.blocking {
+            if !self.block_until(abi::VCHAN_NOTIFY_WRITE, |v| {
+                v.data_ready().map(|r| r >= want)
+            })? {
+                return Ok(0);
+            }
+        } else {
+            self.request_notify(abi::VCHAN_NOTIFY_WRITE)?;
+        }
+        Ok(self.take(buf, want)?.unwrap_or(0))
     }
 
     /// Packet send: writes all of `buf` or nothing.
@@ -514,38 +534,27 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
                 ring: self.write_ring_size(),
             });
         }
-        if !self.is_open() {
-            return Err(VchanError::Core(DeviceError::Closed));
-        }
         let want = buf.len();
-        // Without batching every send re-reads the peer's index (even an
-        // empty one), as `write` does and libxenvchan would.
-        let mut space = if self.batch == 0 {
-            self.buffer_space()?
-        } else {
-            self.known_space()
-        };
-        if space < want {
-            space = self.buffer_space()?;
+        if want == 0 {
+            return match self.is_open() {
+                true => Ok(0),
+                false => Err(VchanError::Core(DeviceError::Closed)),
+            };
         }
-        if space < want {
-            self.publish()?;
-            if self.blocking {
-                if !self.block_until(abi::VCHAN_NOTIFY_READ, |v| {
-                    v.buffer_space().map(|s| s >= want)
-                })? {
-                    return Err(VchanError::Core(DeviceError::Closed));
-                }
-            } else {
-                self.request_notify(abi::VCHAN_NOTIFY_READ)?;
+        if let Some(n) = self.put(buf, want, true)? {
+            return Ok(n);
+        }
+        self.publish()?;
+        if self.blocking {
+            if !self.block_until(abi::VCHAN_NOTIFY_READ, |v| {
+                v.buffer_space().map(|s| s >= want)
+            })? {
+                return Err(VchanError::Core(DeviceError::Closed));
             }
-            space = self.buffer_space()?;
+        } else {
+            self.request_notify(abi::VCHAN_NOTIFY_READ)?;
         }
-        if space < want {
-            return Ok(0);
-        }
-        self.do_send(buf)?;
-        Ok(want)
+        Ok(self.put(buf, want, false)?.unwrap_or(0))
     }
 
     pub(crate) fn connect_client(&self) -> Result<(), VchanError> {
@@ -591,6 +600,25 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
 
 fn ctrl<S: VchanSide>(mem: &S) -> Result<SharedMem<'_>, VchanError> {
     mem.ctrl().ok_or(VchanError::Core(DeviceError::Closed))
+}
+
+/// A byte-ring error: a bad peer index breaks the vchan (latched in
+/// `broken`); memory that is gone means it was closed. A function of the
+/// latch alone, so the hot paths can call it while they hold a view of
+/// the memory.
+fn ring_err(broken: &mut crate::latch::Latch<VchanError>, e: ByteRingError) -> VchanError {
+    match e {
+        ByteRingError::Corrupt(which) => broken.trip(VchanError::Corrupt(which)),
+        ByteRingError::Memory(_) => VchanError::Core(DeviceError::Closed),
+    }
+}
+
+/// Whether the peer's live byte says it is there (the server reads the
+/// client's, 2 = not connected yet counting as there; the client the
+/// server's).
+fn peer_live<S: VchanSide>(ctrl: SharedMem<'_>) -> bool {
+    let off = if S::SERVER { CLI_LIVE } else { SRV_LIVE };
+    ctrl.load_u8(off, Ordering::Acquire).is_ok_and(|b| b != 0)
 }
 
 /// Our notify byte: the peer sets bits in it to ask us for events.
