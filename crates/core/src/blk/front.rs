@@ -702,9 +702,10 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     /// [`Disk::read_at`] copies them out: read each byte once (copy it out
     /// with [`SharedMem::read`] before parsing it), as with any shared
     /// memory. Requests that finish out of order are held back until
-    /// every earlier page has been shown. If any request fails, no page
-    /// after it is shown and the error is returned; pages before it may
-    /// have been.
+    /// every earlier page has been shown. Once a request fails, no further
+    /// page is shown (held ones neither; their pool pages go back) and the
+    /// call returns the error; pages shown before the failure arrived stay
+    /// shown, so `f` has seen a prefix of the range at most.
     pub fn read_with<F>(&mut self, offset: u64, len: usize, mut f: F) -> Result<(), BlkError>
     where
         F: FnMut(usize, SharedMem<'_, ReadOnly>),
