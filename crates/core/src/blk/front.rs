@@ -14,7 +14,10 @@
 //! number in flight; [`Disk::plug`] / [`Disk::unplug`] publish a batch of
 //! them with one index update and at most one notification,
 //! [`Disk::wait_all`] takes every finished one at once (one wake-up for
-//! many), and [`Disk::recycle`] hands read buffers back for reuse. Each
+//! many), and [`Disk::recycle`] hands read buffers back for reuse.
+//! [`Disk::read_with`] reads without the second copy: it shows the caller
+//! the persistent pages the back end filled, read-only, in place and in
+//! order, for the length of one closure call each. Each
 //! request's pages are either granted for that
 //! request alone (zeroed, read-only for writes) and revoked when it
 //! completes, or — with persistent grants — taken from a pool of pages
