@@ -709,6 +709,40 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     /// page is shown (held ones neither; their pool pages go back) and the
     /// call returns the error; pages shown before the failure arrived stay
     /// shown, so `f` has seen a prefix of the range at most.
+    ///
+    /// ```
+    /// use xenshare::blk::{BlkError, Disk};
+    /// use xenshare::platform::{EventChannels, GrantBackend};
+    ///
+    /// /// The sum of the bytes of the first 64 KiB, read in place.
+    /// fn sum<B: GrantBackend, E: EventChannels>(disk: &mut Disk<'_, B, E>) -> Result<u64, BlkError> {
+    ///     let mut sum = 0u64;
+    ///     let mut copy = [0u8; 4096];
+    ///     disk.read_with(0, 64 * 1024, |_pos, page| {
+    ///         let bytes = &mut copy[..page.len()];
+    ///         if page.read(0, bytes).is_ok() {
+    ///             sum += bytes.iter().map(|&b| u64::from(b)).sum::<u64>();
+    ///         }
+    ///     })?;
+    ///     Ok(sum)
+    /// }
+    /// ```
+    ///
+    /// A view cannot be kept past its call (the page may be filled again
+    /// by a later request):
+    ///
+    /// ```compile_fail
+    /// use xenshare::blk::{BlkError, Disk};
+    /// use xenshare::mem::{ReadOnly, SharedMem};
+    /// use xenshare::platform::{EventChannels, GrantBackend};
+    ///
+    /// fn keep<'v, B: GrantBackend, E: EventChannels>(
+    ///     disk: &mut Disk<'_, B, E>,
+    ///     kept: &mut Vec<SharedMem<'v, ReadOnly>>,
+    /// ) -> Result<(), BlkError> {
+    ///     disk.read_with(0, 4096, |_pos, page| kept.push(page))
+    /// }
+    /// ```
     pub fn read_with<F>(&mut self, offset: u64, len: usize, mut f: F) -> Result<(), BlkError>
     where
         F: FnMut(usize, SharedMem<'_, ReadOnly>),
