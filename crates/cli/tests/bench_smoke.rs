@@ -89,6 +89,11 @@ fn bench_blk_reports_iops_against_pread_and_the_hand_off_floor() {
             "blk_seq_mbps",
             "pread_seq_mbps",
             "seq_ratio",
+            "blk_seq_copy_mbps",
+            "seq_copy_ratio",
+            "handoff_seq_mbps",
+            "handoff_seq_vs_pread",
+            "seq_copy_vs_handoff",
         ],
     );
 }

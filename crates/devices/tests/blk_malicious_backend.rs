@@ -319,3 +319,219 @@ fn backend_writing_a_garbage_state_fails_the_connect() {
         assert!(t.elapsed() < T, "{raw:?}: took {:?}", t.elapsed());
     }
 }
+
+/// The byte a hand-made back end puts at disk offset `off`.
+fn pattern(off: u64) -> u8 {
+    ((off / 512) * 7 + off % 251) as u8
+}
+
+/// What a hand-made back end serving [`Disk::read_with`] does with one
+/// request (the requests are collected first, then answered in reverse).
+#[derive(Clone, Copy, PartialEq)]
+enum Answer {
+    /// Fill the pages with [`pattern`] and answer OKAY.
+    Fill,
+    /// Answer ERROR without touching the pages.
+    Fail,
+    /// Fill, answer OKAY, and keep the first page mapped (XSA-396).
+    FillAndKeep,
+}
+
+/// Takes `n` direct read requests, fills their pages as `answer` says and
+/// answers them last first; returns the mappings it kept. The ring is
+/// attached at `start` (the requests served on it before).
+fn answer_reversed(
+    w: &BlkWorld,
+    fb: &FakeBack,
+    start: u32,
+    n: usize,
+    answer: impl Fn(usize) -> Answer,
+) -> Vec<Kept<xenshare::mem::ReadWrite>> {
+    let mut ring = BackRingOf::attach_at(fb.ring.mem(), start).unwrap();
+    let reqs: Vec<BlkifRequest> = (0..n).map(|_| fb.next_request(&mut ring)).collect();
+    let mut kept = Vec::new();
+    for (i, r) in reqs.iter().enumerate().rev() {
+        assert_eq!(r.operation, BLKIF_OP_READ);
+        let a = answer(i);
+        if a != Answer::Fail {
+            let mut off = r.sector_number * 512;
+            for (k, s) in r.seg[..usize::from(r.nr_segments)].iter().enumerate() {
+                let page = Kept::rw(&w.dom0, w.guest.id(), GrantRef(s.gref));
+                let first = usize::from(s.first_sect) * 512;
+                let bytes = (usize::from(s.last_sect) + 1) * 512 - first;
+                let data: Vec<u8> = (0..bytes as u64).map(|b| pattern(off + b)).collect();
+                page.mem().write(first, &data).unwrap();
+                off += bytes as u64;
+                if a == Answer::FillAndKeep && k == 0 {
+                    kept.push(page);
+                }
+            }
+        }
+        let status = if a == Answer::Fail {
+            xenshare_abi::blkif::BLKIF_RSP_ERROR
+        } else {
+            BLKIF_RSP_OKAY
+        };
+        fb.respond(&mut ring, r.id, r.operation, status);
+    }
+    kept
+}
+
+/// Runs one `read_with` of `len` bytes at `at` against a hand-made back end
+/// that answers `n` requests with `answer`, last first; returns the call's
+/// result and every (position, bytes) it was shown, in order.
+#[allow(clippy::type_complexity)]
+fn read_with_against(
+    persistent: bool,
+    at: u64,
+    len: usize,
+    n: usize,
+    answer: impl Fn(usize) -> Answer + Send,
+) -> (
+    Result<(), BlkError>,
+    Vec<(usize, Vec<u8>)>,
+    BlkWorld,
+    SimFront,
+    FakeBack,
+    Vec<Kept<xenshare::mem::ReadWrite>>,
+) {
+    let w = world();
+    let extra: &[(&str, &str)] = if persistent {
+        &[("feature-persistent", "1")]
+    } else {
+        &[]
+    };
+    let (mut fe, fb) = connect(&w, extra);
+    let mut shown = Vec::new();
+    let (r, kept) = std::thread::scope(|s| {
+        let back = s.spawn(|| answer_reversed(&w, &fb, 0, n, answer));
+        let mut disk = fe.disk().unwrap();
+        assert_eq!(disk.info().persistent, persistent);
+        // 11 pages a request at most (no indirect requests offered).
+        assert_eq!(disk.max_request_bytes(), 11 * 4096);
+        let r = disk.read_with(at, len, |pos, page| {
+            let mut b = vec![0u8; page.len()];
+            page.read(0, &mut b).unwrap();
+            shown.push((pos, b));
+        });
+        (r, back.join().unwrap())
+    });
+    (r, shown, w, fe, fb, kept)
+}
+
+/// A back end that answers a multi-request `read_with` last first: the
+/// caller is still shown every page exactly once, in disk order, with the
+/// right bytes (the later requests' pages are held back until the earlier
+/// ones are shown), with persistent grants and without; and every
+/// per-request grant is revoked.
+#[test]
+fn read_with_shows_pages_in_order_when_answers_come_last_first() {
+    for persistent in [false, true] {
+        // 3 requests of 11, 11 and 10 pages; the last page is short.
+        let (at, len) = (8 * 512, 128 * 1024 - 512);
+        let (r, shown, w, mut fe, fb, _) =
+            read_with_against(persistent, at, len, 3, |_| Answer::Fill);
+        assert_eq!(r, Ok(()));
+        assert_eq!(shown.len(), 32);
+        let mut next = 0;
+        for (pos, b) in &shown {
+            assert_eq!(*pos, next, "pages shown out of order");
+            let want: Vec<u8> = (0..b.len() as u64)
+                .map(|k| pattern(at + *pos as u64 + k))
+                .collect();
+            assert!(*b == want, "page at {pos} has the wrong bytes");
+            next += b.len();
+        }
+        assert_eq!(next, len);
+        {
+            // Nothing leaked: the disk is fine and quiet.
+            let disk = fe.disk().unwrap();
+            assert!(!disk.is_broken());
+            assert_eq!(disk.in_flight(), 0);
+            if !persistent {
+                // Only the ring is still granted.
+                assert_eq!(disk.grant_stats().live, 1);
+            }
+        }
+        drop(fb);
+        fe.release();
+        assert_guest_grants_all_back(&w);
+    }
+}
+
+/// A request of a `read_with` that fails: the call returns the error and
+/// no page is shown after the failure arrives, even pages of requests
+/// answered earlier and held back for order; the pages of those go back to
+/// the pool (a later call has them again) and the disk is not broken.
+#[test]
+fn read_with_shows_nothing_after_a_failed_request() {
+    for persistent in [false, true] {
+        for failed in [0, 1] {
+            let len = 3 * 11 * 4096;
+            let (r, shown, w, mut fe, fb, _) = read_with_against(persistent, 0, len, 3, |i| {
+                if i == failed {
+                    Answer::Fail
+                } else {
+                    Answer::Fill
+                }
+            });
+            assert_eq!(r, Err(BlkError::Io(xenshare_abi::blkif::BLKIF_RSP_ERROR)));
+            // Answers come last first, so the failure arrives before the
+            // first request's answer: from then on nothing is shown, not
+            // even the pages before the failed request.
+            assert!(
+                shown.is_empty(),
+                "persistent {persistent}, failed {failed}: shown {} pages",
+                shown.len()
+            );
+            {
+                let disk = fe.disk().unwrap();
+                assert!(!disk.is_broken());
+                assert_eq!(disk.in_flight(), 0);
+            }
+            if persistent {
+                // Every pool page is free again: a second call of the same
+                // size is served from the pool without growing it.
+                let pool = fe.disk().unwrap().pool_pages();
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::scope(|s| {
+                    let back = s.spawn(|| answer_reversed(&w, &fb, 3, 3, |_| Answer::Fill));
+                    let mut disk = fe.disk().unwrap();
+                    let r = disk.read_with(0, len, |pos, _| tx.send(pos).unwrap());
+                    assert_eq!(r, Ok(()));
+                    assert_eq!(disk.pool_pages(), pool, "pool pages leaked");
+                    back.join().unwrap();
+                });
+                assert_eq!(rx.try_iter().count(), 33);
+            }
+            drop(fb);
+            fe.release();
+            assert_guest_grants_all_back(&w);
+        }
+    }
+}
+
+/// The XSA-396 pattern against `read_with` (per-request grants): a back end
+/// that answers but keeps a page mapped. The disk breaks, the page goes to
+/// quarantine, and the request's data is never shown — neither that of the
+/// request it kept nor anything after it.
+#[test]
+fn read_with_never_shows_a_request_whose_page_the_back_end_kept() {
+    let len = 2 * 11 * 4096;
+    let (r, shown, w, mut fe, fb, kept) = read_with_against(false, 0, len, 2, |i| {
+        if i == 0 {
+            Answer::FillAndKeep
+        } else {
+            Answer::Fill
+        }
+    });
+    assert_eq!(r, Err(BlkError::GrantStillMapped(1)));
+    assert!(shown.is_empty(), "shown {} pages", shown.len());
+    assert_eq!(kept.len(), 1);
+    assert!(w.guest.exporter().quarantined() >= 1);
+    drop(kept);
+    drop(fb);
+    fe.release();
+    w.guest.exporter().reclaim(usize::MAX);
+    assert_guest_grants_all_back(&w);
+}

@@ -14,7 +14,10 @@
 //! number in flight; [`Disk::plug`] / [`Disk::unplug`] publish a batch of
 //! them with one index update and at most one notification,
 //! [`Disk::wait_all`] takes every finished one at once (one wake-up for
-//! many), and [`Disk::recycle`] hands read buffers back for reuse. Each
+//! many), and [`Disk::recycle`] hands read buffers back for reuse.
+//! [`Disk::read_with`] reads without the second copy: it shows the caller
+//! the persistent pages the back end filled, read-only, in place and in
+//! order, for the length of one closure call each. Each
 //! request's pages are either granted for that
 //! request alone (zeroed, read-only for writes) and revoked when it
 //! completes, or — with persistent grants — taken from a pool of pages
@@ -51,7 +54,7 @@ use super::{
 use crate::event::Channel;
 use crate::grant::{Busy, Exporter, GrantError, Share};
 use crate::latch::Latch;
-use crate::mem::SharedMem;
+use crate::mem::{PageBuf, ReadOnly, SharedMem};
 use crate::platform::{EventChannels, GrantBackend};
 use crate::ring::{nr_entries, ring_bytes, FrontRing, Outstanding, RingError};
 use crate::store::client::{Client, Transport};
@@ -157,6 +160,40 @@ enum Owner {
     Tag(Tag),
 }
 
+/// Where the data of the running synchronous call goes.
+enum Sink<'s> {
+    /// Nowhere (writes, flushes, submitted requests).
+    None,
+    /// Copied into the caller's buffer ([`Disk::read_at`]).
+    Buf(&'s mut [u8]),
+    /// Shown page by page, in order ([`Disk::read_with`]).
+    View(ViewSink<'s>),
+}
+
+/// The function of a [`Disk::read_with`] and the chunks it has not seen.
+struct ViewSink<'s> {
+    f: &'s mut dyn FnMut(usize, SharedMem<'_, ReadOnly>),
+    /// Position of the next chunk to show.
+    next: usize,
+    /// Chunks that finished before an earlier one (at most one per
+    /// request of the call).
+    held: Vec<Held>,
+}
+
+/// A finished chunk of a [`Disk::read_with`] waiting to be shown.
+struct Held {
+    pos: usize,
+    len: usize,
+    data: HeldData,
+}
+
+enum HeldData {
+    /// Persistent pool pages, still out of the free list.
+    Pool(Vec<usize>),
+    /// Data copied out of pages granted for the request alone.
+    Bytes(Vec<u8>),
+}
+
 struct Pending<B: GrantBackend> {
     kind: IoKind,
     len: usize,
@@ -245,6 +282,9 @@ struct Io<B: GrantBackend, E: EventChannels> {
     spare: Vec<Vec<u8>>,
     /// The first error of the running synchronous call.
     call_err: Option<BlkError>,
+    /// The page [`Disk::read_with`] shows data through when it had to be
+    /// copied out of per-request grants (made on first use).
+    scratch: Option<PageBuf>,
 }
 
 /// A block front end; see the module docs.
@@ -492,6 +532,7 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
             call_err: None,
             plugged: false,
             spare: Vec::new(),
+            scratch: None,
         });
         self.disk()
     }
@@ -637,7 +678,133 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlkError> {
         self.live()?;
         self.check_range(offset, buf.len() as u64)?;
-        self.sync_call(IoKind::Read, offset, buf.len(), |_| None, Some(buf))
+        self.sync_call(
+            IoKind::Read,
+            offset,
+            buf.len(),
+            |_| None,
+            &mut Sink::Buf(buf),
+        )
+    }
+
+    /// Reads `len` bytes at `offset` (both multiples of the sector size)
+    /// without copying them into a buffer: `f` is called once per page, in
+    /// disk order, with the page's position in the read (0, 4096, ...) and
+    /// a read-only view of its bytes (4 KiB; the last one may be shorter).
+    /// With persistent grants the views are the pages the back end's
+    /// storage filled — the data is never copied on this side; otherwise
+    /// each request's pages are copied out once before their grants are
+    /// revoked (and shown only if revocation then succeeds), as for
+    /// [`Disk::read_at`].
+    ///
+    /// A view cannot outlive the call of `f` it was passed to, and a page
+    /// goes back to the pool (to be filled by a later request) only after
+    /// `f` has returned. With persistent grants the back end keeps every
+    /// pool page mapped, so a hostile back end can change a view's bytes
+    /// while `f` reads them, exactly as it can change them while
+    /// [`Disk::read_at`] copies them out: read each byte once (copy it out
+    /// with [`SharedMem::read`] before parsing it), as with any shared
+    /// memory. Requests that finish out of order are held back until
+    /// every earlier page has been shown. Once a request fails, no further
+    /// page is shown (held ones neither; their pool pages go back) and the
+    /// call returns the error; pages shown before the failure arrived stay
+    /// shown, so `f` has seen a prefix of the range at most.
+    ///
+    /// ```
+    /// use xenshare::blk::{BlkError, Disk};
+    /// use xenshare::platform::{EventChannels, GrantBackend};
+    ///
+    /// /// The sum of the bytes of the first 64 KiB, read in place.
+    /// fn sum<B: GrantBackend, E: EventChannels>(disk: &mut Disk<'_, B, E>) -> Result<u64, BlkError> {
+    ///     let mut sum = 0u64;
+    ///     let mut copy = [0u8; 4096];
+    ///     disk.read_with(0, 64 * 1024, |_pos, page| {
+    ///         let bytes = &mut copy[..page.len()];
+    ///         if page.read(0, bytes).is_ok() {
+    ///             sum += bytes.iter().map(|&b| u64::from(b)).sum::<u64>();
+    ///         }
+    ///     })?;
+    ///     Ok(sum)
+    /// }
+    /// ```
+    ///
+    /// A view cannot be kept past its call (the page may be filled again
+    /// by a later request):
+    ///
+    /// ```compile_fail
+    /// use xenshare::blk::{BlkError, Disk};
+    /// use xenshare::mem::{ReadOnly, SharedMem};
+    /// use xenshare::platform::{EventChannels, GrantBackend};
+    ///
+    /// fn keep<'v, B: GrantBackend, E: EventChannels>(
+    ///     disk: &mut Disk<'_, B, E>,
+    ///     kept: &mut Vec<SharedMem<'v, ReadOnly>>,
+    /// ) -> Result<(), BlkError> {
+    ///     disk.read_with(0, 4096, |_pos, page| kept.push(page))
+    /// }
+    /// ```
+    pub fn read_with<F>(&mut self, offset: u64, len: usize, mut f: F) -> Result<(), BlkError>
+    where
+        F: FnMut(usize, SharedMem<'_, ReadOnly>),
+    {
+        self.live()?;
+        self.check_range(offset, len as u64)?;
+        let mut sink = Sink::View(ViewSink {
+            f: &mut f,
+            next: 0,
+            held: Vec::new(),
+        });
+        self.sync_call(IoKind::Read, offset, len, |_| None, &mut sink)
+    }
+
+    /// Shows `h` to the view sink if it is next in order, then every held
+    /// chunk that follows on; otherwise holds it. Shown pool pages go back
+    /// to the pool.
+    fn deliver(&mut self, v: &mut ViewSink<'_>, h: Held) {
+        if h.pos != v.next {
+            v.held.push(h);
+            return;
+        }
+        let mut h = h;
+        loop {
+            self.show(v, &h);
+            v.next = h.pos + h.len;
+            if let HeldData::Pool(p) = h.data {
+                let slots = self.io.inflight.capacity();
+                self.io.pool.put(p, slots);
+            } else if let HeldData::Bytes(b) = h.data {
+                self.recycle(b);
+            }
+            match v.held.iter().position(|x| x.pos == v.next) {
+                Some(i) => h = v.held.swap_remove(i),
+                None => return,
+            }
+        }
+    }
+
+    /// Calls the view sink's function for each page of `h`.
+    fn show(&mut self, v: &mut ViewSink<'_>, h: &Held) {
+        match &h.data {
+            HeldData::Pool(p) => {
+                for (i, &idx) in p.iter().enumerate() {
+                    let n = (h.len - i * PAGE_SIZE).min(PAGE_SIZE);
+                    if let Some(m) = self.io.pool.page(idx).and_then(|m| m.slice(0, n).ok()) {
+                        (v.f)(h.pos + i * PAGE_SIZE, m.read_only());
+                    }
+                }
+            }
+            HeldData::Bytes(b) => {
+                let page = self.io.scratch.get_or_insert_with(|| PageBuf::new(1));
+                for (i, c) in b.chunks(PAGE_SIZE).enumerate() {
+                    let m = page.mem();
+                    if m.write(0, c).is_ok() {
+                        if let Ok(w) = m.slice(0, c.len()) {
+                            (v.f)(h.pos + i * PAGE_SIZE, w.read_only());
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Writes `buf` at `offset` (both multiples of the sector size).
@@ -647,7 +814,13 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         if self.io.info.read_only() {
             return Err(BlkError::ReadOnly);
         }
-        self.sync_call(IoKind::Write, offset, buf.len(), |r| Some(&buf[r]), None)
+        self.sync_call(
+            IoKind::Write,
+            offset,
+            buf.len(),
+            |r| Some(&buf[r]),
+            &mut Sink::None,
+        )
     }
 
     /// Makes every completed write durable: `BLKIF_OP_FLUSH_DISKCACHE`, or
@@ -655,7 +828,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     pub fn flush(&mut self) -> Result<(), BlkError> {
         self.live()?;
         let kind = self.flush_kind()?;
-        self.sync_call(kind, 0, 0, |_| None, None)
+        self.sync_call(kind, 0, 0, |_| None, &mut Sink::None)
     }
 
     /// A write barrier (`BLKIF_OP_WRITE_BARRIER`, no data).
@@ -664,7 +837,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         if !self.io.info.features.barrier {
             return Err(BlkError::NotSupported("barrier"));
         }
-        self.sync_call(IoKind::Barrier, 0, 0, |_| None, None)
+        self.sync_call(IoKind::Barrier, 0, 0, |_| None, &mut Sink::None)
     }
 
     /// Discards `len` bytes at `offset`; later reads return zeroes.
@@ -676,7 +849,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             len,
             size: self.io.info.size_bytes(),
         })?;
-        self.sync_call(IoKind::Discard, offset, len, |_| None, None)
+        self.sync_call(IoKind::Discard, offset, len, |_| None, &mut Sink::None)
     }
 
     fn flush_kind(&self) -> Result<IoKind, BlkError> {
@@ -702,14 +875,36 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
 
     /// Runs one synchronous call: chunks submitted as resources allow, then
     /// every chunk waited for (even after an error, so no request still
-    /// targets `buf` when this returns).
+    /// targets the sink when this returns).
     fn sync_call<'b>(
         &mut self,
         kind: IoKind,
         offset: u64,
         len: usize,
         src: impl Fn(core::ops::Range<usize>) -> Option<&'b [u8]>,
-        mut buf: Option<&mut [u8]>,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), BlkError> {
+        let r = self.sync_call_inner(kind, offset, len, src, sink);
+        // Chunks held back for in-order delivery after a failed chunk are
+        // never shown: their pool pages go back.
+        if let Sink::View(v) = sink {
+            for h in v.held.drain(..) {
+                if let HeldData::Pool(p) = h.data {
+                    let slots = self.io.inflight.capacity();
+                    self.io.pool.put(p, slots);
+                }
+            }
+        }
+        r
+    }
+
+    fn sync_call_inner<'b>(
+        &mut self,
+        kind: IoKind,
+        offset: u64,
+        len: usize,
+        src: impl Fn(core::ops::Range<usize>) -> Option<&'b [u8]>,
+        sink: &mut Sink<'_>,
     ) -> Result<(), BlkError> {
         self.io.call_left = 0;
         self.io.call_err = None;
@@ -735,7 +930,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                 n,
                 src(pos..pos + n),
                 Owner::Call(pos),
-                buf.as_deref_mut(),
+                sink,
             );
             if let Err(e) = r {
                 submit_err = Some(e);
@@ -745,7 +940,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             pos += n;
         }
         while self.io.call_left > 0 {
-            self.reap(buf.as_deref_mut())?;
+            self.reap(sink)?;
         }
         if let Some(e) = submit_err {
             return Err(e);
@@ -763,7 +958,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         len: usize,
         src: Option<&[u8]>,
         owner: Owner,
-        mut buf: Option<&mut [u8]>,
+        sink: &mut Sink<'_>,
     ) -> Result<(), BlkError> {
         loop {
             match self.try_submit(kind, offset, len, src, owner)? {
@@ -772,7 +967,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                     if self.io.inflight.in_flight() == 0 {
                         return Err(e);
                     }
-                    self.reap(buf.as_deref_mut())?;
+                    self.reap(sink)?;
                 }
             }
         }
@@ -1025,18 +1220,14 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     }
 
     /// Waits for at least one response and processes every one available.
-    fn reap(&mut self, buf: Option<&mut [u8]>) -> Result<usize, BlkError> {
-        self.reap_at_least(buf, 1)
+    fn reap(&mut self, sink: &mut Sink<'_>) -> Result<usize, BlkError> {
+        self.reap_at_least(sink, 1)
     }
 
     /// Waits until `need` responses (at most as many as are in flight) have
     /// arrived, sleeping for one notification for all of them rather than
     /// one per response, and processes every one available.
-    fn reap_at_least(
-        &mut self,
-        mut buf: Option<&mut [u8]>,
-        need: usize,
-    ) -> Result<usize, BlkError> {
+    fn reap_at_least(&mut self, sink: &mut Sink<'_>, need: usize) -> Result<usize, BlkError> {
         self.live()?;
         // Requests held back by `plug` go out before any wait for their
         // answers (as Linux flushes a plug before sleeping).
@@ -1052,7 +1243,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                     Ok(None) => break,
                     Err(e) => return Err(self.fail(e.into())),
                 };
-                self.finish(rsp, buf.as_deref_mut())?;
+                self.finish(rsp, sink)?;
                 n += 1;
             }
             if n >= need || (n > 0 && self.io.inflight.in_flight() == 0) {
@@ -1108,7 +1299,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     }
 
     /// Handles one response: checks it, ends its grants, delivers the result.
-    fn finish(&mut self, rsp: BlkifResponse, buf: Option<&mut [u8]>) -> Result<(), BlkError> {
+    fn finish(&mut self, rsp: BlkifResponse, sink: &mut Sink<'_>) -> Result<(), BlkError> {
         // Back ends that echo BLKIF_OP_INDIRECT (rather than the inner
         // operation, as Linux's blkback does) are accepted for requests that
         // really were indirect.
@@ -1156,8 +1347,17 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                     .all(|(i, c)| read_page(i, c))
             };
             let ok = match owner {
-                Owner::Call(off) => match buf {
-                    Some(b) if off + len <= b.len() => copy_into(&mut b[off..off + len]),
+                Owner::Call(off) => match sink {
+                    Sink::Buf(b) if off + len <= b.len() => copy_into(&mut b[off..off + len]),
+                    // Persistent pages are shown in place (below); pages
+                    // granted for this request alone are copied out once
+                    // now, before revocation, like any read.
+                    Sink::View(_) if matches!(data, Pages::Pool(_)) => true,
+                    Sink::View(_) => {
+                        data_out = self.io.spare.pop().unwrap_or_default();
+                        data_out.resize(len, 0);
+                        copy_into(&mut data_out)
+                    }
                     _ => false,
                 },
                 Owner::Tag(_) => {
@@ -1206,9 +1406,29 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             data_out.clear();
         }
         drop(own);
-        if let Some(v) = pool_pages {
-            let slots = self.io.inflight.capacity();
-            self.io.pool.put(v, slots);
+        let slots = self.io.inflight.capacity();
+        match (owner, &mut *sink) {
+            (Owner::Call(off), Sink::View(v)) if kind == IoKind::Read => {
+                let data = match pool_pages {
+                    Some(p) => HeldData::Pool(p),
+                    None => HeldData::Bytes(core::mem::take(&mut data_out)),
+                };
+                let held = Held {
+                    pos: off,
+                    len,
+                    data,
+                };
+                if result.is_ok() && self.io.call_err.is_none() {
+                    self.deliver(v, held);
+                } else if let HeldData::Pool(p) = held.data {
+                    self.io.pool.put(p, slots);
+                }
+            }
+            _ => {
+                if let Some(v) = pool_pages {
+                    self.io.pool.put(v, slots);
+                }
+            }
         }
         match owner {
             Owner::Call(_) => {
@@ -1239,7 +1459,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     ) -> Result<Tag, BlkError> {
         self.live()?;
         let tag = Tag(self.io.next_tag);
-        self.submit_blocking(kind, offset, len, src, Owner::Tag(tag), None)?;
+        self.submit_blocking(kind, offset, len, src, Owner::Tag(tag), &mut Sink::None)?;
         self.io.next_tag += 1;
         Ok(tag)
     }
@@ -1310,7 +1530,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                 Ok(None) => break,
                 Err(e) => return Err(self.fail(e.into())),
             };
-            self.finish(rsp, None)?;
+            self.finish(rsp, &mut Sink::None)?;
         }
         Ok(self.io.completed.pop_front())
     }
@@ -1355,7 +1575,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     pub fn wait_all(&mut self, out: &mut Vec<Completion>) -> Result<usize, BlkError> {
         if self.io.completed.is_empty() && self.io.inflight.in_flight() > 0 {
             let need = self.io.inflight.in_flight() / 2;
-            self.reap_at_least(None, need)?;
+            self.reap_at_least(&mut Sink::None, need)?;
         }
         let n = self.io.completed.len();
         out.extend(self.io.completed.drain(..));
@@ -1372,7 +1592,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             if self.io.inflight.in_flight() == 0 {
                 return Ok(None);
             }
-            self.reap(None)?;
+            self.reap(&mut Sink::None)?;
         }
     }
 
@@ -1386,7 +1606,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         let mut first_err = None;
         if !self.io.broken.is_tripped() && !self.io.closed {
             while self.io.inflight.in_flight() > 0 {
-                if let Err(e) = self.reap(None) {
+                if let Err(e) = self.reap(&mut Sink::None) {
                     first_err = Some(e);
                     break;
                 }
