@@ -68,6 +68,8 @@ fn bench_vchan_reports_throughput_and_median_round_trips_with_their_floors() {
             "spsc_rtt_us",
             "rtt_vs_socketpair",
             "rtt_vs_spsc",
+            "vchan_protocol_rtt_us",
+            "rtt_vs_vchan_protocol",
         ],
     );
     // A median trip is never above the 99th percentile of the same run.
