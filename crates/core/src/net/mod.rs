@@ -65,7 +65,7 @@ pub mod front;
 pub mod xenbus;
 
 pub use back::{Doorbell, Netback, NetbackStats};
-pub use front::{CloseReport, Netfront, NetfrontConfig, NetfrontStats};
+pub use front::{CloseReport, Netfront, NetfrontConfig, NetfrontStats, RxFragment, RxFrame};
 
 use alloc::string::String;
 use core::fmt;

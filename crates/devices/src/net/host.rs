@@ -235,7 +235,32 @@ impl FrameQueue {
 
     /// Takes the oldest frame out.
     fn take(&self) -> Option<Frame> {
-        lock(&self.slots).frames.pop_front()
+        let mut q = lock(&self.slots);
+        let f = q.frames.pop_front();
+        let wake = f.is_some() && self.room_wake(&q);
+        drop(q);
+        if wake {
+            self.cv.notify_all();
+        }
+        f
+    }
+
+    /// Whether a frame just taken should wake the threads waiting on the
+    /// queue's condition variable: producers blocked in
+    /// [`FrameQueue::push_copy_timeout`] are woken once the queue is down
+    /// to half its capacity (not on every frame taken, as a NIC restarts
+    /// a stopped transmit queue only once enough descriptors are free).
+    fn room_wake(&self, q: &Slots) -> bool {
+        q.waiters > 0 && q.frames.len() <= self.cap / 2
+    }
+
+    /// Appends a copy of `frame` (as [`FrameQueue::push_copy`]), first
+    /// waiting up to `timeout` (one deadline) while the queue is full:
+    /// `false` if it stayed full (or another producer filled it first; the
+    /// frame is then dropped and counted).
+    pub fn push_copy_timeout(&self, frame: &[u8], timeout: Duration) -> bool {
+        let room = self.wait_until(timeout, |q| (q.frames.len() < self.cap).then_some(()));
+        room.is_some() && self.push_copy(frame)
     }
 
     /// The frame as a vector of its own (its buffer if the frame fills
@@ -289,7 +314,16 @@ impl FrameQueue {
 
     /// Waits up to `timeout` for a frame and takes it out of the queue.
     fn pop_frame_timeout(&self, timeout: Duration) -> Option<Frame> {
-        self.wait_until(timeout, |q| q.frames.pop_front())
+        let mut wake = false;
+        let f = self.wait_until(timeout, |q| {
+            let f = q.frames.pop_front();
+            wake = f.is_some() && self.room_wake(q);
+            f
+        });
+        if wake {
+            self.cv.notify_all();
+        }
+        f
     }
 
     /// Takes the oldest frame, waiting up to `timeout` for one.
@@ -367,8 +401,14 @@ pub struct HostPort {
 
 /// An in-memory link of `cap` frames each way.
 pub fn mem_link(cap: usize) -> (MemFrameIo, HostPort) {
-    let to_host = FrameQueue::new(cap);
-    let to_guest = FrameQueue::new(cap);
+    mem_link_caps(cap, cap)
+}
+
+/// An in-memory link holding up to `to_host` frames from the guest and
+/// `to_guest` frames towards it.
+pub fn mem_link_caps(to_host: usize, to_guest: usize) -> (MemFrameIo, HostPort) {
+    let to_host = FrameQueue::new(to_host);
+    let to_guest = FrameQueue::new(to_guest);
     (
         MemFrameIo {
             to_host: to_host.clone(),
@@ -424,6 +464,14 @@ impl HostPort {
     /// Sends a frame towards the guest; `false` if the queue was full.
     pub fn send(&self, frame: &[u8]) -> bool {
         self.to_guest.push_copy(frame)
+    }
+
+    /// Sends a frame towards the guest, waiting up to `timeout` while the
+    /// queue is full (a host that must not lose frames); `false` if it
+    /// stayed full. Blocked senders resume once the back end has taken the
+    /// queue down to half.
+    pub fn send_timeout(&self, frame: &[u8], timeout: Duration) -> bool {
+        self.to_guest.push_copy_timeout(frame, timeout)
     }
 
     /// The next frame from the guest, waiting up to `timeout`.
