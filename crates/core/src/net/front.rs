@@ -11,8 +11,11 @@
 //!
 //! Sending grants `ceil(len / 4096)` pages read-only and posts one tx chain;
 //! receiving keeps up to [`NetfrontConfig::rx_buffers`] writable pages posted
-//! and reassembles `more_data` chains, copying each fragment out of its page
-//! once. An answered rx page stays granted to the back end and is posted
+//! and gathers `more_data` chains (every slot checked as it is taken, the
+//! pages held until the frame is complete). [`Netfront::recv`] then copies
+//! the frame out of its pages once; [`Netfront::recv_with`] lends it in
+//! place to a closure ([`RxFrame`]: read-only windows of the pages) and
+//! posts the pages again only after the closure returns. An answered rx page stays granted to the back end and is posted
 //! again as it is (a persistent grant: it only ever holds what that back end
 //! wrote), unless the grant table shows the back end still mapping it, in
 //! which case it is revoked like a tx page. Rx pages are revoked on
@@ -860,7 +863,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
     /// They are shared memory: a back end that kept a mapping of one could
     /// change its bytes while `f` reads them, so `f` should read each byte
     /// once (copy out what it validates), as with any
-    /// [`SharedMem`](crate::mem::SharedMem). If the grant table shows the
+    /// [`SharedMem`]. If the grant table shows the
     /// back end mapping a page before `f` runs, the frame is copied out
     /// first and the page revoked, exactly as [`Netfront::recv`] does; if
     /// it shows one after `f` returned, the page is revoked or quarantined
@@ -1288,5 +1291,31 @@ mod with_std {
                 self.wait(Some(left))?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A privately copied frame reads like one in place: any window inside
+    /// it, nothing past its end, and an offset that would overflow is an
+    /// error, not a panic.
+    #[test]
+    fn a_private_frame_reads_windows_and_refuses_past_its_end() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let f = RxFrame::private(&data);
+        assert!(!f.in_place());
+        assert_eq!((f.len(), f.fragments().count()), (100, 1));
+        let mut b = [0u8; 10];
+        f.read(90, &mut b).unwrap();
+        assert_eq!(b[..], data[90..]);
+        assert!(f.read(91, &mut b).is_err());
+        assert!(f.read(usize::MAX, &mut b).is_err());
+        let frag = f.fragments().next().unwrap();
+        assert!(frag.read(usize::MAX - 3, &mut b).is_err());
+        let mut all = vec![7u8];
+        f.copy_to(&mut all);
+        assert_eq!((all[0], &all[1..]), (7, &data[..]));
     }
 }

@@ -582,6 +582,32 @@ mod tests {
         assert_eq!(q.pop().as_deref(), Some(&b"second"[..]));
     }
 
+    /// A producer blocked on a full queue resumes once consumers have
+    /// taken it down to half (by `offer`, the back end's way, or `pop`);
+    /// one that finds no room before its deadline gives up without
+    /// queueing (or counting) the frame.
+    #[test]
+    fn a_blocked_sender_resumes_once_the_queue_is_half_empty() {
+        let q = FrameQueue::new(4);
+        for f in [b"a", b"b", b"c", b"d"] {
+            assert!(q.push_copy(f));
+        }
+        assert!(!q.push_copy_timeout(b"x", Duration::from_millis(20)));
+        assert_eq!((q.len(), q.dropped()), (4, 0));
+        let q2 = q.clone();
+        let late =
+            std::thread::spawn(move || q2.push_copy_timeout(b"late", Duration::from_secs(30)));
+        assert_eq!(q.offer(|f| f == b"a"), Offer::Taken);
+        assert_eq!(q.pop().as_deref(), Some(&b"b"[..]));
+        assert!(late.join().unwrap(), "the sender was never let in");
+        for want in [&b"c"[..], b"d", b"late"] {
+            assert_eq!(
+                q.pop_timeout(Duration::from_secs(30)).as_deref(),
+                Some(want)
+            );
+        }
+    }
+
     #[test]
     fn a_full_queue_drops_and_counts() {
         let q = FrameQueue::new(2);
