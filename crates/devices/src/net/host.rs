@@ -206,6 +206,13 @@ impl FrameQueue {
             q.frames.push_back(f);
             (e, q.waiters)
         };
+        self.wake_after_push(was_empty, waiters);
+        true
+    }
+
+    /// After a frame was queued: wakes the threads waiting on the queue
+    /// (`waiters` of them) and, if the queue `was_empty`, calls the waker.
+    fn wake_after_push(&self, was_empty: bool, waiters: usize) {
         if waiters > 0 {
             self.cv.notify_all();
         }
@@ -216,7 +223,6 @@ impl FrameQueue {
                 w();
             }
         }
-        true
     }
 
     /// Keeps `buf` for a later [`FrameQueue::push_copy`] (up to a few).
@@ -255,12 +261,25 @@ impl FrameQueue {
     }
 
     /// Appends a copy of `frame` (as [`FrameQueue::push_copy`]), first
-    /// waiting up to `timeout` (one deadline) while the queue is full:
-    /// `false` if it stayed full (or another producer filled it first; the
-    /// frame is then dropped and counted).
+    /// waiting up to `timeout` (one deadline) while the queue is full;
+    /// `false` (nothing queued, nothing counted) if it stayed full. Room
+    /// is checked and the frame queued under one lock, so a frame the back
+    /// end puts back first in line cannot make it fail.
     pub fn push_copy_timeout(&self, frame: &[u8], timeout: Duration) -> bool {
-        let room = self.wait_until(timeout, |q| (q.frames.len() < self.cap).then_some(()));
-        room.is_some() && self.push_copy(frame)
+        let mut woken = (false, 0);
+        let pushed = self.wait_until(timeout, |q| {
+            if q.frames.len() >= self.cap {
+                return None;
+            }
+            woken = (q.frames.is_empty(), q.waiters);
+            let f = Frame::copy_of(q.spare.pop().unwrap_or_default(), frame);
+            q.frames.push_back(f);
+            Some(())
+        });
+        if pushed.is_some() {
+            self.wake_after_push(woken.0, woken.1);
+        }
+        pushed.is_some()
     }
 
     /// The frame as a vector of its own (its buffer if the frame fills
