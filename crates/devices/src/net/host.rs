@@ -260,26 +260,29 @@ impl FrameQueue {
         q.waiters > 0 && q.frames.len() <= self.cap / 2
     }
 
-    /// Appends a copy of `frame` (as [`FrameQueue::push_copy`]), first
-    /// waiting up to `timeout` (one deadline) while the queue is full;
-    /// `false` (nothing queued, nothing counted) if it stayed full. Room
-    /// is checked and the frame queued under one lock, so a frame the back
-    /// end puts back first in line cannot make it fail.
+    /// Appends a copy of `frame`, first waiting up to `timeout` (one
+    /// deadline) while the queue is full; `false` (nothing queued, nothing
+    /// counted) if it stayed full. The copy is made outside the lock, into
+    /// a recycled buffer taken when room was found (a consumer is never
+    /// held up by it), so with one producer the queue holds at most its
+    /// capacity (plus a frame the back end put back first in line); each
+    /// further producer may take it one over.
     pub fn push_copy_timeout(&self, frame: &[u8], timeout: Duration) -> bool {
-        let mut woken = (false, 0);
-        let pushed = self.wait_until(timeout, |q| {
-            if q.frames.len() >= self.cap {
-                return None;
-            }
-            woken = (q.frames.is_empty(), q.waiters);
-            let f = Frame::copy_of(q.spare.pop().unwrap_or_default(), frame);
-            q.frames.push_back(f);
-            Some(())
+        let room = self.wait_until(timeout, |q| {
+            (q.frames.len() < self.cap).then(|| q.spare.pop().unwrap_or_default())
         });
-        if pushed.is_some() {
-            self.wake_after_push(woken.0, woken.1);
-        }
-        pushed.is_some()
+        let Some(spare) = room else {
+            return false;
+        };
+        let f = Frame::copy_of(spare, frame);
+        let (was_empty, waiters) = {
+            let mut q = lock(&self.slots);
+            let e = q.frames.is_empty();
+            q.frames.push_back(f);
+            (e, q.waiters)
+        };
+        self.wake_after_push(was_empty, waiters);
+        true
     }
 
     /// The frame as a vector of its own (its buffer if the frame fills
