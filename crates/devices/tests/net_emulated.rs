@@ -464,11 +464,12 @@ fn throughput_of_the_emulated_path() {
     for (len, n) in [(64usize, 20_000u64), (1514, 20_000), (65535, 2_000)] {
         let t = throughput(len, n).unwrap();
         println!(
-            "net throughput {len:>5} B frames: guest->host {:>8.0} frames/s ({:>7.1} MB/s), host->guest {:>8.0} frames/s ({:>7.1} MB/s)",
+            "net throughput {len:>5} B frames: guest->host {:>8.0} frames/s ({:>7.1} MB/s), host->guest {:>8.0} frames/s ({:>7.1} MB/s), {:>8.0} copied out",
             t.tx_fps,
             t.tx_mbps(),
             t.rx_fps,
-            t.rx_mbps()
+            t.rx_mbps(),
+            t.rx_copy_fps
         );
         // A path stuck in its 20 ms wait slices would manage 50 frames/s;
         // a loaded 2-core box running a debug build does several hundred
