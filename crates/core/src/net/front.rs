@@ -779,10 +779,9 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
     /// back end still mapping it, which is revoked (or quarantined,
     /// breaking the device: the error is returned).
     fn release_held(&mut self) -> Result<(), NetError> {
-        let mut frags = core::mem::take(&mut self.held.frags);
         self.held.reset();
         let mut r = Ok(());
-        for f in frags.drain(..) {
+        while let Some(f) = self.held.frags.pop() {
             if self.peer_holds(&f.share) {
                 match self.revoke(f.share) {
                     Ok(pages) => self.recycle(pages),
@@ -793,7 +792,6 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
                 self.rx_spare.push(f.share);
             }
         }
-        self.held.frags = frags;
         r
     }
 
