@@ -14,16 +14,20 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use xenshare::error::DeviceError;
-use xenshare::net::{NetError, NetfrontConfig, NetifRxRequest, NetifRxResponse, NetifTxResponse};
+use xenshare::net::{
+    NetError, NetfrontConfig, NetifRxRequest, NetifRxResponse, NetifTxResponse, MAX_SLOTS,
+};
 use xenshare::ring::RingError;
 use xenshare::{Access, GrantRef};
-use xenshare_abi::netif::{NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETTXF_MORE_DATA};
+use xenshare_abi::netif::{
+    NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETRXF_MORE_DATA, NETTXF_MORE_DATA,
+};
 use xenshare_sim::{DomainConfig, RevocationModel};
 use xenshare_testkit::adversary::{Flooder, Kept, RawIndices};
 use xenshare_testkit::grant_page;
 use xenshare_testkit::net::{
     data_page, evil_back, evil_front, expect_backend_error, frame, tx_req, tx_response, world,
-    world_with, EvilBack, Front, TxBack, World, T,
+    world_with, EvilBack, Front, RxBack, TxBack, World, T,
 };
 
 // ---------------------------------------------------------------- back ends
@@ -520,4 +524,251 @@ fn event_flood_from_frontend_does_not_stop_the_backend() {
     assert!(n > 100);
     let exit = bt.stop().unwrap();
     assert_eq!(exit.stats.tx_frames, 1);
+}
+
+// ------------------------------------------- frames lent in place (recv_with)
+
+/// The evil back end takes every posted rx request and answers the first
+/// `rsps(requests).len()` of them as `rsps` says, writing `data` into the
+/// first page beforehand (through a mapping it lets go of again).
+fn answer_rx_chain(
+    eb: &EvilBack,
+    rx: &mut RxBack<'_>,
+    w: &World,
+    data: &[u8],
+    rsps: impl FnOnce(&[NetifRxRequest]) -> Vec<NetifRxResponse>,
+) -> Vec<NetifRxRequest> {
+    let mut reqs = Vec::new();
+    while let Some(r) = rx.next_request().unwrap() {
+        reqs.push(r);
+    }
+    assert!(!reqs.is_empty(), "rx pages posted");
+    let mut kept = Kept::rw(&w.dom0, w.guest.id(), GrantRef(reqs[0].gref));
+    kept.mem().write(0, data).unwrap();
+    kept.release();
+    let answers = rsps(&reqs);
+    eb.answer(rx, &answers);
+    reqs
+}
+
+/// Like `expect_broken`, receiving in place: the closure must never run.
+fn expect_broken_in_place(nf: &mut Front) -> NetError {
+    let start = Instant::now();
+    let mut lent = 0;
+    let e = loop {
+        match nf.recv_with(Duration::from_millis(200), |_| lent += 1) {
+            Err(e) => break e,
+            Ok(_) if start.elapsed() > T => panic!("front end never noticed the violation"),
+            Ok(_) => {}
+        }
+    };
+    assert_eq!(lent, 0, "a frame was lent from a bad chain");
+    assert!(nf.is_broken(), "{e}");
+    assert!(matches!(nf.try_recv_with(|_| ()), Err(NetError::Broken(_))));
+    e
+}
+
+/// A page is posted to the back end again only once the closure that was
+/// lent it has returned. The back end answers 64 one-page frames, a quarter
+/// of the posted pages, so by the 64th frame a re-post is due: still, while
+/// the closure looks at that frame the ring holds no new request. The next
+/// call (finding nothing to receive) posts the pages again, the same grants
+/// (persistent), without a new one.
+#[test]
+fn recv_with_posts_a_lent_page_again_only_after_the_closure_returns() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let data = frame(300, 7);
+    let mut rx = eb.rx_ring();
+    let reqs = answer_rx_chain(&eb, &mut rx, &w, &data, |reqs| {
+        reqs[..64]
+            .iter()
+            .map(|r| NetifRxResponse {
+                id: r.id,
+                offset: 0,
+                flags: 0,
+                status: 300,
+            })
+            .collect()
+    });
+    let granted = w.guest.exporter().stats().granted;
+    let first = nf.recv_with(T, |f| {
+        assert!(f.in_place());
+        assert_eq!(f.fragments().count(), 1);
+        let mut v = Vec::new();
+        f.copy_to(&mut v);
+        v
+    });
+    assert_eq!(first.unwrap().as_deref(), Some(&data[..]));
+    for i in 1..64 {
+        let len = nf.recv_with(T, |f| {
+            assert!(
+                rx.next_request().unwrap().is_none(),
+                "a page was posted while the closure still looks at frame {i}"
+            );
+            f.len()
+        });
+        assert_eq!(len.unwrap(), Some(300));
+    }
+    assert!(nf.try_recv_with(|_| ()).unwrap().is_none());
+    let mut again = Vec::new();
+    while let Some(r) = rx.next_request().unwrap() {
+        again.push(r.gref);
+    }
+    assert_eq!(again.len(), 64, "every lent page is posted again");
+    for r in &reqs[..64] {
+        assert!(again.contains(&r.gref), "the same grants, posted again");
+    }
+    assert_eq!(w.guest.exporter().stats().granted, granted);
+    assert!(!nf.is_broken());
+}
+
+#[test]
+fn recv_with_refuses_rx_data_outside_the_page() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    answer_rx_chain(&eb, &mut eb.rx_ring(), &w, &[], |reqs| {
+        vec![NetifRxResponse {
+            id: reqs[0].id,
+            offset: 4000,
+            flags: 0,
+            status: 200,
+        }]
+    });
+    let e = expect_broken_in_place(&mut nf);
+    assert!(
+        matches!(
+            e,
+            NetError::BadRxResponse {
+                offset: 4000,
+                status: 200,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(nf.stats().rx_frames, 0);
+}
+
+/// A chain of 16 full pages is 65536 bytes, one more than the largest
+/// frame: refused at its 16th slot, nothing lent.
+#[test]
+fn recv_with_refuses_a_frame_longer_than_the_largest() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    answer_rx_chain(&eb, &mut eb.rx_ring(), &w, &[], |reqs| {
+        (0..16)
+            .map(|i| NetifRxResponse {
+                id: reqs[i].id,
+                offset: 0,
+                flags: NETRXF_MORE_DATA,
+                status: 4096,
+            })
+            .collect()
+    });
+    let e = expect_broken_in_place(&mut nf);
+    assert!(
+        matches!(e, NetError::BadRxResponse { why, .. } if why.contains("longer")),
+        "{e}"
+    );
+}
+
+/// A chain of one-byte fragments longer than XEN_NETIF_NR_SLOTS_MIN slots:
+/// refused, nothing lent, and every page of it revoked on release.
+#[test]
+fn recv_with_refuses_a_chain_of_too_many_slots() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    answer_rx_chain(&eb, &mut eb.rx_ring(), &w, &[], |reqs| {
+        (0..MAX_SLOTS + 1)
+            .map(|i| NetifRxResponse {
+                id: reqs[i].id,
+                offset: 0,
+                flags: NETRXF_MORE_DATA,
+                status: 1,
+            })
+            .collect()
+    });
+    let e = expect_broken_in_place(&mut nf);
+    assert!(
+        matches!(e, NetError::BadRxResponse { why, .. } if why.contains("slots")),
+        "{e}"
+    );
+    drop(eb);
+    let report = nf.release();
+    assert_eq!(report.quarantined, 0);
+    assert_eq!(w.guest.exporter().stats().live, 0, "every grant came back");
+}
+
+/// A back end that keeps a mapping of the rx page it answered: the frame
+/// is never lent (not even copied out), the page is quarantined and the
+/// device broken, as with `recv`.
+#[test]
+fn recv_with_never_lends_a_page_the_backend_keeps() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let mut rx = eb.rx_ring();
+    let req = rx.next_request().unwrap().expect("rx pages posted");
+    let gref = GrantRef(req.gref);
+    let kept = Kept::rw(&w.dom0, w.guest.id(), gref);
+    kept.mem().write(0, &frame(60, 3)).unwrap();
+    eb.answer(
+        &mut rx,
+        &[NetifRxResponse {
+            id: req.id,
+            offset: 0,
+            flags: 0,
+            status: 60,
+        }],
+    );
+    assert_eq!(
+        expect_broken_in_place(&mut nf),
+        NetError::GrantStillInUse { gref }
+    );
+    assert_eq!(nf.stats().rx_frames, 0);
+    assert_eq!(w.guest.exporter().stats().quarantined, 1);
+    drop(kept);
+}
+
+/// A frame whose chain has a slot answered with an error is dropped and
+/// counted; the device carries on and lends the next frame.
+#[test]
+fn recv_with_drops_a_frame_the_backend_failed_and_carries_on() {
+    let w = world();
+    let (eb, mut nf) = evil_back(&w);
+    let data = frame(100, 9);
+    answer_rx_chain(&eb, &mut eb.rx_ring(), &w, &data, |reqs| {
+        vec![
+            NetifRxResponse {
+                id: reqs[0].id,
+                offset: 0,
+                flags: NETRXF_MORE_DATA,
+                status: 100,
+            },
+            NetifRxResponse {
+                id: reqs[1].id,
+                offset: 0,
+                flags: 0,
+                status: NETIF_RSP_ERROR,
+            },
+            NetifRxResponse {
+                id: reqs[2].id,
+                offset: 0,
+                flags: 0,
+                status: 100,
+            },
+        ]
+    });
+    let mut lent = Vec::new();
+    let n = nf.recv_with(T, |f| {
+        f.copy_to(&mut lent);
+        f.len()
+    });
+    assert_eq!(n.unwrap(), Some(100));
+    // The third page was never written: what it holds is not checked, only
+    // that the failed frame was not the one lent.
+    assert_eq!(nf.stats().rx_errors, 1);
+    assert_eq!(nf.stats().rx_frames, 1);
+    assert!(!nf.is_broken());
+    assert!(lent.len() == 100);
 }

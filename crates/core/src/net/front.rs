@@ -11,14 +11,17 @@
 //!
 //! Sending grants `ceil(len / 4096)` pages read-only and posts one tx chain;
 //! receiving keeps up to [`NetfrontConfig::rx_buffers`] writable pages posted
-//! and reassembles `more_data` chains, copying each fragment out of its page
-//! once. An answered rx page stays granted to the back end and is posted
+//! and gathers `more_data` chains (every slot checked as it is taken, the
+//! pages held until the frame is complete). [`Netfront::recv`] then copies
+//! the frame out of its pages once; [`Netfront::recv_with`] lends it in
+//! place to a closure ([`RxFrame`]: read-only windows of the pages) and
+//! posts the pages again only after the closure returns. An answered rx page stays granted to the back end and is posted
 //! again as it is (a persistent grant: it only ever holds what that back end
 //! wrote), unless the grant table shows the back end still mapping it, in
 //! which case it is revoked like a tx page. Rx pages are revoked on
 //! [`Netfront::release`] and [`Netfront::rebuild`].
 
-use crate::mem::SharedMem;
+use crate::mem::{OutOfBounds, ReadOnly, SharedMem};
 use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -98,18 +101,203 @@ pub struct CloseReport {
     pub quarantined: usize,
 }
 
-/// A frame being reassembled from an rx chain.
-#[derive(Debug, Default)]
-struct Partial {
-    /// The frame's buffer: its first `len` bytes are the frame so far; the
-    /// rest are left over from an earlier frame (this side's own memory,
-    /// overwritten or cut off before the frame is handed out).
-    data: Vec<u8>,
+/// One answered rx slot of the frame being received: its page, still
+/// granted to the back end, and where the fragment lies in it (checked to be
+/// inside the page).
+struct HeldFrag<B: GrantBackend> {
+    share: Share<B>,
+    off: usize,
+    size: usize,
+}
+
+/// The frame being received: the answered slots of its chain so far, their
+/// pages not yet re-posted (at most [`MAX_SLOTS`]).
+struct Held<B: GrantBackend> {
+    frags: Vec<HeldFrag<B>>,
+    /// Bytes in `frags` (at most [`MAX_FRAME`]).
     len: usize,
-    slots: usize,
+    /// A slot was answered with an error status.
     failed: bool,
     /// The first slot said the checksum is left to us (NETRXF_csum_blank).
     csum_blank: bool,
+    /// The chain's last slot (no NETRXF_more_data) is among `frags`.
+    complete: bool,
+}
+
+impl<B: GrantBackend> Held<B> {
+    fn new() -> Self {
+        Self {
+            frags: Vec::with_capacity(MAX_SLOTS),
+            len: 0,
+            failed: false,
+            csum_blank: false,
+            complete: false,
+        }
+    }
+
+    /// Forgets the frame's bookkeeping (its pages must have been taken).
+    fn reset(&mut self) {
+        self.len = 0;
+        self.failed = false;
+        self.csum_blank = false;
+        self.complete = false;
+    }
+}
+
+/// One piece of a received frame (see [`RxFrame::fragments`]).
+#[derive(Debug, Clone, Copy)]
+pub enum RxFragment<'a> {
+    /// The bytes where the back end copied them, in an rx page: shared
+    /// memory, read once (a back end that kept a mapping could change it).
+    Shared(SharedMem<'a, ReadOnly>),
+    /// A private copy.
+    Private(&'a [u8]),
+}
+
+impl RxFragment<'_> {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            RxFragment::Shared(m) => m.len(),
+            RxFragment::Private(b) => b.len(),
+        }
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies `dst.len()` bytes at `offset` out of it.
+    pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
+        match self {
+            RxFragment::Shared(m) => m.read(offset, dst),
+            RxFragment::Private(b) => {
+                let src = offset
+                    .checked_add(dst.len())
+                    .and_then(|end| b.get(offset..end))
+                    .ok_or(OutOfBounds {
+                        offset,
+                        len: dst.len(),
+                        size: b.len(),
+                    })?;
+                dst.copy_from_slice(src);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A received frame as [`Netfront::recv_with`] lends it to its closure:
+/// normally read-only windows onto the rx pages the back end copied it into
+/// (no copy made), else a private copy. It cannot outlive the call: the
+/// pages go back to the back end when the closure returns.
+#[derive(Debug, Clone, Copy)]
+pub struct RxFrame<'a> {
+    /// In place: the first `n` entries are the fragments, in order.
+    pieces: [Option<SharedMem<'a, ReadOnly>>; MAX_SLOTS],
+    n: usize,
+    /// A private copy (then `n` is 0).
+    private: Option<&'a [u8]>,
+    len: usize,
+}
+
+impl<'a> RxFrame<'a> {
+    fn private(data: &'a [u8]) -> Self {
+        Self {
+            pieces: [None; MAX_SLOTS],
+            n: 0,
+            private: Some(data),
+            len: data.len(),
+        }
+    }
+
+    /// Read-only windows onto the held fragments (`len` bytes in all).
+    fn in_pages<B: GrantBackend>(
+        frags: &'a [HeldFrag<B>],
+        len: usize,
+    ) -> Result<Self, OutOfBounds> {
+        let mut pieces = [None; MAX_SLOTS];
+        for (p, f) in pieces.iter_mut().zip(frags) {
+            *p = Some(f.share.mem().slice(f.off, f.size)?.read_only());
+        }
+        Ok(Self {
+            pieces,
+            n: frags.len().min(MAX_SLOTS),
+            private: None,
+            len,
+        })
+    }
+
+    /// The frame's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the frame is empty (never, for a delivered frame).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the bytes are still in the rx pages (shared memory) rather
+    /// than a private copy.
+    pub fn in_place(&self) -> bool {
+        self.private.is_none()
+    }
+
+    /// The frame's pieces in order (one per rx slot in place; one in all
+    /// for a private copy).
+    pub fn fragments(&self) -> impl Iterator<Item = RxFragment<'a>> + '_ {
+        self.pieces[..self.n]
+            .iter()
+            .flatten()
+            .map(|m| RxFragment::Shared(*m))
+            .chain(self.private.map(RxFragment::Private))
+    }
+
+    /// Copies `dst.len()` bytes at `offset` of the frame out (across
+    /// fragments).
+    pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
+        let oob = OutOfBounds {
+            offset,
+            len: dst.len(),
+            size: self.len,
+        };
+        if offset
+            .checked_add(dst.len())
+            .is_none_or(|end| end > self.len)
+        {
+            return Err(oob);
+        }
+        let (mut skip, mut done) = (offset, 0);
+        for frag in self.fragments() {
+            if done == dst.len() {
+                break;
+            }
+            let flen = frag.len();
+            if skip >= flen {
+                skip -= flen;
+                continue;
+            }
+            let n = (flen - skip).min(dst.len() - done);
+            frag.read(skip, &mut dst[done..done + n])?;
+            done += n;
+            skip = 0;
+        }
+        if done == dst.len() {
+            Ok(())
+        } else {
+            Err(oob)
+        }
+    }
+
+    /// Appends the whole frame to `out`.
+    pub fn copy_to(&self, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.resize(at + self.len, 0);
+        // Cannot fail: the destination is exactly the frame's length.
+        let _ = self.read(0, &mut out[at..]);
+    }
 }
 
 /// Most revoked pages kept for reuse.
@@ -145,7 +333,7 @@ pub struct Netfront<B: GrantBackend, E: EventChannels> {
     mac: Mac,
     cfg: NetfrontConfig,
     backend_sg: bool,
-    partial: Partial,
+    held: Held<B>,
     ready: VecDeque<Vec<u8>>,
     frame_pool: Vec<Vec<u8>>,
     latch: Latch,
@@ -200,7 +388,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             mac,
             cfg,
             backend_sg,
-            partial: Partial::default(),
+            held: Held::new(),
             ready: VecDeque::new(),
             frame_pool: Vec::new(),
             latch: Latch::default(),
@@ -438,50 +626,34 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         }
     }
 
-    /// Takes answered rx slots, reassembles frames, and re-posts pages.
+    /// Whether a quarter of the rx pages (at least a largest frame's worth)
+    /// wait to be posted again.
+    fn refill_due(&self) -> bool {
+        let batch = (self.cfg.rx_buffers / 4).max(MAX_SLOTS);
+        self.cfg.rx_buffers - self.rx_inflight.in_flight().min(self.cfg.rx_buffers) >= batch
+    }
+
+    /// Takes answered rx slots, copies frames out, and re-posts pages.
     ///
     /// Pages are re-posted every quarter ring (at least a largest frame's
     /// worth) rather than only at the end, so the back end fills the fresh
     /// ones while this side is still copying out the rest: the two work
     /// side by side instead of taking turns.
     fn reap_rx(&mut self) -> Result<(), NetError> {
-        let batch = (self.cfg.rx_buffers / 4).max(MAX_SLOTS);
         loop {
-            if self.cfg.rx_buffers - self.rx_inflight.in_flight().min(self.cfg.rx_buffers) >= batch
-            {
+            if self.refill_due() {
                 self.refill()?;
             }
-            if self.ready.len() >= READY_MAX && self.partial.slots == 0 {
+            if self.ready.len() >= READY_MAX || !self.gather()? {
                 break;
             }
-            let rsp = match self.rx.next_response() {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
-                Err(e) => return Err(self.trip(e)),
-            };
-            let share = match self.rx.complete(&mut self.rx_inflight, rsp.id.into(), OP) {
-                Ok(s) => s,
-                Err(e) => return Err(self.trip(e)),
-            };
             // Copy once; only the private copy is looked at after.
-            let r = self.take_fragment(&rsp, share.mem());
-            if self.peer_holds(&share) {
-                // The back end still maps the page after answering for it:
-                // revoked, or quarantined and the device broken.
-                let pages = match self.revoke(share) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        // Nothing read from a kept page is delivered.
-                        self.partial = Partial::default();
-                        return Err(e);
-                    }
-                };
-                self.recycle(pages);
-            } else {
-                // Posted again as it is, still granted to the same back end.
-                self.rx_spare.push(share);
-            }
-            if let Some(data) = r? {
+            let copied = self.copy_held();
+            // Pages the back end still maps are revoked (or quarantined,
+            // breaking the device): nothing read from a kept page is
+            // delivered.
+            self.release_held()?;
+            if let Some(data) = copied? {
                 self.stats.rx_frames += 1;
                 self.stats.rx_bytes += data.len() as u64;
                 self.ready.push_back(data);
@@ -490,14 +662,38 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         self.refill()
     }
 
-    /// Validates one rx response (a private copy) and appends its data;
-    /// returns the frame it completed, if any (delivered by the caller once
-    /// the page is proven revoked).
-    fn take_fragment(
-        &mut self,
-        rsp: &NetifRxResponse,
-        mem: SharedMem<'_>,
-    ) -> Result<Option<Vec<u8>>, NetError> {
+    /// Takes answered rx slots into `held` until one frame's chain is
+    /// complete (`true`) or no answer is waiting (`false`: the slots taken
+    /// so far stay held for the next call). Every slot is checked as it is
+    /// taken; a violation releases the held pages and breaks the device.
+    fn gather(&mut self) -> Result<bool, NetError> {
+        while !self.held.complete {
+            let rsp = match self.rx.next_response() {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(false),
+                Err(e) => return Err(self.trip(e)),
+            };
+            let share = match self.rx.complete(&mut self.rx_inflight, rsp.id.into(), OP) {
+                Ok(s) => s,
+                Err(e) => return Err(self.trip(e)),
+            };
+            let checked = self.check_fragment(&rsp);
+            let (off, size) = *checked.as_ref().unwrap_or(&(0, 0));
+            self.held.frags.push(HeldFrag { share, off, size });
+            if let Err(e) = checked {
+                // The device is broken; the pages go back as usual (the
+                // first cause is the one kept).
+                let _ = self.release_held();
+                return Err(e);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Checks one rx response (a private copy of the slot) against the
+    /// frame held so far and counts it in; returns where its data lies in
+    /// its page (`(0, 0)` for a slot answered with an error).
+    fn check_fragment(&mut self, rsp: &NetifRxResponse) -> Result<(usize, usize), NetError> {
         let bad = |why| NetError::BadRxResponse {
             id: rsp.id,
             offset: rsp.offset,
@@ -515,62 +711,88 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         if more && !self.cfg.sg {
             return Err(self.trip(bad("multi-slot frame without feature-sg")));
         }
-        if self.partial.slots == 0 {
-            self.partial.csum_blank = rsp.flags & NETRXF_CSUM_BLANK != 0;
-            // One buffer for the whole frame, from the frames given back if
-            // any: growing it slot by slot reallocates and, for large
-            // frames, faults in fresh pages every time. Four pages hold a
-            // jumbo frame; a larger one doubles from there (reserving a
-            // whole MAX_FRAME for every multi-slot frame halved the rate of
-            // 9000-byte frames). A buffer from the pool keeps its length:
-            // its old bytes are overwritten, not zeroed first, and what is
-            // left of them past the frame is cut off before it is handed out.
-            let mut data = self.frame_pool.pop().unwrap_or_default();
-            let want = if more { 4 * PAGE_SIZE } else { PAGE_SIZE };
-            data.reserve(want.saturating_sub(data.len()));
-            self.partial.data = data;
-            self.partial.len = 0;
+        if self.held.frags.is_empty() {
+            self.held.csum_blank = rsp.flags & NETRXF_CSUM_BLANK != 0;
         }
-        self.partial.slots += 1;
-        if self.partial.slots > MAX_SLOTS {
+        if self.held.frags.len() >= MAX_SLOTS {
             return Err(self.trip(bad("frame uses more slots than allowed")));
         }
-        if rsp.status < 0 {
-            self.partial.failed = true;
+        let place = if rsp.status < 0 {
+            self.held.failed = true;
+            (0, 0)
         } else {
             let (off, size) = (usize::from(rsp.offset), rsp.status as usize);
             if off + size > PAGE_SIZE {
                 return Err(self.trip(bad("offset + size beyond the page")));
             }
-            let have = self.partial.len;
-            if have + size > MAX_FRAME {
+            if self.held.len + size > MAX_FRAME {
                 return Err(self.trip(bad("frame longer than the largest frame")));
             }
-            let data = &mut self.partial.data;
-            if data.len() < have + size {
-                data.resize(have + size, 0);
-            }
-            let r = mem.read(off, &mut data[have..have + size]);
+            self.held.len += size;
+            (off, size)
+        };
+        self.held.complete = !more;
+        Ok(place)
+    }
+
+    /// A private copy of the complete frame in `held`, or `None` (counted
+    /// as an rx error) if the back end failed a slot, the frame is empty,
+    /// or its blank checksum cannot be completed. The pages stay held.
+    fn copy_held(&mut self) -> Result<Option<Vec<u8>>, NetError> {
+        let len = self.held.len;
+        if self.held.failed || len == 0 {
+            self.stats.rx_errors += 1;
+            return Ok(None);
+        }
+        // One buffer for the whole frame, from the frames given back if
+        // any. A pooled buffer keeps its length: its old bytes are
+        // overwritten, not zeroed first.
+        let mut data = self.frame_pool.pop().unwrap_or_default();
+        if data.len() < len {
+            data.resize(len, 0);
+        }
+        data.truncate(len);
+        let mut at = 0;
+        for f in &self.held.frags {
+            let r = f.share.mem().read(f.off, &mut data[at..at + f.size]);
             if let Err(e) = r {
                 return Err(self.trip(RingError::from(e)));
             }
-            self.partial.len = have + size;
+            at += f.size;
         }
-        if !more {
-            let p = core::mem::take(&mut self.partial);
-            let mut data = p.data;
-            data.truncate(p.len);
-            if p.failed
-                || data.is_empty()
-                || (p.csum_blank && super::csum::complete(&mut data).is_err())
-            {
-                self.stats.rx_errors += 1;
-                self.recycle_frame(data);
+        if self.held.csum_blank && super::csum::complete(&mut data).is_err() {
+            self.stats.rx_errors += 1;
+            self.recycle_frame(data);
+            return Ok(None);
+        }
+        Ok(Some(data))
+    }
+
+    /// Whether the back end maps (or is writing) any page of the frame in
+    /// `held`, as far as the platform shows.
+    fn peer_holds_any_held(&self) -> bool {
+        self.held.frags.iter().any(|f| self.peer_holds(&f.share))
+    }
+
+    /// Gives the pages of the frame in `held` back to the rx pool: each
+    /// stays granted and is posted again, unless the grant table shows the
+    /// back end still mapping it, which is revoked (or quarantined,
+    /// breaking the device: the error is returned).
+    fn release_held(&mut self) -> Result<(), NetError> {
+        self.held.reset();
+        let mut r = Ok(());
+        while let Some(f) = self.held.frags.pop() {
+            if self.peer_holds(&f.share) {
+                match self.revoke(f.share) {
+                    Ok(pages) => self.recycle(pages),
+                    Err(e) => r = r.and(Err(e)),
+                }
             } else {
-                return Ok(Some(data));
+                // Posted again as it is, still granted to the same back end.
+                self.rx_spare.push(f.share);
             }
         }
-        Ok(None)
+        r
     }
 
     /// Posts receive pages up to the configured number.
@@ -624,6 +846,79 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         }
         self.poll()?;
         Ok(self.ready.pop_front())
+    }
+
+    /// Hands the next received frame, if any, to `f` without copying it
+    /// out of the rx pages (never blocks): `Ok(None)` if no frame is
+    /// waiting, else what `f` returned. See [`Netfront::recv_with`] for the
+    /// waiting form.
+    ///
+    /// `f` gets an [`RxFrame`]: normally read-only windows onto the rx pages
+    /// the back end copied the frame into ([`RxFrame::in_place`]), checked
+    /// like every response (offset and size inside the page, flags
+    /// negotiated, at most [`MAX_SLOTS`] slots and [`MAX_FRAME`] bytes).
+    /// The pages are posted to the back end again only after `f` returns.
+    /// They are shared memory: a back end that kept a mapping of one could
+    /// change its bytes while `f` reads them, so `f` should read each byte
+    /// once (copy out what it validates), as with any
+    /// [`SharedMem`]. If the grant table shows the
+    /// back end mapping a page before `f` runs, the frame is copied out
+    /// first and the page revoked, exactly as [`Netfront::recv`] does; if
+    /// it shows one after `f` returned, the page is revoked or quarantined
+    /// and the error returned (the device is then broken).
+    ///
+    /// A frame [`Netfront::recv`] already copied out (it stops at 64), or
+    /// one with a checksum left blank by the back end (completed here, so
+    /// changed), is lent from its private copy instead. Frames come in
+    /// order either way.
+    pub fn try_recv_with<R>(
+        &mut self,
+        f: impl FnOnce(RxFrame<'_>) -> R,
+    ) -> Result<Option<R>, NetError> {
+        self.latch.check()?;
+        if let Some(data) = self.ready.pop_front() {
+            let r = f(RxFrame::private(&data));
+            self.recycle_frame(data);
+            return Ok(Some(r));
+        }
+        self.reap_tx()?;
+        loop {
+            if self.refill_due() {
+                self.refill()?;
+            }
+            if !self.gather()? {
+                self.refill()?;
+                return Ok(None);
+            }
+            let len = self.held.len;
+            if self.held.failed || len == 0 || self.held.csum_blank || self.peer_holds_any_held() {
+                // Copied out (or dropped) and released as `recv` does.
+                let copied = self.copy_held();
+                self.release_held()?;
+                let Some(data) = copied? else {
+                    continue;
+                };
+                self.stats.rx_frames += 1;
+                self.stats.rx_bytes += data.len() as u64;
+                let r = f(RxFrame::private(&data));
+                self.recycle_frame(data);
+                return Ok(Some(r));
+            }
+            let r = match RxFrame::in_pages(&self.held.frags, len) {
+                Ok(frame) => Ok(f(frame)),
+                Err(e) => Err(RingError::from(e)),
+            };
+            // Only now may the back end have the pages again.
+            let released = self.release_held();
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => return Err(self.trip(e)),
+            };
+            released?;
+            self.stats.rx_frames += 1;
+            self.stats.rx_bytes += len as u64;
+            return Ok(Some(r));
+        }
     }
 
     /// Gives a frame [`Netfront::recv`] returned back for reuse: the next
@@ -703,10 +998,14 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         for s in core::mem::take(&mut self.rx_spare) {
             back.extend(Self::give_back(s, &mut report));
         }
+        // A half-received frame is dropped.
+        for f in self.held.frags.drain(..) {
+            back.extend(Self::give_back(f.share, &mut report));
+        }
+        self.held.reset();
         for p in back {
             self.recycle(Some(p));
         }
-        self.partial = Partial::default();
         let fresh = (|| {
             let tx = TxRing::init(self.exporter.share(backend, 1, Access::ReadWrite)?)?;
             let rx = RxRing::init(self.exporter.share(backend, 1, Access::ReadWrite)?)?;
@@ -747,6 +1046,7 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
             mut tx_inflight,
             mut rx_inflight,
             rx_spare,
+            held,
             chan,
             ..
         } = self;
@@ -766,6 +1066,9 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
         }
         for s in rx_spare {
             give_back(s);
+        }
+        for f in held.frags {
+            give_back(f.share);
         }
         give_back(tx.into_memory());
         give_back(rx.into_memory());
@@ -947,6 +1250,30 @@ mod with_std {
             }
         }
 
+        /// Like [`Netfront::try_recv_with`], waiting up to `timeout` (one
+        /// deadline, not restarted by wake-ups) for a frame: hands the next
+        /// frame to `f` in place in the rx pages, which are posted again
+        /// only after `f` returns. `Ok(None)` if none came in time.
+        pub fn recv_with<R>(
+            &mut self,
+            timeout: Duration,
+            f: impl FnOnce(RxFrame<'_>) -> R,
+        ) -> Result<Option<R>, NetError> {
+            let deadline = Instant::now() + timeout;
+            let mut f = Some(f);
+            loop {
+                let r = self.try_recv_with(|frame| f.take().map(|f| f(frame)))?;
+                if let Some(r) = r.flatten() {
+                    return Ok(Some(r));
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                self.wait(Some(left))?;
+            }
+        }
+
         /// Like [`Netfront::send`], waiting up to `timeout` for ring room.
         pub fn send_timeout(&mut self, frame: &[u8], timeout: Duration) -> Result<(), NetError> {
             let deadline = Instant::now() + timeout;
@@ -962,5 +1289,31 @@ mod with_std {
                 self.wait(Some(left))?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A privately copied frame reads like one in place: any window inside
+    /// it, nothing past its end, and an offset that would overflow is an
+    /// error, not a panic.
+    #[test]
+    fn a_private_frame_reads_windows_and_refuses_past_its_end() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let f = RxFrame::private(&data);
+        assert!(!f.in_place());
+        assert_eq!((f.len(), f.fragments().count()), (100, 1));
+        let mut b = [0u8; 10];
+        f.read(90, &mut b).unwrap();
+        assert_eq!(b[..], data[90..]);
+        assert!(f.read(91, &mut b).is_err());
+        assert!(f.read(usize::MAX, &mut b).is_err());
+        let frag = f.fragments().next().unwrap();
+        assert!(frag.read(usize::MAX - 3, &mut b).is_err());
+        let mut all = vec![7u8];
+        f.copy_to(&mut all);
+        assert_eq!((all[0], &all[1..]), (7, &data[..]));
     }
 }

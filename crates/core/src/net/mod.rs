@@ -26,8 +26,11 @@
 //! still mapping it after its response, which is revoked (or quarantined,
 //! breaking the device) as a tx page is. Rx pages are revoked when the
 //! device closes or moves to another back end, and never hold anything else
-//! while granted. Received data is copied out of the page once and only
-//! that private copy is looked at.
+//! while granted. [`Netfront::recv`] copies received data out of the pages
+//! once and only that private copy is looked at; [`Netfront::recv_with`]
+//! instead lends the frame where it lies, as read-only windows of the rx
+//! pages ([`RxFrame`]), checked the same way, and posts the pages again only
+//! after its closure returns.
 //!
 //! Defensive rules on both ends: each ring slot is copied once
 //! ([`crate::ring`]); the peer's producer index is validated; response ids
@@ -65,7 +68,7 @@ pub mod front;
 pub mod xenbus;
 
 pub use back::{Doorbell, Netback, NetbackStats};
-pub use front::{CloseReport, Netfront, NetfrontConfig, NetfrontStats};
+pub use front::{CloseReport, Netfront, NetfrontConfig, NetfrontStats, RxFragment, RxFrame};
 
 use alloc::string::String;
 use core::fmt;

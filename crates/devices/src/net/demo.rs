@@ -462,10 +462,18 @@ pub struct Throughput {
     pub frame_size: usize,
     /// Frames per direction.
     pub frames: u64,
-    /// guest → host frames per second (netfront tx → netback → host).
+    /// guest → host frames per second (netfront tx → netback → host; the
+    /// host's consumer looks at each frame in its queue buffer).
     pub tx_fps: f64,
-    /// host → guest frames per second (host → netback rx-copy → netfront).
+    /// host → guest frames per second (host → netback rx-copy → netfront;
+    /// the guest looks at each frame in place in its rx pages,
+    /// [`Netfront::recv_with`](xenshare::net::Netfront::recv_with)).
     pub rx_fps: f64,
+    /// host → guest frames per second when the guest copies each frame out
+    /// of the rx pages into a buffer of its own
+    /// ([`Netfront::recv_timeout`](xenshare::net::Netfront::recv_timeout),
+    /// buffers recycled).
+    pub rx_copy_fps: f64,
 }
 
 impl Throughput {
@@ -480,12 +488,33 @@ impl Throughput {
     }
 }
 
+/// rx pages the host may be ahead of the guest by, in the host's queue: as
+/// many as the tx ring lets the guest be ahead of the back end (256 slots).
+const RX_WINDOW_SLOTS: usize = 256;
+
+/// How the guest takes frames in an rx run of [`throughput`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RxConsumer {
+    /// `recv_with`: looks at the frame in the rx pages.
+    InPlace,
+    /// `recv_timeout`: copies it out (buffer recycled).
+    Copy,
+}
+
 /// Pushes `frames` frames of `frame_size` bytes each way through netfront
-/// and netback on the emulator (in-memory host, no TCP/IP stack): the
-/// guest sends as fast as its tx ring allows while a host thread drains;
-/// then the host sends bursts of 128 frames that the guest receives.
+/// and netback on the emulator (in-memory host, no TCP/IP stack). Both
+/// directions have the same shape, three threads: a producer that copies
+/// each frame in (tx: the guest writing granted pages; rx: a host thread
+/// writing the host queue's buffers), the back end's thread doing the
+/// grant copy in between, and a consumer that looks at each frame where it
+/// landed without copying it again (tx: a host thread, in the queue
+/// buffer; rx: the guest, in its rx pages). Each producer can be at most
+/// about 256 pages ahead (tx: the tx ring; rx: the host queue holds that
+/// many pages' worth of frames, the sender waiting while it is full). The
+/// rx run is then repeated with the guest copying each frame out
+/// ([`Throughput::rx_copy_fps`]).
 pub fn throughput(frame_size: usize, frames: u64) -> Result<Throughput, String> {
-    use xenshare::net::{Netfront, MAX_FRAME};
+    use xenshare::net::{slots_for, Netfront, MAX_FRAME};
     if !(14..=MAX_FRAME).contains(&frame_size) {
         return Err(format!("frame size must be 14..={MAX_FRAME}"));
     }
@@ -510,7 +539,8 @@ pub fn throughput(frame_size: usize, frames: u64) -> Result<Throughput, String> 
         .unwrap_or(usize::MAX)
         .min((256 << 20) / frame_size)
         .max(4096);
-    let (io, host) = mem_link(cap);
+    let rx_window = (RX_WINDOW_SLOTS / slots_for(frame_size)).max(2);
+    let (io, host) = super::host::mem_link_caps(cap, rx_window);
     let evt = |d: &xenshare_sim::Domain| d.evtchn().map_err(|e| e.to_string());
     let bt = spawn_backend(
         w.dom0.importer().clone(),
@@ -531,7 +561,7 @@ pub fn throughput(frame_size: usize, frames: u64) -> Result<Throughput, String> 
         timeout,
     )
     .map_err(|e| format!("netfront: {e}"))?;
-    let frame: Vec<u8> = (0..frame_size).map(|i| i as u8).collect();
+    let frame: Arc<[u8]> = (0..frame_size).map(|i| i as u8).collect();
     let h2 = host.clone();
     let sink = std::thread::spawn(move || {
         (0..frames).all(|_| h2.recv_timeout_with(timeout, |f| f.len()).is_some())
@@ -545,26 +575,43 @@ pub fn throughput(frame_size: usize, frames: u64) -> Result<Throughput, String> 
         return Err("the host lost frames".into());
     }
     let tx = start.elapsed();
-    // The host sends bursts of RX_BURST frames, then the guest takes them:
-    // the same thread does both, so the rx figure is not a race between
-    // a feeder thread and the guest for two cores.
-    const RX_BURST: u64 = 128;
-    let start = StdInstant::now();
-    let mut got = 0;
-    while got < frames {
-        let burst = RX_BURST.min(frames - got);
-        for _ in 0..burst {
-            host.send(&frame);
-        }
-        for _ in 0..burst {
-            match nf.recv_timeout(timeout) {
-                Ok(Some(f)) if f.len() == frame_size => nf.recycle_frame(f),
+    let mut rx_run = |consumer: RxConsumer| -> Result<Duration, String> {
+        // The feeder starts when the clock does (as the tx sink has nothing
+        // to do before the guest sends).
+        let go = Arc::new(std::sync::Barrier::new(2));
+        let feeder = {
+            let (host, frame, go) = (host.clone(), frame.clone(), go.clone());
+            std::thread::spawn(move || {
+                go.wait();
+                (0..frames).all(|_| host.send_timeout(&frame, timeout))
+            })
+        };
+        go.wait();
+        let start = StdInstant::now();
+        for _ in 0..frames {
+            let got = match consumer {
+                RxConsumer::InPlace => nf.recv_with(timeout, |f| f.len()),
+                RxConsumer::Copy => nf.recv_timeout(timeout).map(|f| {
+                    f.map(|f| {
+                        let n = f.len();
+                        nf.recycle_frame(f);
+                        n
+                    })
+                }),
+            };
+            match got {
+                Ok(Some(n)) if n == frame_size => {}
                 other => return Err(format!("receive: {other:?}")),
             }
         }
-        got += burst;
-    }
-    let rx = start.elapsed();
+        let t = start.elapsed();
+        if !feeder.join().unwrap_or(false) {
+            return Err("the guest stopped taking frames".into());
+        }
+        Ok(t)
+    };
+    let rx = rx_run(RxConsumer::InPlace)?;
+    let rx_copy = rx_run(RxConsumer::Copy)?;
     nf.close(&mut xs, timeout).map_err(|e| e.to_string())?;
     bt.join().map_err(|e| e.to_string())?;
     let fps = |d: Duration| frames as f64 / d.as_secs_f64().max(1e-9);
@@ -573,5 +620,6 @@ pub fn throughput(frame_size: usize, frames: u64) -> Result<Throughput, String> 
         frames,
         tx_fps: fps(tx),
         rx_fps: fps(rx),
+        rx_copy_fps: fps(rx_copy),
     })
 }

@@ -206,6 +206,13 @@ impl FrameQueue {
             q.frames.push_back(f);
             (e, q.waiters)
         };
+        self.wake_after_push(was_empty, waiters);
+        true
+    }
+
+    /// After a frame was queued: wakes the threads waiting on the queue
+    /// (`waiters` of them) and, if the queue `was_empty`, calls the waker.
+    fn wake_after_push(&self, was_empty: bool, waiters: usize) {
         if waiters > 0 {
             self.cv.notify_all();
         }
@@ -216,7 +223,6 @@ impl FrameQueue {
                 w();
             }
         }
-        true
     }
 
     /// Keeps `buf` for a later [`FrameQueue::push_copy`] (up to a few).
@@ -235,7 +241,48 @@ impl FrameQueue {
 
     /// Takes the oldest frame out.
     fn take(&self) -> Option<Frame> {
-        lock(&self.slots).frames.pop_front()
+        let mut q = lock(&self.slots);
+        let f = q.frames.pop_front();
+        let wake = f.is_some() && self.room_wake(&q);
+        drop(q);
+        if wake {
+            self.cv.notify_all();
+        }
+        f
+    }
+
+    /// Whether a frame just taken should wake the threads waiting on the
+    /// queue's condition variable: producers blocked in
+    /// [`FrameQueue::push_copy_timeout`] are woken once the queue is down
+    /// to half its capacity (not on every frame taken, as a NIC restarts
+    /// a stopped transmit queue only once enough descriptors are free).
+    fn room_wake(&self, q: &Slots) -> bool {
+        q.waiters > 0 && q.frames.len() <= self.cap / 2
+    }
+
+    /// Appends a copy of `frame`, first waiting up to `timeout` (one
+    /// deadline) while the queue is full; `false` (nothing queued, nothing
+    /// counted) if it stayed full. The copy is made outside the lock, into
+    /// a recycled buffer taken when room was found (a consumer is never
+    /// held up by it), so with one producer the queue holds at most its
+    /// capacity (plus a frame the back end put back first in line); each
+    /// further producer may take it one over.
+    pub fn push_copy_timeout(&self, frame: &[u8], timeout: Duration) -> bool {
+        let room = self.wait_until(timeout, |q| {
+            (q.frames.len() < self.cap).then(|| q.spare.pop().unwrap_or_default())
+        });
+        let Some(spare) = room else {
+            return false;
+        };
+        let f = Frame::copy_of(spare, frame);
+        let (was_empty, waiters) = {
+            let mut q = lock(&self.slots);
+            let e = q.frames.is_empty();
+            q.frames.push_back(f);
+            (e, q.waiters)
+        };
+        self.wake_after_push(was_empty, waiters);
+        true
     }
 
     /// The frame as a vector of its own (its buffer if the frame fills
@@ -289,7 +336,16 @@ impl FrameQueue {
 
     /// Waits up to `timeout` for a frame and takes it out of the queue.
     fn pop_frame_timeout(&self, timeout: Duration) -> Option<Frame> {
-        self.wait_until(timeout, |q| q.frames.pop_front())
+        let mut wake = false;
+        let f = self.wait_until(timeout, |q| {
+            let f = q.frames.pop_front();
+            wake = f.is_some() && self.room_wake(q);
+            f
+        });
+        if wake {
+            self.cv.notify_all();
+        }
+        f
     }
 
     /// Takes the oldest frame, waiting up to `timeout` for one.
@@ -367,8 +423,14 @@ pub struct HostPort {
 
 /// An in-memory link of `cap` frames each way.
 pub fn mem_link(cap: usize) -> (MemFrameIo, HostPort) {
-    let to_host = FrameQueue::new(cap);
-    let to_guest = FrameQueue::new(cap);
+    mem_link_caps(cap, cap)
+}
+
+/// An in-memory link holding up to `to_host` frames from the guest and
+/// `to_guest` frames towards it.
+pub fn mem_link_caps(to_host: usize, to_guest: usize) -> (MemFrameIo, HostPort) {
+    let to_host = FrameQueue::new(to_host);
+    let to_guest = FrameQueue::new(to_guest);
     (
         MemFrameIo {
             to_host: to_host.clone(),
@@ -424,6 +486,14 @@ impl HostPort {
     /// Sends a frame towards the guest; `false` if the queue was full.
     pub fn send(&self, frame: &[u8]) -> bool {
         self.to_guest.push_copy(frame)
+    }
+
+    /// Sends a frame towards the guest, waiting up to `timeout` while the
+    /// queue is full (a host that must not lose frames); `false` if it
+    /// stayed full. Blocked senders resume once the back end has taken the
+    /// queue down to half.
+    pub fn send_timeout(&self, frame: &[u8], timeout: Duration) -> bool {
+        self.to_guest.push_copy_timeout(frame, timeout)
     }
 
     /// The next frame from the guest, waiting up to `timeout`.
@@ -532,6 +602,32 @@ mod tests {
         );
         assert_eq!(seen, b"first");
         assert_eq!(q.pop().as_deref(), Some(&b"second"[..]));
+    }
+
+    /// A producer blocked on a full queue resumes once consumers have
+    /// taken it down to half (by `offer`, the back end's way, or `pop`);
+    /// one that finds no room before its deadline gives up without
+    /// queueing (or counting) the frame.
+    #[test]
+    fn a_blocked_sender_resumes_once_the_queue_is_half_empty() {
+        let q = FrameQueue::new(4);
+        for f in [b"a", b"b", b"c", b"d"] {
+            assert!(q.push_copy(f));
+        }
+        assert!(!q.push_copy_timeout(b"x", Duration::from_millis(20)));
+        assert_eq!((q.len(), q.dropped()), (4, 0));
+        let q2 = q.clone();
+        let late =
+            std::thread::spawn(move || q2.push_copy_timeout(b"late", Duration::from_secs(30)));
+        assert_eq!(q.offer(|f| f == b"a"), Offer::Taken);
+        assert_eq!(q.pop().as_deref(), Some(&b"b"[..]));
+        assert!(late.join().unwrap(), "the sender was never let in");
+        for want in [&b"c"[..], b"d", b"late"] {
+            assert_eq!(
+                q.pop_timeout(Duration::from_secs(30)).as_deref(),
+                Some(want)
+            );
+        }
     }
 
     #[test]
