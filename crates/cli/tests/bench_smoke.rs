@@ -108,6 +108,7 @@ fn bench_net_reports_both_directions_against_the_socketpair() {
         &[
             "tx_vs_socketpair_65535",
             "rx_vs_tx_65535",
+            "rx_copy_vs_tx_65535",
             "socketpair_fps_65535",
             "net_tx_fps_64",
             "net_rx_fps_64",

@@ -99,10 +99,13 @@ const TABLE: &[(&str, &str, &str, Goal)] = &[
         "tx_vs_socketpair_65535",
         Goal::AtLeast(1.0),
     ),
+    // The guest copying every received frame into its own buffer (the
+    // stricter of the two rx figures; `rx_vs_tx_65535`, the frame read in
+    // place as tx's host side reads it, is in the net member).
     (
         "net_rx_vs_tx_64k",
         "net",
-        "rx_vs_tx_65535",
+        "rx_copy_vs_tx_65535",
         Goal::AtLeast(0.9),
     ),
     (
