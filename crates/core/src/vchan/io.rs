@@ -311,24 +311,31 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
     /// cost more than the rest of the write.
     fn put(&mut self, data: &[u8], min: usize, live: bool) -> Result<Option<usize>, VchanError> {
         let published = {
-            let ctrl = ctrl(&self.mem)?;
-            if live && !peer_live::<S>(ctrl) {
-                return Err(VchanError::Core(DeviceError::Closed));
-            }
             // Without batching every write re-reads the peer's index, so a
             // corrupt index is reported by the very next write, as
             // libxenvchan would see it; a batching write that the known
-            // free space takes does not read the header line again.
+            // free space takes reads neither the header line nor (until it
+            // publishes) even builds the control page's view.
             let mut space = if self.batch == 0 {
                 0
             } else {
                 self.tx.known_space()
             };
-            if space < data.len() {
-                space = self
-                    .tx
-                    .space(ctrl)
-                    .map_err(|e| ring_err(&mut self.broken, e))?;
+            let header = if live || space < data.len() {
+                Some(ctrl(&self.mem)?)
+            } else {
+                None
+            };
+            if let Some(ctrl) = header {
+                if live && !peer_live::<S>(ctrl) {
+                    return Err(VchanError::Core(DeviceError::Closed));
+                }
+                if space < data.len() {
+                    space = self
+                        .tx
+                        .space(ctrl)
+                        .map_err(|e| ring_err(&mut self.broken, e))?;
+                }
             }
             if space == 0 || space < min {
                 return Ok(None);
@@ -343,6 +350,10 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             if self.tx.unpublished() < self.batch {
                 return Ok(Some(n));
             }
+            let ctrl = match header {
+                Some(c) => c,
+                None => ctrl(&self.mem)?,
+            };
             // A batching writer learns of a closed peer when it publishes.
             if self.batch != 0 && !peer_live::<S>(ctrl) {
                 return Err(VchanError::Core(DeviceError::Closed));
