@@ -504,41 +504,20 @@ impl SpscDuplex {
     }
 }
 
-impl SpscDuplex<InOneLine> {
-    /// The same pair with all four indices in one cache line, as a vchan's
-    /// control page has them: what that layout alone costs a round trip.
-    fn pair(ring: usize) -> (Self, Self) {
+impl<I: IndexLoc> SpscDuplex<I> {
+    /// A pair whose two rings keep all four indices in one cache line, as
+    /// a vchan's control page has them; `loc` wraps each ring's slot of
+    /// that line in the index placement `I`.
+    fn one_line_pair(ring: usize, loc: impl Fn(InOneLine) -> I) -> (Self, Self) {
         assert!(ring.is_power_of_two());
         let line = Arc::new(SharedLine(std::array::from_fn(|_| AtomicUsize::new(0))));
         let ring_at = |slot| {
             Spsc::with_indices(
                 ring,
-                InOneLine {
+                loc(InOneLine {
                     line: line.clone(),
                     slot,
-                },
-            )
-        };
-        let (atx, brx) = ends_of(ring_at(0));
-        let (btx, arx) = ends_of(ring_at(1));
-        (Self { tx: atx, rx: arx }, Self { tx: btx, rx: brx })
-    }
-}
-
-impl SpscDuplex<VchanProtocol> {
-    /// The one-line pair with vchan's notify protocol on every publish.
-    fn pair(ring: usize) -> (Self, Self) {
-        assert!(ring.is_power_of_two());
-        let line = Arc::new(SharedLine(std::array::from_fn(|_| AtomicUsize::new(0))));
-        let ring_at = |slot| {
-            Spsc::with_indices(
-                ring,
-                VchanProtocol {
-                    one: InOneLine {
-                        line: line.clone(),
-                        slot,
-                    },
-                },
+                }),
             )
         };
         let (atx, brx) = ends_of(ring_at(0));
@@ -673,11 +652,13 @@ pub fn run(a: VchanArgs) -> Res<()> {
         let (x, y) = SpscDuplex::<OwnLines>::pair(4096);
         let ideal = rtt(x, y, 64, a.round_trips)?;
         st.add("spsc_rtt_us", ideal.p50);
-        let (x, y) = SpscDuplex::<InOneLine>::pair(4096);
+        // The one-line layout alone: what it costs a round trip.
+        let (x, y) = SpscDuplex::one_line_pair(4096, |l| l);
         let packed = rtt(x, y, 64, a.round_trips)?;
         st.add("spsc_one_line_rtt_us", packed.p50);
         st.add("rtt_vs_spsc_one_line", v.p50 / packed.p50);
-        let (x, y) = SpscDuplex::<VchanProtocol>::pair(4096);
+        // The same with vchan's notify protocol on every publish.
+        let (x, y) = SpscDuplex::one_line_pair(4096, |one| VchanProtocol { one });
         let proto = rtt(x, y, 64, a.round_trips)?;
         st.add("vchan_protocol_rtt_us", proto.p50);
         st.add("rtt_vs_vchan_protocol", v.p50 / proto.p50);
