@@ -561,10 +561,15 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
         }
         let want = buf.len();
         if want == 0 {
-            return match self.is_open() {
-                true => Ok(0),
-                false => Err(VchanError::Core(DeviceError::Closed)),
-            };
+            if !self.is_open() {
+                return Err(VchanError::Core(DeviceError::Closed));
+            }
+            // Without batching even an empty send re-reads (and validates)
+            // the peer's index, as every send does and libxenvchan would.
+            if self.batch == 0 {
+                self.buffer_space()?;
+            }
+            return Ok(0);
         }
         if let Some(n) = self.put(buf, want, true)? {
             return Ok(n);
