@@ -62,11 +62,8 @@ fn every_frame_size_both_ways_byte_exact() {
     assert_eq!(s.tx_frames, sizes.len() as u64);
     assert_eq!(s.rx_frames, sizes.len() as u64);
     assert_eq!((s.tx_errors, s.rx_errors, s.quarantined), (0, 0, 0));
-    let report = nf.close(&mut w.xs(&w.guest), T).unwrap();
-    assert_eq!(report.quarantined, 0);
+    let report = w.close_clean(nf);
     assert!(report.revoked >= 2 + NetfrontConfig::default().rx_buffers);
-    let gs = w.guest.exporter().stats();
-    assert_eq!((gs.live, gs.quarantined), (0, 0), "{gs:?}");
     let exit = bt.join().unwrap();
     assert_eq!(exit.stats.tx_frames, sizes.len() as u64);
     assert_eq!(exit.stats.rx_frames, sizes.len() as u64);
@@ -111,10 +108,7 @@ fn every_frame_size_received_in_place_byte_exact() {
     }
     assert_eq!(nf.stats().rx_frames, sizes.len() as u64 + 1);
     assert_eq!(w.guest.exporter().stats().granted, granted);
-    let report = nf.close(&mut w.xs(&w.guest), T).unwrap();
-    assert_eq!(report.quarantined, 0);
-    let gs = w.guest.exporter().stats();
-    assert_eq!((gs.live, gs.quarantined), (0, 0), "{gs:?}");
+    w.close_clean(nf);
     bt.join().unwrap();
 }
 
@@ -149,7 +143,7 @@ fn recv_and_recv_with_keep_the_order_of_frames() {
         next += 1;
     }
     assert_eq!(nf.stats().rx_frames, n as u64);
-    nf.close(&mut w.xs(&w.guest), T).unwrap();
+    w.close_clean(nf);
     bt.join().unwrap();
 }
 
@@ -185,10 +179,8 @@ fn bursts_wrap_the_rings_both_ways() {
             assert!(got == frame(len, !(i as u8)), "rx frame {i} corrupted");
         }
     }
-    let report = nf.close(&mut w.xs(&w.guest), T).unwrap();
-    assert_eq!(report.quarantined, 0);
+    w.close_clean(nf);
     bt.join().unwrap();
-    assert_eq!(w.guest.exporter().stats().live, 0);
 }
 
 #[test]
@@ -238,10 +230,8 @@ fn reused_frame_buffers_carry_no_stale_bytes() {
             nf.recycle_frame(got);
         }
     }
-    let report = nf.close(&mut w.xs(&w.guest), T).unwrap();
-    assert_eq!(report.quarantined, 0);
+    w.close_clean(nf);
     bt.join().unwrap();
-    assert_eq!(w.guest.exporter().stats().live, 0);
 }
 
 /// Answered rx pages stay granted to the back end and are posted again:
@@ -272,11 +262,8 @@ fn answered_rx_pages_are_posted_again_without_new_grants() {
     );
     assert_eq!(nf.stats().pages_allocated, pages);
     assert_eq!(nf.stats().quarantined, 0);
-    let report = nf.close(&mut w.xs(&w.guest), T).unwrap();
-    assert_eq!(report.quarantined, 0);
+    let report = w.close_clean(nf);
     assert!(report.revoked >= 2 + NetfrontConfig::default().rx_buffers);
-    let gs = w.guest.exporter().stats();
-    assert_eq!((gs.live, gs.quarantined), (0, 0), "{gs:?}");
     bt.join().unwrap();
 }
 
@@ -335,8 +322,7 @@ fn a_host_without_in_place_buffers_gets_every_frame_both_ways() {
             assert!(got == frame(len, i as u8), "rx frame {i} corrupted");
         }
     }
-    let report = nf.close(&mut w.xs(&w.guest), T).unwrap();
-    assert_eq!(report.quarantined, 0);
+    w.close_clean(nf);
     let exit = bt.join().unwrap();
     assert_eq!(exit.stats.tx_frames, 100);
     assert_eq!(exit.stats.rx_frames, sizes.len() as u64);
@@ -346,11 +332,7 @@ fn a_host_without_in_place_buffers_gets_every_frame_both_ways() {
 fn exchange_and_close(w: &xenshare_testkit::net::World, mut nf: Front, host: &HostPort) {
     tx_one(&mut nf, host, &frame(1000, 5));
     rx_one(&mut nf, host, &frame(1000, 6));
-    let report = nf.close(&mut w.xs(&w.guest), T).unwrap();
-    assert_eq!(report.quarantined, 0);
-    let stats = w.guest.exporter().stats();
-    assert_eq!(stats.live, 0, "every grant revoked after close: {stats:?}");
-    assert_eq!(stats.quarantined, 0);
+    w.close_clean(nf);
 }
 
 #[test]

@@ -101,6 +101,19 @@ impl World {
         )
     }
 
+    /// Closes `nf` and asserts that it gave every grant back: nothing
+    /// quarantined, and none of the guest's shares live (the closing check
+    /// of the netif tests). Returns the report for further checks.
+    pub fn close_clean(&self, nf: Front) -> xenshare::net::CloseReport {
+        let report = nf
+            .close(&mut self.xs(&self.guest), T)
+            .expect("netfront closes");
+        assert_eq!(report.quarantined, 0, "{report:?}");
+        let gs = self.guest.exporter().stats();
+        assert_eq!((gs.live, gs.quarantined), (0, 0), "{gs:?}");
+        report
+    }
+
     /// A read-only page of the guest granted to dom0, holding `data`.
     pub fn data_page(&self, data: &[u8]) -> SimShare {
         let s = crate::grant_page(self, Access::ReadOnly);

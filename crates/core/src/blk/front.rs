@@ -208,8 +208,9 @@ struct Pool<B: GrantBackend> {
     free: Vec<usize>,
     cap: usize,
     /// Emptied index lists of finished requests, reused so that taking
-    /// pages allocates nothing (at most one per ring slot).
+    /// pages allocates nothing (at most `max_lists`, one per ring slot).
     lists: Vec<Vec<usize>>,
+    max_lists: usize,
 }
 
 impl<B: GrantBackend> Pool<B> {
@@ -236,9 +237,9 @@ impl<B: GrantBackend> Pool<B> {
     }
 
     /// Gives a request's pages back to the free list, keeping its list.
-    fn put(&mut self, mut v: Vec<usize>, max_lists: usize) {
+    fn put(&mut self, mut v: Vec<usize>) {
         self.free.append(&mut v);
-        if self.lists.len() < max_lists {
+        if self.lists.len() < self.max_lists {
             self.lists.push(v);
         }
     }
@@ -522,6 +523,7 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
                 free: Vec::new(),
                 cap: pool_cap,
                 lists: Vec::new(),
+                max_lists: ring_size as usize,
             },
             completed: VecDeque::new(),
             next_tag: 0,
@@ -770,8 +772,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             self.show(v, &h);
             v.next = h.pos + h.len;
             if let HeldData::Pool(p) = h.data {
-                let slots = self.io.inflight.capacity();
-                self.io.pool.put(p, slots);
+                self.io.pool.put(p);
             } else if let HeldData::Bytes(b) = h.data {
                 self.recycle(b);
             }
@@ -890,8 +891,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         if let Sink::View(v) = sink {
             for h in v.held.drain(..) {
                 if let HeldData::Pool(p) = h.data {
-                    let slots = self.io.inflight.capacity();
-                    self.io.pool.put(p, slots);
+                    self.io.pool.put(p);
                 }
             }
         }
@@ -1025,8 +1025,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
 
     fn give_back(&mut self, pages: Pages<B>) {
         if let Pages::Pool(v) = pages {
-            let slots = self.io.inflight.capacity();
-            self.io.pool.put(v, slots);
+            self.io.pool.put(v);
         }
     }
 
@@ -1379,8 +1378,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             // pages (they were once dropped here, so every indirect request
             // leaked a pool page until the pool hit its cap).
             Pages::Pool(v) => {
-                let slots = self.io.inflight.capacity();
-                self.io.pool.put(v, slots);
+                self.io.pool.put(v);
             }
             other => {
                 if let Err(n) = Self::revoke(other) {
@@ -1406,7 +1404,6 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
             data_out.clear();
         }
         drop(own);
-        let slots = self.io.inflight.capacity();
         match (owner, &mut *sink) {
             (Owner::Call(off), Sink::View(v)) if kind == IoKind::Read => {
                 let data = match pool_pages {
@@ -1421,12 +1418,12 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                 if result.is_ok() && self.io.call_err.is_none() {
                     self.deliver(v, held);
                 } else if let HeldData::Pool(p) = held.data {
-                    self.io.pool.put(p, slots);
+                    self.io.pool.put(p);
                 }
             }
             _ => {
                 if let Some(v) = pool_pages {
-                    self.io.pool.put(v, slots);
+                    self.io.pool.put(v);
                 }
             }
         }

@@ -342,11 +342,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             }
             let n = space.min(data.len());
             let ring = write_ring(&self.mem, self.wr)?;
-            match self.tx.push(ring, &data[..n]) {
-                Ok(k) if k == n => {}
-                Ok(_) => return Err(VchanError::Core(DeviceError::Closed)),
-                Err(e) => return Err(ring_err(&mut self.broken, e)),
-            }
+            moved(self.tx.push(ring, &data[..n]), n, &mut self.broken)?;
             if self.tx.unpublished() < self.batch {
                 return Ok(Some(n));
             }
@@ -388,11 +384,7 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             }
             let n = ready.min(out.len());
             let ring = read_ring(&self.mem, self.rd)?;
-            match self.rx.pop(ring, &mut out[..n]) {
-                Ok(k) if k == n => {}
-                Ok(_) => return Err(VchanError::Core(DeviceError::Closed)),
-                Err(e) => return Err(ring_err(&mut self.broken, e)),
-            }
+            moved(self.rx.pop(ring, &mut out[..n]), n, &mut self.broken)?;
             let ours = our_flag::<S>(ctrl)?;
             let r = self.rx.publish_with(ctrl, |idx, new| {
                 notify::publish_and_check(idx, new, ours, abi::VCHAN_NOTIFY_READ)
@@ -497,11 +489,8 @@ impl<S: VchanSide, E: EventChannels> Vchan<S, E> {
             && self.tx.unpublished() + buf.len() < self.batch
         {
             let ring = write_ring(&self.mem, self.wr)?;
-            return match self.tx.push(ring, buf) {
-                Ok(k) if k == buf.len() => Ok(k),
-                Ok(_) => Err(VchanError::Core(DeviceError::Closed)),
-                Err(e) => Err(ring_err(&mut self.broken, e)),
-            };
+            moved(self.tx.push(ring, buf), buf.len(), &mut self.broken)?;
+            return Ok(buf.len());
         }
         if let Some(n) = self.put(buf, 1, self.batch == 0)? {
             return Ok(n);
@@ -640,6 +629,21 @@ fn ring_err(broken: &mut crate::latch::Latch<VchanError>, e: ByteRingError) -> V
     match e {
         ByteRingError::Corrupt(which) => broken.trip(VchanError::Corrupt(which)),
         ByteRingError::Memory(_) => VchanError::Core(DeviceError::Closed),
+    }
+}
+
+/// Checks that a ring copy moved all `n` bytes the validated index
+/// promised: fewer means the memory is gone (closed); a ring error is
+/// latched as [`ring_err`] says.
+fn moved(
+    r: Result<usize, ByteRingError>,
+    n: usize,
+    broken: &mut crate::latch::Latch<VchanError>,
+) -> Result<(), VchanError> {
+    match r {
+        Ok(k) if k == n => Ok(()),
+        Ok(_) => Err(VchanError::Core(DeviceError::Closed)),
+        Err(e) => Err(ring_err(broken, e)),
     }
 }
 
