@@ -47,9 +47,7 @@ fn sg_sizes() -> Vec<usize> {
 #[test]
 fn every_frame_size_both_ways_byte_exact() {
     let w = world();
-    w.create_vif(0);
-    let (bt, host) = w.vif_backend(0);
-    let mut nf = w.netfront(0);
+    let (bt, host, mut nf) = w.connected_vif(0);
     assert!(nf.carrier());
     assert_eq!(nf.mac().to_string(), xenshare_testkit::net::MAC);
     assert_eq!(nf.max_frame(), MAX_FRAME);
@@ -76,9 +74,7 @@ fn every_frame_size_both_ways_byte_exact() {
 #[test]
 fn every_frame_size_received_in_place_byte_exact() {
     let w = world();
-    w.create_vif(0);
-    let (bt, host) = w.vif_backend(0);
-    let mut nf = w.netfront(0);
+    let (bt, host, mut nf) = w.connected_vif(0);
     rx_one(&mut nf, &host, &frame(60, 0));
     let granted = w.guest.exporter().stats().granted;
     let sizes: Vec<usize> = (60..=1514).step_by(7).chain(sg_sizes()).collect();
@@ -117,9 +113,7 @@ fn every_frame_size_received_in_place_byte_exact() {
 #[test]
 fn recv_and_recv_with_keep_the_order_of_frames() {
     let w = world();
-    w.create_vif(0);
-    let (bt, host) = w.vif_backend(0);
-    let mut nf = w.netfront(0);
+    let (bt, host, mut nf) = w.connected_vif(0);
     let n = 600usize;
     let (mut next, mut sent) = (0usize, 0usize);
     while next < n {
@@ -150,9 +144,7 @@ fn recv_and_recv_with_keep_the_order_of_frames() {
 #[test]
 fn bursts_wrap_the_rings_both_ways() {
     let w = world();
-    w.create_vif(0);
-    let (bt, host) = w.vif_backend(0);
-    let mut nf = w.netfront(0);
+    let (bt, host, mut nf) = w.connected_vif(0);
     const N: usize = 3000;
     let sizes: Vec<usize> = (0..N).map(|i| 60 + (i * 37) % 9000).collect();
     // Host drains while the guest sends as fast as the ring allows.
@@ -186,9 +178,7 @@ fn bursts_wrap_the_rings_both_ways() {
 #[test]
 fn reused_frame_buffers_carry_no_stale_bytes() {
     let w = world();
-    w.create_vif(0);
-    let (bt, host) = w.vif_backend(0);
-    let mut nf = w.netfront(0);
+    let (bt, host, mut nf) = w.connected_vif(0);
     // Large and small frames in turn, so a reused buffer always held a
     // longer frame with other bytes before.
     let sizes: Vec<usize> = (0..400)
@@ -241,9 +231,7 @@ fn reused_frame_buffers_carry_no_stale_bytes() {
 #[test]
 fn answered_rx_pages_are_posted_again_without_new_grants() {
     let w = world();
-    w.create_vif(0);
-    let (bt, host) = w.vif_backend(0);
-    let mut nf = w.netfront(0);
+    let (bt, host, mut nf) = w.connected_vif(0);
     rx_one(&mut nf, &host, &frame(60, 0));
     let granted = w.guest.exporter().stats().granted;
     let pages = nf.stats().pages_allocated;

@@ -645,23 +645,36 @@ fn recv_with_refuses_rx_data_outside_the_page() {
     assert_refused_offset_4000(&e, &nf);
 }
 
+/// The back end answers the first `slots` rx requests as one chain of
+/// `size`-byte fragments, each flagged "more data"; returns the error the
+/// front end broke with, before lending anything.
+fn chain_refused_in_place(
+    eb: &EvilBack,
+    w: &World,
+    nf: &mut Front,
+    slots: usize,
+    size: i16,
+) -> NetError {
+    answer_rx_chain(eb, &mut eb.rx_ring(), w, &[], |reqs| {
+        (0..slots)
+            .map(|i| NetifRxResponse {
+                id: reqs[i].id,
+                offset: 0,
+                flags: NETRXF_MORE_DATA,
+                status: size,
+            })
+            .collect()
+    });
+    expect_broken_in_place(nf)
+}
+
 /// A chain of 16 full pages is 65536 bytes, one more than the largest
 /// frame: refused at its 16th slot, nothing lent.
 #[test]
 fn recv_with_refuses_a_frame_longer_than_the_largest() {
     let w = world();
     let (eb, mut nf) = evil_back(&w);
-    answer_rx_chain(&eb, &mut eb.rx_ring(), &w, &[], |reqs| {
-        (0..16)
-            .map(|i| NetifRxResponse {
-                id: reqs[i].id,
-                offset: 0,
-                flags: NETRXF_MORE_DATA,
-                status: 4096,
-            })
-            .collect()
-    });
-    let e = expect_broken_in_place(&mut nf);
+    let e = chain_refused_in_place(&eb, &w, &mut nf, 16, 4096);
     assert!(
         matches!(e, NetError::BadRxResponse { why, .. } if why.contains("longer")),
         "{e}"
@@ -674,17 +687,7 @@ fn recv_with_refuses_a_frame_longer_than_the_largest() {
 fn recv_with_refuses_a_chain_of_too_many_slots() {
     let w = world();
     let (eb, mut nf) = evil_back(&w);
-    answer_rx_chain(&eb, &mut eb.rx_ring(), &w, &[], |reqs| {
-        (0..MAX_SLOTS + 1)
-            .map(|i| NetifRxResponse {
-                id: reqs[i].id,
-                offset: 0,
-                flags: NETRXF_MORE_DATA,
-                status: 1,
-            })
-            .collect()
-    });
-    let e = expect_broken_in_place(&mut nf);
+    let e = chain_refused_in_place(&eb, &w, &mut nf, MAX_SLOTS + 1, 1);
     assert!(
         matches!(e, NetError::BadRxResponse { why, .. } if why.contains("slots")),
         "{e}"

@@ -83,6 +83,16 @@ impl World {
         (bt, port)
     }
 
+    /// Vif `devid` created, its back end running on an in-memory host link
+    /// and the guest's netfront connected to it: the opening of most
+    /// netif tests.
+    pub fn connected_vif(&self, devid: u32) -> (BackendThread, HostPort, Front) {
+        self.create_vif(devid);
+        let (bt, host) = self.vif_backend(devid);
+        let nf = self.netfront(devid);
+        (bt, host, nf)
+    }
+
     /// The guest's netfront for vif `devid` (the back end must be coming up).
     pub fn netfront(&self, devid: u32) -> Front {
         self.try_netfront(devid, T).expect("netfront connects")
