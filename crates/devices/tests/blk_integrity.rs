@@ -422,3 +422,41 @@ fn read_with_shows_what_read_at_reads_in_order() {
         assert_guest_grants_all_back(&w);
     }
 }
+
+/// A `read_with` closure that panics unwinds through the disk while the
+/// call's other requests are still in flight. Their answers name only a
+/// position in the call, so the next call must not take them for its own:
+/// it fails with `Interrupted` and the disk stays broken (no stale page is
+/// ever shown or copied into a later buffer); every grant still comes
+/// back.
+#[test]
+fn a_panicking_read_with_closure_breaks_the_disk_for_later_calls() {
+    let w = world();
+    let img = TmpImage::new("read-with-panic");
+    let backend = real_backend_sized(&w, &img, DISK);
+    let mut fe = w
+        .frontend(FrontConfig {
+            pipeline_depth: 8,
+            ..FrontConfig::new(DEVID)
+        })
+        .unwrap();
+    let mut xs = w.client(&w.guest);
+    {
+        let mut disk = fe.connect(&mut xs).unwrap();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            disk.read_with(0, 1 << 20, |_, _| panic!("the caller's closure fails"))
+        }));
+        assert!(unwound.is_err(), "the panic reaches the caller");
+        let mut buf = vec![0xA5u8; 64 * 1024];
+        assert_eq!(
+            disk.read_at(0, &mut buf),
+            Err(xenshare::blk::BlkError::Interrupted)
+        );
+        assert!(disk.read_at(0, &mut buf).is_err(), "the disk stays broken");
+        assert!(buf.iter().all(|&b| b == 0xA5), "nothing was copied in");
+    }
+    fe.release();
+    let _ = backend.stop();
+    w.guest.exporter().reclaim(usize::MAX);
+    assert_guest_grants_all_back(&w);
+}

@@ -283,6 +283,9 @@ struct Io<B: GrantBackend, E: EventChannels> {
     spare: Vec<Vec<u8>>,
     /// The first error of the running synchronous call.
     call_err: Option<BlkError>,
+    /// A synchronous call is running (still set at the next call's start
+    /// only if that one unwound: see [`BlkError::Interrupted`]).
+    in_call: bool,
     /// The page [`Disk::read_with`] shows data through when it had to be
     /// copied out of per-request grants (made on first use).
     scratch: Option<PageBuf>,
@@ -532,6 +535,7 @@ impl<B: GrantBackend, E: EventChannels> BlkFront<B, E> {
             resume: Some(0),
             call_left: 0,
             call_err: None,
+            in_call: false,
             plugged: false,
             spare: Vec::new(),
             scratch: None,
@@ -885,7 +889,15 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         src: impl Fn(core::ops::Range<usize>) -> Option<&'b [u8]>,
         sink: &mut Sink<'_>,
     ) -> Result<(), BlkError> {
+        // Answers are matched to a call by position alone (`Owner::Call`),
+        // so requests left in flight by a call that unwound would be taken
+        // for this call's: never go on after one.
+        if self.io.in_call {
+            return Err(self.fail(BlkError::Interrupted));
+        }
+        self.io.in_call = true;
         let r = self.sync_call_inner(kind, offset, len, src, sink);
+        self.io.in_call = false;
         // Chunks held back for in-order delivery after a failed chunk are
         // never shown: their pool pages go back.
         if let Sink::View(v) = sink {
