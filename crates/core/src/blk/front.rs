@@ -715,6 +715,9 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     /// page is shown (held ones neither; their pool pages go back) and the
     /// call returns the error; pages shown before the failure arrived stay
     /// shown, so `f` has seen a prefix of the range at most.
+    /// If `f` panics, the unwinding leaves the call's other requests in
+    /// flight, so the disk is broken: the next call returns
+    /// [`BlkError::Interrupted`].
     ///
     /// ```
     /// use xenshare::blk::{BlkError, Disk};
