@@ -158,6 +158,25 @@ impl<'a> SharedMem<'a, ReadOnly> {
 }
 
 impl<'a, P: Perm> SharedMem<'a, P> {
+    /// The same window with a lifetime the caller chooses: for an owner
+    /// that keeps the memory mapped (a frame run, a mapping's window) to
+    /// resolve its view once and hand out reborrows of it, instead of
+    /// looking the memory up in the platform's state on every access.
+    ///
+    /// # Safety
+    ///
+    /// The memory must stay valid, at the same address, for all of `'b`;
+    /// in practice the result is kept beside the owner that keeps it
+    /// mapped and is only ever handed out tied to a borrow of that owner.
+    #[inline]
+    pub unsafe fn detach<'b>(self) -> SharedMem<'b, P> {
+        SharedMem {
+            ptr: self.ptr,
+            len: self.len,
+            _owner: PhantomData,
+        }
+    }
+
     /// The size of the region in bytes.
     #[inline]
     pub fn len(&self) -> usize {

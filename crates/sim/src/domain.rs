@@ -465,25 +465,24 @@ pub struct SimHandle {
 
 /// A contiguous view of a mapped batch: either straight into the granter's
 /// memory (adjacent frames, the common case) or a stitched mmap.
-pub enum SimWindow {
-    /// Adjacent frames of one granter.
-    Direct {
-        /// Keeps the granter's memory alive.
-        granter: Arc<DomainState>,
-        /// First frame.
-        first: u64,
-        /// Number of frames.
-        count: usize,
-    },
-    /// Adjacent frames of one chunk of a chunked granter.
-    Chunk {
-        /// The chunk.
-        region: Arc<Region>,
-        /// Byte offset of the first frame in the chunk.
-        offset: usize,
-        /// Length in bytes.
-        len: usize,
-    },
+pub struct SimWindow {
+    /// What keeps the memory mapped (held for its drop only).
+    _keep: WindowKeep,
+    /// The window's memory, resolved once when the window is made: drivers
+    /// ask a mapping for its memory on every access, and that used to
+    /// redo the granter's region lookup and slicing each time. Valid while
+    /// `keep` lives; handed out only tied to a borrow of the window.
+    view: SharedMem<'static>,
+}
+
+/// What keeps a [`SimWindow`]'s memory mapped. Never read: it is held for
+/// its drop.
+#[allow(dead_code)]
+enum WindowKeep {
+    /// Adjacent frames of one granter: its memory.
+    Direct(Arc<DomainState>),
+    /// Adjacent frames of one chunk of a chunked granter: the chunk.
+    Chunk(Arc<Region>),
     /// Pages mapped one by one into a fresh reservation.
     Stitched(Stitched),
 }
@@ -539,10 +538,17 @@ impl ForeignMapper for SimMapper {
             Arc::ptr_eq(&h.granter, &first.granter) && h.frame == first.frame + i as u64
         });
         if adjacent && !first.granter.mem.is_chunked() {
-            return Ok(SimWindow::Direct {
-                granter: first.granter.clone(),
-                first: first.frame,
-                count: hs.len(),
+            let granter = first.granter.clone();
+            let view = granter
+                .frame_window(first.frame, hs.len())
+                .ok_or(GntSt::BadPage)?;
+            // SAFETY: the granter's single memory region stays mmap'd at
+            // its address for as long as the granter's state lives, which
+            // the window holds beside the view.
+            let view = unsafe { view.detach::<'static>() };
+            return Ok(SimWindow {
+                _keep: WindowKeep::Direct(granter),
+                view,
             });
         }
         let mut pages = Vec::with_capacity(hs.len());
@@ -558,10 +564,20 @@ impl ForeignMapper for SimMapper {
                 Arc::ptr_eq(&p.region, &p0.region) && p.page == p0.page + i as u64
             });
             if same {
-                return Ok(SimWindow::Chunk {
-                    region: p0.region.clone(),
-                    offset: p0.page as usize * xenshare_abi::PAGE_SIZE,
-                    len: hs.len() * xenshare_abi::PAGE_SIZE,
+                let region = p0.region.clone();
+                let view = region
+                    .mem()
+                    .slice(
+                        p0.page as usize * xenshare_abi::PAGE_SIZE,
+                        hs.len() * xenshare_abi::PAGE_SIZE,
+                    )
+                    .map_err(|_| GntSt::BadPage)?;
+                // SAFETY: a chunk stays mmap'd at its address for as long
+                // as it lives, which the window holds beside the view.
+                let view = unsafe { view.detach::<'static>() };
+                return Ok(SimWindow {
+                    _keep: WindowKeep::Chunk(region),
+                    view,
                 });
             }
         }
@@ -569,31 +585,20 @@ impl ForeignMapper for SimMapper {
             .iter()
             .map(|(p, w)| (p.region.fd(), p.page, *w))
             .collect();
-        Stitched::new(&fds)
-            .map(SimWindow::Stitched)
-            .map_err(|_| GntSt::NoSpace)
+        let st = Stitched::new(&fds).map_err(|_| GntSt::NoSpace)?;
+        // SAFETY: a stitched reservation stays mapped at its address until
+        // it is dropped (moving the handle moves no pages), and the window
+        // holds it beside the view.
+        let view = unsafe { st.mem().detach::<'static>() };
+        Ok(SimWindow {
+            _keep: WindowKeep::Stitched(st),
+            view,
+        })
     }
 
+    #[inline]
     unsafe fn window_mem(w: &SimWindow) -> SharedMem<'_> {
-        match w {
-            SimWindow::Direct {
-                granter,
-                first,
-                count,
-            } => match granter.frame_window(*first, *count) {
-                Some(m) => m,
-                None => unreachable!("mapped frames were checked against the granter's memory"),
-            },
-            SimWindow::Chunk {
-                region,
-                offset,
-                len,
-            } => match region.mem().slice(*offset, *len) {
-                Ok(m) => m,
-                Err(_) => unreachable!("chunk window was checked against the chunk"),
-            },
-            SimWindow::Stitched(s) => s.mem(),
-        }
+        w.view
     }
 
     fn set_unmap_notify(

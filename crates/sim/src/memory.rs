@@ -259,8 +259,15 @@ pub struct FrameRun {
     count: usize,
     /// The run's own chunk (chunked memory); `None` for a run of single
     /// memory, which lives at page `first` of `mem`'s one region (no second
-    /// reference count to take and drop per allocation).
-    chunk: Option<Arc<Region>>,
+    /// reference count to take and drop per allocation). Held so the chunk
+    /// stays mapped while `view` is used.
+    _chunk: Option<Arc<Region>>,
+    /// The run's memory, resolved once at allocation: `mem()` is called on
+    /// every access of a share (drivers call it per request) and used to
+    /// redo the region lookup and slicing each time. Valid as long as the
+    /// run holds `mem` (and `chunk`), which keep the region mapped; only
+    /// ever handed out tied to a borrow of the run.
+    view: SharedMem<'static>,
 }
 
 impl FrameRun {
@@ -291,22 +298,48 @@ impl PageSet for FrameRun {
         self.count
     }
 
+    #[inline]
     fn mem(&self) -> SharedMem<'_> {
-        let (region, offset) = match (&self.chunk, &self.mem.layout) {
-            (Some(chunk), _) => (&**chunk, 0),
-            (None, Layout::Single { region, .. }) => (&**region, self.first as usize),
-            (None, Layout::Chunked { .. }) => {
-                unreachable!("a run of chunked memory holds its chunk")
-            }
+        self.view
+    }
+}
+
+impl FrameRun {
+    /// The run of `count` frames from `first` of `mem` (inside `chunk` for
+    /// chunked memory), with its view resolved; `None` if the frames are
+    /// not inside their region.
+    fn new(
+        mem: Arc<DomainMemory>,
+        first: u64,
+        count: usize,
+        chunk: Option<Arc<Region>>,
+    ) -> Option<FrameRun> {
+        let view = {
+            let (region, offset) = match (&chunk, &mem.layout) {
+                (Some(chunk), _) => (&**chunk, 0),
+                (None, Layout::Single { region, .. }) => (&**region, usize::try_from(first).ok()?),
+                (None, Layout::Chunked { .. }) => return None,
+            };
+            let m = region
+                .mem()
+                .slice(
+                    offset.checked_mul(PAGE_SIZE)?,
+                    count.checked_mul(PAGE_SIZE)?,
+                )
+                .ok()?;
+            // SAFETY: the region is mmap'd for as long as it lives, and the
+            // run keeps it alive (`mem` owns a single region, `chunk` a
+            // chunk) for as long as the view is kept; `mem()` hands the
+            // view out only tied to a borrow of the run.
+            unsafe { m.detach::<'static>() }
         };
-        match region
-            .mem()
-            .slice(offset * PAGE_SIZE, self.count * PAGE_SIZE)
-        {
-            Ok(m) => m,
-            // The allocator only hands out runs inside their region.
-            Err(_) => unreachable!("frame run outside its domain's memory"),
-        }
+        Some(FrameRun {
+            mem,
+            first,
+            count,
+            _chunk: chunk,
+            view,
+        })
     }
 }
 
@@ -367,12 +400,7 @@ unsafe impl FrameAllocator for SimFrames {
                         if first == start {
                             first_free.store((i + 1) as u64, Ordering::Relaxed);
                         }
-                        return Some(FrameRun {
-                            mem: self.0.clone(),
-                            first: first as u64,
-                            count: n,
-                            chunk: None,
-                        });
+                        return FrameRun::new(self.0.clone(), first as u64, n, None);
                     }
                 }
                 None
@@ -381,12 +409,7 @@ unsafe impl FrameAllocator for SimFrames {
                 let region = Region::new("xenshare-chunk", n.checked_mul(PAGE_SIZE)?).ok()?;
                 let first = self.0.add_chunk(region).ok()?;
                 let page = self.0.frame_page(first)?;
-                Some(FrameRun {
-                    mem: self.0.clone(),
-                    first,
-                    count: n,
-                    chunk: Some(page.region),
-                })
+                FrameRun::new(self.0.clone(), first, n, Some(page.region))
             }
         }
     }
