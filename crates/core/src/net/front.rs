@@ -871,6 +871,38 @@ impl<B: GrantBackend, E: EventChannels> Netfront<B, E> {
     /// one with a checksum left blank by the back end (completed here, so
     /// changed), is lent from its private copy instead. Frames come in
     /// order either way.
+    ///
+    /// ```
+    /// use xenshare::net::{NetError, Netfront};
+    /// use xenshare::platform::{EventChannels, GrantBackend};
+    ///
+    /// /// The next frame's first 14 bytes (its Ethernet header), if any.
+    /// fn header<B: GrantBackend, E: EventChannels>(
+    ///     nf: &mut Netfront<B, E>,
+    /// ) -> Result<Option<[u8; 14]>, NetError> {
+    ///     let got = nf.try_recv_with(|frame| {
+    ///         let mut h = [0u8; 14];
+    ///         frame.read(0, &mut h).ok().map(|()| h)
+    ///     })?;
+    ///     Ok(got.flatten())
+    /// }
+    /// ```
+    ///
+    /// A frame cannot be kept past its call (its pages are posted to the
+    /// back end again right after):
+    ///
+    /// ```compile_fail,E0521
+    /// use xenshare::net::{NetError, Netfront, RxFrame};
+    /// use xenshare::platform::{EventChannels, GrantBackend};
+    ///
+    /// fn keep<'v, B: GrantBackend, E: EventChannels>(
+    ///     nf: &mut Netfront<B, E>,
+    ///     kept: &mut Vec<RxFrame<'v>>,
+    /// ) -> Result<(), NetError> {
+    ///     nf.try_recv_with(|frame| kept.push(frame))?;
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn try_recv_with<R>(
         &mut self,
         f: impl FnOnce(RxFrame<'_>) -> R,
