@@ -50,7 +50,10 @@ pub struct Config {
     /// sleeps: a client's next request is then picked up without waking
     /// the loop's CPU from idle (on a virtual machine, an inter-processor
     /// interrupt and a VM exit). Polling only ever follows work and never
-    /// lasts longer than this, so an idle daemon sleeps. Zero: never poll.
+    /// lasts longer than this, so an idle daemon sleeps. Zero (the
+    /// default): never poll. Measured on a two-CPU VM with four clients,
+    /// 20–50 µs gained nothing: the loop rarely sleeps under load, and
+    /// polling takes CPU time from the clients.
     pub poll_budget: std::time::Duration,
 }
 

@@ -15,6 +15,15 @@
 //! never reads loses watch events and, past the reply headroom, its
 //! connection, while everyone else is served.
 //!
+//! Cost per request: one `recv` with `MSG_PEEK`, one `send` of every reply
+//! queued for the connection, one `recv` taking the handled bytes out after
+//! the replies went (see `Loop::consume`), and a share of one `epoll_wait`;
+//! no `epoll_ctl` unless a connection hits back-pressure, no eventfd write
+//! for its own replies. After a turn with work, the loop may poll for
+//! [`Config::poll_budget`] before it sleeps (off by default: with several
+//! clients on two CPUs the poller takes CPU time its clients need).
+//!
+//! [`Config::poll_budget`]: crate::Config::poll_budget
 //! [`Config::max_outstanding`]: crate::Config::max_outstanding
 //! [`Config::dom0_outstanding`]: crate::Config::dom0_outstanding
 
