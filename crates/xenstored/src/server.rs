@@ -27,7 +27,6 @@
 //! [`Config::max_outstanding`]: crate::Config::max_outstanding
 //! [`Config::dom0_outstanding`]: crate::Config::dom0_outstanding
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -46,6 +45,7 @@ use xenshare::DomId;
 
 use crate::config::Config;
 use crate::daemon::{Connection, Daemon};
+use crate::idmap::IdMap;
 
 /// Bytes read from one connection per turn of the loop.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -203,8 +203,8 @@ impl EventLoop {
         let state = Loop {
             shared: shared.clone(),
             daemon: daemon.clone(),
-            listeners: HashMap::new(),
-            clients: HashMap::new(),
+            listeners: IdMap::default(),
+            clients: IdMap::default(),
             buf: vec![0; READ_CHUNK],
             ready: Vec::new(),
         };
@@ -386,8 +386,8 @@ struct Gone;
 struct Loop {
     shared: Arc<Shared>,
     daemon: Daemon,
-    listeners: HashMap<u64, Listener>,
-    clients: HashMap<u64, Client>,
+    listeners: IdMap<u64, Listener>,
+    clients: IdMap<u64, Client>,
     buf: Vec<u8>,
     /// Spare list swapped with the shared ready list.
     ready: Vec<u64>,

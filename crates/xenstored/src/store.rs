@@ -12,6 +12,7 @@ use xenshare::store::XsError;
 use xenshare::DomId;
 
 use crate::config::Config;
+use crate::idmap::IdMap;
 
 /// Identifies one client connection to the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -72,7 +73,7 @@ struct Tree {
     nodes: HashMap<String, Node>,
     gen: u64,
     /// What each domain owns, for the node and memory quotas.
-    acc: HashMap<DomId, Acc>,
+    acc: IdMap<DomId, Acc>,
 }
 
 #[derive(Debug)]
@@ -97,7 +98,7 @@ struct Fire {
 struct Transaction {
     entries: HashMap<String, TxEntry>,
     fires: Vec<Fire>,
-    acc_delta: HashMap<DomId, Acc>,
+    acc_delta: IdMap<DomId, Acc>,
 }
 
 #[derive(Debug)]
@@ -346,7 +347,7 @@ pub struct Store {
     tree: Tree,
     conns: BTreeMap<ConnId, Conn>,
     next_conn: u64,
-    domains: HashMap<DomId, Domain>,
+    domains: IdMap<DomId, Domain>,
     special: HashMap<&'static str, Perms>,
     /// Every watch's path, with the connection holding it (once per
     /// watch): a firing looks up its path and its ancestors here instead
@@ -354,7 +355,7 @@ pub struct Store {
     watch_index: HashMap<String, Vec<ConnId>>,
     /// Per domain: its connections, watches and open transactions, for the
     /// quotas without going through every connection.
-    per_dom: HashMap<DomId, DomCount>,
+    per_dom: IdMap<DomId, DomCount>,
 }
 
 /// What one domain holds over all its connections.
@@ -387,10 +388,10 @@ impl Store {
             tree: Tree::initial(),
             conns: BTreeMap::new(),
             next_conn: 1,
-            domains: HashMap::new(),
+            domains: IdMap::default(),
             special,
             watch_index: HashMap::new(),
-            per_dom: HashMap::new(),
+            per_dom: IdMap::default(),
         }
     }
 
@@ -1279,7 +1280,7 @@ mod watch_index_tests {
             v.sort();
         }
         assert_eq!(index, rebuilt);
-        let mut counts: HashMap<DomId, DomCount> = HashMap::new();
+        let mut counts: IdMap<DomId, DomCount> = IdMap::default();
         for c in s.conns.values() {
             let n = counts.entry(c.domid).or_default();
             n.conns += 1;
