@@ -3,7 +3,7 @@
 //! messages with [`Daemon::deliver`] and drain the connection's
 //! [`OutQueue`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use xenshare::store::wire::{Decoder, Message, MsgType, WireError, HEADER_LEN};
 use xenshare::DomId;
 
 use crate::config::Config;
+use crate::idmap::IdMap;
 use crate::store::{ConnId, Output, Store};
 
 /// The queue was closed: the connection is gone.
@@ -320,7 +321,7 @@ type Hook = Box<dyn FnMut(DomainEvent) + Send>;
 
 struct Inner {
     store: Store,
-    queues: HashMap<ConnId, Arc<OutQueue>>,
+    queues: IdMap<ConnId, Arc<OutQueue>>,
     hooks: Vec<Hook>,
     /// Watch events dropped for connections over their output cap, in total.
     dropped_events: u64,
@@ -353,7 +354,7 @@ impl Daemon {
         Daemon {
             inner: Arc::new(Mutex::new(Inner {
                 store: Store::new(config.clone()),
-                queues: HashMap::new(),
+                queues: IdMap::default(),
                 hooks: Vec::new(),
                 dropped_events: 0,
             })),

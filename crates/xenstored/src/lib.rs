@@ -42,6 +42,7 @@
 pub mod bench;
 mod config;
 mod daemon;
+mod idmap;
 pub mod inproc;
 pub mod ring;
 pub mod server;

@@ -12,6 +12,7 @@ use xenshare::store::XsError;
 use xenshare::DomId;
 
 use crate::config::Config;
+use crate::idmap::IdMap;
 
 /// Identifies one client connection to the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -72,7 +73,7 @@ struct Tree {
     nodes: HashMap<String, Node>,
     gen: u64,
     /// What each domain owns, for the node and memory quotas.
-    acc: HashMap<DomId, Acc>,
+    acc: IdMap<DomId, Acc>,
 }
 
 #[derive(Debug)]
@@ -97,7 +98,7 @@ struct Fire {
 struct Transaction {
     entries: HashMap<String, TxEntry>,
     fires: Vec<Fire>,
-    acc_delta: HashMap<DomId, Acc>,
+    acc_delta: IdMap<DomId, Acc>,
 }
 
 #[derive(Debug)]
@@ -173,25 +174,33 @@ struct View<'a> {
 
 impl View<'_> {
     fn get(&mut self, p: &str) -> Result<Option<Node>, XsError> {
+        self.with(p, |n| n.cloned())
+    }
+
+    /// Calls `f` on node `p` as this view sees it (without copying it
+    /// outside a transaction); inside one, the node is recorded as read,
+    /// as [`View::get`] does.
+    fn with<R>(&mut self, p: &str, f: impl FnOnce(Option<&Node>) -> R) -> Result<R, XsError> {
         let Some(tx) = self.tx.as_deref_mut() else {
-            return Ok(self.tree.nodes.get(p).cloned());
+            return Ok(f(self.tree.nodes.get(p)));
         };
         if let Some(e) = tx.entries.get(p) {
-            return Ok(e.node.clone());
+            return Ok(f(e.node.as_ref()));
         }
         if self.tx_limit.is_some_and(|l| tx.entries.len() >= l) {
             return Err(XsError::ENOSPC);
         }
         let node = self.tree.nodes.get(p).cloned();
+        let r = f(node.as_ref());
         tx.entries.insert(
             p.to_owned(),
             TxEntry {
                 base: node.as_ref().map(|n| n.gen),
-                node: node.clone(),
+                node,
                 dirty: false,
             },
         );
-        Ok(node)
+        Ok(r)
     }
 
     fn adjust(&mut self, d: DomId, by: Acc) {
@@ -237,7 +246,7 @@ impl View<'_> {
     }
 
     fn set(&mut self, p: &str, node: Option<Node>) -> Result<(), XsError> {
-        let old = self.get(p)?.map(|n| (n.perms.owner(), cost(p, &n)));
+        let old = self.with(p, |n| n.map(|n| (n.perms.owner(), cost(p, n))))?;
         let new = node.as_ref().map(|n| (n.perms.owner(), cost(p, n)));
         // What the new owner gains (net of what it had there already).
         if let Some((owner, c)) = new {
@@ -296,7 +305,13 @@ impl Tree {
             Some(mut n) => {
                 self.gen += 1;
                 n.gen = self.gen;
-                self.nodes.insert(p.to_owned(), n);
+                // An existing node keeps its key (no new string).
+                match self.nodes.get_mut(p) {
+                    Some(slot) => *slot = n,
+                    None => {
+                        self.nodes.insert(p.to_owned(), n);
+                    }
+                }
             }
             None => {
                 self.nodes.remove(p);
@@ -332,7 +347,7 @@ pub struct Store {
     tree: Tree,
     conns: BTreeMap<ConnId, Conn>,
     next_conn: u64,
-    domains: HashMap<DomId, Domain>,
+    domains: IdMap<DomId, Domain>,
     special: HashMap<&'static str, Perms>,
     /// Every watch's path, with the connection holding it (once per
     /// watch): a firing looks up its path and its ancestors here instead
@@ -340,7 +355,7 @@ pub struct Store {
     watch_index: HashMap<String, Vec<ConnId>>,
     /// Per domain: its connections, watches and open transactions, for the
     /// quotas without going through every connection.
-    per_dom: HashMap<DomId, DomCount>,
+    per_dom: IdMap<DomId, DomCount>,
 }
 
 /// What one domain holds over all its connections.
@@ -373,10 +388,10 @@ impl Store {
             tree: Tree::initial(),
             conns: BTreeMap::new(),
             next_conn: 1,
-            domains: HashMap::new(),
+            domains: IdMap::default(),
             special,
             watch_index: HashMap::new(),
-            per_dom: HashMap::new(),
+            per_dom: IdMap::default(),
         }
     }
 
@@ -647,17 +662,15 @@ impl Store {
             fires: Vec::new(),
         };
         let result = match req {
-            Request::Read(p) => get_checked(&mut view, actor, &canon(&p)?, READ).map(|n| n.value),
+            Request::Read(p) => checked(&mut view, actor, &canon(&p)?, READ, |n| n.value.clone()),
             Request::GetPerms(p) => {
-                get_checked(&mut view, actor, &canon(&p)?, READ).map(|n| n.perms.to_wire())
+                checked(&mut view, actor, &canon(&p)?, READ, |n| n.perms.to_wire())
             }
-            Request::Directory(p) => {
-                let n = get_checked(&mut view, actor, &canon(&p)?, READ)?;
-                Ok(children_bytes(&n))
-            }
+            Request::Directory(p) => checked(&mut view, actor, &canon(&p)?, READ, children_bytes),
             Request::DirectoryPart { path, offset } => {
-                let n = get_checked(&mut view, actor, &canon(&path)?, READ)?;
-                Ok(directory_part(&n, offset as usize))
+                checked(&mut view, actor, &canon(&path)?, READ, |n| {
+                    directory_part(n, offset as usize)
+                })
             }
             Request::Write { path, value } => {
                 let p = canon(&path)?;
@@ -1053,18 +1066,36 @@ fn event_path(w: &Watch, p: &str) -> String {
 /// nearest existing ancestor grants some of `need`; otherwise `EACCES`, so
 /// the error does not reveal what the caller may not see.
 fn get_checked(view: &mut View<'_>, actor: Actor, p: &str, need: Access) -> Result<Node, XsError> {
-    if let Some(n) = view.get(p)? {
-        return if actor.access(&n.perms).covers(need) {
-            Ok(n)
-        } else {
-            Err(XsError::EACCES)
-        };
+    checked(view, actor, p, need, Node::clone)
+}
+
+/// [`get_checked`], calling `f` on the node in place instead of copying it
+/// (a read needs its value only, not its children and permissions).
+fn checked<R>(
+    view: &mut View<'_>,
+    actor: Actor,
+    p: &str,
+    need: Access,
+    f: impl FnOnce(&Node) -> R,
+) -> Result<R, XsError> {
+    let found = view.with(p, |n| {
+        n.map(|n| {
+            if actor.access(&n.perms).covers(need) {
+                Ok(f(n))
+            } else {
+                Err(XsError::EACCES)
+            }
+        })
+    })?;
+    if let Some(r) = found {
+        return r;
     }
     let mut cur = p;
     loop {
         cur = parent(cur);
-        if let Some(n) = view.get(cur)? {
-            return if actor.access(&n.perms).any_of(need) {
+        let seen = view.with(cur, |n| n.map(|n| actor.access(&n.perms).any_of(need)))?;
+        if let Some(any) = seen {
+            return if any {
                 Err(XsError::ENOENT)
             } else {
                 Err(XsError::EACCES)
@@ -1249,7 +1280,7 @@ mod watch_index_tests {
             v.sort();
         }
         assert_eq!(index, rebuilt);
-        let mut counts: HashMap<DomId, DomCount> = HashMap::new();
+        let mut counts: IdMap<DomId, DomCount> = IdMap::default();
         for c in s.conns.values() {
             let n = counts.entry(c.domid).or_default();
             n.conns += 1;

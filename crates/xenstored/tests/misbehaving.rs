@@ -183,3 +183,76 @@ fn stopping_a_server_whose_socket_file_was_removed_does_not_hang() {
         "dropping the server hung"
     );
 }
+
+/// A client that writes thousands of requests in one go (far more than
+/// one read of the loop takes, so requests straddle its reads, and more
+/// than its outstanding-reply limit, so reading pauses while the daemon
+/// still holds requests it has seen) gets exactly one reply per request,
+/// in order, each with the right answer: requests the loop has looked at
+/// and those it has taken out of the socket stay in step.
+#[test]
+fn pipelined_requests_across_reads_are_each_answered_once_in_order() {
+    use std::io::Read;
+    use std::time::Instant;
+    use xenshare::store::wire::Decoder;
+
+    const N: u32 = 3000;
+    let server = common::daemon("pipeline");
+    let mut c = Client::new(UnixTransport::connect(server.path()).unwrap());
+    for k in 0..7 {
+        c.write(&format!("/pipe/k{k}"), format!("value-{k}").as_bytes())
+            .unwrap();
+    }
+    let mut s = UnixStream::connect(server.path()).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        for i in 0..N {
+            let m = Request::Read(format!("/pipe/k{}", i % 7)).to_message(i, 0);
+            bytes.extend(m.to_bytes().unwrap());
+        }
+        // Well over the loop's read chunk and the daemon's outstanding
+        // limit, in one write.
+        assert!(bytes.len() > 4 * xenshare_xenstored::server::READ_CHUNK);
+        w.write_all(&bytes).unwrap();
+    });
+    let end = Instant::now() + Duration::from_secs(60);
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut dec = Decoder::new();
+    let mut buf = vec![0u8; 65536];
+    let mut next = 0;
+    while next < N {
+        assert!(Instant::now() < end, "only {next} replies of {N}");
+        while let Some(m) = dec.next_message().unwrap() {
+            assert_eq!(m.req_id, next, "replies out of order or repeated");
+            assert_eq!(m.ty, MsgType::Read);
+            assert_eq!(m.payload, format!("value-{}", next % 7).as_bytes());
+            next += 1;
+        }
+        if next == N {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => panic!("closed after {next} replies"),
+            Ok(n) => dec.push(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    writer.join().unwrap();
+    // Nothing more: no reply came twice.
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    match s.read(&mut buf) {
+        Ok(n) => assert_eq!(n, 0, "{n} bytes after the last reply"),
+        Err(e) => assert!(matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+    }
+    healthy(&server);
+}

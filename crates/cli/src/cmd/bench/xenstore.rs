@@ -35,6 +35,15 @@ pub struct XenstoreArgs {
     /// Rounds of every measurement; medians and [min–max] are reported.
     #[arg(long, default_value_t = super::stats::DEFAULT_REPEATS, value_parser = clap::value_parser!(u64).range(1..=1000))]
     repeats: u64,
+    /// The daemon's poll budget in microseconds (`Config::poll_budget`:
+    /// how long its loop polls after work before it sleeps; 0 = never).
+    #[arg(long, value_name = "US", default_value_t = Config::default().poll_budget.as_micros() as u64)]
+    poll_us: u64,
+    /// Measure only the daemon already serving this socket (for example
+    /// `xenshare xenstored --socket PATH`, or C xenstored), without the
+    /// baselines: to profile or trace the daemon as its own process.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
 }
 
 struct TempSock(PathBuf);
@@ -209,13 +218,51 @@ fn echo_one_thread_baseline(clients: u64, ops: u64) -> Res<f64> {
     Ok(rate)
 }
 
+/// Only the client workload, against the daemon serving `path`.
+fn run_external(a: &XenstoreArgs, path: &std::path::Path) -> Res<()> {
+    let samples = super::stats::repeat(a.repeats, |_, st| {
+        let (w, r) = run_clients(a.clients, a.ops, || {
+            UnixTransport::connect(path)
+                .map(Client::new)
+                .map_err(|e| e.to_string())
+        })?;
+        st.add("xs_read_ops", r);
+        st.add("xs_write_ops", w);
+        Ok(())
+    })?;
+    if a.json {
+        println!("{}", samples.json(&[("clients", a.clients as f64)]));
+    } else {
+        println!(
+            "xenstore benchmark against {} ({} clients x {} ops each; median [min–max] of {} rounds)",
+            path.display(),
+            a.clients,
+            a.ops,
+            samples.rounds()
+        );
+        println!(
+            "  write {} ops/s   read {} ops/s",
+            samples.get("xs_write_ops").show(10, 0),
+            samples.get("xs_read_ops").show(10, 0)
+        );
+    }
+    Ok(())
+}
+
 /// Runs the benchmark.
 pub fn run(a: XenstoreArgs) -> Res<()> {
+    if let Some(path) = &a.socket {
+        return run_external(&a, path);
+    }
     let mut progress = super::Progress::new("bench xenstore", a.repeats as usize);
     let samples = super::stats::repeat(a.repeats, |i, st| {
         progress.phase(&format!("round {} of {}", i + 1, a.repeats));
         let s = sock("xs");
-        let server = spawn(Config::default(), &s.0).map_err(|e| e.to_string())?;
+        let config = Config {
+            poll_budget: std::time::Duration::from_micros(a.poll_us),
+            ..Config::default()
+        };
+        let server = spawn(config, &s.0).map_err(|e| e.to_string())?;
         let path = s.0.clone();
         let (xs_write_ops, xs_read_ops) = run_clients(a.clients, a.ops, || {
             UnixTransport::connect(&path)
@@ -243,13 +290,17 @@ pub fn run(a: XenstoreArgs) -> Res<()> {
     drop(progress);
 
     if a.json {
-        println!("{}", samples.json(&[("clients", a.clients as f64)]));
+        println!(
+            "{}",
+            samples.json(&[("clients", a.clients as f64), ("poll_us", a.poll_us as f64)])
+        );
     } else {
         let g = |k: &str| samples.get(k).show(10, 0);
         println!(
-            "xenstore benchmark ({} clients x {} ops each; median [min–max] of {} rounds)",
+            "xenstore benchmark ({} clients x {} ops each, daemon poll budget {} µs; median [min–max] of {} rounds)",
             a.clients,
             a.ops,
+            a.poll_us,
             samples.rounds()
         );
         println!(
