@@ -292,10 +292,13 @@ pub enum BlkError {
     /// XSA-396 pattern): the page is quarantined and the disk is broken.
     #[error("back end kept {0} grant(s) mapped after responding; disk is broken")]
     GrantStillMapped(usize),
-    /// An earlier synchronous call on this disk unwound mid-way (a
-    /// [`crate::blk::Disk::read_with`] closure panicked) and left requests
-    /// in flight whose answers could not be told from a later call's: the
-    /// disk is broken rather than risk showing one call's data to another.
+    /// An earlier call on this disk unwound mid-way (a
+    /// [`crate::blk::Disk::read_with`] or
+    /// [`crate::blk::Disk::wait_all_with`] closure panicked): a
+    /// `read_with` leaves requests in flight whose answers could not be
+    /// told from a later call's, a `wait_all_with` loses the completion it
+    /// was showing. The disk is broken rather than risk showing one call's
+    /// data to another.
     #[error("an earlier call on this disk was interrupted by a panic; disk is broken")]
     Interrupted,
     /// An earlier violation broke the device; see the device's `error()`.
