@@ -74,6 +74,10 @@ pub struct BlkArgs {
     /// the back end's default).
     #[arg(long)]
     back_spin: Option<u32>,
+    /// The back end reads each batch of pages with one `preadv` per
+    /// request instead of one io_uring submission.
+    #[arg(long)]
+    no_io_uring: bool,
     /// Measure only the 4 KiB random reads (blkfront and `pread`; no
     /// hand-off floor, no sequential reads), e.g. under a profiler.
     #[arg(long)]
@@ -130,7 +134,9 @@ fn bench(a: &BlkArgs, path: &std::path::Path) -> Res<()> {
     // blkfront -> blkback on the emulator.
     let world = BlkWorld::new(guest_config()).map_err(|x| e(&x))?;
     world.create_vbd(DEVID).map_err(|x| e(&x))?;
-    let storage = FileStorage::open(path, false).map_err(|x| e(&x))?;
+    let storage = FileStorage::open(path, false)
+        .map_err(|x| e(&x))?
+        .with_io_uring(!a.no_io_uring);
     let backend = world
         .spawn_backend(
             storage,
