@@ -57,7 +57,7 @@ use crate::types::{DomId, GrantRef, Port};
 const BATCH: u32 = 64;
 
 /// Most reads handed to the storage in one [`BlockStorage::read_batch_to_shared`]
-/// call. Small enough that the front end (which sleeps until half of its
+/// call. Small enough that the front end (which sleeps until three quarters of its
 /// requests are answered) is woken while the back end still has requests
 /// to serve, so both ends work at once.
 const READ_BATCH: usize = 8;

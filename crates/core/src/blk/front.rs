@@ -1698,9 +1698,10 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     /// one pass over the ring for many completions. Returns how many were
     /// added; 0 if none is in flight or finished.
     ///
-    /// With many requests in flight it sleeps until half of them have
-    /// finished (one notification for the lot, the other half still keeping
-    /// the back end busy) rather than waking for each response.
+    /// With many requests in flight it sleeps until three quarters of them
+    /// have finished (one notification for the lot, the last quarter still
+    /// keeping the back end busy while the caller submits more) rather
+    /// than waking for each response.
     pub fn wait_all(&mut self, out: &mut Vec<Completion>) -> Result<usize, BlkError> {
         self.not_interrupted()?;
         self.wait_some()?;
@@ -1711,11 +1712,15 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         Ok(n)
     }
 
-    /// [`Disk::wait_all`]'s wait: if nothing is finished yet, until half of
-    /// the requests in flight are.
+    /// [`Disk::wait_all`]'s wait: if nothing is finished yet, until three
+    /// quarters of the requests in flight are. (Waking at half cost more
+    /// wake-ups on both ends: 4 KiB random reads at 32 in flight were
+    /// 0.38–0.42 of `pread` at half, 0.45–0.58 at three quarters,
+    /// alternating runs on a loaded 2-core VM; seven eighths was no
+    /// better and more variable.)
     fn wait_some(&mut self) -> Result<(), BlkError> {
         if self.io.completed.is_empty() && self.io.inflight.in_flight() > 0 {
-            let need = self.io.inflight.in_flight() / 2;
+            let need = self.io.inflight.in_flight() * 3 / 4;
             self.reap_at_least(&mut Sink::None, need)?;
         }
         Ok(())
