@@ -1783,7 +1783,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
     /// A view cannot be kept past its call (the page may be filled again
     /// by a later request):
     ///
-    /// ```compile_fail
+    /// ```compile_fail,E0521
     /// use xenshare::blk::{BlkError, Completion, Disk};
     /// use xenshare::mem::{ReadOnly, SharedMem};
     /// use xenshare::platform::{EventChannels, GrantBackend};
