@@ -85,6 +85,8 @@ fn bench_blk_reports_iops_against_pread_and_the_hand_off_floor() {
             "blk_iops",
             "pread_iops",
             "iops_ratio",
+            "blk_copy_iops",
+            "iops_copy_ratio",
             "handoff_iops",
             "iops_vs_handoff",
             "handoff_vs_pread",

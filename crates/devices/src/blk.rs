@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use xenshare::blk::{BackConfig, BackExit, BlkBack, BlkError, BlkFront, BlockStorage, FrontConfig};
-use xenshare::blk::{StorageError, DEVTYPE};
+use xenshare::blk::{SharedRead, StorageError, DEVTYPE};
 use xenshare::mem::{ReadOnly, SharedMem};
 use xenshare::store::client::{Client, ClientError};
 use xenshare::store::xenbus::{
@@ -41,7 +41,68 @@ pub struct FileStorage {
     sector_size: u32,
     read_only: bool,
     punch_holes: bool,
+    uring: Uring,
+    /// Entries asked for when io_uring is set up ([`URING_ENTRIES`]; the
+    /// tests ask for an impossible 0 to make the set-up fail).
+    uring_entries: u32,
 }
+
+/// Reads one io_uring submission carries at most (larger batches go in
+/// several submissions).
+const URING_ENTRIES: usize = 32;
+
+/// Whether a [`FileStorage`] reads batches through io_uring.
+enum Uring {
+    /// Not set up yet: made on the first batch of two or more reads.
+    Untried,
+    /// Set up.
+    On(Box<UringState>),
+    /// Not used: turned off, refused by the kernel (too old, disabled by
+    /// `kernel.io_uring_disabled` or a seccomp filter) or failed once.
+    Off,
+}
+
+impl core::fmt::Debug for Uring {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Uring::Untried => "Untried",
+            Uring::On(_) => "On",
+            Uring::Off => "Off",
+        })
+    }
+}
+
+/// What became of one read of an io_uring chunk.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// Refused before submission; its `result` is set.
+    Refused,
+    /// Checked, not submitted (yet).
+    NotRun,
+    /// Handed to the kernel, not reaped.
+    Submitted,
+    /// Finished with this raw result (bytes read or `-errno`).
+    Done(i32),
+}
+
+/// An io_uring instance and the iovec array its vectored reads point into
+/// (kept across batches: no allocation per batch once grown).
+struct UringState {
+    ring: io_uring::IoUring,
+    iov: Vec<Iovec>,
+}
+
+/// A `libc::iovec` that may move between threads with its storage.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct Iovec(libc::iovec);
+
+// SAFETY: an `Iovec` is only an address and a length; it is written and
+// handed to the kernel only inside one `&mut FileStorage` call that owns
+// the windows' borrow, never dereferenced by us, and stale afterwards (each
+// batch rewrites the array before use). Moving the storage to another
+// thread between calls moves no access to the memory it once named.
+unsafe impl Send for Iovec {}
 
 fn os_err(e: std::io::Error) -> StorageError {
     StorageError::Os(e.raw_os_error().unwrap_or(libc_eio()))
@@ -86,7 +147,25 @@ impl FileStorage {
             sector_size: 512,
             read_only,
             punch_holes: true,
+            uring: Uring::Untried,
+            uring_entries: URING_ENTRIES as u32,
         })
+    }
+
+    /// Reads batches of guest pages through io_uring (`on`, the default:
+    /// one system call for a batch, where the kernel allows it) or with one
+    /// `preadv` each (`off`). Without io_uring, or when setting it up
+    /// fails, every read goes by `preadv`: the same results, more system
+    /// calls.
+    pub fn with_io_uring(mut self, on: bool) -> Self {
+        self.uring = if on { Uring::Untried } else { Uring::Off };
+        self
+    }
+
+    /// Whether batches of reads went through io_uring (false before the
+    /// first batch of two or more reads, and after a fallback).
+    pub fn io_uring_in_use(&self) -> bool {
+        matches!(self.uring, Uring::On(_))
     }
 
     /// Uses a logical sector size of `size` bytes (512 or 4096); the image
@@ -194,6 +273,35 @@ impl BlockStorage for FileStorage {
             len,
             &mut dst.map(|w| (w.as_mut_ptr(), w.len())),
         )
+    }
+
+    fn read_batch_to_shared(&mut self, reads: &mut [SharedRead<'_, '_>]) {
+        let mut from = 0;
+        if reads.len() >= 2 {
+            while from < reads.len() {
+                let end = (from + URING_ENTRIES).min(reads.len());
+                let chunk = &mut reads[from..end];
+                let mut raw = [Slot::Refused; URING_ENTRIES];
+                if !self.uring_chunk(chunk, &mut raw) {
+                    break;
+                }
+                for (r, res) in chunk.iter_mut().zip(raw) {
+                    r.result = match res {
+                        Slot::Refused => continue,
+                        Slot::Done(res) => self.finish_uring_read(r, res),
+                        // Never with an empty queue of `URING_ENTRIES`;
+                        // a `Submitted` entry was reaped, so it is `Done`.
+                        Slot::NotRun | Slot::Submitted => {
+                            self.read_to_shared(r.offset, r.len, &mut r.dst.iter().copied())
+                        }
+                    };
+                }
+                from = end;
+            }
+        }
+        for r in &mut reads[from..] {
+            r.result = self.read_to_shared(r.offset, r.len, &mut r.dst.iter().copied());
+        }
     }
 
     fn write_from_shared<'m>(
@@ -321,6 +429,152 @@ impl FileStorage {
             return Err(range_err);
         }
         Ok(())
+    }
+}
+
+impl FileStorage {
+    /// Reads `chunk` (at most [`URING_ENTRIES`] reads) with one io_uring
+    /// submission, putting each submitted read's raw result (bytes or
+    /// `-errno`) in `raw`; a read refused before submission (outside the
+    /// image, windows that do not add up) gets its `result` directly
+    /// (`Slot::Refused`), one the queue did not take stays `NotRun`.
+    /// Returns only once the kernel has finished every read it was given.
+    /// False if io_uring cannot be used (then nothing was submitted or
+    /// everything submitted has finished, and it is turned off for good):
+    /// the caller reads the chunk with `preadv`.
+    fn uring_chunk(
+        &mut self,
+        chunk: &mut [SharedRead<'_, '_>],
+        raw: &mut [Slot; URING_ENTRIES],
+    ) -> bool {
+        use io_uring::{opcode, types};
+        use std::os::fd::AsRawFd;
+        if matches!(self.uring, Uring::Untried) {
+            self.uring = match io_uring::IoUring::new(self.uring_entries) {
+                Ok(ring) => Uring::On(Box::new(UringState {
+                    ring,
+                    iov: Vec::new(),
+                })),
+                Err(_) => Uring::Off,
+            };
+        }
+        // Check every read and lay out its iovecs before any pointer into
+        // the array is taken (it does not move after this loop).
+        let mut plan = [(0usize, 0usize); URING_ENTRIES];
+        let mut ok = [false; URING_ENTRIES];
+        let (size, fd) = (self.size, self.file.as_raw_fd());
+        let Uring::On(u) = &mut self.uring else {
+            return false;
+        };
+        u.iov.clear();
+        for (k, r) in chunk.iter_mut().enumerate() {
+            let start = u.iov.len();
+            let total: u64 = r.dst.iter().map(|w| w.len() as u64).sum();
+            let in_range = r.offset.checked_add(r.len).is_some_and(|e| e <= size);
+            if !in_range || total != r.len || r.dst.len() > IOV_BATCH || r.len > u64::from(u32::MAX)
+            {
+                r.result = Err(StorageError::OutOfRange {
+                    offset: r.offset,
+                    len: r.len,
+                });
+                continue;
+            }
+            u.iov.extend(r.dst.iter().map(|w| {
+                Iovec(libc::iovec {
+                    iov_base: w.as_mut_ptr().cast(),
+                    iov_len: w.len(),
+                })
+            }));
+            plan[k] = (start, r.dst.len());
+            ok[k] = true;
+            raw[k] = Slot::NotRun;
+        }
+        let mut sq = u.ring.submission();
+        if sq.capacity() - sq.len() < chunk.len() {
+            drop(sq);
+            self.uring = Uring::Off;
+            return false;
+        }
+        let mut n = 0;
+        for (k, r) in chunk.iter().enumerate().filter(|&(k, _)| ok[k]) {
+            let (start, cnt) = plan[k];
+            let Some(iov) = u.iov.get(start..start + cnt) else {
+                continue;
+            };
+            // A one-window read (a 4 KiB page) goes as a plain read.
+            let e = if let [one] = iov {
+                let (base, len) = (one.0.iov_base.cast(), one.0.iov_len as u32);
+                opcode::Read::new(types::Fd(fd), base, len)
+                    .offset(r.offset)
+                    .build()
+            } else {
+                opcode::Readv::new(types::Fd(fd), iov.as_ptr().cast(), cnt as u32)
+                    .offset(r.offset)
+                    .build()
+            };
+            // SAFETY: the entry names windows of live `SharedMem`s
+            // (borrowed for this whole call, writable: the back end's
+            // persistently mapped pages) and, for a vectored read, `iov`,
+            // which belongs to this storage and is neither moved nor
+            // rewritten until the loop below has reaped every entry
+            // submitted. This function does not return (and nothing in
+            // between can panic) while the kernel may still write through
+            // them: it waits for every completion, and gives up waiting
+            // only when the kernel holds none of the entries (those still
+            // queued die unsubmitted with the ring).
+            if unsafe { sq.push(&e.user_data(k as u64)) }.is_err() {
+                break;
+            }
+            raw[k] = Slot::Submitted;
+            n += 1;
+        }
+        drop(sq);
+        let mut reaped = 0;
+        loop {
+            for cqe in u.ring.completion() {
+                if let Some(slot) = raw.get_mut(cqe.user_data() as usize) {
+                    *slot = Slot::Done(cqe.result());
+                }
+                reaped += 1;
+            }
+            if reaped >= n {
+                break;
+            }
+            match u.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(_) => {
+                    // Entries the kernel has not taken are never run once
+                    // the ring is gone: with none in the kernel, give up
+                    // on io_uring (the caller reads the chunk again with
+                    // `preadv`). Those it took (a file read) still finish,
+                    // and are waited for.
+                    let queued = u.ring.submission().len();
+                    if n - reaped <= queued {
+                        self.uring = Uring::Off;
+                        return false;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+        }
+        true
+    }
+
+    /// The outcome of a read io_uring finished with `res` (bytes read or
+    /// `-errno`): a short read, or one interrupted, is done again whole
+    /// with `preadv` (reading is idempotent), never reported as success.
+    fn finish_uring_read(&self, r: &SharedRead<'_, '_>, res: i32) -> Result<(), StorageError> {
+        match res {
+            n if n >= 0 && n as u64 == r.len => Ok(()),
+            n if n >= 0 || n == -libc::EINTR || n == -libc::EAGAIN => self.vectored(
+                Dir::Read,
+                r.offset,
+                r.len,
+                &mut r.dst.iter().map(|w| (w.as_mut_ptr(), w.len())),
+            ),
+            n => Err(StorageError::Os(-n)),
+        }
     }
 }
 
@@ -859,5 +1113,177 @@ mod tests {
             ro.write_from_shared(0, 4096, &mut [a.read_only()].into_iter()),
             Err(StorageError::Unsupported("writes to a read-only image"))
         );
+    }
+
+    /// Whether this kernel lets us use io_uring (`kernel.io_uring_disabled`
+    /// reads 0); a test that needs it says so loudly where it does not.
+    fn io_uring_allowed() -> bool {
+        std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|s| s.trim() == "0")
+    }
+
+    /// `read_batch_to_shared` through io_uring and through the forced
+    /// `preadv` fallback gives every read the file's bytes: 70 reads (more
+    /// than one submission takes) of one to nine windows, two of them
+    /// refused (past the end; windows that do not add up) with the error
+    /// `read_to_shared` gives, the others untouched by them.
+    #[test]
+    fn batched_reads_match_the_file_with_and_without_io_uring() {
+        let tmp = Tmp::new("batch");
+        let size = 4 << 20;
+        let st = FileStorage::create(&tmp.0, size).expect("image");
+        let data = pattern(11, size as usize);
+        st.file().write_all_at(&data, 0).expect("fill");
+        drop(st);
+        for uring in [true, false] {
+            let mut st = FileStorage::open(&tmp.0, false)
+                .expect("reopen")
+                .with_io_uring(uring);
+            let reg = Region::new("dst", 70 * 9 * 4096).expect("region");
+            reg.mem().fill(0, reg.len(), 0xEE).expect("clear");
+            let mut wins = Vec::new();
+            let mut plan = Vec::new();
+            for k in 0..70usize {
+                let n = 1 + k % 9;
+                let start = wins.len();
+                for j in 0..n {
+                    let at = (start + j) * 4096;
+                    wins.push(
+                        reg.mem()
+                            .slice(at, 512 * (1 + (k + j) % 8))
+                            .expect("window"),
+                    );
+                }
+                let len: u64 = wins[start..].iter().map(|w| w.len() as u64).sum();
+                let off = match k {
+                    5 => size - 512, // runs past the end
+                    _ => (k as u64 * 40_960) % (size - len) / 512 * 512,
+                };
+                // Read 9 claims one sector more than its windows hold.
+                let len = if k == 9 { len + 512 } else { len };
+                plan.push((off, len, start..wins.len()));
+            }
+            let mut reads: Vec<SharedRead<'_, '_>> = plan
+                .iter()
+                .map(|(off, len, r)| SharedRead {
+                    offset: *off,
+                    len: *len,
+                    dst: &wins[r.clone()],
+                    result: Err(StorageError::Unsupported("not run")),
+                })
+                .collect();
+            st.read_batch_to_shared(&mut reads);
+            if uring {
+                if io_uring_allowed() {
+                    assert!(st.io_uring_in_use(), "io_uring allowed but not used");
+                } else {
+                    eprintln!("NOTE: io_uring disabled here; the batch went by preadv");
+                }
+            } else {
+                assert!(!st.io_uring_in_use());
+            }
+            for (k, (r, (off, _, range))) in reads.iter().zip(&plan).enumerate() {
+                if k == 5 || k == 9 {
+                    assert_eq!(
+                        r.result,
+                        Err(StorageError::OutOfRange {
+                            offset: r.offset,
+                            len: r.len
+                        }),
+                        "read {k} (io_uring {uring})"
+                    );
+                    continue;
+                }
+                assert_eq!(r.result, Ok(()), "read {k} (io_uring {uring})");
+                let mut at = *off as usize;
+                for w in &wins[range.clone()] {
+                    let mut b = vec![0u8; w.len()];
+                    w.read(0, &mut b).expect("read window");
+                    assert!(b == data[at..at + b.len()], "read {k} (io_uring {uring})");
+                    at += b.len();
+                }
+            }
+        }
+    }
+
+    /// A read the file cannot satisfy whole (it shrank under the storage,
+    /// so the kernel returns a short read) fails; it is never reported as
+    /// a success, whether io_uring or `preadv` read it, and the reads
+    /// beside it in the batch still succeed.
+    #[test]
+    fn a_short_batched_read_fails_and_its_neighbours_succeed() {
+        for uring in [true, false] {
+            let tmp = Tmp::new(if uring { "short-u" } else { "short-p" });
+            let size = 1 << 20;
+            let st = FileStorage::create(&tmp.0, size).expect("image");
+            st.file()
+                .write_all_at(&pattern(5, size as usize), 0)
+                .expect("fill");
+            let mut st = st.with_io_uring(uring);
+            // The file loses its last 2 KiB; the storage still thinks it
+            // has them.
+            st.file().set_len(size - 2048).expect("shrink");
+            let reg = Region::new("dst", 3 * 4096).expect("region");
+            let w: Vec<_> = (0..3)
+                .map(|i| reg.mem().slice(i * 4096, 4096).expect("window"))
+                .collect();
+            let mut reads: Vec<SharedRead<'_, '_>> = [0, size - 4096, 8192]
+                .iter()
+                .zip(w.chunks(1))
+                .map(|(&offset, dst)| SharedRead {
+                    offset,
+                    len: 4096,
+                    dst,
+                    result: Err(StorageError::Unsupported("not run")),
+                })
+                .collect();
+            st.read_batch_to_shared(&mut reads);
+            assert_eq!(reads[0].result, Ok(()), "io_uring {uring}");
+            assert_eq!(reads[2].result, Ok(()), "io_uring {uring}");
+            assert!(reads[1].result.is_err(), "short read reported as success");
+            let mut b = vec![0u8; 4096];
+            w[2].read(0, &mut b).expect("read window");
+            assert!(b == pattern(5, size as usize)[8192..12288]);
+        }
+    }
+
+    /// When io_uring cannot be set up (here: the kernel refuses a ring of
+    /// no entries, as it refuses any ring where io_uring is disabled), a
+    /// batch falls back to `preadv` silently: every read still succeeds
+    /// with the file's bytes, and io_uring is not tried again.
+    #[test]
+    fn a_failed_io_uring_set_up_falls_back_to_preadv() {
+        let tmp = Tmp::new("uring-fail");
+        let size = 1 << 20;
+        let st = FileStorage::create(&tmp.0, size).expect("image");
+        let data = pattern(9, size as usize);
+        st.file().write_all_at(&data, 0).expect("fill");
+        let mut st = st;
+        st.uring_entries = 0;
+        let reg = Region::new("dst", 4 * 4096).expect("region");
+        let w: Vec<_> = (0..4)
+            .map(|i| reg.mem().slice(i * 4096, 4096).expect("window"))
+            .collect();
+        for round in 0..2 {
+            let mut reads: Vec<SharedRead<'_, '_>> = w
+                .chunks(1)
+                .enumerate()
+                .map(|(i, dst)| SharedRead {
+                    offset: 65536 * i as u64,
+                    len: 4096,
+                    dst,
+                    result: Err(StorageError::Unsupported("not run")),
+                })
+                .collect();
+            st.read_batch_to_shared(&mut reads);
+            assert!(!st.io_uring_in_use(), "round {round}");
+            assert!(matches!(st.uring, Uring::Off), "round {round}");
+            for (i, r) in reads.iter().enumerate() {
+                assert_eq!(r.result, Ok(()), "round {round}, read {i}");
+                let mut b = vec![0u8; 4096];
+                w[i].read(0, &mut b).expect("read window");
+                let at = 65536 * i;
+                assert!(b == data[at..at + 4096], "round {round}, read {i}");
+            }
+        }
     }
 }

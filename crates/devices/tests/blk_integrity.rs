@@ -460,3 +460,187 @@ fn a_panicking_read_with_closure_breaks_the_disk_for_later_calls() {
     w.guest.exporter().reclaim(usize::MAX);
     assert_guest_grants_all_back(&w);
 }
+
+/// `wait_all_with` against the real back end, with persistent grants (the
+/// pool pages shown in place) and without (each request's pages copied
+/// out before revocation): 600 random reads of mixed sizes, up to 32 in
+/// flight, every one shown once, page by page in order, with the bytes
+/// `read_at` reads, and its completion carrying no data; `wait_all` takes
+/// every fourth batch, so both ways of taking completions interleave. The
+/// pool does not grow past what the reads in flight need, and every grant
+/// comes back.
+#[test]
+fn wait_all_with_shows_in_place_what_read_at_reads() {
+    for persistent in [true, false] {
+        let w = world();
+        let img = TmpImage::new("wait-all-with");
+        let backend = real_backend_sized(&w, &img, DISK);
+        let mut fe = w
+            .frontend(FrontConfig {
+                persistent,
+                ..FrontConfig::new(DEVID)
+            })
+            .unwrap();
+        let mut xs = w.client(&w.guest);
+        let mut rng = Rng::new(if persistent { 21 } else { 22 });
+        let mut model = vec![0u8; DISK as usize];
+        rng.fill(&mut model);
+        {
+            let mut disk = fe.connect(&mut xs).unwrap();
+            assert_eq!(disk.info().persistent, persistent);
+            disk.write_at(0, &model).unwrap();
+            let max = disk.max_request_bytes();
+            let pool_before = disk.pool_pages();
+            let mut want = std::collections::HashMap::new();
+            let mut shown: std::collections::HashMap<_, Vec<u8>> = Default::default();
+            let mut done = Vec::new();
+            let (mut submitted, mut finished, mut batches) = (0, 0, 0);
+            while finished < 600 {
+                disk.plug();
+                while submitted < 600 && disk.in_flight() < 32 {
+                    let len = size(&mut rng).min(max);
+                    let off = offset(&mut rng, len);
+                    want.insert(disk.submit_read(off, len).unwrap(), (off as usize, len));
+                    submitted += 1;
+                }
+                disk.unplug().unwrap();
+                batches += 1;
+                let copying = batches % 4 == 0;
+                let n = if copying {
+                    disk.wait_all(&mut done).unwrap()
+                } else {
+                    disk.wait_all_with(&mut done, |tag, pos, page| {
+                        let v = shown.entry(tag).or_default();
+                        assert_eq!(pos, v.len(), "{tag:?}: pages out of order");
+                        assert!(!page.is_empty() && page.len() <= 4096);
+                        let at = v.len();
+                        v.resize(at + page.len(), 0);
+                        page.read(0, &mut v[at..]).unwrap();
+                    })
+                    .unwrap()
+                };
+                assert!(n > 0);
+                for c in done.drain(..) {
+                    assert_eq!(c.kind, IoKind::Read);
+                    c.result.unwrap();
+                    let (off, len) = want.remove(&c.tag).expect("a tag submitted once");
+                    let got = if copying {
+                        assert!(!shown.contains_key(&c.tag), "{:?} shown and copied", c.tag);
+                        c.data
+                    } else {
+                        assert!(c.data.is_empty(), "{:?}: data copied too", c.tag);
+                        shown.remove(&c.tag).expect("every page shown")
+                    };
+                    assert!(got == model[off..off + len], "{:?}: wrong bytes", c.tag);
+                    finished += 1;
+                }
+                assert!(shown.is_empty(), "pages shown for a tag not completed");
+            }
+            if persistent {
+                // 32 requests of at most `max` bytes in flight, and as
+                // many finished ones held until taken.
+                let bound = pool_before + 2 * 32 * max.div_ceil(4096);
+                assert!(disk.pool_pages() <= bound, "{}", disk.pool_pages());
+            }
+            disk.close(&mut xs).unwrap();
+        }
+        fe.release();
+        let (_, runs) = backend.stop().unwrap();
+        assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
+        assert_guest_grants_all_back(&w);
+    }
+}
+
+/// Finished reads keep their pool pages until a `wait_all*` takes them; a
+/// caller that only submits must not starve the pool: with the smallest
+/// pool (22 pages), 60 one-page reads submitted without taking a completion
+/// all go through (the held ones are copied out to make room) and are then all
+/// delivered once each, with the right bytes, through `wait_all_with`.
+#[test]
+fn reads_held_for_wait_all_with_give_their_pages_back_when_the_pool_runs_short() {
+    let w = world();
+    let img = TmpImage::new("held-pool");
+    let backend = real_backend_sized(&w, &img, DISK);
+    let mut fe = w
+        .frontend(FrontConfig {
+            max_persistent_pages: 1,
+            ..FrontConfig::new(DEVID)
+        })
+        .unwrap();
+    let mut xs = w.client(&w.guest);
+    {
+        let mut disk = fe.connect(&mut xs).unwrap();
+        assert!(disk.info().persistent);
+        let block = |i: usize| vec![(i % 251) as u8 + 1; 4096];
+        for i in 0..60 {
+            disk.write_at(i as u64 * 4096, &block(i)).unwrap();
+        }
+        let mut want = std::collections::HashMap::new();
+        for i in 0..60 {
+            want.insert(disk.submit_read(i as u64 * 4096, 4096).unwrap(), i);
+        }
+        assert!(disk.pool_pages() <= 22, "{}", disk.pool_pages());
+        let mut shown = std::collections::HashMap::new();
+        let mut done = Vec::new();
+        while !want.is_empty() {
+            assert!(
+                disk.wait_all_with(&mut done, |tag, pos, page| {
+                    assert_eq!(pos, 0);
+                    let mut b = vec![0u8; page.len()];
+                    page.read(0, &mut b).unwrap();
+                    assert!(shown.insert(tag, b).is_none(), "{tag:?} shown twice");
+                })
+                .unwrap()
+                    > 0
+            );
+            for c in done.drain(..) {
+                c.result.unwrap();
+                assert!(c.data.is_empty());
+                let i = want.remove(&c.tag).expect("a tag submitted once");
+                let b = shown.remove(&c.tag).expect("shown before completing");
+                assert!(b == block(i), "block {i}");
+            }
+        }
+        assert!(disk.pool_pages() <= 22, "{}", disk.pool_pages());
+        disk.close(&mut xs).unwrap();
+    }
+    drop(fe);
+    backend.stop().unwrap();
+    assert_guest_grants_all_back(&w);
+}
+
+/// A `wait_all_with` closure that panics loses the completion it was
+/// shown: the disk is broken, every later call fails with `Interrupted`
+/// or `Broken`, and every grant still comes back.
+#[test]
+fn a_panicking_wait_all_with_closure_breaks_the_disk_for_later_calls() {
+    let w = world();
+    let img = TmpImage::new("wait-all-with-panic");
+    let backend = real_backend_sized(&w, &img, DISK);
+    let mut fe = w.frontend(FrontConfig::new(DEVID)).unwrap();
+    let mut xs = w.client(&w.guest);
+    {
+        let mut disk = fe.connect(&mut xs).unwrap();
+        for i in 0..4 {
+            disk.submit_read(i * 4096, 4096).unwrap();
+        }
+        let mut done = Vec::new();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            disk.wait_all_with(&mut done, |_, _, _| panic!("the caller's closure fails"))
+        }));
+        assert!(unwound.is_err(), "the panic reaches the caller");
+        assert!(done.is_empty());
+        assert_eq!(
+            disk.wait_all_with(&mut done, |_, _, _| {}),
+            Err(xenshare::blk::BlkError::Interrupted)
+        );
+        assert!(disk.is_broken());
+        assert!(disk.wait_all(&mut done).is_err(), "the disk stays broken");
+        assert!(disk.submit_read(0, 4096).is_err());
+        assert!(done.is_empty());
+    }
+    fe.release();
+    let _ = backend.stop();
+    w.guest.exporter().reclaim(usize::MAX);
+    assert_guest_grants_all_back(&w);
+}

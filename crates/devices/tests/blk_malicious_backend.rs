@@ -535,3 +535,188 @@ fn read_with_never_shows_a_request_whose_page_the_back_end_kept() {
     w.guest.exporter().reclaim(usize::MAX);
     assert_guest_grants_all_back(&w);
 }
+
+/// Submits reads of `lens` pages each (at consecutive offsets from 0)
+/// against a hand-made back end that answers them with `answer`, last
+/// first, and takes every completion with `wait_all_with` until all are
+/// in or the disk fails. Returns the first error (if any), the
+/// completions, every (tag, position, bytes) shown, in order, the offset
+/// of each tag, and the rest of the set-up.
+#[allow(clippy::type_complexity)]
+fn wait_all_with_against(
+    persistent: bool,
+    lens: &[usize],
+    answer: impl Fn(usize) -> Answer + Send,
+) -> (
+    Option<BlkError>,
+    Vec<xenshare::blk::Completion>,
+    Vec<(xenshare::blk::Tag, usize, Vec<u8>)>,
+    std::collections::HashMap<xenshare::blk::Tag, u64>,
+    BlkWorld,
+    SimFront,
+    FakeBack,
+    Vec<Kept<xenshare::mem::ReadWrite>>,
+) {
+    let w = world();
+    let extra: &[(&str, &str)] = if persistent {
+        &[("feature-persistent", "1")]
+    } else {
+        &[]
+    };
+    let (mut fe, fb) = connect(&w, extra);
+    let (mut shown, mut done, mut at) = (Vec::new(), Vec::new(), std::collections::HashMap::new());
+    let n = lens.len();
+    let (err, kept) = std::thread::scope(|s| {
+        let back = s.spawn(|| answer_reversed(&w, &fb, 0, n, answer));
+        let mut disk = fe.disk().unwrap();
+        assert_eq!(disk.info().persistent, persistent);
+        let mut off = 0u64;
+        disk.plug();
+        for &pages in lens {
+            at.insert(disk.submit_read(off, pages * 4096).unwrap(), off);
+            off += pages as u64 * 4096;
+        }
+        disk.unplug().unwrap();
+        let mut err = None;
+        while done.len() < n {
+            let r = disk.wait_all_with(&mut done, |tag, pos, page| {
+                let mut b = vec![0u8; page.len()];
+                page.read(0, &mut b).unwrap();
+                shown.push((tag, pos, b));
+            });
+            if let Err(e) = r {
+                err = Some(e);
+                break;
+            }
+        }
+        (err, back.join().unwrap())
+    });
+    (err, done, shown, at, w, fe, fb, kept)
+}
+
+/// Answers that come last first, with persistent grants and without: each
+/// read's pages are shown once, in order within the read, with its own
+/// tag and the bytes of its own range, before its completion (which
+/// carries no data); pool pages go back and every grant is revoked.
+#[test]
+fn wait_all_with_shows_each_read_under_its_own_tag_when_answers_come_last_first() {
+    for persistent in [false, true] {
+        let lens = [3, 11, 1, 5];
+        let (err, done, shown, at, w, mut fe, fb, _) =
+            wait_all_with_against(persistent, &lens, |_| Answer::Fill);
+        assert_eq!(err, None);
+        assert_eq!(done.len(), lens.len());
+        let mut pages_seen = 0;
+        for c in &done {
+            assert_eq!(c.result, Ok(()));
+            assert!(c.data.is_empty());
+            let base = at[&c.tag];
+            let mine: Vec<_> = shown.iter().filter(|(t, _, _)| *t == c.tag).collect();
+            assert!(!mine.is_empty(), "{:?} not shown", c.tag);
+            for (k, (_, pos, b)) in mine.iter().enumerate() {
+                assert_eq!(*pos, k * 4096, "{:?}: pages out of order", c.tag);
+                let want: Vec<u8> = (0..4096u64)
+                    .map(|x| pattern(base + *pos as u64 + x))
+                    .collect();
+                assert!(*b == want, "{:?}: page {pos} has the wrong bytes", c.tag);
+            }
+            pages_seen += mine.len();
+        }
+        assert_eq!(pages_seen, lens.iter().sum::<usize>());
+        {
+            let disk = fe.disk().unwrap();
+            assert!(!disk.is_broken());
+            assert_eq!(disk.in_flight(), 0);
+            if persistent {
+                assert_eq!(disk.pool_pages(), lens.iter().sum::<usize>());
+            } else {
+                assert_eq!(disk.grant_stats().live, 1, "only the ring is granted");
+            }
+        }
+        drop(fb);
+        fe.release();
+        assert_guest_grants_all_back(&w);
+    }
+}
+
+/// A failed read shows nothing (its completion carries the error) while
+/// the reads around it are shown; the disk is not broken and the failed
+/// read's pool pages are free again (the pool does not grow on reuse).
+#[test]
+fn wait_all_with_shows_nothing_of_a_failed_read() {
+    for persistent in [false, true] {
+        let lens = [2, 2, 2];
+        let (err, done, shown, _, w, mut fe, fb, _) =
+            wait_all_with_against(persistent, &lens, |i| {
+                if i == 1 {
+                    Answer::Fail
+                } else {
+                    Answer::Fill
+                }
+            });
+        assert_eq!(err, None);
+        let failed: Vec<_> = done.iter().filter(|c| c.result.is_err()).collect();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(
+            failed[0].result,
+            Err(BlkError::Io(xenshare_abi::blkif::BLKIF_RSP_ERROR))
+        );
+        assert!(failed[0].data.is_empty());
+        assert!(
+            shown.iter().all(|(t, _, _)| *t != failed[0].tag),
+            "a failed read was shown"
+        );
+        assert_eq!(shown.len(), 4, "the two good reads, two pages each");
+        if persistent {
+            let pool = fe.disk().unwrap().pool_pages();
+            assert_eq!(pool, 6);
+            std::thread::scope(|s| {
+                let back = s.spawn(|| answer_reversed(&w, &fb, 3, 3, |_| Answer::Fill));
+                let mut disk = fe.disk().unwrap();
+                let mut done = Vec::new();
+                for i in 0..3 {
+                    disk.submit_read(i * 8192, 8192).unwrap();
+                }
+                while done.len() < 3 {
+                    disk.wait_all_with(&mut done, |_, _, _| {}).unwrap();
+                }
+                assert!(done.iter().all(|c| c.result.is_ok()));
+                assert_eq!(disk.pool_pages(), pool, "pool pages leaked");
+                back.join().unwrap();
+            });
+        }
+        assert!(!fe.disk().unwrap().is_broken());
+        drop(fb);
+        fe.release();
+        assert_guest_grants_all_back(&w);
+    }
+}
+
+/// The XSA-396 pattern against `wait_all_with` (per-request grants): the
+/// back end answers a read but keeps its first page mapped. The disk
+/// breaks with `GrantStillMapped`, the page goes to quarantine, and that
+/// read's data is never shown.
+#[test]
+fn wait_all_with_never_shows_a_read_whose_page_the_back_end_kept() {
+    let lens = [2, 2, 2];
+    let (err, done, shown, at, w, mut fe, fb, kept) = wait_all_with_against(false, &lens, |i| {
+        if i == 0 {
+            Answer::FillAndKeep
+        } else {
+            Answer::Fill
+        }
+    });
+    assert_eq!(err, Some(BlkError::GrantStillMapped(1)));
+    // Requests are answered last first: the kept one (the first
+    // submitted, at offset 0) comes last, and nothing of it is shown.
+    let first = *at.iter().find(|(_, &off)| off == 0).unwrap().0;
+    assert!(done.iter().all(|c| c.tag != first), "{done:?}");
+    assert!(shown.iter().all(|(t, _, _)| *t != first), "kept page shown");
+    assert_eq!(kept.len(), 1);
+    assert!(w.guest.exporter().quarantined() >= 1);
+    drop(kept);
+    drop(fb);
+    fe.release();
+    w.guest.exporter().reclaim(usize::MAX);
+    assert_guest_grants_all_back(&w);
+}

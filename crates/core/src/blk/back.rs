@@ -37,7 +37,8 @@ use xenshare_abi::blkif::{
 
 use super::wire::{self, DataOp, Limits, Reject, Request, Segment};
 use super::{
-    dec, BlkError, BlockStorage, DeviceError, DEVTYPE, MAX_RING_ORDER, SECTOR, XS_RETRIES,
+    dec, BlkError, BlockStorage, DeviceError, SharedRead, StorageError, DEVTYPE, MAX_RING_ORDER,
+    SECTOR, XS_RETRIES,
 };
 use crate::event::Channel;
 use crate::grant::{Importer, Mapping};
@@ -54,6 +55,22 @@ use crate::types::{DomId, GrantRef, Port};
 /// Requests served between two looks at the stop flag and the front end's
 /// state, so teardown works however busy the front end keeps the ring.
 const BATCH: u32 = 64;
+
+/// Most reads handed to the storage in one [`BlockStorage::read_batch_to_shared`]
+/// call. Small enough that the front end (which sleeps until three quarters of its
+/// requests are answered) is woken while the back end still has requests
+/// to serve, so both ends work at once.
+const READ_BATCH: usize = 8;
+
+/// A direct read with every page mapped persistently, checked and waiting
+/// to go to the storage with others.
+struct QueuedRead {
+    id: u64,
+    operation: u8,
+    offset: u64,
+    len: u64,
+    segs: wire::Inline<Segment, { xenshare_abi::blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST }>,
+}
 
 /// Grant copies handed to the hypervisor at once on the copy path (a
 /// request without persistent grants; 1 MiB is 256 segments, 8 batches).
@@ -160,6 +177,8 @@ pub struct BlkBack<S: BlockStorage, M: ForeignMapper, E: EventChannels> {
     ind_copy: Vec<u8>,
     /// Its segment list, parsed from `ind_copy`.
     ind_segs: Vec<Segment>,
+    /// Reads waiting to go to the storage together (at most [`READ_BATCH`]).
+    queued: Vec<QueuedRead>,
     stats: BackStats,
     last_error: Option<BlkError>,
 }
@@ -195,6 +214,7 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             buf: Vec::new(),
             ind_copy: Vec::new(),
             ind_segs: Vec::new(),
+            queued: Vec::new(),
             stats: BackStats::default(),
             last_error: None,
         }
@@ -429,6 +449,9 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         stop: &AtomicBool,
     ) -> Result<BackExit, BlkError> {
         let limits = self.limits();
+        // Reads a connection that ended in an error left queued name its
+        // grants and ids: never serve them on this one.
+        self.queued.clear();
         loop {
             // A bounded batch: a front end that keeps the ring full must not
             // keep us from seeing a stop request or its own state change.
@@ -437,6 +460,16 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
                 let Some(raw) = ring.next_request()? else {
                     break;
                 };
+                // Reads into persistently mapped pages go to the storage
+                // together; anything else is served after them, in order.
+                if keys.persistent && self.queue_read(&raw, &limits, pmaps) {
+                    handled += 1;
+                    if self.queued.len() >= READ_BATCH {
+                        self.flush_reads(pmaps, &mut ring, chan)?;
+                    }
+                    continue;
+                }
+                self.flush_reads(pmaps, &mut ring, chan)?;
                 let status = self.handle(&raw, &limits, keys.persistent, pmaps);
                 if status == BLKIF_RSP_OKAY {
                     self.stats.ok += 1;
@@ -454,6 +487,7 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
                     chan.notify()?;
                 }
             }
+            self.flush_reads(pmaps, &mut ring, chan)?;
             if ring.push_responses_and_check_notify()? {
                 chan.notify()?;
             }
@@ -477,6 +511,108 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
                 chan.unmask()?;
             }
         }
+    }
+
+    /// Takes `raw` into the batch of reads if it is a direct read of
+    /// sectors inside the disk whose pages are (now) all mapped
+    /// persistently; false leaves it to [`Self::handle`] (which answers
+    /// whatever is wrong with it).
+    fn queue_read(
+        &mut self,
+        raw: &BlkifRequest,
+        limits: &Limits,
+        pmaps: &mut BTreeMap<u32, Mapping<M>>,
+    ) -> bool {
+        let Ok(Request::Data {
+            op: DataOp::Read,
+            sector,
+            segs,
+            ..
+        }) = wire::parse(raw, limits)
+        else {
+            return false;
+        };
+        if segs.is_empty() {
+            return false;
+        }
+        let Ok((offset, len)) = self.range(sector, wire::total_sectors(&segs)) else {
+            return false;
+        };
+        if !self.map_persistently(&segs, pmaps) {
+            return false;
+        }
+        self.count(DataOp::Read, segs.len());
+        self.stats.persistent_mapped = pmaps.len() as u64;
+        self.queued.push(QueuedRead {
+            id: raw.id,
+            operation: wire::response_operation(raw),
+            offset,
+            len,
+            segs,
+        });
+        true
+    }
+
+    /// Hands the queued reads to the storage in one call and answers each.
+    fn flush_reads(
+        &mut self,
+        pmaps: &BTreeMap<u32, Mapping<M>>,
+        ring: &mut BackRing<&Mapping<M>, BlkifRequest, BlkifResponse>,
+        chan: &Channel<E>,
+    ) -> Result<(), BlkError> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let queued = core::mem::take(&mut self.queued);
+        // The windows of every read, one after another (a window that does
+        // not slice ends its read's list early, and the storage refuses a
+        // list shorter than the read).
+        let mut windows = Vec::with_capacity(queued.iter().map(|q| q.segs.len()).sum());
+        let mut spans = Vec::with_capacity(queued.len());
+        for q in &queued {
+            let start = windows.len();
+            windows.extend(q.segs.iter().map_while(|s| {
+                let m = pmaps.get(&s.gref.0)?;
+                m.mem().slice(s.offset(), s.len()).ok()
+            }));
+            spans.push(start..windows.len());
+        }
+        let mut reads: Vec<SharedRead<'_, '_>> = queued
+            .iter()
+            .zip(spans)
+            .map(|(q, span)| SharedRead {
+                offset: q.offset,
+                len: q.len,
+                dst: &windows[span],
+                result: Err(StorageError::Unsupported("read not done")),
+            })
+            .collect();
+        self.storage.read_batch_to_shared(&mut reads);
+        let mut r = Ok(());
+        for (q, read) in queued.iter().zip(&reads) {
+            let status = if read.result.is_ok() {
+                self.stats.ok += 1;
+                BLKIF_RSP_OKAY
+            } else {
+                self.stats.failed += 1;
+                BLKIF_RSP_ERROR
+            };
+            r = r.and(ring.push_response(&BlkifResponse {
+                id: q.id,
+                operation: q.operation,
+                status,
+                ..Default::default()
+            }));
+        }
+        drop(reads);
+        let mut queued = queued;
+        queued.clear();
+        self.queued = queued;
+        r?;
+        if ring.push_responses_and_check_notify()? {
+            chan.notify()?;
+        }
+        Ok(())
     }
 
     /// The checks between batches: the caller's stop flag, then the front

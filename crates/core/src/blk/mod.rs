@@ -89,6 +89,31 @@ pub enum StorageError {
     },
 }
 
+/// One read of a [`BlockStorage::read_batch_to_shared`] batch: `len` bytes
+/// at `offset` into the windows of `dst`, filled one after another.
+pub struct SharedRead<'a, 'm> {
+    /// Byte offset (a multiple of the sector size).
+    pub offset: u64,
+    /// Length in bytes; the windows must add up to exactly this.
+    pub len: u64,
+    /// Where the bytes go.
+    pub dst: &'a [SharedMem<'m>],
+    /// The outcome, set by the storage. Success means every byte was
+    /// read (never a short read).
+    pub result: Result<(), StorageError>,
+}
+
+impl core::fmt::Debug for SharedRead<'_, '_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SharedRead")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .field("windows", &self.dst.len())
+            .field("result", &self.result)
+            .finish()
+    }
+}
+
 /// The host side of a block back end: where the sectors really live.
 ///
 /// Offsets and lengths are in bytes and always multiples of
@@ -148,6 +173,18 @@ pub trait BlockStorage: Send {
             return Err(StorageError::OutOfRange { offset, len });
         }
         Ok(())
+    }
+
+    /// Several reads at once, each as [`BlockStorage::read_to_shared`]
+    /// would do it, its outcome stored in its [`SharedRead::result`]. The
+    /// back end hands over every read it took off the ring in one pass, so
+    /// a storage that can submit them together (`io_uring` for a file)
+    /// pays one system call for all. When it returns, nothing may still be
+    /// writing into any window. The default reads them one by one.
+    fn read_batch_to_shared(&mut self, reads: &mut [SharedRead<'_, '_>]) {
+        for r in reads.iter_mut() {
+            r.result = self.read_to_shared(r.offset, r.len, &mut r.dst.iter().copied());
+        }
     }
 
     /// Writes `len` bytes at `offset` straight from shared memory: from the
@@ -292,10 +329,13 @@ pub enum BlkError {
     /// XSA-396 pattern): the page is quarantined and the disk is broken.
     #[error("back end kept {0} grant(s) mapped after responding; disk is broken")]
     GrantStillMapped(usize),
-    /// An earlier synchronous call on this disk unwound mid-way (a
-    /// [`crate::blk::Disk::read_with`] closure panicked) and left requests
-    /// in flight whose answers could not be told from a later call's: the
-    /// disk is broken rather than risk showing one call's data to another.
+    /// An earlier call on this disk unwound mid-way (a
+    /// [`crate::blk::Disk::read_with`] or
+    /// [`crate::blk::Disk::wait_all_with`] closure panicked): a
+    /// `read_with` leaves requests in flight whose answers could not be
+    /// told from a later call's, a `wait_all_with` loses the completion it
+    /// was showing. The disk is broken rather than risk showing one call's
+    /// data to another.
     #[error("an earlier call on this disk was interrupted by a panic; disk is broken")]
     Interrupted,
     /// An earlier violation broke the device; see the device's `error()`.
