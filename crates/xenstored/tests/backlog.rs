@@ -115,16 +115,7 @@ fn read_until_reply(s: &mut UnixStream, dec: &mut Decoder, req_id: u32) -> (usiz
             Some(_) => continue,
             None => {}
         }
-        match s.read(&mut buf) {
-            Ok(0) => panic!("closed before the reply"),
-            Ok(n) => dec.push(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("{e}"),
-        }
+        common::pump(s, &mut buf, dec, "before the reply");
     }
 }
 

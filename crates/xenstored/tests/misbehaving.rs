@@ -232,16 +232,7 @@ fn pipelined_requests_across_reads_are_each_answered_once_in_order() {
         if next == N {
             break;
         }
-        match s.read(&mut buf) {
-            Ok(0) => panic!("closed after {next} replies"),
-            Ok(n) => dec.push(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("{e}"),
-        }
+        common::pump(&mut s, &mut buf, &mut dec, &format!("after {next} replies"));
     }
     writer.join().unwrap();
     // Nothing more: no reply came twice.

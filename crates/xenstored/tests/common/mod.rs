@@ -92,3 +92,25 @@ pub fn closed_by_peer(s: &mut UnixStream) -> bool {
         }
     }
 }
+
+/// Reads what `s` has into `dec` (a read that times out or would block
+/// adds nothing); panics if the daemon closed the connection (`when` says
+/// at which point) or the read failed.
+#[allow(dead_code)] // not every test binary uses it
+pub fn pump(
+    s: &mut UnixStream,
+    buf: &mut [u8],
+    dec: &mut xenshare::store::wire::Decoder,
+    when: &str,
+) {
+    match s.read(buf) {
+        Ok(0) => panic!("closed {when}"),
+        Ok(n) => dec.push(&buf[..n]),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        Err(e) => panic!("{e}"),
+    }
+}
