@@ -5,9 +5,30 @@
 //! many requests in flight.
 
 use xenshare::blk::{BackConfig, FrontConfig, IoKind};
+use xenshare_devices::blk::{BackendThread, BlkWorld, FileStorage, SimFront};
 use xenshare_testkit::blk::*;
 
 const DISK: u64 = 16 << 20;
+
+/// Ends a run whose back end must have served every request without
+/// error: the front end lets go, the back end stops cleanly, and every
+/// guest grant has come back.
+fn stop_clean(w: &BlkWorld, mut fe: SimFront, backend: BackendThread<FileStorage>) {
+    fe.release();
+    let (_, runs) = backend.stop().unwrap();
+    assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
+    assert_guest_grants_all_back(w);
+}
+
+/// Ends a run whose disk broke on purpose (a caller's closure panicked):
+/// whatever the back end reports, once the quarantine is reclaimed every
+/// guest grant has come back.
+fn stop_after_panic(w: &BlkWorld, mut fe: SimFront, backend: BackendThread<FileStorage>) {
+    fe.release();
+    let _ = backend.stop();
+    w.guest.exporter().reclaim(usize::MAX);
+    assert_guest_grants_all_back(w);
+}
 
 /// A size in bytes, sector-aligned, 512 B ..= 1 MiB, mostly small.
 fn size(rng: &mut Rng) -> usize {
@@ -375,10 +396,7 @@ fn read_with_shows_what_read_at_reads_in_order() {
     for persistent in [true, false] {
         let w = world();
         let img = TmpImage::new("read-with");
-        let storage = img.create(DISK);
-        let backend = w
-            .spawn_backend(storage, BackConfig::new(w.guest.id(), DEVID))
-            .unwrap();
+        let backend = real_backend_sized(&w, &img, DISK);
         let mut fe = w
             .frontend(FrontConfig {
                 persistent,
@@ -416,10 +434,7 @@ fn read_with_shows_what_read_at_reads_in_order() {
             }
             disk.close(&mut xs).unwrap();
         }
-        fe.release();
-        let (_, runs) = backend.stop().unwrap();
-        assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
-        assert_guest_grants_all_back(&w);
+        stop_clean(&w, fe, backend);
     }
 }
 
@@ -455,10 +470,7 @@ fn a_panicking_read_with_closure_breaks_the_disk_for_later_calls() {
         assert!(disk.read_at(0, &mut buf).is_err(), "the disk stays broken");
         assert!(buf.iter().all(|&b| b == 0xA5), "nothing was copied in");
     }
-    fe.release();
-    let _ = backend.stop();
-    w.guest.exporter().reclaim(usize::MAX);
-    assert_guest_grants_all_back(&w);
+    stop_after_panic(&w, fe, backend);
 }
 
 /// `wait_all_with` against the real back end, with persistent grants (the
@@ -475,12 +487,7 @@ fn wait_all_with_shows_in_place_what_read_at_reads() {
         let w = world();
         let img = TmpImage::new("wait-all-with");
         let backend = real_backend_sized(&w, &img, DISK);
-        let mut fe = w
-            .frontend(FrontConfig {
-                persistent,
-                ..FrontConfig::new(DEVID)
-            })
-            .unwrap();
+        let mut fe = real_frontend(&w, persistent);
         let mut xs = w.client(&w.guest);
         let mut rng = Rng::new(if persistent { 21 } else { 22 });
         let mut model = vec![0u8; DISK as usize];
@@ -544,10 +551,7 @@ fn wait_all_with_shows_in_place_what_read_at_reads() {
             }
             disk.close(&mut xs).unwrap();
         }
-        fe.release();
-        let (_, runs) = backend.stop().unwrap();
-        assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
-        assert_guest_grants_all_back(&w);
+        stop_clean(&w, fe, backend);
     }
 }
 
@@ -639,8 +643,5 @@ fn a_panicking_wait_all_with_closure_breaks_the_disk_for_later_calls() {
         assert!(disk.submit_read(0, 4096).is_err());
         assert!(done.is_empty());
     }
-    fe.release();
-    let _ = backend.stop();
-    w.guest.exporter().reclaim(usize::MAX);
-    assert_guest_grants_all_back(&w);
+    stop_after_panic(&w, fe, backend);
 }

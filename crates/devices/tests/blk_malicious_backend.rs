@@ -20,6 +20,16 @@ fn connect(w: &BlkWorld, extra: &[(&str, &str)]) -> (SimFront, FakeBack) {
     connect_fake_backend(w, extra, DISK_4MIB)
 }
 
+/// [`connect`], the hand-made back end offering persistent grants or not.
+fn connect_maybe_persistent(w: &BlkWorld, persistent: bool) -> (SimFront, FakeBack) {
+    let extra: &[(&str, &str)] = if persistent {
+        &[("feature-persistent", "1")]
+    } else {
+        &[]
+    };
+    connect(w, extra)
+}
+
 /// One read in flight; the hand-made back end answers it with `misbehave`
 /// and the disk must break with the ring violation `want` describes.
 fn one_read_answered_by(
@@ -396,12 +406,7 @@ fn read_with_against(
     Vec<Kept<xenshare::mem::ReadWrite>>,
 ) {
     let w = world();
-    let extra: &[(&str, &str)] = if persistent {
-        &[("feature-persistent", "1")]
-    } else {
-        &[]
-    };
-    let (mut fe, fb) = connect(&w, extra);
+    let (mut fe, fb) = connect_maybe_persistent(&w, persistent);
     let mut shown = Vec::new();
     let (r, kept) = std::thread::scope(|s| {
         let back = s.spawn(|| answer_reversed(&w, &fb, 0, n, answer));
@@ -558,12 +563,7 @@ fn wait_all_with_against(
     Vec<Kept<xenshare::mem::ReadWrite>>,
 ) {
     let w = world();
-    let extra: &[(&str, &str)] = if persistent {
-        &[("feature-persistent", "1")]
-    } else {
-        &[]
-    };
-    let (mut fe, fb) = connect(&w, extra);
+    let (mut fe, fb) = connect_maybe_persistent(&w, persistent);
     let (mut shown, mut done, mut at) = (Vec::new(), Vec::new(), std::collections::HashMap::new());
     let n = lens.len();
     let (err, kept) = std::thread::scope(|s| {

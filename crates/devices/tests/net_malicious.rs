@@ -184,10 +184,10 @@ fn backend_keeping_a_tx_grant_breaks_the_frontend_and_the_page_is_never_reused()
 }
 
 /// The evil back end maps the first posted rx page, keeps it (after
-/// writing `data` into it), and answers it as filled: netfront must break
-/// with `GrantStillInUse` for that page.
-fn backend_keeps_an_rx_page(w: &World, data: &[u8]) -> (EvilBack, Front, Kept, GrantRef) {
-    let (eb, mut nf) = evil_back(w);
+/// writing `data` into it), and answers it as filled; netfront has not
+/// looked yet.
+fn answer_an_rx_page_and_keep_it(w: &World, data: &[u8]) -> (EvilBack, Front, Kept, GrantRef) {
+    let (eb, nf) = evil_back(w);
     let mut rx = eb.rx_ring();
     let req = rx.next_request().unwrap().expect("rx pages posted");
     let gref = GrantRef(req.gref);
@@ -202,6 +202,13 @@ fn backend_keeps_an_rx_page(w: &World, data: &[u8]) -> (EvilBack, Front, Kept, G
             status: 60,
         }],
     );
+    (eb, nf, kept, gref)
+}
+
+/// [`answer_an_rx_page_and_keep_it`]: netfront must break with
+/// `GrantStillInUse` for that page.
+fn backend_keeps_an_rx_page(w: &World, data: &[u8]) -> (EvilBack, Front, Kept, GrantRef) {
+    let (eb, mut nf, kept, gref) = answer_an_rx_page_and_keep_it(w, data);
     let e = expect_broken(&mut nf);
     assert_eq!(e, NetError::GrantStillInUse { gref });
     (eb, nf, kept, gref)
@@ -704,21 +711,7 @@ fn recv_with_refuses_a_chain_of_too_many_slots() {
 #[test]
 fn recv_with_never_lends_a_page_the_backend_keeps() {
     let w = world();
-    let (eb, mut nf) = evil_back(&w);
-    let mut rx = eb.rx_ring();
-    let req = rx.next_request().unwrap().expect("rx pages posted");
-    let gref = GrantRef(req.gref);
-    let kept = Kept::rw(&w.dom0, w.guest.id(), gref);
-    kept.mem().write(0, &frame(60, 3)).unwrap();
-    eb.answer(
-        &mut rx,
-        &[NetifRxResponse {
-            id: req.id,
-            offset: 0,
-            flags: 0,
-            status: 60,
-        }],
-    );
+    let (_eb, mut nf, kept, gref) = answer_an_rx_page_and_keep_it(&w, &frame(60, 3));
     assert_eq!(
         expect_broken_in_place(&mut nf),
         NetError::GrantStillInUse { gref }

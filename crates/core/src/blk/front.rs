@@ -960,9 +960,7 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
         // Answers are matched to a call by position alone (`Owner::Call`),
         // so requests left in flight by a call that unwound would be taken
         // for this call's: never go on after one.
-        if self.io.in_call {
-            return Err(self.fail(BlkError::Interrupted));
-        }
+        self.not_interrupted()?;
         self.io.in_call = true;
         let r = self.sync_call_inner(kind, offset, len, src, sink);
         self.io.in_call = false;
