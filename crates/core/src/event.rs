@@ -12,6 +12,22 @@ use core::time::Duration;
 use crate::platform::EventChannels;
 use crate::types::{DomId, Port};
 
+/// How many rounds a waiter re-checks shared memory before it sleeps on an
+/// event channel: about as long as one sleep and wake-up cost here (some
+/// tens of microseconds; one round is a check and a `pause`).
+///
+/// Spinning at most as long as blocking costs is the competitive rule: a
+/// peer that answers within the window saves both sides a system call and a
+/// wake-up, and one that does not costs the waiter at most twice the
+/// optimum. It is for waits on something owed: vchan's adaptive window
+/// starts here and never shrinks below it, and the block front end waits
+/// this long for answers to its requests ([`crate::blk::FrontConfig::spin`]).
+/// A window of a few hundred rounds, shorter than the peer's own wake-up,
+/// makes a busy front end sleep on nearly every wait (4 KiB random reads at
+/// queue depth 32: 0.63–0.73 of `pread`'s IOPS with 200 rounds, 0.79–0.88
+/// with 4096, measured).
+pub const SPIN_BEFORE_SLEEP: u32 = 4096;
+
 /// Errors of event-channel operations.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {

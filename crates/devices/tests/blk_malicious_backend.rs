@@ -240,6 +240,47 @@ fn event_flood() {
     assert!(notifies.load(Ordering::Relaxed) > 1000);
 }
 
+/// A back end that answers slowly, one read at a time, and stops short of
+/// what the wait needs. Each answer restarts the front end's spin (it is
+/// progress) but never its deadline: the wait fails when the deadline
+/// taken at its start passes, not that long after the last answer.
+#[test]
+fn trickled_answers_do_not_stretch_the_wait() {
+    let w = world();
+    let (mut fe, fb) = connect(&w, &[]);
+    let mut disk = fe.disk().unwrap();
+    disk.plug();
+    for block in 0..16u64 {
+        disk.submit_read(block * 4096, 4096).unwrap();
+    }
+    disk.unplug().unwrap();
+    // `wait_all` sleeps until 12 of the 16 are answered; 11 come, the
+    // last 1.76 s into the front end's 2 s deadline.
+    let gap = Duration::from_millis(160);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut ring = fb.ring();
+            for _ in 0..11 {
+                std::thread::sleep(gap);
+                let r = fb.next_request(&mut ring);
+                fb.respond(&mut ring, r.id, r.operation, BLKIF_RSP_OKAY);
+            }
+        });
+        let t = Instant::now();
+        let mut done = Vec::new();
+        assert_eq!(
+            disk.wait_all(&mut done),
+            Err(BlkError::Core(DeviceError::Timeout))
+        );
+        let took = t.elapsed();
+        assert!(took >= gap * 11, "{took:?}");
+        // A deadline restarted by each answer would end 2 s after the
+        // last one, 3.76 s in.
+        assert!(took < Duration::from_millis(3000), "{took:?}");
+    });
+    assert!(disk.is_broken());
+}
+
 /// A back end that never answers a read: the caller's buffer is never
 /// written after the call returns, and the page is not reused.
 #[test]

@@ -108,7 +108,13 @@ pub struct BackConfig {
     pub timeout: Option<Duration>,
     /// How often an idle back end checks the stop flag and XenStore.
     pub poll_interval: Duration,
-    /// Rounds to re-check the ring before sleeping on the event channel.
+    /// Rounds to re-check the ring for requests before sleeping on the
+    /// event channel (200 by default; 0 sleeps at once). Short on purpose:
+    /// unlike the front end, which spins for answers it is owed, the back
+    /// end would spin for requests nobody may send, and on shared cores
+    /// that spin takes the CPU its peers need (the block tests, eight
+    /// threads on two cores, took 16.5 s instead of 10.7 s with 4096
+    /// rounds, for no gain in the IOPS bench).
     pub spin: u32,
 }
 

@@ -83,7 +83,11 @@ pub struct FrontConfig {
     pub max_persistent_pages: usize,
     /// Bound on the handshake and on waiting for any response.
     pub timeout: Option<Duration>,
-    /// Rounds to re-check the ring before sleeping on the event channel.
+    /// Rounds to re-check the ring before sleeping on the event channel
+    /// while waiting for answers ([`crate::event::SPIN_BEFORE_SLEEP`] by
+    /// default; 0 sleeps at once). The count starts again whenever a new
+    /// answer arrives, so a back end working through a batch keeps the
+    /// front end awake; that is bounded: the answers awaited are finite.
     pub spin: u32,
     /// Requests a large [`Disk::read_at`] / [`Disk::write_at`] is split
     /// into, kept in flight together so the back end fills one while this
@@ -104,7 +108,7 @@ impl FrontConfig {
             max_indirect_segments: 256,
             max_persistent_pages: 1024,
             timeout: Some(Duration::from_secs(30)),
-            spin: 200,
+            spin: crate::event::SPIN_BEFORE_SLEEP,
             pipeline_depth: 4,
         }
     }
@@ -1340,12 +1344,15 @@ impl<B: GrantBackend, E: EventChannels> Disk<'_, B, E> {
                 return Ok(n);
             }
             // Every response counted toward `need` answers a request that
-            // was in flight, so the rest are still owed.
+            // was in flight, so the rest are still owed. The spin restarts
+            // on progress (at most `more` times, as the count only grows
+            // until it reaches `more`).
             let more = (need - n) as u32;
-            let mut spun = 0;
+            let (mut spun, mut seen) = (0, 0);
             while spun < self.io.cfg.spin {
                 match self.ring.unconsumed_responses() {
                     Ok(k) if k >= more => break,
+                    Ok(k) if k > seen => (seen, spun) = (k, 0),
                     Ok(_) => {}
                     Err(e) => return Err(self.fail(e.into())),
                 }

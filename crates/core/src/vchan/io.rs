@@ -63,15 +63,14 @@ const SRV_NOTIFY: usize = 23;
 /// succeeded late in it, and halves when the peer did not answer in time,
 /// so a busy stream keeps both ends awake.
 ///
-/// The window never shrinks below what one sleep and wake-up cost (about
-/// 4096 rounds, some tens of microseconds here: spinning at most as long as
-/// blocking costs is the competitive rule). A shorter floor has a trap: once
+/// The window never shrinks below what one sleep and wake-up cost
+/// ([`crate::event::SPIN_BEFORE_SLEEP`]). A shorter floor has a trap: once
 /// both ends of a ping-pong have shrunk their windows below the peer's
 /// wake-up time, each answer arrives after the waiter gave up and slept, so
 /// every message pays two wake-ups and the windows never grow back; one
 /// preemption on a busy machine was enough to fall in (round trip 20–37 µs
 /// instead of 1.7 µs, measured).
-const SPIN_START: u32 = 4096;
+const SPIN_START: u32 = crate::event::SPIN_BEFORE_SLEEP;
 const SPIN_MIN: u32 = SPIN_START;
 const SPIN_MAX: u32 = 1 << 18;
 
