@@ -16,7 +16,6 @@ use xenshare::platform::{
     TableMemory,
 };
 use xenshare::{Access, DomId, GrantRef, Port};
-use xenshare_abi::event::{port_word_bit, SHARED_INFO_MASK_OFFSET, SHARED_INFO_PENDING_OFFSET};
 use xenshare_abi::PAGE_SIZE;
 use xenshare_sim::region::{Mapping, PageMap, Region, Stitched};
 
@@ -500,7 +499,8 @@ impl ForeignMapper for RemoteMapper {
 }
 
 /// An event channel handle of a remote domain. Ports are bound by RPC; the
-/// pending and mask bitmaps are read here, in the `shared_info` memfd the
+/// mask bitmap and the emulator's delivered bitmap (see
+/// [`xenshare_sim::evtchn`]) are used here, in the `shared_info` memfd the
 /// daemon shares with this process.
 ///
 /// Wake-ups: the daemon made a datagram socket pair for the handle and
@@ -531,12 +531,6 @@ impl std::fmt::Debug for RemoteEvtchn {
 }
 
 impl RemoteEvtchn {
-    fn word(&self, base: usize, port: u32) -> Option<(&std::sync::atomic::AtomicU64, u64)> {
-        let (w, b) = port_word_bit(port);
-        let a = self.shinfo.mem().atomic_u64(base + w * 8).ok()?;
-        Some((a, 1u64 << b))
-    }
-
     fn ports(&self) -> std::sync::MutexGuard<'_, Vec<Port>> {
         self.ports.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -624,14 +618,8 @@ impl EventChannels for RemoteEvtchn {
         if !self.ports().contains(&port) {
             return Err(EventError::NotBound(port));
         }
-        if let Some((m, b)) = self.word(SHARED_INFO_MASK_OFFSET, port.0) {
-            let was = m.fetch_and(!b, Ordering::AcqRel);
-            let pending = self
-                .word(SHARED_INFO_PENDING_OFFSET, port.0)
-                .is_some_and(|(p, pb)| p.load(Ordering::Acquire) & pb != 0);
-            if was & b != 0 && pending {
-                self.wake();
-            }
+        if xenshare_sim::evtchn::unmask_and_redeliver(self.shinfo.mem(), port.0) {
+            self.wake();
         }
         Ok(())
     }

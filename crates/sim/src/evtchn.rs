@@ -6,6 +6,18 @@
 //! bound through handles ([`SimEvtchn`], like an open `/dev/xen/evtchn`):
 //! each handle has an eventfd that is signalled when one of its ports becomes
 //! deliverable, so a domain's threads can block waiting for events.
+//!
+//! Delivery is eager, as in a Linux domain: when a port becomes pending and
+//! is unmasked, the emulator does at once what the guest kernel's upcall
+//! handler does — masks the port, clears its pending bit and queues it for
+//! the handle (a bit in the emulator's own `delivered` bitmap, past Xen's
+//! fields in the same page) — instead of leaving the event pending until
+//! the handle next looks. The difference is visible: a second event that
+//! comes after the first was delivered but before the port is unmasked
+//! latches (masked and pending) and is delivered again on unmask, as on
+//! Xen; with lazy delivery it merged into the first, which a program that
+//! checks its state only after its next `select` (Xen's own
+//! `vchan-socket-proxy`) never hears of.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +29,8 @@ use xenshare::event::EventError;
 use xenshare::platform::EventChannels;
 use xenshare::{DomId, Port};
 use xenshare_abi::event::{
-    port_word_bit, EVTCHN_2L_NR_CHANNELS, SHARED_INFO_MASK_OFFSET, SHARED_INFO_PENDING_OFFSET,
+    port_word_bit, SharedInfo, EVTCHN_2L_NR_CHANNELS, SHARED_INFO_MASK_OFFSET,
+    SHARED_INFO_PENDING_OFFSET,
 };
 use xenshare_abi::PAGE_SIZE;
 
@@ -131,12 +144,9 @@ impl EvtState {
         self.word(SHARED_INFO_PENDING_OFFSET, port)
     }
 
-    fn mask(&self, port: u32) -> Option<(&AtomicU64, u64)> {
-        self.word(SHARED_INFO_MASK_OFFSET, port)
-    }
-
     /// Xen's set-pending: test-and-set PENDING; if it was clear and the port
-    /// is unmasked, kick the owner.
+    /// is unmasked, the upcall (see the module documentation) delivers it
+    /// and kicks the owner.
     fn set_pending(&self, port: u32) {
         let Some((p, bit)) = self.pending(port) else {
             return;
@@ -144,10 +154,7 @@ impl EvtState {
         if p.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
             return;
         }
-        let masked = self
-            .mask(port)
-            .is_some_and(|(m, b)| m.load(Ordering::Acquire) & b != 0);
-        if !masked {
+        if upcall(self.shared_info.mem(), port) {
             let owner = lock(&self.ports)
                 .get(port as usize)
                 .and_then(|s| s.owner.clone());
@@ -158,11 +165,14 @@ impl EvtState {
     }
 
     fn clear_bits(&self, port: u32) {
-        if let Some((p, b)) = self.pending(port) {
-            p.fetch_and(!b, Ordering::AcqRel);
-        }
-        if let Some((m, b)) = self.mask(port) {
-            m.fetch_and(!b, Ordering::AcqRel);
+        for base in [
+            SHARED_INFO_PENDING_OFFSET,
+            SHARED_INFO_MASK_OFFSET,
+            DELIVERED_OFFSET,
+        ] {
+            if let Some((w, b)) = self.word(base, port) {
+                w.fetch_and(!b, Ordering::AcqRel);
+            }
         }
     }
 }
@@ -462,15 +472,8 @@ impl EventChannels for SimEvtchn {
 
     fn unmask(&self, port: Port) -> Result<(), EventError> {
         self.owns(port)?;
-        let evt = &self.dom.evt;
-        if let Some((m, b)) = evt.mask(port.0) {
-            let was = m.fetch_and(!b, Ordering::AcqRel);
-            let pending = evt
-                .pending(port.0)
-                .is_some_and(|(p, pb)| p.load(Ordering::Acquire) & pb != 0);
-            if was & b != 0 && pending {
-                self.shared.wake();
-            }
+        if unmask_and_redeliver(self.dom.evt.shared_info.mem(), port.0) {
+            self.shared.wake();
         }
         Ok(())
     }
@@ -502,32 +505,67 @@ impl EventChannels for SimEvtchn {
     }
 }
 
-/// Delivers one pending, unmasked port of `ports` from a `shared_info`
-/// page, as `/dev/xen/evtchn` does: the port is masked (until the user
-/// unmasks it) and its pending bit cleared. Shared by in-process handles
-/// and the multi-process host's remote handles.
-pub fn deliver_one(shared_info: xenshare::mem::SharedMem<'_>, ports: &[Port]) -> Option<Port> {
-    let bit = |base: usize, port: u32| {
-        let (w, b) = port_word_bit(port);
-        shared_info
-            .atomic_u64(base + w * 8)
-            .ok()
-            .map(|a| (a, 1u64 << b))
+/// Where, in a `shared_info` page, the emulator keeps the bitmap of ports
+/// an upcall delivered and no handle has taken yet: the page's last 512
+/// bytes, past every field of Xen's layout (nothing else reads them).
+pub const DELIVERED_OFFSET: usize = PAGE_SIZE - EVTCHN_2L_NR_CHANNELS / 8;
+const _: () = assert!(DELIVERED_OFFSET >= core::mem::size_of::<SharedInfo>());
+
+fn si_bit(
+    shared_info: xenshare::mem::SharedMem<'_>,
+    base: usize,
+    port: u32,
+) -> Option<(&AtomicU64, u64)> {
+    let (w, b) = port_word_bit(port);
+    shared_info
+        .atomic_u64(base + w * 8)
+        .ok()
+        .map(|a| (a, 1u64 << b))
+}
+
+/// The guest kernel's upcall for `port`, done at once: if the port is
+/// pending and this call is the one that masks it, its pending bit is
+/// cleared and it is marked delivered; true then, and the caller wakes the
+/// handle. A port already masked stays pending (latched) until unmasked.
+/// Called by the hypervisor's set-pending and by an unmask that finds the
+/// port pending; the mask bit decides which of the two delivers.
+pub fn upcall(shared_info: xenshare::mem::SharedMem<'_>, port: u32) -> bool {
+    let (Some((p, b)), Some((m, _)), Some((d, _))) = (
+        si_bit(shared_info, SHARED_INFO_PENDING_OFFSET, port),
+        si_bit(shared_info, SHARED_INFO_MASK_OFFSET, port),
+        si_bit(shared_info, DELIVERED_OFFSET, port),
+    ) else {
+        return false;
     };
-    for &port in ports {
-        let (Some((p, b)), Some((m, _))) = (
-            bit(SHARED_INFO_PENDING_OFFSET, port.0),
-            bit(SHARED_INFO_MASK_OFFSET, port.0),
-        ) else {
-            continue;
-        };
-        if p.load(Ordering::Acquire) & b != 0 && m.load(Ordering::Acquire) & b == 0 {
-            m.fetch_or(b, Ordering::AcqRel);
-            p.fetch_and(!b, Ordering::AcqRel);
-            return Some(port);
-        }
+    if p.load(Ordering::Acquire) & b == 0 || m.fetch_or(b, Ordering::AcqRel) & b != 0 {
+        return false;
     }
-    None
+    p.fetch_and(!b, Ordering::AcqRel);
+    d.fetch_or(b, Ordering::AcqRel);
+    true
+}
+
+/// Unmasks `port` in a `shared_info` page; true if it was pending, in
+/// which case it is delivered again (see [`upcall`]) and the caller wakes
+/// the handle, as Xen's unmask re-raises a pending port.
+pub fn unmask_and_redeliver(shared_info: xenshare::mem::SharedMem<'_>, port: u32) -> bool {
+    let Some((m, b)) = si_bit(shared_info, SHARED_INFO_MASK_OFFSET, port) else {
+        return false;
+    };
+    m.fetch_and(!b, Ordering::AcqRel);
+    upcall(shared_info, port)
+}
+
+/// Takes one delivered port of `ports` from a `shared_info` page, as a
+/// read of `/dev/xen/evtchn` does: it stays masked until the user unmasks
+/// it. Shared by in-process handles and the multi-process host's remote
+/// handles.
+pub fn deliver_one(shared_info: xenshare::mem::SharedMem<'_>, ports: &[Port]) -> Option<Port> {
+    ports.iter().copied().find(|port| {
+        si_bit(shared_info, DELIVERED_OFFSET, port.0).is_some_and(|(d, b)| {
+            d.load(Ordering::Acquire) & b != 0 && d.fetch_and(!b, Ordering::AcqRel) & b != 0
+        })
+    })
 }
 
 /// Sleeps until `fd` is readable, a signal arrives or `left` has passed
