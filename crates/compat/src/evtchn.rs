@@ -2,10 +2,14 @@
 //! owns the ports it bound; a delivered port is masked until unmasked;
 //! `xenevtchn_fd` is readable while a port is waiting.
 //!
-//! Like the kernel's per-fd queue, a handle collects every deliverable
-//! port (masking each) into a local queue; the handle's wake-up fd is kept
-//! readable while that queue is non-empty, so `poll` on the fd followed by
-//! `xenevtchn_pending` never blocks spuriously.
+//! Like the kernel's per-fd queue, a handle collects every delivered port
+//! (the emulator masked it when the event came, as a guest kernel's upcall
+//! does) into a local queue, and keeps its wake-up fd readable while that
+//! queue is non-empty. One difference from the kernel remains: the fd can
+//! also be readable with nothing to deliver (the emulator marks a port
+//! delivered before it sends the wake-up byte, and a handle that looks in
+//! between takes the port, leaving the byte), so `xenevtchn_pending` after
+//! such a `poll` waits for the next event.
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -95,7 +99,8 @@ unsafe extern "C" fn evtchn_close(h: *mut EvtHandle) -> c_int {
 }
 export!("xenevtchn_close", "VERS_1.0", evtchn_close);
 
-/// The fd to poll: readable while a port of this handle is pending. Owned
+/// The fd to poll: readable while a port of this handle was delivered and
+/// not yet taken (see the module documentation for one exception). Owned
 /// by the handle; do not close or read it.
 ///
 /// # Safety

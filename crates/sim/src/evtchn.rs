@@ -135,20 +135,14 @@ impl EvtState {
     }
 
     fn word(&self, base: usize, port: u32) -> Option<(&AtomicU64, u64)> {
-        let (w, b) = port_word_bit(port);
-        let a = self.shared_info.mem().atomic_u64(base + w * 8).ok()?;
-        Some((a, 1u64 << b))
-    }
-
-    fn pending(&self, port: u32) -> Option<(&AtomicU64, u64)> {
-        self.word(SHARED_INFO_PENDING_OFFSET, port)
+        si_bit(self.shared_info.mem(), base, port)
     }
 
     /// Xen's set-pending: test-and-set PENDING; if it was clear and the port
     /// is unmasked, the upcall (see the module documentation) delivers it
     /// and kicks the owner.
     fn set_pending(&self, port: u32) {
-        let Some((p, bit)) = self.pending(port) else {
+        let Some((p, bit)) = self.word(SHARED_INFO_PENDING_OFFSET, port) else {
             return;
         };
         if p.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
@@ -508,7 +502,7 @@ impl EventChannels for SimEvtchn {
 /// Where, in a `shared_info` page, the emulator keeps the bitmap of ports
 /// an upcall delivered and no handle has taken yet: the page's last 512
 /// bytes, past every field of Xen's layout (nothing else reads them).
-pub const DELIVERED_OFFSET: usize = PAGE_SIZE - EVTCHN_2L_NR_CHANNELS / 8;
+const DELIVERED_OFFSET: usize = PAGE_SIZE - EVTCHN_2L_NR_CHANNELS / 8;
 const _: () = assert!(DELIVERED_OFFSET >= core::mem::size_of::<SharedInfo>());
 
 fn si_bit(
@@ -529,7 +523,7 @@ fn si_bit(
 /// handle. A port already masked stays pending (latched) until unmasked.
 /// Called by the hypervisor's set-pending and by an unmask that finds the
 /// port pending; the mask bit decides which of the two delivers.
-pub fn upcall(shared_info: xenshare::mem::SharedMem<'_>, port: u32) -> bool {
+fn upcall(shared_info: xenshare::mem::SharedMem<'_>, port: u32) -> bool {
     let (Some((p, b)), Some((m, _)), Some((d, _))) = (
         si_bit(shared_info, SHARED_INFO_PENDING_OFFSET, port),
         si_bit(shared_info, SHARED_INFO_MASK_OFFSET, port),
@@ -546,8 +540,9 @@ pub fn upcall(shared_info: xenshare::mem::SharedMem<'_>, port: u32) -> bool {
 }
 
 /// Unmasks `port` in a `shared_info` page; true if it was pending, in
-/// which case it is delivered again (see [`upcall`]) and the caller wakes
-/// the handle, as Xen's unmask re-raises a pending port.
+/// which case it is delivered again (by the upcall the module
+/// documentation describes) and the caller wakes the handle, as Xen's
+/// unmask re-raises a pending port.
 pub fn unmask_and_redeliver(shared_info: xenshare::mem::SharedMem<'_>, port: u32) -> bool {
     let Some((m, b)) = si_bit(shared_info, SHARED_INFO_MASK_OFFSET, port) else {
         return false;
