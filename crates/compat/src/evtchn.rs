@@ -1,21 +1,16 @@
 //! `xenevtchn_*` with the semantics of Linux's `/dev/xen/evtchn`: a handle
 //! owns the ports it bound; a delivered port is masked until unmasked;
-//! `xenevtchn_fd` is readable while a port is waiting.
-//!
-//! Like the kernel's per-fd queue, a handle collects every delivered port
-//! (the emulator masked it when the event came, as a guest kernel's upcall
-//! does) into a local queue, and keeps its wake-up fd readable while that
-//! queue is non-empty. One difference from the kernel remains: the fd can
-//! also be readable with nothing to deliver (the emulator marks a port
-//! delivered before it sends the wake-up byte, and a handle that looks in
-//! between takes the port, leaving the byte), so `xenevtchn_pending` after
-//! such a `poll` waits for the next event.
+//! `xenevtchn_fd` is readable exactly while a port is waiting, as the
+//! kernel's is while its per-fd queue is non-empty: the emulator queues one
+//! token on the fd with every delivered port (masked when the event came,
+//! as a guest kernel's upcall does) and taking the port takes the token
+//! (see [`xenshare_sim::evtchn`]), so `xenevtchn_pending` after a `poll`
+//! that found the fd readable returns without waiting.
 
-use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::os::raw::{c_int, c_uint, c_void};
 use std::ptr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustix::event::{poll, PollFd, PollFlags};
 use xenshare::event::EventError;
@@ -24,14 +19,11 @@ use xenshare::Port;
 use xenshare_host::RemoteEvtchn;
 
 use crate::export::export;
-use crate::rt::{
-    close_boxed, domid, fail, guard, into_handle, libc_errno as E, lock, runtime, CHandle,
-};
+use crate::rt::{close_boxed, domid, fail, guard, into_handle, libc_errno as E, runtime, CHandle};
 
 /// A `xenevtchn_handle`.
 pub struct EvtHandle {
     ev: Arc<RemoteEvtchn>,
-    queue: Mutex<VecDeque<u32>>,
 }
 
 fn evt_errno(e: &EventError) -> i32 {
@@ -65,10 +57,7 @@ extern "C" fn evtchn_open(_logger: *mut c_void, _flags: c_uint) -> *mut EvtHandl
             return ptr::null_mut();
         };
         match rt.dom.evtchn() {
-            Ok(ev) => into_handle(EvtHandle {
-                ev,
-                queue: Mutex::new(VecDeque::new()),
-            }),
+            Ok(ev) => into_handle(EvtHandle { ev }),
             Err(e) => {
                 let _ = std::io::Write::write_fmt(
                     &mut std::io::stderr(),
@@ -99,9 +88,9 @@ unsafe extern "C" fn evtchn_close(h: *mut EvtHandle) -> c_int {
 }
 export!("xenevtchn_close", "VERS_1.0", evtchn_close);
 
-/// The fd to poll: readable while a port of this handle was delivered and
-/// not yet taken (see the module documentation for one exception). Owned
-/// by the handle; do not close or read it.
+/// The fd to poll: readable exactly while a port of this handle was
+/// delivered and not yet taken. Owned by the handle; do not close or read
+/// it.
 ///
 /// # Safety
 /// `h` is a live handle.
@@ -169,40 +158,17 @@ export!("xenevtchn_restrict", "VERS_1.1", evtchn_restrict);
 /// `h` is a live handle.
 unsafe extern "C" fn evtchn_unbind(h: *mut EvtHandle, port: u32) -> c_int {
     // SAFETY: forwarded contract.
-    unsafe { CHandle::new(h) }.run(-1, |h| {
-        lock(&h.queue).retain(|p| *p != port);
-        unit_result(h.ev.close(Port(port)))
-    })
+    unsafe { CHandle::new(h) }.run(-1, |h| unit_result(h.ev.close(Port(port))))
 }
 export!("xenevtchn_unbind", "VERS_1.0", evtchn_unbind);
 
 impl EvtHandle {
-    fn drain(&self) {
-        self.ev.drain_wakes();
-    }
-
-    fn rearm(&self) {
-        self.ev.rearm();
-    }
-
     /// The next pending port, blocking until there is one (as a `read` of
     /// the blocking device does, which `libxenvchan_wait` relies on).
     fn pending(&self) -> Result<u32, EventError> {
         loop {
-            {
-                let mut q = lock(&self.queue);
-                // Drain first, then collect: an event arriving after the
-                // collection signals the wake-up fd again, so none is lost.
-                self.drain();
-                while let Some(p) = self.ev.poll()? {
-                    q.push_back(p.0);
-                }
-                if let Some(p) = q.pop_front() {
-                    if !q.is_empty() {
-                        self.rearm();
-                    }
-                    return Ok(p);
-                }
+            if let Some(p) = self.ev.poll()? {
+                return Ok(p.0);
             }
             let fd = self.ev.wake_fd();
             let mut fds = [PollFd::new(&fd, PollFlags::IN)];

@@ -503,17 +503,19 @@ impl ForeignMapper for RemoteMapper {
 /// [`xenshare_sim::evtchn`]) are used here, in the `shared_info` memfd the
 /// daemon shares with this process.
 ///
-/// Wake-ups: the daemon made a datagram socket pair for the handle and
-/// sends a byte on its end (never blocking) when a port becomes
-/// deliverable; this process holds the other end. Wake-ups from this
-/// process itself (an unmask finding the port pending) go to a local
-/// eventfd. One epoll fd watches both: [`RemoteEvtchn::wake_fd`] is
-/// readable while either has a wake-up queued.
+/// Wake-ups: every delivered port comes with one token, queued before the
+/// port is marked delivered, and every port taken takes one token, so the
+/// handle's fd is readable exactly while a port waits, as Linux's
+/// `/dev/xen/evtchn` is. The daemon's tokens are bytes in a pipe it made
+/// for the handle (this process holds a read end); tokens of this
+/// process's own deliveries (an unmask finding the port pending) go to a
+/// local semaphore eventfd. One epoll fd watches both:
+/// [`RemoteEvtchn::wake_fd`].
 pub struct RemoteEvtchn {
     conn: Arc<Conn>,
     domid: DomId,
     id: u32,
-    sock: OwnedFd,
+    pipe: OwnedFd,
     local: OwnedFd,
     epoll: OwnedFd,
     shinfo: Arc<Region>,
@@ -551,33 +553,28 @@ impl RemoteEvtchn {
         Ok(r.u32().unwrap_or(0))
     }
 
-    fn wake(&self) {
+    /// Queues a token of this process's own delivery.
+    fn token(&self) {
         let _ = rustix::io::write(&self.local, &1u64.to_ne_bytes());
     }
 
-    /// An fd readable while a wake-up is queued (an epoll fd over the
-    /// daemon's wake-up socket and a local eventfd): poll it, then
-    /// [`RemoteEvtchn::drain_wakes`] and poll the ports.
+    /// Takes one token, the daemon's or our own (they stand for the same
+    /// thing: one delivered port). Never blocks: both fds are
+    /// non-blocking, and the pipe's read end is ours alone to read.
+    fn untoken(&self) {
+        let mut b = [0u8; 8];
+        if rustix::io::read(&self.pipe, &mut b[..1]).is_ok_and(|n| n == 1) {
+            return;
+        }
+        let _ = rustix::io::read(&self.local, &mut b);
+    }
+
+    /// An fd readable exactly while a port of this handle is delivered and
+    /// not yet taken (an epoll fd over the daemon's pipe and a local
+    /// eventfd): poll it, then [`EventChannels::poll`] takes the port.
+    /// Do not read it.
     pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.epoll.as_fd()
-    }
-
-    /// Consumes every queued wake-up (never blocks).
-    pub fn drain_wakes(&self) {
-        let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&self.local, &mut buf);
-        // Bounded: the daemon's end queues only a few datagrams.
-        for _ in 0..1024 {
-            if rustix::net::recv(&self.sock, &mut buf, rustix::net::RecvFlags::DONTWAIT).is_err() {
-                break;
-            }
-        }
-    }
-
-    /// Queues a wake-up from this process, so [`RemoteEvtchn::wake_fd`]
-    /// stays readable.
-    pub fn rearm(&self) {
-        self.wake();
     }
 
     fn wait_wake(&self, left: Option<Duration>) -> Result<(), EventError> {
@@ -618,9 +615,7 @@ impl EventChannels for RemoteEvtchn {
         if !self.ports().contains(&port) {
             return Err(EventError::NotBound(port));
         }
-        if xenshare_sim::evtchn::unmask_and_redeliver(self.shinfo.mem(), port.0) {
-            self.wake();
-        }
+        xenshare_sim::evtchn::unmask_and_redeliver(self.shinfo.mem(), port.0, || self.token());
         Ok(())
     }
     fn close(&self, port: Port) -> Result<(), EventError> {
@@ -632,11 +627,17 @@ impl EventChannels for RemoteEvtchn {
                 .ok_or(EventError::NotBound(port))?;
             ports.swap_remove(i);
         }
-        self.rpc(op::EVT_CLOSE, port.0, 0).map(|_| ())
+        // The daemon says whether the port's delivery was left untaken;
+        // its token is then ours to take back.
+        if self.rpc(op::EVT_CLOSE, port.0, 0)? != 0 {
+            self.untoken();
+        }
+        Ok(())
     }
     fn poll(&self) -> Result<Option<Port>, EventError> {
         let ports = self.ports().clone();
         if let Some(p) = xenshare_sim::evtchn::deliver_one(self.shinfo.mem(), &ports) {
+            self.untoken();
             return Ok(Some(p));
         }
         if self.closed.load(Ordering::Acquire) {
@@ -647,8 +648,7 @@ impl EventChannels for RemoteEvtchn {
     fn wait(&self, timeout: Option<Duration>) -> Result<Option<Port>, EventError> {
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
-            // Drain before looking: a wake-up after the look is not lost.
-            self.drain_wakes();
+            // The fd stays readable while a port waits: nothing to drain.
             if let Some(p) = self.poll()? {
                 return Ok(Some(p));
             }
@@ -820,19 +820,23 @@ impl RemoteDomain {
     pub fn evtchn(&self) -> Result<Arc<RemoteEvtchn>, ClientError> {
         use rustix::event::epoll;
         let io = |e: rustix::io::Errno| ClientError::Io(e.to_string());
-        let local = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(io)?;
+        let local = eventfd(
+            0,
+            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK | EventfdFlags::SEMAPHORE,
+        )
+        .map_err(io)?;
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io)?;
         let p = self.conn.call(&Writer::new(op::EVT_OPEN), &[])?;
         let id = body(&p)?.u32()?;
         let mut fds = p.fds.into_iter();
-        let (Some(sock), None) = (fds.next(), fds.next()) else {
+        let (Some(pipe), None) = (fds.next(), fds.next()) else {
             // The daemon opened the handle: give it back.
             let mut w = Writer::new(op::EVT_CLOSE_HANDLE);
             w.u32(id);
             let _ = self.conn.call(&w, &[]);
             return Err(WireError::BadField("event channel fds").into());
         };
-        for (fd, key) in [(sock.as_fd(), 0u64), (local.as_fd(), 1)] {
+        for (fd, key) in [(pipe.as_fd(), 0u64), (local.as_fd(), 1)] {
             epoll::add(
                 &ep,
                 fd,
@@ -845,7 +849,7 @@ impl RemoteDomain {
             conn: self.conn.clone(),
             domid: self.id,
             id,
-            sock,
+            pipe,
             local,
             epoll: ep,
             shinfo: self.shinfo.clone(),

@@ -27,6 +27,10 @@ use crate::wire::{
     op, Reader, RemoteError, WireError, Writer, MAX_COPY_OPS, MAX_FDS, MAX_MAP_REFS,
 };
 
+/// Capacity of a handle's wake-up pipe: one token per port of a domain
+/// (2-level event channels) fits.
+const WAKE_PIPE_BYTES: usize = xenshare_abi::event::EVTCHN_2L_NR_CHANNELS;
+
 /// Settings of a host daemon.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -655,7 +659,11 @@ impl Conn {
                         w.u32(e.bind_interdomain(domid_any(a)?, Port(b))?.0);
                     }
                     op::EVT_NOTIFY => e.notify(Port(a))?,
-                    _ => e.close(Port(a))?,
+                    // 1: the port's delivery was not taken; its token is
+                    // on the domain's pipe for it to take back.
+                    _ => {
+                        w.u32(u32::from(e.close_reporting(Port(a))?));
+                    }
                 }
                 Ok((w, Vec::new()))
             }
@@ -761,35 +769,34 @@ impl Conn {
         }
     }
 
-    /// Opens an event channel handle. The daemon makes the wake-up channel:
-    /// a datagram socket pair, one end kept (sent on with `MSG_DONTWAIT`,
-    /// so it never blocks whatever the domain does with its end, whose file
-    /// description is a different one), the other passed to the domain.
+    /// Opens an event channel handle. The daemon makes its wake-up pipe:
+    /// one token (byte) per delivered port not yet taken, so the domain's
+    /// end is readable exactly while it has something to take (see
+    /// [`xenshare_sim::evtchn`]). The daemon keeps the non-blocking write
+    /// end, a file description the domain never holds (so nothing it does
+    /// can make a write block), and a read end (so a write never finds the
+    /// pipe without readers); the domain gets a duplicate read end.
     fn evt_open(&mut self) -> Result<Reply, RemoteError> {
-        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        use rustix::pipe::{pipe_with, PipeFlags};
         self.dom()?;
         self.budget.take(Kind::EvtHandle)?;
-        let made = socketpair(
-            AddressFamily::UNIX,
-            SocketType::DGRAM,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )
-        .map_err(|e| RemoteError::Refused(format!("wake-up socket: {e}")));
-        let (mine, theirs) = match made {
+        let made = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).and_then(|(read, write)| {
+            // One page holds a token for every port a domain can have
+            // (small writes share the page), and bounds what a domain
+            // that never reads makes the kernel hold for it.
+            let _ = rustix::pipe::fcntl_setpipe_size(&write, WAKE_PIPE_BYTES);
+            let theirs = rustix::io::fcntl_dupfd_cloexec(&read, 0)?;
+            Ok((read, write, theirs))
+        });
+        let (read, write, theirs) = match made {
             Ok(p) => p,
             Err(e) => {
                 self.budget.give(Kind::EvtHandle);
-                return Err(e);
+                return Err(RemoteError::Refused(format!("wake-up pipe: {e}")));
             }
         };
-        // A few queued wake-ups are plenty; the rest are dropped (one
-        // pending wake-up means "look at the bitmaps").
-        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&mine, 4096);
-        let _ = rustix::net::shutdown(&mine, rustix::net::Shutdown::Read);
-        let _ = rustix::net::shutdown(&theirs, rustix::net::Shutdown::Write);
         let h = match self.dom() {
-            Ok(d) => d.evtchn_with_wake_socket(mine),
+            Ok(d) => d.evtchn_with_wake_pipe(write, read),
             Err(e) => {
                 self.budget.give(Kind::EvtHandle);
                 return Err(e);

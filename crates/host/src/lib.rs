@@ -9,9 +9,10 @@
 //!   grant table (a memfd mapped here and in the daemon, which does Xen's
 //!   compare-and-swap on it), an `Importer` (map / unmap / copy are RPCs;
 //!   mapped memory arrives as memfds), and event channel handles (the
-//!   `shared_info` bitmaps are shared memory; wake-ups are datagrams on a
-//!   socket pair the daemon makes per handle and sends on without ever
-//!   blocking).
+//!   `shared_info` bitmaps are shared memory; wake-ups are one-byte tokens
+//!   in a pipe the daemon makes per handle and writes without ever
+//!   blocking, one per delivered port, so the handle's fd is readable
+//!   exactly while a port waits).
 //! * [`limits`]: what one domain can make the daemon hold (event channel
 //!   handles, memory chunks, fds, connections), each refused clearly past
 //!   its bound.

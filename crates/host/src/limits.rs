@@ -104,7 +104,7 @@ pub struct DomainBudget {
 /// A kind of per-domain resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// An event channel handle (one wake-up socket in the daemon).
+    /// An event channel handle (one wake-up pipe in the daemon).
     EvtHandle,
     /// A registered memory chunk (one memfd in the daemon).
     Chunk,

@@ -430,10 +430,16 @@ impl Domain {
     }
 
     /// For a multi-process host: opens an event channel handle whose
-    /// wake-ups are one-byte datagrams sent, never blocking, on `sock` (the
-    /// host's end of a socket pair; the domain's process holds the other).
-    pub fn evtchn_with_wake_socket(&self, sock: std::os::fd::OwnedFd) -> Arc<SimEvtchn> {
-        Arc::new(SimEvtchn::open_with_socket(self.state.clone(), sock))
+    /// wake-up tokens are bytes written, never blocking, to a pipe whose
+    /// read end the domain's process holds: `write` is the pipe's
+    /// non-blocking write end, `read` a read end the host keeps (so a write
+    /// never finds the pipe without readers).
+    pub fn evtchn_with_wake_pipe(
+        &self,
+        write: std::os::fd::OwnedFd,
+        read: std::os::fd::OwnedFd,
+    ) -> Arc<SimEvtchn> {
+        Arc::new(SimEvtchn::open_with_pipe(self.state.clone(), write, read))
     }
 
     /// Entries in this domain's event channel handle list: live handles

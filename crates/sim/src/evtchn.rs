@@ -18,6 +18,16 @@
 //! Xen; with lazy delivery it merged into the first, which a program that
 //! checks its state only after its next `select` (Xen's own
 //! `vchan-socket-proxy`) never hears of.
+//!
+//! A handle's wake-up fd is readable exactly while one of its ports is
+//! delivered and not yet taken, as Linux's `/dev/xen/evtchn` is while its
+//! queue is non-empty: every delivery adds one token to the fd (a
+//! semaphore eventfd in-process, a byte in a pipe for a domain process),
+//! written *before* the port is marked delivered, and every take removes
+//! one. Deliveries and closes of a port are serialised by the domain's
+//! port table lock, so a port closed while delivered gives its token back
+//! (or, for a pipe, tells the closer to). A C program that `select`s on the
+//! fd and then reads a port is never left blocked with nothing to read.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,12 +88,15 @@ impl HandleList {
 enum Wake {
     /// An eventfd of this process (in-process handles).
     EventFd(OwnedFd),
-    /// The host's end of a datagram socket pair whose other end a domain
-    /// process holds. A send that cannot complete now (the peer does not
-    /// drain) is dropped: a wake-up is already queued. `MSG_DONTWAIT` is per
-    /// call, so nothing the peer does to its own end (or its file status
-    /// flags) can make it block.
-    Socket(OwnedFd),
+    /// A pipe whose read end a domain process holds: `write` is the host's
+    /// write end (non-blocking, a file description the domain never sees,
+    /// so nothing it does can make a write block; a full pipe drops the
+    /// token, which only a domain that never reads can cause, to its own
+    /// loss), `read` a read end the host keeps open so that a write never
+    /// meets a pipe without readers (no `SIGPIPE`). A port has at most one
+    /// token queued, so a pipe of one token per port a domain can have
+    /// never fills for a domain that reads it.
+    Pipe { write: OwnedFd, read: OwnedFd },
 }
 
 pub(crate) struct HandleShared {
@@ -93,24 +106,35 @@ pub(crate) struct HandleShared {
 }
 
 impl HandleShared {
-    fn wake(&self) {
+    /// Adds one token: the fd is readable while it holds any.
+    fn token(&self) {
         match &self.wake {
             Wake::EventFd(fd) => {
                 let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
             }
-            Wake::Socket(fd) => {
-                let _ = rustix::net::send(
-                    fd,
-                    &[1],
-                    rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
-                );
+            Wake::Pipe { write, .. } => {
+                let _ = rustix::io::write(write, &[1]);
             }
+        }
+    }
+
+    /// Takes one token back if this side can (a semaphore eventfd reads
+    /// one at a time); false for a pipe, whose tokens the domain process
+    /// takes.
+    fn untoken(&self) -> bool {
+        match &self.wake {
+            Wake::EventFd(fd) => {
+                let mut b = [0u8; 8];
+                let _ = rustix::io::read(fd, &mut b);
+                true
+            }
+            Wake::Pipe { .. } => false,
         }
     }
 
     fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match &self.wake {
-            Wake::EventFd(fd) | Wake::Socket(fd) => fd.as_fd(),
+            Wake::EventFd(fd) | Wake::Pipe { read: fd, .. } => fd.as_fd(),
         }
     }
 }
@@ -140,7 +164,8 @@ impl EvtState {
 
     /// Xen's set-pending: test-and-set PENDING; if it was clear and the port
     /// is unmasked, the upcall (see the module documentation) delivers it
-    /// and kicks the owner.
+    /// and gives the owner a token. Under the port table's lock, so a close
+    /// cannot fall between the token and the delivered bit.
     fn set_pending(&self, port: u32) {
         let Some((p, bit)) = self.word(SHARED_INFO_PENDING_OFFSET, port) else {
             return;
@@ -148,26 +173,31 @@ impl EvtState {
         if p.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
             return;
         }
-        if upcall(self.shared_info.mem(), port) {
-            let owner = lock(&self.ports)
-                .get(port as usize)
-                .and_then(|s| s.owner.clone());
+        let ports = lock(&self.ports);
+        let owner = ports.get(port as usize).and_then(|s| s.owner.as_ref());
+        upcall(self.shared_info.mem(), port, || {
             if let Some(h) = owner {
-                h.wake();
+                h.token();
             }
-        }
+        });
     }
 
-    fn clear_bits(&self, port: u32) {
+    /// Clears the port's bits (the caller holds the port table's lock);
+    /// true if it was delivered and not taken, i.e. its token is still
+    /// queued on the owner's fd.
+    fn clear_bits(&self, port: u32) -> bool {
+        let mut delivered = false;
         for base in [
             SHARED_INFO_PENDING_OFFSET,
             SHARED_INFO_MASK_OFFSET,
             DELIVERED_OFFSET,
         ] {
             if let Some((w, b)) = self.word(base, port) {
-                w.fetch_and(!b, Ordering::AcqRel);
+                let was = w.fetch_and(!b, Ordering::AcqRel) & b != 0;
+                delivered = was && base == DELIVERED_OFFSET;
             }
         }
+        delivered
     }
 }
 
@@ -229,8 +259,10 @@ impl DomainState {
             .unwrap_or(PortKind::Free)
     }
 
-    fn close_port(&self, port: Port) -> Result<(), EventError> {
-        let kind = {
+    /// Closes `port`; true if it was delivered and not taken and its token
+    /// is on a domain process's pipe, which that process must take back.
+    fn close_port(&self, port: Port) -> Result<bool, EventError> {
+        let (kind, owed) = {
             let mut ports = lock(&self.evt.ports);
             let slot = ports
                 .get_mut(port.0 as usize)
@@ -239,13 +271,15 @@ impl DomainState {
                 return Err(EventError::NotBound(port));
             }
             let k = slot.kind;
+            let owner = slot.owner.take();
             *slot = Slot {
                 kind: PortKind::Free,
                 owner: None,
             };
-            k
+            // Still under the lock: no delivery can come between.
+            let owed = self.evt.clear_bits(port.0) && !owner.is_some_and(|h| h.untoken());
+            (k, owed)
         };
-        self.evt.clear_bits(port.0);
         if let PortKind::Interdomain { remote, rport } = kind {
             // The remote end returns to unbound, waiting for a new bind from us.
             let back = |ports: &mut Vec<Slot>| {
@@ -266,7 +300,7 @@ impl DomainState {
                 back(&mut lock(&r.evt.ports));
             }
         }
-        Ok(())
+        Ok(owed)
     }
 
     pub(crate) fn evt_destroy(&self) {
@@ -282,7 +316,12 @@ impl DomainState {
         for h in lock(&self.evt.handles).list.drain(..) {
             if let Some(h) = h.upgrade() {
                 h.closed.store(true, Ordering::Release);
-                h.wake();
+                // An in-process waiter wakes and finds the handle closed. A
+                // domain process learns it from its next call to the host
+                // (a token would leave its fd readable for ever).
+                if matches!(h.wake, Wake::EventFd(_)) {
+                    h.token();
+                }
             }
         }
     }
@@ -317,15 +356,19 @@ impl std::fmt::Debug for SimEvtchn {
 
 impl SimEvtchn {
     pub(crate) fn open(dom: Arc<DomainState>) -> Result<Self, EventError> {
-        let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| EventError::Os(e.raw_os_error()))?;
+        let efd = eventfd(
+            0,
+            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK | EventfdFlags::SEMAPHORE,
+        )
+        .map_err(|e| EventError::Os(e.raw_os_error()))?;
         Ok(Self::open_with(dom, Wake::EventFd(efd)))
     }
 
-    /// A handle whose wake-ups are datagrams sent (never blocking) on
-    /// `sock`, the host's end of a socket pair shared with a domain process.
-    pub(crate) fn open_with_socket(dom: Arc<DomainState>, sock: OwnedFd) -> Self {
-        Self::open_with(dom, Wake::Socket(sock))
+    /// A handle whose tokens are bytes written (never blocking) to a pipe
+    /// a domain process reads: `write` is the pipe's non-blocking write
+    /// end, `read` a read end the host keeps open (see [`Wake::Pipe`]).
+    pub(crate) fn open_with_pipe(dom: Arc<DomainState>, write: OwnedFd, read: OwnedFd) -> Self {
+        Self::open_with(dom, Wake::Pipe { write, read })
     }
 
     fn open_with(dom: Arc<DomainState>, wake: Wake) -> Self {
@@ -354,11 +397,26 @@ impl SimEvtchn {
         }
     }
 
-    /// The fd signalled when a port of this handle becomes deliverable (an
-    /// eventfd; for a handle of a domain process, the host's end of its
-    /// wake-up socket pair).
+    /// The fd readable while a port of this handle is delivered and not
+    /// yet taken (a semaphore eventfd; for a handle of a domain process, the
+    /// host's read end of its pipe).
     pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.shared.fd()
+    }
+
+    /// Closes `port` as [`EventChannels::close`] does; true if its
+    /// delivery was not taken and its token is on the domain process's
+    /// pipe (the process takes it back).
+    pub fn close_reporting(&self, port: Port) -> Result<bool, EventError> {
+        {
+            let mut ports = lock(&self.shared.ports);
+            let i = ports
+                .iter()
+                .position(|p| *p == port)
+                .ok_or(EventError::NotBound(port))?;
+            ports.swap_remove(i);
+        }
+        self.dom.close_port(port)
     }
 
     /// The remote end of a port of this handle, if interdomain.
@@ -466,27 +524,22 @@ impl EventChannels for SimEvtchn {
 
     fn unmask(&self, port: Port) -> Result<(), EventError> {
         self.owns(port)?;
-        if unmask_and_redeliver(self.dom.evt.shared_info.mem(), port.0) {
-            self.shared.wake();
-        }
+        // Under the port table's lock, as every delivery is.
+        let _table = lock(&self.dom.evt.ports);
+        unmask_and_redeliver(self.dom.evt.shared_info.mem(), port.0, || {
+            self.shared.token()
+        });
         Ok(())
     }
 
     fn close(&self, port: Port) -> Result<(), EventError> {
-        {
-            let mut ports = lock(&self.shared.ports);
-            let i = ports
-                .iter()
-                .position(|p| *p == port)
-                .ok_or(EventError::NotBound(port))?;
-            ports.swap_remove(i);
-        }
-        self.dom.close_port(port)
+        self.close_reporting(port).map(drop)
     }
 
     fn poll(&self) -> Result<Option<Port>, EventError> {
         let ports = lock(&self.shared.ports);
         if let Some(p) = deliver_one(self.dom.evt.shared_info.mem(), &ports) {
+            self.shared.untoken();
             return Ok(Some(p));
         }
         drop(ports);
@@ -519,11 +572,15 @@ fn si_bit(
 
 /// The guest kernel's upcall for `port`, done at once: if the port is
 /// pending and this call is the one that masks it, its pending bit is
-/// cleared and it is marked delivered; true then, and the caller wakes the
-/// handle. A port already masked stays pending (latched) until unmasked.
-/// Called by the hypervisor's set-pending and by an unmask that finds the
-/// port pending; the mask bit decides which of the two delivers.
-fn upcall(shared_info: xenshare::mem::SharedMem<'_>, port: u32) -> bool {
+/// cleared, `token` gives the handle its wake-up token and then the port is
+/// marked delivered (in that order: a handle that sees the bit finds the
+/// token there to take); true then. A port already masked stays pending
+/// (latched) until unmasked. A port still delivered and not taken (its
+/// user unmasked it before taking it) is not queued twice: the take to
+/// come covers the new event, and a second token would outlive it. Called
+/// by the hypervisor's set-pending and by an unmask that finds the port
+/// pending; the mask bit decides which of the two delivers.
+fn upcall(shared_info: xenshare::mem::SharedMem<'_>, port: u32, token: impl FnOnce()) -> bool {
     let (Some((p, b)), Some((m, _)), Some((d, _))) = (
         si_bit(shared_info, SHARED_INFO_PENDING_OFFSET, port),
         si_bit(shared_info, SHARED_INFO_MASK_OFFSET, port),
@@ -535,26 +592,34 @@ fn upcall(shared_info: xenshare::mem::SharedMem<'_>, port: u32) -> bool {
         return false;
     }
     p.fetch_and(!b, Ordering::AcqRel);
+    if d.load(Ordering::Acquire) & b != 0 {
+        return false;
+    }
+    token();
     d.fetch_or(b, Ordering::AcqRel);
     true
 }
 
 /// Unmasks `port` in a `shared_info` page; true if it was pending, in
 /// which case it is delivered again (by the upcall the module
-/// documentation describes) and the caller wakes the handle, as Xen's
-/// unmask re-raises a pending port.
-pub fn unmask_and_redeliver(shared_info: xenshare::mem::SharedMem<'_>, port: u32) -> bool {
+/// documentation describes, `token` giving the handle its token), as
+/// Xen's unmask re-raises a pending port.
+pub fn unmask_and_redeliver(
+    shared_info: xenshare::mem::SharedMem<'_>,
+    port: u32,
+    token: impl FnOnce(),
+) -> bool {
     let Some((m, b)) = si_bit(shared_info, SHARED_INFO_MASK_OFFSET, port) else {
         return false;
     };
     m.fetch_and(!b, Ordering::AcqRel);
-    upcall(shared_info, port)
+    upcall(shared_info, port, token)
 }
 
 /// Takes one delivered port of `ports` from a `shared_info` page, as a
 /// read of `/dev/xen/evtchn` does: it stays masked until the user unmasks
-/// it. Shared by in-process handles and the multi-process host's remote
-/// handles.
+/// it. The caller then takes one token from the handle's fd. Shared by
+/// in-process handles and the multi-process host's remote handles.
 pub fn deliver_one(shared_info: xenshare::mem::SharedMem<'_>, ports: &[Port]) -> Option<Port> {
     ports.iter().copied().find(|port| {
         si_bit(shared_info, DELIVERED_OFFSET, port.0).is_some_and(|(d, b)| {
@@ -581,8 +646,10 @@ pub fn poll_readable(
     }
 }
 
-/// Waits for `poll` to deliver a port, sleeping on the eventfd `efd`
-/// between tries, for at most `timeout` (`None`: forever).
+/// Waits for `poll` to deliver a port (taking its token), sleeping on the
+/// handle's fd `efd` between tries, for at most `timeout` (`None`:
+/// forever). The fd is readable exactly while a port is delivered and not
+/// taken, so it is not read here.
 pub fn wait_on_eventfd(
     efd: std::os::fd::BorrowedFd<'_>,
     timeout: Option<Duration>,
@@ -604,7 +671,5 @@ pub fn wait_on_eventfd(
             None => None,
         };
         poll_readable(efd, left).map_err(|e| EventError::Os(e.raw_os_error()))?;
-        let mut buf = [0u8; 8];
-        let _ = rustix::io::read(efd, &mut buf);
     }
 }
