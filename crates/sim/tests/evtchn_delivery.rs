@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use xenshare::platform::EventChannels;
 use xenshare::DomId;
-use xenshare_sim::{DomainConfig, Hypervisor};
+use xenshare_sim::{Domain, DomainConfig, Hypervisor};
 
-#[test]
-fn an_event_after_delivery_latches_and_comes_again_on_unmask() {
+/// A hypervisor with domains 1 and 2 (the hypervisor must outlive them).
+fn two_domains() -> (Hypervisor, Domain, Domain) {
     let hv = Hypervisor::new();
     let a = hv
         .create_domain_with_id(DomId(1), DomainConfig::default())
@@ -21,6 +21,12 @@ fn an_event_after_delivery_latches_and_comes_again_on_unmask() {
     let b = hv
         .create_domain_with_id(DomId(2), DomainConfig::default())
         .unwrap();
+    (hv, a, b)
+}
+
+#[test]
+fn an_event_after_delivery_latches_and_comes_again_on_unmask() {
+    let (_hv, a, b) = two_domains();
     let (ha, hb) = (a.evtchn().unwrap(), b.evtchn().unwrap());
     let pa = ha.alloc_unbound(DomId(2)).unwrap();
     let pb = hb.bind_interdomain(DomId(1), pa).unwrap();
@@ -75,13 +81,7 @@ fn readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
 /// read a port could block with nothing to read.)
 #[test]
 fn the_wake_fd_is_readable_exactly_while_a_port_waits() {
-    let hv = Hypervisor::new();
-    let a = hv
-        .create_domain_with_id(DomId(1), DomainConfig::default())
-        .unwrap();
-    let b = hv
-        .create_domain_with_id(DomId(2), DomainConfig::default())
-        .unwrap();
+    let (_hv, a, b) = two_domains();
     let (ha, hb) = (a.evtchn().unwrap(), b.evtchn().unwrap());
     let fd = || hb.wake_fd();
     let mut pairs = Vec::new();
@@ -159,13 +159,7 @@ fn the_wake_fd_is_readable_exactly_while_a_port_waits() {
 fn readiness_stays_exact_under_concurrent_notifies() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    let hv = Hypervisor::new();
-    let a = hv
-        .create_domain_with_id(DomId(1), DomainConfig::default())
-        .unwrap();
-    let b = hv
-        .create_domain_with_id(DomId(2), DomainConfig::default())
-        .unwrap();
+    let (_hv, a, b) = two_domains();
     let (ha, hb) = (Arc::new(a.evtchn().unwrap()), b.evtchn().unwrap());
     let mut ports = Vec::new();
     for _ in 0..2 {
