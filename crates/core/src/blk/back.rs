@@ -62,6 +62,9 @@ const BATCH: u32 = 64;
 /// to serve, so both ends work at once.
 const READ_BATCH: usize = 8;
 
+/// Windows of one batch of reads: every segment of [`READ_BATCH`] requests.
+const BATCH_WINDOWS: usize = READ_BATCH * xenshare_abi::blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST;
+
 /// A direct read with every page mapped persistently, checked and waiting
 /// to go to the storage with others.
 struct QueuedRead {
@@ -559,43 +562,59 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
         true
     }
 
-    /// Hands the queued reads to the storage in one call and answers each.
-    fn flush_reads(
+    /// Reads up to [`READ_BATCH`] queued reads with one storage call and
+    /// queues their answers.
+    fn read_chunk(
         &mut self,
+        chunk: &[QueuedRead],
         pmaps: &BTreeMap<u32, Mapping<M>>,
         ring: &mut BackRing<&Mapping<M>, BlkifRequest, BlkifResponse>,
-        chan: &Channel<E>,
     ) -> Result<(), BlkError> {
-        if self.queued.is_empty() {
-            return Ok(());
-        }
-        let queued = core::mem::take(&mut self.queued);
+        let window = |s: &Segment| {
+            let m = pmaps.get(&s.gref.0)?;
+            m.mem().slice(s.offset(), s.len()).ok()
+        };
         // The windows of every read, one after another (a window that does
         // not slice ends its read's list early, and the storage refuses a
-        // list shorter than the read).
-        let mut windows = Vec::with_capacity(queued.iter().map(|q| q.segs.len()).sum());
-        let mut spans = Vec::with_capacity(queued.len());
-        for q in &queued {
-            let start = windows.len();
-            windows.extend(q.segs.iter().map_while(|s| {
-                let m = pmaps.get(&s.gref.0)?;
-                m.mem().slice(s.offset(), s.len()).ok()
-            }));
-            spans.push(start..windows.len());
+        // list shorter than the read). Any window fills the array's unused
+        // slots; with none at all, every read gets an empty list.
+        let filler = chunk.iter().flat_map(|q| q.segs.iter()).find_map(window);
+        let mut store;
+        let mut spans = [(0usize, 0usize); READ_BATCH];
+        let windows: &[SharedMem<'_>] = match filler {
+            Some(f) => {
+                store = [f; BATCH_WINDOWS];
+                let mut n = 0;
+                for (q, span) in chunk.iter().zip(spans.iter_mut()) {
+                    let start = n;
+                    for w in q.segs.iter().map_while(window) {
+                        // Inline segments: at most BATCH_WINDOWS in all.
+                        if let Some(slot) = store.get_mut(n) {
+                            *slot = w;
+                            n += 1;
+                        }
+                    }
+                    *span = (start, n);
+                }
+                &store[..n]
+            }
+            None => &[],
+        };
+        let mut reads: [SharedRead<'_, '_>; READ_BATCH] = core::array::from_fn(|_| SharedRead {
+            offset: 0,
+            len: 0,
+            dst: &[],
+            result: Err(StorageError::Unsupported("read not done")),
+        });
+        for ((q, span), read) in chunk.iter().zip(spans).zip(reads.iter_mut()) {
+            read.offset = q.offset;
+            read.len = q.len;
+            read.dst = windows.get(span.0..span.1).unwrap_or(&[]);
         }
-        let mut reads: Vec<SharedRead<'_, '_>> = queued
-            .iter()
-            .zip(spans)
-            .map(|(q, span)| SharedRead {
-                offset: q.offset,
-                len: q.len,
-                dst: &windows[span],
-                result: Err(StorageError::Unsupported("read not done")),
-            })
-            .collect();
-        self.storage.read_batch_to_shared(&mut reads);
+        let n = chunk.len().min(READ_BATCH);
+        self.storage.read_batch_to_shared(&mut reads[..n]);
         let mut r = Ok(());
-        for (q, read) in queued.iter().zip(&reads) {
+        for (q, read) in chunk.iter().zip(&reads[..n]) {
             let status = if read.result.is_ok() {
                 self.stats.ok += 1;
                 BLKIF_RSP_OKAY
@@ -610,8 +629,27 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
                 ..Default::default()
             }));
         }
-        drop(reads);
-        let mut queued = queued;
+        Ok(r?)
+    }
+
+    /// Hands the queued reads to the storage in one call and answers each.
+    /// Allocates nothing: the windows and the reads are arrays on the
+    /// stack, and the queue keeps its capacity.
+    fn flush_reads(
+        &mut self,
+        pmaps: &BTreeMap<u32, Mapping<M>>,
+        ring: &mut BackRing<&Mapping<M>, BlkifRequest, BlkifResponse>,
+        chan: &Channel<E>,
+    ) -> Result<(), BlkError> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let mut queued = core::mem::take(&mut self.queued);
+        // The serve loop flushes at READ_BATCH; chunks only for safety.
+        let mut r = Ok(());
+        for chunk in queued.chunks(READ_BATCH) {
+            r = r.and(self.read_chunk(chunk, pmaps, ring));
+        }
         queued.clear();
         self.queued = queued;
         r?;
