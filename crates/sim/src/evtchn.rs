@@ -186,18 +186,13 @@ impl EvtState {
     /// true if it was delivered and not taken, i.e. its token is still
     /// queued on the owner's fd.
     fn clear_bits(&self, port: u32) -> bool {
-        let mut delivered = false;
-        for base in [
-            SHARED_INFO_PENDING_OFFSET,
-            SHARED_INFO_MASK_OFFSET,
-            DELIVERED_OFFSET,
-        ] {
-            if let Some((w, b)) = self.word(base, port) {
-                let was = w.fetch_and(!b, Ordering::AcqRel) & b != 0;
-                delivered = was && base == DELIVERED_OFFSET;
-            }
-        }
-        delivered
+        let clear = |base| {
+            self.word(base, port)
+                .is_some_and(|(w, b)| w.fetch_and(!b, Ordering::AcqRel) & b != 0)
+        };
+        clear(SHARED_INFO_PENDING_OFFSET);
+        clear(SHARED_INFO_MASK_OFFSET);
+        clear(DELIVERED_OFFSET)
     }
 }
 

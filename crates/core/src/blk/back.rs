@@ -611,10 +611,13 @@ impl<S: BlockStorage, M: ForeignMapper, E: EventChannels> BlkBack<S, M, E> {
             read.len = q.len;
             read.dst = windows.get(span.0..span.1).unwrap_or(&[]);
         }
-        let n = chunk.len().min(READ_BATCH);
-        self.storage.read_batch_to_shared(&mut reads[..n]);
+        // `chunk` holds at most READ_BATCH reads (a `chunks` piece).
+        let Some(reads) = reads.get_mut(..chunk.len()) else {
+            return Ok(());
+        };
+        self.storage.read_batch_to_shared(reads);
         let mut r = Ok(());
-        for (q, read) in chunk.iter().zip(&reads[..n]) {
+        for (q, read) in chunk.iter().zip(reads.iter()) {
             let status = if read.result.is_ok() {
                 self.stats.ok += 1;
                 BLKIF_RSP_OKAY

@@ -179,21 +179,19 @@ const PAIRED_PAIRS: usize = 8;
 /// same moment.
 fn paired_vs_ideal(lab: &mut Lab, ring: usize, chunk: usize) -> Res<f64> {
     let mut ratios = Vec::with_capacity(PAIRED_PAIRS);
+    let ideal = || spsc(ring, PAIRED_SEGMENT, chunk);
     for k in 0..PAIRED_PAIRS {
-        let mut one = |vchan_first: bool| -> Res<(f64, f64)> {
-            let mut v = 0.0;
-            let mut i = 0.0;
-            for side in [vchan_first, !vchan_first] {
-                if side {
-                    let (s, c) = lab.pair(ring, 0)?;
-                    v = stream(c, s, PAIRED_SEGMENT, chunk)?;
-                } else {
-                    i = spsc(ring, PAIRED_SEGMENT, chunk)?;
-                }
-            }
-            Ok((v, i))
+        let mut vchan = || -> Res<f64> {
+            let (s, c) = lab.pair(ring, 0)?;
+            stream(c, s, PAIRED_SEGMENT, chunk)
         };
-        let (v, i) = one(k % 2 == 0)?;
+        let (v, i) = if k % 2 == 0 {
+            let v = vchan()?;
+            (v, ideal()?)
+        } else {
+            let i = ideal()?;
+            (vchan()?, i)
+        };
         ratios.push(v / i);
         lab.srv.exporter().reclaim(usize::MAX);
         lab.cli.exporter().reclaim(usize::MAX);
